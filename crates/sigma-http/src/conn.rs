@@ -1,0 +1,714 @@
+//! `ServerConn`: one connection of `H`, as a sans-IO state machine.
+//!
+//! Left side: the client's bytes ([`ServerConn::handle_input`],
+//! [`ServerConn::handle_eof`]) and the bytes owed to it
+//! ([`ServerConn::output`], [`ServerConn::handle_written`]). Right side:
+//! [`Event`]s toward `A` ([`ServerConn::poll_event`]) and [`Reply`]s from it
+//! ([`ServerConn::send`]). Time enters only as `now`: the shell sleeps until
+//! [`ServerConn::poll_timeout`] and calls [`ServerConn::handle_timeout`].
+//! After each call the shell checks [`ServerConn::shutdown`] and
+//! [`ServerConn::wants_read`].
+//!
+//! Invariants: responses leave in request order; at most `max_pipelined`
+//! requests are waiting for their responses (then reading stops); a
+//! request that fails to parse is answered with its status after the
+//! responses owed before it, then the connection half-closes (ω); nothing
+//! is parsed twice. After a WebSocket upgrade the connection delegates to
+//! [`crate::ws::WsConn`]. It does not route, authenticate, or touch sockets.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+
+use crate::error::{ParseError, SendError};
+use crate::event::{AbortReason, Event, Header, Reply, Response, Version};
+use crate::h1::decode::{DecodeLimits, Decoded, Decoder};
+use crate::h1::encode::{self, ConnHeader};
+use crate::h1::request::{self, BodyKind};
+use crate::h1::scan::{ScanLimits, Scanner};
+use crate::io::OutBuf;
+use crate::limits::Limits;
+use crate::timer::{Timer, TimerTable};
+use crate::ws::{self, WsConn};
+
+/// What the shell must do with the socket once the output is flushed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shutdown {
+    /// ω: flush, `shutdown(SHUT_WR)`, read until EOF or the linger deadline.
+    Graceful,
+    /// Ω: `shutdown(SHUT_RDWR)` and close now, dropping pending output.
+    Abort,
+}
+
+/// The `Date` value used until the shell sets one.
+const EPOCH_DATE: &[u8; 29] = b"Thu, 01 Jan 1970 00:00:00 GMT";
+
+/// Where the request reader is.
+#[derive(Debug)]
+enum Reading {
+    /// Waiting for (the rest of) a request head.
+    ExpectHead {
+        scanner: Scanner,
+        /// When the first byte of this head was seen.
+        started: Option<Instant>,
+    },
+    /// Reading a request body.
+    InBody {
+        decoder: Decoder,
+        started: Instant,
+        received: u64,
+    },
+    /// A WebSocket upgrade request waits for `Accept` or a refusal; the
+    /// bytes after it belong to the next protocol.
+    AwaitUpgrade,
+    /// No more requests are read on this connection.
+    Stopped,
+}
+
+/// A request that has been parsed (or failed) and waits for its response.
+#[derive(Debug)]
+struct Pending {
+    version: Version,
+    head_only: bool,
+    keep_alive: bool,
+    body_done: bool,
+    upgrade: Option<crate::event::WsHandshake>,
+    outcome: Outcome,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// The right side answers it.
+    Forwarded,
+    /// `H` answers it with this error, then closes.
+    Failed(ParseError),
+    /// Nobody answers it (the client went away mid-request).
+    Abandoned,
+}
+
+/// One HTTP/1.1 (+ WebSocket) server connection.
+#[derive(Debug)]
+pub struct ServerConn {
+    limits: Arc<Limits>,
+    input: BytesMut,
+    out: OutBuf,
+    reading: Reading,
+    in_flight: VecDeque<Pending>,
+    events: VecDeque<Event>,
+    date: [u8; 29],
+    requests: u64,
+    opened: Instant,
+    idle_since: Instant,
+    eof: bool,
+    draining: bool,
+    /// A terminal event (End or Abort) has been queued.
+    finished: bool,
+    shutdown: Option<Shutdown>,
+    ws: Option<Box<WsConn>>,
+}
+
+impl ServerConn {
+    /// A new connection accepted at `now`.
+    pub fn new(limits: Arc<Limits>, now: Instant) -> Self {
+        Self {
+            limits,
+            input: BytesMut::new(),
+            out: OutBuf::new(),
+            reading: Reading::ExpectHead {
+                scanner: Scanner::new(),
+                started: None,
+            },
+            in_flight: VecDeque::new(),
+            events: VecDeque::new(),
+            date: *EPOCH_DATE,
+            requests: 0,
+            opened: now,
+            idle_since: now,
+            eof: false,
+            draining: false,
+            finished: false,
+            shutdown: None,
+            ws: None,
+        }
+    }
+
+    /// Sets the `Date` value (an IMF-fixdate, 29 bytes) for the responses
+    /// encoded from now on; other lengths are ignored.
+    pub fn set_date(&mut self, date: &[u8]) {
+        if let Ok(d) = <[u8; 29]>::try_from(date) {
+            self.date = d;
+        }
+    }
+
+    // ----- inputs -------------------------------------------------------
+
+    /// Bytes from the client.
+    pub fn handle_input(&mut self, data: &[u8], now: Instant) {
+        if self.shutdown.is_some() {
+            return;
+        }
+        if let Some(ws) = self.ws.as_mut() {
+            ws.handle_input(data, now, &mut self.out);
+            return;
+        }
+        if matches!(self.reading, Reading::Stopped) {
+            return;
+        }
+        self.input.extend_from_slice(data);
+        self.advance(now);
+    }
+
+    /// The client half-closed its side (EOF on read).
+    pub fn handle_eof(&mut self, now: Instant) {
+        if self.eof {
+            return;
+        }
+        self.eof = true;
+        if let Some(ws) = self.ws.as_mut() {
+            ws.handle_eof(now, &mut self.out);
+            return;
+        }
+        self.advance(now);
+        self.check_done();
+    }
+
+    /// Fires the deadlines that have passed at `now`; a spurious call does nothing.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.shutdown.is_some() {
+            return;
+        }
+        let table = self.timers();
+        for timer in table.expired(now).collect::<Vec<_>>() {
+            match timer {
+                Timer::WriteStall => {
+                    self.abort_now("write_timeout");
+                    return;
+                }
+                Timer::HeadRead => {
+                    if self.input.is_empty() {
+                        // Not a byte arrived: just close.
+                        self.stop_quietly("head_timeout");
+                    } else {
+                        self.fail(ParseError::HeadTimeout, now);
+                    }
+                }
+                Timer::KeepAliveIdle => self.stop_quietly("keepalive_timeout"),
+                Timer::BodyRate => self.fail(ParseError::BodyTooSlow, now),
+                _ => {}
+            }
+        }
+        if let Some(ws) = self.ws.as_mut() {
+            ws.handle_timeout(now, &mut self.out);
+        }
+    }
+
+    /// Graceful shutdown of the server: finish what is in progress, answer
+    /// it with `Connection: close`, close idle keep-alive connections, and
+    /// send WebSocket close 1001.
+    pub fn start_drain(&mut self, now: Instant) {
+        self.draining = true;
+        if let Some(ws) = self.ws.as_mut() {
+            // An error here means the close handshake already started.
+            let _ = ws.send_close(1001, "going away", now, &mut self.out);
+            return;
+        }
+        self.stop_if_draining_and_idle();
+        self.check_done();
+    }
+
+    /// While draining, no new request starts once the reader is between requests.
+    fn stop_if_draining_and_idle(&mut self) {
+        if self.draining
+            && matches!(self.reading, Reading::ExpectHead { .. })
+            && self.input.is_empty()
+        {
+            self.reading = Reading::Stopped;
+        }
+    }
+
+    // ----- outputs ------------------------------------------------------
+
+    /// The next right-bound event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        if let Some(ev) = self.events.pop_front() {
+            return Some(ev);
+        }
+        self.ws.as_mut().and_then(|ws| ws.poll_event())
+    }
+
+    /// Bytes waiting to be written to the client.
+    pub fn output(&self) -> &[u8] {
+        self.out.as_slice()
+    }
+
+    /// The client took `n` bytes of [`ServerConn::output`].
+    pub fn handle_written(&mut self, n: usize, now: Instant) {
+        self.out.consume(n, now);
+    }
+
+    /// The earliest deadline, if any.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let own = self.timers().next();
+        let ws = self.ws.as_ref().and_then(|ws| ws.poll_timeout());
+        match (own, ws) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Whether the shell should read from the socket now.
+    pub fn wants_read(&self) -> bool {
+        if self.shutdown.is_some() || self.eof {
+            return false;
+        }
+        if let Some(ws) = self.ws.as_ref() {
+            return ws.wants_read();
+        }
+        match self.reading {
+            Reading::ExpectHead { .. } => self.in_flight.len() < self.limits.max_pipelined,
+            Reading::InBody { .. } => true,
+            Reading::AwaitUpgrade | Reading::Stopped => false,
+        }
+    }
+
+    /// What to do with the socket once [`ServerConn::output`] is flushed
+    /// (`Abort`: at once). `None` while the connection goes on.
+    pub fn shutdown(&self) -> Option<Shutdown> {
+        self.shutdown
+            .or_else(|| self.ws.as_ref().and_then(|ws| ws.shutdown()))
+    }
+
+    /// True when this connection will never read another byte although it
+    /// may still owe output (the shell may `shutdown(SHUT_RD)`).
+    pub fn read_closed(&self) -> bool {
+        self.ws.is_none() && matches!(self.reading, Reading::Stopped)
+    }
+
+    /// True once the connection speaks WebSocket.
+    pub fn is_websocket(&self) -> bool {
+        self.ws.is_some()
+    }
+
+    /// Number of requests parsed so far.
+    pub fn requests(&self) -> u64 {
+        self.requests
+    }
+
+    // ----- replies from the right ---------------------------------------
+
+    /// Queues a reply. Responses answer the oldest request without one.
+    pub fn send(&mut self, reply: Reply, now: Instant) -> Result<(), SendError> {
+        if self.shutdown == Some(Shutdown::Abort) {
+            return Err(SendError::Closed);
+        }
+        match reply {
+            Reply::Response(resp) => self.send_response(resp, now),
+            Reply::Accept { protocol, headers } => self.accept_websocket(protocol, headers, now),
+            Reply::Ws(msg) => match self.ws.as_mut() {
+                Some(ws) => ws.send_message(msg, now, &mut self.out),
+                None => Err(SendError::NotWebSocket),
+            },
+            Reply::WsClose { code, reason } => match self.ws.as_mut() {
+                Some(ws) => ws.send_close(code, &reason, now, &mut self.out),
+                None => Err(SendError::NotWebSocket),
+            },
+            Reply::Close => {
+                if let Some(ws) = self.ws.as_mut() {
+                    return ws.send_close(1000, "", now, &mut self.out);
+                }
+                self.reading = Reading::Stopped;
+                self.check_done();
+                Ok(())
+            }
+            Reply::Abort => {
+                self.abort_now("aborted_by_destination");
+                Ok(())
+            }
+        }
+    }
+
+    fn send_response(&mut self, resp: Response, now: Instant) -> Result<(), SendError> {
+        let Some(front) = self.in_flight.front() else {
+            return Err(SendError::NoRequestPending);
+        };
+        if front.outcome != Outcome::Forwarded {
+            return Err(SendError::NoRequestPending);
+        }
+        if !(100..=999).contains(&resp.status) || resp.status == 101 {
+            return Err(SendError::InvalidStatus);
+        }
+        encode::validate_headers(&resp.headers)?;
+        self.out.mark_pending(now);
+        if resp.status < 200 {
+            encode::encode_interim(self.out.vec_mut(), resp.status, &resp.headers);
+            return Ok(());
+        }
+        let Some(entry) = self.in_flight.pop_front() else {
+            return Err(SendError::NoRequestPending);
+        };
+        // A response before the whole body arrived, or to a refused upgrade,
+        // ends the connection: the bytes after it cannot be trusted.
+        if !entry.body_done || entry.upgrade.is_some() {
+            self.reading = Reading::Stopped;
+        }
+        self.stop_if_draining_and_idle();
+        let conn = if self.is_last_response() || !entry.keep_alive {
+            ConnHeader::Close
+        } else if entry.version == Version::Http10 {
+            ConnHeader::KeepAlive
+        } else {
+            ConnHeader::None
+        };
+        if conn == ConnHeader::Close {
+            self.reading = Reading::Stopped;
+        }
+        encode::encode_response(self.out.vec_mut(), &resp, &self.date, conn, entry.head_only);
+        if self.in_flight.is_empty() {
+            self.idle_since = now;
+        }
+        self.flush_front(now);
+        self.advance(now);
+        self.check_done();
+        Ok(())
+    }
+
+    fn accept_websocket(
+        &mut self,
+        protocol: Option<String>,
+        headers: Vec<Header>,
+        now: Instant,
+    ) -> Result<(), SendError> {
+        let Some(front) = self.in_flight.front() else {
+            return Err(SendError::NoRequestPending);
+        };
+        let Some(hs) = front.upgrade.as_ref() else {
+            return Err(SendError::NotAnUpgrade);
+        };
+        if let Some(p) = &protocol {
+            if !hs.protocols.iter().any(|o| o == p) {
+                return Err(SendError::NotAnUpgrade);
+            }
+        }
+        encode::validate_headers(&headers)?;
+        let accept = ws::accept_key(&hs.key);
+        self.in_flight.pop_front();
+        self.out.mark_pending(now);
+        let out = self.out.vec_mut();
+        out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ");
+        out.extend_from_slice(accept.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        if let Some(p) = &protocol {
+            encode::push_header(out, b"Sec-WebSocket-Protocol", p.as_bytes());
+        }
+        for h in &headers {
+            encode::push_header(out, &h.name, &h.value);
+        }
+        out.extend_from_slice(b"\r\n");
+        self.events.push_back(Event::Upgraded { protocol });
+        let mut ws = Box::new(WsConn::new(self.limits.ws.clone(), now));
+        let leftover = self.input.split();
+        self.input = BytesMut::new();
+        if !leftover.is_empty() {
+            ws.handle_input(&leftover, now, &mut self.out);
+        }
+        if self.eof {
+            ws.handle_eof(now, &mut self.out);
+        }
+        if self.draining {
+            let _ = ws.send_close(1001, "going away", now, &mut self.out);
+        }
+        self.reading = Reading::Stopped;
+        self.ws = Some(ws);
+        Ok(())
+    }
+
+    // ----- internals ----------------------------------------------------
+
+    /// Parses as far as the buffered input, the pipelining limit and the
+    /// state allow.
+    fn advance(&mut self, now: Instant) {
+        while self.shutdown.is_none() && self.ws.is_none() && !self.finished {
+            match &mut self.reading {
+                Reading::ExpectHead { scanner, started } => {
+                    if self.in_flight.len() >= self.limits.max_pipelined {
+                        return;
+                    }
+                    if self.input.is_empty() {
+                        if self.eof {
+                            self.finish(Event::End);
+                        }
+                        return;
+                    }
+                    if started.is_none() {
+                        *started = Some(now);
+                    }
+                    let limits = ScanLimits {
+                        max_request_line: Some(self.limits.max_request_line),
+                        max_field_bytes: self.limits.max_header_bytes,
+                        max_fields: self.limits.max_headers,
+                        too_large: ParseError::HeadersTooLarge,
+                    };
+                    match scanner.scan(&self.input, &limits) {
+                        Err(e) => return self.fail(e, now),
+                        Ok(None) => {
+                            if self.eof {
+                                self.reading = Reading::Stopped;
+                                self.finish(Event::Abort(AbortReason {
+                                    reason: "incomplete_head",
+                                    status: None,
+                                }));
+                            }
+                            return;
+                        }
+                        Ok(Some(span)) => {
+                            let head = self.input.split_to(span.len).freeze();
+                            match request::parse(head, &span, &self.limits) {
+                                Err(e) => return self.fail(e, now),
+                                Ok(parsed) => self.start_request(parsed, now),
+                            }
+                        }
+                    }
+                }
+                Reading::InBody {
+                    decoder, received, ..
+                } => {
+                    let limits = DecodeLimits {
+                        max_body: self.limits.max_body,
+                        max_chunk_extension: self.limits.max_chunk_extension,
+                        max_trailer_bytes: self.limits.max_trailer_bytes,
+                        max_trailers: self.limits.max_headers,
+                    };
+                    match decoder.decode(&mut self.input, &limits) {
+                        Err(e) => return self.fail(e, now),
+                        Ok(Decoded::Data(b)) => {
+                            *received = received.saturating_add(b.len() as u64);
+                            self.events.push_back(Event::Body(b));
+                        }
+                        Ok(Decoded::Done(trailers)) => {
+                            self.events.push_back(Event::EndOfMessage { trailers });
+                            let (keep_alive, upgrade) = match self.in_flight.back_mut() {
+                                Some(p) => {
+                                    p.body_done = true;
+                                    (p.keep_alive, p.upgrade.is_some())
+                                }
+                                None => (false, false),
+                            };
+                            self.reading = next_reading(keep_alive && !self.draining, upgrade);
+                            self.stop_if_draining_and_idle();
+                        }
+                        Ok(Decoded::NeedMore) => {
+                            if self.eof {
+                                if let Some(p) = self.in_flight.back_mut() {
+                                    p.outcome = Outcome::Abandoned;
+                                }
+                                self.reading = Reading::Stopped;
+                                self.finish(Event::Abort(AbortReason {
+                                    reason: "incomplete_body",
+                                    status: None,
+                                }));
+                                self.flush_front(now);
+                            }
+                            return;
+                        }
+                    }
+                }
+                Reading::AwaitUpgrade | Reading::Stopped => {
+                    if self.eof {
+                        self.finish(Event::End);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn start_request(&mut self, parsed: request::ParsedHead, now: Instant) {
+        self.requests = self.requests.saturating_add(1);
+        let head = parsed.head;
+        let keep_alive = head.keep_alive
+            && self.requests < self.limits.max_requests_per_connection
+            && !self.draining;
+        let body_done = parsed.body == BodyKind::Empty;
+        self.in_flight.push_back(Pending {
+            version: head.version,
+            head_only: head.method == crate::Method::Head,
+            keep_alive,
+            body_done,
+            upgrade: head.websocket.clone(),
+            outcome: Outcome::Forwarded,
+        });
+        if parsed.expect_continue && self.in_flight.len() == 1 {
+            self.out.mark_pending(now);
+            self.out
+                .vec_mut()
+                .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+        }
+        let upgrade = head.websocket.is_some();
+        self.events.push_back(Event::Request(head));
+        self.reading = match parsed.body {
+            BodyKind::Empty => {
+                self.events
+                    .push_back(Event::EndOfMessage { trailers: Vec::new() });
+                next_reading(keep_alive, upgrade)
+            }
+            BodyKind::Length(n) => Reading::InBody {
+                decoder: Decoder::length(n),
+                started: now,
+                received: 0,
+            },
+            BodyKind::Chunked => Reading::InBody {
+                decoder: Decoder::chunked(),
+                started: now,
+                received: 0,
+            },
+        };
+    }
+
+    /// The peer broke a rule: answer `err` after what is owed, then close.
+    fn fail(&mut self, err: ParseError, now: Instant) {
+        let in_body = matches!(self.reading, Reading::InBody { .. });
+        self.reading = Reading::Stopped;
+        match self.in_flight.back_mut() {
+            Some(p) if in_body => p.outcome = Outcome::Failed(err),
+            _ => self.in_flight.push_back(Pending {
+                version: Version::Http11,
+                head_only: false,
+                keep_alive: false,
+                body_done: true,
+                upgrade: None,
+                outcome: Outcome::Failed(err),
+            }),
+        }
+        self.finish(Event::Abort(AbortReason {
+            reason: err.reason(),
+            status: Some(err.status()),
+        }));
+        self.flush_front(now);
+        self.check_done();
+    }
+
+    /// Writes the answers `H` owes itself at the front of the queue.
+    fn flush_front(&mut self, now: Instant) {
+        while let Some(front) = self.in_flight.front() {
+            match front.outcome {
+                Outcome::Forwarded => return,
+                Outcome::Abandoned => {}
+                Outcome::Failed(err) => {
+                    let status = err.status();
+                    let mut headers = vec![Header::new(
+                        &b"Content-Type"[..],
+                        &b"text/plain; charset=utf-8"[..],
+                    )];
+                    if err == ParseError::UnsupportedWebSocketVersion {
+                        headers.push(Header::new(&b"Sec-WebSocket-Version"[..], &b"13"[..]));
+                    }
+                    let body = format!("{} {}: {}\n", status, encode::reason_phrase(status), err);
+                    let resp = Response::new(status, headers, body);
+                    self.out.mark_pending(now);
+                    encode::encode_response(self.out.vec_mut(), &resp, &self.date, ConnHeader::Close, false);
+                }
+            }
+            self.in_flight.pop_front();
+            self.reading = Reading::Stopped;
+            self.in_flight.clear();
+        }
+        self.check_done();
+    }
+
+    /// Queues the single terminal event.
+    fn finish(&mut self, ev: Event) {
+        if !self.finished {
+            self.finished = true;
+            self.events.push_back(ev);
+        }
+    }
+
+    fn stop_quietly(&mut self, reason: &'static str) {
+        self.reading = Reading::Stopped;
+        self.finish(Event::Abort(AbortReason {
+            reason,
+            status: None,
+        }));
+        self.check_done();
+    }
+
+    fn abort_now(&mut self, reason: &'static str) {
+        self.finish(Event::Abort(AbortReason {
+            reason,
+            status: None,
+        }));
+        self.shutdown = Some(Shutdown::Abort);
+    }
+
+    /// True when the response being written is the last on this connection.
+    fn is_last_response(&self) -> bool {
+        self.in_flight.is_empty()
+            && (matches!(self.reading, Reading::Stopped)
+                || (self.eof && self.input.is_empty()))
+    }
+
+    /// Decides the graceful end once nothing more is owed.
+    fn check_done(&mut self) {
+        if self.shutdown.is_some() || self.ws.is_some() || !self.in_flight.is_empty() {
+            return;
+        }
+        let idle_head = matches!(self.reading, Reading::ExpectHead { .. }) && self.input.is_empty();
+        if matches!(self.reading, Reading::Stopped) || (self.eof && idle_head) {
+            self.shutdown = Some(Shutdown::Graceful);
+        }
+    }
+
+    /// The deadlines armed in the current state.
+    fn timers(&self) -> TimerTable {
+        let mut t = TimerTable::default();
+        t.set_opt(Timer::WriteStall, self.out.stall_deadline(self.limits.write_timeout));
+        if self.shutdown.is_some() || self.ws.is_some() {
+            return t;
+        }
+        match &self.reading {
+            Reading::ExpectHead { started, .. } => {
+                if let Some(s) = started {
+                    t.set_opt(Timer::HeadRead, s.checked_add(self.limits.head_timeout));
+                } else if self.in_flight.is_empty() {
+                    if self.requests == 0 {
+                        t.set_opt(Timer::HeadRead, self.opened.checked_add(self.limits.head_timeout));
+                    } else {
+                        t.set_opt(
+                            Timer::KeepAliveIdle,
+                            self.idle_since.checked_add(self.limits.keepalive_timeout),
+                        );
+                    }
+                }
+            }
+            Reading::InBody {
+                started, received, ..
+            } => {
+                if self.limits.body_min_rate > 0 {
+                    let allowed_ms = received.saturating_mul(1000) / self.limits.body_min_rate;
+                    let at = started
+                        .checked_add(self.limits.body_rate_grace)
+                        .and_then(|s| s.checked_add(Duration::from_millis(allowed_ms)));
+                    t.set_opt(Timer::BodyRate, at);
+                }
+            }
+            Reading::AwaitUpgrade | Reading::Stopped => {}
+        }
+        t
+    }
+}
+
+/// The reader state after a complete request message.
+fn next_reading(keep_alive: bool, upgrade: bool) -> Reading {
+    if upgrade {
+        Reading::AwaitUpgrade
+    } else if keep_alive {
+        Reading::ExpectHead {
+            scanner: Scanner::new(),
+            started: None,
+        }
+    } else {
+        Reading::Stopped
+    }
+}

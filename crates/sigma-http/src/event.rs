@@ -1,0 +1,266 @@
+//! What `H` hands right (events) and takes from the right (replies).
+//!
+//! This is the data format the seed left as "TODO" (DESIGN §3). Everything
+//! in an [`Event`] is already validated and bounded: names are tokens, the
+//! target is origin-form (or `*` for OPTIONS), framing is unambiguous, and a
+//! text message is valid UTF-8. Replies are validated again on the way out
+//! (no CR/LF injection from a destination).
+
+use bytes::Bytes;
+
+/// A request method `H` accepts; any other token is answered with 501.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Method {
+    /// `GET`
+    Get,
+    /// `HEAD`
+    Head,
+    /// `POST`
+    Post,
+    /// `PUT`
+    Put,
+    /// `DELETE`
+    Delete,
+    /// `PATCH`
+    Patch,
+    /// `OPTIONS`
+    Options,
+}
+
+impl Method {
+    /// Parses an exact (case-sensitive) method token.
+    pub fn from_token(token: &[u8]) -> Option<Self> {
+        Some(match token {
+            b"GET" => Self::Get,
+            b"HEAD" => Self::Head,
+            b"POST" => Self::Post,
+            b"PUT" => Self::Put,
+            b"DELETE" => Self::Delete,
+            b"PATCH" => Self::Patch,
+            b"OPTIONS" => Self::Options,
+            _ => return None,
+        })
+    }
+
+    /// The method token.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Get => "GET",
+            Self::Head => "HEAD",
+            Self::Post => "POST",
+            Self::Put => "PUT",
+            Self::Delete => "DELETE",
+            Self::Patch => "PATCH",
+            Self::Options => "OPTIONS",
+        }
+    }
+}
+
+/// The HTTP version of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    /// `HTTP/1.0`
+    Http10,
+    /// `HTTP/1.1`
+    Http11,
+}
+
+impl Version {
+    /// `HTTP/1.0` or `HTTP/1.1`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http10 => "HTTP/1.0",
+            Self::Http11 => "HTTP/1.1",
+        }
+    }
+}
+
+/// One header field, with the name's original case.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    /// Field name (a token; original case).
+    pub name: Bytes,
+    /// Field value, without surrounding whitespace (may hold obs-text).
+    pub value: Bytes,
+}
+
+impl Header {
+    /// Builds a header from static or owned parts.
+    pub fn new(name: impl Into<Bytes>, value: impl Into<Bytes>) -> Self {
+        Self {
+            name: name.into(),
+            value: value.into(),
+        }
+    }
+
+    /// True when the name equals `name`, ignoring ASCII case.
+    pub fn is(&self, name: &str) -> bool {
+        self.name.eq_ignore_ascii_case(name.as_bytes())
+    }
+
+    /// The name as text (names are tokens, so always ASCII).
+    pub fn name_str(&self) -> &str {
+        std::str::from_utf8(&self.name).unwrap_or("")
+    }
+}
+
+/// Finds the first header named `name` (ASCII case-insensitive).
+pub fn find_header<'a>(headers: &'a [Header], name: &str) -> Option<&'a Header> {
+    headers.iter().find(|h| h.is(name))
+}
+
+/// A validated WebSocket opening handshake found on a request (RFC 6455 §4.2.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WsHandshake {
+    /// The `Sec-WebSocket-Key` (base64 of 16 bytes).
+    pub key: Bytes,
+    /// Offered subprotocols, in the client's order.
+    pub protocols: Vec<String>,
+    /// The `Origin` header, handed to `A` for the cross-site check.
+    pub origin: Option<Bytes>,
+}
+
+/// A request head: method, target, version and headers in order, with
+/// original case and duplicates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestHead {
+    /// The method.
+    pub method: Method,
+    /// The target: origin-form (`/path?query`), or `*` for OPTIONS. An
+    /// absolute-form target is reduced to its origin-form path.
+    pub target: Bytes,
+    /// The version.
+    pub version: Version,
+    /// All header fields, in order.
+    pub headers: Vec<Header>,
+    /// Whether the connection stays open after this exchange.
+    pub keep_alive: bool,
+    /// Present when this is a valid WebSocket upgrade request.
+    pub websocket: Option<WsHandshake>,
+}
+
+impl RequestHead {
+    /// The path part of the target (before `?`).
+    pub fn path(&self) -> &[u8] {
+        let t = &self.target[..];
+        match t.iter().position(|&b| b == b'?') {
+            Some(i) => t.get(..i).unwrap_or(t),
+            None => t,
+        }
+    }
+
+    /// The first header named `name`.
+    pub fn header(&self, name: &str) -> Option<&Header> {
+        find_header(&self.headers, name)
+    }
+}
+
+/// A WebSocket data message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WsMessage {
+    /// A text message (valid UTF-8).
+    Text(String),
+    /// A binary message.
+    Binary(Bytes),
+}
+
+/// What `H` reports about an open WebSocket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WsEvent {
+    /// A complete (reassembled, validated) message.
+    Message(WsMessage),
+    /// The client pinged us (the pong is already queued).
+    Ping(Bytes),
+    /// The client started or answered the close handshake.
+    Close {
+        /// The close code, if the client sent one.
+        code: Option<u16>,
+        /// The close reason (valid UTF-8, ≤ 123 bytes).
+        reason: String,
+    },
+}
+
+/// Why a connection is going away without a clean end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AbortReason {
+    /// A stable, low-cardinality label (metrics).
+    pub reason: &'static str,
+    /// The status already sent to the client, if any.
+    pub status: Option<u16>,
+}
+
+/// Right-bound events of one connection, in order (DESIGN §3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A request head; `Body` events and one `EndOfMessage` follow.
+    Request(RequestHead),
+    /// A piece of the request body.
+    Body(Bytes),
+    /// The request body is complete; trailers of a chunked body, if any.
+    EndOfMessage {
+        /// Trailer fields (empty unless the body was chunked with trailers).
+        trailers: Vec<Header>,
+    },
+    /// The WebSocket upgrade was accepted; `Ws` events follow.
+    Upgraded {
+        /// The subprotocol chosen in the accept reply.
+        protocol: Option<String>,
+    },
+    /// A WebSocket event.
+    Ws(WsEvent),
+    /// The peer finished cleanly; no more events.
+    End,
+    /// The connection failed; no more events. Any error response owed to the
+    /// client is already queued.
+    Abort(AbortReason),
+}
+
+/// A response from the right.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    /// Status code (100–999 outside 101; 101 only via [`Reply::Accept`]).
+    pub status: u16,
+    /// Header fields. `Content-Length`, `Transfer-Encoding`, `Connection`
+    /// and `Date` are framing and belong to `H`: they are replaced.
+    pub headers: Vec<Header>,
+    /// The complete body (not sent for HEAD, 1xx, 204, 304).
+    pub body: Bytes,
+}
+
+impl Response {
+    /// A response with a status, headers and body.
+    pub fn new(status: u16, headers: Vec<Header>, body: impl Into<Bytes>) -> Self {
+        Self {
+            status,
+            headers,
+            body: body.into(),
+        }
+    }
+}
+
+/// Left-bound replies (DESIGN §3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// The response to the oldest unanswered request.
+    Response(Response),
+    /// Accept the WebSocket upgrade of the oldest unanswered request (101).
+    Accept {
+        /// The chosen subprotocol (must be one the client offered).
+        protocol: Option<String>,
+        /// Extra headers for the 101 response.
+        headers: Vec<Header>,
+    },
+    /// A WebSocket message to the client.
+    Ws(WsMessage),
+    /// Start (or answer) the WebSocket close handshake.
+    WsClose {
+        /// Close code (must be valid to send).
+        code: u16,
+        /// Reason (≤ 123 bytes of UTF-8).
+        reason: String,
+    },
+    /// ω: finish what is owed, then half-close.
+    Close,
+    /// Ω: drop everything and abort the connection.
+    Abort,
+}

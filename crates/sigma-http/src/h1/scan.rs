@@ -1,0 +1,219 @@
+//! Incremental scanner for a request head or a trailer section.
+//!
+//! It finds the blank line that ends a head while the bytes arrive, and
+//! enforces on the way what must be refused before the head is complete:
+//! the request-line length (414), the header-block size and count (431),
+//! bare CR or LF, NUL and obs-fold (400). It remembers how far it has
+//! scanned, so a head fed one byte at a time costs O(n), never O(n²)
+//! (hyper's `is_complete_fast`, h11's receive buffer). It does not parse
+//! fields: once the end is found, [`super::request`] parses the head once.
+
+use crate::error::ParseError;
+
+/// What the scanner bounds.
+#[derive(Debug, Clone, Copy)]
+pub struct ScanLimits {
+    /// Longest request line (without CRLF); `None` for a trailer section.
+    pub max_request_line: Option<usize>,
+    /// Most bytes after the request line (trailer: the whole section).
+    pub max_field_bytes: usize,
+    /// Most field lines.
+    pub max_fields: usize,
+    /// Error for exceeding `max_field_bytes`.
+    pub too_large: ParseError,
+}
+
+/// Scan progress over a buffer that only grows at the end.
+#[derive(Debug, Clone, Default)]
+pub struct Scanner {
+    /// Bytes already examined.
+    scanned: usize,
+    /// Start of the current line.
+    line_start: usize,
+    /// End of the request line (index of its CR), once seen.
+    request_line_end: Option<usize>,
+    /// Leading empty lines skipped before the request line.
+    leading: usize,
+    /// Field lines seen.
+    fields: usize,
+}
+
+/// Where a complete head lies in the buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadSpan {
+    /// Bytes to skip first (empty lines before the request line).
+    pub skip: usize,
+    /// End of the request line (exclusive, before CRLF), relative to the buffer start.
+    pub request_line_end: usize,
+    /// Total head length including the final CRLF CRLF.
+    pub len: usize,
+    /// Number of field lines.
+    pub fields: usize,
+}
+
+/// Empty lines tolerated before a request line (RFC 9112 §2.2).
+const MAX_LEADING_EMPTY_LINES: usize = 4;
+
+impl Scanner {
+    /// A fresh scanner.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// True when no byte has been scanned yet.
+    pub fn is_fresh(&self) -> bool {
+        self.scanned == 0
+    }
+
+    /// Scans `buf` (which starts where the head starts and may have grown
+    /// since the last call). Returns the span once the head is complete.
+    pub fn scan(&mut self, buf: &[u8], limits: &ScanLimits) -> Result<Option<HeadSpan>, ParseError> {
+        let is_request = limits.max_request_line.is_some();
+        while let Some(&b) = buf.get(self.scanned) {
+            let i = self.scanned;
+            match b {
+                b'\n' => {
+                    // A LF must follow a CR.
+                    if i == 0 || buf.get(i - 1) != Some(&b'\r') {
+                        return Err(ParseError::BareCrOrLf);
+                    }
+                    let line_len = i - 1 - self.line_start;
+                    if is_request && self.request_line_end.is_none() {
+                        if line_len == 0 {
+                            // Empty line before the request line.
+                            self.leading += 1;
+                            if self.leading > MAX_LEADING_EMPTY_LINES {
+                                return Err(ParseError::BadRequestLine);
+                            }
+                        } else {
+                            self.request_line_end = Some(i - 1);
+                        }
+                    } else if line_len == 0 {
+                        self.scanned = i + 1;
+                        return Ok(Some(HeadSpan {
+                            skip: self.leading * 2,
+                            request_line_end: self.request_line_end.unwrap_or(0),
+                            len: i + 1,
+                            fields: self.fields,
+                        }));
+                    } else {
+                        self.fields += 1;
+                        if self.fields > limits.max_fields {
+                            return Err(ParseError::TooManyHeaders);
+                        }
+                    }
+                    self.line_start = i + 1;
+                }
+                b'\r' => {
+                    // A CR must be followed by LF; decide once the next byte is here.
+                    if let Some(&next) = buf.get(i + 1) {
+                        if next != b'\n' {
+                            return Err(ParseError::BareCrOrLf);
+                        }
+                    }
+                }
+                0 => return Err(ParseError::Nul),
+                b' ' | b'\t' if i == self.line_start => {
+                    let in_fields = !is_request || self.request_line_end.is_some();
+                    if in_fields {
+                        return Err(ParseError::ObsFold);
+                    }
+                    return Err(ParseError::BadRequestLine);
+                }
+                _ => {}
+            }
+            // Length limits, checked as soon as they are exceeded.
+            match (limits.max_request_line, self.request_line_end) {
+                (Some(max), None) => {
+                    let len = i + 1 - self.line_start;
+                    if len > max.saturating_add(1) {
+                        return Err(ParseError::RequestLineTooLong);
+                    }
+                }
+                (_, end) => {
+                    let start = end.map_or(0, |e| e + 2);
+                    if (i + 1).saturating_sub(start) > limits.max_field_bytes.saturating_add(2) {
+                        return Err(limits.too_large);
+                    }
+                }
+            }
+            self.scanned = i + 1;
+        }
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req_limits() -> ScanLimits {
+        ScanLimits {
+            max_request_line: Some(20),
+            max_field_bytes: 40,
+            max_fields: 3,
+            too_large: ParseError::HeadersTooLarge,
+        }
+    }
+
+    fn scan_all(input: &[u8]) -> Result<Option<HeadSpan>, ParseError> {
+        Scanner::new().scan(input, &req_limits())
+    }
+
+    fn scan_bytewise(input: &[u8]) -> Result<Option<HeadSpan>, ParseError> {
+        let mut s = Scanner::new();
+        for n in 1..=input.len() {
+            if let Some(span) = s.scan(&input[..n], &req_limits())? {
+                return Ok(Some(span));
+            }
+        }
+        Ok(None)
+    }
+
+    #[test]
+    fn finds_end_whole_and_bytewise() {
+        let input = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nrest";
+        for r in [scan_all(input), scan_bytewise(input)] {
+            let span = r.unwrap().unwrap();
+            assert_eq!(span.len, 27);
+            assert_eq!(span.request_line_end, 14);
+            assert_eq!(span.fields, 1);
+        }
+    }
+
+    #[test]
+    fn rejects() {
+        let cases: &[(&[u8], ParseError)] = &[
+            (b"GET / HTTP/1.1\nHost: a\r\n\r\n", ParseError::BareCrOrLf),
+            (b"GET / HTTP/1.1\r\nHost: a\rX\r\n\r\n", ParseError::BareCrOrLf),
+            (b"GET / HTTP/1.1\r\nHost: a\0\r\n\r\n", ParseError::Nul),
+            (b"GET / HTTP/1.1\r\nHost: a\r\n b\r\n\r\n", ParseError::ObsFold),
+            (b"GET /aaaaaaaaaaaaaaaaaaaaaaaaa HTTP/1.1\r\n", ParseError::RequestLineTooLong),
+            (b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\n\r\n", ParseError::TooManyHeaders),
+            (
+                b"GET / HTTP/1.1\r\nA: 0123456789012345678901234567890123456789\r\n\r\n",
+                ParseError::HeadersTooLarge,
+            ),
+        ];
+        for (input, want) in cases {
+            assert_eq!(scan_all(input), Err(*want), "{:?}", String::from_utf8_lossy(input));
+            assert_eq!(scan_bytewise(input), Err(*want), "bytewise {:?}", String::from_utf8_lossy(input));
+        }
+    }
+
+    #[test]
+    fn request_line_exactly_at_limit_is_accepted() {
+        // 20 bytes of request line.
+        let input = b"GET /aaaaaa HTTP/1.1\r\n\r\n";
+        assert_eq!(scan_all(input).unwrap().unwrap().request_line_end, 20);
+        let over = b"GET /aaaaaaa HTTP/1.1\r\n\r\n";
+        assert_eq!(scan_all(over), Err(ParseError::RequestLineTooLong));
+    }
+
+    #[test]
+    fn leading_empty_lines_are_skipped_but_bounded() {
+        let span = scan_all(b"\r\n\r\nGET / HTTP/1.1\r\n\r\n").unwrap().unwrap();
+        assert_eq!(span.skip, 4);
+        assert!(scan_all(b"\r\n\r\n\r\n\r\n\r\n\r\nGET / HTTP/1.1\r\n\r\n").is_err());
+    }
+}

@@ -1,0 +1,158 @@
+//! `A`: the identity gate (seed `000`, "Session authentication and routing").
+//!
+//! ```text
+//!  H ──events──▶ [ A ] ──Tagged{identity, msg}──▶ router ──▶ destination
+//!    ◀─replies──  [   ] ◀─Tagged{identity, reply}──
+//! ```
+//!
+//! `A` right-terminates one HTTP session: it tags everything it forwards
+//! with the connection's identity (or `null`), and enforces the seed's
+//! central safety property, *the reply rule*: a reply whose identity is not
+//! the one `A` attached is not sent ([`Gate::check_reply`]). Until password
+//! login, sessions and tokens arrive (issue 5), every identity is `null`;
+//! the gate and the rule are already in the pipeline. It also strips
+//! client-supplied identity headers (`X-Sigma-*`, any spelling) so no
+//! destination can be fooled by them.
+
+use std::fmt;
+use std::sync::Arc;
+
+use sigma_http::{Header, RequestHead};
+
+/// Where an identity came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Provider {
+    /// Password login.
+    Password,
+    /// An OAuth2 / OIDC provider, by its configured name.
+    OAuth(String),
+    /// A bearer JWT, by issuer.
+    Jwt(String),
+}
+
+/// An authenticated principal (DESIGN §4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The sigma user name.
+    pub user: String,
+    /// How the user authenticated.
+    pub provider: Provider,
+}
+
+/// The identity attached to a message: `None` is `null` (anonymous).
+pub type Principal = Option<Arc<Identity>>;
+
+/// A message with the identity `A` attached to it.
+#[derive(Debug, Clone)]
+pub struct Tagged<T> {
+    /// Who the message is from (right-bound) or for (left-bound).
+    pub identity: Principal,
+    /// The message.
+    pub msg: T,
+}
+
+impl<T> Tagged<T> {
+    /// Tags `msg` with `identity`.
+    pub fn new(identity: Principal, msg: T) -> Self {
+        Self { identity, msg }
+    }
+}
+
+/// A reply carried an identity other than the connection's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityMismatch;
+
+impl fmt::Display for IdentityMismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("reply identity differs from the connection's")
+    }
+}
+
+/// The `A` stage of one connection.
+#[derive(Debug, Clone, Default)]
+pub struct Gate {
+    identity: Principal,
+}
+
+impl Gate {
+    /// A gate for a new connection (anonymous until it authenticates).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The identity of this connection.
+    pub fn identity(&self) -> &Principal {
+        &self.identity
+    }
+
+    /// Prepares a request for forwarding: strips client-supplied identity
+    /// headers and tags it with the connection's identity.
+    pub fn tag_request(&self, mut head: RequestHead) -> Tagged<RequestHead> {
+        strip_identity_headers(&mut head.headers);
+        Tagged::new(self.identity.clone(), head)
+    }
+
+    /// Tags any message with the connection's identity.
+    pub fn tag<T>(&self, msg: T) -> Tagged<T> {
+        Tagged::new(self.identity.clone(), msg)
+    }
+
+    /// The reply rule: `reply` may be sent only if it carries exactly the
+    /// identity this gate attached.
+    pub fn check_reply<T>(&self, reply: &Tagged<T>) -> Result<(), IdentityMismatch> {
+        let same = match (&self.identity, &reply.identity) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+            _ => false,
+        };
+        if same {
+            Ok(())
+        } else {
+            Err(IdentityMismatch)
+        }
+    }
+}
+
+/// True for `X-Sigma-*` in any case, with `-` or `_` (`X_Sigma_User`).
+pub fn is_identity_header(name: &[u8]) -> bool {
+    const PREFIX: &[u8] = b"x-sigma-";
+    name.len() >= PREFIX.len()
+        && name.iter().zip(PREFIX).all(|(&a, &p)| {
+            let a = a.to_ascii_lowercase();
+            a == p || (p == b'-' && a == b'_')
+        })
+}
+
+/// Removes every client-supplied identity header.
+pub fn strip_identity_headers(headers: &mut Vec<Header>) {
+    headers.retain(|h| !is_identity_header(&h.name));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_header_spellings() {
+        for n in ["X-Sigma-User", "x-sigma-identity", "X_Sigma_User", "x_SIGMA-user", "X-SIGMA-"] {
+            assert!(is_identity_header(n.as_bytes()), "{n}");
+        }
+        for n in ["X-Sigmas", "X-Sigm", "Sigma-User", "X-Forwarded-For"] {
+            assert!(!is_identity_header(n.as_bytes()), "{n}");
+        }
+    }
+
+    #[test]
+    fn reply_rule() {
+        let anon = Gate::new();
+        assert!(anon.check_reply(&Tagged::new(None, ())).is_ok());
+        let alice = Some(Arc::new(Identity {
+            user: "alice".into(),
+            provider: Provider::Password,
+        }));
+        assert_eq!(anon.check_reply(&Tagged::new(alice.clone(), ())), Err(IdentityMismatch));
+        let gate = Gate { identity: alice.clone() };
+        assert!(gate.check_reply(&Tagged::new(alice, ())).is_ok());
+        assert_eq!(gate.check_reply(&Tagged::new(None, ())), Err(IdentityMismatch));
+    }
+}

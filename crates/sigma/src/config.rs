@@ -1,0 +1,1886 @@
+//! `sigma.toml`: the configuration of DESIGN §3, §6 and §8.
+//!
+//! `sigma serve` and `sigma check` call [`load`] first. The resulting
+//! [`Config`] tells the binary which listeners to bind and which stages they
+//! run ([`Config::topology`], parsed by [`crate::pipeline`]), the `T` limits
+//! ([`ServerConfig`]), the `H` limits ([`sigma_http::Limits`], from `[http]`
+//! and `[websocket]`) and the route table ([`RouteConfig`]). Precedence:
+//! built-in defaults < file < `SIGMA_*` environment; command-line flags are
+//! applied by the caller afterwards. The reference file with every key is
+//! `crates/sigma/tests/data/config/full.toml`.
+//!
+//! This module only reads and validates: it opens no socket, creates no
+//! directory, reads no process environment by itself (the caller passes it
+//! in, see [`process_env`]) and does not check that a static directory or an
+//! upstream exists.
+//!
+//! Rules a user sees:
+//! - every table rejects unknown keys, naming the key's path and the line;
+//! - durations are humantime strings (`"10s"`, `"500ms"`, `"2m"`), greater
+//!   than 0 and at most 365 days;
+//! - counts that bound something are greater than 0; `http.max_body`,
+//!   `http.max_chunk_extension` and `http.max_trailer_bytes` may be 0
+//!   (no body / no chunk extensions / no trailers);
+//! - `SIGMA_HTTP_MAX_BODY=1048576` sets `http.max_body`; `SIGMA_PIPELINE`
+//!   and `SIGMA_DATA_DIR` set the top-level keys; the value is an integer if
+//!   it parses as one, else a boolean for `true`/`false`, else a string.
+//!   [`RESERVED_ENV`] variables belong to logging and are ignored here.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
+use serde::Deserialize;
+use sigma_http::{Limits, WsLimits};
+use toml::{Table, Value};
+
+use crate::pipeline::{self, SpecError, Topology};
+
+/// The topology when neither the file nor the environment sets `pipeline`.
+pub const DEFAULT_PIPELINE: &str = "T127.0.0.1:3000[HA]";
+/// Where the embedded store lives unless `data_dir` says otherwise.
+pub const DEFAULT_DATA_DIR: &str = "./sigma-data";
+/// Open connections, all clients together.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Open connections from one client IP.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 1_000;
+/// Listen backlog passed to `listen(2)`.
+pub const DEFAULT_BACKLOG: i32 = 1024;
+/// Graceful shutdown deadline.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// After our `SHUT_WR`, how long to wait for the peer's EOF.
+pub const DEFAULT_LINGER_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest duration any key accepts (365 days): larger values make no
+/// sense and could overflow `Instant` arithmetic.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+/// `SIGMA_*` variables that are not config keys (read by the logging setup).
+pub const RESERVED_ENV: &[&str] = &["SIGMA_LOG", "SIGMA_LOG_FORMAT"];
+
+/// The tables an environment variable can address (`SIGMA_<TABLE>_<KEY>`).
+const ENV_TABLES: &[&str] = &["server", "http", "websocket"];
+/// The name used in messages for a config given by [`from_str`].
+const STRING_SOURCE: &str = "<config>";
+
+/// The resolved configuration of one sigma process.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The listeners and their stages (`pipeline`).
+    pub topology: Topology,
+    /// The embedded store's directory (`data_dir`).
+    pub data_dir: PathBuf,
+    /// `T`'s limits (`[server]`).
+    pub server: ServerConfig,
+    /// `H`'s limits (`[http]` and `[websocket]`); `ws.write_timeout` is
+    /// `http.write_timeout`.
+    pub limits: Limits,
+    /// The route table, longest path first (`[[route]]`).
+    pub routes: Vec<RouteConfig>,
+}
+
+/// `[server]`: the limits of `T` (DESIGN §2).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Open connections, all clients together (> 0).
+    #[serde(deserialize_with = "positive")]
+    pub max_connections: usize,
+    /// Open connections from one client IP (> 0).
+    #[serde(deserialize_with = "positive")]
+    pub max_connections_per_ip: usize,
+    /// Listen backlog (> 0), ready for `socket2::Socket::listen` (a `c_int`).
+    #[serde(deserialize_with = "positive")]
+    pub backlog: i32,
+    /// Graceful shutdown deadline.
+    #[serde(deserialize_with = "duration")]
+    pub drain_timeout: Duration,
+    /// After our `SHUT_WR`, wait this long for the peer's EOF.
+    #[serde(deserialize_with = "duration")]
+    pub linger_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+            backlog: DEFAULT_BACKLOG,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            linger_timeout: DEFAULT_LINGER_TIMEOUT,
+        }
+    }
+}
+
+/// One `[[route]]`: requests whose path starts with `path` go to `to`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteConfig {
+    /// The path prefix: starts with `/`, no whitespace, no `.`/`..` or empty
+    /// segments, no `%`, `?` or `#`.
+    pub path: String,
+    /// Where matching requests go.
+    pub to: Destination,
+    /// Who may use the route (default `optional`).
+    pub auth: AuthLevel,
+    /// If set, only these users may use the route (never empty).
+    pub users: Option<Vec<String>>,
+    /// Per-route override of `http.max_body`.
+    pub max_body: Option<u64>,
+}
+
+/// A route's destination, written in `to` (DESIGN §6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Destination {
+    /// `&echo`: returns each request body / WebSocket message to its sender.
+    Echo,
+    /// `&broadcast`: the built-in pub/sub hub.
+    Broadcast,
+    /// `&db`: the built-in key-value store.
+    Db,
+    /// `http://HOST[:PORT][/PATH]`: a reverse-proxied upstream, as written.
+    Upstream(String),
+    /// `static:DIR`: files under a directory; a relative `DIR` is relative
+    /// to the working directory, like `data_dir`.
+    Static(PathBuf),
+}
+
+/// Who may use a route (DESIGN §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthLevel {
+    /// Only authenticated users; browsers are redirected to `/login`.
+    Required,
+    /// Anyone; the identity is attached when there is one.
+    #[default]
+    Optional,
+    /// Anyone; forwarded with identity `null`.
+    None,
+}
+
+/// A configuration problem: where it is and what it is.
+#[derive(Debug)]
+pub struct ConfigError {
+    /// Where the offending value came from.
+    pub origin: Origin,
+    /// The key's path (`http.max_headers`, `route[0].to`); empty when the
+    /// problem is the whole file (unreadable, not TOML).
+    pub path: String,
+    /// What is wrong.
+    pub kind: ConfigErrorKind,
+}
+
+/// Where a configuration value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// The config file (`name` as given; `<config>` for [`from_str`]).
+    File {
+        /// The file name as given by the caller.
+        name: String,
+        /// 1-based line of the key, where TOML tells it.
+        line: Option<usize>,
+    },
+    /// A `SIGMA_*` environment variable.
+    Env {
+        /// The variable's name, e.g. `SIGMA_HTTP_MAX_BODY`.
+        var: String,
+    },
+    /// The built-in defaults.
+    Defaults,
+}
+
+/// What is wrong with a configuration value.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ConfigErrorKind {
+    /// The file could not be read.
+    Io(std::io::Error),
+    /// The file is not valid TOML.
+    Syntax {
+        /// The TOML parser's message.
+        message: String,
+    },
+    /// A key no table of sigma.toml has.
+    UnknownKey {
+        /// The keys that table accepts.
+        expected: &'static [&'static str],
+    },
+    /// A value of the wrong type or out of range (the message says which).
+    Invalid {
+        /// What is wrong, e.g. `invalid duration "ten": …`.
+        message: String,
+    },
+    /// `data_dir` is empty.
+    EmptyDataDir,
+    /// `websocket.max_frame` exceeds `websocket.max_message`.
+    FrameExceedsMessage {
+        /// `websocket.max_frame`.
+        max_frame: usize,
+        /// `websocket.max_message`.
+        max_message: usize,
+    },
+    /// `websocket.idle_timeout` would close a quiet connection before its ping.
+    IdleNotAfterPing {
+        /// `websocket.idle_timeout`.
+        idle_timeout: Duration,
+        /// `websocket.ping_interval`.
+        ping_interval: Duration,
+    },
+    /// `pipeline` is malformed.
+    Pipeline(SpecError),
+    /// A `[[route]]` is invalid.
+    Route(RouteError),
+}
+
+/// What is wrong with one `[[route]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RouteError {
+    /// `path` does not start with `/`.
+    PathNotAbsolute(String),
+    /// `path` contains a character outside the allowed set.
+    PathChar {
+        /// The path.
+        path: String,
+        /// The first offending character.
+        ch: char,
+    },
+    /// `path` has a `.` or `..` segment.
+    PathDotSegment(String),
+    /// `path` has an empty segment (`//`).
+    PathEmptySegment(String),
+    /// Another route has the same path (ignoring a trailing `/`).
+    DuplicatePath {
+        /// The path.
+        path: String,
+        /// Index of the first route with that path.
+        first: usize,
+    },
+    /// `to = "&name"` with a name that is not a built-in.
+    UnknownBuiltin(String),
+    /// `to` is none of the accepted forms.
+    UnknownDestination(String),
+    /// `to = "https://…"`: upstream TLS is not supported yet.
+    HttpsUpstream(String),
+    /// `to = "http://…"` with a malformed URL.
+    BadUpstream {
+        /// The URL.
+        url: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// `to = "static:"` with no directory.
+    EmptyStaticDir,
+    /// `users` on a route with `auth = "none"`.
+    UsersWithoutAuth,
+    /// `users = []`.
+    EmptyUsers,
+    /// A user name that is empty or contains whitespace or control characters.
+    BadUserName(String),
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            topology: default_topology(),
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            server: ServerConfig::default(),
+            limits: Limits::default(),
+            routes: default_routes(),
+        }
+    }
+}
+
+/// [`DEFAULT_PIPELINE`] as a [`Topology`].
+pub fn default_topology() -> Topology {
+    Topology {
+        listeners: vec![pipeline::Listener {
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], 3000)),
+            stages: vec![pipeline::Stage::H, pipeline::Stage::A],
+        }],
+    }
+}
+
+/// The route table used when the config has no `[[route]]` at all
+/// (`route = []` means no routes).
+pub fn default_routes() -> Vec<RouteConfig> {
+    vec![RouteConfig {
+        path: "/echo".to_owned(),
+        to: Destination::Echo,
+        auth: AuthLevel::None,
+        users: None,
+        max_body: None,
+    }]
+}
+
+/// The process's `SIGMA_*` variables, ready for [`load`]. Unlike
+/// `std::env::vars` this never panics; a non-UTF-8 value is converted
+/// lossily (and will then most likely fail validation, visibly).
+pub fn process_env() -> Vec<(String, String)> {
+    std::env::vars_os()
+        .filter_map(|(k, v)| {
+            let k = k.to_str()?.to_owned();
+            k.starts_with("SIGMA_")
+                .then(|| (k, v.to_string_lossy().into_owned()))
+        })
+        .collect()
+}
+
+/// Loads the config: `path` (none: defaults only), then the `SIGMA_*`
+/// overrides in `env` (the caller passes the environment in, e.g.
+/// [`process_env`]; other variables are ignored).
+pub fn load(path: Option<&Path>, env: &[(String, String)]) -> Result<Config, ConfigError> {
+    let Some(path) = path else {
+        return build(None, env);
+    };
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        origin: Origin::File {
+            name: name.clone(),
+            line: None,
+        },
+        path: String::new(),
+        kind: ConfigErrorKind::Io(e),
+    })?;
+    build(Some((&name, &text)), env)
+}
+
+/// Like [`load`] with the file's text given directly; messages call it
+/// `<config>`.
+pub fn from_str(toml: &str, env: &[(String, String)]) -> Result<Config, ConfigError> {
+    build(Some((STRING_SOURCE, toml)), env)
+}
+
+impl Config {
+    /// The summary `sigma check` and `sigma serve` print: the topology, then
+    /// one line per route in match order (no trailing newline).
+    ///
+    /// ```text
+    /// pipeline T127.0.0.1:3000[HA]
+    /// route /echo -> &echo (auth none)
+    /// ```
+    pub fn describe(&self) -> String {
+        let mut out = format!("pipeline {}", self.topology);
+        for r in &self.routes {
+            out.push_str(&format!("\nroute {} -> {} (auth {}", r.path, r.to, r.auth));
+            if let Some(users) = &r.users {
+                out.push_str(&format!(", users {}", users.join(",")));
+            }
+            if let Some(max_body) = r.max_body {
+                out.push_str(&format!(", max_body {max_body}"));
+            }
+            out.push(')');
+        }
+        out
+    }
+}
+
+impl Destination {
+    /// Parses a route's `to`: `&echo`, `&broadcast`, `&db`,
+    /// `http://HOST[:PORT][/PATH]` or `static:DIR`.
+    pub fn parse(to: &str) -> Result<Destination, RouteError> {
+        if let Some(name) = to.strip_prefix('&') {
+            return match name {
+                "echo" => Ok(Destination::Echo),
+                "broadcast" => Ok(Destination::Broadcast),
+                "db" => Ok(Destination::Db),
+                _ => Err(RouteError::UnknownBuiltin(name.to_owned())),
+            };
+        }
+        if let Some(dir) = to.strip_prefix("static:") {
+            if dir.is_empty() {
+                return Err(RouteError::EmptyStaticDir);
+            }
+            return Ok(Destination::Static(PathBuf::from(dir)));
+        }
+        if to
+            .get(..8)
+            .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
+        {
+            return Err(RouteError::HttpsUpstream(to.to_owned()));
+        }
+        if let Some(rest) = to.strip_prefix("http://") {
+            check_upstream(rest).map_err(|reason| RouteError::BadUpstream {
+                url: to.to_owned(),
+                reason,
+            })?;
+            return Ok(Destination::Upstream(to.to_owned()));
+        }
+        Err(RouteError::UnknownDestination(to.to_owned()))
+    }
+}
+
+impl FromStr for Destination {
+    type Err = RouteError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Destination::parse(s)
+    }
+}
+
+/// Checks what follows `http://`: an authority (IP, `[IPv6]` or host name,
+/// optional port 1-65535), then an optional path without query or fragment.
+fn check_upstream(rest: &str) -> Result<(), &'static str> {
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    if rest.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("it contains whitespace or control characters");
+    }
+    if authority.contains('@') {
+        return Err("credentials in the URL are not supported");
+    }
+    if path.contains(['?', '#']) {
+        return Err("a query or fragment is not allowed");
+    }
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let Some((ip, after)) = v6.split_once(']') else {
+            return Err("the IPv6 address has no closing `]`");
+        };
+        if ip.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err("the IPv6 address is invalid");
+        }
+        match after {
+            "" => (ip, None),
+            _ => match after.strip_prefix(':') {
+                Some(port) => (ip, Some(port)),
+                None => return Err("expected `:PORT` after the IPv6 address"),
+            },
+        }
+    } else {
+        match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() {
+        return Err("the host is missing");
+    }
+    if !authority.starts_with('[')
+        && !host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+    {
+        return Err("the host may only contain letters, digits, `.` and `-`");
+    }
+    if let Some(port) = port {
+        match port.parse::<u16>() {
+            Ok(p) if p > 0 && port.bytes().all(|b| b.is_ascii_digit()) => {}
+            _ => return Err("the port must be a number from 1 to 65535"),
+        }
+    }
+    Ok(())
+}
+
+impl fmt::Display for Destination {
+    /// The `to` spelling: `&echo`, `http://…`, `static:DIR`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Destination::Echo => write!(f, "&echo"),
+            Destination::Broadcast => write!(f, "&broadcast"),
+            Destination::Db => write!(f, "&db"),
+            Destination::Upstream(url) => write!(f, "{url}"),
+            Destination::Static(dir) => write!(f, "static:{}", dir.display()),
+        }
+    }
+}
+
+impl fmt::Display for AuthLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AuthLevel::Required => "required",
+            AuthLevel::Optional => "optional",
+            AuthLevel::None => "none",
+        })
+    }
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::File {
+                name,
+                line: Some(line),
+            } => write!(f, "{name}:{line}"),
+            Origin::File { name, line: None } => write!(f, "{name}"),
+            Origin::Env { var } => write!(f, "{var}"),
+            Origin::Defaults => write!(f, "built-in defaults"),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    /// `sigma.toml:3: unknown key `http.max_hedaers` (expected one of …)`,
+    /// `SIGMA_HTTP_HEAD_TIMEOUT: http.head_timeout: invalid duration "ten": …`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: ", self.origin)?;
+        if let ConfigErrorKind::UnknownKey { expected } = &self.kind {
+            write!(f, "unknown key `{}`", self.path)?;
+            if !expected.is_empty() {
+                let list: Vec<String> = expected.iter().map(|k| format!("`{k}`")).collect();
+                write!(f, " (expected one of {})", list.join(", "))?;
+            }
+            return Ok(());
+        }
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        write!(f, "{}", self.kind)
+    }
+}
+
+impl fmt::Display for ConfigErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigErrorKind::Io(e) => write!(f, "cannot read the config file: {e}"),
+            ConfigErrorKind::Syntax { message } => write!(f, "invalid TOML: {message}"),
+            ConfigErrorKind::UnknownKey { .. } => write!(f, "unknown key"),
+            ConfigErrorKind::Invalid { message } => write!(f, "{message}"),
+            ConfigErrorKind::EmptyDataDir => write!(f, "must not be empty"),
+            ConfigErrorKind::FrameExceedsMessage {
+                max_frame,
+                max_message,
+            } => write!(
+                f,
+                "{max_frame} is larger than websocket.max_message ({max_message})"
+            ),
+            ConfigErrorKind::IdleNotAfterPing {
+                idle_timeout,
+                ping_interval,
+            } => write!(
+                f,
+                "{} must be longer than websocket.ping_interval ({}), or quiet connections close before they are pinged",
+                humantime::format_duration(*idle_timeout),
+                humantime::format_duration(*ping_interval)
+            ),
+            ConfigErrorKind::Pipeline(e) => write!(f, "{e}"),
+            ConfigErrorKind::Route(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl fmt::Display for RouteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RouteError::PathNotAbsolute(p) => write!(f, "path {p:?} must start with `/`"),
+            RouteError::PathChar { path, ch } if ch.is_whitespace() => {
+                write!(f, "path {path:?} contains whitespace")
+            }
+            RouteError::PathChar { path, ch } => write!(
+                f,
+                "path {path:?} contains `{}`; allowed are letters, digits and - . _ ~ ! $ & ' ( ) * + , ; = : @ /",
+                ch.escape_debug()
+            ),
+            RouteError::PathDotSegment(p) => {
+                write!(f, "path {p:?} contains a `.` or `..` segment")
+            }
+            RouteError::PathEmptySegment(p) => write!(f, "path {p:?} contains `//`"),
+            RouteError::DuplicatePath { path, first } => {
+                write!(f, "duplicate route path {path:?} (same as route[{first}])")
+            }
+            RouteError::UnknownBuiltin(name) => write!(
+                f,
+                "unknown destination `&{name}` (built-ins are &echo, &broadcast and &db)"
+            ),
+            RouteError::UnknownDestination(to) => write!(
+                f,
+                "unknown destination {to:?}: expected &echo, &broadcast, &db, http://HOST[:PORT] or static:DIR"
+            ),
+            RouteError::HttpsUpstream(url) => write!(
+                f,
+                "upstream {url:?}: https:// upstreams are not supported yet; use http://"
+            ),
+            RouteError::BadUpstream { url, reason } => {
+                write!(f, "invalid upstream URL {url:?}: {reason}")
+            }
+            RouteError::EmptyStaticDir => {
+                write!(f, "`static:` needs a directory, e.g. \"static:./www\"")
+            }
+            RouteError::UsersWithoutAuth => write!(
+                f,
+                "a users allow-list needs auth = \"required\" or \"optional\", not \"none\""
+            ),
+            RouteError::EmptyUsers => write!(
+                f,
+                "the users allow-list is empty: list at least one user or remove the key"
+            ),
+            RouteError::BadUserName(u) => write!(
+                f,
+                "invalid user name {u:?}: empty or contains whitespace or control characters"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.kind {
+            ConfigErrorKind::Io(e) => Some(e),
+            ConfigErrorKind::Pipeline(e) => Some(e),
+            ConfigErrorKind::Route(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl std::error::Error for RouteError {}
+
+// ---------------------------------------------------------------------------
+// The file as serde sees it.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ConfigFile {
+    pipeline: String,
+    data_dir: PathBuf,
+    server: ServerConfig,
+    http: HttpTable,
+    websocket: WebsocketTable,
+    route: Option<Vec<RouteTable>>,
+}
+
+impl Default for ConfigFile {
+    fn default() -> Self {
+        Self {
+            pipeline: DEFAULT_PIPELINE.to_owned(),
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            server: ServerConfig::default(),
+            http: HttpTable::default(),
+            websocket: WebsocketTable::default(),
+            route: None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct HttpTable {
+    #[serde(deserialize_with = "positive")]
+    max_request_line: usize,
+    #[serde(deserialize_with = "positive")]
+    max_header_bytes: usize,
+    #[serde(deserialize_with = "positive")]
+    max_headers: usize,
+    #[serde(deserialize_with = "duration")]
+    head_timeout: Duration,
+    #[serde(deserialize_with = "duration")]
+    keepalive_timeout: Duration,
+    max_body: u64,
+    #[serde(deserialize_with = "positive")]
+    body_min_rate: u64,
+    #[serde(deserialize_with = "duration")]
+    body_rate_grace: Duration,
+    #[serde(deserialize_with = "duration")]
+    write_timeout: Duration,
+    #[serde(deserialize_with = "positive")]
+    max_pipelined: usize,
+    #[serde(deserialize_with = "positive")]
+    max_requests_per_connection: u64,
+    max_chunk_extension: usize,
+    max_trailer_bytes: usize,
+}
+
+impl Default for HttpTable {
+    fn default() -> Self {
+        let d = Limits::default();
+        Self {
+            max_request_line: d.max_request_line,
+            max_header_bytes: d.max_header_bytes,
+            max_headers: d.max_headers,
+            head_timeout: d.head_timeout,
+            keepalive_timeout: d.keepalive_timeout,
+            max_body: d.max_body,
+            body_min_rate: d.body_min_rate,
+            body_rate_grace: d.body_rate_grace,
+            write_timeout: d.write_timeout,
+            max_pipelined: d.max_pipelined,
+            max_requests_per_connection: d.max_requests_per_connection,
+            max_chunk_extension: d.max_chunk_extension,
+            max_trailer_bytes: d.max_trailer_bytes,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct WebsocketTable {
+    #[serde(deserialize_with = "positive")]
+    max_frame: usize,
+    #[serde(deserialize_with = "positive")]
+    max_message: usize,
+    #[serde(deserialize_with = "duration")]
+    ping_interval: Duration,
+    #[serde(deserialize_with = "duration")]
+    idle_timeout: Duration,
+    #[serde(deserialize_with = "duration")]
+    close_timeout: Duration,
+    #[serde(deserialize_with = "positive")]
+    max_outbound: usize,
+}
+
+impl Default for WebsocketTable {
+    fn default() -> Self {
+        let d = WsLimits::default();
+        Self {
+            max_frame: d.max_frame,
+            max_message: d.max_message,
+            ping_interval: d.ping_interval,
+            idle_timeout: d.idle_timeout,
+            close_timeout: d.close_timeout,
+            max_outbound: d.max_outbound,
+        }
+    }
+}
+
+/// `path` and `to` are required, so this table has no container default.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteTable {
+    path: String,
+    to: String,
+    #[serde(default)]
+    auth: AuthLevel,
+    #[serde(default)]
+    users: Option<Vec<String>>,
+    #[serde(default)]
+    max_body: Option<u64>,
+}
+
+/// A humantime duration string, > 0 and ≤ [`MAX_DURATION`].
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    struct DurationVisitor;
+
+    impl Visitor<'_> for DurationVisitor {
+        type Value = Duration;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a duration string such as \"10s\" or \"500ms\"")
+        }
+
+        fn visit_str<E: de::Error>(self, s: &str) -> Result<Duration, E> {
+            let d = humantime::parse_duration(s)
+                .map_err(|e| E::custom(format!("invalid duration {s:?}: {e}")))?;
+            if d.is_zero() {
+                return Err(E::custom(format!(
+                    "invalid duration {s:?}: must be greater than 0"
+                )));
+            }
+            if d > MAX_DURATION {
+                return Err(E::custom(format!(
+                    "invalid duration {s:?}: must be at most 365 days"
+                )));
+            }
+            Ok(d)
+        }
+    }
+
+    d.deserialize_str(DurationVisitor)
+}
+
+/// A number that must be greater than zero.
+fn positive<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default + PartialOrd + fmt::Display,
+{
+    let v = T::deserialize(d)?;
+    if v <= T::default() {
+        return Err(de::Error::custom(format!(
+            "must be greater than 0 (got {v})"
+        )));
+    }
+    Ok(v)
+}
+
+/// The field names serde knows for `T`, read from `deserialize_struct`
+/// itself so the unknown-key check can never drift from the structs.
+fn fields_of<T: DeserializeOwned>() -> &'static [&'static str] {
+    let mut fields: &'static [&'static str] = &[];
+    let _ = T::deserialize(FieldProbe(&mut fields));
+    fields
+}
+
+struct FieldProbe<'a>(&'a mut &'static [&'static str]);
+
+#[derive(Debug)]
+struct ProbeDone;
+
+impl fmt::Display for ProbeDone {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("field probe")
+    }
+}
+
+impl std::error::Error for ProbeDone {}
+
+impl de::Error for ProbeDone {
+    fn custom<T: fmt::Display>(_: T) -> Self {
+        ProbeDone
+    }
+}
+
+impl<'de> Deserializer<'de> for FieldProbe<'_> {
+    type Error = ProbeDone;
+
+    fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, ProbeDone> {
+        Err(ProbeDone)
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        fields: &'static [&'static str],
+        _visitor: V,
+    ) -> Result<V::Value, ProbeDone> {
+        *self.0 = fields;
+        Err(ProbeDone)
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+        bytes byte_buf option unit unit_struct newtype_struct seq tuple
+        tuple_struct map enum identifier ignored_any
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Loading.
+
+/// One step of a key path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seg {
+    Key(String),
+    Index(usize),
+}
+
+type KeyPath = Vec<Seg>;
+
+fn key(k: &str) -> Seg {
+    Seg::Key(k.to_owned())
+}
+
+/// `http.max_body`, `route[0].to`.
+fn render(path: &[Seg]) -> String {
+    let mut out = String::new();
+    for seg in path {
+        match seg {
+            Seg::Key(k) => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(k);
+            }
+            Seg::Index(i) => out.push_str(&format!("[{i}]")),
+        }
+    }
+    out
+}
+
+/// What an error needs to say where it comes from.
+struct Sources<'a> {
+    /// The file's name, text and span-keeping parse (for line numbers).
+    file: Option<(&'a str, &'a str, toml::Spanned<toml::de::DeTable<'a>>)>,
+    /// Key paths set from the environment, with the variable that set them.
+    env: Vec<(KeyPath, String)>,
+}
+
+impl Sources<'_> {
+    fn error(&self, path: KeyPath, kind: ConfigErrorKind) -> ConfigError {
+        let from_env = self
+            .env
+            .iter()
+            .rev()
+            .find(|(p, _)| path.starts_with(p))
+            .map(|(_, var)| var.clone());
+        let origin = match (from_env, &self.file) {
+            (Some(var), _) => Origin::Env { var },
+            (None, Some((name, text, doc))) => Origin::File {
+                name: (*name).to_owned(),
+                line: span_of(doc, &path).and_then(|start| line_at(text, start)),
+            },
+            (None, None) => Origin::Defaults,
+        };
+        ConfigError {
+            origin,
+            path: render(&path),
+            kind,
+        }
+    }
+}
+
+/// 1-based line of byte offset `at`.
+fn line_at(text: &str, at: usize) -> Option<usize> {
+    Some(text.get(..at)?.matches('\n').count() + 1)
+}
+
+/// Start of the key (or array element) that `path` names in the document.
+fn span_of(doc: &toml::Spanned<toml::de::DeTable<'_>>, path: &[Seg]) -> Option<usize> {
+    let mut table = Some(doc.get_ref());
+    let mut value: Option<&toml::Spanned<toml::de::DeValue<'_>>> = None;
+    let mut start = None;
+    for seg in path {
+        match seg {
+            Seg::Key(k) => {
+                let (spanned_key, v) = table?.get_key_value(k.as_str())?;
+                start = Some(spanned_key.span().start);
+                value = Some(v);
+            }
+            Seg::Index(i) => {
+                let v = value?.get_ref().as_array()?.get(*i)?;
+                start = Some(v.span().start);
+                value = Some(v);
+            }
+        }
+        table = value.and_then(|v| v.get_ref().as_table());
+    }
+    start
+}
+
+fn build(file: Option<(&str, &str)>, env: &[(String, String)]) -> Result<Config, ConfigError> {
+    let mut sources = Sources {
+        file: None,
+        env: Vec::new(),
+    };
+    let mut root = Table::new();
+    if let Some((name, text)) = file {
+        let syntax = |e: toml::de::Error| ConfigError {
+            origin: Origin::File {
+                name: name.to_owned(),
+                line: e.span().and_then(|s| line_at(text, s.start)),
+            },
+            path: String::new(),
+            kind: ConfigErrorKind::Syntax {
+                message: e.message().trim_end().to_owned(),
+            },
+        };
+        let doc = toml::de::DeTable::parse(text).map_err(syntax)?;
+        root = text.parse::<Table>().map_err(syntax)?;
+        sources.file = Some((name, text, doc));
+    }
+    apply_env(&mut root, env, &mut sources)?;
+    if let Some((path, expected)) = unknown_key(&root) {
+        return Err(sources.error(path, ConfigErrorKind::UnknownKey { expected }));
+    }
+    let parsed: ConfigFile = serde_path_to_error::deserialize(Value::Table(root)).map_err(|e| {
+        let path = e
+            .path()
+            .iter()
+            .filter_map(|s| match s {
+                serde_path_to_error::Segment::Seq { index } => Some(Seg::Index(*index)),
+                serde_path_to_error::Segment::Map { key } => Some(Seg::Key(key.clone())),
+                serde_path_to_error::Segment::Enum { variant } => Some(Seg::Key(variant.clone())),
+                serde_path_to_error::Segment::Unknown => None,
+            })
+            .collect();
+        let message = e.into_inner().message().trim_end().to_owned();
+        sources.error(path, ConfigErrorKind::Invalid { message })
+    })?;
+    resolve(parsed, &sources)
+}
+
+/// Writes the `SIGMA_*` variables into the parsed table (env beats file).
+fn apply_env(
+    root: &mut Table,
+    env: &[(String, String)],
+    sources: &mut Sources<'_>,
+) -> Result<(), ConfigError> {
+    for (var, raw) in env {
+        let Some(rest) = var.strip_prefix("SIGMA_") else {
+            continue;
+        };
+        if RESERVED_ENV.contains(&var.as_str()) {
+            continue;
+        }
+        let rest = rest.to_ascii_lowercase();
+        let value = if let Ok(i) = raw.parse::<i64>() {
+            Value::Integer(i)
+        } else if raw == "true" || raw == "false" {
+            Value::Boolean(raw == "true")
+        } else {
+            Value::String(raw.clone())
+        };
+        let in_table = ENV_TABLES.iter().find_map(|t| {
+            let k = rest.strip_prefix(t)?.strip_prefix('_')?;
+            Some((*t, k))
+        });
+        let path = match in_table {
+            Some((table, k)) => {
+                let entry = root
+                    .entry(table)
+                    .or_insert_with(|| Value::Table(Table::new()));
+                let Value::Table(t) = entry else {
+                    return Err(ConfigError {
+                        origin: Origin::Env { var: var.clone() },
+                        path: table.to_owned(),
+                        kind: ConfigErrorKind::Invalid {
+                            message: format!(
+                                "cannot set `{table}.{k}`: `{table}` in the file is not a table"
+                            ),
+                        },
+                    });
+                };
+                t.insert(k.to_owned(), value);
+                vec![key(table), key(k)]
+            }
+            None => {
+                root.insert(rest.clone(), value);
+                vec![Seg::Key(rest)]
+            }
+        };
+        sources.env.push((path, var.clone()));
+    }
+    Ok(())
+}
+
+/// The first key (in key order) that no table of sigma.toml accepts.
+fn unknown_key(root: &Table) -> Option<(KeyPath, &'static [&'static str])> {
+    let top = fields_of::<ConfigFile>();
+    let check = |t: &Table, prefix: KeyPath, allowed: &'static [&'static str]| {
+        t.keys().find(|k| !allowed.contains(&k.as_str())).map(|k| {
+            let mut p = prefix;
+            p.push(key(k));
+            (p, allowed)
+        })
+    };
+    if let Some(found) = check(root, Vec::new(), top) {
+        return Some(found);
+    }
+    for (name, value) in root {
+        let allowed = match name.as_str() {
+            "server" => fields_of::<ServerConfig>(),
+            "http" => fields_of::<HttpTable>(),
+            "websocket" => fields_of::<WebsocketTable>(),
+            "route" => {
+                let Value::Array(items) = value else { continue };
+                let allowed = fields_of::<RouteTable>();
+                for (i, item) in items.iter().enumerate() {
+                    if let Value::Table(t) = item {
+                        if let Some(found) = check(t, vec![key("route"), Seg::Index(i)], allowed) {
+                            return Some(found);
+                        }
+                    }
+                }
+                continue;
+            }
+            _ => continue,
+        };
+        if let Value::Table(t) = value {
+            if let Some(found) = check(t, vec![key(name)], allowed) {
+                return Some(found);
+            }
+        }
+    }
+    None
+}
+
+/// Cross-key checks and conversion to the public types.
+fn resolve(file: ConfigFile, sources: &Sources<'_>) -> Result<Config, ConfigError> {
+    let topology = pipeline::parse(&file.pipeline)
+        .map_err(|e| sources.error(vec![key("pipeline")], ConfigErrorKind::Pipeline(e)))?;
+    if file.data_dir.as_os_str().is_empty() {
+        return Err(sources.error(vec![key("data_dir")], ConfigErrorKind::EmptyDataDir));
+    }
+    let ws = &file.websocket;
+    if ws.max_frame > ws.max_message {
+        return Err(sources.error(
+            vec![key("websocket"), key("max_frame")],
+            ConfigErrorKind::FrameExceedsMessage {
+                max_frame: ws.max_frame,
+                max_message: ws.max_message,
+            },
+        ));
+    }
+    if ws.idle_timeout <= ws.ping_interval {
+        return Err(sources.error(
+            vec![key("websocket"), key("idle_timeout")],
+            ConfigErrorKind::IdleNotAfterPing {
+                idle_timeout: ws.idle_timeout,
+                ping_interval: ws.ping_interval,
+            },
+        ));
+    }
+    let routes = match file.route {
+        None => default_routes(),
+        Some(tables) => {
+            routes(tables).map_err(|(path, e)| sources.error(path, ConfigErrorKind::Route(e)))?
+        }
+    };
+    let h = file.http;
+    let limits = Limits {
+        max_request_line: h.max_request_line,
+        max_header_bytes: h.max_header_bytes,
+        max_headers: h.max_headers,
+        head_timeout: h.head_timeout,
+        keepalive_timeout: h.keepalive_timeout,
+        max_body: h.max_body,
+        body_min_rate: h.body_min_rate,
+        body_rate_grace: h.body_rate_grace,
+        write_timeout: h.write_timeout,
+        max_pipelined: h.max_pipelined,
+        max_requests_per_connection: h.max_requests_per_connection,
+        max_chunk_extension: h.max_chunk_extension,
+        max_trailer_bytes: h.max_trailer_bytes,
+        ws: WsLimits {
+            max_frame: ws.max_frame,
+            max_message: ws.max_message,
+            ping_interval: ws.ping_interval,
+            idle_timeout: ws.idle_timeout,
+            close_timeout: ws.close_timeout,
+            max_outbound: ws.max_outbound,
+            write_timeout: h.write_timeout,
+        },
+    };
+    Ok(Config {
+        topology,
+        data_dir: file.data_dir,
+        server: file.server,
+        limits,
+        routes,
+    })
+}
+
+/// Validates every `[[route]]` and sorts them longest path first.
+fn routes(tables: Vec<RouteTable>) -> Result<Vec<RouteConfig>, (KeyPath, RouteError)> {
+    let mut out: Vec<RouteConfig> = Vec::with_capacity(tables.len());
+    for (i, t) in tables.into_iter().enumerate() {
+        let at = |k: &str| vec![key("route"), Seg::Index(i), key(k)];
+        check_route_path(&t.path).map_err(|e| (at("path"), e))?;
+        let norm = normalized(&t.path);
+        if let Some(first) = out.iter().position(|r| normalized(&r.path) == norm) {
+            return Err((
+                at("path"),
+                RouteError::DuplicatePath {
+                    path: t.path,
+                    first,
+                },
+            ));
+        }
+        let to = Destination::parse(&t.to).map_err(|e| (at("to"), e))?;
+        if let Some(users) = &t.users {
+            if t.auth == AuthLevel::None {
+                return Err((at("users"), RouteError::UsersWithoutAuth));
+            }
+            if users.is_empty() {
+                return Err((at("users"), RouteError::EmptyUsers));
+            }
+            if let Some(bad) = users
+                .iter()
+                .find(|u| u.is_empty() || u.chars().any(|c| c.is_whitespace() || c.is_control()))
+            {
+                return Err((at("users"), RouteError::BadUserName(bad.clone())));
+            }
+        }
+        out.push(RouteConfig {
+            path: t.path,
+            to,
+            auth: t.auth,
+            users: t.users,
+            max_body: t.max_body,
+        });
+    }
+    // Stable, so `first` above indexed the file's order; now match order.
+    out.sort_by(|a, b| {
+        b.path
+            .len()
+            .cmp(&a.path.len())
+            .then_with(|| a.path.cmp(&b.path))
+    });
+    Ok(out)
+}
+
+/// The path without a trailing `/` (except for `/` itself), for duplicates.
+fn normalized(path: &str) -> &str {
+    match path.strip_suffix('/') {
+        Some(p) if !p.is_empty() => p,
+        _ => path,
+    }
+}
+
+fn check_route_path(path: &str) -> Result<(), RouteError> {
+    let Some(rest) = path.strip_prefix('/') else {
+        return Err(RouteError::PathNotAbsolute(path.to_owned()));
+    };
+    if let Some(ch) = path
+        .chars()
+        .find(|&c| !(c.is_ascii_alphanumeric() || "-._~!$&'()*+,;=:@/".contains(c)))
+    {
+        return Err(RouteError::PathChar {
+            path: path.to_owned(),
+            ch,
+        });
+    }
+    let segments: Vec<&str> = rest.split('/').collect();
+    let last = segments.len().saturating_sub(1);
+    for (i, seg) in segments.iter().enumerate() {
+        match *seg {
+            "." | ".." => return Err(RouteError::PathDotSegment(path.to_owned())),
+            // A trailing `/` (or `/` alone) leaves one empty last segment.
+            "" if i != last => return Err(RouteError::PathEmptySegment(path.to_owned())),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn err(toml: &str) -> ConfigError {
+        match from_str(toml, &[]) {
+            Ok(c) => panic!("expected an error for {toml:?}, got {c:?}"),
+            Err(e) => e,
+        }
+    }
+
+    fn full_toml_path() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/config/full.toml")
+    }
+
+    #[test]
+    fn defaults_match_the_codec_and_design() {
+        let c = from_str("", &[]).unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.topology, pipeline::parse(DEFAULT_PIPELINE).unwrap());
+        assert_eq!(c.topology, default_topology());
+        assert_eq!(c.data_dir, PathBuf::from("./sigma-data"));
+        assert_eq!(c.routes, default_routes());
+        assert_eq!(c.server.backlog, 1024);
+        assert_eq!(c.server.drain_timeout, Duration::from_secs(10));
+        assert_eq!(c.server.linger_timeout, Duration::from_secs(5));
+        assert_eq!(load(None, &[]).unwrap(), c);
+        // Empty tables are the defaults too.
+        let c2 = from_str("[server]\n[http]\n[websocket]\n", &[]).unwrap();
+        assert_eq!(c2, c);
+    }
+
+    #[test]
+    fn every_key_round_trips() {
+        let toml = r#"
+            pipeline = "T[::1]:4000[H] T0.0.0.0:4001[HA]"
+            data_dir = "/var/lib/sigma"
+
+            [server]
+            max_connections = 11
+            max_connections_per_ip = 12
+            backlog = 13
+            drain_timeout = "14s"
+            linger_timeout = "15ms"
+
+            [http]
+            max_request_line = 21
+            max_header_bytes = 22
+            max_headers = 23
+            head_timeout = "24s"
+            keepalive_timeout = "25s"
+            max_body = 26
+            body_min_rate = 27
+            body_rate_grace = "28s"
+            write_timeout = "29s"
+            max_pipelined = 30
+            max_requests_per_connection = 31
+            max_chunk_extension = 32
+            max_trailer_bytes = 33
+
+            [websocket]
+            max_frame = 41
+            max_message = 42
+            ping_interval = "43s"
+            idle_timeout = "44s"
+            close_timeout = "45s"
+            max_outbound = 46
+
+            [[route]]
+            path = "/api"
+            to = "http://127.0.0.1:8080"
+            auth = "required"
+            users = ["alice", "bob"]
+            max_body = 51
+        "#;
+        let c = from_str(toml, &[]).unwrap();
+        assert_eq!(c.topology.to_string(), "T[::1]:4000[H] T0.0.0.0:4001[HA]");
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/sigma"));
+        assert_eq!(
+            c.server,
+            ServerConfig {
+                max_connections: 11,
+                max_connections_per_ip: 12,
+                backlog: 13,
+                drain_timeout: Duration::from_secs(14),
+                linger_timeout: Duration::from_millis(15),
+            }
+        );
+        let s = Duration::from_secs;
+        assert_eq!(
+            c.limits,
+            Limits {
+                max_request_line: 21,
+                max_header_bytes: 22,
+                max_headers: 23,
+                head_timeout: s(24),
+                keepalive_timeout: s(25),
+                max_body: 26,
+                body_min_rate: 27,
+                body_rate_grace: s(28),
+                write_timeout: s(29),
+                max_pipelined: 30,
+                max_requests_per_connection: 31,
+                max_chunk_extension: 32,
+                max_trailer_bytes: 33,
+                ws: WsLimits {
+                    max_frame: 41,
+                    max_message: 42,
+                    ping_interval: s(43),
+                    idle_timeout: s(44),
+                    close_timeout: s(45),
+                    max_outbound: 46,
+                    write_timeout: s(29),
+                },
+            }
+        );
+        assert_eq!(
+            c.routes,
+            vec![RouteConfig {
+                path: "/api".into(),
+                to: Destination::Upstream("http://127.0.0.1:8080".into()),
+                auth: AuthLevel::Required,
+                users: Some(vec!["alice".into(), "bob".into()]),
+                max_body: Some(51),
+            }]
+        );
+        // The test above names every field of every table.
+        for name in fields_of::<ServerConfig>()
+            .iter()
+            .chain(fields_of::<HttpTable>())
+            .chain(fields_of::<WebsocketTable>())
+            .chain(fields_of::<RouteTable>())
+            .chain(fields_of::<ConfigFile>())
+        {
+            assert!(
+                toml.contains(&format!("{name} = ")) || toml.contains(&format!("[{name}]")),
+                "{name} not covered"
+            );
+        }
+    }
+
+    #[test]
+    fn field_probe_reads_the_struct_fields() {
+        assert_eq!(
+            fields_of::<ConfigFile>(),
+            &[
+                "pipeline",
+                "data_dir",
+                "server",
+                "http",
+                "websocket",
+                "route"
+            ]
+        );
+        assert_eq!(fields_of::<HttpTable>().len(), 13);
+        assert_eq!(fields_of::<WebsocketTable>().len(), 6);
+        assert_eq!(fields_of::<ServerConfig>().len(), 5);
+        assert_eq!(fields_of::<RouteTable>().len(), 5);
+    }
+
+    #[test]
+    fn full_sample_file_loads_and_names_every_key() {
+        let path = full_toml_path();
+        let c = load(Some(&path), &[]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.server, ServerConfig::default());
+        assert_eq!(c.topology, default_topology());
+        assert!(c.routes.iter().any(|r| r.to == Destination::Echo));
+        assert!(c
+            .routes
+            .iter()
+            .any(|r| matches!(r.to, Destination::Static(_))));
+        assert!(c
+            .routes
+            .iter()
+            .any(|r| matches!(r.to, Destination::Upstream(_))));
+        // The reference file spells out every key (uncommented).
+        let text = std::fs::read_to_string(&path).unwrap();
+        let tables: &[(&str, &[&str])] = &[
+            ("", fields_of::<ConfigFile>()),
+            ("server", fields_of::<ServerConfig>()),
+            ("http", fields_of::<HttpTable>()),
+            ("websocket", fields_of::<WebsocketTable>()),
+            ("route", fields_of::<RouteTable>()),
+        ];
+        for (table, keys) in tables {
+            for k in *keys {
+                let found = text.lines().any(|l| {
+                    l.starts_with(&format!("{k} = "))
+                        || l.starts_with(&format!("[{k}]"))
+                        || l.starts_with(&format!("[[{k}]]"))
+                });
+                assert!(found, "full.toml lacks {table}.{k}");
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_keys_name_their_path_and_line() {
+        let e = err("pipeline = \"T3000[H]\"\nbogus = 1\n");
+        assert_eq!(e.path, "bogus");
+        assert!(matches!(e.kind, ConfigErrorKind::UnknownKey { .. }));
+        assert_eq!(
+            e.origin,
+            Origin::File {
+                name: "<config>".into(),
+                line: Some(2)
+            }
+        );
+        assert!(e.to_string().starts_with(
+            "<config>:2: unknown key `bogus` (expected one of `pipeline`, `data_dir`"
+        ));
+
+        let e = err("[http]\nmax_headers = 5\n\nmax_hedaers = 10\n");
+        assert_eq!(e.path, "http.max_hedaers");
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with("<config>:4: unknown key `http.max_hedaers`"),
+            "{msg}"
+        );
+        assert!(msg.contains("`max_headers`"), "{msg}");
+
+        let e = err("[websocket]\nmax_fram = 1\n");
+        assert_eq!(e.path, "websocket.max_fram");
+
+        let e = err("[server]\nbacklg = 1\n");
+        assert_eq!(e.path, "server.backlg");
+
+        let e = err(
+            "[[route]]\npath = \"/a\"\nto = \"&echo\"\n\n[[route]]\npath = \"/b\"\nto = \"&echo\"\nauht = \"none\"\n",
+        );
+        assert_eq!(e.path, "route[1].auht");
+        assert!(
+            e.to_string()
+                .starts_with("<config>:8: unknown key `route[1].auht`"),
+            "{e}"
+        );
+
+        // Dotted keys and inline tables are the same keys.
+        let e = err("http.max_hedaers = 1\n");
+        assert_eq!(e.path, "http.max_hedaers");
+        let e = err("websocket = { max_frame = 1, x = 2 }\n");
+        assert_eq!(e.path, "websocket.x");
+    }
+
+    #[test]
+    fn type_and_value_errors_name_the_key() {
+        let e = err("[http]\n\nhead_timeout = \"ten\"\n");
+        assert_eq!(e.path, "http.head_timeout");
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with("<config>:3: http.head_timeout: invalid duration \"ten\": "),
+            "{msg}"
+        );
+
+        let e = err("[http]\nhead_timeout = 10\n");
+        assert!(e.to_string().contains("expected a duration string"), "{e}");
+        let e = err("[http]\nhead_timeout = \"0s\"\n");
+        assert!(e.to_string().contains("must be greater than 0"), "{e}");
+        let e = err("[server]\ndrain_timeout = \"400days\"\n");
+        assert!(e.to_string().contains("at most 365 days"), "{e}");
+
+        let e = err("[http]\nmax_headers = \"many\"\n");
+        assert_eq!(e.path, "http.max_headers");
+        assert!(e.to_string().contains("invalid type"), "{e}");
+
+        let e = err("[http]\nmax_body = -1\n");
+        assert_eq!(e.path, "http.max_body");
+
+        let e = err("pipeline = 3000\n");
+        assert_eq!(e.path, "pipeline");
+
+        let e = err("http = 5\n");
+        assert_eq!(e.path, "http");
+
+        let e = err("[[route]]\npath = \"/a\"\n");
+        assert_eq!(e.path, "route[0]");
+        assert!(e.to_string().contains("missing field `to`"), "{e}");
+
+        let e = err("[[route]]\npath = \"/a\"\nto = \"&echo\"\nauth = \"maybe\"\n");
+        assert_eq!(e.path, "route[0].auth");
+        assert!(e.to_string().contains("unknown variant `maybe`"), "{e}");
+    }
+
+    #[test]
+    fn zero_where_zero_makes_no_sense() {
+        for (table, k) in [
+            ("server", "max_connections"),
+            ("server", "max_connections_per_ip"),
+            ("server", "backlog"),
+            ("http", "max_request_line"),
+            ("http", "max_header_bytes"),
+            ("http", "max_headers"),
+            ("http", "body_min_rate"),
+            ("http", "max_pipelined"),
+            ("http", "max_requests_per_connection"),
+            ("websocket", "max_frame"),
+            ("websocket", "max_message"),
+            ("websocket", "max_outbound"),
+        ] {
+            let e = err(&format!("[{table}]\n{k} = 0\n"));
+            assert_eq!(e.path, format!("{table}.{k}"));
+            assert!(e.to_string().contains("must be greater than 0"), "{e}");
+        }
+        let e = err("[http]\nmax_headers = -3\n");
+        assert!(e.to_string().contains("invalid value: integer `-3`"), "{e}");
+        let e = err("[server]\nbacklog = -3\n");
+        assert!(
+            e.to_string().contains("must be greater than 0 (got -3)"),
+            "{e}"
+        );
+        let e = err("[server]\nbacklog = 2147483648\n");
+        assert!(
+            e.to_string()
+                .starts_with("<config>:2: server.backlog: invalid value"),
+            "{e}"
+        );
+        for (table, k) in [
+            ("server", "drain_timeout"),
+            ("server", "linger_timeout"),
+            ("http", "head_timeout"),
+            ("http", "keepalive_timeout"),
+            ("http", "body_rate_grace"),
+            ("http", "write_timeout"),
+            ("websocket", "ping_interval"),
+            ("websocket", "idle_timeout"),
+            ("websocket", "close_timeout"),
+        ] {
+            let e = err(&format!("[{table}]\n{k} = \"0ms\"\n"));
+            assert_eq!(e.path, format!("{table}.{k}"));
+        }
+        // Zero is meaningful here: no body, no chunk extensions, no trailers.
+        let c = from_str(
+            "[http]\nmax_body = 0\nmax_chunk_extension = 0\nmax_trailer_bytes = 0\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.limits.max_body, 0);
+
+        let e = err("[websocket]\nmax_frame = 100\nmax_message = 99\n");
+        assert_eq!(e.path, "websocket.max_frame");
+        assert_eq!(
+            e.to_string(),
+            "<config>:2: websocket.max_frame: 100 is larger than websocket.max_message (99)"
+        );
+        let e = err("[websocket]\nping_interval = \"30s\"\nidle_timeout = \"30s\"\n");
+        assert_eq!(e.path, "websocket.idle_timeout");
+
+        let e = err("data_dir = \"\"\n");
+        assert_eq!(e.path, "data_dir");
+    }
+
+    #[test]
+    fn pipeline_errors_keep_the_caret() {
+        let e = err("pipeline = \"T30x0[HA]\"\n");
+        assert_eq!(e.path, "pipeline");
+        assert!(matches!(e.kind, ConfigErrorKind::Pipeline(ref s) if s.position == 3));
+        assert!(e.to_string().ends_with("  T30x0[HA]\n     ^"), "{e}");
+    }
+
+    #[test]
+    fn syntax_and_io_errors_name_the_file() {
+        let e = err("[http]\nmax_headers = = 3\n");
+        assert!(matches!(e.kind, ConfigErrorKind::Syntax { .. }));
+        assert_eq!(
+            e.origin,
+            Origin::File {
+                name: "<config>".into(),
+                line: Some(2)
+            }
+        );
+        assert!(
+            e.to_string().starts_with("<config>:2: invalid TOML: "),
+            "{e}"
+        );
+
+        let missing = Path::new("/nonexistent/sigma.toml");
+        let e = load(Some(missing), &[]).unwrap_err();
+        assert!(matches!(e.kind, ConfigErrorKind::Io(_)));
+        assert!(
+            e.to_string()
+                .starts_with("/nonexistent/sigma.toml: cannot read the config file: "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn environment_overrides_file_and_defaults() {
+        let toml = "pipeline = \"T3000[H]\"\n[http]\nmax_headers = 50\n";
+        let vars = env(&[
+            ("SIGMA_HTTP_MAX_HEADERS", "70"),
+            ("SIGMA_HTTP_HEAD_TIMEOUT", "3s"),
+            ("SIGMA_WEBSOCKET_MAX_FRAME", "1000"),
+            ("SIGMA_SERVER_BACKLOG", "64"),
+            ("SIGMA_PIPELINE", "T[::1]:0[HA]"),
+            ("SIGMA_DATA_DIR", "/tmp/sigma"),
+            ("SIGMA_LOG", "debug"),
+            ("SIGMA_LOG_FORMAT", "json"),
+            ("PATH", "/usr/bin"),
+            ("HTTP_MAX_HEADERS", "1"),
+        ]);
+        let c = from_str(toml, &vars).unwrap();
+        assert_eq!(c.limits.max_headers, 70);
+        assert_eq!(c.limits.head_timeout, Duration::from_secs(3));
+        assert_eq!(c.limits.ws.max_frame, 1000);
+        assert_eq!(c.server.backlog, 64);
+        assert_eq!(c.topology.to_string(), "T[::1]:0[HA]");
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/sigma"));
+        // The file still wins over the defaults where env is silent.
+        let c = from_str(toml, &env(&[("SIGMA_HTTP_MAX_BODY", "5")])).unwrap();
+        assert_eq!(c.limits.max_headers, 50);
+        assert_eq!(c.limits.max_body, 5);
+        // Without a file.
+        let c = load(None, &env(&[("SIGMA_PIPELINE", "T9999[H]")])).unwrap();
+        assert_eq!(c.topology.to_string(), "T127.0.0.1:9999[H]");
+    }
+
+    #[test]
+    fn environment_errors_name_the_variable() {
+        let e = from_str("", &env(&[("SIGMA_HTTP_MAX_HEDAERS", "10")])).unwrap_err();
+        assert_eq!(
+            e.origin,
+            Origin::Env {
+                var: "SIGMA_HTTP_MAX_HEDAERS".into()
+            }
+        );
+        assert_eq!(e.path, "http.max_hedaers");
+        assert!(e.to_string().starts_with(
+            "SIGMA_HTTP_MAX_HEDAERS: unknown key `http.max_hedaers` (expected one of"
+        ));
+
+        let e = load(None, &env(&[("SIGMA_FOO", "1")])).unwrap_err();
+        assert!(
+            e.to_string().starts_with("SIGMA_FOO: unknown key `foo`"),
+            "{e}"
+        );
+
+        let e = from_str("", &env(&[("SIGMA_HTTP_HEAD_TIMEOUT", "ten")])).unwrap_err();
+        assert!(
+            e.to_string().starts_with(
+                "SIGMA_HTTP_HEAD_TIMEOUT: http.head_timeout: invalid duration \"ten\""
+            ),
+            "{e}"
+        );
+        let e = from_str("", &env(&[("SIGMA_HTTP_HEAD_TIMEOUT", "10")])).unwrap_err();
+        assert!(e.to_string().contains("expected a duration string"), "{e}");
+
+        let e = from_str("", &env(&[("SIGMA_PIPELINE", "T3000")])).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("SIGMA_PIPELINE: pipeline: invalid pipeline"),
+            "{e}"
+        );
+
+        let e = from_str("", &env(&[("SIGMA_WEBSOCKET_MAX_FRAME", "0")])).unwrap_err();
+        assert!(e
+            .to_string()
+            .starts_with("SIGMA_WEBSOCKET_MAX_FRAME: websocket.max_frame"));
+
+        let e = from_str("http = 1\n", &env(&[("SIGMA_HTTP_MAX_BODY", "1")])).unwrap_err();
+        assert!(e.to_string().contains("is not a table"), "{e}");
+
+        let e = from_str("", &env(&[("SIGMA_ROUTE", "x")])).unwrap_err();
+        assert_eq!(e.path, "route");
+    }
+
+    fn route_err(path: &str, to: &str, extra: &str) -> ConfigError {
+        err(&format!("[[route]]\npath = {path:?}\nto = {to:?}\n{extra}"))
+    }
+
+    #[test]
+    fn invalid_routes() {
+        let cases: &[(&str, &str, &str, &str, &str)] = &[
+            ("echo", "&echo", "", "route[0].path", "must start with `/`"),
+            ("", "&echo", "", "route[0].path", "must start with `/`"),
+            ("/a b", "&echo", "", "route[0].path", "contains whitespace"),
+            ("/a\tb", "&echo", "", "route[0].path", "contains whitespace"),
+            ("/a/../b", "&echo", "", "route[0].path", "`..` segment"),
+            ("/..", "&echo", "", "route[0].path", "`..` segment"),
+            ("/a/./b", "&echo", "", "route[0].path", "`.` or"),
+            ("/a//b", "&echo", "", "route[0].path", "contains `//`"),
+            ("//", "&echo", "", "route[0].path", "contains `//`"),
+            ("/a%2e", "&echo", "", "route[0].path", "contains `%`"),
+            ("/a?b", "&echo", "", "route[0].path", "contains `?`"),
+            ("/é", "&echo", "", "route[0].path", "contains `é`"),
+            (
+                "/x",
+                "&chat",
+                "",
+                "route[0].to",
+                "unknown destination `&chat`",
+            ),
+            (
+                "/x",
+                "echo",
+                "",
+                "route[0].to",
+                "unknown destination \"echo\"",
+            ),
+            ("/x", "ftp://h", "", "route[0].to", "unknown destination"),
+            (
+                "/x",
+                "https://h",
+                "",
+                "route[0].to",
+                "https:// upstreams are not supported",
+            ),
+            ("/x", "http://", "", "route[0].to", "the host is missing"),
+            ("/x", "http://:80", "", "route[0].to", "the host is missing"),
+            ("/x", "http://h:0", "", "route[0].to", "the port must be"),
+            (
+                "/x",
+                "http://h:99999",
+                "",
+                "route[0].to",
+                "the port must be",
+            ),
+            ("/x", "http://h:+80", "", "route[0].to", "the port must be"),
+            ("/x", "http://u:p@h", "", "route[0].to", "credentials"),
+            ("/x", "http://h/a?b", "", "route[0].to", "query"),
+            ("/x", "http://h /a", "", "route[0].to", "whitespace"),
+            ("/x", "http://[::1", "", "route[0].to", "closing `]`"),
+            (
+                "/x",
+                "http://[zz]:80",
+                "",
+                "route[0].to",
+                "IPv6 address is invalid",
+            ),
+            ("/x", "http://h_h", "", "route[0].to", "the host may only"),
+            ("/x", "static:", "", "route[0].to", "needs a directory"),
+            (
+                "/x",
+                "&echo",
+                "auth = \"none\"\nusers = [\"a\"]\n",
+                "route[0].users",
+                "needs auth",
+            ),
+            ("/x", "&echo", "users = []\n", "route[0].users", "is empty"),
+            (
+                "/x",
+                "&echo",
+                "users = [\"\"]\n",
+                "route[0].users",
+                "invalid user name",
+            ),
+            (
+                "/x",
+                "&echo",
+                "users = [\"a b\"]\n",
+                "route[0].users",
+                "invalid user name",
+            ),
+        ];
+        for (path, to, extra, key_path, needle) in cases {
+            let e = route_err(path, to, extra);
+            assert_eq!(e.path, *key_path, "{path:?} {to:?}: {e}");
+            assert!(e.to_string().contains(needle), "{path:?} {to:?}: {e}");
+            assert!(matches!(e.kind, ConfigErrorKind::Route(_)));
+        }
+    }
+
+    #[test]
+    fn duplicate_routes() {
+        let e = err(
+            "[[route]]\npath = \"/a\"\nto = \"&echo\"\n[[route]]\npath = \"/b\"\nto = \"&db\"\n[[route]]\npath = \"/a/\"\nto = \"&db\"\n",
+        );
+        assert_eq!(e.path, "route[2].path");
+        assert!(
+            e.to_string().starts_with(
+                "<config>:8: route[2].path: duplicate route path \"/a/\" (same as route[0])"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn routes_sorted_longest_first_and_described() {
+        let toml = r#"
+            pipeline = "T3000[HA] T9090[H]"
+            [[route]]
+            path = "/"
+            to = "static:./www"
+            [[route]]
+            path = "/api"
+            to = "http://127.0.0.1:8080/base"
+            auth = "required"
+            users = ["alice", "bob"]
+            max_body = 1024
+            [[route]]
+            path = "/api/v2/"
+            to = "http://[::1]:81"
+            [[route]]
+            path = "/chat"
+            to = "&broadcast"
+            [[route]]
+            path = "/db"
+            to = "&db"
+            auth = "required"
+        "#;
+        let c = from_str(toml, &[]).unwrap();
+        let paths: Vec<&str> = c.routes.iter().map(|r| r.path.as_str()).collect();
+        assert_eq!(paths, ["/api/v2/", "/chat", "/api", "/db", "/"]);
+        assert_eq!(
+            c.describe(),
+            "pipeline T127.0.0.1:3000[HA] T127.0.0.1:9090[H]\n\
+             route /api/v2/ -> http://[::1]:81 (auth optional)\n\
+             route /chat -> &broadcast (auth optional)\n\
+             route /api -> http://127.0.0.1:8080/base (auth required, users alice,bob, max_body 1024)\n\
+             route /db -> &db (auth required)\n\
+             route / -> static:./www (auth optional)"
+        );
+        assert_eq!(
+            Config::default().describe(),
+            "pipeline T127.0.0.1:3000[HA]\nroute /echo -> &echo (auth none)"
+        );
+    }
+
+    #[test]
+    fn explicit_empty_route_list_means_no_routes() {
+        let c = from_str("route = []\n", &[]).unwrap();
+        assert!(c.routes.is_empty());
+    }
+
+    #[test]
+    fn destinations_parse_and_print() {
+        for (to, d) in [
+            ("&echo", Destination::Echo),
+            ("&broadcast", Destination::Broadcast),
+            ("&db", Destination::Db),
+            ("http://h", Destination::Upstream("http://h".into())),
+            (
+                "http://h.example:8080/x/y",
+                Destination::Upstream("http://h.example:8080/x/y".into()),
+            ),
+            ("http://[::1]", Destination::Upstream("http://[::1]".into())),
+            ("static:/srv/www", Destination::Static("/srv/www".into())),
+        ] {
+            assert_eq!(Destination::parse(to), Ok(d.clone()), "{to}");
+            assert_eq!(d.to_string(), to);
+            assert_eq!(to.parse::<Destination>(), Ok(d));
+        }
+        assert_eq!(
+            Destination::parse("&nope"),
+            Err(RouteError::UnknownBuiltin("nope".into()))
+        );
+    }
+
+    #[test]
+    fn process_env_only_keeps_sigma_variables() {
+        assert!(process_env().iter().all(|(k, _)| k.starts_with("SIGMA_")));
+    }
+}

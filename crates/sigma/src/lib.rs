@@ -1,0 +1,28 @@
+//! sigma: a hardened HTTP/1.1 + WebSocket front server.
+//!
+//! The seed's pipeline `T3000[HA]`, stage by stage:
+//!
+//! ```text
+//!  client ──▶ tcp (T) ──▶ sigma_http (H) ──▶ auth (A) ──▶ route ──▶ echo, …
+//!             conn: the thin tokio shell that drives one connection
+//! ```
+//!
+//! - [`tcp`]: `T`, listeners, caps, accept loop.
+//! - [`conn`]: the per-connection driver around the sans-IO `H` core
+//!   (`sigma_http::ServerConn`), with T's half-close semantics.
+//! - [`auth`]: `A`, identities and the reply rule.
+//! - [`route`]: the route table and the `Destination` interface;
+//!   [`echo`] is the first destination.
+//! - [`pipeline`]: the topology notation; [`config`]: `sigma.toml`;
+//!   [`server`]: assembly and lifecycle; [`parse`]: `sigma parse`.
+
+pub mod auth;
+pub mod config;
+pub mod conn;
+pub mod echo;
+pub mod metrics;
+pub mod parse;
+pub mod pipeline;
+pub mod route;
+pub mod server;
+pub mod tcp;

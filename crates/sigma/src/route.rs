@@ -1,0 +1,140 @@
+//! The route table: from a request path to a destination (DESIGN §6).
+//!
+//! ```text
+//!  A ──Tagged{identity, request}──▶ [ route ] ──▶ destination (&echo, …)
+//! ```
+//!
+//! Routes are path prefixes matched at a segment boundary, longest first:
+//! `/echo` matches `/echo`, `/echo/x` and `/echo?q`, never `/echoes`.
+//! A destination takes tagged messages and returns tagged replies; it never
+//! sees the socket, and `A` checks every reply it returns.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use sigma_http::{RequestHead, Response, WsMessage};
+
+use crate::auth::Tagged;
+use crate::config::{AuthLevel, RouteConfig};
+
+/// A complete request as a destination sees it.
+#[derive(Debug, Clone)]
+pub struct HttpRequest {
+    /// The head (identity headers already stripped by `A`).
+    pub head: RequestHead,
+    /// The complete body.
+    pub body: Bytes,
+}
+
+/// Where requests end (the seed's "internal τ server connection").
+pub trait Destination: Send + Sync {
+    /// The destination's name as written in the config (`&echo`).
+    fn name(&self) -> &str;
+    /// Answers one HTTP request.
+    fn http(&self, req: Tagged<HttpRequest>) -> Tagged<Response>;
+    /// Opens a WebSocket endpoint, or `None` when WebSocket is not offered here.
+    fn websocket(&self) -> Option<Box<dyn WsEndpoint>>;
+}
+
+/// One WebSocket connection's view of its destination.
+pub trait WsEndpoint: Send {
+    /// Handles one client message; may answer it.
+    fn on_message(&mut self, msg: Tagged<WsMessage>) -> Option<Tagged<WsMessage>>;
+}
+
+/// One resolved route.
+pub struct Route {
+    /// The path prefix.
+    pub path: String,
+    /// Who may use it (enforced by `A` once it authenticates).
+    pub auth: AuthLevel,
+    /// Per-route body limit, if lower than the connection's.
+    pub max_body: Option<u64>,
+    /// The destination.
+    pub dest: Arc<dyn Destination>,
+}
+
+impl std::fmt::Debug for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Route")
+            .field("path", &self.path)
+            .field("dest", &self.dest.name())
+            .finish()
+    }
+}
+
+/// The route table of a listener, longest prefix first.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    routes: Vec<Route>,
+}
+
+/// A route's destination is not available in this build.
+#[derive(Debug)]
+pub struct UnavailableDestination(pub String);
+
+impl std::fmt::Display for UnavailableDestination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "destination {} is not available yet", self.0)
+    }
+}
+
+impl std::error::Error for UnavailableDestination {}
+
+impl RouteTable {
+    /// Builds the table from validated config.
+    pub fn build(routes: &[RouteConfig]) -> Result<Self, UnavailableDestination> {
+        let mut out = Vec::with_capacity(routes.len());
+        for r in routes {
+            let dest: Arc<dyn Destination> = match &r.to {
+                crate::config::Destination::Echo => Arc::new(crate::echo::Echo),
+                other => return Err(UnavailableDestination(format!("{other}"))),
+            };
+            out.push(Route {
+                path: r.path.clone(),
+                auth: r.auth,
+                max_body: r.max_body,
+                dest,
+            });
+        }
+        out.sort_by(|a, b| b.path.len().cmp(&a.path.len()));
+        Ok(Self { routes: out })
+    }
+
+    /// The route for `path` (the target's path, without the query).
+    pub fn lookup(&self, path: &[u8]) -> Option<&Route> {
+        self.routes.iter().find(|r| prefix_matches(r.path.as_bytes(), path))
+    }
+
+    /// All routes, longest prefix first.
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+}
+
+/// `prefix` matches `path` at a segment boundary.
+fn prefix_matches(prefix: &[u8], path: &[u8]) -> bool {
+    if prefix == b"/" {
+        return path.first() == Some(&b'/');
+    }
+    let prefix = prefix.strip_suffix(b"/").unwrap_or(prefix);
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.first() == Some(&b'/'),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_matches;
+
+    #[test]
+    fn segment_boundary() {
+        assert!(prefix_matches(b"/echo", b"/echo"));
+        assert!(prefix_matches(b"/echo", b"/echo/x"));
+        assert!(!prefix_matches(b"/echo", b"/echoes"));
+        assert!(prefix_matches(b"/echo/", b"/echo"));
+        assert!(prefix_matches(b"/", b"/anything"));
+        assert!(!prefix_matches(b"/a", b"/"));
+    }
+}

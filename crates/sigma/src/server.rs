@@ -1,0 +1,118 @@
+//! `sigma serve`: assembles the pipelines of a [`Config`] and runs them.
+//!
+//! For each listener of the topology (`T3000[HA] T9090[H]`) it binds `T`,
+//! builds the shared per-listener context (limits of `H`, whether `A` is
+//! present, the route table) and spawns one pipeline per connection. It
+//! owns the process lifecycle: SIGINT/SIGTERM start a graceful drain (stop
+//! accepting, let in-flight requests finish, WebSocket close 1001) bounded
+//! by `server.drain_timeout`; a second signal exits at once.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::conn::{self, ListenerCtx};
+use crate::metrics::Metrics;
+use crate::pipeline::Stage;
+use crate::route::RouteTable;
+use crate::tcp::{self, ConnLimiter};
+
+/// Exit status after a second signal cut the drain short.
+pub const EXIT_FORCED: i32 = 130;
+
+/// A running server: its bound addresses and the handles to stop it.
+pub struct Running {
+    /// The bound address of each listener, in topology order.
+    pub addrs: Vec<SocketAddr>,
+    drain: watch::Sender<bool>,
+    limiter: Arc<ConnLimiter>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Binds every listener and starts accepting. Fails if a listener cannot
+/// be bound or a route's destination is unavailable.
+pub async fn start(config: &Config) -> anyhow::Result<Running> {
+    let routes = Arc::new(RouteTable::build(&config.routes)?);
+    let limits = Arc::new(config.limits.clone());
+    let metrics = Arc::new(Metrics::default());
+    let limiter = ConnLimiter::new(config.server.max_connections, config.server.max_connections_per_ip);
+    let (drain_tx, drain_rx) = watch::channel(false);
+    let mut addrs = Vec::new();
+    for l in &config.topology.listeners {
+        let listener = tcp::bind(l.addr, config.server.backlog)
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", l.addr))?;
+        let addr = listener.local_addr()?;
+        addrs.push(addr);
+        let ctx = Arc::new(ListenerCtx {
+            limits: Arc::clone(&limits),
+            routes: Arc::clone(&routes),
+            metrics: Arc::clone(&metrics),
+            linger: config.server.linger_timeout,
+            auth: l.stages.contains(&Stage::A),
+        });
+        let drain = drain_rx.clone();
+        tokio::spawn(tcp::accept_loop(
+            listener,
+            Arc::clone(&limiter),
+            Arc::clone(&metrics),
+            drain_rx.clone(),
+            move |stream, peer, slot| {
+                tokio::spawn(conn::serve(stream, peer, Arc::clone(&ctx), drain.clone(), slot));
+            },
+        ));
+    }
+    Ok(Running {
+        addrs,
+        drain: drain_tx,
+        limiter,
+        metrics,
+    })
+}
+
+impl Running {
+    /// Starts the graceful drain and waits until every connection ended.
+    pub async fn drain(&self) {
+        let _ = self.drain.send(true);
+        self.limiter.wait_idle().await;
+    }
+}
+
+/// Runs `config` until a signal; returns the process exit status.
+pub async fn run(config: Config) -> anyhow::Result<i32> {
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let running = start(&config).await?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{}", config.describe())?;
+        for (l, addr) in config.topology.listeners.iter().zip(&running.addrs) {
+            let stages: String = l.stages.iter().map(|s| format!("{s:?}")).collect();
+            writeln!(out, "listening on {addr} [{stages}]")?;
+        }
+        out.flush()?;
+    }
+    tracing::info!(addrs = ?running.addrs, "sigma is serving");
+    tokio::select! {
+        _ = sigint.recv() => {}
+        _ = sigterm.recv() => {}
+    }
+    tracing::info!(open = running.limiter.open(), "draining");
+    let deadline = config.server.drain_timeout;
+    tokio::select! {
+        _ = running.drain() => {
+            tracing::info!("drained; exiting");
+            Ok(0)
+        }
+        _ = tokio::time::sleep(deadline) => {
+            tracing::warn!(open = running.limiter.open(), "drain deadline passed; exiting");
+            Ok(0)
+        }
+        _ = sigint.recv() => Ok(EXIT_FORCED),
+        _ = sigterm.recv() => Ok(EXIT_FORCED),
+    }
+}

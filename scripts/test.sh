@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Runs every test of sigma, installing what the tests need first.
+# This is the README's test command, and what CI runs (.ci/run).
+#
+#   1. tools: a Python virtualenv (.venv) with `websockets` and `kosoku`
+#   2. static checks: cargo fmt --check, cargo clippy -D warnings
+#   3. Rust tests: unit, sans-IO, property and integration tests (nextest)
+#   4. WebSocket: Python `websockets` client tests, then the Autobahn
+#      testsuite (kosoku) against sigma's &echo, strict
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "tools"
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+.venv/bin/pip install --quiet --disable-pip-version-check -r scripts/requirements.txt
+if ! cargo nextest --version >/dev/null 2>&1; then
+    cargo install --locked cargo-nextest
+fi
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo build --release"
+cargo build --release --locked -p sigma
+
+step "Rust tests (nextest)"
+cargo nextest run --workspace --locked --no-fail-fast
+
+if [ -d tests/ws ]; then
+    step "WebSocket client tests (python websockets)"
+    SIGMA_BIN="$root/target/release/sigma" .venv/bin/python -m pytest -q tests/ws
+fi
+
+if [ -x scripts/autobahn.sh ]; then
+    step "Autobahn testsuite (kosoku), strict"
+    scripts/autobahn.sh
+fi
+
+printf '\nall tests passed\n'
