@@ -549,8 +549,9 @@ impl ServerConn {
         self.events.push_back(Event::Request(head));
         self.reading = match parsed.body {
             BodyKind::Empty => {
-                self.events
-                    .push_back(Event::EndOfMessage { trailers: Vec::new() });
+                self.events.push_back(Event::EndOfMessage {
+                    trailers: Vec::new(),
+                });
                 next_reading(keep_alive, upgrade)
             }
             BodyKind::Length(n) => Reading::InBody {
@@ -607,7 +608,13 @@ impl ServerConn {
                     let body = format!("{} {}: {}\n", status, encode::reason_phrase(status), err);
                     let resp = Response::new(status, headers, body);
                     self.out.mark_pending(now);
-                    encode::encode_response(self.out.vec_mut(), &resp, &self.date, ConnHeader::Close, false);
+                    encode::encode_response(
+                        self.out.vec_mut(),
+                        &resp,
+                        &self.date,
+                        ConnHeader::Close,
+                        false,
+                    );
                 }
             }
             self.in_flight.pop_front();
@@ -645,8 +652,7 @@ impl ServerConn {
     /// True when the response being written is the last on this connection.
     fn is_last_response(&self) -> bool {
         self.in_flight.is_empty()
-            && (matches!(self.reading, Reading::Stopped)
-                || (self.eof && self.input.is_empty()))
+            && (matches!(self.reading, Reading::Stopped) || (self.eof && self.input.is_empty()))
     }
 
     /// Decides the graceful end once nothing more is owed.
@@ -663,7 +669,10 @@ impl ServerConn {
     /// The deadlines armed in the current state.
     fn timers(&self) -> TimerTable {
         let mut t = TimerTable::default();
-        t.set_opt(Timer::WriteStall, self.out.stall_deadline(self.limits.write_timeout));
+        t.set_opt(
+            Timer::WriteStall,
+            self.out.stall_deadline(self.limits.write_timeout),
+        );
         if self.shutdown.is_some() || self.ws.is_some() {
             return t;
         }
@@ -673,7 +682,10 @@ impl ServerConn {
                     t.set_opt(Timer::HeadRead, s.checked_add(self.limits.head_timeout));
                 } else if self.in_flight.is_empty() {
                     if self.requests == 0 {
-                        t.set_opt(Timer::HeadRead, self.opened.checked_add(self.limits.head_timeout));
+                        t.set_opt(
+                            Timer::HeadRead,
+                            self.opened.checked_add(self.limits.head_timeout),
+                        );
                     } else {
                         t.set_opt(
                             Timer::KeepAliveIdle,

@@ -86,9 +86,21 @@ impl ParseError {
             BadExpect => 417,
             UnsupportedWebSocketVersion => 426,
             HeadTimeout | BodyTooSlow => 408,
-            BadRequestLine | BadTarget | BadHeader | ObsFold | BareCrOrLf | Nul | BadHost
-            | ConflictingFraming | BadContentLength | BadTransferEncoding | InvalidChunkSize
-            | ChunkSizeOverflow | ChunkExtensionTooLong | BadChunkTerminator | BadTrailers
+            BadRequestLine
+            | BadTarget
+            | BadHeader
+            | ObsFold
+            | BareCrOrLf
+            | Nul
+            | BadHost
+            | ConflictingFraming
+            | BadContentLength
+            | BadTransferEncoding
+            | InvalidChunkSize
+            | ChunkSizeOverflow
+            | ChunkExtensionTooLong
+            | BadChunkTerminator
+            | BadTrailers
             | BadWebSocketHandshake => 400,
         }
     }

@@ -113,6 +113,44 @@ impl Gate {
     }
 }
 
+/// Why `A` refuses a request for a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denied {
+    /// The route needs an identity and the connection has none (401).
+    Unauthenticated,
+    /// The identity is not on the route's allow-list (403).
+    Forbidden,
+}
+
+impl Denied {
+    /// The HTTP status for this refusal.
+    pub fn status(self) -> u16 {
+        match self {
+            Self::Unauthenticated => 401,
+            Self::Forbidden => 403,
+        }
+    }
+}
+
+/// Route access (DESIGN §4): `required` needs an identity, `users` limits
+/// which; `optional` and `none` let anyone through.
+pub fn authorize(
+    identity: &Principal,
+    level: crate::config::AuthLevel,
+    users: Option<&[String]>,
+) -> Result<(), Denied> {
+    use crate::config::AuthLevel;
+    let needs_identity = level == AuthLevel::Required || users.is_some();
+    match identity {
+        None if needs_identity => Err(Denied::Unauthenticated),
+        Some(id) => match users {
+            Some(list) if !list.iter().any(|u| u == &id.user) => Err(Denied::Forbidden),
+            _ => Ok(()),
+        },
+        None => Ok(()),
+    }
+}
+
 /// True for `X-Sigma-*` in any case, with `-` or `_` (`X_Sigma_User`).
 pub fn is_identity_header(name: &[u8]) -> bool {
     const PREFIX: &[u8] = b"x-sigma-";
@@ -134,12 +172,43 @@ mod tests {
 
     #[test]
     fn identity_header_spellings() {
-        for n in ["X-Sigma-User", "x-sigma-identity", "X_Sigma_User", "x_SIGMA-user", "X-SIGMA-"] {
+        for n in [
+            "X-Sigma-User",
+            "x-sigma-identity",
+            "X_Sigma_User",
+            "x_SIGMA-user",
+            "X-SIGMA-",
+        ] {
             assert!(is_identity_header(n.as_bytes()), "{n}");
         }
         for n in ["X-Sigmas", "X-Sigm", "Sigma-User", "X-Forwarded-For"] {
             assert!(!is_identity_header(n.as_bytes()), "{n}");
         }
+    }
+
+    #[test]
+    fn route_access() {
+        use crate::config::AuthLevel;
+        let alice = Some(Arc::new(Identity {
+            user: "alice".into(),
+            provider: Provider::Password,
+        }));
+        let users = vec!["bob".to_string()];
+        assert_eq!(
+            authorize(&None, AuthLevel::Required, None),
+            Err(Denied::Unauthenticated)
+        );
+        assert_eq!(authorize(&None, AuthLevel::Optional, None), Ok(()));
+        assert_eq!(authorize(&None, AuthLevel::None, None), Ok(()));
+        assert_eq!(authorize(&alice, AuthLevel::Required, None), Ok(()));
+        assert_eq!(
+            authorize(&alice, AuthLevel::Required, Some(&users)),
+            Err(Denied::Forbidden)
+        );
+        assert_eq!(
+            authorize(&None, AuthLevel::Optional, Some(&users)),
+            Err(Denied::Unauthenticated)
+        );
     }
 
     #[test]
@@ -150,9 +219,17 @@ mod tests {
             user: "alice".into(),
             provider: Provider::Password,
         }));
-        assert_eq!(anon.check_reply(&Tagged::new(alice.clone(), ())), Err(IdentityMismatch));
-        let gate = Gate { identity: alice.clone() };
+        assert_eq!(
+            anon.check_reply(&Tagged::new(alice.clone(), ())),
+            Err(IdentityMismatch)
+        );
+        let gate = Gate {
+            identity: alice.clone(),
+        };
         assert!(gate.check_reply(&Tagged::new(alice, ())).is_ok());
-        assert_eq!(gate.check_reply(&Tagged::new(None, ())), Err(IdentityMismatch));
+        assert_eq!(
+            gate.check_reply(&Tagged::new(None, ())),
+            Err(IdentityMismatch)
+        );
     }
 }

@@ -30,9 +30,9 @@ use socket2::SockRef;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::auth::{Gate, Tagged};
+use crate::auth::{self, Denied, Gate, Tagged};
 use crate::metrics::{inc, Metrics};
-use crate::route::{HttpRequest, RouteTable, WsEndpoint};
+use crate::route::{HttpRequest, Route, RouteTable, WsEndpoint};
 use crate::tcp::ConnSlot;
 
 /// What every connection of one listener shares.
@@ -280,7 +280,9 @@ impl Pipeline<'_> {
                     tracing::error!(peer = %self.peer, error = %e, "reply refused by H");
                     // A destination produced something H cannot send: the
                     // client gets a 500 instead of whatever it was.
-                    let _ = self.h.send(Reply::Response(plain(500, "internal error\n")), now);
+                    let _ = self
+                        .h
+                        .send(Reply::Response(plain(500, "internal error\n")), now);
                 }
             }
             if !progressed {
@@ -350,6 +352,9 @@ impl Pipeline<'_> {
         let Some(route) = self.ctx.routes.lookup(req.msg.head.path()) else {
             return plain(404, "not found\n");
         };
+        if let Err(denied) = self.authorize(route) {
+            return denied;
+        }
         if let Some(max) = route.max_body {
             if req.msg.body.len() as u64 > max {
                 return plain(413, "request body too large\n");
@@ -365,12 +370,26 @@ impl Pipeline<'_> {
         }
     }
 
+    /// `A`'s route access check; `[H]` listeners have no `A` and skip it.
+    fn authorize(&self, route: &Route) -> Result<(), Response> {
+        if !self.ctx.auth {
+            return Ok(());
+        }
+        auth::authorize(self.gate.identity(), route.auth, route.users.as_deref()).map_err(|d| {
+            match d {
+                Denied::Unauthenticated => plain(401, "authentication required\n"),
+                Denied::Forbidden => plain(403, "forbidden\n"),
+            }
+        })
+    }
+
     fn on_upgrade(&mut self, req: Tagged<RequestHead>) {
-        let endpoint = self
-            .ctx
-            .routes
-            .lookup(req.msg.path())
-            .and_then(|r| r.dest.websocket());
+        let route = self.ctx.routes.lookup(req.msg.path());
+        if let Some(Err(denied)) = route.map(|r| self.authorize(r)) {
+            self.ready.push_back(Reply::Response(denied));
+            return;
+        }
+        let endpoint = route.and_then(|r| r.dest.websocket());
         match endpoint {
             Some(ep) => {
                 self.ws = Some(ep);
@@ -379,7 +398,9 @@ impl Pipeline<'_> {
                     headers: Vec::new(),
                 });
             }
-            None => self.ready.push_back(Reply::Response(plain(404, "no WebSocket here\n"))),
+            None => self
+                .ready
+                .push_back(Reply::Response(plain(404, "no WebSocket here\n"))),
         }
     }
 
@@ -395,7 +416,10 @@ impl Pipeline<'_> {
 pub fn plain(status: u16, body: &'static str) -> Response {
     Response::new(
         status,
-        vec![Header::new(&b"Content-Type"[..], &b"text/plain; charset=utf-8"[..])],
+        vec![Header::new(
+            &b"Content-Type"[..],
+            &b"text/plain; charset=utf-8"[..],
+        )],
         Bytes::from_static(body.as_bytes()),
     )
 }

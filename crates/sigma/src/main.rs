@@ -7,7 +7,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
-#[command(name = "sigma", version, about = "A hardened HTTP/1.1 + WebSocket front server")]
+#[command(
+    name = "sigma",
+    version,
+    about = "A hardened HTTP/1.1 + WebSocket front server"
+)]
 struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
@@ -78,7 +82,7 @@ fn init_logging(format: LogFormat) {
 }
 
 fn env() -> Vec<(String, String)> {
-    std::env::vars().collect()
+    sigma::config::process_env()
 }
 
 fn run(command: Command) -> anyhow::Result<i32> {
@@ -108,6 +112,9 @@ fn run(command: Command) -> anyhow::Result<i32> {
         }
         Command::Check { config } => {
             let cfg = sigma::config::load(Some(&config), &env())?;
+            // The same route resolution `serve` does, so `check` fails
+            // exactly when `serve` would.
+            sigma::route::RouteTable::build(&cfg.routes)?;
             println!("{}", cfg.describe());
             println!("ok");
             Ok(0)

@@ -39,7 +39,10 @@ impl Metrics {
 
     /// The rejection counts by reason.
     pub fn rejections(&self) -> BTreeMap<&'static str, u64> {
-        self.rejections.lock().map(|m| m.clone()).unwrap_or_default()
+        self.rejections
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
     }
 
     /// True if a breach may be logged now (at most [`LOGS_PER_SECOND`]).

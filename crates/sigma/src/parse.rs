@@ -73,7 +73,11 @@ fn text(b: &[u8]) -> Value {
 }
 
 fn headers(hs: &[Header]) -> Value {
-    Value::Array(hs.iter().map(|h| json!([text(&h.name), text(&h.value)])).collect())
+    Value::Array(
+        hs.iter()
+            .map(|h| json!([text(&h.name), text(&h.value)]))
+            .collect(),
+    )
 }
 
 /// One event as JSON.
@@ -92,12 +96,18 @@ pub fn to_json(ev: &Event) -> Value {
             })),
         }),
         Event::Body(b) => json!({ "event": "body", "data": text(b) }),
-        Event::EndOfMessage { trailers } => json!({ "event": "end_of_message", "trailers": headers(trailers) }),
+        Event::EndOfMessage { trailers } => {
+            json!({ "event": "end_of_message", "trailers": headers(trailers) })
+        }
         Event::Upgraded { protocol } => json!({ "event": "upgraded", "protocol": protocol }),
         Event::Ws(WsEvent::Message(WsMessage::Text(t))) => json!({ "event": "ws_text", "data": t }),
-        Event::Ws(WsEvent::Message(WsMessage::Binary(b))) => json!({ "event": "ws_binary", "data": text(b) }),
+        Event::Ws(WsEvent::Message(WsMessage::Binary(b))) => {
+            json!({ "event": "ws_binary", "data": text(b) })
+        }
         Event::Ws(WsEvent::Ping(b)) => json!({ "event": "ws_ping", "data": text(b) }),
-        Event::Ws(WsEvent::Close { code, reason }) => json!({ "event": "ws_close", "code": code, "reason": reason }),
+        Event::Ws(WsEvent::Close { code, reason }) => {
+            json!({ "event": "ws_close", "code": code, "reason": reason })
+        }
         Event::End => json!({ "event": "end" }),
         Event::Abort(r) => json!({ "event": "abort", "reason": r.reason, "status": r.status }),
     }

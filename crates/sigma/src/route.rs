@@ -48,6 +48,8 @@ pub struct Route {
     pub path: String,
     /// Who may use it (enforced by `A` once it authenticates).
     pub auth: AuthLevel,
+    /// Allow-list of users, if any.
+    pub users: Option<Vec<String>>,
     /// Per-route body limit, if lower than the connection's.
     pub max_body: Option<u64>,
     /// The destination.
@@ -93,6 +95,7 @@ impl RouteTable {
             out.push(Route {
                 path: r.path.clone(),
                 auth: r.auth,
+                users: r.users.clone(),
                 max_body: r.max_body,
                 dest,
             });
@@ -103,7 +106,9 @@ impl RouteTable {
 
     /// The route for `path` (the target's path, without the query).
     pub fn lookup(&self, path: &[u8]) -> Option<&Route> {
-        self.routes.iter().find(|r| prefix_matches(r.path.as_bytes(), path))
+        self.routes
+            .iter()
+            .find(|r| prefix_matches(r.path.as_bytes(), path))
     }
 
     /// All routes, longest prefix first.

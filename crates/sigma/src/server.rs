@@ -40,7 +40,10 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let routes = Arc::new(RouteTable::build(&config.routes)?);
     let limits = Arc::new(config.limits.clone());
     let metrics = Arc::new(Metrics::default());
-    let limiter = ConnLimiter::new(config.server.max_connections, config.server.max_connections_per_ip);
+    let limiter = ConnLimiter::new(
+        config.server.max_connections,
+        config.server.max_connections_per_ip,
+    );
     let (drain_tx, drain_rx) = watch::channel(false);
     let mut addrs = Vec::new();
     for l in &config.topology.listeners {
@@ -62,7 +65,13 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             Arc::clone(&metrics),
             drain_rx.clone(),
             move |stream, peer, slot| {
-                tokio::spawn(conn::serve(stream, peer, Arc::clone(&ctx), drain.clone(), slot));
+                tokio::spawn(conn::serve(
+                    stream,
+                    peer,
+                    Arc::clone(&ctx),
+                    drain.clone(),
+                    slot,
+                ));
             },
         ));
     }
@@ -91,7 +100,7 @@ pub async fn run(config: Config) -> anyhow::Result<i32> {
         let mut out = std::io::stdout().lock();
         writeln!(out, "{}", config.describe())?;
         for (l, addr) in config.topology.listeners.iter().zip(&running.addrs) {
-            let stages: String = l.stages.iter().map(|s| format!("{s:?}")).collect();
+            let stages: String = l.stages.iter().map(|s| s.letter()).collect();
             writeln!(out, "listening on {addr} [{stages}]")?;
         }
         out.flush()?;

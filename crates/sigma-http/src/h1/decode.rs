@@ -104,14 +104,20 @@ impl Decoder {
     }
 
     /// Takes what it can from the front of `buf`.
-    pub fn decode(&mut self, buf: &mut BytesMut, limits: &DecodeLimits) -> Result<Decoded, ParseError> {
+    pub fn decode(
+        &mut self,
+        buf: &mut BytesMut,
+        limits: &DecodeLimits,
+    ) -> Result<Decoded, ParseError> {
         match self {
             Self::Length(0) => Ok(Decoded::Done(Vec::new())),
             Self::Length(remaining) => {
                 if buf.is_empty() {
                     return Ok(Decoded::NeedMore);
                 }
-                let take = usize::try_from(*remaining).unwrap_or(usize::MAX).min(buf.len());
+                let take = usize::try_from(*remaining)
+                    .unwrap_or(usize::MAX)
+                    .min(buf.len());
                 *remaining -= take as u64;
                 Ok(Decoded::Data(buf.split_to(take).freeze()))
             }
@@ -129,7 +135,9 @@ impl Chunked {
                     if buf.is_empty() {
                         return Ok(Decoded::NeedMore);
                     }
-                    let take = usize::try_from(self.size).unwrap_or(usize::MAX).min(buf.len());
+                    let take = usize::try_from(self.size)
+                        .unwrap_or(usize::MAX)
+                        .min(buf.len());
                     self.size -= take as u64;
                     if self.size == 0 {
                         self.state = ExpectDataCr;
@@ -201,7 +209,11 @@ impl Chunked {
         }
     }
 
-    fn decode_trailers(&mut self, buf: &mut BytesMut, limits: &DecodeLimits) -> Result<Decoded, ParseError> {
+    fn decode_trailers(
+        &mut self,
+        buf: &mut BytesMut,
+        limits: &DecodeLimits,
+    ) -> Result<Decoded, ParseError> {
         let scan = ScanLimits {
             max_request_line: None,
             max_field_bytes: limits.max_trailer_bytes,
@@ -303,15 +315,26 @@ mod tests {
             (b"5\nhello\r\n0\r\n\r\n", ParseError::InvalidChunkSize),
             (b"5\r\nhelloX\r\n0\r\n\r\n", ParseError::BadChunkTerminator),
             (b"5 \r\nhello\r\n0\r\n\r\n", ParseError::InvalidChunkSize),
-            (b"5;aaaaaaaaaaaaaaaaaaaaaaaa\r\nhello\r\n0\r\n\r\n", ParseError::ChunkExtensionTooLong),
+            (
+                b"5;aaaaaaaaaaaaaaaaaaaaaaaa\r\nhello\r\n0\r\n\r\n",
+                ParseError::ChunkExtensionTooLong,
+            ),
             (b"3e9\r\n", ParseError::BodyTooLarge),
             (b"0\r\nX: 1\nY: 2\r\n\r\n", ParseError::BadTrailers),
             (b"0\r\n X: 1\r\n\r\n", ParseError::BadTrailers),
-            (b"0\r\nA: 1\r\nB: 1\r\nC: 1\r\nD: 1\r\nE: 1\r\n\r\n", ParseError::TrailersTooLarge),
+            (
+                b"0\r\nA: 1\r\nB: 1\r\nC: 1\r\nD: 1\r\nE: 1\r\n\r\n",
+                ParseError::TrailersTooLarge,
+            ),
         ];
         for (input, want) in cases {
             for step in [1, input.len()] {
-                assert_eq!(run(input, step).map(|_| ()), Err(*want), "{:?}", String::from_utf8_lossy(input));
+                assert_eq!(
+                    run(input, step).map(|_| ()),
+                    Err(*want),
+                    "{:?}",
+                    String::from_utf8_lossy(input)
+                );
             }
         }
     }
@@ -326,7 +349,10 @@ mod tests {
     fn length_decoder_stops_at_its_end() {
         let mut d = Decoder::length(3);
         let mut buf = BytesMut::from(&b"abcdef"[..]);
-        assert_eq!(d.decode(&mut buf, &LIMITS).unwrap(), Decoded::Data(Bytes::from_static(b"abc")));
+        assert_eq!(
+            d.decode(&mut buf, &LIMITS).unwrap(),
+            Decoded::Data(Bytes::from_static(b"abc"))
+        );
         assert_eq!(d.decode(&mut buf, &LIMITS).unwrap(), Decoded::Done(vec![]));
         assert_eq!(&buf[..], b"def");
     }

@@ -51,7 +51,13 @@ fn is_framing_header(h: &Header) -> bool {
 /// Appends the encoded response to `out`. `head_only` is true for a
 /// response to HEAD (the `Content-Length` of the body is kept, the body is
 /// not sent). Headers must have been validated.
-pub fn encode_response(out: &mut Vec<u8>, resp: &Response, date: &[u8], conn: ConnHeader, head_only: bool) {
+pub fn encode_response(
+    out: &mut Vec<u8>,
+    resp: &Response,
+    date: &[u8],
+    conn: ConnHeader,
+    head_only: bool,
+) {
     let status = resp.status;
     let no_body = status_has_no_body(status);
     out.reserve(128 + resp.body.len());
@@ -180,7 +186,11 @@ mod tests {
 
     #[test]
     fn framing_rules() {
-        let r = Response::new(200, vec![Header::new("Content-Length", "99"), Header::new("X-A", "b")], "hi");
+        let r = Response::new(
+            200,
+            vec![Header::new("Content-Length", "99"), Header::new("X-A", "b")],
+            "hi",
+        );
         assert_eq!(
             enc(&r, ConnHeader::None, false),
             "HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nX-A: b\r\nContent-Length: 2\r\n\r\nhi"

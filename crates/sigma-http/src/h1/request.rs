@@ -288,9 +288,8 @@ pub fn trim_ows(mut s: &[u8]) -> &[u8] {
 /// without userinfo, path, query or fragment.
 fn is_valid_host(h: &[u8]) -> bool {
     !h.is_empty()
-        && h.iter().all(|&b| {
-            b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:[]%".contains(&b)
-        })
+        && h.iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:[]%".contains(&b))
 }
 
 /// Checks the target form against the method and reduces an absolute-form
@@ -395,15 +394,26 @@ mod tests {
     #[test]
     fn keep_alive_rules() {
         assert!(!parse_str("GET / HTTP/1.0\r\n\r\n").unwrap().head.keep_alive);
-        assert!(parse_str("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").unwrap().head.keep_alive);
-        assert!(!parse_str("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").unwrap().head.keep_alive);
+        assert!(
+            parse_str("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+                .unwrap()
+                .head
+                .keep_alive
+        );
+        assert!(
+            !parse_str("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+                .unwrap()
+                .head
+                .keep_alive
+        );
     }
 
     #[test]
     fn framing() {
         let p = parse_str("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n").unwrap();
         assert_eq!(p.body, BodyKind::Length(5));
-        let p = parse_str("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n").unwrap();
+        let p =
+            parse_str("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n").unwrap();
         assert_eq!(p.body, BodyKind::Chunked);
         assert_eq!(
             parse_str("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n").unwrap_err(),

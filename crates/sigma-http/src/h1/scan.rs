@@ -67,7 +67,11 @@ impl Scanner {
 
     /// Scans `buf` (which starts where the head starts and may have grown
     /// since the last call). Returns the span once the head is complete.
-    pub fn scan(&mut self, buf: &[u8], limits: &ScanLimits) -> Result<Option<HeadSpan>, ParseError> {
+    pub fn scan(
+        &mut self,
+        buf: &[u8],
+        limits: &ScanLimits,
+    ) -> Result<Option<HeadSpan>, ParseError> {
         let is_request = limits.max_request_line.is_some();
         while let Some(&b) = buf.get(self.scanned) {
             let i = self.scanned;
@@ -185,19 +189,41 @@ mod tests {
     fn rejects() {
         let cases: &[(&[u8], ParseError)] = &[
             (b"GET / HTTP/1.1\nHost: a\r\n\r\n", ParseError::BareCrOrLf),
-            (b"GET / HTTP/1.1\r\nHost: a\rX\r\n\r\n", ParseError::BareCrOrLf),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\rX\r\n\r\n",
+                ParseError::BareCrOrLf,
+            ),
             (b"GET / HTTP/1.1\r\nHost: a\0\r\n\r\n", ParseError::Nul),
-            (b"GET / HTTP/1.1\r\nHost: a\r\n b\r\n\r\n", ParseError::ObsFold),
-            (b"GET /aaaaaaaaaaaaaaaaaaaaaaaaa HTTP/1.1\r\n", ParseError::RequestLineTooLong),
-            (b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\n\r\n", ParseError::TooManyHeaders),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\n b\r\n\r\n",
+                ParseError::ObsFold,
+            ),
+            (
+                b"GET /aaaaaaaaaaaaaaaaaaaaaaaaa HTTP/1.1\r\n",
+                ParseError::RequestLineTooLong,
+            ),
+            (
+                b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\n\r\n",
+                ParseError::TooManyHeaders,
+            ),
             (
                 b"GET / HTTP/1.1\r\nA: 0123456789012345678901234567890123456789\r\n\r\n",
                 ParseError::HeadersTooLarge,
             ),
         ];
         for (input, want) in cases {
-            assert_eq!(scan_all(input), Err(*want), "{:?}", String::from_utf8_lossy(input));
-            assert_eq!(scan_bytewise(input), Err(*want), "bytewise {:?}", String::from_utf8_lossy(input));
+            assert_eq!(
+                scan_all(input),
+                Err(*want),
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+            assert_eq!(
+                scan_bytewise(input),
+                Err(*want),
+                "bytewise {:?}",
+                String::from_utf8_lossy(input)
+            );
         }
     }
 
@@ -212,7 +238,9 @@ mod tests {
 
     #[test]
     fn leading_empty_lines_are_skipped_but_bounded() {
-        let span = scan_all(b"\r\n\r\nGET / HTTP/1.1\r\n\r\n").unwrap().unwrap();
+        let span = scan_all(b"\r\n\r\nGET / HTTP/1.1\r\n\r\n")
+            .unwrap()
+            .unwrap();
         assert_eq!(span.skip, 4);
         assert!(scan_all(b"\r\n\r\n\r\n\r\n\r\n\r\nGET / HTTP/1.1\r\n\r\n").is_err());
     }

@@ -138,7 +138,10 @@ mod tests {
             parse_payload(&[0x03]),
             Err(ProtocolError::CloseFrameTooShort)
         );
-        assert_eq!(parse_payload(&[0x03, 0xe8]), Ok((Some(1000), String::new())));
+        assert_eq!(
+            parse_payload(&[0x03, 0xe8]),
+            Ok((Some(1000), String::new()))
+        );
         assert_eq!(
             parse_payload(b"\x03\xe8bye \xce\xba"),
             Ok((Some(1000), "bye κ".to_owned()))

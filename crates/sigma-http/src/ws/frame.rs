@@ -125,11 +125,6 @@ impl HeaderDecoder {
         Self::default()
     }
 
-    /// True when no byte of the next header has arrived yet.
-    pub fn is_empty(&self) -> bool {
-        self.have == 0
-    }
-
     /// Stops checking the header being decoded: after it was rejected, the
     /// connection decodes it anyway so it can skip the payload and stay in
     /// step with the client until the client's close frame.
@@ -140,10 +135,7 @@ impl HeaderDecoder {
     /// Takes header bytes from `input`. Returns how many bytes were used and
     /// the header once complete. An error is reported as soon as the bytes
     /// seen show it, without consuming further input.
-    pub fn decode(
-        &mut self,
-        input: &[u8],
-    ) -> (usize, Result<Option<FrameHeader>, ProtocolError>) {
+    pub fn decode(&mut self, input: &[u8]) -> (usize, Result<Option<FrameHeader>, ProtocolError>) {
         let mut used = 0;
         loop {
             let want = match self.buf.get(1) {
@@ -236,7 +228,13 @@ pub(crate) mod client {
 
     /// Encodes a client frame. `opcode` and `rsv` are raw bits so tests can
     /// send reserved values; `mask: None` sends an unmasked frame.
-    pub(crate) fn frame(fin: bool, rsv: u8, opcode: u8, mask: Option<[u8; 4]>, payload: &[u8]) -> Vec<u8> {
+    pub(crate) fn frame(
+        fin: bool,
+        rsv: u8,
+        opcode: u8,
+        mask: Option<[u8; 4]>,
+        payload: &[u8],
+    ) -> Vec<u8> {
         let mut v = vec![(if fin { 0x80 } else { 0 }) | (rsv << 4) | opcode];
         let m = if mask.is_some() { 0x80 } else { 0 };
         match payload.len() {
@@ -303,7 +301,12 @@ mod tests {
             assert_eq!(used, hlen);
             assert_eq!(
                 h,
-                Ok(Some(FrameHeader { fin: true, opcode: Some(OpCode::Binary), mask: Some(key), len: len as u64 }))
+                Ok(Some(FrameHeader {
+                    fin: true,
+                    opcode: Some(OpCode::Binary),
+                    mask: Some(key),
+                    len: len as u64
+                }))
             );
         }
         // The decoder stops at the end of the header.
@@ -316,22 +319,49 @@ mod tests {
     #[test]
     fn rejects_on_the_second_byte() {
         let cases: [(Vec<u8>, ProtocolError); 7] = [
-            (frame(true, 1, 1, Some([0; 4]), b""), ProtocolError::NonZeroReservedBits),
-            (frame(true, 4, 1, Some([0; 4]), b""), ProtocolError::NonZeroReservedBits),
-            (frame(true, 0, 3, Some([0; 4]), b""), ProtocolError::ReservedOpcode),
-            (frame(true, 0, 0xb, Some([0; 4]), b""), ProtocolError::ReservedOpcode),
-            (frame(false, 0, 9, Some([0; 4]), b""), ProtocolError::FragmentedControlFrame),
-            (frame(true, 0, 9, Some([0; 4]), &[0; 126]), ProtocolError::ControlFrameTooBig),
-            (frame(true, 0, 1, None, b"hi"), ProtocolError::UnmaskedFrameFromClient),
+            (
+                frame(true, 1, 1, Some([0; 4]), b""),
+                ProtocolError::NonZeroReservedBits,
+            ),
+            (
+                frame(true, 4, 1, Some([0; 4]), b""),
+                ProtocolError::NonZeroReservedBits,
+            ),
+            (
+                frame(true, 0, 3, Some([0; 4]), b""),
+                ProtocolError::ReservedOpcode,
+            ),
+            (
+                frame(true, 0, 0xb, Some([0; 4]), b""),
+                ProtocolError::ReservedOpcode,
+            ),
+            (
+                frame(false, 0, 9, Some([0; 4]), b""),
+                ProtocolError::FragmentedControlFrame,
+            ),
+            (
+                frame(true, 0, 9, Some([0; 4]), &[0; 126]),
+                ProtocolError::ControlFrameTooBig,
+            ),
+            (
+                frame(true, 0, 1, None, b"hi"),
+                ProtocolError::UnmaskedFrameFromClient,
+            ),
         ];
         for (f, e) in cases {
             assert_eq!(all_splits(&f), (2, Err(e)), "{f:?}");
         }
         for op in (3..=7).chain(0xb..=0xf) {
-            assert_eq!(all_splits(&frame(true, 0, op, Some([0; 4]), b"")).1, Err(ProtocolError::ReservedOpcode));
+            assert_eq!(
+                all_splits(&frame(true, 0, op, Some([0; 4]), b"")).1,
+                Err(ProtocolError::ReservedOpcode)
+            );
         }
         // A control frame of exactly 125 bytes is fine.
-        assert!(matches!(all_splits(&masked(true, 9, &[0; 125])).1, Ok(Some(_))));
+        assert!(matches!(
+            all_splits(&masked(true, 9, &[0; 125])).1,
+            Ok(Some(_))
+        ));
     }
 
     #[test]
@@ -339,7 +369,9 @@ mod tests {
         let mut f = vec![0x82, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0];
         assert_eq!(all_splits(&f), (3, Err(ProtocolError::PayloadLengthMsbSet)));
         f[2] = 0x7f;
-        assert!(matches!(all_splits(&f), (14, Ok(Some(FrameHeader { len, .. }))) if len == 0x7f00_0000_0000_0001));
+        assert!(
+            matches!(all_splits(&f), (14, Ok(Some(FrameHeader { len, .. }))) if len == 0x7f00_0000_0000_0001)
+        );
     }
 
     #[test]
@@ -351,8 +383,16 @@ mod tests {
         d.make_lenient();
         let (n, r) = d.decode(&f[2..]);
         assert_eq!(n, 0);
-        assert_eq!(r, Ok(Some(FrameHeader { fin: true, opcode: None, mask: None, len: 3 })));
-        assert!(d.is_empty());
+        assert_eq!(
+            r,
+            Ok(Some(FrameHeader {
+                fin: true,
+                opcode: None,
+                mask: None,
+                len: 3
+            }))
+        );
+        assert_eq!(d.decode(&[]), (0, Ok(None)));
     }
 
     #[test]
@@ -370,7 +410,14 @@ mod tests {
         }
         let (buf, n) = encode_header(false, OpCode::Continuation, 3);
         assert_eq!(&buf[..n], &[0x00, 3]);
-        for op in [OpCode::Continuation, OpCode::Text, OpCode::Binary, OpCode::Close, OpCode::Ping, OpCode::Pong] {
+        for op in [
+            OpCode::Continuation,
+            OpCode::Text,
+            OpCode::Binary,
+            OpCode::Close,
+            OpCode::Ping,
+            OpCode::Pong,
+        ] {
             assert_eq!(OpCode::from_bits(op.bits()), Some(op));
         }
     }

@@ -175,7 +175,11 @@ mod tests {
         assert_eq!(parse(&[h("Host", "x")]), Ok(None));
         // Not an attempt even when other WebSocket headers are there.
         assert_eq!(
-            parse_upgrade(Method::Post, Version::Http10, &with(valid(), "upgrade", None)),
+            parse_upgrade(
+                Method::Post,
+                Version::Http10,
+                &with(valid(), "upgrade", None)
+            ),
             Ok(None)
         );
     }
@@ -183,12 +187,27 @@ mod tests {
     #[test]
     fn bad_handshakes() {
         use ParseError::BadWebSocketHandshake as Bad;
-        assert_eq!(parse_upgrade(Method::Post, Version::Http11, &valid()), Err(Bad));
-        assert_eq!(parse_upgrade(Method::Head, Version::Http11, &valid()), Err(Bad));
-        assert_eq!(parse_upgrade(Method::Get, Version::Http10, &valid()), Err(Bad));
+        assert_eq!(
+            parse_upgrade(Method::Post, Version::Http11, &valid()),
+            Err(Bad)
+        );
+        assert_eq!(
+            parse_upgrade(Method::Head, Version::Http11, &valid()),
+            Err(Bad)
+        );
+        assert_eq!(
+            parse_upgrade(Method::Get, Version::Http10, &valid()),
+            Err(Bad)
+        );
         assert_eq!(parse(&with(valid(), "connection", None)), Err(Bad));
-        assert_eq!(parse(&with(valid(), "connection", Some("keep-alive"))), Err(Bad));
-        assert_eq!(parse(&with(valid(), "connection", Some("upgraded"))), Err(Bad));
+        assert_eq!(
+            parse(&with(valid(), "connection", Some("keep-alive"))),
+            Err(Bad)
+        );
+        assert_eq!(
+            parse(&with(valid(), "connection", Some("upgraded"))),
+            Err(Bad)
+        );
         assert_eq!(parse(&with(valid(), "sec-websocket-key", None)), Err(Bad));
         for key in [
             "",
@@ -198,7 +217,11 @@ mod tests {
             "dGhlIHNhbXBsZSBub25jZQ!=",     // not base64
             "AAAAAAAAAAAAAAAAAAAAAAAAAAAA", // 21 bytes
         ] {
-            assert_eq!(parse(&with(valid(), "sec-websocket-key", Some(key))), Err(Bad), "{key}");
+            assert_eq!(
+                parse(&with(valid(), "sec-websocket-key", Some(key))),
+                Err(Bad),
+                "{key}"
+            );
         }
         let mut dup = valid();
         dup.push(h("Sec-WebSocket-Key", KEY));
@@ -206,8 +229,14 @@ mod tests {
         let mut dup = valid();
         dup.push(h("Origin", "http://evil.example"));
         assert_eq!(parse(&dup), Err(Bad));
-        assert_eq!(parse(&with(valid(), "sec-websocket-protocol", Some("chat, a b"))), Err(Bad));
-        assert_eq!(parse(&with(valid(), "sec-websocket-protocol", Some("ch\"at"))), Err(Bad));
+        assert_eq!(
+            parse(&with(valid(), "sec-websocket-protocol", Some("chat, a b"))),
+            Err(Bad)
+        );
+        assert_eq!(
+            parse(&with(valid(), "sec-websocket-protocol", Some("ch\"at"))),
+            Err(Bad)
+        );
     }
 
     #[test]
@@ -215,7 +244,11 @@ mod tests {
         use ParseError::UnsupportedWebSocketVersion as V;
         assert_eq!(parse(&with(valid(), "sec-websocket-version", None)), Err(V));
         for v in ["8", "12", "14", "13, 8", "", "thirteen"] {
-            assert_eq!(parse(&with(valid(), "sec-websocket-version", Some(v))), Err(V), "{v}");
+            assert_eq!(
+                parse(&with(valid(), "sec-websocket-version", Some(v))),
+                Err(V),
+                "{v}"
+            );
         }
         let mut two = valid();
         two.push(h("Sec-WebSocket-Version", "13"));

@@ -1,70 +1,28 @@
-//! WebSocket (RFC 6455) half of `H`. STUB: replaced by the real codec.
-use crate::{error::ParseError, event::Header, Method, Version, WsHandshake};
-use crate::{io::OutBuf, Event, SendError, WsLimits, WsMessage};
-use std::time::Instant;
+//! The WebSocket (RFC 6455) half of `H`: the opening handshake and the
+//! codec of one open WebSocket.
+//!
+//! Place in `T → H → A`: after the HTTP/1 parser has read an upgrade
+//! request, [`parse_upgrade`] validates it (the result rides on the request
+//! to `A`), the 101 response carries [`accept_key`], and a [`WsConn`] takes
+//! over the connection's bytes: client frames in, validated
+//! [`crate::Event::Ws`] events right, our frames appended to the
+//! connection's [`crate::io::OutBuf`]. Sans-IO like the rest of `H`: no
+//! socket, no clock. Not here: permessage-deflate (Autobahn 12–13) and any
+//! other extension, so RSV bits are always an error.
+//!
+//! Files: `handshake.rs` (upgrade validation, accept key), `frame.rs`
+//! (opcodes, header decode and encode), `mask.rs`, `utf8.rs` (incremental
+//! validation), `close.rs` (close codes), `error.rs` ([`ProtocolError`]),
+//! `conn.rs` ([`WsConn`], the state machine).
 
-/// Validates a WebSocket upgrade request.
-pub fn parse_upgrade(
-    _method: Method,
-    _version: Version,
-    _headers: &[Header],
-) -> Result<Option<WsHandshake>, ParseError> {
-    Ok(None)
-}
+pub mod close;
+mod conn;
+mod error;
+mod frame;
+mod handshake;
+mod mask;
+mod utf8;
 
-/// `Sec-WebSocket-Accept` for a key.
-pub fn accept_key(_key: &[u8]) -> String {
-    String::new()
-}
-
-/// One open WebSocket.
-#[derive(Debug)]
-pub struct WsConn;
-
-impl WsConn {
-    /// New connection right after the 101 was queued.
-    pub fn new(_limits: WsLimits, _now: Instant) -> Self {
-        Self
-    }
-    /// Bytes from the client.
-    pub fn handle_input(&mut self, _data: &[u8], _now: Instant, _out: &mut OutBuf) {}
-    /// Client EOF.
-    pub fn handle_eof(&mut self, _now: Instant, _out: &mut OutBuf) {}
-    /// Next event.
-    pub fn poll_event(&mut self) -> Option<Event> {
-        None
-    }
-    /// Queue a message.
-    pub fn send_message(
-        &mut self,
-        _msg: WsMessage,
-        _now: Instant,
-        _out: &mut OutBuf,
-    ) -> Result<(), SendError> {
-        Ok(())
-    }
-    /// Start/answer close.
-    pub fn send_close(
-        &mut self,
-        _code: u16,
-        _reason: &str,
-        _now: Instant,
-        _out: &mut OutBuf,
-    ) -> Result<(), SendError> {
-        Ok(())
-    }
-    /// Next deadline.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        None
-    }
-    /// Deadlines.
-    pub fn handle_timeout(&mut self, _now: Instant, _out: &mut OutBuf) {}
-    /// Whether more input is wanted.
-    pub fn wants_read(&self) -> bool {
-        true
-    }
-    /// What to do with the socket.
-    pub fn shutdown(&self) -> Option<crate::Shutdown> {
-        None
-    }
-}
+pub use conn::{WsConn, ABORT_CLOSE_TIMEOUT, ABORT_EOF, ABORT_IDLE_TIMEOUT, MAX_QUEUED_EVENTS};
+pub use error::ProtocolError;
+pub use handshake::{accept_key, parse_upgrade};

@@ -73,6 +73,11 @@ impl Utf8Validator {
         self.carry_len == 0
     }
 
+    /// Bytes of an unfinished character carried to the next piece (0–3).
+    pub fn pending(&self) -> usize {
+        self.carry_len
+    }
+
     /// Validates `input` as the next piece of the message and appends the
     /// complete characters to `text`. On error `text` may hold a prefix of
     /// the piece; the message is to be discarded.
@@ -177,7 +182,11 @@ mod tests {
         assert_eq!(run(&[p1, b"\x90", b"\x80\x80edited"]), Err(1));
         // Autobahn 6.4.1: the invalid 4-byte sequence as one piece.
         assert_eq!(
-            run(&[b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5", b"\xf4\x90\x80\x80", b"edited"]),
+            run(&[
+                b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5",
+                b"\xf4\x90\x80\x80",
+                b"edited"
+            ]),
             Err(1)
         );
         // Surrogate: ED A0 fails at A0.
@@ -198,7 +207,10 @@ mod tests {
 
     #[test]
     fn empty_pieces_are_harmless() {
-        assert_eq!(run(&[b"", b"\xe2", b"", b"\x82", b"", b"\xac", b""]).as_deref(), Ok("€"));
+        assert_eq!(
+            run(&[b"", b"\xe2", b"", b"\x82", b"", b"\xac", b""]).as_deref(),
+            Ok("€")
+        );
     }
 
     #[test]
