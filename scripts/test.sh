@@ -36,7 +36,7 @@ cargo nextest run --workspace --locked --no-fail-fast
 
 if [ -d tests/ws ]; then
     step "WebSocket client tests (python websockets)"
-    SIGMA_BIN="$root/target/release/sigma" .venv/bin/python -m pytest -q tests/ws
+    TEST_SIGMA_BIN="$root/target/release/sigma" .venv/bin/python -m pytest -q tests/ws
 fi
 
 if [ -x scripts/autobahn.sh ]; then

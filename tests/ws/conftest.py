@@ -1,6 +1,6 @@
 """Fixtures for the WebSocket client tests: a real sigma process on 127.0.0.1:0.
 
-The server is the release binary named by $SIGMA_BIN (scripts/test.sh sets it),
+The server is the release binary named by $TEST_SIGMA_BIN (scripts/test.sh sets it),
 started with a small-limits config; the test reads its stdout until the
 `listening on ADDR` line, which is the only synchronisation needed.
 """
@@ -30,21 +30,21 @@ max_outbound = 65536
 
 class Sigma:
     def __init__(self, config: str):
-        binary = os.environ.get("SIGMA_BIN") or str(ROOT / "target" / "release" / "sigma")
+        binary = os.environ.get("TEST_SIGMA_BIN") or str(ROOT / "target" / "release" / "sigma")
         self.dir = tempfile.TemporaryDirectory()
         cfg = pathlib.Path(self.dir.name) / "sigma.toml"
         cfg.write_text(config)
         self.proc = subprocess.Popen(
             [binary, "serve", "--config", str(cfg), "--pipeline", "T127.0.0.1:0[HA]",
              "--data", str(pathlib.Path(self.dir.name) / "data")],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            stdout=subprocess.PIPE, stderr=open(pathlib.Path(self.dir.name) / "stderr", "w"), text=True,
         )
         self.addr = None
         for line in self.proc.stdout:
             if line.startswith("listening on "):
                 self.addr = line.split()[2]
                 break
-        assert self.addr, "sigma did not start"
+        assert self.addr, "sigma did not start: " + (pathlib.Path(self.dir.name) / "stderr").read_text()
         self.host, port = self.addr.rsplit(":", 1)
         self.port = int(port)
 

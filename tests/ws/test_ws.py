@@ -127,22 +127,35 @@ idle_timeout = "500ms"
 
 
 def test_close_from_the_client(sigma):
-    ws = connect(sigma.url())
-    ws.send("bye")
-    assert ws.recv() == "bye"
-    ws.close(1000, "done")
-    assert ws.close_code == 1000
-    assert ws.close_reason == "done"
+    with connect(sigma.url()) as ws:
+        ws.send("bye")
+        assert ws.recv() == "bye"
+        ws.close(1000, "done")
+        # sigma answered with the same code: a clean close handshake.
+        assert ws.close_code == 1000
+        with pytest.raises(ConnectionClosed) as e:
+            ws.recv()
+        assert e.value.rcvd is not None and e.value.rcvd.code == 1000
+
+
+def test_echo_of_a_max_size_message_with_default_limits(make_sigma):
+    # The default outbound queue (4 MiB) must not refuse the echo of a
+    # default-maximum message (4 MiB).
+    sigma = make_sigma("")
+    big = os.urandom(4 * 1024 * 1024)
+    with connect(sigma.url(), max_size=None) as ws:
+        ws.send(iter([big[i:i + 1024 * 1024] for i in range(0, len(big), 1024 * 1024)]))
+        assert ws.recv() == big
 
 
 def test_close_from_the_server_on_drain_sends_1001(sigma):
-    ws = connect(sigma.url())
-    ws.send("x")
-    assert ws.recv() == "x"
-    sigma.signal(signal.SIGTERM)
-    with pytest.raises(ConnectionClosed) as e:
-        ws.recv(timeout=10)
-    assert e.value.rcvd is not None and e.value.rcvd.code == 1001
+    with connect(sigma.url()) as ws:
+        ws.send("x")
+        assert ws.recv() == "x"
+        sigma.signal(signal.SIGTERM)
+        with pytest.raises(ConnectionClosed) as e:
+            ws.recv(timeout=10)
+        assert e.value.rcvd is not None and e.value.rcvd.code == 1001
     assert sigma.wait() == 0
 
 

@@ -697,8 +697,10 @@ impl ServerConn {
             Reading::InBody {
                 started, received, ..
             } => {
-                if self.limits.body_min_rate > 0 {
-                    let allowed_ms = received.saturating_mul(1000) / self.limits.body_min_rate;
+                if let Some(allowed_ms) = received
+                    .saturating_mul(1000)
+                    .checked_div(self.limits.body_min_rate)
+                {
                     let at = started
                         .checked_add(self.limits.body_rate_grace)
                         .and_then(|s| s.checked_add(Duration::from_millis(allowed_ms)));

@@ -16,6 +16,16 @@
 //! - [`pipeline`]: the topology notation; [`config`]: `sigma.toml`;
 //!   [`server`]: assembly and lifecycle; [`parse`]: `sigma parse`.
 
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
 pub mod auth;
 pub mod config;
 pub mod conn;

@@ -100,7 +100,7 @@ impl RouteTable {
                 dest,
             });
         }
-        out.sort_by(|a, b| b.path.len().cmp(&a.path.len()));
+        out.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
         Ok(Self { routes: out })
     }
 

@@ -268,8 +268,11 @@ mod tests {
         max_trailers: 4,
     };
 
-    /// Decodes `input` fed in pieces of `step` bytes; returns body, trailers, leftover.
-    fn run(input: &[u8], step: usize) -> Result<(Vec<u8>, Vec<Header>, Vec<u8>), ParseError> {
+    /// Body, trailers, and the bytes left after the message.
+    type Decodedmessage = (Vec<u8>, Vec<Header>, Vec<u8>);
+
+    /// Decodes `input` fed in pieces of `step` bytes.
+    fn run(input: &[u8], step: usize) -> Result<Decodedmessage, ParseError> {
         let mut d = Decoder::chunked();
         let mut buf = BytesMut::new();
         let mut body = Vec::new();

@@ -109,11 +109,12 @@ impl Scanner {
                     self.line_start = i + 1;
                 }
                 b'\r' => {
-                    // A CR must be followed by LF; decide once the next byte is here.
-                    if let Some(&next) = buf.get(i + 1) {
-                        if next != b'\n' {
-                            return Err(ParseError::BareCrOrLf);
-                        }
+                    // A CR must be followed by LF; decide once the next byte
+                    // is here (the CR is examined again on the next call).
+                    match buf.get(i + 1) {
+                        Some(b'\n') => {}
+                        Some(_) => return Err(ParseError::BareCrOrLf),
+                        None => return Ok(None),
                     }
                 }
                 0 => return Err(ParseError::Nul),

@@ -7,22 +7,29 @@
 //! messages, pings and the close to `A` as [`Event`]s and takes messages
 //! and closes back ([`WsConn::send_message`], [`WsConn::send_close`]).
 //!
-//! Invariants: every byte is looked at once, as it arrives (headers through
+//! Invariants: every byte is parsed once, as it arrives (headers through
 //! a 14-byte decoder, payloads unmasked, UTF-8-checked and appended in one
 //! pass), so text is rejected on the first impossible byte even mid-frame;
 //! the message buffer never exceeds `max_message`, control payloads never
 //! exceed 125 bytes, at most [`MAX_QUEUED_EVENTS`] events wait unpolled
 //! (past that the rest of a read is parked and [`WsConn::wants_read`] is
-//! false), and the outbound queue never exceeds `max_outbound` except by the
-//! one close frame that reports the breach.
+//! false), and the outbound queue never exceeds `max_outbound` except by
+//! one frame queued while it was empty (a message may be larger than the
+//! backlog allowance) and the one close frame that reports the breach.
 //!
 //! Ordering: a close frame that answers input (our reply to the client's
 //! close, or the close that reports a protocol error) is held until the
 //! application has polled the events before it, so the replies to earlier
 //! messages go out first (Autobahn 3.x, 4.x, 7.1.x). While one is held,
 //! [`WsConn::poll_timeout`] returns an instant already passed, and the next
-//! [`WsConn::handle_timeout`] (or any call with the `OutBuf`) queues it.
-//! Pongs are queued at once.
+//! [`WsConn::handle_timeout`] (or `handle_input`, `handle_eof`) queues it;
+//! [`WsConn::send_message`] does not, and is still accepted until then.
+//! Pongs are queued at once. The shell must drain [`WsConn::poll_event`]
+//! before acting on [`WsConn::shutdown`].
+//!
+//! Keepalive: a ping after `ping_interval` without a complete frame from
+//! the client, then every `ping_interval`; close 1001 after `idle_timeout`
+//! without one (a frame trickling in does not count until complete).
 //!
 //! Not here: the opening handshake (`handshake.rs`), socket IO, the clock,
 //! the slow-read (write stall) deadline, which the connection owning the
@@ -48,7 +55,7 @@ use crate::Shutdown;
 /// Unpolled events past which parsing pauses and [`WsConn::wants_read`] is false.
 pub const MAX_QUEUED_EVENTS: usize = 64;
 
-/// Text payload is unmasked through a stack buffer of this size.
+/// Text payload is unmasked through a scratch buffer of at most this size.
 const UNMASK_CHUNK: usize = 4096;
 
 /// Abort label: no frame for `idle_timeout` (we sent 1001).
@@ -151,6 +158,8 @@ pub struct WsConn {
     message: Option<Partial>,
     /// Payload of the control frame being read (≤ 125 bytes).
     control: Vec<u8>,
+    /// Unmasked text on its way through the UTF-8 check (≤ `UNMASK_CHUNK`).
+    scratch: Vec<u8>,
     /// The next frame header was rejected: skip that frame.
     rejected_header: bool,
     events: VecDeque<Event>,
@@ -179,6 +188,7 @@ impl WsConn {
             reader: Reader::Header(HeaderDecoder::new()),
             message: None,
             control: Vec::new(),
+            scratch: Vec::new(),
             rejected_header: false,
             events: VecDeque::new(),
             pushed: 0,
@@ -326,7 +336,7 @@ impl WsConn {
         out: &mut OutBuf,
     ) -> Result<(), SendError> {
         self.now = now;
-        if !matches!(self.state, State::Open | State::CloseOwed { .. }) {
+        if !self.can_send() {
             return Err(SendError::Closed);
         }
         let (opcode, payload): (OpCode, &[u8]) = match &msg {
@@ -371,6 +381,14 @@ impl WsConn {
     }
 
     // ----- state transitions ------------------------------------------------
+
+    /// Data may still be queued: our close is not in the `OutBuf` yet.
+    fn can_send(&self) -> bool {
+        matches!(
+            self.state,
+            State::Open | State::CloseOwed { .. } | State::CloseSent { held: Some(_) }
+        )
+    }
 
     fn is_reading(&self) -> bool {
         matches!(self.state, State::Open | State::CloseSent { .. })
@@ -541,13 +559,22 @@ impl WsConn {
                 self.write_close(Some(err.close_code()), err.close_reason(), now, out);
                 self.enter_closed();
             }
+            State::CloseSent { held: Some(close) } => {
+                // Already failing: send that close now instead.
+                self.write_close(close.code, close.reason, now, out);
+                self.state = State::CloseSent { held: None };
+            }
             _ => {}
         }
     }
 
+    /// The limit bounds the backlog of a client that does not read: a frame
+    /// always fits an empty queue, so a message up to `max_message` can be
+    /// sent (echoed) even when it is larger than `max_outbound`.
     fn fits_outbound(&self, out: &OutBuf, payload: usize) -> bool {
-        let frame = payload.saturating_add(10);
-        out.len().saturating_add(frame) <= self.limits.max_outbound
+        let (_, header) = encode_header(true, OpCode::Binary, payload);
+        let frame = payload.saturating_add(header);
+        out.is_empty() || out.len().saturating_add(frame) <= self.limits.max_outbound
     }
 
     fn write_close(&mut self, code: Option<u16>, reason: &str, now: Instant, out: &mut OutBuf) {
@@ -731,20 +758,20 @@ impl WsConn {
                 Ok(())
             }
             Some(Partial::Text { text, utf8 }) => {
-                let cap = bounded_capacity(text.len(), text.capacity(), chunk.len(), max);
+                // Completing a carried character appends its earlier bytes too.
+                let additional = chunk.len().saturating_add(utf8.pending());
+                let cap = bounded_capacity(text.len(), text.capacity(), additional, max);
                 text.reserve_exact(cap.saturating_sub(text.len()));
-                let mut buf = [0u8; UNMASK_CHUNK];
+                let scratch = &mut self.scratch;
                 let mut phase = phase;
                 for piece in chunk.chunks(UNMASK_CHUNK) {
-                    let Some(tmp) = buf.get_mut(..piece.len()) else {
-                        break;
-                    };
-                    tmp.copy_from_slice(piece);
+                    scratch.clear();
+                    scratch.extend_from_slice(piece);
                     if let Some(key) = mask {
-                        apply_mask(tmp, key, phase);
+                        apply_mask(scratch, key, phase);
                     }
                     phase = (phase + piece.len()) % 4;
-                    utf8.push(tmp, text)
+                    utf8.push(scratch, text)
                         .map_err(|_| ProtocolError::InvalidUtf8)?;
                 }
                 Ok(())
@@ -855,4 +882,934 @@ fn write_frame(opcode: OpCode, payload: &[u8], now: Instant, out: &mut OutBuf) {
     let (header, n) = encode_header(true, opcode, payload.len());
     out.extend(header.get(..n).unwrap_or_default(), now);
     out.extend(payload, now);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::frame::client::{frame, masked};
+    use super::*;
+    use proptest::prelude::*;
+    use std::time::Duration;
+
+    fn limits() -> WsLimits {
+        WsLimits {
+            max_frame: 1000,
+            max_message: 3000,
+            max_outbound: 100_000,
+            ..WsLimits::default()
+        }
+    }
+
+    /// A server frame, as the client sees it.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Srv {
+        Text(String),
+        Binary(Vec<u8>),
+        Ping(Vec<u8>),
+        Pong(Vec<u8>),
+        Close(Option<u16>, String),
+    }
+
+    /// Decodes server output: every frame must be unmasked, final, well-formed.
+    fn parse_server(mut b: &[u8]) -> Vec<Srv> {
+        let mut v = Vec::new();
+        while !b.is_empty() {
+            assert_eq!(b[0] & 0xf0, 0x80, "FIN set, RSV clear");
+            assert_eq!(b[1] & 0x80, 0, "server frames are unmasked");
+            let (len, at) = match b[1] {
+                126 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
+                127 => (
+                    u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize,
+                    10,
+                ),
+                n => (n as usize, 2),
+            };
+            let p = b[at..at + len].to_vec();
+            v.push(match b[0] & 0x0f {
+                1 => Srv::Text(String::from_utf8(p).unwrap()),
+                2 => Srv::Binary(p),
+                9 => Srv::Ping(p),
+                10 => Srv::Pong(p),
+                8 => match p.len() {
+                    0 => Srv::Close(None, String::new()),
+                    _ => Srv::Close(
+                        Some(u16::from_be_bytes([p[0], p[1]])),
+                        String::from_utf8(p[2..].to_vec()).unwrap(),
+                    ),
+                },
+                op => panic!("server sent opcode {op}"),
+            });
+            b = &b[at + len..];
+        }
+        v
+    }
+
+    /// A shell in memory: feeds input, drains events (optionally echoing
+    /// messages), honours `poll_timeout`, and collects what goes on the wire.
+    struct Shell {
+        conn: WsConn,
+        out: OutBuf,
+        now: Instant,
+        events: Vec<Event>,
+        wire: Vec<u8>,
+        echo: bool,
+    }
+
+    impl Shell {
+        fn new(limits: WsLimits) -> Self {
+            let now = Instant::now();
+            Self {
+                conn: WsConn::new(limits, now),
+                out: OutBuf::new(),
+                now,
+                events: Vec::new(),
+                wire: Vec::new(),
+                echo: false,
+            }
+        }
+
+        fn echoing(mut self) -> Self {
+            self.echo = true;
+            self
+        }
+
+        fn feed(&mut self, data: &[u8]) {
+            self.conn.handle_input(data, self.now, &mut self.out);
+            self.pump();
+        }
+
+        fn eof(&mut self) {
+            self.conn.handle_eof(self.now, &mut self.out);
+            self.pump();
+        }
+
+        fn advance(&mut self, d: Duration) {
+            self.now += d;
+            self.pump();
+        }
+
+        fn pump(&mut self) {
+            for _ in 0..100_000 {
+                while let Some(ev) = self.conn.poll_event() {
+                    if let (true, Event::Ws(WsEvent::Message(m))) = (self.echo, &ev) {
+                        let _ = self.conn.send_message(m.clone(), self.now, &mut self.out);
+                    }
+                    self.events.push(ev);
+                }
+                match self.conn.poll_timeout() {
+                    Some(t) if t <= self.now => self.conn.handle_timeout(self.now, &mut self.out),
+                    _ => break,
+                }
+            }
+            self.flush();
+        }
+
+        fn flush(&mut self) {
+            self.wire.extend_from_slice(self.out.as_slice());
+            let n = self.out.len();
+            self.out.consume(n, self.now);
+        }
+
+        fn take_events(&mut self) -> Vec<Event> {
+            std::mem::take(&mut self.events)
+        }
+
+        fn take_wire(&mut self) -> Vec<Srv> {
+            parse_server(&std::mem::take(&mut self.wire))
+        }
+    }
+
+    type Outcome = (Vec<Event>, Vec<Srv>, Option<Shutdown>);
+
+    fn run_chunks(limits: WsLimits, chunks: &[&[u8]]) -> Outcome {
+        let mut s = Shell::new(limits);
+        for c in chunks {
+            s.feed(c);
+        }
+        let shutdown = s.conn.shutdown();
+        (s.take_events(), s.take_wire(), shutdown)
+    }
+
+    /// Whole, one byte at a time, and split at every offset: same outcome.
+    fn run_all_splits(limits: WsLimits, input: &[u8]) -> Outcome {
+        let whole = run_chunks(limits.clone(), &[input]);
+        let bytes: Vec<&[u8]> = input.chunks(1).collect();
+        assert_eq!(run_chunks(limits.clone(), &bytes), whole, "byte at a time");
+        for i in 0..=input.len() {
+            let (a, b) = input.split_at(i);
+            assert_eq!(run_chunks(limits.clone(), &[a, b]), whole, "split at {i}");
+        }
+        whole
+    }
+
+    fn text(s: &str) -> Event {
+        Event::Ws(WsEvent::Message(WsMessage::Text(s.to_owned())))
+    }
+
+    fn binary(b: &[u8]) -> Event {
+        Event::Ws(WsEvent::Message(WsMessage::Binary(Bytes::copy_from_slice(
+            b,
+        ))))
+    }
+
+    fn closed(code: Option<u16>, reason: &str) -> Event {
+        Event::Ws(WsEvent::Close {
+            code,
+            reason: reason.to_owned(),
+        })
+    }
+
+    fn abort(reason: &'static str) -> Event {
+        Event::Abort(AbortReason {
+            reason,
+            status: None,
+        })
+    }
+
+    fn close_frame(code: u16, reason: &[u8]) -> Vec<u8> {
+        let mut p = code.to_be_bytes().to_vec();
+        p.extend_from_slice(reason);
+        masked(true, 8, &p)
+    }
+
+    fn cat(parts: &[Vec<u8>]) -> Vec<u8> {
+        parts.concat()
+    }
+
+    #[test]
+    fn messages_pings_and_close_in_any_split() {
+        let kosme = "κόσμε".as_bytes();
+        let input = cat(&[
+            masked(true, 1, b"Hello"),
+            masked(false, 2, b"\x00\x01"),
+            masked(true, 9, b"p1"),
+            masked(false, 0, b""),
+            masked(true, 0, b"\xff"),
+            masked(true, 1, b""),
+            masked(false, 1, &kosme[..3]),
+            masked(true, 10, b"unsolicited"),
+            masked(false, 0, &kosme[3..4]),
+            masked(true, 0, &kosme[4..]),
+            close_frame(1000, b"bye"),
+        ]);
+        let (events, wire, shutdown) = run_all_splits(limits(), &input);
+        assert_eq!(
+            events,
+            [
+                text("Hello"),
+                Event::Ws(WsEvent::Ping(Bytes::from_static(b"p1"))),
+                binary(b"\x00\x01\xff"),
+                text(""),
+                text("κόσμε"),
+                closed(Some(1000), "bye"),
+                Event::End,
+            ]
+        );
+        assert_eq!(
+            wire,
+            [
+                Srv::Pong(b"p1".to_vec()),
+                Srv::Close(Some(1000), String::new())
+            ]
+        );
+        assert_eq!(shutdown, Some(Shutdown::Graceful));
+    }
+
+    #[test]
+    fn pong_answers_each_ping_between_fragments() {
+        // Autobahn 5.19: pongs go out before the message completes.
+        let mut s = Shell::new(limits()).echoing();
+        s.feed(&cat(&[
+            masked(false, 1, b"frag1"),
+            masked(false, 0, b"frag2"),
+            masked(true, 9, b"pongme 1!"),
+        ]));
+        assert_eq!(s.take_wire(), [Srv::Pong(b"pongme 1!".to_vec())]);
+        s.feed(&cat(&[
+            masked(false, 0, b"frag3"),
+            masked(true, 9, b"pongme 2!"),
+            masked(true, 0, b"frag4"),
+        ]));
+        assert_eq!(
+            s.take_wire(),
+            [
+                Srv::Pong(b"pongme 2!".to_vec()),
+                Srv::Text("frag1frag2frag3frag4".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn protocol_errors_close_with_their_code() {
+        let mut long_len = vec![0x81, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 1];
+        long_len.extend_from_slice(&[1, 2, 3, 4]);
+        let cases: Vec<(Vec<u8>, ProtocolError)> = vec![
+            (
+                frame(true, 0, 1, None, b"x"),
+                ProtocolError::UnmaskedFrameFromClient,
+            ),
+            (
+                frame(true, 1, 1, Some([9; 4]), b"x"),
+                ProtocolError::NonZeroReservedBits,
+            ),
+            (
+                frame(true, 2, 1, Some([9; 4]), b"x"),
+                ProtocolError::NonZeroReservedBits,
+            ),
+            (
+                frame(true, 4, 2, Some([9; 4]), b"x"),
+                ProtocolError::NonZeroReservedBits,
+            ),
+            (
+                frame(true, 7, 8, Some([9; 4]), b""),
+                ProtocolError::NonZeroReservedBits,
+            ),
+            (masked(true, 3, b""), ProtocolError::ReservedOpcode),
+            (masked(true, 7, b"xyz"), ProtocolError::ReservedOpcode),
+            (masked(true, 0xb, b""), ProtocolError::ReservedOpcode),
+            (masked(true, 0xf, b"xyz"), ProtocolError::ReservedOpcode),
+            (
+                masked(false, 9, b"ping"),
+                ProtocolError::FragmentedControlFrame,
+            ),
+            (
+                masked(true, 9, &[b'a'; 126]),
+                ProtocolError::ControlFrameTooBig,
+            ),
+            (
+                masked(true, 0, b"cont"),
+                ProtocolError::UnexpectedContinuation,
+            ),
+            (
+                cat(&[masked(false, 1, b"a"), masked(true, 1, b"b")]),
+                ProtocolError::ExpectedContinuation,
+            ),
+            (
+                cat(&[masked(false, 2, b"a"), masked(true, 1, b"b")]),
+                ProtocolError::ExpectedContinuation,
+            ),
+            (
+                masked(true, 1, b"\xce\xba\xed\xa0\x80"),
+                ProtocolError::InvalidUtf8,
+            ),
+            (
+                cat(&[masked(false, 1, b"ok"), masked(true, 0, b"\xce")]),
+                ProtocolError::InvalidUtf8,
+            ),
+            (masked(true, 2, &[0; 1001]), ProtocolError::FrameTooBig),
+            (
+                cat(&[
+                    masked(false, 2, &[0; 1000]),
+                    masked(false, 0, &[0; 1000]),
+                    masked(false, 0, &[0; 1000]),
+                    masked(true, 0, &[0; 1]),
+                ]),
+                ProtocolError::MessageTooBig,
+            ),
+        ];
+        for (bad, err) in cases {
+            // A message before the error is delivered; nothing after it is,
+            // not even the pong; the client's close completes the handshake.
+            let input = cat(&[
+                masked(true, 1, b"hi"),
+                bad.clone(),
+                masked(true, 9, b"late"),
+                masked(true, 1, b"late"),
+                close_frame(1000, b""),
+            ]);
+            let (events, wire, shutdown) = run_all_splits(limits(), &input);
+            assert_eq!(events, [text("hi"), abort(err.reason())], "{err:?}");
+            assert_eq!(
+                wire,
+                [Srv::Close(
+                    Some(err.close_code()),
+                    err.close_reason().into()
+                )],
+                "{err:?}"
+            );
+            assert_eq!(shutdown, Some(Shutdown::Graceful), "{err:?}");
+        }
+        // A length with the MSB set loses the framing: wait for EOF.
+        let input = cat(&[masked(true, 1, b"hi"), long_len, close_frame(1000, b"")]);
+        let (events, wire, shutdown) = run_all_splits(limits(), &input);
+        assert_eq!(events, [text("hi"), abort("ws_payload_length_msb_set")]);
+        assert_eq!(
+            wire,
+            [Srv::Close(Some(1002), "invalid payload length".into())]
+        );
+        assert_eq!(shutdown, None);
+    }
+
+    #[test]
+    fn bad_close_frames() {
+        let cases: [(Vec<u8>, ProtocolError); 8] = [
+            (masked(true, 8, b"\x03"), ProtocolError::CloseFrameTooShort),
+            (close_frame(0, b""), ProtocolError::InvalidCloseCode),
+            (close_frame(999, b""), ProtocolError::InvalidCloseCode),
+            (close_frame(1005, b""), ProtocolError::InvalidCloseCode),
+            (close_frame(1006, b""), ProtocolError::InvalidCloseCode),
+            (close_frame(2999, b""), ProtocolError::InvalidCloseCode),
+            (close_frame(5000, b""), ProtocolError::InvalidCloseCode),
+            (
+                close_frame(1000, b"\xce\xba\xed\xa0\x80edited"),
+                ProtocolError::InvalidUtf8CloseReason,
+            ),
+        ];
+        for (bad, err) in cases {
+            let (events, wire, shutdown) = run_all_splits(limits(), &bad);
+            assert_eq!(events, [abort(err.reason())], "{err:?}");
+            assert_eq!(
+                wire,
+                [Srv::Close(
+                    Some(err.close_code()),
+                    err.close_reason().into()
+                )]
+            );
+            assert_eq!(shutdown, Some(Shutdown::Graceful), "{err:?}");
+        }
+        // 124-byte reason: a 126-byte control frame.
+        let (events, ..) = run_chunks(limits(), &[&close_frame(1000, &[b'a'; 124])]);
+        assert_eq!(events, [abort("ws_control_frame_too_big")]);
+        let (events, ..) = run_chunks(limits(), &[&close_frame(1000, &[b'a'; 123])]);
+        assert_eq!(events, [closed(Some(1000), &"a".repeat(123)), Event::End]);
+    }
+
+    #[test]
+    fn client_close_is_echoed() {
+        let cases: [(Vec<u8>, Option<u16>, Srv); 5] = [
+            (masked(true, 8, b""), None, Srv::Close(None, String::new())),
+            (
+                close_frame(1000, b""),
+                Some(1000),
+                Srv::Close(Some(1000), String::new()),
+            ),
+            (
+                close_frame(4999, b"x"),
+                Some(4999),
+                Srv::Close(Some(4999), String::new()),
+            ),
+            (
+                close_frame(1014, b""),
+                Some(1014),
+                Srv::Close(Some(1014), String::new()),
+            ),
+            (
+                close_frame(1010, b""),
+                Some(1010),
+                Srv::Close(Some(1000), String::new()),
+            ),
+        ];
+        for (input, code, reply) in cases {
+            let mut s = Shell::new(limits());
+            s.feed(&input);
+            let reason = if code == Some(4999) { "x" } else { "" };
+            assert_eq!(s.take_events(), [closed(code, reason), Event::End]);
+            assert_eq!(s.take_wire(), [reply]);
+            assert_eq!(s.conn.shutdown(), Some(Shutdown::Graceful));
+            assert!(!s.conn.wants_read());
+            assert_eq!(s.conn.poll_timeout(), None);
+            // Everything after is ignored; nothing more can be sent.
+            s.feed(&masked(true, 9, b"after"));
+            assert!(s.take_events().is_empty() && s.take_wire().is_empty());
+            let now = s.now;
+            assert_eq!(
+                s.conn
+                    .send_message(WsMessage::Text("x".into()), now, &mut s.out),
+                Err(SendError::Closed)
+            );
+            assert_eq!(
+                s.conn.send_close(1000, "", now, &mut s.out),
+                Err(SendError::Closed)
+            );
+        }
+    }
+
+    #[test]
+    fn replies_to_earlier_messages_go_out_before_our_close() {
+        // Autobahn 7.1.x: message then close in one read.
+        let mut s = Shell::new(limits()).echoing();
+        s.feed(&cat(&[
+            masked(true, 1, b"Hello World!"),
+            close_frame(1000, b""),
+        ]));
+        assert_eq!(
+            s.take_wire(),
+            [
+                Srv::Text("Hello World!".into()),
+                Srv::Close(Some(1000), String::new())
+            ]
+        );
+        // Autobahn 3.2 / 4.1.3: message, bad frame, ping in one read.
+        let mut s = Shell::new(limits()).echoing();
+        s.feed(&cat(&[
+            masked(true, 1, b"Hello, world!"),
+            frame(true, 2, 1, Some([1; 4]), b"x"),
+            masked(true, 9, b""),
+        ]));
+        assert_eq!(
+            s.take_wire(),
+            [
+                Srv::Text("Hello, world!".into()),
+                Srv::Close(Some(1002), "reserved bits set".into())
+            ]
+        );
+        // An application that answers the close itself, after polling it.
+        let mut s = Shell::new(limits());
+        let now = s.now;
+        s.conn
+            .handle_input(&close_frame(1000, b""), now, &mut s.out);
+        assert_eq!(s.conn.poll_event(), Some(closed(Some(1000), "")));
+        assert_eq!(s.conn.poll_timeout(), Some(now));
+        s.conn
+            .send_message(WsMessage::Text("last".into()), now, &mut s.out)
+            .unwrap();
+        s.conn.send_close(4000, "mine", now, &mut s.out).unwrap();
+        assert_eq!(s.conn.shutdown(), Some(Shutdown::Graceful));
+        s.flush();
+        assert_eq!(
+            s.take_wire(),
+            [
+                Srv::Text("last".into()),
+                Srv::Close(Some(4000), "mine".into())
+            ]
+        );
+        assert_eq!(s.conn.poll_event(), Some(Event::End));
+    }
+
+    #[test]
+    fn server_initiated_close() {
+        let mut s = Shell::new(limits());
+        let now = s.now;
+        s.conn
+            .send_close(1001, "going away", now, &mut s.out)
+            .unwrap();
+        s.flush();
+        assert_eq!(s.take_wire(), [Srv::Close(Some(1001), "going away".into())]);
+        assert_eq!(
+            s.conn.send_close(1000, "", now, &mut s.out),
+            Err(SendError::Closed)
+        );
+        assert_eq!(
+            s.conn
+                .send_message(WsMessage::Text("x".into()), now, &mut s.out),
+            Err(SendError::Closed)
+        );
+        assert_eq!(s.conn.shutdown(), None);
+        assert!(s.conn.wants_read());
+        // Data frames are parsed and dropped (even invalid text); pings are not answered.
+        s.feed(&cat(&[
+            masked(false, 1, b"\xff"),
+            masked(true, 9, b"p"),
+            masked(true, 0, b"x"),
+            masked(true, 2, b"b"),
+        ]));
+        assert!(s.take_events().is_empty() && s.take_wire().is_empty());
+        s.feed(&close_frame(1001, b"ok"));
+        assert_eq!(s.take_events(), [closed(Some(1001), "ok"), Event::End]);
+        assert!(s.take_wire().is_empty());
+        assert_eq!(s.conn.shutdown(), Some(Shutdown::Graceful));
+        assert!(!s.conn.wants_read());
+    }
+
+    #[test]
+    fn send_close_validation() {
+        let mut s = Shell::new(limits());
+        let now = s.now;
+        for code in [0, 999, 1004, 1005, 1006, 1010, 1015, 1016, 2999, 5000] {
+            assert_eq!(
+                s.conn.send_close(code, "", now, &mut s.out),
+                Err(SendError::InvalidClose),
+                "{code}"
+            );
+        }
+        let long = "a".repeat(124);
+        assert_eq!(
+            s.conn.send_close(1000, &long, now, &mut s.out),
+            Err(SendError::InvalidClose)
+        );
+        assert!(s.out.is_empty());
+        s.conn
+            .send_close(3000, &long[..123], now, &mut s.out)
+            .unwrap();
+        s.flush();
+        assert_eq!(s.take_wire(), [Srv::Close(Some(3000), long[..123].into())]);
+    }
+
+    #[test]
+    fn close_handshake_timeout_aborts() {
+        let mut s = Shell::new(limits());
+        let now = s.now;
+        s.conn.send_close(1000, "", now, &mut s.out).unwrap();
+        assert_eq!(s.conn.poll_timeout(), Some(now + Duration::from_secs(5)));
+        s.advance(Duration::from_millis(4999));
+        assert_eq!(s.conn.shutdown(), None);
+        s.advance(Duration::from_millis(1));
+        assert_eq!(s.take_events(), [abort(ABORT_CLOSE_TIMEOUT)]);
+        assert_eq!(s.conn.shutdown(), Some(Shutdown::Abort));
+        assert_eq!(s.conn.poll_timeout(), None);
+        // After a protocol error, the same deadline.
+        let mut s = Shell::new(limits());
+        s.feed(&masked(true, 3, b""));
+        assert_eq!(s.take_events(), [abort("ws_reserved_opcode")]);
+        s.advance(Duration::from_secs(5));
+        assert!(s.take_events().is_empty());
+        assert_eq!(s.conn.shutdown(), Some(Shutdown::Abort));
+    }
+
+    #[test]
+    fn eof() {
+        // While open (even mid-frame): abort.
+        for input in [&b""[..], &masked(true, 1, b"hi")[..3]] {
+            let mut s = Shell::new(limits());
+            s.feed(input);
+            s.eof();
+            assert_eq!(s.take_events(), [abort(ABORT_EOF)]);
+            assert_eq!(s.conn.shutdown(), Some(Shutdown::Abort));
+        }
+        // After our close: a clean end.
+        let mut s = Shell::new(limits());
+        let now = s.now;
+        s.conn.send_close(1000, "", now, &mut s.out).unwrap();
+        s.eof();
+        assert_eq!(s.take_events(), [Event::End]);
+        assert_eq!(s.conn.shutdown(), Some(Shutdown::Graceful));
+        // After a protocol error: our held close still goes out, then Graceful.
+        let mut s = Shell::new(limits());
+        let now = s.now;
+        s.conn
+            .handle_input(&masked(true, 0xc, b""), now, &mut s.out);
+        s.conn.handle_eof(now, &mut s.out);
+        assert_eq!(s.conn.shutdown(), None);
+        s.pump();
+        assert_eq!(s.take_events(), [abort("ws_reserved_opcode")]);
+        assert_eq!(
+            s.take_wire(),
+            [Srv::Close(Some(1002), "reserved opcode".into())]
+        );
+        assert_eq!(s.conn.shutdown(), Some(Shutdown::Graceful));
+    }
+
+    #[test]
+    fn keepalive_ping_and_idle_timeout() {
+        let mut s = Shell::new(limits());
+        let t0 = s.now;
+        assert_eq!(s.conn.poll_timeout(), Some(t0 + Duration::from_secs(30)));
+        s.advance(Duration::from_secs(29));
+        assert!(s.take_wire().is_empty());
+        s.advance(Duration::from_secs(1));
+        assert_eq!(s.take_wire(), [Srv::Ping(vec![])]);
+        // Silence: another ping every interval.
+        s.advance(Duration::from_secs(30));
+        assert_eq!(s.take_wire(), [Srv::Ping(vec![])]);
+        // A frame (the pong) resets both timers.
+        s.feed(&masked(true, 10, b""));
+        assert_eq!(s.conn.poll_timeout(), Some(s.now + Duration::from_secs(30)));
+        // A frame trickling in does not count until complete.
+        let f = masked(true, 1, b"slow");
+        s.feed(&f[..3]);
+        s.advance(Duration::from_secs(30));
+        assert_eq!(s.take_wire(), [Srv::Ping(vec![])]);
+        s.advance(Duration::from_secs(30));
+        assert_eq!(s.take_wire(), [Srv::Ping(vec![])]);
+        assert!(s.take_events().is_empty());
+        s.advance(Duration::from_secs(15));
+        assert_eq!(s.take_events(), [abort(ABORT_IDLE_TIMEOUT)]);
+        assert_eq!(
+            s.take_wire(),
+            [Srv::Close(Some(1001), "idle timeout".into())]
+        );
+        // The client answers: clean end of the handshake, no second terminal event.
+        s.feed(&f[3..]);
+        s.feed(&close_frame(1001, b""));
+        assert!(s.take_events().is_empty());
+        assert_eq!(s.conn.shutdown(), Some(Shutdown::Graceful));
+    }
+
+    #[test]
+    fn a_message_larger_than_max_outbound_fits_an_empty_queue() {
+        let mut s = Shell::new(WsLimits {
+            max_outbound: 100,
+            ..limits()
+        });
+        let now = s.now;
+        let big = vec![3; 500];
+        assert_eq!(
+            s.conn
+                .send_message(WsMessage::Binary(Bytes::from(big.clone())), now, &mut s.out),
+            Ok(())
+        );
+        assert_eq!(s.conn.poll_event(), None);
+        s.flush();
+        assert_eq!(s.take_wire(), [Srv::Binary(big)]);
+    }
+
+    #[test]
+    fn slow_consumer_closes_1008() {
+        let mut s = Shell::new(WsLimits {
+            max_outbound: 100,
+            ..limits()
+        });
+        let now = s.now;
+        s.conn
+            .send_message(WsMessage::Binary(Bytes::from(vec![7; 50])), now, &mut s.out)
+            .unwrap();
+        // Not flushed: the client is not reading.
+        assert_eq!(
+            s.conn
+                .send_message(WsMessage::Text("x".repeat(60)), now, &mut s.out),
+            Ok(())
+        );
+        assert_eq!(s.conn.poll_event(), Some(abort("ws_slow_consumer")));
+        assert_eq!(
+            s.conn
+                .send_message(WsMessage::Text("x".into()), now, &mut s.out),
+            Err(SendError::Closed)
+        );
+        s.flush();
+        assert_eq!(
+            s.take_wire(),
+            [
+                Srv::Binary(vec![7; 50]),
+                Srv::Close(Some(1008), "slow consumer".into())
+            ]
+        );
+        // A ping flood from a client that never reads also hits the bound.
+        let mut s = Shell::new(WsLimits {
+            max_outbound: 1000,
+            ..limits()
+        });
+        let now = s.now;
+        let ping = masked(true, 9, &[1; 100]);
+        for _ in 0..20 {
+            s.conn.handle_input(&ping, now, &mut s.out);
+        }
+        assert!(s.out.len() <= 1000 + 2 + 2 + "slow consumer".len());
+        let pings = std::iter::from_fn(|| s.conn.poll_event())
+            .filter(|e| matches!(e, Event::Ws(WsEvent::Ping(_))))
+            .count();
+        assert_eq!(pings, 9, "9 pongs of 102 bytes fit in 1000");
+        s.flush();
+        let wire = s.take_wire();
+        assert_eq!(
+            wire.last(),
+            Some(&Srv::Close(Some(1008), "slow consumer".into()))
+        );
+    }
+
+    #[test]
+    fn event_queue_is_bounded() {
+        let input: Vec<u8> = (0..200)
+            .flat_map(|i| masked(true, 1, format!("{i}").as_bytes()))
+            .collect();
+        let mut s = Shell::new(limits());
+        let now = s.now;
+        s.conn.handle_input(&input, now, &mut s.out);
+        assert_eq!(s.conn.events.len(), MAX_QUEUED_EVENTS);
+        assert!(!s.conn.wants_read());
+        assert_eq!(s.conn.poll_timeout(), s.conn.timers.next());
+        s.conn.poll_event();
+        assert!(!s.conn.wants_read(), "parked input first");
+        assert_eq!(s.conn.poll_timeout(), Some(now));
+        s.pump();
+        let want: Vec<Event> = (0..200).map(|i| text(&format!("{i}"))).collect();
+        let mut got = vec![text("0")];
+        got.extend(s.take_events());
+        assert_eq!(got, want);
+        assert!(s.conn.wants_read());
+        // A shell that reads anyway: the input is parked behind, in order.
+        let mut s = Shell::new(limits());
+        s.conn
+            .handle_input(&input[..input.len() / 2], now, &mut s.out);
+        s.conn
+            .handle_input(&input[input.len() / 2..], now, &mut s.out);
+        assert_eq!(s.conn.events.len(), MAX_QUEUED_EVENTS);
+        s.pump();
+        assert_eq!(s.take_events(), want);
+        // EOF behind parked input waits for it.
+        let mut s = Shell::new(limits());
+        s.conn.handle_input(&input, now, &mut s.out);
+        s.conn.handle_eof(now, &mut s.out);
+        assert_eq!(s.conn.shutdown(), None);
+        s.pump();
+        assert_eq!(s.events.len(), 201);
+        assert_eq!(s.events.last(), Some(&abort(ABORT_EOF)));
+    }
+
+    #[test]
+    fn limits_at_and_one_past() {
+        let l = limits();
+        // Frame exactly max_frame; message exactly max_message, fragments ending mid-character.
+        let (events, ..) = run_chunks(l.clone(), &[&masked(true, 2, &[1; 1000])]);
+        assert_eq!(events, [binary(&[1; 1000])]);
+        let (events, ..) = run_chunks(l.clone(), &[&masked(true, 2, &[1; 1001])]);
+        assert_eq!(events, [abort("ws_frame_too_big")]);
+        let mut msg = "€".repeat(999).into_bytes(); // 2997 bytes
+        msg.extend_from_slice(b"abc");
+        let frames = cat(&[
+            masked(false, 1, &msg[..1000]),
+            masked(false, 0, &msg[1000..2000]),
+            masked(true, 0, &msg[2000..]),
+        ]);
+        let mut s = Shell::new(l.clone());
+        for b in frames.chunks(1) {
+            s.feed(b);
+        }
+        let events = s.take_events();
+        let Some(Event::Ws(WsEvent::Message(WsMessage::Text(t)))) = events.first() else {
+            panic!("{events:?}")
+        };
+        assert_eq!(t.as_bytes(), &msg[..]);
+        assert!(t.capacity() <= l.max_message, "buffer grew past the limit");
+        // One byte more; the carried partial character counts too.
+        msg.push(b'd');
+        let frames = cat(&[
+            masked(false, 1, &msg[..1000]),
+            masked(false, 0, &msg[1000..2000]),
+            masked(false, 0, &msg[2000..3000]),
+            masked(true, 0, &msg[3000..]),
+        ]);
+        let (events, wire, _) = run_all_splits(l, &frames);
+        assert_eq!(events, [abort("ws_message_too_big")]);
+        assert_eq!(wire, [Srv::Close(Some(1009), "message too big".into())]);
+    }
+
+    #[test]
+    fn invalid_utf8_fails_before_the_frame_ends() {
+        // Autobahn 6.4.3/6.4.4: one frame sent in three chops.
+        let payload = b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xf4\x90\x80\x80edited";
+        let f = masked(true, 1, payload);
+        let hdr = f.len() - payload.len();
+        let mut s = Shell::new(limits());
+        s.feed(&f[..hdr + 12]);
+        assert!(s.take_events().is_empty());
+        s.feed(&f[hdr + 12..hdr + 13]);
+        assert_eq!(s.take_events(), [abort("ws_invalid_utf8")]);
+        assert_eq!(
+            s.take_wire(),
+            [Srv::Close(
+                Some(1007),
+                "invalid UTF-8 in text message".into()
+            )]
+        );
+        // The rest of the frame and the client's close are still parsed.
+        s.feed(&f[hdr + 13..]);
+        s.feed(&close_frame(1000, b""));
+        assert_eq!(s.conn.shutdown(), Some(Shutdown::Graceful));
+    }
+
+    /// One message of a random session: text or binary, in fragments,
+    /// with pings between fragments.
+    /// (is text, payload, fragment cuts, ping after fragment i).
+    type MessagePlan = (bool, Vec<u8>, Vec<usize>, Vec<bool>);
+
+    fn session() -> impl Strategy<Value = Vec<MessagePlan>> {
+        let msg = prop_oneof![
+            "\\PC{0,40}".prop_map(|s| (true, s.into_bytes())),
+            proptest::collection::vec(any::<u8>(), 0..120).prop_map(|b| (false, b)),
+        ];
+        proptest::collection::vec(
+            (
+                msg,
+                proptest::collection::vec(0usize..200, 0..4),
+                proptest::collection::vec(any::<bool>(), 4),
+            )
+                .prop_map(|((t, b), cuts, pings)| (t, b, cuts, pings)),
+            0..8,
+        )
+    }
+
+    proptest! {
+        /// Arbitrary bytes (mostly well-framed, sometimes not), in arbitrary
+        /// chunks: no panic, bounded queues, one terminal event, last.
+        #[test]
+        fn arbitrary_input_is_survived(
+            frames in proptest::collection::vec(
+                (any::<bool>(), 0u8..4, 0u8..16, any::<bool>(), proptest::collection::vec(any::<u8>(), 0..140)),
+                0..12,
+            ),
+            noise in proptest::collection::vec(any::<u8>(), 0..16),
+            step in 1usize..50,
+        ) {
+            let mut input: Vec<u8> = frames
+                .iter()
+                .flat_map(|(fin, rsv, op, mask, p)| {
+                    let rsv = if *rsv == 3 { 1 } else { 0 };
+                    frame(*fin, rsv, *op, mask.then_some([1, 2, 3, 4]), p)
+                })
+                .collect();
+            input.extend(noise);
+            let mut s = Shell::new(WsLimits { max_frame: 100, max_message: 200, ..limits() });
+            for chunk in input.chunks(step) {
+                s.feed(chunk);
+                prop_assert!(s.conn.events.len() <= MAX_QUEUED_EVENTS + 1);
+                prop_assert!(s.conn.control.len() <= MAX_CONTROL_PAYLOAD);
+                prop_assert!(s.conn.message.as_ref().is_none_or(|m| m.len() <= 200));
+            }
+            s.eof();
+            s.advance(Duration::from_secs(10));
+            let events = s.take_events();
+            let terminal = events.iter().filter(|e| matches!(e, Event::End | Event::Abort(_))).count();
+            prop_assert_eq!(terminal, 1);
+            prop_assert!(matches!(events.last(), Some(Event::End | Event::Abort(_))));
+            prop_assert!(s.conn.shutdown().is_some());
+            prop_assert_eq!(s.conn.poll_timeout(), None);
+            parse_server(&s.wire);
+        }
+
+        #[test]
+        fn random_sessions_round_trip(
+            messages in session(),
+            chunk_cuts in proptest::collection::vec(0usize..4000, 0..12),
+        ) {
+            let mut input = Vec::new();
+            let mut expect = Vec::new();
+            let mut expect_wire = Vec::new();
+            for (i, (is_text, payload, cuts, pings)) in messages.iter().enumerate() {
+                let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (payload.len() + 1)).collect();
+                cuts.sort_unstable();
+                cuts.push(payload.len());
+                let mut last = 0;
+                for (j, &c) in cuts.iter().enumerate() {
+                    let op = if j > 0 { 0 } else if *is_text { 1 } else { 2 };
+                    let key = [i as u8, j as u8, 0x5a, 0xa5];
+                    input.extend(frame(j + 1 == cuts.len(), 0, op, Some(key), &payload[last..c]));
+                    last = c;
+                    if j + 1 == cuts.len() {
+                        if *is_text {
+                            let s = String::from_utf8(payload.clone()).unwrap();
+                            expect_wire.push(Srv::Text(s.clone()));
+                            expect.push(text(&s));
+                        } else {
+                            expect_wire.push(Srv::Binary(payload.clone()));
+                            expect.push(binary(payload));
+                        }
+                    }
+                    if pings.get(j) == Some(&true) {
+                        let p = format!("ping {i}.{j}").into_bytes();
+                        input.extend(masked(true, 9, &p));
+                        expect.push(Event::Ws(WsEvent::Ping(Bytes::from(p.clone()))));
+                        expect_wire.push(Srv::Pong(p));
+                    }
+                }
+            }
+            let mut cuts: Vec<usize> = chunk_cuts.iter().map(|c| c % (input.len() + 1)).collect();
+            cuts.sort_unstable();
+            let mut s = Shell::new(limits()).echoing();
+            let mut last = 0;
+            for c in cuts {
+                s.feed(&input[last..c]);
+                last = c;
+            }
+            s.feed(&input[last..]);
+            prop_assert_eq!(s.take_events(), expect);
+            // Echoes and pongs may interleave differently; each kind keeps its order.
+            let wire = s.take_wire();
+            let (pongs, msgs): (Vec<_>, Vec<_>) = wire.into_iter().partition(|f| matches!(f, Srv::Pong(_)));
+            let (want_pongs, want_msgs): (Vec<_>, Vec<_>) = expect_wire.into_iter().partition(|f| matches!(f, Srv::Pong(_)));
+            prop_assert_eq!(pongs, want_pongs);
+            prop_assert_eq!(msgs, want_msgs);
+            prop_assert_eq!(s.conn.shutdown(), None);
+            prop_assert!(s.conn.wants_read());
+        }
+    }
 }

@@ -313,7 +313,7 @@ mod tests {
         let f = masked(false, 1, b"abc");
         let (used, h) = decode_in(&f, f.len());
         assert_eq!(used, 6);
-        assert_eq!(h.unwrap().unwrap().fin, false);
+        assert!(!h.unwrap().unwrap().fin);
     }
 
     #[test]

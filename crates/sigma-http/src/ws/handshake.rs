@@ -213,9 +213,10 @@ mod tests {
             "",
             "dGhlIHNhbXBsZSBub25jZQ",       // no padding
             "dGhlIHNhbXBsZSBub25jZQ==dGhl", // too long
-            "dGhlIHNhbXBsZSBub25j",         // 15 bytes... not 16
+            "dGhlIHNhbXBsZSBub25j",         // 15 bytes
             "dGhlIHNhbXBsZSBub25jZQ!=",     // not base64
-            "AAAAAAAAAAAAAAAAAAAAAAAAAAAA", // 21 bytes
+            "AAAAAAAAAAAAAAAAAAAAAAAA",     // 24 characters, 18 bytes
+            "AAAAAAAAAAAAAAAAAAAAAAA=",     // 24 characters, 17 bytes
         ] {
             assert_eq!(
                 parse(&with(valid(), "sec-websocket-key", Some(key))),

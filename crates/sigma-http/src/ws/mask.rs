@@ -19,7 +19,11 @@ pub fn apply_mask(buf: &mut [u8], key: [u8; 4], offset: usize) {
             word.copy_from_slice(&(u64::from_ne_bytes(bytes) ^ wide).to_ne_bytes());
         }
     }
-    for (byte, k) in words.into_remainder().iter_mut().zip(rotated) {
+    for (byte, k) in words
+        .into_remainder()
+        .iter_mut()
+        .zip(rotated.iter().cycle())
+    {
         *byte ^= k;
     }
 }
