@@ -107,6 +107,8 @@ pub struct ServerConn {
     finished: bool,
     shutdown: Option<Shutdown>,
     ws: Option<Box<WsConn>>,
+    /// Reading paused at least once because `max_pipelined` requests waited.
+    pipeline_limit_hit: bool,
 }
 
 impl ServerConn {
@@ -131,6 +133,7 @@ impl ServerConn {
             finished: false,
             shutdown: None,
             ws: None,
+            pipeline_limit_hit: false,
         }
     }
 
@@ -296,6 +299,16 @@ impl ServerConn {
         self.requests
     }
 
+    /// The limits this connection ran into without being refused (for
+    /// metrics): `max_pipelined` paused reading, and the connection reached
+    /// `max_requests_per_connection`.
+    pub fn limits_reached(&self) -> (bool, bool) {
+        (
+            self.pipeline_limit_hit,
+            self.requests >= self.limits.max_requests_per_connection,
+        )
+    }
+
     // ----- replies from the right ---------------------------------------
 
     /// Queues a reply. Responses answer the oldest request without one.
@@ -433,6 +446,7 @@ impl ServerConn {
             match &mut self.reading {
                 Reading::ExpectHead { scanner, started } => {
                     if self.in_flight.len() >= self.limits.max_pipelined {
+                        self.pipeline_limit_hit |= !self.input.is_empty();
                         return;
                     }
                     if self.input.is_empty() {

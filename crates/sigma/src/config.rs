@@ -98,6 +98,86 @@ pub struct ServerConfig {
     /// After our `SHUT_WR`, wait this long for the peer's EOF.
     #[serde(deserialize_with = "duration")]
     pub linger_timeout: Duration,
+    /// Client networks allowed to read `GET /metrics` (default: loopback).
+    #[serde(deserialize_with = "cidr_list")]
+    pub metrics_allow: Vec<Cidr>,
+}
+
+/// An IP network, `ADDR/PREFIX` (a bare address is a single host).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    /// The network address.
+    pub addr: std::net::IpAddr,
+    /// Prefix length in bits.
+    pub prefix: u8,
+}
+
+impl Cidr {
+    /// Parses `ADDR` or `ADDR/PREFIX`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: std::net::IpAddr = addr
+            .parse()
+            .map_err(|_| format!("invalid network {s:?}: not an IP address"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("invalid network {s:?}: prefix must be 0..={max}"))?,
+        };
+        Ok(Self { addr, prefix })
+    }
+
+    /// True when `ip` is inside this network (IPv4-mapped IPv6 addresses
+    /// match IPv4 networks).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// The default `/metrics` allow-list: loopback only.
+pub fn default_metrics_allow() -> Vec<Cidr> {
+    vec![
+        Cidr {
+            addr: std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 0)),
+            prefix: 8,
+        },
+        Cidr {
+            addr: std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+            prefix: 128,
+        },
+    ]
 }
 
 impl Default for ServerConfig {
@@ -108,6 +188,7 @@ impl Default for ServerConfig {
             backlog: DEFAULT_BACKLOG,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             linger_timeout: DEFAULT_LINGER_TIMEOUT,
+            metrics_allow: default_metrics_allow(),
         }
     }
 }
@@ -793,6 +874,13 @@ where
     Ok(v)
 }
 
+fn cidr_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Cidr>, D::Error> {
+    let raw = Vec::<String>::deserialize(d)?;
+    raw.iter()
+        .map(|s| Cidr::parse(s).map_err(de::Error::custom))
+        .collect()
+}
+
 /// The field names serde knows for `T`, read from `deserialize_struct`
 /// itself so the unknown-key check can never drift from the structs.
 fn fields_of<T: DeserializeOwned>() -> &'static [&'static str] {
@@ -1275,6 +1363,7 @@ mod tests {
             backlog = 13
             drain_timeout = "14s"
             linger_timeout = "15ms"
+            metrics_allow = ["10.0.0.0/8"]
 
             [http]
             max_request_line = 21
@@ -1317,6 +1406,7 @@ mod tests {
                 backlog: 13,
                 drain_timeout: Duration::from_secs(14),
                 linger_timeout: Duration::from_millis(15),
+                metrics_allow: vec![Cidr::parse("10.0.0.0/8").unwrap()],
             }
         );
         let s = Duration::from_secs;
@@ -1387,8 +1477,29 @@ mod tests {
         );
         assert_eq!(fields_of::<HttpTable>().len(), 13);
         assert_eq!(fields_of::<WebsocketTable>().len(), 6);
-        assert_eq!(fields_of::<ServerConfig>().len(), 5);
+        assert_eq!(fields_of::<ServerConfig>().len(), 6);
         assert_eq!(fields_of::<RouteTable>().len(), 5);
+    }
+
+    #[test]
+    fn cidr() {
+        let net = Cidr::parse("10.1.0.0/16").unwrap();
+        assert!(net.contains("10.1.200.3".parse().unwrap()));
+        assert!(!net.contains("10.2.0.1".parse().unwrap()));
+        assert!(net.contains("::ffff:10.1.0.9".parse().unwrap()));
+        assert!(Cidr::parse("::1").unwrap().contains("::1".parse().unwrap()));
+        assert!(Cidr::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("8.8.8.8".parse().unwrap()));
+        assert!(Cidr::parse("1.2.3.4/33").is_err());
+        assert!(Cidr::parse("nope").is_err());
+        let c = from_str("[server]\nmetrics_allow = [\"10.0.0.0/8\"]\n", &[]).unwrap();
+        assert_eq!(
+            c.server.metrics_allow,
+            vec![Cidr::parse("10.0.0.0/8").unwrap()]
+        );
+        let e = from_str("[server]\nmetrics_allow = [\"10.0.0.0/99\"]\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("server.metrics_allow"), "{e}");
     }
 
     #[test]

@@ -25,15 +25,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
-use sigma_http::{Event, Header, Reply, RequestHead, Response, ServerConn, Shutdown, WsEvent};
+use sigma_http::{
+    Event, Header, Method, Reply, RequestHead, Response, ServerConn, Shutdown, WsEvent, WsMessage,
+};
 use socket2::SockRef;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::auth::{self, Denied, Gate, Tagged};
+use crate::config::Cidr;
+use crate::metrics::add;
 use crate::metrics::{inc, Metrics};
 use crate::route::{HttpRequest, Route, RouteTable, WsEndpoint};
-use crate::tcp::ConnSlot;
+use crate::tcp::{ConnLimiter, ConnSlot};
 
 /// What every connection of one listener shares.
 pub struct ListenerCtx {
@@ -47,6 +51,10 @@ pub struct ListenerCtx {
     pub linger: Duration,
     /// Whether the `A` stage is in this listener's pipeline.
     pub auth: bool,
+    /// The connection caps (for the open-connections gauge).
+    pub limiter: Arc<ConnLimiter>,
+    /// Who may read `/metrics`.
+    pub metrics_allow: Arc<Vec<Cidr>>,
 }
 
 /// Size of the per-thread read buffer; connections hold no read buffer
@@ -81,6 +89,7 @@ fn http_date() -> [u8; 29] {
 struct Incoming {
     head: Tagged<RequestHead>,
     body: BodyAcc,
+    started: Instant,
 }
 
 /// Collects a body without copying when it arrives in one piece.
@@ -227,6 +236,13 @@ pub async fn serve(
         }
     };
 
+    let (pipelined, max_requests) = p.h.limits_reached();
+    if pipelined {
+        ctx.metrics.reject("max_pipelined");
+    }
+    if max_requests {
+        ctx.metrics.reject("max_requests_per_connection");
+    }
     match outcome {
         Shutdown::Abort => {
             let _ = SockRef::from(&stream).shutdown(SockShutdown::Both);
@@ -276,6 +292,14 @@ impl Pipeline<'_> {
             while let Some(reply) = self.ready.pop_front() {
                 progressed = true;
                 let now = Instant::now();
+                match &reply {
+                    Reply::Response(r) => self.ctx.metrics.response(r.status),
+                    Reply::Ws(m) => {
+                        inc(&self.ctx.metrics.ws_messages_out);
+                        add(&self.ctx.metrics.ws_bytes_out, ws_len(m));
+                    }
+                    _ => {}
+                }
                 if let Err(e) = self.h.send(reply, now) {
                     tracing::error!(peer = %self.peer, error = %e, "reply refused by H");
                     // A destination produced something H cannot send: the
@@ -302,6 +326,7 @@ impl Pipeline<'_> {
                     self.incoming = Some(Incoming {
                         head: tagged,
                         body: BodyAcc::Empty,
+                        started: Instant::now(),
                     });
                 }
             }
@@ -320,11 +345,14 @@ impl Pipeline<'_> {
                         },
                     );
                     let reply = self.dispatch(req);
+                    self.ctx.metrics.latency(inc.started.elapsed());
                     self.ready.push_back(Reply::Response(reply));
                 }
             }
             Event::Upgraded { .. } => {}
             Event::Ws(WsEvent::Message(msg)) => {
+                inc(&self.ctx.metrics.ws_messages_in);
+                add(&self.ctx.metrics.ws_bytes_in, ws_len(&msg));
                 let tagged = self.gate.tag(msg);
                 if let Some(ep) = self.ws.as_mut() {
                     if let Some(reply) = ep.on_message(tagged) {
@@ -340,6 +368,9 @@ impl Pipeline<'_> {
             Event::Abort(reason) => {
                 self.incoming = None;
                 self.ctx.metrics.reject(reason.reason);
+                if let Some(status) = reason.status {
+                    self.ctx.metrics.response(status);
+                }
                 if self.ctx.metrics.may_log() {
                     tracing::info!(peer = %self.peer, reason = reason.reason, status = ?reason.status, "connection rejected");
                 }
@@ -349,6 +380,9 @@ impl Pipeline<'_> {
 
     /// Routes a complete request and applies the reply rule to the answer.
     fn dispatch(&mut self, req: Tagged<HttpRequest>) -> Response {
+        if let Some(resp) = self.builtin(&req.msg.head) {
+            return resp;
+        }
         let Some(route) = self.ctx.routes.lookup(req.msg.head.path()) else {
             return plain(404, "not found\n");
         };
@@ -367,6 +401,31 @@ impl Pipeline<'_> {
                 self.mismatch();
                 plain(502, "bad gateway\n")
             }
+        }
+    }
+
+    /// sigma's own endpoints: `/healthz`, and `/metrics` for the addresses
+    /// in `server.metrics_allow`.
+    fn builtin(&self, head: &RequestHead) -> Option<Response> {
+        let get = matches!(head.method, Method::Get | Method::Head);
+        match head.path() {
+            b"/healthz" if get => Some(plain(200, "ok\n")),
+            b"/metrics" if get => {
+                let ip = self.peer.ip();
+                if !self.ctx.metrics_allow.iter().any(|n| n.contains(ip)) {
+                    return Some(plain(403, "forbidden\n"));
+                }
+                let body = self.ctx.metrics.render(self.ctx.limiter.open());
+                Some(Response::new(
+                    200,
+                    vec![Header::new(
+                        &b"Content-Type"[..],
+                        &b"text/plain; version=0.0.4; charset=utf-8"[..],
+                    )],
+                    body,
+                ))
+            }
+            _ => None,
         }
     }
 
@@ -409,6 +468,14 @@ impl Pipeline<'_> {
         if self.ctx.metrics.may_log() {
             tracing::warn!(peer = %self.peer, "reply dropped: identity mismatch");
         }
+    }
+}
+
+/// Payload length of a WebSocket message.
+fn ws_len(m: &WsMessage) -> usize {
+    match m {
+        WsMessage::Text(t) => t.len(),
+        WsMessage::Binary(b) => b.len(),
     }
 }
 

@@ -1,14 +1,48 @@
-//! Counters for what T and H refuse, and the connection gauges.
+//! Counters and `GET /metrics` (Prometheus text format), `GET /healthz`.
 //!
-//! Hot-path counters are relaxed atomics (no lock per request). Rejections
-//! are counted by reason label in a small map touched only on the error
-//! path. `GET /metrics` (issue 4) renders these; tests read them directly.
-//! Logging of breaches is rate-limited so an attack cannot flood the logs.
+//! What T, H, A and the router count: connections (open, accepted,
+//! refused), requests by status class, rejections by reason (every limit of
+//! DESIGN §3 has its own label, listed in [`LIMIT_REASONS`] so it shows
+//! even at zero), WebSocket messages and bytes each way, identity
+//! mismatches (the reply rule), and a request latency histogram.
+//!
+//! The hot path only does relaxed atomic increments: no lock per request.
+//! Rejections are counted in a small map that is touched only when a
+//! connection breaks a rule. Logging of breaches is rate-limited so an
+//! attack cannot flood the logs. Access to `/metrics` is limited to
+//! `server.metrics_allow` (default loopback) by the caller.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The rejection label of every limit in DESIGN §3 and §2.
+pub const LIMIT_REASONS: &[&str] = &[
+    "max_connections",
+    "max_connections_per_ip",
+    "request_line_too_long",
+    "headers_too_large",
+    "too_many_headers",
+    "head_timeout",
+    "keepalive_timeout",
+    "body_too_large",
+    "body_too_slow",
+    "write_timeout",
+    "max_pipelined",
+    "max_requests_per_connection",
+    "ws_frame_too_big",
+    "ws_message_too_big",
+    "ws_idle_timeout",
+    "ws_close_timeout",
+    "ws_slow_consumer",
+];
+
+/// Upper bounds of the latency histogram buckets, in microseconds.
+const LATENCY_BUCKETS_US: [u64; 12] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 50_000, 100_000, 500_000, 1_000_000,
+];
 
 /// Process-wide counters.
 #[derive(Debug, Default)]
@@ -19,8 +53,21 @@ pub struct Metrics {
     pub refused: AtomicU64,
     /// Requests parsed.
     pub requests: AtomicU64,
+    /// Responses by status class (1xx..5xx).
+    responses: [AtomicU64; 5],
+    /// WebSocket messages received from clients.
+    pub ws_messages_in: AtomicU64,
+    /// WebSocket messages sent to clients.
+    pub ws_messages_out: AtomicU64,
+    /// WebSocket payload bytes received.
+    pub ws_bytes_in: AtomicU64,
+    /// WebSocket payload bytes sent.
+    pub ws_bytes_out: AtomicU64,
     /// Replies dropped by the reply rule.
     pub identity_mismatch: AtomicU64,
+    latency_buckets: [AtomicU64; LATENCY_BUCKETS_US.len()],
+    latency_count: AtomicU64,
+    latency_sum_us: AtomicU64,
     rejections: Mutex<BTreeMap<&'static str, u64>>,
     log_window: AtomicU64,
     log_count: AtomicU64,
@@ -32,17 +79,40 @@ const LOGS_PER_SECOND: u64 = 10;
 impl Metrics {
     /// Counts one rejection by reason label.
     pub fn reject(&self, reason: &'static str) {
-        if let Ok(mut m) = self.rejections.lock() {
-            *m.entry(reason).or_insert(0) += 1;
-        }
+        let mut m = match self.rejections.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let n = m.entry(reason).or_insert(0);
+        *n = n.saturating_add(1);
     }
 
     /// The rejection counts by reason.
     pub fn rejections(&self) -> BTreeMap<&'static str, u64> {
-        self.rejections
-            .lock()
-            .map(|m| m.clone())
-            .unwrap_or_default()
+        match self.rejections.lock() {
+            Ok(m) => m.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Counts a response by its status class.
+    pub fn response(&self, status: u16) {
+        let class = usize::from(status / 100).saturating_sub(1);
+        if let Some(c) = self.responses.get(class) {
+            inc(c);
+        }
+    }
+
+    /// Records one request's latency (from its head to its response).
+    pub fn latency(&self, d: Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        if let Some(i) = LATENCY_BUCKETS_US.iter().position(|&b| us <= b) {
+            if let Some(c) = self.latency_buckets.get(i) {
+                inc(c);
+            }
+        }
+        inc(&self.latency_count);
+        self.latency_sum_us.fetch_add(us, Ordering::Relaxed);
     }
 
     /// True if a breach may be logged now (at most [`LOGS_PER_SECOND`]).
@@ -56,9 +126,166 @@ impl Metrics {
         }
         self.log_count.fetch_add(1, Ordering::Relaxed) < LOGS_PER_SECOND
     }
+
+    /// The Prometheus text exposition of every counter; `open` is the
+    /// number of connections open now.
+    pub fn render(&self, open: usize) -> String {
+        let mut o = String::with_capacity(4096);
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        metric(
+            &mut o,
+            "sigma_connections_open",
+            "gauge",
+            "Connections open now.",
+        );
+        let _ = writeln!(o, "sigma_connections_open {open}");
+        counter(
+            &mut o,
+            "sigma_connections_accepted_total",
+            "Connections accepted.",
+            get(&self.accepted),
+        );
+        counter(
+            &mut o,
+            "sigma_connections_refused_total",
+            "Connections refused by a cap.",
+            get(&self.refused),
+        );
+        counter(
+            &mut o,
+            "sigma_requests_total",
+            "Requests parsed.",
+            get(&self.requests),
+        );
+        metric(
+            &mut o,
+            "sigma_responses_total",
+            "counter",
+            "Responses by status class.",
+        );
+        for (i, c) in self.responses.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "sigma_responses_total{{class=\"{}xx\"}} {}",
+                i + 1,
+                get(c)
+            );
+        }
+        metric(
+            &mut o,
+            "sigma_rejections_total",
+            "counter",
+            "Connections or requests refused, by reason.",
+        );
+        let mut rejections = self.rejections();
+        for r in LIMIT_REASONS {
+            rejections.entry(r).or_insert(0);
+        }
+        for (reason, n) in &rejections {
+            let _ = writeln!(o, "sigma_rejections_total{{reason=\"{reason}\"}} {n}");
+        }
+        metric(
+            &mut o,
+            "sigma_ws_messages_total",
+            "counter",
+            "WebSocket messages.",
+        );
+        let _ = writeln!(
+            o,
+            "sigma_ws_messages_total{{direction=\"in\"}} {}",
+            get(&self.ws_messages_in)
+        );
+        let _ = writeln!(
+            o,
+            "sigma_ws_messages_total{{direction=\"out\"}} {}",
+            get(&self.ws_messages_out)
+        );
+        metric(
+            &mut o,
+            "sigma_ws_bytes_total",
+            "counter",
+            "WebSocket payload bytes.",
+        );
+        let _ = writeln!(
+            o,
+            "sigma_ws_bytes_total{{direction=\"in\"}} {}",
+            get(&self.ws_bytes_in)
+        );
+        let _ = writeln!(
+            o,
+            "sigma_ws_bytes_total{{direction=\"out\"}} {}",
+            get(&self.ws_bytes_out)
+        );
+        counter(
+            &mut o,
+            "sigma_identity_mismatch_total",
+            "Replies dropped because their identity differed from the connection's.",
+            get(&self.identity_mismatch),
+        );
+        metric(
+            &mut o,
+            "sigma_request_duration_seconds",
+            "histogram",
+            "Time from request head to response.",
+        );
+        let mut cumulative = 0u64;
+        for (bound, c) in LATENCY_BUCKETS_US.iter().zip(&self.latency_buckets) {
+            cumulative = cumulative.saturating_add(get(c));
+            let le = *bound as f64 / 1e6;
+            let _ = writeln!(
+                o,
+                "sigma_request_duration_seconds_bucket{{le=\"{le}\"}} {cumulative}"
+            );
+        }
+        let count = get(&self.latency_count);
+        let _ = writeln!(
+            o,
+            "sigma_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
+        let sum = get(&self.latency_sum_us) as f64 / 1e6;
+        let _ = writeln!(o, "sigma_request_duration_seconds_sum {sum}");
+        let _ = writeln!(o, "sigma_request_duration_seconds_count {count}");
+        o
+    }
+}
+
+fn metric(o: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn counter(o: &mut String, name: &str, help: &str, v: u64) {
+    metric(o, name, "counter", help);
+    let _ = writeln!(o, "{name} {v}");
 }
 
 /// Increments a counter.
 pub fn inc(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Adds to a counter.
+pub fn add(c: &AtomicU64, n: usize) {
+    c.fetch_add(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_lists_every_limit_reason_and_counts() {
+        let m = Metrics::default();
+        m.reject("head_timeout");
+        m.reject("head_timeout");
+        m.response(404);
+        m.latency(Duration::from_micros(70));
+        let text = m.render(3);
+        assert!(text.contains("sigma_connections_open 3\n"));
+        assert!(text.contains("sigma_rejections_total{reason=\"head_timeout\"} 2\n"));
+        assert!(text.contains("sigma_rejections_total{reason=\"ws_slow_consumer\"} 0\n"));
+        assert!(text.contains("sigma_responses_total{class=\"4xx\"} 1\n"));
+        assert!(text.contains("sigma_request_duration_seconds_bucket{le=\"0.00005\"} 0\n"));
+        assert!(text.contains("sigma_request_duration_seconds_bucket{le=\"0.0001\"} 1\n"));
+        assert!(text.contains("sigma_request_duration_seconds_count 1\n"));
+    }
 }

@@ -44,6 +44,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         config.server.max_connections,
         config.server.max_connections_per_ip,
     );
+    let metrics_allow = Arc::new(config.server.metrics_allow.clone());
     let (drain_tx, drain_rx) = watch::channel(false);
     let mut addrs = Vec::new();
     for l in &config.topology.listeners {
@@ -57,6 +58,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             metrics: Arc::clone(&metrics),
             linger: config.server.linger_timeout,
             auth: l.stages.contains(&Stage::A),
+            limiter: Arc::clone(&limiter),
+            metrics_allow: Arc::clone(&metrics_allow),
         });
         let drain = drain_rx.clone();
         tokio::spawn(tcp::accept_loop(
