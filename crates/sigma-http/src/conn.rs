@@ -42,6 +42,12 @@ pub enum Shutdown {
     Abort,
 }
 
+/// While this many response bytes wait for a client that does not read,
+/// no further pipelined request is parsed (the shell stops reading), so a
+/// client cannot make sigma buffer responses without bound. One response
+/// may exceed it; the backlog is then at most that response plus this.
+pub const OUTPUT_HIGH_WATER: usize = 64 * 1024;
+
 /// The `Date` value used until the shell sets one.
 const EPOCH_DATE: &[u8; 29] = b"Thu, 01 Jan 1970 00:00:00 GMT";
 
@@ -248,7 +254,13 @@ impl ServerConn {
 
     /// The client took `n` bytes of [`ServerConn::output`].
     pub fn handle_written(&mut self, n: usize, now: Instant) {
+        let was_full = self.out.len() >= OUTPUT_HIGH_WATER;
         self.out.consume(n, now);
+        if was_full && self.out.len() < OUTPUT_HIGH_WATER && self.ws.is_none() {
+            // Pipelined requests parked behind the backlog may go on.
+            self.advance(now);
+            self.check_done();
+        }
     }
 
     /// The earliest deadline, if any.
@@ -270,7 +282,10 @@ impl ServerConn {
             return ws.wants_read();
         }
         match self.reading {
-            Reading::ExpectHead { .. } => self.in_flight.len() < self.limits.max_pipelined,
+            Reading::ExpectHead { .. } => {
+                self.in_flight.len() < self.limits.max_pipelined
+                    && self.out.len() < OUTPUT_HIGH_WATER
+            }
             Reading::InBody { .. } => true,
             Reading::AwaitUpgrade | Reading::Stopped => false,
         }
@@ -362,8 +377,9 @@ impl ServerConn {
             return Err(SendError::NoRequestPending);
         };
         // A response before the whole body arrived, or to a refused upgrade,
-        // ends the connection: the bytes after it cannot be trusted.
-        if !entry.body_done || entry.upgrade.is_some() {
+        // ends the connection: the bytes after it cannot be trusted. A
+        // destination asks for the same with `Connection: close`.
+        if !entry.body_done || entry.upgrade.is_some() || asks_close(&resp.headers) {
             self.reading = Reading::Stopped;
         }
         self.stop_if_draining_and_idle();
@@ -447,6 +463,9 @@ impl ServerConn {
                 Reading::ExpectHead { scanner, started } => {
                     if self.in_flight.len() >= self.limits.max_pipelined {
                         self.pipeline_limit_hit |= !self.input.is_empty();
+                        return;
+                    }
+                    if self.out.len() >= OUTPUT_HIGH_WATER {
                         return;
                     }
                     if self.input.is_empty() {
@@ -725,6 +744,14 @@ impl ServerConn {
         }
         t
     }
+}
+
+/// True when a destination's response carries `Connection: close`.
+fn asks_close(headers: &[Header]) -> bool {
+    headers.iter().any(|h| {
+        h.is("connection")
+            && request::list_items(&h.value).any(|t| t.eq_ignore_ascii_case(b"close"))
+    })
 }
 
 /// The reader state after a complete request message.

@@ -221,7 +221,9 @@ pub struct Response {
     /// Status code (100–999 outside 101; 101 only via [`Reply::Accept`]).
     pub status: u16,
     /// Header fields. `Content-Length`, `Transfer-Encoding`, `Connection`
-    /// and `Date` are framing and belong to `H`: they are replaced.
+    /// and `Date` are framing and belong to `H`: they are replaced. A
+    /// `Connection: close` here asks `H` to close the connection after this
+    /// response (it then writes its own `Connection: close`).
     pub headers: Vec<Header>,
     /// The complete body (not sent for HEAD, 1xx, 204, 304).
     pub body: Bytes,

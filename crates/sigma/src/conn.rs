@@ -90,6 +90,10 @@ struct Incoming {
     head: Tagged<RequestHead>,
     body: BodyAcc,
     started: Instant,
+    /// Body bytes so far.
+    received: u64,
+    /// The route's body limit, when lower than the connection's.
+    max_body: Option<u64>,
 }
 
 /// Collects a body without copying when it arrives in one piece.
@@ -323,15 +327,37 @@ impl Pipeline<'_> {
                 if tagged.msg.websocket.is_some() {
                     self.on_upgrade(tagged);
                 } else {
+                    let max_body = self
+                        .ctx
+                        .routes
+                        .lookup(tagged.msg.path())
+                        .and_then(|r| r.max_body);
+                    let declared = tagged
+                        .msg
+                        .header("content-length")
+                        .and_then(|h| std::str::from_utf8(&h.value).ok()?.parse::<u64>().ok());
+                    if let (Some(max), Some(len)) = (max_body, declared) {
+                        if len > max {
+                            // Refused before the body is read: H answers now
+                            // and closes (the rest of the body is not read).
+                            return self.refuse_body();
+                        }
+                    }
                     self.incoming = Some(Incoming {
                         head: tagged,
                         body: BodyAcc::Empty,
                         started: Instant::now(),
+                        received: 0,
+                        max_body,
                     });
                 }
             }
             Event::Body(b) => {
                 if let Some(inc) = self.incoming.as_mut() {
+                    inc.received = inc.received.saturating_add(b.len() as u64);
+                    if inc.max_body.is_some_and(|max| inc.received > max) {
+                        return self.refuse_body();
+                    }
                     inc.body.push(b);
                 }
             }
@@ -378,6 +404,17 @@ impl Pipeline<'_> {
         }
     }
 
+    /// The route's `max_body` is exceeded: 413 at once; the codec closes
+    /// the connection since the body was not read to its end.
+    fn refuse_body(&mut self) {
+        self.incoming = None;
+        self.ctx.metrics.reject("body_too_large");
+        let mut resp = plain(413, "request body too large\n");
+        resp.headers
+            .push(Header::new(&b"Connection"[..], &b"close"[..]));
+        self.ready.push_back(Reply::Response(resp));
+    }
+
     /// Routes a complete request and applies the reply rule to the answer.
     fn dispatch(&mut self, req: Tagged<HttpRequest>) -> Response {
         if let Some(resp) = self.builtin(&req.msg.head) {
@@ -388,11 +425,6 @@ impl Pipeline<'_> {
         };
         if let Err(denied) = self.authorize(route) {
             return denied;
-        }
-        if let Some(max) = route.max_body {
-            if req.msg.body.len() as u64 > max {
-                return plain(413, "request body too large\n");
-            }
         }
         let reply = route.dest.http(req);
         match self.gate.check_reply(&reply) {

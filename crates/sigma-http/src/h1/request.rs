@@ -85,9 +85,6 @@ fn parse_version(v: &[u8]) -> Result<Version, ParseError> {
         {
             Err(ParseError::UnsupportedVersion)
         }
-        [b'H', b'T', b'T', b'P', b'/', major] if major.is_ascii_digit() => {
-            Err(ParseError::UnsupportedVersion)
-        }
         _ => Err(ParseError::BadRequestLine),
     }
 }

@@ -75,6 +75,23 @@ impl Scanner {
         let is_request = limits.max_request_line.is_some();
         while let Some(&b) = buf.get(self.scanned) {
             let i = self.scanned;
+            // Length limits first, so that no byte (not even the LF that
+            // ends the head) escapes them.
+            match (limits.max_request_line, self.request_line_end) {
+                (Some(max), None) => {
+                    let is_eol = b == b'\r' || b == b'\n';
+                    if !is_eol && i - self.line_start >= max {
+                        return Err(ParseError::RequestLineTooLong);
+                    }
+                }
+                (_, end) => {
+                    // Field lines with their CRLFs, plus the final CRLF.
+                    let start = end.map_or(0, |e| e + 2);
+                    if (i + 1).saturating_sub(start) > limits.max_field_bytes.saturating_add(2) {
+                        return Err(limits.too_large);
+                    }
+                }
+            }
             match b {
                 b'\n' => {
                     // A LF must follow a CR.
@@ -126,21 +143,6 @@ impl Scanner {
                     return Err(ParseError::BadRequestLine);
                 }
                 _ => {}
-            }
-            // Length limits, checked as soon as they are exceeded.
-            match (limits.max_request_line, self.request_line_end) {
-                (Some(max), None) => {
-                    let len = i + 1 - self.line_start;
-                    if len > max.saturating_add(1) {
-                        return Err(ParseError::RequestLineTooLong);
-                    }
-                }
-                (_, end) => {
-                    let start = end.map_or(0, |e| e + 2);
-                    if (i + 1).saturating_sub(start) > limits.max_field_bytes.saturating_add(2) {
-                        return Err(limits.too_large);
-                    }
-                }
             }
             self.scanned = i + 1;
         }
@@ -235,6 +237,16 @@ mod tests {
         assert_eq!(scan_all(input).unwrap().unwrap().request_line_end, 20);
         let over = b"GET /aaaaaaa HTTP/1.1\r\n\r\n";
         assert_eq!(scan_all(over), Err(ParseError::RequestLineTooLong));
+    }
+
+    #[test]
+    fn header_block_exactly_at_limit_is_accepted() {
+        // 40 bytes of field lines (with CRLFs), then the final CRLF.
+        let at = b"GET / HTTP/1.1\r\nA: 01234567890123456789012345678901234\r\n\r\n";
+        assert!(scan_all(at).unwrap().is_some());
+        let over = b"GET / HTTP/1.1\r\nA: 012345678901234567890123456789012345\r\n\r\n";
+        assert_eq!(scan_all(over), Err(ParseError::HeadersTooLarge));
+        assert_eq!(scan_bytewise(over), Err(ParseError::HeadersTooLarge));
     }
 
     #[test]
