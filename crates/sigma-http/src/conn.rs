@@ -48,6 +48,17 @@ pub enum Shutdown {
 /// may exceed it; the backlog is then at most that response plus this.
 pub const OUTPUT_HIGH_WATER: usize = 64 * 1024;
 
+/// Limits a connection reached without an `Abort` event naming them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LimitsReached {
+    /// Reading paused because `max_pipelined` requests waited.
+    pub max_pipelined: bool,
+    /// The connection served `max_requests_per_connection` requests.
+    pub max_requests_per_connection: bool,
+    /// The WebSocket close handshake timed out after another error.
+    pub ws_close_timeout: bool,
+}
+
 /// The `Date` value used until the shell sets one.
 const EPOCH_DATE: &[u8; 29] = b"Thu, 01 Jan 1970 00:00:00 GMT";
 
@@ -314,14 +325,14 @@ impl ServerConn {
         self.requests
     }
 
-    /// The limits this connection ran into without being refused (for
-    /// metrics): `max_pipelined` paused reading, and the connection reached
-    /// `max_requests_per_connection`.
-    pub fn limits_reached(&self) -> (bool, bool) {
-        (
-            self.pipeline_limit_hit,
-            self.requests >= self.limits.max_requests_per_connection,
-        )
+    /// The limits this connection ran into that no `Abort` event reported
+    /// (for metrics).
+    pub fn limits_reached(&self) -> LimitsReached {
+        LimitsReached {
+            max_pipelined: self.pipeline_limit_hit,
+            max_requests_per_connection: self.requests >= self.limits.max_requests_per_connection,
+            ws_close_timeout: self.ws.as_ref().is_some_and(|ws| ws.close_timed_out_late()),
+        }
     }
 
     // ----- replies from the right ---------------------------------------

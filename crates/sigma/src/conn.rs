@@ -240,12 +240,18 @@ pub async fn serve(
         }
     };
 
-    let (pipelined, max_requests) = p.h.limits_reached();
-    if pipelined {
-        ctx.metrics.reject("max_pipelined");
-    }
-    if max_requests {
-        ctx.metrics.reject("max_requests_per_connection");
+    let reached = p.h.limits_reached();
+    for (hit, reason) in [
+        (reached.max_pipelined, "max_pipelined"),
+        (
+            reached.max_requests_per_connection,
+            "max_requests_per_connection",
+        ),
+        (reached.ws_close_timeout, "ws_close_timeout"),
+    ] {
+        if hit {
+            ctx.metrics.reject(reason);
+        }
     }
     match outcome {
         Shutdown::Abort => {

@@ -177,6 +177,9 @@ pub struct WsConn {
     timers: TimerTable,
     /// The latest `now` seen (the "at once" deadline of [`Self::poll_timeout`]).
     now: Instant,
+    /// The close handshake timed out after another terminal event had
+    /// already been reported (so metrics can still count it).
+    close_timed_out: bool,
 }
 
 impl WsConn {
@@ -200,6 +203,7 @@ impl WsConn {
             eof_handled: false,
             timers: TimerTable::default(),
             now,
+            close_timed_out: false,
         };
         conn.arm_keepalive(now);
         conn
@@ -250,6 +254,7 @@ impl WsConn {
                     self.enter_closed();
                 }
                 State::CloseSent { .. } => {
+                    self.close_timed_out = self.finished;
                     self.finish(Event::Abort(AbortReason {
                         reason: ABORT_CLOSE_TIMEOUT,
                         status: None,
@@ -418,6 +423,12 @@ impl WsConn {
     }
 
     /// Queues the last event (`End` or `Abort`) unless one is queued already.
+    /// True when the close handshake timed out after the connection had
+    /// already reported another terminal event (which took the `Abort`).
+    pub fn close_timed_out_late(&self) -> bool {
+        self.close_timed_out
+    }
+
     fn finish(&mut self, ev: Event) {
         if !self.finished {
             self.finished = true;
