@@ -6,7 +6,7 @@
 use sigma_http::{Header, Response, WsMessage};
 
 use crate::auth::Tagged;
-use crate::route::{Destination, HttpRequest, WsEndpoint};
+use crate::route::{Destination, Handled, HttpRequest, WsEndpoint};
 
 /// The echo destination.
 #[derive(Debug, Default)]
@@ -17,7 +17,7 @@ impl Destination for Echo {
         "&echo"
     }
 
-    fn http(&self, req: Tagged<HttpRequest>) -> Tagged<Response> {
+    fn http(&self, req: Tagged<HttpRequest>) -> Handled {
         let content_type = req
             .msg
             .head
@@ -29,7 +29,7 @@ impl Destination for Echo {
             vec![Header::new(&b"Content-Type"[..], content_type)],
             req.msg.body,
         );
-        Tagged::new(req.identity, resp)
+        Handled::Ready(Tagged::new(req.identity, resp))
     }
 
     fn websocket(&self) -> Option<Box<dyn WsEndpoint>> {

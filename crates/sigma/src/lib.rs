@@ -29,6 +29,7 @@
 pub mod auth;
 pub mod config;
 pub mod conn;
+pub mod dispatch;
 pub mod echo;
 pub mod metrics;
 pub mod parse;

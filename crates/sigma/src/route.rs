@@ -9,6 +9,8 @@
 //! A destination takes tagged messages and returns tagged replies; it never
 //! sees the socket, and `A` checks every reply it returns.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -26,12 +28,29 @@ pub struct HttpRequest {
     pub body: Bytes,
 }
 
+/// A destination's answer: now, or later (a future that resolves to it).
+pub enum Handled {
+    /// The response is ready.
+    Ready(Tagged<Response>),
+    /// The response is being computed.
+    Later(Pin<Box<dyn Future<Output = Tagged<Response>> + Send + 'static>>),
+}
+
+impl std::fmt::Debug for Handled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Ready(r) => f.debug_tuple("Ready").field(&r.msg.status).finish(),
+            Self::Later(_) => f.write_str("Later"),
+        }
+    }
+}
+
 /// Where requests end (the seed's "internal τ server connection").
 pub trait Destination: Send + Sync {
     /// The destination's name as written in the config (`&echo`).
     fn name(&self) -> &str;
-    /// Answers one HTTP request.
-    fn http(&self, req: Tagged<HttpRequest>) -> Tagged<Response>;
+    /// Answers one HTTP request, with the identity it was tagged with.
+    fn http(&self, req: Tagged<HttpRequest>) -> Handled;
     /// Opens a WebSocket endpoint, or `None` when WebSocket is not offered here.
     fn websocket(&self) -> Option<Box<dyn WsEndpoint>>;
 }

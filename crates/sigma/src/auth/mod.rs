@@ -97,19 +97,9 @@ impl Gate {
         Tagged::new(self.identity.clone(), msg)
     }
 
-    /// The reply rule: `reply` may be sent only if it carries exactly the
-    /// identity this gate attached.
+    /// The reply rule for this connection's own identity (WebSocket).
     pub fn check_reply<T>(&self, reply: &Tagged<T>) -> Result<(), IdentityMismatch> {
-        let same = match (&self.identity, &reply.identity) {
-            (None, None) => true,
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
-            _ => false,
-        };
-        if same {
-            Ok(())
-        } else {
-            Err(IdentityMismatch)
-        }
+        check_reply(&self.identity, reply)
     }
 }
 
@@ -148,6 +138,23 @@ pub fn authorize(
             _ => Ok(()),
         },
         None => Ok(()),
+    }
+}
+
+/// The reply rule (seed `000`: "That same authentication header must be
+/// present on replies; otherwise nothing will be sent"): `reply` may be
+/// sent only if it carries exactly the identity `A` attached to the message
+/// it answers.
+pub fn check_reply<T>(expected: &Principal, reply: &Tagged<T>) -> Result<(), IdentityMismatch> {
+    let same = match (expected, &reply.identity) {
+        (None, None) => true,
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+        _ => false,
+    };
+    if same {
+        Ok(())
+    } else {
+        Err(IdentityMismatch)
     }
 }
 

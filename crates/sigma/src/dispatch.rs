@@ -1,0 +1,420 @@
+//! The per-connection glue between `H` and the rest of the pipeline.
+//!
+//! ```text
+//!  H ──Event──▶ [ dispatch: A (gate, identity) ──Tagged──▶ route ──▶ destination ]
+//!    ◀─Reply──  [ outbox (request order) ◀── A.check_reply ◀──────── reply      ]
+//! ```
+//!
+//! [`Dispatch`] takes `H`'s events for one connection, runs them through
+//! `A` (identity-header stripping, route access, the reply rule) and the
+//! route table, and queues the replies in request order in its [`Outbox`]:
+//! a destination may answer at once or later (a future), and responses
+//! still leave in the order the requests came. It owns no socket and no
+//! timer; [`crate::conn`] drives it.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::stream::FuturesOrdered;
+use futures_util::Future;
+use sigma_http::{
+    Event, Header, Method, Reply, RequestHead, Response, ServerConn, WsEvent, WsMessage,
+};
+
+use crate::auth::{self, Denied, Gate, Tagged};
+use crate::conn::ListenerCtx;
+use crate::metrics::{add, inc};
+use crate::route::{Handled, HttpRequest, Route, WsEndpoint};
+
+/// A reply that is still being computed.
+pub type LaterReply = Pin<Box<dyn Future<Output = Reply> + Send + 'static>>;
+
+/// Replies in request order: those ready now, and those still computed.
+#[derive(Default)]
+pub struct Outbox {
+    /// Replies ready to be handed to `H`.
+    pub ready: VecDeque<Reply>,
+    /// Replies being computed, in request order. A ready reply queued while
+    /// some are pending waits behind them.
+    pub pending: FuturesOrdered<LaterReply>,
+}
+
+impl Outbox {
+    /// Queues a reply that is ready now.
+    pub fn push(&mut self, reply: Reply) {
+        if self.pending.is_empty() {
+            self.ready.push_back(reply);
+        } else {
+            self.pending
+                .push_back(Box::pin(futures_util::future::ready(reply)));
+        }
+    }
+
+    /// Queues a reply that is still being computed.
+    pub fn push_later(&mut self, reply: LaterReply) {
+        self.pending.push_back(reply);
+    }
+}
+
+/// A request whose body is still arriving.
+struct Incoming {
+    head: Tagged<RequestHead>,
+    body: BodyAcc,
+    started: Instant,
+    /// Body bytes so far.
+    received: u64,
+    /// The route's body limit, when lower than the connection's.
+    max_body: Option<u64>,
+}
+
+/// Collects a body without copying when it arrives in one piece.
+enum BodyAcc {
+    Empty,
+    One(Bytes),
+    Many(BytesMut),
+}
+
+impl BodyAcc {
+    fn push(&mut self, b: Bytes) {
+        *self = match std::mem::replace(self, Self::Empty) {
+            Self::Empty => Self::One(b),
+            Self::One(first) => {
+                let mut m = BytesMut::with_capacity(first.len() + b.len());
+                m.extend_from_slice(&first);
+                m.extend_from_slice(&b);
+                Self::Many(m)
+            }
+            Self::Many(mut m) => {
+                m.extend_from_slice(&b);
+                Self::Many(m)
+            }
+        }
+    }
+
+    fn finish(self) -> Bytes {
+        match self {
+            Self::Empty => Bytes::new(),
+            Self::One(b) => b,
+            Self::Many(m) => m.freeze(),
+        }
+    }
+}
+
+/// One connection's pipeline: `H`, `A` and the route table.
+pub struct Dispatch<'a> {
+    ctx: &'a ListenerCtx,
+    /// The codec of this connection.
+    pub h: ServerConn,
+    gate: Gate,
+    incoming: Option<Incoming>,
+    /// Replies in request order.
+    pub outbox: Outbox,
+    ws: Option<Box<dyn WsEndpoint>>,
+    /// The client's address.
+    pub peer: SocketAddr,
+}
+
+impl<'a> Dispatch<'a> {
+    /// The pipeline of a connection from `peer` accepted at `now`.
+    pub fn new(ctx: &'a ListenerCtx, peer: SocketAddr, now: Instant) -> Self {
+        Self {
+            ctx,
+            h: ServerConn::new(std::sync::Arc::clone(&ctx.limits), now),
+            gate: Gate::new(),
+            incoming: None,
+            outbox: Outbox::default(),
+            ws: None,
+            peer,
+        }
+    }
+}
+
+impl Dispatch<'_> {
+    /// Moves events through `A` and the router, and ready replies into `H`,
+    /// until neither has anything left.
+    pub fn pump(&mut self) {
+        loop {
+            let mut progressed = false;
+            while let Some(ev) = self.h.poll_event() {
+                progressed = true;
+                self.on_event(ev);
+            }
+            while let Some(reply) = self.outbox.ready.pop_front() {
+                progressed = true;
+                let now = Instant::now();
+                match &reply {
+                    Reply::Response(r) => self.ctx.metrics.response(r.status),
+                    Reply::Ws(m) => {
+                        inc(&self.ctx.metrics.ws_messages_out);
+                        add(&self.ctx.metrics.ws_bytes_out, ws_len(m));
+                    }
+                    _ => {}
+                }
+                if let Err(e) = self.h.send(reply, now) {
+                    tracing::error!(peer = %self.peer, error = %e, "reply refused by H");
+                    // A destination produced something H cannot send: the
+                    // client gets a 500 instead of whatever it was.
+                    let _ = self
+                        .h
+                        .send(Reply::Response(plain(500, "internal error\n")), now);
+                }
+            }
+            if !progressed {
+                return;
+            }
+        }
+    }
+
+    fn on_event(&mut self, ev: Event) {
+        match ev {
+            Event::Request(head) => {
+                inc(&self.ctx.metrics.requests);
+                let tagged = self.gate.tag_request(head);
+                if tagged.msg.websocket.is_some() {
+                    self.on_upgrade(tagged);
+                } else {
+                    let max_body = self
+                        .ctx
+                        .routes
+                        .lookup(tagged.msg.path())
+                        .and_then(|r| r.max_body);
+                    let declared = tagged
+                        .msg
+                        .header("content-length")
+                        .and_then(|h| std::str::from_utf8(&h.value).ok()?.parse::<u64>().ok());
+                    if let (Some(max), Some(len)) = (max_body, declared) {
+                        if len > max {
+                            // Refused before the body is read: H answers now
+                            // and closes (the rest of the body is not read).
+                            return self.refuse_body();
+                        }
+                    }
+                    self.incoming = Some(Incoming {
+                        head: tagged,
+                        body: BodyAcc::Empty,
+                        started: Instant::now(),
+                        received: 0,
+                        max_body,
+                    });
+                }
+            }
+            Event::Body(b) => {
+                if let Some(inc) = self.incoming.as_mut() {
+                    inc.received = inc.received.saturating_add(b.len() as u64);
+                    if inc.max_body.is_some_and(|max| inc.received > max) {
+                        return self.refuse_body();
+                    }
+                    inc.body.push(b);
+                }
+            }
+            Event::EndOfMessage { .. } => {
+                if let Some(inc) = self.incoming.take() {
+                    let req = Tagged::new(
+                        inc.head.identity,
+                        HttpRequest {
+                            head: inc.head.msg,
+                            body: inc.body.finish(),
+                        },
+                    );
+                    match self.dispatch(req) {
+                        Handled::Ready(resp) => {
+                            self.ctx.metrics.latency(inc.started.elapsed());
+                            self.outbox.push(Reply::Response(resp.msg));
+                        }
+                        Handled::Later(fut) => {
+                            let metrics = std::sync::Arc::clone(&self.ctx.metrics);
+                            let started = inc.started;
+                            self.outbox.push_later(Box::pin(async move {
+                                let resp = fut.await;
+                                metrics.latency(started.elapsed());
+                                Reply::Response(resp.msg)
+                            }));
+                        }
+                    }
+                }
+            }
+            Event::Upgraded { .. } => {}
+            Event::Ws(WsEvent::Message(msg)) => {
+                inc(&self.ctx.metrics.ws_messages_in);
+                add(&self.ctx.metrics.ws_bytes_in, ws_len(&msg));
+                let tagged = self.gate.tag(msg);
+                if let Some(ep) = self.ws.as_mut() {
+                    if let Some(reply) = ep.on_message(tagged) {
+                        match self.gate.check_reply(&reply) {
+                            Ok(()) => self.outbox.push(Reply::Ws(reply.msg)),
+                            Err(_) => self.mismatch(),
+                        }
+                    }
+                }
+            }
+            Event::Ws(WsEvent::Ping(_)) | Event::Ws(WsEvent::Close { .. }) => {}
+            Event::End => {}
+            Event::Abort(reason) => {
+                self.incoming = None;
+                self.ctx.metrics.reject(reason.reason);
+                if let Some(status) = reason.status {
+                    self.ctx.metrics.response(status);
+                }
+                if self.ctx.metrics.may_log() {
+                    tracing::info!(peer = %self.peer, reason = reason.reason, status = ?reason.status, "connection rejected");
+                }
+            }
+        }
+    }
+
+    /// The route's `max_body` is exceeded: 413 at once; the codec closes
+    /// the connection since the body was not read to its end.
+    fn refuse_body(&mut self) {
+        self.incoming = None;
+        self.ctx.metrics.reject("body_too_large");
+        let mut resp = plain(413, "request body too large\n");
+        resp.headers
+            .push(Header::new(&b"Connection"[..], &b"close"[..]));
+        self.outbox.push(Reply::Response(resp));
+    }
+
+    /// Routes a complete request and applies the reply rule to the answer.
+    fn dispatch(&mut self, req: Tagged<HttpRequest>) -> Handled {
+        let expected = req.identity.clone();
+        if let Some(resp) = self.builtin(&req.msg.head) {
+            return Handled::Ready(Tagged::new(expected, resp));
+        }
+        let Some(route) = self.ctx.routes.lookup(req.msg.head.path()) else {
+            return Handled::Ready(Tagged::new(expected, plain(404, "not found\n")));
+        };
+        if let Err(denied) = self.authorize(route) {
+            return Handled::Ready(Tagged::new(expected, denied));
+        }
+        match route.dest.http(req) {
+            Handled::Ready(reply) => {
+                Handled::Ready(reply_rule(&expected, reply, self.ctx, self.peer))
+            }
+            Handled::Later(fut) => {
+                let metrics = std::sync::Arc::clone(&self.ctx.metrics);
+                let peer = self.peer;
+                Handled::Later(Box::pin(async move {
+                    let reply = fut.await;
+                    reply_rule_with(&expected, reply, &metrics, peer)
+                }))
+            }
+        }
+    }
+
+    /// sigma's own endpoints: `/healthz`, and `/metrics` for the addresses
+    /// in `server.metrics_allow`.
+    fn builtin(&self, head: &RequestHead) -> Option<Response> {
+        let get = matches!(head.method, Method::Get | Method::Head);
+        match head.path() {
+            b"/healthz" if get => Some(plain(200, "ok\n")),
+            b"/metrics" if get => {
+                let ip = self.peer.ip();
+                if !self.ctx.metrics_allow.iter().any(|n| n.contains(ip)) {
+                    return Some(plain(403, "forbidden\n"));
+                }
+                let body = self.ctx.metrics.render(self.ctx.limiter.open());
+                Some(Response::new(
+                    200,
+                    vec![Header::new(
+                        &b"Content-Type"[..],
+                        &b"text/plain; version=0.0.4; charset=utf-8"[..],
+                    )],
+                    body,
+                ))
+            }
+            _ => None,
+        }
+    }
+
+    /// `A`'s route access check; `[H]` listeners have no `A` and skip it.
+    fn authorize(&self, route: &Route) -> Result<(), Response> {
+        if !self.ctx.auth {
+            return Ok(());
+        }
+        auth::authorize(self.gate.identity(), route.auth, route.users.as_deref()).map_err(|d| {
+            match d {
+                Denied::Unauthenticated => plain(401, "authentication required\n"),
+                Denied::Forbidden => plain(403, "forbidden\n"),
+            }
+        })
+    }
+
+    fn on_upgrade(&mut self, req: Tagged<RequestHead>) {
+        let route = self.ctx.routes.lookup(req.msg.path());
+        if let Some(Err(denied)) = route.map(|r| self.authorize(r)) {
+            self.outbox.push(Reply::Response(denied));
+            return;
+        }
+        let endpoint = route.and_then(|r| r.dest.websocket());
+        match endpoint {
+            Some(ep) => {
+                self.ws = Some(ep);
+                self.outbox.push(Reply::Accept {
+                    protocol: None,
+                    headers: Vec::new(),
+                });
+            }
+            None => self
+                .outbox
+                .push(Reply::Response(plain(404, "no WebSocket here\n"))),
+        }
+    }
+
+    fn mismatch(&self) {
+        inc(&self.ctx.metrics.identity_mismatch);
+        if self.ctx.metrics.may_log() {
+            tracing::warn!(peer = %self.peer, "reply dropped: identity mismatch");
+        }
+    }
+}
+
+/// Applies the reply rule to a response: one with another identity is
+/// replaced by a 502 that carries none of its data, counted and logged.
+fn reply_rule(
+    expected: &auth::Principal,
+    reply: Tagged<Response>,
+    ctx: &ListenerCtx,
+    peer: SocketAddr,
+) -> Tagged<Response> {
+    reply_rule_with(expected, reply, &ctx.metrics, peer)
+}
+
+fn reply_rule_with(
+    expected: &auth::Principal,
+    reply: Tagged<Response>,
+    metrics: &crate::metrics::Metrics,
+    peer: SocketAddr,
+) -> Tagged<Response> {
+    match auth::check_reply(expected, &reply) {
+        Ok(()) => reply,
+        Err(_) => {
+            inc(&metrics.identity_mismatch);
+            if metrics.may_log() {
+                tracing::warn!(%peer, "reply dropped: identity mismatch");
+            }
+            Tagged::new(expected.clone(), plain(502, "bad gateway\n"))
+        }
+    }
+}
+
+/// Payload length of a WebSocket message.
+fn ws_len(m: &WsMessage) -> usize {
+    match m {
+        WsMessage::Text(t) => t.len(),
+        WsMessage::Binary(b) => b.len(),
+    }
+}
+
+/// A small text response.
+pub fn plain(status: u16, body: &'static str) -> Response {
+    Response::new(
+        status,
+        vec![Header::new(
+            &b"Content-Type"[..],
+            &b"text/plain; charset=utf-8"[..],
+        )],
+        Bytes::from_static(body.as_bytes()),
+    )
+}
