@@ -196,7 +196,15 @@ impl ServerConn {
 
     /// Fires the deadlines that have passed at `now`; a spurious call does nothing.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.shutdown == Some(Shutdown::Abort) {
+            return;
+        }
+        // A client that does not read is dropped even when the connection
+        // was already closing (its last response may never be taken).
         if self.shutdown.is_some() {
+            if self.timers().is_expired(Timer::WriteStall, now) {
+                self.abort_now("write_timeout");
+            }
             return;
         }
         let table = self.timers();
@@ -637,6 +645,7 @@ impl ServerConn {
     /// Writes the answers `H` owes itself at the front of the queue.
     fn flush_front(&mut self, now: Instant) {
         while let Some(front) = self.in_flight.front() {
+            let head_only = front.head_only;
             match front.outcome {
                 Outcome::Forwarded => return,
                 Outcome::Abandoned => {}
@@ -657,7 +666,7 @@ impl ServerConn {
                         &resp,
                         &self.date,
                         ConnHeader::Close,
-                        false,
+                        head_only,
                     );
                 }
             }
@@ -713,6 +722,9 @@ impl ServerConn {
     /// The deadlines armed in the current state.
     fn timers(&self) -> TimerTable {
         let mut t = TimerTable::default();
+        if self.shutdown == Some(Shutdown::Abort) {
+            return t;
+        }
         t.set_opt(
             Timer::WriteStall,
             self.out.stall_deadline(self.limits.write_timeout),
