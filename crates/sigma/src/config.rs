@@ -59,7 +59,7 @@ pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 pub const RESERVED_ENV: &[&str] = &["SIGMA_LOG", "SIGMA_LOG_FORMAT"];
 
 /// The tables an environment variable can address (`SIGMA_<TABLE>_<KEY>`).
-const ENV_TABLES: &[&str] = &["server", "http", "websocket"];
+const ENV_TABLES: &[&str] = &["server", "http", "websocket", "auth"];
 /// The name used in messages for a config given by [`from_str`].
 const STRING_SOURCE: &str = "<config>";
 
@@ -77,6 +77,56 @@ pub struct Config {
     pub limits: Limits,
     /// The route table, longest path first (`[[route]]`).
     pub routes: Vec<RouteConfig>,
+    /// `A`: sessions, tokens, login protection (`[auth]`).
+    pub auth: AuthConfig,
+}
+
+/// `[auth]`: the settings of `A` (DESIGN §4).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// A session unused this long expires.
+    #[serde(deserialize_with = "duration")]
+    pub session_idle_timeout: Duration,
+    /// A session expires this long after login, used or not.
+    #[serde(deserialize_with = "duration")]
+    pub session_lifetime: Duration,
+    /// Mark the session cookie `Secure` (set it when a TLS terminator is in front).
+    pub cookie_secure: bool,
+    /// Lifetime of tokens from `POST /auth/token`.
+    #[serde(deserialize_with = "duration")]
+    pub token_ttl: Duration,
+    /// Origins (`https://app.example.com`) allowed besides sigma's own for
+    /// cookie-authenticated unsafe requests and WebSocket upgrades.
+    pub allowed_origins: Vec<String>,
+    /// Proxies whose `X-Forwarded-For` is believed (CIDR list).
+    #[serde(deserialize_with = "cidr_list")]
+    pub trusted_proxies: Vec<Cidr>,
+    /// Login attempts per client IP per minute (burst of the same size).
+    #[serde(deserialize_with = "positive")]
+    pub login_per_ip_per_minute: u32,
+    /// Login attempts per user name per minute (burst of the same size).
+    #[serde(deserialize_with = "positive")]
+    pub login_per_user_per_minute: u32,
+    /// Password verifications running at once (Argon2id, off the executor).
+    #[serde(deserialize_with = "positive")]
+    pub password_workers: usize,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            session_idle_timeout: Duration::from_secs(7 * 24 * 3600),
+            session_lifetime: Duration::from_secs(30 * 24 * 3600),
+            cookie_secure: false,
+            token_ttl: Duration::from_secs(15 * 60),
+            allowed_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
+            login_per_ip_per_minute: 20,
+            login_per_user_per_minute: 10,
+            password_workers: 2,
+        }
+    }
 }
 
 /// `[server]`: the limits of `T` (DESIGN §2).
@@ -224,6 +274,15 @@ pub enum Destination {
     /// `static:DIR`: files under a directory; a relative `DIR` is relative
     /// to the working directory, like `data_dir`.
     Static(PathBuf),
+    /// `&crossed`: a deliberately mis-wired destination that answers with
+    /// another user's identity, to test the reply rule. Only in builds with
+    /// the `test-destinations` feature.
+    #[cfg(feature = "test-destinations")]
+    Crossed,
+    /// `&inspect`: answers with the identity and headers it received (test
+    /// builds only, like `&crossed`).
+    #[cfg(feature = "test-destinations")]
+    Inspect,
 }
 
 /// Who may use a route (DESIGN §4).
@@ -368,6 +427,7 @@ impl Default for Config {
             server: ServerConfig::default(),
             limits: Limits::default(),
             routes: default_routes(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -465,6 +525,10 @@ impl Destination {
                 "echo" => Ok(Destination::Echo),
                 "broadcast" => Ok(Destination::Broadcast),
                 "db" => Ok(Destination::Db),
+                #[cfg(feature = "test-destinations")]
+                "crossed" => Ok(Destination::Crossed),
+                #[cfg(feature = "test-destinations")]
+                "inspect" => Ok(Destination::Inspect),
                 _ => Err(RouteError::UnknownBuiltin(name.to_owned())),
             };
         }
@@ -563,6 +627,10 @@ impl fmt::Display for Destination {
             Destination::Db => write!(f, "&db"),
             Destination::Upstream(url) => write!(f, "{url}"),
             Destination::Static(dir) => write!(f, "static:{}", dir.display()),
+            #[cfg(feature = "test-destinations")]
+            Destination::Crossed => write!(f, "&crossed"),
+            #[cfg(feature = "test-destinations")]
+            Destination::Inspect => write!(f, "&inspect"),
         }
     }
 }
@@ -718,6 +786,7 @@ struct ConfigFile {
     server: ServerConfig,
     http: HttpTable,
     websocket: WebsocketTable,
+    auth: AuthConfig,
     route: Option<Vec<RouteTable>>,
 }
 
@@ -729,6 +798,7 @@ impl Default for ConfigFile {
             server: ServerConfig::default(),
             http: HttpTable::default(),
             websocket: WebsocketTable::default(),
+            auth: AuthConfig::default(),
             route: None,
         }
     }
@@ -872,6 +942,20 @@ where
         )));
     }
     Ok(v)
+}
+
+/// `scheme://host[:port]` with an http(s) scheme and nothing after.
+fn valid_origin(o: &str) -> bool {
+    let Some(rest) = o
+        .strip_prefix("https://")
+        .or_else(|| o.strip_prefix("http://"))
+    else {
+        return false;
+    };
+    !rest.is_empty()
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
 }
 
 fn cidr_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Cidr>, D::Error> {
@@ -1219,12 +1303,33 @@ fn resolve(file: ConfigFile, sources: &Sources<'_>) -> Result<Config, ConfigErro
             write_timeout: h.write_timeout,
         },
     };
+    for (i, origin) in file.auth.allowed_origins.iter().enumerate() {
+        if !valid_origin(origin) {
+            return Err(sources.error(
+                vec![key("auth"), key("allowed_origins"), Seg::Index(i)],
+                ConfigErrorKind::Invalid {
+                    message: format!(
+                        "invalid origin {origin:?}: expected scheme://host[:port], e.g. \"https://app.example.com\""
+                    ),
+                },
+            ));
+        }
+    }
+    if file.auth.session_idle_timeout > file.auth.session_lifetime {
+        return Err(sources.error(
+            vec![key("auth"), key("session_idle_timeout")],
+            ConfigErrorKind::Invalid {
+                message: "must not be longer than auth.session_lifetime".into(),
+            },
+        ));
+    }
     Ok(Config {
         topology,
         data_dir: file.data_dir,
         server: file.server,
         limits,
         routes,
+        auth: file.auth,
     })
 }
 
@@ -1365,6 +1470,17 @@ mod tests {
             linger_timeout = "15ms"
             metrics_allow = ["10.0.0.0/8"]
 
+            [auth]
+            session_idle_timeout = "1h"
+            session_lifetime = "2h"
+            cookie_secure = true
+            token_ttl = "5m"
+            allowed_origins = ["https://app.example.com"]
+            trusted_proxies = ["10.1.0.0/16"]
+            login_per_ip_per_minute = 7
+            login_per_user_per_minute = 3
+            password_workers = 4
+
             [http]
             max_request_line = 21
             max_header_bytes = 22
@@ -1447,9 +1563,24 @@ mod tests {
                 max_body: Some(51),
             }]
         );
+        assert_eq!(
+            c.auth,
+            AuthConfig {
+                session_idle_timeout: Duration::from_secs(3600),
+                session_lifetime: Duration::from_secs(7200),
+                cookie_secure: true,
+                token_ttl: Duration::from_secs(300),
+                allowed_origins: vec!["https://app.example.com".into()],
+                trusted_proxies: vec![Cidr::parse("10.1.0.0/16").unwrap()],
+                login_per_ip_per_minute: 7,
+                login_per_user_per_minute: 3,
+                password_workers: 4,
+            }
+        );
         // The test above names every field of every table.
         for name in fields_of::<ServerConfig>()
             .iter()
+            .chain(fields_of::<AuthConfig>())
             .chain(fields_of::<HttpTable>())
             .chain(fields_of::<WebsocketTable>())
             .chain(fields_of::<RouteTable>())
@@ -1472,6 +1603,7 @@ mod tests {
                 "server",
                 "http",
                 "websocket",
+                "auth",
                 "route"
             ]
         );
@@ -1479,6 +1611,16 @@ mod tests {
         assert_eq!(fields_of::<WebsocketTable>().len(), 6);
         assert_eq!(fields_of::<ServerConfig>().len(), 6);
         assert_eq!(fields_of::<RouteTable>().len(), 5);
+    }
+
+    #[test]
+    fn auth_table_is_validated() {
+        let e = from_str("[auth]\nallowed_origins = [\"example.com\"]\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("auth.allowed_origins[0]"), "{e}");
+        let e = from_str("[auth]\nsession_idle_timeout = \"40d\"\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("auth.session_idle_timeout"), "{e}");
+        let c = from_str("", &[("SIGMA_AUTH_COOKIE_SECURE".into(), "true".into())]).unwrap();
+        assert!(c.auth.cookie_secure);
     }
 
     #[test]

@@ -29,6 +29,7 @@ use socket2::SockRef;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use crate::auth::Auth;
 use crate::config::Cidr;
 use crate::dispatch::Dispatch;
 use crate::metrics::Metrics;
@@ -45,8 +46,8 @@ pub struct ListenerCtx {
     pub metrics: Arc<Metrics>,
     /// How long to wait for the peer's EOF after our half-close.
     pub linger: Duration,
-    /// Whether the `A` stage is in this listener's pipeline.
-    pub auth: bool,
+    /// `A`, when it is in this listener's pipeline (`[HA]`); `[H]` has none.
+    pub auth: Option<Arc<Auth>>,
     /// The connection caps (for the open-connections gauge).
     pub limiter: Arc<ConnLimiter>,
     /// Who may read `/metrics`.

@@ -24,7 +24,7 @@ use sigma_http::{
     Event, Header, Method, Reply, RequestHead, Response, ServerConn, WsEvent, WsMessage,
 };
 
-use crate::auth::{self, Denied, Gate, Tagged};
+use crate::auth::{self, endpoints, origin, Denied, Gate, Resolved, Tagged, Via};
 use crate::conn::ListenerCtx;
 use crate::metrics::{add, inc};
 use crate::route::{Handled, HttpRequest, Route, WsEndpoint};
@@ -62,6 +62,8 @@ impl Outbox {
 /// A request whose body is still arriving.
 struct Incoming {
     head: Tagged<RequestHead>,
+    /// How `A` authenticated it.
+    via: Via,
     body: BodyAcc,
     started: Instant,
     /// Body bytes so far.
@@ -172,9 +174,14 @@ impl Dispatch<'_> {
         match ev {
             Event::Request(head) => {
                 inc(&self.ctx.metrics.requests);
-                let tagged = self.gate.tag_request(head);
+                let resolved = match &self.ctx.auth {
+                    Some(a) => a.identify(&head, auth::unix_now()),
+                    None => Resolved::anonymous(),
+                };
+                let via = resolved.via;
+                let tagged = auth::tag_request(resolved.identity, head);
                 if tagged.msg.websocket.is_some() {
-                    self.on_upgrade(tagged);
+                    self.on_upgrade(tagged, &via);
                 } else {
                     let max_body = self
                         .ctx
@@ -194,6 +201,7 @@ impl Dispatch<'_> {
                     }
                     self.incoming = Some(Incoming {
                         head: tagged,
+                        via,
                         body: BodyAcc::Empty,
                         started: Instant::now(),
                         received: 0,
@@ -219,7 +227,7 @@ impl Dispatch<'_> {
                             body: inc.body.finish(),
                         },
                     );
-                    match self.dispatch(req) {
+                    match self.dispatch(req, &inc.via) {
                         Handled::Ready(resp) => {
                             self.ctx.metrics.latency(inc.started.elapsed());
                             self.outbox.push(Reply::Response(resp.msg));
@@ -277,15 +285,26 @@ impl Dispatch<'_> {
     }
 
     /// Routes a complete request and applies the reply rule to the answer.
-    fn dispatch(&mut self, req: Tagged<HttpRequest>) -> Handled {
+    fn dispatch(&mut self, req: Tagged<HttpRequest>, via: &Via) -> Handled {
         let expected = req.identity.clone();
+        if let Some(a) = &self.ctx.auth {
+            let call = endpoints::Call {
+                req: &req.msg,
+                identity: &req.identity,
+                via,
+                client_ip: a.client_ip(self.peer.ip(), &req.msg.head),
+            };
+            if let Some(handled) = endpoints::handle(a, call) {
+                return handled;
+            }
+        }
         if let Some(resp) = self.builtin(&req.msg.head) {
             return Handled::Ready(Tagged::new(expected, resp));
         }
         let Some(route) = self.ctx.routes.lookup(req.msg.head.path()) else {
             return Handled::Ready(Tagged::new(expected, plain(404, "not found\n")));
         };
-        if let Err(denied) = self.authorize(route) {
+        if let Err(denied) = self.admit(route, &req.msg.head, &expected, via) {
             return Handled::Ready(Tagged::new(expected, denied));
         }
         match route.dest.http(req) {
@@ -328,25 +347,69 @@ impl Dispatch<'_> {
         }
     }
 
-    /// `A`'s route access check; `[H]` listeners have no `A` and skip it.
-    fn authorize(&self, route: &Route) -> Result<(), Response> {
-        if !self.ctx.auth {
+    /// `A`'s admission of a request to a route: who may use it (401 or a
+    /// redirect to the login page for browsers, 403), and for
+    /// cookie-authenticated unsafe methods and WebSocket upgrades, that the
+    /// request is not cross-site. `[H]` listeners have no `A` and admit all.
+    fn admit(
+        &self,
+        route: &Route,
+        head: &RequestHead,
+        identity: &auth::Principal,
+        via: &Via,
+    ) -> Result<(), Response> {
+        let Some(a) = &self.ctx.auth else {
             return Ok(());
+        };
+        if let Err(d) = auth::authorize(identity, route.auth, route.users.as_deref()) {
+            return Err(match d {
+                Denied::Unauthenticated if wants_html(head) => {
+                    let next = String::from_utf8_lossy(&head.target).into_owned();
+                    let to = format!(
+                        "/login?next={}",
+                        form_urlencoded::byte_serialize(next.as_bytes()).collect::<String>()
+                    );
+                    endpoints::redirect(&to)
+                }
+                Denied::Unauthenticated => {
+                    let mut r = endpoints::json_response(
+                        401,
+                        serde_json::json!({"error": "unauthenticated"}),
+                    );
+                    r.headers.push(Header::new(
+                        &b"WWW-Authenticate"[..],
+                        &b"Bearer realm=\"sigma\""[..],
+                    ));
+                    r
+                }
+                Denied::Forbidden => {
+                    endpoints::json_response(403, serde_json::json!({"error": "forbidden"}))
+                }
+            });
         }
-        auth::authorize(self.gate.identity(), route.auth, route.users.as_deref()).map_err(|d| {
-            match d {
-                Denied::Unauthenticated => plain(401, "authentication required\n"),
-                Denied::Forbidden => plain(403, "forbidden\n"),
+        let cookie = matches!(via, Via::Cookie(_));
+        let checked = head.websocket.is_some() || origin::is_unsafe(head.method);
+        if cookie && checked && origin::check(head, a.allowed_origins()).is_err() {
+            self.ctx.metrics.reject("cross_site");
+            if self.ctx.metrics.may_log() {
+                tracing::warn!(peer = %self.peer, "cross-site request refused");
             }
-        })
+            return Err(endpoints::json_response(
+                403,
+                serde_json::json!({"error": "cross_site"}),
+            ));
+        }
+        Ok(())
     }
 
-    fn on_upgrade(&mut self, req: Tagged<RequestHead>) {
+    fn on_upgrade(&mut self, req: Tagged<RequestHead>, via: &Via) {
         let route = self.ctx.routes.lookup(req.msg.path());
-        if let Some(Err(denied)) = route.map(|r| self.authorize(r)) {
+        if let Some(Err(denied)) = route.map(|r| self.admit(r, &req.msg, &req.identity, via)) {
             self.outbox.push(Reply::Response(denied));
             return;
         }
+        // The socket's identity is fixed at the upgrade.
+        self.gate = Gate::with_identity(req.identity.clone());
         let endpoint = route.and_then(|r| r.dest.websocket());
         match endpoint {
             Some(ep) => {
@@ -397,6 +460,16 @@ fn reply_rule_with(
             Tagged::new(expected.clone(), plain(502, "bad gateway\n"))
         }
     }
+}
+
+/// A browser navigation (it gets the login page rather than a bare 401).
+fn wants_html(head: &RequestHead) -> bool {
+    matches!(head.method, Method::Get | Method::Head)
+        && head.header("accept").is_some_and(|h| {
+            h.value
+                .windows(9)
+                .any(|w| w.eq_ignore_ascii_case(b"text/html"))
+        })
 }
 
 /// Payload length of a WebSocket message.

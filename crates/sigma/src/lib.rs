@@ -29,6 +29,7 @@
 pub mod auth;
 pub mod config;
 pub mod conn;
+
 pub mod dispatch;
 pub mod echo;
 pub mod metrics;
@@ -36,4 +37,8 @@ pub mod parse;
 pub mod pipeline;
 pub mod route;
 pub mod server;
+pub mod store;
 pub mod tcp;
+#[cfg(feature = "test-destinations")]
+pub mod testdest;
+pub mod users;

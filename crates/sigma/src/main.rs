@@ -49,6 +49,11 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Manage users: add, del, list, passwd.
+    User {
+        #[command(subcommand)]
+        command: sigma::users::UserCommand,
+    },
     /// Read raw HTTP on stdin and print H's events as JSON lines.
     Parse {
         /// Feed the codec this many bytes at a time (default: all at once).
@@ -100,12 +105,17 @@ fn run(command: Command) -> anyhow::Result<i32> {
             if let Some(p) = pipeline {
                 cfg.topology = sigma::pipeline::parse(&p)?;
             }
+            // Before listening: a locked data directory is a clear exit 2,
+            // and a store with no users gets `admin` (password shown once).
+            let store = sigma::store::RedbStore::open(&cfg.data_dir)?;
+            sigma::users::first_start(&store, &mut std::io::stdout().lock())?;
+            let store: std::sync::Arc<dyn sigma::store::Store> = std::sync::Arc::new(store);
             let mut rt = tokio::runtime::Builder::new_multi_thread();
             if let Some(n) = workers {
                 rt.worker_threads(n.max(1));
             }
             let rt = rt.enable_all().build()?;
-            let code = rt.block_on(sigma::server::run(cfg))?;
+            let code = rt.block_on(sigma::server::run(cfg, store))?;
             // Don't wait for lingering connections after a forced exit.
             rt.shutdown_background();
             Ok(code)
@@ -117,6 +127,10 @@ fn run(command: Command) -> anyhow::Result<i32> {
             sigma::route::RouteTable::build(&cfg.routes)?;
             println!("{}", cfg.describe());
             println!("ok");
+            Ok(0)
+        }
+        Command::User { command } => {
+            sigma::users::run(command, &env())?;
             Ok(0)
         }
         Command::Parse { chunk } => {

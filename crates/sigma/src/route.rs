@@ -109,6 +109,12 @@ impl RouteTable {
         for r in routes {
             let dest: Arc<dyn Destination> = match &r.to {
                 crate::config::Destination::Echo => Arc::new(crate::echo::Echo),
+                #[cfg(feature = "test-destinations")]
+                crate::config::Destination::Crossed => {
+                    Arc::new(crate::testdest::Crossed::default())
+                }
+                #[cfg(feature = "test-destinations")]
+                crate::config::Destination::Inspect => Arc::new(crate::testdest::Inspect),
                 other => return Err(UnavailableDestination(format!("{other}"))),
             };
             out.push(Route {

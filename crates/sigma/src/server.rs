@@ -14,11 +14,13 @@ use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
+use crate::auth::Auth;
 use crate::config::Config;
 use crate::conn::{self, ListenerCtx};
 use crate::metrics::Metrics;
 use crate::pipeline::Stage;
 use crate::route::RouteTable;
+use crate::store::Store;
 use crate::tcp::{self, ConnLimiter};
 
 /// Exit status after a second signal cut the drain short.
@@ -32,11 +34,13 @@ pub struct Running {
     limiter: Arc<ConnLimiter>,
     /// Counters.
     pub metrics: Arc<Metrics>,
+    /// The store (users, sessions, secrets).
+    pub store: Arc<dyn Store>,
 }
 
 /// Binds every listener and starts accepting. Fails if a listener cannot
 /// be bound or a route's destination is unavailable.
-pub async fn start(config: &Config) -> anyhow::Result<Running> {
+pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Running> {
     let routes = Arc::new(RouteTable::build(&config.routes)?);
     let limits = Arc::new(config.limits.clone());
     let metrics = Arc::new(Metrics::default());
@@ -45,6 +49,11 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         config.server.max_connections_per_ip,
     );
     let metrics_allow = Arc::new(config.server.metrics_allow.clone());
+    let auth = Arc::new(Auth::new(
+        Arc::clone(&store),
+        &config.auth,
+        Arc::clone(&metrics),
+    ));
     let (drain_tx, drain_rx) = watch::channel(false);
     let mut addrs = Vec::new();
     for l in &config.topology.listeners {
@@ -57,7 +66,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             routes: Arc::clone(&routes),
             metrics: Arc::clone(&metrics),
             linger: config.server.linger_timeout,
-            auth: l.stages.contains(&Stage::A),
+            auth: l.stages.contains(&Stage::A).then(|| Arc::clone(&auth)),
             limiter: Arc::clone(&limiter),
             metrics_allow: Arc::clone(&metrics_allow),
         });
@@ -83,6 +92,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         drain: drain_tx,
         limiter,
         metrics,
+        store,
     })
 }
 
@@ -95,10 +105,10 @@ impl Running {
 }
 
 /// Runs `config` until a signal; returns the process exit status.
-pub async fn run(config: Config) -> anyhow::Result<i32> {
+pub async fn run(config: Config, store: Arc<dyn Store>) -> anyhow::Result<i32> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
-    let running = start(&config).await?;
+    let running = start(&config, store).await?;
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "{}", config.describe())?;

@@ -14,10 +14,24 @@
 //! client-supplied identity headers (`X-Sigma-*`, any spelling) so no
 //! destination can be fooled by them.
 
+pub mod endpoints;
+pub mod jwt;
+pub mod origin;
+pub mod password;
+pub mod session;
+pub mod throttle;
+
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use sigma_http::{Header, RequestHead};
+
+use crate::config::{AuthConfig, Cidr};
+use crate::metrics::Metrics;
+use crate::store::{SessionId, Store};
+use session::Sessions;
 
 /// Where an identity came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +42,16 @@ pub enum Provider {
     OAuth(String),
     /// A bearer JWT, by issuer.
     Jwt(String),
+}
+
+impl fmt::Display for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Password => f.write_str("password"),
+            Self::OAuth(name) => write!(f, "oauth:{name}"),
+            Self::Jwt(issuer) => write!(f, "jwt:{issuer}"),
+        }
+    }
 }
 
 /// An authenticated principal (DESIGN §4).
@@ -80,6 +104,12 @@ impl Gate {
         Self::default()
     }
 
+    /// A gate for a connection authenticated as `identity` (a WebSocket,
+    /// whose identity is fixed at the upgrade).
+    pub fn with_identity(identity: Principal) -> Self {
+        Self { identity }
+    }
+
     /// The identity of this connection.
     pub fn identity(&self) -> &Principal {
         &self.identity
@@ -101,6 +131,145 @@ impl Gate {
     pub fn check_reply<T>(&self, reply: &Tagged<T>) -> Result<(), IdentityMismatch> {
         check_reply(&self.identity, reply)
     }
+}
+
+/// How a request was authenticated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Via {
+    /// No credentials (or none that hold).
+    Anonymous,
+    /// The session cookie, with the session's id.
+    Cookie(SessionId),
+    /// An `Authorization: Bearer` token.
+    Bearer,
+}
+
+/// The identity `A` found for a request.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// The principal, or `null`.
+    pub identity: Principal,
+    /// Where it came from.
+    pub via: Via,
+}
+
+impl Resolved {
+    /// An anonymous request.
+    pub fn anonymous() -> Self {
+        Self {
+            identity: None,
+            via: Via::Anonymous,
+        }
+    }
+}
+
+/// `A`'s process-wide state: sessions, password checks, login throttling,
+/// tokens, and the settings of `[auth]`.
+pub struct Auth {
+    /// Server-side sessions.
+    pub sessions: Sessions,
+    store: Arc<dyn Store>,
+    passwords: password::Verifier,
+    throttle: throttle::Throttle,
+    config: AuthConfig,
+    metrics: Arc<Metrics>,
+}
+
+impl fmt::Debug for Auth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Auth").finish_non_exhaustive()
+    }
+}
+
+impl Auth {
+    /// `A` over `store`, configured by `[auth]`.
+    pub fn new(store: Arc<dyn Store>, config: &AuthConfig, metrics: Arc<Metrics>) -> Self {
+        Self {
+            sessions: Sessions::new(
+                Arc::clone(&store),
+                config.session_idle_timeout,
+                config.session_lifetime,
+                config.cookie_secure,
+            ),
+            store,
+            passwords: password::Verifier::new(config.password_workers),
+            throttle: throttle::Throttle::new(
+                config.login_per_ip_per_minute,
+                config.login_per_user_per_minute,
+            ),
+            config: config.clone(),
+            metrics,
+        }
+    }
+
+    /// The identity of a request: a bearer token if one is presented (and
+    /// then only it), else the session cookie, else anonymous.
+    pub fn identify(&self, head: &RequestHead, now: u64) -> Resolved {
+        if let Some(id) = session::session_cookie(&head.headers) {
+            if let Some(identity) = self.sessions.lookup(&id, now) {
+                return Resolved {
+                    identity: Some(identity),
+                    via: Via::Cookie(id),
+                };
+            }
+        }
+        Resolved::anonymous()
+    }
+
+    /// The client's address: the peer, or for a trusted proxy the
+    /// right-most `X-Forwarded-For` address that is not a trusted proxy.
+    pub fn client_ip(&self, peer: IpAddr, head: &RequestHead) -> IpAddr {
+        client_ip(peer, head, &self.config.trusted_proxies)
+    }
+
+    /// Origins allowed besides sigma's own.
+    pub fn allowed_origins(&self) -> &[String] {
+        &self.config.allowed_origins
+    }
+
+    /// A token for `user` from `POST /auth/token`, with its lifetime.
+    pub fn issue_token(&self, _user: &str) -> Option<(String, u64)> {
+        None
+    }
+
+    /// Login page buttons for the configured OAuth providers.
+    pub fn provider_buttons(&self, _next: &str) -> String {
+        String::new()
+    }
+}
+
+/// See [`Auth::client_ip`].
+pub fn client_ip(peer: IpAddr, head: &RequestHead, trusted: &[Cidr]) -> IpAddr {
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(peer) {
+        return peer;
+    }
+    let mut chain: Vec<IpAddr> = Vec::new();
+    for h in head.headers.iter().filter(|h| h.is("x-forwarded-for")) {
+        let Ok(v) = std::str::from_utf8(&h.value) else {
+            return peer;
+        };
+        for part in v.split(',') {
+            match part.trim().parse::<IpAddr>() {
+                Ok(ip) => chain.push(ip),
+                // A malformed chain is not believed at all.
+                Err(_) => return peer,
+            }
+        }
+    }
+    chain
+        .into_iter()
+        .rev()
+        .find(|ip| !is_trusted(*ip))
+        .unwrap_or(peer)
+}
+
+/// Seconds since the Unix epoch (the wall clock of sessions and tokens).
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Why `A` refuses a request for a route.
@@ -139,6 +308,13 @@ pub fn authorize(
         },
         None => Ok(()),
     }
+}
+
+/// Prepares a request for forwarding: strips client-supplied identity
+/// headers and tags it with `identity`.
+pub fn tag_request(identity: Principal, mut head: RequestHead) -> Tagged<RequestHead> {
+    strip_identity_headers(&mut head.headers);
+    Tagged::new(identity, head)
 }
 
 /// The reply rule (seed `000`: "That same authentication header must be

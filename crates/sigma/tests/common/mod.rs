@@ -742,3 +742,88 @@ pub fn trickle(
         (sent, None)
     })
 }
+
+// ----- servers on a chosen data directory and topology -----------------------
+
+/// A server started by [`Server::launch`].
+pub struct Launched {
+    /// The server (its `addr()` is the first listener's).
+    pub server: Server,
+    /// Every listener's address, in the order of the topology.
+    pub addrs: Vec<SocketAddr>,
+    /// What the server printed on stdout before its listeners.
+    pub stdout: Vec<String>,
+}
+
+impl Server {
+    /// Like [`Server::start`], but on the data directory `data` (which
+    /// outlives the server, so a later server can reuse it) and with the
+    /// topology `pipeline`, which may name several listeners
+    /// (`T127.0.0.1:0[HA] T127.0.0.1:0[H]`).
+    pub fn launch(config_toml: &str, data: &Path, pipeline: &str) -> Launched {
+        let listeners = pipeline.split_whitespace().count();
+        let dir = temp_dir("srv");
+        let cfg = dir.join("sigma.toml");
+        fs::write(&cfg, config_toml).expect("write config");
+        let stderr = fs::File::create(dir.join("stderr.log")).expect("stderr log");
+        let mut cmd = sigma_cmd();
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--data")
+            .arg(data)
+            .arg("--pipeline")
+            .arg(pipeline)
+            .arg("--workers")
+            .arg("2")
+            .env("SIGMA_LOG", "warn")
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(stderr));
+        let mut child = cmd.spawn().expect("spawn sigma serve");
+        let pid = child.id();
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel::<String>();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut seen = Vec::new();
+        let mut addrs = Vec::new();
+        while addrs.len() < listeners {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(rest) = line.strip_prefix("listening on ") {
+                        let a = rest.split_whitespace().next().unwrap_or("");
+                        addrs.push(a.parse::<SocketAddr>().expect("listen address"));
+                    } else {
+                        seen.push(line);
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    let log = fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
+                    panic!(
+                        "sigma serve did not report {listeners} address(es); stdout: {seen:?}; stderr: {log}"
+                    );
+                }
+            }
+        }
+        Launched {
+            server: Server {
+                child: Some(child),
+                pid,
+                addr: addrs[0],
+                dir,
+            },
+            addrs,
+            stdout: seen,
+        }
+    }
+}

@@ -1,0 +1,386 @@
+//! The requests `A` answers itself (DESIGN §4, §9): `GET /login` (the
+//! bundled page), `POST /login`, `POST /logout`, `GET /auth/whoami`,
+//! `POST /auth/token`.
+//!
+//! Login: throttled per IP and per user (429 + `Retry-After`), password
+//! checked off the executor with bounded concurrency, a uniform 401 for a
+//! wrong password and an unknown user (no enumeration), a fresh session id
+//! on success (the old session, if any, is revoked: rotation), and the
+//! `sigma_session` cookie. JSON clients get JSON; form posts get a 303 to a
+//! same-origin `next` (never an open redirect).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::json;
+use sigma_http::{Header, Method, Response};
+
+use super::{origin, unix_now, Auth, Principal, Provider, Via};
+use crate::auth::Tagged;
+use crate::route::{Handled, HttpRequest};
+
+/// The bundled login page.
+const LOGIN_PAGE: &str = include_str!("../../assets/login.html");
+
+/// What an endpoint needs to know about the request.
+pub struct Call<'a> {
+    /// The request.
+    pub req: &'a HttpRequest,
+    /// Its identity, as `A` resolved it.
+    pub identity: &'a Principal,
+    /// How it was authenticated.
+    pub via: &'a Via,
+    /// The client's address (after trusted proxies).
+    pub client_ip: std::net::IpAddr,
+}
+
+/// Answers `call` if it is one of `A`'s own endpoints.
+pub fn handle(auth: &Arc<Auth>, call: Call<'_>) -> Option<Handled> {
+    let head = &call.req.head;
+    let tag = |resp: Response| Handled::Ready(Tagged::new(call.identity.clone(), resp));
+    let resp = match (head.method, head.path()) {
+        (Method::Get | Method::Head, b"/login") => tag(login_page(
+            query_param(&head.target, "next").as_deref(),
+            None,
+            auth,
+        )),
+        (Method::Post, b"/login") => return Some(login(auth, &call)),
+        (Method::Post, b"/logout") => return Some(logout(auth, &call)),
+        (Method::Get | Method::Head, b"/auth/whoami") => tag(whoami(call.identity)),
+        (Method::Post, b"/auth/token") => tag(token(auth, &call)),
+        (_, b"/login" | b"/logout" | b"/auth/whoami" | b"/auth/token") => {
+            tag(json_response(405, json!({"error": "method_not_allowed"})))
+        }
+        _ => return None,
+    };
+    Some(resp)
+}
+
+#[derive(Deserialize)]
+struct LoginJson {
+    user: String,
+    password: String,
+}
+
+/// The login form or JSON body.
+struct Credentials {
+    user: String,
+    password: String,
+    next: Option<String>,
+    json: bool,
+}
+
+fn parse_credentials(req: &HttpRequest) -> Option<Credentials> {
+    let ct = req
+        .head
+        .header("content-type")
+        .map(|h| h.value.to_ascii_lowercase())
+        .unwrap_or_default();
+    if ct.starts_with(b"application/json") {
+        let j: LoginJson = serde_json::from_slice(&req.body).ok()?;
+        Some(Credentials {
+            user: j.user,
+            password: j.password,
+            next: None,
+            json: true,
+        })
+    } else if ct.starts_with(b"application/x-www-form-urlencoded") {
+        let (mut user, mut password, mut next) = (None, None, None);
+        for (k, v) in form_urlencoded::parse(&req.body) {
+            match &*k {
+                "user" => user = Some(v.into_owned()),
+                "password" => password = Some(v.into_owned()),
+                "next" => next = Some(v.into_owned()),
+                _ => {}
+            }
+        }
+        Some(Credentials {
+            user: user?,
+            password: password?,
+            next,
+            json: false,
+        })
+    } else {
+        None
+    }
+}
+
+fn login(auth: &Arc<Auth>, call: &Call<'_>) -> Handled {
+    let identity = call.identity.clone();
+    let tag = |resp| Handled::Ready(Tagged::new(identity.clone(), resp));
+    // Login CSRF: a cross-site page must not log a visitor in.
+    if origin::check(&call.req.head, auth.allowed_origins()).is_err() {
+        auth.metrics.reject("cross_site");
+        return tag(json_response(403, json!({"error": "cross_site"})));
+    }
+    let Some(creds) = parse_credentials(call.req) else {
+        return tag(json_response(
+            400,
+            json!({"error": "bad_request", "message": "expected a form (user, password) or JSON {\"user\", \"password\"}"}),
+        ));
+    };
+    if let Err(wait) = auth.throttle.check(call.client_ip, &creds.user) {
+        auth.metrics.reject("login_throttled");
+        let secs = wait.as_secs().max(1);
+        let mut r = json_response(
+            429,
+            json!({"error": "too_many_attempts", "retry_after": secs}),
+        );
+        r.headers
+            .push(Header::new(&b"Retry-After"[..], secs.to_string()));
+        return tag(r);
+    }
+    let auth = Arc::clone(auth);
+    let old = match call.via {
+        Via::Cookie(id) => Some(id.clone()),
+        _ => None,
+    };
+    Handled::Later(Box::pin(async move {
+        let phc = if crate::store::valid_user_name(&creds.user) {
+            auth.store
+                .user_get(&creds.user)
+                .ok()
+                .flatten()
+                .map(|u| u.phc)
+        } else {
+            None
+        };
+        // An unknown user is verified against a dummy hash: same answer,
+        // same time.
+        let ok = auth.passwords.verify(phc, creds.password).await;
+        if !ok {
+            auth.metrics.reject("login_failed");
+            let resp = if creds.json {
+                json_response(401, json!({"error": "invalid_credentials"}))
+            } else {
+                let mut r = login_page(
+                    creds.next.as_deref(),
+                    Some("Wrong user or password."),
+                    &auth,
+                );
+                r.status = 401;
+                r
+            };
+            return Tagged::new(identity, resp);
+        }
+        let now = unix_now();
+        let store_auth = Arc::clone(&auth);
+        let user = creds.user.clone();
+        let created = tokio::task::spawn_blocking(move || {
+            if let Some(old) = old {
+                // Rotation: the pre-login session id never survives login.
+                let _ = store_auth.sessions.revoke(&old);
+            }
+            store_auth.sessions.create(&user, &Provider::Password, now)
+        })
+        .await;
+        let id = match created {
+            Ok(Ok(id)) => id,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "could not store a session");
+                return Tagged::new(identity, json_response(500, json!({"error": "internal"})));
+            }
+            Err(_) => {
+                return Tagged::new(identity, json_response(500, json!({"error": "internal"})))
+            }
+        };
+        tracing::info!(user = %creds.user, "login");
+        let cookie = Header::new(&b"Set-Cookie"[..], auth.sessions.set_cookie(&id));
+        let mut resp = if creds.json {
+            json_response(200, json!({"user": creds.user}))
+        } else {
+            redirect(&safe_next(creds.next.as_deref()))
+        };
+        resp.headers.push(cookie);
+        Tagged::new(identity, resp)
+    }))
+}
+
+fn logout(auth: &Arc<Auth>, call: &Call<'_>) -> Handled {
+    let identity = call.identity.clone();
+    let session = match call.via {
+        Via::Cookie(id) => {
+            if origin::check(&call.req.head, auth.allowed_origins()).is_err() {
+                auth.metrics.reject("cross_site");
+                let r = json_response(403, json!({"error": "cross_site"}));
+                return Handled::Ready(Tagged::new(identity, r));
+            }
+            Some(id.clone())
+        }
+        _ => None,
+    };
+    let auth = Arc::clone(auth);
+    Handled::Later(Box::pin(async move {
+        if let Some(id) = session {
+            // The revocation is durable before the client hears of it.
+            let a = Arc::clone(&auth);
+            match tokio::task::spawn_blocking(move || a.sessions.revoke(&id)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "could not revoke a session");
+                    return Tagged::new(identity, json_response(500, json!({"error": "internal"})));
+                }
+                Err(_) => {
+                    return Tagged::new(identity, json_response(500, json!({"error": "internal"})))
+                }
+            }
+        }
+        let mut r = Response::new(204, vec![no_store()], Bytes::new());
+        r.headers.push(Header::new(
+            &b"Set-Cookie"[..],
+            auth.sessions.clear_cookie(),
+        ));
+        Tagged::new(identity, r)
+    }))
+}
+
+fn whoami(identity: &Principal) -> Response {
+    let body = match identity {
+        Some(id) => json!({"user": id.user, "provider": id.provider.to_string()}),
+        None => json!({"user": null, "provider": null}),
+    };
+    json_response(200, body)
+}
+
+fn token(auth: &Auth, call: &Call<'_>) -> Response {
+    let (Some(id), Via::Cookie(_)) = (call.identity, call.via) else {
+        return json_response(401, json!({"error": "unauthenticated"}));
+    };
+    if origin::check(&call.req.head, auth.allowed_origins()).is_err() {
+        auth.metrics.reject("cross_site");
+        return json_response(403, json!({"error": "cross_site"}));
+    }
+    match auth.issue_token(&id.user) {
+        Some((token, expires_in)) => {
+            json_response(200, json!({"token": token, "expires_in": expires_in}))
+        }
+        None => json_response(503, json!({"error": "tokens_unavailable"})),
+    }
+}
+
+/// The login page, with `next` carried along and an optional error.
+fn login_page(next: Option<&str>, error: Option<&str>, auth: &Auth) -> Response {
+    let next = safe_next(next);
+    let mut page = LOGIN_PAGE.replace("<!--NEXT-->", &html_escape(&next));
+    if let Some(e) = error {
+        page = page.replace(
+            "<!--ERROR-->",
+            &format!("<p class=\"error\" role=\"alert\">{}</p>", html_escape(e)),
+        );
+    }
+    page = page.replace("<!--PROVIDERS-->", &auth.provider_buttons(&next));
+    Response::new(
+        200,
+        vec![
+            Header::new(&b"Content-Type"[..], &b"text/html; charset=utf-8"[..]),
+            no_store(),
+            Header::new(&b"X-Frame-Options"[..], &b"DENY"[..]),
+            Header::new(
+                &b"Content-Security-Policy"[..],
+                &b"default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"[..],
+            ),
+        ],
+        page,
+    )
+}
+
+/// `next` if it is a same-origin path, else `/`: never an open redirect.
+pub fn safe_next(next: Option<&str>) -> String {
+    match next {
+        Some(n)
+            if n.starts_with('/')
+                && !n.starts_with("//")
+                && !n.starts_with("/\\")
+                && n.len() <= 2048
+                && n.bytes().all(|b| (0x21..0x7f).contains(&b) && b != b'\\') =>
+        {
+            n.to_owned()
+        }
+        _ => "/".to_owned(),
+    }
+}
+
+/// A query parameter of a request target, percent-decoded.
+pub fn query_param(target: &[u8], name: &str) -> Option<String> {
+    let q = target.splitn(2, |&b| b == b'?').nth(1)?;
+    form_urlencoded::parse(q)
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// Escapes text for an HTML attribute or element.
+pub fn html_escape(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => o.push_str("&amp;"),
+            '<' => o.push_str("&lt;"),
+            '>' => o.push_str("&gt;"),
+            '"' => o.push_str("&quot;"),
+            '\'' => o.push_str("&#39;"),
+            c => o.push(c),
+        }
+    }
+    o
+}
+
+fn no_store() -> Header {
+    Header::new(&b"Cache-Control"[..], &b"no-store"[..])
+}
+
+/// A JSON response (never cached).
+pub fn json_response(status: u16, body: serde_json::Value) -> Response {
+    Response::new(
+        status,
+        vec![
+            Header::new(&b"Content-Type"[..], &b"application/json"[..]),
+            no_store(),
+        ],
+        body.to_string(),
+    )
+}
+
+/// A 303 to a same-origin path.
+pub fn redirect(to: &str) -> Response {
+    Response::new(
+        303,
+        vec![
+            Header::new(&b"Location"[..], to.as_bytes().to_vec()),
+            no_store(),
+        ],
+        Bytes::new(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_is_never_an_open_redirect() {
+        assert_eq!(safe_next(Some("/chat?x=1")), "/chat?x=1");
+        for bad in [
+            "//evil.test",
+            "/\\evil.test",
+            "https://evil.test",
+            "javascript:alert(1)",
+            "",
+            "/a b",
+            "/\u{7f}",
+        ] {
+            assert_eq!(safe_next(Some(bad)), "/", "{bad:?}");
+        }
+        assert_eq!(safe_next(None), "/");
+    }
+
+    #[test]
+    fn query_and_escape() {
+        assert_eq!(
+            query_param(b"/login?next=%2Fchat%3Fa%3D1&x=2", "next").as_deref(),
+            Some("/chat?a=1")
+        );
+        assert_eq!(query_param(b"/login", "next"), None);
+        assert_eq!(html_escape("\"><script>"), "&quot;&gt;&lt;script&gt;");
+    }
+}

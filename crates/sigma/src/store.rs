@@ -1,0 +1,1069 @@
+//! The storage layer (DESIGN §7): users, server-side sessions and the
+//! server's own secrets, behind the [`Store`] trait.
+//!
+//! ```text
+//!  A (login, session cache, JWT keys) ──▶ [ Store ] ──▶ RedbStore: <data_dir>/sigma.redb
+//!  `sigma user …` (CLI)               ──▶ [       ]     (Redis / PostgreSQL later)
+//! ```
+//!
+//! Nothing here faces the client directly: `A` and the CLI validate input
+//! first (user names with [`valid_user_name`], session ids with
+//! [`SessionId::from_cookie`]). The embedded default, [`RedbStore`], keeps
+//! one ACID redb file under the data directory with four tables: `users`
+//! (name → record), `sessions` (id → record), `sessions_by_user` (name →
+//! ids, the index that makes "revoke all of a user's sessions" cheap) and
+//! `secrets` (name → random bytes), plus `meta` (schema version).
+//!
+//! Invariants:
+//! - A write returns only after it is durable (a redb commit with
+//!   `Durability::Immediate`), except [`Store::session_put`] with
+//!   `durable = false`, meant for `last_seen` touches: those commits are
+//!   visible at once but reach the disk with the next durable commit, at
+//!   the latest [`NONDURABLE_MAX_AGE`] later (or when the store is closed).
+//! - The session index always agrees with the sessions table: every write
+//!   that touches one touches the other in the same transaction, and
+//!   changing or deleting a user revokes its sessions atomically.
+//! - One process owns the data directory: redb locks the file, and a second
+//!   open fails with [`StoreError::Locked`], whose message says so plainly.
+//!
+//! Every method blocks on disk I/O (a durable commit is an `fsync`): async
+//! callers run them with `tokio::task::spawn_blocking`. This module does not
+//! read the clock: callers pass `now` and the records' times.
+
+use std::fmt;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use redb::{
+    Database, Durability, MultimapTableDefinition, ReadableDatabase, ReadableTable,
+    ReadableTableMetadata, TableDefinition,
+};
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+
+/// The database file inside the data directory.
+pub const DB_FILE: &str = "sigma.redb";
+/// Longest user name, in bytes (all allowed characters are ASCII).
+pub const MAX_USER_NAME_LEN: usize = 64;
+/// Longest a non-durable commit may wait for a durable one: a
+/// `session_put(durable = false)` later than this after the last durable
+/// commit is made durable itself.
+pub const NONDURABLE_MAX_AGE: Duration = Duration::from_secs(5);
+/// redb's page cache (an upper bound; it grows with use).
+pub const CACHE_BYTES: usize = 64 * 1024 * 1024;
+/// Longest secret [`Store::secret`] creates.
+pub const MAX_SECRET_LEN: usize = 4096;
+/// The on-disk schema this build reads and writes.
+pub const SCHEMA_VERSION: u64 = 1;
+
+const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
+const SESSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sessions");
+const SESSIONS_BY_USER: MultimapTableDefinition<&str, &[u8]> =
+    MultimapTableDefinition::new("sessions_by_user");
+const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// True if `name` is a valid sigma user name: 1 to 64 characters of
+/// `A-Z a-z 0-9 . _ @ -`. Used by the CLI, by login and by the store.
+pub fn valid_user_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_USER_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b'-'))
+}
+
+/// Fills `buf` from the operating system's CSPRNG.
+pub fn random_bytes(buf: &mut [u8]) -> Result<(), StoreError> {
+    getrandom::fill(buf).map_err(StoreError::Random)
+}
+
+/// A user: the Argon2id PHC string of the password and when the user was
+/// created. `Debug` does not show the hash.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecord {
+    /// The password hash as a PHC string (`$argon2id$v=19$…`).
+    pub phc: String,
+    /// Creation time, unix seconds.
+    pub created: u64,
+}
+
+impl fmt::Debug for UserRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UserRecord")
+            .field("phc", &"<redacted>")
+            .field("created", &self.created)
+            .finish()
+    }
+}
+
+/// A server-side session (the cookie carries only its [`SessionId`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    /// The sigma user name.
+    pub user: String,
+    /// How the session was opened: `"password"` or `"oauth:<name>"`.
+    pub provider: String,
+    /// Creation time, unix seconds.
+    pub created: u64,
+    /// Last use, unix seconds (idle expiry is computed from it).
+    pub last_seen: u64,
+    /// Absolute expiry, unix seconds: the session is dead from then on.
+    pub expires: u64,
+}
+
+/// A session id: 256 random bits. Compared in constant time; `Debug`
+/// shows only its first two bytes.
+#[derive(Clone)]
+pub struct SessionId(pub [u8; 32]);
+
+/// Length of [`SessionId::to_cookie`]: 32 bytes in unpadded base64url.
+pub const SESSION_COOKIE_LEN: usize = 43;
+
+impl SessionId {
+    /// A fresh id from the operating system's CSPRNG.
+    pub fn generate() -> Result<Self, StoreError> {
+        let mut id = [0u8; 32];
+        random_bytes(&mut id)?;
+        Ok(Self(id))
+    }
+
+    /// The cookie value: 43 characters of unpadded base64url.
+    pub fn to_cookie(&self) -> String {
+        URL_SAFE_NO_PAD.encode(self.0)
+    }
+
+    /// Parses a cookie value: exactly 43 characters of the base64url
+    /// alphabet in canonical form; anything else is `None`.
+    pub fn from_cookie(s: &str) -> Option<Self> {
+        if s.len() != SESSION_COOKIE_LEN
+            || !s
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return None;
+        }
+        let mut id = [0u8; 32];
+        // Rejects non-zero trailing bits, so each id has one spelling.
+        match URL_SAFE_NO_PAD.decode_slice(s, &mut id) {
+            Ok(32) => Some(Self(id)),
+            _ => None,
+        }
+    }
+}
+
+impl PartialEq for SessionId {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.ct_eq(&other.0).into()
+    }
+}
+
+impl Eq for SessionId {}
+
+impl std::hash::Hash for SessionId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // Consistent with `eq`: equal ids have equal bytes.
+        self.0.hash(state);
+    }
+}
+
+impl fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [a, b, ..] = self.0;
+        write!(f, "SessionId({a:02x}{b:02x}…)")
+    }
+}
+
+/// Why a store operation failed. No message contains a secret (passwords,
+/// hashes, session ids, secret bytes).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// Another process (a running `sigma serve`) has the database open.
+    #[error("the data directory {} is in use by another sigma process", dir.display())]
+    Locked {
+        /// The data directory.
+        dir: PathBuf,
+    },
+    /// The data directory could not be created or is not a directory.
+    #[error("cannot create the data directory {}: {source}", dir.display())]
+    CreateDir {
+        /// The data directory.
+        dir: PathBuf,
+        /// The operating system's error.
+        source: io::Error,
+    },
+    /// The database file could not be opened (permissions, corruption, a
+    /// file format this build cannot read).
+    #[error("cannot open the store {}: {source}", path.display())]
+    Open {
+        /// The database file.
+        path: PathBuf,
+        /// redb's error.
+        source: redb::DatabaseError,
+    },
+    /// The database was written by a newer sigma.
+    #[error("the store {} has schema version {found}; this sigma reads version {SCHEMA_VERSION}", path.display())]
+    UnsupportedSchema {
+        /// The database file.
+        path: PathBuf,
+        /// The version in the file.
+        found: u64,
+    },
+    /// A read, write or commit failed.
+    #[error("store: {0}")]
+    Db(#[from] redb::Error),
+    /// A stored record does not decode.
+    #[error("store: a record in table `{table}` is malformed")]
+    Malformed {
+        /// The table.
+        table: &'static str,
+    },
+    /// A record could not be encoded.
+    #[error("store: cannot encode a record for table `{table}`")]
+    Encode {
+        /// The table.
+        table: &'static str,
+    },
+    /// A user name outside [`valid_user_name`] reached the store.
+    #[error("invalid user name (1 to {MAX_USER_NAME_LEN} characters of A-Z a-z 0-9 . _ @ -)")]
+    InvalidUserName,
+    /// The operating system's random number generator failed.
+    #[error("the system random number generator failed: {0}")]
+    Random(getrandom::Error),
+    /// A stored secret has another length than requested.
+    #[error("the stored secret `{name}` has {stored} bytes, {wanted} were requested")]
+    SecretLength {
+        /// The secret's name.
+        name: String,
+        /// Its stored length.
+        stored: usize,
+        /// The requested length.
+        wanted: usize,
+    },
+    /// A secret longer than [`MAX_SECRET_LEN`] or of length 0 was requested.
+    #[error("a secret must be 1 to {MAX_SECRET_LEN} bytes, {0} were requested")]
+    SecretSize(usize),
+}
+
+macro_rules! db_error_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                Self::Db(e.into())
+            }
+        }
+    )*};
+}
+db_error_from!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+/// The storage layer (DESIGN §7). Implementations are shared by every
+/// connection (`Arc<dyn Store>`); each method is one transaction.
+pub trait Store: Send + Sync + 'static {
+    /// The user `name`, if it exists.
+    fn user_get(&self, name: &str) -> Result<Option<UserRecord>, StoreError>;
+    /// Creates the user `name`; `false` if it already exists.
+    fn user_create(&self, name: &str, rec: &UserRecord) -> Result<bool, StoreError>;
+    /// Replaces the password hash of `name` and revokes all of the user's
+    /// sessions; `false` if there is no such user.
+    fn user_set_password(&self, name: &str, phc: &str) -> Result<bool, StoreError>;
+    /// Deletes the user `name` and all of its sessions; `false` if there is
+    /// no such user.
+    fn user_delete(&self, name: &str) -> Result<bool, StoreError>;
+    /// Every user name, sorted.
+    fn user_list(&self) -> Result<Vec<String>, StoreError>;
+    /// How many users exist.
+    fn user_count(&self) -> Result<u64, StoreError>;
+    /// The session `id`, if it exists (expired or not: the caller checks).
+    fn session_get(&self, id: &SessionId) -> Result<Option<SessionRecord>, StoreError>;
+    /// Creates or replaces the session `id`. With `durable = false` (for
+    /// `last_seen` touches) the write may reach the disk later.
+    fn session_put(
+        &self,
+        id: &SessionId,
+        rec: &SessionRecord,
+        durable: bool,
+    ) -> Result<(), StoreError>;
+    /// Deletes the session `id`; `false` if it did not exist.
+    fn session_delete(&self, id: &SessionId) -> Result<bool, StoreError>;
+    /// The ids of every session of `user`.
+    fn sessions_of_user(&self, user: &str) -> Result<Vec<SessionId>, StoreError>;
+    /// Deletes every session with `expires <= now_unix`; returns how many.
+    fn sessions_purge_expired(&self, now_unix: u64) -> Result<u64, StoreError>;
+    /// The secret `name`; if it does not exist, `len` fresh random bytes
+    /// are stored durably first. Fails if it exists with another length.
+    fn secret(&self, name: &str, len: usize) -> Result<Vec<u8>, StoreError>;
+}
+
+/// The embedded default store: one redb file, `<data_dir>/sigma.redb`.
+pub struct RedbStore {
+    db: Database,
+    path: PathBuf,
+    /// When the last durable commit finished (for [`NONDURABLE_MAX_AGE`]).
+    last_durable: Mutex<Instant>,
+}
+
+impl fmt::Debug for RedbStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedbStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn encode<T: Serialize>(table: &'static str, v: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(v).map_err(|_| StoreError::Encode { table })
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(table: &'static str, b: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(b).map_err(|_| StoreError::Malformed { table })
+}
+
+fn session_id_from(b: &[u8]) -> Result<SessionId, StoreError> {
+    <[u8; 32]>::try_from(b)
+        .map(SessionId)
+        .map_err(|_| StoreError::Malformed {
+            table: "sessions_by_user",
+        })
+}
+
+impl RedbStore {
+    /// Opens (creating if needed) the store in `data_dir`: the directory is
+    /// created with mode 0700 and the database file with mode 0600. Fails
+    /// with [`StoreError::Locked`] if another process has it open.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(data_dir)
+            .map_err(|source| StoreError::CreateDir {
+                dir: data_dir.to_owned(),
+                source,
+            })?;
+        let path = data_dir.join(DB_FILE);
+        // Created here so that the file is never readable by others, even
+        // for a moment; redb initialises an empty file.
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| StoreError::Open {
+                path: path.clone(),
+                source: e.into(),
+            })?;
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+            .map_err(|source| match source {
+                redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked {
+                    dir: data_dir.to_owned(),
+                },
+                source => StoreError::Open {
+                    path: path.clone(),
+                    source,
+                },
+            })?;
+        let store = Self {
+            db,
+            path,
+            last_durable: Mutex::new(Instant::now()),
+        };
+        store.init()?;
+        Ok(store)
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Creates the tables and checks the schema version.
+    fn init(&self) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            let found = meta.get("schema")?.map(|v| v.value());
+            match found {
+                None => {
+                    meta.insert("schema", SCHEMA_VERSION)?;
+                }
+                Some(v) if v == SCHEMA_VERSION => {}
+                Some(found) => {
+                    return Err(StoreError::UnsupportedSchema {
+                        path: self.path.clone(),
+                        found,
+                    })
+                }
+            }
+            txn.open_table(USERS)?;
+            txn.open_table(SESSIONS)?;
+            txn.open_multimap_table(SESSIONS_BY_USER)?;
+            txn.open_table(SECRETS)?;
+        }
+        self.commit(txn, true)
+    }
+
+    fn commit(&self, mut txn: redb::WriteTransaction, durable: bool) -> Result<(), StoreError> {
+        let mut last = self
+            .last_durable
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let durable = durable || last.elapsed() >= NONDURABLE_MAX_AGE;
+        if !durable {
+            txn.set_durability(Durability::None)?;
+        }
+        txn.commit()?;
+        if durable {
+            *last = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Deletes every session of `user` inside `txn`; returns how many.
+    fn revoke_all(txn: &redb::WriteTransaction, user: &str) -> Result<u64, StoreError> {
+        let mut index = txn.open_multimap_table(SESSIONS_BY_USER)?;
+        let mut sessions = txn.open_table(SESSIONS)?;
+        let mut n = 0;
+        for id in index.remove_all(user)? {
+            let id = id?;
+            if sessions.remove(id.value())?.is_some() {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}
+
+impl Store for RedbStore {
+    fn user_get(&self, name: &str) -> Result<Option<UserRecord>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let users = txn.open_table(USERS)?;
+        let rec = users.get(name)?;
+        rec.map(|v| decode("users", v.value())).transpose()
+    }
+
+    fn user_create(&self, name: &str, rec: &UserRecord) -> Result<bool, StoreError> {
+        if !valid_user_name(name) {
+            return Err(StoreError::InvalidUserName);
+        }
+        let bytes = encode("users", rec)?;
+        let txn = self.db.begin_write()?;
+        {
+            let mut users = txn.open_table(USERS)?;
+            if users.get(name)?.is_some() {
+                return Ok(false);
+            }
+            users.insert(name, bytes.as_slice())?;
+            // No stale sessions of an earlier user of the same name.
+            Self::revoke_all(&txn, name)?;
+        }
+        self.commit(txn, true)?;
+        Ok(true)
+    }
+
+    fn user_set_password(&self, name: &str, phc: &str) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut users = txn.open_table(USERS)?;
+            let Some(old) = users.get(name)? else {
+                return Ok(false);
+            };
+            let mut rec: UserRecord = decode("users", old.value())?;
+            drop(old);
+            rec.phc = phc.to_owned();
+            let bytes = encode("users", &rec)?;
+            users.insert(name, bytes.as_slice())?;
+            Self::revoke_all(&txn, name)?;
+        }
+        self.commit(txn, true)?;
+        Ok(true)
+    }
+
+    fn user_delete(&self, name: &str) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut users = txn.open_table(USERS)?;
+            if users.remove(name)?.is_none() {
+                return Ok(false);
+            }
+            Self::revoke_all(&txn, name)?;
+        }
+        self.commit(txn, true)?;
+        Ok(true)
+    }
+
+    fn user_list(&self) -> Result<Vec<String>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let users = txn.open_table(USERS)?;
+        let mut names = Vec::new();
+        for entry in users.range::<&str>(..)? {
+            let (k, _) = entry?;
+            names.push(k.value().to_owned());
+        }
+        // redb orders `&str` keys by their bytes; sort anyway so the
+        // contract does not rest on that.
+        names.sort();
+        Ok(names)
+    }
+
+    fn user_count(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(USERS)?.len()?)
+    }
+
+    fn session_get(&self, id: &SessionId) -> Result<Option<SessionRecord>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let sessions = txn.open_table(SESSIONS)?;
+        let rec = sessions.get(id.0.as_slice())?;
+        rec.map(|v| decode("sessions", v.value())).transpose()
+    }
+
+    fn session_put(
+        &self,
+        id: &SessionId,
+        rec: &SessionRecord,
+        durable: bool,
+    ) -> Result<(), StoreError> {
+        let bytes = encode("sessions", rec)?;
+        let txn = self.db.begin_write()?;
+        {
+            let mut sessions = txn.open_table(SESSIONS)?;
+            let mut index = txn.open_multimap_table(SESSIONS_BY_USER)?;
+            let old = sessions.insert(id.0.as_slice(), bytes.as_slice())?;
+            if let Some(old) = old {
+                let old: SessionRecord = decode("sessions", old.value())?;
+                if old.user != rec.user {
+                    index.remove(old.user.as_str(), id.0.as_slice())?;
+                }
+            }
+            index.insert(rec.user.as_str(), id.0.as_slice())?;
+        }
+        self.commit(txn, durable)
+    }
+
+    fn session_delete(&self, id: &SessionId) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut sessions = txn.open_table(SESSIONS)?;
+            let Some(old) = sessions.remove(id.0.as_slice())? else {
+                return Ok(false);
+            };
+            let old: SessionRecord = decode("sessions", old.value())?;
+            let mut index = txn.open_multimap_table(SESSIONS_BY_USER)?;
+            index.remove(old.user.as_str(), id.0.as_slice())?;
+        }
+        self.commit(txn, true)?;
+        Ok(true)
+    }
+
+    fn sessions_of_user(&self, user: &str) -> Result<Vec<SessionId>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let index = txn.open_multimap_table(SESSIONS_BY_USER)?;
+        let mut ids = Vec::new();
+        for id in index.get(user)? {
+            ids.push(session_id_from(id?.value())?);
+        }
+        Ok(ids)
+    }
+
+    fn sessions_purge_expired(&self, now_unix: u64) -> Result<u64, StoreError> {
+        let txn = self.db.begin_write()?;
+        let mut n = 0;
+        {
+            let mut sessions = txn.open_table(SESSIONS)?;
+            let mut expired = Vec::new();
+            for entry in sessions.range::<&[u8]>(..)? {
+                let (k, v) = entry?;
+                let rec: SessionRecord = decode("sessions", v.value())?;
+                if rec.expires <= now_unix {
+                    expired.push((k.value().to_vec(), rec.user));
+                }
+            }
+            if expired.is_empty() {
+                return Ok(0);
+            }
+            let mut index = txn.open_multimap_table(SESSIONS_BY_USER)?;
+            for (id, user) in expired {
+                sessions.remove(id.as_slice())?;
+                index.remove(user.as_str(), id.as_slice())?;
+                n += 1;
+            }
+        }
+        self.commit(txn, true)?;
+        Ok(n)
+    }
+
+    fn secret(&self, name: &str, len: usize) -> Result<Vec<u8>, StoreError> {
+        if len == 0 || len > MAX_SECRET_LEN {
+            return Err(StoreError::SecretSize(len));
+        }
+        let check = |stored: Vec<u8>| {
+            if stored.len() == len {
+                Ok(stored)
+            } else {
+                Err(StoreError::SecretLength {
+                    name: name.to_owned(),
+                    stored: stored.len(),
+                    wanted: len,
+                })
+            }
+        };
+        {
+            let txn = self.db.begin_read()?;
+            let secrets = txn.open_table(SECRETS)?;
+            if let Some(v) = secrets.get(name)? {
+                return check(v.value().to_vec());
+            }
+        }
+        let txn = self.db.begin_write()?;
+        let value = {
+            let mut secrets = txn.open_table(SECRETS)?;
+            // Another thread may have created it since the read.
+            if let Some(v) = secrets.get(name)? {
+                return check(v.value().to_vec());
+            }
+            let mut value = vec![0u8; len];
+            random_bytes(&mut value)?;
+            secrets.insert(name, value.as_slice())?;
+            value
+        };
+        self.commit(txn, true)?;
+        Ok(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!(
+            "sigma-store-{tag}-{}-{n}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    struct TempStore {
+        dir: PathBuf,
+        store: Option<RedbStore>,
+    }
+
+    impl TempStore {
+        fn new(tag: &str) -> Self {
+            let dir = temp_dir(tag);
+            let store = RedbStore::open(&dir).unwrap();
+            Self {
+                dir,
+                store: Some(store),
+            }
+        }
+        fn s(&self) -> &RedbStore {
+            self.store.as_ref().unwrap()
+        }
+        fn reopen(&mut self) {
+            self.store = None;
+            self.store = Some(RedbStore::open(&self.dir).unwrap());
+        }
+    }
+
+    impl Drop for TempStore {
+        fn drop(&mut self) {
+            self.store = None;
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn user(phc: &str) -> UserRecord {
+        UserRecord {
+            phc: phc.into(),
+            created: 1_700_000_000,
+        }
+    }
+
+    fn session(user: &str, expires: u64) -> SessionRecord {
+        SessionRecord {
+            user: user.into(),
+            provider: "password".into(),
+            created: 100,
+            last_seen: 100,
+            expires,
+        }
+    }
+
+    fn id(b: u8) -> SessionId {
+        SessionId([b; 32])
+    }
+
+    #[test]
+    fn user_names() {
+        for ok in ["a", "alice", "A.b_c@d-e", "0", &"x".repeat(64)] {
+            assert!(valid_user_name(ok), "{ok:?}");
+        }
+        for bad in [
+            "",
+            &"x".repeat(65),
+            "a b",
+            "a/b",
+            "a:b",
+            "é",
+            "a\n",
+            "a\0",
+            "a+b",
+            "\u{200b}",
+        ] {
+            assert!(!valid_user_name(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn session_id_cookie_round_trip() {
+        for _ in 0..100 {
+            let id = SessionId::generate().unwrap();
+            let c = id.to_cookie();
+            assert_eq!(c.len(), SESSION_COOKIE_LEN);
+            assert_eq!(SessionId::from_cookie(&c), Some(id));
+        }
+        let zero = SessionId([0; 32]);
+        assert_eq!(zero.to_cookie(), "A".repeat(43));
+    }
+
+    #[test]
+    fn session_id_rejects_malformed_cookies() {
+        let good = SessionId([7; 32]).to_cookie();
+        assert!(SessionId::from_cookie(&good).is_some());
+        let mut bad = vec![
+            String::new(),
+            good[..42].to_string(),
+            format!("{good}A"),
+            format!("{good}="),
+            good.replace(|_| true, "+"),
+            "/".repeat(43),
+            format!("{}=", &good[..42]),
+            format!(" {}", &good[..42]),
+            format!("{}é", &good[..41]),
+        ];
+        // Non-canonical: the last character carries 2 data bits; setting a
+        // trailing bit gives another spelling of (nearly) the same id.
+        let mut non_canonical = good[..42].to_string();
+        non_canonical.push('B'); // 'A' + one trailing bit
+        if !good.ends_with('B') {
+            bad.push(non_canonical);
+        }
+        for b in bad {
+            assert_eq!(SessionId::from_cookie(&b), None, "{b:?}");
+        }
+    }
+
+    #[test]
+    fn session_id_eq_hash_debug() {
+        let a = SessionId::generate().unwrap();
+        let b = SessionId::generate().unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a, a.clone());
+        let set: HashSet<SessionId> = [a.clone(), b.clone(), a.clone()].into_iter().collect();
+        assert_eq!(set.len(), 2);
+        let dbg = format!("{:?}", SessionId([0xab; 32]));
+        assert_eq!(dbg, "SessionId(abab…)");
+        assert!(!format!("{a:?}").contains(&a.to_cookie()));
+    }
+
+    #[test]
+    fn user_record_debug_is_redacted() {
+        let d = format!("{:?}", user("$argon2id$v=19$secret-hash"));
+        assert!(!d.contains("argon2"), "{d}");
+        assert!(d.contains("redacted"), "{d}");
+    }
+
+    #[test]
+    fn users_crud() {
+        let t = TempStore::new("users");
+        let s = t.s();
+        assert_eq!(s.user_count().unwrap(), 0);
+        assert_eq!(s.user_list().unwrap(), Vec::<String>::new());
+        assert_eq!(s.user_get("bob").unwrap(), None);
+        assert!(s.user_create("bob", &user("h1")).unwrap());
+        assert!(!s.user_create("bob", &user("other")).unwrap());
+        assert!(s.user_create("alice", &user("h2")).unwrap());
+        assert!(s.user_create("Zed", &user("h3")).unwrap());
+        assert_eq!(s.user_get("bob").unwrap(), Some(user("h1")));
+        assert_eq!(s.user_count().unwrap(), 3);
+        assert_eq!(s.user_list().unwrap(), vec!["Zed", "alice", "bob"]);
+        assert!(s.user_set_password("bob", "h9").unwrap());
+        assert_eq!(s.user_get("bob").unwrap().unwrap().phc, "h9");
+        assert_eq!(s.user_get("bob").unwrap().unwrap().created, 1_700_000_000);
+        assert!(!s.user_set_password("nobody", "h").unwrap());
+        assert!(s.user_delete("bob").unwrap());
+        assert!(!s.user_delete("bob").unwrap());
+        assert_eq!(s.user_get("bob").unwrap(), None);
+        assert_eq!(s.user_count().unwrap(), 2);
+        assert!(matches!(
+            s.user_create("a b", &user("h")),
+            Err(StoreError::InvalidUserName)
+        ));
+    }
+
+    #[test]
+    fn sessions_crud_and_index() {
+        let t = TempStore::new("sessions");
+        let s = t.s();
+        assert_eq!(s.session_get(&id(1)).unwrap(), None);
+        s.session_put(&id(1), &session("alice", 1000), true)
+            .unwrap();
+        s.session_put(&id(2), &session("alice", 1000), false)
+            .unwrap();
+        s.session_put(&id(3), &session("bob", 1000), true).unwrap();
+        assert_eq!(s.session_get(&id(1)).unwrap(), Some(session("alice", 1000)));
+        assert_eq!(s.session_get(&id(2)).unwrap(), Some(session("alice", 1000)));
+        let mut a = s.sessions_of_user("alice").unwrap();
+        a.sort_by_key(|i| i.0);
+        assert_eq!(a, vec![id(1), id(2)]);
+        assert_eq!(s.sessions_of_user("bob").unwrap(), vec![id(3)]);
+        assert_eq!(s.sessions_of_user("nobody").unwrap(), vec![]);
+
+        // A touch replaces the record.
+        let mut touched = session("alice", 1000);
+        touched.last_seen = 200;
+        s.session_put(&id(1), &touched, false).unwrap();
+        assert_eq!(s.session_get(&id(1)).unwrap(), Some(touched));
+        assert_eq!(s.sessions_of_user("alice").unwrap().len(), 2);
+
+        // Re-assigning a session to another user moves it in the index.
+        s.session_put(&id(2), &session("bob", 1000), true).unwrap();
+        assert_eq!(s.sessions_of_user("alice").unwrap(), vec![id(1)]);
+        assert_eq!(s.sessions_of_user("bob").unwrap().len(), 2);
+
+        assert!(s.session_delete(&id(1)).unwrap());
+        assert!(!s.session_delete(&id(1)).unwrap());
+        assert_eq!(s.session_get(&id(1)).unwrap(), None);
+        assert_eq!(s.sessions_of_user("alice").unwrap(), vec![]);
+    }
+
+    #[test]
+    fn password_change_and_delete_revoke_sessions() {
+        let t = TempStore::new("revoke");
+        let s = t.s();
+        s.user_create("alice", &user("h")).unwrap();
+        s.user_create("bob", &user("h")).unwrap();
+        s.session_put(&id(1), &session("alice", 1000), true)
+            .unwrap();
+        s.session_put(&id(2), &session("alice", 1000), false)
+            .unwrap();
+        s.session_put(&id(3), &session("bob", 1000), true).unwrap();
+        assert!(s.user_set_password("alice", "h2").unwrap());
+        assert_eq!(s.session_get(&id(1)).unwrap(), None);
+        assert_eq!(s.session_get(&id(2)).unwrap(), None);
+        assert_eq!(s.sessions_of_user("alice").unwrap(), vec![]);
+        assert!(s.session_get(&id(3)).unwrap().is_some());
+
+        s.session_put(&id(4), &session("bob", 1000), true).unwrap();
+        assert!(s.user_delete("bob").unwrap());
+        assert_eq!(s.session_get(&id(3)).unwrap(), None);
+        assert_eq!(s.session_get(&id(4)).unwrap(), None);
+        assert_eq!(s.sessions_of_user("bob").unwrap(), vec![]);
+    }
+
+    #[test]
+    fn purge_expired() {
+        let t = TempStore::new("purge");
+        let s = t.s();
+        assert_eq!(s.sessions_purge_expired(10_000).unwrap(), 0);
+        s.session_put(&id(1), &session("alice", 100), true).unwrap();
+        s.session_put(&id(2), &session("alice", 200), true).unwrap();
+        s.session_put(&id(3), &session("bob", 300), true).unwrap();
+        assert_eq!(s.sessions_purge_expired(99).unwrap(), 0);
+        // `expires` is the first second the session is dead.
+        assert_eq!(s.sessions_purge_expired(200).unwrap(), 2);
+        assert_eq!(s.session_get(&id(1)).unwrap(), None);
+        assert_eq!(s.session_get(&id(2)).unwrap(), None);
+        assert!(s.session_get(&id(3)).unwrap().is_some());
+        assert_eq!(s.sessions_of_user("alice").unwrap(), vec![]);
+        assert_eq!(s.sessions_of_user("bob").unwrap(), vec![id(3)]);
+    }
+
+    #[test]
+    fn secrets() {
+        let mut t = TempStore::new("secrets");
+        let a = t.s().secret("jwt", 32).unwrap();
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, vec![0u8; 32]);
+        assert_eq!(t.s().secret("jwt", 32).unwrap(), a);
+        let b = t.s().secret("cookie", 64).unwrap();
+        assert_eq!(b.len(), 64);
+        assert!(matches!(
+            t.s().secret("jwt", 16),
+            Err(StoreError::SecretLength {
+                stored: 32,
+                wanted: 16,
+                ..
+            })
+        ));
+        assert!(matches!(
+            t.s().secret("x", 0),
+            Err(StoreError::SecretSize(0))
+        ));
+        assert!(matches!(
+            t.s().secret("x", MAX_SECRET_LEN + 1),
+            Err(StoreError::SecretSize(_))
+        ));
+        t.reopen();
+        assert_eq!(t.s().secret("jwt", 32).unwrap(), a);
+        assert_eq!(t.s().secret("cookie", 64).unwrap(), b);
+    }
+
+    #[test]
+    fn secret_created_once_under_contention() {
+        let t = TempStore::new("secret-race");
+        let s: Arc<dyn Store> = Arc::new(RedbStore::open(&t.dir.join("inner")).unwrap());
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let s = Arc::clone(&s);
+                std::thread::spawn(move || s.secret("k", 32).unwrap())
+            })
+            .collect();
+        let got: HashSet<Vec<u8>> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        assert_eq!(got.len(), 1);
+    }
+
+    #[test]
+    fn reopen_keeps_everything() {
+        let mut t = TempStore::new("reopen");
+        t.s().user_create("alice", &user("h")).unwrap();
+        t.s()
+            .session_put(&id(1), &session("alice", 1000), true)
+            .unwrap();
+        // A non-durable touch is made durable when the store closes.
+        let mut touched = session("alice", 1000);
+        touched.last_seen = 500;
+        t.s().session_put(&id(1), &touched, false).unwrap();
+        t.reopen();
+        assert_eq!(t.s().user_get("alice").unwrap(), Some(user("h")));
+        assert_eq!(t.s().session_get(&id(1)).unwrap(), Some(touched));
+        assert_eq!(t.s().sessions_of_user("alice").unwrap(), vec![id(1)]);
+    }
+
+    #[test]
+    fn second_open_is_locked_with_a_plain_message() {
+        let t = TempStore::new("locked");
+        let err = RedbStore::open(&t.dir).unwrap_err();
+        assert!(matches!(err, StoreError::Locked { .. }), "{err:?}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("is in use by another sigma process")
+                && msg.contains(&*t.dir.to_string_lossy()),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn data_dir_and_file_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = TempStore::new("perms");
+        let dir_mode = std::fs::metadata(&t.dir).unwrap().permissions().mode();
+        assert_eq!(dir_mode & 0o777, 0o700);
+        let file_mode = std::fs::metadata(t.dir.join(DB_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(file_mode & 0o077, 0);
+    }
+
+    #[test]
+    fn open_fails_cleanly_on_a_bad_directory() {
+        let dir = temp_dir("notadir");
+        std::fs::write(&dir, b"file").unwrap();
+        let err = RedbStore::open(&dir).unwrap_err();
+        assert!(matches!(err, StoreError::CreateDir { .. }), "{err:?}");
+        let _ = std::fs::remove_file(&dir);
+
+        let dir = temp_dir("garbage");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(DB_FILE), vec![0x5a; 8192]).unwrap();
+        let err = RedbStore::open(&dir).unwrap_err();
+        assert!(matches!(err, StoreError::Open { .. }), "{err:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Env var naming the directory the crash child writes to.
+    const CRASH_CHILD_ENV: &str = "STORE_TEST_CRASH_CHILD_DIR";
+
+    /// The child half of `durable_writes_survive_a_crash`: does nothing
+    /// unless started by it.
+    #[test]
+    fn crash_child() {
+        let Some(dir) = std::env::var_os(CRASH_CHILD_ENV) else {
+            return;
+        };
+        let s = RedbStore::open(Path::new(&dir)).unwrap();
+        s.user_create("alice", &user("h")).unwrap();
+        s.session_put(&id(1), &session("alice", 1000), true)
+            .unwrap();
+        s.secret("jwt", 32).unwrap();
+        s.session_put(&id(2), &session("alice", 1000), true)
+            .unwrap();
+        assert!(s.session_delete(&id(2)).unwrap());
+        // No drop, no close: the process dies here.
+        std::process::abort();
+    }
+
+    #[test]
+    fn durable_writes_survive_a_crash() {
+        let dir = temp_dir("crash");
+        let exe = std::env::current_exe().unwrap();
+        let out = std::process::Command::new(exe)
+            .args(["--exact", "store::tests::crash_child", "--nocapture"])
+            .env(CRASH_CHILD_ENV, &dir)
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success(),
+            "the child did not crash: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        {
+            use std::os::unix::process::ExitStatusExt;
+            assert_eq!(out.status.signal(), Some(6), "{:?}", out.status); // SIGABRT
+        }
+        let s = RedbStore::open(&dir).unwrap();
+        assert_eq!(s.user_get("alice").unwrap(), Some(user("h")));
+        assert_eq!(s.session_get(&id(1)).unwrap(), Some(session("alice", 1000)));
+        assert_eq!(s.session_get(&id(2)).unwrap(), None);
+        assert_eq!(s.sessions_of_user("alice").unwrap(), vec![id(1)]);
+        assert_eq!(s.secret("jwt", 32).unwrap().len(), 32);
+        drop(s);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn usable_as_trait_object() {
+        let t = TempStore::new("dyn");
+        let dir = t.dir.join("inner");
+        let s: Arc<dyn Store> = Arc::new(RedbStore::open(&dir).unwrap());
+        assert!(s.user_create("x", &user("h")).unwrap());
+        assert_eq!(s.user_list().unwrap(), vec!["x"]);
+    }
+}

@@ -1,0 +1,111 @@
+//! Test-only destinations (the `test-destinations` feature; never in a
+//! deployment).
+//!
+//! `&crossed` is deliberately mis-wired: it answers every HTTP request and WebSocket message as if they were for
+//! another user (`mallory`), carrying "mallory's secret". With a correct
+//! `A`, none of it ever reaches the client: the reply rule turns the HTTP
+//! answer into a 502 and drops the WebSocket message, and
+//! `identity_mismatch` rises (the tests of the reply rule, DESIGN §4).
+//!
+//! `&inspect` answers with what it received, as JSON: the identity `A`
+//! attached and every header, so tests can show that client-forged
+//! identity headers never reach a destination.
+
+use std::sync::Arc;
+
+use sigma_http::{Header, Response, WsMessage};
+
+use serde_json::json;
+
+use crate::auth::{Identity, Principal, Provider, Tagged};
+use crate::route::{Destination, Handled, HttpRequest, WsEndpoint};
+
+/// The secret the crossed wiring would leak.
+pub const SECRET: &str = "mallory's secret";
+
+/// The mis-wired destination.
+#[derive(Debug)]
+pub struct Crossed {
+    mallory: Principal,
+}
+
+impl Default for Crossed {
+    fn default() -> Self {
+        Self {
+            mallory: Some(Arc::new(Identity {
+                user: "mallory".into(),
+                provider: Provider::Password,
+            })),
+        }
+    }
+}
+
+impl Destination for Crossed {
+    fn name(&self) -> &str {
+        "&crossed"
+    }
+
+    fn http(&self, _req: Tagged<HttpRequest>) -> Handled {
+        let resp = Response::new(200, vec![Header::new(&b"X-Secret"[..], SECRET)], SECRET);
+        Handled::Ready(Tagged::new(self.mallory.clone(), resp))
+    }
+
+    fn websocket(&self) -> Option<Box<dyn WsEndpoint>> {
+        Some(Box::new(CrossedSocket {
+            mallory: self.mallory.clone(),
+        }))
+    }
+}
+
+struct CrossedSocket {
+    mallory: Principal,
+}
+
+impl WsEndpoint for CrossedSocket {
+    fn on_message(&mut self, msg: Tagged<WsMessage>) -> Option<Tagged<WsMessage>> {
+        let text = match msg.msg {
+            WsMessage::Text(t) => format!("{t} {SECRET}"),
+            WsMessage::Binary(_) => SECRET.to_owned(),
+        };
+        Some(Tagged::new(self.mallory.clone(), WsMessage::Text(text)))
+    }
+}
+
+/// Answers with the request as a destination sees it.
+#[derive(Debug, Default)]
+pub struct Inspect;
+
+impl Destination for Inspect {
+    fn name(&self) -> &str {
+        "&inspect"
+    }
+
+    fn http(&self, req: Tagged<HttpRequest>) -> Handled {
+        let headers: Vec<_> = req
+            .msg
+            .head
+            .headers
+            .iter()
+            .map(|h| {
+                json!([
+                    String::from_utf8_lossy(&h.name),
+                    String::from_utf8_lossy(&h.value)
+                ])
+            })
+            .collect();
+        let body = json!({
+            "identity": req.identity.as_ref().map(|i| json!({"user": i.user, "provider": i.provider.to_string()})),
+            "headers": headers,
+        });
+        let resp = Response::new(
+            200,
+            vec![Header::new(&b"Content-Type"[..], &b"application/json"[..])],
+            body.to_string(),
+        );
+        Handled::Ready(Tagged::new(req.identity, resp))
+    }
+
+    fn websocket(&self) -> Option<Box<dyn WsEndpoint>> {
+        None
+    }
+}

@@ -1,0 +1,599 @@
+//! `sigma user add|del|list|passwd` (DESIGN §9) and the first-start
+//! `admin` account (DESIGN §8).
+//!
+//! ```text
+//!  operator ──▶ sigma user … ──▶ [ users ] ──▶ Store (the data directory)
+//!  sigma serve, no users yet  ──▶ [ users ] ──▶ create `admin`, print its password once
+//! ```
+//!
+//! The command line faces an operator, not a client; it still validates
+//! every name with [`valid_user_name`] and every password with the rules
+//! of [`password`]. Passwords come from standard input with
+//! `--password-stdin` (first line, trailing `\r\n` removed) or, on a
+//! terminal, from a prompt without echo, asked twice. They never appear in
+//! a message. Changing a password or deleting a user revokes the user's
+//! sessions (the store does that in the same transaction).
+//!
+//! The store is opened exclusively: while `sigma serve` runs on the same
+//! data directory these commands fail with a message saying so
+//! ([`StoreError::Locked`]). Every failure is a [`UserError`], which `main`
+//! turns into exit status 2.
+
+use std::io::{self, BufRead, IsTerminal, Read, Write};
+use std::path::PathBuf;
+
+use crate::auth::password::{self, PasswordError, MAX_PASSWORD_LEN};
+use crate::config::{self, ConfigError};
+use crate::store::{
+    random_bytes, valid_user_name, RedbStore, Store, StoreError, UserRecord, MAX_USER_NAME_LEN,
+};
+
+/// The account created on first start.
+pub const ADMIN_USER: &str = "admin";
+/// Length of the generated `admin` password (alphanumeric: ~119 bits).
+pub const ADMIN_PASSWORD_LEN: usize = 20;
+
+/// `sigma user …`.
+#[derive(Debug, clap::Subcommand)]
+pub enum UserCommand {
+    /// Create a user.
+    Add {
+        /// The user name (1–64 characters of A-Z a-z 0-9 . _ @ -).
+        name: String,
+        #[command(flatten)]
+        password: PasswordArgs,
+        #[command(flatten)]
+        location: DataArgs,
+    },
+    /// Delete a user and revoke all of its sessions.
+    Del {
+        /// The user name.
+        name: String,
+        #[command(flatten)]
+        location: DataArgs,
+    },
+    /// List the users, one per line.
+    List {
+        #[command(flatten)]
+        location: DataArgs,
+    },
+    /// Change a user's password and revoke all of its sessions.
+    Passwd {
+        /// The user name.
+        name: String,
+        #[command(flatten)]
+        password: PasswordArgs,
+        #[command(flatten)]
+        location: DataArgs,
+    },
+}
+
+/// Where the store is.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct DataArgs {
+    /// Data directory (default: the config's `data_dir`, `./sigma-data`).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Configuration file to take `data_dir` from.
+    #[arg(short, long)]
+    pub config: Option<PathBuf>,
+}
+
+/// Where the password comes from.
+#[derive(Debug, Clone, Copy, Default, clap::Args)]
+pub struct PasswordArgs {
+    /// Read the password from standard input (its first line).
+    #[arg(long)]
+    pub password_stdin: bool,
+}
+
+/// Why a `sigma user` command or the first-start account failed. No
+/// message contains a password or a hash.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UserError {
+    /// The name breaks [`valid_user_name`].
+    #[error(
+        "invalid user name {0:?}: use 1 to {MAX_USER_NAME_LEN} characters of A-Z a-z 0-9 . _ @ -"
+    )]
+    InvalidName(String),
+    /// `add` of an existing user.
+    #[error("user {0} already exists")]
+    Exists(String),
+    /// `del` or `passwd` of a user that does not exist.
+    #[error("no such user: {0}")]
+    NoSuchUser(String),
+    /// Neither `--password-stdin` nor a terminal to prompt on.
+    #[error("no password given: use --password-stdin and write the password to standard input")]
+    NoPassword,
+    /// The two prompted passwords differ.
+    #[error("the passwords do not match")]
+    PasswordMismatch,
+    /// The password read is not UTF-8.
+    #[error("the password is not valid UTF-8")]
+    PasswordNotUtf8,
+    /// Standard input or the terminal could not be read.
+    #[error("cannot read the password: {0}")]
+    ReadPassword(io::Error),
+    /// The password breaks the length rules, or hashing failed.
+    #[error(transparent)]
+    Password(#[from] PasswordError),
+    /// The configuration named by `--config` (or the environment) is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The store failed (including: locked by a running server).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Standard output could not be written.
+    #[error("cannot write the output: {0}")]
+    Output(io::Error),
+}
+
+/// The data directory a command works on: `--data`, else the config's
+/// `data_dir` (from `--config` and the `SIGMA_*` environment `env`).
+pub fn data_dir(args: &DataArgs, env: &[(String, String)]) -> Result<PathBuf, UserError> {
+    if let Some(d) = &args.data {
+        return Ok(d.clone());
+    }
+    Ok(config::load(args.config.as_deref(), env)?.data_dir)
+}
+
+/// Runs a `sigma user` command from the process's standard streams.
+pub fn run(cmd: UserCommand, env: &[(String, String)]) -> Result<(), UserError> {
+    let stdin = io::stdin();
+    let interactive = stdin.is_terminal();
+    let mut input = stdin.lock();
+    let mut out = io::stdout().lock();
+    run_with(cmd, env, &mut input, interactive, &mut out)
+}
+
+/// [`run`] with explicit streams. `interactive`: the password may be
+/// prompted for on the terminal when `--password-stdin` is absent.
+pub fn run_with(
+    cmd: UserCommand,
+    env: &[(String, String)],
+    input: &mut dyn BufRead,
+    interactive: bool,
+    out: &mut dyn Write,
+) -> Result<(), UserError> {
+    match cmd {
+        UserCommand::Add {
+            name,
+            password,
+            location,
+        } => {
+            check_name(&name)?;
+            // Fail on a locked store before asking for a password.
+            let store = RedbStore::open(&data_dir(&location, env)?)?;
+            if store.user_get(&name)?.is_some() {
+                return Err(UserError::Exists(name));
+            }
+            let pw = read_password(password, input, interactive, &name)?;
+            let rec = UserRecord {
+                phc: password::hash(&pw)?,
+                created: now_unix(),
+            };
+            if !store.user_create(&name, &rec)? {
+                return Err(UserError::Exists(name));
+            }
+            say(out, &format!("added user {name}"))
+        }
+        UserCommand::Del { name, location } => {
+            check_name(&name)?;
+            let store = RedbStore::open(&data_dir(&location, env)?)?;
+            if !store.user_delete(&name)? {
+                return Err(UserError::NoSuchUser(name));
+            }
+            say(out, &format!("deleted user {name}"))
+        }
+        UserCommand::List { location } => {
+            let store = RedbStore::open(&data_dir(&location, env)?)?;
+            for name in store.user_list()? {
+                say(out, &name)?;
+            }
+            Ok(())
+        }
+        UserCommand::Passwd {
+            name,
+            password,
+            location,
+        } => {
+            check_name(&name)?;
+            let store = RedbStore::open(&data_dir(&location, env)?)?;
+            if store.user_get(&name)?.is_none() {
+                return Err(UserError::NoSuchUser(name));
+            }
+            let pw = read_password(password, input, interactive, &name)?;
+            let phc = password::hash(&pw)?;
+            if !store.user_set_password(&name, &phc)? {
+                return Err(UserError::NoSuchUser(name));
+            }
+            say(
+                out,
+                &format!("changed the password of {name}; its sessions are revoked"),
+            )
+        }
+    }
+}
+
+/// First start of `sigma serve`: if the store has no users, creates
+/// [`ADMIN_USER`] with a random password and writes it to `out`, once:
+///
+/// ```text
+/// created user admin with password <PASSWORD>
+/// change it with: sigma user passwd admin --password-stdin
+/// ```
+///
+/// Returns whether the account was created.
+pub fn first_start(store: &dyn Store, out: &mut dyn Write) -> Result<bool, UserError> {
+    if store.user_count()? > 0 {
+        return Ok(false);
+    }
+    let pw = random_password(ADMIN_PASSWORD_LEN)?;
+    let rec = UserRecord {
+        phc: password::hash(&pw)?,
+        created: now_unix(),
+    };
+    if !store.user_create(ADMIN_USER, &rec)? {
+        return Ok(false);
+    }
+    say(
+        out,
+        &format!("created user {ADMIN_USER} with password {pw}\nchange it with: sigma user passwd {ADMIN_USER} --password-stdin"),
+    )?;
+    out.flush().map_err(UserError::Output)?;
+    Ok(true)
+}
+
+/// `len` characters of `A-Z a-z 0-9` from the operating system's CSPRNG
+/// (rejection sampling: no character is more likely than another).
+pub fn random_password(len: usize) -> Result<String, StoreError> {
+    const ALPHABET: &[u8; 62] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    // The largest multiple of 62 that fits a byte: 248.
+    const LIMIT: u8 = 248;
+    let mut pw = String::with_capacity(len);
+    let mut buf = [0u8; 64];
+    while pw.len() < len {
+        random_bytes(&mut buf)?;
+        for &b in buf.iter().filter(|&&b| b < LIMIT) {
+            if pw.len() == len {
+                break;
+            }
+            if let Some(&c) = ALPHABET.get(usize::from(b % 62)) {
+                pw.push(char::from(c));
+            }
+        }
+    }
+    Ok(pw)
+}
+
+fn check_name(name: &str) -> Result<(), UserError> {
+    if valid_user_name(name) {
+        Ok(())
+    } else {
+        Err(UserError::InvalidName(name.to_owned()))
+    }
+}
+
+fn say(out: &mut dyn Write, line: &str) -> Result<(), UserError> {
+    writeln!(out, "{line}").map_err(UserError::Output)
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The new password: from `input` with `--password-stdin`, else from two
+/// terminal prompts if `interactive`, else [`UserError::NoPassword`].
+fn read_password(
+    args: PasswordArgs,
+    input: &mut dyn BufRead,
+    interactive: bool,
+    name: &str,
+) -> Result<String, UserError> {
+    if args.password_stdin {
+        return read_password_line(input);
+    }
+    if !interactive {
+        return Err(UserError::NoPassword);
+    }
+    let first = rpassword::prompt_password(format!("password for {name}: "))
+        .map_err(UserError::ReadPassword)?;
+    password::check_length(&first)?;
+    let second =
+        rpassword::prompt_password("repeat the password: ").map_err(UserError::ReadPassword)?;
+    if first != second {
+        return Err(UserError::PasswordMismatch);
+    }
+    Ok(first)
+}
+
+/// The first line of `input` without its `\n` or `\r\n`; reads at most a
+/// few bytes more than [`MAX_PASSWORD_LEN`].
+pub fn read_password_line(input: &mut dyn BufRead) -> Result<String, UserError> {
+    // Room for the longest password and its `\r\n`, plus one byte to tell
+    // "too long" from "exactly the longest".
+    let cap = MAX_PASSWORD_LEN + 3;
+    let mut line = Vec::new();
+    input
+        .take(cap as u64)
+        .read_until(b'\n', &mut line)
+        .map_err(UserError::ReadPassword)?;
+    if line.last() == Some(&b'\n') {
+        line.pop();
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+    }
+    let pw = String::from_utf8(line).map_err(|_| UserError::PasswordNotUtf8)?;
+    password::check_length(&pw)?;
+    Ok(pw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        std::env::temp_dir().join(format!(
+            "sigma-users-{tag}-{}-{n}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        ))
+    }
+
+    fn loc(dir: &Path) -> DataArgs {
+        DataArgs {
+            data: Some(dir.to_owned()),
+            config: None,
+        }
+    }
+
+    const STDIN: PasswordArgs = PasswordArgs {
+        password_stdin: true,
+    };
+
+    fn run_cmd(cmd: UserCommand, stdin: &str) -> Result<String, UserError> {
+        let mut out = Vec::new();
+        run_with(cmd, &[], &mut stdin.as_bytes(), false, &mut out)?;
+        Ok(String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn password_line_rules() {
+        let read = |s: &[u8]| read_password_line(&mut &s[..]);
+        assert_eq!(read(b"pw\n").unwrap(), "pw");
+        assert_eq!(read(b"pw\r\n").unwrap(), "pw");
+        assert_eq!(read(b"pw").unwrap(), "pw");
+        assert_eq!(read(b"pw\nsecond line\n").unwrap(), "pw");
+        assert_eq!(read(b" p w \n").unwrap(), " p w ");
+        assert_eq!(read(b"p\rw\n").unwrap(), "p\rw");
+        assert!(matches!(
+            read(b""),
+            Err(UserError::Password(PasswordError::Empty))
+        ));
+        assert!(matches!(
+            read(b"\n"),
+            Err(UserError::Password(PasswordError::Empty))
+        ));
+        assert!(matches!(
+            read(b"\r\n"),
+            Err(UserError::Password(PasswordError::Empty))
+        ));
+        assert!(matches!(read(b"\xff\n"), Err(UserError::PasswordNotUtf8)));
+        let max = "a".repeat(MAX_PASSWORD_LEN);
+        assert_eq!(read(format!("{max}\r\n").as_bytes()).unwrap(), max);
+        assert_eq!(read(max.as_bytes()).unwrap(), max);
+        let long = "a".repeat(MAX_PASSWORD_LEN + 1);
+        assert!(matches!(
+            read(format!("{long}\n").as_bytes()),
+            Err(UserError::Password(PasswordError::TooLong { .. }))
+        ));
+        let huge = "a".repeat(1 << 20);
+        assert!(matches!(
+            read(huge.as_bytes()),
+            Err(UserError::Password(PasswordError::TooLong { .. }))
+        ));
+    }
+
+    #[test]
+    fn random_passwords() {
+        let a = random_password(ADMIN_PASSWORD_LEN).unwrap();
+        let b = random_password(ADMIN_PASSWORD_LEN).unwrap();
+        assert_eq!(a.len(), 20);
+        assert!(a.bytes().all(|c| c.is_ascii_alphanumeric()), "{a}");
+        assert_ne!(a, b);
+        assert_eq!(random_password(0).unwrap(), "");
+        assert_eq!(random_password(500).unwrap().len(), 500);
+    }
+
+    #[test]
+    fn commands_round_trip() {
+        let dir = temp_dir("cmds");
+        let add = |name: &str, pw: &str| {
+            run_cmd(
+                UserCommand::Add {
+                    name: name.into(),
+                    password: STDIN,
+                    location: loc(&dir),
+                },
+                pw,
+            )
+        };
+        assert_eq!(add("bob", "pw1\n").unwrap(), "added user bob\n");
+        assert_eq!(add("alice", "pw2\n").unwrap(), "added user alice\n");
+        assert!(matches!(add("bob", "x\n"), Err(UserError::Exists(_))));
+        assert!(matches!(add("b b", "x\n"), Err(UserError::InvalidName(_))));
+        assert!(matches!(
+            add("carol", "\n"),
+            Err(UserError::Password(PasswordError::Empty))
+        ));
+        let list = run_cmd(
+            UserCommand::List {
+                location: loc(&dir),
+            },
+            "",
+        )
+        .unwrap();
+        assert_eq!(list, "alice\nbob\n");
+
+        // Without --password-stdin and without a terminal: a usage error.
+        let err = run_cmd(
+            UserCommand::Passwd {
+                name: "bob".into(),
+                password: PasswordArgs::default(),
+                location: loc(&dir),
+            },
+            "pw\n",
+        )
+        .unwrap_err();
+        assert!(matches!(err, UserError::NoPassword), "{err:?}");
+
+        let passwd = |name: &str| {
+            run_cmd(
+                UserCommand::Passwd {
+                    name: name.into(),
+                    password: STDIN,
+                    location: loc(&dir),
+                },
+                "new\n",
+            )
+        };
+        {
+            let store = RedbStore::open(&dir).unwrap();
+            let id = crate::store::SessionId([1; 32]);
+            let rec = crate::store::SessionRecord {
+                user: "bob".into(),
+                provider: "password".into(),
+                created: 1,
+                last_seen: 1,
+                expires: u64::MAX,
+            };
+            store.session_put(&id, &rec, true).unwrap();
+        }
+        assert!(passwd("bob")
+            .unwrap()
+            .starts_with("changed the password of bob"));
+        assert!(matches!(passwd("nobody"), Err(UserError::NoSuchUser(_))));
+        {
+            let store = RedbStore::open(&dir).unwrap();
+            assert_eq!(store.sessions_of_user("bob").unwrap(), vec![]);
+            let phc = store.user_get("bob").unwrap().unwrap().phc;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            let v = password::Verifier::new(1);
+            assert!(rt.block_on(v.verify(Some(phc.clone()), "new".into())));
+            assert!(!rt.block_on(v.verify(Some(phc), "pw1".into())));
+        }
+
+        let del = |name: &str| {
+            run_cmd(
+                UserCommand::Del {
+                    name: name.into(),
+                    location: loc(&dir),
+                },
+                "",
+            )
+        };
+        assert_eq!(del("bob").unwrap(), "deleted user bob\n");
+        assert!(matches!(del("bob"), Err(UserError::NoSuchUser(_))));
+        let list = run_cmd(
+            UserCommand::List {
+                location: loc(&dir),
+            },
+            "",
+        )
+        .unwrap();
+        assert_eq!(list, "alice\n");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn data_dir_from_config_file() {
+        let dir = temp_dir("cfg");
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = dir.join("sigma.toml");
+        let data = dir.join("from-config");
+        std::fs::write(
+            &cfg,
+            format!("data_dir = {:?}\n", data.display().to_string()),
+        )
+        .unwrap();
+        let args = DataArgs {
+            data: None,
+            config: Some(cfg.clone()),
+        };
+        assert_eq!(data_dir(&args, &[]).unwrap(), data);
+        let args = DataArgs {
+            data: Some(dir.join("flag")),
+            config: Some(cfg),
+        };
+        assert_eq!(data_dir(&args, &[]).unwrap(), dir.join("flag"));
+        assert_eq!(
+            data_dir(&DataArgs::default(), &[]).unwrap(),
+            PathBuf::from(config::DEFAULT_DATA_DIR)
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn first_start_creates_admin_once() {
+        let dir = temp_dir("first");
+        let store = RedbStore::open(&dir).unwrap();
+        let mut out = Vec::new();
+        assert!(first_start(&store, &mut out).unwrap());
+        let text = String::from_utf8(out).unwrap();
+        let mut lines = text.lines();
+        let first = lines.next().unwrap();
+        let pw = first
+            .strip_prefix("created user admin with password ")
+            .unwrap();
+        assert_eq!(pw.len(), ADMIN_PASSWORD_LEN);
+        assert_eq!(
+            lines.next().unwrap(),
+            "change it with: sigma user passwd admin --password-stdin"
+        );
+        assert_eq!(lines.next(), None);
+        let phc = store.user_get(ADMIN_USER).unwrap().unwrap().phc;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert!(rt.block_on(password::Verifier::new(1).verify(Some(phc), pw.into())));
+
+        let mut out = Vec::new();
+        assert!(!first_start(&store, &mut out).unwrap());
+        assert!(out.is_empty());
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn messages_name_the_problem_without_secrets() {
+        assert_eq!(
+            UserError::InvalidName("a b".into()).to_string(),
+            "invalid user name \"a b\": use 1 to 64 characters of A-Z a-z 0-9 . _ @ -"
+        );
+        assert_eq!(
+            UserError::Exists("bob".into()).to_string(),
+            "user bob already exists"
+        );
+        assert_eq!(
+            UserError::NoSuchUser("bob".into()).to_string(),
+            "no such user: bob"
+        );
+        assert!(UserError::NoPassword
+            .to_string()
+            .contains("--password-stdin"));
+    }
+}
