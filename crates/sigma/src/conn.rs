@@ -159,6 +159,9 @@ pub async fn serve(
                 p.h.set_date(&http_date());
                 p.h.handle_timeout(Instant::now());
             }
+            pushed = recv_pushed(&mut p.pushed), if p.pushed.is_some() => {
+                p.on_pushed(pushed);
+            }
             Some(reply) = p.outbox.pending.next(), if !p.outbox.pending.is_empty() => {
                 p.outbox.ready.push_back(reply);
             }
@@ -198,6 +201,14 @@ pub async fn serve(
                 linger(&stream, ctx.linger).await;
             }
         }
+    }
+}
+
+/// The next thing the destination pushed to this socket.
+async fn recv_pushed(rx: &mut Option<crate::route::WsReceiver>) -> crate::route::Pushed {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -27,7 +27,7 @@ use sigma_http::{
 use crate::auth::{self, endpoints, origin, Denied, Gate, Resolved, Tagged, Via};
 use crate::conn::ListenerCtx;
 use crate::metrics::{add, inc};
-use crate::route::{Handled, HttpRequest, Route, WsEndpoint};
+use crate::route::{ws_push_queue, Handled, HttpRequest, Pushed, Route, WsEndpoint, WsReceiver};
 
 /// A reply that is still being computed.
 pub type LaterReply = Pin<Box<dyn Future<Output = Reply> + Send + 'static>>;
@@ -115,6 +115,8 @@ pub struct Dispatch<'a> {
     /// Replies in request order.
     pub outbox: Outbox,
     ws: Option<Box<dyn WsEndpoint>>,
+    /// Messages the destination pushes to this socket.
+    pub pushed: Option<WsReceiver>,
     /// The client's address.
     pub peer: SocketAddr,
 }
@@ -129,6 +131,7 @@ impl<'a> Dispatch<'a> {
             incoming: None,
             outbox: Outbox::default(),
             ws: None,
+            pushed: None,
             peer,
         }
     }
@@ -410,10 +413,12 @@ impl Dispatch<'_> {
         }
         // The socket's identity is fixed at the upgrade.
         self.gate = Gate::with_identity(req.identity.clone());
-        let endpoint = route.and_then(|r| r.dest.websocket());
+        let (push, received) = ws_push_queue();
+        let endpoint = route.and_then(|r| r.dest.websocket(&req.identity, push));
         match endpoint {
             Some(ep) => {
                 self.ws = Some(ep);
+                self.pushed = Some(received);
                 self.outbox.push(Reply::Accept {
                     protocol: None,
                     headers: Vec::new(),
@@ -422,6 +427,26 @@ impl Dispatch<'_> {
             None => self
                 .outbox
                 .push(Reply::Response(plain(404, "no WebSocket here\n"))),
+        }
+    }
+
+    /// What the destination pushed: a message goes through the reply rule
+    /// to `H`; an overflow closes the socket with 1008 (slow consumer).
+    pub fn on_pushed(&mut self, pushed: Pushed) {
+        match pushed {
+            Pushed::Message(m) => match self.gate.check_reply(&m) {
+                Ok(()) => self.outbox.push(Reply::Ws(m.msg)),
+                Err(_) => self.mismatch(),
+            },
+            Pushed::Closed => self.pushed = None,
+            Pushed::Overflow => {
+                self.pushed = None;
+                self.ctx.metrics.reject("ws_slow_consumer");
+                self.outbox.push(Reply::WsClose {
+                    code: 1008,
+                    reason: "slow consumer".into(),
+                });
+            }
         }
     }
 

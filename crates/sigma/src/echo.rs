@@ -5,8 +5,8 @@
 
 use sigma_http::{Header, Response, WsMessage};
 
-use crate::auth::Tagged;
-use crate::route::{Destination, Handled, HttpRequest, WsEndpoint};
+use crate::auth::{Principal, Tagged};
+use crate::route::{Destination, Handled, HttpRequest, WsEndpoint, WsSender};
 
 /// The echo destination.
 #[derive(Debug, Default)]
@@ -32,7 +32,7 @@ impl Destination for Echo {
         Handled::Ready(Tagged::new(req.identity, resp))
     }
 
-    fn websocket(&self) -> Option<Box<dyn WsEndpoint>> {
+    fn websocket(&self, _identity: &Principal, _push: WsSender) -> Option<Box<dyn WsEndpoint>> {
         Some(Box::new(EchoSocket))
     }
 }

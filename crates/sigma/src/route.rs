@@ -16,7 +16,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use sigma_http::{RequestHead, Response, WsMessage};
 
-use crate::auth::Tagged;
+use crate::auth::{Principal, Tagged};
 use crate::config::{AuthLevel, RouteConfig};
 
 /// A complete request as a destination sees it.
@@ -51,14 +51,109 @@ pub trait Destination: Send + Sync {
     fn name(&self) -> &str;
     /// Answers one HTTP request, with the identity it was tagged with.
     fn http(&self, req: Tagged<HttpRequest>) -> Handled;
-    /// Opens a WebSocket endpoint, or `None` when WebSocket is not offered here.
-    fn websocket(&self) -> Option<Box<dyn WsEndpoint>>;
+    /// Opens a WebSocket endpoint for a client authenticated as `identity`
+    /// (fixed for the socket's life), or `None` when WebSocket is not
+    /// offered here. `push` is the socket's bounded outbound queue, for
+    /// messages that do not answer one of the client's (deliveries).
+    fn websocket(&self, identity: &Principal, push: WsSender) -> Option<Box<dyn WsEndpoint>>;
 }
 
 /// One WebSocket connection's view of its destination.
 pub trait WsEndpoint: Send {
-    /// Handles one client message; may answer it.
+    /// Handles one client message; may answer it at once.
     fn on_message(&mut self, msg: Tagged<WsMessage>) -> Option<Tagged<WsMessage>>;
+}
+
+/// Messages queued toward one WebSocket client by a destination, beyond
+/// what `H` already buffers. When it is full the client is not keeping up:
+/// the push fails, and the socket is closed with 1008 (slow consumer)
+/// rather than slowing down the sender (a fan-out must never wait).
+pub const WS_PUSH_QUEUE: usize = 1024;
+
+/// The sending half of a socket's push queue (cheap to clone).
+#[derive(Debug, Clone)]
+pub struct WsSender {
+    tx: tokio::sync::mpsc::Sender<Tagged<WsMessage>>,
+    slow: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Why a push was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushError {
+    /// The client is too slow; its socket is being closed (1008).
+    SlowConsumer,
+    /// The socket is gone.
+    Closed,
+}
+
+impl WsSender {
+    /// Queues `msg` without waiting.
+    pub fn push(&self, msg: Tagged<WsMessage>) -> Result<(), PushError> {
+        use tokio::sync::mpsc::error::TrySendError;
+        match self.tx.try_send(msg) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => {
+                self.slow.store(true, std::sync::atomic::Ordering::Relaxed);
+                Err(PushError::SlowConsumer)
+            }
+            Err(TrySendError::Closed(_)) => Err(PushError::Closed),
+        }
+    }
+
+    /// True once the socket is gone (its receiver dropped).
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
+/// The receiving half, held by the connection.
+#[derive(Debug)]
+pub struct WsReceiver {
+    rx: tokio::sync::mpsc::Receiver<Tagged<WsMessage>>,
+    slow: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// What the push queue yields.
+#[derive(Debug)]
+pub enum Pushed {
+    /// A message for the client.
+    Message(Tagged<WsMessage>),
+    /// The queue overflowed: close the socket with 1008.
+    Overflow,
+    /// Every sender is gone: nothing more will be pushed.
+    Closed,
+}
+
+impl WsReceiver {
+    /// The next pushed message, or why there is none.
+    pub async fn recv(&mut self) -> Pushed {
+        if self.overflowed() {
+            return Pushed::Overflow;
+        }
+        match self.rx.recv().await {
+            Some(m) => Pushed::Message(m),
+            None if self.overflowed() => Pushed::Overflow,
+            None => Pushed::Closed,
+        }
+    }
+
+    /// True once a push found the queue full.
+    pub fn overflowed(&self) -> bool {
+        self.slow.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// A socket's push queue of [`WS_PUSH_QUEUE`] messages.
+pub fn ws_push_queue() -> (WsSender, WsReceiver) {
+    let (tx, rx) = tokio::sync::mpsc::channel(WS_PUSH_QUEUE);
+    let slow = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    (
+        WsSender {
+            tx,
+            slow: Arc::clone(&slow),
+        },
+        WsReceiver { rx, slow },
+    )
 }
 
 /// One resolved route.

@@ -18,7 +18,7 @@ use sigma_http::{Header, Response, WsMessage};
 use serde_json::json;
 
 use crate::auth::{Identity, Principal, Provider, Tagged};
-use crate::route::{Destination, Handled, HttpRequest, WsEndpoint};
+use crate::route::{Destination, Handled, HttpRequest, WsEndpoint, WsSender};
 
 /// The secret the crossed wiring would leak.
 pub const SECRET: &str = "mallory's secret";
@@ -50,7 +50,7 @@ impl Destination for Crossed {
         Handled::Ready(Tagged::new(self.mallory.clone(), resp))
     }
 
-    fn websocket(&self) -> Option<Box<dyn WsEndpoint>> {
+    fn websocket(&self, _identity: &Principal, _push: WsSender) -> Option<Box<dyn WsEndpoint>> {
         Some(Box::new(CrossedSocket {
             mallory: self.mallory.clone(),
         }))
@@ -105,7 +105,7 @@ impl Destination for Inspect {
         Handled::Ready(Tagged::new(req.identity, resp))
     }
 
-    fn websocket(&self) -> Option<Box<dyn WsEndpoint>> {
+    fn websocket(&self, _identity: &Principal, _push: WsSender) -> Option<Box<dyn WsEndpoint>> {
         None
     }
 }
