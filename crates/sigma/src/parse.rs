@@ -100,7 +100,9 @@ pub fn to_json(ev: &Event) -> Value {
             json!({ "event": "end_of_message", "trailers": headers(trailers) })
         }
         Event::Upgraded { protocol } => json!({ "event": "upgraded", "protocol": protocol }),
-        Event::Ws(WsEvent::Message(WsMessage::Text(t))) => json!({ "event": "ws_text", "data": t }),
+        Event::Ws(WsEvent::Message(WsMessage::Text(t))) => {
+            json!({ "event": "ws_text", "data": t.as_str() })
+        }
         Event::Ws(WsEvent::Message(WsMessage::Binary(b))) => {
             json!({ "event": "ws_binary", "data": text(b) })
         }

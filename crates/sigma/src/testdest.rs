@@ -67,7 +67,10 @@ impl WsEndpoint for CrossedSocket {
             WsMessage::Text(t) => format!("{t} {SECRET}"),
             WsMessage::Binary(_) => SECRET.to_owned(),
         };
-        Some(Tagged::new(self.mallory.clone(), WsMessage::Text(text)))
+        Some(Tagged::new(
+            self.mallory.clone(),
+            WsMessage::Text(text.into()),
+        ))
     }
 }
 

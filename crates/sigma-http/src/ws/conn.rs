@@ -813,7 +813,7 @@ impl WsConn {
                     self.fail(ProtocolError::InvalidUtf8, now);
                     return;
                 }
-                WsMessage::Text(text)
+                WsMessage::Text(text.into())
             }
             Some(Partial::Binary(data)) => WsMessage::Binary(Bytes::from(data)),
             None => return,
@@ -1054,7 +1054,7 @@ mod tests {
     }
 
     fn text(s: &str) -> Event {
-        Event::Ws(WsEvent::Message(WsMessage::Text(s.to_owned())))
+        Event::Ws(WsEvent::Message(WsMessage::Text(s.into())))
     }
 
     fn binary(b: &[u8]) -> Event {
@@ -1567,7 +1567,7 @@ mod tests {
         // Not flushed: the client is not reading.
         assert_eq!(
             s.conn
-                .send_message(WsMessage::Text("x".repeat(60)), now, &mut s.out),
+                .send_message(WsMessage::Text("x".repeat(60).into()), now, &mut s.out),
             Ok(())
         );
         assert_eq!(s.conn.poll_event(), Some(abort("ws_slow_consumer")));
@@ -1670,7 +1670,7 @@ mod tests {
             panic!("{events:?}")
         };
         assert_eq!(t.as_bytes(), &msg[..]);
-        assert!(t.capacity() <= l.max_message, "buffer grew past the limit");
+        assert!(t.len() <= l.max_message, "message past the limit");
         // One byte more; the carried partial character counts too.
         msg.push(b'd');
         let frames = cat(&[
