@@ -25,6 +25,7 @@ use sigma_http::{
 };
 
 use crate::auth::{self, endpoints, origin, Denied, Gate, Resolved, Tagged, Via};
+use crate::config::AuthLevel;
 use crate::conn::ListenerCtx;
 use crate::metrics::{add, inc};
 use crate::route::{ws_push_queue, Handled, HttpRequest, Pushed, Route, WsEndpoint, WsReceiver};
@@ -177,9 +178,17 @@ impl Dispatch<'_> {
         match ev {
             Event::Request(head) => {
                 inc(&self.ctx.metrics.requests);
+                // A route with `auth = "none"` is forwarded with identity
+                // null: its requests are not authenticated at all.
+                let unauthenticated_route = !endpoints::is_endpoint(head.path())
+                    && self
+                        .ctx
+                        .routes
+                        .lookup(head.path())
+                        .is_some_and(|r| r.auth == AuthLevel::None);
                 let resolved = match &self.ctx.auth {
-                    Some(a) => a.identify(&head, auth::unix_now()),
-                    None => Resolved::anonymous(),
+                    Some(a) if !unauthenticated_route => a.identify(&head, auth::unix_now_ms()),
+                    _ => Resolved::anonymous(),
                 };
                 let via = resolved.via;
                 let tagged = auth::tag_request(resolved.identity, head);

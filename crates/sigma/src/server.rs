@@ -54,6 +54,7 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
         &config.auth,
         Arc::clone(&metrics),
     ));
+    tokio::spawn(purge_sessions(Arc::clone(&store)));
     let (drain_tx, drain_rx) = watch::channel(false);
     let mut addrs = Vec::new();
     for l in &config.topology.listeners {
@@ -94,6 +95,27 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
         metrics,
         store,
     })
+}
+
+/// How often expired sessions are deleted from the store (they are refused
+/// on use anyway; this keeps the store from growing).
+const SESSION_PURGE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
+
+async fn purge_sessions(store: Arc<dyn Store>) {
+    let mut tick = tokio::time::interval(SESSION_PURGE_INTERVAL);
+    loop {
+        tick.tick().await;
+        let store = Arc::clone(&store);
+        let purged = tokio::task::spawn_blocking(move || {
+            store.sessions_purge_expired(crate::auth::unix_now_ms())
+        })
+        .await;
+        match purged {
+            Ok(Ok(n)) if n > 0 => tracing::info!(sessions = n, "purged expired sessions"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not purge expired sessions"),
+            _ => {}
+        }
+    }
 }
 
 impl Running {

@@ -12,7 +12,9 @@
 //! one ACID redb file under the data directory with four tables: `users`
 //! (name → record), `sessions` (id → record), `sessions_by_user` (name →
 //! ids, the index that makes "revoke all of a user's sessions" cheap) and
-//! `secrets` (name → random bytes), plus `meta` (schema version).
+//! `secrets` (name → random bytes), plus `meta` (schema version). The
+//! key-value store of `&db` adds `kv` ((namespace, key) → versioned entry)
+//! and `kv_seq` (namespace → last version given out); see [`Store::kv_put`].
 //!
 //! Invariants:
 //! - A write returns only after it is durable (a redb commit with
@@ -67,6 +69,12 @@ const SESSIONS_BY_USER: MultimapTableDefinition<&str, &[u8]> =
     MultimapTableDefinition::new("sessions_by_user");
 const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// `&db` entries: (namespace, key) → [`encode_kv_entry`] bytes.
+const KV: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("kv");
+/// `&db` version counters: namespace → the last version given out.
+const KV_SEQ: TableDefinition<&str, u64> = TableDefinition::new("kv_seq");
+/// Longest content type stored with a `&db` value, in bytes.
+pub const MAX_KV_CONTENT_TYPE: usize = 255;
 
 /// True if `name` is a valid sigma user name: 1 to 64 characters of
 /// `A-Z a-z 0-9 . _ @ -`. Used by the CLI, by login and by the store.
@@ -109,11 +117,11 @@ pub struct SessionRecord {
     pub user: String,
     /// How the session was opened: `"password"` or `"oauth:<name>"`.
     pub provider: String,
-    /// Creation time, unix seconds.
+    /// Creation time, unix milliseconds.
     pub created: u64,
-    /// Last use, unix seconds (idle expiry is computed from it).
+    /// Last use, unix milliseconds (idle expiry is computed from it).
     pub last_seen: u64,
-    /// Absolute expiry, unix seconds: the session is dead from then on.
+    /// Absolute expiry, unix milliseconds: the session is dead from then on.
     pub expires: u64,
 }
 
@@ -299,11 +307,218 @@ pub trait Store: Send + Sync + 'static {
     fn session_delete(&self, id: &SessionId) -> Result<bool, StoreError>;
     /// The ids of every session of `user`.
     fn sessions_of_user(&self, user: &str) -> Result<Vec<SessionId>, StoreError>;
-    /// Deletes every session with `expires <= now_unix`; returns how many.
+    /// Deletes every session with `expires <= now` (unix milliseconds, the
+    /// unit of [`SessionRecord`]); returns how many.
     fn sessions_purge_expired(&self, now_unix: u64) -> Result<u64, StoreError>;
     /// The secret `name`; if it does not exist, `len` fresh random bytes
     /// are stored durably first. Fails if it exists with another length.
     fn secret(&self, name: &str, len: usize) -> Result<Vec<u8>, StoreError>;
+
+    /// The `&db` entry `key` of namespace `ns`, if it exists.
+    fn kv_get(&self, ns: &str, key: &str) -> Result<Option<KvEntry>, StoreError>;
+    /// Creates or replaces `key` in `ns` if `expect` holds for its current
+    /// version (checked and written in one transaction), durably: it
+    /// returns only after the commit reached the disk. The new version is
+    /// greater than every version the namespace ever had, so a version is
+    /// never reused, not even after a delete.
+    fn kv_put(
+        &self,
+        ns: &str,
+        key: &str,
+        value: &[u8],
+        content_type: &str,
+        expect: &Precondition,
+    ) -> Result<KvPut, KvError>;
+    /// Deletes `key` in `ns` if `expect` holds, durably; the deleted
+    /// version, or `None` if there was no such key.
+    fn kv_delete(&self, ns: &str, key: &str, expect: &Precondition)
+        -> Result<Option<u64>, KvError>;
+    /// Up to `limit` entries of `ns` whose key starts with `prefix`, in key
+    /// (byte) order, starting after the key `after` if given.
+    fn kv_list(
+        &self,
+        ns: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<KvMeta>, StoreError>;
+    /// Deletes every entry and the version counter of `ns` (for when its
+    /// user is deleted); returns how many entries there were.
+    fn kv_drop_namespace(&self, ns: &str) -> Result<u64, StoreError>;
+}
+
+/// A `&db` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvEntry {
+    /// The value, as stored.
+    pub value: Vec<u8>,
+    /// The content type given when it was stored.
+    pub content_type: String,
+    /// Its version (the `ETag` is `"v<version>"`).
+    pub version: u64,
+}
+
+/// A `&db` entry in a listing: no value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvMeta {
+    /// The key.
+    pub key: String,
+    /// Its version.
+    pub version: u64,
+    /// The value's length in bytes.
+    pub size: u64,
+}
+
+/// What [`Store::kv_put`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvPut {
+    /// The key did not exist before.
+    pub created: bool,
+    /// The new version.
+    pub version: u64,
+}
+
+/// A set of versions in a precondition: `*` (any existing version) or a
+/// list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KvTags {
+    /// `*`: the key exists, whatever its version.
+    Any,
+    /// One of these versions (an empty list matches nothing).
+    Versions(Vec<u64>),
+}
+
+impl KvTags {
+    /// True when a key at version `current` (`None`: absent) is in the set.
+    pub fn matches(&self, current: Option<u64>) -> bool {
+        match (self, current) {
+            (_, None) => false,
+            (Self::Any, Some(_)) => true,
+            (Self::Versions(v), Some(c)) => v.contains(&c),
+        }
+    }
+}
+
+/// The conditions of a conditional write (RFC 9110 §13.1.1, §13.1.2):
+/// with none set, it always holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Precondition {
+    /// `If-Match`: the current version must be in the set.
+    pub if_match: Option<KvTags>,
+    /// `If-None-Match`: the current version must not be in the set
+    /// (`Any`: the key must not exist).
+    pub if_none_match: Option<KvTags>,
+}
+
+impl Precondition {
+    /// Holds unconditionally.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// Holds only when the key does not exist (`If-None-Match: *`).
+    pub fn absent() -> Self {
+        Self {
+            if_match: None,
+            if_none_match: Some(KvTags::Any),
+        }
+    }
+
+    /// Holds only when the key is at `version`.
+    pub fn version(version: u64) -> Self {
+        Self {
+            if_match: Some(KvTags::Versions(vec![version])),
+            if_none_match: None,
+        }
+    }
+
+    /// True when it holds for a key at version `current` (`None`: absent).
+    pub fn holds(&self, current: Option<u64>) -> bool {
+        self.if_match.as_ref().is_none_or(|m| m.matches(current))
+            && self
+                .if_none_match
+                .as_ref()
+                .is_none_or(|n| !n.matches(current))
+    }
+}
+
+/// Why a conditional `&db` write failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KvError {
+    /// The precondition does not hold; nothing was written.
+    #[error("the precondition does not hold")]
+    PreconditionFailed,
+    /// An empty namespace or key, a key with NUL, or a content type
+    /// longer than [`MAX_KV_CONTENT_TYPE`].
+    #[error("invalid namespace, key or content type")]
+    Invalid,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<redb::Error> for KvError {
+    fn from(e: redb::Error) -> Self {
+        Self::Store(e.into())
+    }
+}
+
+macro_rules! kv_error_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for KvError {
+            fn from(e: $t) -> Self {
+                Self::Store(e.into())
+            }
+        }
+    )*};
+}
+kv_error_from!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// Encodes a `&db` entry: version (u64 little-endian), content type length
+/// (one byte), content type, value.
+fn encode_kv_entry(version: u64, content_type: &str, value: &[u8]) -> Result<Vec<u8>, KvError> {
+    let ct_len = u8::try_from(content_type.len()).map_err(|_| KvError::Invalid)?;
+    let mut out = Vec::with_capacity(9 + content_type.len() + value.len());
+    out.extend_from_slice(&version.to_le_bytes());
+    out.push(ct_len);
+    out.extend_from_slice(content_type.as_bytes());
+    out.extend_from_slice(value);
+    Ok(out)
+}
+
+/// The parts of an encoded `&db` entry: version, content type, value.
+fn decode_kv_entry(b: &[u8]) -> Result<(u64, &str, &[u8]), StoreError> {
+    let malformed = || StoreError::Malformed { table: "kv" };
+    let (version, rest) = b.split_first_chunk::<8>().ok_or_else(malformed)?;
+    let (ct_len, rest) = rest.split_first().ok_or_else(malformed)?;
+    let (ct, value) = rest
+        .split_at_checked(usize::from(*ct_len))
+        .ok_or_else(malformed)?;
+    let ct = std::str::from_utf8(ct).map_err(|_| malformed())?;
+    Ok((u64::from_le_bytes(*version), ct, value))
+}
+
+/// The version of the entry `key` of `ns` in `kv`, if it exists.
+fn kv_current(
+    kv: &redb::Table<'_, (&'static str, &'static str), &'static [u8]>,
+    ns: &str,
+    key: &str,
+) -> Result<Option<u64>, StoreError> {
+    let Some(old) = kv.get((ns, key))? else {
+        return Ok(None);
+    };
+    let (version, _, _) = decode_kv_entry(old.value())?;
+    Ok(Some(version))
+}
+
+fn kv_valid(ns: &str, key: &str) -> bool {
+    !ns.is_empty() && !key.is_empty() && !key.contains('\0')
 }
 
 /// The embedded default store: one redb file, `<data_dir>/sigma.redb`.
@@ -389,6 +604,26 @@ impl RedbStore {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// A store that lives in memory only and is lost when dropped: for
+    /// `sigma check`, which builds the route table without touching the
+    /// data directory (a running server holds its lock), and for tests.
+    pub fn in_memory() -> Result<Self, StoreError> {
+        let path = PathBuf::from(":memory:");
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(|source| StoreError::Open {
+                path: path.clone(),
+                source,
+            })?;
+        let store = Self {
+            db,
+            path,
+            last_durable: Mutex::new(Instant::now()),
+        };
+        store.init()?;
+        Ok(store)
     }
 
     /// Creates the tables and checks the schema version.
@@ -643,6 +878,152 @@ impl Store for RedbStore {
         };
         self.commit(txn, true)?;
         Ok(value)
+    }
+
+    fn kv_get(&self, ns: &str, key: &str) -> Result<Option<KvEntry>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let kv = match txn.open_table(KV) {
+            Ok(t) => t,
+            // Created by the first write.
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let Some(v) = kv.get((ns, key))? else {
+            return Ok(None);
+        };
+        let (version, content_type, value) = decode_kv_entry(v.value())?;
+        Ok(Some(KvEntry {
+            value: value.to_vec(),
+            content_type: content_type.to_owned(),
+            version,
+        }))
+    }
+
+    fn kv_put(
+        &self,
+        ns: &str,
+        key: &str,
+        value: &[u8],
+        content_type: &str,
+        expect: &Precondition,
+    ) -> Result<KvPut, KvError> {
+        if !kv_valid(ns, key) || content_type.len() > MAX_KV_CONTENT_TYPE {
+            return Err(KvError::Invalid);
+        }
+        let txn = self.db.begin_write()?;
+        let put = {
+            let mut kv = txn.open_table(KV)?;
+            let mut seq = txn.open_table(KV_SEQ)?;
+            let current = kv_current(&kv, ns, key)?;
+            if !expect.holds(current) {
+                // Dropping the transaction aborts it.
+                return Err(KvError::PreconditionFailed);
+            }
+            let last = seq.get(ns)?.map(|v| v.value()).unwrap_or(0);
+            // Every version is above the key's current one even if the
+            // counter were behind (it never is).
+            let version = last
+                .max(current.unwrap_or(0))
+                .checked_add(1)
+                .ok_or(StoreError::Malformed { table: "kv_seq" })?;
+            seq.insert(ns, version)?;
+            let bytes = encode_kv_entry(version, content_type, value)?;
+            kv.insert((ns, key), bytes.as_slice())?;
+            KvPut {
+                created: current.is_none(),
+                version,
+            }
+        };
+        self.commit(txn, true)?;
+        Ok(put)
+    }
+
+    fn kv_delete(
+        &self,
+        ns: &str,
+        key: &str,
+        expect: &Precondition,
+    ) -> Result<Option<u64>, KvError> {
+        if !kv_valid(ns, key) {
+            return Err(KvError::Invalid);
+        }
+        let txn = self.db.begin_write()?;
+        let deleted = {
+            let mut kv = txn.open_table(KV)?;
+            let current = kv_current(&kv, ns, key)?;
+            if !expect.holds(current) {
+                return Err(KvError::PreconditionFailed);
+            }
+            if current.is_none() {
+                return Ok(None);
+            }
+            kv.remove((ns, key))?;
+            current
+        };
+        self.commit(txn, true)?;
+        Ok(deleted)
+    }
+
+    fn kv_list(
+        &self,
+        ns: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<KvMeta>, StoreError> {
+        use std::ops::Bound;
+        let txn = self.db.begin_read()?;
+        let kv = match txn.open_table(KV) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        // The keys with `prefix` are contiguous from `prefix` on.
+        let lower = match after {
+            Some(a) if a >= prefix => Bound::Excluded((ns, a)),
+            _ => Bound::Included((ns, prefix)),
+        };
+        let mut out = Vec::new();
+        for entry in kv.range::<(&str, &str)>((lower, Bound::Unbounded))? {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = entry?;
+            let (k_ns, k_key) = k.value();
+            if k_ns != ns || !k_key.starts_with(prefix) {
+                break;
+            }
+            let (version, _, value) = decode_kv_entry(v.value())?;
+            out.push(KvMeta {
+                key: k_key.to_owned(),
+                version,
+                size: value.len() as u64,
+            });
+        }
+        Ok(out)
+    }
+
+    fn kv_drop_namespace(&self, ns: &str) -> Result<u64, StoreError> {
+        let txn = self.db.begin_write()?;
+        let n = {
+            let mut kv = txn.open_table(KV)?;
+            let mut keys = Vec::new();
+            for entry in kv.range::<(&str, &str)>((ns, "")..)? {
+                let (k, _) = entry?;
+                let (k_ns, k_key) = k.value();
+                if k_ns != ns {
+                    break;
+                }
+                keys.push(k_key.to_owned());
+            }
+            for k in &keys {
+                kv.remove((ns, k.as_str()))?;
+            }
+            txn.open_table(KV_SEQ)?.remove(ns)?;
+            keys.len() as u64
+        };
+        self.commit(txn, true)?;
+        Ok(n)
     }
 }
 
@@ -1056,6 +1437,235 @@ mod tests {
         assert_eq!(s.secret("jwt", 32).unwrap().len(), 32);
         drop(s);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn kv_put(s: &RedbStore, ns: &str, key: &str, v: &[u8], pre: &Precondition) -> KvPut {
+        s.kv_put(ns, key, v, "text/plain", pre).unwrap()
+    }
+
+    #[test]
+    fn kv_reads_before_any_write() {
+        let s = RedbStore::in_memory().unwrap();
+        assert_eq!(s.kv_get("alice", "k").unwrap(), None);
+        assert_eq!(s.kv_list("alice", "", None, 10).unwrap(), vec![]);
+        assert_eq!(s.path(), Path::new(":memory:"));
+    }
+
+    #[test]
+    fn kv_crud_versions_and_preconditions() {
+        let s = RedbStore::in_memory().unwrap();
+        let any = Precondition::none();
+        let p1 = kv_put(&s, "alice", "k", b"one", &any);
+        assert_eq!(
+            p1,
+            KvPut {
+                created: true,
+                version: 1
+            }
+        );
+        let e = s.kv_get("alice", "k").unwrap().unwrap();
+        assert_eq!(
+            e,
+            KvEntry {
+                value: b"one".to_vec(),
+                content_type: "text/plain".into(),
+                version: 1
+            }
+        );
+        // Create-only fails on an existing key; nothing changes.
+        assert!(matches!(
+            s.kv_put("alice", "k", b"x", "", &Precondition::absent()),
+            Err(KvError::PreconditionFailed)
+        ));
+        // If-Match with the wrong version fails, with the right one works.
+        assert!(matches!(
+            s.kv_put("alice", "k", b"x", "", &Precondition::version(7)),
+            Err(KvError::PreconditionFailed)
+        ));
+        let p2 = kv_put(&s, "alice", "k", b"two", &Precondition::version(1));
+        assert_eq!(
+            p2,
+            KvPut {
+                created: false,
+                version: 2
+            }
+        );
+        assert_eq!(s.kv_get("alice", "k").unwrap().unwrap().value, b"two");
+        // If-Match: * needs the key to exist.
+        let star = Precondition {
+            if_match: Some(KvTags::Any),
+            if_none_match: None,
+        };
+        assert!(matches!(
+            s.kv_put("alice", "nope", b"x", "", &star),
+            Err(KvError::PreconditionFailed)
+        ));
+        // A list matches any of its versions.
+        let list = Precondition {
+            if_match: Some(KvTags::Versions(vec![9, 2])),
+            if_none_match: None,
+        };
+        assert_eq!(kv_put(&s, "alice", "k", b"3", &list).version, 3);
+        // Delete: conditional, then 'gone'.
+        assert!(matches!(
+            s.kv_delete("alice", "k", &Precondition::version(2)),
+            Err(KvError::PreconditionFailed)
+        ));
+        assert_eq!(
+            s.kv_delete("alice", "k", &Precondition::version(3))
+                .unwrap(),
+            Some(3)
+        );
+        assert_eq!(s.kv_delete("alice", "k", &any).unwrap(), None);
+        assert_eq!(s.kv_get("alice", "k").unwrap(), None);
+        // A deleted key's versions are never reused.
+        let p4 = kv_put(&s, "alice", "k", b"again", &Precondition::absent());
+        assert_eq!(
+            p4,
+            KvPut {
+                created: true,
+                version: 4
+            }
+        );
+        // Invalid input is refused, not stored.
+        for (ns, key, ct) in [("", "k", ""), ("a", "", ""), ("a", "k\0", "")] {
+            assert!(matches!(
+                s.kv_put(ns, key, b"", ct, &any),
+                Err(KvError::Invalid)
+            ));
+        }
+        let long_ct = "x".repeat(MAX_KV_CONTENT_TYPE + 1);
+        assert!(matches!(
+            s.kv_put("a", "k", b"", &long_ct, &any),
+            Err(KvError::Invalid)
+        ));
+        let ct = "x".repeat(MAX_KV_CONTENT_TYPE);
+        kv_put(&s, "a", "k", b"", &Precondition::none());
+        s.kv_put("a", "k2", b"", &ct, &any).unwrap();
+        assert_eq!(s.kv_get("a", "k2").unwrap().unwrap().content_type, ct);
+    }
+
+    #[test]
+    fn kv_namespaces_are_separate() {
+        let s = RedbStore::in_memory().unwrap();
+        kv_put(&s, "alice", "k", b"a", &Precondition::none());
+        assert_eq!(s.kv_get("bob", "k").unwrap(), None);
+        // Versions count per namespace.
+        assert_eq!(
+            kv_put(&s, "bob", "k", b"b", &Precondition::none()).version,
+            1
+        );
+        assert_eq!(s.kv_get("alice", "k").unwrap().unwrap().value, b"a");
+        assert_eq!(
+            s.kv_delete("bob", "k", &Precondition::none()).unwrap(),
+            Some(1)
+        );
+        assert!(s.kv_get("alice", "k").unwrap().is_some());
+    }
+
+    #[test]
+    fn kv_list_by_prefix_in_pages() {
+        let s = RedbStore::in_memory().unwrap();
+        for k in ["a", "a/1", "a/2", "a/3", "ab", "b", "b/1"] {
+            kv_put(&s, "alice", k, k.as_bytes(), &Precondition::none());
+        }
+        kv_put(&s, "alf", "a/9", b"x", &Precondition::none());
+        kv_put(&s, "alicf", "a/0", b"x", &Precondition::none());
+        let keys = |v: Vec<KvMeta>| v.into_iter().map(|m| m.key).collect::<Vec<_>>();
+        assert_eq!(
+            keys(s.kv_list("alice", "a", None, 100).unwrap()),
+            ["a", "a/1", "a/2", "a/3", "ab"]
+        );
+        assert_eq!(
+            keys(s.kv_list("alice", "a/", None, 100).unwrap()),
+            ["a/1", "a/2", "a/3"]
+        );
+        assert_eq!(keys(s.kv_list("alice", "", None, 100).unwrap()).len(), 7);
+        assert_eq!(
+            keys(s.kv_list("alice", "c", None, 100).unwrap()),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            keys(s.kv_list("alice", "a/", None, 2).unwrap()),
+            ["a/1", "a/2"]
+        );
+        assert_eq!(
+            keys(s.kv_list("alice", "a/", Some("a/2"), 2).unwrap()),
+            ["a/3"]
+        );
+        // `after` before the prefix starts at the prefix.
+        assert_eq!(
+            keys(s.kv_list("alice", "b", Some("a"), 10).unwrap()),
+            ["b", "b/1"]
+        );
+        assert_eq!(
+            keys(s.kv_list("alice", "", None, 0).unwrap()),
+            Vec::<String>::new()
+        );
+        let m = s.kv_list("alice", "a/1", None, 10).unwrap();
+        assert_eq!(
+            m,
+            vec![KvMeta {
+                key: "a/1".into(),
+                version: 2,
+                size: 3
+            }]
+        );
+        assert_eq!(s.kv_drop_namespace("alice").unwrap(), 7);
+        assert_eq!(
+            keys(s.kv_list("alice", "", None, 100).unwrap()),
+            Vec::<String>::new()
+        );
+        assert!(s.kv_get("alf", "a/9").unwrap().is_some());
+        assert!(s.kv_get("alicf", "a/0").unwrap().is_some());
+        assert_eq!(s.kv_drop_namespace("nobody").unwrap(), 0);
+    }
+
+    #[test]
+    fn kv_reopen_keeps_entries_and_counters() {
+        let mut t = TempStore::new("kv-reopen");
+        kv_put(t.s(), "alice", "k", b"v", &Precondition::none());
+        kv_put(t.s(), "alice", "k", b"w", &Precondition::none());
+        t.s()
+            .kv_delete("alice", "k", &Precondition::none())
+            .unwrap();
+        kv_put(t.s(), "alice", "j", &[0, 255, 1], &Precondition::none());
+        t.reopen();
+        let e = t.s().kv_get("alice", "j").unwrap().unwrap();
+        assert_eq!((e.value, e.version), (vec![0, 255, 1], 3));
+        assert_eq!(
+            kv_put(t.s(), "alice", "k", b"x", &Precondition::absent()).version,
+            4
+        );
+    }
+
+    #[test]
+    fn kv_entry_decoding_rejects_garbage() {
+        let enc = encode_kv_entry(5, "a/b", b"xyz").unwrap();
+        assert_eq!(decode_kv_entry(&enc).unwrap(), (5, "a/b", &b"xyz"[..]));
+        for bad in [&enc[..3], &enc[..8], &enc[..10]] {
+            assert!(decode_kv_entry(bad).is_err());
+        }
+        let mut bad_utf8 = enc.clone();
+        bad_utf8[9] = 0xff;
+        assert!(decode_kv_entry(&bad_utf8).is_err());
+    }
+
+    #[test]
+    fn preconditions() {
+        let none = Precondition::none();
+        assert!(none.holds(None) && none.holds(Some(1)));
+        let absent = Precondition::absent();
+        assert!(absent.holds(None) && !absent.holds(Some(1)));
+        let v = Precondition::version(2);
+        assert!(v.holds(Some(2)) && !v.holds(Some(1)) && !v.holds(None));
+        let not_2 = Precondition {
+            if_match: None,
+            if_none_match: Some(KvTags::Versions(vec![2])),
+        };
+        assert!(not_2.holds(None) && not_2.holds(Some(1)) && !not_2.holds(Some(2)));
+        let empty = KvTags::Versions(vec![]);
+        assert!(!empty.matches(Some(1)) && !empty.matches(None));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::json;
 use sigma_http::{Header, Method, Response};
 
-use super::{origin, unix_now, Auth, Principal, Provider, Via};
+use super::{origin, unix_now_ms, Auth, Principal, Provider, Via};
 use crate::auth::Tagged;
 use crate::route::{Handled, HttpRequest};
 
@@ -33,6 +33,12 @@ pub struct Call<'a> {
     pub via: &'a Via,
     /// The client's address (after trusted proxies).
     pub client_ip: std::net::IpAddr,
+}
+
+/// True for the paths `A` answers itself: they always see the caller's
+/// identity, whatever route would otherwise match them.
+pub fn is_endpoint(path: &[u8]) -> bool {
+    matches!(path, b"/login" | b"/logout") || path.starts_with(b"/auth/")
 }
 
 /// Answers `call` if it is one of `A`'s own endpoints.
@@ -164,7 +170,7 @@ fn login(auth: &Arc<Auth>, call: &Call<'_>) -> Handled {
             };
             return Tagged::new(identity, resp);
         }
-        let now = unix_now();
+        let now = unix_now_ms();
         let store_auth = Arc::clone(&auth);
         let user = creds.user.clone();
         let created = tokio::task::spawn_blocking(move || {

@@ -202,11 +202,11 @@ impl Auth {
         }
     }
 
-    /// The identity of a request: a bearer token if one is presented (and
-    /// then only it), else the session cookie, else anonymous.
-    pub fn identify(&self, head: &RequestHead, now: u64) -> Resolved {
+    /// The identity of a request at `now_ms` (unix ms): the session
+    /// cookie, else anonymous.
+    pub fn identify(&self, head: &RequestHead, now_ms: u64) -> Resolved {
         if let Some(id) = session::session_cookie(&head.headers) {
-            if let Some(identity) = self.sessions.lookup(&id, now) {
+            if let Some(identity) = self.sessions.lookup(&id, now_ms) {
                 return Resolved {
                     identity: Some(identity),
                     via: Via::Cookie(id),
@@ -264,11 +264,16 @@ pub fn client_ip(peer: IpAddr, head: &RequestHead, trusted: &[Cidr]) -> IpAddr {
         .unwrap_or(peer)
 }
 
-/// Seconds since the Unix epoch (the wall clock of sessions and tokens).
+/// Seconds since the Unix epoch (the wall clock of tokens).
 pub fn unix_now() -> u64 {
+    unix_now_ms() / 1000
+}
+
+/// Milliseconds since the Unix epoch (the wall clock of sessions).
+pub fn unix_now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
 

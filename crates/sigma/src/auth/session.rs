@@ -28,8 +28,10 @@ use crate::store::{SessionId, SessionRecord, Store, StoreError};
 /// The session cookie's name.
 pub const COOKIE_NAME: &str = "sigma_session";
 
-/// `last_seen` is written back to the store at most this often per session.
-pub const TOUCH_PERSIST_INTERVAL: u64 = 60;
+/// `last_seen` is written back to the store at most this often per session
+/// (milliseconds; session times are unix milliseconds, so that short
+/// timeouts are exact).
+pub const TOUCH_PERSIST_INTERVAL: u64 = 60_000;
 
 /// Most live sessions kept in memory; past it, the cache is cleared and
 /// refilled from the store on demand (a bound, not an expected size).
@@ -69,14 +71,14 @@ impl Sessions {
         Self {
             store,
             cache: RwLock::new(HashMap::new()),
-            idle: idle.as_secs(),
-            lifetime: lifetime.as_secs(),
+            idle: u64::try_from(idle.as_millis()).unwrap_or(u64::MAX),
+            lifetime: u64::try_from(lifetime.as_millis()).unwrap_or(u64::MAX),
             secure,
         }
     }
 
-    /// The identity of a live session, touching its `last_seen`. Expired
-    /// sessions are removed.
+    /// The identity of a live session at `now` (unix ms), touching its
+    /// `last_seen`. Expired sessions are removed.
     pub fn lookup(&self, id: &SessionId, now: u64) -> Option<Arc<Identity>> {
         let cached = self.cache.read().ok().and_then(|c| c.get(id).cloned());
         let live = match cached {
@@ -138,7 +140,7 @@ impl Sessions {
         Some(Arc::clone(&live.identity))
     }
 
-    /// Opens a session for `user` (durably) and returns its id.
+    /// Opens a session for `user` at `now` (unix ms), durably; returns its id.
     pub fn create(
         &self,
         user: &str,
@@ -185,7 +187,7 @@ impl Sessions {
             .path("/")
             .secure(self.secure)
             .max_age(cookie::time::Duration::seconds(
-                i64::try_from(self.lifetime).unwrap_or(i64::MAX),
+                i64::try_from(self.lifetime / 1000).unwrap_or(i64::MAX),
             ))
             .build()
             .to_string()
