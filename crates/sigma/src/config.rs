@@ -59,7 +59,7 @@ pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 pub const RESERVED_ENV: &[&str] = &["SIGMA_LOG", "SIGMA_LOG_FORMAT"];
 
 /// The tables an environment variable can address (`SIGMA_<TABLE>_<KEY>`).
-const ENV_TABLES: &[&str] = &["server", "http", "websocket", "auth"];
+const ENV_TABLES: &[&str] = &["server", "http", "websocket", "auth", "db"];
 /// The name used in messages for a config given by [`from_str`].
 const STRING_SOURCE: &str = "<config>";
 
@@ -79,6 +79,34 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// `A`: sessions, tokens, login protection (`[auth]`).
     pub auth: AuthConfig,
+    /// `&db`: the key-value store's limits (`[db]`).
+    pub db: DbConfig,
+}
+
+/// Largest `&db` value, in bytes, unless `db.max_value` says otherwise.
+pub const DEFAULT_DB_MAX_VALUE: usize = 1024 * 1024;
+/// Longest `&db` key, in bytes, unless `db.max_key` says otherwise.
+pub const DEFAULT_DB_MAX_KEY: usize = 512;
+
+/// `[db]`: the limits of the `&db` key-value store (DESIGN §6).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DbConfig {
+    /// Largest value, in bytes (a larger `PUT` gets 413).
+    #[serde(deserialize_with = "positive")]
+    pub max_value: usize,
+    /// Longest key, in bytes (after percent-decoding).
+    #[serde(deserialize_with = "positive")]
+    pub max_key: usize,
+}
+
+impl Default for DbConfig {
+    fn default() -> Self {
+        Self {
+            max_value: DEFAULT_DB_MAX_VALUE,
+            max_key: DEFAULT_DB_MAX_KEY,
+        }
+    }
 }
 
 /// `[auth]`: the settings of `A` (DESIGN §4).
@@ -111,6 +139,9 @@ pub struct AuthConfig {
     /// Password verifications running at once (Argon2id, off the executor).
     #[serde(deserialize_with = "positive")]
     pub password_workers: usize,
+    /// External token issuers (`[[auth.jwt]]`) whose bearer tokens are
+    /// accepted besides sigma's own.
+    pub jwt: Vec<crate::auth::jwt::JwtIssuerConfig>,
 }
 
 impl Default for AuthConfig {
@@ -125,6 +156,7 @@ impl Default for AuthConfig {
             login_per_ip_per_minute: 20,
             login_per_user_per_minute: 10,
             password_workers: 2,
+            jwt: Vec::new(),
         }
     }
 }
@@ -428,6 +460,7 @@ impl Default for Config {
             limits: Limits::default(),
             routes: default_routes(),
             auth: AuthConfig::default(),
+            db: DbConfig::default(),
         }
     }
 }
@@ -445,13 +478,29 @@ pub fn default_topology() -> Topology {
 /// The route table used when the config has no `[[route]]` at all
 /// (`route = []` means no routes).
 pub fn default_routes() -> Vec<RouteConfig> {
-    vec![RouteConfig {
-        path: "/echo".to_owned(),
-        to: Destination::Echo,
-        auth: AuthLevel::None,
-        users: None,
-        max_body: None,
-    }]
+    vec![
+        RouteConfig {
+            path: "/broadcast".to_owned(),
+            to: Destination::Broadcast,
+            auth: AuthLevel::Optional,
+            users: None,
+            max_body: None,
+        },
+        RouteConfig {
+            path: "/echo".to_owned(),
+            to: Destination::Echo,
+            auth: AuthLevel::None,
+            users: None,
+            max_body: None,
+        },
+        RouteConfig {
+            path: "/db".to_owned(),
+            to: Destination::Db,
+            auth: AuthLevel::Required,
+            users: None,
+            max_body: None,
+        },
+    ]
 }
 
 /// The process's `SIGMA_*` variables, ready for [`load`]. Unlike
@@ -498,7 +547,9 @@ impl Config {
     ///
     /// ```text
     /// pipeline T127.0.0.1:3000[HA]
+    /// route /broadcast -> &broadcast (auth optional)
     /// route /echo -> &echo (auth none)
+    /// route /db -> &db (auth required)
     /// ```
     pub fn describe(&self) -> String {
         let mut out = format!("pipeline {}", self.topology);
@@ -787,6 +838,7 @@ struct ConfigFile {
     http: HttpTable,
     websocket: WebsocketTable,
     auth: AuthConfig,
+    db: DbConfig,
     route: Option<Vec<RouteTable>>,
 }
 
@@ -799,6 +851,7 @@ impl Default for ConfigFile {
             http: HttpTable::default(),
             websocket: WebsocketTable::default(),
             auth: AuthConfig::default(),
+            db: DbConfig::default(),
             route: None,
         }
     }
@@ -1223,6 +1276,7 @@ fn unknown_key(root: &Table) -> Option<(KeyPath, &'static [&'static str])> {
             "server" => fields_of::<ServerConfig>(),
             "http" => fields_of::<HttpTable>(),
             "websocket" => fields_of::<WebsocketTable>(),
+            "db" => fields_of::<DbConfig>(),
             "route" => {
                 let Value::Array(items) = value else { continue };
                 let allowed = fields_of::<RouteTable>();
@@ -1330,6 +1384,7 @@ fn resolve(file: ConfigFile, sources: &Sources<'_>) -> Result<Config, ConfigErro
         limits,
         routes,
         auth: file.auth,
+        db: file.db,
     })
 }
 
@@ -1480,6 +1535,11 @@ mod tests {
             login_per_ip_per_minute = 7
             login_per_user_per_minute = 3
             password_workers = 4
+            jwt = [{ issuer = "https://id.example.com", audience = "sigma", algorithm = "RS256", jwks_url = "https://id.example.com/jwks.json" }]
+
+            [db]
+            max_value = 61
+            max_key = 62
 
             [http]
             max_request_line = 21
@@ -1575,12 +1635,28 @@ mod tests {
                 login_per_ip_per_minute: 7,
                 login_per_user_per_minute: 3,
                 password_workers: 4,
+                jwt: vec![crate::auth::jwt::JwtIssuerConfig {
+                    issuer: "https://id.example.com".into(),
+                    audience: "sigma".into(),
+                    algorithm: crate::auth::jwt::JwtAlgorithm::Rs256,
+                    key_file: None,
+                    jwks_url: Some("https://id.example.com/jwks.json".into()),
+                    user_claim: None,
+                }],
+            }
+        );
+        assert_eq!(
+            c.db,
+            DbConfig {
+                max_value: 61,
+                max_key: 62,
             }
         );
         // The test above names every field of every table.
         for name in fields_of::<ServerConfig>()
             .iter()
             .chain(fields_of::<AuthConfig>())
+            .chain(fields_of::<DbConfig>())
             .chain(fields_of::<HttpTable>())
             .chain(fields_of::<WebsocketTable>())
             .chain(fields_of::<RouteTable>())
@@ -1604,6 +1680,7 @@ mod tests {
                 "http",
                 "websocket",
                 "auth",
+                "db",
                 "route"
             ]
         );
@@ -1659,6 +1736,7 @@ mod tests {
             ("server", fields_of::<ServerConfig>()),
             ("http", fields_of::<HttpTable>()),
             ("websocket", fields_of::<WebsocketTable>()),
+            ("db", fields_of::<DbConfig>()),
             ("route", fields_of::<RouteTable>()),
         ];
         for (table, keys) in tables {
@@ -2090,7 +2168,10 @@ mod tests {
         );
         assert_eq!(
             Config::default().describe(),
-            "pipeline T127.0.0.1:3000[HA]\nroute /echo -> &echo (auth none)"
+            "pipeline T127.0.0.1:3000[HA]\n\
+             route /broadcast -> &broadcast (auth optional)\n\
+             route /echo -> &echo (auth none)\n\
+             route /db -> &db (auth required)"
         );
     }
 

@@ -21,7 +21,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::stream::FuturesOrdered;
 use futures_util::Future;
 use sigma_http::{
-    Event, Header, Method, Reply, RequestHead, Response, ServerConn, WsEvent, WsMessage,
+    Event, Header, Method, Reply, RequestHead, Response, SendError, ServerConn, WsEvent, WsMessage,
 };
 
 use crate::auth::{self, endpoints, origin, Denied, Gate, Resolved, Tagged, Via};
@@ -151,21 +151,42 @@ impl Dispatch<'_> {
             while let Some(reply) = self.outbox.ready.pop_front() {
                 progressed = true;
                 let now = Instant::now();
-                match &reply {
-                    Reply::Response(r) => self.ctx.metrics.response(r.status),
-                    Reply::Ws(m) => {
-                        inc(&self.ctx.metrics.ws_messages_out);
-                        add(&self.ctx.metrics.ws_bytes_out, ws_len(m));
+                let is_response = matches!(reply, Reply::Response(_));
+                let ws_bytes = match &reply {
+                    Reply::Ws(m) => Some(ws_len(m)),
+                    _ => None,
+                };
+                let status = match &reply {
+                    Reply::Response(r) => Some(r.status),
+                    _ => None,
+                };
+                match self.h.send(reply, now) {
+                    Ok(()) => {
+                        if let Some(status) = status {
+                            self.ctx.metrics.response(status);
+                        }
+                        if let Some(n) = ws_bytes {
+                            inc(&self.ctx.metrics.ws_messages_out);
+                            add(&self.ctx.metrics.ws_bytes_out, n);
+                        }
                     }
-                    _ => {}
-                }
-                if let Err(e) = self.h.send(reply, now) {
-                    tracing::error!(peer = %self.peer, error = %e, "reply refused by H");
-                    // A destination produced something H cannot send: the
-                    // client gets a 500 instead of whatever it was.
-                    let _ = self
-                        .h
-                        .send(Reply::Response(plain(500, "internal error\n")), now);
+                    // The socket is closing (a close handshake, a slow
+                    // consumer): what was still queued for it is dropped,
+                    // and nothing more is taken from the push queue.
+                    Err(SendError::Closed | SendError::NotWebSocket) if !is_response => {
+                        self.pushed = None;
+                    }
+                    Err(e) => {
+                        tracing::error!(peer = %self.peer, error = %e, "reply refused by H");
+                        // A destination produced something H cannot send:
+                        // the client gets a 500 instead of whatever it was.
+                        if is_response {
+                            self.ctx.metrics.response(500);
+                            let _ = self
+                                .h
+                                .send(Reply::Response(plain(500, "internal error\n")), now);
+                        }
+                    }
                 }
             }
             if !progressed {
@@ -299,6 +320,9 @@ impl Dispatch<'_> {
     /// Routes a complete request and applies the reply rule to the answer.
     fn dispatch(&mut self, req: Tagged<HttpRequest>, via: &Via) -> Handled {
         let expected = req.identity.clone();
+        if let Via::InvalidBearer(reason) = via {
+            return Handled::Ready(Tagged::new(expected, invalid_token(reason)));
+        }
         if let Some(a) = &self.ctx.auth {
             let call = endpoints::Call {
                 req: &req.msg,
@@ -415,6 +439,10 @@ impl Dispatch<'_> {
     }
 
     fn on_upgrade(&mut self, req: Tagged<RequestHead>, via: &Via) {
+        if let Via::InvalidBearer(reason) = via {
+            self.outbox.push(Reply::Response(invalid_token(reason)));
+            return;
+        }
         let route = self.ctx.routes.lookup(req.msg.path());
         if let Some(Err(denied)) = route.map(|r| self.admit(r, &req.msg, &req.identity, via)) {
             self.outbox.push(Reply::Response(denied));
@@ -494,6 +522,19 @@ fn reply_rule_with(
             Tagged::new(expected.clone(), plain(502, "bad gateway\n"))
         }
     }
+}
+
+/// 401 for a bearer token that does not verify (RFC 6750 §3).
+fn invalid_token(reason: &str) -> Response {
+    let mut r = endpoints::json_response(
+        401,
+        serde_json::json!({"error": "invalid_token", "reason": reason}),
+    );
+    r.headers.push(Header::new(
+        &b"WWW-Authenticate"[..],
+        &b"Bearer realm=\"sigma\", error=\"invalid_token\""[..],
+    ));
+    r
 }
 
 /// A browser navigation (it gets the login page rather than a bare 401).

@@ -27,8 +27,10 @@
 )]
 
 pub mod auth;
+pub mod broadcast;
 pub mod config;
 pub mod conn;
+pub mod db;
 
 pub mod dispatch;
 pub mod echo;

@@ -123,8 +123,11 @@ fn run(command: Command) -> anyhow::Result<i32> {
         Command::Check { config } => {
             let cfg = sigma::config::load(Some(&config), &env())?;
             // The same route resolution `serve` does, so `check` fails
-            // exactly when `serve` would.
-            sigma::route::RouteTable::build(&cfg.routes)?;
+            // exactly when `serve` would; over an in-memory store, since
+            // the data directory may be locked by a running server.
+            let store: std::sync::Arc<dyn sigma::store::Store> =
+                std::sync::Arc::new(sigma::store::RedbStore::in_memory()?);
+            sigma::route::RouteTable::build(&cfg.routes, &store, &cfg.db)?;
             println!("{}", cfg.describe());
             println!("ok");
             Ok(0)

@@ -198,12 +198,20 @@ impl std::fmt::Display for UnavailableDestination {
 impl std::error::Error for UnavailableDestination {}
 
 impl RouteTable {
-    /// Builds the table from validated config.
-    pub fn build(routes: &[RouteConfig]) -> Result<Self, UnavailableDestination> {
+    /// Builds the table from validated config; `&db` routes share one
+    /// [`crate::db::DbService`] over `store`, limited by `db`.
+    pub fn build(
+        routes: &[RouteConfig],
+        store: &Arc<dyn crate::store::Store>,
+        db: &crate::config::DbConfig,
+    ) -> Result<Self, UnavailableDestination> {
         let mut out = Vec::with_capacity(routes.len());
+        let db = crate::db::DbService::new(Arc::clone(store), db);
         for r in routes {
             let dest: Arc<dyn Destination> = match &r.to {
                 crate::config::Destination::Echo => Arc::new(crate::echo::Echo),
+                crate::config::Destination::Db => crate::db::Db::destination(&db, &r.path),
+                crate::config::Destination::Broadcast => crate::broadcast::destination(&r.path),
                 #[cfg(feature = "test-destinations")]
                 crate::config::Destination::Crossed => {
                     Arc::new(crate::testdest::Crossed::default())

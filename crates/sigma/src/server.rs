@@ -41,7 +41,7 @@ pub struct Running {
 /// Binds every listener and starts accepting. Fails if a listener cannot
 /// be bound or a route's destination is unavailable.
 pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Running> {
-    let routes = Arc::new(RouteTable::build(&config.routes)?);
+    let routes = Arc::new(RouteTable::build(&config.routes, &store, &config.db)?);
     let limits = Arc::new(config.limits.clone());
     let metrics = Arc::new(Metrics::default());
     let limiter = ConnLimiter::new(
@@ -53,8 +53,9 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
         Arc::clone(&store),
         &config.auth,
         Arc::clone(&metrics),
-    ));
+    )?);
     tokio::spawn(purge_sessions(Arc::clone(&store)));
+    tokio::spawn(refresh_jwks(Arc::clone(&auth)));
     let (drain_tx, drain_rx) = watch::channel(false);
     let mut addrs = Vec::new();
     for l in &config.topology.listeners {
@@ -95,6 +96,24 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
         metrics,
         store,
     })
+}
+
+/// Keeps external issuers' JWKS fresh: at start, then every minute (each
+/// issuer refetches only when its cache is due).
+async fn refresh_jwks(auth: Arc<Auth>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        let now = crate::auth::unix_now();
+        if !auth.verifier.needs_refresh(now) {
+            continue;
+        }
+        for outcome in auth.verifier.refresh_due(now).await {
+            if let Err(e) = outcome.result {
+                tracing::warn!(issuer = %outcome.issuer, error = %e, "JWKS refresh failed");
+            }
+        }
+    }
 }
 
 /// How often expired sessions are deleted from the store (they are refused

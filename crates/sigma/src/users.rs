@@ -184,7 +184,10 @@ pub fn run_with(
             if !store.user_delete(&name)? {
                 return Err(UserError::NoSuchUser(name));
             }
-            say(out, &format!("deleted user {name}"))
+            // The user's &db namespace goes too: a later user of the same
+            // name must not inherit it.
+            let keys = store.kv_drop_namespace(&name)?;
+            say(out, &format!("deleted user {name} ({keys} &db keys)"))
         }
         UserCommand::List { location } => {
             let store = RedbStore::open(&data_dir(&location, env)?)?;
@@ -506,7 +509,7 @@ mod tests {
                 "",
             )
         };
-        assert_eq!(del("bob").unwrap(), "deleted user bob\n");
+        assert_eq!(del("bob").unwrap(), "deleted user bob (0 &db keys)\n");
         assert!(matches!(del("bob"), Err(UserError::NoSuchUser(_))));
         let list = run_cmd(
             UserCommand::List {

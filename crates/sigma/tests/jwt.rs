@@ -241,7 +241,11 @@ async fn sigma_issues_what_pyjwt_issues() {
     let v = load();
     let iss = sigma_issuer(&v);
     assert_eq!(iss.kid(), v.sigma.kid, "RFC 7638 thumbprint");
-    assert_eq!(iss.public_jwk().x, v.sigma.x, "Ed25519 public key from seed");
+    assert_eq!(
+        iss.public_jwk().x,
+        v.sigma.x,
+        "Ed25519 public key from seed"
+    );
     let (token, expires_in) = iss.issue(&v.sigma.user, v.now);
     assert_eq!(expires_in, v.sigma.ttl);
     assert_eq!(token, v.sigma.token, "byte-identical to PyJWT's token");

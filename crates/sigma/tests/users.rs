@@ -123,7 +123,7 @@ fn add_list_passwd_del_round_trip() {
 
     let (code, out, err) = user(&d, &["del", "bob"], None);
     assert_eq!(code, Some(0), "stderr: {err}");
-    assert_eq!(out, "deleted user bob\n");
+    assert_eq!(out, "deleted user bob (0 &db keys)\n");
     assert_eq!(list(&d), vec!["alice@example.com"]);
 }
 

@@ -136,12 +136,15 @@ impl Gate {
 /// How a request was authenticated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Via {
-    /// No credentials (or none that hold).
+    /// No credentials (or a session cookie that no longer holds).
     Anonymous,
     /// The session cookie, with the session's id.
     Cookie(SessionId),
-    /// An `Authorization: Bearer` token.
+    /// A valid `Authorization: Bearer` token.
     Bearer,
+    /// A bearer token that does not verify: the request is refused (401),
+    /// never treated as anonymous. The label says why (metrics).
+    InvalidBearer(&'static str),
 }
 
 /// The identity `A` found for a request.
@@ -173,7 +176,37 @@ pub struct Auth {
     throttle: throttle::Throttle,
     config: AuthConfig,
     metrics: Arc<Metrics>,
+    /// sigma's own token issuer.
+    issuer: jwt::Issuer,
+    /// Verifies sigma's tokens and the configured external issuers'.
+    pub verifier: jwt::Verifier,
 }
+
+/// The `iss` and `aud` of the tokens sigma issues itself.
+pub const OWN_ISSUER: &str = "sigma";
+
+/// Why `A` could not be set up.
+#[derive(Debug)]
+pub enum AuthSetupError {
+    /// The token key could not be read or created in the store.
+    Store(crate::store::StoreError),
+    /// The stored token key is not 32 bytes.
+    BadKey,
+    /// An `[[auth.jwt]]` table cannot be used.
+    Jwt(jwt::JwtConfigError),
+}
+
+impl fmt::Display for AuthSetupError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Store(e) => write!(f, "token signing key: {e}"),
+            Self::BadKey => f.write_str("token signing key in the store has the wrong length"),
+            Self::Jwt(e) => write!(f, "auth.jwt: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for AuthSetupError {}
 
 impl fmt::Debug for Auth {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -182,9 +215,32 @@ impl fmt::Debug for Auth {
 }
 
 impl Auth {
-    /// `A` over `store`, configured by `[auth]`.
-    pub fn new(store: Arc<dyn Store>, config: &AuthConfig, metrics: Arc<Metrics>) -> Self {
-        Self {
+    /// `A` over `store`, configured by `[auth]`. sigma's token signing key
+    /// (an Ed25519 seed) is created in the store on first use.
+    pub fn new(
+        store: Arc<dyn Store>,
+        config: &AuthConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, AuthSetupError> {
+        let seed = store
+            .secret("jwt-ed25519-seed", 32)
+            .map_err(AuthSetupError::Store)?;
+        let seed: [u8; 32] = seed.try_into().map_err(|_| AuthSetupError::BadKey)?;
+        let issuer = jwt::Issuer::new(
+            &seed,
+            OWN_ISSUER.into(),
+            OWN_ISSUER.into(),
+            config.token_ttl,
+        );
+        let mut verifier = jwt::Verifier::builder().own(&issuer);
+        for cfg in &config.jwt {
+            verifier =
+                verifier.external(jwt::ExternalIssuer::load(cfg).map_err(AuthSetupError::Jwt)?);
+        }
+        let verifier = verifier.build().map_err(AuthSetupError::Jwt)?;
+        Ok(Self {
+            issuer,
+            verifier,
             sessions: Sessions::new(
                 Arc::clone(&store),
                 config.session_idle_timeout,
@@ -199,12 +255,36 @@ impl Auth {
             ),
             config: config.clone(),
             metrics,
-        }
+        })
     }
 
     /// The identity of a request at `now_ms` (unix ms): the session
     /// cookie, else anonymous.
     pub fn identify(&self, head: &RequestHead, now_ms: u64) -> Resolved {
+        if let Some(auth) = head.header("authorization") {
+            let Some(token) = jwt::bearer_token(&auth.value) else {
+                return Resolved {
+                    identity: None,
+                    via: Via::InvalidBearer("malformed_authorization"),
+                };
+            };
+            return match self.verifier.verify(token, now_ms / 1000) {
+                Ok(v) => Resolved {
+                    identity: Some(Arc::new(Identity {
+                        user: v.user,
+                        provider: Provider::Jwt(v.issuer),
+                    })),
+                    via: Via::Bearer,
+                },
+                Err(e) => {
+                    self.metrics.reject(e.reason());
+                    Resolved {
+                        identity: None,
+                        via: Via::InvalidBearer(e.reason()),
+                    }
+                }
+            };
+        }
         if let Some(id) = session::session_cookie(&head.headers) {
             if let Some(identity) = self.sessions.lookup(&id, now_ms) {
                 return Resolved {
@@ -228,8 +308,8 @@ impl Auth {
     }
 
     /// A token for `user` from `POST /auth/token`, with its lifetime.
-    pub fn issue_token(&self, _user: &str) -> Option<(String, u64)> {
-        None
+    pub fn issue_token(&self, user: &str) -> Option<(String, u64)> {
+        Some(self.issuer.issue(user, unix_now()))
     }
 
     /// Login page buttons for the configured OAuth providers.

@@ -1,0 +1,1303 @@
+//! `&broadcast`: the built-in pub/sub hub (DESIGN §6; wire format §9).
+//!
+//! ```text
+//!  socket ──subscribe/publish──▶ [ Broadcast ] ──▶ Hub ──▶ channel "public:chat"
+//!  POST <route>/<channel> ──────▶ [           ]            seq, subscribers
+//!                                                            │ one encoded message,
+//!  socket ◀── WsSender (bounded push queue) ◀────────────────┘ shared by all
+//! ```
+//!
+//! Clients speak JSON text frames over WebSocket: `subscribe`, `unsubscribe`
+//! and `publish` (with `data`, any JSON value); sigma answers `subscribed`,
+//! delivers `message`s carrying the channel's `seq` and the publisher's
+//! identity `from` (as `A` attached it, never as the client claims it), and
+//! reports problems with `error` (the socket stays open). Over HTTP,
+//! `POST <route>/<channel>` with a JSON body publishes and answers
+//! `202 {"seq": N}`.
+//!
+//! **Channels** are named by 1–128 characters of `[A-Za-z0-9:_.@-]` (`@`
+//! besides the documented set, because user names may contain it and
+//! `user:{user}:*` must work for every user). A channel exists while it has
+//! subscribers: its sequence number starts at 1 when it is (re)created, and
+//! a publish to a channel nobody subscribes to reaches no one and answers
+//! `seq` 0 (no number is used, no state is kept: a client cannot grow the
+//! hub by publishing to made-up channels).
+//!
+//! **Permissions** ([`Rules`]): the first rule whose pattern matches the
+//! channel decides; configured rules come before the built-in ones, and a
+//! channel no rule matches is refused. Built in: `public:*`, anyone logged
+//! in may subscribe and publish; `user:{user}:*`, only that user, both
+//! directions. Anonymous clients (identity `null`) may do neither by
+//! default, since DESIGN §6 says "anyone logged in"; a configured rule can
+//! open a channel to them ([`Access::Anyone`]). A refusal is the error
+//! `forbidden` over WebSocket, `403` over HTTP (also for anonymous callers:
+//! the answer is about the channel, not about the route, which `A` already
+//! admitted).
+//!
+//! **Fan-out and locking.** The channel map is behind a `RwLock` taken only
+//! to look a channel up (read) or to create/remove one (write), never while
+//! delivering. Each channel has its own `Mutex` holding its `seq` and
+//! subscribers. A publish encodes the message once into a shared
+//! [`Utf8Bytes`] (every subscriber's push holds a reference-counted clone of
+//! the same buffer), then, under the channel's lock, takes the next `seq`
+//! and pushes to every subscriber. That lock is held during the pushes on
+//! purpose: [`WsSender::push`] is a non-blocking `try_send` (no await, no
+//! socket write: the connection tasks write), and pushing under the lock is
+//! what makes every subscriber see a channel's messages in `seq` order even
+//! when several publishers race. A subscriber whose queue is full
+//! ([`PushError::SlowConsumer`]: its socket is being closed with 1008) or
+//! gone is removed from every channel it joined once the lock is released;
+//! the others are unaffected. A channel left without subscribers is removed.
+//!
+//! **The reply rule.** Every delivery is tagged with the *subscriber's*
+//! identity (the one its socket was opened with), every answer to a client
+//! message with that message's identity, every HTTP answer with the
+//! request's: `A` checks each of them.
+//!
+//! Configuration: the rules and the per-socket subscription limit are
+//! [`Settings`]; the route table currently builds the hub with the defaults
+//! (there is no `[broadcast]` table in `sigma.toml` yet).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+
+use serde::{Deserialize, Deserializer};
+use serde_json::{json, Value};
+use sigma_http::{Header, Method, Response, Utf8Bytes, WsMessage};
+
+use crate::auth::endpoints::json_response;
+use crate::auth::{Principal, Tagged};
+use crate::route::{Destination, Handled, HttpRequest, PushError, WsEndpoint, WsSender};
+
+/// The longest channel name, in bytes.
+pub const MAX_CHANNEL_LEN: usize = 128;
+/// Channels one socket may subscribe to at once, by default.
+pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 256;
+
+/// True for a valid channel name: 1–[`MAX_CHANNEL_LEN`] characters of
+/// `[A-Za-z0-9:_.@-]`.
+pub fn valid_channel(name: &str) -> bool {
+    !name.is_empty() && name.len() <= MAX_CHANNEL_LEN && name.bytes().all(channel_byte)
+}
+
+fn channel_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b':' | b'_' | b'.' | b'-' | b'@')
+}
+
+// ---------------------------------------------------------------------------
+// Permissions.
+
+/// Who may do something on the channels a [`Rule`] matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    /// Everyone, anonymous clients included.
+    Anyone,
+    /// Any authenticated user.
+    LoggedIn,
+    /// Only these users.
+    Users(Vec<String>),
+    /// No one.
+    Nobody,
+}
+
+impl Access {
+    fn allows(&self, identity: &Principal) -> bool {
+        match (self, identity) {
+            (Self::Anyone, _) => true,
+            (Self::LoggedIn, id) => id.is_some(),
+            (Self::Users(users), Some(id)) => users.iter().any(|u| u == &id.user),
+            (Self::Users(_), None) | (Self::Nobody, _) => false,
+        }
+    }
+}
+
+/// What a client wants to do on a channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// Receive its messages.
+    Subscribe,
+    /// Send a message to it.
+    Publish,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Token {
+    Lit(String),
+    /// Any run of characters, possibly empty.
+    Star,
+    /// Exactly the caller's user name (never matches anonymous callers).
+    User,
+}
+
+/// A channel pattern: channel characters, `*` (any run of characters,
+/// possibly empty) and `{user}` (exactly the caller's user name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pattern {
+    text: String,
+    tokens: Vec<Token>,
+}
+
+/// A pattern that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid channel pattern {pattern:?}: {reason}")]
+pub struct PatternError {
+    /// The pattern as written.
+    pub pattern: String,
+    /// What is wrong with it.
+    pub reason: &'static str,
+}
+
+impl Pattern {
+    /// Parses a pattern such as `public:*` or `user:{user}:*`.
+    pub fn parse(pattern: &str) -> Result<Self, PatternError> {
+        let err = |reason| PatternError {
+            pattern: pattern.to_owned(),
+            reason,
+        };
+        if pattern.is_empty() || pattern.len() > MAX_CHANNEL_LEN {
+            return Err(err("it must be 1 to 128 characters long"));
+        }
+        let mut tokens = Vec::new();
+        let mut lit = String::new();
+        let mut rest = pattern;
+        while let Some(c) = rest.chars().next() {
+            if let Some(after) = rest.strip_prefix("{user}") {
+                flush(&mut lit, &mut tokens);
+                tokens.push(Token::User);
+                rest = after;
+                continue;
+            }
+            match c {
+                '*' => {
+                    flush(&mut lit, &mut tokens);
+                    if tokens.last() != Some(&Token::Star) {
+                        tokens.push(Token::Star);
+                    }
+                }
+                c if c.is_ascii() && channel_byte(c as u8) => lit.push(c),
+                _ => {
+                    return Err(err(
+                        "allowed are channel characters [A-Za-z0-9:_.@-], `*` and `{user}`",
+                    ))
+                }
+            }
+            rest = rest.get(c.len_utf8()..).unwrap_or_default();
+        }
+        flush(&mut lit, &mut tokens);
+        Ok(Self {
+            text: pattern.to_owned(),
+            tokens,
+        })
+    }
+
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// True when `channel` matches for a caller named `user`.
+    pub fn matches(&self, channel: &str, user: Option<&str>) -> bool {
+        // `{user}` stands for one whole name: a name that could itself span
+        // a `:` (or is not made of channel characters) never matches.
+        let user = user.filter(|u| !u.contains(':') && valid_channel(u));
+        match_tokens(&self.tokens, channel, user)
+    }
+}
+
+fn flush(lit: &mut String, tokens: &mut Vec<Token>) {
+    if !lit.is_empty() {
+        tokens.push(Token::Lit(std::mem::take(lit)));
+    }
+}
+
+fn match_tokens(tokens: &[Token], s: &str, user: Option<&str>) -> bool {
+    match tokens.split_first() {
+        None => s.is_empty(),
+        Some((Token::Lit(l), rest)) => s
+            .strip_prefix(l.as_str())
+            .is_some_and(|r| match_tokens(rest, r, user)),
+        Some((Token::User, rest)) => user
+            .and_then(|u| s.strip_prefix(u))
+            .is_some_and(|r| match_tokens(rest, r, user)),
+        Some((Token::Star, rest)) => {
+            rest.is_empty()
+                || (0..=s.len())
+                    .filter_map(|i| s.get(i..))
+                    .any(|r| match_tokens(rest, r, user))
+        }
+    }
+}
+
+/// One permission rule: on the channels matching `pattern`, who may
+/// subscribe and who may publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    /// The channels it covers.
+    pub pattern: Pattern,
+    /// Who may subscribe.
+    pub subscribe: Access,
+    /// Who may publish.
+    pub publish: Access,
+}
+
+/// The permission rules of a hub: configured rules first, then the
+/// built-in ones ([`Rules::builtin`]); the first match decides; no match
+/// refuses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rules {
+    rules: Vec<Rule>,
+}
+
+impl Rules {
+    /// `public:*` (anyone logged in) and `user:{user}:*` (only that user).
+    pub fn builtin() -> Vec<Rule> {
+        let rule = |p: &str| Rule {
+            pattern: Pattern {
+                text: p.to_owned(),
+                tokens: match p {
+                    "public:*" => vec![Token::Lit("public:".into()), Token::Star],
+                    _ => vec![
+                        Token::Lit("user:".into()),
+                        Token::User,
+                        Token::Lit(":".into()),
+                        Token::Star,
+                    ],
+                },
+            },
+            subscribe: Access::LoggedIn,
+            publish: Access::LoggedIn,
+        };
+        vec![rule("public:*"), rule("user:{user}:*")]
+    }
+
+    /// `configured` rules, then the built-in ones.
+    pub fn new(configured: Vec<Rule>) -> Self {
+        let mut rules = configured;
+        rules.extend(Self::builtin());
+        Self { rules }
+    }
+
+    /// Whether `identity` may do `op` on `channel`.
+    pub fn allows(&self, identity: &Principal, channel: &str, op: Op) -> bool {
+        let user = identity.as_deref().map(|id| id.user.as_str());
+        match self.rules.iter().find(|r| r.pattern.matches(channel, user)) {
+            Some(r) => match op {
+                Op::Subscribe => r.subscribe.allows(identity),
+                Op::Publish => r.publish.allows(identity),
+            },
+            None => false,
+        }
+    }
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Self::new(Vec::new())
+    }
+}
+
+/// How a hub is set up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Permission rules.
+    pub rules: Rules,
+    /// Channels one socket may subscribe to at once.
+    pub max_subscriptions: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            rules: Rules::default(),
+            max_subscriptions: DEFAULT_MAX_SUBSCRIPTIONS,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The hub.
+
+/// Why the hub refused a request; `code` is the wire format's error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The channel name is invalid (`bad_channel`).
+    BadChannel,
+    /// The rules do not allow it (`forbidden`).
+    Forbidden,
+    /// The socket has [`Settings::max_subscriptions`] channels already
+    /// (`too_many_subscriptions`).
+    TooManySubscriptions,
+    /// The socket is being closed for not keeping up (`slow_consumer`).
+    SlowConsumer,
+}
+
+impl Refusal {
+    /// The `code` of the error message.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::BadChannel => "bad_channel",
+            Self::Forbidden => "forbidden",
+            Self::TooManySubscriptions => "too_many_subscriptions",
+            Self::SlowConsumer => "slow_consumer",
+        }
+    }
+
+    /// A human-readable `message`.
+    pub fn message(self, op: Op) -> &'static str {
+        match (self, op) {
+            (Self::BadChannel, _) => {
+                "channel names are 1 to 128 characters of A-Z a-z 0-9 : _ . @ -"
+            }
+            (Self::Forbidden, Op::Subscribe) => "not allowed to subscribe to this channel",
+            (Self::Forbidden, Op::Publish) => "not allowed to publish in this channel",
+            (Self::TooManySubscriptions, _) => "too many subscriptions on this socket",
+            (Self::SlowConsumer, _) => "this socket is being closed: it does not keep up",
+        }
+    }
+}
+
+/// One subscribed socket, shared by the channels it joined.
+struct Member {
+    id: u64,
+    /// The socket's identity: every delivery to it carries this one.
+    identity: Principal,
+    push: WsSender,
+    /// The channels it joined (kept by its socket; read to evict it).
+    channels: Mutex<Vec<Arc<str>>>,
+    /// Set once it failed to take a delivery: it is leaving.
+    evicted: AtomicBool,
+}
+
+#[derive(Default)]
+struct ChannelState {
+    /// The last sequence number used.
+    seq: u64,
+    subscribers: HashMap<u64, Arc<Member>>,
+    /// Removed from the hub (it had no subscribers left): look it up again.
+    closed: bool,
+}
+
+#[derive(Default)]
+struct Channel {
+    state: Mutex<ChannelState>,
+}
+
+/// The channels of one `&broadcast` destination, shared by all its
+/// sockets and requests.
+pub struct Hub {
+    channels: RwLock<HashMap<Arc<str>, Arc<Channel>>>,
+    next_id: AtomicU64,
+    settings: Settings,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("channels", &self.channel_count())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Locks `m`; a poisoned lock is still used (nothing under these locks can
+/// leave the data inconsistent halfway).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Hub {
+    /// An empty hub.
+    pub fn new(settings: Settings) -> Self {
+        Self {
+            channels: RwLock::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            settings,
+        }
+    }
+
+    /// Channels that currently have subscribers.
+    pub fn channel_count(&self) -> usize {
+        self.channels
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Subscribers of `channel`.
+    pub fn subscriber_count(&self, channel: &str) -> usize {
+        self.lookup(channel)
+            .map(|c| lock(&c.state).subscribers.len())
+            .unwrap_or(0)
+    }
+
+    fn join(&self, identity: Principal, push: WsSender) -> Arc<Member> {
+        Arc::new(Member {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            identity,
+            push,
+            channels: Mutex::new(Vec::new()),
+            evicted: AtomicBool::new(false),
+        })
+    }
+
+    fn lookup(&self, name: &str) -> Option<Arc<Channel>> {
+        self.channels
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .cloned()
+    }
+
+    /// The channel `name`, created if needed.
+    fn open(&self, name: &Arc<str>) -> Arc<Channel> {
+        if let Some(c) = self.lookup(name) {
+            return c;
+        }
+        let mut map = self
+            .channels
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(map.entry(Arc::clone(name)).or_default())
+    }
+
+    /// Subscribes `member` to `channel` (idempotent).
+    fn subscribe(&self, member: &Arc<Member>, channel: &str) -> Result<(), Refusal> {
+        if !valid_channel(channel) {
+            return Err(Refusal::BadChannel);
+        }
+        if !self
+            .settings
+            .rules
+            .allows(&member.identity, channel, Op::Subscribe)
+        {
+            return Err(Refusal::Forbidden);
+        }
+        if member.evicted.load(Ordering::Acquire) {
+            return Err(Refusal::SlowConsumer);
+        }
+        let name: Arc<str> = {
+            let mut mine = lock(&member.channels);
+            if mine.iter().any(|c| &**c == channel) {
+                return Ok(());
+            }
+            if mine.len() >= self.settings.max_subscriptions {
+                return Err(Refusal::TooManySubscriptions);
+            }
+            let name: Arc<str> = Arc::from(channel);
+            mine.push(Arc::clone(&name));
+            name
+        };
+        loop {
+            let ch = self.open(&name);
+            let mut st = lock(&ch.state);
+            if st.closed {
+                // Removed between the lookup and the lock: find the new one.
+                continue;
+            }
+            st.subscribers.insert(member.id, Arc::clone(member));
+            return Ok(());
+        }
+    }
+
+    /// Unsubscribes `member` from `channel` (no-op if it is not subscribed).
+    fn unsubscribe(&self, member: &Member, channel: &str) {
+        let found = {
+            let mut mine = lock(&member.channels);
+            let before = mine.len();
+            mine.retain(|c| &**c != channel);
+            mine.len() != before
+        };
+        if found {
+            self.remove(channel, member.id);
+        }
+    }
+
+    /// Removes subscriber `id` from `channel`, and the channel if that was
+    /// its last subscriber.
+    fn remove(&self, channel: &str, id: u64) {
+        let Some(ch) = self.lookup(channel) else {
+            return;
+        };
+        let empty = {
+            let mut st = lock(&ch.state);
+            st.subscribers.remove(&id);
+            st.subscribers.is_empty()
+        };
+        if empty {
+            self.reap(channel, &ch);
+        }
+    }
+
+    /// Removes `ch` from the map if it still has no subscribers. Lock
+    /// order: the map, then the channel (nothing takes them the other way).
+    fn reap(&self, name: &str, ch: &Arc<Channel>) {
+        let mut map = self
+            .channels
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut st = lock(&ch.state);
+        if st.subscribers.is_empty() && !st.closed {
+            st.closed = true;
+            if map.get(name).is_some_and(|c| Arc::ptr_eq(c, ch)) {
+                map.remove(name);
+            }
+        }
+    }
+
+    /// A socket is gone: leaves every channel it joined.
+    fn leave(&self, member: &Member) {
+        let channels = std::mem::take(&mut *lock(&member.channels));
+        for c in channels {
+            self.remove(&c, member.id);
+        }
+    }
+
+    /// `member` did not take a delivery (slow or gone): it leaves every
+    /// channel now, so no publisher tries it again. Its socket still holds
+    /// the list and leaves again (harmlessly) when it closes.
+    fn evict(&self, member: &Member) {
+        if member.evicted.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tracing::debug!(subscriber = member.id, "broadcast: subscriber evicted");
+        let channels = lock(&member.channels).clone();
+        for c in channels {
+            self.remove(&c, member.id);
+        }
+    }
+
+    /// Publishes `data` on `channel` as `from`: the message's `seq`, or 0
+    /// when the channel has no subscribers (nothing is delivered).
+    pub fn publish(&self, from: &Principal, channel: &str, data: &Value) -> Result<u64, Refusal> {
+        if !valid_channel(channel) {
+            return Err(Refusal::BadChannel);
+        }
+        if !self.settings.rules.allows(from, channel, Op::Publish) {
+            return Err(Refusal::Forbidden);
+        }
+        let Some(ch) = self.lookup(channel) else {
+            return Ok(0);
+        };
+        // Everything but the sequence number is encoded before the lock.
+        let head = format!(
+            "{{\"type\":\"message\",\"channel\":{},\"seq\":",
+            Value::from(channel)
+        );
+        let from_json = match from {
+            Some(id) => Value::from(id.user.as_str()),
+            None => Value::Null,
+        };
+        let tail = format!(",\"from\":{from_json},\"data\":{data}}}");
+        let mut failed: Vec<Arc<Member>> = Vec::new();
+        let (seq, empty) = {
+            let mut st = lock(&ch.state);
+            if st.closed || st.subscribers.is_empty() {
+                return Ok(0);
+            }
+            st.seq = st.seq.saturating_add(1);
+            let seq = st.seq;
+            let mut text = String::with_capacity(head.len() + 20 + tail.len());
+            text.push_str(&head);
+            text.push_str(&seq.to_string());
+            text.push_str(&tail);
+            // Encoded once; each push below clones a reference to it.
+            let text = Utf8Bytes::from(text);
+            for m in st.subscribers.values() {
+                let delivery = Tagged::new(m.identity.clone(), WsMessage::Text(text.clone()));
+                match m.push.push(delivery) {
+                    Ok(()) => {}
+                    Err(PushError::SlowConsumer | PushError::Closed) => {
+                        failed.push(Arc::clone(m));
+                    }
+                }
+            }
+            for m in &failed {
+                st.subscribers.remove(&m.id);
+            }
+            (seq, st.subscribers.is_empty())
+        };
+        for m in &failed {
+            self.evict(m);
+        }
+        if empty {
+            self.reap(channel, &ch);
+        }
+        Ok(seq)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The destination.
+
+/// The `&broadcast` destination of one route: its hub and its path prefix.
+#[derive(Debug)]
+pub struct Broadcast {
+    hub: Arc<Hub>,
+    /// The route's path without a trailing `/` (`""` for `/`).
+    prefix: String,
+}
+
+impl Broadcast {
+    /// `&broadcast` at route `path`, with the default settings.
+    pub fn new(path: &str) -> Self {
+        Self::with_settings(path, Settings::default())
+    }
+
+    /// `&broadcast` at route `path`.
+    pub fn with_settings(path: &str, settings: Settings) -> Self {
+        Self {
+            hub: Arc::new(Hub::new(settings)),
+            prefix: path.strip_suffix('/').unwrap_or(path).to_owned(),
+        }
+    }
+
+    /// The hub.
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    /// The channel named by a request path: what follows `<prefix>/`.
+    fn channel_of<'p>(&self, path: &'p [u8]) -> &'p [u8] {
+        path.strip_prefix(self.prefix.as_bytes())
+            .map(|rest| rest.strip_prefix(b"/").unwrap_or(rest))
+            .unwrap_or_default()
+    }
+}
+
+/// `&broadcast` at route `path` with the default settings: one hub for the
+/// route, built once by the route table.
+pub fn destination(path: &str) -> Arc<dyn Destination> {
+    Arc::new(Broadcast::new(path))
+}
+
+fn error_response(status: u16, error: &str) -> Response {
+    json_response(status, json!({ "error": error }))
+}
+
+impl Destination for Broadcast {
+    fn name(&self) -> &str {
+        "&broadcast"
+    }
+
+    fn http(&self, req: Tagged<HttpRequest>) -> Handled {
+        let identity = req.identity;
+        let head = &req.msg.head;
+        let resp = if head.method != Method::Post {
+            let mut r = error_response(405, "method_not_allowed");
+            r.headers.push(Header::new(&b"Allow"[..], &b"POST"[..]));
+            r
+        } else {
+            match std::str::from_utf8(self.channel_of(head.path())) {
+                Ok(channel) if valid_channel(channel) => {
+                    if !self
+                        .hub
+                        .settings
+                        .rules
+                        .allows(&identity, channel, Op::Publish)
+                    {
+                        error_response(403, "forbidden")
+                    } else {
+                        match serde_json::from_slice::<Value>(&req.msg.body) {
+                            Err(_) => error_response(400, "bad_json"),
+                            Ok(data) => match self.hub.publish(&identity, channel, &data) {
+                                Ok(seq) => json_response(202, json!({ "seq": seq })),
+                                Err(r) => error_response(
+                                    if r == Refusal::Forbidden { 403 } else { 400 },
+                                    r.code(),
+                                ),
+                            },
+                        }
+                    }
+                }
+                _ => error_response(400, "bad_channel"),
+            }
+        };
+        Handled::Ready(Tagged::new(identity, resp))
+    }
+
+    fn websocket(&self, identity: &Principal, push: WsSender) -> Option<Box<dyn WsEndpoint>> {
+        Some(Box::new(Socket {
+            member: self.hub.join(identity.clone(), push),
+            hub: Arc::clone(&self.hub),
+        }))
+    }
+}
+
+/// A client message; unknown fields (a claimed `from`, say) are ignored.
+#[derive(Deserialize)]
+struct ClientMessage {
+    #[serde(rename = "type")]
+    kind: String,
+    channel: Option<String>,
+    /// `Some(Value::Null)` for `"data": null`, `None` when missing.
+    #[serde(default, deserialize_with = "present")]
+    data: Option<Value>,
+}
+
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
+/// One WebSocket client of the hub.
+struct Socket {
+    hub: Arc<Hub>,
+    member: Arc<Member>,
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        self.hub.leave(&self.member);
+    }
+}
+
+/// `{"type":"error","code":…,"channel":…,"message":…}`.
+fn ws_error(code: &str, channel: Option<&str>, message: &str) -> WsMessage {
+    let mut v = json!({ "type": "error", "code": code });
+    if let (Some(c), Some(obj)) = (channel, v.as_object_mut()) {
+        obj.insert("channel".into(), Value::from(c));
+    }
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("message".into(), Value::from(message));
+    }
+    WsMessage::Text(Utf8Bytes::from(v.to_string()))
+}
+
+impl Socket {
+    /// The answer to one client message, if any.
+    fn handle(&self, identity: &Principal, msg: &WsMessage) -> Option<WsMessage> {
+        let WsMessage::Text(text) = msg else {
+            return Some(ws_error(
+                "bad_message",
+                None,
+                "messages are JSON text frames",
+            ));
+        };
+        let Ok(m) = serde_json::from_str::<ClientMessage>(text.as_str()) else {
+            return Some(ws_error(
+                "bad_message",
+                None,
+                "expected a JSON object with \"type\" and \"channel\"",
+            ));
+        };
+        let op = match m.kind.as_str() {
+            "subscribe" | "unsubscribe" => Op::Subscribe,
+            "publish" => Op::Publish,
+            _ => {
+                return Some(ws_error(
+                    "bad_message",
+                    None,
+                    "type must be subscribe, unsubscribe or publish",
+                ))
+            }
+        };
+        let Some(channel) = m.channel.as_deref() else {
+            return Some(ws_error("bad_message", None, "\"channel\" is missing"));
+        };
+        if !valid_channel(channel) {
+            // The invalid name is not echoed back (it may be huge).
+            return Some(ws_error(
+                Refusal::BadChannel.code(),
+                None,
+                Refusal::BadChannel.message(op),
+            ));
+        }
+        let refused = |r: Refusal| Some(ws_error(r.code(), Some(channel), r.message(op)));
+        match m.kind.as_str() {
+            "subscribe" => match self.hub.subscribe(&self.member, channel) {
+                Ok(()) => Some(WsMessage::Text(Utf8Bytes::from(
+                    json!({ "type": "subscribed", "channel": channel }).to_string(),
+                ))),
+                Err(r) => refused(r),
+            },
+            "unsubscribe" => {
+                self.hub.unsubscribe(&self.member, channel);
+                None
+            }
+            _ => {
+                let Some(data) = m.data.as_ref() else {
+                    return Some(ws_error(
+                        "bad_message",
+                        Some(channel),
+                        "\"data\" is missing",
+                    ));
+                };
+                match self.hub.publish(identity, channel, data) {
+                    Ok(_) => None,
+                    Err(r) => refused(r),
+                }
+            }
+        }
+    }
+}
+
+impl WsEndpoint for Socket {
+    fn on_message(&mut self, msg: Tagged<WsMessage>) -> Option<Tagged<WsMessage>> {
+        let reply = self.handle(&msg.identity, &msg.msg)?;
+        // The answer carries the identity of the message it answers.
+        Some(Tagged::new(msg.identity, reply))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{Identity, Provider};
+    use crate::route::{ws_push_queue, Pushed, WsReceiver, WS_PUSH_QUEUE};
+    use futures_util::FutureExt;
+
+    fn user(name: &str) -> Principal {
+        Some(Arc::new(Identity {
+            user: name.into(),
+            provider: Provider::Password,
+        }))
+    }
+
+    struct Client {
+        ep: Box<dyn WsEndpoint>,
+        rx: WsReceiver,
+        identity: Principal,
+    }
+
+    impl Client {
+        fn new(b: &Broadcast, identity: Principal) -> Self {
+            let (tx, rx) = ws_push_queue();
+            let ep = b.websocket(&identity, tx).unwrap();
+            Self { ep, rx, identity }
+        }
+
+        fn send(&mut self, v: Value) -> Option<Value> {
+            let msg = WsMessage::Text(Utf8Bytes::from(v.to_string()));
+            self.send_raw(msg)
+        }
+
+        fn send_raw(&mut self, msg: WsMessage) -> Option<Value> {
+            let reply = self
+                .ep
+                .on_message(Tagged::new(self.identity.clone(), msg))?;
+            assert!(crate::auth::check_reply(&self.identity, &reply).is_ok());
+            match reply.msg {
+                WsMessage::Text(t) => Some(serde_json::from_str(t.as_str()).unwrap()),
+                WsMessage::Binary(_) => panic!("binary reply"),
+            }
+        }
+
+        fn sub(&mut self, channel: &str) -> Value {
+            self.send(json!({"type": "subscribe", "channel": channel}))
+                .unwrap()
+        }
+
+        fn publish(&mut self, channel: &str, data: Value) -> Option<Value> {
+            self.send(json!({"type": "publish", "channel": channel, "data": data}))
+        }
+
+        /// The next pushed delivery (the reply rule checked), if any.
+        fn next(&mut self) -> Option<Value> {
+            match self.rx.recv().now_or_never()? {
+                Pushed::Message(m) => {
+                    assert!(
+                        crate::auth::check_reply(&self.identity, &m).is_ok(),
+                        "delivery tagged with another identity"
+                    );
+                    match m.msg {
+                        WsMessage::Text(t) => Some(serde_json::from_str(t.as_str()).unwrap()),
+                        WsMessage::Binary(_) => panic!("binary delivery"),
+                    }
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+
+        fn next_text(&mut self) -> Utf8Bytes {
+            match self.rx.recv().now_or_never() {
+                Some(Pushed::Message(m)) => match m.msg {
+                    WsMessage::Text(t) => t,
+                    WsMessage::Binary(_) => panic!("binary delivery"),
+                },
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn channel_names() {
+        for ok in [
+            "a",
+            "public:chat",
+            "user:alice@example.com:inbox",
+            "A-Z_0.9",
+        ] {
+            assert!(valid_channel(ok), "{ok}");
+        }
+        let long = "x".repeat(129);
+        for bad in ["", "a b", "a/b", "é", "a\n", "a*", long.as_str()] {
+            assert!(!valid_channel(bad), "{bad:?}");
+        }
+        assert!(valid_channel(&"x".repeat(128)));
+    }
+
+    #[test]
+    fn patterns() {
+        let p = Pattern::parse("user:{user}:*").unwrap();
+        assert!(p.matches("user:alice:x", Some("alice")));
+        assert!(p.matches("user:alice:", Some("alice")));
+        assert!(!p.matches("user:alice", Some("alice")));
+        assert!(!p.matches("user:alice:x", Some("bob")));
+        assert!(!p.matches("user:alice:x", None));
+        assert!(!p.matches("user:al:ice:x", Some("al:ice")));
+        let p = Pattern::parse("room:*:log").unwrap();
+        assert!(p.matches("room:1:log", None));
+        assert!(p.matches("room::log", None));
+        assert!(!p.matches("room:1:logs", None));
+        assert!(Pattern::parse("a/b").is_err());
+        assert!(Pattern::parse("{usr}").is_err());
+        assert!(Pattern::parse("").is_err());
+        assert_eq!(
+            Rules::builtin()[0].pattern,
+            Pattern::parse("public:*").unwrap()
+        );
+        assert_eq!(
+            Rules::builtin()[1].pattern,
+            Pattern::parse("user:{user}:*").unwrap()
+        );
+    }
+
+    #[test]
+    fn default_permissions() {
+        let r = Rules::default();
+        let alice = user("alice");
+        for op in [Op::Subscribe, Op::Publish] {
+            assert!(r.allows(&alice, "public:chat", op));
+            assert!(!r.allows(&None, "public:chat", op));
+            assert!(r.allows(&alice, "user:alice:inbox", op));
+            assert!(!r.allows(&user("bob"), "user:alice:inbox", op));
+            assert!(!r.allows(&None, "user:alice:inbox", op));
+            assert!(!r.allows(&alice, "private", op));
+        }
+    }
+
+    #[test]
+    fn configured_rules_come_first() {
+        let r = Rules::new(vec![
+            Rule {
+                pattern: Pattern::parse("public:news").unwrap(),
+                subscribe: Access::Anyone,
+                publish: Access::Users(vec!["editor".into()]),
+            },
+            Rule {
+                pattern: Pattern::parse("*").unwrap(),
+                subscribe: Access::Nobody,
+                publish: Access::Nobody,
+            },
+        ]);
+        assert!(r.allows(&None, "public:news", Op::Subscribe));
+        assert!(!r.allows(&user("alice"), "public:news", Op::Publish));
+        assert!(r.allows(&user("editor"), "public:news", Op::Publish));
+        assert!(!r.allows(&user("alice"), "public:chat", Op::Subscribe));
+    }
+
+    #[test]
+    fn chat_with_true_from_and_per_subscriber_identity() {
+        let b = Broadcast::new("/broadcast");
+        let mut alice = Client::new(&b, user("alice"));
+        let mut bob = Client::new(&b, user("bob"));
+        assert_eq!(
+            alice.sub("public:chat"),
+            json!({"type": "subscribed", "channel": "public:chat"})
+        );
+        bob.sub("public:chat");
+        assert_eq!(b.hub().subscriber_count("public:chat"), 2);
+        // A claimed `from` is ignored.
+        let r = bob.send(json!({"type": "publish", "channel": "public:chat",
+                                "data": {"text": "hi"}, "from": "alice"}));
+        assert_eq!(r, None);
+        let want = json!({"type": "message", "channel": "public:chat", "seq": 1,
+                          "from": "bob", "data": {"text": "hi"}});
+        assert_eq!(alice.next(), Some(want.clone()));
+        assert_eq!(bob.next(), Some(want));
+        alice.publish("public:chat", json!(null));
+        assert_eq!(bob.next().unwrap()["seq"], 2);
+        assert_eq!(bob.next(), None);
+        assert_eq!(alice.next().unwrap()["from"], "alice");
+    }
+
+    #[test]
+    fn one_encoding_shared_by_all_subscribers() {
+        let b = Broadcast::new("/b");
+        let mut clients: Vec<Client> = (0..3)
+            .map(|i| Client::new(&b, user(&format!("u{i}"))))
+            .collect();
+        for c in &mut clients {
+            c.sub("public:x");
+        }
+        b.hub()
+            .publish(&user("u0"), "public:x", &json!("x".repeat(1000)))
+            .unwrap();
+        let texts: Vec<Utf8Bytes> = clients.iter_mut().map(|c| c.next_text()).collect();
+        let first = texts[0].as_bytes().as_ptr();
+        assert!(texts.iter().all(|t| t.as_bytes().as_ptr() == first));
+    }
+
+    #[test]
+    fn refusals_keep_the_socket() {
+        let b = Broadcast::new("/broadcast");
+        let mut alice = Client::new(&b, user("alice"));
+        let r = alice.sub("user:bob:inbox");
+        assert_eq!(r["type"], "error");
+        assert_eq!(r["code"], "forbidden");
+        assert_eq!(r["channel"], "user:bob:inbox");
+        let r = alice.publish("user:bob:inbox", json!(1)).unwrap();
+        assert_eq!(r["code"], "forbidden");
+        assert_eq!(alice.sub("user:alice:inbox")["type"], "subscribed");
+        for bad in [
+            WsMessage::Text("not json".into()),
+            WsMessage::Text("[]".into()),
+            WsMessage::Text(r#"{"type":"dance","channel":"public:a"}"#.into()),
+            WsMessage::Text(r#"{"type":"subscribe"}"#.into()),
+            WsMessage::Text(r#"{"type":"publish","channel":"public:a"}"#.into()),
+            WsMessage::Text(r#"{"type":"subscribe","channel":7}"#.into()),
+            WsMessage::Binary(bytes::Bytes::from_static(b"{}")),
+        ] {
+            let r = alice.send_raw(bad).unwrap();
+            assert_eq!(r["code"], "bad_message", "{r}");
+        }
+        let r = alice.sub("bad channel");
+        assert_eq!(r["code"], "bad_channel");
+        assert!(r.get("channel").is_none());
+        // Still subscribed and working.
+        alice.publish("user:alice:inbox", json!({"n": 1}));
+        assert_eq!(alice.next().unwrap()["data"], json!({"n": 1}));
+    }
+
+    #[test]
+    fn anonymous_may_not_use_public_channels() {
+        let b = Broadcast::new("/broadcast");
+        let mut anon = Client::new(&b, None);
+        assert_eq!(anon.sub("public:chat")["code"], "forbidden");
+        assert_eq!(
+            anon.publish("public:chat", json!(1)).unwrap()["code"],
+            "forbidden"
+        );
+    }
+
+    #[test]
+    fn subscription_limit_and_unsubscribe() {
+        let b = Broadcast::with_settings(
+            "/broadcast",
+            Settings {
+                max_subscriptions: 2,
+                ..Settings::default()
+            },
+        );
+        let mut c = Client::new(&b, user("alice"));
+        c.sub("public:1");
+        c.sub("public:2");
+        assert_eq!(c.sub("public:2")["type"], "subscribed");
+        let r = c.sub("public:3");
+        assert_eq!(r["code"], "too_many_subscriptions");
+        assert_eq!(
+            c.send(json!({"type": "unsubscribe", "channel": "public:1"})),
+            None
+        );
+        assert_eq!(b.hub().channel_count(), 1);
+        assert_eq!(c.sub("public:3")["type"], "subscribed");
+        assert_eq!(
+            b.hub().publish(&user("bob"), "public:1", &json!(1)),
+            Ok(0),
+            "no subscribers: nothing delivered"
+        );
+        assert_eq!(c.next(), None);
+        drop(c);
+        assert_eq!(b.hub().channel_count(), 0);
+    }
+
+    #[test]
+    fn seq_restarts_when_a_channel_is_recreated() {
+        let b = Broadcast::new("/broadcast");
+        let alice = user("alice");
+        let mut c = Client::new(&b, alice.clone());
+        c.sub("public:a");
+        assert_eq!(b.hub().publish(&alice, "public:a", &json!(1)), Ok(1));
+        assert_eq!(b.hub().publish(&alice, "public:a", &json!(2)), Ok(2));
+        c.send(json!({"type": "unsubscribe", "channel": "public:a"}));
+        c.sub("public:a");
+        assert_eq!(b.hub().publish(&alice, "public:a", &json!(3)), Ok(1));
+    }
+
+    #[test]
+    fn slow_consumer_is_evicted_from_every_channel() {
+        let b = Broadcast::new("/broadcast");
+        let alice = user("alice");
+        let mut slow = Client::new(&b, user("slow"));
+        let mut fast = Client::new(&b, user("fast"));
+        slow.sub("public:a");
+        slow.sub("public:b");
+        fast.sub("public:a");
+        for i in 0..=WS_PUSH_QUEUE {
+            b.hub().publish(&alice, "public:a", &json!(i)).unwrap();
+            assert_eq!(fast.next().unwrap()["data"], i);
+        }
+        assert_eq!(b.hub().subscriber_count("public:a"), 1);
+        assert_eq!(b.hub().subscriber_count("public:b"), 0);
+        assert_eq!(b.hub().channel_count(), 1);
+        assert_eq!(slow.sub("public:c")["code"], "slow_consumer");
+        // Its socket is told to close (1008).
+        assert!(matches!(
+            slow.rx.recv().now_or_never(),
+            Some(Pushed::Overflow)
+        ));
+        drop(slow);
+        assert_eq!(b.hub().subscriber_count("public:a"), 1);
+    }
+
+    #[test]
+    fn ordered_under_concurrent_publishers() {
+        let b = Arc::new(Broadcast::new("/broadcast"));
+        let mut c = Client::new(&b, user("reader"));
+        c.sub("public:race");
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let b = Arc::clone(&b);
+                std::thread::spawn(move || {
+                    for i in 0..200 {
+                        b.hub()
+                            .publish(&user(&format!("w{t}")), "public:race", &json!(i))
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let seqs: Vec<u64> = std::iter::from_fn(|| c.next())
+            .map(|m| m["seq"].as_u64().unwrap())
+            .collect();
+        assert_eq!(seqs, (1..=800).collect::<Vec<u64>>());
+    }
+
+    fn post(
+        b: &Broadcast,
+        identity: Principal,
+        method: Method,
+        path: &str,
+        body: &str,
+    ) -> (u16, Value) {
+        let head = sigma_http::RequestHead {
+            method,
+            target: bytes::Bytes::copy_from_slice(path.as_bytes()),
+            version: sigma_http::Version::Http11,
+            headers: Vec::new(),
+            keep_alive: true,
+            websocket: None,
+        };
+        let req = Tagged::new(
+            identity.clone(),
+            HttpRequest {
+                head,
+                body: bytes::Bytes::copy_from_slice(body.as_bytes()),
+            },
+        );
+        match b.http(req) {
+            Handled::Ready(r) => {
+                assert!(crate::auth::check_reply(&identity, &r).is_ok());
+                (r.msg.status, serde_json::from_slice(&r.msg.body).unwrap())
+            }
+            Handled::Later(_) => panic!("later"),
+        }
+    }
+
+    #[test]
+    fn http_publish() {
+        let b = Broadcast::new("/broadcast/");
+        let mut c = Client::new(&b, user("bob"));
+        c.sub("public:chat");
+        let alice = user("alice");
+        let (s, v) = post(
+            &b,
+            alice.clone(),
+            Method::Post,
+            "/broadcast/public:chat?x=1",
+            r#"{"a":1}"#,
+        );
+        assert_eq!((s, v), (202, json!({"seq": 1})));
+        assert_eq!(
+            c.next(),
+            Some(
+                json!({"type": "message", "channel": "public:chat", "seq": 1,
+                        "from": "alice", "data": {"a": 1}})
+            )
+        );
+        assert_eq!(
+            post(&b, None, Method::Post, "/broadcast/public:chat", "1").0,
+            403
+        );
+        assert_eq!(
+            post(
+                &b,
+                alice.clone(),
+                Method::Post,
+                "/broadcast/user:bob:x",
+                "1"
+            )
+            .0,
+            403
+        );
+        assert_eq!(
+            post(
+                &b,
+                alice.clone(),
+                Method::Post,
+                "/broadcast/public:chat",
+                "nope"
+            )
+            .0,
+            400
+        );
+        assert_eq!(
+            post(
+                &b,
+                alice.clone(),
+                Method::Post,
+                "/broadcast/public:chat",
+                ""
+            )
+            .0,
+            400
+        );
+        assert_eq!(
+            post(&b, alice.clone(), Method::Post, "/broadcast/a%20b", "1").0,
+            400
+        );
+        assert_eq!(
+            post(&b, alice.clone(), Method::Post, "/broadcast", "1").0,
+            400
+        );
+        assert_eq!(
+            post(&b, alice.clone(), Method::Post, "/broadcast/", "1").0,
+            400
+        );
+        assert_eq!(
+            post(&b, alice.clone(), Method::Get, "/broadcast/public:chat", "").0,
+            405
+        );
+        assert_eq!(
+            post(
+                &b,
+                alice.clone(),
+                Method::Put,
+                "/broadcast/public:chat",
+                "1"
+            )
+            .0,
+            405
+        );
+        let (s, v) = post(&b, alice, Method::Post, "/broadcast/public:nobody", "1");
+        assert_eq!((s, v), (202, json!({"seq": 0})));
+        // The root route works too.
+        let root = Broadcast::new("/");
+        assert_eq!(
+            post(&root, user("a"), Method::Post, "/public:x", "1").0,
+            202
+        );
+    }
+}

@@ -1,0 +1,331 @@
+//! `&db`: the durable per-user key-value store (DESIGN §6, §7, §9).
+//!
+//! ```text
+//!  A ──Tagged{identity, PUT /db/k}──▶ [ Db ] ──spawn_blocking──▶ Store::kv_put ──▶ redb (fsync)
+//!    ◀─Tagged{identity, 201 ETag}───  [    ] ◀──────────────────  committed
+//!                                       │ after each durable write
+//!                                       └──▶ watch registry ──WsSender::push──▶ watching sockets
+//! ```
+//!
+//! Every identity has one namespace, named by its user name: a request
+//! reads and writes only its caller's namespace, and an anonymous request
+//! gets 401 (routes to `&db` default to `auth = "required"` as well). A key
+//! is an opaque string (`/` means nothing to the store) of 1 to
+//! `db.max_key` bytes of UTF-8, without control characters and without a
+//! `.` or `..` segment between slashes (browsers and URL libraries rewrite
+//! those, so such a key could not be addressed reliably). A value is at
+//! most `db.max_value` bytes. Every write of a namespace gets a new
+//! version, greater than any the namespace had before (so a version is
+//! never reused, not even after a delete); the `ETag` is `"v<version>"`
+//! (strong).
+//!
+//! A write is answered only after its commit is durable (redb,
+//! `Durability::Immediate`): an acknowledged write survives `kill -9`.
+//! Store calls run on the blocking pool (`spawn_blocking`): reads at most
+//! [`MAX_CONCURRENT_OPS`] at once, writes one at a time (redb has one
+//! writer anyway; waiting writers hold no thread), each together with the
+//! notification of its watchers, so watchers see changes in commit order.
+//!
+//! # HTTP (at the route, `/db` by default)
+//!
+//! - `PUT <route>/<key>`: stores the body with its `Content-Type` (default
+//!   `application/octet-stream`); `201` (created) or `200` (replaced), empty
+//!   body, with `ETag`. A body over `db.max_value` gets `413`.
+//! - `GET`/`HEAD <route>/<key>`: `200` with the value as stored, its
+//!   `Content-Type` and `ETag` (and `Content-Security-Policy: sandbox`,
+//!   `X-Content-Type-Options: nosniff`: a value is never active content on
+//!   sigma's origin); `404` if there is no such key; `304` when
+//!   `If-None-Match` matches.
+//! - `DELETE <route>/<key>`: `204`, or `404`.
+//! - `If-Match` (`*` or a list of ETags, strong comparison) and
+//!   `If-None-Match` (`*` or a list, weak comparison; `If-None-Match: *` on
+//!   `PUT` means create-only): `412` when they fail (`304` for a failed
+//!   `If-None-Match` on `GET`/`HEAD`). A malformed list is `400`.
+//! - `GET <route>/?prefix=P`: `200`, a JSON array of
+//!   `{"key":K,"etag":E,"size":BYTES}` in key (byte) order, at most `limit`
+//!   (query parameter, 1 to [`MAX_LIST`], default [`MAX_LIST`]). When more
+//!   follow, a `Link: <…&after=LAST…>; rel="next"` header names the next
+//!   page (`after=K`: keys after `K`). The query is form-encoded (`+` is a
+//!   space, as `URLSearchParams` writes it).
+//! - The key is the path after `<route>/`, percent-decoded (`+` is a plus);
+//!   an invalid key is `400`. Other methods get `405` with `Allow`. Errors
+//!   are JSON `{"error": CODE}` (see below).
+//!
+//! # WebSocket (the same route; JSON text frames)
+//!
+//! Requests, each with an optional `id` (a number or a string, echoed in
+//! the reply; unknown fields are refused):
+//!
+//! ```text
+//! {"op":"get","key":K,"id":N}
+//! {"op":"put","key":K,"value":STRING,"if_match":ETAG?,"if_none_match":"*"?,"content_type":CT?,"id":N}
+//!     ("value_base64":B64 instead of "value" for bytes; the content type
+//!      defaults to text/plain; charset=utf-8, resp. application/octet-stream)
+//! {"op":"delete","key":K,"if_match":ETAG?,"id":N}
+//! {"op":"list","prefix":P,"after":K?,"limit":N?,"id":N}
+//! {"op":"watch","prefix":P,"id":N}
+//! {"op":"unwatch","prefix":P,"id":N}
+//! ```
+//!
+//! Replies: `{"id":N,"ok":true,...}` — `get`: `key`, `etag`,
+//! `content_type` and `value` (or `value_base64` when the value is not
+//! UTF-8); `put`: `etag`, `created`; `list`: `items` (as over HTTP) and
+//! `more`; `delete`, `watch`, `unwatch`: nothing more — or
+//! `{"id":N,"ok":false,"error":CODE}`. `ETAG` is the `ETag` as sent over
+//! HTTP (`"\"v3\""`; a bare `v3` and `*` are accepted too).
+//!
+//! After `watch`, every change in the caller's namespace under the prefix,
+//! from any connection (HTTP or WebSocket), is pushed once per socket:
+//! `{"type":"change","key":K,"etag":E|null,"op":"put"|"delete"}` (`etag`
+//! is `null` for a delete). A socket watches at most
+//! [`MAX_WATCHES_PER_SOCKET`] prefixes.
+//!
+//! Ordering: one socket's requests are performed one after the other, in
+//! order, by a task of its own, and every reply comes back through the
+//! socket's push queue in request order. Only when more than
+//! [`SOCKET_QUEUE`] requests are waiting is a request refused at once with
+//! `busy`, possibly ahead of earlier replies; replies can always be
+//! matched by `id`.
+//!
+//! Error codes: `bad_request`, `invalid_key`, `invalid_content_type`,
+//! `not_found`, `precondition_failed`, `too_large`, `unauthenticated`,
+//! `too_many_watches`, `busy`, `internal`.
+
+mod http;
+mod keys;
+mod watch;
+mod ws;
+
+use std::sync::Arc;
+
+use sigma_http::WsMessage;
+
+use crate::auth::{Principal, Tagged};
+use crate::config::DbConfig;
+use crate::route::{Destination, Handled, HttpRequest, WsEndpoint, WsSender};
+use crate::store::{KvError, KvPut, Precondition, Store};
+
+pub use keys::etag;
+
+/// Reads of `&db` running at once (the rest wait their turn without
+/// holding a blocking thread).
+pub const MAX_CONCURRENT_OPS: usize = 64;
+/// Most entries in one listing.
+pub const MAX_LIST: usize = 1000;
+/// Most prefixes one socket watches.
+pub const MAX_WATCHES_PER_SOCKET: usize = 64;
+/// Requests of one socket waiting to be performed.
+pub const SOCKET_QUEUE: usize = 64;
+
+/// What every `&db` route shares: the store, the limits, the watchers.
+pub struct DbService {
+    store: Arc<dyn Store>,
+    config: DbConfig,
+    watches: watch::Registry,
+    /// Held across a write and the notification of its watchers.
+    write_lock: Arc<tokio::sync::Mutex<()>>,
+    ops: Arc<tokio::sync::Semaphore>,
+}
+
+impl std::fmt::Debug for DbService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DbService")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a `&db` operation did not succeed; the same codes over HTTP and
+/// WebSocket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fail {
+    BadRequest,
+    InvalidKey,
+    InvalidContentType,
+    NotFound,
+    PreconditionFailed,
+    TooLarge,
+    Unauthenticated,
+    TooManyWatches,
+    Busy,
+    Internal,
+}
+
+impl Fail {
+    fn code(self) -> &'static str {
+        match self {
+            Self::BadRequest => "bad_request",
+            Self::InvalidKey => "invalid_key",
+            Self::InvalidContentType => "invalid_content_type",
+            Self::NotFound => "not_found",
+            Self::PreconditionFailed => "precondition_failed",
+            Self::TooLarge => "too_large",
+            Self::Unauthenticated => "unauthenticated",
+            Self::TooManyWatches => "too_many_watches",
+            Self::Busy => "busy",
+            Self::Internal => "internal",
+        }
+    }
+
+    fn status(self) -> u16 {
+        match self {
+            Self::BadRequest | Self::InvalidKey | Self::InvalidContentType => 400,
+            Self::NotFound => 404,
+            Self::PreconditionFailed => 412,
+            Self::TooLarge => 413,
+            Self::Unauthenticated => 401,
+            Self::TooManyWatches | Self::Busy => 429,
+            Self::Internal => 500,
+        }
+    }
+}
+
+impl From<KvError> for Fail {
+    fn from(e: KvError) -> Self {
+        match e {
+            KvError::PreconditionFailed => Self::PreconditionFailed,
+            KvError::Invalid => Self::BadRequest,
+            e => internal(&e),
+        }
+    }
+}
+
+/// Logs a store failure (never a key or a value) and maps it to `internal`.
+fn internal(e: &dyn std::fmt::Display) -> Fail {
+    tracing::error!(error = %e, "&db: store operation failed");
+    Fail::Internal
+}
+
+/// A change in a namespace, for its watchers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    Put(u64),
+    Delete,
+}
+
+impl DbService {
+    /// The shared state of `&db` over `store`.
+    pub fn new(store: Arc<dyn Store>, config: &DbConfig) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            config: config.clone(),
+            watches: watch::Registry::default(),
+            write_lock: Arc::new(tokio::sync::Mutex::new(())),
+            ops: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_OPS)),
+        })
+    }
+
+    /// Runs `f` on the blocking pool once one of the
+    /// [`MAX_CONCURRENT_OPS`] slots is free.
+    async fn blocking<T, F>(self: &Arc<Self>, f: F) -> Result<T, Fail>
+    where
+        T: Send + 'static,
+        F: FnOnce(&DbService) -> Result<T, Fail> + Send + 'static,
+    {
+        let permit = Arc::clone(&self.ops)
+            .acquire_owned()
+            .await
+            .map_err(|e| internal(&e))?;
+        let svc = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            f(&svc)
+        })
+        .await
+        .map_err(|e| internal(&e))?
+    }
+
+    /// Runs the write `f` on the blocking pool once no other write runs
+    /// (the lock is held until `f` returns, even if the caller goes away).
+    async fn write<T, F>(self: &Arc<Self>, f: F) -> Result<T, Fail>
+    where
+        T: Send + 'static,
+        F: FnOnce(&DbService) -> Result<T, Fail> + Send + 'static,
+    {
+        let serial = Arc::clone(&self.write_lock).lock_owned().await;
+        let svc = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let _serial = serial;
+            f(&svc)
+        })
+        .await
+        .map_err(|e| internal(&e))?
+    }
+
+    /// A durable conditional write, then its watchers are told; only
+    /// inside [`DbService::write`].
+    fn put_now(
+        &self,
+        ns: &str,
+        key: &str,
+        value: &[u8],
+        content_type: &str,
+        expect: &Precondition,
+    ) -> Result<KvPut, Fail> {
+        let put = self.store.kv_put(ns, key, value, content_type, expect)?;
+        self.watches.notify(ns, key, Change::Put(put.version));
+        Ok(put)
+    }
+
+    /// A durable conditional delete, then its watchers are told; `false`
+    /// if there was no such key. Only inside [`DbService::write`].
+    fn delete_now(&self, ns: &str, key: &str, expect: &Precondition) -> Result<bool, Fail> {
+        match self.store.kv_delete(ns, key, expect)? {
+            Some(_) => {
+                self.watches.notify(ns, key, Change::Delete);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+}
+
+/// One `&db` route: the shared service and the route's path prefix.
+#[derive(Debug)]
+pub struct Db {
+    svc: Arc<DbService>,
+    /// The route path without a trailing `/` (`""` for the route `/`).
+    prefix: String,
+}
+
+impl Db {
+    /// The `&db` destination of the route at `route_path`.
+    pub fn new(svc: Arc<DbService>, route_path: &str) -> Self {
+        Self {
+            svc,
+            prefix: route_path.trim_end_matches('/').to_owned(),
+        }
+    }
+
+    /// [`Db::new`] as a route's destination.
+    pub fn destination(svc: &Arc<DbService>, route_path: &str) -> Arc<dyn Destination> {
+        Arc::new(Self::new(Arc::clone(svc), route_path))
+    }
+}
+
+impl Destination for Db {
+    fn name(&self) -> &str {
+        "&db"
+    }
+
+    fn http(&self, req: Tagged<HttpRequest>) -> Handled {
+        http::handle(&self.svc, &self.prefix, req)
+    }
+
+    fn websocket(&self, identity: &Principal, push: WsSender) -> Option<Box<dyn WsEndpoint>> {
+        Some(ws::open(&self.svc, identity, push))
+    }
+}
+
+/// The namespace of `identity`: its user name (`None`: anonymous).
+fn namespace(identity: &Principal) -> Option<&str> {
+    identity
+        .as_deref()
+        .map(|i| i.user.as_str())
+        .filter(|u| !u.is_empty())
+}
+
+/// A text frame.
+fn text(s: String) -> WsMessage {
+    WsMessage::Text(s.into())
+}
