@@ -1,0 +1,256 @@
+//! `sigma-load`: the command line of the WebSocket load generator (see the
+//! library's documentation for the scenarios). Prints a human-readable
+//! report, or one JSON line with `--json`; exits 1 when no connection could
+//! be opened or the run failed.
+
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::bail;
+use clap::{Args, Parser, Subcommand};
+use sigma_load::echo::Echo;
+use sigma_load::idle::Idle;
+use sigma_load::pubsub::PubSub;
+use sigma_load::stats::Report;
+use sigma_load::{fleet, ws::Target};
+
+#[derive(Parser)]
+#[command(
+    name = "sigma-load",
+    version,
+    about = "WebSocket load generator: echo, idle and publish/subscribe scenarios"
+)]
+struct Cli {
+    /// Load threads, each with its own single-threaded runtime.
+    #[arg(long, global = true, default_value_t = 1)]
+    threads: usize,
+    /// Print the report as one JSON line.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Connections opened at once during the connect phase.
+    #[arg(long, global = true, default_value_t = 256)]
+    connect_concurrency: usize,
+    /// Extra handshake header, `Name: value` (repeatable), e.g.
+    /// `Cookie: sigma_session=...` or `Authorization: Bearer ...`.
+    #[arg(short = 'H', long = "header", global = true)]
+    headers: Vec<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct Timing {
+    /// Measured time (after the warm-up), e.g. `10s`.
+    #[arg(short, long, value_parser = humantime::parse_duration, default_value = "10s")]
+    duration: Duration,
+    /// Warm-up before measuring, e.g. `2s`.
+    #[arg(short, long, value_parser = humantime::parse_duration, default_value = "2s")]
+    warmup: Duration,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Closed-loop echo: each connection keeps `--in-flight` messages out.
+    Echo {
+        /// The echo endpoint, e.g. `ws://127.0.0.1:3000/echo`.
+        #[arg(long)]
+        url: String,
+        /// Connections.
+        #[arg(short, long, default_value_t = 100)]
+        connections: usize,
+        /// Message size in bytes (at least 8, or 20 with `--text`).
+        #[arg(short, long, default_value_t = 64)]
+        size: usize,
+        /// Messages in flight per connection.
+        #[arg(short, long, default_value_t = 1)]
+        in_flight: usize,
+        /// Send text messages (a decimal stamp) instead of binary.
+        #[arg(long)]
+        text: bool,
+        #[command(flatten)]
+        timing: Timing,
+    },
+    /// Open connections, print `open N failed M`, hold them idle.
+    Idle {
+        /// Any WebSocket endpoint, e.g. `ws://127.0.0.1:3000/echo`.
+        #[arg(long)]
+        url: String,
+        /// Connections.
+        #[arg(short, long, default_value_t = 10_000)]
+        connections: usize,
+        /// How long to hold them once all are open.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+        hold: Duration,
+    },
+    /// Publish/subscribe fan-out (the `&broadcast` protocol).
+    Pubsub {
+        /// The `&broadcast` endpoint, e.g. `ws://127.0.0.1:3000/broadcast`.
+        #[arg(long)]
+        url: String,
+        /// Subscriber connections.
+        #[arg(long, default_value_t = 1000)]
+        subscribers: usize,
+        /// Publisher connections.
+        #[arg(long, default_value_t = 1)]
+        publishers: usize,
+        /// Channels (subscribers and publishers are spread round-robin).
+        #[arg(long, default_value_t = 1)]
+        channels: usize,
+        /// Publishes per second, all publishers together.
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        /// Length of each publish's `data` string (at least 20).
+        #[arg(short, long, default_value_t = 64)]
+        size: usize,
+        /// Channel name prefix; channels are PREFIX0, PREFIX1, ...
+        #[arg(long, default_value = "public:bench-")]
+        channel_prefix: String,
+        /// How long a subscriber waits for `subscribed`.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+        subscribe_timeout: Duration,
+        #[command(flatten)]
+        timing: Timing,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("sigma-load: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let (threads, cc) = (cli.threads.max(1), cli.connect_concurrency.max(1));
+    let headers = cli.headers;
+    let target = |url: &str| -> anyhow::Result<Target> {
+        headers
+            .iter()
+            .try_fold(Target::parse(url)?, |t, h| t.with_header(h))
+    };
+    let report = match cli.command {
+        Command::Echo {
+            url,
+            connections,
+            size,
+            in_flight,
+            text,
+            timing,
+        } => {
+            if size < Echo::min_size(text) {
+                bail!("--size must be at least {}", Echo::min_size(text));
+            }
+            let params = vec![
+                ("url", url.clone()),
+                ("connections", connections.to_string()),
+                ("size", size.to_string()),
+                ("in_flight", in_flight.to_string()),
+                ("text", text.to_string()),
+                ("threads", threads.to_string()),
+            ];
+            let echo = Echo {
+                target: target(&url)?,
+                connections,
+                size,
+                in_flight: in_flight.max(1),
+                text,
+                connect_concurrency: cc,
+            };
+            let stats = fleet::run(Arc::new(echo), threads, timing.warmup, timing.duration)?;
+            Report {
+                mode: "echo",
+                params,
+                duration: timing.duration,
+                stats,
+            }
+        }
+        Command::Idle {
+            url,
+            connections,
+            hold,
+        } => {
+            let params = vec![
+                ("url", url.clone()),
+                ("connections", connections.to_string()),
+                ("hold", humantime::format_duration(hold).to_string()),
+            ];
+            let idle = Idle::new(target(&url)?, connections, cc);
+            let stats = fleet::run(Arc::new(idle), threads, Duration::ZERO, hold)?;
+            Report {
+                mode: "idle",
+                params,
+                duration: hold,
+                stats,
+            }
+        }
+        Command::Pubsub {
+            url,
+            subscribers,
+            publishers,
+            channels,
+            rate,
+            size,
+            channel_prefix,
+            subscribe_timeout,
+            timing,
+        } => {
+            if size < sigma_load::stats::TEXT_STAMP_LEN {
+                bail!(
+                    "--size must be at least {}",
+                    sigma_load::stats::TEXT_STAMP_LEN
+                );
+            }
+            if !(rate > 0.0 && rate.is_finite()) {
+                bail!("--rate must be a positive number");
+            }
+            if channel_prefix.contains(['"', '\\']) || channel_prefix.chars().any(char::is_control)
+            {
+                bail!("--channel-prefix must not need JSON escaping");
+            }
+            let params = vec![
+                ("url", url.clone()),
+                ("subscribers", subscribers.to_string()),
+                ("publishers", publishers.to_string()),
+                ("channels", channels.to_string()),
+                ("rate", rate.to_string()),
+                ("size", size.to_string()),
+                ("threads", threads.to_string()),
+            ];
+            let ps = PubSub {
+                target: target(&url)?,
+                subscribers,
+                publishers: publishers.max(1),
+                channels: channels.max(1),
+                rate,
+                size,
+                channel_prefix,
+                connect_concurrency: cc,
+                subscribe_timeout,
+            };
+            let stats = fleet::run(Arc::new(ps), threads, timing.warmup, timing.duration)?;
+            Report {
+                mode: "pubsub",
+                params,
+                duration: timing.duration,
+                stats,
+            }
+        }
+    };
+    if cli.json {
+        println!("{}", report.json());
+    } else {
+        print!("{}", report.human());
+    }
+    Ok(if report.stats.connected == 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
