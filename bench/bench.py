@@ -450,16 +450,27 @@ class Attack:
         self.procs = []  # (Popen, log file, started, connections asked for)
         self.launched = 0
         self.seen = {}  # pid -> CPU ticks last seen
+        self.last_open = {}  # pid -> connections open at the last look
 
     def held(self):
         return sum(max(socket_fds(p.pid) - 1, 0) for p, _, _, _ in self.procs
                    if p.poll() is None)
 
     def pending(self):
-        """Connections that instances still ramping up have yet to open."""
-        now = time.time()
-        return sum(max(n - (socket_fds(p.pid) - 1), 0) for p, _, t, n in self.procs
-                   if p.poll() is None and now - t < 1.0 + n / self.RATE)
+        """Connections that instances still ramping up have yet to open (an
+        instance ramps for n / RATE seconds, longer while its count still
+        grows, at most 10 s)."""
+        now, total = time.time(), 0
+        for p, _, t, n in self.procs:
+            if p.poll() is not None:
+                continue
+            open_now = socket_fds(p.pid) - 1
+            growing = open_now > self.last_open.get(p.pid, -1)
+            self.last_open[p.pid] = open_now
+            age = now - t
+            if age < 1.0 + n / self.RATE or (growing and age < 10):
+                total += max(n - open_now, 0)
+        return total
 
     def tick(self):
         """Starts a top-up instance when connections are missing."""
@@ -908,8 +919,8 @@ def main():
                     help="Markdown report ('-' for none)")
     ap.add_argument("--sched", choices=["auto", "fifo", "nice", "none"], default="auto",
                     help="scheduling of servers and load generators: fifo = chrt -f 10, "
-                         "nice = nice -n -19, none; auto (default) = none on a quiet "
-                         "machine, fifo (as root) when other work keeps it busy")
+                         "nice = nice -n -19, none; auto (default) = fifo as root, else "
+                         "none. Use none on a quiet, dedicated machine for clean p99s")
     args = ap.parse_args()
     # Servers and load generators wake each other thousands of times a
     # second; with other work on the machine (builds, fuzzers), each wake-up
@@ -918,7 +929,7 @@ def main():
     # of each core for others), the same for every server.
     # SCHED_FIFO's price: the kernel throttles real-time tasks to 950 ms
     # per second, so a saturated server stalls ~50 ms once a second, which
-    # shows in p99. Hence only when the machine is busy.
+    # shows in p99 (for every server alike).
     wanted = set(args.scenarios.split(","))
 
     for exe in (SIGMA, LOAD, PEERS / "axum-hello", PEERS / "ws-echo"):
@@ -929,7 +940,9 @@ def main():
     busy = cpu_busy()
     sched = args.sched
     if sched == "auto":
-        sched = "fifo" if busy[0] > 10 and os.geteuid() == 0 else "none"
+        # Other work can start at any moment on a shared machine (it did,
+        # mid-run, while this was written), so as root always fifo.
+        sched = "fifo" if os.geteuid() == 0 else "none"
     if busy[0] > 10:
         log(f"warning: the machine is already {busy[0]:.0f} % busy "
             f"({', '.join(busy[1])}); scheduling: {sched}")

@@ -138,10 +138,10 @@ pub async fn serve(
                 p.h.set_date(&http_date());
                 let res = SCRATCH.with(|s| {
                     let mut s = s.borrow_mut();
-                    match stream.try_read(&mut s) {
-                        Ok(0) => { p.h.handle_eof(now); Ok(()) }
-                        Ok(n) => { p.h.handle_input(s.get(..n).unwrap_or_default(), now); Ok(()) }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+                    match read_drained(&stream, &mut s) {
+                        Ok(Some(0)) => { p.h.handle_eof(now); Ok(()) }
+                        Ok(Some(n)) => { p.h.handle_input(s.get(..n).unwrap_or_default(), now); Ok(()) }
+                        Ok(None) => Ok(()),
                         Err(e) => Err(e),
                     }
                 });
@@ -201,6 +201,42 @@ pub async fn serve(
                 linger(&stream, ctx.linger).await;
             }
         }
+    }
+}
+
+/// One read into `buf`: `Some(n)` bytes (0 = EOF), `None` when there was
+/// nothing to read after all.
+///
+/// A read that returns fewer bytes than `buf` holds has drained the
+/// socket, so its readiness is cleared right away (as `AsyncRead::poll_read`
+/// does) instead of by one more `recv` that would only say `EAGAIN`: that
+/// saves a system call per request on keep-alive connections. tokio's
+/// readiness tick keeps data that arrives meanwhile from being missed.
+fn read_drained(stream: &TcpStream, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    use std::io::Read;
+    let mut got = None;
+    let res = stream.try_io(tokio::io::Interest::READABLE, || {
+        let n = (&*SockRef::from(stream)).read(buf)?;
+        got = Some(n);
+        if n > 0 && n < buf.len() {
+            // Drained: report WouldBlock so tokio clears the readiness.
+            Err(io::ErrorKind::WouldBlock.into())
+        } else {
+            Ok(())
+        }
+    });
+    match (res, got) {
+        (_, Some(n)) => Ok(Some(n)),
+        (Err(e), None)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            ) =>
+        {
+            Ok(None)
+        }
+        (Err(e), None) => Err(e),
+        (Ok(()), None) => Ok(None),
     }
 }
 
