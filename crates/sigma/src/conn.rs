@@ -92,6 +92,10 @@ pub async fn serve(
 ) {
     let mut p = Dispatch::new(&ctx, peer, Instant::now());
     let mut draining = false;
+    // Created once: re-creating this future on every loop turn showed up
+    // in the profile (~1 % of CPU on keep-alive requests).
+    let drain_started = drain.wait_for(|d| *d);
+    tokio::pin!(drain_started);
     let mut read_shut = false;
     let sleep = tokio::time::sleep(Duration::from_secs(3600));
     tokio::pin!(sleep);
@@ -165,7 +169,7 @@ pub async fn serve(
             Some(reply) = p.outbox.pending.next(), if !p.outbox.pending.is_empty() => {
                 p.outbox.ready.push_back(reply);
             }
-            _ = drain.wait_for(|d| *d), if !draining => {
+            _ = &mut drain_started, if !draining => {
                 draining = true;
                 p.h.start_drain(Instant::now());
             }

@@ -259,16 +259,17 @@ pub enum StoreError {
     SecretSize(usize),
 }
 
-macro_rules! db_error_from {
-    ($($t:ty),*) => {$(
-        impl From<$t> for StoreError {
+/// `From<redb::…Error>` for an error type, wrapping with `$wrap`.
+macro_rules! redb_error_from {
+    ($target:ident, $wrap:path; $($t:ty),*) => {$(
+        impl From<$t> for $target {
             fn from(e: $t) -> Self {
-                Self::Db(e.into())
+                $wrap(e.into())
             }
         }
     )*};
 }
-db_error_from!(
+redb_error_from!(StoreError, StoreError::Db;
     redb::TransactionError,
     redb::TableError,
     redb::StorageError,
@@ -464,16 +465,7 @@ impl From<redb::Error> for KvError {
     }
 }
 
-macro_rules! kv_error_from {
-    ($($t:ty),*) => {$(
-        impl From<$t> for KvError {
-            fn from(e: $t) -> Self {
-                Self::Store(e.into())
-            }
-        }
-    )*};
-}
-kv_error_from!(
+redb_error_from!(KvError, KvError::Store;
     redb::TransactionError,
     redb::TableError,
     redb::StorageError,
