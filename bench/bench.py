@@ -14,6 +14,8 @@ Scenarios (DESIGN §10, issue 4):
   4  10 000 idle WebSockets: RSS per connection           sigma, tokio-tungstenite
   5  slowhttptest (2 000 slow headers + 500 slow bodies)
      while wrk measures a well-behaved client             sigma, nginx
+  6  &broadcast fan-out: 10 000 subscribers on one
+     channel, one publisher at a fixed rate               sigma, ws-fanout
 """
 
 import argparse
@@ -234,7 +236,12 @@ def make_servers(workdir):
         port = free_port()
         return Server("tokio-tungstenite", [PEERS / "ws-echo", f"127.0.0.1:{port}"], port, workdir)
 
-    return {"sigma": sigma, "nginx": nginx, "axum": axum, "tokio-tungstenite": tungstenite}
+    def fanout():
+        port = free_port()
+        return Server("ws-fanout", [PEERS / "ws-fanout", f"127.0.0.1:{port}"], port, workdir)
+
+    return {"sigma": sigma, "nginx": nginx, "axum": axum, "tokio-tungstenite": tungstenite,
+            "ws-fanout": fanout}
 
 
 def run_load(scenario, server, argv, timeout, pin=None):
@@ -371,6 +378,44 @@ def scenario_ws_echo(key, args, servers, workdir, perf):
                 s.stop()
             runs[name].append(r)
     return {n: median_run(v) for n, v in runs.items()}
+
+
+def scenario_fanout(key, args, servers, workdir):
+    """10 000 subscribers on one channel, one publisher at a fixed rate
+    (open loop): deliveries/s, the share of expected deliveries that
+    arrived, and the publish-to-delivery latency."""
+    out = {}
+    n, rate = args.fanout_subscribers, args.fanout_rate
+    for name in ["sigma", "ws-fanout"]:
+        s = servers[name]()
+        log(f"  [{key}] {name}: {n} subscribers, {rate} publishes/s on :{s.port}")
+        s.start(key)
+        try:
+            argv = [LOAD, "--json", "-H", f"Cookie: {s.cookie}", "--connect-concurrency", "200",
+                    "pubsub", "--url", f"ws://127.0.0.1:{s.port}/broadcast",
+                    "--subscribers", str(n), "--publishers", "1", "--channels", "1",
+                    "--rate", str(rate), "-s", "64", "--subscribe-timeout", "60s",
+                    "-d", f"{args.duration}s", "-w", f"{args.warmup}s"]
+            r = measure(s, lambda: run_pubsub(key, name, argv, args), Perf(False, workdir),
+                        key, args.duration)
+        finally:
+            s.stop()
+        out[name] = r
+    return out
+
+
+def run_pubsub(key, name, argv, args):
+    p = run_load(key, name, argv, args.duration + args.warmup + 180)
+    line = p.stdout.strip().splitlines()[-1] if p.stdout.strip() else ""
+    try:
+        r = json.loads(line)
+    except json.JSONDecodeError:
+        raise RuntimeError(f"sigma-load pubsub failed:\n{p.stdout}\n{p.stderr}")
+    r["rate_param"] = r.get("rate", "?")  # the publish rate asked for
+    r["rate"] = r["msgs_per_s"]
+    r["delivered"] = r["received"] / r["expected"] if r["expected"] else 0
+    r["errors_total"] = r["errors"] + r["connect_errors"] + r["bad_replies"]
+    return r
 
 
 def median_run(runs):
@@ -680,6 +725,22 @@ def build_rows(res):
                          fmt_rate(a["rate"], "req/s") + f" = {x['kept'] * 100:.0f} % kept{errs}",
                          fmt_us(a["p50_us"]), fmt_us(a["p99_us"]), fmt_kib(a["hwm_kib"]),
                          f"{a['cpu']:.0f} %", ratio, target])
+    r = res.get("6")
+    if r:
+        sig = r["sigma"]["rate"]
+        for n in ["sigma", "ws-fanout"]:
+            x = r[n]
+            ratio = ""
+            if n != "sigma" and x["rate"]:
+                ratio = f"{sig / x['rate']:.2f}×"
+            closes = ", closes " + ", ".join(f"{c}×{k}" for k, c in x["closes"].items()) \
+                if x.get("closes") else ""
+            errs = f", {x['errors_total']} errors" if x["errors_total"] else ""
+            rows.append([f"6 fan-out, {x['connected'] - 1} subscribers, {x['rate_param']}/s",
+                         n, fmt_rate(x["rate"], "deliveries/s")
+                         + f" ({x['delivered'] * 100:.1f} % of expected{errs}{closes})",
+                         fmt_us(x["p50_us"]), fmt_us(x["p99_us"]), fmt_kib(x["hwm_kib"]),
+                         f"{x['cpu']:.0f} %", ratio, "report" if n == "sigma" else ""])
     return rows
 
 
@@ -909,10 +970,13 @@ def main():
     ap.add_argument("--warmup", type=int, default=2, help="warm-up seconds per run")
     ap.add_argument("--rounds", type=int, default=1,
                     help="rounds of scenarios 1-3 (servers alternate; median shown)")
-    ap.add_argument("--scenarios", default="1,2,3,4,5", help="comma-separated subset")
+    ap.add_argument("--scenarios", default="1,2,3,4,5,6", help="comma-separated subset")
     ap.add_argument("--idle-connections", type=int, default=10000)
     ap.add_argument("--slow-headers", type=int, default=2000)
     ap.add_argument("--slow-bodies", type=int, default=500)
+    ap.add_argument("--fanout-subscribers", type=int, default=10000)
+    ap.add_argument("--fanout-rate", type=float, default=20.0,
+                    help="scenario 6: publishes per second (each goes to every subscriber)")
     ap.add_argument("--perf", action="store_true",
                     help="profile sigma with perf during its measured runs")
     ap.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"),
@@ -932,7 +996,7 @@ def main():
     # shows in p99 (for every server alike).
     wanted = set(args.scenarios.split(","))
 
-    for exe in (SIGMA, LOAD, PEERS / "axum-hello", PEERS / "ws-echo"):
+    for exe in (SIGMA, LOAD, PEERS / "axum-hello", PEERS / "ws-echo", PEERS / "ws-fanout"):
         if not exe.exists():
             sys.exit(f"missing {exe}: run bench/run (it builds everything)")
 
@@ -970,6 +1034,9 @@ def main():
     if "5" in wanted:
         log("scenario 5: slow-client attack")
         res["5"] = scenario_attack("5", args, servers, workdir, perf)
+    if "6" in wanted:
+        log("scenario 6: &broadcast fan-out")
+        res["6"] = scenario_fanout("6", args, servers, workdir)
 
     wall = time.time() - start
     rows = build_rows(res)

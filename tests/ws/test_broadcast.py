@@ -30,6 +30,17 @@ login_per_user_per_minute = 1000
 
 [websocket]
 close_timeout = "10s"
+
+# Configured rules come before the built-in public:* and user:{user}:*.
+[[broadcast.rule]]
+pattern = "news:*"
+subscribe = "anyone"
+publish = ["carol"]
+
+[[broadcast.rule]]
+pattern = "public:readonly"
+subscribe = "logged_in"
+publish = "nobody"
 """
 
 FANOUT_SUBSCRIBERS = 1000
@@ -181,6 +192,27 @@ def test_anonymous_clients(hub):
         assert recv(anon)["code"] == "forbidden"
     status, body = hub.post_json("/broadcast/public:chat", "hi")
     assert (status, body) == (403, {"error": "forbidden"})
+
+
+def test_configured_rules(hub):
+    # news:*: anyone may subscribe (anonymous clients too), only carol publishes.
+    with ws(hub) as anon, ws(hub, "alice") as a:
+        subscribe(anon, "news:today")
+        subscribe(a, "news:today")
+        send(a, type="publish", channel="news:today", data="fake")
+        err = recv(a)
+        assert (err["type"], err["code"], err["channel"]) == ("error", "forbidden", "news:today")
+        status, body = hub.post_json("/broadcast/news:today", "headline", user="carol")
+        assert (status, body) == (202, {"seq": 1})
+        for c in (anon, a):
+            assert recv(c) == {"type": "message", "channel": "news:today", "seq": 1,
+                               "from": "carol", "data": "headline"}
+    # A configured rule wins over the built-in public:* one.
+    with ws(hub, "bob") as b:
+        subscribe(b, "public:readonly")
+        send(b, type="publish", channel="public:readonly", data="x")
+        assert recv(b)["code"] == "forbidden"
+    assert hub.post_json("/broadcast/public:readonly", 1, user="carol")[0] == 403
 
 
 def test_http_publish(hub):

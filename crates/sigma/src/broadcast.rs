@@ -55,8 +55,9 @@
 //! request's: `A` checks each of them.
 //!
 //! Configuration: the rules and the per-socket subscription limit are
-//! [`Settings`]; the route table currently builds the hub with the defaults
-//! (there is no `[broadcast]` table in `sigma.toml` yet).
+//! [`Settings`], from the `[broadcast]` table of `sigma.toml`
+//! ([`crate::config::BroadcastConfig`]); every `&broadcast` route gets its
+//! own hub with them.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -664,10 +665,40 @@ impl Broadcast {
     }
 }
 
-/// `&broadcast` at route `path` with the default settings: one hub for the
-/// route, built once by the route table.
-pub fn destination(path: &str) -> Arc<dyn Destination> {
-    Arc::new(Broadcast::new(path))
+/// `&broadcast` at route `path` with the settings of `[broadcast]`: one hub
+/// for the route, built once by the route table.
+pub fn destination(path: &str, config: &crate::config::BroadcastConfig) -> Arc<dyn Destination> {
+    Arc::new(Broadcast::with_settings(
+        path,
+        Settings::from_config(config),
+    ))
+}
+
+impl Settings {
+    /// The settings `[broadcast]` describes: its rules before the built-in
+    /// ones.
+    pub fn from_config(config: &crate::config::BroadcastConfig) -> Self {
+        use crate::config::ChannelAccess as C;
+        let access = |a: &C| match a {
+            C::Anyone => Access::Anyone,
+            C::LoggedIn => Access::LoggedIn,
+            C::Nobody => Access::Nobody,
+            C::Users(u) => Access::Users(u.clone()),
+        };
+        let rules = config
+            .rule
+            .iter()
+            .map(|r| Rule {
+                pattern: r.pattern.clone(),
+                subscribe: access(&r.subscribe),
+                publish: access(&r.publish),
+            })
+            .collect();
+        Self {
+            rules: Rules::new(rules),
+            max_subscriptions: config.max_subscriptions,
+        }
+    }
 }
 
 fn error_response(status: u16, error: &str) -> Response {

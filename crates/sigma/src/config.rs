@@ -59,7 +59,7 @@ pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 pub const RESERVED_ENV: &[&str] = &["SIGMA_LOG", "SIGMA_LOG_FORMAT"];
 
 /// The tables an environment variable can address (`SIGMA_<TABLE>_<KEY>`).
-const ENV_TABLES: &[&str] = &["server", "http", "websocket", "auth", "db"];
+const ENV_TABLES: &[&str] = &["server", "http", "websocket", "auth", "db", "broadcast"];
 /// The name used in messages for a config given by [`from_str`].
 const STRING_SOURCE: &str = "<config>";
 
@@ -81,6 +81,102 @@ pub struct Config {
     pub auth: AuthConfig,
     /// `&db`: the key-value store's limits (`[db]`).
     pub db: DbConfig,
+    /// `&broadcast`: channel permission rules and limits (`[broadcast]`).
+    pub broadcast: BroadcastConfig,
+}
+
+/// `[broadcast]`: the settings of every `&broadcast` hub (DESIGN §6).
+///
+/// ```toml
+/// [broadcast]
+/// max_subscriptions = 256          # channels one socket may join at once
+/// [[broadcast.rule]]               # checked in order, before the built-in
+/// pattern = "news:*"               #   `public:*` and `user:{user}:*`
+/// subscribe = "anyone"             # "anyone" | "logged_in" | "nobody" | ["alice", ...]
+/// publish = ["editor"]
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BroadcastConfig {
+    /// Channels one socket may subscribe to at once.
+    #[serde(deserialize_with = "positive")]
+    pub max_subscriptions: usize,
+    /// Permission rules, first match decides; the built-in rules follow.
+    pub rule: Vec<BroadcastRule>,
+}
+
+impl Default for BroadcastConfig {
+    fn default() -> Self {
+        Self {
+            max_subscriptions: crate::broadcast::DEFAULT_MAX_SUBSCRIPTIONS,
+            rule: Vec::new(),
+        }
+    }
+}
+
+/// One `[[broadcast.rule]]`: who may subscribe to and publish on the
+/// channels `pattern` matches (`*` any run of characters, `{user}` the
+/// caller's user name).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BroadcastRule {
+    /// The channel pattern, validated when the config is loaded.
+    #[serde(deserialize_with = "channel_pattern")]
+    pub pattern: crate::broadcast::Pattern,
+    /// Who may subscribe.
+    pub subscribe: ChannelAccess,
+    /// Who may publish.
+    pub publish: ChannelAccess,
+}
+
+/// Who a `[[broadcast.rule]]` lets in: `"anyone"` (anonymous clients
+/// too), `"logged_in"`, `"nobody"`, or a list of user names.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "AccessRepr")]
+pub enum ChannelAccess {
+    /// Everyone, anonymous clients included.
+    Anyone,
+    /// Any authenticated user.
+    LoggedIn,
+    /// No one.
+    Nobody,
+    /// Only these users (never empty).
+    Users(Vec<String>),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum AccessRepr {
+    Word(String),
+    Users(Vec<String>),
+}
+
+impl TryFrom<AccessRepr> for ChannelAccess {
+    type Error = String;
+    fn try_from(r: AccessRepr) -> Result<Self, String> {
+        match r {
+            AccessRepr::Word(w) => match w.as_str() {
+                "anyone" => Ok(Self::Anyone),
+                "logged_in" => Ok(Self::LoggedIn),
+                "nobody" => Ok(Self::Nobody),
+                _ => Err(format!(
+                    "expected \"anyone\", \"logged_in\", \"nobody\" or a list of users, found \"{w}\""
+                )),
+            },
+            AccessRepr::Users(u) if u.is_empty() => {
+                Err("the list of users must not be empty (use \"nobody\")".to_owned())
+            }
+            AccessRepr::Users(u) => Ok(Self::Users(u)),
+        }
+    }
+}
+
+fn channel_pattern<'de, D>(d: D) -> Result<crate::broadcast::Pattern, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    let s = String::deserialize(d)?;
+    crate::broadcast::Pattern::parse(&s).map_err(de::Error::custom)
 }
 
 /// Largest `&db` value, in bytes, unless `db.max_value` says otherwise.
@@ -461,6 +557,7 @@ impl Default for Config {
             routes: default_routes(),
             auth: AuthConfig::default(),
             db: DbConfig::default(),
+            broadcast: BroadcastConfig::default(),
         }
     }
 }
@@ -839,6 +936,7 @@ struct ConfigFile {
     websocket: WebsocketTable,
     auth: AuthConfig,
     db: DbConfig,
+    broadcast: BroadcastConfig,
     route: Option<Vec<RouteTable>>,
 }
 
@@ -852,6 +950,7 @@ impl Default for ConfigFile {
             websocket: WebsocketTable::default(),
             auth: AuthConfig::default(),
             db: DbConfig::default(),
+            broadcast: BroadcastConfig::default(),
             route: None,
         }
     }
@@ -1277,6 +1376,25 @@ fn unknown_key(root: &Table) -> Option<(KeyPath, &'static [&'static str])> {
             "http" => fields_of::<HttpTable>(),
             "websocket" => fields_of::<WebsocketTable>(),
             "db" => fields_of::<DbConfig>(),
+            "broadcast" => {
+                let Value::Table(t) = value else { continue };
+                if let Some(found) =
+                    check(t, vec![key("broadcast")], fields_of::<BroadcastConfig>())
+                {
+                    return Some(found);
+                }
+                if let Some(Value::Array(items)) = t.get("rule") {
+                    for (i, item) in items.iter().enumerate() {
+                        if let Value::Table(r) = item {
+                            let at = vec![key("broadcast"), key("rule"), Seg::Index(i)];
+                            if let Some(found) = check(r, at, fields_of::<BroadcastRule>()) {
+                                return Some(found);
+                            }
+                        }
+                    }
+                }
+                continue;
+            }
             "route" => {
                 let Value::Array(items) = value else { continue };
                 let allowed = fields_of::<RouteTable>();
@@ -1385,6 +1503,7 @@ fn resolve(file: ConfigFile, sources: &Sources<'_>) -> Result<Config, ConfigErro
         routes,
         auth: file.auth,
         db: file.db,
+        broadcast: file.broadcast,
     })
 }
 
@@ -1541,6 +1660,17 @@ mod tests {
             max_value = 61
             max_key = 62
 
+            [broadcast]
+            max_subscriptions = 63
+            [[broadcast.rule]]
+            pattern = "news:*"
+            subscribe = "anyone"
+            publish = ["alice", "bob"]
+            [[broadcast.rule]]
+            pattern = "ops:{user}"
+            subscribe = "logged_in"
+            publish = "nobody"
+
             [http]
             max_request_line = 21
             max_header_bytes = 22
@@ -1573,6 +1703,24 @@ mod tests {
         "#;
         let c = from_str(toml, &[]).unwrap();
         assert_eq!(c.topology.to_string(), "T[::1]:4000[H] T0.0.0.0:4001[HA]");
+        assert_eq!(
+            c.broadcast,
+            BroadcastConfig {
+                max_subscriptions: 63,
+                rule: vec![
+                    BroadcastRule {
+                        pattern: crate::broadcast::Pattern::parse("news:*").unwrap(),
+                        subscribe: ChannelAccess::Anyone,
+                        publish: ChannelAccess::Users(vec!["alice".into(), "bob".into()]),
+                    },
+                    BroadcastRule {
+                        pattern: crate::broadcast::Pattern::parse("ops:{user}").unwrap(),
+                        subscribe: ChannelAccess::LoggedIn,
+                        publish: ChannelAccess::Nobody,
+                    },
+                ],
+            }
+        );
         assert_eq!(c.data_dir, PathBuf::from("/var/lib/sigma"));
         assert_eq!(
             c.server,
@@ -1681,6 +1829,7 @@ mod tests {
                 "websocket",
                 "auth",
                 "db",
+                "broadcast",
                 "route"
             ]
         );
@@ -1688,6 +1837,40 @@ mod tests {
         assert_eq!(fields_of::<WebsocketTable>().len(), 6);
         assert_eq!(fields_of::<ServerConfig>().len(), 6);
         assert_eq!(fields_of::<RouteTable>().len(), 5);
+    }
+
+    #[test]
+    fn broadcast_rules_are_validated() {
+        let e = from_str(
+            "[[broadcast.rule]]\npattern = \"a b\"\nsubscribe = \"anyone\"\npublish = \"nobody\"\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("broadcast.rule[0].pattern"), "{e}");
+        let e = from_str("[[broadcast.rule]]\npattern = \"x:*\"\nsubscribe = \"everyone\"\npublish = \"nobody\"\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("broadcast.rule[0].subscribe"), "{e}");
+        let e = from_str(
+            "[[broadcast.rule]]\npattern = \"x:*\"\nsubscribe = []\npublish = \"nobody\"\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("must not be empty"), "{e}");
+        let e = from_str(
+            "[[broadcast.rule]]\npattern = \"x:*\"\nsubscribe = \"anyone\"\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("publish"), "{e}");
+        let e = from_str("[[broadcast.rule]]\npattern = \"x:*\"\nsubscribe = \"anyone\"\npublish = \"nobody\"\nbogus = 1\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("broadcast.rule[0].bogus"), "{e}");
+        let e = from_str("[broadcast]\nmax_subscriptions = 0\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("broadcast.max_subscriptions"), "{e}");
+        let c = from_str(
+            "",
+            &[("SIGMA_BROADCAST_MAX_SUBSCRIPTIONS".into(), "9".into())],
+        )
+        .unwrap();
+        assert_eq!(c.broadcast.max_subscriptions, 9);
     }
 
     #[test]
@@ -1737,6 +1920,8 @@ mod tests {
             ("http", fields_of::<HttpTable>()),
             ("websocket", fields_of::<WebsocketTable>()),
             ("db", fields_of::<DbConfig>()),
+            ("broadcast", fields_of::<BroadcastConfig>()),
+            ("broadcast.rule", fields_of::<BroadcastRule>()),
             ("route", fields_of::<RouteTable>()),
         ];
         for (table, keys) in tables {
@@ -1745,6 +1930,7 @@ mod tests {
                     l.starts_with(&format!("{k} = "))
                         || l.starts_with(&format!("[{k}]"))
                         || l.starts_with(&format!("[[{k}]]"))
+                        || l.starts_with(&format!("[[{table}.{k}]]"))
                 });
                 assert!(found, "full.toml lacks {table}.{k}");
             }

@@ -127,7 +127,7 @@ fn run(command: Command) -> anyhow::Result<i32> {
             // the data directory may be locked by a running server.
             let store: std::sync::Arc<dyn sigma::store::Store> =
                 std::sync::Arc::new(sigma::store::RedbStore::in_memory()?);
-            sigma::route::RouteTable::build(&cfg.routes, &store, &cfg.db)?;
+            sigma::route::RouteTable::build(&cfg, &store)?;
             println!("{}", cfg.describe());
             println!("ok");
             Ok(0)

@@ -198,20 +198,24 @@ impl std::fmt::Display for UnavailableDestination {
 impl std::error::Error for UnavailableDestination {}
 
 impl RouteTable {
-    /// Builds the table from validated config; `&db` routes share one
-    /// [`crate::db::DbService`] over `store`, limited by `db`.
+    /// Builds the table from validated config (`config.routes`); `&db`
+    /// routes share one [`crate::db::DbService`] over `store`, limited by
+    /// `[db]`; each `&broadcast` route gets its own hub with the rules of
+    /// `[broadcast]`.
     pub fn build(
-        routes: &[RouteConfig],
+        config: &crate::config::Config,
         store: &Arc<dyn crate::store::Store>,
-        db: &crate::config::DbConfig,
     ) -> Result<Self, UnavailableDestination> {
+        let routes: &[RouteConfig] = &config.routes;
         let mut out = Vec::with_capacity(routes.len());
-        let db = crate::db::DbService::new(Arc::clone(store), db);
+        let db = crate::db::DbService::new(Arc::clone(store), &config.db);
         for r in routes {
             let dest: Arc<dyn Destination> = match &r.to {
                 crate::config::Destination::Echo => Arc::new(crate::echo::Echo),
                 crate::config::Destination::Db => crate::db::Db::destination(&db, &r.path),
-                crate::config::Destination::Broadcast => crate::broadcast::destination(&r.path),
+                crate::config::Destination::Broadcast => {
+                    crate::broadcast::destination(&r.path, &config.broadcast)
+                }
                 #[cfg(feature = "test-destinations")]
                 crate::config::Destination::Crossed => {
                     Arc::new(crate::testdest::Crossed::default())

@@ -41,7 +41,7 @@ pub struct Running {
 /// Binds every listener and starts accepting. Fails if a listener cannot
 /// be bound or a route's destination is unavailable.
 pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Running> {
-    let routes = Arc::new(RouteTable::build(&config.routes, &store, &config.db)?);
+    let routes = Arc::new(RouteTable::build(config, &store)?);
     let limits = Arc::new(config.limits.clone());
     let metrics = Arc::new(Metrics::default());
     let limiter = ConnLimiter::new(
