@@ -385,6 +385,20 @@ pub struct RouteConfig {
     pub users: Option<Vec<String>>,
     /// Per-route override of `http.max_body`.
     pub max_body: Option<u64>,
+    /// `&db` only: the shared namespace the route serves instead of each
+    /// caller's own (`namespace`, `writers`).
+    pub shared: Option<SharedNamespace>,
+}
+
+/// A shared `&db` namespace (route keys `namespace` and `writers`): every
+/// user the route admits (`auth`, `users`) may read it; `writers`, if set,
+/// limits who may write (`PUT`, `DELETE`), else everyone admitted may.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedNamespace {
+    /// Its name: 1–64 characters of `[A-Za-z0-9._-]`.
+    pub name: String,
+    /// Who may write, if not everyone the route admits (never empty).
+    pub writers: Option<Vec<String>>,
 }
 
 /// A route's destination, written in `to` (DESIGN §6).
@@ -545,6 +559,12 @@ pub enum RouteError {
     EmptyUsers,
     /// A user name that is empty or contains whitespace or control characters.
     BadUserName(String),
+    /// `namespace` on a route whose destination is not `&db`.
+    NamespaceNotDb,
+    /// `writers` without `namespace`.
+    WritersWithoutNamespace,
+    /// A `namespace` name that is not 1–64 characters of `[A-Za-z0-9._-]`.
+    BadNamespace(String),
 }
 
 impl Default for Config {
@@ -582,6 +602,7 @@ pub fn default_routes() -> Vec<RouteConfig> {
             auth: AuthLevel::Optional,
             users: None,
             max_body: None,
+            shared: None,
         },
         RouteConfig {
             path: "/echo".to_owned(),
@@ -589,6 +610,7 @@ pub fn default_routes() -> Vec<RouteConfig> {
             auth: AuthLevel::None,
             users: None,
             max_body: None,
+            shared: None,
         },
         RouteConfig {
             path: "/db".to_owned(),
@@ -596,6 +618,7 @@ pub fn default_routes() -> Vec<RouteConfig> {
             auth: AuthLevel::Required,
             users: None,
             max_body: None,
+            shared: None,
         },
     ]
 }
@@ -657,6 +680,12 @@ impl Config {
             }
             if let Some(max_body) = r.max_body {
                 out.push_str(&format!(", max_body {max_body}"));
+            }
+            if let Some(ns) = &r.shared {
+                out.push_str(&format!(", namespace {}", ns.name));
+                if let Some(w) = &ns.writers {
+                    out.push_str(&format!(", writers {}", w.join(",")));
+                }
             }
             out.push(')');
         }
@@ -906,6 +935,17 @@ impl fmt::Display for RouteError {
                 f,
                 "invalid user name {u:?}: empty or contains whitespace or control characters"
             ),
+            RouteError::NamespaceNotDb => {
+                write!(f, "a shared namespace needs to = \"&db\"")
+            }
+            RouteError::WritersWithoutNamespace => write!(
+                f,
+                "writers applies to a shared namespace: set namespace too"
+            ),
+            RouteError::BadNamespace(n) => write!(
+                f,
+                "invalid namespace {n:?}: use 1 to 64 characters of A-Z a-z 0-9 . _ -"
+            ),
         }
     }
 }
@@ -1048,6 +1088,10 @@ struct RouteTable {
     users: Option<Vec<String>>,
     #[serde(default)]
     max_body: Option<u64>,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    writers: Option<Vec<String>>,
 }
 
 /// A humantime duration string, > 0 and ≤ [`MAX_DURATION`].
@@ -1528,22 +1572,31 @@ fn routes(tables: Vec<RouteTable>) -> Result<Vec<RouteConfig>, (KeyPath, RouteEr
             if t.auth == AuthLevel::None {
                 return Err((at("users"), RouteError::UsersWithoutAuth));
             }
-            if users.is_empty() {
-                return Err((at("users"), RouteError::EmptyUsers));
-            }
-            if let Some(bad) = users
-                .iter()
-                .find(|u| u.is_empty() || u.chars().any(|c| c.is_whitespace() || c.is_control()))
-            {
-                return Err((at("users"), RouteError::BadUserName(bad.clone())));
-            }
+            check_user_list(users).map_err(|e| (at("users"), e))?;
         }
+        let shared = match (t.namespace, t.writers) {
+            (None, None) => None,
+            (None, Some(_)) => return Err((at("writers"), RouteError::WritersWithoutNamespace)),
+            (Some(name), writers) => {
+                if to != Destination::Db {
+                    return Err((at("namespace"), RouteError::NamespaceNotDb));
+                }
+                if !valid_namespace(&name) {
+                    return Err((at("namespace"), RouteError::BadNamespace(name)));
+                }
+                if let Some(w) = &writers {
+                    check_user_list(w).map_err(|e| (at("writers"), e))?;
+                }
+                Some(SharedNamespace { name, writers })
+            }
+        };
         out.push(RouteConfig {
             path: t.path,
             to,
             auth: t.auth,
             users: t.users,
             max_body: t.max_body,
+            shared,
         });
     }
     // Stable, so `first` above indexed the file's order; now match order.
@@ -1554,6 +1607,29 @@ fn routes(tables: Vec<RouteTable>) -> Result<Vec<RouteConfig>, (KeyPath, RouteEr
             .then_with(|| a.path.cmp(&b.path))
     });
     Ok(out)
+}
+
+/// A `users` or `writers` list: not empty, no empty or blank names.
+fn check_user_list(users: &[String]) -> Result<(), RouteError> {
+    if users.is_empty() {
+        return Err(RouteError::EmptyUsers);
+    }
+    match users
+        .iter()
+        .find(|u| u.is_empty() || u.chars().any(|c| c.is_whitespace() || c.is_control()))
+    {
+        Some(bad) => Err(RouteError::BadUserName(bad.clone())),
+        None => Ok(()),
+    }
+}
+
+/// A shared `&db` namespace name: 1–64 characters of `[A-Za-z0-9._-]`.
+fn valid_namespace(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// The path without a trailing `/` (except for `/` itself), for duplicates.
@@ -1700,6 +1776,12 @@ mod tests {
             auth = "required"
             users = ["alice", "bob"]
             max_body = 51
+
+            [[route]]
+            path = "/team"
+            to = "&db"
+            namespace = "team"
+            writers = ["alice"]
         "#;
         let c = from_str(toml, &[]).unwrap();
         assert_eq!(c.topology.to_string(), "T[::1]:4000[H] T0.0.0.0:4001[HA]");
@@ -1763,13 +1845,27 @@ mod tests {
         );
         assert_eq!(
             c.routes,
-            vec![RouteConfig {
-                path: "/api".into(),
-                to: Destination::Upstream("http://127.0.0.1:8080".into()),
-                auth: AuthLevel::Required,
-                users: Some(vec!["alice".into(), "bob".into()]),
-                max_body: Some(51),
-            }]
+            vec![
+                RouteConfig {
+                    path: "/team".into(),
+                    to: Destination::Db,
+                    auth: AuthLevel::Optional,
+                    users: None,
+                    max_body: None,
+                    shared: Some(SharedNamespace {
+                        name: "team".into(),
+                        writers: Some(vec!["alice".into()]),
+                    }),
+                },
+                RouteConfig {
+                    path: "/api".into(),
+                    to: Destination::Upstream("http://127.0.0.1:8080".into()),
+                    auth: AuthLevel::Required,
+                    users: Some(vec!["alice".into(), "bob".into()]),
+                    max_body: Some(51),
+                    shared: None,
+                },
+            ]
         );
         assert_eq!(
             c.auth,
@@ -1836,7 +1932,7 @@ mod tests {
         assert_eq!(fields_of::<HttpTable>().len(), 13);
         assert_eq!(fields_of::<WebsocketTable>().len(), 6);
         assert_eq!(fields_of::<ServerConfig>().len(), 6);
-        assert_eq!(fields_of::<RouteTable>().len(), 5);
+        assert_eq!(fields_of::<RouteTable>().len(), 7);
     }
 
     #[test]
@@ -2292,6 +2388,41 @@ mod tests {
                 "users = [\"a b\"]\n",
                 "route[0].users",
                 "invalid user name",
+            ),
+            (
+                "/x",
+                "&echo",
+                "namespace = \"team\"\n",
+                "route[0].namespace",
+                "needs to = \"&db\"",
+            ),
+            (
+                "/x",
+                "&db",
+                "namespace = \"a/b\"\n",
+                "route[0].namespace",
+                "invalid namespace",
+            ),
+            (
+                "/x",
+                "&db",
+                "namespace = \"\"\n",
+                "route[0].namespace",
+                "invalid namespace",
+            ),
+            (
+                "/x",
+                "&db",
+                "writers = [\"a\"]\n",
+                "route[0].writers",
+                "set namespace too",
+            ),
+            (
+                "/x",
+                "&db",
+                "namespace = \"t\"\nwriters = []\n",
+                "route[0].writers",
+                "is empty",
             ),
         ];
         for (path, to, extra, key_path, needle) in cases {

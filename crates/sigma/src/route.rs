@@ -212,7 +212,11 @@ impl RouteTable {
         for r in routes {
             let dest: Arc<dyn Destination> = match &r.to {
                 crate::config::Destination::Echo => Arc::new(crate::echo::Echo),
-                crate::config::Destination::Db => crate::db::Db::destination(&db, &r.path),
+                crate::config::Destination::Db => crate::db::Db::destination(
+                    &db,
+                    &r.path,
+                    crate::db::Scope::of(r.shared.as_ref()),
+                ),
                 crate::config::Destination::Broadcast => {
                     crate::broadcast::destination(&r.path, &config.broadcast)
                 }

@@ -1,7 +1,8 @@
 //! `&db`, the durable per-user key-value store (DESIGN §6, §9), against the
 //! real binary over real sockets: CRUD with 201/200/204/404 and ETags,
 //! `If-Match` / `If-None-Match` and 412, prefix listing, per-user
-//! namespaces, the value size limit (413), anonymous requests (401), the
+//! namespaces, shared namespaces with writers (403), the value size limit
+//! (413), anonymous requests (401), the
 //! WebSocket operations and `watch`, and durability: writes acknowledged
 //! before a `kill -9` at a random moment are all there after a restart.
 //!
@@ -68,9 +69,14 @@ struct Sigma {
 impl Sigma {
     /// Users added first, then the server with `tail` as extra config.
     fn start(tail: &str) -> Sigma {
+        Self::start_with(tail, &["alice", "bob"])
+    }
+
+    /// [`Sigma::start`] with these users.
+    fn start_with(tail: &str, users: &[&str]) -> Sigma {
         let data = DataDir::new("db");
         // One after the other: each `sigma user add` locks the store.
-        for u in ["alice", "bob"] {
+        for &u in users {
             add_user(&data.path(), u, &format!("pw-{u}"));
         }
         let toml = Cfg::new().tail(tail).toml();
@@ -541,6 +547,73 @@ fn namespaces_are_per_user() {
     // Identity headers from the client change nothing.
     let r = b.get("shared/name", &[("X-Sigma-User", "alice")]);
     assert_eq!(r.status, 404);
+}
+
+#[test]
+fn shared_namespaces() {
+    let s = Sigma::start_with(
+        r#"
+[[route]]
+path = "/db"
+to = "&db"
+auth = "required"
+
+[[route]]
+path = "/team"
+to = "&db"
+auth = "required"
+users = ["alice", "bob"]
+namespace = "team"
+writers = ["alice"]
+"#,
+        &["alice", "bob", "carol"],
+    );
+    let [ca, cb, cc] = s.logins(["alice", "bob", "carol"]);
+    let team = |c: &str| {
+        let u = User::new(s.addr(), c);
+        move |m: &str, key: &str, body: &[u8]| u.req(m, &format!("/team/{key}"), &[], body)
+    };
+    let (a, b, c) = (team(&ca), team(&cb), team(&cc));
+
+    // Alice (a writer) writes; Bob (a reader) reads but cannot write.
+    let r = a("PUT", "plan", b"ship it");
+    assert_eq!(r.status, 201, "{r:?}");
+    let r = b("GET", "plan", b"");
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"ship it"[..]));
+    let r = b("PUT", "plan", b"no");
+    assert_eq!(
+        (r.status, r.header("content-type")),
+        (403, Some("application/json"))
+    );
+    assert_eq!(b("DELETE", "plan", b"").status, 403);
+    assert_eq!(b("GET", "?prefix=", b"").status, 200);
+    // Carol is not admitted by the route at all.
+    assert_eq!(c("GET", "plan", b"").status, 403);
+    // The shared namespace is not Alice's own, nor anyone's.
+    let own = User::new(s.addr(), &ca);
+    assert_eq!(own.get("plan", &[]).status, 404);
+    assert_eq!(own.put("plan", &[], b"mine").status, 201);
+    assert_eq!(a("GET", "plan", b"").body, b"ship it");
+
+    // Over WebSocket: Bob watches the shared namespace and sees Alice's
+    // writes; his own writes are refused.
+    let mut ws = Ws::open_at(
+        s.addr(),
+        "/team",
+        &format!("Cookie: {cb}\r\nOrigin: http://{}\r\n", s.addr()),
+    );
+    let r = ws.call(json!({"op": "watch", "prefix": "", "id": 1}));
+    assert_eq!(r, json!({"id": 1, "ok": true}));
+    let r = ws.call(json!({"op": "put", "key": "x", "value": "1", "id": 2}));
+    assert_eq!(r, json!({"id": 2, "ok": false, "error": "forbidden"}));
+    let r = ws.call(json!({"op": "get", "key": "plan", "id": 3}));
+    assert_eq!(r["value"], json!("ship it"));
+    assert_eq!(a("DELETE", "plan", b"").status, 204);
+    let change = ws.recv();
+    assert_eq!(
+        change,
+        json!({"type": "change", "key": "plan", "etag": null, "op": "delete"})
+    );
 }
 
 #[test]

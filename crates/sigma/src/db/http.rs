@@ -15,7 +15,7 @@ use crate::route::{Handled, HttpRequest};
 use crate::store::{KvTags, Precondition};
 
 use super::keys::{self, Compare};
-use super::{etag, namespace, DbService, Fail, MAX_LIST};
+use super::{etag, DbService, Fail, Scope, MAX_LIST};
 
 /// The content type of a value stored without one.
 const DEFAULT_CONTENT_TYPE: &[u8] = b"application/octet-stream";
@@ -30,10 +30,15 @@ enum Target {
 
 /// Answers one request for the route whose path (without a trailing `/`)
 /// is `prefix`.
-pub(super) fn handle(svc: &Arc<DbService>, prefix: &str, req: Tagged<HttpRequest>) -> Handled {
+pub(super) fn handle(
+    svc: &Arc<DbService>,
+    prefix: &str,
+    scope: &Scope,
+    req: Tagged<HttpRequest>,
+) -> Handled {
     let identity = req.identity;
     let ready = |resp: Response| Handled::Ready(Tagged::new(identity.clone(), resp));
-    let Some(ns) = namespace(&identity).map(str::to_owned) else {
+    let Some(ns) = scope.namespace(&identity) else {
         let mut r = error(Fail::Unauthenticated);
         r.headers.push(Header::new(
             &b"WWW-Authenticate"[..],
@@ -64,6 +69,9 @@ pub(super) fn handle(svc: &Arc<DbService>, prefix: &str, req: Tagged<HttpRequest
                 Err(f) => return ready(error(f)),
             };
             Box::pin(async move { get(&svc, ns, key, pre).await })
+        }
+        (Method::Put | Method::Delete, Target::Key(_)) if !scope.may_write(&identity) => {
+            return ready(error(Fail::Forbidden))
         }
         (Method::Put, Target::Key(key)) => {
             if body.len() > svc.config.max_value {

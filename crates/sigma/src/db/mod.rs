@@ -9,7 +9,14 @@
 //!
 //! Every identity has one namespace, named by its user name: a request
 //! reads and writes only its caller's namespace, and an anonymous request
-//! gets 401 (routes to `&db` default to `auth = "required"` as well). A key
+//! gets 401 (routes to `&db` default to `auth = "required"` as well).
+//! A route with `namespace = "NAME"` serves the *shared* namespace NAME
+//! instead ([`Scope::Shared`]): everyone the route admits (`auth`,
+//! `users`) reads it, and the route's `writers` (default: everyone it
+//! admits, but never an anonymous caller) may write; others get
+//! `forbidden` (403). Shared namespaces are stored apart from every user's
+//! (their store name starts with a control character, which no user name
+//! of any provider contains), so `namespace = "alice"` is not alice's. A key
 //! is an opaque string (`/` means nothing to the store) of 1 to
 //! `db.max_key` bytes of UTF-8, without control characters and without a
 //! `.` or `..` segment between slashes (browsers and URL libraries rewrite
@@ -88,7 +95,7 @@
 //! matched by `id`.
 //!
 //! Error codes: `bad_request`, `invalid_key`, `invalid_content_type`,
-//! `not_found`, `precondition_failed`, `too_large`, `unauthenticated`,
+//! `not_found`, `precondition_failed`, `too_large`, `unauthenticated`, `forbidden`,
 //! `too_many_watches`, `busy`, `internal`.
 
 mod http;
@@ -146,6 +153,7 @@ enum Fail {
     PreconditionFailed,
     TooLarge,
     Unauthenticated,
+    Forbidden,
     TooManyWatches,
     Busy,
     Internal,
@@ -161,6 +169,7 @@ impl Fail {
             Self::PreconditionFailed => "precondition_failed",
             Self::TooLarge => "too_large",
             Self::Unauthenticated => "unauthenticated",
+            Self::Forbidden => "forbidden",
             Self::TooManyWatches => "too_many_watches",
             Self::Busy => "busy",
             Self::Internal => "internal",
@@ -174,6 +183,7 @@ impl Fail {
             Self::PreconditionFailed => 412,
             Self::TooLarge => 413,
             Self::Unauthenticated => 401,
+            Self::Forbidden => 403,
             Self::TooManyWatches | Self::Busy => 429,
             Self::Internal => 500,
         }
@@ -280,26 +290,83 @@ impl DbService {
     }
 }
 
-/// One `&db` route: the shared service and the route's path prefix.
+/// Whose namespace a route serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Each caller's own (named by the user name).
+    Own,
+    /// One shared namespace (route key `namespace`).
+    Shared {
+        /// The store's name for it: `"\u{1}shared:" + NAME`.
+        ns: String,
+        /// Who may write; `None`: every authenticated caller the route admits.
+        writers: Option<Vec<String>>,
+    },
+}
+
+impl Scope {
+    /// The scope a route's config asks for.
+    pub fn of(shared: Option<&crate::config::SharedNamespace>) -> Self {
+        match shared {
+            None => Self::Own,
+            Some(s) => Self::Shared {
+                ns: format!("\u{1}shared:{}", s.name),
+                writers: s.writers.clone(),
+            },
+        }
+    }
+
+    /// The namespace `identity` reads here (`None`: it may not, 401).
+    fn namespace(&self, identity: &Principal) -> Option<String> {
+        match self {
+            Self::Own => namespace(identity).map(str::to_owned),
+            Self::Shared { ns, .. } => Some(ns.clone()),
+        }
+    }
+
+    /// Whether `identity` may write here (given it may read).
+    fn may_write(&self, identity: &Principal) -> bool {
+        match (self, identity.as_deref()) {
+            (Self::Own, _) => true,
+            (Self::Shared { .. }, None) => false,
+            (Self::Shared { writers: None, .. }, Some(_)) => true,
+            (
+                Self::Shared {
+                    writers: Some(w), ..
+                },
+                Some(id),
+            ) => w.iter().any(|u| *u == id.user),
+        }
+    }
+}
+
+/// One `&db` route: the shared service, the route's path prefix and whose
+/// namespace it serves.
 #[derive(Debug)]
 pub struct Db {
     svc: Arc<DbService>,
     /// The route path without a trailing `/` (`""` for the route `/`).
     prefix: String,
+    scope: Arc<Scope>,
 }
 
 impl Db {
     /// The `&db` destination of the route at `route_path`.
-    pub fn new(svc: Arc<DbService>, route_path: &str) -> Self {
+    pub fn new(svc: Arc<DbService>, route_path: &str, scope: Scope) -> Self {
         Self {
             svc,
             prefix: route_path.trim_end_matches('/').to_owned(),
+            scope: Arc::new(scope),
         }
     }
 
     /// [`Db::new`] as a route's destination.
-    pub fn destination(svc: &Arc<DbService>, route_path: &str) -> Arc<dyn Destination> {
-        Arc::new(Self::new(Arc::clone(svc), route_path))
+    pub fn destination(
+        svc: &Arc<DbService>,
+        route_path: &str,
+        scope: Scope,
+    ) -> Arc<dyn Destination> {
+        Arc::new(Self::new(Arc::clone(svc), route_path, scope))
     }
 }
 
@@ -309,11 +376,11 @@ impl Destination for Db {
     }
 
     fn http(&self, req: Tagged<HttpRequest>) -> Handled {
-        http::handle(&self.svc, &self.prefix, req)
+        http::handle(&self.svc, &self.prefix, &self.scope, req)
     }
 
     fn websocket(&self, identity: &Principal, push: WsSender) -> Option<Box<dyn WsEndpoint>> {
-        Some(ws::open(&self.svc, identity, push))
+        Some(ws::open(&self.svc, &self.scope, identity, push))
     }
 }
 

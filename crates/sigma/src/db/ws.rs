@@ -16,7 +16,7 @@ use crate::route::{WsEndpoint, WsSender};
 use crate::store::Precondition;
 
 use super::keys::{self, Compare};
-use super::{etag, namespace, text, DbService, Fail, MAX_LIST, SOCKET_QUEUE};
+use super::{etag, text, DbService, Fail, Scope, MAX_LIST, SOCKET_QUEUE};
 
 /// Longest `id` string echoed back.
 const MAX_ID_LEN: usize = 256;
@@ -24,6 +24,7 @@ const MAX_ID_LEN: usize = 256;
 /// One socket's endpoint.
 struct DbSocket {
     svc: Arc<DbService>,
+    scope: Arc<Scope>,
     identity: Principal,
     push: WsSender,
     socket: u64,
@@ -37,11 +38,13 @@ type Job = Result<Request, (Value, Fail)>;
 /// The endpoint for a socket authenticated as `identity`.
 pub(super) fn open(
     svc: &Arc<DbService>,
+    scope: &Arc<Scope>,
     identity: &Principal,
     push: WsSender,
 ) -> Box<dyn WsEndpoint> {
     Box::new(DbSocket {
         svc: Arc::clone(svc),
+        scope: Arc::clone(scope),
         identity: identity.clone(),
         push,
         socket: svc.watches.socket_id(),
@@ -64,6 +67,7 @@ impl WsEndpoint for DbSocket {
                 let (tx, rx) = mpsc::channel(SOCKET_QUEUE);
                 rt.spawn(worker(
                     Arc::clone(&self.svc),
+                    Arc::clone(&self.scope),
                     self.identity.clone(),
                     self.push.clone(),
                     self.socket,
@@ -93,8 +97,8 @@ impl DbSocket {
 impl Drop for DbSocket {
     fn drop(&mut self) {
         // The worker forgets the socket's watches too, after its last job.
-        if let Some(ns) = namespace(&self.identity) {
-            self.svc.watches.forget(ns, self.socket);
+        if let Some(ns) = self.scope.namespace(&self.identity) {
+            self.svc.watches.forget(&ns, self.socket);
         }
     }
 }
@@ -123,6 +127,7 @@ fn reply_text(id: Value, r: Result<Value, Fail>) -> String {
 /// Performs the socket's requests in order until the socket is gone.
 async fn worker(
     svc: Arc<DbService>,
+    scope: Arc<Scope>,
     identity: Principal,
     push: WsSender,
     socket: u64,
@@ -132,7 +137,10 @@ async fn worker(
         let (id, result) = match job {
             Ok(req) => {
                 let id = req.id.clone();
-                (id, perform(&svc, &identity, &push, socket, req).await)
+                (
+                    id,
+                    perform(&svc, &scope, &identity, &push, socket, req).await,
+                )
             }
             Err((id, f)) => (id, Err(f)),
         };
@@ -142,8 +150,8 @@ async fn worker(
             break;
         }
     }
-    if let Some(ns) = namespace(&identity) {
-        svc.watches.forget(ns, socket);
+    if let Some(ns) = scope.namespace(&identity) {
+        svc.watches.forget(&ns, socket);
     }
 }
 
@@ -374,12 +382,16 @@ fn op(raw: Raw, svc: &DbService) -> Result<Op, Fail> {
 /// Performs one request; the reply's fields besides `id` and `ok`.
 async fn perform(
     svc: &Arc<DbService>,
+    scope: &Scope,
     identity: &Principal,
     push: &WsSender,
     socket: u64,
     req: Request,
 ) -> Result<Value, Fail> {
-    let ns = namespace(identity).ok_or(Fail::Unauthenticated)?.to_owned();
+    let ns = scope.namespace(identity).ok_or(Fail::Unauthenticated)?;
+    if matches!(req.op, Op::Put { .. } | Op::Delete { .. }) && !scope.may_write(identity) {
+        return Err(Fail::Forbidden);
+    }
     match req.op {
         Op::Get { key } => {
             let k = key.clone();
