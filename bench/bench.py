@@ -975,7 +975,7 @@ def main():
     ap.add_argument("--slow-headers", type=int, default=2000)
     ap.add_argument("--slow-bodies", type=int, default=500)
     ap.add_argument("--fanout-subscribers", type=int, default=10000)
-    ap.add_argument("--fanout-rate", type=float, default=20.0,
+    ap.add_argument("--fanout-rate", type=float, default=50.0,
                     help="scenario 6: publishes per second (each goes to every subscriber)")
     ap.add_argument("--perf", action="store_true",
                     help="profile sigma with perf during its measured runs")

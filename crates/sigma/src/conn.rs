@@ -165,6 +165,14 @@ pub async fn serve(
             }
             pushed = recv_pushed(&mut p.pushed), if p.pushed.is_some() => {
                 p.on_pushed(pushed);
+                // A backlog (a busy fan-out) leaves in one write, not one
+                // write per message.
+                for _ in 1..PUSH_BATCH {
+                    match p.pushed.as_mut().and_then(crate::route::WsReceiver::try_recv) {
+                        Some(more) => p.on_pushed(more),
+                        None => break,
+                    }
+                }
             }
             Some(reply) = p.outbox.pending.next(), if !p.outbox.pending.is_empty() => {
                 p.outbox.ready.push_back(reply);
@@ -243,6 +251,9 @@ fn read_drained(stream: &TcpStream, buf: &mut [u8]) -> io::Result<Option<usize>>
         (Ok(()), None) => Ok(None),
     }
 }
+
+/// Most pushed messages taken from the queue per wake-up.
+const PUSH_BATCH: usize = 64;
 
 /// The next thing the destination pushed to this socket.
 async fn recv_pushed(rx: &mut Option<crate::route::WsReceiver>) -> crate::route::Pushed {

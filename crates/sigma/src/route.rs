@@ -137,6 +137,21 @@ impl WsReceiver {
         }
     }
 
+    /// The next pushed message if one is already queued (never waits):
+    /// lets the connection batch a backlog into one write.
+    pub fn try_recv(&mut self) -> Option<Pushed> {
+        use tokio::sync::mpsc::error::TryRecvError;
+        if self.overflowed() {
+            return Some(Pushed::Overflow);
+        }
+        match self.rx.try_recv() {
+            Ok(m) => Some(Pushed::Message(m)),
+            Err(TryRecvError::Empty) => None,
+            Err(TryRecvError::Disconnected) if self.overflowed() => Some(Pushed::Overflow),
+            Err(TryRecvError::Disconnected) => Some(Pushed::Closed),
+        }
+    }
+
     /// True once a push found the queue full.
     pub fn overflowed(&self) -> bool {
         self.slow.load(std::sync::atomic::Ordering::Relaxed)

@@ -335,7 +335,7 @@ impl Scope {
                     writers: Some(w), ..
                 },
                 Some(id),
-            ) => w.iter().any(|u| *u == id.user),
+            ) => w.contains(&id.user),
         }
     }
 }
