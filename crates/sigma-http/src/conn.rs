@@ -23,9 +23,9 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 
 use crate::error::{ParseError, SendError};
-use crate::event::{AbortReason, Event, Header, Reply, Response, Version};
+use crate::event::{AbortReason, Event, Header, Reply, Response, ResponseHead, Version};
 use crate::h1::decode::{DecodeLimits, Decoded, Decoder};
-use crate::h1::encode::{self, ConnHeader};
+use crate::h1::encode::{self, ConnHeader, StreamFraming};
 use crate::h1::request::{self, BodyKind};
 use crate::h1::scan::{ScanLimits, Scanner};
 use crate::io::OutBuf;
@@ -105,6 +105,19 @@ enum Outcome {
     Abandoned,
 }
 
+/// How the body of the streamed response in progress is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyOut {
+    /// No body on the wire (HEAD, 204, 304): pieces are dropped.
+    Discard,
+    /// `Content-Length`: this many bytes are still owed.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+    /// Close-delimited (an HTTP/1.0 client and an unknown length).
+    UntilClose,
+}
+
 /// One HTTP/1.1 (+ WebSocket) server connection.
 #[derive(Debug)]
 pub struct ServerConn {
@@ -126,6 +139,8 @@ pub struct ServerConn {
     ws: Option<Box<WsConn>>,
     /// Reading paused at least once because `max_pipelined` requests waited.
     pipeline_limit_hit: bool,
+    /// A streamed response ([`Reply::Head`]) whose body is still being sent.
+    stream: Option<BodyOut>,
 }
 
 impl ServerConn {
@@ -151,6 +166,7 @@ impl ServerConn {
             shutdown: None,
             ws: None,
             pipeline_limit_hit: false,
+            stream: None,
         }
     }
 
@@ -178,6 +194,9 @@ impl ServerConn {
         }
         self.input.extend_from_slice(data);
         self.advance(now);
+        // A request body that ends after its streamed response did ends
+        // the connection.
+        self.check_done();
     }
 
     /// The client half-closed its side (EOF on read).
@@ -323,6 +342,19 @@ impl ServerConn {
         self.ws.is_none() && matches!(self.reading, Reading::Stopped)
     }
 
+    /// True while a streamed response's body is being sent (between
+    /// [`Reply::Head`] and [`Reply::EndOfBody`]).
+    pub fn is_streaming(&self) -> bool {
+        self.stream.is_some()
+    }
+
+    /// Whether the shell should hand over more pieces of a streamed body
+    /// now: false while [`OUTPUT_HIGH_WATER`] bytes wait for the client, so
+    /// a slow client slows the source instead of growing the buffer.
+    pub fn wants_body(&self) -> bool {
+        self.out.len() < OUTPUT_HIGH_WATER
+    }
+
     /// True once the connection speaks WebSocket.
     pub fn is_websocket(&self) -> bool {
         self.ws.is_some()
@@ -350,8 +382,24 @@ impl ServerConn {
         if self.shutdown == Some(Shutdown::Abort) {
             return Err(SendError::Closed);
         }
+        let streamed = matches!(reply, Reply::Chunk(_) | Reply::EndOfBody);
+        if self.stream.is_some() != streamed
+            && matches!(
+                reply,
+                Reply::Response(_)
+                    | Reply::Head(_)
+                    | Reply::Accept { .. }
+                    | Reply::Chunk(_)
+                    | Reply::EndOfBody
+            )
+        {
+            return Err(SendError::StreamState);
+        }
         match reply {
             Reply::Response(resp) => self.send_response(resp, now),
+            Reply::Head(head) => self.send_head(head, now),
+            Reply::Chunk(data) => self.send_chunk(&data, now),
+            Reply::EndOfBody => self.end_body(now),
             Reply::Accept { protocol, headers } => self.accept_websocket(protocol, headers, now),
             Reply::Ws(msg) => match self.ws.as_mut() {
                 Some(ws) => ws.send_message(msg, now, &mut self.out),
@@ -413,6 +461,133 @@ impl ServerConn {
             self.reading = Reading::Stopped;
         }
         encode::encode_response(self.out.vec_mut(), &resp, &self.date, conn, entry.head_only);
+        if self.in_flight.is_empty() {
+            self.idle_since = now;
+        }
+        self.flush_front(now);
+        self.advance(now);
+        self.check_done();
+        Ok(())
+    }
+
+    /// The head of a streamed response; see [`Reply::Head`].
+    fn send_head(&mut self, head: ResponseHead, now: Instant) -> Result<(), SendError> {
+        let Some(front) = self.in_flight.front() else {
+            return Err(SendError::NoRequestPending);
+        };
+        if front.outcome != Outcome::Forwarded {
+            return Err(SendError::NoRequestPending);
+        }
+        if !(200..=999).contains(&head.status) {
+            return Err(SendError::InvalidStatus);
+        }
+        encode::validate_headers(&head.headers)?;
+        let Some(entry) = self.in_flight.pop_front() else {
+            return Err(SendError::NoRequestPending);
+        };
+        self.out.mark_pending(now);
+        // A streamed response may start before the request body is complete
+        // (a proxied upstream that answers early, or full duplex): the body
+        // is still read to its end (its events go on), then the connection
+        // closes, since the reader stops after a body with no request left.
+        let body_pending = !entry.body_done && matches!(self.reading, Reading::InBody { .. });
+        if entry.upgrade.is_some()
+            || (!body_pending && (!entry.body_done || asks_close(&head.headers)))
+        {
+            self.reading = Reading::Stopped;
+        }
+        self.stop_if_draining_and_idle();
+        let no_body = encode::status_has_no_body(head.status);
+        let (framing, body) = if no_body || entry.head_only {
+            match head.content_length {
+                // HEAD tells the length GET would have had.
+                Some(n) if !no_body => (StreamFraming::Length(n), BodyOut::Discard),
+                _ => (StreamFraming::None, BodyOut::Discard),
+            }
+        } else {
+            match head.content_length {
+                Some(n) => (StreamFraming::Length(n), BodyOut::Length(n)),
+                None if entry.version == Version::Http11 => {
+                    (StreamFraming::Chunked, BodyOut::Chunked)
+                }
+                None => {
+                    // HTTP/1.0 has no chunked coding: the close ends the body.
+                    if !body_pending {
+                        self.reading = Reading::Stopped;
+                    }
+                    (StreamFraming::None, BodyOut::UntilClose)
+                }
+            }
+        };
+        let until_close = body == BodyOut::UntilClose;
+        let conn = if body_pending || until_close || self.is_last_response() || !entry.keep_alive {
+            ConnHeader::Close
+        } else if entry.version == Version::Http10 {
+            ConnHeader::KeepAlive
+        } else {
+            ConnHeader::None
+        };
+        if conn == ConnHeader::Close && !body_pending {
+            self.reading = Reading::Stopped;
+        }
+        encode::encode_stream_head(
+            self.out.vec_mut(),
+            head.status,
+            &head.headers,
+            &self.date,
+            conn,
+            framing,
+        );
+        self.stream = Some(body);
+        Ok(())
+    }
+
+    /// One piece of the streamed body.
+    fn send_chunk(&mut self, data: &[u8], now: Instant) -> Result<(), SendError> {
+        let Some(body) = self.stream.as_mut() else {
+            return Err(SendError::StreamState);
+        };
+        if data.is_empty() {
+            return Ok(());
+        }
+        match body {
+            BodyOut::Discard => return Ok(()),
+            BodyOut::Length(remaining) => {
+                let n = data.len() as u64;
+                if n > *remaining {
+                    self.abort_now("stream_length_mismatch");
+                    return Err(SendError::BodyLength);
+                }
+                *remaining -= n;
+                self.out.mark_pending(now);
+                self.out.vec_mut().extend_from_slice(data);
+            }
+            BodyOut::Chunked => {
+                self.out.mark_pending(now);
+                encode::encode_chunk(self.out.vec_mut(), data);
+            }
+            BodyOut::UntilClose => {
+                self.out.mark_pending(now);
+                self.out.vec_mut().extend_from_slice(data);
+            }
+        }
+        Ok(())
+    }
+
+    /// The end of the streamed body: what was parsed behind it may go on.
+    fn end_body(&mut self, now: Instant) -> Result<(), SendError> {
+        match self.stream.take() {
+            None => return Err(SendError::StreamState),
+            Some(BodyOut::Length(remaining)) if remaining > 0 => {
+                self.abort_now("stream_length_mismatch");
+                return Err(SendError::BodyLength);
+            }
+            Some(BodyOut::Chunked) => {
+                self.out.mark_pending(now);
+                self.out.vec_mut().extend_from_slice(encode::LAST_CHUNK);
+            }
+            Some(_) => {}
+        }
         if self.in_flight.is_empty() {
             self.idle_since = now;
         }
@@ -591,7 +766,9 @@ impl ServerConn {
             upgrade: head.websocket.clone(),
             outcome: Outcome::Forwarded,
         });
-        if parsed.expect_continue && self.in_flight.len() == 1 {
+        // Not in the middle of a streamed body (the client then sends its
+        // body after its own 100-continue timeout).
+        if parsed.expect_continue && self.in_flight.len() == 1 && self.stream.is_none() {
             self.out.mark_pending(now);
             self.out
                 .vec_mut()
@@ -642,8 +819,12 @@ impl ServerConn {
         self.check_done();
     }
 
-    /// Writes the answers `H` owes itself at the front of the queue.
+    /// Writes the answers `H` owes itself at the front of the queue (not
+    /// in the middle of a streamed body: they wait for its end).
     fn flush_front(&mut self, now: Instant) {
+        if self.stream.is_some() {
+            return;
+        }
         while let Some(front) = self.in_flight.front() {
             let head_only = front.head_only;
             match front.outcome {
@@ -710,7 +891,11 @@ impl ServerConn {
 
     /// Decides the graceful end once nothing more is owed.
     fn check_done(&mut self) {
-        if self.shutdown.is_some() || self.ws.is_some() || !self.in_flight.is_empty() {
+        if self.shutdown.is_some()
+            || self.ws.is_some()
+            || !self.in_flight.is_empty()
+            || self.stream.is_some()
+        {
             return;
         }
         let idle_head = matches!(self.reading, Reading::ExpectHead { .. }) && self.input.is_empty();
@@ -736,7 +921,7 @@ impl ServerConn {
             Reading::ExpectHead { started, .. } => {
                 if let Some(s) = started {
                     t.set_opt(Timer::HeadRead, s.checked_add(self.limits.head_timeout));
-                } else if self.in_flight.is_empty() {
+                } else if self.in_flight.is_empty() && self.stream.is_none() {
                     if self.requests == 0 {
                         t.set_opt(
                             Timer::HeadRead,

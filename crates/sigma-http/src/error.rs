@@ -202,6 +202,12 @@ pub enum SendError {
     InvalidClose,
     /// The connection is closing or closed.
     Closed,
+    /// A response while a streamed body is still being sent, or a body
+    /// piece with no streamed response in progress.
+    StreamState,
+    /// Streamed body pieces that exceed the head's `content_length`, or an
+    /// end before it was reached (the connection is aborted).
+    BodyLength,
 }
 
 impl fmt::Display for SendError {
@@ -214,6 +220,8 @@ impl fmt::Display for SendError {
             Self::NotWebSocket => "not a WebSocket connection",
             Self::InvalidClose => "invalid close code or reason",
             Self::Closed => "connection closed",
+            Self::StreamState => "response out of order with a streamed body",
+            Self::BodyLength => "streamed body does not match its Content-Length",
         };
         f.write_str(s)
     }

@@ -322,11 +322,37 @@ impl Response {
     }
 }
 
+/// The head of a response whose body follows in pieces
+/// ([`Reply::Chunk`], then [`Reply::EndOfBody`]): a proxied upstream's
+/// streamed body (DESIGN §6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseHead {
+    /// Status code (200–999 outside 101).
+    pub status: u16,
+    /// Header fields; framing headers are replaced as for [`Response`].
+    pub headers: Vec<Header>,
+    /// The body's length when known: sent as `Content-Length`, and the
+    /// chunks must add up to it. `None`: `Transfer-Encoding: chunked` (an
+    /// HTTP/1.0 client gets a close-delimited body instead).
+    pub content_length: Option<u64>,
+}
+
 /// Left-bound replies (DESIGN §3).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
     /// The response to the oldest unanswered request.
     Response(Response),
+    /// The head of a streamed response to the oldest unanswered request;
+    /// its body follows as [`Reply::Chunk`]s and one [`Reply::EndOfBody`].
+    /// Until then no other response is accepted (they answer later
+    /// requests, so they must wait).
+    Head(ResponseHead),
+    /// A piece of the streamed body (dropped for HEAD, 204 and 304).
+    Chunk(Bytes),
+    /// The streamed body is complete. With a `content_length` that the
+    /// chunks did not reach, the connection is aborted (the client must
+    /// not take a truncated body for a whole one).
+    EndOfBody,
     /// Accept the WebSocket upgrade of the oldest unanswered request (101).
     Accept {
         /// The chosen subprotocol (must be one the client offered).

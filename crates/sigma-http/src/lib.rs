@@ -39,7 +39,7 @@ pub mod ws;
 pub use conn::{ServerConn, Shutdown};
 pub use error::{ParseError, SendError};
 pub use event::{
-    AbortReason, Event, Header, Method, Reply, RequestHead, Response, Utf8Bytes, Version, WsEvent,
-    WsHandshake, WsMessage,
+    AbortReason, Event, Header, Method, Reply, RequestHead, Response, ResponseHead, Utf8Bytes,
+    Version, WsEvent, WsHandshake, WsMessage,
 };
 pub use limits::{Limits, WsLimits};

@@ -85,6 +85,78 @@ pub fn encode_response(
     }
 }
 
+/// How a streamed response's body is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamFraming {
+    /// `Content-Length: n`.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+    /// No framing header: the body ends with the connection (HTTP/1.0), or
+    /// there is no body (HEAD with an unknown length, 204, 304).
+    None,
+}
+
+/// Appends the head of a streamed response (its body follows through
+/// [`encode_chunk`]). Headers must have been validated.
+pub fn encode_stream_head(
+    out: &mut Vec<u8>,
+    status: u16,
+    headers: &[Header],
+    date: &[u8],
+    conn: ConnHeader,
+    framing: StreamFraming,
+) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_status(out, status);
+    out.extend_from_slice(b"\r\nDate: ");
+    out.extend_from_slice(date);
+    out.extend_from_slice(b"\r\n");
+    match conn {
+        ConnHeader::None => {}
+        ConnHeader::KeepAlive => out.extend_from_slice(b"Connection: keep-alive\r\n"),
+        ConnHeader::Close => out.extend_from_slice(b"Connection: close\r\n"),
+    }
+    for h in headers.iter().filter(|h| !is_framing_header(h)) {
+        push_header(out, &h.name, &h.value);
+    }
+    match framing {
+        StreamFraming::Length(n) => {
+            out.extend_from_slice(b"Content-Length: ");
+            push_decimal(out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+        StreamFraming::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        StreamFraming::None => {}
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends one chunk of a chunked body (`data` must not be empty: an empty
+/// chunk is the end).
+pub fn encode_chunk(out: &mut Vec<u8>, data: &[u8]) {
+    let mut size = [0u8; 16];
+    let mut n = data.len();
+    let mut i = size.len();
+    loop {
+        i = i.saturating_sub(1);
+        if let Some(d) = size.get_mut(i) {
+            *d = b"0123456789abcdef".get(n % 16).copied().unwrap_or(b'0');
+        }
+        n /= 16;
+        if n == 0 || i == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(size.get(i..).unwrap_or_default());
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The last chunk of a chunked body (no trailers).
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
 /// Appends an interim (1xx) response head, such as `100 Continue`.
 pub fn encode_interim(out: &mut Vec<u8>, status: u16, headers: &[Header]) {
     out.extend_from_slice(b"HTTP/1.1 ");
