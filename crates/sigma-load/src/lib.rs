@@ -8,7 +8,9 @@
 //! - [`idle`]: N connections that complete their handshake and then sit
 //!   idle, for measuring a server's memory per connection;
 //! - [`pubsub`]: subscribers and publishers on channels (the `&broadcast`
-//!   protocol of DESIGN §9), for fan-out throughput and delivery latency.
+//!   protocol of DESIGN §9), for fan-out throughput and delivery latency;
+//! - [`world`]: signed world messages through sigma's session socket
+//!   (DESIGN §5), for the cost of per-message signature verification.
 //!
 //! ```text
 //!  fleet (threads × current-thread runtimes) ──▶ scenario ──▶ ws (client codec)
@@ -36,6 +38,7 @@ pub mod fleet;
 pub mod idle;
 pub mod pubsub;
 pub mod stats;
+pub mod world;
 pub mod ws;
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use sigma_load::echo::Echo;
 use sigma_load::idle::Idle;
 use sigma_load::pubsub::PubSub;
 use sigma_load::stats::Report;
+use sigma_load::world::World;
 use sigma_load::{fleet, ws::Target};
 
 #[derive(Parser)]
@@ -111,6 +112,25 @@ enum Command {
         /// How long a subscriber waits for `subscribed`.
         #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
         subscribe_timeout: Duration,
+        #[command(flatten)]
+        timing: Timing,
+    },
+    /// Signed world messages through sigma's session socket (`/ws`, DESIGN
+    /// §5): one world per connection, `--in-flight` messages outstanding.
+    /// Authenticate with `-H 'Cookie: sigma_session=…' -H 'Origin: http://HOST'`.
+    World {
+        /// The session socket, e.g. `ws://127.0.0.1:3000/ws`.
+        #[arg(long)]
+        url: String,
+        /// Connections (one world each).
+        #[arg(short, long, default_value_t = 100)]
+        connections: usize,
+        /// Messages in flight per connection.
+        #[arg(short, long, default_value_t = 1)]
+        in_flight: usize,
+        /// The world command to fork (its destination echoes, e.g. `echo`).
+        #[arg(long, default_value = "echo")]
+        command: String,
         #[command(flatten)]
         timing: Timing,
     },
@@ -237,6 +257,35 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let stats = fleet::run(Arc::new(ps), threads, timing.warmup, timing.duration)?;
             Report {
                 mode: "pubsub",
+                params,
+                duration: timing.duration,
+                stats,
+            }
+        }
+        Command::World {
+            url,
+            connections,
+            in_flight,
+            command,
+            timing,
+        } => {
+            let params = vec![
+                ("url", url.clone()),
+                ("connections", connections.to_string()),
+                ("in_flight", in_flight.to_string()),
+                ("command", command.clone()),
+                ("threads", threads.to_string()),
+            ];
+            let world = World {
+                target: target(&url)?,
+                connections,
+                in_flight: in_flight.max(1),
+                command,
+                connect_concurrency: cc,
+            };
+            let stats = fleet::run(Arc::new(world), threads, timing.warmup, timing.duration)?;
+            Report {
+                mode: "world",
                 params,
                 duration: timing.duration,
                 stats,

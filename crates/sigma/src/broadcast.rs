@@ -880,6 +880,7 @@ mod tests {
         Some(Arc::new(Identity {
             user: name.into(),
             provider: Provider::Password,
+            world: None,
         }))
     }
 

@@ -59,7 +59,15 @@ pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 pub const RESERVED_ENV: &[&str] = &["SIGMA_LOG", "SIGMA_LOG_FORMAT"];
 
 /// The tables an environment variable can address (`SIGMA_<TABLE>_<KEY>`).
-const ENV_TABLES: &[&str] = &["server", "http", "websocket", "auth", "db", "broadcast"];
+const ENV_TABLES: &[&str] = &[
+    "server",
+    "http",
+    "websocket",
+    "auth",
+    "db",
+    "broadcast",
+    "worlds",
+];
 /// The name used in messages for a config given by [`from_str`].
 const STRING_SOURCE: &str = "<config>";
 
@@ -83,6 +91,101 @@ pub struct Config {
     pub db: DbConfig,
     /// `&broadcast`: channel permission rules and limits (`[broadcast]`).
     pub broadcast: BroadcastConfig,
+    /// The session socket's limits (`[worlds]`, DESIGN §5).
+    pub worlds: WorldsConfig,
+    /// The world commands (`[world.<name>]`), by name.
+    pub world: Vec<WorldCommand>,
+}
+
+/// `[worlds]`: limits of the session socket at `/ws` and its worlds
+/// (DESIGN §5).
+///
+/// ```toml
+/// [worlds]
+/// activation_timeout = "5s"   # hello must arrive this soon; breach: close 4408
+/// max_per_session = 16        # active worlds per session socket
+/// forks_per_minute = 60       # fork requests per session socket (burst the same)
+/// key_rotation = "60s"        # minute-key period; a cookie lives 1-2 periods
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorldsConfig {
+    /// How long the server waits for `hello` before closing with 4408.
+    #[serde(deserialize_with = "duration")]
+    pub activation_timeout: Duration,
+    /// Worlds one session socket may have active at once.
+    #[serde(deserialize_with = "positive")]
+    pub max_per_session: usize,
+    /// Forks one session socket may ask for per minute (token bucket).
+    #[serde(deserialize_with = "positive")]
+    pub forks_per_minute: u32,
+    /// The minute key's period: fork cookies sealed under the current or
+    /// the previous key open, older ones do not.
+    #[serde(deserialize_with = "duration")]
+    pub key_rotation: Duration,
+}
+
+impl Default for WorldsConfig {
+    fn default() -> Self {
+        Self {
+            activation_timeout: Duration::from_secs(5),
+            max_per_session: 16,
+            forks_per_minute: 60,
+            key_rotation: Duration::from_secs(60),
+        }
+    }
+}
+
+/// One `[world.<name>]`: a world command, its worker code and where its
+/// messages go (DESIGN §5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorldCommand {
+    /// The command's name: 1–64 characters of `[A-Za-z0-9_-]` (it is
+    /// served at `/world/<name>.js`).
+    pub name: String,
+    /// The worker code.
+    pub code: WorldCode,
+    /// Where the world's messages go (any route destination but `&world`).
+    pub to: Destination,
+}
+
+/// Where a world command's worker code comes from (`code`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorldCode {
+    /// `builtin:NAME`: code embedded in the binary (`echo`, `chat`).
+    Builtin(String),
+    /// A JavaScript file, read once at start (relative to the working
+    /// directory, like `data_dir`).
+    File(PathBuf),
+}
+
+impl fmt::Display for WorldCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WorldCode::Builtin(name) => write!(f, "builtin:{name}"),
+            WorldCode::File(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// Worker code embedded in the binary, by the name `builtin:NAME` uses.
+pub const BUILTIN_WORLD_CODE: &[&str] = &["echo", "chat"];
+
+/// The world commands when the config has no `[world.*]` table: `echo`
+/// (to `&echo`) and the web page's demo `chat` (to `&broadcast`).
+pub fn default_world_commands() -> Vec<WorldCommand> {
+    vec![
+        WorldCommand {
+            name: "chat".to_owned(),
+            code: WorldCode::Builtin("chat".to_owned()),
+            to: Destination::Broadcast,
+        },
+        WorldCommand {
+            name: "echo".to_owned(),
+            code: WorldCode::Builtin("echo".to_owned()),
+            to: Destination::Echo,
+        },
+    ]
 }
 
 /// `[broadcast]`: the settings of every `&broadcast` hub (DESIGN §6).
@@ -238,6 +341,12 @@ pub struct AuthConfig {
     /// External token issuers (`[[auth.jwt]]`) whose bearer tokens are
     /// accepted besides sigma's own.
     pub jwt: Vec<crate::auth::jwt::JwtIssuerConfig>,
+    /// sigma's public origin (`https://chat.example.com`): OAuth providers
+    /// send the browser back to `<public_url>/auth/<name>/callback`.
+    /// Required when `[auth.oauth.*]` is configured.
+    pub public_url: Option<String>,
+    /// OAuth2 / OIDC login providers (`[auth.oauth.<name>]`, DESIGN §4).
+    pub oauth: std::collections::BTreeMap<String, crate::auth::oauth::config::OAuthProviderConfig>,
 }
 
 impl Default for AuthConfig {
@@ -253,6 +362,8 @@ impl Default for AuthConfig {
             login_per_user_per_minute: 10,
             password_workers: 2,
             jwt: Vec::new(),
+            public_url: None,
+            oauth: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -388,6 +499,34 @@ pub struct RouteConfig {
     /// `&db` only: the shared namespace the route serves instead of each
     /// caller's own (`namespace`, `writers`).
     pub shared: Option<SharedNamespace>,
+    /// Upstream (`http://…`) routes only: the proxy's timeouts and
+    /// `echo_identity` (route keys `connect_timeout`, `read_timeout`,
+    /// `echo_identity`); `None` on every other destination.
+    pub proxy: Option<ProxyOptions>,
+}
+
+/// How an upstream route proxies (DESIGN §6; docs/proxy.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProxyOptions {
+    /// Connecting to the upstream may take this long; breach: 502
+    /// (`connect_timeout`, default 5 s).
+    pub connect_timeout: Duration,
+    /// The upstream's response head must arrive this long after the
+    /// request was sent; breach: 504 (`read_timeout`, default 30 s).
+    pub read_timeout: Duration,
+    /// The upstream must return the `X-Sigma-Identity` it was sent, or the
+    /// reply is not sent (502) (`echo_identity`, default false).
+    pub echo_identity: bool,
+}
+
+impl Default for ProxyOptions {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            read_timeout: Duration::from_secs(30),
+            echo_identity: false,
+        }
+    }
 }
 
 /// A shared `&db` namespace (route keys `namespace` and `writers`): every
@@ -411,11 +550,16 @@ pub enum Destination {
     Broadcast,
     /// `&db`: the built-in key-value store.
     Db,
+    /// `&world`: the session socket (`/ws`) and world code (`/world/…`)
+    /// of DESIGN §5.
+    World,
     /// `http://HOST[:PORT][/PATH]`: a reverse-proxied upstream, as written.
     Upstream(String),
     /// `static:DIR`: files under a directory; a relative `DIR` is relative
     /// to the working directory, like `data_dir`.
     Static(PathBuf),
+    /// `&web`: the bundled web page (login, chat, notes; docs/web.md).
+    Web,
     /// `&crossed`: a deliberately mis-wired destination that answers with
     /// another user's identity, to test the reply rule. Only in builds with
     /// the `test-destinations` feature.
@@ -565,6 +709,9 @@ pub enum RouteError {
     WritersWithoutNamespace,
     /// A `namespace` name that is not 1–64 characters of `[A-Za-z0-9._-]`.
     BadNamespace(String),
+    /// A proxy key (`connect_timeout`, `read_timeout`, `echo_identity`) on
+    /// a route whose destination is not an `http://` upstream.
+    ProxyKeyNotUpstream(&'static str),
 }
 
 impl Default for Config {
@@ -578,6 +725,8 @@ impl Default for Config {
             auth: AuthConfig::default(),
             db: DbConfig::default(),
             broadcast: BroadcastConfig::default(),
+            worlds: WorldsConfig::default(),
+            world: default_world_commands(),
         }
     }
 }
@@ -603,6 +752,16 @@ pub fn default_routes() -> Vec<RouteConfig> {
             users: None,
             max_body: None,
             shared: None,
+            proxy: None,
+        },
+        RouteConfig {
+            path: "/world".to_owned(),
+            to: Destination::World,
+            auth: AuthLevel::Required,
+            users: None,
+            max_body: None,
+            shared: None,
+            proxy: None,
         },
         RouteConfig {
             path: "/echo".to_owned(),
@@ -611,6 +770,7 @@ pub fn default_routes() -> Vec<RouteConfig> {
             users: None,
             max_body: None,
             shared: None,
+            proxy: None,
         },
         RouteConfig {
             path: "/db".to_owned(),
@@ -619,6 +779,27 @@ pub fn default_routes() -> Vec<RouteConfig> {
             users: None,
             max_body: None,
             shared: None,
+            proxy: None,
+        },
+        RouteConfig {
+            path: "/ws".to_owned(),
+            to: Destination::World,
+            auth: AuthLevel::Required,
+            users: None,
+            max_body: None,
+            shared: None,
+            proxy: None,
+        },
+        // The bundled page (docs/web.md); also answers 404 for any path
+        // no other route takes.
+        RouteConfig {
+            path: "/".to_owned(),
+            to: Destination::Web,
+            auth: AuthLevel::Optional,
+            users: None,
+            max_body: None,
+            shared: None,
+            proxy: None,
         },
     ]
 }
@@ -687,7 +868,30 @@ impl Config {
                     out.push_str(&format!(", writers {}", w.join(",")));
                 }
             }
+            if let Some(p) = r.proxy.filter(|p| *p != ProxyOptions::default()) {
+                out.push_str(&format!(
+                    ", connect_timeout {}, read_timeout {}, echo_identity {}",
+                    humantime::format_duration(p.connect_timeout),
+                    humantime::format_duration(p.read_timeout),
+                    p.echo_identity
+                ));
+            }
             out.push(')');
+        }
+        let serves_worlds = self.routes.iter().any(|r| r.to == Destination::World);
+        for w in self.world.iter().filter(|_| serves_worlds) {
+            out.push_str(&format!("\nworld {} -> {} (code {})", w.name, w.to, w.code));
+        }
+        for (name, p) in &self.auth.oauth {
+            let public = self.auth.public_url.as_deref().unwrap_or_default();
+            out.push_str(&format!(
+                "\noauth {name} ({}{}) /auth/{name}/login, redirect_uri {}/auth/{name}/callback",
+                p.kind.as_str(),
+                p.issuer_url()
+                    .map(|i| format!(", issuer {i}"))
+                    .unwrap_or_default(),
+                public.trim_end_matches('/'),
+            ));
         }
         out
     }
@@ -702,6 +906,8 @@ impl Destination {
                 "echo" => Ok(Destination::Echo),
                 "broadcast" => Ok(Destination::Broadcast),
                 "db" => Ok(Destination::Db),
+                "world" => Ok(Destination::World),
+                "web" => Ok(Destination::Web),
                 #[cfg(feature = "test-destinations")]
                 "crossed" => Ok(Destination::Crossed),
                 #[cfg(feature = "test-destinations")]
@@ -802,8 +1008,10 @@ impl fmt::Display for Destination {
             Destination::Echo => write!(f, "&echo"),
             Destination::Broadcast => write!(f, "&broadcast"),
             Destination::Db => write!(f, "&db"),
+            Destination::World => write!(f, "&world"),
             Destination::Upstream(url) => write!(f, "{url}"),
             Destination::Static(dir) => write!(f, "static:{}", dir.display()),
+            Destination::Web => write!(f, "&web"),
             #[cfg(feature = "test-destinations")]
             Destination::Crossed => write!(f, "&crossed"),
             #[cfg(feature = "test-destinations")]
@@ -907,11 +1115,11 @@ impl fmt::Display for RouteError {
             }
             RouteError::UnknownBuiltin(name) => write!(
                 f,
-                "unknown destination `&{name}` (built-ins are &echo, &broadcast and &db)"
+                "unknown destination `&{name}` (built-ins are &echo, &broadcast, &db, &world and &web)"
             ),
             RouteError::UnknownDestination(to) => write!(
                 f,
-                "unknown destination {to:?}: expected &echo, &broadcast, &db, http://HOST[:PORT] or static:DIR"
+                "unknown destination {to:?}: expected &echo, &broadcast, &db, &world, &web, http://HOST[:PORT] or static:DIR"
             ),
             RouteError::HttpsUpstream(url) => write!(
                 f,
@@ -946,6 +1154,10 @@ impl fmt::Display for RouteError {
                 f,
                 "invalid namespace {n:?}: use 1 to 64 characters of A-Z a-z 0-9 . _ -"
             ),
+            RouteError::ProxyKeyNotUpstream(k) => write!(
+                f,
+                "{k} applies to an upstream route only (to = \"http://…\")"
+            ),
         }
     }
 }
@@ -977,6 +1189,8 @@ struct ConfigFile {
     auth: AuthConfig,
     db: DbConfig,
     broadcast: BroadcastConfig,
+    worlds: WorldsConfig,
+    world: Option<std::collections::BTreeMap<String, WorldTable>>,
     route: Option<Vec<RouteTable>>,
 }
 
@@ -991,6 +1205,8 @@ impl Default for ConfigFile {
             auth: AuthConfig::default(),
             db: DbConfig::default(),
             broadcast: BroadcastConfig::default(),
+            worlds: WorldsConfig::default(),
+            world: None,
             route: None,
         }
     }
@@ -1092,6 +1308,25 @@ struct RouteTable {
     namespace: Option<String>,
     #[serde(default)]
     writers: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    connect_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    read_timeout: Option<Duration>,
+    #[serde(default)]
+    echo_identity: Option<bool>,
+}
+
+/// An optional [`duration`].
+fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
+}
+
+/// One `[world.<name>]` as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WorldTable {
+    code: String,
+    to: String,
 }
 
 /// A humantime duration string, > 0 and ≤ [`MAX_DURATION`].
@@ -1420,6 +1655,19 @@ fn unknown_key(root: &Table) -> Option<(KeyPath, &'static [&'static str])> {
             "http" => fields_of::<HttpTable>(),
             "websocket" => fields_of::<WebsocketTable>(),
             "db" => fields_of::<DbConfig>(),
+            "worlds" => fields_of::<WorldsConfig>(),
+            "world" => {
+                let Value::Table(t) = value else { continue };
+                for (name, w) in t {
+                    if let Value::Table(w) = w {
+                        let at = vec![key("world"), key(name)];
+                        if let Some(found) = check(w, at, fields_of::<WorldTable>()) {
+                            return Some(found);
+                        }
+                    }
+                }
+                continue;
+            }
             "broadcast" => {
                 let Value::Table(t) = value else { continue };
                 if let Some(found) =
@@ -1494,6 +1742,11 @@ fn resolve(file: ConfigFile, sources: &Sources<'_>) -> Result<Config, ConfigErro
             routes(tables).map_err(|(path, e)| sources.error(path, ConfigErrorKind::Route(e)))?
         }
     };
+    let world = match file.world {
+        None => default_world_commands(),
+        Some(tables) => world_commands(tables)
+            .map_err(|(path, message)| sources.error(path, ConfigErrorKind::Invalid { message }))?,
+    };
     let h = file.http;
     let limits = Limits {
         max_request_line: h.max_request_line,
@@ -1539,6 +1792,7 @@ fn resolve(file: ConfigFile, sources: &Sources<'_>) -> Result<Config, ConfigErro
             },
         ));
     }
+    check_oauth(&file.auth, sources)?;
     Ok(Config {
         topology,
         data_dir: file.data_dir,
@@ -1548,7 +1802,84 @@ fn resolve(file: ConfigFile, sources: &Sources<'_>) -> Result<Config, ConfigErro
         auth: file.auth,
         db: file.db,
         broadcast: file.broadcast,
+        worlds: file.worlds,
+        world,
     })
+}
+
+/// Validates every `[world.<name>]` (name, `code`, `to`).
+fn world_commands(
+    tables: std::collections::BTreeMap<String, WorldTable>,
+) -> Result<Vec<WorldCommand>, (KeyPath, String)> {
+    let mut out = Vec::with_capacity(tables.len());
+    for (name, t) in tables {
+        let at = |k: &str| vec![key("world"), key(&name), key(k)];
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err((
+                vec![key("world"), key(&name)],
+                format!("invalid world command name {name:?}: use 1 to 64 characters of A-Z a-z 0-9 _ -"),
+            ));
+        }
+        let code = match t.code.strip_prefix("builtin:") {
+            Some(b) if BUILTIN_WORLD_CODE.contains(&b) => WorldCode::Builtin(b.to_owned()),
+            Some(b) => {
+                return Err((
+                    at("code"),
+                    format!(
+                        "unknown built-in world code {b:?} (built-ins are {})",
+                        BUILTIN_WORLD_CODE.join(", ")
+                    ),
+                ))
+            }
+            None if t.code.is_empty() => {
+                return Err((
+                    at("code"),
+                    "must name a JavaScript file or builtin:NAME".into(),
+                ))
+            }
+            None => WorldCode::File(PathBuf::from(t.code)),
+        };
+        let to = Destination::parse(&t.to).map_err(|e| (at("to"), e.to_string()))?;
+        if to == Destination::World {
+            return Err((at("to"), "a world cannot forward to &world".into()));
+        }
+        out.push(WorldCommand { name, code, to });
+    }
+    Ok(out)
+}
+
+/// `[auth] public_url` and the `[auth.oauth.<name>]` tables (DESIGN §4).
+fn check_oauth(auth: &AuthConfig, sources: &Sources<'_>) -> Result<(), ConfigError> {
+    let invalid =
+        |path: KeyPath, message: String| sources.error(path, ConfigErrorKind::Invalid { message });
+    if let Some(url) = &auth.public_url {
+        if !valid_origin(url.trim_end_matches('/')) {
+            return Err(invalid(
+                vec![key("auth"), key("public_url")],
+                format!("invalid public URL {url:?}: expected scheme://host[:port], e.g. \"https://chat.example.com\""),
+            ));
+        }
+    } else if !auth.oauth.is_empty() {
+        return Err(invalid(
+            vec![key("auth"), key("public_url")],
+            "is required with [auth.oauth.*]: providers redirect to <public_url>/auth/<name>/callback".into(),
+        ));
+    }
+    for (name, p) in &auth.oauth {
+        if let Err(e) = p.validate(name) {
+            let mut path = vec![key("auth"), key("oauth"), key(name)];
+            if !e.key.is_empty() {
+                path.push(key(e.key));
+            }
+            return Err(invalid(path, e.message));
+        }
+    }
+    Ok(())
 }
 
 /// Validates every `[[route]]` and sorts them longest path first.
@@ -1590,6 +1921,24 @@ fn routes(tables: Vec<RouteTable>) -> Result<Vec<RouteConfig>, (KeyPath, RouteEr
                 Some(SharedNamespace { name, writers })
             }
         };
+        let proxy = if matches!(to, Destination::Upstream(_)) {
+            let d = ProxyOptions::default();
+            Some(ProxyOptions {
+                connect_timeout: t.connect_timeout.unwrap_or(d.connect_timeout),
+                read_timeout: t.read_timeout.unwrap_or(d.read_timeout),
+                echo_identity: t.echo_identity.unwrap_or(d.echo_identity),
+            })
+        } else {
+            let set = [
+                ("connect_timeout", t.connect_timeout.is_some()),
+                ("read_timeout", t.read_timeout.is_some()),
+                ("echo_identity", t.echo_identity.is_some()),
+            ];
+            if let Some((k, _)) = set.iter().find(|(_, s)| *s) {
+                return Err((at(k), RouteError::ProxyKeyNotUpstream(k)));
+            }
+            None
+        };
         out.push(RouteConfig {
             path: t.path,
             to,
@@ -1597,6 +1946,7 @@ fn routes(tables: Vec<RouteTable>) -> Result<Vec<RouteConfig>, (KeyPath, RouteEr
             users: t.users,
             max_body: t.max_body,
             shared,
+            proxy,
         });
     }
     // Stable, so `first` above indexed the file's order; now match order.
@@ -1731,6 +2081,8 @@ mod tests {
             login_per_user_per_minute = 3
             password_workers = 4
             jwt = [{ issuer = "https://id.example.com", audience = "sigma", algorithm = "RS256", jwks_url = "https://id.example.com/jwks.json" }]
+            public_url = "https://chat.example.com"
+            oauth = { corp = { kind = "oidc", issuer = "https://id.example.com", client_id = "sigma", client_secret_file = "/etc/sigma/corp.secret", scopes = ["openid", "email"], user_claim = "email", allowed_domains = ["example.com"], allowed_users = ["alice@example.com"] }, gh = { kind = "github", client_id = "gh-client", client_secret = "gh-secret", auth_url = "https://gh.example.com/login/oauth/authorize", token_url = "https://gh.example.com/login/oauth/access_token", api_url = "https://api.gh.example.com" } }
 
             [db]
             max_value = 61
@@ -1776,14 +2128,44 @@ mod tests {
             auth = "required"
             users = ["alice", "bob"]
             max_body = 51
+            connect_timeout = "52s"
+            read_timeout = "53s"
+            echo_identity = true
 
             [[route]]
             path = "/team"
             to = "&db"
             namespace = "team"
             writers = ["alice"]
+
+            [worlds]
+            activation_timeout = "71s"
+            max_per_session = 72
+            forks_per_minute = 73
+            key_rotation = "74s"
+
+            [world.notes]
+            code = "/srv/notes.js"
+            to = "&db"
         "#;
         let c = from_str(toml, &[]).unwrap();
+        assert_eq!(
+            c.worlds,
+            WorldsConfig {
+                activation_timeout: Duration::from_secs(71),
+                max_per_session: 72,
+                forks_per_minute: 73,
+                key_rotation: Duration::from_secs(74),
+            }
+        );
+        assert_eq!(
+            c.world,
+            vec![WorldCommand {
+                name: "notes".into(),
+                code: WorldCode::File("/srv/notes.js".into()),
+                to: Destination::Db,
+            }]
+        );
         assert_eq!(c.topology.to_string(), "T[::1]:4000[H] T0.0.0.0:4001[HA]");
         assert_eq!(
             c.broadcast,
@@ -1856,6 +2238,7 @@ mod tests {
                         name: "team".into(),
                         writers: Some(vec!["alice".into()]),
                     }),
+                    proxy: None,
                 },
                 RouteConfig {
                     path: "/api".into(),
@@ -1864,6 +2247,11 @@ mod tests {
                     users: Some(vec!["alice".into(), "bob".into()]),
                     max_body: Some(51),
                     shared: None,
+                    proxy: Some(ProxyOptions {
+                        connect_timeout: Duration::from_secs(52),
+                        read_timeout: Duration::from_secs(53),
+                        echo_identity: true,
+                    }),
                 },
             ]
         );
@@ -1887,6 +2275,47 @@ mod tests {
                     jwks_url: Some("https://id.example.com/jwks.json".into()),
                     user_claim: None,
                 }],
+                public_url: Some("https://chat.example.com".into()),
+                oauth: [
+                    (
+                        "corp".to_string(),
+                        crate::auth::oauth::config::OAuthProviderConfig {
+                            kind: crate::auth::oauth::config::ProviderKind::Oidc,
+                            issuer: Some("https://id.example.com".into()),
+                            client_id: "sigma".into(),
+                            client_secret: None,
+                            client_secret_file: Some("/etc/sigma/corp.secret".into()),
+                            scopes: Some(vec!["openid".into(), "email".into()]),
+                            user_claim: Some("email".into()),
+                            allowed_domains: vec!["example.com".into()],
+                            allowed_users: vec!["alice@example.com".into()],
+                            auth_url: None,
+                            token_url: None,
+                            api_url: None,
+                        },
+                    ),
+                    (
+                        "gh".to_string(),
+                        crate::auth::oauth::config::OAuthProviderConfig {
+                            kind: crate::auth::oauth::config::ProviderKind::Github,
+                            issuer: None,
+                            client_id: "gh-client".into(),
+                            client_secret: Some("gh-secret".into()),
+                            client_secret_file: None,
+                            scopes: None,
+                            user_claim: None,
+                            allowed_domains: vec![],
+                            allowed_users: vec![],
+                            auth_url: Some("https://gh.example.com/login/oauth/authorize".into()),
+                            token_url: Some(
+                                "https://gh.example.com/login/oauth/access_token".into()
+                            ),
+                            api_url: Some("https://api.gh.example.com".into()),
+                        },
+                    ),
+                ]
+                .into_iter()
+                .collect(),
             }
         );
         assert_eq!(
@@ -1900,14 +2329,19 @@ mod tests {
         for name in fields_of::<ServerConfig>()
             .iter()
             .chain(fields_of::<AuthConfig>())
+            .chain(fields_of::<crate::auth::oauth::config::OAuthProviderConfig>())
             .chain(fields_of::<DbConfig>())
             .chain(fields_of::<HttpTable>())
             .chain(fields_of::<WebsocketTable>())
             .chain(fields_of::<RouteTable>())
+            .chain(fields_of::<WorldsConfig>())
+            .chain(fields_of::<WorldTable>())
             .chain(fields_of::<ConfigFile>())
         {
             assert!(
-                toml.contains(&format!("{name} = ")) || toml.contains(&format!("[{name}]")),
+                toml.contains(&format!("{name} = "))
+                    || toml.contains(&format!("[{name}]"))
+                    || toml.contains(&format!("[{name}.")),
                 "{name} not covered"
             );
         }
@@ -1926,13 +2360,48 @@ mod tests {
                 "auth",
                 "db",
                 "broadcast",
+                "worlds",
+                "world",
                 "route"
             ]
         );
         assert_eq!(fields_of::<HttpTable>().len(), 13);
         assert_eq!(fields_of::<WebsocketTable>().len(), 6);
         assert_eq!(fields_of::<ServerConfig>().len(), 6);
-        assert_eq!(fields_of::<RouteTable>().len(), 7);
+        assert_eq!(fields_of::<RouteTable>().len(), 10);
+    }
+
+    #[test]
+    fn oauth_tables_are_validated() {
+        let e = from_str(
+            "[auth.oauth.corp]\nkind = \"oidc\"\nissuer = \"https://id.example.com\"\nclient_id = \"c\"\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("auth.public_url"), "{e}");
+        let base = "[auth]\npublic_url = \"https://chat.example.com\"\n[auth.oauth.corp]\nclient_id = \"c\"\n";
+        let e = from_str(&format!("{base}kind = \"oidc\"\n"), &[]).unwrap_err();
+        assert!(e.to_string().contains("auth.oauth.corp.issuer"), "{e}");
+        let e = from_str(&format!("{base}kind = \"saml\"\n"), &[]).unwrap_err();
+        assert!(e.to_string().contains("auth.oauth.corp.kind"), "{e}");
+        let e = from_str(&format!("{base}kind = \"github\"\nbogus = 1\n"), &[]).unwrap_err();
+        assert!(e.to_string().contains("bogus"), "{e}");
+        let e = from_str(
+            &format!("{base}kind = \"github\"\nclient_secret = \"s\"\napi_url = \"http://api.example.com\"\n"),
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("auth.oauth.corp.api_url"), "{e}");
+        let e = from_str("[auth]\npublic_url = \"chat.example.com\"\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("auth.public_url"), "{e}");
+        let c = from_str(
+            &format!("{base}kind = \"google\"\nclient_secret = \"s\"\n"),
+            &[],
+        )
+        .unwrap();
+        assert!(c.describe().contains(
+            "oauth corp (google, issuer https://accounts.google.com) /auth/corp/login, redirect_uri https://chat.example.com/auth/corp/callback"
+        ), "{}", c.describe());
     }
 
     #[test]
@@ -2001,6 +2470,25 @@ mod tests {
     }
 
     #[test]
+    fn proxy_keys_only_on_upstream_routes() {
+        let e = err("[[route]]\npath = \"/e\"\nto = \"&echo\"\nread_timeout = \"1s\"\n");
+        assert_eq!(e.path, "route[0].read_timeout");
+        assert!(e.to_string().contains("upstream route only"), "{e}");
+        let e = err("[[route]]\npath = \"/a\"\nto = \"http://h\"\nconnect_timeout = \"0s\"\n");
+        assert_eq!(e.path, "route[0].connect_timeout");
+        let c = from_str("[[route]]\npath = \"/a\"\nto = \"http://h\"\n", &[]).unwrap();
+        assert_eq!(c.routes[0].proxy, Some(ProxyOptions::default()));
+        let c = from_str(
+            "[[route]]\npath = \"/a\"\nto = \"http://h\"\nread_timeout = \"300ms\"\necho_identity = true\n",
+            &[],
+        )
+        .unwrap();
+        assert!(c.describe().contains(
+            "route /a -> http://h (auth optional, connect_timeout 5s, read_timeout 300ms, echo_identity true)"
+        ));
+    }
+
+    #[test]
     fn full_sample_file_loads_and_names_every_key() {
         let path = full_toml_path();
         let c = load(Some(&path), &[]).unwrap_or_else(|e| panic!("{e}"));
@@ -2019,6 +2507,8 @@ mod tests {
             ("broadcast", fields_of::<BroadcastConfig>()),
             ("broadcast.rule", fields_of::<BroadcastRule>()),
             ("route", fields_of::<RouteTable>()),
+            ("worlds", fields_of::<WorldsConfig>()),
+            ("world", fields_of::<WorldTable>()),
         ];
         for (table, keys) in tables {
             for k in *keys {
@@ -2026,6 +2516,7 @@ mod tests {
                     l.starts_with(&format!("{k} = "))
                         || l.starts_with(&format!("[{k}]"))
                         || l.starts_with(&format!("[[{k}]]"))
+                        || l.starts_with(&format!("[{k}."))
                         || l.starts_with(&format!("[[{table}.{k}]]"))
                 });
                 assert!(found, "full.toml lacks {table}.{k}");
@@ -2487,9 +2978,30 @@ mod tests {
             Config::default().describe(),
             "pipeline T127.0.0.1:3000[HA]\n\
              route /broadcast -> &broadcast (auth optional)\n\
+             route /world -> &world (auth required)\n\
              route /echo -> &echo (auth none)\n\
-             route /db -> &db (auth required)"
+             route /db -> &db (auth required)\n\
+             route /ws -> &world (auth required)\n\
+             route / -> &web (auth optional)\n\
+             world chat -> &broadcast (code builtin:chat)\n\
+             world echo -> &echo (code builtin:echo)"
         );
+    }
+
+    #[test]
+    fn world_commands_are_checked() {
+        let e = err("[world.x]\ncode = \"builtin:nope\"\nto = \"&echo\"\n");
+        assert_eq!(e.path, "world.x.code");
+        let e = err("[world.x]\ncode = \"builtin:echo\"\nto = \"&world\"\n");
+        assert_eq!(e.path, "world.x.to");
+        let e = err("[world.x]\ncode = \"a.js\"\nto = \"&echo\"\nbogus = 1\n");
+        assert_eq!(e.path, "world.x.bogus");
+        let e = err("[world.\"a b\"]\ncode = \"a.js\"\nto = \"&echo\"\n");
+        assert_eq!(e.path, "world.a b");
+        let e = err("[worlds]\nmax_per_session = 0\n");
+        assert_eq!(e.path, "worlds.max_per_session");
+        let c = from_str("[world.e]\ncode = \"builtin:echo\"\nto = \"&echo\"\n", &[]).unwrap();
+        assert_eq!(c.world.len(), 1);
     }
 
     #[test]
@@ -2511,6 +3023,7 @@ mod tests {
             ),
             ("http://[::1]", Destination::Upstream("http://[::1]".into())),
             ("static:/srv/www", Destination::Static("/srv/www".into())),
+            ("&web", Destination::Web),
         ] {
             assert_eq!(Destination::parse(to), Ok(d.clone()), "{to}");
             assert_eq!(d.to_string(), to);

@@ -15,6 +15,11 @@
 //! - Ω ([`Shutdown::Abort`]): `shutdown(SHUT_RDWR)` and close at once;
 //! - `H` will never read again but still owes output: `shutdown(SHUT_RD)`.
 //!
+//! Streamed exchanges (a proxied upstream, issue #6): the body of a
+//! streamed response is pulled from its source only while `H`'s output is
+//! below `OUTPUT_HIGH_WATER`, and while a streamed request body waits for
+//! room in its bounded channel the socket is not read.
+//!
 //! It does not parse bytes, pick routes or decide identities.
 
 use std::cell::RefCell;
@@ -131,7 +136,17 @@ pub async fn serve(
             }
             armed = deadline;
         }
-        let wants_read = p.h.wants_read() && !read_shut;
+        let upload_blocked = p.upload_blocked();
+        let upload_tx = if upload_blocked {
+            p.upload_sender()
+        } else {
+            None
+        };
+        // A streamed request body whose destination is not keeping up
+        // stops the reading (the bounded channel is the backpressure).
+        let wants_read = p.h.wants_read() && !read_shut && !upload_blocked;
+        // A streamed response body is pulled only while the client keeps up.
+        let wants_body = p.outbox.body.is_some() && p.h.wants_body();
         let wants_write = !p.h.output().is_empty();
         tokio::select! {
             r = stream.readable(), if wants_read => {
@@ -174,8 +189,16 @@ pub async fn serve(
                     }
                 }
             }
-            Some(reply) = p.outbox.pending.next(), if !p.outbox.pending.is_empty() => {
-                p.outbox.ready.push_back(reply);
+            Some(out) = p.outbox.pending.next(),
+                if !p.outbox.pending.is_empty() && p.outbox.body.is_none() =>
+            {
+                p.outbox.accept(out);
+            }
+            piece = next_piece(&mut p.outbox.body), if wants_body => {
+                p.outbox.on_body(piece);
+            }
+            permit = upload_room(upload_tx), if upload_blocked => {
+                p.on_upload_room(permit);
             }
             _ = &mut drain_started, if !draining => {
                 draining = true;
@@ -260,6 +283,26 @@ async fn recv_pushed(rx: &mut Option<crate::route::WsReceiver>) -> crate::route:
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
+    }
+}
+
+/// The next piece of the streamed response body.
+async fn next_piece(
+    body: &mut Option<crate::streaming::BodyStream>,
+) -> Option<Result<bytes::Bytes, ()>> {
+    match body {
+        Some(b) => b.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Room in a streamed request body's channel (`None`: it is gone).
+async fn upload_room(
+    tx: Option<tokio::sync::mpsc::Sender<bytes::Bytes>>,
+) -> Option<tokio::sync::mpsc::OwnedPermit<bytes::Bytes>> {
+    match tx {
+        Some(tx) => tx.reserve_owned().await.ok(),
+        None => None,
     }
 }
 

@@ -29,11 +29,22 @@ use crate::config::AuthLevel;
 use crate::conn::ListenerCtx;
 use crate::metrics::{add, inc};
 use crate::route::{ws_push_queue, Handled, HttpRequest, Pushed, Route, WsEndpoint, WsReceiver};
+use crate::streaming::{self, BodyError, BodyStream, BodyTx, ClientInfo, Streamed, TrySend};
+
+/// What a pending reply becomes: a reply, or the head of a streamed
+/// response with its body (issue #6).
+pub enum Outgoing {
+    /// A reply.
+    Reply(Reply),
+    /// A streamed response: its head, then its body's pieces.
+    Stream(sigma_http::ResponseHead, BodyStream),
+}
 
 /// A reply that is still being computed.
-pub type LaterReply = Pin<Box<dyn Future<Output = Reply> + Send + 'static>>;
+pub type LaterReply = Pin<Box<dyn Future<Output = Outgoing> + Send + 'static>>;
 
-/// Replies in request order: those ready now, and those still computed.
+/// Replies in request order: those ready now, those still computed, and
+/// the body of the streamed response in progress.
 #[derive(Default)]
 pub struct Outbox {
     /// Replies ready to be handed to `H`.
@@ -41,23 +52,76 @@ pub struct Outbox {
     /// Replies being computed, in request order. A ready reply queued while
     /// some are pending waits behind them.
     pub pending: FuturesOrdered<LaterReply>,
+    /// The body of the streamed response being sent: until it ends, the
+    /// replies behind it wait (the connection polls it only while `H`'s
+    /// output is below its high-water mark).
+    pub body: Option<BodyStream>,
 }
 
 impl Outbox {
     /// Queues a reply that is ready now.
     pub fn push(&mut self, reply: Reply) {
-        if self.pending.is_empty() {
+        if self.pending.is_empty() && self.body.is_none() {
             self.ready.push_back(reply);
         } else {
             self.pending
-                .push_back(Box::pin(futures_util::future::ready(reply)));
+                .push_back(Box::pin(futures_util::future::ready(Outgoing::Reply(
+                    reply,
+                ))));
         }
+    }
+
+    /// Takes a computed reply (from `pending`, in order).
+    pub fn accept(&mut self, out: Outgoing) {
+        match out {
+            Outgoing::Reply(r) => self.ready.push_back(r),
+            Outgoing::Stream(head, body) => {
+                self.ready.push_back(Reply::Head(head));
+                self.body = Some(body);
+            }
+        }
+    }
+
+    /// Takes the next piece of the streamed body (`None`: its end).
+    pub fn on_body(&mut self, piece: Option<Result<Bytes, ()>>) {
+        match piece {
+            Some(Ok(b)) => self.ready.push_back(Reply::Chunk(b)),
+            Some(Err(())) => {
+                // The source failed mid-body: the client must not take the
+                // truncated body for a whole one.
+                self.body = None;
+                self.ready.push_back(Reply::Abort);
+            }
+            None => {
+                self.body = None;
+                self.ready.push_back(Reply::EndOfBody);
+            }
+        }
+    }
+
+    /// Forgets the streamed body in progress (`H` refused it).
+    fn drop_body(&mut self) {
+        self.body = None;
+        self.ready
+            .retain(|r| !matches!(r, Reply::Chunk(_) | Reply::EndOfBody));
     }
 
     /// Queues a reply that is still being computed.
     pub fn push_later(&mut self, reply: LaterReply) {
         self.pending.push_back(reply);
     }
+}
+
+/// A request body streamed to its destination as it arrives.
+struct Upload {
+    tx: BodyTx,
+    /// Pieces that found the channel full; while any wait here the
+    /// connection does not read from the client.
+    overflow: VecDeque<Bytes>,
+    received: u64,
+    max_body: Option<u64>,
+    /// `EndOfMessage` was seen: finish once `overflow` is empty.
+    ended: bool,
 }
 
 /// A request whose body is still arriving.
@@ -113,6 +177,8 @@ pub struct Dispatch<'a> {
     pub h: ServerConn,
     gate: Gate,
     incoming: Option<Incoming>,
+    /// The streamed request body in progress, if any.
+    upload: Option<Upload>,
     /// Replies in request order.
     pub outbox: Outbox,
     ws: Option<Box<dyn WsEndpoint>>,
@@ -130,6 +196,7 @@ impl<'a> Dispatch<'a> {
             h: ServerConn::new(std::sync::Arc::clone(&ctx.limits), now),
             gate: Gate::new(),
             incoming: None,
+            upload: None,
             outbox: Outbox::default(),
             ws: None,
             pushed: None,
@@ -151,13 +218,15 @@ impl Dispatch<'_> {
             while let Some(reply) = self.outbox.ready.pop_front() {
                 progressed = true;
                 let now = Instant::now();
-                let is_response = matches!(reply, Reply::Response(_));
+                let is_response = matches!(reply, Reply::Response(_) | Reply::Head(_));
+                let is_body = matches!(reply, Reply::Head(_) | Reply::Chunk(_) | Reply::EndOfBody);
                 let ws_bytes = match &reply {
                     Reply::Ws(m) => Some(ws_len(m)),
                     _ => None,
                 };
                 let status = match &reply {
                     Reply::Response(r) => Some(r.status),
+                    Reply::Head(h) => Some(h.status),
                     _ => None,
                 };
                 match self.h.send(reply, now) {
@@ -177,6 +246,10 @@ impl Dispatch<'_> {
                         self.pushed = None;
                     }
                     Err(e) => {
+                        if is_body {
+                            // Nothing more of this streamed response goes out.
+                            self.outbox.drop_body();
+                        }
                         tracing::error!(peer = %self.peer, error = %e, "reply refused by H");
                         // A destination produced something H cannot send:
                         // the client gets a 500 instead of whatever it was.
@@ -215,6 +288,8 @@ impl Dispatch<'_> {
                 let tagged = auth::tag_request(resolved.identity, head);
                 if tagged.msg.websocket.is_some() {
                     self.on_upgrade(tagged, &via);
+                } else if self.streams(&tagged.msg, &via) {
+                    self.start_stream(tagged, &via);
                 } else {
                     let max_body = self
                         .ctx
@@ -241,6 +316,13 @@ impl Dispatch<'_> {
                         max_body,
                     });
                 }
+            }
+            Event::Body(b) if self.upload.is_some() => self.upload_piece(b),
+            Event::EndOfMessage { .. } if self.upload.is_some() => {
+                if let Some(u) = self.upload.as_mut() {
+                    u.ended = true;
+                }
+                self.finish_upload_if_done();
             }
             Event::Body(b) => {
                 if let Some(inc) = self.incoming.as_mut() {
@@ -271,7 +353,7 @@ impl Dispatch<'_> {
                             self.outbox.push_later(Box::pin(async move {
                                 let resp = fut.await;
                                 metrics.latency(started.elapsed());
-                                Reply::Response(resp.msg)
+                                Outgoing::Reply(Reply::Response(resp.msg))
                             }));
                         }
                     }
@@ -295,6 +377,9 @@ impl Dispatch<'_> {
             Event::End => {}
             Event::Abort(reason) => {
                 self.incoming = None;
+                if let Some(u) = self.upload.take() {
+                    u.tx.fail(BodyError::Aborted);
+                }
                 self.ctx.metrics.reject(reason.reason);
                 if let Some(status) = reason.status {
                     self.ctx.metrics.response(status);
@@ -304,6 +389,173 @@ impl Dispatch<'_> {
                 }
             }
         }
+    }
+
+    /// True when the request goes to a streaming destination (the proxy):
+    /// not one of `A`'s or sigma's own endpoints, not a refused token.
+    fn streams(&self, head: &RequestHead, via: &Via) -> bool {
+        let path = head.path();
+        let own = matches!(via, Via::InvalidBearer(_))
+            || (self.ctx.auth.is_some() && endpoints::is_endpoint(path))
+            || matches!(path, b"/healthz" | b"/metrics");
+        !own && self
+            .ctx
+            .routes
+            .lookup(path)
+            .is_some_and(|r| r.dest.streams_http())
+    }
+
+    /// Hands a request to its streaming destination at once; its body
+    /// follows through a bounded channel ([`streaming::body_channel`]).
+    fn start_stream(&mut self, req: Tagged<RequestHead>, via: &Via) {
+        let Some(route) = self.ctx.routes.lookup(req.msg.path()) else {
+            return;
+        };
+        let expected = req.identity.clone();
+        if let Err(denied) = self.admit(route, &req.msg, &expected, via) {
+            // Answered before the body is read: H closes after it.
+            self.outbox.push(Reply::Response(denied));
+            return;
+        }
+        let max_body = route.max_body;
+        let declared = req
+            .msg
+            .header("content-length")
+            .and_then(|h| std::str::from_utf8(&h.value).ok()?.parse::<u64>().ok());
+        if let (Some(max), Some(len)) = (max_body, declared) {
+            if len > max {
+                return self.refuse_body();
+            }
+        }
+        let ip = match &self.ctx.auth {
+            Some(a) => a.client_ip(self.peer.ip(), &req.msg),
+            None => self.peer.ip(),
+        };
+        let (tx, rx) = streaming::body_channel();
+        let fut = route.dest.http_stream(req, rx, ClientInfo { ip });
+        self.upload = Some(Upload {
+            tx,
+            overflow: VecDeque::new(),
+            received: 0,
+            max_body,
+            ended: false,
+        });
+        let metrics = std::sync::Arc::clone(&self.ctx.metrics);
+        let peer = self.peer;
+        let started = Instant::now();
+        self.outbox.push_later(Box::pin(async move {
+            let t = fut.await;
+            metrics.latency(started.elapsed());
+            let mismatch = auth::check_reply(&expected, &t).is_err()
+                || matches!(t.msg, Streamed::IdentityMismatch);
+            if mismatch {
+                inc(&metrics.identity_mismatch);
+                if metrics.may_log() {
+                    tracing::warn!(%peer, "reply dropped: identity mismatch");
+                }
+                return Outgoing::Reply(Reply::Response(plain(502, "bad gateway\n")));
+            }
+            match t.msg {
+                Streamed::Whole(r) => Outgoing::Reply(Reply::Response(r)),
+                Streamed::Stream { head, body } => Outgoing::Stream(head, body),
+                Streamed::IdentityMismatch => {
+                    Outgoing::Reply(Reply::Response(plain(502, "bad gateway\n")))
+                }
+            }
+        }));
+    }
+
+    /// A piece of a streamed request body: into the channel, or into the
+    /// overflow (then the connection stops reading) when it is full.
+    fn upload_piece(&mut self, b: Bytes) {
+        let Some(u) = self.upload.as_mut() else {
+            return;
+        };
+        u.received = u.received.saturating_add(b.len() as u64);
+        if u.max_body.is_some_and(|max| u.received > max) {
+            // The destination sees the body fail and answers 413.
+            self.ctx.metrics.reject("body_too_large");
+            if let Some(u) = self.upload.take() {
+                u.tx.fail(BodyError::TooLarge);
+            }
+            return;
+        }
+        if !u.overflow.is_empty() {
+            u.overflow.push_back(b);
+            return;
+        }
+        match u.tx.try_send(b) {
+            TrySend::Sent => {}
+            TrySend::Full(back) => u.overflow.push_back(back),
+            // The destination stopped reading (it answered or failed): the
+            // rest of the body is dropped.
+            TrySend::Closed => self.upload = None,
+        }
+    }
+
+    /// Ends the streamed body once it is complete. Pieces still waiting
+    /// for room are handed over by a task, so that a pipelined request
+    /// behind this one does not wait (they are at most one read's worth).
+    fn finish_upload_if_done(&mut self) {
+        if !self.upload.as_ref().is_some_and(|u| u.ended) {
+            return;
+        }
+        let Some(u) = self.upload.take() else {
+            return;
+        };
+        if u.overflow.is_empty() {
+            u.tx.finish();
+            return;
+        }
+        let (tx, overflow) = (u.tx, u.overflow);
+        tokio::spawn(async move {
+            for b in overflow {
+                if !tx.send(b).await {
+                    return;
+                }
+            }
+            tx.finish();
+        });
+    }
+
+    /// True while body pieces wait for room in the channel: the connection
+    /// then stops reading from the client.
+    pub fn upload_blocked(&self) -> bool {
+        self.upload.as_ref().is_some_and(|u| !u.overflow.is_empty())
+    }
+
+    /// The channel to wait on while [`Dispatch::upload_blocked`].
+    pub fn upload_sender(&self) -> Option<tokio::sync::mpsc::Sender<Bytes>> {
+        self.upload.as_ref().map(|u| u.tx.sender())
+    }
+
+    /// The channel has room (`Some`) or is gone (`None`): moves the
+    /// overflow on.
+    pub fn on_upload_room(&mut self, permit: Option<tokio::sync::mpsc::OwnedPermit<Bytes>>) {
+        let Some(u) = self.upload.as_mut() else {
+            return;
+        };
+        let Some(permit) = permit else {
+            self.upload = None;
+            return;
+        };
+        if let Some(first) = u.overflow.pop_front() {
+            permit.send(first);
+        }
+        while let Some(next) = u.overflow.pop_front() {
+            match u.tx.try_send(next) {
+                TrySend::Sent => {}
+                TrySend::Full(back) => {
+                    u.overflow.push_front(back);
+                    break;
+                }
+                TrySend::Closed => {
+                    self.upload = None;
+                    return;
+                }
+            }
+        }
+        self.finish_upload_if_done();
     }
 
     /// The route's `max_body` is exceeded: 413 at once; the codec closes
@@ -451,15 +703,28 @@ impl Dispatch<'_> {
         // The socket's identity is fixed at the upgrade.
         self.gate = Gate::with_identity(req.identity.clone());
         let (push, received) = ws_push_queue();
-        let endpoint = route.and_then(|r| r.dest.websocket(&req.identity, push));
+        let endpoint = route.and_then(|r| r.dest.websocket_upgrade(&req.msg, &req.identity, push));
         match endpoint {
-            Some(ep) => {
+            Some(mut ep) => {
+                let admission = ep.accept_when();
                 self.ws = Some(ep);
                 self.pushed = Some(received);
-                self.outbox.push(Reply::Accept {
+                let accept = Reply::Accept {
                     protocol: None,
                     headers: Vec::new(),
-                });
+                };
+                match admission {
+                    None => self.outbox.push(accept),
+                    // The destination decides later (the proxy connects to
+                    // its upstream first); replies queue behind it.
+                    Some(wait) => self.outbox.push_later(Box::pin(async move {
+                        Outgoing::Reply(match wait.await {
+                            Ok(()) => accept,
+                            Err(504) => Reply::Response(plain(504, "gateway timeout\n")),
+                            Err(_) => Reply::Response(plain(502, "bad gateway\n")),
+                        })
+                    })),
+                }
             }
             None => self
                 .outbox
@@ -476,6 +741,10 @@ impl Dispatch<'_> {
                 Err(_) => self.mismatch(),
             },
             Pushed::Closed => self.pushed = None,
+            Pushed::Close { code, reason } => {
+                self.pushed = None;
+                self.outbox.push(Reply::WsClose { code, reason });
+            }
             Pushed::Overflow => {
                 self.pushed = None;
                 self.ctx.metrics.reject("ws_slow_consumer");

@@ -39,8 +39,13 @@ pub mod parse;
 pub mod pipeline;
 pub mod route;
 pub mod server;
+pub mod staticfiles;
 pub mod store;
+pub mod streaming;
 pub mod tcp;
 #[cfg(feature = "test-destinations")]
 pub mod testdest;
+pub mod upstream;
 pub mod users;
+pub mod web;
+pub mod world;

@@ -56,12 +56,53 @@ pub trait Destination: Send + Sync {
     /// offered here. `push` is the socket's bounded outbound queue, for
     /// messages that do not answer one of the client's (deliveries).
     fn websocket(&self, identity: &Principal, push: WsSender) -> Option<Box<dyn WsEndpoint>>;
+    /// Like [`Destination::websocket`], with the upgrade request's head
+    /// (identity headers stripped) for destinations that bind the socket
+    /// to how it was authenticated (`&world`, DESIGN §5). The default
+    /// ignores the head.
+    fn websocket_upgrade(
+        &self,
+        head: &RequestHead,
+        identity: &Principal,
+        push: WsSender,
+    ) -> Option<Box<dyn WsEndpoint>> {
+        let _ = head;
+        self.websocket(identity, push)
+    }
+    /// True when this destination takes requests as they arrive, body
+    /// streamed ([`Destination::http_stream`]) rather than whole (the
+    /// upstream proxy; issue #6). Default: whole requests only.
+    fn streams_http(&self) -> bool {
+        false
+    }
+    /// Answers a request whose body is still arriving through `body`
+    /// (bounded; closed at the end), possibly with a streamed response.
+    /// Called only when [`Destination::streams_http`] is true.
+    fn http_stream(
+        &self,
+        head: Tagged<RequestHead>,
+        body: crate::streaming::BodyRx,
+        client: crate::streaming::ClientInfo,
+    ) -> crate::streaming::LaterStreamed {
+        let _ = (body, client);
+        let resp = Response::new(501, Vec::new(), Bytes::from_static(b"not implemented\n"));
+        Box::pin(std::future::ready(Tagged::new(
+            head.identity,
+            crate::streaming::Streamed::Whole(resp),
+        )))
+    }
 }
 
 /// One WebSocket connection's view of its destination.
 pub trait WsEndpoint: Send {
     /// Handles one client message; may answer it at once.
     fn on_message(&mut self, msg: Tagged<WsMessage>) -> Option<Tagged<WsMessage>>;
+    /// Called once before the upgrade is accepted: a future that decides
+    /// to accept (`Ok`) or refuse with an HTTP status (the proxy waits for
+    /// its upstream: 502). Default `None`: accept at once.
+    fn accept_when(&mut self) -> Option<crate::streaming::Admission> {
+        None
+    }
 }
 
 /// Messages queued toward one WebSocket client by a destination, beyond
@@ -73,7 +114,7 @@ pub const WS_PUSH_QUEUE: usize = 1024;
 /// The sending half of a socket's push queue (cheap to clone).
 #[derive(Debug, Clone)]
 pub struct WsSender {
-    tx: tokio::sync::mpsc::Sender<Tagged<WsMessage>>,
+    tx: tokio::sync::mpsc::Sender<Queued>,
     slow: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -90,7 +131,21 @@ impl WsSender {
     /// Queues `msg` without waiting.
     pub fn push(&self, msg: Tagged<WsMessage>) -> Result<(), PushError> {
         use tokio::sync::mpsc::error::TrySendError;
-        match self.tx.try_send(msg) {
+        match self.tx.try_send(Queued::Message(msg)) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => {
+                self.slow.store(true, std::sync::atomic::Ordering::Relaxed);
+                Err(PushError::SlowConsumer)
+            }
+            Err(TrySendError::Closed(_)) => Err(PushError::Closed),
+        }
+    }
+
+    /// Asks the connection to close the socket with `code` and `reason`
+    /// after what is already queued (e.g. 4408, DESIGN §5).
+    pub fn close(&self, code: u16, reason: &str) -> Result<(), PushError> {
+        use tokio::sync::mpsc::error::TrySendError;
+        match self.tx.try_send(Queued::Close(code, reason.to_owned())) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => {
                 self.slow.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -106,10 +161,26 @@ impl WsSender {
     }
 }
 
+/// What travels in a push queue.
+#[derive(Debug)]
+enum Queued {
+    Message(Tagged<WsMessage>),
+    Close(u16, String),
+}
+
+impl From<Queued> for Pushed {
+    fn from(q: Queued) -> Self {
+        match q {
+            Queued::Message(m) => Pushed::Message(m),
+            Queued::Close(code, reason) => Pushed::Close { code, reason },
+        }
+    }
+}
+
 /// The receiving half, held by the connection.
 #[derive(Debug)]
 pub struct WsReceiver {
-    rx: tokio::sync::mpsc::Receiver<Tagged<WsMessage>>,
+    rx: tokio::sync::mpsc::Receiver<Queued>,
     slow: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -122,6 +193,13 @@ pub enum Pushed {
     Overflow,
     /// Every sender is gone: nothing more will be pushed.
     Closed,
+    /// The destination asks to close the socket with this code and reason.
+    Close {
+        /// The close code.
+        code: u16,
+        /// The close reason.
+        reason: String,
+    },
 }
 
 impl WsReceiver {
@@ -131,7 +209,7 @@ impl WsReceiver {
             return Pushed::Overflow;
         }
         match self.rx.recv().await {
-            Some(m) => Pushed::Message(m),
+            Some(q) => q.into(),
             None if self.overflowed() => Pushed::Overflow,
             None => Pushed::Closed,
         }
@@ -145,7 +223,7 @@ impl WsReceiver {
             return Some(Pushed::Overflow);
         }
         match self.rx.try_recv() {
-            Ok(m) => Some(Pushed::Message(m)),
+            Ok(q) => Some(q.into()),
             Err(TryRecvError::Empty) => None,
             Err(TryRecvError::Disconnected) if self.overflowed() => Some(Pushed::Overflow),
             Err(TryRecvError::Disconnected) => Some(Pushed::Closed),
@@ -224,6 +302,8 @@ impl RouteTable {
         let routes: &[RouteConfig] = &config.routes;
         let mut out = Vec::with_capacity(routes.len());
         let db = crate::db::DbService::new(Arc::clone(store), &config.db);
+        // One `&world` service for every route to it (DESIGN §5).
+        let mut world: Option<Arc<crate::world::WorldService>> = None;
         for r in routes {
             let dest: Arc<dyn Destination> = match &r.to {
                 crate::config::Destination::Echo => Arc::new(crate::echo::Echo),
@@ -235,13 +315,32 @@ impl RouteTable {
                 crate::config::Destination::Broadcast => {
                     crate::broadcast::destination(&r.path, &config.broadcast)
                 }
+                crate::config::Destination::Upstream(url) => {
+                    crate::upstream::Upstream::destination(
+                        &r.path,
+                        url,
+                        r.proxy.unwrap_or_default(),
+                    )
+                    .map_err(|e| UnavailableDestination(format!("{url}: {e}")))?
+                }
+                crate::config::Destination::Static(dir) => {
+                    Arc::new(crate::staticfiles::StaticFiles::new(&r.path, dir))
+                }
+                crate::config::Destination::Web => Arc::new(crate::web::Web::new(&r.path)),
                 #[cfg(feature = "test-destinations")]
                 crate::config::Destination::Crossed => {
                     Arc::new(crate::testdest::Crossed::default())
                 }
                 #[cfg(feature = "test-destinations")]
                 crate::config::Destination::Inspect => Arc::new(crate::testdest::Inspect),
-                other => return Err(UnavailableDestination(format!("{other}"))),
+                crate::config::Destination::World => match &world {
+                    Some(w) => Arc::clone(w) as Arc<dyn Destination>,
+                    None => {
+                        let w = Arc::new(crate::world::WorldService::new(config)?);
+                        world = Some(Arc::clone(&w));
+                        w
+                    }
+                },
             };
             out.push(Route {
                 path: r.path.clone(),
@@ -250,6 +349,10 @@ impl RouteTable {
                 max_body: r.max_body,
                 dest,
             });
+        }
+        if let Some(w) = &world {
+            // `out` is still in `routes` order here.
+            w.bind(config, routes, &out, &db)?;
         }
         out.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
         Ok(Self { routes: out })

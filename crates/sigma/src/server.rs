@@ -56,6 +56,8 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
     )?);
     tokio::spawn(purge_sessions(Arc::clone(&store)));
     tokio::spawn(refresh_jwks(Arc::clone(&auth)));
+    // OIDC discovery and JWKS of `[auth.oauth.*]`, off the request path.
+    tokio::spawn(crate::auth::oauth::background(Arc::clone(&auth)));
     let (drain_tx, drain_rx) = watch::channel(false);
     let mut addrs = Vec::new();
     for l in &config.topology.listeners {

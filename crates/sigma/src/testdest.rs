@@ -35,6 +35,7 @@ impl Default for Crossed {
             mallory: Some(Arc::new(Identity {
                 user: "mallory".into(),
                 provider: Provider::Password,
+                world: None,
             })),
         }
     }

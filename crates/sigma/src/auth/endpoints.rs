@@ -58,7 +58,8 @@ pub fn handle(auth: &Arc<Auth>, call: Call<'_>) -> Option<Handled> {
         (_, b"/login" | b"/logout" | b"/auth/whoami" | b"/auth/token") => {
             tag(json_response(405, json!({"error": "method_not_allowed"})))
         }
-        _ => return None,
+        // `/auth/<provider>/login` and `/auth/<provider>/callback`.
+        _ => return super::oauth::handle(auth, &call),
     };
     Some(resp)
 }

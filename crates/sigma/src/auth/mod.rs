@@ -16,6 +16,7 @@
 
 pub mod endpoints;
 pub mod jwt;
+pub mod oauth;
 pub mod origin;
 pub mod password;
 pub mod session;
@@ -61,6 +62,10 @@ pub struct Identity {
     pub user: String,
     /// How the user authenticated.
     pub provider: Provider,
+    /// The world (DESIGN §5) a message comes from or goes to, by its
+    /// id; `None` for the user's own connection. Part of the reply rule:
+    /// a world's replies reach only that world.
+    pub world: Option<String>,
 }
 
 /// The identity attached to a message: `None` is `null` (anonymous).
@@ -180,6 +185,8 @@ pub struct Auth {
     issuer: jwt::Issuer,
     /// Verifies sigma's tokens and the configured external issuers'.
     pub verifier: jwt::Verifier,
+    /// OAuth2 / OIDC login (`[auth.oauth.*]`), if any provider is configured.
+    pub oauth: Option<oauth::OAuth>,
 }
 
 /// The `iss` and `aud` of the tokens sigma issues itself.
@@ -194,6 +201,8 @@ pub enum AuthSetupError {
     BadKey,
     /// An `[[auth.jwt]]` table cannot be used.
     Jwt(jwt::JwtConfigError),
+    /// An `[auth.oauth.<name>]` table cannot be used.
+    OAuth(oauth::OAuthSetupError),
 }
 
 impl fmt::Display for AuthSetupError {
@@ -202,6 +211,7 @@ impl fmt::Display for AuthSetupError {
             Self::Store(e) => write!(f, "token signing key: {e}"),
             Self::BadKey => f.write_str("token signing key in the store has the wrong length"),
             Self::Jwt(e) => write!(f, "auth.jwt: {e}"),
+            Self::OAuth(e) => write!(f, "{e}"),
         }
     }
 }
@@ -238,6 +248,24 @@ impl Auth {
                 verifier.external(jwt::ExternalIssuer::load(cfg).map_err(AuthSetupError::Jwt)?);
         }
         let verifier = verifier.build().map_err(AuthSetupError::Jwt)?;
+        let oauth = if config.oauth.is_empty() {
+            None
+        } else {
+            let key = store
+                .secret("oauth-state-key", 32)
+                .map_err(AuthSetupError::Store)?;
+            let key: [u8; 32] = key.try_into().map_err(|_| AuthSetupError::BadKey)?;
+            let public_url = config.public_url.as_deref().unwrap_or_default();
+            Some(
+                oauth::OAuth::new(
+                    &config.oauth,
+                    public_url,
+                    key,
+                    config.cookie_secure || public_url.starts_with("https://"),
+                )
+                .map_err(AuthSetupError::OAuth)?,
+            )
+        };
         Ok(Self {
             issuer,
             verifier,
@@ -255,6 +283,7 @@ impl Auth {
             ),
             config: config.clone(),
             metrics,
+            oauth,
         })
     }
 
@@ -273,6 +302,7 @@ impl Auth {
                     identity: Some(Arc::new(Identity {
                         user: v.user,
                         provider: Provider::Jwt(v.issuer),
+                        world: None,
                     })),
                     via: Via::Bearer,
                 },
@@ -313,8 +343,11 @@ impl Auth {
     }
 
     /// Login page buttons for the configured OAuth providers.
-    pub fn provider_buttons(&self, _next: &str) -> String {
-        String::new()
+    pub fn provider_buttons(&self, next: &str) -> String {
+        self.oauth
+            .as_ref()
+            .map(|o| o.buttons(next))
+            .unwrap_or_default()
     }
 }
 
@@ -460,6 +493,7 @@ mod tests {
         let alice = Some(Arc::new(Identity {
             user: "alice".into(),
             provider: Provider::Password,
+            world: None,
         }));
         let users = vec!["bob".to_string()];
         assert_eq!(
@@ -486,6 +520,7 @@ mod tests {
         let alice = Some(Arc::new(Identity {
             user: "alice".into(),
             provider: Provider::Password,
+            world: None,
         }));
         assert_eq!(
             anon.check_reply(&Tagged::new(alice.clone(), ())),
@@ -494,9 +529,32 @@ mod tests {
         let gate = Gate {
             identity: alice.clone(),
         };
-        assert!(gate.check_reply(&Tagged::new(alice, ())).is_ok());
+        assert!(gate.check_reply(&Tagged::new(alice.clone(), ())).is_ok());
         assert_eq!(
             gate.check_reply(&Tagged::new(None, ())),
+            Err(IdentityMismatch)
+        );
+        // A world's identity is not its user's, nor another world's.
+        let in_world = |w: &str| {
+            Some(Arc::new(Identity {
+                world: Some(w.into()),
+                ..(**alice.as_ref().unwrap()).clone()
+            }))
+        };
+        let world_gate = Gate::with_identity(in_world("W1"));
+        assert!(world_gate
+            .check_reply(&Tagged::new(in_world("W1"), ()))
+            .is_ok());
+        assert_eq!(
+            world_gate.check_reply(&Tagged::new(in_world("W2"), ())),
+            Err(IdentityMismatch)
+        );
+        assert_eq!(
+            world_gate.check_reply(&Tagged::new(alice.clone(), ())),
+            Err(IdentityMismatch)
+        );
+        assert_eq!(
+            gate.check_reply(&Tagged::new(in_world("W1"), ())),
             Err(IdentityMismatch)
         );
     }

@@ -215,6 +215,7 @@ fn identity_of(record: &SessionRecord, _id: &SessionId) -> Identity {
     Identity {
         user: record.user.clone(),
         provider,
+        world: None,
     }
 }
 

@@ -150,6 +150,7 @@ mod tests {
         Some(Arc::new(Identity {
             user: user.into(),
             provider: crate::auth::Provider::Password,
+            world: None,
         }))
     }
 

@@ -1,0 +1,201 @@
+//! How a provider's user becomes a sigma user (DESIGN §4, issue #7).
+//! Sans-IO: the provider's answer in, a user name or a refusal out.
+//!
+//! - The sigma user name is the configured `user_claim` (OIDC: a claim of
+//!   the ID token or userinfo, default `email`; GitHub: `login`, `email`
+//!   or `id`). E-mail addresses and GitHub logins are lower-cased (both are
+//!   case-insensitive at the provider); the result must be a valid sigma
+//!   user name (`A-Z a-z 0-9 . _ @ -`, at most 64).
+//! - An e-mail address counts only when the provider says it is verified:
+//!   `user_claim = "email"` with an unverified address is refused.
+//! - `allowed_domains` (if not empty): the mapped e-mail (for
+//!   `user_claim = "email"`) or, otherwise, some verified e-mail address of
+//!   the user must be in one of the domains (exact match, no subdomains).
+//! - `allowed_users` (if not empty): the mapped name must be listed.
+
+use std::fmt;
+
+use super::config::{OAuthProviderConfig, ProviderKind};
+
+/// What a provider told sigma about the user.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProviderUser {
+    /// The value of the configured user claim (or GitHub field), if any.
+    pub claim: Option<String>,
+    /// The user's e-mail addresses the provider marks as verified.
+    pub verified_emails: Vec<String>,
+}
+
+/// Why a provider's user may not log in. The text is shown to the user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MapError {
+    /// The provider did not send the configured claim.
+    NoClaim(String),
+    /// `user_claim = "email"` but the address is not verified.
+    UnverifiedEmail,
+    /// The claim is not a valid sigma user name.
+    InvalidName,
+    /// No verified e-mail address in an allowed domain.
+    DomainNotAllowed,
+    /// The user is not in `allowed_users`.
+    UserNotAllowed,
+}
+
+impl fmt::Display for MapError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NoClaim(c) => write!(f, "The provider did not send the “{c}” of your account."),
+            Self::UnverifiedEmail => {
+                f.write_str("Your e-mail address is not verified at the provider.")
+            }
+            Self::InvalidName => {
+                f.write_str("Your account name at the provider cannot be used as a user name here.")
+            }
+            Self::DomainNotAllowed => {
+                f.write_str("Your e-mail domain is not allowed to sign in here.")
+            }
+            Self::UserNotAllowed => f.write_str("Your account is not allowed to sign in here."),
+        }
+    }
+}
+
+impl MapError {
+    /// A short label for metrics and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::NoClaim(_) => "oauth_no_claim",
+            Self::UnverifiedEmail => "oauth_unverified_email",
+            Self::InvalidName => "oauth_invalid_name",
+            Self::DomainNotAllowed => "oauth_domain_not_allowed",
+            Self::UserNotAllowed => "oauth_user_not_allowed",
+        }
+    }
+}
+
+fn domain_of(email: &str) -> Option<&str> {
+    email.rsplit_once('@').map(|(_, d)| d)
+}
+
+/// The sigma user name for `user` under `cfg`'s rules.
+pub fn map_user(cfg: &OAuthProviderConfig, user: &ProviderUser) -> Result<String, MapError> {
+    let claim = cfg.user_claim();
+    let raw = user
+        .claim
+        .as_deref()
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| MapError::NoClaim(claim.to_owned()))?;
+    let is_email = claim == "email";
+    let name = if is_email || (cfg.kind == ProviderKind::Github && claim == "login") {
+        raw.to_ascii_lowercase()
+    } else {
+        raw.to_owned()
+    };
+    let verified: Vec<String> = user
+        .verified_emails
+        .iter()
+        .map(|e| e.to_ascii_lowercase())
+        .collect();
+    if is_email && !verified.contains(&name) {
+        return Err(MapError::UnverifiedEmail);
+    }
+    if !crate::store::valid_user_name(&name) {
+        return Err(MapError::InvalidName);
+    }
+    if !cfg.allowed_domains.is_empty() {
+        let in_domain = |e: &str| {
+            domain_of(e).is_some_and(|d| {
+                cfg.allowed_domains
+                    .iter()
+                    .any(|a| a.eq_ignore_ascii_case(d))
+            })
+        };
+        let ok = if is_email {
+            in_domain(&name)
+        } else {
+            verified.iter().any(|e| in_domain(e))
+        };
+        if !ok {
+            return Err(MapError::DomainNotAllowed);
+        }
+    }
+    if !cfg.allowed_users.is_empty() && !cfg.allowed_users.contains(&name) {
+        return Err(MapError::UserNotAllowed);
+    }
+    Ok(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(kind: ProviderKind) -> OAuthProviderConfig {
+        OAuthProviderConfig {
+            kind,
+            issuer: Some("https://id.example.com".into()),
+            client_id: "c".into(),
+            client_secret: None,
+            client_secret_file: None,
+            scopes: None,
+            user_claim: None,
+            allowed_domains: vec![],
+            allowed_users: vec![],
+            auth_url: None,
+            token_url: None,
+            api_url: None,
+        }
+    }
+
+    fn user(claim: &str, emails: &[&str]) -> ProviderUser {
+        ProviderUser {
+            claim: Some(claim.into()),
+            verified_emails: emails.iter().map(|e| (*e).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn email_mapping() {
+        let mut c = cfg(ProviderKind::Oidc);
+        let alice = user("Alice@Example.com", &["alice@example.com"]);
+        assert_eq!(map_user(&c, &alice).unwrap(), "alice@example.com");
+        assert_eq!(
+            map_user(&c, &user("alice@example.com", &[])),
+            Err(MapError::UnverifiedEmail)
+        );
+        assert_eq!(
+            map_user(&c, &ProviderUser::default()),
+            Err(MapError::NoClaim("email".into()))
+        );
+        c.allowed_domains = vec!["EXAMPLE.com".into()];
+        assert!(map_user(&c, &alice).is_ok());
+        c.allowed_domains = vec!["corp.example.com".into()];
+        assert_eq!(map_user(&c, &alice), Err(MapError::DomainNotAllowed));
+        // A look-alike domain is not a match.
+        c.allowed_domains = vec!["example.com".into()];
+        let evil = user("a@evilexample.com", &["a@evilexample.com"]);
+        assert_eq!(map_user(&c, &evil), Err(MapError::DomainNotAllowed));
+        c.allowed_users = vec!["bob@example.com".into()];
+        assert_eq!(map_user(&c, &alice), Err(MapError::UserNotAllowed));
+        c.allowed_users.push("alice@example.com".into());
+        assert!(map_user(&c, &alice).is_ok());
+    }
+
+    #[test]
+    fn other_claims_and_github() {
+        let mut c = cfg(ProviderKind::Oidc);
+        c.user_claim = Some("preferred_username".into());
+        assert_eq!(map_user(&c, &user("Alice", &[])).unwrap(), "Alice");
+        assert_eq!(
+            map_user(&c, &user("alice smith", &[])),
+            Err(MapError::InvalidName)
+        );
+        c.allowed_domains = vec!["example.com".into()];
+        assert_eq!(
+            map_user(&c, &user("alice", &["alice@other.org"])),
+            Err(MapError::DomainNotAllowed)
+        );
+        assert!(map_user(&c, &user("alice", &["alice@other.org", "a@example.com"])).is_ok());
+
+        let g = cfg(ProviderKind::Github);
+        assert_eq!(map_user(&g, &user("Octo-Cat", &[])).unwrap(), "octo-cat");
+    }
+}

@@ -1,0 +1,311 @@
+//! The proxy's header and path rules, as pure functions (docs/proxy.md).
+//!
+//! - Hop-by-hop headers (RFC 9110 §7.6.1) are removed both ways:
+//!   `Connection` and every header it names, `Keep-Alive`, `Proxy-*`, `TE`,
+//!   `Trailer`, `Transfer-Encoding`, `Upgrade`; also `Expect` (sigma's `H`
+//!   already answered `100-continue`).
+//! - Toward the upstream, sigma alone sets `Host` (the upstream's
+//!   authority), `X-Forwarded-For/-Proto/-Host` (client-sent ones and
+//!   `Forwarded` are dropped) and the identity headers `X-Sigma-User`,
+//!   `X-Sigma-Provider`, `X-Sigma-World` and `X-Sigma-Identity`
+//!   (DESIGN §4/§6); any client-sent `X-Sigma-*` is dropped.
+//! - From the upstream, `X-Sigma-*` headers never reach the client.
+//! - Paths: the route prefix is replaced by the upstream URL's path:
+//!   `/api/x?q` on route `/api` to `http://h:8080/base` goes to `/base/x?q`.
+
+use base64::Engine;
+use sigma_http::Header;
+
+use crate::auth::{self, Principal};
+
+/// The `X-Sigma-Identity` value of the anonymous (`null`) identity.
+pub const ANONYMOUS_IDENTITY: &str = "null";
+
+/// True for the hop-by-hop headers that are never forwarded (besides those
+/// a `Connection` header names).
+pub fn is_hop_by_hop(name: &[u8]) -> bool {
+    const FIXED: [&[u8]; 6] = [
+        b"connection",
+        b"keep-alive",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    ];
+    FIXED.iter().any(|h| name.eq_ignore_ascii_case(h))
+        || name
+            .get(..6)
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"proxy-"))
+}
+
+/// The header names listed by `Connection` headers (lowercase).
+fn connection_listed(headers: &[(&[u8], &[u8])]) -> Vec<Vec<u8>> {
+    headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(b"connection"))
+        .flat_map(|(_, v)| v.split(|&b| b == b','))
+        .map(|t| t.trim_ascii().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+/// Which direction a header list travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Client → upstream.
+    Request,
+    /// Upstream → client.
+    Response,
+}
+
+/// Keeps the end-to-end headers of `headers` for `dir` (see the module
+/// doc); framing (`Content-Length`) is left to the caller.
+pub fn end_to_end<'a>(
+    headers: &[(&'a [u8], &'a [u8])],
+    dir: Direction,
+) -> Vec<(&'a [u8], &'a [u8])> {
+    let listed = connection_listed(headers);
+    headers
+        .iter()
+        .filter(|(n, _)| {
+            let lower = n.to_ascii_lowercase();
+            if is_hop_by_hop(n) || listed.contains(&lower) || auth::is_identity_header(n) {
+                return false;
+            }
+            match dir {
+                Direction::Request => !matches!(
+                    &lower[..],
+                    b"host"
+                        | b"expect"
+                        | b"forwarded"
+                        | b"x-forwarded-for"
+                        | b"x-forwarded-proto"
+                        | b"x-forwarded-host"
+                ),
+                Direction::Response => true,
+            }
+        })
+        .copied()
+        .collect()
+}
+
+/// [`end_to_end`] over `H`'s header type.
+pub fn end_to_end_request(headers: &[Header]) -> Vec<(&[u8], &[u8])> {
+    let pairs: Vec<(&[u8], &[u8])> = headers
+        .iter()
+        .map(|h| (&h.name[..], &h.value[..]))
+        .collect();
+    end_to_end(&pairs, Direction::Request)
+}
+
+/// A `Cookie` value without sigma's own session cookie (the upstream
+/// learns who the user is from the identity headers; it never gets a
+/// credential for sigma). Empty when nothing else is left.
+pub fn without_session_cookie(value: &[u8]) -> Vec<u8> {
+    let name = crate::auth::session::COOKIE_NAME.as_bytes();
+    let mut out = Vec::with_capacity(value.len());
+    for pair in value.split(|&b| b == b';') {
+        let pair = pair.trim_ascii();
+        let is_session = pair
+            .split(|&b| b == b'=')
+            .next()
+            .is_some_and(|n| n.trim_ascii() == name);
+        if pair.is_empty() || is_session {
+            continue;
+        }
+        if !out.is_empty() {
+            out.extend_from_slice(b"; ");
+        }
+        out.extend_from_slice(pair);
+    }
+    out
+}
+
+/// The client's end-to-end request headers as they go to the upstream
+/// ([`end_to_end_request`], with [`without_session_cookie`] applied).
+pub fn forwarded_request(headers: &[Header]) -> Vec<(&[u8], std::borrow::Cow<'_, [u8]>)> {
+    end_to_end_request(headers)
+        .into_iter()
+        .filter_map(|(n, v)| {
+            if n.eq_ignore_ascii_case(b"cookie") {
+                let kept = without_session_cookie(v);
+                (!kept.is_empty()).then_some((n, std::borrow::Cow::Owned(kept)))
+            } else {
+                Some((n, std::borrow::Cow::Borrowed(v)))
+            }
+        })
+        .collect()
+}
+
+/// The upstream target for `target` (origin-form, matched by the route
+/// `prefix` at a segment boundary) with the upstream URL's `base` path.
+pub fn map_target(prefix: &str, base: &str, target: &[u8]) -> Vec<u8> {
+    let prefix = prefix.trim_end_matches('/').as_bytes();
+    let rest = target.strip_prefix(prefix).unwrap_or(target);
+    let base = base.trim_end_matches('/').as_bytes();
+    let mut out = Vec::with_capacity(base.len() + rest.len() + 1);
+    out.extend_from_slice(base);
+    if out.is_empty() && rest.first() != Some(&b'/') {
+        out.push(b'/');
+    }
+    out.extend_from_slice(rest);
+    out
+}
+
+/// The `X-Sigma-Identity` value of `identity`: `null` for anonymous, else
+/// `v1.` and the unpadded base64url of the JSON object
+/// `{"provider":…,"user":…,"world":…|null}` (keys sorted). It names
+/// the exact identity; clients cannot send it (A strips `X-Sigma-*`).
+pub fn identity_value(identity: &Principal) -> String {
+    match identity {
+        None => ANONYMOUS_IDENTITY.to_owned(),
+        Some(id) => {
+            let json = serde_json::json!({
+                "user": id.user,
+                "provider": id.provider.to_string(),
+                "world": id.world,
+            });
+            let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json.to_string());
+            format!("v1.{b64}")
+        }
+    }
+}
+
+/// A header value for free text (a user name): as is when it is visible
+/// ASCII, else percent-encoded UTF-8.
+pub fn text_value(s: &str) -> String {
+    if s.bytes().all(|b| b.is_ascii_graphic()) {
+        s.to_owned()
+    } else {
+        form_urlencoded::byte_serialize(s.as_bytes()).collect()
+    }
+}
+
+/// The identity headers sigma sets toward the upstream.
+pub fn identity_headers(identity: &Principal) -> Vec<(&'static str, String)> {
+    let mut out = Vec::with_capacity(4);
+    if let Some(id) = identity {
+        out.push(("x-sigma-user", text_value(&id.user)));
+        out.push(("x-sigma-provider", text_value(&id.provider.to_string())));
+        if let Some(w) = &id.world {
+            out.push(("x-sigma-world", text_value(w)));
+        }
+    }
+    out.push(("x-sigma-identity", identity_value(identity)));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{Identity, Provider};
+    use std::sync::Arc;
+
+    fn names(v: &[(&[u8], &[u8])]) -> Vec<String> {
+        v.iter()
+            .map(|(n, _)| String::from_utf8_lossy(n).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn hop_by_hop_and_listed_headers_are_removed() {
+        let h: Vec<(&[u8], &[u8])> = vec![
+            (b"Host", b"sigma"),
+            (b"Connection", b"keep-alive, X-Secret"),
+            (b"X-Secret", b"1"),
+            (b"Keep-Alive", b"timeout=5"),
+            (b"Proxy-Authorization", b"x"),
+            (b"TE", b"trailers"),
+            (b"Trailer", b"X-T"),
+            (b"Transfer-Encoding", b"chunked"),
+            (b"Upgrade", b"h2c"),
+            (b"Expect", b"100-continue"),
+            (b"X-Forwarded-For", b"6.6.6.6"),
+            (b"Forwarded", b"for=6.6.6.6"),
+            (b"X-Sigma-User", b"admin"),
+            (b"X_Sigma_Identity", b"v1.x"),
+            (b"Content-Type", b"text/plain"),
+            (b"Content-Length", b"3"),
+            (b"Accept", b"*/*"),
+        ];
+        assert_eq!(
+            names(&end_to_end(&h, Direction::Request)),
+            ["Content-Type", "Content-Length", "Accept"]
+        );
+        let r: Vec<(&[u8], &[u8])> = vec![
+            (b"connection", b"close"),
+            (b"transfer-encoding", b"chunked"),
+            (b"x-sigma-identity", b"null"),
+            (b"x-forwarded-for", b"1.2.3.4"),
+            (b"set-cookie", b"a=b"),
+        ];
+        assert_eq!(
+            names(&end_to_end(&r, Direction::Response)),
+            ["x-forwarded-for", "set-cookie"]
+        );
+    }
+
+    #[test]
+    fn sigma_session_cookie_is_not_forwarded() {
+        let s = |v: &str| String::from_utf8(without_session_cookie(v.as_bytes())).unwrap();
+        assert_eq!(s("a=1; sigma_session=xyz; b=2"), "a=1; b=2");
+        assert_eq!(s("sigma_session=xyz"), "");
+        assert_eq!(s(" sigma_session = x ;theme=dark"), "theme=dark");
+        assert_eq!(s("sigma_sessionx=1"), "sigma_sessionx=1");
+        let h = vec![
+            Header::new("Cookie", "sigma_session=abc"),
+            Header::new("Cookie", "sigma_session=abc; app=1"),
+        ];
+        let f = forwarded_request(&h);
+        assert_eq!(f.len(), 1);
+        assert_eq!(&f[0].1[..], b"app=1");
+    }
+
+    #[test]
+    fn the_route_prefix_becomes_the_upstream_path() {
+        let m = |p, b, t: &str| String::from_utf8(map_target(p, b, t.as_bytes())).unwrap();
+        assert_eq!(m("/api", "/base", "/api/x"), "/base/x");
+        assert_eq!(m("/api", "/base/", "/api/x?q=1"), "/base/x?q=1");
+        assert_eq!(m("/api", "/base", "/api"), "/base");
+        assert_eq!(m("/api", "/base", "/api?q"), "/base?q");
+        assert_eq!(m("/api/", "", "/api/x"), "/x");
+        assert_eq!(m("/api", "", "/api"), "/");
+        assert_eq!(m("/api", "", "/api?q"), "/?q");
+        assert_eq!(m("/", "", "/a/b"), "/a/b");
+        assert_eq!(m("/", "/base", "/a"), "/base/a");
+        assert_eq!(m("/", "/", "/"), "/");
+    }
+
+    #[test]
+    fn identity_values_name_the_exact_identity() {
+        assert_eq!(identity_value(&None), "null");
+        let alice = Some(Arc::new(Identity {
+            user: "alice".into(),
+            provider: Provider::Password,
+            world: None,
+        }));
+        let v = identity_value(&alice);
+        let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(v.strip_prefix("v1.").unwrap())
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(json).unwrap(),
+            r#"{"provider":"password","user":"alice","world":null}"#
+        );
+        let bob = Some(Arc::new(Identity {
+            user: "bob".into(),
+            provider: Provider::Password,
+            world: None,
+        }));
+        assert_ne!(identity_value(&bob), v);
+        let h = identity_headers(&alice);
+        assert_eq!(h[0], ("x-sigma-user", "alice".to_owned()));
+        assert_eq!(h[1], ("x-sigma-provider", "password".to_owned()));
+        assert_eq!(h[2].0, "x-sigma-identity");
+        assert_eq!(
+            identity_headers(&None),
+            [("x-sigma-identity", "null".to_owned())]
+        );
+        assert_eq!(text_value("zoë"), "zo%C3%AB");
+    }
+}

@@ -1,0 +1,418 @@
+//! `http://HOST[:PORT][/PATH]`: the upstream reverse proxy (DESIGN §6,
+//! issue #6; the rules are in `docs/proxy.md`).
+//!
+//! ```text
+//!  A ──Tagged{identity, head}──▶ [ upstream ] ──HTTP/1.1 (hyper, pooled)──▶ service
+//!      BodyRx (bounded) ────────▶            ──▶ request body, streamed
+//!    ◀─Streamed{head, body} ─────            ◀── response, streamed
+//! ```
+//!
+//! Each route has its own hyper client and connection pool. The request
+//! body streams from the client through a bounded channel; the response
+//! body streams back and is pulled only as fast as the client reads.
+//! Errors never leak internals: the client gets 502 (refused, reset,
+//! malformed, connect timeout) or 504 (no response head within
+//! `read_timeout`), and the cause is logged. WebSocket upgrades are relayed
+//! to the upstream by [`ws`].
+
+pub mod headers;
+pub mod ws;
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use sigma_http::{Header, RequestHead, Response, ResponseHead};
+
+use crate::auth::{Principal, Tagged};
+use crate::config::ProxyOptions;
+use crate::route::{Destination, Handled, HttpRequest, WsEndpoint, WsSender};
+use crate::streaming::{BodyError, BodyRx, BodyStream, ClientInfo, LaterStreamed, Streamed};
+
+/// Idle pooled connections to one upstream are closed after this long.
+const POOL_IDLE: Duration = Duration::from_secs(60);
+
+/// A request body streamed from the client (or none).
+pub struct ReqBody {
+    rx: Option<BodyRx>,
+    /// Dropped once the body has been handed over whole (or failed): the
+    /// response-head timeout (`read_timeout`) starts then.
+    sent: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Body for ReqBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let Some(rx) = self.rx.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match rx.poll_recv(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(b))) => Poll::Ready(Some(Ok(Frame::data(b)))),
+            Poll::Ready(Some(Err(e))) => {
+                self.rx = None;
+                self.sent = None;
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(None) => {
+                self.rx = None;
+                self.sent = None;
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rx.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.rx.is_none() {
+            SizeHint::with_exact(0)
+        } else {
+            SizeHint::default()
+        }
+    }
+}
+
+/// One upstream route.
+pub struct Upstream {
+    /// The URL as configured (the destination's name).
+    url: String,
+    /// The route's path prefix.
+    prefix: String,
+    /// `host:port` (port 80 when not written).
+    authority: String,
+    /// The URL's path (may be empty).
+    base: String,
+    opts: ProxyOptions,
+    client: Client<HttpConnector, ReqBody>,
+}
+
+/// Splits `http://HOST[:PORT][/PATH]` into `host:port` and the path.
+fn split_url(url: &str) -> Result<(String, String), &'static str> {
+    let rest = url.strip_prefix("http://").ok_or("not an http:// URL")?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let has_port = match authority.rfind(']') {
+        Some(close) => authority.get(close..).is_some_and(|a| a.contains(':')),
+        None => authority.contains(':'),
+    };
+    let authority = if has_port {
+        authority.to_owned()
+    } else {
+        format!("{authority}:80")
+    };
+    authority
+        .parse::<http::uri::Authority>()
+        .map_err(|_| "invalid host or port")?;
+    Ok((authority, path.to_owned()))
+}
+
+impl Upstream {
+    /// The destination for route `prefix` to `url` (validated by config).
+    pub fn destination(
+        prefix: &str,
+        url: &str,
+        opts: ProxyOptions,
+    ) -> Result<Arc<dyn Destination>, &'static str> {
+        let (authority, base) = split_url(url)?;
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(opts.connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE)
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        Ok(Arc::new(Self {
+            url: url.to_owned(),
+            prefix: prefix.to_owned(),
+            authority,
+            base,
+            opts,
+            client,
+        }))
+    }
+
+    /// The upstream request for `head`.
+    fn request(
+        &self,
+        head: &RequestHead,
+        identity: &Principal,
+        client: ClientInfo,
+        body: Option<BodyRx>,
+        sent: tokio::sync::oneshot::Sender<()>,
+    ) -> Result<http::Request<ReqBody>, http::Error> {
+        let path = headers::map_target(&self.prefix, &self.base, &head.target);
+        let uri = format!(
+            "http://{}{}",
+            self.authority,
+            String::from_utf8_lossy(&path)
+        );
+        let mut b = http::Request::builder()
+            .method(head.method.as_str())
+            .uri(uri)
+            .version(http::Version::HTTP_11)
+            .header(http::header::HOST, self.authority.as_str());
+        for (n, v) in headers::forwarded_request(&head.headers) {
+            b = b.header(n, &v[..]);
+        }
+        b = b
+            .header("x-forwarded-for", client.ip.to_string())
+            .header("x-forwarded-proto", "http");
+        if let Some(host) = head.header("host") {
+            b = b.header("x-forwarded-host", &host.value[..]);
+        }
+        for (n, v) in headers::identity_headers(identity) {
+            b = b.header(n, v);
+        }
+        let sent = body.is_some().then_some(sent);
+        b.body(ReqBody { rx: body, sent })
+    }
+}
+
+/// True when the request has a body to stream.
+fn has_body(head: &RequestHead) -> bool {
+    head.header("transfer-encoding").is_some()
+        || head
+            .header("content-length")
+            .is_some_and(|h| &h.value[..] != b"0")
+}
+
+/// A small plain-text response; never a cause (those are logged).
+fn plain(status: u16, body: &'static str) -> Response {
+    let mut r = crate::dispatch::plain(status, body);
+    if status == 413 {
+        r.headers
+            .push(Header::new(&b"Connection"[..], &b"close"[..]));
+    }
+    r
+}
+
+/// True when `e` (or its cause) is the client's body going over `max_body`.
+fn body_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.downcast_ref::<BodyError>() == Some(&BodyError::TooLarge) {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// The response body, each piece within `idle` of the previous one.
+fn body_stream(body: Incoming, idle: Duration, url: Arc<str>) -> BodyStream {
+    let data = http_body_util::BodyDataStream::new(body);
+    Box::pin(futures_util::stream::unfold(Some(data), move |state| {
+        let url = Arc::clone(&url);
+        async move {
+            let mut data = state?;
+            match tokio::time::timeout(idle, data.next()).await {
+                Ok(Some(Ok(b))) => Some((Ok(b), Some(data))),
+                Ok(None) => None,
+                Ok(Some(Err(e))) => {
+                    tracing::warn!(upstream = %url, error = %e, "upstream response body failed");
+                    Some((Err(()), None))
+                }
+                Err(_) => {
+                    tracing::warn!(upstream = %url, "upstream response body stalled (read_timeout)");
+                    Some((Err(()), None))
+                }
+            }
+        }
+    }))
+}
+
+impl Destination for Upstream {
+    fn name(&self) -> &str {
+        &self.url
+    }
+
+    fn http(&self, req: Tagged<HttpRequest>) -> Handled {
+        // Not used: the proxy streams (`streams_http`). A whole request is
+        // still served correctly, through the streaming path.
+        let (tx, rx) = crate::streaming::body_channel();
+        let body = req.msg.body;
+        if !body.is_empty() {
+            let _ = tx.try_send(body);
+        }
+        tx.finish();
+        let ip = std::net::IpAddr::from([127, 0, 0, 1]);
+        let fut = self.http_stream(
+            Tagged::new(req.identity, req.msg.head),
+            rx,
+            ClientInfo { ip },
+        );
+        Handled::Later(Box::pin(async move {
+            let t = fut.await;
+            let resp = match t.msg {
+                Streamed::Whole(r) => r,
+                _ => plain(502, "bad gateway\n"),
+            };
+            Tagged::new(t.identity, resp)
+        }))
+    }
+
+    fn streams_http(&self) -> bool {
+        true
+    }
+
+    fn http_stream(
+        &self,
+        head: Tagged<RequestHead>,
+        body: BodyRx,
+        client: ClientInfo,
+    ) -> LaterStreamed {
+        let identity = head.identity;
+        let body = has_body(&head.msg).then_some(body);
+        let (sent_tx, sent_rx) = tokio::sync::oneshot::channel();
+        let request = match self.request(&head.msg, &identity, client, body, sent_tx) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(upstream = %self.url, error = %e, "cannot build the upstream request");
+                let resp = plain(502, "bad gateway\n");
+                return Box::pin(std::future::ready(Tagged::new(
+                    identity,
+                    Streamed::Whole(resp),
+                )));
+            }
+        };
+        let sent = headers::identity_value(&identity);
+        let fut = self.client.request(request);
+        let opts = self.opts;
+        let url: Arc<str> = Arc::from(self.url.as_str());
+        Box::pin(async move {
+            let whole =
+                |status, body| Tagged::new(identity.clone(), Streamed::Whole(plain(status, body)));
+            // `read_timeout` runs from the end of the request body: a large
+            // upload from a slow client is limited by H's body-rate rule.
+            let mut fut = std::pin::pin!(fut);
+            let early = tokio::select! {
+                r = &mut fut => Some(r),
+                _ = sent_rx => None,
+            };
+            let res = match early {
+                Some(r) => Ok(r),
+                None => tokio::time::timeout(opts.read_timeout, fut).await,
+            };
+            let res = match res {
+                Err(_) => {
+                    tracing::warn!(upstream = %url, "no response head within read_timeout");
+                    return whole(504, "gateway timeout\n");
+                }
+                Ok(Err(e)) => {
+                    if body_too_large(&e) {
+                        return whole(413, "request body too large\n");
+                    }
+                    let what = if e.is_connect() {
+                        "connect failed"
+                    } else {
+                        "request failed"
+                    };
+                    tracing::warn!(upstream = %url, error = ?e, "{what}");
+                    return whole(502, "bad gateway\n");
+                }
+                Ok(Ok(r)) => r,
+            };
+            let (parts, body) = res.into_parts();
+            if opts.echo_identity {
+                let mut got = parts.headers.get_all("x-sigma-identity").iter();
+                let same = got.next().is_some_and(|v| v.as_bytes() == sent.as_bytes())
+                    && got.next().is_none();
+                if !same {
+                    return Tagged::new(identity.clone(), Streamed::IdentityMismatch);
+                }
+            }
+            let status = parts.status.as_u16();
+            if status < 200 {
+                tracing::warn!(upstream = %url, status, "unexpected interim status");
+                return whole(502, "bad gateway\n");
+            }
+            let content_length = if parts.headers.contains_key(http::header::TRANSFER_ENCODING) {
+                None
+            } else {
+                parts
+                    .headers
+                    .get(http::header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            };
+            let pairs: Vec<(&[u8], &[u8])> = parts
+                .headers
+                .iter()
+                .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
+                .collect();
+            let kept = headers::end_to_end(&pairs, headers::Direction::Response)
+                .into_iter()
+                .filter(|(n, _)| !n.eq_ignore_ascii_case(b"content-length"))
+                .map(|(n, v)| Header::new(Bytes::copy_from_slice(n), Bytes::copy_from_slice(v)))
+                .collect();
+            let head = ResponseHead {
+                status,
+                headers: kept,
+                content_length,
+            };
+            let body = body_stream(body, opts.read_timeout, url);
+            Tagged::new(identity, Streamed::Stream { head, body })
+        })
+    }
+
+    fn websocket(&self, _identity: &Principal, _push: WsSender) -> Option<Box<dyn WsEndpoint>> {
+        // Upgrades come through `websocket_upgrade`, which has the path.
+        None
+    }
+
+    fn websocket_upgrade(
+        &self,
+        head: &RequestHead,
+        identity: &Principal,
+        push: WsSender,
+    ) -> Option<Box<dyn WsEndpoint>> {
+        let path = headers::map_target(&self.prefix, &self.base, &head.target);
+        let url = format!("ws://{}{}", self.authority, String::from_utf8_lossy(&path));
+        Some(ws::open(ws::Target {
+            url,
+            head,
+            identity: identity.clone(),
+            connect_timeout: self.opts.connect_timeout,
+            push,
+            name: Arc::from(self.url.as_str()),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_url;
+
+    #[test]
+    fn urls_split_into_authority_and_path() {
+        assert_eq!(split_url("http://h").unwrap(), ("h:80".into(), "".into()));
+        assert_eq!(
+            split_url("http://h:8080/base").unwrap(),
+            ("h:8080".into(), "/base".into())
+        );
+        assert_eq!(
+            split_url("http://[::1]/x").unwrap(),
+            ("[::1]:80".into(), "/x".into())
+        );
+        assert_eq!(
+            split_url("http://[::1]:81").unwrap(),
+            ("[::1]:81".into(), "".into())
+        );
+    }
+}

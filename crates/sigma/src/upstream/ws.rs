@@ -1,0 +1,225 @@
+//! WebSocket pass-through to an upstream (DESIGN §6; docs/proxy.md).
+//!
+//! ```text
+//!  client ══ws══ H ─▶ dispatch ─▶ [ WsProxy ] ─mpsc─▶ relay task ══ws══▶ upstream
+//!                 ◀── push queue (WsSender) ◀────────────┘
+//! ```
+//!
+//! The client's WebSocket ends in sigma's `H` (its limits apply). A relay
+//! task connects to the upstream (tokio-tungstenite) with the identity
+//! headers; the client's upgrade is accepted only once the upstream has
+//! accepted (else refused with 502), then messages are relayed both ways.
+//! An upstream error closes the client's socket with 1011; the upstream's
+//! close is passed on. When the client's socket ends, the
+//! endpoint is dropped, the relay's queue closes and the task closes the
+//! upstream socket.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use sigma_http::{RequestHead, Utf8Bytes, WsMessage};
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::headers;
+use crate::auth::{Principal, Tagged};
+use crate::route::{WsEndpoint, WsSender};
+
+/// Client messages queued toward the upstream; when full (the upstream is
+/// not keeping up) the pass-through ends.
+const TO_UPSTREAM_QUEUE: usize = 256;
+
+/// Where and as whom to connect.
+pub struct Target<'a> {
+    /// `ws://host:port/path?query`.
+    pub url: String,
+    /// The client's upgrade request (for the forwarded headers).
+    pub head: &'a RequestHead,
+    /// The socket's identity.
+    pub identity: Principal,
+    /// How long connecting may take.
+    pub connect_timeout: Duration,
+    /// The client's push queue.
+    pub push: WsSender,
+    /// The upstream's configured URL (logs).
+    pub name: Arc<str>,
+}
+
+/// The client side of one pass-through.
+struct WsProxy {
+    to_upstream: Option<mpsc::Sender<WsMessage>>,
+    /// Whether the upstream accepted: the client's upgrade waits for it.
+    connected: Option<oneshot::Receiver<bool>>,
+}
+
+impl WsEndpoint for WsProxy {
+    fn on_message(&mut self, msg: Tagged<WsMessage>) -> Option<Tagged<WsMessage>> {
+        if let Some(tx) = &self.to_upstream {
+            if tx.try_send(msg.msg).is_err() {
+                // Dropping the sender ends the relay, which closes both sides.
+                self.to_upstream = None;
+            }
+        }
+        None
+    }
+
+    fn accept_when(&mut self) -> Option<crate::streaming::Admission> {
+        let rx = self.connected.take()?;
+        Some(Box::pin(async move {
+            match rx.await {
+                Ok(true) => Ok(()),
+                _ => Err(502),
+            }
+        }))
+    }
+}
+
+/// Opens the pass-through: returns the endpoint and starts the relay.
+pub fn open(t: Target<'_>) -> Box<dyn WsEndpoint> {
+    let (tx, rx) = mpsc::channel(TO_UPSTREAM_QUEUE);
+    let (connected_tx, connected) = oneshot::channel();
+    let mut request = t.url.as_str().into_client_request();
+    if let Ok(req) = request.as_mut() {
+        let h = req.headers_mut();
+        let mut add = |n: &str, v: &[u8]| {
+            if let (Ok(n), Ok(v)) = (
+                http::HeaderName::from_bytes(n.as_bytes()),
+                http::HeaderValue::from_bytes(v),
+            ) {
+                h.append(n, v);
+            }
+        };
+        for (n, v) in headers::identity_headers(&t.identity) {
+            add(n, v.as_bytes());
+        }
+        if let Some(host) = t.head.header("host") {
+            add("x-forwarded-host", &host.value);
+        }
+        add("x-forwarded-proto", b"http");
+        // The client's end-to-end headers, as for HTTP, less the
+        // handshake's own (the relay makes its own handshake; sigma's H
+        // accepted without subprotocol or extensions).
+        for (n, v) in headers::forwarded_request(&t.head.headers) {
+            let handshake = n.len() >= 14
+                && n.get(..14)
+                    .is_some_and(|p| p.eq_ignore_ascii_case(b"sec-websocket-"));
+            if !handshake {
+                if let Ok(n) = std::str::from_utf8(n) {
+                    add(n, &v);
+                }
+            }
+        }
+    }
+    let identity = t.identity;
+    let push = t.push;
+    let name = t.name;
+    let timeout = t.connect_timeout;
+    tokio::spawn(async move {
+        let Ok(request) = request else {
+            tracing::warn!(upstream = %name, "cannot build the upstream WebSocket request");
+            refused(connected_tx, &push);
+            return;
+        };
+        relay(request, timeout, rx, push, identity, name, connected_tx).await;
+    });
+    Box::new(WsProxy {
+        to_upstream: Some(tx),
+        connected: Some(connected),
+    })
+}
+
+/// The upstream cannot be reached: the client's upgrade is refused (502),
+/// or, if it was accepted already, its socket is closed with 1014.
+fn refused(connected: oneshot::Sender<bool>, push: &WsSender) {
+    if connected.send(false).is_err() {
+        let _ = push.close(1014, "bad gateway");
+    }
+}
+
+/// Connects and relays until either side ends.
+async fn relay(
+    request: tokio_tungstenite::tungstenite::handshake::client::Request,
+    timeout: Duration,
+    mut from_client: mpsc::Receiver<WsMessage>,
+    push: WsSender,
+    identity: Principal,
+    name: Arc<str>,
+    connected: oneshot::Sender<bool>,
+) {
+    let ws = match tokio::time::timeout(timeout, tokio_tungstenite::connect_async(request)).await {
+        Ok(Ok((ws, _))) => ws,
+        Ok(Err(e)) => {
+            tracing::warn!(upstream = %name, error = %e, "upstream WebSocket connect failed");
+            refused(connected, &push);
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(upstream = %name, "upstream WebSocket connect timed out");
+            refused(connected, &push);
+            return;
+        }
+    };
+    // The client's upgrade is accepted now (if it was not already).
+    let _ = connected.send(true);
+    let (mut sink, mut stream) = ws.split();
+    loop {
+        tokio::select! {
+            m = from_client.recv() => match m {
+                Some(m) => {
+                    let msg = match m {
+                        WsMessage::Text(t) => Message::text(t.as_str()),
+                        WsMessage::Binary(b) => Message::binary(b),
+                    };
+                    if let Err(e) = sink.send(msg).await {
+                        tracing::warn!(upstream = %name, error = %e, "upstream WebSocket send failed");
+                        let _ = push.close(1011, "upstream error");
+                        return;
+                    }
+                }
+                None => {
+                    // The client's socket ended (or flooded the upstream).
+                    let _ = sink.send(Message::Close(None)).await;
+                    let _ = push.close(1011, "upstream not keeping up");
+                    return;
+                }
+            },
+            m = stream.next() => {
+                let msg = match m {
+                    Some(Ok(Message::Text(t))) => WsMessage::Text(Utf8Bytes::from(t.as_str())),
+                    Some(Ok(Message::Binary(b))) => WsMessage::Binary(b),
+                    Some(Ok(Message::Close(frame))) => {
+                        let (code, reason) = match frame {
+                            Some(f) => (u16::from(f.code), f.reason.as_str().to_owned()),
+                            None => (1000, String::new()),
+                        };
+                        let code = if sendable(code) { code } else { 1000 };
+                        let _ = push.close(code, &reason);
+                        return;
+                    }
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => {
+                        tracing::warn!(upstream = %name, error = %e, "upstream WebSocket failed");
+                        let _ = push.close(1011, "upstream error");
+                        return;
+                    }
+                    None => {
+                        let _ = push.close(1011, "upstream error");
+                        return;
+                    }
+                };
+                if push.push(Tagged::new(identity.clone(), msg)).is_err() {
+                    // Slow consumer (the connection closes with 1008) or gone.
+                    let _ = sink.send(Message::Close(None)).await;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Close codes an endpoint may send (RFC 6455 §7.4).
+fn sendable(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}

@@ -1,0 +1,539 @@
+//! `&world`: the session socket and the world code server (DESIGN §5), the
+//! tokio glue around [`super::session`] and [`super::cookie`].
+//!
+//! ```text
+//!  /ws  ──▶ SessionSocket ──(Session: hello, fork, world, disconnect)
+//!                │   Forward{world, body} ──Tagged{(user, world)}──▶ command's destination
+//!                │   ◀── reply / push ── reply rule (user, world) ── per-world forwarder
+//!                └── push queue of the socket (every envelope, Lamport order)
+//!  /world/<cmd>.js?initiate&sig ──▶ checks ──▶ activates the world on the socket named
+//!                                   in the cookie, serves the worker code
+//! ```
+//!
+//! One [`WorldService`] serves every `&world` route. It keeps the minute
+//! keys, the live session sockets (by id, weakly), the nonces of cookies
+//! already used (until they expire) and each command's code and
+//! destination. Each active world holds its own endpoint of the command's
+//! destination, opened with the identity `(user, world)`; whatever that
+//! endpoint answers or pushes must carry that identity (the reply rule),
+//! and is wrapped as a `world` envelope for that world only.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use ed25519_dalek::Signature;
+use serde_json::json;
+use sigma_http::{Header, Method, RequestHead, Response, WsMessage};
+
+use super::cookie::{CookieContents, MinuteKeys, NONCE};
+use super::envelope::{self, CommandInfo};
+use super::session::{ActivateError, Limits, Out, Session};
+use super::{Binding, WorldId};
+use crate::auth::endpoints::json_response;
+use crate::auth::{check_reply, unix_now_ms, Identity, Principal, Tagged};
+use crate::config::{Config, RouteConfig, WorldCode};
+use crate::route::{
+    ws_push_queue, Destination, Handled, HttpRequest, Pushed, Route, UnavailableDestination,
+    WsEndpoint, WsSender,
+};
+
+/// The worker code built into the binary (`builtin:NAME`).
+fn builtin_code(name: &str) -> Option<&'static str> {
+    match name {
+        "echo" => Some(include_str!("../../assets/worlds/echo.js")),
+        "chat" => Some(include_str!("../../assets/worlds/chat.js")),
+        _ => None,
+    }
+}
+
+struct Command {
+    info: CommandInfo,
+    code: Bytes,
+}
+
+/// The `&world` destination (one per server, shared by its routes).
+pub struct WorldService {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for WorldService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorldService").finish_non_exhaustive()
+    }
+}
+
+struct Shared {
+    commands: Vec<Command>,
+    infos: Vec<CommandInfo>,
+    /// Each command's destination, by index (set by [`WorldService::bind`]).
+    targets: OnceLock<Vec<Arc<dyn Destination>>>,
+    limits: Limits,
+    activation_timeout: Duration,
+    /// How long a used cookie's nonce is remembered (two key periods).
+    cookie_life_ms: u64,
+    keys: Mutex<MinuteKeys>,
+    sockets: Mutex<HashMap<u64, Weak<Mutex<Socket>>>>,
+    next_socket: AtomicU64,
+    used: Mutex<HashMap<[u8; NONCE], u64>>,
+}
+
+/// Locks, ignoring poisoning (the state stays usable; nothing here
+/// panics on purpose).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl WorldService {
+    /// The service for `config.world` and `[worlds]`; reads code files.
+    pub fn new(config: &Config) -> Result<Self, UnavailableDestination> {
+        let mut commands = Vec::with_capacity(config.world.len());
+        for w in &config.world {
+            let code = match &w.code {
+                WorldCode::Builtin(name) => Bytes::from_static(
+                    builtin_code(name)
+                        .ok_or_else(|| {
+                            UnavailableDestination(format!("&world (world.{}.code)", w.name))
+                        })?
+                        .as_bytes(),
+                ),
+                WorldCode::File(path) => Bytes::from(std::fs::read(path).map_err(|e| {
+                    UnavailableDestination(format!(
+                        "&world: world.{}.code: cannot read {}: {e}",
+                        w.name,
+                        path.display()
+                    ))
+                })?),
+            };
+            commands.push(Command {
+                info: CommandInfo {
+                    name: w.name.clone(),
+                    code: format!("/world/{}.js", w.name),
+                },
+                code,
+            });
+        }
+        let period = config.worlds.key_rotation;
+        let period_ms = u64::try_from(period.as_millis()).unwrap_or(u64::MAX);
+        Ok(Self {
+            shared: Arc::new(Shared {
+                infos: commands.iter().map(|c| c.info.clone()).collect(),
+                commands,
+                targets: OnceLock::new(),
+                limits: Limits {
+                    max_worlds: config.worlds.max_per_session,
+                    forks_per_minute: config.worlds.forks_per_minute,
+                },
+                activation_timeout: config.worlds.activation_timeout,
+                cookie_life_ms: period_ms.saturating_mul(2).saturating_add(1000),
+                keys: Mutex::new(MinuteKeys::new(period)),
+                sockets: Mutex::new(HashMap::new()),
+                next_socket: AtomicU64::new(1),
+                used: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// Connects each command to its destination: the destination of the
+    /// first route with the same `to` (so a world's `&broadcast` is the
+    /// hub of the `/broadcast` route), else a new `&echo`, `&broadcast`
+    /// or `&db`. `routes` are the built routes in `configs` order.
+    pub fn bind(
+        &self,
+        config: &Config,
+        configs: &[RouteConfig],
+        routes: &[Route],
+        db: &Arc<crate::db::DbService>,
+    ) -> Result<(), UnavailableDestination> {
+        use crate::config::Destination as To;
+        let mut targets = Vec::with_capacity(config.world.len());
+        for w in &config.world {
+            let existing = configs
+                .iter()
+                .zip(routes)
+                .find(|(c, _)| c.to == w.to && c.shared.is_none())
+                .map(|(_, r)| Arc::clone(&r.dest));
+            let dest: Arc<dyn Destination> = match (existing, &w.to) {
+                (Some(d), _) => d,
+                (None, To::Echo) => Arc::new(crate::echo::Echo),
+                (None, To::Broadcast) => {
+                    crate::broadcast::destination(&format!("/world/{}", w.name), &config.broadcast)
+                }
+                (None, To::Db) => crate::db::Db::destination(db, "/", crate::db::Scope::of(None)),
+                (None, other) => {
+                    return Err(UnavailableDestination(format!(
+                        "{other} (world.{}.to: add a route to it)",
+                        w.name
+                    )))
+                }
+            };
+            targets.push(dest);
+        }
+        // A second bind (never done) keeps the first.
+        let _ = self.shared.targets.set(targets);
+        Ok(())
+    }
+}
+
+impl Destination for WorldService {
+    fn name(&self) -> &str {
+        "&world"
+    }
+
+    fn http(&self, req: Tagged<HttpRequest>) -> Handled {
+        let resp = self
+            .shared
+            .initiate(&req.identity, &req.msg.head, unix_now_ms());
+        Handled::Ready(Tagged::new(req.identity, resp))
+    }
+
+    fn websocket(&self, _identity: &Principal, _push: WsSender) -> Option<Box<dyn WsEndpoint>> {
+        // The session socket needs the upgrade's credentials.
+        None
+    }
+
+    fn websocket_upgrade(
+        &self,
+        head: &RequestHead,
+        identity: &Principal,
+        push: WsSender,
+    ) -> Option<Box<dyn WsEndpoint>> {
+        let user = Arc::clone(identity.as_ref()?);
+        let binding = super::binding_of(head)?;
+        let id = self.shared.next_socket.fetch_add(1, Ordering::Relaxed);
+        let socket = Arc::new(Mutex::new(Socket {
+            id,
+            session: Session::new(user.user.clone(), self.shared.limits, unix_now_ms()),
+            binding,
+            identity: identity.clone(),
+            user,
+            push,
+            worlds: HashMap::new(),
+        }));
+        lock(&self.shared.sockets).insert(id, Arc::downgrade(&socket));
+        let timer = tokio::runtime::Handle::try_current().ok().map(|rt| {
+            let weak = Arc::downgrade(&socket);
+            let timeout = self.shared.activation_timeout;
+            rt.spawn(async move {
+                tokio::time::sleep(timeout).await;
+                if let Some(s) = weak.upgrade() {
+                    let mut s = lock(&s);
+                    let outs = s.session.activation_deadline();
+                    s.apply(outs);
+                }
+            })
+        });
+        Some(Box::new(SessionSocket {
+            shared: Arc::clone(&self.shared),
+            socket,
+            timer,
+        }))
+    }
+}
+
+/// An HTTP error for the initiate: status and a JSON `{"error": …}`.
+fn refuse(status: u16, error: &str) -> Response {
+    json_response(status, json!({ "error": error }))
+}
+
+impl Shared {
+    /// `GET /world/<command>.js?initiate=…&sig=…` (DESIGN §5, step 4).
+    fn initiate(&self, identity: &Principal, head: &RequestHead, now_ms: u64) -> Response {
+        // Not HEAD either: an initiate has an effect (the world starts).
+        if head.method != Method::Get {
+            return refuse(405, "method_not_allowed");
+        }
+        let path = head.path();
+        let name = path
+            .rsplit(|b| *b == b'/')
+            .next()
+            .and_then(|seg| seg.strip_suffix(b".js"))
+            .and_then(|n| std::str::from_utf8(n).ok());
+        let query = head
+            .target
+            .iter()
+            .position(|b| *b == b'?')
+            .and_then(|i| head.target.get(i.saturating_add(1)..))
+            .unwrap_or_default();
+        let Some((initiate_bytes, sig)) = envelope::parse_query(query) else {
+            return refuse(400, "missing_parameter");
+        };
+        let Some(index) = name.and_then(|n| self.commands.iter().position(|c| c.info.name == n))
+        else {
+            return refuse(404, "unknown_command");
+        };
+        let Some(command) = self.commands.get(index) else {
+            return refuse(404, "unknown_command");
+        };
+        let Ok(init) = envelope::parse_initiate(&initiate_bytes) else {
+            return refuse(403, "bad_initiate");
+        };
+        if init.command != command.info.name {
+            return refuse(403, "bad_initiate");
+        }
+        let verified = super::session::world_key(&init.world).is_some_and(|k| {
+            k.verify_strict(&initiate_bytes, &Signature::from_bytes(&sig))
+                .is_ok()
+        });
+        if !verified {
+            return refuse(403, "bad_signature");
+        }
+        let opened = lock(&self.keys).open(&init.cookie, now_ms);
+        let Ok(cookie) = opened else {
+            return refuse(403, "bad_cookie");
+        };
+        let binding = super::binding_of(head);
+        if identity.is_none()
+            || binding.is_none_or(|b| !bool::from(subtle_eq(&b, &cookie.session)))
+            || cookie.world != init.world
+            || cookie.command != init.command
+        {
+            return refuse(403, "bad_cookie");
+        }
+        let Some(nonce) = init
+            .cookie
+            .get(..NONCE)
+            .and_then(|n| <[u8; NONCE]>::try_from(n).ok())
+        else {
+            return refuse(403, "bad_cookie");
+        };
+        {
+            let mut used = lock(&self.used);
+            if used.contains_key(&nonce) {
+                return refuse(409, "replayed");
+            }
+            if used.len() >= 1024 {
+                used.retain(|_, expiry| *expiry > now_ms);
+            }
+            used.insert(nonce, now_ms.saturating_add(self.cookie_life_ms));
+        }
+        let socket = lock(&self.sockets)
+            .get(&cookie.socket)
+            .and_then(Weak::upgrade);
+        let Some(socket) = socket else {
+            return refuse(403, "session_socket_gone");
+        };
+        let Some(dest) = self.targets.get().and_then(|t| t.get(index)) else {
+            return refuse(502, "world_destination_unavailable");
+        };
+        if let Err(e) = Socket::start_world(&socket, cookie.world, dest.as_ref()) {
+            return match e {
+                StartError::Activate(ActivateError::Duplicate) => refuse(409, "already_active"),
+                StartError::Activate(ActivateError::Limit) => refuse(429, "world_limit"),
+                StartError::Activate(ActivateError::NotActive) => {
+                    refuse(403, "session_socket_not_active")
+                }
+                StartError::NoWebSocket => refuse(502, "world_destination_unavailable"),
+            };
+        }
+        tracing::debug!(world = %cookie.world, command = %command.info.name, "world active");
+        Response::new(
+            200,
+            vec![
+                Header::new(&b"Content-Type"[..], &b"text/javascript; charset=utf-8"[..]),
+                Header::new(&b"Cache-Control"[..], &b"no-store"[..]),
+                Header::new(&b"X-Content-Type-Options"[..], &b"nosniff"[..]),
+            ],
+            command.code.clone(),
+        )
+    }
+}
+
+fn subtle_eq(a: &Binding, b: &Binding) -> subtle::Choice {
+    use subtle::ConstantTimeEq;
+    a.ct_eq(b)
+}
+
+enum StartError {
+    Activate(ActivateError),
+    NoWebSocket,
+}
+
+/// One session socket's state, shared by its endpoint, its timer, its
+/// worlds' forwarders and initiates.
+struct Socket {
+    id: u64,
+    session: Session,
+    binding: Binding,
+    /// The socket's identity (every envelope is tagged with it).
+    identity: Principal,
+    user: Arc<Identity>,
+    push: WsSender,
+    worlds: HashMap<WorldId, Link>,
+}
+
+/// An active world's connection to its destination.
+struct Link {
+    endpoint: Box<dyn WsEndpoint>,
+    identity: Principal,
+    forwarder: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        if let Some(f) = self.forwarder.take() {
+            f.abort();
+        }
+    }
+}
+
+impl Socket {
+    /// Activates `world` and opens its destination endpoint with the
+    /// identity `(user, world)`.
+    fn start_world(
+        this: &Arc<Mutex<Socket>>,
+        world: WorldId,
+        dest: &dyn Destination,
+    ) -> Result<(), StartError> {
+        let mut s = lock(this);
+        let identity: Principal = Some(Arc::new(Identity {
+            world: Some(world.encode()),
+            ..(*s.user).clone()
+        }));
+        let (push, mut pushed) = ws_push_queue();
+        let endpoint = dest
+            .websocket(&identity, push)
+            .ok_or(StartError::NoWebSocket)?;
+        s.session
+            .activate_world(world)
+            .map_err(StartError::Activate)?;
+        let weak = Arc::downgrade(this);
+        let expected = identity.clone();
+        let forwarder = tokio::runtime::Handle::try_current().ok().map(|rt| {
+            rt.spawn(async move {
+                loop {
+                    let p = pushed.recv().await;
+                    let Some(s) = weak.upgrade() else { return };
+                    let mut s = lock(&s);
+                    match p {
+                        Pushed::Message(m) => s.deliver(world, &expected, m),
+                        // The destination let go of its sender: it will not
+                        // push again (its replies still come back inline).
+                        Pushed::Closed => return,
+                        // It closed the world's "socket", or the world did
+                        // not keep up: the world ends.
+                        Pushed::Close { .. } | Pushed::Overflow => {
+                            if s.worlds.contains_key(&world) {
+                                let outs = s.session.end_world(world);
+                                s.apply(outs);
+                            }
+                            return;
+                        }
+                    }
+                }
+            })
+        });
+        s.worlds.insert(
+            world,
+            Link {
+                endpoint,
+                identity,
+                forwarder,
+            },
+        );
+        Ok(())
+    }
+
+    /// A reply or push from `world`'s destination: the reply rule, then a
+    /// `world` envelope for that world.
+    fn deliver(&mut self, world: WorldId, expected: &Principal, m: Tagged<WsMessage>) {
+        if check_reply(expected, &m).is_err() {
+            tracing::warn!(socket = self.id, world = %world, "world reply dropped: identity mismatch");
+            return;
+        }
+        let body = match m.msg {
+            WsMessage::Text(t) => t.as_str().to_owned(),
+            WsMessage::Binary(_) => {
+                tracing::debug!(world = %world, "binary reply dropped (world bodies are text)");
+                return;
+            }
+        };
+        if let Some(out) = self.session.world_reply(world, body) {
+            self.apply(vec![out]);
+        }
+    }
+
+    /// Carries out the session's actions.
+    fn apply(&mut self, outs: Vec<Out>) {
+        for out in outs {
+            match out {
+                Out::Send(text) => {
+                    let _ = self.push.push(Tagged::new(
+                        self.identity.clone(),
+                        WsMessage::Text(text.into()),
+                    ));
+                }
+                Out::Forward { world, body } => {
+                    let Some(link) = self.worlds.get_mut(&world) else {
+                        continue;
+                    };
+                    let msg = Tagged::new(link.identity.clone(), WsMessage::Text(body.into()));
+                    let expected = link.identity.clone();
+                    if let Some(reply) = link.endpoint.on_message(msg) {
+                        self.deliver(world, &expected, reply);
+                    }
+                }
+                Out::EndWorld(world) => {
+                    self.worlds.remove(&world);
+                }
+                Out::Close { code, reason } => {
+                    let _ = self.push.close(code, reason);
+                }
+            }
+        }
+    }
+}
+
+/// The `/ws` endpoint of one session socket.
+struct SessionSocket {
+    shared: Arc<Shared>,
+    socket: Arc<Mutex<Socket>>,
+    timer: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl WsEndpoint for SessionSocket {
+    fn on_message(&mut self, msg: Tagged<WsMessage>) -> Option<Tagged<WsMessage>> {
+        let now = unix_now_ms();
+        let mut s = lock(&self.socket);
+        let outs = match &msg.msg {
+            WsMessage::Text(t) => {
+                let (binding, id) = (s.binding, s.id);
+                let keys = &self.shared.keys;
+                let mut seal = |world: &WorldId, command: &str| {
+                    let c = CookieContents {
+                        session: binding,
+                        socket: id,
+                        world: *world,
+                        command: command.to_owned(),
+                        issued_ms: now,
+                    };
+                    lock(keys).seal(&c, now).map(|b| super::b64_encode(&b))
+                };
+                s.session
+                    .on_text(t.as_str(), now, &self.shared.infos, &mut seal)
+            }
+            WsMessage::Binary(_) => s.session.on_binary(),
+        };
+        s.apply(outs);
+        // Every envelope goes through the push queue, in Lamport order.
+        None
+    }
+}
+
+impl Drop for SessionSocket {
+    fn drop(&mut self) {
+        if let Some(t) = self.timer.take() {
+            t.abort();
+        }
+        let id = {
+            let mut s = lock(&self.socket);
+            let outs = s.session.close();
+            s.apply(outs);
+            s.worlds.clear();
+            s.id
+        };
+        lock(&self.shared.sockets).remove(&id);
+    }
+}

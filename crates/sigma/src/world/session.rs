@@ -1,0 +1,611 @@
+//! One session socket's state machine (DESIGN §5, steps 2–6), sans-IO.
+//!
+//! [`Session`] takes the client's text messages, the activation deadline
+//! and the worlds' replies, with the clock passed in, and answers with
+//! [`Out`] actions: envelopes to send (already Lamport-stamped), bodies to
+//! forward to a world's destination, worlds to end, a close. It owns no
+//! socket, no timer and no key; the fork cookie is sealed by the caller's
+//! `seal` function.
+//!
+//! World states: `Active → Disconnecting → Disconnected`. A world exists
+//! only from its initiate ([`Session::activate_world`]) on; an illegal
+//! transition is refused, logged, and changes nothing
+//! ([`Session::transition`]).
+
+use std::collections::HashMap;
+
+use ed25519_dalek::{Signature, Verifier as _, VerifyingKey};
+
+use super::envelope::{self, ClientMsg, CommandInfo, ServerMsg};
+use super::WorldId;
+
+/// Close code when `hello` does not arrive in time.
+pub const CLOSE_ACTIVATION_TIMEOUT: u16 = 4408;
+
+/// The limits of one session socket (`[worlds]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Active worlds at once.
+    pub max_worlds: usize,
+    /// Forks per minute (token bucket, burst the same).
+    pub forks_per_minute: u32,
+}
+
+/// A world's state on the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorldState {
+    /// Initiated: its messages are accepted and forwarded.
+    Active,
+    /// Ending: its destination endpoint is being dropped.
+    Disconnecting,
+    /// Ended (the entry is then forgotten).
+    Disconnected,
+}
+
+/// A refused state change: `from → to` is not an edge of the machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IllegalTransition {
+    /// The world's state.
+    pub from: Option<WorldState>,
+    /// The state asked for.
+    pub to: WorldState,
+}
+
+impl std::fmt::Display for IllegalTransition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "illegal world transition {:?} -> {:?}",
+            self.from, self.to
+        )
+    }
+}
+
+/// What the session asks its driver to do, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Out {
+    /// Send this text on the session socket.
+    Send(String),
+    /// Forward `body` to the world's destination.
+    Forward {
+        /// The world.
+        world: WorldId,
+        /// The body (a text message to the destination).
+        body: String,
+    },
+    /// Drop the world's destination endpoint.
+    EndWorld(WorldId),
+    /// Close the session socket.
+    Close {
+        /// The close code.
+        code: u16,
+        /// The reason.
+        reason: &'static str,
+    },
+}
+
+/// Why an initiate cannot activate a world on this socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActivateError {
+    /// The world is already active (or ending) here: a replay (409).
+    Duplicate,
+    /// The socket has its maximum of worlds (429).
+    Limit,
+    /// The socket is not activated or is closing.
+    NotActive,
+}
+
+struct World {
+    state: WorldState,
+    key: VerifyingKey,
+    /// The last lamport accepted from the client for this world.
+    last: Option<u64>,
+}
+
+/// One session socket.
+pub struct Session {
+    limits: Limits,
+    user: String,
+    activated: bool,
+    closed: bool,
+    lamport: u64,
+    worlds: HashMap<WorldId, World>,
+    /// Fork tokens, and when they were last refilled (ms).
+    tokens: f64,
+    refilled_ms: u64,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("user", &self.user)
+            .field("activated", &self.activated)
+            .field("lamport", &self.lamport)
+            .field("worlds", &self.worlds.len())
+            .finish()
+    }
+}
+
+impl Session {
+    /// A socket of `user`, opened at `now_ms`, waiting for `hello`.
+    pub fn new(user: String, limits: Limits, now_ms: u64) -> Self {
+        Self {
+            limits,
+            user,
+            activated: false,
+            closed: false,
+            lamport: 0,
+            worlds: HashMap::new(),
+            tokens: f64::from(limits.forks_per_minute),
+            refilled_ms: now_ms,
+        }
+    }
+
+    /// The server's Lamport clock.
+    pub fn lamport(&self) -> u64 {
+        self.lamport
+    }
+
+    /// True once `hello` arrived.
+    pub fn is_activated(&self) -> bool {
+        self.activated
+    }
+
+    /// The state of `world`, if it exists.
+    pub fn state(&self, world: &WorldId) -> Option<WorldState> {
+        self.worlds.get(world).map(|w| w.state)
+    }
+
+    /// Active worlds.
+    pub fn active_worlds(&self) -> impl Iterator<Item = &WorldId> {
+        self.worlds
+            .iter()
+            .filter(|(_, w)| w.state == WorldState::Active)
+            .map(|(id, _)| id)
+    }
+
+    /// Stamps `msg` with the next Lamport time (send: +1).
+    fn send(&mut self, msg: ServerMsg) -> Out {
+        self.lamport = self.lamport.saturating_add(1);
+        Out::Send(msg.to_text(self.lamport))
+    }
+
+    fn error(&mut self, message: impl Into<String>) -> Vec<Out> {
+        let message = message.into();
+        vec![self.send(ServerMsg::Error { message })]
+    }
+
+    /// Receive: `max(local, r) + 1`.
+    fn receive(&mut self, r: u64) {
+        self.lamport = self.lamport.max(r).saturating_add(1);
+    }
+
+    /// The activation deadline passed: close with 4408 unless `hello`
+    /// arrived.
+    pub fn activation_deadline(&mut self) -> Vec<Out> {
+        if self.activated || self.closed {
+            return Vec::new();
+        }
+        self.closed = true;
+        vec![Out::Close {
+            code: CLOSE_ACTIVATION_TIMEOUT,
+            reason: "no hello in time",
+        }]
+    }
+
+    /// A binary message: the session socket speaks JSON text only.
+    pub fn on_binary(&mut self) -> Vec<Out> {
+        self.error("the session socket takes JSON text messages")
+    }
+
+    /// One client text message at `now_ms`. `commands` are those the user
+    /// may start; `seal` makes the fork cookie (base64url) for a world and
+    /// command, or `None` when it cannot.
+    pub fn on_text(
+        &mut self,
+        text: &str,
+        now_ms: u64,
+        commands: &[CommandInfo],
+        seal: &mut dyn FnMut(&WorldId, &str) -> Option<String>,
+    ) -> Vec<Out> {
+        if self.closed {
+            return Vec::new();
+        }
+        let env = match envelope::parse_client(text) {
+            Ok(e) => e,
+            Err(e) => return self.error(e.0),
+        };
+        if !self.activated && env.msg != ClientMsg::Hello {
+            return self.error("send hello first");
+        }
+        match env.msg {
+            ClientMsg::Hello => {
+                if self.activated {
+                    return self.error("already activated");
+                }
+                self.activated = true;
+                self.receive(env.lamport);
+                let user = self.user.clone();
+                vec![self.send(ServerMsg::Welcome {
+                    user,
+                    commands: commands.to_vec(),
+                })]
+            }
+            ClientMsg::Fork { world, command } => {
+                self.receive(env.lamport);
+                let reason = if !commands.iter().any(|c| c.name == command) {
+                    Some("unknown_command")
+                } else if self.worlds.contains_key(&world) {
+                    Some("duplicate")
+                } else if world_key(&world).is_none() {
+                    Some("bad_key")
+                } else if self.active_worlds().count() >= self.limits.max_worlds {
+                    Some("limit")
+                } else if !self.take_fork_token(now_ms) {
+                    Some("rate")
+                } else {
+                    None
+                };
+                if let Some(reason) = reason {
+                    return vec![self.send(ServerMsg::ForkRefused { world, reason })];
+                }
+                match seal(&world, &command) {
+                    Some(cookie) => vec![self.send(ServerMsg::ForkCookie { world, cookie })],
+                    None => self.error("cannot make a cookie now"),
+                }
+            }
+            ClientMsg::World {
+                world_text,
+                world,
+                body,
+                sig,
+            } => {
+                let Some(w) = self.worlds.get_mut(&world) else {
+                    return self.error(format!("unknown world {world}"));
+                };
+                if w.state != WorldState::Active {
+                    return self.error(format!("world {world} is not active"));
+                }
+                let signed = envelope::signed_bytes(&world_text, env.lamport, &body);
+                // RFC 8032 verification (canonical `s`); the key itself was
+                // checked once (a point, not of small order), so the strict
+                // variant's per-message decompression of R buys nothing.
+                if w.key.verify(&signed, &Signature::from_bytes(&sig)).is_err() {
+                    return self.error(format!("bad signature for world {world}"));
+                }
+                if w.last.is_some_and(|last| env.lamport <= last) {
+                    return self.error(format!("replayed lamport for world {world}"));
+                }
+                w.last = Some(env.lamport);
+                self.receive(env.lamport);
+                vec![Out::Forward { world, body }]
+            }
+            ClientMsg::Disconnect { world } => {
+                if self.state(&world) != Some(WorldState::Active) {
+                    return self.error(format!("world {world} is not active"));
+                }
+                self.receive(env.lamport);
+                self.end_world(world)
+            }
+        }
+    }
+
+    /// Ends an active world (client `disconnect`, or the server's reasons):
+    /// `Active → Disconnecting`, its endpoint dropped, `disconnect` sent,
+    /// `→ Disconnected`, forgotten.
+    pub fn end_world(&mut self, world: WorldId) -> Vec<Out> {
+        if self.transition(&world, WorldState::Disconnecting).is_err() {
+            return Vec::new();
+        }
+        let mut out = vec![Out::EndWorld(world)];
+        if !self.closed {
+            out.push(self.send(ServerMsg::Disconnect { world }));
+        }
+        if self.transition(&world, WorldState::Disconnected).is_ok() {
+            self.worlds.remove(&world);
+        }
+        out
+    }
+
+    /// The socket is closing: every world ends (no envelopes are sent).
+    pub fn close(&mut self) -> Vec<Out> {
+        self.closed = true;
+        let worlds: Vec<WorldId> = self.worlds.keys().copied().collect();
+        worlds.into_iter().flat_map(|w| self.end_world(w)).collect()
+    }
+
+    /// The initiate for `world` checked out: the world becomes active.
+    pub fn activate_world(&mut self, world: WorldId) -> Result<(), ActivateError> {
+        if !self.activated || self.closed {
+            return Err(ActivateError::NotActive);
+        }
+        if self.worlds.contains_key(&world) {
+            return Err(ActivateError::Duplicate);
+        }
+        if self.active_worlds().count() >= self.limits.max_worlds {
+            return Err(ActivateError::Limit);
+        }
+        let key = world_key(&world).ok_or(ActivateError::Duplicate)?;
+        self.worlds.insert(
+            world,
+            World {
+                state: WorldState::Active,
+                key,
+                last: None,
+            },
+        );
+        Ok(())
+    }
+
+    /// A reply or push for `world` from its destination: the envelope to
+    /// send, if the world is active.
+    pub fn world_reply(&mut self, world: WorldId, body: String) -> Option<Out> {
+        if self.closed || self.state(&world) != Some(WorldState::Active) {
+            return None;
+        }
+        Some(self.send(ServerMsg::World { world, body }))
+    }
+
+    /// Moves `world` to `to` if that is an edge of the state machine
+    /// (`Active → Disconnecting → Disconnected`); otherwise refuses, logs,
+    /// and changes nothing.
+    pub fn transition(&mut self, world: &WorldId, to: WorldState) -> Result<(), IllegalTransition> {
+        let from = self.state(world);
+        let legal = matches!(
+            (from, to),
+            (Some(WorldState::Active), WorldState::Disconnecting)
+                | (Some(WorldState::Disconnecting), WorldState::Disconnected)
+        );
+        if !legal {
+            let e = IllegalTransition { from, to };
+            tracing::warn!(world = %world, error = %e, "world state unchanged");
+            return Err(e);
+        }
+        if let Some(w) = self.worlds.get_mut(world) {
+            w.state = to;
+        }
+        Ok(())
+    }
+
+    fn take_fork_token(&mut self, now_ms: u64) -> bool {
+        let per_ms = f64::from(self.limits.forks_per_minute) / 60_000.0;
+        let elapsed = now_ms.saturating_sub(self.refilled_ms);
+        self.refilled_ms = self.refilled_ms.max(now_ms);
+        #[allow(clippy::cast_precision_loss)]
+        let refill = elapsed as f64 * per_ms;
+        self.tokens = (self.tokens + refill).min(f64::from(self.limits.forks_per_minute));
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The world's public key, if it is a valid Ed25519 point that is not of
+/// small order (a weak key would let signatures verify for any message).
+pub fn world_key(world: &WorldId) -> Option<VerifyingKey> {
+    VerifyingKey::from_bytes(&world.0)
+        .ok()
+        .filter(|k| !k.is_weak())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::{Signer, SigningKey};
+
+    fn commands() -> Vec<CommandInfo> {
+        vec![CommandInfo {
+            name: "echo".into(),
+            code: "/world/echo.js".into(),
+        }]
+    }
+
+    fn session() -> Session {
+        Session::new(
+            "alice".into(),
+            Limits {
+                max_worlds: 2,
+                forks_per_minute: 3,
+            },
+            0,
+        )
+    }
+
+    fn text(out: &[Out]) -> serde_json::Value {
+        match out.first() {
+            Some(Out::Send(t)) => serde_json::from_str(t).unwrap(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn key(n: u8) -> SigningKey {
+        SigningKey::from_bytes(&[n; 32])
+    }
+
+    fn wid(k: &SigningKey) -> WorldId {
+        WorldId(k.verifying_key().to_bytes())
+    }
+
+    fn feed(s: &mut Session, msg: serde_json::Value, now: u64) -> Vec<Out> {
+        s.on_text(&msg.to_string(), now, &commands(), &mut |_, _| {
+            Some("cookie".into())
+        })
+    }
+
+    fn hello(s: &mut Session) {
+        let out = feed(s, serde_json::json!({"t":"hello","lamport":5}), 0);
+        let v = text(&out);
+        assert_eq!(v["t"], "welcome");
+        assert_eq!(v["user"], "alice");
+        assert_eq!(v["lamport"], 7, "receive 5 -> 6, send -> 7");
+        assert_eq!(v["commands"][0]["code"], "/world/echo.js");
+    }
+
+    fn signed(k: &SigningKey, lamport: u64, body: &str) -> serde_json::Value {
+        let w = wid(k).encode();
+        let sig = k.sign(&envelope::signed_bytes(&w, lamport, body));
+        serde_json::json!({"t":"world","world":w,"lamport":lamport,"body":body,
+            "sig": super::super::b64_encode(&sig.to_bytes())})
+    }
+
+    #[test]
+    fn activation_deadline_closes_4408_unless_hello() {
+        let mut s = session();
+        assert_eq!(
+            s.activation_deadline(),
+            vec![Out::Close {
+                code: 4408,
+                reason: "no hello in time"
+            }]
+        );
+        let mut s = session();
+        hello(&mut s);
+        assert!(s.activation_deadline().is_empty());
+    }
+
+    #[test]
+    fn messages_before_hello_are_refused() {
+        let mut s = session();
+        let k = key(1);
+        let out = feed(
+            &mut s,
+            serde_json::json!({"t":"fork","lamport":1,"world":wid(&k).encode(),"command":"echo"}),
+            0,
+        );
+        assert_eq!(text(&out)["t"], "error");
+    }
+
+    #[test]
+    fn fork_checks_command_duplicate_limit_and_rate() {
+        let mut s = session();
+        hello(&mut s);
+        let fork = |s: &mut Session, k: &SigningKey, cmd: &str, now| {
+            text(&feed(
+                s,
+                serde_json::json!({"t":"fork","lamport":1,"world":wid(k).encode(),"command":cmd}),
+                now,
+            ))
+        };
+        assert_eq!(
+            fork(&mut s, &key(1), "nope", 0)["reason"],
+            "unknown_command"
+        );
+        assert_eq!(fork(&mut s, &key(1), "echo", 0)["t"], "fork-cookie");
+        s.activate_world(wid(&key(1))).unwrap();
+        assert_eq!(fork(&mut s, &key(1), "echo", 0)["reason"], "duplicate");
+        assert_eq!(fork(&mut s, &key(2), "echo", 0)["t"], "fork-cookie");
+        s.activate_world(wid(&key(2))).unwrap();
+        assert_eq!(fork(&mut s, &key(3), "echo", 0)["reason"], "limit");
+        assert_eq!(s.activate_world(wid(&key(3))), Err(ActivateError::Limit));
+        let _ = s.end_world(wid(&key(2)));
+        assert_eq!(fork(&mut s, &key(3), "echo", 0)["t"], "fork-cookie");
+        // Three tokens per minute, all spent.
+        assert_eq!(fork(&mut s, &key(4), "echo", 0)["reason"], "rate");
+        assert_eq!(fork(&mut s, &key(4), "echo", 20_001)["t"], "fork-cookie");
+    }
+
+    #[test]
+    fn world_messages_are_verified_and_replays_refused() {
+        let mut s = session();
+        hello(&mut s);
+        let k = key(1);
+        let other = key(2);
+        s.activate_world(wid(&k)).unwrap();
+        let out = feed(&mut s, signed(&k, 10, "hi"), 0);
+        assert_eq!(
+            out,
+            vec![Out::Forward {
+                world: wid(&k),
+                body: "hi".into()
+            }]
+        );
+        assert_eq!(s.lamport(), 11);
+        // Replay, and an older lamport.
+        assert_eq!(text(&feed(&mut s, signed(&k, 10, "hi"), 0))["t"], "error");
+        assert_eq!(text(&feed(&mut s, signed(&k, 9, "x"), 0))["t"], "error");
+        // Signed by another world's key.
+        let mut forged = signed(&other, 11, "x");
+        forged["world"] = wid(&k).encode().into();
+        assert_eq!(text(&feed(&mut s, forged, 0))["t"], "error");
+        // A world this socket does not have.
+        assert_eq!(
+            text(&feed(&mut s, signed(&other, 12, "x"), 0))["t"],
+            "error"
+        );
+        // The body or lamport changed after signing.
+        let mut changed = signed(&k, 13, "x");
+        changed["body"] = "y".into();
+        assert_eq!(text(&feed(&mut s, changed, 0))["t"], "error");
+        assert!(matches!(
+            feed(&mut s, signed(&k, 13, "x"), 0).first(),
+            Some(Out::Forward { .. })
+        ));
+    }
+
+    #[test]
+    fn disconnect_and_illegal_transitions() {
+        let mut s = session();
+        hello(&mut s);
+        let k = key(1);
+        let w = wid(&k);
+        s.activate_world(w).unwrap();
+        assert!(s.world_reply(w, "r".into()).is_some());
+        // Active -> Disconnected skips a state: refused, unchanged.
+        assert_eq!(
+            s.transition(&w, WorldState::Disconnected),
+            Err(IllegalTransition {
+                from: Some(WorldState::Active),
+                to: WorldState::Disconnected
+            })
+        );
+        assert_eq!(s.state(&w), Some(WorldState::Active));
+        let out = feed(
+            &mut s,
+            serde_json::json!({"t":"disconnect","lamport":50,"world":w.encode()}),
+            0,
+        );
+        assert_eq!(out.first(), Some(&Out::EndWorld(w)));
+        assert!(matches!(out.get(1), Some(Out::Send(t)) if t.contains("\"disconnect\"")));
+        assert_eq!(s.state(&w), None);
+        assert!(s.world_reply(w, "r".into()).is_none());
+        assert_eq!(text(&feed(&mut s, signed(&k, 60, "x"), 0))["t"], "error");
+        // Ending it again is an illegal transition, not a second disconnect.
+        assert!(s.end_world(w).is_empty());
+        assert!(s.transition(&w, WorldState::Disconnecting).is_err());
+    }
+
+    #[test]
+    fn weak_world_keys_are_refused() {
+        let mut s = session();
+        hello(&mut s);
+        // The identity point: of small order, so weak.
+        let mut id = [0u8; 32];
+        id[0] = 1;
+        let out = feed(
+            &mut s,
+            serde_json::json!({"t":"fork","lamport":9,"world":WorldId(id).encode(),"command":"echo"}),
+            0,
+        );
+        assert_eq!(text(&out)["reason"], "bad_key");
+        assert_eq!(s.activate_world(WorldId(id)), Err(ActivateError::Duplicate));
+    }
+
+    #[test]
+    fn close_ends_every_world() {
+        let mut s = session();
+        hello(&mut s);
+        s.activate_world(wid(&key(1))).unwrap();
+        s.activate_world(wid(&key(2))).unwrap();
+        let out = s.close();
+        assert_eq!(out.len(), 2);
+        assert!(out.iter().all(|o| matches!(o, Out::EndWorld(_))));
+        assert_eq!(s.active_worlds().count(), 0);
+        assert_eq!(
+            s.activate_world(wid(&key(3))),
+            Err(ActivateError::NotActive)
+        );
+    }
+}
