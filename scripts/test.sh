@@ -40,6 +40,23 @@ if [ -d tests/ws ]; then
     TEST_SIGMA_BIN="$root/target/release/sigma" .venv/bin/python -m pytest -q tests/ws
 fi
 
+if [ -d tests/browser ]; then
+    step "browser tests (headless Chromium, playwright-core)"
+    if [ ! -x /usr/bin/chromium ]; then
+        if [ "$(id -u)" -eq 0 ]; then sudo=; else sudo=sudo; fi
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium
+    fi
+    # playwright-core needs Node.js >= 20 (Debian 12's own nodejs is 18).
+    node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+    if [ "$node_major" -lt 20 ]; then
+        echo "browser tests need Node.js >= 20 with npm (found: $(node --version 2>/dev/null || echo none))" >&2
+        exit 1
+    fi
+    (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+    TEST_SIGMA_BIN="$root/target/release/sigma" node --test tests/browser/
+fi
+
 if [ -x scripts/autobahn.sh ]; then
     step "Autobahn testsuite (kosoku), strict"
     scripts/autobahn.sh

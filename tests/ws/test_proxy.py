@@ -1,0 +1,462 @@
+"""The upstream reverse proxy (DESIGN §6, issue #6; docs/proxy.md), over real sockets.
+
+A real upstream runs in the test process (a threaded `http.server` and a
+`websockets` echo server, on 127.0.0.1); sigma is started with routes to it.
+The upstream records what it received, so the tests check what sigma set and
+removed. No sleeps: timeouts are sigma's own (300 ms read_timeout), and every
+wait is a socket read with a deadline.
+"""
+import asyncio
+import http.client
+import http.server
+import json
+import re
+import socket
+import threading
+
+import pytest
+import websockets
+
+from helpers_auth import AuthSigma
+
+USERS = {"alice": "alice-password-1"}
+BIG = 20 * 1024 * 1024
+
+
+class Upstream:
+    """A threaded HTTP upstream; `behaviour(handler)` answers each request."""
+
+    def __init__(self):
+        self.seen = []
+        outer = self
+
+        class H(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def read_body(self):
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    total = 0
+                    while True:
+                        size = int(self.rfile.readline().strip(), 16)
+                        if size == 0:
+                            self.rfile.readline()
+                            return total
+                        total += len(self.rfile.read(size))
+                        self.rfile.readline()
+                n = int(self.headers.get("Content-Length", "0"))
+                got = 0
+                while got < n:
+                    chunk = self.rfile.read(min(65536, n - got))
+                    if not chunk:
+                        break
+                    got += len(chunk)
+                return got
+
+            def handle_one(self):
+                size = self.read_body()
+                outer.seen.append({"path": self.path, "method": self.command,
+                                   "headers": list(self.headers.items()), "body_len": size})
+                path = self.path
+                if path.startswith("/base/slow"):
+                    self.rfile.read(1)  # never answers; sigma's read_timeout fires
+                    return
+                if path.startswith("/base/big"):
+                    self.send_response(200)
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.send_header("Content-Type", "application/octet-stream")
+                    self.end_headers()
+                    piece = b"x" * 65536
+                    for _ in range(BIG // len(piece)):
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                    self.wfile.write(b"0\r\n\r\n")
+                    return
+                if path.startswith("/base/truncated"):
+                    self.send_response(200)
+                    self.send_header("Content-Length", "1000")
+                    self.end_headers()
+                    self.wfile.write(b"only ten b")
+                    self.close_connection = True
+                    return
+                ident = dict((k.lower(), v) for k, v in self.headers.items()).get("x-sigma-identity", "")
+                body = json.dumps({"path": path, "body_len": size}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Connection", "keep-alive, X-Hop")
+                self.send_header("X-Hop", "secret")
+                self.send_header("Keep-Alive", "timeout=5")
+                self.send_header("Proxy-Authenticate", "Basic")
+                self.send_header("X-Kept", "yes")
+                if "/echo-right" in path:
+                    self.send_header("X-Sigma-Identity", ident)
+                elif "/echo-wrong" in path:
+                    self.send_header("X-Sigma-Identity", "v1.forged")
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            do_GET = do_POST = do_PUT = do_HEAD = handle_one
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class WsUpstream:
+    """A `websockets` echo server that records the handshake headers."""
+
+    def __init__(self):
+        self.headers = []
+        self.closed = []
+        self.ready = threading.Event()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        assert self.ready.wait(10)
+
+    def _run(self):
+        asyncio.set_event_loop(self.loop)
+
+        async def echo(ws):
+            self.headers.append(dict((k.lower(), v) for k, v in ws.request.headers.raw_items()))
+            async for m in ws:
+                if m == "bye":
+                    await ws.close(4001, "bye from upstream")
+                    break
+                await ws.send(m)
+            self.closed.append(ws.close_code)
+
+        async def main():
+            self.stop_event = asyncio.Event()
+            async with websockets.serve(echo, "127.0.0.1", 0) as srv:
+                self.port = srv.sockets[0].getsockname()[1]
+                self.ready.set()
+                await self.stop_event.wait()
+
+        self.loop.run_until_complete(main())
+
+    def stop(self):
+        self.loop.call_soon_threadsafe(self.stop_event.set)
+        self.thread.join(5)
+
+
+def closed_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+@pytest.fixture(scope="module")
+def env():
+    up = Upstream()
+    wsup = WsUpstream()
+    config = f"""
+[http]
+head_timeout = "5s"
+max_body = 67108864
+
+[[route]]
+path = "/api"
+to = "http://127.0.0.1:{up.port}/base"
+read_timeout = "300ms"
+
+[[route]]
+path = "/small"
+to = "http://127.0.0.1:{up.port}/base"
+max_body = 1000
+
+[[route]]
+path = "/strict"
+to = "http://127.0.0.1:{up.port}/base"
+echo_identity = true
+
+[[route]]
+path = "/down"
+to = "http://127.0.0.1:{closed_port()}"
+
+[[route]]
+path = "/wsup"
+to = "http://127.0.0.1:{wsup.port}"
+
+[[route]]
+path = "/wsdown"
+to = "http://127.0.0.1:{closed_port()}"
+"""
+    s = AuthSigma(config, USERS)
+    yield s, up, wsup
+    s.stop()
+    up.stop()
+    wsup.stop()
+
+
+def get(s, method, path, headers=None, body=None):
+    c = http.client.HTTPConnection(s.host, s.port, timeout=20)
+    try:
+        c.request(method, path, body=body, headers=headers or {})
+        r = c.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+    finally:
+        c.close()
+
+
+def last_headers(up):
+    return [(k.lower(), v) for k, v in up.seen[-1]["headers"]]
+
+
+def test_identity_headers_are_set_by_sigma_only(env):
+    s, up, _ = env
+    forged = {"X-Sigma-User": "admin", "X_Sigma_User": "admin", "x-sigma-identity": "v1.forged",
+              "X-Sigma-Provider": "root", "X-Forwarded-For": "6.6.6.6"}
+    st, _, body = get(s, "GET", "/api/x?q=1", headers=forged)
+    assert st == 200, body
+    assert json.loads(body)["path"] == "/base/x?q=1"
+    h = last_headers(up)
+    sigma = [(k, v) for k, v in h if k.replace("_", "-").startswith("x-sigma-")]
+    assert sigma == [("x-sigma-identity", "null")], h
+    assert ("x-forwarded-for", "127.0.0.1") in h and ("x-forwarded-proto", "http") in h
+    assert dict(h)["host"] == f"127.0.0.1:{up.port}"
+
+    headers = dict(forged, Cookie=s.cookie("alice") + "; app=1")
+    st, _, body = get(s, "GET", "/api/y", headers=headers)
+    assert st == 200, body
+    h = last_headers(up)
+    assert dict(h)["cookie"] == "app=1"  # sigma's session cookie stays with sigma
+    sigma = dict((k, v) for k, v in h if k.replace("_", "-").startswith("x-sigma-"))
+    assert sigma["x-sigma-user"] == "alice"
+    assert sigma["x-sigma-provider"] == "password"
+    assert sigma["x-sigma-identity"].startswith("v1.")
+    assert set(sigma) == {"x-sigma-user", "x-sigma-provider", "x-sigma-identity"}, h
+    assert [k for k, _ in h].count("x-sigma-user") == 1
+
+
+def test_hop_by_hop_headers_are_removed_both_ways(env):
+    s, up, _ = env
+    st, headers, _ = get(s, "GET", "/api/hop", headers={
+        "Connection": "X-Client-Hop", "X-Client-Hop": "1", "TE": "trailers",
+        "Proxy-Authorization": "Basic x", "X-End": "kept"})
+    assert st == 200
+    h = dict(last_headers(up))
+    for gone in ("x-client-hop", "te", "proxy-authorization"):
+        assert gone not in h, h
+    assert h["x-end"] == "kept"
+    for gone in ("x-hop", "keep-alive", "proxy-authenticate"):
+        assert gone not in headers, headers
+    assert headers["x-kept"] == "yes"
+    assert "x-sigma-identity" not in headers
+
+
+def test_echo_identity(env):
+    s, up, _ = env
+    for path in ("/strict/plain", "/strict/echo-wrong"):
+        st, _, body = get(s, "GET", path)
+        assert st == 502, (path, st)
+        assert b"body_len" not in body
+    st, headers, body = get(s, "GET", "/strict/echo-right", headers={"Cookie": s.cookie("alice")})
+    assert st == 200, body
+    assert json.loads(body)["path"] == "/base/echo-right"
+    assert "x-sigma-identity" not in headers
+    st, _, metrics = get(s, "GET", "/metrics")
+    assert st == 200
+    count = [l for l in metrics.decode().splitlines() if l.startswith("sigma_identity_mismatch_total")]
+    assert count and int(count[0].split()[-1]) >= 2, count
+
+
+def test_upstream_down_is_502_and_slow_is_504(env):
+    s, _, _ = env
+    st, _, body = get(s, "GET", "/down/x")
+    assert st == 502 and b"refused" not in body.lower()
+    st, _, _ = get(s, "GET", "/api/slow")
+    assert st == 504
+
+
+def test_large_response_streams_with_bounded_memory(env):
+    s, _, _ = env
+    base = rss_kib(s.proc.pid)
+    c = http.client.HTTPConnection(s.host, s.port, timeout=30)
+    c.request("GET", "/api/big")
+    r = c.getresponse()
+    assert r.status == 200
+    assert r.getheader("Transfer-Encoding") == "chunked"
+    total = 0
+    peak = 0
+    while True:
+        chunk = r.read(1 << 20)
+        if not chunk:
+            break
+        total += len(chunk)
+        peak = max(peak, rss_kib(s.proc.pid))
+    c.close()
+    assert total == BIG
+    # sigma never held the body: its memory grew far less than 20 MiB.
+    assert peak - base < 12 * 1024, (base, peak)
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def test_large_request_body_streams_to_the_upstream(env):
+    s, up, _ = env
+    size = 24 * 1024 * 1024
+
+    def gen():
+        piece = b"y" * 65536
+        for _ in range(size // len(piece)):
+            yield piece
+
+    c = http.client.HTTPConnection(s.host, s.port, timeout=30)
+    c.request("POST", "/api/upload", body=gen(), encode_chunked=True,
+              headers={"Transfer-Encoding": "chunked"})
+    r = c.getresponse()
+    body = r.read()
+    c.close()
+    assert r.status == 200, body
+    assert json.loads(body)["body_len"] == size
+    assert up.seen[-1]["body_len"] == size
+
+
+def test_route_max_body_still_applies(env):
+    s, _, _ = env
+    st, _, _ = get(s, "POST", "/small/x", body=b"z" * 2000)
+    assert st == 413
+
+
+def test_websocket_through_the_proxy_echoes(env):
+    s, _, wsup = env
+
+    async def go():
+        async with websockets.connect(s.url("/wsup/chat"), additional_headers={"X-Sigma-User": "admin"}) as ws:
+            await ws.send("hello upstream")
+            assert await asyncio.wait_for(ws.recv(), 10) == "hello upstream"
+            await ws.send(b"\x00\x01")
+            assert await asyncio.wait_for(ws.recv(), 10) == b"\x00\x01"
+
+    asyncio.run(go())
+    h = wsup.headers[-1]
+    assert h["x-sigma-identity"] == "null"
+    assert "x-sigma-user" not in h
+
+
+def test_websocket_upstream_down_refuses_the_upgrade_with_502(env):
+    s, _, _ = env
+
+    async def go():
+        with pytest.raises(websockets.InvalidStatus) as e:
+            async with websockets.connect(s.url("/wsdown/x")):
+                pass
+        return e.value.response.status_code
+
+    assert asyncio.run(go()) == 502
+
+
+def test_chunked_body_over_route_max_body_is_413(env):
+    s, _, _ = env
+
+    def gen():
+        for _ in range(4):
+            yield b"z" * 600
+
+    c = http.client.HTTPConnection(s.host, s.port, timeout=20)
+    c.request("POST", "/small/x", body=gen(), encode_chunked=True,
+              headers={"Transfer-Encoding": "chunked"})
+    r = c.getresponse()
+    r.read()
+    c.close()
+    assert r.status == 413
+
+
+def test_truncated_upstream_body_is_not_passed_off_as_whole(env):
+    s, _, _ = env
+    c = http.client.HTTPConnection(s.host, s.port, timeout=20)
+    c.request("GET", "/api/truncated")
+    r = c.getresponse()
+    assert r.status == 200 and r.getheader("Content-Length") == "1000"
+    with pytest.raises(http.client.IncompleteRead):
+        r.read()
+    c.close()
+
+
+def test_pipelined_requests_keep_their_order_and_head_has_no_body(env):
+    s, _, _ = env
+    sock = socket.create_connection((s.host, s.port), timeout=20)
+    reqs = (b"GET /api/first HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"HEAD /api/second HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /api/third HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    sock.sendall(reqs)
+    data = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    sock.close()
+    text = data.decode()
+    assert text.count("HTTP/1.1 200 OK") == 4, text
+    first = text.index('"/base/first"')
+    third = text.index('"/base/third"')
+    assert first < text.index("ok\n") < third
+    assert '"/base/second"' not in text  # HEAD: no body
+
+
+def test_pipelined_uploads_each_arrive_whole(env):
+    s, _, _ = env
+    size = 2 * 1024 * 1024
+    sock = socket.create_connection((s.host, s.port), timeout=30)
+    one = b"POST /api/up1 HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size + b"a" * size
+    two = b"POST /api/up2 HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % size + b"b" * size
+    sent = threading.Thread(target=lambda: sock.sendall(one + two))
+    sent.start()
+    data = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    sent.join(30)
+    sock.close()
+    bodies = [json.loads(m) for m in re.findall(rb"\{[^}]*\}", data)]
+    assert bodies == [{"path": "/base/up1", "body_len": size}, {"path": "/base/up2", "body_len": size}], data[:500]
+
+
+def test_websocket_close_propagates_both_ways(env):
+    s, _, wsup = env
+
+    async def upstream_closes():
+        async with websockets.connect(s.url("/wsup/a")) as ws:
+            await ws.send("bye")
+            with pytest.raises(websockets.ConnectionClosed) as e:
+                await asyncio.wait_for(ws.recv(), 10)
+            return e.value.rcvd.code, e.value.rcvd.reason
+
+    assert asyncio.run(upstream_closes()) == (4001, "bye from upstream")
+
+    before = len(wsup.closed)
+
+    async def client_closes():
+        async with websockets.connect(s.url("/wsup/b")) as ws:
+            await ws.send("ping")
+            assert await asyncio.wait_for(ws.recv(), 10) == "ping"
+        # The upstream socket closes too: poll with a deadline.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while len(wsup.closed) <= before and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+
+    asyncio.run(client_closes())
+    assert len(wsup.closed) > before

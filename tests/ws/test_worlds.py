@@ -1,0 +1,474 @@
+"""Worlds (DESIGN §5, issue #8): the signed-client handshake over real sockets.
+
+A test client written against the spec: it opens the session socket at /ws
+(cookie + Origin, or a bearer token), says hello, forks worlds with Ed25519
+keys (`cryptography`), signs initiates and world messages, and fetches the
+worker code from /world/<command>.js like a browser's Worker would. One
+sigma process with users alice and bob serves the module; its minute key
+rotates every 2 s so the rotation tests wait seconds, not minutes.
+"""
+import base64
+import json
+import time
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from helpers_auth import AuthSigma
+
+USERS = {"alice": "alice-password-1", "bob": "bob-password-2"}
+ROTATION_MS = 2000
+
+CONFIG = """
+[auth]
+login_per_ip_per_minute = 1000
+login_per_user_per_minute = 1000
+
+[worlds]
+activation_timeout = "1s"
+max_per_session = 3
+forks_per_minute = 5
+key_rotation = "2s"
+"""
+
+
+def b64(b: bytes) -> str:
+    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+
+def unb64(s: str) -> bytes:
+    return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
+
+
+def flip(b: bytes, bit: int) -> bytes:
+    out = bytearray(b)
+    out[bit // 8] ^= 1 << (bit % 8)
+    return bytes(out)
+
+
+@pytest.fixture(scope="module")
+def hub():
+    s = AuthSigma(CONFIG, USERS)
+    yield s
+    s.stop()
+
+
+class Client:
+    """One session socket, speaking DESIGN §5 (Lamport clock included)."""
+
+    def __init__(self, hub, user, cookie=None, token=None):
+        self.hub = hub
+        if token:
+            self.auth = {"Authorization": f"Bearer {token}"}
+        else:
+            self.auth = {"Cookie": cookie or hub.cookie(user)}
+        headers = dict(self.auth, Origin=hub.origin)
+        self.ws = connect(hub.url("/ws"), additional_headers=headers,
+                          open_timeout=10, close_timeout=2).__enter__()
+        self.lamport = 0
+        self.seen = []
+
+    def send(self, **msg):
+        self.lamport += 1
+        msg.setdefault("lamport", self.lamport)
+        self.ws.send(json.dumps(msg))
+        return msg["lamport"]
+
+    def recv(self, timeout=5):
+        msg = json.loads(self.ws.recv(timeout))
+        assert isinstance(msg["lamport"], int)
+        if self.seen:
+            assert msg["lamport"] > self.seen[-1]["lamport"], "server clock must increase"
+        self.seen.append(msg)
+        self.lamport = max(self.lamport, msg["lamport"]) + 1
+        return msg
+
+    def hello(self):
+        sent = self.send(t="hello")
+        w = self.recv()
+        assert w["t"] == "welcome"
+        assert w["lamport"] > sent
+        return w
+
+    def fork(self, command="echo", key=None):
+        key = key or Ed25519PrivateKey.generate()
+        world = b64(key.public_key().public_bytes_raw())
+        self.send(t="fork", world=world, command=command)
+        reply = self.recv()
+        assert reply["world"] == world, reply
+        return key, world, reply
+
+    def initiate(self, key, world, command, cookie, *, path=None, headers=None,
+                 tamper_initiate=None, tamper_sig=None):
+        """GET the worker code as a Worker would; returns (status, body)."""
+        initiate = json.dumps({"cookie": cookie, "world": world, "command": command}).encode()
+        sig = key.sign(initiate)
+        if tamper_initiate is not None:
+            initiate = flip(initiate, tamper_initiate)
+        if tamper_sig is not None:
+            sig = flip(sig, tamper_sig)
+        target = path or f"/world/{command}.js"
+        status, hdrs, body = self.hub.request(
+            "GET", f"{target}?initiate={b64(initiate)}&sig={b64(sig)}",
+            headers=headers if headers is not None else self.auth)
+        return status, hdrs, body
+
+    def start(self, command="echo"):
+        """fork + initiate: an active world (key, id)."""
+        key, world, reply = self.fork(command)
+        assert reply["t"] == "fork-cookie", reply
+        status, hdrs, body = self.initiate(key, world, command, reply["cookie"])
+        assert status == 200, body
+        return key, world
+
+    def say(self, key, world, body, lamport=None, signer=None):
+        self.lamport += 1
+        n = lamport if lamport is not None else self.lamport
+        sig = (signer or key).sign(f"{world}\n{n}\n{body}".encode())
+        self.ws.send(json.dumps({"t": "world", "world": world, "lamport": n,
+                                 "body": body, "sig": b64(sig)}))
+
+    def close(self):
+        self.ws.close()
+
+
+def expect_error(c):
+    m = c.recv()
+    assert m["t"] == "error", m
+    return m["message"]
+
+
+def quiet(c, timeout=0.3):
+    """Nothing arrives within `timeout` (used only to show absence)."""
+    try:
+        m = c.ws.recv(timeout)
+    except TimeoutError:
+        return True
+    raise AssertionError(f"unexpected message {m}")
+
+
+# -- the happy path -----------------------------------------------------------
+
+def test_happy_path(hub):
+    c = Client(hub, "alice")
+    w = c.hello()
+    assert w["user"] == "alice"
+    names = {cmd["name"]: cmd["code"] for cmd in w["commands"]}
+    assert names["echo"] == "/world/echo.js"
+    key, world, reply = c.fork("echo")
+    assert reply["t"] == "fork-cookie"
+    status, hdrs, code = c.initiate(key, world, "echo", reply["cookie"])
+    assert status == 200, code
+    assert hdrs["content-type"].startswith("text/javascript")
+    assert hdrs["cache-control"] == "no-store"
+    assert b"postMessage" in code
+    c.say(key, world, "ping 1")
+    m = c.recv()
+    assert m == {"t": "world", "world": world, "body": "ping 1", "lamport": m["lamport"]}
+    c.say(key, world, json.dumps({"x": [1, "two"]}))
+    assert json.loads(c.recv()["body"]) == {"x": [1, "two"]}
+    c.close()
+
+
+def test_bearer_token_session(hub):
+    status, body = hub.post_json("/auth/token", {}, user="alice")
+    assert status == 200, body
+    c = Client(hub, "alice", token=body["token"])
+    c.hello()
+    key, world = c.start("echo")
+    c.say(key, world, "via bearer")
+    assert c.recv()["body"] == "via bearer"
+    # The same user's cookie session is another session: refused.
+    key2, world2, reply = c.fork("echo")
+    status, _, _ = c.initiate(key2, world2, "echo", reply["cookie"],
+                              headers={"Cookie": hub.cookie("alice")})
+    assert status == 403
+    c.close()
+
+
+def test_replies_reach_only_their_world(hub):
+    c = Client(hub, "alice")
+    c.hello()
+    k1, w1 = c.start()
+    k2, w2 = c.start()
+    for i in range(20):
+        c.say(k1, w1, f"one {i}")
+        c.say(k2, w2, f"two {i}")
+    got = [c.recv() for _ in range(40)]
+    assert [m["body"] for m in got if m["world"] == w1] == [f"one {i}" for i in range(20)]
+    assert [m["body"] for m in got if m["world"] == w2] == [f"two {i}" for i in range(20)]
+    c.close()
+
+
+def test_chat_world_through_broadcast_carries_user(hub):
+    a = Client(hub, "alice")
+    a.hello()
+    b = Client(hub, "bob")
+    b.hello()
+    ka, wa = a.start("chat")
+    kb, wb = b.start("chat")
+    for c, k, w in ((a, ka, wa), (b, kb, wb)):
+        c.say(k, w, json.dumps({"type": "subscribe", "channel": "public:worlds-test"}))
+        assert json.loads(c.recv()["body"])["type"] == "subscribed"
+    a.say(ka, wa, json.dumps({"type": "publish", "channel": "public:worlds-test", "data": "hi"}))
+    for c, w in ((a, wa), (b, wb)):
+        m = c.recv()
+        assert m["world"] == w
+        d = json.loads(m["body"])
+        assert (d["type"], d["from"], d["data"]) == ("message", "alice", "hi")
+    a.close()
+    b.close()
+
+
+# -- activation ---------------------------------------------------------------
+
+def test_activation_timeout_closes_4408(hub):
+    c = Client(hub, "alice")
+    start = time.monotonic()
+    with pytest.raises(ConnectionClosed) as e:
+        c.ws.recv(10)
+    assert e.value.rcvd.code == 4408
+    assert 0.5 < time.monotonic() - start < 5
+
+
+def test_no_credentials_no_upgrade(hub):
+    status, _, _ = hub.request("GET", "/ws", headers={
+        "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Origin": hub.origin})
+    assert status == 401
+
+
+def test_cross_site_upgrade_refused(hub):
+    with pytest.raises(Exception) as e:
+        connect(hub.url("/ws"), additional_headers={"Cookie": hub.cookie("alice"),
+                                                     "Origin": "http://evil.example"},
+                open_timeout=5)
+    assert "403" in str(e.value)
+
+
+def test_messages_before_hello_are_refused(hub):
+    c = Client(hub, "alice")
+    c.send(t="fork", world=b64(bytes(32)), command="echo")
+    assert "hello" in expect_error(c)
+    c.hello()
+    c.close()
+
+
+# -- fork ---------------------------------------------------------------------
+
+def test_fork_unknown_command_duplicate_and_limit(hub):
+    c = Client(hub, "alice")
+    c.hello()
+    _, _, reply = c.fork("no-such-command")
+    assert reply == {"t": "fork-refused", "world": reply["world"],
+                     "reason": "unknown_command", "lamport": reply["lamport"]}
+    key, world = c.start()
+    _, _, reply = c.fork("echo", key=key)
+    assert (reply["t"], reply["reason"]) == ("fork-refused", "duplicate")
+    c.start()
+    c.start()
+    _, _, reply = c.fork("echo")
+    assert (reply["t"], reply["reason"]) == ("fork-refused", "limit")
+    c.close()
+
+
+def test_fork_rate_limit(hub):
+    c = Client(hub, "alice")
+    c.hello()
+    for _ in range(5):
+        assert c.fork()[2]["t"] == "fork-cookie"
+    _, _, reply = c.fork()
+    assert (reply["t"], reply["reason"]) == ("fork-refused", "rate")
+    c.close()
+
+
+def test_bad_envelopes_keep_the_socket(hub):
+    c = Client(hub, "alice")
+    c.hello()
+    for bad in ['{"t":"hello"}', "not json", '{"t":"zap","lamport":1}',
+                '{"t":"fork","lamport":1,"world":"AAAA","command":"echo"}',
+                '{"t":"hello","lamport":1,"extra":true}']:
+        c.ws.send(bad)
+        expect_error(c)
+    c.ws.send(b"\x00binary")
+    expect_error(c)
+    c.start()
+    c.close()
+
+
+# -- initiate -------------------------------------------------------------------
+
+def test_initiate_errors(hub):
+    c = Client(hub, "alice")
+    c.hello()
+    key, world, reply = c.fork()
+    cookie = reply["cookie"]
+    # Missing parameters: 400.
+    for q in ["", "?initiate=e30", "?sig=AAAA", "?initiate=***&sig=***"]:
+        status, _, _ = hub.request("GET", f"/world/echo.js{q}", headers=c.auth)
+        assert status == 400, q
+    # Unknown command: 404.
+    status, _, _ = c.initiate(key, world, "echo", cookie, path="/world/nope.js")
+    assert status == 404
+    # A flipped bit in the cookie, the initiate, the signature: 403.
+    raw = unb64(cookie)
+    for bit in (0, 8 * 24 + 3, 8 * len(raw) - 1):
+        status, _, _ = c.initiate(key, world, "echo", b64(flip(raw, bit)))
+        assert status == 403, bit
+    for bit in (5, 8 * 20 + 1, 8 * 60):
+        status, _, _ = c.initiate(key, world, "echo", cookie, tamper_initiate=bit)
+        assert status == 403, bit
+    for bit in (0, 255, 511):
+        status, _, _ = c.initiate(key, world, "echo", cookie, tamper_sig=bit)
+        assert status == 403, bit
+    # Signed by another key, or for another world than the cookie's.
+    other = Ed25519PrivateKey.generate()
+    status, _, _ = c.initiate(other, world, "echo", cookie)
+    assert status == 403
+    status, _, _ = c.initiate(other, b64(other.public_key().public_bytes_raw()), "echo", cookie)
+    assert status == 403
+    # Anonymous: the route needs a login.
+    status, _, _ = c.initiate(key, world, "echo", cookie, headers={})
+    assert status == 401
+    # Still good after all that; then a replay is 409.
+    status, _, _ = c.initiate(key, world, "echo", cookie)
+    assert status == 200
+    status, _, _ = c.initiate(key, world, "echo", cookie)
+    assert status == 409
+    c.close()
+
+
+def test_cookie_from_another_session(hub):
+    a1 = Client(hub, "alice")
+    a1.hello()
+    key, world, reply = a1.fork()
+    other_session = hub.login("alice")
+    status, _, _ = a1.initiate(key, world, "echo", reply["cookie"],
+                               headers={"Cookie": other_session})
+    assert status == 403
+    status, _, _ = a1.initiate(key, world, "echo", reply["cookie"],
+                               headers={"Cookie": hub.cookie("bob")})
+    assert status == 403
+    a1.close()
+
+
+def wait_for_phase(epoch=None, lo=300, hi=1200):
+    """Polls the wall clock (the server's key epochs are now_ms // 2000)
+    until it is `lo..hi` ms into epoch `epoch` (or any epoch); returns it."""
+    deadline = time.monotonic() + 4 * ROTATION_MS / 1000
+    while time.monotonic() < deadline:
+        now = int(time.time() * 1000)
+        e, into = divmod(now, ROTATION_MS)
+        if (epoch is None or e == epoch) and lo <= into < hi:
+            return e
+        if epoch is not None and e > epoch:
+            raise AssertionError("missed the epoch")
+        time.sleep(0.02)
+    raise AssertionError("clock phase not reached")
+
+
+def test_minute_key_rotation(hub):
+    c = Client(hub, "alice")
+    c.hello()
+    e = wait_for_phase()
+    k1, w1, r1 = c.fork()
+    k2, w2, r2 = c.fork()
+    # One rotation later the cookie was sealed under the previous key: accepted.
+    wait_for_phase(e + 1)
+    status, _, _ = c.initiate(k1, w1, "echo", r1["cookie"])
+    assert status == 200
+    # Older than two rotations: the key is gone, refused.
+    wait_for_phase(e + 2)
+    status, _, body = c.initiate(k2, w2, "echo", r2["cookie"])
+    assert status == 403, body
+    c.close()
+
+
+# -- world messages -------------------------------------------------------------
+
+def test_message_signed_by_another_world(hub):
+    c = Client(hub, "alice")
+    c.hello()
+    k1, w1 = c.start()
+    k2, w2 = c.start()
+    c.say(k1, w1, "forged", signer=k2)
+    assert "signature" in expect_error(c)
+    c.say(k1, w1, "genuine")
+    assert c.recv()["body"] == "genuine"
+    c.close()
+
+
+def test_replayed_and_stale_lamports(hub):
+    c = Client(hub, "alice")
+    c.hello()
+    k, w = c.start()
+    c.say(k, w, "first", lamport=100)
+    assert c.recv()["body"] == "first"
+    c.say(k, w, "first", lamport=100)
+    assert "replay" in expect_error(c)
+    c.say(k, w, "older", lamport=99)
+    assert "replay" in expect_error(c)
+    c.close()
+
+
+def test_message_for_a_world_of_another_session(hub):
+    a = Client(hub, "alice")
+    a.hello()
+    ka, wa = a.start()
+    b = Client(hub, "bob")
+    b.hello()
+    b.say(ka, wa, "not yours")  # even with the right key
+    assert "unknown world" in expect_error(b)
+    a2 = Client(hub, "alice", cookie=hub.login("alice"))
+    a2.hello()
+    a2.say(ka, wa, "not this socket's")
+    assert "unknown world" in expect_error(a2)
+    assert quiet(a)
+    a.say(ka, wa, "still mine")
+    assert a.recv()["body"] == "still mine"
+    for c in (a, b, a2):
+        c.close()
+
+
+def test_disconnect_from_client_and_socket_close(hub):
+    c = Client(hub, "alice")
+    c.hello()
+    k, w = c.start()
+    c.send(t="disconnect", world=w)
+    m = c.recv()
+    assert (m["t"], m["world"]) == ("disconnect", w)
+    c.say(k, w, "after")
+    assert "world" in expect_error(c)
+    c.send(t="disconnect", world=w)
+    expect_error(c)
+    # The slot is free again (max_per_session = 3).
+    c.start()
+    c.start()
+    c.start()
+    c.close()
+
+
+def open_connections(hub):
+    status, _, body = hub.request("GET", "/metrics")
+    assert status == 200
+    line = next(l for l in body.decode().splitlines() if l.startswith("sigma_connections_open "))
+    return int(line.split()[1])
+
+
+def test_socket_close_ends_its_worlds(hub):
+    c = Client(hub, "alice")
+    c.hello()
+    c.start()
+    key, world, reply = c.fork()
+    c.close()
+    # Poll until the server has let go of the socket (only the metrics
+    # request itself is open), then the cookie names a socket that is gone.
+    deadline = time.monotonic() + 5
+    while open_connections(hub) > 1:
+        assert time.monotonic() < deadline, "socket still open on the server"
+        time.sleep(0.02)
+    status, _, body = c.initiate(key, world, "echo", reply["cookie"])
+    assert status == 403, body
+    assert json.loads(body)["error"] == "session_socket_gone"
