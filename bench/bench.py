@@ -16,6 +16,8 @@ Scenarios (DESIGN §10, issue 4):
      while wrk measures a well-behaved client             sigma, nginx
   6  &broadcast fan-out: 10 000 subscribers on one
      channel, one publisher at a fixed rate               sigma, ws-fanout
+  7  signed world messages through /ws (DESIGN §5):
+     100 worlds, each message Ed25519-verified, to &echo  sigma (vs its scenario 3)
 """
 
 import argparse
@@ -288,6 +290,43 @@ def sigma_load_echo(scenario, server, srv, seconds, warmup, quiet=False):
     return r
 
 
+def sigma_load_world(scenario, server, srv, seconds, warmup, quiet=False):
+    """Scenario 7: sigma-load's world mode (one world per connection)."""
+    argv = [LOAD, "--json", "-H", f"Cookie: {srv.cookie}",
+            "-H", f"Origin: http://127.0.0.1:{srv.port}", "world", "--url",
+            f"ws://127.0.0.1:{srv.port}/ws", "-c", "100", "--in-flight", "1",
+            "-d", f"{seconds}s", "-w", f"{warmup}s"]
+    if quiet:
+        subprocess.run(LOAD_PIN + [str(a) for a in argv],
+                       capture_output=True, env=ENV, timeout=seconds + warmup + 60)
+        return None
+    p = run_load(scenario, server, argv, seconds + warmup + 60)
+    line = p.stdout.strip().splitlines()[-1] if p.stdout.strip() else ""
+    try:
+        r = json.loads(line)
+    except json.JSONDecodeError:
+        raise RuntimeError(f"sigma-load world failed:\n{p.stdout}\n{p.stderr}")
+    r["rate"] = r["msgs_per_s"]
+    r["errors_total"] = r["errors"] + r["connect_errors"] + r["bad_replies"]
+    return r
+
+
+def scenario_world(key, args, servers, workdir, perf):
+    runs = []
+    for rnd in range(args.rounds):
+        s = servers["sigma"]()
+        log(f"  [{key}] sigma (round {rnd + 1}/{args.rounds}) on :{s.port}")
+        s.start(key)
+        try:
+            sigma_load_world(key, "sigma", s, args.warmup, 0, quiet=True)
+            r = measure(s, lambda: sigma_load_world(key, "sigma", s, args.duration, 0),
+                        perf, key, args.duration)
+        finally:
+            s.stop()
+        runs.append(r)
+    return {"sigma": median_run(runs)}
+
+
 class Perf:
     """`perf record` of a server during a measured run (with --perf)."""
 
@@ -295,7 +334,7 @@ class Perf:
         self.enabled, self.workdir, self.reports = enabled, workdir, {}
 
     def start(self, scenario, server, seconds):
-        if not self.enabled or server.name != "sigma" or scenario not in ("1", "2", "3", "5-attack"):
+        if not self.enabled or server.name != "sigma" or scenario not in ("1", "2", "3", "5-attack", "7"):
             return None
         out = self.workdir / f"perf-{scenario}.data"
         # Not real-time: a SCHED_FIFO perf spinning on the load core would
@@ -741,6 +780,17 @@ def build_rows(res):
                          + f" ({x['delivered'] * 100:.1f} % of expected{errs}{closes})",
                          fmt_us(x["p50_us"]), fmt_us(x["p99_us"]), fmt_kib(x["hwm_kib"]),
                          f"{x['cpu']:.0f} %", ratio, "report" if n == "sigma" else ""])
+    r = res.get("7")
+    if r:
+        x = r["sigma"]
+        base = res.get("3", {}).get("sigma")
+        ratio = f"{x['rate'] / base['rate']:.2f}× its plain echo (3)" \
+            if base and base["rate"] else ""
+        errs = f" ({x['errors_total']} errors)" if x["errors_total"] else ""
+        rows.append(["7 signed world messages, 100 worlds → &echo", "sigma",
+                     fmt_rate(x["rate"], "msgs/s") + errs, fmt_us(x["p50_us"]),
+                     fmt_us(x["p99_us"]), fmt_kib(x["hwm_kib"]), f"{x['cpu']:.0f} %",
+                     ratio, "report"])
     return rows
 
 
@@ -769,7 +819,8 @@ def md_table(rows):
 def observations(res):
     """Short, automatic notes on what bounded each number."""
     notes = []
-    for key, title in (("1", "scenario 1"), ("2", "scenario 2"), ("3", "scenario 3")):
+    for key, title in (("1", "scenario 1"), ("2", "scenario 2"), ("3", "scenario 3"),
+                       ("7", "scenario 7")):
         r = res.get(key)
         if not r:
             continue
@@ -970,7 +1021,7 @@ def main():
     ap.add_argument("--warmup", type=int, default=2, help="warm-up seconds per run")
     ap.add_argument("--rounds", type=int, default=1,
                     help="rounds of scenarios 1-3 (servers alternate; median shown)")
-    ap.add_argument("--scenarios", default="1,2,3,4,5,6", help="comma-separated subset")
+    ap.add_argument("--scenarios", default="1,2,3,4,5,6,7", help="comma-separated subset")
     ap.add_argument("--idle-connections", type=int, default=10000)
     ap.add_argument("--slow-headers", type=int, default=2000)
     ap.add_argument("--slow-bodies", type=int, default=500)
@@ -1037,6 +1088,9 @@ def main():
     if "6" in wanted:
         log("scenario 6: &broadcast fan-out")
         res["6"] = scenario_fanout("6", args, servers, workdir)
+    if "7" in wanted:
+        log("scenario 7: signed world messages")
+        res["7"] = scenario_world("7", args, servers, workdir, perf)
 
     wall = time.time() - start
     rows = build_rows(res)
