@@ -1,0 +1,127 @@
+//! Invariant: any bytes: the session socket's envelope parser, the initiate parser, the `GET /world/<cmd>.js` query parser, the fork-cookie opener and the session state machine never panic; a parsed world message's `world` decodes to its id and a fork names a 1..=64-byte command; a parsed query has a 64-byte signature; random bytes never open as a cookie; the server's Lamport stamps strictly increase and nothing is sent after a close.
+//!
+//! Where it sits: `&world` (DESIGN §5), on everything a client controls
+//! before a signature is checked: the JSON envelopes on `/ws`, and the
+//! `initiate` and `sig` query parameters of the worker fetch.
+//!
+//! Input layout: byte 0 = mode (0: the rest is one client envelope; 1: an
+//! initiate; 2: a query string; 3: a cookie; 4+: the rest, split at
+//! newlines, is a sequence of envelopes fed to one session that has said
+//! hello, with one real world active whose key is `[1; 32]`: lines
+//! starting with `!` are signed by that world first).
+
+#![no_main]
+
+use ed25519_dalek::{Signer, SigningKey};
+use libfuzzer_sys::fuzz_target;
+use sigma::world::cookie::MinuteKeys;
+use sigma::world::envelope::{self, ClientMsg, CommandInfo};
+use sigma::world::session::{Limits, Out, Session};
+use sigma::world::{b64_encode, WorldId};
+
+fn check_envelope(text: &str) {
+    if let Ok(env) = envelope::parse_client(text) {
+        match env.msg {
+            ClientMsg::World {
+                world_text, world, ..
+            } => assert_eq!(WorldId::parse(&world_text), Some(world)),
+            ClientMsg::Fork { command, .. } => {
+                assert!(!command.is_empty() && command.len() <= envelope::MAX_COMMAND)
+            }
+            ClientMsg::Hello | ClientMsg::Disconnect { .. } => {}
+        }
+    }
+}
+
+fn run_session(data: &[u8]) {
+    let commands = vec![CommandInfo {
+        name: "echo".into(),
+        code: "/world/echo.js".into(),
+    }];
+    let key = SigningKey::from_bytes(&[1; 32]);
+    let world = WorldId(key.verifying_key().to_bytes());
+    let mut s = Session::new(
+        "fuzz".into(),
+        Limits {
+            max_worlds: 2,
+            forks_per_minute: 5,
+        },
+        0,
+    );
+    let mut seal = |_: &WorldId, _: &str| Some("c".to_owned());
+    let mut last = 0u64;
+    let mut closed = false;
+    let mut check = |outs: Vec<Out>, closed: &mut bool| {
+        for o in outs {
+            match o {
+                Out::Send(t) => {
+                    assert!(!*closed, "sent after close");
+                    let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                    let n = v["lamport"].as_u64().unwrap();
+                    assert!(n > last || n == u64::MAX, "lamport {n} after {last}");
+                    last = n;
+                }
+                Out::Close { .. } => *closed = true,
+                Out::Forward { world: w, .. } | Out::EndWorld(w) => assert_eq!(w, world),
+            }
+        }
+    };
+    let outs = s.on_text(r#"{"t":"hello","lamport":1}"#, 0, &commands, &mut seal);
+    check(outs, &mut closed);
+    s.activate_world(world).unwrap();
+    for (i, line) in data.split(|b| *b == b'\n').enumerate() {
+        let Ok(line) = std::str::from_utf8(line) else {
+            continue;
+        };
+        let text = match line.strip_prefix('!') {
+            // `!N body`: a world message signed by the active world.
+            Some(rest) => {
+                let (n, body) = rest.split_once(' ').unwrap_or((rest, ""));
+                let n: u64 = n.parse().unwrap_or(0);
+                let w = world.encode();
+                let sig = key.sign(&envelope::signed_bytes(&w, n, body));
+                serde_json::json!({"t":"world","world":w,"lamport":n,"body":body,
+                    "sig": b64_encode(&sig.to_bytes())})
+                .to_string()
+            }
+            None => line.to_owned(),
+        };
+        let now = (i as u64).saturating_mul(1000);
+        let outs = s.on_text(&text, now, &commands, &mut seal);
+        check(outs, &mut closed);
+        if i % 7 == 6 {
+            let outs = s.activation_deadline();
+            check(outs, &mut closed);
+        }
+    }
+    let outs = s.close();
+    check(outs, &mut closed);
+}
+
+fuzz_target!(|input: &[u8]| {
+    let [mode, data @ ..] = input else {
+        return;
+    };
+    match mode {
+        0 => {
+            if let Ok(t) = std::str::from_utf8(data) {
+                check_envelope(t);
+            }
+        }
+        1 => {
+            if let Ok(i) = envelope::parse_initiate(data) {
+                assert!(!i.command.is_empty() && i.command.len() <= envelope::MAX_COMMAND);
+            }
+        }
+        2 => {
+            if let Some((_, sig)) = envelope::parse_query(data) {
+                assert_eq!(sig.len(), 64);
+            }
+        }
+        3 => {
+            let mut keys = MinuteKeys::new(std::time::Duration::from_secs(60));
+            assert!(keys.open(data, 1_700_000_000_000).is_err());
+        }
+        _ => run_session(data),
+    }
+});
