@@ -164,6 +164,7 @@ function onIdToken(fn) {
 
 let emailFor = 'alice@example.com';
 let emailVerified = true;
+let ghLogin = 'OctoCat'; // the GitHub stand-in's account name
 
 function startGithubStandIn() {
   const srv = http.createServer(async (req, res) => {
@@ -207,7 +208,7 @@ function startGithubStandIn() {
     const auth = (req.headers.authorization || '').replace(/^(Bearer|token) /, '');
     if (!ghState.tokens.has(auth)) return json(401, { message: 'Bad credentials' });
     if (req.method === 'GET' && u.pathname === '/user') {
-      return json(200, { login: 'OctoCat', id: 583231, name: 'The Octocat', email: null });
+      return json(200, { login: ghLogin, id: 583231, name: 'The Octocat', email: null });
     }
     if (req.method === 'GET' && u.pathname === '/user/emails') {
       return json(200, [
@@ -280,6 +281,16 @@ client_secret = "gh-secret"
 auth_url = "${ghBase}/login/oauth/authorize"
 token_url = "${ghBase}/login/oauth/access_token"
 api_url = "${ghBase}"
+
+# Linked to the local password user admin (sigma creates it on first start).
+[auth.oauth.ghadmin]
+kind = "github"
+client_id = "gh-client"
+client_secret = "gh-secret"
+auth_url = "${ghBase}/login/oauth/authorize"
+token_url = "${ghBase}/login/oauth/access_token"
+api_url = "${ghBase}"
+allowed_users = ["admin"]
 `;
   sigma = await startSigma(config, sigmaPort, path.join(dataDir, 'run'));
 });
@@ -571,6 +582,31 @@ test('GitHub (stand-in): a refused code gives a clear page', async () => {
   const r = await step(callback, jar, sigma.base);
   assert.equal(r.status, 400);
   assert.equal(reason(r), 'oauth_code_rejected');
+});
+
+test('GitHub: an account named like a local password user is refused unless linked', async () => {
+  // sigma created the password user admin on first start; GitHub's
+  // default user_claim = "login" maps the account "Admin" to admin.
+  ghLogin = 'Admin';
+  try {
+    const { jar, callback } = await toCallback('gh');
+    const r = await step(callback, jar, sigma.base);
+    assert.equal(r.status, 403, r.body);
+    assert.equal(reason(r), 'oauth_name_taken');
+    assert.equal(r.headers.get('sigma-login-error'), 'oauth_name_taken');
+    assert.equal((await whoami(sigma, jar)).user, null);
+    // Listed in that provider's allowed_users: the operator linked them.
+    const linked = await toCallback('ghadmin');
+    const ok = await step(linked.callback, linked.jar, sigma.base);
+    assert.equal(ok.status, 303, ok.body);
+    assert.deepEqual(await whoami(sigma, linked.jar), { user: 'admin', provider: 'oauth:ghadmin' });
+  } finally {
+    ghLogin = 'OctoCat';
+  }
+  // A GitHub provider open to every account is reported at start.
+  const log = fs.readFileSync(path.join(dataDir, 'run', 'stderr'), 'utf8');
+  assert.match(log, /auth\.oauth\.gh: kind = "github" with neither allowed_users nor allowed_domains/);
+  assert.doesNotMatch(log, /auth\.oauth\.ghadmin: kind/);
 });
 
 test('callbacks are throttled per client address (429 + Retry-After)', async () => {

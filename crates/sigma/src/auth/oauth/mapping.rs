@@ -12,6 +12,11 @@
 //!   `user_claim = "email"`) or, otherwise, some verified e-mail address of
 //!   the user must be in one of the domains (exact match, no subdomains).
 //! - `allowed_users` (if not empty): the mapped name must be listed.
+//! - A mapped name that is also a local password user is refused
+//!   ([`MapError::NameTaken`], checked by the callback against the store)
+//!   unless the operator linked the two by listing the name in this
+//!   provider's `allowed_users` ([`linked`]): otherwise a provider account
+//!   named `admin` would become sigma's `admin`.
 
 use std::fmt;
 
@@ -39,6 +44,9 @@ pub enum MapError {
     DomainNotAllowed,
     /// The user is not in `allowed_users`.
     UserNotAllowed,
+    /// The name is a local password user's and the provider is not linked
+    /// to it (the name is not in its `allowed_users`).
+    NameTaken,
 }
 
 impl fmt::Display for MapError {
@@ -55,6 +63,9 @@ impl fmt::Display for MapError {
                 f.write_str("Your e-mail domain is not allowed to sign in here.")
             }
             Self::UserNotAllowed => f.write_str("Your account is not allowed to sign in here."),
+            Self::NameTaken => f.write_str(
+                "Your account name at the provider belongs to a local account here and is not linked to this provider.",
+            ),
         }
     }
 }
@@ -68,6 +79,7 @@ impl MapError {
             Self::InvalidName => "oauth_invalid_name",
             Self::DomainNotAllowed => "oauth_domain_not_allowed",
             Self::UserNotAllowed => "oauth_user_not_allowed",
+            Self::NameTaken => "oauth_name_taken",
         }
     }
 }
@@ -118,10 +130,17 @@ pub fn map_user(cfg: &OAuthProviderConfig, user: &ProviderUser) -> Result<String
             return Err(MapError::DomainNotAllowed);
         }
     }
-    if !cfg.allowed_users.is_empty() && !cfg.allowed_users.contains(&name) {
+    if !cfg.allowed_users.is_empty() && !linked(cfg, &name) {
         return Err(MapError::UserNotAllowed);
     }
     Ok(name)
+}
+
+/// True if the operator listed the mapped `name` in the provider's
+/// `allowed_users`: only then may it be a name that is also a local
+/// password user (the two are the same person by configuration).
+pub fn linked(cfg: &OAuthProviderConfig, name: &str) -> bool {
+    cfg.allowed_users.iter().any(|u| u == name)
 }
 
 #[cfg(test)]
@@ -177,6 +196,19 @@ mod tests {
         assert_eq!(map_user(&c, &alice), Err(MapError::UserNotAllowed));
         c.allowed_users.push("alice@example.com".into());
         assert!(map_user(&c, &alice).is_ok());
+    }
+
+    #[test]
+    fn linking_to_a_local_user() {
+        let mut g = cfg(ProviderKind::Github);
+        // GitHub's default claim: an account named "Admin" maps to "admin",
+        // which is not linked unless the operator lists it.
+        let name = map_user(&g, &user("Admin", &[])).unwrap();
+        assert_eq!(name, "admin");
+        assert!(!linked(&g, &name));
+        g.allowed_users = vec!["admin".into()];
+        assert!(linked(&g, &name));
+        assert_eq!(MapError::NameTaken.reason(), "oauth_name_taken");
     }
 
     #[test]

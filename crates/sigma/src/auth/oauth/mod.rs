@@ -24,7 +24,9 @@
 //! `state` mismatch (400), a reused `state` (400: the cookie is single
 //! use, the server remembers used states until they expire), a code the
 //! provider refuses (400), the provider unreachable (502/503), an invalid
-//! ID token (403), a user the mapping rules refuse (403), too many
+//! ID token (403), a user the mapping rules refuse (403), a mapped name
+//! that is a local password user's and not linked to the provider (403,
+//! `oauth_name_taken`), too many
 //! callbacks from one address (429, the password login's throttle).
 //! Operator documentation: `docs/oauth.md`.
 
@@ -147,6 +149,15 @@ impl OAuth {
     ) -> Result<Self, OAuthSetupError> {
         let mut out = BTreeMap::new();
         for (name, cfg) in providers {
+            if cfg.kind == config::ProviderKind::Github
+                && cfg.allowed_users.is_empty()
+                && cfg.allowed_domains.is_empty()
+            {
+                tracing::warn!(
+                    provider = %name,
+                    "auth.oauth.{name}: kind = \"github\" with neither allowed_users nor allowed_domains: any GitHub account can sign in"
+                );
+            }
             let secret = match (&cfg.client_secret, &cfg.client_secret_file) {
                 (Some(s), _) => Some(s.clone()),
                 (None, Some(path)) => {
@@ -745,20 +756,36 @@ async fn callback(
     };
     let name = mapping::map_user(&p.cfg, &user)
         .map_err(|e: MapError| Failure::new(403, e.reason(), e.to_string()))?;
+    // The name may not be a local password user's unless the operator
+    // linked it (listed it in this provider's `allowed_users`): otherwise
+    // a provider account named `admin` would be sigma's `admin`.
+    let linked = mapping::linked(&p.cfg, &name);
     // The same session as a password login: rotation, cookie attributes.
+    // The store is read and written off the executor.
     let store_auth = Arc::clone(auth);
     let provider = Provider::OAuth(p.name.clone());
     let user_name = name.clone();
     let now_ms = unix_now_ms();
     let created = tokio::task::spawn_blocking(move || {
+        if !linked && store_auth.store.user_get(&user_name)?.is_some() {
+            return Ok(None);
+        }
         if let Some(old) = old {
             let _ = store_auth.sessions.revoke(&old);
         }
-        store_auth.sessions.create(&user_name, &provider, now_ms)
+        store_auth
+            .sessions
+            .create(&user_name, &provider, now_ms)
+            .map(Some)
     })
     .await;
     let id = match created {
-        Ok(Ok(id)) => id,
+        Ok(Ok(Some(id))) => id,
+        Ok(Ok(None)) => {
+            let e = MapError::NameTaken;
+            tracing::warn!(user = %name, provider = %p.name, "OAuth login refused: the name is a local password user's");
+            return Err(Failure::new(403, e.reason(), e.to_string()));
+        }
         Ok(Err(e)) => {
             tracing::error!(error = %e, "could not store a session");
             return Err(Failure::new(
