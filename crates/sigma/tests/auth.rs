@@ -581,6 +581,28 @@ fn cookie_is_secure_only_when_configured() {
     assert!(set_cookie(&r).has("secure"), "{r:?}");
 }
 
+#[test]
+fn cookie_is_secure_when_public_url_is_https() {
+    // TLS configured by an https public URL (a terminator in front) and
+    // cookie_secure left false: the session cookie is Secure all the same.
+    let s = Sigma::start(
+        "[auth]\npublic_url = \"https://chat.example.com\"\nsession_lifetime = \"2h\"\nsession_idle_timeout = \"1h\"\n",
+    );
+    let r = login_json(s.addr(), "admin", &s.admin_pw, &[]);
+    assert_eq!(r.status, 200, "{r:?}");
+    let c = set_cookie(&r);
+    assert_cookie_attrs(&c, 7200, true);
+    let r = request(
+        s.addr(),
+        "POST",
+        "/logout",
+        &[("Cookie", &cookie(&c.value))],
+        b"",
+    );
+    assert_eq!(r.status, 204, "{r:?}");
+    assert!(set_cookie(&r).has("secure"), "{r:?}");
+}
+
 // ----- 3. logout --------------------------------------------------------------
 
 #[test]

@@ -248,6 +248,7 @@ impl Auth {
                 verifier.external(jwt::ExternalIssuer::load(cfg).map_err(AuthSetupError::Jwt)?);
         }
         let verifier = verifier.build().map_err(AuthSetupError::Jwt)?;
+        let secure = cookies_secure(config);
         let oauth = if config.oauth.is_empty() {
             None
         } else {
@@ -257,13 +258,8 @@ impl Auth {
             let key: [u8; 32] = key.try_into().map_err(|_| AuthSetupError::BadKey)?;
             let public_url = config.public_url.as_deref().unwrap_or_default();
             Some(
-                oauth::OAuth::new(
-                    &config.oauth,
-                    public_url,
-                    key,
-                    config.cookie_secure || public_url.starts_with("https://"),
-                )
-                .map_err(AuthSetupError::OAuth)?,
+                oauth::OAuth::new(&config.oauth, public_url, key, secure)
+                    .map_err(AuthSetupError::OAuth)?,
             )
         };
         Ok(Self {
@@ -273,7 +269,7 @@ impl Auth {
                 Arc::clone(&store),
                 config.session_idle_timeout,
                 config.session_lifetime,
-                config.cookie_secure,
+                secure,
             ),
             store,
             passwords: password::Verifier::new(config.password_workers),
@@ -349,6 +345,19 @@ impl Auth {
             .map(|o| o.buttons(next))
             .unwrap_or_default()
     }
+}
+
+/// True if sigma's cookies (session and OAuth state) must be `Secure`:
+/// TLS is configured, by `cookie_secure` (a TLS terminator in front) or by
+/// an `https` `public_url` (DESIGN §4: "Secure whenever TLS is on or
+/// configured").
+pub fn cookies_secure(config: &AuthConfig) -> bool {
+    config.cookie_secure
+        || config
+            .public_url
+            .as_deref()
+            .and_then(|u| u.get(..8))
+            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
 }
 
 /// See [`Auth::client_ip`].
@@ -485,6 +494,21 @@ mod tests {
         for n in ["X-Sigmas", "X-Sigm", "Sigma-User", "X-Forwarded-For"] {
             assert!(!is_identity_header(n.as_bytes()), "{n}");
         }
+    }
+
+    #[test]
+    fn cookies_are_secure_when_tls_is_configured() {
+        let mut c = AuthConfig::default();
+        assert!(!cookies_secure(&c));
+        c.public_url = Some("http://chat.example.com".into());
+        assert!(!cookies_secure(&c));
+        c.public_url = Some("https://chat.example.com".into());
+        assert!(cookies_secure(&c));
+        c.public_url = Some("HTTPS://chat.example.com".into());
+        assert!(cookies_secure(&c));
+        c.public_url = None;
+        c.cookie_secure = true;
+        assert!(cookies_secure(&c));
     }
 
     #[test]
