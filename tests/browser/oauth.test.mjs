@@ -636,12 +636,24 @@ user_claim = "sub"
   }
 });
 
-test('whoami still says oauth:<name> after a restart', async () => {
+test('whoami still says oauth:<name> after a restart; a removed provider\'s sessions end', async () => {
   const { jar, callback } = await toCallback('corp');
   assert.equal((await step(callback, jar, sigma.base)).status, 303);
+  const goog = await toCallback('goog');
+  assert.equal((await step(goog.callback, goog.jar, sigma.base)).status, 303);
+  assert.equal((await whoami(sigma, goog.jar)).provider, 'oauth:goog');
+  // Restart with the same data but without [auth.oauth.goog].
+  const withoutGoog = config.replace(/\[auth\.oauth\.goog\][^[]*/, '');
+  assert.ok(!withoutGoog.includes('goog'));
   await sigma.stop();
-  sigma = await startSigma(config, sigmaPort, path.join(dataDir, 'run'));
+  sigma = await startSigma(withoutGoog, sigmaPort, path.join(dataDir, 'run'));
   assert.deepEqual(await whoami(sigma, jar), { user: 'alice@example.com', provider: 'oauth:corp' });
+  // Not valid any more, and never shown as a password session.
+  assert.deepEqual(await whoami(sigma, goog.jar), { user: null, provider: null });
+  const r = await fetch(`${sigma.base}/auth/token`, {
+    method: 'POST', headers: { cookie: goog.jar.header('/auth/token'), origin: sigma.base },
+  });
+  assert.equal(r.status, 401);
 });
 
 test('headless Chromium: button → provider → back, logged in', async (t) => {

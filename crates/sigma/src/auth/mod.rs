@@ -270,6 +270,7 @@ impl Auth {
                 config.session_idle_timeout,
                 config.session_lifetime,
                 secure,
+                config.oauth.keys().cloned().collect(),
             ),
             store,
             passwords: password::Verifier::new(config.password_workers),

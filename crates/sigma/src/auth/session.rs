@@ -12,9 +12,11 @@
 //! cookies cannot grow memory. `last_seen` is kept in memory and written
 //! back at most once per [`TOUCH_PERSIST_INTERVAL`], without an fsync.
 //! Logout and password changes revoke in the store and the cache.
+//! A session opened through an OAuth provider that is no longer configured
+//! is no session (and is deleted): removing a provider logs its users out.
 //! This module does not decide who may log in.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -53,6 +55,8 @@ pub struct Sessions {
     idle: u64,
     lifetime: u64,
     secure: bool,
+    /// The configured OAuth providers: a session of any other is refused.
+    oauth_providers: BTreeSet<String>,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -66,14 +70,22 @@ impl std::fmt::Debug for Sessions {
 
 impl Sessions {
     /// Sessions in `store`, expiring after `idle` without use or `lifetime`
-    /// after login; `secure` marks the cookie `Secure`.
-    pub fn new(store: Arc<dyn Store>, idle: Duration, lifetime: Duration, secure: bool) -> Self {
+    /// after login; `secure` marks the cookie `Secure`. Sessions opened
+    /// through an OAuth provider count only if it is in `oauth_providers`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        idle: Duration,
+        lifetime: Duration,
+        secure: bool,
+        oauth_providers: BTreeSet<String>,
+    ) -> Self {
         Self {
             store,
             cache: RwLock::new(HashMap::new()),
             idle: u64::try_from(idle.as_millis()).unwrap_or(u64::MAX),
             lifetime: u64::try_from(lifetime.as_millis()).unwrap_or(u64::MAX),
             secure,
+            oauth_providers,
         }
     }
 
@@ -85,8 +97,14 @@ impl Sessions {
             Some(live) => live,
             None => {
                 let record = self.store.session_get(id).ok().flatten()?;
+                let Some(identity) = identity_of(&record, &self.oauth_providers) else {
+                    // Opened through a provider that is gone from the
+                    // configuration (or an unknown kind): no session.
+                    self.delete_later(id);
+                    return None;
+                };
                 let live = Arc::new(Live {
-                    identity: Arc::new(identity_of(&record, id)),
+                    identity: Arc::new(identity),
                     last_seen: AtomicU64::new(record.last_seen),
                     persisted: AtomicU64::new(record.last_seen),
                     record,
@@ -103,15 +121,7 @@ impl Sessions {
         let last = live.last_seen.load(Ordering::Relaxed);
         if now >= live.record.expires || now >= last.saturating_add(self.idle) {
             self.forget(id);
-            // Best effort, off the executor: the record is dead either way
-            // (and purged by expiry if this delete is lost).
-            let store = Arc::clone(&self.store);
-            let id = id.clone();
-            let delete = move || drop(store.session_delete(&id));
-            match tokio::runtime::Handle::try_current() {
-                Ok(rt) => drop(rt.spawn_blocking(delete)),
-                Err(_) => delete(),
-            }
+            self.delete_later(id);
             return None;
         }
         live.last_seen.fetch_max(now, Ordering::Relaxed);
@@ -173,6 +183,18 @@ impl Sessions {
         }
     }
 
+    /// Deletes a dead session's record. Best effort, off the executor: the
+    /// record is dead either way (and purged by expiry if this is lost).
+    fn delete_later(&self, id: &SessionId) {
+        let store = Arc::clone(&self.store);
+        let id = id.clone();
+        let delete = move || drop(store.session_delete(&id));
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(delete)),
+            Err(_) => delete(),
+        }
+    }
+
     fn forget(&self, id: &SessionId) {
         if let Ok(mut c) = self.cache.write() {
             c.remove(id);
@@ -206,17 +228,21 @@ impl Sessions {
     }
 }
 
-/// The identity a session record stands for.
-fn identity_of(record: &SessionRecord, _id: &SessionId) -> Identity {
+/// The identity a session record stands for: `password`, or
+/// `oauth:<name>` of a configured provider. Anything else (a provider
+/// removed from the configuration, an unknown kind) is no identity, and
+/// never taken for a password login.
+fn identity_of(record: &SessionRecord, oauth_providers: &BTreeSet<String>) -> Option<Identity> {
     let provider = match record.provider.strip_prefix("oauth:") {
-        Some(name) => Provider::OAuth(name.to_owned()),
-        None => Provider::Password,
+        Some(name) if oauth_providers.contains(name) => Provider::OAuth(name.to_owned()),
+        None if record.provider == "password" => Provider::Password,
+        _ => return None,
     };
-    Identity {
+    Some(Identity {
         user: record.user.clone(),
         provider,
         world: None,
-    }
+    })
 }
 
 /// The session id in a request's `Cookie` headers, if there is exactly a
@@ -248,6 +274,27 @@ mod tests {
 
     fn h(v: &str) -> Header {
         Header::new(&b"Cookie"[..], v.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn provider_of_a_record() {
+        let rec = |provider: &str| SessionRecord {
+            user: "alice".into(),
+            provider: provider.into(),
+            created: 0,
+            last_seen: 0,
+            expires: 1,
+        };
+        let known: BTreeSet<String> = ["corp".to_string()].into_iter().collect();
+        let provider = |p: &str| identity_of(&rec(p), &known).map(|i| i.provider);
+        assert_eq!(provider("password"), Some(Provider::Password));
+        assert_eq!(provider("oauth:corp"), Some(Provider::OAuth("corp".into())));
+        // A provider no longer configured, or an unknown kind: no session,
+        // never a password one.
+        assert_eq!(provider("oauth:gone"), None);
+        assert_eq!(provider("oauth:"), None);
+        assert_eq!(provider("jwt:x"), None);
+        assert_eq!(provider(""), None);
     }
 
     #[test]
