@@ -263,6 +263,13 @@ client_id = "sigma-client"
 user_claim = "sub"
 allowed_users = ["somebody-else"]
 
+[auth.oauth.subdom]
+kind = "oidc"
+issuer = "${oidc.issuer.url}"
+client_id = "sigma-client"
+user_claim = "sub"
+allowed_domains = ["example.com"]
+
 [auth.oauth.goog]
 kind = "google"
 issuer = "${oidc.issuer.url}"
@@ -547,6 +554,44 @@ test('userinfo supplies the user claim when the ID token lacks it', async () => 
     assert.equal(reason(r2), 'oauth_userinfo_subject_mismatch');
   } finally {
     emailFor = 'alice@example.com';
+  }
+});
+
+test('userinfo supplies the verified address the domain rule needs', async () => {
+  // user_claim = "sub" with allowed_domains, an ID token without e-mail
+  // claims: the address comes from userinfo.
+  emailFor = null;
+  try {
+    oidc.service.once('beforeUserinfo', (resp) => {
+      resp.body = { sub: 'johndoe', email: 'bob@example.com', email_verified: true };
+    });
+    const { jar, callback } = await toCallback('subdom');
+    const r = await step(callback, jar, sigma.base);
+    assert.equal(r.status, 303, r.body);
+    assert.deepEqual(await whoami(sigma, jar), { user: 'johndoe', provider: 'oauth:subdom' });
+    oidc.service.once('beforeUserinfo', (resp) => {
+      resp.body = { sub: 'johndoe', email: 'bob@other.example', email_verified: true };
+    });
+    const other = await toCallback('subdom');
+    const r2 = await step(other.callback, other.jar, sigma.base);
+    assert.equal(r2.status, 403);
+    assert.equal(reason(r2), 'oauth_domain_not_allowed');
+  } finally {
+    emailFor = 'alice@example.com';
+  }
+  // An address without email_verified in the ID token: userinfo's address
+  // and flag are taken together, never its flag for the token's address.
+  emailVerified = undefined;
+  try {
+    oidc.service.once('beforeUserinfo', (resp) => {
+      resp.body = { sub: 'johndoe', email: 'carol@example.com', email_verified: true };
+    });
+    const { jar, callback } = await toCallback('corp');
+    const r = await step(callback, jar, sigma.base);
+    assert.equal(r.status, 303, r.body);
+    assert.equal((await whoami(sigma, jar)).user, 'carol@example.com');
+  } finally {
+    emailVerified = true;
   }
 });
 

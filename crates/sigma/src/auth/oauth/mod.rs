@@ -943,13 +943,23 @@ async fn oidc_user(
         .and_then(|b| serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&b).ok())
         .ok_or_else(|| bad_token("oauth_id_token_malformed"))?;
     let claim = p.cfg.user_claim();
-    let needs_userinfo =
-        !claims.contains_key(claim) || (claim == "email" && !claims.contains_key("email_verified"));
+    // Userinfo is asked when the ID token lacks what the rules need: the
+    // user claim, or a verified address (`user_claim = "email"`, or any
+    // `allowed_domains`).
+    let has_email = claims.contains_key("email") && claims.contains_key("email_verified");
+    let needs_email = claim == "email" || !p.cfg.allowed_domains.is_empty();
+    let needs_userinfo = !claims.contains_key(claim) || (needs_email && !has_email);
     if needs_userinfo {
         if let Some(url) = meta.userinfo_endpoint() {
             let info = userinfo(oauth, url.url().as_str(), tokens.access_token()).await?;
             if info.get("sub").and_then(|s| s.as_str()) != Some(subject.as_str()) {
                 return Err(bad_token("oauth_userinfo_subject_mismatch"));
+            }
+            // An address and its `email_verified` come from one source:
+            // if the ID token has not both, userinfo's pair replaces them.
+            if !has_email && info.contains_key("email") && info.contains_key("email_verified") {
+                claims.remove("email");
+                claims.remove("email_verified");
             }
             for (k, v) in info {
                 claims.entry(k).or_insert(v);
