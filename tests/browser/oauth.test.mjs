@@ -475,6 +475,67 @@ test('key rotation at the provider: the new kid is fetched and accepted', async 
   assert.equal((await whoami(sigma, jar)).provider, 'oauth:corp');
 });
 
+test('key rotation: a login racing another login\'s JWKS refetch is not refused', async () => {
+  // A provider of its own (its own JWKS cache and refetch limit) behind a
+  // gate that can hold a token request: login B takes its snapshot of the
+  // provider's keys, then waits at the token endpoint while login A meets
+  // the new kid and refetches; B then must use the keys A installed.
+  const rot = new OAuth2Server();
+  await rot.issuer.keys.generate('RS256');
+  let hold = null;
+  const gate = http.createServer(async (req, res) => {
+    const chunks = [];
+    for await (const c of req) chunks.push(c);
+    if (req.method === 'POST' && req.url === '/token' && hold) {
+      const h = hold;
+      hold = null;
+      h.arrived();
+      await h.released;
+    }
+    const up = http.request({ host: '127.0.0.1', port: rot.address().port, method: req.method, path: req.url, headers: req.headers },
+      (ur) => { res.writeHead(ur.statusCode, ur.headers); ur.pipe(res); });
+    up.on('error', () => res.destroy());
+    up.end(Buffer.concat(chunks));
+  });
+  await new Promise((r) => gate.listen(0, '127.0.0.1', r));
+  rot.issuer.url = `http://127.0.0.1:${gate.address().port}`;
+  await rot.start(0, '127.0.0.1');
+  const port = await freePort();
+  const s = await startSigma(`
+[auth]
+public_url = "http://127.0.0.1:${port}"
+[auth.oauth.rot]
+kind = "oidc"
+issuer = "${rot.issuer.url}"
+client_id = "sigma-client"
+user_claim = "sub"
+`, port, path.join(dataDir, 'rotation'));
+  try {
+    const first = await toCallback('rot', '/', s);
+    assert.equal((await step(first.callback, first.jar, s.base)).status, 303);
+    // A second key: from now on every ID token is signed with it.
+    await rot.issuer.keys.generate('RS256');
+    const b = await toCallback('rot', '/', s);
+    let release;
+    const released = new Promise((r) => { release = r; });
+    const arrived = new Promise((r) => { hold = { arrived: r, released }; });
+    const bDone = step(b.callback, b.jar, s.base);
+    await arrived;
+    const a = await toCallback('rot', '/', s);
+    const ra = await step(a.callback, a.jar, s.base);
+    assert.equal(ra.status, 303, ra.body);
+    release();
+    const rb = await bDone;
+    assert.equal(rb.status, 303, rb.body);
+    assert.equal((await whoami(s, b.jar)).provider, 'oauth:rot');
+  } finally {
+    hold = null;
+    await s.stop();
+    await rot.stop();
+    await new Promise((r) => gate.close(r));
+  }
+});
+
 test('ID token signed by an unknown key is refused', async () => {
   // Another key set (a second, never started issuer) signs a token with
   // the right claims; sigma's JWKS refetch cannot find its kid.

@@ -355,13 +355,58 @@ impl OidcRt {
         Ok(meta)
     }
 
-    /// Fetches the JWKS again and installs it; returns the new metadata.
+    /// Fetches the JWKS again and installs it (the background refresh);
+    /// returns the new metadata.
     async fn refetch_jwks(
         &self,
         http: &reqwest::Client,
         now: u64,
     ) -> Result<Arc<CoreProviderMetadata>, String> {
-        let _guard = self.fetching.lock().await;
+        let guard = self.fetching.lock().await;
+        self.install_jwks(&guard, http, now).await
+    }
+
+    /// Keys newer than `seen`, for an ID token whose `kid` `seen` does not
+    /// know. First whatever is installed now, if it is not `seen` (another
+    /// login or the background refresh fetched since this login took its
+    /// snapshot, or is fetching right now: this waits for it); else one
+    /// refetch, at most every [`JWKS_MIN_REFETCH_SECS`] per provider
+    /// (claimed with a compare-exchange, so racing logins fetch once).
+    /// `None`: nothing newer, and a refetch is not allowed yet.
+    async fn keys_after(
+        &self,
+        http: &reqwest::Client,
+        seen: &Arc<CoreProviderMetadata>,
+        now: u64,
+    ) -> Result<Option<Arc<CoreProviderMetadata>>, String> {
+        let newer = || self.current().filter(|cur| !Arc::ptr_eq(cur, seen));
+        if let Some(cur) = newer() {
+            return Ok(Some(cur));
+        }
+        let guard = self.fetching.lock().await;
+        if let Some(cur) = newer() {
+            return Ok(Some(cur));
+        }
+        let last = self.last_kid_refetch.load(Ordering::Acquire);
+        if now < last.saturating_add(JWKS_MIN_REFETCH_SECS)
+            || self
+                .last_kid_refetch
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+        {
+            return Ok(None);
+        }
+        self.install_jwks(&guard, http, now).await.map(Some)
+    }
+
+    /// Fetches the JWKS and installs it, with the fetch lock held
+    /// (`_held`); returns the new metadata.
+    async fn install_jwks(
+        &self,
+        _held: &tokio::sync::MutexGuard<'_, ()>,
+        http: &reqwest::Client,
+        now: u64,
+    ) -> Result<Arc<CoreProviderMetadata>, String> {
         let Some(meta) = self.current() else {
             return Err("not discovered".into());
         };
@@ -372,9 +417,7 @@ impl OidcRt {
             // Keep the keys we have rather than refuse every login.
             return Err("the provider's JWKS has no keys".into());
         }
-        let mut updated = (*meta).clone();
-        updated = updated.set_jwks(jwks);
-        let updated = Arc::new(updated);
+        let updated = Arc::new((*meta).clone().set_jwks(jwks));
         if let Ok(mut m) = self.metadata.write() {
             *m = Some(Arc::clone(&updated));
         }
@@ -914,25 +957,30 @@ async fn oidc_user(
             .claims(&v, &nonce)
             .map(|c| c.subject().as_str().to_owned())
     };
-    let subject = match verify(&meta) {
-        Ok(s) => s,
-        Err(openidconnect::ClaimsVerificationError::SignatureVerification(
-            openidconnect::SignatureVerificationError::NoMatchingKey,
-        )) => {
-            // An unknown key: the provider may have rotated. Refetch once
-            // (rate-limited) and check again.
-            let last = oidc.last_kid_refetch.load(Ordering::Relaxed);
-            if now < last.saturating_add(JWKS_MIN_REFETCH_SECS) {
-                return Err(bad_token("oauth_id_token_unknown_key"));
+    // An unknown key: the provider may have rotated. Retry with newer keys:
+    // those installed since this login's snapshot, else one refetch
+    // (rate-limited), then once more after the first retry in case that
+    // one was installed before the rotation reached it.
+    let mut keys = Arc::clone(&meta);
+    let mut retries = 0u8;
+    let subject = loop {
+        match verify(&keys) {
+            Ok(s) => break s,
+            Err(openidconnect::ClaimsVerificationError::SignatureVerification(
+                openidconnect::SignatureVerificationError::NoMatchingKey,
+            )) if retries < 2 => {
+                retries = retries.saturating_add(1);
+                match oidc
+                    .keys_after(&oauth.http, &keys, now)
+                    .await
+                    .map_err(|e| unavailable(&e))?
+                {
+                    Some(newer) => keys = newer,
+                    None => return Err(bad_token("oauth_id_token_unknown_key")),
+                }
             }
-            oidc.last_kid_refetch.store(now, Ordering::Relaxed);
-            let meta = oidc
-                .refetch_jwks(&oauth.http, now)
-                .await
-                .map_err(|e| unavailable(&e))?;
-            verify(&meta).map_err(|e| id_token_failure(p, &e))?
+            Err(e) => return Err(id_token_failure(p, &e)),
         }
-        Err(e) => return Err(id_token_failure(p, &e)),
     };
     // The token verified: its payload is the claims, all of them.
     let raw = id_token.to_string();
