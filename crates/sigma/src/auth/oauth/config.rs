@@ -16,9 +16,52 @@
 //! [`OAuthProviderConfig::validate`] checks a table without any I/O and
 //! names the offending key; the secret file is read when `A` starts.
 
+use std::fmt;
 use std::path::PathBuf;
 
 use serde::Deserialize;
+use subtle::ConstantTimeEq;
+
+/// A secret from the configuration (a client secret). `Debug` prints
+/// `[redacted]`, so a config dumped for diagnostics never shows it;
+/// equality is constant-time. [`Secret::expose`] is the only way to the
+/// value.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself (to hand to the provider, nowhere else).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_bytes().ct_eq(other.0.as_bytes()).into()
+    }
+}
+
+impl Eq for Secret {}
+
+impl From<String> for Secret {
+    fn from(s: String) -> Self {
+        Self(s)
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Self {
+        Self(s.to_owned())
+    }
+}
 
 /// Which protocol a provider speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -65,9 +108,9 @@ pub struct OAuthProviderConfig {
     pub issuer: Option<String>,
     /// The client id registered at the provider.
     pub client_id: String,
-    /// The client secret (prefer `client_secret_file`).
+    /// The client secret (prefer `client_secret_file`); `Debug` hides it.
     #[serde(default)]
-    pub client_secret: Option<String>,
+    pub client_secret: Option<Secret>,
     /// A file holding the client secret (one trailing newline ignored).
     #[serde(default)]
     pub client_secret_file: Option<PathBuf>,
@@ -169,7 +212,7 @@ impl OAuthProviderConfig {
                     "client_secret and client_secret_file are exclusive",
                 ))
             }
-            (Some(s), None) if s.is_empty() => {
+            (Some(s), None) if s.expose().is_empty() => {
                 return Err(OAuthConfigError::new("client_secret", "must not be empty"))
             }
             (None, None) if self.kind != ProviderKind::Oidc => {
@@ -387,7 +430,43 @@ mod tests {
 
         let google = base(ProviderKind::Google);
         assert!(google.validate("google").is_ok());
+        let mut empty = base(ProviderKind::Google);
+        empty.client_secret = Some("".into());
+        assert_eq!(empty.validate("google").unwrap_err().key, "client_secret");
+        assert!(google.validate("google").is_ok());
         assert_eq!(google.issuer_url(), Some(GOOGLE_ISSUER));
         assert_eq!(google.user_claim(), "email");
+    }
+
+    #[test]
+    fn debug_never_shows_the_secret() {
+        let mut c = base(ProviderKind::Github);
+        c.client_secret = Some("gh-secret-4f1d9a".into());
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("gh-secret-4f1d9a"), "{shown}");
+        assert!(shown.contains("client_secret: Some([redacted])"), "{shown}");
+        // Nor the [auth] table holding it, nor the whole configuration.
+        let auth = crate::config::AuthConfig {
+            oauth: [("gh".to_string(), c.clone())].into_iter().collect(),
+            ..Default::default()
+        };
+        assert!(!format!("{auth:?}").contains("gh-secret-4f1d9a"));
+        assert!(!format!("{auth:#?}").contains("gh-secret-4f1d9a"));
+        let config = crate::config::from_str(
+            "[auth]\npublic_url = \"https://chat.example.com\"\n[auth.oauth.gh]\nkind = \"github\"\nclient_id = \"c\"\nclient_secret = \"gh-secret-4f1d9a\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            config.auth.oauth["gh"]
+                .client_secret
+                .as_ref()
+                .map(Secret::expose),
+            Some("gh-secret-4f1d9a")
+        );
+        assert!(!format!("{config:?}").contains("gh-secret-4f1d9a"));
+        // Equality still compares the value.
+        assert_eq!(Secret::from("a"), Secret::from("a"));
+        assert_ne!(Secret::from("a"), Secret::from("b"));
     }
 }

@@ -50,7 +50,7 @@ pub(super) fn client(
         // GitHub documents the secret as a form parameter.
         .set_auth_type(AuthType::RequestBody);
     if let Some(s) = &p.secret {
-        c = c.set_client_secret(ClientSecret::new(s.clone()));
+        c = c.set_client_secret(ClientSecret::new(s.expose().to_owned()));
     }
     Ok(c)
 }

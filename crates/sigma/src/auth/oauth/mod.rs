@@ -102,7 +102,7 @@ impl fmt::Debug for OAuth {
 struct ProviderRt {
     name: String,
     cfg: OAuthProviderConfig,
-    secret: Option<String>,
+    secret: Option<config::Secret>,
     redirect: String,
     oidc: Option<OidcRt>,
 }
@@ -175,7 +175,7 @@ impl OAuth {
                             path.display()
                         )));
                     }
-                    Some(s.to_owned())
+                    Some(config::Secret::from(s))
                 }
                 (None, None) => None,
             };
@@ -600,7 +600,9 @@ async fn login(auth: &Auth, p: &ProviderRt, next: String) -> Result<Response, Fa
             let client = CoreClient::from_provider_metadata(
                 (*meta).clone(),
                 ClientId::new(p.cfg.client_id.clone()),
-                p.secret.clone().map(ClientSecret::new),
+                p.secret
+                    .as_ref()
+                    .map(|s| ClientSecret::new(s.expose().to_owned())),
             )
             .set_redirect_uri(redirect);
             let (st, no) = (state.clone(), nonce.clone());
@@ -901,7 +903,9 @@ async fn oidc_user(
     let client = CoreClient::from_provider_metadata(
         (*meta).clone(),
         ClientId::new(p.cfg.client_id.clone()),
-        p.secret.clone().map(ClientSecret::new),
+        p.secret
+            .as_ref()
+            .map(|s| ClientSecret::new(s.expose().to_owned())),
     )
     .set_redirect_uri(redirect);
     let request = client
@@ -927,7 +931,7 @@ async fn oidc_user(
         let v = match &p.secret {
             Some(s) => CoreIdTokenVerifier::new_confidential_client(
                 client_id,
-                ClientSecret::new(s.clone()),
+                ClientSecret::new(s.expose().to_owned()),
                 meta.issuer().clone(),
                 meta.jwks().clone(),
             ),
