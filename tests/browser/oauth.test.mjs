@@ -432,6 +432,17 @@ test('the provider refusing the code gives a clear page', async () => {
   assert.equal(reason(r), 'oauth_code_rejected');
 });
 
+test('an oversized token response is not read', async () => {
+  const { jar, callback } = await toCallback('corp');
+  oidc.service.once('beforeResponse', (resp) => {
+    resp.body.padding = 'x'.repeat(300 * 1024); // a valid response, too large
+  });
+  const r = await step(callback, jar, sigma.base);
+  assert.equal(r.status, 502, r.body);
+  assert.equal(reason(r), 'oauth_provider_unreachable');
+  assert.equal((await whoami(sigma, jar)).user, null);
+});
+
 test('error=access_denied from the provider gives a clear page', async () => {
   oidc.service.once('beforeAuthorizeRedirect', (redirect) => {
     redirect.url.searchParams.delete('code');

@@ -96,6 +96,7 @@ pub(super) async fn user(
     let get = |path: &str| {
         oauth
             .http
+            .client()
             .get(format!("{api}{path}"))
             .bearer_auth(token)
             .header("Accept", "application/vnd.github+json")

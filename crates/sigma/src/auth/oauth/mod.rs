@@ -12,7 +12,7 @@
 //!
 //! The flows are the `openidconnect` (OIDC, Google) and `oauth2` (GitHub)
 //! crates' over the workspace's reqwest (rustls, no redirects followed,
-//! 10 s timeout). Discovery and the JWKS are fetched by a background task
+//! 10 s timeout, every provider response capped: [`provider_http`]). Discovery and the JWKS are fetched by a background task
 //! ([`background`]) and cached; a provider that is down at startup does
 //! not stop sigma (its login shows "provider unavailable" and discovery
 //! is retried). An ID token signed with a `kid` the cache does not know
@@ -33,6 +33,7 @@
 pub mod config;
 pub mod github;
 pub mod mapping;
+pub mod provider_http;
 pub mod state;
 
 use std::collections::{BTreeMap, HashMap};
@@ -58,15 +59,12 @@ use subtle::ConstantTimeEq;
 
 use self::config::OAuthProviderConfig;
 use self::mapping::{MapError, ProviderUser};
+use self::provider_http::{http_client, read_limited, ProviderHttp};
 use self::state::{LoginState, StateError, STATE_COOKIE, STATE_TTL_SECS};
 use super::endpoints::{html_escape, query_param, safe_next, Call};
 use super::{unix_now, unix_now_ms, Auth, Provider, Tagged, Via};
 use crate::route::Handled;
 
-/// Whole-request timeout of every call to a provider.
-pub const PROVIDER_TIMEOUT: Duration = Duration::from_secs(10);
-/// Largest provider response read (user API, userinfo), bytes.
-pub const MAX_PROVIDER_BODY: usize = 256 * 1024;
 /// Shortest time between two JWKS refetches of one provider caused by an
 /// unknown `kid`, seconds.
 pub const JWKS_MIN_REFETCH_SECS: u64 = 5;
@@ -85,7 +83,7 @@ pub struct OAuth {
     providers: BTreeMap<String, Arc<ProviderRt>>,
     key: [u8; 32],
     secure: bool,
-    http: reqwest::Client,
+    http: ProviderHttp,
     /// `state` values already used at a callback, with their expiry.
     used: Mutex<HashMap<String, u64>>,
 }
@@ -128,15 +126,6 @@ impl fmt::Display for OAuthSetupError {
 }
 
 impl std::error::Error for OAuthSetupError {}
-
-/// The HTTP client for providers: no redirects (SSRF), bounded time.
-pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(PROVIDER_TIMEOUT)
-        .user_agent("sigma")
-        .build()
-}
 
 impl OAuth {
     /// The providers of `[auth.oauth.*]`, with `public_url` (already
@@ -205,7 +194,7 @@ impl OAuth {
             providers: out,
             key,
             secure,
-            http,
+            http: ProviderHttp::new(http),
             used: Mutex::new(HashMap::new()),
         })
     }
@@ -319,7 +308,7 @@ impl OidcRt {
     /// last attempt is older than [`DISCOVERY_RETRY_SECS`].
     async fn metadata(
         &self,
-        http: &reqwest::Client,
+        http: &ProviderHttp,
         now: u64,
     ) -> Result<Arc<CoreProviderMetadata>, String> {
         if let Some(m) = self.current() {
@@ -330,7 +319,7 @@ impl OidcRt {
 
     async fn discover(
         &self,
-        http: &reqwest::Client,
+        http: &ProviderHttp,
         now: u64,
     ) -> Result<Arc<CoreProviderMetadata>, String> {
         let _guard = self.fetching.lock().await;
@@ -346,6 +335,7 @@ impl OidcRt {
         let meta = CoreProviderMetadata::discover_async(issuer, http)
             .await
             .map_err(|e| error_chain(&e))?;
+        discovered_endpoints_ok(&meta)?;
         let meta = Arc::new(meta);
         if let Ok(mut m) = self.metadata.write() {
             *m = Some(Arc::clone(&meta));
@@ -359,7 +349,7 @@ impl OidcRt {
     /// returns the new metadata.
     async fn refetch_jwks(
         &self,
-        http: &reqwest::Client,
+        http: &ProviderHttp,
         now: u64,
     ) -> Result<Arc<CoreProviderMetadata>, String> {
         let guard = self.fetching.lock().await;
@@ -375,7 +365,7 @@ impl OidcRt {
     /// `None`: nothing newer, and a refetch is not allowed yet.
     async fn keys_after(
         &self,
-        http: &reqwest::Client,
+        http: &ProviderHttp,
         seen: &Arc<CoreProviderMetadata>,
         now: u64,
     ) -> Result<Option<Arc<CoreProviderMetadata>>, String> {
@@ -404,7 +394,7 @@ impl OidcRt {
     async fn install_jwks(
         &self,
         _held: &tokio::sync::MutexGuard<'_, ()>,
-        http: &reqwest::Client,
+        http: &ProviderHttp,
         now: u64,
     ) -> Result<Arc<CoreProviderMetadata>, String> {
         let Some(meta) = self.current() else {
@@ -424,6 +414,35 @@ impl OidcRt {
         self.last_jwks.store(now, Ordering::Relaxed);
         Ok(updated)
     }
+}
+
+/// The endpoints of a discovery document follow the rule of configured
+/// provider URLs: `https`, or `http` only to a loopback host, no
+/// credentials. (Discovery itself already insists that the document's
+/// `issuer` is the configured one.)
+fn discovered_endpoints_ok(meta: &CoreProviderMetadata) -> Result<(), String> {
+    let endpoints = [
+        (
+            "authorization_endpoint",
+            Some(meta.authorization_endpoint().url()),
+        ),
+        ("token_endpoint", meta.token_endpoint().map(|u| u.url())),
+        (
+            "userinfo_endpoint",
+            meta.userinfo_endpoint().map(|u| u.url()),
+        ),
+        ("jwks_uri", Some(meta.jwks_uri().url())),
+    ];
+    for (name, url) in endpoints {
+        if let Some(url) = url {
+            if !config::url_ok(url.as_str()) {
+                return Err(format!(
+                    "discovered {name} {url} is not https (or http to a loopback host)"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -1056,18 +1075,6 @@ fn id_token_failure(p: &ProviderRt, e: &openidconnect::ClaimsVerificationError) 
     })
 }
 
-/// Reads at most [`MAX_PROVIDER_BODY`] bytes of a response.
-pub(crate) async fn read_limited(mut resp: reqwest::Response) -> Result<Vec<u8>, String> {
-    let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
-        if body.len().saturating_add(chunk.len()) > MAX_PROVIDER_BODY {
-            return Err("response too large".into());
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
-}
-
 async fn userinfo(
     oauth: &OAuth,
     url: &str,
@@ -1075,6 +1082,7 @@ async fn userinfo(
 ) -> Result<serde_json::Map<String, serde_json::Value>, Failure> {
     let resp = oauth
         .http
+        .client()
         .get(url)
         .bearer_auth(token.secret())
         .header("Accept", "application/json")
@@ -1140,6 +1148,31 @@ mod tests {
         );
         assert_eq!(o.first_use("abc", 100, 10), Ok(true));
         assert_eq!(o.first_use("abc", 100, 10), Ok(false));
+    }
+
+    #[test]
+    fn discovered_endpoints_follow_the_url_rule() {
+        let doc = |token: &str| {
+            serde_json::from_value::<CoreProviderMetadata>(serde_json::json!({
+                "issuer": "https://id.example.com",
+                "authorization_endpoint": "https://id.example.com/authorize",
+                "token_endpoint": token,
+                "jwks_uri": "https://id.example.com/jwks",
+                "response_types_supported": ["code"],
+                "subject_types_supported": ["public"],
+                "id_token_signing_alg_values_supported": ["RS256"],
+            }))
+            .unwrap()
+        };
+        assert!(discovered_endpoints_ok(&doc("https://id.example.com/token")).is_ok());
+        assert!(discovered_endpoints_ok(&doc("http://127.0.0.1:9/token")).is_ok());
+        for bad in [
+            "http://id.example.com/token",
+            "https://user:pw@id.example.com/token",
+        ] {
+            let e = discovered_endpoints_ok(&doc(bad)).unwrap_err();
+            assert!(e.contains("token_endpoint"), "{bad}: {e}");
+        }
     }
 
     #[test]
