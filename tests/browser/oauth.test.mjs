@@ -289,7 +289,8 @@ auth_url = "${ghBase}/login/oauth/authorize"
 token_url = "${ghBase}/login/oauth/access_token"
 api_url = "${ghBase}"
 
-# Linked to the local password user admin (sigma creates it on first start).
+# Linked to the local password user admin (sigma creates it on first start);
+# GitHub logins are case-insensitive, so is this list.
 [auth.oauth.ghadmin]
 kind = "github"
 client_id = "gh-client"
@@ -297,7 +298,7 @@ client_secret = "gh-secret"
 auth_url = "${ghBase}/login/oauth/authorize"
 token_url = "${ghBase}/login/oauth/access_token"
 api_url = "${ghBase}"
-allowed_users = ["admin"]
+allowed_users = ["Admin"]
 `;
   sigma = await startSigma(config, sigmaPort, path.join(dataDir, 'run'));
 });

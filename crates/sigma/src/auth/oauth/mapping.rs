@@ -11,7 +11,9 @@
 //! - `allowed_domains` (if not empty): the mapped e-mail (for
 //!   `user_claim = "email"`) or, otherwise, some verified e-mail address of
 //!   the user must be in one of the domains (exact match, no subdomains).
-//! - `allowed_users` (if not empty): the mapped name must be listed.
+//! - `allowed_users` (if not empty): the mapped name must be listed
+//!   (ignoring case for e-mail addresses and GitHub logins, which are
+//!   lower-cased: `"OctoCat"` in the list admits `octocat`).
 //! - A mapped name that is also a local password user is refused
 //!   ([`MapError::NameTaken`], checked by the callback against the store)
 //!   unless the operator linked the two by listing the name in this
@@ -97,7 +99,7 @@ pub fn map_user(cfg: &OAuthProviderConfig, user: &ProviderUser) -> Result<String
         .filter(|c| !c.is_empty())
         .ok_or_else(|| MapError::NoClaim(claim.to_owned()))?;
     let is_email = claim == "email";
-    let name = if is_email || (cfg.kind == ProviderKind::Github && claim == "login") {
+    let name = if folds_case(cfg) {
         raw.to_ascii_lowercase()
     } else {
         raw.to_owned()
@@ -136,11 +138,26 @@ pub fn map_user(cfg: &OAuthProviderConfig, user: &ProviderUser) -> Result<String
     Ok(name)
 }
 
+/// True if the claim is case-insensitive at the provider (e-mail
+/// addresses, GitHub logins): mapped names are lower-cased and compared
+/// with `allowed_users` without regard to case.
+fn folds_case(cfg: &OAuthProviderConfig) -> bool {
+    let claim = cfg.user_claim();
+    claim == "email" || (cfg.kind == ProviderKind::Github && claim == "login")
+}
+
 /// True if the operator listed the mapped `name` in the provider's
-/// `allowed_users`: only then may it be a name that is also a local
+/// `allowed_users` (ignoring case where the claim does, see
+/// [`folds_case`]): only then may it be a name that is also a local
 /// password user (the two are the same person by configuration).
 pub fn linked(cfg: &OAuthProviderConfig, name: &str) -> bool {
-    cfg.allowed_users.iter().any(|u| u == name)
+    if folds_case(cfg) {
+        cfg.allowed_users
+            .iter()
+            .any(|u| u.eq_ignore_ascii_case(name))
+    } else {
+        cfg.allowed_users.iter().any(|u| u == name)
+    }
 }
 
 #[cfg(test)]
@@ -196,6 +213,36 @@ mod tests {
         assert_eq!(map_user(&c, &alice), Err(MapError::UserNotAllowed));
         c.allowed_users.push("alice@example.com".into());
         assert!(map_user(&c, &alice).is_ok());
+    }
+
+    #[test]
+    fn allowed_users_case() {
+        // E-mail addresses and GitHub logins: the list is matched without
+        // regard to case, as the names are lower-cased.
+        let mut c = cfg(ProviderKind::Oidc);
+        c.allowed_users = vec!["Alice@Example.com".into()];
+        let alice = user("alice@EXAMPLE.com", &["alice@example.com"]);
+        assert_eq!(map_user(&c, &alice).unwrap(), "alice@example.com");
+        let mut g = cfg(ProviderKind::Github);
+        g.allowed_users = vec!["OctoCat".into()];
+        assert_eq!(map_user(&g, &user("octocat", &[])).unwrap(), "octocat");
+        assert_eq!(map_user(&g, &user("OCTOCAT", &[])).unwrap(), "octocat");
+        assert!(linked(&g, "octocat"));
+        assert_eq!(
+            map_user(&g, &user("octodog", &[])),
+            Err(MapError::UserNotAllowed)
+        );
+        // Other claims keep their case, at the provider and here.
+        c.user_claim = Some("preferred_username".into());
+        c.allowed_users = vec!["alice".into()];
+        assert_eq!(map_user(&c, &user("alice", &[])).unwrap(), "alice");
+        assert_eq!(
+            map_user(&c, &user("Alice", &[])),
+            Err(MapError::UserNotAllowed)
+        );
+        g.user_claim = Some("id".into());
+        g.allowed_users = vec!["583231".into()];
+        assert_eq!(map_user(&g, &user("583231", &[])).unwrap(), "583231");
     }
 
     #[test]
