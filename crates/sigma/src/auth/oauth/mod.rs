@@ -36,7 +36,7 @@ pub mod mapping;
 pub mod provider_http;
 pub mod state;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -75,7 +75,9 @@ pub const JWKS_REFRESH_SECS: u64 = 600;
 pub const DISCOVERY_RETRY_SECS: u64 = 5;
 /// Longest `next` carried through a provider login (longer: `/`).
 pub const MAX_NEXT_LEN: usize = 1024;
-/// Most logins in flight whose `state` is remembered as used.
+/// Most used `state` values remembered at once; past it the oldest are
+/// forgotten (a replay of those is still refused by the provider, whose
+/// codes are single use).
 const MAX_USED_STATES: usize = 100_000;
 
 /// The OAuth part of `A`: the configured providers and the state-cookie key.
@@ -84,8 +86,9 @@ pub struct OAuth {
     key: [u8; 32],
     secure: bool,
     http: ProviderHttp,
-    /// `state` values already used at a callback, with their expiry.
-    used: Mutex<HashMap<String, u64>>,
+    /// `state` values already used at a callback, by expiry then value
+    /// (a replay carries the same sealed cookie, so the same expiry).
+    used: Mutex<BTreeSet<(u64, String)>>,
 }
 
 impl fmt::Debug for OAuth {
@@ -195,7 +198,7 @@ impl OAuth {
             key,
             secure,
             http: ProviderHttp::new(http),
-            used: Mutex::new(HashMap::new()),
+            used: Mutex::new(BTreeSet::new()),
         })
     }
 
@@ -224,15 +227,10 @@ impl OAuth {
     }
 
     /// Remembers `state` as used; false if it already was (a replay).
+    /// Err only if the memory is poisoned.
     fn first_use(&self, state: &str, expires: u64, now: u64) -> Result<bool, ()> {
         let mut used = self.used.lock().map_err(|_| ())?;
-        if used.len() >= MAX_USED_STATES {
-            used.retain(|_, e| *e > now);
-            if used.len() >= MAX_USED_STATES {
-                return Err(());
-            }
-        }
-        Ok(used.insert(state.to_owned(), expires).is_none())
+        Ok(remember(&mut used, MAX_USED_STATES, state, expires, now))
     }
 
     fn state_cookie(&self, name: &str, value: &str, max_age: i64) -> Header {
@@ -245,6 +243,29 @@ impl OAuth {
             .build();
         Header::new(&b"Set-Cookie"[..], c.to_string())
     }
+}
+
+/// Remembers `(expires, state)` in `used`, keeping at most `cap`: expired
+/// entries go first, then, if it is still full, the oldest (the earliest
+/// expiry). A flood of callbacks therefore never refuses other logins; it
+/// only pushes the flood's own oldest entries out. False if the entry was
+/// already there (a replay).
+fn remember(
+    used: &mut BTreeSet<(u64, String)>,
+    cap: usize,
+    state: &str,
+    expires: u64,
+    now: u64,
+) -> bool {
+    while used.first().is_some_and(|(e, _)| *e <= now) {
+        used.pop_first();
+    }
+    let entry = (expires, state.to_owned());
+    if used.contains(&entry) {
+        return false;
+    }
+    while used.len() >= cap.max(1) && used.pop_first().is_some() {}
+    used.insert(entry)
 }
 
 /// Keeps OIDC discovery and JWKS fresh: discovers providers that are not
@@ -800,8 +821,8 @@ async fn callback(
         Err(()) => {
             return Err(Failure::new(
                 503,
-                "oauth_busy",
-                "Too many sign-ins are in progress. Please try again shortly.",
+                "oauth_internal",
+                "Sign-in is unavailable right now.",
             ))
         }
     }
@@ -1148,6 +1169,39 @@ mod tests {
         );
         assert_eq!(o.first_use("abc", 100, 10), Ok(true));
         assert_eq!(o.first_use("abc", 100, 10), Ok(false));
+    }
+
+    #[test]
+    fn used_states_are_bounded_and_evict_the_oldest() {
+        let mut used = BTreeSet::new();
+        assert!(remember(&mut used, 3, "a", 100, 0));
+        assert!(remember(&mut used, 3, "b", 101, 0));
+        assert!(remember(&mut used, 3, "c", 102, 0));
+        // Full of unexpired states: the oldest goes, the new login passes.
+        assert!(remember(&mut used, 3, "d", 103, 0));
+        assert_eq!(used.len(), 3);
+        assert!(!used.iter().any(|(_, s)| s == "a"));
+        // The others are still remembered as used.
+        assert!(!remember(&mut used, 3, "d", 103, 0));
+        assert!(!remember(&mut used, 3, "b", 101, 0));
+        // Expired ones are dropped first.
+        assert!(remember(&mut used, 3, "e", 200, 102));
+        assert_eq!(
+            used.iter().map(|(_, s)| s.as_str()).collect::<Vec<_>>(),
+            ["d", "e"]
+        );
+    }
+
+    #[test]
+    fn a_flood_of_used_states_does_not_refuse_logins() {
+        let o = oauth();
+        for i in 0..MAX_USED_STATES {
+            let expires = 1000 + u64::try_from(i).unwrap();
+            assert_eq!(o.first_use(&format!("flood{i}"), expires, 10), Ok(true));
+        }
+        assert_eq!(o.first_use("mine", 5000, 10), Ok(true));
+        assert_eq!(o.first_use("mine", 5000, 10), Ok(false));
+        assert_eq!(o.used.lock().unwrap().len(), MAX_USED_STATES);
     }
 
     #[test]
