@@ -186,7 +186,7 @@ pub struct Auth {
     /// Verifies sigma's tokens and the configured external issuers'.
     pub verifier: jwt::Verifier,
     /// OAuth2 / OIDC login (`[auth.oauth.*]`), if any provider is configured.
-    pub oauth: Option<oauth::OAuth>,
+    pub oauth: Option<Arc<oauth::OAuth>>,
 }
 
 /// The `iss` and `aud` of the tokens sigma issues itself.
@@ -257,10 +257,10 @@ impl Auth {
                 .map_err(AuthSetupError::Store)?;
             let key: [u8; 32] = key.try_into().map_err(|_| AuthSetupError::BadKey)?;
             let public_url = config.public_url.as_deref().unwrap_or_default();
-            Some(
+            Some(Arc::new(
                 oauth::OAuth::new(&config.oauth, public_url, key, secure)
                     .map_err(AuthSetupError::OAuth)?,
-            )
+            ))
         };
         Ok(Self {
             issuer,

@@ -202,11 +202,6 @@ impl OAuth {
         })
     }
 
-    /// The configured provider names.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.providers.keys().map(String::as_str)
-    }
-
     /// Login page buttons, one per provider, carrying `next`.
     pub fn buttons(&self, next: &str) -> String {
         if self.providers.is_empty() {
@@ -559,6 +554,7 @@ pub fn handle(auth: &Arc<Auth>, call: &Call<'_>) -> Option<Handled> {
         ));
     }
     let auth2 = Arc::clone(auth);
+    let oauth = Arc::clone(oauth);
     let provider = Arc::clone(provider);
     if step == "login" {
         let mut next = safe_next(query_param(&head.target, "next").as_deref());
@@ -567,7 +563,7 @@ pub fn handle(auth: &Arc<Auth>, call: &Call<'_>) -> Option<Handled> {
             next = "/".into();
         }
         return Some(Handled::Later(Box::pin(async move {
-            let resp = match login(&auth2, &provider, next).await {
+            let resp = match login(&oauth, &provider, next).await {
                 Ok(r) => r,
                 Err(f) => fail(&auth2, &provider, &f),
             };
@@ -582,16 +578,13 @@ pub fn handle(auth: &Arc<Auth>, call: &Call<'_>) -> Option<Handled> {
         _ => None,
     };
     Some(Handled::Later(Box::pin(async move {
-        let clear = auth2
-            .oauth
-            .as_ref()
-            .map(|o| o.state_cookie(&provider.name, "", 0));
-        let mut resp = match callback(&auth2, &provider, query, cookie, old, client_ip).await {
-            Ok(r) => r,
-            Err(f) => fail(&auth2, &provider, &f),
-        };
+        let mut resp =
+            match callback(&auth2, &oauth, &provider, query, cookie, old, client_ip).await {
+                Ok(r) => r,
+                Err(f) => fail(&auth2, &provider, &f),
+            };
         // The state cookie is single use: every callback clears it.
-        resp.headers.extend(clear);
+        resp.headers.push(oauth.state_cookie(&provider.name, "", 0));
         Tagged::new(identity, resp)
     })))
 }
@@ -620,23 +613,21 @@ fn random_token(bytes: usize) -> Result<String, Failure> {
 
 /// `GET /auth/<name>/login`: the redirect to the provider, with the sealed
 /// state cookie.
-async fn login(auth: &Auth, p: &ProviderRt, next: String) -> Result<Response, Failure> {
-    let oauth = auth
-        .oauth
-        .as_ref()
-        .ok_or_else(|| Failure::new(404, "oauth_unknown_provider", "No such provider."))?;
+async fn login(oauth: &OAuth, p: &ProviderRt, next: String) -> Result<Response, Failure> {
     let internal = |_| Failure::new(503, "oauth_internal", "Sign-in is unavailable right now.");
     let redirect = RedirectUrl::new(p.redirect.clone()).map_err(internal)?;
     let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
     let state = random_token(32)?;
-    let nonce = random_token(32)?;
     let scopes = p.cfg.scopes();
-    let url = match &p.oidc {
+    // The nonce binds an ID token to this login: OIDC only (GitHub has no
+    // ID token; its state cookie carries an empty nonce).
+    let (url, nonce) = match &p.oidc {
         Some(oidc) => {
             let meta = oidc
                 .metadata(&oauth.http, unix_now())
                 .await
                 .map_err(|e| unavailable(&e))?;
+            let nonce = random_token(32)?;
             let client = CoreClient::from_provider_metadata(
                 (*meta).clone(),
                 ClientId::new(p.cfg.client_id.clone()),
@@ -656,7 +647,7 @@ async fn login(auth: &Auth, p: &ProviderRt, next: String) -> Result<Response, Fa
             for s in scopes.into_iter().filter(|s| s != "openid") {
                 req = req.add_scope(Scope::new(s));
             }
-            req.url().0
+            (req.url().0, nonce)
         }
         None => {
             let client = github::client(p, redirect).map_err(internal)?;
@@ -667,17 +658,13 @@ async fn login(auth: &Auth, p: &ProviderRt, next: String) -> Result<Response, Fa
             for s in scopes {
                 req = req.add_scope(Scope::new(s));
             }
-            req.url().0
+            (req.url().0, String::new())
         }
     };
     let now = unix_now();
     let login = LoginState {
         state,
-        nonce: if p.oidc.is_some() {
-            nonce
-        } else {
-            String::new()
-        },
+        nonce,
         verifier: verifier.secret().clone(),
         next,
         expires: now.saturating_add(STATE_TTL_SECS),
@@ -766,16 +753,13 @@ fn check_state(
 /// `GET /auth/<name>/callback`.
 async fn callback(
     auth: &Arc<Auth>,
+    oauth: &OAuth,
     p: &ProviderRt,
     q: Callback,
     cookie: Option<String>,
     old: Option<crate::store::SessionId>,
     client_ip: std::net::IpAddr,
 ) -> Result<Response, Failure> {
-    let oauth = auth
-        .oauth
-        .as_ref()
-        .ok_or_else(|| Failure::new(404, "oauth_unknown_provider", "No such provider."))?;
     if let Some(err) = q.error.as_deref() {
         return Err(if err == "access_denied" {
             Failure::new(
