@@ -452,8 +452,11 @@ fn discovered_endpoints_ok(meta: &CoreProviderMetadata) -> Result<(), String> {
     for (name, url) in endpoints {
         if let Some(url) = url {
             if !config::url_ok(url.as_str()) {
+                // Scheme and host only: the URL might carry credentials.
                 return Err(format!(
-                    "discovered {name} {url} is not https (or http to a loopback host)"
+                    "discovered {name} ({}://{}) is not https (or http to a loopback host) or has credentials",
+                    url.scheme(),
+                    url.host_str().unwrap_or_default()
                 ));
             }
         }
@@ -1210,6 +1213,7 @@ mod tests {
         ] {
             let e = discovered_endpoints_ok(&doc(bad)).unwrap_err();
             assert!(e.contains("token_endpoint"), "{bad}: {e}");
+            assert!(!e.contains("pw"), "{e}");
         }
     }
 
