@@ -34,6 +34,45 @@ key_rotation = "2s"
 """
 
 
+# Access lists: `secret` names its users, `team` inherits those of the
+# /team route whose &broadcast it reuses; /ws and /world let anonymous
+# requests reach &world (auth "optional"), which must still refuse them.
+CONFIG_ACL = """
+[auth]
+login_per_ip_per_minute = 1000
+login_per_user_per_minute = 1000
+
+[[route]]
+path = "/ws"
+to = "&world"
+auth = "optional"
+
+[[route]]
+path = "/world"
+to = "&world"
+auth = "optional"
+
+[[route]]
+path = "/team"
+to = "&broadcast"
+auth = "required"
+users = ["alice"]
+
+[world.echo]
+code = "builtin:echo"
+to = "&echo"
+
+[world.secret]
+code = "builtin:echo"
+to = "&echo"
+users = ["alice"]
+
+[world.team]
+code = "builtin:chat"
+to = "&broadcast"
+"""
+
+
 def b64(b: bytes) -> str:
     return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
 
@@ -51,6 +90,13 @@ def flip(b: bytes, bit: int) -> bytes:
 @pytest.fixture(scope="module")
 def hub():
     s = AuthSigma(CONFIG, USERS)
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def acl():
+    s = AuthSigma(CONFIG_ACL, USERS)
     yield s
     s.stop()
 
@@ -472,3 +518,29 @@ def test_socket_close_ends_its_worlds(hub):
     status, _, body = c.initiate(key, world, "echo", reply["cookie"])
     assert status == 403, body
     assert json.loads(body)["error"] == "session_socket_gone"
+
+
+# -- access lists -----------------------------------------------------------------
+
+def test_commands_are_limited_to_their_users(acl):
+    a = Client(acl, "alice")
+    assert [c["name"] for c in a.hello()["commands"]] == ["echo", "secret", "team"]
+    b = Client(acl, "bob")
+    assert [c["name"] for c in b.hello()["commands"]] == ["echo"]
+    for command in ("secret", "team"):
+        _, _, reply = b.fork(command)
+        assert (reply["t"], reply["reason"]) == ("fork-refused", "unknown_command")
+        # Even holding a good cookie (alice's), bob's initiate is refused
+        # before the cookie is looked at.
+        key, world, reply = a.fork(command)
+        assert reply["t"] == "fork-cookie"
+        status, _, body = b.initiate(key, world, command, reply["cookie"])
+        assert (status, json.loads(body)["error"]) == (404, "unknown_command")
+    k, w = a.start("secret")
+    a.say(k, w, "only alice")
+    assert a.recv()["body"] == "only alice"
+    k, w = b.start("echo")
+    b.say(k, w, "anyone")
+    assert b.recv()["body"] == "anyone"
+    a.close()
+    b.close()

@@ -147,6 +147,10 @@ pub struct WorldCommand {
     pub code: WorldCode,
     /// Where the world's messages go (any route destination but `&world`).
     pub to: Destination,
+    /// If set, only these users may start it (never empty). See
+    /// [`Config::world_users`] for who may, once the route it reuses is
+    /// taken into account.
+    pub users: Option<Vec<String>>,
 }
 
 /// Where a world command's worker code comes from (`code`).
@@ -179,11 +183,13 @@ pub fn default_world_commands() -> Vec<WorldCommand> {
             name: "chat".to_owned(),
             code: WorldCode::Builtin("chat".to_owned()),
             to: Destination::Broadcast,
+            users: None,
         },
         WorldCommand {
             name: "echo".to_owned(),
             code: WorldCode::Builtin("echo".to_owned()),
             to: Destination::Echo,
+            users: None,
         },
     ]
 }
@@ -843,6 +849,23 @@ pub fn from_str(toml: &str, env: &[(String, String)]) -> Result<Config, ConfigEr
 }
 
 impl Config {
+    /// The route whose destination world command `w` reuses (so a world's
+    /// `&broadcast` is the hub other clients use): the first route, in
+    /// match order, with the same `to` that does not serve a shared `&db`
+    /// namespace; `None`: the world gets a destination of its own.
+    /// Returns the route's index in [`Config::routes`] with it.
+    pub fn world_route(&self, w: &WorldCommand) -> Option<(usize, &RouteConfig)> {
+        world_route(&self.routes, w)
+    }
+
+    /// Who may start world command `w` (DESIGN §5, "command known and
+    /// allowed"): its own `users`, intersected with the `users` of the
+    /// route it reuses ([`Config::world_route`]); `None`: every
+    /// authenticated user. Never empty for a loaded config.
+    pub fn world_users(&self, w: &WorldCommand) -> Option<Vec<String>> {
+        world_users(&self.routes, w)
+    }
+
     /// The summary `sigma check` and `sigma serve` print: the topology, then
     /// one line per route in match order (no trailing newline).
     ///
@@ -880,7 +903,11 @@ impl Config {
         }
         let serves_worlds = self.routes.iter().any(|r| r.to == Destination::World);
         for w in self.world.iter().filter(|_| serves_worlds) {
-            out.push_str(&format!("\nworld {} -> {} (code {})", w.name, w.to, w.code));
+            out.push_str(&format!("\nworld {} -> {} (code {}", w.name, w.to, w.code));
+            if let Some(users) = self.world_users(w) {
+                out.push_str(&format!(", users {}", users.join(",")));
+            }
+            out.push(')');
         }
         for (name, p) in &self.auth.oauth {
             let public = self.auth.public_url.as_deref().unwrap_or_default();
@@ -1327,6 +1354,8 @@ fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::
 struct WorldTable {
     code: String,
     to: String,
+    #[serde(default)]
+    users: Option<Vec<String>>,
 }
 
 /// A humantime duration string, > 0 and ≤ [`MAX_DURATION`].
@@ -1747,6 +1776,8 @@ fn resolve(file: ConfigFile, sources: &Sources<'_>) -> Result<Config, ConfigErro
         Some(tables) => world_commands(tables)
             .map_err(|(path, message)| sources.error(path, ConfigErrorKind::Invalid { message }))?,
     };
+    check_world_access(&routes, &world)
+        .map_err(|(path, message)| sources.error(path, ConfigErrorKind::Invalid { message }))?;
     let h = file.http;
     let limits = Limits {
         max_request_line: h.max_request_line,
@@ -1848,9 +1879,72 @@ fn world_commands(
         if to == Destination::World {
             return Err((at("to"), "a world cannot forward to &world".into()));
         }
-        out.push(WorldCommand { name, code, to });
+        if let Some(users) = &t.users {
+            check_user_list(users).map_err(|e| (at("users"), e.to_string()))?;
+        }
+        out.push(WorldCommand {
+            name,
+            code,
+            to,
+            users: t.users,
+        });
     }
     Ok(out)
+}
+
+/// A world command that reuses a route's destination must not reach
+/// users that route does not admit: the two `users` lists intersect, and
+/// an empty intersection (nobody could start it) is an error.
+fn check_world_access(
+    routes: &[RouteConfig],
+    world: &[WorldCommand],
+) -> Result<(), (KeyPath, String)> {
+    for w in world {
+        let Some((_, route)) = world_route(routes, w) else {
+            continue;
+        };
+        if let Some(allowed) = world_users(routes, w) {
+            if allowed.is_empty() {
+                return Err((
+                    vec![key("world"), key(&w.name), key("users")],
+                    format!(
+                        "none of these users may use route {} (users {}), whose {} this world reuses",
+                        route.path,
+                        route.users.as_deref().unwrap_or_default().join(","),
+                        route.to
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The route whose destination world command `w` reuses: the first one
+/// (in match order) with the same `to` that does not serve a shared
+/// `&db` namespace.
+fn world_route<'a>(
+    routes: &'a [RouteConfig],
+    w: &WorldCommand,
+) -> Option<(usize, &'a RouteConfig)> {
+    routes
+        .iter()
+        .enumerate()
+        .find(|(_, r)| r.to == w.to && r.shared.is_none())
+}
+
+/// Who may start `w`: its own `users`, intersected with those of the
+/// route it reuses; `None`: every authenticated user.
+fn world_users(routes: &[RouteConfig], w: &WorldCommand) -> Option<Vec<String>> {
+    let route = world_route(routes, w).and_then(|(_, r)| r.users.as_ref());
+    match (&w.users, route) {
+        (None, None) => None,
+        (Some(own), None) => Some(own.clone()),
+        (None, Some(route)) => Some(route.clone()),
+        (Some(own), Some(route)) => {
+            Some(own.iter().filter(|u| route.contains(u)).cloned().collect())
+        }
+    }
 }
 
 /// `[auth] public_url` and the `[auth.oauth.<name>]` tables (DESIGN §4).
@@ -2147,6 +2241,7 @@ mod tests {
             [world.notes]
             code = "/srv/notes.js"
             to = "&db"
+            users = ["alice"]
         "#;
         let c = from_str(toml, &[]).unwrap();
         assert_eq!(
@@ -2164,6 +2259,7 @@ mod tests {
                 name: "notes".into(),
                 code: WorldCode::File("/srv/notes.js".into()),
                 to: Destination::Db,
+                users: Some(vec!["alice".into()]),
             }]
         );
         assert_eq!(c.topology.to_string(), "T[::1]:4000[H] T0.0.0.0:4001[HA]");
@@ -3002,6 +3098,51 @@ mod tests {
         assert_eq!(e.path, "worlds.max_per_session");
         let c = from_str("[world.e]\ncode = \"builtin:echo\"\nto = \"&echo\"\n", &[]).unwrap();
         assert_eq!(c.world.len(), 1);
+        // `users` is checked like a route's.
+        let e = err("[world.x]\ncode = \"a.js\"\nto = \"&echo\"\nusers = []\n");
+        assert_eq!(e.path, "world.x.users");
+        let e = err("[world.x]\ncode = \"a.js\"\nto = \"&echo\"\nusers = [\"a b\"]\n");
+        assert_eq!(e.path, "world.x.users");
+    }
+
+    #[test]
+    fn world_commands_inherit_the_users_of_the_route_they_reuse() {
+        let routes = r#"
+            [[route]]
+            path = "/team"
+            to = "&broadcast"
+            auth = "required"
+            users = ["alice", "bob"]
+            [[route]]
+            path = "/ws"
+            to = "&world"
+            auth = "required"
+        "#;
+        let c = from_str(
+            &format!(
+                "{routes}\n[world.open]\ncode = \"builtin:chat\"\nto = \"&broadcast\"\n\
+                 [world.mine]\ncode = \"builtin:chat\"\nto = \"&broadcast\"\nusers = [\"bob\", \"carol\"]\n\
+                 [world.echo]\ncode = \"builtin:echo\"\nto = \"&echo\"\nusers = [\"carol\"]\n"
+            ),
+            &[],
+        )
+        .unwrap();
+        let users = |name: &str| {
+            let w = c.world.iter().find(|w| w.name == name).unwrap();
+            c.world_users(w)
+        };
+        assert_eq!(users("open"), Some(vec!["alice".into(), "bob".into()]));
+        assert_eq!(users("mine"), Some(vec!["bob".into()]));
+        assert_eq!(users("echo"), Some(vec!["carol".into()]));
+        assert!(c
+            .describe()
+            .contains("world mine -> &broadcast (code builtin:chat, users bob)"));
+        // Nobody could start it: an error naming the key.
+        let e = err(&format!(
+            "{routes}\n[world.x]\ncode = \"builtin:chat\"\nto = \"&broadcast\"\nusers = [\"carol\"]\n"
+        ));
+        assert_eq!(e.path, "world.x.users");
+        assert!(e.to_string().contains("/team"), "{e}");
     }
 
     #[test]

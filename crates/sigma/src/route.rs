@@ -352,7 +352,7 @@ impl RouteTable {
         }
         if let Some(w) = &world {
             // `out` is still in `routes` order here.
-            w.bind(config, routes, &out, &db)?;
+            w.bind(config, &out, &db)?;
         }
         out.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
         Ok(Self { routes: out })

@@ -193,7 +193,8 @@ pub enum ServerMsg {
     ForkRefused {
         /// The world.
         world: WorldId,
-        /// Why: `unknown_command`, `duplicate`, `limit`, `rate`.
+        /// Why: `unknown_command` (none such, or not one this user may
+        /// start), `duplicate`, `bad_key`, `limit`, `rate`.
         reason: &'static str,
     },
     /// `{"t":"world","world":W,"body":S}`: a reply or push for one world.

@@ -34,7 +34,7 @@ use super::session::{ActivateError, Limits, Out, Session};
 use super::{Binding, WorldId};
 use crate::auth::endpoints::json_response;
 use crate::auth::{check_reply, unix_now_ms, Identity, Principal, Tagged};
-use crate::config::{Config, RouteConfig, WorldCode};
+use crate::config::{Config, WorldCode};
 use crate::route::{
     ws_push_queue, Destination, Handled, HttpRequest, Pushed, Route, UnavailableDestination,
     WsEndpoint, WsSender,
@@ -52,6 +52,19 @@ fn builtin_code(name: &str) -> Option<&'static str> {
 struct Command {
     info: CommandInfo,
     code: Bytes,
+    /// Who may start it ([`Config::world_users`]); `None`: everyone
+    /// authenticated.
+    users: Option<Vec<String>>,
+}
+
+impl Command {
+    /// True if `user` may start this command (DESIGN §5: "the world
+    /// commands the user may start").
+    fn allows(&self, user: &Identity) -> bool {
+        self.users
+            .as_ref()
+            .is_none_or(|list| list.contains(&user.user))
+    }
 }
 
 /// The `&world` destination (one per server, shared by its routes).
@@ -67,7 +80,6 @@ impl std::fmt::Debug for WorldService {
 
 struct Shared {
     commands: Vec<Command>,
-    infos: Vec<CommandInfo>,
     /// Each command's destination, by index (set by [`WorldService::bind`]).
     targets: OnceLock<Vec<Arc<dyn Destination>>>,
     limits: Limits,
@@ -113,13 +125,13 @@ impl WorldService {
                     code: format!("/world/{}.js", w.name),
                 },
                 code,
+                users: config.world_users(w),
             });
         }
         let period = config.worlds.key_rotation;
         let period_ms = u64::try_from(period.as_millis()).unwrap_or(u64::MAX);
         Ok(Self {
             shared: Arc::new(Shared {
-                infos: commands.iter().map(|c| c.info.clone()).collect(),
                 commands,
                 targets: OnceLock::new(),
                 limits: Limits {
@@ -136,25 +148,25 @@ impl WorldService {
         })
     }
 
-    /// Connects each command to its destination: the destination of the
-    /// first route with the same `to` (so a world's `&broadcast` is the
-    /// hub of the `/broadcast` route), else a new `&echo`, `&broadcast`
-    /// or `&db`. `routes` are the built routes in `configs` order.
+    /// Connects each command to its destination: that of the route
+    /// [`Config::world_route`] picks (so a world's `&broadcast` is the hub
+    /// of the `/broadcast` route; that route's `users` were folded into
+    /// the command's in [`Config::world_users`]), else a new `&echo`,
+    /// `&broadcast` or `&db`. `routes` are the built routes in
+    /// `config.routes` order.
     pub fn bind(
         &self,
         config: &Config,
-        configs: &[RouteConfig],
         routes: &[Route],
         db: &Arc<crate::db::DbService>,
     ) -> Result<(), UnavailableDestination> {
         use crate::config::Destination as To;
         let mut targets = Vec::with_capacity(config.world.len());
         for w in &config.world {
-            let existing = configs
-                .iter()
-                .zip(routes)
-                .find(|(c, _)| c.to == w.to && c.shared.is_none())
-                .map(|(_, r)| Arc::clone(&r.dest));
+            let existing = config
+                .world_route(w)
+                .and_then(|(i, _)| routes.get(i))
+                .map(|r| Arc::clone(&r.dest));
             let dest: Arc<dyn Destination> = match (existing, &w.to) {
                 (Some(d), _) => d,
                 (None, To::Echo) => Arc::new(crate::echo::Echo),
@@ -203,9 +215,21 @@ impl Destination for WorldService {
         let user = Arc::clone(identity.as_ref()?);
         let binding = super::binding_of(head)?;
         let id = self.shared.next_socket.fetch_add(1, Ordering::Relaxed);
+        let commands = self
+            .shared
+            .commands
+            .iter()
+            .filter(|c| c.allows(&user))
+            .map(|c| c.info.clone())
+            .collect();
         let socket = Arc::new(Mutex::new(Socket {
             id,
-            session: Session::new(user.user.clone(), self.shared.limits, unix_now_ms()),
+            session: Session::new(
+                user.user.clone(),
+                commands,
+                self.shared.limits,
+                unix_now_ms(),
+            ),
             binding,
             identity: identity.clone(),
             user,
@@ -260,11 +284,13 @@ impl Shared {
         let Some((initiate_bytes, sig)) = envelope::parse_query(query) else {
             return refuse(400, "missing_parameter");
         };
-        let Some(index) = name.and_then(|n| self.commands.iter().position(|c| c.info.name == n))
-        else {
-            return refuse(404, "unknown_command");
-        };
-        let Some(command) = self.commands.get(index) else {
+        // A command the user may not start is as unknown to them as in
+        // their `welcome` (it does not tell them it exists).
+        let Some((index, command)) = name.and_then(|n| {
+            self.commands.iter().enumerate().find(|(_, c)| {
+                c.info.name == n && identity.as_deref().is_none_or(|id| c.allows(id))
+            })
+        }) else {
             return refuse(404, "unknown_command");
         };
         let Ok(init) = envelope::parse_initiate(&initiate_bytes) else {
@@ -511,8 +537,7 @@ impl WsEndpoint for SessionSocket {
                     };
                     lock(keys).seal(&c, now).map(|b| super::b64_encode(&b))
                 };
-                s.session
-                    .on_text(t.as_str(), now, &self.shared.infos, &mut seal)
+                s.session.on_text(t.as_str(), now, &mut seal)
             }
             WsMessage::Binary(_) => s.session.on_binary(),
         };
@@ -535,5 +560,210 @@ impl Drop for SessionSocket {
             s.id
         };
         lock(&self.shared.sockets).remove(&id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Provider;
+    use crate::route::WsReceiver;
+    use ed25519_dalek::{Signer, SigningKey};
+    use serde_json::Value;
+    use sigma_http::Version;
+    use std::sync::atomic::AtomicUsize;
+
+    /// `&echo` that counts the endpoints it opened.
+    #[derive(Default)]
+    struct Counting(AtomicUsize);
+
+    impl Destination for Counting {
+        fn name(&self) -> &str {
+            "&counting"
+        }
+        fn http(&self, req: Tagged<HttpRequest>) -> Handled {
+            Handled::Ready(Tagged::new(req.identity, refuse(404, "none")))
+        }
+        fn websocket(&self, identity: &Principal, push: WsSender) -> Option<Box<dyn WsEndpoint>> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            crate::echo::Echo.websocket(identity, push)
+        }
+    }
+
+    fn service(toml: &str) -> (WorldService, Arc<Counting>) {
+        let config = crate::config::from_str(toml, &[]).unwrap();
+        let svc = WorldService::new(&config).unwrap();
+        let counting = Arc::new(Counting::default());
+        let targets = config
+            .world
+            .iter()
+            .map(|_| Arc::clone(&counting) as Arc<dyn Destination>)
+            .collect();
+        assert!(svc.shared.targets.set(targets).is_ok());
+        (svc, counting)
+    }
+
+    fn head(target: String, token: &str) -> RequestHead {
+        RequestHead {
+            method: Method::Get,
+            target: Bytes::from(target),
+            version: Version::Http11,
+            headers: vec![Header::new(
+                &b"Authorization"[..],
+                format!("Bearer {token}").into_bytes(),
+            )],
+            keep_alive: true,
+            websocket: None,
+        }
+    }
+
+    /// A session socket of `user`, authenticated by a bearer `token`.
+    struct Client {
+        ep: Box<dyn WsEndpoint>,
+        rx: WsReceiver,
+        identity: Principal,
+        token: String,
+        lamport: u64,
+    }
+
+    impl Client {
+        fn open(svc: &WorldService, user: &str, token: &str) -> Self {
+            let identity: Principal = Some(Arc::new(Identity {
+                user: user.into(),
+                provider: Provider::Password,
+                world: None,
+            }));
+            let (push, rx) = ws_push_queue();
+            let ep = svc
+                .websocket_upgrade(&head("/ws".into(), token), &identity, push)
+                .unwrap();
+            Self {
+                ep,
+                rx,
+                identity,
+                token: token.into(),
+                lamport: 0,
+            }
+        }
+
+        /// Sends `msg` (stamped), returns what the server pushed for it.
+        fn send(&mut self, mut msg: Value) -> Vec<Value> {
+            self.lamport += 1;
+            msg["lamport"] = self.lamport.into();
+            let text = WsMessage::Text(msg.to_string().into());
+            assert!(self
+                .ep
+                .on_message(Tagged::new(self.identity.clone(), text))
+                .is_none());
+            let mut out = Vec::new();
+            while let Some(Pushed::Message(m)) = self.rx.try_recv() {
+                let WsMessage::Text(t) = m.msg else {
+                    panic!("binary")
+                };
+                let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                self.lamport = self.lamport.max(v["lamport"].as_u64().unwrap());
+                out.push(v);
+            }
+            out
+        }
+
+        fn hello(&mut self) -> Value {
+            self.send(json!({"t": "hello"})).remove(0)
+        }
+
+        fn fork(&mut self, key: &SigningKey, command: &str) -> Value {
+            let world = WorldId(key.verifying_key().to_bytes()).encode();
+            self.send(json!({"t": "fork", "world": world, "command": command}))
+                .remove(0)
+        }
+
+        /// `GET /world/<command>.js` with a signed initiate.
+        fn initiate(
+            &self,
+            svc: &WorldService,
+            key: &SigningKey,
+            command: &str,
+            cookie: &str,
+        ) -> (u16, Value) {
+            let world = WorldId(key.verifying_key().to_bytes()).encode();
+            let initiate = json!({"cookie": cookie, "world": world, "command": command})
+                .to_string()
+                .into_bytes();
+            let sig = key.sign(&initiate).to_bytes();
+            let target = format!(
+                "/world/{command}.js?initiate={}&sig={}",
+                super::super::b64_encode(&initiate),
+                super::super::b64_encode(&sig)
+            );
+            let resp =
+                svc.shared
+                    .initiate(&self.identity, &head(target, &self.token), unix_now_ms());
+            let body = serde_json::from_slice(&resp.body).unwrap_or(Value::Null);
+            (resp.status, body)
+        }
+    }
+
+    fn key(n: u8) -> SigningKey {
+        SigningKey::from_bytes(&[n; 32])
+    }
+
+    const WORLDS: &str = r#"
+        [[route]]
+        path = "/ws"
+        to = "&world"
+        auth = "required"
+        [[route]]
+        path = "/team"
+        to = "&broadcast"
+        auth = "required"
+        users = ["alice"]
+        [world.echo]
+        code = "builtin:echo"
+        to = "&echo"
+        [world.secret]
+        code = "builtin:echo"
+        to = "&echo"
+        users = ["alice"]
+        [world.team]
+        code = "builtin:chat"
+        to = "&broadcast"
+    "#;
+
+    #[test]
+    fn commands_are_offered_and_accepted_only_for_their_users() {
+        let (svc, _) = service(WORLDS);
+        let names = |welcome: &Value| -> Vec<String> {
+            welcome["commands"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["name"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        let mut alice = Client::open(&svc, "alice", "tok-alice");
+        assert_eq!(names(&alice.hello()), ["echo", "secret", "team"]);
+        let mut bob = Client::open(&svc, "bob", "tok-bob");
+        // `team` inherits the users of the /team route it reuses.
+        assert_eq!(names(&bob.hello()), ["echo"]);
+        for command in ["secret", "team"] {
+            let r = bob.fork(&key(1), command);
+            assert_eq!(
+                (&r["t"], &r["reason"]),
+                (&json!("fork-refused"), &json!("unknown_command"))
+            );
+            // Even with a cookie alice got, bob's initiate is refused before it is opened.
+            let r = alice.fork(&key(2), command);
+            assert_eq!(r["t"], "fork-cookie");
+            let (status, body) =
+                bob.initiate(&svc, &key(2), command, r["cookie"].as_str().unwrap());
+            assert_eq!((status, &body["error"]), (404, &json!("unknown_command")));
+        }
+        let r = bob.fork(&key(3), "echo");
+        assert_eq!(r["t"], "fork-cookie");
+        let (status, _) = bob.initiate(&svc, &key(3), "echo", r["cookie"].as_str().unwrap());
+        assert_eq!(status, 200);
+        let r = alice.fork(&key(4), "secret");
+        let (status, _) = alice.initiate(&svc, &key(4), "secret", r["cookie"].as_str().unwrap());
+        assert_eq!(status, 200);
     }
 }

@@ -106,6 +106,9 @@ struct World {
 pub struct Session {
     limits: Limits,
     user: String,
+    /// The commands this user may start (offered in `welcome`, the only
+    /// ones `fork` accepts).
+    commands: Vec<CommandInfo>,
     activated: bool,
     closed: bool,
     lamport: u64,
@@ -127,11 +130,13 @@ impl std::fmt::Debug for Session {
 }
 
 impl Session {
-    /// A socket of `user`, opened at `now_ms`, waiting for `hello`.
-    pub fn new(user: String, limits: Limits, now_ms: u64) -> Self {
+    /// A socket of `user`, who may start `commands`, opened at `now_ms`,
+    /// waiting for `hello`.
+    pub fn new(user: String, commands: Vec<CommandInfo>, limits: Limits, now_ms: u64) -> Self {
         Self {
             limits,
             user,
+            commands,
             activated: false,
             closed: false,
             lamport: 0,
@@ -198,14 +203,12 @@ impl Session {
         self.error("the session socket takes JSON text messages")
     }
 
-    /// One client text message at `now_ms`. `commands` are those the user
-    /// may start; `seal` makes the fork cookie (base64url) for a world and
-    /// command, or `None` when it cannot.
+    /// One client text message at `now_ms`. `seal` makes the fork cookie
+    /// (base64url) for a world and command, or `None` when it cannot.
     pub fn on_text(
         &mut self,
         text: &str,
         now_ms: u64,
-        commands: &[CommandInfo],
         seal: &mut dyn FnMut(&WorldId, &str) -> Option<String>,
     ) -> Vec<Out> {
         if self.closed {
@@ -226,14 +229,14 @@ impl Session {
                 self.activated = true;
                 self.receive(env.lamport);
                 let user = self.user.clone();
-                vec![self.send(ServerMsg::Welcome {
-                    user,
-                    commands: commands.to_vec(),
-                })]
+                let commands = self.commands.clone();
+                vec![self.send(ServerMsg::Welcome { user, commands })]
             }
             ClientMsg::Fork { world, command } => {
                 self.receive(env.lamport);
-                let reason = if !commands.iter().any(|c| c.name == command) {
+                // A command this user may not start is not in their
+                // `welcome` either: refused as unknown.
+                let reason = if !self.commands.iter().any(|c| c.name == command) {
                     Some("unknown_command")
                 } else if self.worlds.contains_key(&world) {
                     Some("duplicate")
@@ -406,6 +409,7 @@ mod tests {
     fn session() -> Session {
         Session::new(
             "alice".into(),
+            commands(),
             Limits {
                 max_worlds: 2,
                 forks_per_minute: 3,
@@ -430,9 +434,7 @@ mod tests {
     }
 
     fn feed(s: &mut Session, msg: serde_json::Value, now: u64) -> Vec<Out> {
-        s.on_text(&msg.to_string(), now, &commands(), &mut |_, _| {
-            Some("cookie".into())
-        })
+        s.on_text(&msg.to_string(), now, &mut |_, _| Some("cookie".into()))
     }
 
     fn hello(s: &mut Session) {
