@@ -145,7 +145,8 @@ pub struct WorldCommand {
     pub name: String,
     /// The worker code.
     pub code: WorldCode,
-    /// Where the world's messages go (any route destination but `&world`).
+    /// Where the world's messages go: a destination with a WebSocket
+    /// endpoint ([`Destination::hosts_worlds`]).
     pub to: Destination,
     /// If set, only these users may start it (never empty). See
     /// [`Config::world_users`] for who may, once the route it reuses is
@@ -925,6 +926,24 @@ impl Config {
 }
 
 impl Destination {
+    /// True if a world can forward to it: it opens a WebSocket endpoint
+    /// for an identity alone (`&echo`, `&broadcast`, `&db`). An upstream,
+    /// static files, the web page and `&world` itself have none, so every
+    /// initiate would fail (DESIGN §5, step 5).
+    pub fn hosts_worlds(&self) -> bool {
+        match self {
+            Destination::Echo | Destination::Broadcast | Destination::Db => true,
+            #[cfg(feature = "test-destinations")]
+            Destination::Crossed => true,
+            #[cfg(feature = "test-destinations")]
+            Destination::Inspect => false,
+            Destination::World
+            | Destination::Upstream(_)
+            | Destination::Static(_)
+            | Destination::Web => false,
+        }
+    }
+
     /// Parses a route's `to`: `&echo`, `&broadcast`, `&db`,
     /// `http://HOST[:PORT][/PATH]` or `static:DIR`.
     pub fn parse(to: &str) -> Result<Destination, RouteError> {
@@ -1878,6 +1897,14 @@ fn world_commands(
         let to = Destination::parse(&t.to).map_err(|e| (at("to"), e.to_string()))?;
         if to == Destination::World {
             return Err((at("to"), "a world cannot forward to &world".into()));
+        }
+        if !to.hosts_worlds() {
+            return Err((
+                at("to"),
+                format!(
+                    "{to} has no WebSocket endpoint a world can run on; use &echo, &broadcast or &db"
+                ),
+            ));
         }
         if let Some(users) = &t.users {
             check_user_list(users).map_err(|e| (at("users"), e.to_string()))?;
@@ -3090,6 +3117,14 @@ mod tests {
         assert_eq!(e.path, "world.x.code");
         let e = err("[world.x]\ncode = \"builtin:echo\"\nto = \"&world\"\n");
         assert_eq!(e.path, "world.x.to");
+        // Destinations with no WebSocket endpoint for a world.
+        for to in ["http://127.0.0.1:8080", "static:./www", "&web"] {
+            let e = err(&format!(
+                "[world.x]\ncode = \"builtin:echo\"\nto = \"{to}\"\n"
+            ));
+            assert_eq!(e.path, "world.x.to", "{to}");
+            assert!(e.to_string().contains("WebSocket"), "{e}");
+        }
         let e = err("[world.x]\ncode = \"a.js\"\nto = \"&echo\"\nbogus = 1\n");
         assert_eq!(e.path, "world.x.bogus");
         let e = err("[world.\"a b\"]\ncode = \"a.js\"\nto = \"&echo\"\n");

@@ -55,6 +55,23 @@ fn check_invalid_values_exit_2() {
 }
 
 #[test]
+fn check_refuses_world_destinations_without_websocket() {
+    for to in ["http://127.0.0.1:8080", "static:./www", "&web"] {
+        let toml = format!(
+            "[[route]]\npath = \"/ws\"\nto = \"&world\"\nauth = \"required\"\n\
+             [[route]]\npath = \"/up\"\nto = \"{to}\"\n\
+             [world.x]\ncode = \"builtin:echo\"\nto = \"{to}\"\n"
+        );
+        let (code, _, err) = check(&toml);
+        assert_eq!(code, Some(2), "{to}: stderr: {err}");
+        assert!(
+            err.contains("world.x.to") && err.contains("WebSocket"),
+            "{to}: {err}"
+        );
+    }
+}
+
+#[test]
 fn check_missing_file_exits_2() {
     let mut cmd = sigma_cmd();
     cmd.arg("check")

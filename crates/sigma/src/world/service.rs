@@ -174,9 +174,10 @@ impl WorldService {
                     crate::broadcast::destination(&format!("/world/{}", w.name), &config.broadcast)
                 }
                 (None, To::Db) => crate::db::Db::destination(db, "/", crate::db::Scope::of(None)),
+                // Config validation refuses these (`Destination::hosts_worlds`).
                 (None, other) => {
                     return Err(UnavailableDestination(format!(
-                        "{other} (world.{}.to: add a route to it)",
+                        "{other} (world.{}.to: no WebSocket endpoint for a world)",
                         w.name
                     )))
                 }
