@@ -9,7 +9,9 @@ rotates every 2 s so the rotation tests wait seconds, not minutes.
 """
 import base64
 import json
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -383,6 +385,37 @@ def test_initiate_errors(hub):
     assert status == 200
     status, _, _ = c.initiate(key, world, "echo", cookie)
     assert status == 409
+    c.close()
+
+
+def test_initiate_refused_by_the_limit_can_be_retried(hub):
+    c = Client(hub, "alice")
+    c.hello()
+    key, world, reply = c.fork()
+    started = [c.start() for _ in range(3)]  # max_per_session = 3
+    status, _, body = c.initiate(key, world, "echo", reply["cookie"])
+    assert (status, json.loads(body)["error"]) == (429, "world_limit")
+    # A world ends; the same cookie (not spent by the 429) now starts it.
+    c.send(t="disconnect", world=started[0][1])
+    assert c.recv()["t"] == "disconnect"
+    status, _, body = c.initiate(key, world, "echo", reply["cookie"])
+    assert status == 200, body
+    c.close()
+
+
+def test_racing_initiates_with_one_cookie_start_one_world(hub):
+    c = Client(hub, "alice")
+    c.hello()
+    key, world, reply = c.fork()
+    barrier = threading.Barrier(6)
+
+    def go():
+        barrier.wait()
+        return c.initiate(key, world, "echo", reply["cookie"])[0]
+
+    with ThreadPoolExecutor(6) as pool:
+        statuses = sorted(pool.map(lambda _: go(), range(6)))
+    assert statuses == [200] + [409] * 5, statuses
     c.close()
 
 

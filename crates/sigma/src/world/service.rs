@@ -326,27 +326,24 @@ impl Shared {
         else {
             return refuse(403, "bad_cookie");
         };
-        {
-            let mut used = lock(&self.used);
-            if used.contains_key(&nonce) {
-                return refuse(409, "replayed");
-            }
-            if used.len() >= 1024 {
-                used.retain(|_, expiry| *expiry > now_ms);
-            }
-            used.insert(nonce, now_ms.saturating_add(self.cookie_life_ms));
-        }
+        let Some(dest) = self.targets.get().and_then(|t| t.get(index)) else {
+            return refuse(502, "world_destination_unavailable");
+        };
         let socket = lock(&self.sockets)
             .get(&cookie.socket)
             .and_then(Weak::upgrade);
         let Some(socket) = socket else {
             return refuse(403, "session_socket_gone");
         };
-        let Some(dest) = self.targets.get().and_then(|t| t.get(index)) else {
-            return refuse(502, "world_destination_unavailable");
+        let once = Once {
+            used: &self.used,
+            nonce,
+            expiry_ms: now_ms.saturating_add(self.cookie_life_ms),
+            now_ms,
         };
-        if let Err(e) = Socket::start_world(&socket, cookie.world, dest.as_ref()) {
+        if let Err(e) = Socket::start_world(&socket, cookie.world, dest.as_ref(), once) {
             return match e {
+                StartError::Replayed => refuse(409, "replayed"),
                 StartError::Activate(ActivateError::Duplicate) => refuse(409, "already_active"),
                 StartError::Activate(ActivateError::Limit) => refuse(429, "world_limit"),
                 StartError::Activate(ActivateError::NotActive) => {
@@ -374,8 +371,33 @@ fn subtle_eq(a: &Binding, b: &Binding) -> subtle::Choice {
 }
 
 enum StartError {
+    /// The cookie was used already.
+    Replayed,
     Activate(ActivateError),
     NoWebSocket,
+}
+
+/// A cookie's single use: its nonce, to be marked used once its world is
+/// active (and not before: a refused initiate may be retried).
+struct Once<'a> {
+    used: &'a Mutex<HashMap<[u8; NONCE], u64>>,
+    nonce: [u8; NONCE],
+    expiry_ms: u64,
+    now_ms: u64,
+}
+
+impl Once<'_> {
+    fn is_used(&self) -> bool {
+        lock(self.used).contains_key(&self.nonce)
+    }
+
+    fn mark_used(self) {
+        let mut used = lock(self.used);
+        if used.len() >= 1024 {
+            used.retain(|_, expiry| *expiry > self.now_ms);
+        }
+        used.insert(self.nonce, self.expiry_ms);
+    }
 }
 
 /// One session socket's state, shared by its endpoint, its timer, its
@@ -408,13 +430,26 @@ impl Drop for Link {
 
 impl Socket {
     /// Activates `world` and opens its destination endpoint with the
-    /// identity `(user, world)`.
+    /// identity `(user, world)`; marks the cookie used when that worked.
+    ///
+    /// Everything that can refuse is checked before anything changes: the
+    /// cookie's use, the session's state and limit, then the endpoint. The
+    /// socket's lock is held throughout, and every initiate with this
+    /// cookie names this socket, so of two racing ones the second finds
+    /// the cookie used (409).
     fn start_world(
         this: &Arc<Mutex<Socket>>,
         world: WorldId,
         dest: &dyn Destination,
+        once: Once<'_>,
     ) -> Result<(), StartError> {
         let mut s = lock(this);
+        if once.is_used() {
+            return Err(StartError::Replayed);
+        }
+        s.session
+            .can_activate(&world)
+            .map_err(StartError::Activate)?;
         let identity: Principal = Some(Arc::new(Identity {
             world: Some(world.encode()),
             ..(*s.user).clone()
@@ -426,6 +461,7 @@ impl Socket {
         s.session
             .activate_world(world)
             .map_err(StartError::Activate)?;
+        once.mark_used();
         let weak = Arc::downgrade(this);
         let expected = identity.clone();
         let forwarder = tokio::runtime::Handle::try_current().ok().map(|rt| {
@@ -766,5 +802,37 @@ mod tests {
         let r = alice.fork(&key(4), "secret");
         let (status, _) = alice.initiate(&svc, &key(4), "secret", r["cookie"].as_str().unwrap());
         assert_eq!(status, 200);
+    }
+
+    #[test]
+    fn a_refused_initiate_opens_nothing_and_keeps_its_cookie() {
+        let (svc, opened) = service("[worlds]\nmax_per_session = 1\n");
+        let mut c = Client::open(&svc, "alice", "tok");
+        c.hello();
+        let (k1, k2) = (key(1), key(2));
+        let c1 = c.fork(&k1, "echo")["cookie"].as_str().unwrap().to_owned();
+        let c2 = c.fork(&k2, "echo")["cookie"].as_str().unwrap().to_owned();
+        assert_eq!(c.initiate(&svc, &k1, "echo", &c1).0, 200);
+        assert_eq!(opened.0.load(Ordering::Relaxed), 1);
+        // The limit: refused before the destination is opened, and the
+        // cookie is not spent, so the same initiate can be retried.
+        for _ in 0..2 {
+            let (status, body) = c.initiate(&svc, &k2, "echo", &c2);
+            assert_eq!((status, &body["error"]), (429, &json!("world_limit")));
+        }
+        assert_eq!(opened.0.load(Ordering::Relaxed), 1);
+        let w1 = WorldId(k1.verifying_key().to_bytes()).encode();
+        assert_eq!(
+            c.send(json!({"t": "disconnect", "world": w1}))[0]["t"],
+            "disconnect"
+        );
+        assert_eq!(c.initiate(&svc, &k2, "echo", &c2).0, 200);
+        assert_eq!(opened.0.load(Ordering::Relaxed), 2);
+        // Used once it started: a replay is 409, and opens nothing.
+        let (status, body) = c.initiate(&svc, &k2, "echo", &c2);
+        assert_eq!((status, &body["error"]), (409, &json!("replayed")));
+        let (status, body) = c.initiate(&svc, &k1, "echo", &c1);
+        assert_eq!((status, &body["error"]), (409, &json!("replayed")));
+        assert_eq!(opened.0.load(Ordering::Relaxed), 2);
     }
 }

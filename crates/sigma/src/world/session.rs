@@ -317,17 +317,24 @@ impl Session {
         worlds.into_iter().flat_map(|w| self.end_world(w)).collect()
     }
 
-    /// The initiate for `world` checked out: the world becomes active.
-    pub fn activate_world(&mut self, world: WorldId) -> Result<(), ActivateError> {
+    /// Whether [`Session::activate_world`] would accept `world` now
+    /// (changes nothing): lets the driver refuse before it opens anything.
+    pub fn can_activate(&self, world: &WorldId) -> Result<(), ActivateError> {
         if !self.activated || self.closed {
             return Err(ActivateError::NotActive);
         }
-        if self.worlds.contains_key(&world) {
+        if self.worlds.contains_key(world) {
             return Err(ActivateError::Duplicate);
         }
         if self.active_worlds().count() >= self.limits.max_worlds {
             return Err(ActivateError::Limit);
         }
+        Ok(())
+    }
+
+    /// The initiate for `world` checked out: the world becomes active.
+    pub fn activate_world(&mut self, world: WorldId) -> Result<(), ActivateError> {
+        self.can_activate(&world)?;
         let key = world_key(&world).ok_or(ActivateError::Duplicate)?;
         self.worlds.insert(
             world,
