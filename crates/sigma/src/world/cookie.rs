@@ -10,6 +10,8 @@
 //! never again (its key is gone). Rotation is driven by the clock value the
 //! caller passes in, so tests rotate without waiting.
 
+use std::collections::{BTreeMap, HashSet};
+
 use chacha20poly1305::aead::{Aead, KeyInit};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 
@@ -151,6 +153,26 @@ impl MinuteKeys {
     /// Opens a cookie sealed under the current or the previous key, and
     /// checks its age (at most two periods, not in the future).
     pub fn open(&mut self, cookie: &[u8], now_ms: u64) -> Result<CookieContents, CookieError> {
+        self.open_with_epoch(cookie, now_ms).map(|(c, _)| c)
+    }
+
+    /// The epoch of the oldest key still held (the previous key's, else
+    /// the current one's): a cookie of an older epoch never opens again.
+    /// Epochs only grow, and each names one key.
+    pub fn oldest_epoch(&self) -> Option<u64> {
+        self.previous
+            .as_ref()
+            .or(self.current.as_ref())
+            .map(|(e, _)| *e)
+    }
+
+    /// Like [`MinuteKeys::open`], with the epoch of the key that opened
+    /// it (what [`UsedNonces`] files the cookie's nonce under).
+    pub fn open_with_epoch(
+        &mut self,
+        cookie: &[u8],
+        now_ms: u64,
+    ) -> Result<(CookieContents, u64), CookieError> {
         self.rotate(now_ms);
         if cookie.len() > MAX_COOKIE || cookie.len() < NONCE + FIXED + TAG {
             return Err(CookieError::Invalid);
@@ -158,10 +180,10 @@ impl MinuteKeys {
         let (nonce, sealed) = cookie.split_at(NONCE);
         let nonce: [u8; NONCE] = nonce.try_into().map_err(|_| CookieError::Invalid)?;
         let nonce = XNonce::from(nonce);
-        let plain = [&self.current, &self.previous]
+        let (epoch, plain) = [&self.current, &self.previous]
             .into_iter()
             .flatten()
-            .find_map(|(_, key)| key.decrypt(&nonce, sealed).ok())
+            .find_map(|(e, key)| key.decrypt(&nonce, sealed).ok().map(|p| (*e, p)))
             .ok_or(CookieError::Invalid)?;
         let c = decode(&plain).ok_or(CookieError::Invalid)?;
         let max_age = self.period_ms.saturating_mul(2);
@@ -169,7 +191,93 @@ impl MinuteKeys {
         {
             return Err(CookieError::Expired);
         }
-        Ok(c)
+        Ok((c, epoch))
+    }
+}
+
+/// How many used nonces [`UsedNonces`] holds at most by default: 2^18
+/// (about 8 MiB). That is 2^18 worlds started within one to two key
+/// periods (over 2 000 per second with 60 s periods).
+pub const MAX_USED_NONCES: usize = 1 << 18;
+
+/// The nonces of cookies already used (each cookie is single use), in one
+/// set per epoch of the minute key that opened them. A set is dropped
+/// whole once its key is gone ([`UsedNonces::forget_before`]): a cookie
+/// sealed under that key cannot open any more, so its nonce need not be
+/// remembered. No scan, no per-entry expiry.
+///
+/// At most `max` nonces are held. At the bound a new one is refused
+/// ([`UseError::Full`]) rather than an old one forgotten (which would let
+/// its cookie be replayed): initiates fail (503) until the older key
+/// rotates out and its set is dropped, at most one key period later.
+#[derive(Debug)]
+pub struct UsedNonces {
+    sets: BTreeMap<u64, HashSet<[u8; NONCE]>>,
+    total: usize,
+    max: usize,
+}
+
+/// Why a nonce cannot be marked used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UseError {
+    /// It is used already: the cookie is replayed.
+    Replayed,
+    /// [`UsedNonces`] holds its maximum.
+    Full,
+}
+
+impl UsedNonces {
+    /// An empty set holding at most `max` nonces.
+    pub fn new(max: usize) -> Self {
+        Self {
+            sets: BTreeMap::new(),
+            total: 0,
+            max,
+        }
+    }
+
+    /// Nonces held.
+    pub fn len(&self) -> usize {
+        self.total
+    }
+
+    /// True if none is held.
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+
+    /// Drops the sets of every epoch before `oldest` (the oldest key
+    /// still held, [`MinuteKeys::oldest_epoch`]).
+    pub fn forget_before(&mut self, oldest: u64) {
+        let kept = self.sets.split_off(&oldest);
+        let dropped = std::mem::replace(&mut self.sets, kept);
+        let n: usize = dropped.values().map(HashSet::len).sum();
+        self.total = self.total.saturating_sub(n);
+    }
+
+    /// Marks `nonce` of a cookie opened under the key of `epoch` used.
+    pub fn insert(&mut self, epoch: u64, nonce: [u8; NONCE]) -> Result<(), UseError> {
+        if self.sets.get(&epoch).is_some_and(|s| s.contains(&nonce)) {
+            return Err(UseError::Replayed);
+        }
+        if self.total >= self.max {
+            return Err(UseError::Full);
+        }
+        self.sets.entry(epoch).or_default().insert(nonce);
+        self.total = self.total.saturating_add(1);
+        Ok(())
+    }
+
+    /// Forgets `nonce` (an initiate that marked it, then failed).
+    pub fn remove(&mut self, epoch: u64, nonce: &[u8; NONCE]) {
+        if let Some(set) = self.sets.get_mut(&epoch) {
+            if set.remove(nonce) {
+                self.total = self.total.saturating_sub(1);
+            }
+            if set.is_empty() {
+                self.sets.remove(&epoch);
+            }
+        }
     }
 }
 
@@ -239,6 +347,51 @@ mod tests {
         let mut k = MinuteKeys::new(Duration::from_millis(P));
         let c = k.seal(&contents(P + 50_000), P).unwrap();
         assert_eq!(k.open(&c, P), Err(CookieError::Expired));
+    }
+
+    #[test]
+    fn open_tells_the_epoch_of_its_key() {
+        let mut k = MinuteKeys::new(Duration::from_millis(P));
+        let c = k.seal(&contents(10 * P), 10 * P).unwrap();
+        assert_eq!(k.oldest_epoch(), Some(10));
+        assert_eq!(k.open_with_epoch(&c, 11 * P).unwrap().1, 10);
+        assert_eq!(k.oldest_epoch(), Some(10));
+        assert!(k.open_with_epoch(&c, 12 * P).is_err());
+        assert_eq!(k.oldest_epoch(), Some(11));
+    }
+
+    #[test]
+    fn used_nonces_go_with_their_key() {
+        let mut u = UsedNonces::new(10);
+        assert_eq!(u.insert(10, [1; NONCE]), Ok(()));
+        assert_eq!(u.insert(10, [1; NONCE]), Err(UseError::Replayed));
+        assert_eq!(u.insert(11, [2; NONCE]), Ok(()));
+        assert_eq!(u.len(), 2);
+        // Key 10 still held (the previous one): kept.
+        u.forget_before(10);
+        assert_eq!(u.insert(10, [1; NONCE]), Err(UseError::Replayed));
+        // Key 10 gone: its set goes whole.
+        u.forget_before(11);
+        assert_eq!(u.len(), 1);
+        assert_eq!(u.insert(11, [2; NONCE]), Err(UseError::Replayed));
+        u.remove(11, &[2; NONCE]);
+        assert!(u.is_empty());
+        assert_eq!(u.insert(11, [2; NONCE]), Ok(()));
+    }
+
+    #[test]
+    fn used_nonces_are_bounded_and_refuse_at_the_bound() {
+        let mut u = UsedNonces::new(2);
+        assert_eq!(u.insert(1, [1; NONCE]), Ok(()));
+        assert_eq!(u.insert(2, [2; NONCE]), Ok(()));
+        // Full: refused, nothing old forgotten (it could be replayed).
+        assert_eq!(u.insert(2, [3; NONCE]), Err(UseError::Full));
+        assert_eq!(u.insert(1, [1; NONCE]), Err(UseError::Replayed));
+        assert_eq!(u.len(), 2);
+        // Key 1 rotates out: room again.
+        u.forget_before(2);
+        assert_eq!(u.insert(2, [3; NONCE]), Ok(()));
+        assert_eq!(u.len(), 2);
     }
 
     proptest! {

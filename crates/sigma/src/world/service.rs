@@ -12,7 +12,7 @@
 //!
 //! One [`WorldService`] serves every `&world` route. It keeps the minute
 //! keys, the live session sockets (by id, weakly), the nonces of cookies
-//! already used (until they expire) and each command's code and
+//! already used (until their key rotates out) and each command's code and
 //! destination. Each active world holds its own endpoint of the command's
 //! destination, opened with the identity `(user, world)`; whatever that
 //! endpoint answers or pushes must carry that identity (the reply rule),
@@ -28,7 +28,7 @@ use ed25519_dalek::Signature;
 use serde_json::json;
 use sigma_http::{Header, Method, RequestHead, Response, WsMessage};
 
-use super::cookie::{CookieContents, MinuteKeys, NONCE};
+use super::cookie::{CookieContents, MinuteKeys, UseError, UsedNonces, MAX_USED_NONCES, NONCE};
 use super::envelope::{self, CommandInfo};
 use super::session::{ActivateError, Limits, Out, Session};
 use super::{Binding, WorldId};
@@ -84,12 +84,13 @@ struct Shared {
     targets: OnceLock<Vec<Arc<dyn Destination>>>,
     limits: Limits,
     activation_timeout: Duration,
-    /// How long a used cookie's nonce is remembered (two key periods).
-    cookie_life_ms: u64,
+    /// The minute-key period, in whole seconds (at least 1): how long a
+    /// full [`UsedNonces`] may take to free room (`Retry-After`).
+    period_secs: u64,
     keys: Mutex<MinuteKeys>,
     sockets: Mutex<HashMap<u64, Weak<Mutex<Socket>>>>,
     next_socket: AtomicU64,
-    used: Mutex<HashMap<[u8; NONCE], u64>>,
+    used: Mutex<UsedNonces>,
 }
 
 /// Locks, ignoring poisoning (the state stays usable; nothing here
@@ -129,7 +130,6 @@ impl WorldService {
             });
         }
         let period = config.worlds.key_rotation;
-        let period_ms = u64::try_from(period.as_millis()).unwrap_or(u64::MAX);
         Ok(Self {
             shared: Arc::new(Shared {
                 commands,
@@ -139,11 +139,14 @@ impl WorldService {
                     forks_per_minute: config.worlds.forks_per_minute,
                 },
                 activation_timeout: config.worlds.activation_timeout,
-                cookie_life_ms: period_ms.saturating_mul(2).saturating_add(1000),
+                period_secs: period
+                    .as_secs()
+                    .saturating_add(u64::from(period.subsec_nanos() > 0))
+                    .max(1),
                 keys: Mutex::new(MinuteKeys::new(period)),
                 sockets: Mutex::new(HashMap::new()),
                 next_socket: AtomicU64::new(1),
-                used: Mutex::new(HashMap::new()),
+                used: Mutex::new(UsedNonces::new(MAX_USED_NONCES)),
             }),
         })
     }
@@ -307,8 +310,12 @@ impl Shared {
         if !verified {
             return refuse(403, "bad_signature");
         }
-        let opened = lock(&self.keys).open(&init.cookie, now_ms);
-        let Ok(cookie) = opened else {
+        let opened = {
+            let mut keys = lock(&self.keys);
+            keys.open_with_epoch(&init.cookie, now_ms)
+                .map(|(c, epoch)| (c, epoch, keys.oldest_epoch().unwrap_or(epoch)))
+        };
+        let Ok((cookie, epoch, oldest)) = opened else {
             return refuse(403, "bad_cookie");
         };
         let binding = super::binding_of(head);
@@ -338,12 +345,20 @@ impl Shared {
         let once = Once {
             used: &self.used,
             nonce,
-            expiry_ms: now_ms.saturating_add(self.cookie_life_ms),
-            now_ms,
+            epoch,
+            oldest,
         };
         if let Err(e) = Socket::start_world(&socket, cookie.world, dest.as_ref(), once) {
             return match e {
-                StartError::Replayed => refuse(409, "replayed"),
+                StartError::Used(UseError::Replayed) => refuse(409, "replayed"),
+                StartError::Used(UseError::Full) => {
+                    let mut r = refuse(503, "busy");
+                    r.headers.push(Header::new(
+                        &b"Retry-After"[..],
+                        self.period_secs.to_string().into_bytes(),
+                    ));
+                    r
+                }
                 StartError::Activate(ActivateError::Duplicate) => refuse(409, "already_active"),
                 StartError::Activate(ActivateError::Limit) => refuse(429, "world_limit"),
                 StartError::Activate(ActivateError::NotActive) => {
@@ -371,32 +386,54 @@ fn subtle_eq(a: &Binding, b: &Binding) -> subtle::Choice {
 }
 
 enum StartError {
-    /// The cookie was used already.
-    Replayed,
+    /// The cookie was used already, or no more uses can be remembered.
+    Used(UseError),
     Activate(ActivateError),
     NoWebSocket,
 }
 
-/// A cookie's single use: its nonce, to be marked used once its world is
-/// active (and not before: a refused initiate may be retried).
+/// A cookie's single use: its nonce, filed under the epoch of the key
+/// that opened it, and the oldest epoch whose key is still held.
 struct Once<'a> {
-    used: &'a Mutex<HashMap<[u8; NONCE], u64>>,
+    used: &'a Mutex<UsedNonces>,
     nonce: [u8; NONCE],
-    expiry_ms: u64,
-    now_ms: u64,
+    epoch: u64,
+    oldest: u64,
 }
 
-impl Once<'_> {
-    fn is_used(&self) -> bool {
-        lock(self.used).contains_key(&self.nonce)
-    }
-
-    fn mark_used(self) {
+impl<'a> Once<'a> {
+    /// Marks the nonce used for now (the bound counts it): undone when
+    /// the returned guard is dropped unless it is [`Reserved::keep`]t.
+    /// Drops the sets of keys that are gone first.
+    fn reserve(self) -> Result<Reserved<'a>, UseError> {
         let mut used = lock(self.used);
-        if used.len() >= 1024 {
-            used.retain(|_, expiry| *expiry > self.now_ms);
+        used.forget_before(self.oldest);
+        used.insert(self.epoch, self.nonce)?;
+        Ok(Reserved {
+            once: self,
+            kept: false,
+        })
+    }
+}
+
+/// A nonce marked used by [`Once::reserve`]; forgotten again on drop
+/// unless kept (the world started).
+struct Reserved<'a> {
+    once: Once<'a>,
+    kept: bool,
+}
+
+impl Reserved<'_> {
+    fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        if !self.kept {
+            lock(self.once.used).remove(self.once.epoch, &self.once.nonce);
         }
-        used.insert(self.nonce, self.expiry_ms);
     }
 }
 
@@ -430,13 +467,13 @@ impl Drop for Link {
 
 impl Socket {
     /// Activates `world` and opens its destination endpoint with the
-    /// identity `(user, world)`; marks the cookie used when that worked.
+    /// identity `(user, world)`; the cookie stays used only if that worked.
     ///
-    /// Everything that can refuse is checked before anything changes: the
-    /// cookie's use, the session's state and limit, then the endpoint. The
-    /// socket's lock is held throughout, and every initiate with this
-    /// cookie names this socket, so of two racing ones the second finds
-    /// the cookie used (409).
+    /// Everything that can refuse is checked before anything is opened:
+    /// the cookie's use (reserved, so the bound holds exactly and a racing
+    /// initiate with the same cookie gets 409), the session's state and
+    /// limit, then the endpoint. A refusal releases the reservation, so
+    /// the initiate can be retried.
     fn start_world(
         this: &Arc<Mutex<Socket>>,
         world: WorldId,
@@ -444,9 +481,7 @@ impl Socket {
         once: Once<'_>,
     ) -> Result<(), StartError> {
         let mut s = lock(this);
-        if once.is_used() {
-            return Err(StartError::Replayed);
-        }
+        let reserved = once.reserve().map_err(StartError::Used)?;
         s.session
             .can_activate(&world)
             .map_err(StartError::Activate)?;
@@ -461,7 +496,7 @@ impl Socket {
         s.session
             .activate_world(world)
             .map_err(StartError::Activate)?;
-        once.mark_used();
+        reserved.keep();
         let weak = Arc::downgrade(this);
         let expected = identity.clone();
         let forwarder = tokio::runtime::Handle::try_current().ok().map(|rt| {
@@ -834,5 +869,24 @@ mod tests {
         let (status, body) = c.initiate(&svc, &k1, "echo", &c1);
         assert_eq!((status, &body["error"]), (409, &json!("replayed")));
         assert_eq!(opened.0.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn at_the_bound_initiates_are_refused_and_nothing_is_forgotten() {
+        let (svc, opened) = service("");
+        *lock(&svc.shared.used) = UsedNonces::new(1);
+        let mut c = Client::open(&svc, "alice", "tok");
+        c.hello();
+        let (k1, k2) = (key(1), key(2));
+        let c1 = c.fork(&k1, "echo")["cookie"].as_str().unwrap().to_owned();
+        let c2 = c.fork(&k2, "echo")["cookie"].as_str().unwrap().to_owned();
+        assert_eq!(c.initiate(&svc, &k1, "echo", &c1).0, 200);
+        let (status, body) = c.initiate(&svc, &k2, "echo", &c2);
+        assert_eq!((status, &body["error"]), (503, &json!("busy")));
+        assert_eq!(opened.0.load(Ordering::Relaxed), 1);
+        // The used cookie is still remembered.
+        let (status, body) = c.initiate(&svc, &k1, "echo", &c1);
+        assert_eq!((status, &body["error"]), (409, &json!("replayed")));
+        assert_eq!(lock(&svc.shared.used).len(), 1);
     }
 }
