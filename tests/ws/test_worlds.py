@@ -346,6 +346,34 @@ def test_bad_envelopes_keep_the_socket(hub):
     c.close()
 
 
+MAX_SAFE = 2**53 - 1  # Number.MAX_SAFE_INTEGER
+
+
+def test_lamports_above_max_safe_integer_are_refused(hub):
+    c = Client(hub, "alice")
+    c.send(t="hello", lamport=MAX_SAFE + 1)
+    assert "lamport" in expect_error(c)
+    c.hello()
+    k, w = c.start()
+    for n in (MAX_SAFE + 1, 2**64 - 1):
+        c.say(k, w, "too big", lamport=n)
+        assert "lamport" in expect_error(c)
+    c.say(k, w, "still open")
+    m = c.recv()
+    assert m["body"] == "still open" and m["lamport"] <= MAX_SAFE
+    c.close()
+
+
+def test_server_stamps_never_exceed_max_safe_integer(hub):
+    c = Client(hub, "alice")
+    c.send(t="hello", lamport=MAX_SAFE)
+    # welcome would need MAX_SAFE + 1: the socket closes instead.
+    with pytest.raises(ConnectionClosed) as e:
+        c.recv()
+    assert e.value.rcvd.code == 1008
+    assert all(m["lamport"] <= MAX_SAFE for m in c.seen)
+
+
 # -- initiate -------------------------------------------------------------------
 
 def test_initiate_errors(hub):

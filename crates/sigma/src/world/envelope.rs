@@ -14,6 +14,12 @@ use super::WorldId;
 /// The longest command name (`[world.<name>]`).
 pub const MAX_COMMAND: usize = 64;
 
+/// The largest Lamport stamp either side uses: 2^53 - 1, JavaScript's
+/// `Number.MAX_SAFE_INTEGER` (sigma.js keeps its clock in a JS number).
+/// A client envelope stamped higher is refused; the server never stamps
+/// higher (its socket closes first, see [`super::session`]).
+pub const MAX_LAMPORT: u64 = (1 << 53) - 1;
+
 /// A client envelope, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientEnvelope {
@@ -143,6 +149,11 @@ pub fn parse_client(text: &str) -> Result<ClientEnvelope, EnvelopeError> {
         }
         other => return Err(bad(format!("unknown envelope type {other:?}"))),
     };
+    if raw.lamport > MAX_LAMPORT {
+        return Err(bad(format!(
+            "\"lamport\" must be at most {MAX_LAMPORT} (2^53 - 1)"
+        )));
+    }
     Ok(ClientEnvelope {
         lamport: raw.lamport,
         msg,
@@ -326,9 +337,18 @@ mod tests {
         ))
         .unwrap();
         assert!(matches!(fork.msg, ClientMsg::Fork { ref command, .. } if command == "echo"));
+        assert_eq!(
+            parse_client(r#"{"t":"hello","lamport":9007199254740991}"#)
+                .unwrap()
+                .lamport,
+            MAX_LAMPORT
+        );
         for bad in [
             r#"{"t":"hello"}"#,
             r#"{"t":"hello","lamport":-1}"#,
+            r#"{"t":"hello","lamport":9007199254740992}"#,
+            r#"{"t":"hello","lamport":18446744073709551615}"#,
+            r#"{"t":"hello","lamport":18446744073709551616}"#,
             r#"{"t":"hello","lamport":1,"extra":1}"#,
             r#"{"t":"hello","lamport":1,"body":"x"}"#,
             r#"{"t":"nope","lamport":1}"#,

@@ -16,11 +16,15 @@ use std::collections::HashMap;
 
 use ed25519_dalek::{Signature, Verifier as _, VerifyingKey};
 
-use super::envelope::{self, ClientMsg, CommandInfo, ServerMsg};
+use super::envelope::{self, ClientMsg, CommandInfo, ServerMsg, MAX_LAMPORT};
 use super::WorldId;
 
 /// Close code when `hello` does not arrive in time.
 pub const CLOSE_ACTIVATION_TIMEOUT: u16 = 4408;
+
+/// Close code when the server's Lamport clock has no stamp left below
+/// [`MAX_LAMPORT`] (only a client stamping near 2^53 - 1 gets there).
+pub const CLOSE_CLOCK_EXHAUSTED: u16 = 1008;
 
 /// The limits of one session socket (`[worlds]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,10 +173,20 @@ impl Session {
             .map(|(id, _)| id)
     }
 
-    /// Stamps `msg` with the next Lamport time (send: +1).
+    /// Stamps `msg` with the next Lamport time (send: +1). Stamps never
+    /// exceed [`MAX_LAMPORT`]: when the next one would, the socket closes
+    /// instead ([`CLOSE_CLOCK_EXHAUSTED`]) and says nothing more.
     fn send(&mut self, msg: ServerMsg) -> Out {
-        self.lamport = self.lamport.saturating_add(1);
-        Out::Send(msg.to_text(self.lamport))
+        let next = self.lamport.saturating_add(1);
+        if next > MAX_LAMPORT {
+            self.closed = true;
+            return Out::Close {
+                code: CLOSE_CLOCK_EXHAUSTED,
+                reason: "lamport clock exhausted",
+            };
+        }
+        self.lamport = next;
+        Out::Send(msg.to_text(next))
     }
 
     fn error(&mut self, message: impl Into<String>) -> Vec<Out> {
@@ -180,7 +194,9 @@ impl Session {
         vec![self.send(ServerMsg::Error { message })]
     }
 
-    /// Receive: `max(local, r) + 1`.
+    /// Receive: `max(local, r) + 1`. `r` is at most [`MAX_LAMPORT`] (the
+    /// envelope parser refuses more), so this is at most one above it,
+    /// and the next [`Session::send`] closes.
     fn receive(&mut self, r: u64) {
         self.lamport = self.lamport.max(r).saturating_add(1);
     }
@@ -584,6 +600,52 @@ mod tests {
         // Ending it again is an illegal transition, not a second disconnect.
         assert!(s.end_world(w).is_empty());
         assert!(s.transition(&w, WorldState::Disconnecting).is_err());
+    }
+
+    #[test]
+    fn lamports_beyond_2_53_are_refused_and_never_sent() {
+        let mut s = session();
+        let out = feed(
+            &mut s,
+            serde_json::json!({"t":"hello","lamport":1u64 << 53}),
+            0,
+        );
+        assert_eq!(text(&out)["t"], "error");
+        assert!(!s.is_activated());
+        hello(&mut s);
+        let k = key(1);
+        s.activate_world(wid(&k)).unwrap();
+        let before = s.lamport();
+        let out = feed(&mut s, signed(&k, u64::MAX, "x"), 0);
+        assert_eq!(text(&out)["t"], "error");
+        assert_eq!(s.lamport(), before + 1, "only the error's stamp");
+        // The largest stamp is accepted, but leaves the server none to
+        // send with: the socket closes rather than stamp above it.
+        let out = feed(&mut s, signed(&k, MAX_LAMPORT, "x"), 0);
+        assert!(matches!(out.first(), Some(Out::Forward { .. })));
+        assert_eq!(
+            s.world_reply(wid(&k), "r".into()),
+            Some(Out::Close {
+                code: 1008,
+                reason: "lamport clock exhausted"
+            })
+        );
+        assert_eq!(s.world_reply(wid(&k), "r".into()), None, "closed");
+        assert!(s.lamport() <= MAX_LAMPORT + 1);
+        let mut s = session();
+        let out = feed(
+            &mut s,
+            serde_json::json!({"t":"hello","lamport":MAX_LAMPORT}),
+            0,
+        );
+        assert_eq!(
+            out,
+            vec![Out::Close {
+                code: 1008,
+                reason: "lamport clock exhausted"
+            }]
+        );
+        assert!(feed(&mut s, serde_json::json!({"t":"hello","lamport":1}), 0).is_empty());
     }
 
     #[test]
