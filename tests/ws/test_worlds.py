@@ -288,6 +288,24 @@ def test_no_credentials_no_upgrade(hub):
     assert status == 401
 
 
+def test_no_credentials_no_upgrade_on_an_optional_route(acl):
+    # /ws is auth = "optional" there: the session socket still needs a user.
+    status, hdrs, body = acl.request("GET", "/ws", headers={
+        "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Origin": acl.origin})
+    assert (status, json.loads(body)["error"]) == (401, "unauthenticated")
+    assert hdrs["www-authenticate"].startswith("Bearer")
+    # And so does the initiate.
+    c = Client(acl, "alice")
+    c.hello()
+    key, world, reply = c.fork()
+    status, _, body = c.initiate(key, world, "echo", reply["cookie"], headers={})
+    assert (status, json.loads(body)["error"]) == (401, "unauthenticated")
+    status, _, _ = c.initiate(key, world, "echo", reply["cookie"])
+    assert status == 200
+    c.close()
+
+
 def test_cross_site_upgrade_refused(hub):
     with pytest.raises(Exception) as e:
         connect(hub.url("/ws"), additional_headers={"Cookie": hub.cookie("alice"),

@@ -659,17 +659,7 @@ impl Dispatch<'_> {
                     );
                     endpoints::redirect(&to)
                 }
-                Denied::Unauthenticated => {
-                    let mut r = endpoints::json_response(
-                        401,
-                        serde_json::json!({"error": "unauthenticated"}),
-                    );
-                    r.headers.push(Header::new(
-                        &b"WWW-Authenticate"[..],
-                        &b"Bearer realm=\"sigma\""[..],
-                    ));
-                    r
-                }
+                Denied::Unauthenticated => unauthenticated(),
                 Denied::Forbidden => {
                     endpoints::json_response(403, serde_json::json!({"error": "forbidden"}))
                 }
@@ -698,6 +688,11 @@ impl Dispatch<'_> {
         let route = self.ctx.routes.lookup(req.msg.path());
         if let Some(Err(denied)) = route.map(|r| self.admit(r, &req.msg, &req.identity, via)) {
             self.outbox.push(Reply::Response(denied));
+            return;
+        }
+        // No credentials, no upgrade, whatever the route's `auth`.
+        if req.identity.is_none() && route.is_some_and(|r| r.dest.requires_identity()) {
+            self.outbox.push(Reply::Response(unauthenticated()));
             return;
         }
         // The socket's identity is fixed at the upgrade.
@@ -791,6 +786,16 @@ fn reply_rule_with(
             Tagged::new(expected.clone(), plain(502, "bad gateway\n"))
         }
     }
+}
+
+/// 401 for a request that needs credentials and has none.
+fn unauthenticated() -> Response {
+    let mut r = endpoints::json_response(401, serde_json::json!({"error": "unauthenticated"}));
+    r.headers.push(Header::new(
+        &b"WWW-Authenticate"[..],
+        &b"Bearer realm=\"sigma\""[..],
+    ));
+    r
 }
 
 /// 401 for a bearer token that does not verify (RFC 6750 §3).

@@ -69,6 +69,13 @@ pub trait Destination: Send + Sync {
         let _ = head;
         self.websocket(identity, push)
     }
+    /// True when this destination serves authenticated clients only, even
+    /// on a route with `auth = "optional"` or `"none"`: an anonymous
+    /// WebSocket upgrade gets 401 and no upgrade (`&world`, DESIGN §5
+    /// step 1). Default: false.
+    fn requires_identity(&self) -> bool {
+        false
+    }
     /// True when this destination takes requests as they arrive, body
     /// streamed ([`Destination::http_stream`]) rather than whole (the
     /// upstream proxy; issue #6). Default: whole requests only.

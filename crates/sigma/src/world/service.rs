@@ -210,6 +210,11 @@ impl Destination for WorldService {
         None
     }
 
+    fn requires_identity(&self) -> bool {
+        // DESIGN §5 step 1: no credentials, 401, no upgrade.
+        true
+    }
+
     fn websocket_upgrade(
         &self,
         head: &RequestHead,
@@ -273,6 +278,11 @@ impl Shared {
         if head.method != Method::Get {
             return refuse(405, "method_not_allowed");
         }
+        // A world runs for a user (a route with `auth = "optional"` lets
+        // anonymous requests this far).
+        let Some(user) = identity.as_deref() else {
+            return refuse(401, "unauthenticated");
+        };
         let path = head.path();
         let name = path
             .rsplit(|b| *b == b'/')
@@ -291,9 +301,10 @@ impl Shared {
         // A command the user may not start is as unknown to them as in
         // their `welcome` (it does not tell them it exists).
         let Some((index, command)) = name.and_then(|n| {
-            self.commands.iter().enumerate().find(|(_, c)| {
-                c.info.name == n && identity.as_deref().is_none_or(|id| c.allows(id))
-            })
+            self.commands
+                .iter()
+                .enumerate()
+                .find(|(_, c)| c.info.name == n && c.allows(user))
         }) else {
             return refuse(404, "unknown_command");
         };
@@ -319,8 +330,7 @@ impl Shared {
             return refuse(403, "bad_cookie");
         };
         let binding = super::binding_of(head);
-        if identity.is_none()
-            || binding.is_none_or(|b| !bool::from(subtle_eq(&b, &cookie.session)))
+        if binding.is_none_or(|b| !bool::from(subtle_eq(&b, &cookie.session)))
             || cookie.world != init.world
             || cookie.command != init.command
         {
