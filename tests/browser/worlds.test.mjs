@@ -163,3 +163,41 @@ test('worlds: the chat demo world carries messages between users', { timeout: TE
     await sigma.stop();
   }
 });
+
+test('worlds: sigma.js settles every fork, on error and on close', { timeout: TEST_TIMEOUT_MS }, async () => {
+  const sigma = await startSigma({ users: USERS });
+  const browser = await launchBrowser();
+  try {
+    const a = await openUser(browser, sigma.url, 'alice', USERS[0].password);
+    const got = await a.page.evaluate(async () => {
+      const s = window.session;
+      // A guard only: a promise that never settles shows up as 'pending'.
+      const outcome = (p) => Promise.race([
+        p.then(() => 'resolved', (e) => `rejected: ${e.message}`),
+        new Promise((r) => { setTimeout(() => r('pending'), 10_000); }),
+      ]);
+      // The server answers this fork with `error` (a command name longer
+      // than an envelope allows), not with fork-cookie or fork-refused.
+      const long = 'x'.repeat(65);
+      s.commands.push({ name: long, code: `/world/${long}.js` });
+      const onError = await outcome(s.fork(long));
+      // A fork sent just before the socket closes never gets its answer.
+      const send = s._send.bind(s);
+      s._send = (obj) => {
+        const n = send(obj);
+        if (obj.t === 'fork') s.ws.close();
+        return n;
+      };
+      const onClose = await outcome(s.fork('echo'));
+      const afterClose = await outcome(s.fork('echo'));
+      return { onError, onClose, afterClose, pending: s._forks.size };
+    });
+    assert.match(got.onError, /^rejected: refused: .*command/);
+    assert.match(got.onClose, /^rejected: session socket closed/);
+    assert.match(got.afterClose, /^rejected: session socket closed/);
+    assert.equal(got.pending, 0);
+  } finally {
+    await browser.close();
+    await sigma.stop();
+  }
+});

@@ -25,6 +25,11 @@
 // the page's Lamport clock ticks on send (+1) and on receive
 // (max(local, r) + 1). A world message is signed over the UTF-8 bytes of
 // world + "\n" + lamport + "\n" + body.
+//
+// Every promise settles: connect(), fork() and a worker's start reject
+// when the server answers `error` or the socket closes first. An `error`
+// names no message, so it fails every fork still waiting for its answer
+// (forking again is safe: the server keeps no state for a fork).
 
 const enc = new TextEncoder();
 
@@ -69,7 +74,10 @@ export function connect(options = {}) {
     const session = new Session(ws);
     const timer = setTimeout(() => { reject(new Error('no welcome')); ws.close(); },
       options.timeout || 5000);
-    session._welcomed = (msg) => { clearTimeout(timer); resolve(session); };
+    session._welcomed = (err) => {
+      clearTimeout(timer);
+      if (err) { reject(err); ws.close(); } else resolve(session);
+    };
     ws.onopen = () => session._send({ t: 'hello' });
     ws.onerror = () => { clearTimeout(timer); reject(new Error('session socket failed')); };
   });
@@ -84,14 +92,23 @@ export class Session extends EventTarget {
     this.user = null;
     this.commands = [];
     this.worlds = new Map();
-    this._forks = new Map();
+    this._forks = new Map(); // world id -> { resolve, reject } of a fork's answer
     this._chain = Promise.resolve();
     ws.onmessage = (e) => this._receive(e.data);
     ws.onclose = (e) => {
+      this._fail(new Error(`session socket closed (${e.code})`));
       for (const w of this.worlds.values()) w._end();
       this.worlds.clear();
       this.dispatchEvent(new CustomEvent('close', { detail: { code: e.code, reason: e.reason } }));
     };
+  }
+
+  /** Rejects every wait for an answer: connect's welcome, pending forks. */
+  _fail(err) {
+    if (this._welcomed) { this._welcomed(err); this._welcomed = null; }
+    const forks = [...this._forks.values()];
+    this._forks.clear();
+    for (const f of forks) f.reject(err);
   }
 
   _send(obj) {
@@ -109,12 +126,12 @@ export class Session extends EventTarget {
       case 'welcome':
         this.user = msg.user;
         this.commands = msg.commands;
-        if (this._welcomed) { this._welcomed(msg); this._welcomed = null; }
+        if (this._welcomed) { this._welcomed(null); this._welcomed = null; }
         break;
       case 'fork-cookie':
       case 'fork-refused': {
         const pending = this._forks.get(msg.world);
-        if (pending) { this._forks.delete(msg.world); pending(msg); }
+        if (pending) { this._forks.delete(msg.world); pending.resolve(msg); }
         break;
       }
       case 'world': {
@@ -128,6 +145,7 @@ export class Session extends EventTarget {
         break;
       }
       case 'error':
+        this._fail(new Error(`refused: ${msg.message}`));
         this.dispatchEvent(new CustomEvent('error', { detail: msg.message }));
         break;
       default:
@@ -139,15 +157,22 @@ export class Session extends EventTarget {
    * Forks a world running `command`: a fresh Ed25519 key pair (private key
    * non-extractable), `fork` -> `fork-cookie`, the signed initiate, and the
    * Worker started from /world/<command>.js?initiate=…&sig=…. Resolves to
-   * the World once its worker runs; rejects with the refusal's reason.
+   * the World once its worker runs; rejects with the refusal's reason, on
+   * an `error` from the server, or when the socket closes first.
    */
   async fork(command) {
     const info = this.commands.find((c) => c.name === command);
     if (!info) throw new Error(`unknown command ${command}`);
     const keys = await crypto.subtle.generateKey({ name: 'Ed25519' }, false, ['sign', 'verify']);
     const world = b64url(await crypto.subtle.exportKey('raw', keys.publicKey));
-    const answer = await new Promise((resolve) => {
-      this._forks.set(world, resolve);
+    const answer = await new Promise((resolve, reject) => {
+      // A closing socket would drop the fork unanswered (and fire no close
+      // event for a wait registered after it fired).
+      if (this.ws.readyState !== WebSocket.OPEN) {
+        reject(new Error('session socket closed'));
+        return;
+      }
+      this._forks.set(world, { resolve, reject });
       this._send({ t: 'fork', world, command });
     });
     if (answer.t !== 'fork-cookie') throw new Error(`fork refused: ${answer.reason}`);
@@ -201,16 +226,18 @@ export class World extends EventTarget {
     this._key = key;
     this.worker = null;
     this.ended = false;
+    this._starting = null;
   }
 
   _spawn(url) {
     return new Promise((resolve, reject) => {
       const worker = new Worker(url);
       this.worker = worker;
+      this._starting = reject; // until 'ready'; _end rejects with it
       worker.onerror = (e) => { e.preventDefault(); reject(new Error('world code refused')); };
       worker.onmessage = (e) => {
         const m = e.data || {};
-        if (m.t === 'ready') resolve();
+        if (m.t === 'ready') { this._starting = null; resolve(); }
         else if (m.t === 'send' && typeof m.body === 'string' && !this.ended) {
           this.session._sendWorld(this.id, this._key, m.body);
         } else if (m.t === 'app') {
@@ -225,6 +252,7 @@ export class World extends EventTarget {
   _end() {
     if (this.ended) return;
     this.ended = true;
+    if (this._starting) { this._starting(new Error('world ended before it ran')); this._starting = null; }
     if (this.worker) {
       this.worker.postMessage({ t: 'disconnect' });
       this.worker.terminate();
