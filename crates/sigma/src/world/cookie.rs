@@ -27,7 +27,7 @@ const FIXED: usize = 32 + 32 + 8 + 8;
 pub const MAX_COOKIE: usize = NONCE + FIXED + super::envelope::MAX_COMMAND + TAG;
 
 /// What a fork cookie carries.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct CookieContents {
     /// The authenticated session that asked (see [`super::binding_of`]).
     pub session: Binding,
@@ -39,6 +39,19 @@ pub struct CookieContents {
     pub command: String,
     /// When it was sealed (unix ms).
     pub issued_ms: u64,
+}
+
+impl std::fmt::Debug for CookieContents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the session binding: a hash of the session id or token.
+        f.debug_struct("CookieContents")
+            .field("session", &"<redacted>")
+            .field("socket", &self.socket)
+            .field("world", &self.world)
+            .field("command", &self.command)
+            .field("issued_ms", &self.issued_ms)
+            .finish()
+    }
 }
 
 /// Why a cookie does not open.
@@ -347,6 +360,16 @@ mod tests {
         let mut k = MinuteKeys::new(Duration::from_millis(P));
         let c = k.seal(&contents(P + 50_000), P).unwrap();
         assert_eq!(k.open(&c, P), Err(CookieError::Expired));
+    }
+
+    #[test]
+    fn debug_never_shows_the_session_binding() {
+        let shown = format!("{:?}", contents(P));
+        assert!(!shown.contains("7, 7"), "{shown}");
+        assert!(
+            shown.contains("<redacted>") && shown.contains("socket: 42"),
+            "{shown}"
+        );
     }
 
     #[test]

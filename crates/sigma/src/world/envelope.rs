@@ -262,7 +262,7 @@ impl ServerMsg {
 
 /// The initiate (DESIGN §5, step 4): the JSON text
 /// `{"cookie": B64URL, "world": B64URL, "command": NAME}` a world signs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Initiate {
     /// The sealed fork cookie.
     pub cookie: Vec<u8>,
@@ -270,6 +270,17 @@ pub struct Initiate {
     pub world: WorldId,
     /// The command.
     pub command: String,
+}
+
+impl std::fmt::Debug for Initiate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the cookie's bytes: only its length.
+        f.debug_struct("Initiate")
+            .field("cookie", &format_args!("<{} bytes>", self.cookie.len()))
+            .field("world", &self.world)
+            .field("command", &self.command)
+            .finish()
+    }
 }
 
 #[derive(Deserialize)]
@@ -376,6 +387,21 @@ mod tests {
         )
         .unwrap();
         assert_eq!(v, json!({"t":"error","lamport":7,"message":"x"}));
+    }
+
+    #[test]
+    fn initiate_debug_hides_the_cookie() {
+        let i = Initiate {
+            cookie: vec![0xAB; 40],
+            world: WorldId([1; 32]),
+            command: "echo".into(),
+        };
+        let shown = format!("{i:?}");
+        assert!(
+            shown.contains("<40 bytes>") && shown.contains("echo"),
+            "{shown}"
+        );
+        assert!(!shown.contains("171"), "{shown}");
     }
 
     #[test]

@@ -30,7 +30,7 @@ use sigma_http::{Header, Method, RequestHead, Response, WsMessage};
 
 use super::cookie::{CookieContents, MinuteKeys, UseError, UsedNonces, MAX_USED_NONCES, NONCE};
 use super::envelope::{self, CommandInfo};
-use super::session::{ActivateError, Limits, Out, Session};
+use super::session::{ActivateError, Limits, Out, Session, WorldKey};
 use super::{Binding, WorldId};
 use crate::auth::endpoints::json_response;
 use crate::auth::{check_reply, unix_now_ms, Identity, Principal, Tagged};
@@ -314,13 +314,14 @@ impl Shared {
         if init.command != command.info.name {
             return refuse(403, "bad_initiate");
         }
-        let verified = super::session::world_key(&init.world).is_some_and(|k| {
-            k.verify_strict(&initiate_bytes, &Signature::from_bytes(&sig))
+        let key = WorldKey::new(init.world).filter(|k| {
+            k.key()
+                .verify_strict(&initiate_bytes, &Signature::from_bytes(&sig))
                 .is_ok()
         });
-        if !verified {
+        let Some(key) = key else {
             return refuse(403, "bad_signature");
-        }
+        };
         let opened = {
             let mut keys = lock(&self.keys);
             keys.open_with_epoch(&init.cookie, now_ms)
@@ -358,7 +359,8 @@ impl Shared {
             epoch,
             oldest,
         };
-        if let Err(e) = Socket::start_world(&socket, cookie.world, dest.as_ref(), once) {
+        // cookie.world == init.world, checked above.
+        if let Err(e) = Socket::start_world(&socket, key, dest.as_ref(), once) {
             return match e {
                 StartError::Used(UseError::Replayed) => refuse(409, "replayed"),
                 StartError::Used(UseError::Full) => {
@@ -486,10 +488,11 @@ impl Socket {
     /// the initiate can be retried.
     fn start_world(
         this: &Arc<Mutex<Socket>>,
-        world: WorldId,
+        key: WorldKey,
         dest: &dyn Destination,
         once: Once<'_>,
     ) -> Result<(), StartError> {
+        let world = key.id();
         let mut s = lock(this);
         let reserved = once.reserve().map_err(StartError::Used)?;
         s.session
@@ -504,7 +507,7 @@ impl Socket {
             .websocket(&identity, push)
             .ok_or(StartError::NoWebSocket)?;
         s.session
-            .activate_world(world)
+            .activate_world(key)
             .map_err(StartError::Activate)?;
         reserved.keep();
         let weak = Arc::downgrade(this);
@@ -636,9 +639,9 @@ impl Drop for SessionSocket {
         }
         let id = {
             let mut s = lock(&self.socket);
+            // Ends every world: each one's Out::EndWorld drops its link.
             let outs = s.session.close();
             s.apply(outs);
-            s.worlds.clear();
             s.id
         };
         lock(&self.shared.sockets).remove(&id);

@@ -256,7 +256,7 @@ impl Session {
                     Some("unknown_command")
                 } else if self.worlds.contains_key(&world) {
                     Some("duplicate")
-                } else if world_key(&world).is_none() {
+                } else if WorldKey::new(world).is_none() {
                     Some("bad_key")
                 } else if self.active_worlds().count() >= self.limits.max_worlds {
                     Some("limit")
@@ -349,9 +349,11 @@ impl Session {
     }
 
     /// The initiate for `world` checked out: the world becomes active.
-    pub fn activate_world(&mut self, world: WorldId) -> Result<(), ActivateError> {
+    /// Its key was checked when the [`WorldKey`] was made, so a weak key
+    /// cannot get here.
+    pub fn activate_world(&mut self, world: WorldKey) -> Result<(), ActivateError> {
+        let WorldKey { id: world, key } = world;
         self.can_activate(&world)?;
-        let key = world_key(&world).ok_or(ActivateError::Duplicate)?;
         self.worlds.insert(
             world,
             World {
@@ -409,12 +411,33 @@ impl Session {
     }
 }
 
-/// The world's public key, if it is a valid Ed25519 point that is not of
-/// small order (a weak key would let signatures verify for any message).
-pub fn world_key(world: &WorldId) -> Option<VerifyingKey> {
-    VerifyingKey::from_bytes(&world.0)
-        .ok()
-        .filter(|k| !k.is_weak())
+/// A world's id with its public key, checked once: a valid Ed25519 point
+/// that is not of small order (a weak key would let signatures verify for
+/// any message). The only way to activate a world.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorldKey {
+    id: WorldId,
+    key: VerifyingKey,
+}
+
+impl WorldKey {
+    /// The key of `world`, unless it is not a point or is weak.
+    pub fn new(world: WorldId) -> Option<Self> {
+        let key = VerifyingKey::from_bytes(&world.0)
+            .ok()
+            .filter(|k| !k.is_weak())?;
+        Some(Self { id: world, key })
+    }
+
+    /// The world's id.
+    pub fn id(&self) -> WorldId {
+        self.id
+    }
+
+    /// The verifying key.
+    pub fn key(&self) -> &VerifyingKey {
+        &self.key
+    }
 }
 
 #[cfg(test)]
@@ -454,6 +477,10 @@ mod tests {
 
     fn wid(k: &SigningKey) -> WorldId {
         WorldId(k.verifying_key().to_bytes())
+    }
+
+    fn wk(k: &SigningKey) -> WorldKey {
+        WorldKey::new(wid(k)).unwrap()
     }
 
     fn feed(s: &mut Session, msg: serde_json::Value, now: u64) -> Vec<Out> {
@@ -519,12 +546,12 @@ mod tests {
             "unknown_command"
         );
         assert_eq!(fork(&mut s, &key(1), "echo", 0)["t"], "fork-cookie");
-        s.activate_world(wid(&key(1))).unwrap();
+        s.activate_world(wk(&key(1))).unwrap();
         assert_eq!(fork(&mut s, &key(1), "echo", 0)["reason"], "duplicate");
         assert_eq!(fork(&mut s, &key(2), "echo", 0)["t"], "fork-cookie");
-        s.activate_world(wid(&key(2))).unwrap();
+        s.activate_world(wk(&key(2))).unwrap();
         assert_eq!(fork(&mut s, &key(3), "echo", 0)["reason"], "limit");
-        assert_eq!(s.activate_world(wid(&key(3))), Err(ActivateError::Limit));
+        assert_eq!(s.activate_world(wk(&key(3))), Err(ActivateError::Limit));
         let _ = s.end_world(wid(&key(2)));
         assert_eq!(fork(&mut s, &key(3), "echo", 0)["t"], "fork-cookie");
         // Three tokens per minute, all spent.
@@ -538,7 +565,7 @@ mod tests {
         hello(&mut s);
         let k = key(1);
         let other = key(2);
-        s.activate_world(wid(&k)).unwrap();
+        s.activate_world(wk(&k)).unwrap();
         let out = feed(&mut s, signed(&k, 10, "hi"), 0);
         assert_eq!(
             out,
@@ -576,7 +603,7 @@ mod tests {
         hello(&mut s);
         let k = key(1);
         let w = wid(&k);
-        s.activate_world(w).unwrap();
+        s.activate_world(wk(&k)).unwrap();
         assert!(s.world_reply(w, "r".into()).is_some());
         // Active -> Disconnected skips a state: refused, unchanged.
         assert_eq!(
@@ -614,7 +641,7 @@ mod tests {
         assert!(!s.is_activated());
         hello(&mut s);
         let k = key(1);
-        s.activate_world(wid(&k)).unwrap();
+        s.activate_world(wk(&k)).unwrap();
         let before = s.lamport();
         let out = feed(&mut s, signed(&k, u64::MAX, "x"), 0);
         assert_eq!(text(&out)["t"], "error");
@@ -661,22 +688,20 @@ mod tests {
             0,
         );
         assert_eq!(text(&out)["reason"], "bad_key");
-        assert_eq!(s.activate_world(WorldId(id)), Err(ActivateError::Duplicate));
+        // No WorldKey can be made of it, so it can never be activated.
+        assert_eq!(WorldKey::new(WorldId(id)), None);
     }
 
     #[test]
     fn close_ends_every_world() {
         let mut s = session();
         hello(&mut s);
-        s.activate_world(wid(&key(1))).unwrap();
-        s.activate_world(wid(&key(2))).unwrap();
+        s.activate_world(wk(&key(1))).unwrap();
+        s.activate_world(wk(&key(2))).unwrap();
         let out = s.close();
         assert_eq!(out.len(), 2);
         assert!(out.iter().all(|o| matches!(o, Out::EndWorld(_))));
         assert_eq!(s.active_worlds().count(), 0);
-        assert_eq!(
-            s.activate_world(wid(&key(3))),
-            Err(ActivateError::NotActive)
-        );
+        assert_eq!(s.activate_world(wk(&key(3))), Err(ActivateError::NotActive));
     }
 }
