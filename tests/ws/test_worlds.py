@@ -575,6 +575,31 @@ def test_disconnect_from_client_and_socket_close(hub):
     c.close()
 
 
+def test_messages_to_an_ended_world_are_logged_as_illegal_transitions():
+    # A server of its own: its log budget (10 lines a second) is this test's.
+    s = AuthSigma(CONFIG, {"alice": USERS["alice"]})
+    try:
+        c = Client(s, "alice")
+        c.hello()
+        k, w = c.start()
+        c.send(t="disconnect", world=w)
+        assert c.recv()["t"] == "disconnect"
+        c.say(k, w, "after the end")
+        assert "unknown world" in expect_error(c)
+        c.send(t="disconnect", world=w)
+        assert "unknown world" in expect_error(c)
+        # Logged before the error was sent; the socket stays usable.
+        log = [l for l in s.stderr().splitlines() if "illegal world transition" in l]
+        assert len(log) == 2, s.stderr()
+        assert w in log[0] and "Message" in log[0] and "Disconnect" in log[1]
+        k2, w2 = c.start()
+        c.say(k2, w2, "alive")
+        assert c.recv()["body"] == "alive"
+        c.close()
+    finally:
+        s.stop()
+
+
 def open_connections(hub):
     status, _, body = hub.request("GET", "/metrics")
     assert status == 200

@@ -69,12 +69,47 @@ pub struct Metrics {
     latency_count: AtomicU64,
     latency_sum_us: AtomicU64,
     rejections: Mutex<BTreeMap<&'static str, u64>>,
-    log_window: AtomicU64,
-    log_count: AtomicU64,
+    log: LogLimiter,
 }
 
 /// Breach log lines allowed per second.
 const LOGS_PER_SECOND: u64 = 10;
+
+/// A log budget of [`LOGS_PER_SECOND`] lines per wall-clock second, so
+/// whatever a client can trigger at will cannot flood the logs. Lock-free;
+/// `const`, so it can be a `static` where no [`Metrics`] is at hand.
+#[derive(Debug, Default)]
+pub struct LogLimiter {
+    window: AtomicU64,
+    count: AtomicU64,
+}
+
+impl LogLimiter {
+    /// A fresh budget.
+    pub const fn new() -> Self {
+        Self {
+            window: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+
+    /// True if a line may be logged now.
+    pub fn may_log(&self) -> bool {
+        let sec = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        self.may_log_at(sec)
+    }
+
+    /// [`LogLimiter::may_log`] at unix second `sec`.
+    pub fn may_log_at(&self, sec: u64) -> bool {
+        if self.window.swap(sec, Ordering::Relaxed) != sec {
+            self.count.store(0, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed) < LOGS_PER_SECOND
+    }
+}
 
 impl Metrics {
     /// Counts one rejection by reason label.
@@ -117,14 +152,7 @@ impl Metrics {
 
     /// True if a breach may be logged now (at most [`LOGS_PER_SECOND`]).
     pub fn may_log(&self) -> bool {
-        let sec = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        if self.log_window.swap(sec, Ordering::Relaxed) != sec {
-            self.log_count.store(0, Ordering::Relaxed);
-        }
-        self.log_count.fetch_add(1, Ordering::Relaxed) < LOGS_PER_SECOND
+        self.log.may_log()
     }
 
     /// The Prometheus text exposition of every counter; `open` is the
@@ -271,6 +299,13 @@ pub fn add(c: &AtomicU64, n: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_limiter_allows_ten_lines_a_second() {
+        let l = LogLimiter::new();
+        assert_eq!((0..12).filter(|_| l.may_log_at(7)).count(), 10);
+        assert!(l.may_log_at(8));
+    }
 
     #[test]
     fn render_lists_every_limit_reason_and_counts() {

@@ -35,6 +35,7 @@ use super::{Binding, WorldId};
 use crate::auth::endpoints::json_response;
 use crate::auth::{check_reply, unix_now_ms, Identity, Principal, Tagged};
 use crate::config::{Config, WorldCode};
+use crate::metrics::LogLimiter;
 use crate::route::{
     ws_push_queue, Destination, Handled, HttpRequest, Pushed, Route, UnavailableDestination,
     WsEndpoint, WsSender,
@@ -265,6 +266,10 @@ impl Destination for WorldService {
         }))
     }
 }
+
+/// The log budget of illegal world transitions (a client causes them at
+/// will), shared by every socket.
+static ILLEGAL_LOG: LogLimiter = LogLimiter::new();
 
 /// An HTTP error for the initiate: status and a JSON `{"error": …}`.
 fn refuse(status: u16, error: &str) -> Response {
@@ -591,6 +596,11 @@ impl Socket {
                 }
                 Out::Close { code, reason } => {
                     let _ = self.push.close(code, reason);
+                }
+                Out::Illegal(e) => {
+                    if ILLEGAL_LOG.may_log() {
+                        tracing::warn!(socket = self.id, world = %e.world, error = %e, "illegal world transition");
+                    }
                 }
             }
         }

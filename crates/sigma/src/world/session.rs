@@ -8,9 +8,13 @@
 //! `seal` function.
 //!
 //! World states: `Active → Disconnecting → Disconnected`. A world exists
-//! only from its initiate ([`Session::activate_world`]) on; an illegal
-//! transition is refused, logged, and changes nothing
-//! ([`Session::transition`]).
+//! only from its initiate ([`Session::activate_world`]) on, and is
+//! forgotten once it is disconnected. An illegal transition — ending a
+//! world twice, a `world` message or `disconnect` for a world that is not
+//! active here (ending, ended, or never started on this socket) — is
+//! refused (the client gets `error`), changes nothing, and is reported as
+//! [`Out::Illegal`] for the driver to log (rate-limited: a client can
+//! cause it at will).
 
 use std::collections::HashMap;
 
@@ -46,22 +50,42 @@ pub enum WorldState {
     Disconnected,
 }
 
+/// What asked a world to change state (or, for a message, to be active).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorldEvent {
+    /// A client `world` message: needs `Active` (and keeps it).
+    Message,
+    /// A client `disconnect`: `Active → Disconnecting`.
+    Disconnect,
+    /// The server moving the world along ([`Session::transition`]).
+    Move,
+}
+
 /// A refused state change: `from → to` is not an edge of the machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IllegalTransition {
-    /// The world's state.
+    /// The world.
+    pub world: WorldId,
+    /// The world's state; `None`: no such world on this socket (ended
+    /// and forgotten, or never started here).
     pub from: Option<WorldState>,
     /// The state asked for.
     pub to: WorldState,
+    /// What asked for it.
+    pub event: WorldEvent,
 }
 
 impl std::fmt::Display for IllegalTransition {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "illegal world transition {:?} -> {:?}",
-            self.from, self.to
-        )
+        match self.from {
+            Some(from) => write!(f, "illegal world transition {from:?} -> {:?}", self.to)?,
+            None => write!(
+                f,
+                "illegal world transition (no such world) -> {:?}",
+                self.to
+            )?,
+        }
+        write!(f, " on {:?}", self.event)
     }
 }
 
@@ -86,6 +110,8 @@ pub enum Out {
         /// The reason.
         reason: &'static str,
     },
+    /// An illegal transition was refused (nothing changed): log it.
+    Illegal(IllegalTransition),
 }
 
 /// Why an initiate cannot activate a world on this socket.
@@ -279,12 +305,13 @@ impl Session {
                 body,
                 sig,
             } => {
+                let from = self.state(&world);
+                if from != Some(WorldState::Active) {
+                    return self.refuse_event(world, from, WorldState::Active, WorldEvent::Message);
+                }
                 let Some(w) = self.worlds.get_mut(&world) else {
                     return self.error(format!("unknown world {world}"));
                 };
-                if w.state != WorldState::Active {
-                    return self.error(format!("world {world} is not active"));
-                }
                 let signed = envelope::signed_bytes(&world_text, env.lamport, &body);
                 // RFC 8032 verification (canonical `s`); the key itself was
                 // checked once (a point, not of small order), so the strict
@@ -300,8 +327,14 @@ impl Session {
                 vec![Out::Forward { world, body }]
             }
             ClientMsg::Disconnect { world } => {
-                if self.state(&world) != Some(WorldState::Active) {
-                    return self.error(format!("world {world} is not active"));
+                let from = self.state(&world);
+                if from != Some(WorldState::Active) {
+                    return self.refuse_event(
+                        world,
+                        from,
+                        WorldState::Disconnecting,
+                        WorldEvent::Disconnect,
+                    );
                 }
                 self.receive(env.lamport);
                 self.end_world(world)
@@ -309,19 +342,48 @@ impl Session {
         }
     }
 
+    /// A client message asked `world` (in state `from`) for `to`, which is
+    /// not an edge: [`Out::Illegal`] to log, then `error` to the client,
+    /// and no change. The clock does not take the message's stamp either.
+    fn refuse_event(
+        &mut self,
+        world: WorldId,
+        from: Option<WorldState>,
+        to: WorldState,
+        event: WorldEvent,
+    ) -> Vec<Out> {
+        let message = match from {
+            None => format!("unknown world {world}"),
+            Some(_) => format!("world {world} is not active"),
+        };
+        let illegal = Out::Illegal(IllegalTransition {
+            world,
+            from,
+            to,
+            event,
+        });
+        let mut out = vec![illegal];
+        out.extend(self.error(message));
+        out
+    }
+
     /// Ends an active world (client `disconnect`, or the server's reasons):
     /// `Active → Disconnecting`, its endpoint dropped, `disconnect` sent,
-    /// `→ Disconnected`, forgotten.
+    /// `→ Disconnected`, forgotten. For a world that is not active (ending
+    /// it twice), only [`Out::Illegal`].
     pub fn end_world(&mut self, world: WorldId) -> Vec<Out> {
-        if self.transition(&world, WorldState::Disconnecting).is_err() {
-            return Vec::new();
+        if let Err(e) = self.transition(&world, WorldState::Disconnecting) {
+            return vec![Out::Illegal(e)];
         }
         let mut out = vec![Out::EndWorld(world)];
         if !self.closed {
             out.push(self.send(ServerMsg::Disconnect { world }));
         }
-        if self.transition(&world, WorldState::Disconnected).is_ok() {
-            self.worlds.remove(&world);
+        match self.transition(&world, WorldState::Disconnected) {
+            Ok(()) => {
+                self.worlds.remove(&world);
+            }
+            Err(e) => out.push(Out::Illegal(e)),
         }
         out
     }
@@ -375,8 +437,8 @@ impl Session {
     }
 
     /// Moves `world` to `to` if that is an edge of the state machine
-    /// (`Active → Disconnecting → Disconnected`); otherwise refuses, logs,
-    /// and changes nothing.
+    /// (`Active → Disconnecting → Disconnected`); otherwise refuses and
+    /// changes nothing (the caller reports it, [`Out::Illegal`]).
     pub fn transition(&mut self, world: &WorldId, to: WorldState) -> Result<(), IllegalTransition> {
         let from = self.state(world);
         let legal = matches!(
@@ -385,9 +447,12 @@ impl Session {
                 | (Some(WorldState::Disconnecting), WorldState::Disconnected)
         );
         if !legal {
-            let e = IllegalTransition { from, to };
-            tracing::warn!(world = %world, error = %e, "world state unchanged");
-            return Err(e);
+            return Err(IllegalTransition {
+                world: *world,
+                from,
+                to,
+                event: WorldEvent::Move,
+            });
         }
         if let Some(w) = self.worlds.get_mut(world) {
             w.state = to;
@@ -464,8 +529,9 @@ mod tests {
         )
     }
 
+    /// The first envelope sent (past any [`Out::Illegal`] report).
     fn text(out: &[Out]) -> serde_json::Value {
-        match out.first() {
+        match out.iter().find(|o| !matches!(o, Out::Illegal(_))) {
             Some(Out::Send(t)) => serde_json::from_str(t).unwrap(),
             other => panic!("{other:?}"),
         }
@@ -609,8 +675,10 @@ mod tests {
         assert_eq!(
             s.transition(&w, WorldState::Disconnected),
             Err(IllegalTransition {
+                world: w,
                 from: Some(WorldState::Active),
-                to: WorldState::Disconnected
+                to: WorldState::Disconnected,
+                event: WorldEvent::Move,
             })
         );
         assert_eq!(s.state(&w), Some(WorldState::Active));
@@ -623,10 +691,42 @@ mod tests {
         assert!(matches!(out.get(1), Some(Out::Send(t)) if t.contains("\"disconnect\"")));
         assert_eq!(s.state(&w), None);
         assert!(s.world_reply(w, "r".into()).is_none());
-        assert_eq!(text(&feed(&mut s, signed(&k, 60, "x"), 0))["t"], "error");
-        // Ending it again is an illegal transition, not a second disconnect.
-        assert!(s.end_world(w).is_empty());
-        assert!(s.transition(&w, WorldState::Disconnecting).is_err());
+        // A message to the ended world: refused, reported, nothing changes
+        // (not even the clock takes its stamp).
+        let before = s.lamport();
+        let out = feed(&mut s, signed(&k, 60, "x"), 0);
+        assert_eq!(text(&out)["t"], "error");
+        let illegal = |to, event| {
+            Out::Illegal(IllegalTransition {
+                world: w,
+                from: None,
+                to,
+                event,
+            })
+        };
+        assert_eq!(
+            out.first(),
+            Some(&illegal(WorldState::Active, WorldEvent::Message))
+        );
+        assert_eq!(out.len(), 2);
+        assert_eq!(s.lamport(), before + 1, "only the error's stamp");
+        assert_eq!(s.state(&w), None);
+        // So is a second disconnect, and ending it again on the server.
+        let out = feed(
+            &mut s,
+            serde_json::json!({"t":"disconnect","lamport":70,"world":w.encode()}),
+            0,
+        );
+        assert_eq!(text(&out)["t"], "error");
+        assert_eq!(
+            out.first(),
+            Some(&illegal(WorldState::Disconnecting, WorldEvent::Disconnect))
+        );
+        assert_eq!(
+            s.end_world(w),
+            vec![illegal(WorldState::Disconnecting, WorldEvent::Move)]
+        );
+        assert_eq!(s.state(&w), None);
     }
 
     #[test]
