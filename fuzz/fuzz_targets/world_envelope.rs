@@ -16,7 +16,7 @@ use ed25519_dalek::{Signer, SigningKey};
 use libfuzzer_sys::fuzz_target;
 use sigma::world::cookie::MinuteKeys;
 use sigma::world::envelope::{self, ClientMsg, CommandInfo};
-use sigma::world::session::{Limits, Out, Session};
+use sigma::world::session::{Limits, Out, Session, WorldKey};
 use sigma::world::{b64_encode, WorldId};
 
 fn check_envelope(text: &str) {
@@ -42,6 +42,7 @@ fn run_session(data: &[u8]) {
     let world = WorldId(key.verifying_key().to_bytes());
     let mut s = Session::new(
         "fuzz".into(),
+        commands,
         Limits {
             max_worlds: 2,
             forks_per_minute: 5,
@@ -58,17 +59,18 @@ fn run_session(data: &[u8]) {
                     assert!(!*closed, "sent after close");
                     let v: serde_json::Value = serde_json::from_str(&t).unwrap();
                     let n = v["lamport"].as_u64().unwrap();
-                    assert!(n > last || n == u64::MAX, "lamport {n} after {last}");
+                    assert!(n > last && n <= envelope::MAX_LAMPORT, "lamport {n} after {last}");
                     last = n;
                 }
                 Out::Close { .. } => *closed = true,
                 Out::Forward { world: w, .. } | Out::EndWorld(w) => assert_eq!(w, world),
+                Out::Illegal(_) => {}
             }
         }
     };
-    let outs = s.on_text(r#"{"t":"hello","lamport":1}"#, 0, &commands, &mut seal);
+    let outs = s.on_text(r#"{"t":"hello","lamport":1}"#, 0, &mut seal);
     check(outs, &mut closed);
-    s.activate_world(world).unwrap();
+    s.activate_world(WorldKey::new(world).unwrap()).unwrap();
     for (i, line) in data.split(|b| *b == b'\n').enumerate() {
         let Ok(line) = std::str::from_utf8(line) else {
             continue;
@@ -87,7 +89,7 @@ fn run_session(data: &[u8]) {
             None => line.to_owned(),
         };
         let now = (i as u64).saturating_mul(1000);
-        let outs = s.on_text(&text, now, &commands, &mut seal);
+        let outs = s.on_text(&text, now, &mut seal);
         check(outs, &mut closed);
         if i % 7 == 6 {
             let outs = s.activation_deadline();
