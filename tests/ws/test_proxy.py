@@ -192,6 +192,16 @@ to = "http://127.0.0.1:{wsup.port}"
 [[route]]
 path = "/wsdown"
 to = "http://127.0.0.1:{closed_port()}"
+
+[[route]]
+path = "/admin"
+to = "http://127.0.0.1:{up.port}/admin"
+auth = "required"
+
+[[route]]
+path = "/"
+to = "http://127.0.0.1:{up.port}"
+auth = "optional"
 """
     s = AuthSigma(config, USERS)
     yield s, up, wsup
@@ -460,3 +470,62 @@ def test_websocket_close_propagates_both_ways(env):
 
     asyncio.run(client_closes())
     assert len(wsup.closed) > before
+
+
+def rejections(s, reason):
+    st, _, metrics = get(s, "GET", "/metrics")
+    assert st == 200
+    line = [l for l in metrics.decode().splitlines()
+            if l.startswith(f'sigma_rejections_total{{reason="{reason}"}}')]
+    return int(line[0].split()[-1]) if line else 0
+
+
+def test_ambiguous_paths_are_refused_before_routing(env):
+    """Route lookup, A's admission and the upstream see one path: one that
+    could be read two ways (`/x/../admin/u` matches `/`, most upstreams
+    serve `/admin/u`) is refused with 400 and never forwarded."""
+    s, up, _ = env
+    before = len(up.seen)
+    refused = rejections(s, "invalid_path")
+    bad = ["/x/../admin/u", "/x/%2e%2e/admin/u", "/x/.%2E/admin/u", "/x/..;/admin/u",
+           "/api/../z", "/api/%2E%2E/z", "/api//x", "/x/./admin/u", "/api/a%00b",
+           "/api/a\\b", "/api/a%zz", "/admin#/x"]
+    for path in bad:
+        st, _, body = get(s, "GET", path)
+        assert st == 400, (path, st, body)
+        assert json.loads(body) == {"error": "invalid_path"}, body
+    assert len(up.seen) == before, up.seen[before:]
+    assert rejections(s, "invalid_path") >= refused + len(bad)
+    # Another spelling of /admin is /admin: its rule applies.
+    for path in ["/admin/u", "/%61dmin/u", "/%61%64%6D%69%6E/u"]:
+        st, _, _ = get(s, "GET", path)
+        assert st == 401, path
+    assert len(up.seen) == before
+    # The upstream gets the normalised path (unreserved escapes decoded,
+    # the others upper-cased) and the query exactly as sent.
+    st, _, body = get(s, "GET", "/api/%7Euser/caf%c3%a9/%41?q=%2e%2e//x")
+    assert st == 200, body
+    assert json.loads(body)["path"] == "/base/~user/caf%C3%A9/A?q=%2e%2e//x"
+    st, _, body = get(s, "GET", "/%61pi/x")
+    assert st == 200 and json.loads(body)["path"] == "/base/x", body
+    st, _, body = get(s, "GET", "/admin/u", headers={"Cookie": s.cookie("alice")})
+    assert st == 200 and json.loads(body)["path"] == "/admin/u", body
+
+
+def test_encoded_separators_never_reach_an_upstream(env):
+    """An upstream that decodes `%2F` / `%5C` before routing would see other
+    segments than sigma routed on: such paths are refused (400)."""
+    s, up, _ = env
+    before = len(up.seen)
+    for path in ["/api/a%2Fb", "/api/a%2fb", "/api/..%2Fadmin", "/api/a%5Cb", "/x%2F..%2Fadmin/u"]:
+        st, _, body = get(s, "GET", path)
+        assert st == 400, (path, st, body)
+    assert len(up.seen) == before
+
+    async def go():
+        with pytest.raises(websockets.InvalidStatus) as e:
+            async with websockets.connect(s.url("/wsup/a%2Fb")):
+                pass
+        return e.value.response.status_code
+
+    assert asyncio.run(go()) == 400

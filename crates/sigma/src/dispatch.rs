@@ -29,7 +29,9 @@ use crate::config::AuthLevel;
 use crate::conn::ListenerCtx;
 use crate::metrics::{add, inc};
 use crate::route::{ws_push_queue, Handled, HttpRequest, Pushed, Route, WsEndpoint, WsReceiver};
-use crate::streaming::{self, BodyError, BodyStream, BodyTx, ClientInfo, Streamed, TrySend};
+use crate::streaming::{
+    self, BodyError, BodyStream, BodyTx, ClientInfo, Refusal, Streamed, TrySend,
+};
 
 /// What a pending reply becomes: a reply, or the head of a streamed
 /// response with its body (issue #6).
@@ -270,8 +272,14 @@ impl Dispatch<'_> {
 
     fn on_event(&mut self, ev: Event) {
         match ev {
-            Event::Request(head) => {
+            Event::Request(mut head) => {
                 inc(&self.ctx.metrics.requests);
+                // One path for A, the route table and the destination: a
+                // path that could be read two ways is refused here.
+                match crate::route::path::normalise_target(&head.target) {
+                    Ok(target) => head.target = target,
+                    Err(why) => return self.refuse_path(why),
+                }
                 // A route with `auth = "none"` is forwarded with identity
                 // null: its requests are not authenticated at all.
                 let unauthenticated_route = !endpoints::is_endpoint(head.path())
@@ -558,6 +566,20 @@ impl Dispatch<'_> {
         self.finish_upload_if_done();
     }
 
+    /// The request path is ambiguous (`route::path`): 400 at once; its
+    /// body, if any, is not read and the connection closes.
+    fn refuse_path(&mut self, why: crate::route::path::BadPath) {
+        self.incoming = None;
+        self.ctx.metrics.reject(crate::route::path::REJECT_LABEL);
+        if self.ctx.metrics.may_log() {
+            tracing::info!(peer = %self.peer, why = why.describe(), "request path refused");
+        }
+        let mut resp = endpoints::json_response(400, serde_json::json!({"error": "invalid_path"}));
+        resp.headers
+            .push(Header::new(&b"Connection"[..], &b"close"[..]));
+        self.outbox.push(Reply::Response(resp));
+    }
+
     /// The route's `max_body` is exceeded: 413 at once; the codec closes
     /// the connection since the body was not read to its end.
     fn refuse_body(&mut self) {
@@ -712,13 +734,31 @@ impl Dispatch<'_> {
                     None => self.outbox.push(accept),
                     // The destination decides later (the proxy connects to
                     // its upstream first); replies queue behind it.
-                    Some(wait) => self.outbox.push_later(Box::pin(async move {
-                        Outgoing::Reply(match wait.await {
-                            Ok(()) => accept,
-                            Err(504) => Reply::Response(plain(504, "gateway timeout\n")),
-                            Err(_) => Reply::Response(plain(502, "bad gateway\n")),
-                        })
-                    })),
+                    Some(wait) => {
+                        let metrics = std::sync::Arc::clone(&self.ctx.metrics);
+                        let peer = self.peer;
+                        self.outbox.push_later(Box::pin(async move {
+                            Outgoing::Reply(match wait.await {
+                                Ok(()) => accept,
+                                Err(Refusal::Status(400)) => {
+                                    Reply::Response(plain(400, "bad request\n"))
+                                }
+                                Err(Refusal::Status(504)) => {
+                                    Reply::Response(plain(504, "gateway timeout\n"))
+                                }
+                                Err(Refusal::Status(_)) => {
+                                    Reply::Response(plain(502, "bad gateway\n"))
+                                }
+                                Err(Refusal::IdentityMismatch) => {
+                                    inc(&metrics.identity_mismatch);
+                                    if metrics.may_log() {
+                                        tracing::warn!(%peer, "upgrade refused: identity mismatch");
+                                    }
+                                    Reply::Response(plain(502, "bad gateway\n"))
+                                }
+                            })
+                        }))
+                    }
                 }
             }
             None => self

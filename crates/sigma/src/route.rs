@@ -9,6 +9,8 @@
 //! A destination takes tagged messages and returns tagged replies; it never
 //! sees the socket, and `A` checks every reply it returns.
 
+pub mod path;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;

@@ -188,9 +188,19 @@ impl std::fmt::Debug for Streamed {
 /// A streaming destination's answer, being computed.
 pub type LaterStreamed = Pin<Box<dyn Future<Output = Tagged<Streamed>> + Send + 'static>>;
 
-/// Whether a WebSocket upgrade is accepted (`Ok`) or refused with an HTTP
-/// status, once known ([`crate::route::WsEndpoint::accept_when`]).
-pub type Admission = Pin<Box<dyn Future<Output = Result<(), u16>> + Send + 'static>>;
+/// Why a WebSocket upgrade is refused ([`Admission`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// With this HTTP status (`400`, `502`, `504`).
+    Status(u16),
+    /// `echo_identity`: the upstream's `101` did not carry the identity it
+    /// was sent. The client gets `502`, counted as an identity mismatch.
+    IdentityMismatch,
+}
+
+/// Whether a WebSocket upgrade is accepted (`Ok`) or refused, once known
+/// ([`crate::route::WsEndpoint::accept_when`]).
+pub type Admission = Pin<Box<dyn Future<Output = Result<(), Refusal>> + Send + 'static>>;
 
 /// What a streaming destination knows about the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

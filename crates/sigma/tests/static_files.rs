@@ -86,7 +86,12 @@ fn serves_files_with_content_types() {
             b"{\"deep\":true}",
         ),
         (
-            "/static//sub//dir/deep.json?x=1",
+            "/static/sub/dir/deep.json?x=1",
+            "application/json; charset=utf-8",
+            b"{\"deep\":true}",
+        ),
+        (
+            "/static/%73ub/dir/deep.json",
             "application/json; charset=utf-8",
             b"{\"deep\":true}",
         ),
@@ -293,6 +298,47 @@ fn traversal_and_hidden_files_are_refused() {
         assert!(!body.contains("[package]"), "{path} leaked Cargo.toml");
         assert!(!body.contains("root:"), "{path} leaked /etc/passwd");
     }
+    let _ = fs::remove_dir_all(base);
+}
+
+/// Route lookup, `A`'s admission and the file system see one path: an
+/// empty segment or an escaped letter cannot step from a public route into
+/// a private one below it (route::path).
+#[test]
+fn private_subroute_cannot_be_reached_through_another_spelling() {
+    let base = temp_dir("static-private");
+    let root = base.join("www");
+    fs::create_dir_all(root.join("private")).unwrap();
+    fs::write(root.join("public.txt"), "public").unwrap();
+    fs::write(root.join("private/x"), SECRET).unwrap();
+    let s = Server::start(&format!(
+        "[[route]]\npath = \"/files\"\nto = \"static:{0}\"\nauth = \"none\"\n\
+         [[route]]\npath = \"/files/private\"\nto = \"static:{0}/private\"\nauth = \"required\"\n",
+        root.display()
+    ));
+    assert_eq!(curl(&s, "/files/public.txt", &[]).status, 200);
+    assert_eq!(curl(&s, "/files/private/x", &[]).status, 401);
+    for (path, want) in [
+        ("/files//private/x", 400),
+        ("/files/%70rivate/x", 401),
+        ("/files/%70%72ivate/x", 401),
+        ("/files/./private/x", 400),
+        ("/files/nope/../private/x", 400),
+        ("/files/private//x", 400),
+        ("/files/private%2fx", 404),
+    ] {
+        let r = curl(&s, path, &[]);
+        assert_eq!(r.status, want, "{path}");
+        assert!(!r.body_str().contains(SECRET), "{path} leaked the file");
+    }
+    let r = curl(&s, "/files//private/x", &[]);
+    assert!(r.body_str().contains("invalid_path"), "{}", r.body_str());
+    let m = curl(&s, "/metrics", &[]).body_str();
+    assert!(
+        m.lines()
+            .any(|l| l.contains("reason=\"invalid_path\"") && !l.ends_with(" 0")),
+        "{m}"
+    );
     let _ = fs::remove_dir_all(base);
 }
 

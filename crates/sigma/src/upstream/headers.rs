@@ -152,6 +152,17 @@ pub fn map_target(prefix: &str, base: &str, target: &[u8]) -> Vec<u8> {
     out
 }
 
+/// True when `path` holds an encoded `/` or `\\` (`%2F`, `%5C`, any case):
+/// an upstream that decodes them before routing would see other segments
+/// than sigma routed on, so such requests are refused (400).
+pub fn has_encoded_separator(path: &[u8]) -> bool {
+    path.windows(3).any(|w| {
+        w.first() == Some(&b'%')
+            && (w.get(1..).is_some_and(|x| x.eq_ignore_ascii_case(b"2f"))
+                || w.get(1..).is_some_and(|x| x.eq_ignore_ascii_case(b"5c")))
+    })
+}
+
 /// The `X-Sigma-Identity` value of `identity`: `null` for anonymous, else
 /// `v1.` and the unpadded base64url of the JSON object
 /// `{"provider":…,"user":…,"world":…|null}` (keys sorted). It names
@@ -274,6 +285,16 @@ mod tests {
         assert_eq!(m("/", "", "/a/b"), "/a/b");
         assert_eq!(m("/", "/base", "/a"), "/base/a");
         assert_eq!(m("/", "/", "/"), "/");
+    }
+
+    #[test]
+    fn encoded_separators_are_found() {
+        for p in ["/a%2Fb", "/a%2f", "%5C", "/x%5cy"] {
+            assert!(has_encoded_separator(p.as_bytes()), "{p}");
+        }
+        for p in ["/a/b", "/a%252F", "/%2", "/%F2", "/a%25%32F"] {
+            assert!(!has_encoded_separator(p.as_bytes()), "{p}");
+        }
     }
 
     #[test]

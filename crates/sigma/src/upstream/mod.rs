@@ -279,6 +279,13 @@ impl Destination for Upstream {
         client: ClientInfo,
     ) -> LaterStreamed {
         let identity = head.identity;
+        if headers::has_encoded_separator(head.msg.path()) {
+            tracing::debug!(upstream = %self.url, "encoded / or \\ in the path: refused");
+            return Box::pin(std::future::ready(Tagged::new(
+                identity,
+                Streamed::Whole(plain(400, "bad request: encoded / or \\ in the path\n")),
+            )));
+        }
         let body = has_body(&head.msg).then_some(body);
         let (sent_tx, sent_rx) = tokio::sync::oneshot::channel();
         let request = match self.request(&head.msg, &identity, client, body, sent_tx) {
@@ -382,6 +389,9 @@ impl Destination for Upstream {
         identity: &Principal,
         push: WsSender,
     ) -> Option<Box<dyn WsEndpoint>> {
+        if headers::has_encoded_separator(head.path()) {
+            return Some(ws::refuse(400));
+        }
         let path = headers::map_target(&self.prefix, &self.base, &head.target);
         let url = format!("ws://{}{}", self.authority, String::from_utf8_lossy(&path));
         Some(ws::open(ws::Target {

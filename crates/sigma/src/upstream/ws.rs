@@ -26,6 +26,7 @@ use tokio_tungstenite::tungstenite::Message;
 use super::headers;
 use crate::auth::{Principal, Tagged};
 use crate::route::{WsEndpoint, WsSender};
+use crate::streaming::Refusal;
 
 /// Client messages queued toward the upstream; when full (the upstream is
 /// not keeping up) the pass-through ends.
@@ -51,7 +52,7 @@ pub struct Target<'a> {
 struct WsProxy {
     to_upstream: Option<mpsc::Sender<WsMessage>>,
     /// Whether the upstream accepted: the client's upgrade waits for it.
-    connected: Option<oneshot::Receiver<bool>>,
+    connected: Option<oneshot::Receiver<Result<(), Refusal>>>,
 }
 
 impl WsEndpoint for WsProxy {
@@ -69,11 +70,32 @@ impl WsEndpoint for WsProxy {
         let rx = self.connected.take()?;
         Some(Box::pin(async move {
             match rx.await {
-                Ok(true) => Ok(()),
-                _ => Err(502),
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(r)) => Err(r),
+                Err(_) => Err(Refusal::Status(502)),
             }
         }))
     }
+}
+
+/// An upgrade refused before any connection is made (with `400` for a
+/// path the upstream could read differently than sigma routed it).
+struct Refused(Option<Refusal>);
+
+impl WsEndpoint for Refused {
+    fn on_message(&mut self, _msg: Tagged<WsMessage>) -> Option<Tagged<WsMessage>> {
+        None
+    }
+
+    fn accept_when(&mut self) -> Option<crate::streaming::Admission> {
+        let r = self.0.take()?;
+        Some(Box::pin(std::future::ready(Err(r))))
+    }
+}
+
+/// An endpoint that refuses the upgrade with `status`.
+pub fn refuse(status: u16) -> Box<dyn WsEndpoint> {
+    Box::new(Refused(Some(Refusal::Status(status))))
 }
 
 /// Opens the pass-through: returns the endpoint and starts the relay.
@@ -132,8 +154,8 @@ pub fn open(t: Target<'_>) -> Box<dyn WsEndpoint> {
 
 /// The upstream cannot be reached: the client's upgrade is refused (502),
 /// or, if it was accepted already, its socket is closed with 1014.
-fn refused(connected: oneshot::Sender<bool>, push: &WsSender) {
-    if connected.send(false).is_err() {
+fn refused(connected: oneshot::Sender<Result<(), Refusal>>, push: &WsSender) {
+    if connected.send(Err(Refusal::Status(502))).is_err() {
         let _ = push.close(1014, "bad gateway");
     }
 }
@@ -146,7 +168,7 @@ async fn relay(
     push: WsSender,
     identity: Principal,
     name: Arc<str>,
-    connected: oneshot::Sender<bool>,
+    connected: oneshot::Sender<Result<(), Refusal>>,
 ) {
     let ws = match tokio::time::timeout(timeout, tokio_tungstenite::connect_async(request)).await {
         Ok(Ok((ws, _))) => ws,
@@ -162,7 +184,7 @@ async fn relay(
         }
     };
     // The client's upgrade is accepted now (if it was not already).
-    let _ = connected.send(true);
+    let _ = connected.send(Ok(()));
     let (mut sink, mut stream) = ws.split();
     loop {
         tokio::select! {
