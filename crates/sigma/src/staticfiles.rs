@@ -377,6 +377,55 @@ fn has_hidden(rel: &Path) -> bool {
     })
 }
 
+/// Opens `path` (canonical, under the canonical `root`) for reading, and
+/// checks what was opened, since the tree may change between
+/// `canonicalize` and `open`:
+/// - `O_NOFOLLOW`: a last component swapped for a symlink is not followed;
+/// - `O_NONBLOCK`: a FIFO (or a device) never blocks the thread in `open`;
+/// - `fstat`: only a regular file is served;
+/// - the open descriptor's real path (`/proc/self/fd/N`) must still lie
+///   under `root` through no hidden component (a directory on the way
+///   swapped for a symlink leads elsewhere).
+///
+/// `None` (404) otherwise. Blocking: runs on the blocking pool.
+fn open_inside(root: &Path, path: &Path) -> Option<(File, Metadata)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    let meta = file.metadata().ok()?;
+    if !meta.is_file() {
+        return None;
+    }
+    let real = real_path(&file, path)?;
+    match real.strip_prefix(root) {
+        Ok(inside) if !has_hidden(inside) => Some((file, meta)),
+        _ => {
+            tracing::debug!(path = %path.display(), real = %real.display(), "static: opened file lies outside the root");
+            None
+        }
+    }
+}
+
+/// Where the open `file` really is.
+#[cfg(target_os = "linux")]
+fn real_path(file: &File, _path: &Path) -> Option<PathBuf> {
+    use std::os::fd::AsRawFd;
+    std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).ok()
+}
+
+/// Where the open `file` really is: `path` canonicalised again, if it
+/// still names the same inode (no `/proc` to ask).
+#[cfg(not(target_os = "linux"))]
+fn real_path(file: &File, path: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let now = path.canonicalize().ok()?;
+    let (a, b) = (file.metadata().ok()?, std::fs::metadata(&now).ok()?);
+    (a.dev() == b.dev() && a.ino() == b.ino()).then_some(now)
+}
+
 /// Checks and opens `rel` under `root` and decides the answer from the
 /// request's validators and `Range` (blocking: runs on the blocking pool).
 fn prepare(root: &Path, rel: &Path, head: &RequestHead) -> Prepared {
@@ -395,20 +444,14 @@ fn prepare(root: &Path, rel: &Path, head: &RequestHead) -> Prepared {
             return Prepared::Done(not_found());
         }
     }
-    // Check before opening: opening a FIFO would block.
-    match std::fs::metadata(&path) {
-        Ok(m) if m.is_file() => {}
-        _ => return Prepared::Done(not_found()),
-    }
-    let Ok(mut file) = File::open(&path) else {
-        return Prepared::Done(not_found());
-    };
-    let Ok(meta) = file.metadata() else {
-        return Prepared::Done(not_found());
-    };
-    if !meta.is_file() {
+    // Not a regular file now: not even opened (opening a device may act).
+    // The check that counts is on the open file ([`open_inside`]).
+    if !std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
         return Prepared::Done(not_found());
     }
+    let Some((mut file, meta)) = open_inside(&root, &path) else {
+        return Prepared::Done(not_found());
+    };
     let len = meta.len();
     let etag = etag_of(&meta);
     let modified = meta.modified().ok();
@@ -754,6 +797,46 @@ mod tests {
         assert_eq!(serve("missing", &[]).status, 404);
         let big = read_whole(prepare(&root, Path::new("a.txt"), &get("/", &[])), 4);
         assert_eq!(big.status, 500);
+        let _ = std::fs::remove_dir_all(base);
+    }
+
+    /// A tree changed between `canonicalize` and `open`: the open file
+    /// itself is checked (what `prepare` would pass after a swap).
+    #[test]
+    fn opening_checks_what_was_opened() {
+        let base = std::env::temp_dir().join(format!("sigma-static-open-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let root = base.join("www");
+        std::fs::create_dir_all(root.join("dir")).unwrap();
+        std::fs::create_dir_all(base.join("outside")).unwrap();
+        std::fs::write(root.join("dir/a.txt"), "a").unwrap();
+        std::fs::write(base.join("outside/secret"), "s").unwrap();
+        let root = root.canonicalize().unwrap();
+        assert!(open_inside(&root, &root.join("dir/a.txt")).is_some());
+        // The last component became a symlink (to a file inside, even).
+        std::os::unix::fs::symlink(root.join("dir/a.txt"), root.join("link")).unwrap();
+        assert!(open_inside(&root, &root.join("link")).is_none());
+        // A directory on the way became a symlink leading out.
+        std::os::unix::fs::symlink(base.join("outside"), root.join("swapped")).unwrap();
+        assert!(open_inside(&root, &root.join("swapped/secret")).is_none());
+        // A directory is not a file.
+        assert!(open_inside(&root, &root.join("dir")).is_none());
+        // A FIFO: refused, and without blocking (a deadline, no writer).
+        let fifo = root.join("fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let r = root.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(open_inside(&r, &r.join("fifo")).is_none());
+        });
+        assert_eq!(
+            rx.recv_timeout(std::time::Duration::from_secs(10)),
+            Ok(true)
+        );
         let _ = std::fs::remove_dir_all(base);
     }
 

@@ -342,6 +342,27 @@ fn private_subroute_cannot_be_reached_through_another_spelling() {
     let _ = fs::remove_dir_all(base);
 }
 
+/// A FIFO inside the root is not a file: 404 at once, and the blocking
+/// pool is not stuck on it (the next request is answered too). curl's
+/// `--max-time` is the deadline.
+#[test]
+fn fifo_is_404_and_does_not_hang() {
+    let (base, root) = site();
+    let made = Command::new("mkfifo")
+        .arg(root.join("pipe"))
+        .status()
+        .expect("run mkfifo");
+    assert!(made.success());
+    let s = start(&root);
+    let started = std::time::Instant::now();
+    for _ in 0..3 {
+        assert_eq!(curl(&s, "/static/pipe", &[]).status, 404);
+    }
+    assert_eq!(curl(&s, "/static/digits.txt", &[]).status, 200);
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    let _ = fs::remove_dir_all(base);
+}
+
 #[test]
 fn missing_root_is_404_not_fatal() {
     let base = temp_dir("static-missing");
