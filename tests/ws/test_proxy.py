@@ -132,6 +132,10 @@ class WsUpstream:
                 if m == "bye":
                     await ws.close(4001, "bye from upstream")
                     break
+                if m == "big":
+                    # Over sigma's [websocket] max_frame and max_message.
+                    await ws.send("x" * 300000)
+                    continue
                 await ws.send(m)
             self.closed.append(ws.close_code)
 
@@ -165,6 +169,10 @@ def env():
 [http]
 head_timeout = "5s"
 max_body = 67108864
+
+[websocket]
+max_frame = 65536
+max_message = 262144
 
 [[route]]
 path = "/api"
@@ -529,3 +537,23 @@ def test_encoded_separators_never_reach_an_upstream(env):
         return e.value.response.status_code
 
     assert asyncio.run(go()) == 400
+
+
+def test_oversize_upstream_message_closes_the_client_with_1009(env):
+    """The upstream is held to sigma's [websocket] limits (not the client
+    library's 64 MiB default): over them, the client's socket closes 1009."""
+    s, _, wsup = env
+    before = len(wsup.closed)
+
+    async def go():
+        async with websockets.connect(s.url("/wsup/big"), max_size=None) as ws:
+            await ws.send("small")
+            assert await asyncio.wait_for(ws.recv(), 10) == "small"
+            await ws.send("big")
+            with pytest.raises(websockets.ConnectionClosed) as e:
+                while True:
+                    m = await asyncio.wait_for(ws.recv(), 10)
+                    assert len(m) < 300000, "the oversize message got through"
+            return e.value.rcvd.code
+
+    assert asyncio.run(go()) == 1009

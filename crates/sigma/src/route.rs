@@ -120,11 +120,36 @@ pub trait WsEndpoint: Send {
 /// rather than slowing down the sender (a fan-out must never wait).
 pub const WS_PUSH_QUEUE: usize = 1024;
 
+/// The payload bytes a socket's push queue holds at most (4 MiB, as `H`'s
+/// default `websocket.max_outbound`): a push beyond it is a slow consumer
+/// too (1008), so a few large messages cannot pile up what 1024 would.
+/// A message is always admitted into an empty queue, so the bound is this
+/// plus one message.
+pub const WS_PUSH_BYTES: usize = 4 << 20;
+
 /// The sending half of a socket's push queue (cheap to clone).
 #[derive(Debug, Clone)]
 pub struct WsSender {
     tx: tokio::sync::mpsc::Sender<Queued>,
     slow: Arc<std::sync::atomic::AtomicBool>,
+    /// Payload bytes queued and not yet taken by the connection.
+    bytes: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Payload length of a WebSocket message.
+fn payload_len(m: &WsMessage) -> usize {
+    match m {
+        WsMessage::Text(t) => t.len(),
+        WsMessage::Binary(b) => b.len(),
+    }
+}
+
+/// Takes `n` bytes off a queue's byte count.
+fn release(bytes: &std::sync::atomic::AtomicUsize, n: usize) {
+    use std::sync::atomic::Ordering;
+    let _ = bytes.fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+        Some(q.saturating_sub(n))
+    });
 }
 
 /// Why a push was not queued.
@@ -139,14 +164,33 @@ pub enum PushError {
 impl WsSender {
     /// Queues `msg` without waiting.
     pub fn push(&self, msg: Tagged<WsMessage>) -> Result<(), PushError> {
+        use std::sync::atomic::Ordering;
         use tokio::sync::mpsc::error::TrySendError;
+        let n = payload_len(&msg.msg);
+        let admitted = self
+            .bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
+                let total = queued.checked_add(n)?;
+                (queued == 0 || total <= WS_PUSH_BYTES).then_some(total)
+            });
+        if admitted.is_err() {
+            if self.tx.is_closed() {
+                return Err(PushError::Closed);
+            }
+            self.slow.store(true, Ordering::Relaxed);
+            return Err(PushError::SlowConsumer);
+        }
         match self.tx.try_send(Queued::Message(msg)) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => {
-                self.slow.store(true, std::sync::atomic::Ordering::Relaxed);
+                release(&self.bytes, n);
+                self.slow.store(true, Ordering::Relaxed);
                 Err(PushError::SlowConsumer)
             }
-            Err(TrySendError::Closed(_)) => Err(PushError::Closed),
+            Err(TrySendError::Closed(_)) => {
+                release(&self.bytes, n);
+                Err(PushError::Closed)
+            }
         }
     }
 
@@ -191,6 +235,7 @@ impl From<Queued> for Pushed {
 pub struct WsReceiver {
     rx: tokio::sync::mpsc::Receiver<Queued>,
     slow: Arc<std::sync::atomic::AtomicBool>,
+    bytes: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// What the push queue yields.
@@ -218,7 +263,7 @@ impl WsReceiver {
             return Pushed::Overflow;
         }
         match self.rx.recv().await {
-            Some(q) => q.into(),
+            Some(q) => self.taken(q),
             None if self.overflowed() => Pushed::Overflow,
             None => Pushed::Closed,
         }
@@ -232,11 +277,19 @@ impl WsReceiver {
             return Some(Pushed::Overflow);
         }
         match self.rx.try_recv() {
-            Ok(q) => Some(q.into()),
+            Ok(q) => Some(self.taken(q)),
             Err(TryRecvError::Empty) => None,
             Err(TryRecvError::Disconnected) if self.overflowed() => Some(Pushed::Overflow),
             Err(TryRecvError::Disconnected) => Some(Pushed::Closed),
         }
+    }
+
+    /// A queued item leaves the queue: its bytes no longer count.
+    fn taken(&self, q: Queued) -> Pushed {
+        if let Queued::Message(m) = &q {
+            release(&self.bytes, payload_len(&m.msg));
+        }
+        q.into()
     }
 
     /// True once a push found the queue full.
@@ -245,16 +298,19 @@ impl WsReceiver {
     }
 }
 
-/// A socket's push queue of [`WS_PUSH_QUEUE`] messages.
+/// A socket's push queue of [`WS_PUSH_QUEUE`] messages and at most
+/// [`WS_PUSH_BYTES`] payload bytes (plus one message).
 pub fn ws_push_queue() -> (WsSender, WsReceiver) {
     let (tx, rx) = tokio::sync::mpsc::channel(WS_PUSH_QUEUE);
     let slow = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let bytes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     (
         WsSender {
             tx,
             slow: Arc::clone(&slow),
+            bytes: Arc::clone(&bytes),
         },
-        WsReceiver { rx, slow },
+        WsReceiver { rx, slow, bytes },
     )
 }
 
@@ -329,6 +385,7 @@ impl RouteTable {
                         &r.path,
                         url,
                         r.proxy.unwrap_or_default(),
+                        crate::upstream::Settings::of(config),
                     )
                     .map_err(|e| UnavailableDestination(format!("{url}: {e}")))?
                 }
@@ -394,7 +451,39 @@ fn prefix_matches(prefix: &[u8], path: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::prefix_matches;
+    use super::*;
+
+    fn binary(n: usize) -> Tagged<WsMessage> {
+        Tagged::new(None, WsMessage::Binary(Bytes::from(vec![0u8; n])))
+    }
+
+    /// The push queue is bounded in bytes as well as in messages.
+    #[tokio::test]
+    async fn push_queue_is_bounded_in_bytes() {
+        let (tx, mut rx) = ws_push_queue();
+        let half = WS_PUSH_BYTES / 2;
+        assert_eq!(tx.push(binary(half)), Ok(()));
+        assert_eq!(tx.push(binary(half)), Ok(()));
+        // Taking one frees its bytes.
+        assert!(matches!(rx.recv().await, Pushed::Message(_)));
+        assert_eq!(tx.push(binary(half)), Ok(()));
+        // Full: the next byte is a slow consumer, and the socket closes.
+        assert_eq!(tx.push(binary(1)), Err(PushError::SlowConsumer));
+        assert!(matches!(rx.recv().await, Pushed::Overflow));
+
+        // One message larger than the bound still fits an empty queue.
+        let (tx, mut rx) = ws_push_queue();
+        assert_eq!(tx.push(binary(WS_PUSH_BYTES + 1)), Ok(()));
+        assert_eq!(tx.push(binary(1)), Err(PushError::SlowConsumer));
+        assert!(matches!(rx.try_recv(), Some(Pushed::Overflow)));
+
+        // Small messages: the count bound still holds.
+        let (tx, _rx) = ws_push_queue();
+        for _ in 0..WS_PUSH_QUEUE {
+            assert_eq!(tx.push(binary(1)), Ok(()));
+        }
+        assert_eq!(tx.push(binary(1)), Err(PushError::SlowConsumer));
+    }
 
     #[test]
     fn segment_boundary() {

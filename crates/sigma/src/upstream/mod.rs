@@ -87,6 +87,42 @@ impl Body for ReqBody {
     }
 }
 
+/// What every upstream route takes from the rest of the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    /// `[websocket] max_frame`: frames from the upstream are held to the
+    /// same limit as the client's (over it: close 1009).
+    pub ws_max_frame: usize,
+    /// `[websocket] max_message`, likewise.
+    pub ws_max_message: usize,
+    /// `[websocket] close_timeout`: how long the relay waits for the
+    /// upstream's answer to a close.
+    pub ws_close_timeout: Duration,
+}
+
+impl Settings {
+    /// The settings of `config`.
+    pub fn of(config: &crate::config::Config) -> Self {
+        let ws = &config.limits.ws;
+        Self {
+            ws_max_frame: ws.max_frame,
+            ws_max_message: ws.max_message,
+            ws_close_timeout: ws.close_timeout,
+        }
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        let ws = sigma_http::WsLimits::default();
+        Self {
+            ws_max_frame: ws.max_frame,
+            ws_max_message: ws.max_message,
+            ws_close_timeout: ws.close_timeout,
+        }
+    }
+}
+
 /// One upstream route.
 pub struct Upstream {
     /// The URL as configured (the destination's name).
@@ -98,6 +134,7 @@ pub struct Upstream {
     /// The URL's path (may be empty).
     base: String,
     opts: ProxyOptions,
+    settings: Settings,
     client: Client<HttpConnector, ReqBody>,
 }
 
@@ -129,6 +166,7 @@ impl Upstream {
         prefix: &str,
         url: &str,
         opts: ProxyOptions,
+        settings: Settings,
     ) -> Result<Arc<dyn Destination>, &'static str> {
         let (authority, base) = split_url(url)?;
         let mut connector = HttpConnector::new();
@@ -144,6 +182,7 @@ impl Upstream {
             authority,
             base,
             opts,
+            settings,
             client,
         }))
     }
@@ -399,6 +438,7 @@ impl Destination for Upstream {
             head,
             identity: identity.clone(),
             connect_timeout: self.opts.connect_timeout,
+            settings: self.settings,
             push,
             name: Arc::from(self.url.as_str()),
         }))

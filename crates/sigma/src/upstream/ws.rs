@@ -21,7 +21,9 @@ use futures_util::{SinkExt, StreamExt};
 use sigma_http::{RequestHead, Utf8Bytes, WsMessage};
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use super::headers;
 use crate::auth::{Principal, Tagged};
@@ -42,6 +44,8 @@ pub struct Target<'a> {
     pub identity: Principal,
     /// How long connecting may take.
     pub connect_timeout: Duration,
+    /// The `[websocket]` limits the upstream is held to.
+    pub settings: super::Settings,
     /// The client's push queue.
     pub push: WsSender,
     /// The upstream's configured URL (logs).
@@ -138,13 +142,20 @@ pub fn open(t: Target<'_>) -> Box<dyn WsEndpoint> {
     let push = t.push;
     let name = t.name;
     let timeout = t.connect_timeout;
+    let settings = t.settings;
     tokio::spawn(async move {
         let Ok(request) = request else {
             tracing::warn!(upstream = %name, "cannot build the upstream WebSocket request");
             refused(connected_tx, &push);
             return;
         };
-        relay(request, timeout, rx, push, identity, name, connected_tx).await;
+        let relay = Relay {
+            push,
+            identity,
+            name,
+            settings,
+        };
+        relay.run(request, timeout, rx, connected_tx).await;
     });
     Box::new(WsProxy {
         to_upstream: Some(tx),
@@ -160,85 +171,134 @@ fn refused(connected: oneshot::Sender<Result<(), Refusal>>, push: &WsSender) {
     }
 }
 
-/// Connects and relays until either side ends.
-async fn relay(
-    request: tokio_tungstenite::tungstenite::handshake::client::Request,
-    timeout: Duration,
-    mut from_client: mpsc::Receiver<WsMessage>,
+/// The relay task's fixed parts.
+struct Relay {
     push: WsSender,
     identity: Principal,
     name: Arc<str>,
-    connected: oneshot::Sender<Result<(), Refusal>>,
-) {
-    let ws = match tokio::time::timeout(timeout, tokio_tungstenite::connect_async(request)).await {
-        Ok(Ok((ws, _))) => ws,
-        Ok(Err(e)) => {
-            tracing::warn!(upstream = %name, error = %e, "upstream WebSocket connect failed");
-            refused(connected, &push);
-            return;
-        }
-        Err(_) => {
-            tracing::warn!(upstream = %name, "upstream WebSocket connect timed out");
-            refused(connected, &push);
-            return;
-        }
-    };
-    // The client's upgrade is accepted now (if it was not already).
-    let _ = connected.send(Ok(()));
-    let (mut sink, mut stream) = ws.split();
-    loop {
-        tokio::select! {
-            m = from_client.recv() => match m {
-                Some(m) => {
-                    let msg = match m {
-                        WsMessage::Text(t) => Message::text(t.as_str()),
-                        WsMessage::Binary(b) => Message::binary(b),
-                    };
-                    if let Err(e) = sink.send(msg).await {
-                        tracing::warn!(upstream = %name, error = %e, "upstream WebSocket send failed");
-                        let _ = push.close(1011, "upstream error");
-                        return;
-                    }
-                }
-                None => {
-                    // The client's socket ended (or flooded the upstream).
-                    let _ = sink.send(Message::Close(None)).await;
-                    let _ = push.close(1011, "upstream not keeping up");
-                    return;
-                }
-            },
-            m = stream.next() => {
-                let msg = match m {
-                    Some(Ok(Message::Text(t))) => WsMessage::Text(Utf8Bytes::from(t.as_str())),
-                    Some(Ok(Message::Binary(b))) => WsMessage::Binary(b),
-                    Some(Ok(Message::Close(frame))) => {
-                        let (code, reason) = match frame {
-                            Some(f) => (u16::from(f.code), f.reason.as_str().to_owned()),
-                            None => (1000, String::new()),
+    settings: super::Settings,
+}
+
+/// What ended a relay from the upstream's side.
+enum UpstreamEnd {
+    /// It closed with this code and reason.
+    Closed(u16, String),
+    /// It went over `[websocket] max_frame` / `max_message`.
+    TooBig,
+    /// It failed (reset, protocol error, end without a close).
+    Failed,
+}
+
+impl Relay {
+    /// Connects and relays until either side ends.
+    async fn run(
+        self,
+        request: tokio_tungstenite::tungstenite::handshake::client::Request,
+        timeout: Duration,
+        mut from_client: mpsc::Receiver<WsMessage>,
+        connected: oneshot::Sender<Result<(), Refusal>>,
+    ) {
+        let (push, name) = (&self.push, &self.name);
+        // The upstream is held to the limits the client is held to (its
+        // messages end up on the client's socket).
+        let config = WebSocketConfig::default()
+            .max_frame_size(Some(self.settings.ws_max_frame))
+            .max_message_size(Some(self.settings.ws_max_message));
+        let connect = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
+        let ws = match tokio::time::timeout(timeout, connect).await {
+            Ok(Ok((ws, _))) => ws,
+            Ok(Err(e)) => {
+                tracing::warn!(upstream = %name, error = %e, "upstream WebSocket connect failed");
+                refused(connected, push);
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(upstream = %name, "upstream WebSocket connect timed out");
+                refused(connected, push);
+                return;
+            }
+        };
+        // The client's upgrade is accepted now (if it was not already).
+        let _ = connected.send(Ok(()));
+        let (mut sink, mut stream) = ws.split();
+        let end = loop {
+            tokio::select! {
+                m = from_client.recv() => match m {
+                    Some(m) => {
+                        let msg = match m {
+                            WsMessage::Text(t) => Message::text(t.as_str()),
+                            WsMessage::Binary(b) => Message::binary(b),
                         };
-                        let code = if sendable(code) { code } else { 1000 };
-                        let _ = push.close(code, &reason);
-                        return;
-                    }
-                    Some(Ok(_)) => continue,
-                    Some(Err(e)) => {
-                        tracing::warn!(upstream = %name, error = %e, "upstream WebSocket failed");
-                        let _ = push.close(1011, "upstream error");
-                        return;
+                        if let Err(e) = sink.send(msg).await {
+                            tracing::warn!(upstream = %name, error = %e, "upstream WebSocket send failed");
+                            let _ = push.close(1011, "upstream error");
+                            return;
+                        }
                     }
                     None => {
-                        let _ = push.close(1011, "upstream error");
+                        // The client's socket ended (or flooded the upstream).
+                        let _ = sink.send(Message::Close(None)).await;
+                        let _ = push.close(1011, "upstream not keeping up");
                         return;
                     }
-                };
-                if push.push(Tagged::new(identity.clone(), msg)).is_err() {
-                    // Slow consumer (the connection closes with 1008) or gone.
-                    let _ = sink.send(Message::Close(None)).await;
-                    return;
+                },
+                m = stream.next() => {
+                    let msg = match m {
+                        Some(Ok(Message::Text(t))) => WsMessage::Text(Utf8Bytes::from(t.as_str())),
+                        Some(Ok(Message::Binary(b))) => WsMessage::Binary(b),
+                        Some(Ok(Message::Close(frame))) => {
+                            break match frame {
+                                Some(f) => UpstreamEnd::Closed(u16::from(f.code), f.reason.as_str().to_owned()),
+                                None => UpstreamEnd::Closed(1000, String::new()),
+                            };
+                        }
+                        Some(Ok(_)) => continue,
+                        Some(Err(WsError::Capacity(e))) => {
+                            tracing::warn!(upstream = %name, error = %e, "upstream WebSocket message over the limits");
+                            break UpstreamEnd::TooBig;
+                        }
+                        Some(Err(e)) => {
+                            tracing::warn!(upstream = %name, error = %e, "upstream WebSocket failed");
+                            break UpstreamEnd::Failed;
+                        }
+                        None => break UpstreamEnd::Failed,
+                    };
+                    if self.push.push(Tagged::new(self.identity.clone(), msg)).is_err() {
+                        // Slow consumer (the connection closes with 1008) or gone.
+                        let _ = sink.send(close_frame(1008, "client not keeping up")).await;
+                        return;
+                    }
                 }
+            }
+        };
+        match end {
+            UpstreamEnd::Closed(code, reason) => {
+                let code = if sendable(code) { code } else { 1000 };
+                let _ = push.close(code, &reason);
+                // Sends tungstenite's answer to the upstream's close.
+                let _ = tokio::time::timeout(self.settings.ws_close_timeout, sink.close()).await;
+            }
+            UpstreamEnd::TooBig => {
+                let _ = push.close(1009, "upstream message too big");
+                let _ = tokio::time::timeout(
+                    self.settings.ws_close_timeout,
+                    sink.send(close_frame(1009, "message too big")),
+                )
+                .await;
+            }
+            UpstreamEnd::Failed => {
+                let _ = push.close(1011, "upstream error");
             }
         }
     }
+}
+
+/// A close frame with `code` and `reason`.
+fn close_frame(code: u16, reason: &str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code: CloseCode::from(code),
+        reason: reason.into(),
+    }))
 }
 
 /// Close codes an endpoint may send (RFC 6455 §7.4).
