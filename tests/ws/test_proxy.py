@@ -139,9 +139,18 @@ class WsUpstream:
                 await ws.send(m)
             self.closed.append(ws.close_code)
 
+        def respond(connection, request, response):
+            # For echo_identity: `/echo-right` answers with the identity it
+            # was sent, `/echo-wrong` with a forged one, others with none.
+            if "/echo-right" in request.path:
+                response.headers["X-Sigma-Identity"] = request.headers.get("X-Sigma-Identity", "")
+            elif "/echo-wrong" in request.path:
+                response.headers["X-Sigma-Identity"] = "v1.forged"
+            return response
+
         async def main():
             self.stop_event = asyncio.Event()
-            async with websockets.serve(echo, "127.0.0.1", 0) as srv:
+            async with websockets.serve(echo, "127.0.0.1", 0, process_response=respond) as srv:
                 self.port = srv.sockets[0].getsockname()[1]
                 self.ready.set()
                 await self.stop_event.wait()
@@ -196,6 +205,11 @@ to = "http://127.0.0.1:{closed_port()}"
 [[route]]
 path = "/wsup"
 to = "http://127.0.0.1:{wsup.port}"
+
+[[route]]
+path = "/wsstrict"
+to = "http://127.0.0.1:{wsup.port}"
+echo_identity = true
 
 [[route]]
 path = "/wsdown"
@@ -557,3 +571,37 @@ def test_oversize_upstream_message_closes_the_client_with_1009(env):
             return e.value.rcvd.code
 
     assert asyncio.run(go()) == 1009
+
+
+def mismatches(s):
+    st, _, metrics = get(s, "GET", "/metrics")
+    assert st == 200
+    line = [l for l in metrics.decode().splitlines() if l.startswith("sigma_identity_mismatch_total")]
+    return int(line[0].split()[-1])
+
+
+def test_echo_identity_applies_to_websocket_upgrades(env):
+    """With echo_identity, the upstream's 101 must carry the X-Sigma-Identity
+    it was sent, or the client's upgrade is refused (502, identity_mismatch)."""
+    s, _, wsup = env
+    before = mismatches(s)
+
+    async def refused(path):
+        with pytest.raises(websockets.InvalidStatus) as e:
+            async with websockets.connect(s.url(path)):
+                pass
+        return e.value.response.status_code
+
+    async def echoes(path, headers=None):
+        async with websockets.connect(s.url(path), additional_headers=headers or {}) as ws:
+            await ws.send("hi")
+            return await asyncio.wait_for(ws.recv(), 10)
+
+    assert asyncio.run(refused("/wsstrict/plain")) == 502
+    assert asyncio.run(refused("/wsstrict/echo-wrong")) == 502
+    assert mismatches(s) == before + 2
+    assert asyncio.run(echoes("/wsstrict/echo-right")) == "hi"
+    alice = {"Cookie": s.cookie("alice"), "Origin": s.origin}
+    assert asyncio.run(echoes("/wsstrict/echo-right", alice)) == "hi"
+    assert wsup.headers[-1]["x-sigma-user"] == "alice"
+    assert mismatches(s) == before + 2

@@ -439,6 +439,7 @@ impl Destination for Upstream {
             identity: identity.clone(),
             connect_timeout: self.opts.connect_timeout,
             settings: self.settings,
+            echo_identity: self.opts.echo_identity,
             push,
             name: Arc::from(self.url.as_str()),
         }))

@@ -46,6 +46,9 @@ pub struct Target<'a> {
     pub connect_timeout: Duration,
     /// The `[websocket]` limits the upstream is held to.
     pub settings: super::Settings,
+    /// `echo_identity`: the upstream's `101` must carry the
+    /// `X-Sigma-Identity` it was sent, or the upgrade is refused.
+    pub echo_identity: bool,
     /// The client's push queue.
     pub push: WsSender,
     /// The upstream's configured URL (logs).
@@ -143,6 +146,7 @@ pub fn open(t: Target<'_>) -> Box<dyn WsEndpoint> {
     let name = t.name;
     let timeout = t.connect_timeout;
     let settings = t.settings;
+    let echo = t.echo_identity.then(|| headers::identity_value(&identity));
     tokio::spawn(async move {
         let Ok(request) = request else {
             tracing::warn!(upstream = %name, "cannot build the upstream WebSocket request");
@@ -154,6 +158,7 @@ pub fn open(t: Target<'_>) -> Box<dyn WsEndpoint> {
             identity,
             name,
             settings,
+            echo,
         };
         relay.run(request, timeout, rx, connected_tx).await;
     });
@@ -177,6 +182,14 @@ struct Relay {
     identity: Principal,
     name: Arc<str>,
     settings: super::Settings,
+    /// With `echo_identity`: the `X-Sigma-Identity` the `101` must carry.
+    echo: Option<String>,
+}
+
+/// True when `response` carries exactly one `X-Sigma-Identity`, `sent`.
+fn echoes(response: &http::Response<Option<Vec<u8>>>, sent: &str) -> bool {
+    let mut got = response.headers().get_all("x-sigma-identity").iter();
+    got.next().is_some_and(|v| v.as_bytes() == sent.as_bytes()) && got.next().is_none()
 }
 
 /// What ended a relay from the upstream's side.
@@ -206,7 +219,25 @@ impl Relay {
             .max_message_size(Some(self.settings.ws_max_message));
         let connect = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
         let ws = match tokio::time::timeout(timeout, connect).await {
-            Ok(Ok((ws, _))) => ws,
+            Ok(Ok((mut ws, response))) => {
+                if let Some(sent) = &self.echo {
+                    if !echoes(&response, sent) {
+                        // The reply rule: the client gets 502, not this socket.
+                        tracing::warn!(upstream = %name, "upstream's 101 does not echo X-Sigma-Identity");
+                        let _ = connected.send(Err(Refusal::IdentityMismatch));
+                        let _ = tokio::time::timeout(
+                            self.settings.ws_close_timeout,
+                            ws.close(Some(CloseFrame {
+                                code: CloseCode::Policy,
+                                reason: "identity mismatch".into(),
+                            })),
+                        )
+                        .await;
+                        return;
+                    }
+                }
+                ws
+            }
             Ok(Err(e)) => {
                 tracing::warn!(upstream = %name, error = %e, "upstream WebSocket connect failed");
                 refused(connected, push);
