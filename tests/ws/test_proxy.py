@@ -7,12 +7,17 @@ removed. No sleeps: timeouts are sigma's own (300 ms read_timeout), and every
 wait is a socket read with a deadline.
 """
 import asyncio
+import base64
+import hashlib
+import hmac
 import http.client
 import http.server
 import json
 import re
 import socket
+import tempfile
 import threading
+import time
 
 import pytest
 import websockets
@@ -21,6 +26,19 @@ from helpers_auth import AuthSigma
 
 USERS = {"alice": "alice-password-1"}
 BIG = 20 * 1024 * 1024
+JWT_SECRET = b"proxy-test-shared-secret-0123456789abcdef"
+JWT_ISSUER = "proxy-test"
+
+
+def bearer(user):
+    """An `Authorization` value: an HS256 token of the test issuer for `user`."""
+    b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=")
+    head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    claims = {"iss": JWT_ISSUER, "aud": "sigma-proxy-test", "sub": user,
+              "exp": int(time.time()) + 600}
+    body = b64(json.dumps(claims).encode())
+    sig = b64(hmac.new(JWT_SECRET, head + b"." + body, hashlib.sha256).digest())
+    return "Bearer " + (head + b"." + body + b"." + sig).decode()
 
 
 class Upstream:
@@ -174,7 +192,17 @@ def closed_port():
 def env():
     up = Upstream()
     wsup = WsUpstream()
+    keys = tempfile.TemporaryDirectory()
+    key_file = f"{keys.name}/jwt.secret"
+    with open(key_file, "wb") as f:
+        f.write(JWT_SECRET)
     config = f"""
+[[auth.jwt]]
+issuer = "{JWT_ISSUER}"
+audience = "sigma-proxy-test"
+algorithm = "HS256"
+key_file = "{key_file}"
+
 [http]
 head_timeout = "5s"
 max_body = 67108864
@@ -230,6 +258,7 @@ auth = "optional"
     s.stop()
     up.stop()
     wsup.stop()
+    keys.cleanup()
 
 
 def get(s, method, path, headers=None, body=None):
@@ -605,3 +634,16 @@ def test_echo_identity_applies_to_websocket_upgrades(env):
     assert asyncio.run(echoes("/wsstrict/echo-right", alice)) == "hi"
     assert wsup.headers[-1]["x-sigma-user"] == "alice"
     assert mismatches(s) == before + 2
+
+
+def test_user_names_are_encoded_unambiguously(env):
+    """X-Sigma-User is percent-encoded with `%` itself encoded, so two
+    names never give the same header (`zoë` and the name `zo%C3%AB`)."""
+    s, up, _ = env
+    for user, sent in [("zoë", "zo%C3%AB"), ("zo%C3%AB", "zo%25C3%25AB"),
+                       ("a b+c", "a%20b+c"), ("100%", "100%25"), ("bob", "bob")]:
+        st, _, body = get(s, "GET", "/api/who", headers={"Authorization": bearer(user)})
+        assert st == 200, (user, body)
+        h = dict(last_headers(up))
+        assert h["x-sigma-user"] == sent, (user, h)
+        assert h["x-sigma-provider"] == f"jwt:{JWT_ISSUER}"

@@ -182,14 +182,26 @@ pub fn identity_value(identity: &Principal) -> String {
     }
 }
 
-/// A header value for free text (a user name): as is when it is visible
-/// ASCII, else percent-encoded UTF-8.
+/// A header value for free text (a user name), percent-encoded so that it
+/// decodes back to exactly one string: each byte of its UTF-8 that is
+/// visible ASCII other than `%` stays as is; every other byte (`%`, space,
+/// non-ASCII) becomes `%XX` (upper-case hex). Decoding is plain
+/// percent-decoding (`+` is `+`): `zoë` is `zo%C3%AB`, `zo%C3%AB` is
+/// `zo%25C3%25AB`.
 pub fn text_value(s: &str) -> String {
-    if s.bytes().all(|b| b.is_ascii_graphic()) {
-        s.to_owned()
-    } else {
-        form_urlencoded::byte_serialize(s.as_bytes()).collect()
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_graphic() && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            let hex = |n: u8| char::from(HEX.get(usize::from(n)).copied().unwrap_or(b'0'));
+            out.push('%');
+            out.push(hex(b >> 4));
+            out.push(hex(b & 0x0f));
+        }
     }
+    out
 }
 
 /// The identity headers sigma sets toward the upstream.
@@ -328,5 +340,48 @@ mod tests {
             [("x-sigma-identity", "null".to_owned())]
         );
         assert_eq!(text_value("zoë"), "zo%C3%AB");
+    }
+
+    #[test]
+    fn text_values_decode_to_one_string() {
+        for (s, v) in [
+            ("alice", "alice"),
+            ("zoë", "zo%C3%AB"),
+            ("zo%C3%AB", "zo%25C3%25AB"),
+            ("a b+c", "a%20b+c"),
+            ("a+b", "a+b"),
+            ("100%", "100%25"),
+            ("x\u{7f}", "x%7F"),
+        ] {
+            assert_eq!(text_value(s), v, "{s:?}");
+            let back: Vec<u8> = percent_decode(v.as_bytes());
+            assert_eq!(back, s.as_bytes(), "{v}");
+        }
+    }
+
+    fn percent_decode(v: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < v.len() {
+            if v[i] == b'%' {
+                let h = std::str::from_utf8(&v[i + 1..i + 3]).unwrap();
+                out.push(u8::from_str_radix(h, 16).unwrap());
+                i += 3;
+            } else {
+                out.push(v[i]);
+                i += 1;
+            }
+        }
+        out
+    }
+
+    proptest::proptest! {
+        /// Different names never give the same header value.
+        #[test]
+        fn text_value_is_injective(s in "\\PC{0,12}") {
+            let v = text_value(&s);
+            proptest::prop_assert!(v.bytes().all(|b| b.is_ascii_graphic()));
+            proptest::prop_assert_eq!(percent_decode(v.as_bytes()), s.as_bytes().to_vec());
+        }
     }
 }
