@@ -91,6 +91,14 @@ class Upstream:
                         self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
                     self.wfile.write(b"0\r\n\r\n")
                     return
+                if path.startswith("/base/cookies"):
+                    self.send_response(200)
+                    self.send_header("Content-Length", "0")
+                    self.send_header("Set-Cookie", "sigma_session=planted; Path=/; HttpOnly")
+                    self.send_header("Set-Cookie", "sigma_oauth=planted; Path=/auth")
+                    self.send_header("Set-Cookie", "app=1; Path=/")
+                    self.end_headers()
+                    return
                 if path.startswith("/base/truncated"):
                     self.send_response(200)
                     self.send_header("Content-Length", "1000")
@@ -215,6 +223,11 @@ max_message = 262144
 path = "/api"
 to = "http://127.0.0.1:{up.port}/base"
 read_timeout = "300ms"
+
+[[route]]
+path = "/open"
+to = "http://127.0.0.1:{up.port}/base"
+auth = "none"
 
 [[route]]
 path = "/small"
@@ -647,3 +660,44 @@ def test_user_names_are_encoded_unambiguously(env):
         h = dict(last_headers(up))
         assert h["x-sigma-user"] == sent, (user, h)
         assert h["x-sigma-provider"] == f"jwt:{JWT_ISSUER}"
+
+
+def test_sigma_credentials_do_not_cross_the_proxy(env):
+    """The bearer token A authenticated with is not forwarded (the upstream
+    could replay it); an Authorization A did not read is. An upstream cannot
+    set sigma's session or OAuth state cookie on the client."""
+    s, up, wsup = env
+    token = bearer("carol")
+    st, _, body = get(s, "GET", "/api/creds", headers={"Authorization": token})
+    assert st == 200, body
+    h = dict(last_headers(up))
+    assert "authorization" not in h, h
+    assert h["x-sigma-user"] == "carol"
+    # auth = "none": A does not authenticate, the header is the upstream's.
+    st, _, _ = get(s, "GET", "/open/creds", headers={"Authorization": "Basic dXA6c3RyZWFt"})
+    assert st == 200
+    assert dict(last_headers(up))["authorization"] == "Basic dXA6c3RyZWFt"
+    # sigma's OAuth state cookie stays with sigma, like the session.
+    st, _, _ = get(s, "GET", "/api/creds", headers={"Cookie": "sigma_oauth=st; app=2"})
+    assert st == 200 and dict(last_headers(up))["cookie"] == "app=2"
+
+    async def ws_as(headers):
+        async with websockets.connect(s.url("/wsup/creds"), additional_headers=headers) as ws:
+            await ws.send("x")
+            assert await asyncio.wait_for(ws.recv(), 10) == "x"
+
+    asyncio.run(ws_as({"Authorization": token}))
+    h = wsup.headers[-1]
+    assert "authorization" not in h, h
+    assert h["x-sigma-user"] == "carol"
+    assert h["x-forwarded-for"] == "127.0.0.1"
+
+    # Set-Cookie of sigma's cookies from the upstream: dropped.
+    c = http.client.HTTPConnection(s.host, s.port, timeout=20)
+    c.request("GET", "/api/cookies")
+    r = c.getresponse()
+    r.read()
+    cookies = [v for k, v in r.getheaders() if k.lower() == "set-cookie"]
+    c.close()
+    assert r.status == 200
+    assert cookies == ["app=1; Path=/"], cookies

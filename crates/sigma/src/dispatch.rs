@@ -440,7 +440,11 @@ impl Dispatch<'_> {
             None => self.peer.ip(),
         };
         let (tx, rx) = streaming::body_channel();
-        let fut = route.dest.http_stream(req, rx, ClientInfo { ip });
+        let client = ClientInfo {
+            ip,
+            bearer: matches!(via, Via::Bearer),
+        };
+        let fut = route.dest.http_stream(req, rx, client);
         self.upload = Some(Upload {
             tx,
             overflow: VecDeque::new(),
@@ -720,7 +724,17 @@ impl Dispatch<'_> {
         // The socket's identity is fixed at the upgrade.
         self.gate = Gate::with_identity(req.identity.clone());
         let (push, received) = ws_push_queue();
-        let endpoint = route.and_then(|r| r.dest.websocket_upgrade(&req.msg, &req.identity, push));
+        let client = ClientInfo {
+            ip: match &self.ctx.auth {
+                Some(a) => a.client_ip(self.peer.ip(), &req.msg),
+                None => self.peer.ip(),
+            },
+            bearer: matches!(via, Via::Bearer),
+        };
+        let endpoint = route.and_then(|r| {
+            r.dest
+                .websocket_upgrade_from(&req.msg, &req.identity, push, client)
+        });
         match endpoint {
             Some(mut ep) => {
                 let admission = ep.accept_when();
@@ -742,6 +756,9 @@ impl Dispatch<'_> {
                                 Ok(()) => accept,
                                 Err(Refusal::Status(400)) => {
                                     Reply::Response(plain(400, "bad request\n"))
+                                }
+                                Err(Refusal::Status(500)) => {
+                                    Reply::Response(plain(500, "internal error\n"))
                                 }
                                 Err(Refusal::Status(504)) => {
                                     Reply::Response(plain(504, "gateway timeout\n"))

@@ -78,6 +78,20 @@ pub trait Destination: Send + Sync {
     fn requires_identity(&self) -> bool {
         false
     }
+    /// Like [`Destination::websocket_upgrade`], with what `A` knows about
+    /// the client (its address, whether it authenticated with a bearer
+    /// token), for destinations that pass the upgrade on (the proxy). The
+    /// default ignores it.
+    fn websocket_upgrade_from(
+        &self,
+        head: &RequestHead,
+        identity: &Principal,
+        push: WsSender,
+        client: crate::streaming::ClientInfo,
+    ) -> Option<Box<dyn WsEndpoint>> {
+        let _ = client;
+        self.websocket_upgrade(head, identity, push)
+    }
     /// True when this destination takes requests as they arrive, body
     /// streamed ([`Destination::http_stream`]) rather than whole (the
     /// upstream proxy; issue #6). Default: whole requests only.

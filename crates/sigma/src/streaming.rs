@@ -207,4 +207,7 @@ pub type Admission = Pin<Box<dyn Future<Output = Result<(), Refusal>> + Send + '
 pub struct ClientInfo {
     /// The client's address as `A` determined it (`auth.trusted_proxies`).
     pub ip: IpAddr,
+    /// `A` authenticated the request with its `Authorization` header (a
+    /// sigma credential): the header must not be passed on.
+    pub bearer: bool,
 }

@@ -98,18 +98,31 @@ pub fn end_to_end_request(headers: &[Header]) -> Vec<(&[u8], &[u8])> {
     end_to_end(&pairs, Direction::Request)
 }
 
-/// A `Cookie` value without sigma's own session cookie (the upstream
-/// learns who the user is from the identity headers; it never gets a
-/// credential for sigma). Empty when nothing else is left.
+/// The names of sigma's own cookies: the session and the OAuth state.
+const SIGMA_COOKIES: [&str; 2] = [
+    crate::auth::session::COOKIE_NAME,
+    crate::auth::oauth::state::STATE_COOKIE,
+];
+
+/// True when `name` is one of sigma's own cookies (any case).
+fn is_sigma_cookie(name: &[u8]) -> bool {
+    let name = name.trim_ascii();
+    SIGMA_COOKIES
+        .iter()
+        .any(|c| name.eq_ignore_ascii_case(c.as_bytes()))
+}
+
+/// A `Cookie` value without sigma's own cookies (the session, the OAuth
+/// state): the upstream learns who the user is from the identity headers;
+/// it never gets a credential for sigma. Empty when nothing else is left.
 pub fn without_session_cookie(value: &[u8]) -> Vec<u8> {
-    let name = crate::auth::session::COOKIE_NAME.as_bytes();
     let mut out = Vec::with_capacity(value.len());
     for pair in value.split(|&b| b == b';') {
         let pair = pair.trim_ascii();
         let is_session = pair
             .split(|&b| b == b'=')
             .next()
-            .is_some_and(|n| n.trim_ascii() == name);
+            .is_some_and(is_sigma_cookie);
         if pair.is_empty() || is_session {
             continue;
         }
@@ -121,13 +134,39 @@ pub fn without_session_cookie(value: &[u8]) -> Vec<u8> {
     out
 }
 
+/// True for a `Set-Cookie` value that sets one of sigma's own cookies:
+/// an upstream must not plant a session (fixation) or an OAuth state.
+pub fn sets_sigma_cookie(value: &[u8]) -> bool {
+    let pair = value.split(|&b| b == b';').next().unwrap_or(value);
+    pair.split(|&b| b == b'=')
+        .next()
+        .is_some_and(is_sigma_cookie)
+}
+
+/// The upstream's end-to-end response headers as they go to the client
+/// ([`end_to_end`]), less any `Set-Cookie` of sigma's own cookies.
+pub fn from_upstream<'a>(headers: &[(&'a [u8], &'a [u8])]) -> Vec<(&'a [u8], &'a [u8])> {
+    end_to_end(headers, Direction::Response)
+        .into_iter()
+        .filter(|(n, v)| !(n.eq_ignore_ascii_case(b"set-cookie") && sets_sigma_cookie(v)))
+        .collect()
+}
+
 /// The client's end-to-end request headers as they go to the upstream
 /// ([`end_to_end_request`], with [`without_session_cookie`] applied).
-pub fn forwarded_request(headers: &[Header]) -> Vec<(&[u8], std::borrow::Cow<'_, [u8]>)> {
+/// With `bearer` (`A` authenticated the request with its `Authorization`
+/// header, a sigma credential the upstream could replay) `Authorization`
+/// is dropped; otherwise `A` did not read it and it is passed on.
+pub fn forwarded_request(
+    headers: &[Header],
+    bearer: bool,
+) -> Vec<(&[u8], std::borrow::Cow<'_, [u8]>)> {
     end_to_end_request(headers)
         .into_iter()
         .filter_map(|(n, v)| {
-            if n.eq_ignore_ascii_case(b"cookie") {
+            if bearer && n.eq_ignore_ascii_case(b"authorization") {
+                None
+            } else if n.eq_ignore_ascii_case(b"cookie") {
                 let kept = without_session_cookie(v);
                 (!kept.is_empty()).then_some((n, std::borrow::Cow::Owned(kept)))
             } else {
@@ -279,9 +318,49 @@ mod tests {
             Header::new("Cookie", "sigma_session=abc"),
             Header::new("Cookie", "sigma_session=abc; app=1"),
         ];
-        let f = forwarded_request(&h);
+        let f = forwarded_request(&h, false);
         assert_eq!(f.len(), 1);
         assert_eq!(&f[0].1[..], b"app=1");
+        assert_eq!(s("sigma_oauth=st; a=1; SIGMA_SESSION=x"), "a=1");
+    }
+
+    #[test]
+    fn consumed_authorization_is_not_forwarded() {
+        let h = vec![
+            Header::new("Authorization", "Bearer sigma-token"),
+            Header::new("Accept", "*/*"),
+        ];
+        let names = |f: Vec<(&[u8], std::borrow::Cow<'_, [u8]>)>| -> Vec<String> {
+            f.iter()
+                .map(|(n, _)| String::from_utf8_lossy(n).into_owned())
+                .collect()
+        };
+        assert_eq!(names(forwarded_request(&h, true)), ["Accept"]);
+        assert_eq!(
+            names(forwarded_request(&h, false)),
+            ["Authorization", "Accept"]
+        );
+    }
+
+    #[test]
+    fn upstream_cannot_set_sigma_cookies() {
+        let r: Vec<(&[u8], &[u8])> = vec![
+            (b"Set-Cookie", b"sigma_session=evil; Path=/; HttpOnly"),
+            (b"set-cookie", b" Sigma_Session =x"),
+            (b"Set-Cookie", b"sigma_oauth=st; Path=/auth"),
+            (b"Set-Cookie", b"app=1; Path=/"),
+            (b"Set-Cookie", b"sigma_sessionx=1"),
+            (b"X-Other", b"sigma_session=1"),
+        ];
+        let kept: Vec<&[u8]> = from_upstream(&r).iter().map(|(_, v)| *v).collect();
+        assert_eq!(
+            kept,
+            [
+                &b"app=1; Path=/"[..],
+                b"sigma_sessionx=1",
+                b"sigma_session=1"
+            ]
+        );
     }
 
     #[test]

@@ -207,7 +207,7 @@ impl Upstream {
             .uri(uri)
             .version(http::Version::HTTP_11)
             .header(http::header::HOST, self.authority.as_str());
-        for (n, v) in headers::forwarded_request(&head.headers) {
+        for (n, v) in headers::forwarded_request(&head.headers, client.bearer) {
             b = b.header(n, &v[..]);
         }
         b = b
@@ -295,7 +295,7 @@ impl Destination for Upstream {
         let fut = self.http_stream(
             Tagged::new(req.identity, req.msg.head),
             rx,
-            ClientInfo { ip },
+            ClientInfo { ip, bearer: true },
         );
         Handled::Later(Box::pin(async move {
             let t = fut.await;
@@ -402,7 +402,7 @@ impl Destination for Upstream {
                 .iter()
                 .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
                 .collect();
-            let kept = headers::end_to_end(&pairs, headers::Direction::Response)
+            let kept = headers::from_upstream(&pairs)
                 .into_iter()
                 .filter(|(n, _)| !n.eq_ignore_ascii_case(b"content-length"))
                 .map(|(n, v)| Header::new(Bytes::copy_from_slice(n), Bytes::copy_from_slice(v)))
@@ -424,9 +424,22 @@ impl Destination for Upstream {
 
     fn websocket_upgrade(
         &self,
+        _head: &RequestHead,
+        _identity: &Principal,
+        _push: WsSender,
+    ) -> Option<Box<dyn WsEndpoint>> {
+        // Upgrades come through `websocket_upgrade_from`, which knows
+        // whether `Authorization` is a sigma credential and the client's
+        // address; without them nothing is passed on.
+        Some(ws::refuse(500))
+    }
+
+    fn websocket_upgrade_from(
+        &self,
         head: &RequestHead,
         identity: &Principal,
         push: WsSender,
+        client: ClientInfo,
     ) -> Option<Box<dyn WsEndpoint>> {
         if headers::has_encoded_separator(head.path()) {
             return Some(ws::refuse(400));
@@ -440,6 +453,7 @@ impl Destination for Upstream {
             connect_timeout: self.opts.connect_timeout,
             settings: self.settings,
             echo_identity: self.opts.echo_identity,
+            client,
             push,
             name: Arc::from(self.url.as_str()),
         }))

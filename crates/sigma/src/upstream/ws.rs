@@ -49,6 +49,8 @@ pub struct Target<'a> {
     /// `echo_identity`: the upstream's `101` must carry the
     /// `X-Sigma-Identity` it was sent, or the upgrade is refused.
     pub echo_identity: bool,
+    /// The client's address and whether `Authorization` was sigma's.
+    pub client: crate::streaming::ClientInfo,
     /// The client's push queue.
     pub push: WsSender,
     /// The upstream's configured URL (logs).
@@ -126,11 +128,12 @@ pub fn open(t: Target<'_>) -> Box<dyn WsEndpoint> {
         if let Some(host) = t.head.header("host") {
             add("x-forwarded-host", &host.value);
         }
+        add("x-forwarded-for", t.client.ip.to_string().as_bytes());
         add("x-forwarded-proto", b"http");
         // The client's end-to-end headers, as for HTTP, less the
         // handshake's own (the relay makes its own handshake; sigma's H
         // accepted without subprotocol or extensions).
-        for (n, v) in headers::forwarded_request(&t.head.headers) {
+        for (n, v) in headers::forwarded_request(&t.head.headers, t.client.bearer) {
             let handshake = n.len() >= 14
                 && n.get(..14)
                     .is_some_and(|p| p.eq_ignore_ascii_case(b"sec-websocket-"));
