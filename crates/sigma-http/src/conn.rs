@@ -74,8 +74,12 @@ enum Reading {
     /// Reading a request body.
     InBody {
         decoder: Decoder,
+        /// When the body started, moved later by the time it was paused.
         started: Instant,
         received: u64,
+        /// The destination stopped taking the body at this instant
+        /// ([`ServerConn::set_body_paused`]): the minimum-rate clock stands.
+        paused: Option<Instant>,
     },
     /// A WebSocket upgrade request waits for `Accept` or a refusal; the
     /// bytes after it belong to the next protocol.
@@ -249,6 +253,44 @@ impl ServerConn {
         if let Some(ws) = self.ws.as_mut() {
             ws.handle_timeout(now, &mut self.out);
         }
+    }
+
+    /// The destination of the request body in progress stopped taking it
+    /// (`paused`: its bounded queue is full, so the shell stops reading)
+    /// or takes it again. While paused the body's minimum-rate deadline
+    /// (`body_min_rate` after `body_rate_grace`, 408) stands still: the
+    /// client is not the one holding the body up, and the destination's
+    /// own timeout decides (the proxy answers 504). On resume the clock
+    /// goes on from where it stood. Outside a request body this does
+    /// nothing.
+    pub fn set_body_paused(&mut self, paused: bool, now: Instant) {
+        if let Reading::InBody {
+            started,
+            paused: at,
+            ..
+        } = &mut self.reading
+        {
+            match (paused, *at) {
+                (true, None) => *at = Some(now),
+                (false, Some(since)) => {
+                    let stood = now.saturating_duration_since(since);
+                    *started = started.checked_add(stood).unwrap_or(*started);
+                    *at = None;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// True while a request body is paused ([`ServerConn::set_body_paused`]).
+    pub fn body_paused(&self) -> bool {
+        matches!(
+            self.reading,
+            Reading::InBody {
+                paused: Some(_),
+                ..
+            }
+        )
     }
 
     /// Graceful shutdown of the server: finish what is in progress, answer
@@ -787,11 +829,13 @@ impl ServerConn {
                 decoder: Decoder::length(n),
                 started: now,
                 received: 0,
+                paused: None,
             },
             BodyKind::Chunked => Reading::InBody {
                 decoder: Decoder::chunked(),
                 started: now,
                 received: 0,
+                paused: None,
             },
         };
     }
@@ -936,7 +980,10 @@ impl ServerConn {
                 }
             }
             Reading::InBody {
-                started, received, ..
+                started,
+                received,
+                paused: None,
+                ..
             } => {
                 if let Some(allowed_ms) = received
                     .saturating_mul(1000)
@@ -948,7 +995,11 @@ impl ServerConn {
                     t.set_opt(Timer::BodyRate, at);
                 }
             }
-            Reading::AwaitUpgrade | Reading::Stopped => {}
+            Reading::InBody {
+                paused: Some(_), ..
+            }
+            | Reading::AwaitUpgrade
+            | Reading::Stopped => {}
         }
         t
     }

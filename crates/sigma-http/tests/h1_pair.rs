@@ -872,6 +872,50 @@ fn slow_body_is_408_after_the_grace_period() {
     assert_rejected(&p, 408, "slow body");
 }
 
+/// A body whose destination stopped taking it (the shell stopped reading)
+/// is not "too slow": the minimum-rate clock stands while it is paused and
+/// goes on from where it stood afterwards.
+#[test]
+fn paused_body_stops_the_rate_clock() {
+    let mut p = Pair::manual(Limits::default());
+    p.feed(
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n",
+        p.at(0),
+    );
+    p.feed(&[b'x'; 1024], p.at(S));
+    assert_eq!(p.conn.poll_timeout(), Some(p.at(6 * S)));
+    // Paused at 2 s: no deadline, and a late timer call does nothing.
+    p.conn.set_body_paused(true, p.at(2 * S));
+    assert!(p.conn.body_paused());
+    assert_eq!(p.conn.poll_timeout(), None);
+    p.timeout(p.at(60 * S));
+    assert!(p.abort().is_none());
+    // Setting it again does not move the start of the pause.
+    p.conn.set_body_paused(true, p.at(30 * S));
+    // Resumed at 62 s: the 4 s that were left (deadline 6 s) remain.
+    p.conn.set_body_paused(false, p.at(62 * S));
+    assert!(!p.conn.body_paused());
+    assert_eq!(p.conn.poll_timeout(), Some(p.at(66 * S)));
+    p.timeout(p.at(66 * S - 1));
+    assert!(p.abort().is_none());
+    p.timeout(p.at(66 * S));
+    assert_eq!(p.abort().unwrap().reason, "body_too_slow");
+    assert_rejected(&p, 408, "slow body");
+}
+
+/// Pausing outside a body does nothing, and a new body starts unpaused.
+#[test]
+fn pause_applies_to_the_body_in_progress_only() {
+    let mut p = Pair::manual(Limits::default());
+    p.conn.set_body_paused(true, p.at(0));
+    assert!(!p.conn.body_paused());
+    p.feed(
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\n",
+        p.at(0),
+    );
+    assert_eq!(p.conn.poll_timeout(), Some(p.at(5 * S)));
+}
+
 #[test]
 fn write_stall_aborts() {
     let mut p = Pair::manual(Limits::default());
