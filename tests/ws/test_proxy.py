@@ -701,3 +701,73 @@ def test_sigma_credentials_do_not_cross_the_proxy(env):
     c.close()
     assert r.status == 200
     assert cookies == ["app=1; Path=/"], cookies
+
+
+class Sink:
+    """An upstream that accepts connections and never reads from them."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.conns = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(c)
+
+    def stop(self):
+        self.sock.close()
+        for c in self.conns:
+            c.close()
+
+
+def test_upstream_that_stops_reading_the_body_is_504_not_408():
+    """When the upstream stops taking a request body, sigma stops reading the
+    client; H's minimum body rate must not then blame the client (408): the
+    proxy's read_timeout answers 504. Without the pause, the rate deadline
+    (2 s grace + a few MB at 100 MB/s) comes before read_timeout (3 s)."""
+    sink = Sink()
+    s = AuthSigma(f"""
+[http]
+max_body = 1073741824
+body_rate_grace = "2s"
+body_min_rate = 104857600
+
+[[route]]
+path = "/sink"
+to = "http://127.0.0.1:{sink.port}"
+read_timeout = "3s"
+""", USERS)
+    try:
+        c = socket.create_connection((s.host, s.port), timeout=20)
+        size = 1 << 30
+        c.sendall(b"POST /sink/up HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size)
+
+        def send():
+            piece = b"z" * 65536
+            try:
+                for _ in range(size // len(piece)):
+                    c.sendall(piece)
+            except OSError:
+                pass
+
+        threading.Thread(target=send, daemon=True).start()
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = c.recv(4096)  # the socket's timeout is the deadline
+            assert chunk, head
+            head += chunk
+        c.close()
+        assert head.startswith(b"HTTP/1.1 504"), head
+        assert rejections(s, "body_too_slow") == 0
+    finally:
+        s.stop()
+        sink.stop()

@@ -129,6 +129,12 @@ pub async fn serve(
             let _ = SockRef::from(&stream).shutdown(SockShutdown::Read);
             read_shut = true;
         }
+        // While the destination does not take the streamed request body
+        // the client is not the slow one: H's body-rate clock stands.
+        let upload_blocked = p.upload_blocked();
+        if p.h.body_paused() != upload_blocked {
+            p.h.set_body_paused(upload_blocked, Instant::now());
+        }
         let deadline = p.h.poll_timeout();
         if deadline != armed {
             if let Some(d) = deadline {
@@ -136,7 +142,6 @@ pub async fn serve(
             }
             armed = deadline;
         }
-        let upload_blocked = p.upload_blocked();
         let upload_tx = if upload_blocked {
             p.upload_sender()
         } else {

@@ -21,7 +21,7 @@ pub mod ws;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -39,12 +39,38 @@ use crate::streaming::{BodyError, BodyRx, BodyStream, ClientInfo, LaterStreamed,
 /// Idle pooled connections to one upstream are closed after this long.
 const POOL_IDLE: Duration = Duration::from_secs(60);
 
+/// Since when the upstream has not taken the request body although sigma
+/// gave it a piece (`None` while the client is the one awaited, or before
+/// and after the body). While it is `Some` for `read_timeout`, the
+/// upstream has stopped reading: 504.
+#[derive(Debug, Default)]
+struct Stall(std::sync::Mutex<Option<Instant>>);
+
+impl Stall {
+    fn set(&self, v: Option<Instant>) {
+        let mut g = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *g = v;
+    }
+
+    fn since(&self) -> Option<Instant> {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// A request body streamed from the client (or none).
 pub struct ReqBody {
     rx: Option<BodyRx>,
     /// Dropped once the body has been handed over whole (or failed): the
     /// response-head timeout (`read_timeout`) starts then.
     sent: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Whether the upstream keeps taking the body.
+    stall: Arc<Stall>,
 }
 
 impl Body for ReqBody {
@@ -59,16 +85,27 @@ impl Body for ReqBody {
             return Poll::Ready(None);
         };
         match rx.poll_recv(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(Ok(b))) => Poll::Ready(Some(Ok(Frame::data(b)))),
+            Poll::Pending => {
+                // Waiting for the client (whose pace H's body rate limits).
+                self.stall.set(None);
+                Poll::Pending
+            }
+            Poll::Ready(Some(Ok(b))) => {
+                // Until the upstream asks for the next piece, it is the one
+                // holding the body up.
+                self.stall.set(Some(Instant::now()));
+                Poll::Ready(Some(Ok(Frame::data(b))))
+            }
             Poll::Ready(Some(Err(e))) => {
                 self.rx = None;
                 self.sent = None;
+                self.stall.set(None);
                 Poll::Ready(Some(Err(e)))
             }
             Poll::Ready(None) => {
                 self.rx = None;
                 self.sent = None;
+                self.stall.set(None);
                 Poll::Ready(None)
             }
         }
@@ -195,6 +232,7 @@ impl Upstream {
         client: ClientInfo,
         body: Option<BodyRx>,
         sent: tokio::sync::oneshot::Sender<()>,
+        stall: Arc<Stall>,
     ) -> Result<http::Request<ReqBody>, http::Error> {
         let path = headers::map_target(&self.prefix, &self.base, &head.target);
         let uri = format!(
@@ -220,7 +258,11 @@ impl Upstream {
             b = b.header(n, v);
         }
         let sent = body.is_some().then_some(sent);
-        b.body(ReqBody { rx: body, sent })
+        b.body(ReqBody {
+            rx: body,
+            sent,
+            stall,
+        })
     }
 }
 
@@ -327,7 +369,15 @@ impl Destination for Upstream {
         }
         let body = has_body(&head.msg).then_some(body);
         let (sent_tx, sent_rx) = tokio::sync::oneshot::channel();
-        let request = match self.request(&head.msg, &identity, client, body, sent_tx) {
+        let stall = Arc::new(Stall::default());
+        let request = match self.request(
+            &head.msg,
+            &identity,
+            client,
+            body,
+            sent_tx,
+            Arc::clone(&stall),
+        ) {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(upstream = %self.url, error = %e, "cannot build the upstream request");
@@ -346,11 +396,25 @@ impl Destination for Upstream {
             let whole =
                 |status, body| Tagged::new(identity.clone(), Streamed::Whole(plain(status, body)));
             // `read_timeout` runs from the end of the request body: a large
-            // upload from a slow client is limited by H's body-rate rule.
+            // upload from a slow client is limited by H's body-rate rule,
+            // one the upstream stops taking by `read_timeout` (while it
+            // does, H's clock stands: the connection stopped reading).
             let mut fut = std::pin::pin!(fut);
-            let early = tokio::select! {
-                r = &mut fut => Some(r),
-                _ = sent_rx => None,
+            let mut sent_rx = sent_rx;
+            let rt = opts.read_timeout;
+            let early = loop {
+                let from = stall.since().unwrap_or_else(Instant::now);
+                let wake = from.checked_add(rt).unwrap_or(from);
+                tokio::select! {
+                    r = &mut fut => break Some(r),
+                    _ = &mut sent_rx => break None,
+                    () = tokio::time::sleep_until(wake.into()) => {
+                        if stall.since().is_some_and(|t| t.elapsed() >= rt) {
+                            tracing::warn!(upstream = %url, "upstream stopped reading the request body (read_timeout)");
+                            return whole(504, "gateway timeout\n");
+                        }
+                    }
+                }
             };
             let res = match early {
                 Some(r) => Ok(r),
