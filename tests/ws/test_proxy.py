@@ -13,6 +13,7 @@ import hmac
 import http.client
 import http.server
 import json
+import queue
 import re
 import socket
 import tempfile
@@ -143,6 +144,7 @@ class WsUpstream:
     def __init__(self):
         self.headers = []
         self.closed = []
+        self.closes = queue.Queue()  # (path, code, reason) of each socket
         self.ready = threading.Event()
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -154,16 +156,21 @@ class WsUpstream:
 
         async def echo(ws):
             self.headers.append(dict((k.lower(), v) for k, v in ws.request.headers.raw_items()))
-            async for m in ws:
-                if m == "bye":
-                    await ws.close(4001, "bye from upstream")
-                    break
-                if m == "big":
-                    # Over sigma's [websocket] max_frame and max_message.
-                    await ws.send("x" * 300000)
-                    continue
-                await ws.send(m)
-            self.closed.append(ws.close_code)
+            try:
+                async for m in ws:
+                    if m == "bye":
+                        await ws.close(4001, "bye from upstream")
+                        break
+                    if m == "big":
+                        # Over sigma's [websocket] max_frame and max_message.
+                        await ws.send("x" * 300000)
+                        continue
+                    await ws.send(m)
+            except websockets.ConnectionClosed:
+                pass  # a close code other than 1000/1001
+            finally:
+                self.closed.append(ws.close_code)
+                self.closes.put((ws.request.path, ws.close_code, ws.close_reason))
 
         def respond(connection, request, response):
             # For echo_identity: `/echo-right` answers with the identity it
@@ -771,3 +778,63 @@ read_timeout = "3s"
     finally:
         s.stop()
         sink.stop()
+
+
+def close_of(wsup, path):
+    """The (code, reason) the upstream socket at `path` closed with."""
+    while True:
+        p, code, reason = wsup.closes.get(timeout=10)
+        if p == path:
+            return code, reason
+
+
+def test_client_close_code_reaches_the_upstream(env):
+    """The client's close code and reason are passed to the upstream (not
+    1005/1011), as the upstream's are to the client."""
+    s, _, wsup = env
+
+    async def closes(path, code, reason):
+        async with websockets.connect(s.url(path)) as ws:
+            await ws.send("ping")
+            assert await asyncio.wait_for(ws.recv(), 10) == "ping"
+            await ws.close(code, reason)
+
+    asyncio.run(closes("/wsup/close-4002", 4002, "bye from client"))
+    assert close_of(wsup, "/close-4002") == (4002, "bye from client")
+    asyncio.run(closes("/wsup/close-1000", 1000, ""))
+    assert close_of(wsup, "/close-1000") == (1000, "")
+
+
+def test_forwarded_proto_is_https_behind_tls():
+    """With secure cookies (a TLS terminator in front) the upstream is told
+    X-Forwarded-Proto: https, over HTTP and on WebSocket handshakes."""
+    up = Upstream()
+    wsup = WsUpstream()
+    s = AuthSigma(f"""
+[auth]
+cookie_secure = true
+
+[[route]]
+path = "/api"
+to = "http://127.0.0.1:{up.port}/base"
+
+[[route]]
+path = "/wsup"
+to = "http://127.0.0.1:{wsup.port}"
+""", USERS)
+    try:
+        st, _, _ = get(s, "GET", "/api/x")
+        assert st == 200
+        assert dict(last_headers(up))["x-forwarded-proto"] == "https"
+
+        async def go():
+            async with websockets.connect(s.url("/wsup/x")) as ws:
+                await ws.send("a")
+                assert await asyncio.wait_for(ws.recv(), 10) == "a"
+
+        asyncio.run(go())
+        assert wsup.headers[-1]["x-forwarded-proto"] == "https"
+    finally:
+        s.stop()
+        up.stop()
+        wsup.stop()

@@ -381,7 +381,12 @@ impl Dispatch<'_> {
                     }
                 }
             }
-            Event::Ws(WsEvent::Ping(_)) | Event::Ws(WsEvent::Close { .. }) => {}
+            Event::Ws(WsEvent::Close { code, reason }) => {
+                if let Some(ep) = self.ws.as_mut() {
+                    ep.on_close(code, &reason);
+                }
+            }
+            Event::Ws(WsEvent::Ping(_)) => {}
             Event::End => {}
             Event::Abort(reason) => {
                 self.incoming = None;

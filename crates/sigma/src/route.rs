@@ -126,6 +126,12 @@ pub trait WsEndpoint: Send {
     fn accept_when(&mut self) -> Option<crate::streaming::Admission> {
         None
     }
+    /// The client started or answered the close handshake, with this code
+    /// (if it sent one) and reason. Default: nothing (the endpoint is
+    /// dropped when the socket ends).
+    fn on_close(&mut self, code: Option<u16>, reason: &str) {
+        let _ = (code, reason);
+    }
 }
 
 /// Messages queued toward one WebSocket client by a destination, beyond

@@ -135,16 +135,26 @@ pub struct Settings {
     /// `[websocket] close_timeout`: how long the relay waits for the
     /// upstream's answer to a close.
     pub ws_close_timeout: Duration,
+    /// `X-Forwarded-Proto`: `https` when sigma is reached over TLS (a
+    /// terminator in front): `[auth] public_url` is `https://…` or
+    /// `[auth] cookie_secure` is set; otherwise `http`.
+    pub forwarded_proto: &'static str,
 }
 
 impl Settings {
     /// The settings of `config`.
     pub fn of(config: &crate::config::Config) -> Self {
         let ws = &config.limits.ws;
+        let https = config.auth.cookie_secure
+            || config.auth.public_url.as_deref().is_some_and(|u| {
+                u.get(..8)
+                    .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
+            });
         Self {
             ws_max_frame: ws.max_frame,
             ws_max_message: ws.max_message,
             ws_close_timeout: ws.close_timeout,
+            forwarded_proto: if https { "https" } else { "http" },
         }
     }
 }
@@ -156,6 +166,7 @@ impl Default for Settings {
             ws_max_frame: ws.max_frame,
             ws_max_message: ws.max_message,
             ws_close_timeout: ws.close_timeout,
+            forwarded_proto: "http",
         }
     }
 }
@@ -250,7 +261,7 @@ impl Upstream {
         }
         b = b
             .header("x-forwarded-for", client.ip.to_string())
-            .header("x-forwarded-proto", "http");
+            .header("x-forwarded-proto", self.settings.forwarded_proto);
         if let Some(host) = head.header("host") {
             b = b.header("x-forwarded-host", &host.value[..]);
         }
@@ -526,7 +537,22 @@ impl Destination for Upstream {
 
 #[cfg(test)]
 mod tests {
-    use super::split_url;
+    use super::{split_url, Settings};
+
+    #[test]
+    fn forwarded_proto_follows_the_public_url_and_secure_cookies() {
+        let proto = |toml: &str| {
+            let c = crate::config::from_str(toml, &[]).unwrap();
+            Settings::of(&c).forwarded_proto
+        };
+        assert_eq!(proto(""), "http");
+        assert_eq!(proto("[auth]\npublic_url = \"http://a.example\"\n"), "http");
+        assert_eq!(
+            proto("[auth]\npublic_url = \"https://a.example\"\n"),
+            "https"
+        );
+        assert_eq!(proto("[auth]\ncookie_secure = true\n"), "https");
+    }
 
     #[test]
     fn urls_split_into_authority_and_path() {

@@ -14,6 +14,7 @@
 //! endpoint is dropped, the relay's queue closes and the task closes the
 //! upstream socket.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -57,9 +58,22 @@ pub struct Target<'a> {
     pub name: Arc<str>,
 }
 
+/// What the client side sends the relay.
+#[derive(Debug)]
+enum FromClient {
+    /// A message for the upstream.
+    Message(WsMessage),
+    /// The client closed (or answered sigma's close) with this code and
+    /// reason: the upstream gets the same.
+    Close(Option<u16>, String),
+}
+
 /// The client side of one pass-through.
 struct WsProxy {
-    to_upstream: Option<mpsc::Sender<WsMessage>>,
+    to_upstream: Option<mpsc::Sender<FromClient>>,
+    /// Set when the client's messages found the queue full (the upstream
+    /// is not keeping up), before the sender is dropped.
+    flooded: Arc<AtomicBool>,
     /// Whether the upstream accepted: the client's upgrade waits for it.
     connected: Option<oneshot::Receiver<Result<(), Refusal>>>,
 }
@@ -67,12 +81,21 @@ struct WsProxy {
 impl WsEndpoint for WsProxy {
     fn on_message(&mut self, msg: Tagged<WsMessage>) -> Option<Tagged<WsMessage>> {
         if let Some(tx) = &self.to_upstream {
-            if tx.try_send(msg.msg).is_err() {
+            if tx.try_send(FromClient::Message(msg.msg)).is_err() {
                 // Dropping the sender ends the relay, which closes both sides.
+                self.flooded.store(true, Ordering::Release);
                 self.to_upstream = None;
             }
         }
         None
+    }
+
+    fn on_close(&mut self, code: Option<u16>, reason: &str) {
+        if let Some(tx) = self.to_upstream.take() {
+            // A full queue: the sender is dropped all the same, and the
+            // upstream is told the client went away (1001).
+            let _ = tx.try_send(FromClient::Close(code, reason.to_owned()));
+        }
     }
 
     fn accept_when(&mut self) -> Option<crate::streaming::Admission> {
@@ -110,6 +133,7 @@ pub fn refuse(status: u16) -> Box<dyn WsEndpoint> {
 /// Opens the pass-through: returns the endpoint and starts the relay.
 pub fn open(t: Target<'_>) -> Box<dyn WsEndpoint> {
     let (tx, rx) = mpsc::channel(TO_UPSTREAM_QUEUE);
+    let flooded = Arc::new(AtomicBool::new(false));
     let (connected_tx, connected) = oneshot::channel();
     let mut request = t.url.as_str().into_client_request();
     if let Ok(req) = request.as_mut() {
@@ -129,7 +153,7 @@ pub fn open(t: Target<'_>) -> Box<dyn WsEndpoint> {
             add("x-forwarded-host", &host.value);
         }
         add("x-forwarded-for", t.client.ip.to_string().as_bytes());
-        add("x-forwarded-proto", b"http");
+        add("x-forwarded-proto", t.settings.forwarded_proto.as_bytes());
         // The client's end-to-end headers, as for HTTP, less the
         // handshake's own (the relay makes its own handshake; sigma's H
         // accepted without subprotocol or extensions).
@@ -150,6 +174,7 @@ pub fn open(t: Target<'_>) -> Box<dyn WsEndpoint> {
     let timeout = t.connect_timeout;
     let settings = t.settings;
     let echo = t.echo_identity.then(|| headers::identity_value(&identity));
+    let flooded_relay = Arc::clone(&flooded);
     tokio::spawn(async move {
         let Ok(request) = request else {
             tracing::warn!(upstream = %name, "cannot build the upstream WebSocket request");
@@ -162,11 +187,13 @@ pub fn open(t: Target<'_>) -> Box<dyn WsEndpoint> {
             name,
             settings,
             echo,
+            flooded: Arc::clone(&flooded_relay),
         };
         relay.run(request, timeout, rx, connected_tx).await;
     });
     Box::new(WsProxy {
         to_upstream: Some(tx),
+        flooded,
         connected: Some(connected),
     })
 }
@@ -187,6 +214,8 @@ struct Relay {
     settings: super::Settings,
     /// With `echo_identity`: the `X-Sigma-Identity` the `101` must carry.
     echo: Option<String>,
+    /// The client flooded the upstream ([`WsProxy::flooded`]).
+    flooded: Arc<AtomicBool>,
 }
 
 /// True when `response` carries exactly one `X-Sigma-Identity`, `sent`.
@@ -211,7 +240,7 @@ impl Relay {
         self,
         request: tokio_tungstenite::tungstenite::handshake::client::Request,
         timeout: Duration,
-        mut from_client: mpsc::Receiver<WsMessage>,
+        mut from_client: mpsc::Receiver<FromClient>,
         connected: oneshot::Sender<Result<(), Refusal>>,
     ) {
         let (push, name) = (&self.push, &self.name);
@@ -258,7 +287,7 @@ impl Relay {
         let end = loop {
             tokio::select! {
                 m = from_client.recv() => match m {
-                    Some(m) => {
+                    Some(FromClient::Message(m)) => {
                         let msg = match m {
                             WsMessage::Text(t) => Message::text(t.as_str()),
                             WsMessage::Binary(b) => Message::binary(b),
@@ -269,10 +298,27 @@ impl Relay {
                             return;
                         }
                     }
-                    None => {
-                        // The client's socket ended (or flooded the upstream).
-                        let _ = sink.send(Message::Close(None)).await;
+                    Some(FromClient::Close(code, reason)) => {
+                        // The client's close, passed on as it was (its
+                        // socket is closing in H: nothing more to push).
+                        let frame = match code {
+                            Some(c) if sendable(c) => close_frame(c, &reason),
+                            Some(_) => close_frame(1000, &reason),
+                            None => Message::Close(None),
+                        };
+                        self.close_upstream(&mut sink, &mut stream, frame).await;
+                        return;
+                    }
+                    None if self.flooded.load(Ordering::Acquire) => {
                         let _ = push.close(1011, "upstream not keeping up");
+                        let frame = close_frame(1008, "not keeping up");
+                        self.close_upstream(&mut sink, &mut stream, frame).await;
+                        return;
+                    }
+                    None => {
+                        // The client's socket ended without a close.
+                        let frame = close_frame(1001, "client went away");
+                        self.close_upstream(&mut sink, &mut stream, frame).await;
                         return;
                     }
                 },
@@ -324,6 +370,28 @@ impl Relay {
                 let _ = push.close(1011, "upstream error");
             }
         }
+    }
+}
+
+impl Relay {
+    /// Sends `frame` (a close) to the upstream and waits, at most
+    /// `close_timeout`, for its answer.
+    async fn close_upstream<Si, St>(&self, sink: &mut Si, stream: &mut St, frame: Message)
+    where
+        Si: futures_util::Sink<Message> + Unpin,
+        St: futures_util::Stream<Item = Result<Message, WsError>> + Unpin,
+    {
+        let _ = tokio::time::timeout(self.settings.ws_close_timeout, async {
+            if sink.send(frame).await.is_err() {
+                return;
+            }
+            while let Some(Ok(m)) = stream.next().await {
+                if m.is_close() {
+                    break;
+                }
+            }
+        })
+        .await;
     }
 }
 
