@@ -838,3 +838,19 @@ to = "http://127.0.0.1:{wsup.port}"
         s.stop()
         up.stop()
         wsup.stop()
+
+
+def test_sigmas_own_paths_are_never_forwarded(env):
+    """Paths sigma keeps for itself (`/auth/...` that A does not serve,
+    /healthz and /metrics with another method) are not proxied, even by
+    a `/` route: they used to go through a whole-body path that claimed
+    X-Forwarded-For 127.0.0.1 for every client."""
+    s, up, _ = env
+    before = len(up.seen)
+    for method, path in [("GET", "/auth/nope"), ("POST", "/auth/x/y"), ("POST", "/metrics"),
+                         ("PUT", "/healthz")]:
+        st, _, _ = get(s, method, path, body=b"x" if method != "GET" else None)
+        assert st == 404, (method, path, st)
+    assert len(up.seen) == before, up.seen[before:]
+    st, _, body = get(s, "GET", "/anything")
+    assert st == 200 and json.loads(body)["path"] == "/anything"

@@ -463,19 +463,20 @@ impl Dispatch<'_> {
         self.outbox.push_later(Box::pin(async move {
             let t = fut.await;
             metrics.latency(started.elapsed());
-            let mismatch = auth::check_reply(&expected, &t).is_err()
-                || matches!(t.msg, Streamed::IdentityMismatch);
-            if mismatch {
-                inc(&metrics.identity_mismatch);
-                if metrics.may_log() {
-                    tracing::warn!(%peer, "reply dropped: identity mismatch");
-                }
-                return Outgoing::Reply(Reply::Response(plain(502, "bad gateway\n")));
-            }
-            match t.msg {
+            // The reply rule: another identity (A's tag), or an upstream
+            // that did not echo the one it was sent (`echo_identity`).
+            let msg = match auth::check_reply(&expected, &t) {
+                Ok(()) => t.msg,
+                Err(_) => Streamed::IdentityMismatch,
+            };
+            match msg {
                 Streamed::Whole(r) => Outgoing::Reply(Reply::Response(r)),
                 Streamed::Stream { head, body } => Outgoing::Stream(head, body),
                 Streamed::IdentityMismatch => {
+                    inc(&metrics.identity_mismatch);
+                    if metrics.may_log() {
+                        tracing::warn!(%peer, "reply dropped: identity mismatch");
+                    }
                     Outgoing::Reply(Reply::Response(plain(502, "bad gateway\n")))
                 }
             }
@@ -625,6 +626,12 @@ impl Dispatch<'_> {
         };
         if let Err(denied) = self.admit(route, &req.msg.head, &expected, via) {
             return Handled::Ready(Tagged::new(expected, denied));
+        }
+        if route.dest.streams_http() {
+            // Only sigma's own paths get here whole (`streams` is false for
+            // them): `/auth/…` that `A` does not serve, `/healthz` and
+            // `/metrics` with another method. They are never passed on.
+            return Handled::Ready(Tagged::new(expected, plain(404, "not found\n")));
         }
         match route.dest.http(req) {
             Handled::Ready(reply) => {

@@ -52,7 +52,12 @@ pub trait Destination: Send + Sync {
     /// The destination's name as written in the config (`&echo`).
     fn name(&self) -> &str;
     /// Answers one HTTP request, with the identity it was tagged with.
-    fn http(&self, req: Tagged<HttpRequest>) -> Handled;
+    /// Destinations that stream ([`Destination::streams_http`]) are never
+    /// given whole requests and keep the default, a `500`.
+    fn http(&self, req: Tagged<HttpRequest>) -> Handled {
+        let resp = Response::new(500, Vec::new(), Bytes::from_static(b"internal error\n"));
+        Handled::Ready(Tagged::new(req.identity, resp))
+    }
     /// Opens a WebSocket endpoint for a client authenticated as `identity`
     /// (fixed for the socket's life), or `None` when WebSocket is not
     /// offered here. `push` is the socket's bounded outbound queue, for

@@ -32,12 +32,8 @@ use bytes::Bytes;
 use sigma_http::{Header, Method, RequestHead, Response, ResponseHead};
 
 use crate::auth::Tagged;
-use crate::route::{Destination, Handled, HttpRequest, WsEndpoint, WsSender};
+use crate::route::{Destination, WsEndpoint, WsSender};
 use crate::streaming::{BodyRx, BodyStream, ClientInfo, LaterStreamed, Streamed};
-
-/// The largest body [`Destination::http`] (whole responses) carries:
-/// 64 MiB. Connections use the streamed path, which has no limit.
-pub const MAX_BODY: u64 = 64 << 20;
 
 /// Bodies up to this size (64 KiB) are sent whole; larger ones are
 /// streamed in pieces of this size, read as the client keeps up.
@@ -291,26 +287,6 @@ impl Destination for StaticFiles {
         "static"
     }
 
-    /// Whole responses of at most [`MAX_BODY`] bytes (the connection uses
-    /// [`Destination::http_stream`] instead; this serves other callers).
-    fn http(&self, req: Tagged<HttpRequest>) -> Handled {
-        let identity = req.identity;
-        let head = req.msg.head;
-        let rel = match self.check(&head) {
-            Ok(rel) => rel,
-            Err(resp) => return Handled::Ready(Tagged::new(identity, resp)),
-        };
-        let root = self.root.clone();
-        Handled::Later(Box::pin(async move {
-            let resp = tokio::task::spawn_blocking(move || {
-                read_whole(prepare(&root, &rel, &head), MAX_BODY)
-            })
-            .await
-            .unwrap_or_else(|_| text(500, "internal error\n"));
-            Tagged::new(identity, resp)
-        }))
-    }
-
     fn streams_http(&self) -> bool {
         true
     }
@@ -526,9 +502,10 @@ enum Prepared {
     },
 }
 
-/// Reads a prepared file into one whole response of at most `limit`
-/// bytes (blocking).
-fn read_whole(p: Prepared, limit: u64) -> Response {
+/// Reads a prepared file of at most [`CHUNK`] bytes into one whole
+/// response (blocking); larger ones are streamed ([`stream_answer`]).
+fn read_small(p: Prepared) -> Response {
+    let limit = CHUNK as u64;
     let (status, headers, file, count) = match p {
         Prepared::Done(r) => return r,
         Prepared::File {
@@ -540,12 +517,8 @@ fn read_whole(p: Prepared, limit: u64) -> Response {
         } => (status, headers, file, count),
     };
     if count > limit {
-        tracing::warn!(
-            count,
-            limit,
-            "static: file larger than the whole-body limit"
-        );
-        return text(500, "file too large to serve whole; ask for a Range\n");
+        tracing::error!(count, limit, "static: a large file on the whole-body path");
+        return text(500, "internal error\n");
     }
     let Ok(cap) = usize::try_from(count) else {
         return text(500, "file too large\n");
@@ -594,7 +567,7 @@ fn stream_answer(p: Prepared) -> Streamed {
             },
             body: file_stream(file, count),
         },
-        small => Streamed::Whole(read_whole(small, CHUNK as u64)),
+        small => Streamed::Whole(read_small(small)),
     }
 }
 
@@ -765,7 +738,7 @@ mod tests {
         }
     }
 
-    /// The whole-body path (`Destination::http`) on real files.
+    /// Small files, answered whole, on real files.
     #[test]
     fn whole_responses_from_files() {
         let base = std::env::temp_dir().join(format!("sigma-static-unit-{}", std::process::id()));
@@ -775,8 +748,13 @@ mod tests {
         std::fs::write(root.join("a.txt"), "hello world").unwrap();
         std::fs::write(base.join("secret"), "s").unwrap();
         std::os::unix::fs::symlink(base.join("secret"), root.join("out")).unwrap();
-        let serve = |rel: &str, h: &[(&'static str, &str)]| {
-            read_whole(prepare(&root, Path::new(rel), &get("/", h)), MAX_BODY)
+        let serve = |rel: &str, h: &[(&'static str, &str)]| match stream_answer(prepare(
+            &root,
+            Path::new(rel),
+            &get("/", h),
+        )) {
+            Streamed::Whole(r) => r,
+            other => panic!("{rel}: {other:?}"),
         };
         let r = serve("a.txt", &[]);
         assert_eq!((r.status, &r.body[..]), (200, &b"hello world"[..]));
@@ -795,8 +773,6 @@ mod tests {
         assert_eq!(serve("out", &[]).status, 404);
         assert_eq!(serve("", &[]).status, 404);
         assert_eq!(serve("missing", &[]).status, 404);
-        let big = read_whole(prepare(&root, Path::new("a.txt"), &get("/", &[])), 4);
-        assert_eq!(big.status, 500);
         let _ = std::fs::remove_dir_all(base);
     }
 

@@ -33,7 +33,7 @@ use sigma_http::{Header, RequestHead, Response, ResponseHead};
 
 use crate::auth::{Principal, Tagged};
 use crate::config::ProxyOptions;
-use crate::route::{Destination, Handled, HttpRequest, WsEndpoint, WsSender};
+use crate::route::{Destination, WsEndpoint, WsSender};
 use crate::streaming::{BodyError, BodyRx, BodyStream, ClientInfo, LaterStreamed, Streamed};
 
 /// Idle pooled connections to one upstream are closed after this long.
@@ -333,31 +333,6 @@ fn body_stream(body: Incoming, idle: Duration, url: Arc<str>) -> BodyStream {
 impl Destination for Upstream {
     fn name(&self) -> &str {
         &self.url
-    }
-
-    fn http(&self, req: Tagged<HttpRequest>) -> Handled {
-        // Not used: the proxy streams (`streams_http`). A whole request is
-        // still served correctly, through the streaming path.
-        let (tx, rx) = crate::streaming::body_channel();
-        let body = req.msg.body;
-        if !body.is_empty() {
-            let _ = tx.try_send(body);
-        }
-        tx.finish();
-        let ip = std::net::IpAddr::from([127, 0, 0, 1]);
-        let fut = self.http_stream(
-            Tagged::new(req.identity, req.msg.head),
-            rx,
-            ClientInfo { ip, bearer: true },
-        );
-        Handled::Later(Box::pin(async move {
-            let t = fut.await;
-            let resp = match t.msg {
-                Streamed::Whole(r) => r,
-                _ => plain(502, "bad gateway\n"),
-            };
-            Tagged::new(t.identity, resp)
-        }))
     }
 
     fn streams_http(&self) -> bool {
