@@ -3,7 +3,8 @@
 # This is the README's test command, and what CI runs (.ci/run).
 #
 #   1. tools: a Python virtualenv (.venv) with `websockets` and `kosoku`
-#   2. static checks: cargo fmt --check, cargo clippy -D warnings
+#   2. static checks: cargo fmt --check, cargo clippy -D warnings, and
+#      that the fuzz targets still compile against the crates they drive
 #   3. Rust tests: unit, sans-IO, property and integration tests (nextest)
 #   4. WebSocket: Python `websockets` client tests, then the Autobahn
 #      testsuite (kosoku) against sigma's &echo, strict
@@ -27,6 +28,9 @@ cargo fmt --all -- --check
 
 step "cargo clippy"
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+
+step "fuzz targets compile (cargo check; running them: fuzz/README.md)"
+cargo check --manifest-path fuzz/Cargo.toml --bins --locked
 
 step "cargo build --release"
 cargo build --release --locked -p sigma
