@@ -6,8 +6,10 @@
 #   2. static checks: cargo fmt --check, cargo clippy -D warnings, and
 #      that the fuzz targets still compile against the crates they drive
 #   3. Rust tests: unit, sans-IO, property and integration tests (nextest)
-#   4. WebSocket: Python `websockets` client tests, then the Autobahn
-#      testsuite (kosoku) against sigma's &echo, strict
+#   4. WebSocket: Python `websockets` client tests (broadcast, proxy, worlds)
+#   5. browser: headless Chromium via playwright-core (web page, OAuth against
+#      oauth2-mock-server, worlds); installs chromium and the npm packages
+#   6. the Autobahn testsuite (kosoku) against sigma's &echo, strict
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
