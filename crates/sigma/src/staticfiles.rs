@@ -69,7 +69,7 @@ pub fn resolve(rest: &[u8]) -> Result<PathBuf, Refused> {
         if raw.is_empty() {
             continue;
         }
-        let seg = percent_decode(raw)?;
+        let seg = crate::route::path::percent_decode(raw).ok_or(Refused::BadEscape)?;
         if seg.iter().any(|&b| b == b'/' || b == b'\\') {
             return Err(Refused::Separator);
         }
@@ -90,31 +90,6 @@ pub fn resolve(rest: &[u8]) -> Result<PathBuf, Refused> {
         }
     }
     Ok(out)
-}
-
-/// Decodes `%XX` escapes once (`+` stays `+`: this is a path, not a form).
-fn percent_decode(raw: &[u8]) -> Result<Vec<u8>, Refused> {
-    let mut out = Vec::with_capacity(raw.len());
-    let mut it = raw.iter();
-    while let Some(&b) = it.next() {
-        if b == b'%' {
-            let hi = it.next().and_then(|&h| hex(h)).ok_or(Refused::BadEscape)?;
-            let lo = it.next().and_then(|&l| hex(l)).ok_or(Refused::BadEscape)?;
-            out.push(hi << 4 | lo);
-        } else {
-            out.push(b);
-        }
-    }
-    Ok(out)
-}
-
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
 }
 
 /// A `Range` header's meaning for a file of a given length.

@@ -13,27 +13,7 @@ pub fn etag(version: u64) -> String {
 /// Percent-decodes a key from a request path (`+` is itself). `None` for a
 /// malformed escape or a result that is not UTF-8.
 pub(super) fn decode_path(raw: &[u8]) -> Option<String> {
-    let mut out = Vec::with_capacity(raw.len());
-    let mut bytes = raw.iter();
-    while let Some(&b) = bytes.next() {
-        if b == b'%' {
-            let hi = hex(*bytes.next()?)?;
-            let lo = hex(*bytes.next()?)?;
-            out.push(hi << 4 | lo);
-        } else {
-            out.push(b);
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
+    String::from_utf8(crate::route::path::percent_decode(raw)?).ok()
 }
 
 /// A key: 1 to `max_key` bytes, no control characters, no `.` or `..`

@@ -136,32 +136,11 @@ impl JwtIssuerConfig {
             (None, Some(_)) if self.algorithm == JwtAlgorithm::Hs256 => {
                 err(JwtConfigErrorKind::HmacFromJwks)
             }
-            (None, Some(url)) if !jwks_url_ok(url) => err(JwtConfigErrorKind::BadJwksUrl),
+            (None, Some(url)) if !crate::auth::oauth::config::url_ok(url) => {
+                err(JwtConfigErrorKind::BadJwksUrl)
+            }
             _ => Ok(()),
         }
-    }
-}
-
-fn jwks_url_ok(url: &str) -> bool {
-    let Ok(u) = reqwest::Url::parse(url) else {
-        return false;
-    };
-    if !u.username().is_empty() || u.password().is_some() {
-        return false;
-    }
-    let Some(host) = u.host_str() else {
-        return false;
-    };
-    match u.scheme() {
-        "https" => true,
-        "http" => {
-            let bare = host.trim_start_matches('[').trim_end_matches(']');
-            host == "localhost"
-                || bare
-                    .parse::<std::net::IpAddr>()
-                    .is_ok_and(|ip| ip.is_loopback())
-        }
-        _ => false,
     }
 }
 

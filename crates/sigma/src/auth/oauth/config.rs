@@ -169,7 +169,9 @@ pub fn valid_provider_name(name: &str) -> bool {
 }
 
 /// True for an `https` URL, or `http` to a loopback host (tests, sidecars),
-/// without credentials.
+/// without credentials: the rule for every URL sigma fetches keys or
+/// tokens from (OAuth providers here, external JWT issuers' JWKS in
+/// `auth::jwt::external`).
 pub fn url_ok(url: &str) -> bool {
     let Ok(u) = reqwest::Url::parse(url) else {
         return false;
