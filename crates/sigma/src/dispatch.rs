@@ -745,7 +745,7 @@ impl Dispatch<'_> {
         };
         let endpoint = route.and_then(|r| {
             r.dest
-                .websocket_upgrade_from(&req.msg, &req.identity, push, client)
+                .websocket_upgrade(&req.msg, &req.identity, push, client)
         });
         match endpoint {
             Some(mut ep) => {

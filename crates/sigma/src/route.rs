@@ -64,16 +64,19 @@ pub trait Destination: Send + Sync {
     /// messages that do not answer one of the client's (deliveries).
     fn websocket(&self, identity: &Principal, push: WsSender) -> Option<Box<dyn WsEndpoint>>;
     /// Like [`Destination::websocket`], with the upgrade request's head
-    /// (identity headers stripped) for destinations that bind the socket
-    /// to how it was authenticated (`&world`, DESIGN §5). The default
-    /// ignores the head.
+    /// (identity headers stripped) and what `A` knows about the client (its
+    /// address, whether it authenticated with its `Authorization` header):
+    /// for destinations that bind the socket to how it was authenticated
+    /// (`&world`, DESIGN §5) or pass the upgrade on (the proxy). The
+    /// default ignores both.
     fn websocket_upgrade(
         &self,
         head: &RequestHead,
         identity: &Principal,
         push: WsSender,
+        client: crate::streaming::ClientInfo,
     ) -> Option<Box<dyn WsEndpoint>> {
-        let _ = head;
+        let _ = (head, client);
         self.websocket(identity, push)
     }
     /// True when this destination serves authenticated clients only, even
@@ -82,20 +85,6 @@ pub trait Destination: Send + Sync {
     /// step 1). Default: false.
     fn requires_identity(&self) -> bool {
         false
-    }
-    /// Like [`Destination::websocket_upgrade`], with what `A` knows about
-    /// the client (its address, whether it authenticated with a bearer
-    /// token), for destinations that pass the upgrade on (the proxy). The
-    /// default ignores it.
-    fn websocket_upgrade_from(
-        &self,
-        head: &RequestHead,
-        identity: &Principal,
-        push: WsSender,
-        client: crate::streaming::ClientInfo,
-    ) -> Option<Box<dyn WsEndpoint>> {
-        let _ = client;
-        self.websocket_upgrade(head, identity, push)
     }
     /// True when this destination takes requests as they arrive, body
     /// streamed ([`Destination::http_stream`]) rather than whole (the

@@ -468,23 +468,12 @@ impl Destination for Upstream {
     }
 
     fn websocket(&self, _identity: &Principal, _push: WsSender) -> Option<Box<dyn WsEndpoint>> {
-        // Upgrades come through `websocket_upgrade`, which has the path.
+        // Upgrades come through `websocket_upgrade`, which has the path, the
+        // client's address and whether `Authorization` is a sigma credential.
         None
     }
 
     fn websocket_upgrade(
-        &self,
-        _head: &RequestHead,
-        _identity: &Principal,
-        _push: WsSender,
-    ) -> Option<Box<dyn WsEndpoint>> {
-        // Upgrades come through `websocket_upgrade_from`, which knows
-        // whether `Authorization` is a sigma credential and the client's
-        // address; without them nothing is passed on.
-        Some(ws::refuse(500))
-    }
-
-    fn websocket_upgrade_from(
         &self,
         head: &RequestHead,
         identity: &Principal,

@@ -40,6 +40,7 @@ use crate::route::{
     ws_push_queue, Destination, Handled, HttpRequest, Pushed, Route, UnavailableDestination,
     WsEndpoint, WsSender,
 };
+use crate::streaming::ClientInfo;
 
 /// The worker code built into the binary (`builtin:NAME`).
 fn builtin_code(name: &str) -> Option<&'static str> {
@@ -221,6 +222,7 @@ impl Destination for WorldService {
         head: &RequestHead,
         identity: &Principal,
         push: WsSender,
+        _client: ClientInfo,
     ) -> Option<Box<dyn WsEndpoint>> {
         let user = Arc::clone(identity.as_ref()?);
         let binding = super::binding_of(head)?;
@@ -730,7 +732,15 @@ mod tests {
             }));
             let (push, rx) = ws_push_queue();
             let ep = svc
-                .websocket_upgrade(&head("/ws".into(), token), &identity, push)
+                .websocket_upgrade(
+                    &head("/ws".into(), token),
+                    &identity,
+                    push,
+                    ClientInfo {
+                        ip: std::net::Ipv4Addr::LOCALHOST.into(),
+                        bearer: false,
+                    },
+                )
                 .unwrap();
             Self {
                 ep,
