@@ -145,11 +145,8 @@ impl Settings {
     /// The settings of `config`.
     pub fn of(config: &crate::config::Config) -> Self {
         let ws = &config.limits.ws;
-        let https = config.auth.cookie_secure
-            || config.auth.public_url.as_deref().is_some_and(|u| {
-                u.get(..8)
-                    .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
-            });
+        // The same rule that makes sigma's cookies `Secure`: TLS in front.
+        let https = crate::auth::cookies_secure(&config.auth);
         Self {
             ws_max_frame: ws.max_frame,
             ws_max_message: ws.max_message,
