@@ -1,4 +1,4 @@
-//! Invariant: any bytes: the session socket's envelope parser, the initiate parser, the `GET /world/<cmd>.js` query parser, the fork-cookie opener and the session state machine never panic; a parsed world message's `world` decodes to its id and a fork names a 1..=64-byte command; a parsed query has a 64-byte signature; random bytes never open as a cookie; the server's Lamport stamps strictly increase and nothing is sent after a close.
+//! Invariant: any bytes: the session socket's envelope parser, the initiate parser, the `GET /world/<cmd>.js` query parser, the fork-cookie opener and the session state machine never panic; a parsed world message's `world` decodes to its id and a fork names a 1..=64-byte command; a parsed query has a 64-byte signature; random bytes never open as a cookie; the server's Lamport stamps strictly increase and nothing is sent after a close; the login session's budget counts at most the one world and none after the close.
 //!
 //! Where it sits: `&world` (DESIGN §5), on everything a client controls
 //! before a signature is checked: the JSON envelopes on `/ws`, and the
@@ -16,7 +16,7 @@ use ed25519_dalek::{Signer, SigningKey};
 use libfuzzer_sys::fuzz_target;
 use sigma::world::cookie::MinuteKeys;
 use sigma::world::envelope::{self, ClientMsg, CommandInfo};
-use sigma::world::session::{Limits, Out, Session, WorldKey};
+use sigma::world::session::{Limits, Out, Session, SessionBudget, WorldKey};
 use sigma::world::{b64_encode, WorldId};
 
 fn check_envelope(text: &str) {
@@ -40,9 +40,8 @@ fn run_session(data: &[u8]) {
     }];
     let key = SigningKey::from_bytes(&[1; 32]);
     let world = WorldId(key.verifying_key().to_bytes());
-    let mut s = Session::new(
-        "fuzz".into(),
-        commands,
+    let mut s = Session::new("fuzz".into(), commands);
+    let mut budget = SessionBudget::new(
         Limits {
             max_worlds: 2,
             forks_per_minute: 5,
@@ -68,9 +67,10 @@ fn run_session(data: &[u8]) {
             }
         }
     };
-    let outs = s.on_text(r#"{"t":"hello","lamport":1}"#, 0, &mut seal);
+    let outs = s.on_text(r#"{"t":"hello","lamport":1}"#, 0, &mut budget, &mut seal);
     check(outs, &mut closed);
-    s.activate_world(WorldKey::new(world).unwrap()).unwrap();
+    s.activate_world(WorldKey::new(world).unwrap(), &mut budget)
+        .unwrap();
     for (i, line) in data.split(|b| *b == b'\n').enumerate() {
         let Ok(line) = std::str::from_utf8(line) else {
             continue;
@@ -89,15 +89,17 @@ fn run_session(data: &[u8]) {
             None => line.to_owned(),
         };
         let now = (i as u64).saturating_mul(1000);
-        let outs = s.on_text(&text, now, &mut seal);
+        let outs = s.on_text(&text, now, &mut budget, &mut seal);
+        assert!(budget.worlds() <= 1, "only the one world is ever counted");
         check(outs, &mut closed);
         if i % 7 == 6 {
             let outs = s.activation_deadline();
             check(outs, &mut closed);
         }
     }
-    let outs = s.close();
+    let outs = s.close(&mut budget);
     check(outs, &mut closed);
+    assert_eq!(budget.worlds(), 0, "closing gives every world back");
 }
 
 fuzz_target!(|input: &[u8]| {

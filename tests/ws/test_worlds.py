@@ -104,14 +104,18 @@ def acl():
 
 
 class Client:
-    """One session socket, speaking DESIGN §5 (Lamport clock included)."""
+    """One session socket, speaking DESIGN §5 (Lamport clock included).
+
+    Without `cookie` or `token` it logs in afresh: the world limit and the
+    fork rate are per login session, so each test gets a budget of its own
+    (and a socket closing in one test cannot be late for the next)."""
 
     def __init__(self, hub, user, cookie=None, token=None):
         self.hub = hub
         if token:
             self.auth = {"Authorization": f"Bearer {token}"}
         else:
-            self.auth = {"Cookie": cookie or hub.cookie(user)}
+            self.auth = {"Cookie": cookie or hub.login(user)}
         headers = dict(self.auth, Origin=hub.origin)
         self.ws = connect(hub.url("/ws"), additional_headers=headers,
                           open_timeout=10, close_timeout=2).__enter__()
@@ -348,6 +352,71 @@ def test_fork_rate_limit(hub):
     _, _, reply = c.fork()
     assert (reply["t"], reply["reason"]) == ("fork-refused", "rate")
     c.close()
+
+
+def test_sockets_of_one_login_session_share_the_limit_and_the_rate(hub):
+    # max_per_session = 3, forks_per_minute = 5: for the login session (one
+    # cookie), not per socket.
+    cookie = hub.login("alice")
+    a, b = Client(hub, "alice", cookie=cookie), Client(hub, "alice", cookie=cookie)
+    a.hello()
+    b.hello()
+    a.start()
+    _, wa2 = a.start()
+    kb, wb, rb = b.fork()           # 3 forks so far
+    ka, wa, ra = a.fork()           # 4
+    status, _, body = b.initiate(kb, wb, "echo", rb["cookie"])
+    assert status == 200, body      # three worlds: a has two, b one
+    # The fourth: refused on a, and on b, though each has fewer than 3.
+    status, _, body = a.initiate(ka, wa, "echo", ra["cookie"])
+    assert (status, json.loads(body)["error"]) == (429, "world_limit")
+    for c in (a, b):
+        _, _, reply = c.fork()
+        assert (reply["t"], reply["reason"]) == ("fork-refused", "limit")
+    # Another login session of the same user has limits of its own.
+    other = Client(hub, "alice")
+    other.hello()
+    other.start()
+    # One of a's worlds ends: room for one more on either socket.
+    a.send(t="disconnect", world=wa2)
+    assert a.recv()["t"] == "disconnect"
+    status, _, body = a.initiate(ka, wa, "echo", ra["cookie"])
+    assert status == 200, body
+    b.send(t="disconnect", world=wb)
+    assert b.recv()["t"] == "disconnect"
+    # The fifth and last fork of the login session, on b; a forked three
+    # times only, and is out of forks too.
+    assert b.fork()[2]["t"] == "fork-cookie"
+    _, _, reply = a.fork()
+    assert (reply["t"], reply["reason"]) == ("fork-refused", "rate")
+    _, _, reply = b.fork()
+    assert (reply["t"], reply["reason"]) == ("fork-refused", "rate")
+    assert other.fork()[2]["t"] == "fork-cookie"
+    for c in (a, b, other):
+        c.close()
+
+
+def test_racing_initiates_on_sockets_of_one_login_session_stay_within_the_limit(hub):
+    cookie = hub.login("alice")
+    socks = [Client(hub, "alice", cookie=cookie) for _ in range(2)]
+    for c in socks:
+        c.hello()
+    # Five forks (the rate), alternating sockets; then every initiate at once.
+    forks = [(c, *c.fork()) for c in (socks * 3)[:5]]
+    assert all(reply["t"] == "fork-cookie" for _, _, _, reply in forks)
+    barrier = threading.Barrier(len(forks))
+
+    def go(f):
+        c, key, world, reply = f
+        barrier.wait()
+        status, _, body = c.initiate(key, world, "echo", reply["cookie"])
+        return status if status == 200 else (status, json.loads(body)["error"])
+
+    with ThreadPoolExecutor(len(forks)) as pool:
+        results = list(pool.map(go, forks))
+    assert sorted(results, key=str) == sorted([200] * 3 + [(429, "world_limit")] * 2, key=str), results
+    for c in socks:
+        c.close()
 
 
 def test_bad_envelopes_keep_the_socket(hub):

@@ -103,8 +103,8 @@ pub struct Config {
 /// ```toml
 /// [worlds]
 /// activation_timeout = "5s"   # hello must arrive this soon; breach: close 4408
-/// max_per_session = 16        # active worlds per session socket
-/// forks_per_minute = 60       # fork requests per session socket (burst the same)
+/// max_per_session = 16        # active worlds per login session (all its sockets)
+/// forks_per_minute = 60       # fork requests per login session (burst the same)
 /// key_rotation = "60s"        # minute-key period; a cookie lives 1-2 periods
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -113,10 +113,12 @@ pub struct WorldsConfig {
     /// How long the server waits for `hello` before closing with 4408.
     #[serde(deserialize_with = "duration")]
     pub activation_timeout: Duration,
-    /// Worlds one session socket may have active at once.
+    /// Worlds one login session (one session cookie or bearer token) may
+    /// have active at once, over all of its session sockets.
     #[serde(deserialize_with = "positive")]
     pub max_per_session: usize,
-    /// Forks one session socket may ask for per minute (token bucket).
+    /// Forks one login session may ask for per minute, over all of its
+    /// session sockets (token bucket).
     #[serde(deserialize_with = "positive")]
     pub forks_per_minute: u32,
     /// The minute key's period: fork cookies sealed under the current or

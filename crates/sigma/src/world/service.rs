@@ -12,11 +12,18 @@
 //!
 //! One [`WorldService`] serves every `&world` route. It keeps the minute
 //! keys, the live session sockets (by id, weakly), the nonces of cookies
-//! already used (until their key rotates out) and each command's code and
-//! destination. Each active world holds its own endpoint of the command's
-//! destination, opened with the identity `(user, world)`; whatever that
-//! endpoint answers or pushes must carry that identity (the reply rule),
-//! and is wrapped as a `world` envelope for that world only.
+//! already used (until their key rotates out), each command's code and
+//! destination, and the [`SessionBudget`] (world count and fork tokens) of
+//! each login session with a socket open, by [`Binding`]: all the sockets
+//! of one session cookie or bearer token share it, and it is dropped with
+//! the last of them. Each active world holds its own endpoint of the
+//! command's destination, opened with the identity `(user, world)`;
+//! whatever that endpoint answers or pushes must carry that identity (the
+//! reply rule), and is wrapped as a `world` envelope for that world only.
+//!
+//! Lock order: a socket, then its login session's budget (never the other
+//! way round); the map of budgets is taken alone, at the upgrade and when
+//! a socket is dropped.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,7 +37,7 @@ use sigma_http::{Header, Method, RequestHead, Response, WsMessage};
 
 use super::cookie::{CookieContents, MinuteKeys, UseError, UsedNonces, MAX_USED_NONCES, NONCE};
 use super::envelope::{self, CommandInfo};
-use super::session::{ActivateError, Limits, Out, Session, WorldKey};
+use super::session::{ActivateError, Budget, Limits, Out, Session, SessionBudget, WorldKey};
 use super::{Binding, WorldId};
 use crate::auth::endpoints::json_response;
 use crate::auth::{check_reply, unix_now_ms, Identity, Principal, Tagged};
@@ -91,6 +98,8 @@ struct Shared {
     period_secs: u64,
     keys: Mutex<MinuteKeys>,
     sockets: Mutex<HashMap<u64, Weak<Mutex<Socket>>>>,
+    /// The login sessions with a socket open, and their budgets.
+    budgets: Mutex<Budgets>,
     next_socket: AtomicU64,
     used: Mutex<UsedNonces>,
 }
@@ -99,6 +108,63 @@ struct Shared {
 /// panics on purpose).
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The budget of each login session that has a session socket open, with
+/// the number of its sockets: joined at the upgrade, left when the socket
+/// is dropped; the entry goes with the last socket (so the map holds only
+/// login sessions with a socket open).
+#[derive(Default)]
+struct Budgets(HashMap<Binding, Member>);
+
+struct Member {
+    sockets: usize,
+    budget: Arc<Mutex<SessionBudget>>,
+}
+
+impl Budgets {
+    /// One more socket of `binding`: its login session's budget (a new,
+    /// full one if it has no other socket).
+    fn join(&mut self, binding: Binding, limits: Limits, now_ms: u64) -> Arc<Mutex<SessionBudget>> {
+        let m = self.0.entry(binding).or_insert_with(|| Member {
+            sockets: 0,
+            budget: Arc::new(Mutex::new(SessionBudget::new(limits, now_ms))),
+        });
+        m.sockets = m.sockets.saturating_add(1);
+        Arc::clone(&m.budget)
+    }
+
+    /// A socket of `binding` is gone; the last one takes the entry along.
+    fn leave(&mut self, binding: &Binding) {
+        if let Some(m) = self.0.get_mut(binding) {
+            m.sockets = m.sockets.saturating_sub(1);
+            if m.sockets == 0 {
+                self.0.remove(binding);
+            }
+        }
+    }
+}
+
+/// A socket's handle to its login session's budget: each call locks it
+/// for just that call, so a world message (which needs no budget) never
+/// waits for it, and other login sessions have budgets and locks of their
+/// own.
+impl Budget for &Mutex<SessionBudget> {
+    fn has_room(&self) -> bool {
+        lock(self).has_room()
+    }
+
+    fn take_fork(&mut self, now_ms: u64) -> bool {
+        lock(self).take_fork(now_ms)
+    }
+
+    fn add_world(&mut self) -> bool {
+        lock(self).add_world()
+    }
+
+    fn remove_world(&mut self) {
+        lock(self).remove_world();
+    }
 }
 
 impl WorldService {
@@ -147,6 +213,7 @@ impl WorldService {
                     .max(1),
                 keys: Mutex::new(MinuteKeys::new(period)),
                 sockets: Mutex::new(HashMap::new()),
+                budgets: Mutex::new(Budgets::default()),
                 next_socket: AtomicU64::new(1),
                 used: Mutex::new(UsedNonces::new(MAX_USED_NONCES)),
             }),
@@ -234,15 +301,12 @@ impl Destination for WorldService {
             .filter(|c| c.allows(&user))
             .map(|c| c.info.clone())
             .collect();
+        let budget = lock(&self.shared.budgets).join(binding, self.shared.limits, unix_now_ms());
         let socket = Arc::new(Mutex::new(Socket {
             id,
-            session: Session::new(
-                user.user.clone(),
-                commands,
-                self.shared.limits,
-                unix_now_ms(),
-            ),
+            session: Session::new(user.user.clone(), commands),
             binding,
+            budget,
             identity: identity.clone(),
             user,
             push,
@@ -462,6 +526,9 @@ struct Socket {
     id: u64,
     session: Session,
     binding: Binding,
+    /// The budget of the login session (`binding`), shared with its other
+    /// sockets. Lock order: the socket, then the budget.
+    budget: Arc<Mutex<SessionBudget>>,
     /// The socket's identity (every envelope is tagged with it).
     identity: Principal,
     user: Arc<Identity>,
@@ -490,9 +557,11 @@ impl Socket {
     ///
     /// Everything that can refuse is checked before anything is opened:
     /// the cookie's use (reserved, so the bound holds exactly and a racing
-    /// initiate with the same cookie gets 409), the session's state and
-    /// limit, then the endpoint. A refusal releases the reservation, so
-    /// the initiate can be retried.
+    /// initiate with the same cookie gets 409), the socket's state, the
+    /// login session's world limit, then the endpoint. The login session's
+    /// budget stays locked from that check to the activation, so initiates
+    /// racing on its other sockets cannot overshoot the limit. A refusal
+    /// releases the reservation, so the initiate can be retried.
     fn start_world(
         this: &Arc<Mutex<Socket>>,
         key: WorldKey,
@@ -500,10 +569,12 @@ impl Socket {
         once: Once<'_>,
     ) -> Result<(), StartError> {
         let world = key.id();
-        let mut s = lock(this);
+        let mut guard = lock(this);
+        let s = &mut *guard;
         let reserved = once.reserve().map_err(StartError::Used)?;
+        let mut budget = lock(&s.budget);
         s.session
-            .can_activate(&world)
+            .can_activate(&world, &*budget)
             .map_err(StartError::Activate)?;
         let identity: Principal = Some(Arc::new(Identity {
             world: Some(world.encode()),
@@ -514,8 +585,9 @@ impl Socket {
             .websocket(&identity, push)
             .ok_or(StartError::NoWebSocket)?;
         s.session
-            .activate_world(key)
+            .activate_world(key, &mut *budget)
             .map_err(StartError::Activate)?;
+        drop(budget);
         reserved.keep();
         let weak = Arc::downgrade(this);
         let expected = identity.clone();
@@ -534,7 +606,8 @@ impl Socket {
                         // not keep up: the world ends.
                         Pushed::Close { .. } | Pushed::Overflow => {
                             if s.worlds.contains_key(&world) {
-                                let outs = s.session.end_world(world);
+                                let s = &mut *s;
+                                let outs = s.session.end_world(world, &mut &*s.budget);
                                 s.apply(outs);
                             }
                             return;
@@ -619,7 +692,8 @@ struct SessionSocket {
 impl WsEndpoint for SessionSocket {
     fn on_message(&mut self, msg: Tagged<WsMessage>) -> Option<Tagged<WsMessage>> {
         let now = unix_now_ms();
-        let mut s = lock(&self.socket);
+        let mut guard = lock(&self.socket);
+        let s = &mut *guard;
         let outs = match &msg.msg {
             WsMessage::Text(t) => {
                 let (binding, id) = (s.binding, s.id);
@@ -634,7 +708,8 @@ impl WsEndpoint for SessionSocket {
                     };
                     lock(keys).seal(&c, now).map(|b| super::b64_encode(&b))
                 };
-                s.session.on_text(t.as_str(), now, &mut seal)
+                s.session
+                    .on_text(t.as_str(), now, &mut &*s.budget, &mut seal)
             }
             WsMessage::Binary(_) => s.session.on_binary(),
         };
@@ -649,14 +724,17 @@ impl Drop for SessionSocket {
         if let Some(t) = self.timer.take() {
             t.abort();
         }
-        let id = {
-            let mut s = lock(&self.socket);
-            // Ends every world: each one's Out::EndWorld drops its link.
-            let outs = s.session.close();
+        let (id, binding) = {
+            let mut guard = lock(&self.socket);
+            let s = &mut *guard;
+            // Ends every world (given back to the login session's budget):
+            // each one's Out::EndWorld drops its link.
+            let outs = s.session.close(&mut &*s.budget);
             s.apply(outs);
-            s.id
+            (s.id, s.binding)
         };
         lock(&self.shared.sockets).remove(&id);
+        lock(&self.shared.budgets).leave(&binding);
     }
 }
 
@@ -790,22 +868,35 @@ mod tests {
             command: &str,
             cookie: &str,
         ) -> (u16, Value) {
-            let world = WorldId(key.verifying_key().to_bytes()).encode();
-            let initiate = json!({"cookie": cookie, "world": world, "command": command})
-                .to_string()
-                .into_bytes();
-            let sig = key.sign(&initiate).to_bytes();
-            let target = format!(
-                "/world/{command}.js?initiate={}&sig={}",
-                super::super::b64_encode(&initiate),
-                super::super::b64_encode(&sig)
-            );
-            let resp =
-                svc.shared
-                    .initiate(&self.identity, &head(target, &self.token), unix_now_ms());
-            let body = serde_json::from_slice(&resp.body).unwrap_or(Value::Null);
-            (resp.status, body)
+            initiate(svc, &self.identity, &self.token, key, command, cookie)
         }
+    }
+
+    /// `GET /world/<command>.js` with a signed initiate, as `identity`
+    /// with the bearer `token`.
+    fn initiate(
+        svc: &WorldService,
+        identity: &Principal,
+        token: &str,
+        key: &SigningKey,
+        command: &str,
+        cookie: &str,
+    ) -> (u16, Value) {
+        let world = WorldId(key.verifying_key().to_bytes()).encode();
+        let initiate = json!({"cookie": cookie, "world": world, "command": command})
+            .to_string()
+            .into_bytes();
+        let sig = key.sign(&initiate).to_bytes();
+        let target = format!(
+            "/world/{command}.js?initiate={}&sig={}",
+            super::super::b64_encode(&initiate),
+            super::super::b64_encode(&sig)
+        );
+        let resp = svc
+            .shared
+            .initiate(identity, &head(target, token), unix_now_ms());
+        let body = serde_json::from_slice(&resp.body).unwrap_or(Value::Null);
+        (resp.status, body)
     }
 
     fn key(n: u8) -> SigningKey {
@@ -902,6 +993,121 @@ mod tests {
         let (status, body) = c.initiate(&svc, &k1, "echo", &c1);
         assert_eq!((status, &body["error"]), (409, &json!("replayed")));
         assert_eq!(opened.0.load(Ordering::Relaxed), 2);
+    }
+
+    fn cookie(reply: &Value) -> String {
+        assert_eq!(reply["t"], "fork-cookie", "{reply}");
+        reply["cookie"].as_str().unwrap().to_owned()
+    }
+
+    fn budgets(svc: &WorldService) -> usize {
+        lock(&svc.shared.budgets).0.len()
+    }
+
+    #[test]
+    fn sockets_of_one_login_session_share_its_limit_and_rate() {
+        let (svc, opened) = service("[worlds]\nmax_per_session = 2\nforks_per_minute = 3\n");
+        // Two sockets of one login session (one bearer token), and one
+        // of another login session of the same user.
+        let mut a1 = Client::open(&svc, "alice", "tok-1");
+        let mut a2 = Client::open(&svc, "alice", "tok-1");
+        let mut other = Client::open(&svc, "alice", "tok-2");
+        for c in [&mut a1, &mut a2, &mut other] {
+            c.hello();
+        }
+        assert_eq!(budgets(&svc), 2);
+        let k = key;
+        // The rate: three forks for the login session, not per socket.
+        let c1 = cookie(&a1.fork(&k(1), "echo"));
+        let c2 = cookie(&a2.fork(&k(2), "echo"));
+        let c3 = cookie(&a1.fork(&k(3), "echo"));
+        let r = a2.fork(&k(4), "echo");
+        assert_eq!(
+            (&r["t"], &r["reason"]),
+            (&json!("fork-refused"), &json!("rate"))
+        );
+        let c4 = cookie(&other.fork(&k(4), "echo"));
+        // The limit: two worlds for the login session, whichever socket
+        // forked them; the third initiate is refused on a socket that has
+        // only one, and opens nothing.
+        assert_eq!(a1.initiate(&svc, &k(1), "echo", &c1).0, 200);
+        assert_eq!(a2.initiate(&svc, &k(2), "echo", &c2).0, 200);
+        let (status, body) = a1.initiate(&svc, &k(3), "echo", &c3);
+        assert_eq!((status, &body["error"]), (429, &json!("world_limit")));
+        let r = a1.fork(&k(5), "echo");
+        assert_eq!(
+            (&r["t"], &r["reason"]),
+            (&json!("fork-refused"), &json!("limit"))
+        );
+        assert_eq!(other.initiate(&svc, &k(4), "echo", &c4).0, 200);
+        assert_eq!(opened.0.load(Ordering::Relaxed), 3);
+        // A world of a2 ends: a1 may start its third.
+        let w2 = WorldId(k(2).verifying_key().to_bytes()).encode();
+        assert_eq!(
+            a2.send(json!({"t": "disconnect", "world": w2}))[0]["t"],
+            "disconnect"
+        );
+        assert_eq!(a1.initiate(&svc, &k(3), "echo", &c3).0, 200);
+        // Closing a socket gives its worlds back to the login session;
+        // the last socket takes the login session's entry along.
+        drop(a1);
+        assert_eq!(budgets(&svc), 2);
+        let c6 = cookie(&other.fork(&k(6), "echo"));
+        assert_eq!(other.initiate(&svc, &k(6), "echo", &c6).0, 200);
+        drop(a2);
+        assert_eq!(budgets(&svc), 1);
+        drop(other);
+        assert_eq!(budgets(&svc), 0, "no budget outlives its sockets");
+        // A new socket of the first login session starts afresh.
+        let mut a3 = Client::open(&svc, "alice", "tok-1");
+        a3.hello();
+        for n in 7..9 {
+            let c = cookie(&a3.fork(&k(n), "echo"));
+            assert_eq!(a3.initiate(&svc, &k(n), "echo", &c).0, 200);
+        }
+        assert_eq!(budgets(&svc), 1);
+    }
+
+    #[test]
+    fn racing_initiates_on_sockets_of_one_login_session_stay_within_the_limit() {
+        let (svc, opened) = service("[worlds]\nmax_per_session = 3\nforks_per_minute = 60\n");
+        // Eight cookies, four forked on each of two sockets of one login
+        // session, whose limit is three worlds; all initiated at once.
+        let mut socks = [
+            Client::open(&svc, "alice", "tok"),
+            Client::open(&svc, "alice", "tok"),
+        ];
+        for c in &mut socks {
+            c.hello();
+        }
+        let mut forks = Vec::new();
+        for n in 1..=8u8 {
+            let c = &mut socks[usize::from(n % 2)];
+            forks.push((c.identity.clone(), key(n), cookie(&c.fork(&key(n), "echo"))));
+        }
+        let barrier = std::sync::Barrier::new(forks.len());
+        let statuses: Vec<u16> = std::thread::scope(|scope| {
+            let handles: Vec<_> = forks
+                .iter()
+                .map(|(identity, k, cookie)| {
+                    let (svc, barrier) = (&svc, &barrier);
+                    scope.spawn(move || {
+                        barrier.wait();
+                        initiate(svc, identity, "tok", k, "echo", cookie).0
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let count = |status| statuses.iter().filter(|s| **s == status).count();
+        assert_eq!((count(200), count(429)), (3, 5), "{statuses:?}");
+        assert_eq!(opened.0.load(Ordering::Relaxed), 3);
+        let budget = lock(&svc.shared.budgets)
+            .0
+            .values()
+            .next()
+            .map(|m| Arc::clone(&m.budget));
+        assert_eq!(lock(&budget.unwrap()).worlds(), 3);
     }
 
     #[test]

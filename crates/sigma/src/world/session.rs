@@ -7,6 +7,13 @@
 //! socket, no timer and no key; the fork cookie is sealed by the caller's
 //! `seal` function.
 //!
+//! The world limit and the fork rate are not the socket's: they belong to
+//! the login session (one session cookie or bearer token), which may have
+//! many sockets. Each call that forks or starts or ends a world is given
+//! that login session's [`Budget`] (a [`SessionBudget`], or the driver's
+//! shared handle to one), and the session keeps it exact: a world counts
+//! from its activation until it is forgotten.
+//!
 //! World states: `Active → Disconnecting → Disconnected`. A world exists
 //! only from its initiate ([`Session::activate_world`]) on, and is
 //! forgotten once it is disconnected. An illegal transition — ending a
@@ -30,13 +37,93 @@ pub const CLOSE_ACTIVATION_TIMEOUT: u16 = 4408;
 /// [`MAX_LAMPORT`] (only a client stamping near 2^53 - 1 gets there).
 pub const CLOSE_CLOCK_EXHAUSTED: u16 = 1008;
 
-/// The limits of one session socket (`[worlds]`).
+/// The limits of one login session (`[worlds]`), shared by all of its
+/// session sockets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Active worlds at once.
+    /// Active worlds at once, over all the login session's sockets.
     pub max_worlds: usize,
-    /// Forks per minute (token bucket, burst the same).
+    /// Forks per minute (token bucket, burst the same), over all the
+    /// login session's sockets.
     pub forks_per_minute: u32,
+}
+
+/// What a [`Session`] asks of its login session's limits. Every socket of
+/// one login session is given the same budget, so the limits hold for the
+/// login session, not per socket.
+pub trait Budget {
+    /// Whether one more world may become active now (changes nothing).
+    fn has_room(&self) -> bool;
+    /// Spends one fork token at `now_ms`; `false` (and nothing spent)
+    /// when none is left.
+    fn take_fork(&mut self, now_ms: u64) -> bool;
+    /// Counts one more active world if there is room: the check and the
+    /// reservation in one step (so concurrent initiates cannot overshoot).
+    fn add_world(&mut self) -> bool;
+    /// Counts one world fewer (it was forgotten).
+    fn remove_world(&mut self);
+}
+
+/// One login session's world count and fork token bucket: the [`Budget`]
+/// its sockets share.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionBudget {
+    limits: Limits,
+    /// Worlds counted by [`Budget::add_world`] and not yet removed.
+    worlds: usize,
+    /// Fork tokens, and when they were last refilled (ms).
+    tokens: f64,
+    refilled_ms: u64,
+}
+
+impl SessionBudget {
+    /// A full budget at `now_ms`: no worlds, every fork token.
+    pub fn new(limits: Limits, now_ms: u64) -> Self {
+        Self {
+            limits,
+            worlds: 0,
+            tokens: f64::from(limits.forks_per_minute),
+            refilled_ms: now_ms,
+        }
+    }
+
+    /// The worlds counted now.
+    pub fn worlds(&self) -> usize {
+        self.worlds
+    }
+}
+
+impl Budget for SessionBudget {
+    fn has_room(&self) -> bool {
+        self.worlds < self.limits.max_worlds
+    }
+
+    fn take_fork(&mut self, now_ms: u64) -> bool {
+        let per_ms = f64::from(self.limits.forks_per_minute) / 60_000.0;
+        let elapsed = now_ms.saturating_sub(self.refilled_ms);
+        self.refilled_ms = self.refilled_ms.max(now_ms);
+        #[allow(clippy::cast_precision_loss)]
+        let refill = elapsed as f64 * per_ms;
+        self.tokens = (self.tokens + refill).min(f64::from(self.limits.forks_per_minute));
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn add_world(&mut self) -> bool {
+        if !self.has_room() {
+            return false;
+        }
+        self.worlds = self.worlds.saturating_add(1);
+        true
+    }
+
+    fn remove_world(&mut self) {
+        self.worlds = self.worlds.saturating_sub(1);
+    }
 }
 
 /// A world's state on the server.
@@ -119,7 +206,7 @@ pub enum Out {
 pub enum ActivateError {
     /// The world is already active (or ending) here: a replay (409).
     Duplicate,
-    /// The socket has its maximum of worlds (429).
+    /// The login session has its maximum of worlds (429).
     Limit,
     /// The socket is not activated or is closing.
     NotActive,
@@ -134,7 +221,6 @@ struct World {
 
 /// One session socket.
 pub struct Session {
-    limits: Limits,
     user: String,
     /// The commands this user may start (offered in `welcome`, the only
     /// ones `fork` accepts).
@@ -142,10 +228,9 @@ pub struct Session {
     activated: bool,
     closed: bool,
     lamport: u64,
+    /// This socket's worlds; each is counted in the login session's
+    /// [`Budget`] while it is here.
     worlds: HashMap<WorldId, World>,
-    /// Fork tokens, and when they were last refilled (ms).
-    tokens: f64,
-    refilled_ms: u64,
 }
 
 impl std::fmt::Debug for Session {
@@ -160,19 +245,15 @@ impl std::fmt::Debug for Session {
 }
 
 impl Session {
-    /// A socket of `user`, who may start `commands`, opened at `now_ms`,
-    /// waiting for `hello`.
-    pub fn new(user: String, commands: Vec<CommandInfo>, limits: Limits, now_ms: u64) -> Self {
+    /// A socket of `user`, who may start `commands`, waiting for `hello`.
+    pub fn new(user: String, commands: Vec<CommandInfo>) -> Self {
         Self {
-            limits,
             user,
             commands,
             activated: false,
             closed: false,
             lamport: 0,
             worlds: HashMap::new(),
-            tokens: f64::from(limits.forks_per_minute),
-            refilled_ms: now_ms,
         }
     }
 
@@ -245,12 +326,15 @@ impl Session {
         self.error("the session socket takes JSON text messages")
     }
 
-    /// One client text message at `now_ms`. `seal` makes the fork cookie
-    /// (base64url) for a world and command, or `None` when it cannot.
+    /// One client text message at `now_ms`. `budget` is the login
+    /// session's (a fork asks it for room and a token, a `disconnect`
+    /// gives the world back); `seal` makes the fork cookie (base64url)
+    /// for a world and command, or `None` when it cannot.
     pub fn on_text(
         &mut self,
         text: &str,
         now_ms: u64,
+        budget: &mut dyn Budget,
         seal: &mut dyn FnMut(&WorldId, &str) -> Option<String>,
     ) -> Vec<Out> {
         if self.closed {
@@ -284,9 +368,9 @@ impl Session {
                     Some("duplicate")
                 } else if WorldKey::new(world).is_none() {
                     Some("bad_key")
-                } else if self.active_worlds().count() >= self.limits.max_worlds {
+                } else if !budget.has_room() {
                     Some("limit")
-                } else if !self.take_fork_token(now_ms) {
+                } else if !budget.take_fork(now_ms) {
                     Some("rate")
                 } else {
                     None
@@ -337,7 +421,7 @@ impl Session {
                     );
                 }
                 self.receive(env.lamport);
-                self.end_world(world)
+                self.end_world(world, budget)
             }
         }
     }
@@ -370,8 +454,9 @@ impl Session {
     /// Ends an active world (client `disconnect`, or the server's reasons):
     /// `Active → Disconnecting`, its endpoint dropped, `disconnect` sent,
     /// `→ Disconnected`, forgotten. For a world that is not active (ending
-    /// it twice), only [`Out::Illegal`].
-    pub fn end_world(&mut self, world: WorldId) -> Vec<Out> {
+    /// it twice), only [`Out::Illegal`]. The world is given back to
+    /// `budget` when it is forgotten.
+    pub fn end_world(&mut self, world: WorldId, budget: &mut dyn Budget) -> Vec<Out> {
         if let Err(e) = self.transition(&world, WorldState::Disconnecting) {
             return vec![Out::Illegal(e)];
         }
@@ -381,41 +466,52 @@ impl Session {
         }
         match self.transition(&world, WorldState::Disconnected) {
             Ok(()) => {
-                self.worlds.remove(&world);
+                if self.worlds.remove(&world).is_some() {
+                    budget.remove_world();
+                }
             }
             Err(e) => out.push(Out::Illegal(e)),
         }
         out
     }
 
-    /// The socket is closing: every world ends (no envelopes are sent).
-    pub fn close(&mut self) -> Vec<Out> {
+    /// The socket is closing: every world ends (no envelopes are sent)
+    /// and is given back to `budget`.
+    pub fn close(&mut self, budget: &mut dyn Budget) -> Vec<Out> {
         self.closed = true;
         let worlds: Vec<WorldId> = self.worlds.keys().copied().collect();
-        worlds.into_iter().flat_map(|w| self.end_world(w)).collect()
+        worlds
+            .into_iter()
+            .flat_map(|w| self.end_world(w, budget))
+            .collect()
     }
 
-    /// Whether [`Session::activate_world`] would accept `world` now
-    /// (changes nothing): lets the driver refuse before it opens anything.
-    pub fn can_activate(&self, world: &WorldId) -> Result<(), ActivateError> {
-        if !self.activated || self.closed {
-            return Err(ActivateError::NotActive);
-        }
-        if self.worlds.contains_key(world) {
-            return Err(ActivateError::Duplicate);
-        }
-        if self.active_worlds().count() >= self.limits.max_worlds {
+    /// Whether [`Session::activate_world`] would accept `world` now with
+    /// `budget` (changes nothing): lets the driver refuse before it opens
+    /// anything. To be sure the answer still holds at the activation, the
+    /// driver keeps the budget to itself in between (holds its lock).
+    pub fn can_activate(&self, world: &WorldId, budget: &dyn Budget) -> Result<(), ActivateError> {
+        self.can_take(world)?;
+        if !budget.has_room() {
             return Err(ActivateError::Limit);
         }
         Ok(())
     }
 
-    /// The initiate for `world` checked out: the world becomes active.
-    /// Its key was checked when the [`WorldKey`] was made, so a weak key
-    /// cannot get here.
-    pub fn activate_world(&mut self, world: WorldKey) -> Result<(), ActivateError> {
+    /// The initiate for `world` checked out: the world becomes active,
+    /// counted in `budget` (checked and counted in one step, so the limit
+    /// holds however many initiates race). Its key was checked when the
+    /// [`WorldKey`] was made, so a weak key cannot get here.
+    pub fn activate_world(
+        &mut self,
+        world: WorldKey,
+        budget: &mut dyn Budget,
+    ) -> Result<(), ActivateError> {
         let WorldKey { id: world, key } = world;
-        self.can_activate(&world)?;
+        self.can_take(&world)?;
+        if !budget.add_world() {
+            return Err(ActivateError::Limit);
+        }
         self.worlds.insert(
             world,
             World {
@@ -424,6 +520,18 @@ impl Session {
                 last: None,
             },
         );
+        Ok(())
+    }
+
+    /// The socket's own checks for a new world: activated, not closing,
+    /// and `world` not here yet.
+    fn can_take(&self, world: &WorldId) -> Result<(), ActivateError> {
+        if !self.activated || self.closed {
+            return Err(ActivateError::NotActive);
+        }
+        if self.worlds.contains_key(world) {
+            return Err(ActivateError::Duplicate);
+        }
         Ok(())
     }
 
@@ -458,21 +566,6 @@ impl Session {
             w.state = to;
         }
         Ok(())
-    }
-
-    fn take_fork_token(&mut self, now_ms: u64) -> bool {
-        let per_ms = f64::from(self.limits.forks_per_minute) / 60_000.0;
-        let elapsed = now_ms.saturating_sub(self.refilled_ms);
-        self.refilled_ms = self.refilled_ms.max(now_ms);
-        #[allow(clippy::cast_precision_loss)]
-        let refill = elapsed as f64 * per_ms;
-        self.tokens = (self.tokens + refill).min(f64::from(self.limits.forks_per_minute));
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
     }
 }
 
@@ -517,15 +610,16 @@ mod tests {
         }]
     }
 
-    fn session() -> Session {
-        Session::new(
-            "alice".into(),
-            commands(),
-            Limits {
-                max_worlds: 2,
-                forks_per_minute: 3,
-            },
-            0,
+    const LIMITS: Limits = Limits {
+        max_worlds: 2,
+        forks_per_minute: 3,
+    };
+
+    /// A socket of alice and the budget of its login session.
+    fn session() -> (Session, SessionBudget) {
+        (
+            Session::new("alice".into(), commands()),
+            SessionBudget::new(LIMITS, 0),
         )
     }
 
@@ -549,12 +643,12 @@ mod tests {
         WorldKey::new(wid(k)).unwrap()
     }
 
-    fn feed(s: &mut Session, msg: serde_json::Value, now: u64) -> Vec<Out> {
-        s.on_text(&msg.to_string(), now, &mut |_, _| Some("cookie".into()))
+    fn feed(s: &mut Session, b: &mut dyn Budget, msg: serde_json::Value, now: u64) -> Vec<Out> {
+        s.on_text(&msg.to_string(), now, b, &mut |_, _| Some("cookie".into()))
     }
 
-    fn hello(s: &mut Session) {
-        let out = feed(s, serde_json::json!({"t":"hello","lamport":5}), 0);
+    fn hello(s: &mut Session, b: &mut dyn Budget) {
+        let out = feed(s, b, serde_json::json!({"t":"hello","lamport":5}), 0);
         let v = text(&out);
         assert_eq!(v["t"], "welcome");
         assert_eq!(v["user"], "alice");
@@ -571,7 +665,7 @@ mod tests {
 
     #[test]
     fn activation_deadline_closes_4408_unless_hello() {
-        let mut s = session();
+        let (mut s, _) = session();
         assert_eq!(
             s.activation_deadline(),
             vec![Out::Close {
@@ -579,17 +673,18 @@ mod tests {
                 reason: "no hello in time"
             }]
         );
-        let mut s = session();
-        hello(&mut s);
+        let (mut s, mut b) = session();
+        hello(&mut s, &mut b);
         assert!(s.activation_deadline().is_empty());
     }
 
     #[test]
     fn messages_before_hello_are_refused() {
-        let mut s = session();
+        let (mut s, mut b) = session();
         let k = key(1);
         let out = feed(
             &mut s,
+            &mut b,
             serde_json::json!({"t":"fork","lamport":1,"world":wid(&k).encode(),"command":"echo"}),
             0,
         );
@@ -598,41 +693,101 @@ mod tests {
 
     #[test]
     fn fork_checks_command_duplicate_limit_and_rate() {
-        let mut s = session();
-        hello(&mut s);
-        let fork = |s: &mut Session, k: &SigningKey, cmd: &str, now| {
+        let (mut s, mut b) = session();
+        hello(&mut s, &mut b);
+        let fork = |s: &mut Session, b: &mut SessionBudget, k: &SigningKey, cmd: &str, now| {
             text(&feed(
                 s,
+                b,
                 serde_json::json!({"t":"fork","lamport":1,"world":wid(k).encode(),"command":cmd}),
                 now,
             ))
         };
         assert_eq!(
-            fork(&mut s, &key(1), "nope", 0)["reason"],
+            fork(&mut s, &mut b, &key(1), "nope", 0)["reason"],
             "unknown_command"
         );
-        assert_eq!(fork(&mut s, &key(1), "echo", 0)["t"], "fork-cookie");
-        s.activate_world(wk(&key(1))).unwrap();
-        assert_eq!(fork(&mut s, &key(1), "echo", 0)["reason"], "duplicate");
-        assert_eq!(fork(&mut s, &key(2), "echo", 0)["t"], "fork-cookie");
-        s.activate_world(wk(&key(2))).unwrap();
-        assert_eq!(fork(&mut s, &key(3), "echo", 0)["reason"], "limit");
-        assert_eq!(s.activate_world(wk(&key(3))), Err(ActivateError::Limit));
-        let _ = s.end_world(wid(&key(2)));
-        assert_eq!(fork(&mut s, &key(3), "echo", 0)["t"], "fork-cookie");
+        assert_eq!(fork(&mut s, &mut b, &key(1), "echo", 0)["t"], "fork-cookie");
+        s.activate_world(wk(&key(1)), &mut b).unwrap();
+        assert_eq!(
+            fork(&mut s, &mut b, &key(1), "echo", 0)["reason"],
+            "duplicate"
+        );
+        assert_eq!(fork(&mut s, &mut b, &key(2), "echo", 0)["t"], "fork-cookie");
+        s.activate_world(wk(&key(2)), &mut b).unwrap();
+        assert_eq!(fork(&mut s, &mut b, &key(3), "echo", 0)["reason"], "limit");
+        assert_eq!(
+            s.activate_world(wk(&key(3)), &mut b),
+            Err(ActivateError::Limit)
+        );
+        let _ = s.end_world(wid(&key(2)), &mut b);
+        assert_eq!(fork(&mut s, &mut b, &key(3), "echo", 0)["t"], "fork-cookie");
         // Three tokens per minute, all spent.
-        assert_eq!(fork(&mut s, &key(4), "echo", 0)["reason"], "rate");
-        assert_eq!(fork(&mut s, &key(4), "echo", 20_001)["t"], "fork-cookie");
+        assert_eq!(fork(&mut s, &mut b, &key(4), "echo", 0)["reason"], "rate");
+        assert_eq!(
+            fork(&mut s, &mut b, &key(4), "echo", 20_001)["t"],
+            "fork-cookie"
+        );
+    }
+
+    #[test]
+    fn sockets_of_one_login_session_share_its_limit_and_rate() {
+        // Two sockets of one login session, one socket of another login
+        // session of the same user; 2 worlds, 3 forks a minute each.
+        let (mut s1, mut b) = session();
+        let (mut s2, _) = session();
+        let (mut s3, mut other) = session();
+        hello(&mut s1, &mut b);
+        hello(&mut s2, &mut b);
+        hello(&mut s3, &mut other);
+        let fork = |s: &mut Session, b: &mut SessionBudget, n: u8| {
+            let msg = serde_json::json!({"t":"fork","lamport":1,"world":wid(&key(n)).encode(),"command":"echo"});
+            let v = text(&feed(s, b, msg, 0));
+            v["reason"].as_str().unwrap_or("cookie").to_owned()
+        };
+        assert_eq!(fork(&mut s1, &mut b, 1), "cookie");
+        s1.activate_world(wk(&key(1)), &mut b).unwrap();
+        assert_eq!(fork(&mut s2, &mut b, 2), "cookie");
+        s2.activate_world(wk(&key(2)), &mut b).unwrap();
+        assert_eq!(b.worlds(), 2);
+        // One world on each socket, and the login session is full.
+        for s in [&mut s1, &mut s2] {
+            assert_eq!(fork(s, &mut b, 3), "limit");
+            assert_eq!(s.can_activate(&wid(&key(3)), &b), Err(ActivateError::Limit));
+            assert_eq!(
+                s.activate_world(wk(&key(3)), &mut b),
+                Err(ActivateError::Limit)
+            );
+        }
+        // The other login session has its own.
+        assert_eq!(fork(&mut s3, &mut other, 3), "cookie");
+        s3.activate_world(wk(&key(3)), &mut other).unwrap();
+        assert_eq!((b.worlds(), other.worlds()), (2, 1));
+        // A world ends on s1: room for one, on either socket.
+        let _ = s1.end_world(wid(&key(1)), &mut b);
+        assert_eq!(b.worlds(), 1);
+        // The third token of the login session (s1 spent one, s2 two)...
+        assert_eq!(fork(&mut s2, &mut b, 4), "cookie");
+        // ...so s1, which forked once, is out of tokens too.
+        assert_eq!(fork(&mut s1, &mut b, 5), "rate");
+        assert_eq!(fork(&mut s3, &mut other, 5), "cookie");
+        // Closing a socket gives its worlds back, and only its own.
+        let _ = s2.close(&mut b);
+        let _ = s3.close(&mut other);
+        assert_eq!((b.worlds(), other.worlds()), (0, 0));
+        s1.activate_world(wk(&key(4)), &mut b).unwrap();
+        s1.activate_world(wk(&key(5)), &mut b).unwrap();
+        assert_eq!(b.worlds(), 2);
     }
 
     #[test]
     fn world_messages_are_verified_and_replays_refused() {
-        let mut s = session();
-        hello(&mut s);
+        let (mut s, mut b) = session();
+        hello(&mut s, &mut b);
         let k = key(1);
         let other = key(2);
-        s.activate_world(wk(&k)).unwrap();
-        let out = feed(&mut s, signed(&k, 10, "hi"), 0);
+        s.activate_world(wk(&k), &mut b).unwrap();
+        let out = feed(&mut s, &mut b, signed(&k, 10, "hi"), 0);
         assert_eq!(
             out,
             vec![Out::Forward {
@@ -642,34 +797,40 @@ mod tests {
         );
         assert_eq!(s.lamport(), 11);
         // Replay, and an older lamport.
-        assert_eq!(text(&feed(&mut s, signed(&k, 10, "hi"), 0))["t"], "error");
-        assert_eq!(text(&feed(&mut s, signed(&k, 9, "x"), 0))["t"], "error");
+        assert_eq!(
+            text(&feed(&mut s, &mut b, signed(&k, 10, "hi"), 0))["t"],
+            "error"
+        );
+        assert_eq!(
+            text(&feed(&mut s, &mut b, signed(&k, 9, "x"), 0))["t"],
+            "error"
+        );
         // Signed by another world's key.
         let mut forged = signed(&other, 11, "x");
         forged["world"] = wid(&k).encode().into();
-        assert_eq!(text(&feed(&mut s, forged, 0))["t"], "error");
+        assert_eq!(text(&feed(&mut s, &mut b, forged, 0))["t"], "error");
         // A world this socket does not have.
         assert_eq!(
-            text(&feed(&mut s, signed(&other, 12, "x"), 0))["t"],
+            text(&feed(&mut s, &mut b, signed(&other, 12, "x"), 0))["t"],
             "error"
         );
         // The body or lamport changed after signing.
         let mut changed = signed(&k, 13, "x");
         changed["body"] = "y".into();
-        assert_eq!(text(&feed(&mut s, changed, 0))["t"], "error");
+        assert_eq!(text(&feed(&mut s, &mut b, changed, 0))["t"], "error");
         assert!(matches!(
-            feed(&mut s, signed(&k, 13, "x"), 0).first(),
+            feed(&mut s, &mut b, signed(&k, 13, "x"), 0).first(),
             Some(Out::Forward { .. })
         ));
     }
 
     #[test]
     fn disconnect_and_illegal_transitions() {
-        let mut s = session();
-        hello(&mut s);
+        let (mut s, mut b) = session();
+        hello(&mut s, &mut b);
         let k = key(1);
         let w = wid(&k);
-        s.activate_world(wk(&k)).unwrap();
+        s.activate_world(wk(&k), &mut b).unwrap();
         assert!(s.world_reply(w, "r".into()).is_some());
         // Active -> Disconnected skips a state: refused, unchanged.
         assert_eq!(
@@ -684,6 +845,7 @@ mod tests {
         assert_eq!(s.state(&w), Some(WorldState::Active));
         let out = feed(
             &mut s,
+            &mut b,
             serde_json::json!({"t":"disconnect","lamport":50,"world":w.encode()}),
             0,
         );
@@ -694,7 +856,7 @@ mod tests {
         // A message to the ended world: refused, reported, nothing changes
         // (not even the clock takes its stamp).
         let before = s.lamport();
-        let out = feed(&mut s, signed(&k, 60, "x"), 0);
+        let out = feed(&mut s, &mut b, signed(&k, 60, "x"), 0);
         assert_eq!(text(&out)["t"], "error");
         let illegal = |to, event| {
             Out::Illegal(IllegalTransition {
@@ -714,6 +876,7 @@ mod tests {
         // So is a second disconnect, and ending it again on the server.
         let out = feed(
             &mut s,
+            &mut b,
             serde_json::json!({"t":"disconnect","lamport":70,"world":w.encode()}),
             0,
         );
@@ -723,7 +886,7 @@ mod tests {
             Some(&illegal(WorldState::Disconnecting, WorldEvent::Disconnect))
         );
         assert_eq!(
-            s.end_world(w),
+            s.end_world(w, &mut b),
             vec![illegal(WorldState::Disconnecting, WorldEvent::Move)]
         );
         assert_eq!(s.state(&w), None);
@@ -731,24 +894,25 @@ mod tests {
 
     #[test]
     fn lamports_beyond_2_53_are_refused_and_never_sent() {
-        let mut s = session();
+        let (mut s, mut b) = session();
         let out = feed(
             &mut s,
+            &mut b,
             serde_json::json!({"t":"hello","lamport":1u64 << 53}),
             0,
         );
         assert_eq!(text(&out)["t"], "error");
         assert!(!s.is_activated());
-        hello(&mut s);
+        hello(&mut s, &mut b);
         let k = key(1);
-        s.activate_world(wk(&k)).unwrap();
+        s.activate_world(wk(&k), &mut b).unwrap();
         let before = s.lamport();
-        let out = feed(&mut s, signed(&k, u64::MAX, "x"), 0);
+        let out = feed(&mut s, &mut b, signed(&k, u64::MAX, "x"), 0);
         assert_eq!(text(&out)["t"], "error");
         assert_eq!(s.lamport(), before + 1, "only the error's stamp");
         // The largest stamp is accepted, but leaves the server none to
         // send with: the socket closes rather than stamp above it.
-        let out = feed(&mut s, signed(&k, MAX_LAMPORT, "x"), 0);
+        let out = feed(&mut s, &mut b, signed(&k, MAX_LAMPORT, "x"), 0);
         assert!(matches!(out.first(), Some(Out::Forward { .. })));
         assert_eq!(
             s.world_reply(wid(&k), "r".into()),
@@ -759,9 +923,10 @@ mod tests {
         );
         assert_eq!(s.world_reply(wid(&k), "r".into()), None, "closed");
         assert!(s.lamport() <= MAX_LAMPORT + 1);
-        let mut s = session();
+        let (mut s, mut b) = session();
         let out = feed(
             &mut s,
+            &mut b,
             serde_json::json!({"t":"hello","lamport":MAX_LAMPORT}),
             0,
         );
@@ -772,18 +937,25 @@ mod tests {
                 reason: "lamport clock exhausted"
             }]
         );
-        assert!(feed(&mut s, serde_json::json!({"t":"hello","lamport":1}), 0).is_empty());
+        assert!(feed(
+            &mut s,
+            &mut b,
+            serde_json::json!({"t":"hello","lamport":1}),
+            0
+        )
+        .is_empty());
     }
 
     #[test]
     fn weak_world_keys_are_refused() {
-        let mut s = session();
-        hello(&mut s);
+        let (mut s, mut b) = session();
+        hello(&mut s, &mut b);
         // The identity point: of small order, so weak.
         let mut id = [0u8; 32];
         id[0] = 1;
         let out = feed(
             &mut s,
+            &mut b,
             serde_json::json!({"t":"fork","lamport":9,"world":WorldId(id).encode(),"command":"echo"}),
             0,
         );
@@ -794,14 +966,18 @@ mod tests {
 
     #[test]
     fn close_ends_every_world() {
-        let mut s = session();
-        hello(&mut s);
-        s.activate_world(wk(&key(1))).unwrap();
-        s.activate_world(wk(&key(2))).unwrap();
-        let out = s.close();
+        let (mut s, mut b) = session();
+        hello(&mut s, &mut b);
+        s.activate_world(wk(&key(1)), &mut b).unwrap();
+        s.activate_world(wk(&key(2)), &mut b).unwrap();
+        let out = s.close(&mut b);
         assert_eq!(out.len(), 2);
         assert!(out.iter().all(|o| matches!(o, Out::EndWorld(_))));
         assert_eq!(s.active_worlds().count(), 0);
-        assert_eq!(s.activate_world(wk(&key(3))), Err(ActivateError::NotActive));
+        assert_eq!(b.worlds(), 0, "given back");
+        assert_eq!(
+            s.activate_world(wk(&key(3)), &mut b),
+            Err(ActivateError::NotActive)
+        );
     }
 }
