@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::bail;
-use tokio::io::AsyncReadExt;
 
 use crate::fleet::{self, Client, Scenario};
 use crate::stats::{self, Stats, Window};
@@ -92,17 +91,8 @@ impl Echo {
             stats.borrow_mut().sent += self.in_flight as u64;
         }
         loop {
-            let read = tokio::time::timeout_at(
-                w.end.into(),
-                c.stream.read_buf(c.dec.buf_mut(READ_RESERVE)),
-            )
-            .await;
-            let n = match read {
-                Err(_) => return Ok(()), // the window is over
-                Ok(r) => r?,
-            };
-            if n == 0 {
-                bail!("the server closed the connection");
+            if !fleet::read_until(c, READ_RESERVE, w.end).await? {
+                return Ok(());
             }
             let now = Instant::now();
             let stamp_now = w.stamp(now);

@@ -16,7 +16,7 @@ use std::sync::{Arc, Barrier, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::LocalSet;
 
 use crate::stats::{Stats, Window};
@@ -83,6 +83,18 @@ pub async fn write_until(
     match tokio::time::timeout_at(deadline.into(), stream.write_all(buf)).await {
         Ok(r) => r.map(|()| true).map_err(Into::into),
         Err(_) => Ok(false),
+    }
+}
+
+/// Reads what the server sent into `c.dec` (room for at least `reserve`
+/// bytes) unless `deadline` comes first; `Ok(false)` means it came, and a
+/// server that closes the connection is an error.
+pub async fn read_until(c: &mut Client, reserve: usize, deadline: Instant) -> anyhow::Result<bool> {
+    let read = c.stream.read_buf(c.dec.buf_mut(reserve));
+    match tokio::time::timeout_at(deadline.into(), read).await {
+        Err(_) => Ok(false),
+        Ok(Ok(0)) => Err(anyhow!("the server closed the connection")),
+        Ok(r) => r.map(|_| true).map_err(Into::into),
     }
 }
 

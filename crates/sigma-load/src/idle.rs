@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use anyhow::bail;
-use tokio::io::AsyncReadExt;
 
 use crate::fleet::{self, Client, Scenario};
 use crate::stats::{Stats, Window};
@@ -50,14 +49,8 @@ impl Idle {
 /// reads.
 async fn hold(c: &mut Client, w: Window, stats: &Rc<RefCell<Stats>>) -> anyhow::Result<()> {
     loop {
-        let read =
-            tokio::time::timeout_at(w.end.into(), c.stream.read_buf(c.dec.buf_mut(256))).await;
-        let n = match read {
-            Err(_) => return Ok(()),
-            Ok(r) => r?,
-        };
-        if n == 0 {
-            bail!("the server closed the connection");
+        if !fleet::read_until(c, 256, w.end).await? {
+            return Ok(());
         }
         let mut out = Vec::new();
         while let Some(ev) = c.dec.next_event()? {

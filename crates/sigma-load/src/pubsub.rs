@@ -128,15 +128,8 @@ impl PubSub {
         let c = &mut m.client;
         let mut out = Vec::new();
         loop {
-            let read =
-                tokio::time::timeout_at(w.end.into(), c.stream.read_buf(c.dec.buf_mut(16 * 1024)))
-                    .await;
-            let n = match read {
-                Err(_) => return Ok(()),
-                Ok(r) => r?,
-            };
-            if n == 0 {
-                bail!("the server closed the connection");
+            if !fleet::read_until(c, 16 * 1024, w.end).await? {
+                return Ok(());
             }
             let now = Instant::now();
             while let Some(ev) = c.dec.next_event()? {

@@ -198,17 +198,8 @@ impl World {
         }
         loop {
             let c = &mut conn.client;
-            let read = tokio::time::timeout_at(
-                w.end.into(),
-                c.stream.read_buf(c.dec.buf_mut(READ_RESERVE)),
-            )
-            .await;
-            let n = match read {
-                Err(_) => return Ok(()),
-                Ok(r) => r?,
-            };
-            if n == 0 {
-                bail!("the server closed the connection");
+            if !fleet::read_until(c, READ_RESERVE, w.end).await? {
+                return Ok(());
             }
             let now = Instant::now();
             let mut replies = 0u64;
