@@ -514,6 +514,22 @@ pub struct RouteConfig {
     pub proxy: Option<ProxyOptions>,
 }
 
+impl RouteConfig {
+    /// A route with no allow-list, body limit, shared namespace or proxy
+    /// options.
+    pub fn new(path: &str, to: Destination, auth: AuthLevel) -> Self {
+        Self {
+            path: path.to_owned(),
+            to,
+            auth,
+            users: None,
+            max_body: None,
+            shared: None,
+            proxy: None,
+        }
+    }
+}
+
 /// How an upstream route proxies (DESIGN §6; docs/proxy.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProxyOptions {
@@ -753,63 +769,16 @@ pub fn default_topology() -> Topology {
 /// The route table used when the config has no `[[route]]` at all
 /// (`route = []` means no routes).
 pub fn default_routes() -> Vec<RouteConfig> {
+    use AuthLevel::{None as Open, Optional, Required};
     vec![
-        RouteConfig {
-            path: "/broadcast".to_owned(),
-            to: Destination::Broadcast,
-            auth: AuthLevel::Optional,
-            users: None,
-            max_body: None,
-            shared: None,
-            proxy: None,
-        },
-        RouteConfig {
-            path: "/world".to_owned(),
-            to: Destination::World,
-            auth: AuthLevel::Required,
-            users: None,
-            max_body: None,
-            shared: None,
-            proxy: None,
-        },
-        RouteConfig {
-            path: "/echo".to_owned(),
-            to: Destination::Echo,
-            auth: AuthLevel::None,
-            users: None,
-            max_body: None,
-            shared: None,
-            proxy: None,
-        },
-        RouteConfig {
-            path: "/db".to_owned(),
-            to: Destination::Db,
-            auth: AuthLevel::Required,
-            users: None,
-            max_body: None,
-            shared: None,
-            proxy: None,
-        },
-        RouteConfig {
-            path: "/ws".to_owned(),
-            to: Destination::World,
-            auth: AuthLevel::Required,
-            users: None,
-            max_body: None,
-            shared: None,
-            proxy: None,
-        },
+        RouteConfig::new("/broadcast", Destination::Broadcast, Optional),
+        RouteConfig::new("/world", Destination::World, Required),
+        RouteConfig::new("/echo", Destination::Echo, Open),
+        RouteConfig::new("/db", Destination::Db, Required),
+        RouteConfig::new("/ws", Destination::World, Required),
         // The bundled page (docs/web.md); also answers 404 for any path
         // no other route takes.
-        RouteConfig {
-            path: "/".to_owned(),
-            to: Destination::Web,
-            auth: AuthLevel::Optional,
-            users: None,
-            max_body: None,
-            shared: None,
-            proxy: None,
-        },
+        RouteConfig::new("/", Destination::Web, Optional),
     ]
 }
 
