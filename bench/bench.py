@@ -271,10 +271,9 @@ def wrk(scenario, server, srv, seconds, depth, connections=64, quiet=False, pin=
     return r
 
 
-def sigma_load_echo(scenario, server, srv, seconds, warmup, quiet=False):
-    argv = [LOAD, "--json", "-H", f"Cookie: {srv.cookie}", "echo", "--url",
-            f"ws://127.0.0.1:{srv.port}/echo", "-c", "100",
-            "-s", "64", "--in-flight", "1", "-d", f"{seconds}s", "-w", f"{warmup}s"]
+def run_sigma_load(scenario, server, argv, seconds, warmup, quiet):
+    """Runs sigma-load with `--json` (`quiet`: a warm-up run, nothing
+    kept) and returns its result with `rate` and `errors_total`."""
     if quiet:
         subprocess.run(LOAD_PIN + [str(a) for a in argv],
                        capture_output=True, env=ENV, timeout=seconds + warmup + 60)
@@ -284,10 +283,18 @@ def sigma_load_echo(scenario, server, srv, seconds, warmup, quiet=False):
     try:
         r = json.loads(line)
     except json.JSONDecodeError:
-        raise RuntimeError(f"sigma-load failed:\n{p.stdout}\n{p.stderr}")
+        raise RuntimeError(f"sigma-load {' '.join(map(str, argv[1:]))} failed:\n"
+                           f"{p.stdout}\n{p.stderr}")
     r["rate"] = r["msgs_per_s"]
     r["errors_total"] = r["errors"] + r["connect_errors"] + r["bad_replies"]
     return r
+
+
+def sigma_load_echo(scenario, server, srv, seconds, warmup, quiet=False):
+    argv = [LOAD, "--json", "-H", f"Cookie: {srv.cookie}", "echo", "--url",
+            f"ws://127.0.0.1:{srv.port}/echo", "-c", "100",
+            "-s", "64", "--in-flight", "1", "-d", f"{seconds}s", "-w", f"{warmup}s"]
+    return run_sigma_load(scenario, server, argv, seconds, warmup, quiet)
 
 
 def sigma_load_world(scenario, server, srv, seconds, warmup, quiet=False):
@@ -296,19 +303,7 @@ def sigma_load_world(scenario, server, srv, seconds, warmup, quiet=False):
             "-H", f"Origin: http://127.0.0.1:{srv.port}", "world", "--url",
             f"ws://127.0.0.1:{srv.port}/ws", "-c", "100", "--in-flight", "1",
             "-d", f"{seconds}s", "-w", f"{warmup}s"]
-    if quiet:
-        subprocess.run(LOAD_PIN + [str(a) for a in argv],
-                       capture_output=True, env=ENV, timeout=seconds + warmup + 60)
-        return None
-    p = run_load(scenario, server, argv, seconds + warmup + 60)
-    line = p.stdout.strip().splitlines()[-1] if p.stdout.strip() else ""
-    try:
-        r = json.loads(line)
-    except json.JSONDecodeError:
-        raise RuntimeError(f"sigma-load world failed:\n{p.stdout}\n{p.stderr}")
-    r["rate"] = r["msgs_per_s"]
-    r["errors_total"] = r["errors"] + r["connect_errors"] + r["bad_replies"]
-    return r
+    return run_sigma_load(scenario, server, argv, seconds, warmup, quiet)
 
 
 def scenario_world(key, args, servers, workdir, perf):
