@@ -37,6 +37,9 @@ cargo check --manifest-path fuzz/Cargo.toml --bins --locked
 step "cargo build --release"
 cargo build --release --locked -p sigma
 
+step "README quick start resolves to the server (cargo run --release -- ...)"
+cargo run --release --locked -q -- check --config crates/sigma/tests/data/config/full.toml >/dev/null
+
 step "Rust tests (nextest)"
 # The test-only destinations (&crossed, &inspect) exist only in this build.
 cargo nextest run --workspace --features sigma/test-destinations --locked --no-fail-fast
