@@ -1031,6 +1031,9 @@ def main():
                     help="scheduling of servers and load generators: fifo = chrt -f 10, "
                          "nice = nice -n -19, none; auto (default) = fifo as root, else "
                          "none. Use none on a quiet, dedicated machine for clean p99s")
+    ap.add_argument("--sigma-bin", default=None,
+                    help="measure this sigma binary instead of target/release/sigma "
+                         "(e.g. a build of an earlier commit, for before/after rows)")
     args = ap.parse_args()
     # Servers and load generators wake each other thousands of times a
     # second; with other work on the machine (builds, fuzzers), each wake-up
@@ -1041,6 +1044,9 @@ def main():
     # per second, so a saturated server stalls ~50 ms once a second, which
     # shows in p99 (for every server alike).
     wanted = set(args.scenarios.split(","))
+    if args.sigma_bin:
+        global SIGMA
+        SIGMA = Path(args.sigma_bin).resolve()
 
     for exe in (SIGMA, LOAD, PEERS / "axum-hello", PEERS / "ws-echo", PEERS / "ws-fanout"):
         if not exe.exists():
