@@ -803,13 +803,16 @@ pub fn load(path: Option<&Path>, env: &[(String, String)]) -> Result<Config, Con
         return build(None, env);
     };
     let name = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+    let text = crate::namedfile::read_to_string(path).map_err(|e| ConfigError {
         origin: Origin::File {
             name: name.clone(),
             line: None,
         },
         path: String::new(),
-        kind: ConfigErrorKind::Io(e),
+        kind: ConfigErrorKind::Io(match e {
+            crate::namedfile::NamedFileError::Io { error, .. } => error,
+            other => std::io::Error::other(other.to_string()),
+        }),
     })?;
     build(Some((&name, &text)), env)
 }
@@ -1182,7 +1185,8 @@ impl fmt::Display for RouteError {
 impl std::error::Error for ConfigError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match &self.kind {
-            ConfigErrorKind::Io(e) => Some(e),
+            // Not `Io`: its message is in ours already (a chain printed
+            // with `{:#}` would repeat it).
             ConfigErrorKind::Pipeline(e) => Some(e),
             ConfigErrorKind::Route(e) => Some(e),
             _ => None,

@@ -357,13 +357,14 @@ pub struct RouteTable {
     routes: Vec<Route>,
 }
 
-/// A route's destination is not available in this build.
+/// A route's destination cannot be set up: the destination, then why
+/// (`&world: world.x.code: /dev/zero is not a regular file (…)`).
 #[derive(Debug)]
 pub struct UnavailableDestination(pub String);
 
 impl std::fmt::Display for UnavailableDestination {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "destination {} is not available yet", self.0)
+        write!(f, "destination {}", self.0)
     }
 }
 
