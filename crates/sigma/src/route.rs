@@ -423,11 +423,19 @@ impl RouteTable {
                     }
                 },
             };
+            // A publish is never larger than this: buffer no more.
+            let max_body = match &r.to {
+                crate::config::Destination::Broadcast => {
+                    let cap = crate::broadcast::publish_body_limit(config.broadcast.max_message);
+                    Some(r.max_body.map_or(cap, |m| m.min(cap)))
+                }
+                _ => r.max_body,
+            };
             out.push(Route {
                 path: r.path.clone(),
                 auth: r.auth,
                 users: r.users.clone(),
-                max_body: r.max_body,
+                max_body,
                 dest,
             });
         }
