@@ -6,6 +6,7 @@ cookie-authenticated WebSockets at /broadcast (default route, auth optional).
 """
 import asyncio
 import json
+import socket
 import struct
 import threading
 import time
@@ -236,6 +237,100 @@ def test_http_publish(hub):
     status, _, _ = hub.request("PUT", "/broadcast/public:http", body="1",
                                headers={"Cookie": hub.cookie("bob"), "Origin": hub.origin})
     assert status == 405
+
+
+# `[broadcast] max_message` (default 1 MiB, this module does not set it) and
+# the slack the route's body limit allows beyond it (PUBLISH_BODY_SLACK).
+MAX_MESSAGE = 1 << 20
+BODY_SLACK = 16 << 10
+
+
+def send_fragmented(c, **msg):
+    """A message past websocket.max_frame (1 MiB) must be fragmented."""
+    text = json.dumps(msg)
+    c.send(text[i:i + (256 << 10)] for i in range(0, len(text), 256 << 10))
+
+
+def test_ws_publish_at_max_message_and_one_past(hub):
+    # Deliveries of about 1 MiB: lift the client's own 1 MiB default.
+    with ws(hub, "alice", max_size=None) as a, ws(hub, "bob", max_size=None) as b:
+        subscribe(b, "public:big")
+        at = "x" * (MAX_MESSAGE - 2)  # encoded: 2 quotes + the letters
+        send_fragmented(a, type="publish", channel="public:big", data=at)
+        m = recv(b, timeout=10)
+        assert (m["seq"], m["from"], len(m["data"])) == (1, "alice", len(at))
+        send_fragmented(a, type="publish", channel="public:big", data=at + "x")
+        err = recv(a, timeout=10)
+        assert (err["type"], err["code"], err["channel"]) == \
+            ("error", "message_too_large", "public:big")
+        assert "max_message" in err["message"]
+        # The socket stays open; the refused publish used no seq and
+        # reached no one: bob's next message is the next small one.
+        send(a, type="publish", channel="public:big", data="small")
+        m = recv(b, timeout=10)
+        assert (m["seq"], m["data"]) == (2, "small")
+        # Also to a channel nobody subscribes to (no state, still refused).
+        send_fragmented(a, type="publish", channel="public:nobody-here", data=at + "x")
+        assert recv(a, timeout=10)["code"] == "message_too_large"
+
+
+def test_http_publish_at_max_message_and_past(hub):
+    path = "/broadcast/public:bighttp"
+    with ws(hub, "alice", max_size=None) as a:
+        subscribe(a, "public:bighttp")
+        at = "y" * (MAX_MESSAGE - 2)
+        assert hub.post_json(path, at, user="bob") == (202, {"seq": 1})
+        assert len(recv(a, timeout=10)["data"]) == len(at)
+        assert hub.post_json(path, at + "y", user="bob") == \
+            (413, {"error": "message_too_large", "max_message": MAX_MESSAGE})
+        # What is measured is the data, not its spelling: whitespace around
+        # it lengthens the body past max_message, not the data.
+        assert hub.post_json(path, None, user="bob", raw=" " * 100 + json.dumps(at)) == \
+            (202, {"seq": 2})
+        assert recv(a, timeout=10)["seq"] == 2
+        # A body past max_message + slack is refused by the route's body
+        # limit from its Content-Length, before any of it is read: raw
+        # socket, head only, then 413 and the connection closes.
+        s = socket.create_connection((hub.host, hub.port), timeout=10)
+        try:
+            s.sendall((f"POST {path} HTTP/1.1\r\nHost: x\r\nOrigin: {hub.origin}\r\n"
+                       f"Cookie: {hub.cookie('bob')}\r\nContent-Type: application/json\r\n"
+                       f"Content-Length: {MAX_MESSAGE + BODY_SLACK + 1}\r\n\r\n").encode())
+            got = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                got += chunk
+        finally:
+            s.close()
+        assert got.startswith(b"HTTP/1.1 413 "), got[:200]
+        # The same from the body itself (chunked: no Content-Length to judge).
+        s = socket.create_connection((hub.host, hub.port), timeout=10)
+        try:
+            s.sendall((f"POST {path} HTTP/1.1\r\nHost: x\r\nOrigin: {hub.origin}\r\n"
+                       f"Cookie: {hub.cookie('bob')}\r\nTransfer-Encoding: chunked\r\n\r\n").encode())
+            body = json.dumps("z" * (MAX_MESSAGE + BODY_SLACK)).encode()
+            try:
+                s.sendall(b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n")
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # refused mid-body: the rest was not read
+            got = b""
+            try:
+                while True:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        break
+                    got += chunk
+            except ConnectionResetError:
+                pass
+        finally:
+            s.close()
+        assert got.startswith(b"HTTP/1.1 413 "), got[:200]
+        # Neither reached the subscriber.
+        assert hub.post_json(path, "after", user="bob") == (202, {"seq": 3})
+        m = recv(a, timeout=10)
+        assert (m["seq"], m["data"]) == (3, "after")
 
 
 def test_fanout_1000_subscribers_in_order(hub):

@@ -49,6 +49,16 @@
 //! gone is removed from every channel it joined once the lock is released;
 //! the others are unaffected. A channel left without subscribers is removed.
 //!
+//! **Size.** A publish's `data`, encoded as sigma delivers it (compact
+//! JSON), is at most [`Settings::max_message`] bytes (`[broadcast]
+//! max_message`, default 1 MiB, never above `websocket.max_outbound`);
+//! beyond it the publish is refused before anything is encoded or
+//! delivered: error `message_too_large` over WebSocket (the socket stays
+//! open), `413 {"error":"message_too_large","max_message":N}` over HTTP.
+//! The route's body limit is [`publish_body_limit`], so `T`/`H` never
+//! buffer a body much larger than a publish can be (a body past it gets
+//! the route's plain 413 and the connection closes, its rest unread).
+//!
 //! **The reply rule.** Every delivery is tagged with the *subscriber's*
 //! identity (the one its socket was opened with), every answer to a client
 //! message with that message's identity, every HTTP answer with the
@@ -75,6 +85,24 @@ use crate::route::{Destination, Handled, HttpRequest, PushError, WsEndpoint, WsS
 pub const MAX_CHANNEL_LEN: usize = 128;
 /// Channels one socket may subscribe to at once, by default.
 pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 256;
+/// The largest encoded `data` of one publish, by default (1 MiB; DESIGN
+/// §6: never above `websocket.max_outbound`, see
+/// [`crate::config::BroadcastConfig`]).
+pub const DEFAULT_MAX_MESSAGE: usize = 1 << 20;
+/// What an HTTP publish body may hold beyond [`Settings::max_message`]:
+/// the body is the `data` as the client wrote it, which may carry
+/// whitespace or spellings (`1e3`, `"\u0041"`) longer or shorter than
+/// sigma's encoding. A body within this much is parsed and measured (a
+/// JSON 413 `message_too_large` if its data is too large); a longer one
+/// is refused by the route's body limit before it is buffered
+/// ([`publish_body_limit`]).
+pub const PUBLISH_BODY_SLACK: usize = 16 << 10;
+
+/// The body limit of a `&broadcast` route whose hub takes `max_message`:
+/// a publish never needs more.
+pub fn publish_body_limit(max_message: usize) -> u64 {
+    u64::try_from(max_message.saturating_add(PUBLISH_BODY_SLACK)).unwrap_or(u64::MAX)
+}
 
 /// True for a valid channel name: 1–[`MAX_CHANNEL_LEN`] characters of
 /// `[A-Za-z0-9:_.@-]`.
@@ -305,6 +333,8 @@ pub struct Settings {
     pub rules: Rules,
     /// Channels one socket may subscribe to at once.
     pub max_subscriptions: usize,
+    /// The largest encoded `data` of one publish, in bytes.
+    pub max_message: usize,
 }
 
 impl Default for Settings {
@@ -312,6 +342,7 @@ impl Default for Settings {
         Self {
             rules: Rules::default(),
             max_subscriptions: DEFAULT_MAX_SUBSCRIPTIONS,
+            max_message: DEFAULT_MAX_MESSAGE,
         }
     }
 }
@@ -331,6 +362,9 @@ pub enum Refusal {
     TooManySubscriptions,
     /// The socket is being closed for not keeping up (`slow_consumer`).
     SlowConsumer,
+    /// The publish's encoded `data` is larger than
+    /// [`Settings::max_message`] (`message_too_large`).
+    MessageTooLarge,
 }
 
 impl Refusal {
@@ -341,6 +375,16 @@ impl Refusal {
             Self::Forbidden => "forbidden",
             Self::TooManySubscriptions => "too_many_subscriptions",
             Self::SlowConsumer => "slow_consumer",
+            Self::MessageTooLarge => "message_too_large",
+        }
+    }
+
+    /// The status of an HTTP publish refused for this reason.
+    pub fn status(self) -> u16 {
+        match self {
+            Self::Forbidden => 403,
+            Self::MessageTooLarge => 413,
+            Self::BadChannel | Self::TooManySubscriptions | Self::SlowConsumer => 400,
         }
     }
 
@@ -354,6 +398,7 @@ impl Refusal {
             (Self::Forbidden, Op::Publish) => "not allowed to publish in this channel",
             (Self::TooManySubscriptions, _) => "too many subscriptions on this socket",
             (Self::SlowConsumer, _) => "this socket is being closed: it does not keep up",
+            (Self::MessageTooLarge, _) => "data is larger than broadcast.max_message",
         }
     }
 }
@@ -568,13 +613,18 @@ impl Hub {
     }
 
     /// Publishes `data` on `channel` as `from`: the message's `seq`, or 0
-    /// when the channel has no subscribers (nothing is delivered).
+    /// when the channel has no subscribers (nothing is delivered). `data`
+    /// encoded must fit [`Settings::max_message`], subscribers or not.
     pub fn publish(&self, from: &Principal, channel: &str, data: &Value) -> Result<u64, Refusal> {
         if !valid_channel(channel) {
             return Err(Refusal::BadChannel);
         }
         if !self.settings.rules.allows(from, channel, Op::Publish) {
             return Err(Refusal::Forbidden);
+        }
+        // Measured without building it: the limit holds before any copy.
+        if encoded_len(data) > self.settings.max_message {
+            return Err(Refusal::MessageTooLarge);
         }
         let Some(ch) = self.lookup(channel) else {
             return Ok(0);
@@ -624,6 +674,26 @@ impl Hub {
             self.reap(channel, &ch);
         }
         Ok(seq)
+    }
+}
+
+/// The length of `data` as compact JSON, counted, not built.
+fn encoded_len(data: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 = self.0.saturating_add(buf.len());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut n = Count(0);
+    // Writing a `Value` to a sink that never fails cannot fail.
+    match serde_json::to_writer(&mut n, data) {
+        Ok(()) => n.0,
+        Err(_) => usize::MAX,
     }
 }
 
@@ -697,12 +767,26 @@ impl Settings {
         Self {
             rules: Rules::new(rules),
             max_subscriptions: config.max_subscriptions,
+            max_message: config.max_message,
         }
     }
 }
 
 fn error_response(status: u16, error: &str) -> Response {
     json_response(status, json!({ "error": error }))
+}
+
+impl Broadcast {
+    /// `413 {"error":"message_too_large","max_message":N}`.
+    fn too_large(&self) -> Response {
+        json_response(
+            413,
+            json!({
+                "error": Refusal::MessageTooLarge.code(),
+                "max_message": self.hub.settings.max_message,
+            }),
+        )
+    }
 }
 
 impl Destination for Broadcast {
@@ -727,15 +811,18 @@ impl Destination for Broadcast {
                         .allows(&identity, channel, Op::Publish)
                     {
                         error_response(403, "forbidden")
+                    } else if u64::try_from(req.msg.body.len()).map_or(true, |n| {
+                        n > publish_body_limit(self.hub.settings.max_message)
+                    }) {
+                        // Not even parsed: no spelling makes it fit.
+                        self.too_large()
                     } else {
                         match serde_json::from_slice::<Value>(&req.msg.body) {
                             Err(_) => error_response(400, "bad_json"),
                             Ok(data) => match self.hub.publish(&identity, channel, &data) {
                                 Ok(seq) => json_response(202, json!({ "seq": seq })),
-                                Err(r) => error_response(
-                                    if r == Refusal::Forbidden { 403 } else { 400 },
-                                    r.code(),
-                                ),
+                                Err(Refusal::MessageTooLarge) => self.too_large(),
+                                Err(r) => error_response(r.status(), r.code()),
                             },
                         }
                     }
@@ -948,6 +1035,26 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn max_message_bounds_the_encoded_data() {
+        let hub = Hub::new(Settings {
+            max_message: 10,
+            ..Settings::default()
+        });
+        let alice = user("alice");
+        // Encoded compactly: 8 letters and 2 quotes.
+        assert_eq!(hub.publish(&alice, "public:x", &json!("12345678")), Ok(0));
+        assert_eq!(
+            hub.publish(&alice, "public:x", &json!("123456789")),
+            Err(Refusal::MessageTooLarge)
+        );
+        // `[1, 2]` as written is longer than `[1,2]`, which is measured.
+        assert_eq!(encoded_len(&json!([1, 2])), 5);
+        assert_eq!(Refusal::MessageTooLarge.status(), 413);
+        assert_eq!(Refusal::MessageTooLarge.code(), "message_too_large");
+        assert_eq!(publish_body_limit(10), 10 + PUBLISH_BODY_SLACK as u64);
     }
 
     #[test]

@@ -202,17 +202,25 @@ pub fn default_world_commands() -> Vec<WorldCommand> {
 /// ```toml
 /// [broadcast]
 /// max_subscriptions = 256          # channels one socket may join at once
+/// max_message = 1048576            # bytes of a publish's encoded `data`; breach: 413 / error
 /// [[broadcast.rule]]               # checked in order, before the built-in
 /// pattern = "news:*"               #   `public:*` and `user:{user}:*`
 /// subscribe = "anyone"             # "anyone" | "logged_in" | "nobody" | ["alice", ...]
 /// publish = ["editor"]
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+///
+/// `max_message` bounds the `data` of one publish, as sigma encodes it
+/// (compact JSON), over WebSocket and HTTP alike. It is never above
+/// `websocket.max_outbound` (a delivery must fit a subscriber's outbound
+/// queue): unset, it is [`crate::broadcast::DEFAULT_MAX_MESSAGE`] or
+/// `websocket.max_outbound` if that is smaller; set above
+/// `websocket.max_outbound`, the config is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BroadcastConfig {
     /// Channels one socket may subscribe to at once.
-    #[serde(deserialize_with = "positive")]
     pub max_subscriptions: usize,
+    /// The largest encoded `data` of one publish, in bytes.
+    pub max_message: usize,
     /// Permission rules, first match decides; the built-in rules follow.
     pub rule: Vec<BroadcastRule>,
 }
@@ -221,6 +229,29 @@ impl Default for BroadcastConfig {
     fn default() -> Self {
         Self {
             max_subscriptions: crate::broadcast::DEFAULT_MAX_SUBSCRIPTIONS,
+            max_message: crate::broadcast::DEFAULT_MAX_MESSAGE,
+            rule: Vec::new(),
+        }
+    }
+}
+
+/// `[broadcast]` as written; [`resolve`] turns it into a
+/// [`BroadcastConfig`] (`max_message` depends on `[websocket]`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct BroadcastTable {
+    #[serde(deserialize_with = "positive")]
+    max_subscriptions: usize,
+    #[serde(deserialize_with = "opt_positive")]
+    max_message: Option<usize>,
+    rule: Vec<BroadcastRule>,
+}
+
+impl Default for BroadcastTable {
+    fn default() -> Self {
+        Self {
+            max_subscriptions: crate::broadcast::DEFAULT_MAX_SUBSCRIPTIONS,
+            max_message: None,
             rule: Vec::new(),
         }
     }
@@ -803,13 +834,16 @@ pub fn load(path: Option<&Path>, env: &[(String, String)]) -> Result<Config, Con
         return build(None, env);
     };
     let name = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+    let text = crate::namedfile::read_to_string(path).map_err(|e| ConfigError {
         origin: Origin::File {
             name: name.clone(),
             line: None,
         },
         path: String::new(),
-        kind: ConfigErrorKind::Io(e),
+        kind: ConfigErrorKind::Io(match e {
+            crate::namedfile::NamedFileError::Io { error, .. } => error,
+            other => std::io::Error::other(other.to_string()),
+        }),
     })?;
     build(Some((&name, &text)), env)
 }
@@ -1182,7 +1216,8 @@ impl fmt::Display for RouteError {
 impl std::error::Error for ConfigError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match &self.kind {
-            ConfigErrorKind::Io(e) => Some(e),
+            // Not `Io`: its message is in ours already (a chain printed
+            // with `{:#}` would repeat it).
             ConfigErrorKind::Pipeline(e) => Some(e),
             ConfigErrorKind::Route(e) => Some(e),
             _ => None,
@@ -1205,7 +1240,7 @@ struct ConfigFile {
     websocket: WebsocketTable,
     auth: AuthConfig,
     db: DbConfig,
-    broadcast: BroadcastConfig,
+    broadcast: BroadcastTable,
     worlds: WorldsConfig,
     world: Option<std::collections::BTreeMap<String, WorldTable>>,
     route: Option<Vec<RouteTable>>,
@@ -1221,7 +1256,7 @@ impl Default for ConfigFile {
             websocket: WebsocketTable::default(),
             auth: AuthConfig::default(),
             db: DbConfig::default(),
-            broadcast: BroadcastConfig::default(),
+            broadcast: BroadcastTable::default(),
             worlds: WorldsConfig::default(),
             world: None,
             route: None,
@@ -1331,6 +1366,15 @@ struct RouteTable {
     read_timeout: Option<Duration>,
     #[serde(default)]
     echo_identity: Option<bool>,
+}
+
+/// An optional [`positive`] count.
+fn opt_positive<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default + PartialOrd + fmt::Display,
+{
+    positive(d).map(Some)
 }
 
 /// An optional [`duration`].
@@ -1689,8 +1733,7 @@ fn unknown_key(root: &Table) -> Option<(KeyPath, &'static [&'static str])> {
             }
             "broadcast" => {
                 let Value::Table(t) = value else { continue };
-                if let Some(found) =
-                    check(t, vec![key("broadcast")], fields_of::<BroadcastConfig>())
+                if let Some(found) = check(t, vec![key("broadcast")], fields_of::<BroadcastTable>())
                 {
                     return Some(found);
                 }
@@ -1814,6 +1857,27 @@ fn resolve(file: ConfigFile, sources: &Sources<'_>) -> Result<Config, ConfigErro
         ));
     }
     check_oauth(&file.auth, sources)?;
+    let b = file.broadcast;
+    let max_message = match b.max_message {
+        None => crate::broadcast::DEFAULT_MAX_MESSAGE.min(ws.max_outbound),
+        Some(m) if m > ws.max_outbound => {
+            return Err(sources.error(
+                vec![key("broadcast"), key("max_message")],
+                ConfigErrorKind::Invalid {
+                    message: format!(
+                        "{m} is above websocket.max_outbound ({}): a delivery must fit a subscriber's outbound queue",
+                        ws.max_outbound
+                    ),
+                },
+            ))
+        }
+        Some(m) => m,
+    };
+    let broadcast = BroadcastConfig {
+        max_subscriptions: b.max_subscriptions,
+        max_message,
+        rule: b.rule,
+    };
     Ok(Config {
         topology,
         data_dir: file.data_dir,
@@ -1822,7 +1886,7 @@ fn resolve(file: ConfigFile, sources: &Sources<'_>) -> Result<Config, ConfigErro
         routes,
         auth: file.auth,
         db: file.db,
-        broadcast: file.broadcast,
+        broadcast,
         worlds: file.worlds,
         world,
     })
@@ -2182,6 +2246,7 @@ mod tests {
 
             [broadcast]
             max_subscriptions = 63
+            max_message = 40
             [[broadcast.rule]]
             pattern = "news:*"
             subscribe = "anyone"
@@ -2265,6 +2330,7 @@ mod tests {
             c.broadcast,
             BroadcastConfig {
                 max_subscriptions: 63,
+                max_message: 40,
                 rule: vec![
                     BroadcastRule {
                         pattern: crate::broadcast::Pattern::parse("news:*").unwrap(),
@@ -2533,6 +2599,39 @@ mod tests {
     }
 
     #[test]
+    fn broadcast_max_message_never_above_max_outbound() {
+        assert_eq!(
+            from_str("", &[]).unwrap().broadcast.max_message,
+            crate::broadcast::DEFAULT_MAX_MESSAGE
+        );
+        // Unset: the default, or max_outbound if that is smaller.
+        let c = from_str("[websocket]\nmax_outbound = 4096\n", &[]).unwrap();
+        assert_eq!(c.broadcast.max_message, 4096);
+        // Set: at max_outbound is fine, one past is refused, naming the key.
+        let c = from_str(
+            "[websocket]\nmax_outbound = 4096\n[broadcast]\nmax_message = 4096\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.broadcast.max_message, 4096);
+        let e = from_str(
+            "[websocket]\nmax_outbound = 4096\n[broadcast]\nmax_message = 4097\n",
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(e.path, "broadcast.max_message");
+        assert!(
+            e.to_string()
+                .contains("above websocket.max_outbound (4096)"),
+            "{e}"
+        );
+        let e = from_str("[broadcast]\nmax_message = 0\n", &[]).unwrap_err();
+        assert_eq!(e.path, "broadcast.max_message");
+        let c = from_str("", &[("SIGMA_BROADCAST_MAX_MESSAGE".into(), "77".into())]).unwrap();
+        assert_eq!(c.broadcast.max_message, 77);
+    }
+
+    #[test]
     fn auth_table_is_validated() {
         let e = from_str("[auth]\nallowed_origins = [\"example.com\"]\n", &[]).unwrap_err();
         assert!(e.to_string().contains("auth.allowed_origins[0]"), "{e}");
@@ -2598,7 +2697,7 @@ mod tests {
             ("http", fields_of::<HttpTable>()),
             ("websocket", fields_of::<WebsocketTable>()),
             ("db", fields_of::<DbConfig>()),
-            ("broadcast", fields_of::<BroadcastConfig>()),
+            ("broadcast", fields_of::<BroadcastTable>()),
             ("broadcast.rule", fields_of::<BroadcastRule>()),
             ("route", fields_of::<RouteTable>()),
             ("worlds", fields_of::<WorldsConfig>()),

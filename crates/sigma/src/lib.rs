@@ -35,6 +35,7 @@ pub mod db;
 pub mod dispatch;
 pub mod echo;
 pub mod metrics;
+pub mod namedfile;
 pub mod parse;
 pub mod pipeline;
 pub mod route;

@@ -128,6 +128,13 @@ fn run(command: Command) -> anyhow::Result<i32> {
             let store: std::sync::Arc<dyn sigma::store::Store> =
                 std::sync::Arc::new(sigma::store::RedbStore::in_memory()?);
             sigma::route::RouteTable::build(&cfg, &store)?;
+            // `A` too: it reads `[[auth.jwt]] key_file` and the OAuth
+            // `client_secret_file`s.
+            sigma::auth::Auth::new(
+                std::sync::Arc::clone(&store),
+                &cfg.auth,
+                std::sync::Arc::new(sigma::metrics::Metrics::default()),
+            )?;
             println!("{}", cfg.describe());
             println!("ok");
             Ok(0)

@@ -357,13 +357,14 @@ pub struct RouteTable {
     routes: Vec<Route>,
 }
 
-/// A route's destination is not available in this build.
+/// A route's destination cannot be set up: the destination, then why
+/// (`&world: world.x.code: /dev/zero is not a regular file (…)`).
 #[derive(Debug)]
 pub struct UnavailableDestination(pub String);
 
 impl std::fmt::Display for UnavailableDestination {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "destination {} is not available yet", self.0)
+        write!(f, "destination {}", self.0)
     }
 }
 
@@ -422,11 +423,19 @@ impl RouteTable {
                     }
                 },
             };
+            // A publish is never larger than this: buffer no more.
+            let max_body = match &r.to {
+                crate::config::Destination::Broadcast => {
+                    let cap = crate::broadcast::publish_body_limit(config.broadcast.max_message);
+                    Some(r.max_body.map_or(cap, |m| m.min(cap)))
+                }
+                _ => r.max_body,
+            };
             out.push(Route {
                 path: r.path.clone(),
                 auth: r.auth,
                 users: r.users.clone(),
-                max_body: r.max_body,
+                max_body,
                 dest,
             });
         }

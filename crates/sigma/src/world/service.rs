@@ -176,17 +176,18 @@ impl WorldService {
                 WorldCode::Builtin(name) => Bytes::from_static(
                     builtin_code(name)
                         .ok_or_else(|| {
-                            UnavailableDestination(format!("&world (world.{}.code)", w.name))
+                            UnavailableDestination(format!(
+                                "&world: world.{}.code: no such built-in code",
+                                w.name
+                            ))
                         })?
                         .as_bytes(),
                 ),
-                WorldCode::File(path) => Bytes::from(std::fs::read(path).map_err(|e| {
-                    UnavailableDestination(format!(
-                        "&world: world.{}.code: cannot read {}: {e}",
-                        w.name,
-                        path.display()
-                    ))
-                })?),
+                WorldCode::File(path) => {
+                    Bytes::from(crate::namedfile::read(path).map_err(|e| {
+                        UnavailableDestination(format!("&world: world.{}.code: {e}", w.name))
+                    })?)
+                }
             };
             commands.push(Command {
                 info: CommandInfo {

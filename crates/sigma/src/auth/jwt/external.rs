@@ -72,11 +72,12 @@ pub enum JwtConfigErrorKind {
     HmacFromJwks,
     /// `jwks_url` is not an `https` URL (or `http` to loopback).
     BadJwksUrl,
-    /// The key file cannot be read.
+    /// The key file cannot be read (missing, not a regular file, larger
+    /// than [`crate::namedfile::MAX_NAMED_FILE`]).
     Io {
         /// The file.
         path: PathBuf,
-        /// The OS error.
+        /// What is wrong, naming the file.
         error: String,
     },
     /// The key file does not hold a usable key.
@@ -100,9 +101,8 @@ impl fmt::Display for JwtConfigError {
             JwtConfigErrorKind::BadJwksUrl => {
                 f.write_str("jwks_url must be https (or http to a loopback host)")
             }
-            JwtConfigErrorKind::Io { path, error } => {
-                write!(f, "cannot read {}: {error}", path.display())
-            }
+            // `error` names the file ([`crate::namedfile::NamedFileError`]).
+            JwtConfigErrorKind::Io { error, .. } => write!(f, "key_file: {error}"),
             JwtConfigErrorKind::Key(e) => write!(f, "{e}"),
             JwtConfigErrorKind::DuplicateIssuer => f.write_str("issuer configured twice"),
             JwtConfigErrorKind::HttpClient(e) => write!(f, "cannot build the JWKS client: {e}"),
@@ -160,7 +160,7 @@ impl ExternalIssuer {
         cfg.validate()?;
         match &cfg.key_file {
             Some(path) => {
-                let bytes = std::fs::read(path).map_err(|e| JwtConfigError {
+                let bytes = crate::namedfile::read(path).map_err(|e| JwtConfigError {
                     issuer: cfg.issuer.clone(),
                     kind: JwtConfigErrorKind::Io {
                         path: path.clone(),

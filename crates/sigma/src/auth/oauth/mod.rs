@@ -153,11 +153,8 @@ impl OAuth {
             let secret = match (&cfg.client_secret, &cfg.client_secret_file) {
                 (Some(s), _) => Some(s.clone()),
                 (None, Some(path)) => {
-                    let s = std::fs::read_to_string(path).map_err(|e| {
-                        OAuthSetupError(format!(
-                            "auth.oauth.{name}.client_secret_file: cannot read {}: {e}",
-                            path.display()
-                        ))
+                    let s = crate::namedfile::read_to_string(path).map_err(|e| {
+                        OAuthSetupError(format!("auth.oauth.{name}.client_secret_file: {e}"))
                     })?;
                     let s = s.strip_suffix('\n').unwrap_or(&s);
                     let s = s.strip_suffix('\r').unwrap_or(s);
