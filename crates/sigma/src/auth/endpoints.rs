@@ -152,7 +152,7 @@ fn login(auth: &Arc<Auth>, call: &Call<'_>) -> Handled {
     };
     // The Argon2 queue: full means answer now, not wait behind a flood.
     let Some(ticket) = auth.passwords.admit() else {
-        auth.throttle.refund(attempt);
+        auth.throttle.unverified(attempt);
         auth.metrics.reject("login_queue_full");
         if auth.metrics.may_log() {
             tracing::warn!(client = %call.client_ip, "login refused: password queue full");
@@ -200,7 +200,7 @@ fn login(auth: &Arc<Auth>, call: &Call<'_>) -> Handled {
             };
             return Tagged::new(identity, resp);
         }
-        auth.throttle.refund(attempt);
+        auth.throttle.succeeded(attempt);
         let now = unix_now_ms();
         let store_auth = Arc::clone(&auth);
         let user = creds.user.clone();

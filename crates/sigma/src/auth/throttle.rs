@@ -19,9 +19,11 @@
 //! Each limit is a token bucket (GCRA: one deadline per key) holding a
 //! burst of its per-minute size. A failure budget is *reserved* when the
 //! attempt starts ([`Throttle::begin`]), so a burst of concurrent guesses
-//! cannot all pass before the first one fails; a successful or abandoned
-//! (queue full) attempt gives it back ([`Throttle::refund`]); an attempt
-//! whose caller went away keeps it (counted as a failure).
+//! cannot all pass before the first one fails; a successful attempt gives
+//! it back ([`Throttle::succeeded`]), one the Argon2 queue refused gives
+//! back its address unit too ([`Throttle::unverified`]: a client retrying
+//! a 503 does not spend its budget); a failed attempt, or one whose caller
+//! went away, keeps it.
 //!
 //! Memory is bounded: each map holds at most [`MAX_KEYS`] keys; keys whose
 //! bucket has refilled are swept when a map is full (at most once per
@@ -99,11 +101,13 @@ impl Throttled {
 }
 
 /// A login attempt the throttle let through: it holds one unit of the
-/// user's and the global failure budgets until [`Throttle::refund`]. Drop
-/// it after a failure (the budget stays spent).
+/// user's and the global failure budgets until [`Throttle::succeeded`] or
+/// [`Throttle::unverified`]. Drop it after a failure (the budget stays
+/// spent).
 #[derive(Debug)]
-#[must_use = "refund the attempt on success, drop it on failure"]
+#[must_use = "settle the attempt on success, drop it on failure"]
 pub struct Attempt {
+    addr: IpAddr,
     user: (String, IpAddr),
 }
 
@@ -137,10 +141,17 @@ impl Throttle {
         self.begin_at(ip, user, Instant::now())
     }
 
-    /// Gives back what `attempt` reserved: it succeeded, or was never
-    /// verified (the Argon2 queue was full).
-    pub fn refund(&self, attempt: Attempt) {
-        self.refund_at(attempt, Instant::now());
+    /// `attempt` had the right password: its failure units come back.
+    pub fn succeeded(&self, attempt: Attempt) {
+        self.succeeded_at(attempt, Instant::now());
+    }
+
+    /// `attempt` was never verified (the Argon2 queue was full): all its
+    /// units come back, the address's too.
+    pub fn unverified(&self, attempt: Attempt) {
+        let now = Instant::now();
+        self.per_addr.give_back(&addr_key(attempt.addr), now);
+        self.succeeded_at(attempt, now);
     }
 
     fn check_addr_at(&self, ip: IpAddr, now: Instant) -> Result<(), Throttled> {
@@ -170,7 +181,12 @@ impl Throttle {
         }
         let key = (user_key(user), net_key(ip));
         let wait = match self.failures_per_user.take(key.clone(), now) {
-            Take::Taken => return Ok(Attempt { user: key }),
+            Take::Taken => {
+                return Ok(Attempt {
+                    addr: ip,
+                    user: key,
+                })
+            }
             Take::Wait(wait) => wait,
             Take::Full => FULL_RETRY,
         };
@@ -181,7 +197,7 @@ impl Throttle {
         })
     }
 
-    fn refund_at(&self, attempt: Attempt, now: Instant) {
+    fn succeeded_at(&self, attempt: Attempt, now: Instant) {
         self.failures_per_user.give_back(&attempt.user, now);
         self.failures.give_back(&(), now);
     }
@@ -376,7 +392,7 @@ mod tests {
         let a = ip("10.0.0.1");
         for user in ["a", "b", "c"] {
             let at = t.begin_at(a, user, now).unwrap();
-            t.refund_at(at, now);
+            t.succeeded_at(at, now);
         }
         let e = t.begin_at(a, "d", now).unwrap_err();
         assert_eq!(e.reason, "login_throttled");
@@ -410,7 +426,7 @@ mod tests {
         let now = Instant::now();
         for _ in 0..10 {
             let at = t.begin_at(ip("10.0.0.2"), "alice", now).unwrap();
-            t.refund_at(at, now);
+            t.succeeded_at(at, now);
         }
         assert_eq!(t.failures_per_user.len(), 0);
         assert_eq!(t.failures.len(), 0);
@@ -443,9 +459,21 @@ mod tests {
         let a = t.begin_at(ip("10.0.0.2"), "alice", now).unwrap();
         let b = t.begin_at(ip("10.0.0.2"), "alice", now).unwrap();
         assert!(t.begin_at(ip("10.0.0.2"), "alice", now).is_err());
-        t.refund_at(a, now);
+        t.succeeded_at(a, now);
         drop(b);
         assert!(t.begin_at(ip("10.0.0.2"), "alice", now).is_ok());
+    }
+
+    #[test]
+    fn an_unverified_attempt_costs_nothing() {
+        let t = Throttle::new(limits(1, 1, 1));
+        for _ in 0..5 {
+            let at = t.begin(ip("10.0.0.2"), "alice").unwrap();
+            t.unverified(at);
+        }
+        assert_eq!(t.per_addr.len(), 0);
+        drop(t.begin(ip("10.0.0.2"), "alice").unwrap());
+        assert!(t.begin(ip("10.0.0.2"), "alice").is_err());
     }
 
     #[test]
