@@ -369,15 +369,25 @@ pub struct AuthConfig {
     /// Proxies whose `X-Forwarded-For` is believed (CIDR list).
     #[serde(deserialize_with = "cidr_list")]
     pub trusted_proxies: Vec<Cidr>,
-    /// Login attempts per client IP per minute (burst of the same size).
+    /// Login attempts per client address (IPv6: per /64) per minute
+    /// (burst of the same size).
     #[serde(deserialize_with = "positive")]
     pub login_per_ip_per_minute: u32,
-    /// Login attempts per user name per minute (burst of the same size).
+    /// Failed logins per (user name, client /24 or IPv6 /64) per minute
+    /// (burst of the same size); other networks are not affected. Also
+    /// read under its old name, `login_per_user_per_minute`.
+    #[serde(deserialize_with = "positive", alias = "login_per_user_per_minute")]
+    pub login_failures_per_user_per_minute: u32,
+    /// Failed logins per minute, all clients together (burst of the same
+    /// size).
     #[serde(deserialize_with = "positive")]
-    pub login_per_user_per_minute: u32,
+    pub login_failures_per_minute: u32,
     /// Password verifications running at once (Argon2id, off the executor).
     #[serde(deserialize_with = "positive")]
     pub password_workers: usize,
+    /// Password verifications waiting for a worker; beyond them `POST
+    /// /login` gets 503 with `Retry-After` at once (0: none wait).
+    pub password_queue: usize,
     /// External token issuers (`[[auth.jwt]]`) whose bearer tokens are
     /// accepted besides sigma's own.
     pub jwt: Vec<crate::auth::jwt::JwtIssuerConfig>,
@@ -399,8 +409,10 @@ impl Default for AuthConfig {
             allowed_origins: Vec::new(),
             trusted_proxies: Vec::new(),
             login_per_ip_per_minute: 20,
-            login_per_user_per_minute: 10,
+            login_failures_per_user_per_minute: 10,
+            login_failures_per_minute: 600,
             password_workers: 2,
+            password_queue: crate::auth::password::DEFAULT_PASSWORD_QUEUE,
             jwt: Vec::new(),
             public_url: None,
             oauth: std::collections::BTreeMap::new(),
@@ -2234,8 +2246,11 @@ mod tests {
             allowed_origins = ["https://app.example.com"]
             trusted_proxies = ["10.1.0.0/16"]
             login_per_ip_per_minute = 7
-            login_per_user_per_minute = 3
+            login_failures_per_user_per_minute = 3
+            # login_per_user_per_minute = 3 is its old name (an alias: old_login_key_name_still_reads)
+            login_failures_per_minute = 8
             password_workers = 4
+            password_queue = 9
             jwt = [{ issuer = "https://id.example.com", audience = "sigma", algorithm = "RS256", jwks_url = "https://id.example.com/jwks.json" }]
             public_url = "https://chat.example.com"
             oauth = { corp = { kind = "oidc", issuer = "https://id.example.com", client_id = "sigma", client_secret_file = "/etc/sigma/corp.secret", scopes = ["openid", "email"], user_claim = "email", allowed_domains = ["example.com"], allowed_users = ["alice@example.com"] }, gh = { kind = "github", client_id = "gh-client", client_secret = "gh-secret", auth_url = "https://gh.example.com/login/oauth/authorize", token_url = "https://gh.example.com/login/oauth/access_token", api_url = "https://api.gh.example.com" } }
@@ -2425,8 +2440,10 @@ mod tests {
                 allowed_origins: vec!["https://app.example.com".into()],
                 trusted_proxies: vec![Cidr::parse("10.1.0.0/16").unwrap()],
                 login_per_ip_per_minute: 7,
-                login_per_user_per_minute: 3,
+                login_failures_per_user_per_minute: 3,
+                login_failures_per_minute: 8,
                 password_workers: 4,
+                password_queue: 9,
                 jwt: vec![crate::auth::jwt::JwtIssuerConfig {
                     issuer: "https://id.example.com".into(),
                     audience: "sigma".into(),
@@ -2679,6 +2696,16 @@ mod tests {
         assert!(c.describe().contains(
             "route /a -> http://h (auth optional, connect_timeout 5s, read_timeout 300ms, echo_identity true)"
         ));
+    }
+
+    #[test]
+    fn old_login_key_name_still_reads() {
+        let c = from_str("[auth]\nlogin_per_user_per_minute = 4\n", &[]).unwrap();
+        assert_eq!(c.auth.login_failures_per_user_per_minute, 4);
+        assert_eq!(c.auth.login_failures_per_minute, 600);
+        assert_eq!(c.auth.password_queue, 64);
+        let e = err("[auth]\nlogin_failures_per_minute = 0\n");
+        assert_eq!(e.path, "auth.login_failures_per_minute");
     }
 
     #[test]

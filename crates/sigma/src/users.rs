@@ -495,9 +495,11 @@ mod tests {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .build()
                 .unwrap();
-            let v = password::Verifier::new(1);
-            assert!(rt.block_on(v.verify(Some(phc.clone()), "new".into())));
-            assert!(!rt.block_on(v.verify(Some(phc), "pw1".into())));
+            let v = password::Verifier::new(1, 0);
+            let t = v.admit().unwrap();
+            assert!(rt.block_on(v.verify(t, Some(phc.clone()), "new".into())));
+            let t = v.admit().unwrap();
+            assert!(!rt.block_on(v.verify(t, Some(phc), "pw1".into())));
         }
 
         let del = |name: &str| {
@@ -572,7 +574,9 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        assert!(rt.block_on(password::Verifier::new(1).verify(Some(phc), pw.into())));
+        let v = password::Verifier::new(1, 0);
+        let t = v.admit().unwrap();
+        assert!(rt.block_on(v.verify(t, Some(phc), pw.into())));
 
         let mut out = Vec::new();
         assert!(!first_start(&store, &mut out).unwrap());

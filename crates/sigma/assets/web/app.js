@@ -77,6 +77,9 @@ $('login-form').addEventListener('submit', async (ev) => {
     } else if (r.status === 429) {
       const after = r.headers.get('Retry-After');
       err.textContent = `Too many attempts. Try again${after ? ` in ${after} s` : ' later'}.`;
+    } else if (r.status === 503) {
+      const after = r.headers.get('Retry-After');
+      err.textContent = `The server is busy. Try again${after ? ` in ${after} s` : ' later'}.`;
     } else {
       err.textContent = `Login failed (HTTP ${r.status}).`;
     }

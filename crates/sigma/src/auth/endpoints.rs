@@ -2,8 +2,11 @@
 //! bundled page), `POST /login`, `POST /logout`, `GET /auth/whoami`,
 //! `POST /auth/token`.
 //!
-//! Login: throttled per IP and per user (429 + `Retry-After`), password
-//! checked off the executor with bounded concurrency, a uniform 401 for a
+//! Login: throttled per client address, per (user, client network) for
+//! failures and by a global failure ceiling (429 + `Retry-After`,
+//! [`super::throttle`]); the password checked off the executor with
+//! bounded concurrency behind a bounded queue (full: 503 + `Retry-After`
+//! at once, [`super::password::Verifier::admit`]); a uniform 401 for a
 //! wrong password and an unknown user (no enumeration), a fresh session id
 //! on success (the old session, if any, is revoked: rotation), and the
 //! `sigma_session` cookie. JSON clients get JSON; form posts get a 303 to a
@@ -22,6 +25,9 @@ use crate::route::{Handled, HttpRequest};
 
 /// The bundled login page.
 const LOGIN_PAGE: &str = include_str!("../../assets/login.html");
+
+/// `Retry-After` of a login refused because the Argon2 queue is full.
+const QUEUE_FULL_RETRY_SECS: u64 = 1;
 
 /// What an endpoint needs to know about the request.
 pub struct Call<'a> {
@@ -127,17 +133,38 @@ fn login(auth: &Arc<Auth>, call: &Call<'_>) -> Handled {
             json!({"error": "bad_request", "message": "expected a form (user, password) or JSON {\"user\", \"password\"}"}),
         ));
     };
-    if let Err(wait) = auth.throttle.check(call.client_ip, &creds.user) {
-        auth.metrics.reject("login_throttled");
-        let secs = wait.as_secs().max(1);
-        let mut r = json_response(
-            429,
-            json!({"error": "too_many_attempts", "retry_after": secs}),
-        );
-        r.headers
-            .push(Header::new(&b"Retry-After"[..], secs.to_string()));
-        return tag(r);
-    }
+    let attempt = match auth.throttle.begin(call.client_ip, &creds.user) {
+        Ok(attempt) => attempt,
+        Err(t) => {
+            auth.metrics.reject(t.reason);
+            if auth.metrics.may_log() {
+                tracing::info!(client = %call.client_ip, limit = t.reason, "login throttled");
+            }
+            let secs = t.retry_after_secs();
+            return tag(with_retry_after(
+                json_response(
+                    429,
+                    json!({"error": "too_many_attempts", "retry_after": secs}),
+                ),
+                secs,
+            ));
+        }
+    };
+    // The Argon2 queue: full means answer now, not wait behind a flood.
+    let Some(ticket) = auth.passwords.admit() else {
+        auth.throttle.unverified(attempt);
+        auth.metrics.reject("login_queue_full");
+        if auth.metrics.may_log() {
+            tracing::warn!(client = %call.client_ip, "login refused: password queue full");
+        }
+        return tag(with_retry_after(
+            json_response(
+                503,
+                json!({"error": "busy", "retry_after": QUEUE_FULL_RETRY_SECS}),
+            ),
+            QUEUE_FULL_RETRY_SECS,
+        ));
+    };
     let auth = Arc::clone(auth);
     let old = match call.via {
         Via::Cookie(id) => Some(id.clone()),
@@ -155,8 +182,10 @@ fn login(auth: &Arc<Auth>, call: &Call<'_>) -> Handled {
         };
         // An unknown user is verified against a dummy hash: same answer,
         // same time.
-        let ok = auth.passwords.verify(phc, creds.password).await;
+        let ok = auth.passwords.verify(ticket, phc, creds.password).await;
         if !ok {
+            // The attempt's failure budget stays spent.
+            drop(attempt);
             auth.metrics.reject("login_failed");
             let resp = if creds.json {
                 json_response(401, json!({"error": "invalid_credentials"}))
@@ -171,6 +200,7 @@ fn login(auth: &Arc<Auth>, call: &Call<'_>) -> Handled {
             };
             return Tagged::new(identity, resp);
         }
+        auth.throttle.succeeded(attempt);
         let now = unix_now_ms();
         let store_auth = Arc::clone(&auth);
         let user = creds.user.clone();
@@ -330,6 +360,13 @@ pub fn html_escape(s: &str) -> String {
         }
     }
     o
+}
+
+/// `resp` with `Retry-After: secs`.
+fn with_retry_after(mut resp: Response, secs: u64) -> Response {
+    resp.headers
+        .push(Header::new(&b"Retry-After"[..], secs.to_string()));
+    resp
 }
 
 fn no_store() -> Header {

@@ -273,11 +273,12 @@ impl Auth {
                 config.oauth.keys().cloned().collect(),
             ),
             store,
-            passwords: password::Verifier::new(config.password_workers),
-            throttle: throttle::Throttle::new(
-                config.login_per_ip_per_minute,
-                config.login_per_user_per_minute,
-            ),
+            passwords: password::Verifier::new(config.password_workers, config.password_queue),
+            throttle: throttle::Throttle::new(throttle::Limits {
+                per_addr: config.login_per_ip_per_minute,
+                failures_per_user: config.login_failures_per_user_per_minute,
+                failures: config.login_failures_per_minute,
+            }),
             config: config.clone(),
             metrics,
             oauth,

@@ -18,6 +18,11 @@
 //!   so a login flood costs at most that many blocking threads and cannot
 //!   stall other connections. A permit is held until the hash finishes,
 //!   even if the caller gave up waiting.
+//! - The wait is bounded too: a verification needs a [`Ticket`] first,
+//!   and at most `max_concurrent + queue` are out at once
+//!   ([`Verifier::admit`]). Beyond that the caller answers at once (503),
+//!   so a flood delays a good login by at most the queue, never by the
+//!   flood. A ticket, like a permit, lasts until its hash finishes.
 //! - Unknown users cost the same as wrong passwords: a missing (or
 //!   unparseable) hash is replaced by a fixed dummy hash with the same
 //!   parameters, and the result is then discarded (no user enumeration).
@@ -29,6 +34,7 @@
 //! Throttling login attempts is not done here but in `A`.
 
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
@@ -40,6 +46,8 @@ pub const MAX_PASSWORD_LEN: usize = 1024;
 /// A sensible `max_concurrent` for [`Verifier::new`]: with 19 MiB per
 /// hash this bounds verification memory to about 80 MiB.
 pub const DEFAULT_MAX_CONCURRENT_VERIFY: usize = 4;
+/// A sensible `queue` for [`Verifier::new`] (`[auth] password_queue`).
+pub const DEFAULT_PASSWORD_QUEUE: usize = 64;
 
 /// Why a password could not be hashed. Never contains the password.
 #[derive(Debug, thiserror::Error)]
@@ -114,10 +122,13 @@ fn verify_blocking(phc: Option<&str>, password: &[u8]) -> bool {
 }
 
 /// Verifies passwords off the async executor, at most `max_concurrent` at
-/// a time. Cheap to share (`Arc<Verifier>`).
+/// a time and `queue` waiting. Cheap to share (`Arc<Verifier>`).
 pub struct Verifier {
     permits: Arc<Semaphore>,
     max_concurrent: usize,
+    /// Tickets out (running or waiting), at most `max_tickets`.
+    tickets: Arc<AtomicUsize>,
+    max_tickets: usize,
     #[cfg(test)]
     probe: Option<Arc<tests::Probe>>,
 }
@@ -127,28 +138,56 @@ impl fmt::Debug for Verifier {
         f.debug_struct("Verifier")
             .field("max_concurrent", &self.max_concurrent)
             .field("available", &self.permits.available_permits())
+            .field("tickets", &self.tickets.load(Ordering::Relaxed))
+            .field("max_tickets", &self.max_tickets)
             .finish()
+    }
+}
+
+/// A place in the verification queue ([`Verifier::admit`]): held until
+/// the verification it admits has finished, or dropped unused.
+#[derive(Debug)]
+#[must_use = "a ticket admits one verification"]
+pub struct Ticket(Arc<AtomicUsize>);
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 impl Verifier {
     /// A verifier running at most `max_concurrent` (at least 1)
-    /// verifications at once.
-    pub fn new(max_concurrent: usize) -> Self {
+    /// verifications at once, with at most `queue` more waiting.
+    pub fn new(max_concurrent: usize, queue: usize) -> Self {
         let max_concurrent = max_concurrent.clamp(1, Semaphore::MAX_PERMITS);
         Self {
             permits: Arc::new(Semaphore::new(max_concurrent)),
             max_concurrent,
+            tickets: Arc::new(AtomicUsize::new(0)),
+            max_tickets: max_concurrent.saturating_add(queue),
             #[cfg(test)]
             probe: None,
         }
     }
 
+    /// A place for one verification, or `None` at once when
+    /// `max_concurrent` are running and `queue` are waiting.
+    pub fn admit(&self) -> Option<Ticket> {
+        self.tickets
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max_tickets).then(|| n.saturating_add(1))
+            })
+            .ok()
+            .map(|_| Ticket(Arc::clone(&self.tickets)))
+    }
+
     /// True if `password` matches the PHC string `phc`. `phc = None` (no
     /// such user) is always false, after the same work as a wrong
     /// password. A password of 0 or more than [`MAX_PASSWORD_LEN`] bytes
-    /// is false at once, without hashing.
-    pub async fn verify(&self, phc: Option<String>, password: String) -> bool {
+    /// is false at once, without hashing. `ticket` is held until the
+    /// hash finishes, even if the caller stops waiting.
+    pub async fn verify(&self, ticket: Ticket, phc: Option<String>, password: String) -> bool {
         if check_length(&password).is_err() {
             return false;
         }
@@ -165,6 +204,7 @@ impl Verifier {
                 verify_blocking(phc.as_deref(), password.as_bytes())
             };
             drop(permit);
+            drop(ticket);
             ok
         });
         task.await.unwrap_or(false)
@@ -207,9 +247,15 @@ mod tests {
         }
     }
 
+    /// One verification with a fresh ticket.
+    async fn check(v: &Verifier, phc: Option<String>, password: String) -> bool {
+        let ticket = v.admit().expect("a ticket");
+        v.verify(ticket, phc, password).await
+    }
+
     fn probed(max: usize, probe: Probe) -> (Arc<Verifier>, Arc<Probe>) {
         let probe = Arc::new(probe);
-        let mut v = Verifier::new(max);
+        let mut v = Verifier::new(max, DEFAULT_PASSWORD_QUEUE);
         v.probe = Some(Arc::clone(&probe));
         (Arc::new(v), probe)
     }
@@ -233,15 +279,15 @@ mod tests {
 
     #[tokio::test]
     async fn verify_right_wrong_unknown() {
-        let v = Verifier::new(2);
+        let v = Verifier::new(2, DEFAULT_PASSWORD_QUEUE);
         let h = hash("s3cret pass").unwrap();
-        assert!(v.verify(Some(h.clone()), "s3cret pass".into()).await);
-        assert!(!v.verify(Some(h.clone()), "s3cret pasS".into()).await);
-        assert!(!v.verify(Some(h.clone()), String::new()).await);
-        assert!(!v.verify(None, "s3cret pass".into()).await);
-        assert!(!v.verify(Some("not a phc".into()), "x".into()).await);
+        assert!(check(&v, Some(h.clone()), "s3cret pass".into()).await);
+        assert!(!check(&v, Some(h.clone()), "s3cret pasS".into()).await);
+        assert!(!check(&v, Some(h.clone()), String::new()).await);
+        assert!(!check(&v, None, "s3cret pass".into()).await);
+        assert!(!check(&v, Some("not a phc".into()), "x".into()).await);
         let long = "a".repeat(MAX_PASSWORD_LEN + 1);
-        assert!(!v.verify(Some(h), long).await);
+        assert!(!check(&v, Some(h), long).await);
     }
 
     #[tokio::test]
@@ -255,7 +301,7 @@ mod tests {
         let dummy = dummy_hash().unwrap().params.to_string();
         assert_eq!(real, dummy);
         let (v, probe) = probed(1, Probe::default());
-        assert!(!v.verify(None, "pw".into()).await);
+        assert!(!check(&v, None, "pw".into()).await);
         assert_eq!(probe.entered.load(Ordering::SeqCst), 1);
     }
 
@@ -267,7 +313,7 @@ mod tests {
             .map(|i| {
                 let v = Arc::clone(&v);
                 let phc = (i % 2 == 0).then(|| h.clone());
-                tokio::spawn(async move { v.verify(phc, "pw".into()).await })
+                tokio::spawn(async move { check(&v, phc, "pw".into()).await })
             })
             .collect();
         let mut results = Vec::new();
@@ -293,11 +339,11 @@ mod tests {
         );
         let a = tokio::spawn({
             let v = Arc::clone(&v);
-            async move { v.verify(None, "x".into()).await }
+            async move { check(&v, None, "x".into()).await }
         });
         let b = tokio::spawn({
             let v = Arc::clone(&v);
-            async move { v.verify(None, "y".into()).await }
+            async move { check(&v, None, "y".into()).await }
         });
         assert!(!a.await.unwrap());
         assert!(!b.await.unwrap());
@@ -306,23 +352,53 @@ mod tests {
 
     #[tokio::test]
     async fn permit_is_released_when_the_caller_gives_up() {
-        let v = Arc::new(Verifier::new(1));
+        let v = Arc::new(Verifier::new(1, DEFAULT_PASSWORD_QUEUE));
         let h = hash("pw").unwrap();
         let fut = {
             let v = Arc::clone(&v);
             let h = h.clone();
-            tokio::spawn(async move { v.verify(Some(h), "pw".into()).await })
+            tokio::spawn(async move { check(&v, Some(h), "pw".into()).await })
         };
         fut.abort();
         let _ = fut.await;
         // Whether or not the aborted one ran, the permit comes back.
-        assert!(v.verify(Some(h), "pw".into()).await);
+        assert!(check(&v, Some(h), "pw".into()).await);
         assert_eq!(v.permits.available_permits(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_queue_is_bounded_and_refuses_at_once() {
+        // One may run and two wait: a fourth ticket is refused at once.
+        let v = Arc::new(Verifier::new(1, 2));
+        let held: Vec<Ticket> = (0..3).map(|_| v.admit().unwrap()).collect();
+        assert!(v.admit().is_none(), "{v:?}");
+        drop(held);
+        assert!(v.admit().is_some());
+        // Tickets in use: a verification keeps its ticket until the hash
+        // is done, and gives it back after.
+        let h = hash("pw").unwrap();
+        let tasks: Vec<_> = (0..3)
+            .map(|_| {
+                let t = v.admit().unwrap();
+                let v = Arc::clone(&v);
+                let h = h.clone();
+                tokio::spawn(async move { v.verify(t, Some(h), "pw".into()).await })
+            })
+            .collect();
+        assert!(v.admit().is_none());
+        for t in tasks {
+            assert!(t.await.unwrap());
+        }
+        assert_eq!(v.tickets.load(Ordering::SeqCst), 0);
+        // A ticket of a verification refused by the length rule comes back.
+        let t = v.admit().unwrap();
+        assert!(!v.verify(t, Some(h), String::new()).await);
+        assert_eq!(v.tickets.load(Ordering::SeqCst), 0);
     }
 
     #[test]
     fn debug_shows_no_secrets() {
-        let v = Verifier::new(0);
+        let v = Verifier::new(0, DEFAULT_PASSWORD_QUEUE);
         let d = format!("{v:?}");
         assert!(d.contains("max_concurrent: 1"), "{d}");
         let e = PasswordError::TooLong { len: 2000 };

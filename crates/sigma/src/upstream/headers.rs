@@ -9,6 +9,12 @@
 //!   `Forwarded` are dropped) and the identity headers `X-Sigma-User`,
 //!   `X-Sigma-Provider`, `X-Sigma-World` and `X-Sigma-Identity`
 //!   (DESIGN §4/§6); any client-sent `X-Sigma-*` is dropped.
+//! - sigma's own credentials never reach an upstream, whatever the
+//!   route's `auth`: its cookies (session, OAuth state) are cut out of
+//!   `Cookie`, and an `Authorization` header is dropped when `A`
+//!   authenticated the request with it or when it carries a token sigma
+//!   issued ([`is_sigma_token`]). Other credentials (`Basic`, an external
+//!   issuer's token on an `auth = "none"` route) are the upstream's.
 //! - From the upstream, `X-Sigma-*` headers never reach the client.
 //! - Paths: the route prefix is replaced by the upstream URL's path:
 //!   `/api/x?q` on route `/api` to `http://h:8080/base` goes to `/base/x?q`.
@@ -154,9 +160,11 @@ pub fn from_upstream<'a>(headers: &[(&'a [u8], &'a [u8])]) -> Vec<(&'a [u8], &'a
 
 /// The client's end-to-end request headers as they go to the upstream
 /// ([`end_to_end_request`], with [`without_session_cookie`] applied).
-/// With `bearer` (`A` authenticated the request with its `Authorization`
-/// header, a sigma credential the upstream could replay) `Authorization`
-/// is dropped; otherwise `A` did not read it and it is passed on.
+/// `Authorization` is dropped with `bearer` (`A` authenticated the request
+/// with it: a credential the upstream could replay against sigma) and
+/// whenever it holds a token sigma issued ([`is_sigma_token`]), even where
+/// `A` did not read it (`auth = "none"`); any other `Authorization` is
+/// passed on.
 pub fn forwarded_request(
     headers: &[Header],
     bearer: bool,
@@ -164,7 +172,7 @@ pub fn forwarded_request(
     end_to_end_request(headers)
         .into_iter()
         .filter_map(|(n, v)| {
-            if bearer && n.eq_ignore_ascii_case(b"authorization") {
+            if n.eq_ignore_ascii_case(b"authorization") && (bearer || is_sigma_token(v)) {
                 None
             } else if n.eq_ignore_ascii_case(b"cookie") {
                 let kept = without_session_cookie(v);
@@ -174,6 +182,41 @@ pub fn forwarded_request(
             }
         })
         .collect()
+}
+
+/// True when an `Authorization` value carries a token sigma issued: any
+/// of its whitespace-separated words (so `Bearer`, any spelling or
+/// spacing) is a JWT whose claims name sigma's issuer
+/// ([`auth::OWN_ISSUER`]). The signature is not checked: a forged token
+/// claiming sigma's issuer is dropped as well, which costs nobody
+/// anything, and a token sigma really issued always has that claim. Cheap:
+/// one base64 decode and one JSON parse of at most
+/// [`auth::jwt::MAX_TOKEN_BYTES`].
+pub fn is_sigma_token(value: &[u8]) -> bool {
+    value
+        .split(|b| b.is_ascii_whitespace())
+        .any(|word| jwt_issuer(word).as_deref() == Some(auth::OWN_ISSUER))
+}
+
+/// The unverified `iss` claim of a compact JWT, if `word` is one.
+fn jwt_issuer(word: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Claims {
+        iss: Option<String>,
+    }
+    if word.len() > auth::jwt::MAX_TOKEN_BYTES {
+        return None;
+    }
+    let mut parts = word.split(|&b| b == b'.');
+    let (Some(_), Some(payload), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    serde_json::from_slice::<Claims>(&json).ok()?.iss
 }
 
 /// The upstream target for `target` (origin-form, matched by the route
@@ -339,6 +382,58 @@ mod tests {
         assert_eq!(
             names(forwarded_request(&h, false)),
             ["Authorization", "Accept"]
+        );
+    }
+
+    /// A compact JWT with these claims (the signature is not looked at).
+    fn jwt(claims: &str) -> String {
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        format!(
+            "{}.{}.c2ln",
+            b64(r#"{"alg":"EdDSA","kid":"k"}"#),
+            b64(claims)
+        )
+    }
+
+    #[test]
+    fn sigma_tokens_are_never_forwarded() {
+        let own = jwt(r#"{"iss":"sigma","aud":"sigma","sub":"alice","exp":9}"#);
+        let ext = jwt(r#"{"iss":"https://id.example.com","sub":"alice"}"#);
+        for v in [
+            format!("Bearer {own}"),
+            format!("bearer   {own} "),
+            format!("BEARER\t{own}"),
+            format!("Token {own}"),
+        ] {
+            assert!(is_sigma_token(v.as_bytes()), "{v}");
+            let h = vec![
+                Header::new("Authorization", v),
+                Header::new("Accept", "*/*"),
+            ];
+            let f = forwarded_request(&h, false);
+            assert_eq!(f.len(), 1, "{f:?}");
+            assert_eq!(f[0].0, b"Accept");
+        }
+        for v in [
+            format!("Bearer {ext}"),
+            "Basic dXA6c3RyZWFt".to_owned(),
+            "Bearer not.a.jwt".to_owned(),
+            "Bearer a.b".to_owned(),
+            format!("Bearer {}", jwt(r#"{"iss":["sigma"]}"#)),
+            format!("Bearer {}", jwt(r#"{"sub":"sigma"}"#)),
+            String::new(),
+        ] {
+            assert!(!is_sigma_token(v.as_bytes()), "{v}");
+            let h = vec![Header::new("Authorization", v.clone())];
+            assert_eq!(forwarded_request(&h, false).len(), 1, "{v}");
+        }
+        let long = format!(
+            "Bearer {}",
+            jwt(&format!(r#"{{"iss":"sigma","x":"{}"}}"#, "a".repeat(9000)))
+        );
+        assert!(
+            !is_sigma_token(long.as_bytes()),
+            "longer than sigma ever issues"
         );
     }
 

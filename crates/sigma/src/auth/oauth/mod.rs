@@ -779,18 +779,14 @@ async fn callback(
     let login = check_state(oauth, &p.name, &q, cookie.as_deref(), now)?;
     // A callback that passes the state check costs a request to the
     // provider: it counts as a login attempt of the client's address
-    // (`[auth] login_per_ip_per_minute`, and the per-user budget under a
-    // per-address key).
-    if let Err(wait) = auth
-        .throttle
-        .check(client_ip, &format!("oauth {client_ip}"))
-    {
+    // (`[auth] login_per_ip_per_minute`).
+    if let Err(t) = auth.throttle.check_addr(client_ip) {
         let mut f = Failure::new(
             429,
             "login_throttled",
             "Too many sign-in attempts from your address. Please wait a minute.",
         );
-        f.retry_after = Some(wait.as_secs().max(1));
+        f.retry_after = Some(t.retry_after_secs());
         return Err(f);
     }
     match oauth.first_use(&login.state, login.expires, now) {
