@@ -22,6 +22,14 @@ use std::sync::Arc;
 /// Default of `server.memory_budget`: 1 GiB.
 pub const DEFAULT_MEMORY_BUDGET: usize = 1 << 30;
 
+/// An account holding at most this much may use the whole cap; a larger
+/// one only the cap less [`HEADROOM_DIVISOR`]th, so a few connections
+/// buffering megabytes cannot starve everybody else's small requests.
+pub const SMALL_ACCOUNT: usize = 64 * 1024;
+
+/// The share of the cap (1/8) kept for small accounts.
+pub const HEADROOM_DIVISOR: usize = 8;
+
 /// The process-wide budget: bytes reserved by all accounts, and the cap.
 #[derive(Debug)]
 pub struct MemoryBudget {
@@ -48,11 +56,17 @@ impl MemoryBudget {
         self.used.load(Ordering::Relaxed)
     }
 
-    /// Reserves `n` more bytes unless that would pass the cap.
-    fn try_reserve(&self, n: usize) -> bool {
+    /// Reserves `n` more bytes for an account that will then hold
+    /// `account_total`, unless that would pass its limit.
+    fn try_reserve(&self, n: usize, account_total: usize) -> bool {
+        let limit = if account_total <= SMALL_ACCOUNT {
+            self.cap
+        } else {
+            self.cap.saturating_sub(self.cap / HEADROOM_DIVISOR)
+        };
         self.used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
-                u.checked_add(n).filter(|total| *total <= self.cap)
+                u.checked_add(n).filter(|total| *total <= limit)
             })
             .is_ok()
     }
@@ -98,7 +112,7 @@ impl Account {
             return true;
         };
         if n > self.held {
-            if !budget.try_reserve(n - self.held) {
+            if !budget.try_reserve(n - self.held, n) {
                 return false;
             }
         } else if n < self.held {
@@ -140,6 +154,24 @@ mod tests {
         drop(a);
         assert_eq!(b.used(), 90);
         drop(c);
+        assert_eq!(b.used(), 0);
+    }
+
+    #[test]
+    fn large_accounts_leave_headroom_for_small_ones() {
+        let cap = 1 << 20;
+        let b = MemoryBudget::new(cap);
+        let mut big = Account::new(Arc::clone(&b));
+        let large_limit = cap - cap / HEADROOM_DIVISOR;
+        assert!(big.try_set(large_limit));
+        assert!(
+            !big.try_set(large_limit + 1),
+            "past 7/8 for a large account"
+        );
+        let mut small = Account::new(Arc::clone(&b));
+        assert!(small.try_set(SMALL_ACCOUNT), "a small one still fits");
+        assert!(!small.try_set(SMALL_ACCOUNT + 1), "not once it is large");
+        drop((big, small));
         assert_eq!(b.used(), 0);
     }
 
