@@ -131,9 +131,10 @@ async fn serve(mut sock: TcpStream) -> std::io::Result<()> {
             conn.handle_timeout(now, &mut out);
             continue;
         }
-        if !out.is_empty() {
-            sock.write_all(out.as_slice()).await?;
-            let n = out.len();
+        while !out.is_empty() {
+            let front = out.as_slice();
+            sock.write_all(front).await?;
+            let n = front.len();
             out.consume(n, Instant::now());
         }
         match conn.shutdown() {

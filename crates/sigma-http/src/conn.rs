@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
+use crate::budget::{Account, MemoryBudget};
 use crate::error::{ParseError, SendError};
 use crate::event::{AbortReason, Event, Header, Reply, Response, ResponseHead, Version};
 use crate::h1::decode::{DecodeLimits, Decoded, Decoder};
@@ -148,12 +149,22 @@ pub struct ServerConn {
 }
 
 impl ServerConn {
-    /// A new connection accepted at `now`.
+    /// A new connection accepted at `now`, with no memory budget.
     pub fn new(limits: Arc<Limits>, now: Instant) -> Self {
+        Self::with_account(limits, Account::default(), now)
+    }
+
+    /// A new connection accepted at `now` whose buffers draw on `budget`
+    /// (`server.memory_budget`, shared by all connections of the process).
+    pub fn with_budget(limits: Arc<Limits>, budget: Arc<MemoryBudget>, now: Instant) -> Self {
+        Self::with_account(limits, Account::new(budget), now)
+    }
+
+    fn with_account(limits: Arc<Limits>, account: Account, now: Instant) -> Self {
         Self {
             limits,
             input: BytesMut::new(),
-            out: OutBuf::new(),
+            out: OutBuf::with_account(account),
             reading: Reading::ExpectHead {
                 scanner: Scanner::new(),
                 started: None,
@@ -184,16 +195,26 @@ impl ServerConn {
 
     // ----- inputs -------------------------------------------------------
 
-    /// Bytes from the client.
+    /// Bytes from the client. They are charged to the memory budget
+    /// before they are buffered; when the budget cannot hold them the
+    /// connection is refused (503 and close, or WebSocket close 1009) and
+    /// they are dropped.
     pub fn handle_input(&mut self, data: &[u8], now: Instant) {
         if self.shutdown.is_some() {
             return;
         }
-        if let Some(ws) = self.ws.as_mut() {
-            ws.handle_input(data, now, &mut self.out);
+        if self.ws.is_none() && matches!(self.reading, Reading::Stopped) {
             return;
         }
-        if matches!(self.reading, Reading::Stopped) {
+        let want = self.footprint().saturating_add(data.len());
+        if !self.out.account_mut().try_set(want) {
+            self.refuse_inbound(now);
+            self.sync_budget();
+            return;
+        }
+        if let Some(ws) = self.ws.as_mut() {
+            ws.handle_input(data, now, &mut self.out);
+            self.sync_budget();
             return;
         }
         self.input.extend_from_slice(data);
@@ -201,6 +222,38 @@ impl ServerConn {
         // A request body that ends after its streamed response did ends
         // the connection.
         self.check_done();
+        self.sync_budget();
+    }
+
+    /// The budget cannot hold the client's input: refuse this connection.
+    fn refuse_inbound(&mut self, now: Instant) {
+        if let Some(ws) = self.ws.as_mut() {
+            ws.refuse_inbound(now, &mut self.out);
+            return;
+        }
+        self.input = BytesMut::new();
+        self.fail(ParseError::MemoryBudget, now);
+    }
+
+    /// The bytes this connection buffers (what it charges to the budget).
+    pub fn footprint(&self) -> usize {
+        let ws = self.ws.as_ref().map_or(0, |ws| ws.footprint());
+        self.input
+            .len()
+            .saturating_add(self.out.len())
+            .saturating_add(ws)
+    }
+
+    /// Bytes this connection holds in the memory budget.
+    pub fn budget_held(&self) -> usize {
+        self.out.account().held()
+    }
+
+    /// Sets the reservation to the footprint; false when it could not grow
+    /// (the reservation then stays below what is buffered).
+    fn sync_budget(&mut self) -> bool {
+        let f = self.footprint();
+        self.out.account_mut().try_set(f)
     }
 
     /// The client half-closed its side (EOF on read).
@@ -211,14 +264,20 @@ impl ServerConn {
         self.eof = true;
         if let Some(ws) = self.ws.as_mut() {
             ws.handle_eof(now, &mut self.out);
-            return;
+        } else {
+            self.advance(now);
+            self.check_done();
         }
-        self.advance(now);
-        self.check_done();
+        self.sync_budget();
     }
 
     /// Fires the deadlines that have passed at `now`; a spurious call does nothing.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.fire_timeouts(now);
+        self.sync_budget();
+    }
+
+    fn fire_timeouts(&mut self, now: Instant) {
         if self.shutdown == Some(Shutdown::Abort) {
             return;
         }
@@ -324,15 +383,33 @@ impl ServerConn {
         if let Some(ev) = self.events.pop_front() {
             return Some(ev);
         }
-        self.ws.as_mut().and_then(|ws| ws.poll_event())
+        let ev = self.ws.as_mut().and_then(|ws| ws.poll_event());
+        if ev.is_some() {
+            // A polled message is the application's now.
+            self.sync_budget();
+        }
+        ev
     }
 
-    /// Bytes waiting to be written to the client.
+    /// The first contiguous run of bytes waiting to be written to the
+    /// client: all of them, unless a shared WebSocket payload is queued
+    /// (see [`ServerConn::output_slices`]).
     pub fn output(&self) -> &[u8] {
         self.out.as_slice()
     }
 
-    /// The client took `n` bytes of [`ServerConn::output`].
+    /// Fills `dst` with all the pending output, in order, for one vectored
+    /// write; returns how many slices were filled.
+    pub fn output_slices<'a>(&'a self, dst: &mut [std::io::IoSlice<'a>]) -> usize {
+        self.out.io_slices(dst)
+    }
+
+    /// Number of bytes waiting to be written.
+    pub fn output_len(&self) -> usize {
+        self.out.len()
+    }
+
+    /// The client took `n` bytes of the output.
     pub fn handle_written(&mut self, n: usize, now: Instant) {
         let was_full = self.out.len() >= OUTPUT_HIGH_WATER;
         self.out.consume(n, now);
@@ -341,6 +418,7 @@ impl ServerConn {
             self.advance(now);
             self.check_done();
         }
+        self.sync_budget();
     }
 
     /// The earliest deadline, if any.
@@ -420,7 +498,31 @@ impl ServerConn {
     // ----- replies from the right ---------------------------------------
 
     /// Queues a reply. Responses answer the oldest request without one.
+    ///
+    /// Output is charged to the memory budget: a WebSocket message that
+    /// the budget cannot hold is dropped and the socket closed with 1008;
+    /// an HTTP response it cannot hold aborts the connection. Neither is
+    /// the caller's error.
     pub fn send(&mut self, reply: Reply, now: Instant) -> Result<(), SendError> {
+        if let (Reply::Ws(msg), Some(ws)) = (&reply, self.ws.as_ref()) {
+            let want = self.footprint().saturating_add(crate::ws::frame_len(msg));
+            if ws.can_queue() && !self.out.account_mut().try_set(want) {
+                if let Some(ws) = self.ws.as_mut() {
+                    ws.refuse_outbound(now, &mut self.out);
+                }
+                self.sync_budget();
+                return Ok(());
+            }
+        }
+        let res = self.send_unbudgeted(reply, now);
+        if !self.sync_budget() && self.ws.is_none() {
+            self.out.clear();
+            self.abort_now("memory_budget");
+        }
+        res
+    }
+
+    fn send_unbudgeted(&mut self, reply: Reply, now: Instant) -> Result<(), SendError> {
         if self.shutdown == Some(Shutdown::Abort) {
             return Err(SendError::Closed);
         }

@@ -71,6 +71,8 @@ pub enum ParseError {
     HeadTimeout,
     /// The body fell under `body_min_rate` after the grace period (408).
     BodyTooSlow,
+    /// Buffering this request would pass `server.memory_budget` (503).
+    MemoryBudget,
 }
 
 impl ParseError {
@@ -86,6 +88,7 @@ impl ParseError {
             BadExpect => 417,
             UnsupportedWebSocketVersion => 426,
             HeadTimeout | BodyTooSlow => 408,
+            MemoryBudget => 503,
             BadRequestLine
             | BadTarget
             | BadHeader
@@ -138,6 +141,7 @@ impl ParseError {
             UnsupportedWebSocketVersion => "unsupported_websocket_version",
             HeadTimeout => "head_timeout",
             BodyTooSlow => "body_too_slow",
+            MemoryBudget => "memory_budget",
         }
     }
 }
@@ -175,6 +179,7 @@ impl fmt::Display for ParseError {
             UnsupportedWebSocketVersion => "unsupported WebSocket version",
             HeadTimeout => "request head not received in time",
             BodyTooSlow => "request body too slow",
+            MemoryBudget => "server memory budget exhausted",
         };
         f.write_str(s)
     }

@@ -177,6 +177,11 @@ impl Utf8Bytes {
         &self.0
     }
 
+    /// The UTF-8 bytes as a shared (reference-counted) buffer.
+    pub fn to_bytes(&self) -> Bytes {
+        self.0.clone()
+    }
+
     /// Length in bytes.
     pub fn len(&self) -> usize {
         self.0.len()

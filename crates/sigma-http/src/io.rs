@@ -1,39 +1,114 @@
 //! The output buffer shared by the HTTP/1 and WebSocket halves of `H`.
 //!
 //! The codec owns the bytes it has produced but the shell has not yet
-//! written. The shell reads [`OutBuf::as_slice`], writes what the socket
-//! takes and reports it with [`OutBuf::consume`]. Because the codec sees
-//! both the backlog and the time of the last progress, it can enforce the
-//! slow-read deadline and the WebSocket outbound limit itself, without IO.
+//! written. The shell takes [`OutBuf::io_slices`] (or the first contiguous
+//! run, [`OutBuf::as_slice`]), writes what the socket takes and reports it
+//! with [`OutBuf::consume`]. Because the codec sees both the backlog and
+//! the time of the last progress, it can enforce the slow-read deadline and
+//! the WebSocket outbound limit itself, without IO.
+//!
+//! The buffer is a queue of segments: small writes (heads, frame headers,
+//! small bodies) are copied and coalesced into one owned tail, so a small
+//! response is still one contiguous write; a large payload that is already
+//! reference counted ([`OutBuf::push_shared`], a WebSocket message fanned
+//! out to many sockets) is queued as is, so N slow subscribers of one
+//! message hold N references, not N copies. Server frames are unmasked, so
+//! the payload goes on the wire unchanged.
 
+use std::collections::VecDeque;
+use std::io::IoSlice;
 use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::budget::Account;
 
 /// Bytes waiting to be written to the client, with write-progress tracking.
 #[derive(Debug, Default)]
 pub struct OutBuf {
-    buf: Vec<u8>,
-    start: usize,
+    /// Frozen segments, in order, all before `tail`.
+    segs: VecDeque<Bytes>,
+    /// Sum of the lengths of `segs`.
+    segs_len: usize,
+    /// Bytes of the first pending segment (the front of `segs`, or `tail`
+    /// when `segs` is empty) already written.
+    head: usize,
+    /// Small writes coalesce here; it is the last segment.
+    tail: Vec<u8>,
     /// When output last became pending or the client last took some bytes.
     last_progress: Option<Instant>,
+    /// This connection's share of the process memory budget
+    /// ([`crate::budget`]); it lives here because every half of `H` that
+    /// buffers bytes is handed this buffer.
+    account: Account,
 }
 
 /// Capacity kept across idle periods; larger buffers are released.
 const KEEP_CAPACITY: usize = 4096;
 
+/// Shared payloads up to this size are copied into the tail instead of
+/// referenced: one contiguous write beats a vectored one for small frames.
+pub const COALESCE_MAX: usize = 4096;
+
+/// Most segments handed to one vectored write.
+pub const MAX_IO_SLICES: usize = 64;
+
 impl OutBuf {
-    /// An empty buffer.
+    /// An empty buffer with no memory budget (unlimited).
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Bytes not yet written.
+    /// An empty buffer whose connection draws on `account`.
+    pub fn with_account(account: Account) -> Self {
+        Self {
+            account,
+            ..Self::default()
+        }
+    }
+
+    /// The connection's share of the memory budget.
+    pub fn account(&self) -> &Account {
+        &self.account
+    }
+
+    /// Mutable access to the connection's share of the memory budget.
+    pub fn account_mut(&mut self) -> &mut Account {
+        &mut self.account
+    }
+
+    /// The first contiguous run of bytes not yet written (all of them
+    /// unless a shared payload is queued).
     pub fn as_slice(&self) -> &[u8] {
-        self.buf.get(self.start..).unwrap_or_default()
+        match self.segs.front() {
+            Some(front) => front.get(self.head..).unwrap_or_default(),
+            None => self.tail.get(self.head..).unwrap_or_default(),
+        }
+    }
+
+    /// Fills `dst` with the pending segments in order; returns how many.
+    pub fn io_slices<'a>(&'a self, dst: &mut [IoSlice<'a>]) -> usize {
+        let mut n = 0;
+        let mut skip = self.head;
+        let segs = self.segs.iter().map(|b| &b[..]);
+        for seg in segs.chain(std::iter::once(&self.tail[..])) {
+            let Some(slot) = dst.get_mut(n) else { break };
+            let piece = seg.get(skip..).unwrap_or_default();
+            skip = 0;
+            if piece.is_empty() {
+                continue;
+            }
+            *slot = IoSlice::new(piece);
+            n += 1;
+        }
+        n
     }
 
     /// Number of bytes not yet written.
     pub fn len(&self) -> usize {
-        self.buf.len().saturating_sub(self.start)
+        self.segs_len
+            .saturating_add(self.tail.len())
+            .saturating_sub(self.head)
     }
 
     /// True when nothing waits to be written.
@@ -41,18 +116,33 @@ impl OutBuf {
         self.len() == 0
     }
 
-    /// Appends bytes; `now` starts the write-progress clock if it was idle.
+    /// Appends bytes (copied); `now` starts the write-progress clock if it was idle.
     pub fn extend(&mut self, bytes: &[u8], now: Instant) {
-        if self.is_empty() {
-            self.last_progress = Some(now);
-        }
-        self.buf.extend_from_slice(bytes);
+        self.mark_pending(now);
+        self.tail.extend_from_slice(bytes);
     }
 
-    /// Direct access for encoders that write in place; call
-    /// [`OutBuf::mark_pending`] before appending.
+    /// Appends a reference-counted payload without copying it (small ones
+    /// are copied into the tail, see [`COALESCE_MAX`]).
+    pub fn push_shared(&mut self, bytes: Bytes, now: Instant) {
+        if bytes.len() <= COALESCE_MAX {
+            self.extend(&bytes, now);
+            return;
+        }
+        self.mark_pending(now);
+        if !self.tail.is_empty() {
+            let tail = Bytes::from(std::mem::take(&mut self.tail));
+            self.segs_len = self.segs_len.saturating_add(tail.len());
+            self.segs.push_back(tail);
+        }
+        self.segs_len = self.segs_len.saturating_add(bytes.len());
+        self.segs.push_back(bytes);
+    }
+
+    /// Direct access for encoders that write in place (the owned tail);
+    /// call [`OutBuf::mark_pending`] before appending.
     pub fn vec_mut(&mut self) -> &mut Vec<u8> {
-        &mut self.buf
+        &mut self.tail
     }
 
     /// Starts the write-progress clock if the buffer is empty.
@@ -62,22 +152,47 @@ impl OutBuf {
         }
     }
 
+    /// Drops everything pending (an abort: the bytes will never be written).
+    pub fn clear(&mut self) {
+        self.segs.clear();
+        self.segs_len = 0;
+        self.head = 0;
+        self.tail = Vec::new();
+    }
+
     /// The client took `n` bytes (clamped to what is pending).
     pub fn consume(&mut self, n: usize, now: Instant) {
-        let n = n.min(self.len());
+        let mut n = n.min(self.len());
         if n > 0 {
-            self.start += n;
             self.last_progress = Some(now);
         }
-        if self.start >= self.buf.len() {
-            self.buf.clear();
-            self.start = 0;
-            if self.buf.capacity() > KEEP_CAPACITY {
-                self.buf = Vec::new();
+        while n > 0 {
+            let Some(front) = self.segs.front() else {
+                self.head = self.head.saturating_add(n);
+                break;
+            };
+            let avail = front.len().saturating_sub(self.head);
+            if n < avail {
+                self.head = self.head.saturating_add(n);
+                break;
             }
-        } else if self.start > self.buf.len() / 2 && self.start > KEEP_CAPACITY {
-            self.buf.drain(..self.start);
-            self.start = 0;
+            n -= avail;
+            self.segs_len = self.segs_len.saturating_sub(front.len());
+            self.segs.pop_front();
+            self.head = 0;
+        }
+        if !self.segs.is_empty() {
+            return;
+        }
+        if self.head >= self.tail.len() {
+            self.tail.clear();
+            self.head = 0;
+            if self.tail.capacity() > KEEP_CAPACITY {
+                self.tail = Vec::new();
+            }
+        } else if self.head > self.tail.len() / 2 && self.head > KEEP_CAPACITY {
+            self.tail.drain(..self.head);
+            self.head = 0;
         }
     }
 
@@ -88,5 +203,62 @@ impl OutBuf {
             return None;
         }
         self.last_progress.and_then(|t| t.checked_add(timeout))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drain_all(out: &mut OutBuf, step: usize, now: Instant) -> Vec<u8> {
+        let mut got = Vec::new();
+        while !out.is_empty() {
+            let mut iov = [IoSlice::new(&[]); 4];
+            let k = out.io_slices(&mut iov);
+            assert!(k > 0);
+            let mut flat: Vec<u8> = iov[..k].iter().flat_map(|s| s.iter().copied()).collect();
+            flat.truncate(step);
+            got.extend_from_slice(&flat);
+            out.consume(flat.len(), now);
+        }
+        got
+    }
+
+    #[test]
+    fn segments_come_out_in_order_in_any_partial_write() {
+        let now = Instant::now();
+        let big = Bytes::from(vec![7u8; COALESCE_MAX + 10]);
+        for step in [1, 3, 100, COALESCE_MAX, 100_000] {
+            let mut out = OutBuf::new();
+            let mut want = Vec::new();
+            for i in 0..5u8 {
+                out.extend(&[i, i], now);
+                want.extend_from_slice(&[i, i]);
+                out.push_shared(big.clone(), now);
+                want.extend_from_slice(&big);
+                out.push_shared(Bytes::from_static(b"small"), now);
+                want.extend_from_slice(b"small");
+            }
+            assert_eq!(out.len(), want.len());
+            assert_eq!(drain_all(&mut out, step, now), want, "step {step}");
+            assert!(out.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_large_shared_payload_is_referenced_not_copied() {
+        let now = Instant::now();
+        let big = Bytes::from(vec![1u8; 100_000]);
+        let mut out = OutBuf::new();
+        out.extend(b"hdr", now);
+        out.push_shared(big.clone(), now);
+        let mut iov = [IoSlice::new(&[]); 4];
+        assert_eq!(out.io_slices(&mut iov), 2);
+        assert_eq!(iov[1].as_ptr(), big.as_ptr());
+        // Small payloads coalesce: one contiguous run.
+        let mut small = OutBuf::new();
+        small.extend(b"HTTP/1.1 200 OK\r\n\r\n", now);
+        small.push_shared(Bytes::from_static(b"body"), now);
+        assert_eq!(small.as_slice(), b"HTTP/1.1 200 OK\r\n\r\nbody");
     }
 }

@@ -27,6 +27,7 @@
 )]
 #![warn(missing_docs)]
 
+pub mod budget;
 pub mod conn;
 pub mod error;
 pub mod event;
@@ -36,6 +37,7 @@ pub mod limits;
 pub mod timer;
 pub mod ws;
 
+pub use budget::{Account, MemoryBudget};
 pub use conn::{ServerConn, Shutdown};
 pub use error::{ParseError, SendError};
 pub use event::{

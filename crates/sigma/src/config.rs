@@ -442,6 +442,12 @@ pub struct ServerConfig {
     /// Client networks allowed to read `GET /metrics` (default: loopback).
     #[serde(deserialize_with = "cidr_list")]
     pub metrics_allow: Vec<Cidr>,
+    /// Bytes all connections' buffers may hold together (> 0): read
+    /// buffers, WebSocket messages being assembled, outbound queues and
+    /// buffered request bodies. The connection that would pass it is
+    /// refused (503, close 1009 or 1008).
+    #[serde(deserialize_with = "positive")]
+    pub memory_budget: usize,
 }
 
 /// An IP network, `ADDR/PREFIX` (a bare address is a single host).
@@ -530,6 +536,7 @@ impl Default for ServerConfig {
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             linger_timeout: DEFAULT_LINGER_TIMEOUT,
             metrics_allow: default_metrics_allow(),
+            memory_budget: sigma_http::budget::DEFAULT_MEMORY_BUDGET,
         }
     }
 }
@@ -2237,6 +2244,7 @@ mod tests {
             drain_timeout = "14s"
             linger_timeout = "15ms"
             metrics_allow = ["10.0.0.0/8"]
+            memory_budget = 16
 
             [auth]
             session_idle_timeout = "1h"
@@ -2370,6 +2378,7 @@ mod tests {
                 drain_timeout: Duration::from_secs(14),
                 linger_timeout: Duration::from_millis(15),
                 metrics_allow: vec![Cidr::parse("10.0.0.0/8").unwrap()],
+                memory_budget: 16,
             }
         );
         let s = Duration::from_secs;
@@ -2544,7 +2553,7 @@ mod tests {
         );
         assert_eq!(fields_of::<HttpTable>().len(), 13);
         assert_eq!(fields_of::<WebsocketTable>().len(), 6);
-        assert_eq!(fields_of::<ServerConfig>().len(), 6);
+        assert_eq!(fields_of::<ServerConfig>().len(), 7);
         assert_eq!(fields_of::<RouteTable>().len(), 10);
     }
 
@@ -2837,6 +2846,7 @@ mod tests {
             ("server", "max_connections"),
             ("server", "max_connections_per_ip"),
             ("server", "backlog"),
+            ("server", "memory_budget"),
             ("http", "max_request_line"),
             ("http", "max_header_bytes"),
             ("http", "max_headers"),

@@ -57,6 +57,8 @@ pub struct ListenerCtx {
     pub limiter: Arc<ConnLimiter>,
     /// Who may read `/metrics`.
     pub metrics_allow: Arc<Vec<Cidr>>,
+    /// `server.memory_budget`, shared by all connections of the process.
+    pub budget: Arc<sigma_http::MemoryBudget>,
 }
 
 /// Size of the per-thread read buffer; connections hold no read buffer
@@ -110,12 +112,12 @@ pub async fn serve(
         p.pump();
         match p.h.shutdown() {
             Some(Shutdown::Abort) => break Shutdown::Abort,
-            Some(Shutdown::Graceful) if p.h.output().is_empty() => break Shutdown::Graceful,
+            Some(Shutdown::Graceful) if p.h.output_len() == 0 => break Shutdown::Graceful,
             _ => {}
         }
         // Write eagerly; wait for writability only when the socket is full.
-        if !p.h.output().is_empty() {
-            match stream.try_write(p.h.output()) {
+        if p.h.output_len() > 0 {
+            match write_output(&stream, &p.h) {
                 Ok(n) => {
                     p.h.handle_written(n, Instant::now());
                     continue;
@@ -152,7 +154,7 @@ pub async fn serve(
         let wants_read = p.h.wants_read() && !read_shut && !upload_blocked;
         // A streamed response body is pulled only while the client keeps up.
         let wants_body = p.outbox.body.is_some() && p.h.wants_body();
-        let wants_write = !p.h.output().is_empty();
+        let wants_write = p.h.output_len() > 0;
         tokio::select! {
             r = stream.readable(), if wants_read => {
                 if r.is_err() {
@@ -242,6 +244,19 @@ pub async fn serve(
             }
         }
     }
+}
+
+/// Writes what the socket takes of `H`'s output: one plain write when it
+/// is contiguous (small responses), else one vectored write of its
+/// segments (shared WebSocket payloads are written from where they are).
+fn write_output(stream: &TcpStream, h: &sigma_http::ServerConn) -> io::Result<usize> {
+    let front = h.output();
+    if front.len() == h.output_len() {
+        return stream.try_write(front);
+    }
+    let mut iov = [io::IoSlice::new(&[]); sigma_http::io::MAX_IO_SLICES];
+    let k = h.output_slices(&mut iov);
+    stream.try_write_vectored(iov.get(..k).unwrap_or_default())
 }
 
 /// One read into `buf`: `Some(n)` bytes (0 = EOF), `None` when there was

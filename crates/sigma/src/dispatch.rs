@@ -188,6 +188,8 @@ pub struct Dispatch<'a> {
     pub pushed: Option<WsReceiver>,
     /// The client's address.
     pub peer: SocketAddr,
+    /// The buffered request body's share of the memory budget.
+    body_account: sigma_http::Account,
 }
 
 impl<'a> Dispatch<'a> {
@@ -195,7 +197,11 @@ impl<'a> Dispatch<'a> {
     pub fn new(ctx: &'a ListenerCtx, peer: SocketAddr, now: Instant) -> Self {
         Self {
             ctx,
-            h: ServerConn::new(std::sync::Arc::clone(&ctx.limits), now),
+            h: ServerConn::with_budget(
+                std::sync::Arc::clone(&ctx.limits),
+                std::sync::Arc::clone(&ctx.budget),
+                now,
+            ),
             gate: Gate::new(),
             incoming: None,
             upload: None,
@@ -203,6 +209,7 @@ impl<'a> Dispatch<'a> {
             ws: None,
             pushed: None,
             peer,
+            body_account: sigma_http::Account::new(std::sync::Arc::clone(&ctx.budget)),
         }
     }
 }
@@ -338,10 +345,16 @@ impl Dispatch<'_> {
                     if inc.max_body.is_some_and(|max| inc.received > max) {
                         return self.refuse_body();
                     }
+                    let held = usize::try_from(inc.received).unwrap_or(usize::MAX);
+                    if !self.body_account.try_set(held) {
+                        return self.refuse_budget();
+                    }
                     inc.body.push(b);
                 }
             }
             Event::EndOfMessage { .. } => {
+                // The body is the destination's now.
+                let _ = self.body_account.try_set(0);
                 if let Some(inc) = self.incoming.take() {
                     let req = Tagged::new(
                         inc.head.identity,
@@ -390,6 +403,7 @@ impl Dispatch<'_> {
             Event::End => {}
             Event::Abort(reason) => {
                 self.incoming = None;
+                let _ = self.body_account.try_set(0);
                 if let Some(u) = self.upload.take() {
                     u.tx.fail(BodyError::Aborted);
                 }
@@ -594,8 +608,24 @@ impl Dispatch<'_> {
     /// the connection since the body was not read to its end.
     fn refuse_body(&mut self) {
         self.incoming = None;
+        let _ = self.body_account.try_set(0);
         self.ctx.metrics.reject("body_too_large");
         let mut resp = plain(413, "request body too large\n");
+        resp.headers
+            .push(Header::new(&b"Connection"[..], &b"close"[..]));
+        self.outbox.push(Reply::Response(resp));
+    }
+
+    /// Buffering the request body would pass `server.memory_budget`: 503
+    /// at once and close (the rest of the body is not read).
+    fn refuse_budget(&mut self) {
+        self.incoming = None;
+        let _ = self.body_account.try_set(0);
+        self.ctx.metrics.reject("memory_budget");
+        if self.ctx.metrics.may_log() {
+            tracing::info!(peer = %self.peer, "request body refused: memory budget");
+        }
+        let mut resp = plain(503, "server memory budget exhausted\n");
         resp.headers
             .push(Header::new(&b"Connection"[..], &b"close"[..]));
         self.outbox.push(Reply::Response(resp));

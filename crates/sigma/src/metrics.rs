@@ -37,6 +37,7 @@ pub const LIMIT_REASONS: &[&str] = &[
     "ws_idle_timeout",
     "ws_close_timeout",
     "ws_slow_consumer",
+    "memory_budget",
 ];
 
 /// Upper bounds of the latency histogram buckets, in microseconds.

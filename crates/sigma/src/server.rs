@@ -60,6 +60,8 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
     tokio::spawn(crate::auth::oauth::background(Arc::clone(&auth)));
     let (drain_tx, drain_rx) = watch::channel(false);
     let mut addrs = Vec::new();
+    // One budget for every connection of every listener (DESIGN §3).
+    let budget = sigma_http::MemoryBudget::new(config.server.memory_budget);
     for l in &config.topology.listeners {
         let listener = tcp::bind(l.addr, config.server.backlog)
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", l.addr))?;
@@ -73,6 +75,7 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
             auth: l.stages.contains(&Stage::A).then(|| Arc::clone(&auth)),
             limiter: Arc::clone(&limiter),
             metrics_allow: Arc::clone(&metrics_allow),
+            budget: Arc::clone(&budget),
         });
         let drain = drain_rx.clone();
         tokio::spawn(tcp::accept_loop(

@@ -182,8 +182,18 @@ fn cases() -> Vec<Case> {
             Reject(400),
         ),
         case(
-            "chunk_size_17_hex_digits",
-            chunked("00000000000000005\r\nhello\r\n0\r\n\r\n"),
+            "chunk_size_17_hex_digits_over_u64",
+            chunked("10000000000000005\r\nhello\r\n0\r\n\r\n"),
+            Reject(400),
+        ),
+        case(
+            "chunk_size_leading_zeros_ok",
+            chunked("000000000000000005\r\nhello\r\n0000\r\n\r\n"),
+            Accept(200),
+        ),
+        case(
+            "chunk_size_many_leading_zeros",
+            chunked(&format!("{}5\r\nhello\r\n0\r\n\r\n", "0".repeat(2000))),
             Reject(400),
         ),
         case(

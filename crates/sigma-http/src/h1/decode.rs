@@ -14,8 +14,11 @@ use crate::event::Header;
 
 use super::scan::{ScanLimits, Scanner};
 
-/// Most hex digits in a chunk size (16 = the whole u64 range).
-const MAX_CHUNK_SIZE_DIGITS: u8 = 16;
+/// Most hex digits (leading zeros included) on one chunk-size line.
+/// RFC 9112 §7.1 allows leading zeros, so the *value* is bounded by
+/// checked arithmetic and `max_body`; this only bounds the line, so a
+/// megabyte of zeros is refused rather than scanned forever.
+pub const MAX_CHUNK_SIZE_DIGITS: usize = 1024;
 
 /// What one decoding step produced.
 #[derive(Debug, PartialEq, Eq)]
@@ -56,7 +59,7 @@ pub struct Chunked {
     state: ChunkedState,
     /// Size of the chunk being read (also the digits being accumulated).
     size: u64,
-    digits: u8,
+    digits: usize,
     ext_len: usize,
     /// Body bytes delivered so far.
     total: u64,
@@ -154,7 +157,7 @@ impl Chunked {
             buf.advance(1);
             self.state = match (self.state, b) {
                 (ExpectSize, b) if b.is_ascii_hexdigit() => {
-                    self.digits += 1;
+                    self.digits = self.digits.saturating_add(1);
                     if self.digits > MAX_CHUNK_SIZE_DIGITS {
                         return Err(ParseError::ChunkSizeOverflow);
                     }
@@ -314,7 +317,11 @@ mod tests {
             (b"0x5\r\nhello\r\n0\r\n\r\n", ParseError::InvalidChunkSize),
             (b"5_0\r\nhello\r\n0\r\n\r\n", ParseError::InvalidChunkSize),
             (b"\r\n", ParseError::InvalidChunkSize),
-            (b"00000000000000001\r\n", ParseError::ChunkSizeOverflow),
+            (b"10000000000000000\r\n", ParseError::ChunkSizeOverflow),
+            (
+                b"0000000000000000010000000000000000\r\n",
+                ParseError::ChunkSizeOverflow,
+            ),
             (b"5\nhello\r\n0\r\n\r\n", ParseError::InvalidChunkSize),
             (b"5\r\nhelloX\r\n0\r\n\r\n", ParseError::BadChunkTerminator),
             (b"5 \r\nhello\r\n0\r\n\r\n", ParseError::InvalidChunkSize),
@@ -340,6 +347,28 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn leading_zeros_are_allowed_up_to_the_line_bound() {
+        // RFC 9112 §7.1: the value is bounded, not the digit count.
+        let (body, _, _) = run(b"000000000000000005\r\nhello\r\n00\r\n\r\n", 1).unwrap();
+        assert_eq!(body, b"hello");
+        let mut at_limit = vec![b'0'; MAX_CHUNK_SIZE_DIGITS - 1];
+        at_limit.extend_from_slice(b"5\r\nhello\r\n0\r\n\r\n");
+        let (body, _, _) = run(&at_limit, 7).unwrap();
+        assert_eq!(body, b"hello");
+        let mut past = vec![b'0'; MAX_CHUNK_SIZE_DIGITS];
+        past.extend_from_slice(b"5\r\nhello\r\n0\r\n\r\n");
+        assert_eq!(
+            run(&past, 7).map(|_| ()),
+            Err(ParseError::ChunkSizeOverflow)
+        );
+        // Sixteen significant digits after zeros parse; the value meets max_body.
+        assert_eq!(
+            run(b"0000ffffffffffffffff\r\n", 1).map(|_| ()),
+            Err(ParseError::BodyTooLarge)
+        );
     }
 
     #[test]

@@ -180,6 +180,8 @@ pub struct WsConn {
     /// The close handshake timed out after another terminal event had
     /// already been reported (so metrics can still count it).
     close_timed_out: bool,
+    /// Payload bytes of the message events not yet polled.
+    queued_bytes: usize,
 }
 
 impl WsConn {
@@ -204,6 +206,7 @@ impl WsConn {
             timers: TimerTable::default(),
             now,
             close_timed_out: false,
+            queued_bytes: 0,
         };
         conn.arm_keepalive(now);
         conn
@@ -293,7 +296,35 @@ impl WsConn {
     pub fn poll_event(&mut self) -> Option<Event> {
         let ev = self.events.pop_front()?;
         self.polled += 1;
+        self.queued_bytes = self.queued_bytes.saturating_sub(event_bytes(&ev));
         Some(ev)
+    }
+
+    /// The bytes this socket buffers on the way in (the message being
+    /// assembled, parked input, message events not yet polled): what it
+    /// charges to the memory budget besides the `OutBuf`.
+    pub fn footprint(&self) -> usize {
+        let message = self.message.as_ref().map_or(0, Partial::len);
+        let parked = self.backlog.len().saturating_sub(self.backlog_at);
+        message
+            .saturating_add(parked)
+            .saturating_add(self.queued_bytes)
+    }
+
+    /// The memory budget cannot hold the client's next input: drop what
+    /// is being assembled and close 1009 (the input is not parsed).
+    pub fn refuse_inbound(&mut self, now: Instant, out: &mut OutBuf) {
+        self.message = None;
+        self.drop_input();
+        self.fail(ProtocolError::InboundBudget, now);
+        self.release_held(now, out);
+    }
+
+    /// The memory budget cannot hold a message queued to the client: drop
+    /// it and close 1008.
+    pub fn refuse_outbound(&mut self, now: Instant, out: &mut OutBuf) {
+        self.now = now;
+        self.policy_close(ProtocolError::OutboundBudget, now, out);
     }
 
     /// When to call [`Self::handle_timeout`]; an instant already passed when
@@ -344,15 +375,19 @@ impl WsConn {
         if !self.can_send() {
             return Err(SendError::Closed);
         }
-        let (opcode, payload): (OpCode, &[u8]) = match &msg {
-            WsMessage::Text(s) => (OpCode::Text, s.as_bytes()),
+        let (opcode, payload) = match msg {
+            WsMessage::Text(s) => (OpCode::Text, s.to_bytes()),
             WsMessage::Binary(b) => (OpCode::Binary, b),
         };
         if !self.fits_outbound(out, payload.len()) {
             self.slow_consumer(now, out);
             return Ok(());
         }
-        write_frame(opcode, payload, now, out);
+        // Server frames are unmasked: the payload is queued as is, shared
+        // with every other socket it is sent to.
+        let (header, n) = encode_header(true, opcode, payload.len());
+        out.extend(header.get(..n).unwrap_or_default(), now);
+        out.push_shared(payload, now);
         Ok(())
     }
 
@@ -383,6 +418,11 @@ impl WsConn {
             }
             _ => Err(SendError::Closed),
         }
+    }
+
+    /// True while a message may still be queued (our close is not out).
+    pub fn can_queue(&self) -> bool {
+        self.can_send()
     }
 
     // ----- state transitions ------------------------------------------------
@@ -418,6 +458,7 @@ impl WsConn {
     }
 
     fn push(&mut self, ev: Event) {
+        self.queued_bytes = self.queued_bytes.saturating_add(event_bytes(&ev));
         self.events.push_back(ev);
         self.pushed += 1;
     }
@@ -556,7 +597,11 @@ impl WsConn {
 
     /// The client does not read: drop what we meant to send and close 1008.
     fn slow_consumer(&mut self, now: Instant, out: &mut OutBuf) {
-        let err = ProtocolError::SlowConsumer;
+        self.policy_close(ProtocolError::SlowConsumer, now, out);
+    }
+
+    /// Drops what we meant to send and closes with `err` (1008) at once.
+    fn policy_close(&mut self, err: ProtocolError, now: Instant, out: &mut OutBuf) {
         match self.state {
             State::Open => {
                 self.finish(Event::Abort(AbortReason {
@@ -888,6 +933,25 @@ impl WsConn {
     }
 }
 
+/// The payload bytes an event carries (what it charges to the budget).
+fn event_bytes(ev: &Event) -> usize {
+    match ev {
+        Event::Ws(WsEvent::Message(WsMessage::Text(t))) => t.as_bytes().len(),
+        Event::Ws(WsEvent::Message(WsMessage::Binary(b))) => b.len(),
+        _ => 0,
+    }
+}
+
+/// The bytes a message frame takes in the `OutBuf` (header included).
+pub fn frame_len(msg: &WsMessage) -> usize {
+    let payload = match msg {
+        WsMessage::Text(t) => t.as_bytes().len(),
+        WsMessage::Binary(b) => b.len(),
+    };
+    let (_, header) = encode_header(true, OpCode::Binary, payload);
+    payload.saturating_add(header)
+}
+
 /// Appends one unmasked, unfragmented server frame.
 fn write_frame(opcode: OpCode, payload: &[u8], now: Instant, out: &mut OutBuf) {
     let (header, n) = encode_header(true, opcode, payload.len());
@@ -1016,9 +1080,12 @@ mod tests {
         }
 
         fn flush(&mut self) {
-            self.wire.extend_from_slice(self.out.as_slice());
-            let n = self.out.len();
-            self.out.consume(n, self.now);
+            while !self.out.is_empty() {
+                let front = self.out.as_slice();
+                self.wire.extend_from_slice(front);
+                let n = front.len();
+                self.out.consume(n, self.now);
+            }
         }
 
         fn take_events(&mut self) -> Vec<Event> {

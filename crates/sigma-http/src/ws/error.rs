@@ -46,6 +46,10 @@ pub enum ProtocolError {
     /// The client does not read what we send: the outbound queue would
     /// exceed `max_outbound` (1008, policy).
     SlowConsumer,
+    /// Assembling this message would pass `server.memory_budget` (1009).
+    InboundBudget,
+    /// Queuing this message would pass `server.memory_budget` (1008).
+    OutboundBudget,
 }
 
 impl ProtocolError {
@@ -64,8 +68,8 @@ impl ProtocolError {
             | CloseFrameTooShort
             | InvalidCloseCode => close::PROTOCOL_ERROR,
             InvalidUtf8 | InvalidUtf8CloseReason => close::INVALID_PAYLOAD,
-            SlowConsumer => close::POLICY_VIOLATION,
-            FrameTooBig | MessageTooBig => close::MESSAGE_TOO_BIG,
+            SlowConsumer | OutboundBudget => close::POLICY_VIOLATION,
+            FrameTooBig | MessageTooBig | InboundBudget => close::MESSAGE_TOO_BIG,
         }
     }
 
@@ -88,6 +92,7 @@ impl ProtocolError {
             FrameTooBig => "ws_frame_too_big",
             MessageTooBig => "ws_message_too_big",
             SlowConsumer => "ws_slow_consumer",
+            InboundBudget | OutboundBudget => "memory_budget",
         }
     }
 
@@ -110,6 +115,7 @@ impl ProtocolError {
             FrameTooBig => "frame too big",
             MessageTooBig => "message too big",
             SlowConsumer => "slow consumer",
+            InboundBudget | OutboundBudget => "memory budget",
         }
     }
 }

@@ -23,6 +23,8 @@ mod handshake;
 mod mask;
 mod utf8;
 
-pub use conn::{WsConn, ABORT_CLOSE_TIMEOUT, ABORT_EOF, ABORT_IDLE_TIMEOUT, MAX_QUEUED_EVENTS};
+pub use conn::{
+    frame_len, WsConn, ABORT_CLOSE_TIMEOUT, ABORT_EOF, ABORT_IDLE_TIMEOUT, MAX_QUEUED_EVENTS,
+};
 pub use error::ProtocolError;
 pub use handshake::{accept_key, parse_upgrade};
