@@ -262,7 +262,9 @@ impl Destination for WorldService {
             .collect();
         let joined = lock(&self.shared.users).join(&user.user, unix_now_ms());
         let Ok(budget) = joined else {
-            tracing::warn!(user = %user.user, "session socket refused: worlds.max_users users tracked");
+            if USERS_LOG.may_log() {
+                tracing::warn!(user = %user.user, "session socket refused: worlds.max_users users tracked");
+            }
             let _ = push.close(CLOSE_TOO_MANY_USERS, "too many users");
             return Some(Box::new(Refused));
         };
@@ -301,6 +303,10 @@ impl Destination for WorldService {
 /// The log budget of illegal world transitions (a client causes them at
 /// will), shared by every socket.
 static ILLEGAL_LOG: LogLimiter = LogLimiter::new();
+
+/// The log budget of session sockets refused at `worlds.max_users`
+/// (logged ones are rate-limited: many users can cause them).
+static USERS_LOG: LogLimiter = LogLimiter::new();
 
 /// An HTTP error for the initiate: status and a JSON `{"error": …}`.
 fn refuse(status: u16, error: &str) -> Response {
