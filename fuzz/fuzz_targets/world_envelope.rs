@@ -1,4 +1,4 @@
-//! Invariant: any bytes: the session socket's envelope parser, the initiate parser, the `GET /world/<cmd>.js` query parser, the fork-cookie opener and the session state machine never panic; a parsed world message's `world` decodes to its id and a fork names a 1..=64-byte command; a parsed query has a 64-byte signature; random bytes never open as a cookie; the server's Lamport stamps strictly increase and nothing is sent after a close; the login session's budget counts at most the one world and none after the close.
+//! Invariant: any bytes: the session socket's envelope parser, the initiate parser, the `GET /world/<cmd>.js` query parser, the fork-cookie opener and the session state machine never panic; a parsed world message's `world` decodes to its id and a fork names a 1..=64-byte command; a parsed query has a 64-byte signature; random bytes never open as a cookie; the server's Lamport stamps strictly increase and nothing is sent after a close; the user's budget counts at most the one world and none after the close.
 //!
 //! Where it sits: `&world` (DESIGN §5), on everything a client controls
 //! before a signature is checked: the JSON envelopes on `/ws`, and the
@@ -16,7 +16,8 @@ use ed25519_dalek::{Signer, SigningKey};
 use libfuzzer_sys::fuzz_target;
 use sigma::world::cookie::MinuteKeys;
 use sigma::world::envelope::{self, ClientMsg, CommandInfo};
-use sigma::world::session::{Limits, Out, Session, SessionBudget, WorldKey};
+use sigma::world::budget::UserBudget;
+use sigma::world::session::{Limits, Out, Session, WorldKey};
 use sigma::world::{b64_encode, WorldId};
 
 fn check_envelope(text: &str) {
@@ -41,10 +42,11 @@ fn run_session(data: &[u8]) {
     let key = SigningKey::from_bytes(&[1; 32]);
     let world = WorldId(key.verifying_key().to_bytes());
     let mut s = Session::new("fuzz".into(), commands);
-    let mut budget = SessionBudget::new(
+    let mut budget = UserBudget::new(
         Limits {
             max_worlds: 2,
             forks_per_minute: 5,
+            max_used: 4,
         },
         0,
     );

@@ -103,8 +103,10 @@ pub struct Config {
 /// ```toml
 /// [worlds]
 /// activation_timeout = "5s"   # hello must arrive this soon; breach: close 4408
-/// max_per_session = 16        # active worlds per login session (all its sockets)
-/// forks_per_minute = 60       # fork requests per login session (burst the same)
+/// max_per_user = 16           # active worlds per user (all its sessions and sockets)
+/// forks_per_minute = 60       # fork requests per user (burst the same)
+/// max_used_per_user = 256     # used fork cookies remembered per user
+/// max_users = 4096            # users whose world budgets are tracked at once
 /// key_rotation = "60s"        # minute-key period; a cookie lives 1-2 periods
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -113,14 +115,26 @@ pub struct WorldsConfig {
     /// How long the server waits for `hello` before closing with 4408.
     #[serde(deserialize_with = "duration")]
     pub activation_timeout: Duration,
-    /// Worlds one login session (one session cookie or bearer token) may
-    /// have active at once, over all of its session sockets.
+    /// Worlds one user may have active at once, over all of its login
+    /// sessions, bearer tokens and session sockets (it was
+    /// `max_per_session`, per login session, before issue #13).
     #[serde(deserialize_with = "positive")]
-    pub max_per_session: usize,
-    /// Forks one login session may ask for per minute, over all of its
-    /// session sockets (token bucket).
+    pub max_per_user: usize,
+    /// Forks one user may ask for per minute, over all of its sessions
+    /// and sockets (token bucket, burst the same).
     #[serde(deserialize_with = "positive")]
     pub forks_per_minute: u32,
+    /// Used fork cookies remembered per user (each is single use, and is
+    /// remembered until its minute key rotates out); a user at the bound
+    /// gets 429 `world_rate` on its initiates, others are not affected.
+    #[serde(deserialize_with = "positive")]
+    pub max_used_per_user: usize,
+    /// Users whose world budgets are tracked at once (a user is tracked
+    /// while it has a session socket open, and after that until its fork
+    /// bucket is full again); a new user's session socket beyond it is
+    /// closed with 1013.
+    #[serde(deserialize_with = "positive")]
+    pub max_users: usize,
     /// The minute key's period: fork cookies sealed under the current or
     /// the previous key open, older ones do not.
     #[serde(deserialize_with = "duration")]
@@ -131,8 +145,10 @@ impl Default for WorldsConfig {
     fn default() -> Self {
         Self {
             activation_timeout: Duration::from_secs(5),
-            max_per_session: 16,
+            max_per_user: 16,
             forks_per_minute: 60,
+            max_used_per_user: crate::world::budget::DEFAULT_MAX_USED_PER_USER,
+            max_users: crate::world::budget::DEFAULT_MAX_USERS,
             key_rotation: Duration::from_secs(60),
         }
     }
@@ -2320,9 +2336,11 @@ mod tests {
 
             [worlds]
             activation_timeout = "71s"
-            max_per_session = 72
+            max_per_user = 72
             forks_per_minute = 73
             key_rotation = "74s"
+            max_used_per_user = 75
+            max_users = 76
 
             [world.notes]
             code = "/srv/notes.js"
@@ -2334,9 +2352,11 @@ mod tests {
             c.worlds,
             WorldsConfig {
                 activation_timeout: Duration::from_secs(71),
-                max_per_session: 72,
+                max_per_user: 72,
                 forks_per_minute: 73,
                 key_rotation: Duration::from_secs(74),
+                max_used_per_user: 75,
+                max_users: 76,
             }
         );
         assert_eq!(
@@ -3236,7 +3256,14 @@ mod tests {
         assert_eq!(e.path, "world.x.bogus");
         let e = err("[world.\"a b\"]\ncode = \"a.js\"\nto = \"&echo\"\n");
         assert_eq!(e.path, "world.a b");
-        let e = err("[worlds]\nmax_per_session = 0\n");
+        let e = err("[worlds]\nmax_per_user = 0\n");
+        assert_eq!(e.path, "worlds.max_per_user");
+        for key in ["max_used_per_user", "max_users"] {
+            let e = err(&format!("[worlds]\n{key} = 0\n"));
+            assert_eq!(e.path, format!("worlds.{key}"));
+        }
+        // The key's name from when the limit was per login session.
+        let e = err("[worlds]\nmax_per_session = 5\n");
         assert_eq!(e.path, "worlds.max_per_session");
         let c = from_str("[world.e]\ncode = \"builtin:echo\"\nto = \"&echo\"\n", &[]).unwrap();
         assert_eq!(c.world.len(), 1);

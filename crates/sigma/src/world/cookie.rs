@@ -208,11 +208,6 @@ impl MinuteKeys {
     }
 }
 
-/// How many used nonces [`UsedNonces`] holds at most by default: 2^18
-/// (about 8 MiB). That is 2^18 worlds started within one to two key
-/// periods (over 2 000 per second with 60 s periods).
-pub const MAX_USED_NONCES: usize = 1 << 18;
-
 /// The nonces of cookies already used (each cookie is single use), in one
 /// set per epoch of the minute key that opened them. A set is dropped
 /// whole once its key is gone ([`UsedNonces::forget_before`]): a cookie
@@ -221,8 +216,10 @@ pub const MAX_USED_NONCES: usize = 1 << 18;
 ///
 /// At most `max` nonces are held. At the bound a new one is refused
 /// ([`UseError::Full`]) rather than an old one forgotten (which would let
-/// its cookie be replayed): initiates fail (503) until the older key
-/// rotates out and its set is dropped, at most one key period later.
+/// its cookie be replayed): initiates fail until the older key rotates
+/// out and its set is dropped, at most one key period later. There is one
+/// such set per user ([`super::budget::UserBudget`]), so a user at its
+/// bound is refused (429) and nobody else.
 #[derive(Debug)]
 pub struct UsedNonces {
     sets: BTreeMap<u64, HashSet<[u8; NONCE]>>,

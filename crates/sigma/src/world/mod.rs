@@ -23,6 +23,9 @@
 //!   (`nonce ‖ XChaCha20-Poly1305(minute key, …)`);
 //! - [`session`]: one session socket's state machine (activation, Lamport
 //!   clock, world states, per-message checks), with the clock passed in;
+//! - [`budget`]: each user's world limit, fork bucket and used cookies
+//!   (over all of the user's sessions and sockets, in a bounded map), and
+//!   the server's active world keys (each active once);
 //! - [`service`]: the `&world` destination, the tokio glue.
 //!
 //! **Which session a cookie is bound to.** A socket authenticated by the
@@ -33,6 +36,7 @@
 //! repeating its `Authorization` header is "the same session". The cookie
 //! also names the socket that forked it: the world runs on that socket.
 
+pub mod budget;
 pub mod cookie;
 pub mod envelope;
 pub mod service;

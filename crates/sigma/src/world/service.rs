@@ -11,23 +11,26 @@
 //! ```
 //!
 //! One [`WorldService`] serves every `&world` route. It keeps the minute
-//! keys, the live session sockets (by id, weakly), the nonces of cookies
-//! already used (until their key rotates out), each command's code and
-//! destination, and the [`SessionBudget`] (world count and fork tokens) of
-//! each login session with a socket open, by [`Binding`]: all the sockets
-//! of one session cookie or bearer token share it, and it is dropped with
-//! the last of them. Each active world holds its own endpoint of the
-//! command's destination, opened with the identity `(user, world)`;
-//! whatever that endpoint answers or pushes must carry that identity (the
-//! reply rule), and is wrapped as a `world` envelope for that world only.
+//! keys, the live session sockets (by id, weakly), each command's code and
+//! destination, the [`UserBudget`] of each user tracked ([`Users`]: world
+//! count, fork tokens and the nonces of the cookies the user used, shared
+//! by all of the user's login sessions, bearer tokens and sockets, and
+//! kept past its last socket until its bucket is full again, so a
+//! reconnect refills nothing), and the [`ActiveWorlds`] of the whole
+//! server (a world key is active once). Each active world holds its own
+//! endpoint of the command's destination, opened with the identity
+//! `(user, world)`; whatever that endpoint answers or pushes must carry
+//! that identity (the reply rule), and is wrapped as a `world` envelope for
+//! that world only.
 //!
-//! Lock order: a socket, then its login session's budget (never the other
-//! way round); the map of budgets is taken alone, at the upgrade and when
-//! a socket is dropped.
+//! Lock order: a socket, then its user's budget, then the active worlds
+//! (never the other way round); the map of users is taken without a socket
+//! or a budget held, at the upgrade and when a socket is dropped, and
+//! takes members' budgets under it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -35,9 +38,10 @@ use ed25519_dalek::Signature;
 use serde_json::json;
 use sigma_http::{Header, Method, RequestHead, Response, WsMessage};
 
-use super::cookie::{CookieContents, MinuteKeys, UseError, UsedNonces, MAX_USED_NONCES, NONCE};
+use super::budget::{lock, ActiveWorlds, HeldBudget, SocketBudget, UserBudget, Users};
+use super::cookie::{CookieContents, MinuteKeys, UseError, NONCE};
 use super::envelope::{self, CommandInfo};
-use super::session::{ActivateError, Budget, Limits, Out, Session, SessionBudget, WorldKey};
+use super::session::{ActivateError, Limits, Out, Session, WorldKey};
 use super::{Binding, WorldId};
 use crate::auth::endpoints::json_response;
 use crate::auth::{check_reply, unix_now_ms, Identity, Principal, Tagged};
@@ -91,79 +95,31 @@ struct Shared {
     commands: Vec<Command>,
     /// Each command's destination, by index (set by [`WorldService::bind`]).
     targets: OnceLock<Vec<Arc<dyn Destination>>>,
-    limits: Limits,
     activation_timeout: Duration,
     /// The minute-key period, in whole seconds (at least 1): how long a
-    /// full [`UsedNonces`] may take to free room (`Retry-After`).
+    /// user's full set of used cookies may take to free room
+    /// (`Retry-After`).
     period_secs: u64,
     keys: Mutex<MinuteKeys>,
     sockets: Mutex<HashMap<u64, Weak<Mutex<Socket>>>>,
-    /// The login sessions with a socket open, and their budgets.
-    budgets: Mutex<Budgets>,
+    /// The users tracked, and their budgets.
+    users: Mutex<Users>,
+    /// Every active world key, and its socket.
+    active: Arc<Mutex<ActiveWorlds>>,
     next_socket: AtomicU64,
-    used: Mutex<UsedNonces>,
 }
 
-/// Locks, ignoring poisoning (the state stays usable; nothing here
-/// panics on purpose).
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+/// Close code of a session socket refused because `worlds.max_users`
+/// users are tracked already (RFC 6455: try again later).
+pub const CLOSE_TOO_MANY_USERS: u16 = 1013;
 
-/// The budget of each login session that has a session socket open, with
-/// the number of its sockets: joined at the upgrade, left when the socket
-/// is dropped; the entry goes with the last socket (so the map holds only
-/// login sessions with a socket open).
-#[derive(Default)]
-struct Budgets(HashMap<Binding, Member>);
+/// The endpoint of a session socket that was refused at the upgrade: it
+/// closes at once and takes nothing.
+struct Refused;
 
-struct Member {
-    sockets: usize,
-    budget: Arc<Mutex<SessionBudget>>,
-}
-
-impl Budgets {
-    /// One more socket of `binding`: its login session's budget (a new,
-    /// full one if it has no other socket).
-    fn join(&mut self, binding: Binding, limits: Limits, now_ms: u64) -> Arc<Mutex<SessionBudget>> {
-        let m = self.0.entry(binding).or_insert_with(|| Member {
-            sockets: 0,
-            budget: Arc::new(Mutex::new(SessionBudget::new(limits, now_ms))),
-        });
-        m.sockets = m.sockets.saturating_add(1);
-        Arc::clone(&m.budget)
-    }
-
-    /// A socket of `binding` is gone; the last one takes the entry along.
-    fn leave(&mut self, binding: &Binding) {
-        if let Some(m) = self.0.get_mut(binding) {
-            m.sockets = m.sockets.saturating_sub(1);
-            if m.sockets == 0 {
-                self.0.remove(binding);
-            }
-        }
-    }
-}
-
-/// A socket's handle to its login session's budget: each call locks it
-/// for just that call, so a world message (which needs no budget) never
-/// waits for it, and other login sessions have budgets and locks of their
-/// own.
-impl Budget for &Mutex<SessionBudget> {
-    fn has_room(&self) -> bool {
-        lock(self).has_room()
-    }
-
-    fn take_fork(&mut self, now_ms: u64) -> bool {
-        lock(self).take_fork(now_ms)
-    }
-
-    fn add_world(&mut self) -> bool {
-        lock(self).add_world()
-    }
-
-    fn remove_world(&mut self) {
-        lock(self).remove_world();
+impl WsEndpoint for Refused {
+    fn on_message(&mut self, _msg: Tagged<WsMessage>) -> Option<Tagged<WsMessage>> {
+        None
     }
 }
 
@@ -203,10 +159,6 @@ impl WorldService {
             shared: Arc::new(Shared {
                 commands,
                 targets: OnceLock::new(),
-                limits: Limits {
-                    max_worlds: config.worlds.max_per_session,
-                    forks_per_minute: config.worlds.forks_per_minute,
-                },
                 activation_timeout: config.worlds.activation_timeout,
                 period_secs: period
                     .as_secs()
@@ -214,9 +166,16 @@ impl WorldService {
                     .max(1),
                 keys: Mutex::new(MinuteKeys::new(period)),
                 sockets: Mutex::new(HashMap::new()),
-                budgets: Mutex::new(Budgets::default()),
+                users: Mutex::new(Users::new(
+                    Limits {
+                        max_worlds: config.worlds.max_per_user,
+                        forks_per_minute: config.worlds.forks_per_minute,
+                        max_used: config.worlds.max_used_per_user,
+                    },
+                    config.worlds.max_users,
+                )),
+                active: Arc::new(Mutex::new(ActiveWorlds::new())),
                 next_socket: AtomicU64::new(1),
-                used: Mutex::new(UsedNonces::new(MAX_USED_NONCES)),
             }),
         })
     }
@@ -302,12 +261,20 @@ impl Destination for WorldService {
             .filter(|c| c.allows(&user))
             .map(|c| c.info.clone())
             .collect();
-        let budget = lock(&self.shared.budgets).join(binding, self.shared.limits, unix_now_ms());
+        let joined = lock(&self.shared.users).join(&user.user, unix_now_ms());
+        let Ok(budget) = joined else {
+            if USERS_LOG.may_log() {
+                tracing::warn!(user = %user.user, "session socket refused: worlds.max_users users tracked");
+            }
+            let _ = push.close(CLOSE_TOO_MANY_USERS, "too many users");
+            return Some(Box::new(Refused));
+        };
         let socket = Arc::new(Mutex::new(Socket {
             id,
             session: Session::new(user.user.clone(), commands),
             binding,
             budget,
+            active: Arc::clone(&self.shared.active),
             identity: identity.clone(),
             user,
             push,
@@ -337,6 +304,10 @@ impl Destination for WorldService {
 /// The log budget of illegal world transitions (a client causes them at
 /// will), shared by every socket.
 static ILLEGAL_LOG: LogLimiter = LogLimiter::new();
+
+/// The log budget of session sockets refused at `worlds.max_users`
+/// (logged ones are rate-limited: many users can cause them).
+static USERS_LOG: LogLimiter = LogLimiter::new();
 
 /// An HTTP error for the initiate: status and a JSON `{"error": …}`.
 fn refuse(status: u16, error: &str) -> Response {
@@ -426,29 +397,31 @@ impl Shared {
             return refuse(403, "session_socket_gone");
         };
         let once = Once {
-            used: &self.used,
             nonce,
             epoch,
             oldest,
         };
         // cookie.world == init.world, checked above.
-        if let Err(e) = Socket::start_world(&socket, key, dest.as_ref(), once) {
+        if let Err(e) = Socket::start_world(&socket, user, key, dest.as_ref(), once) {
             return match e {
                 StartError::Used(UseError::Replayed) => refuse(409, "replayed"),
                 StartError::Used(UseError::Full) => {
-                    let mut r = refuse(503, "busy");
+                    let mut r = refuse(429, "world_rate");
                     r.headers.push(Header::new(
                         &b"Retry-After"[..],
                         self.period_secs.to_string().into_bytes(),
                     ));
                     r
                 }
-                StartError::Activate(ActivateError::Duplicate) => refuse(409, "already_active"),
+                StartError::Activate(ActivateError::Duplicate | ActivateError::ActiveElsewhere) => {
+                    refuse(409, "already_active")
+                }
                 StartError::Activate(ActivateError::Limit) => refuse(429, "world_limit"),
                 StartError::Activate(ActivateError::NotActive) => {
                     refuse(403, "session_socket_not_active")
                 }
                 StartError::NoWebSocket => refuse(502, "world_destination_unavailable"),
+                StartError::OtherUser => refuse(403, "bad_cookie"),
             };
         }
         tracing::debug!(world = %cookie.world, command = %command.info.name, "world active");
@@ -470,55 +443,22 @@ fn subtle_eq(a: &Binding, b: &Binding) -> subtle::Choice {
 }
 
 enum StartError {
-    /// The cookie was used already, or no more uses can be remembered.
+    /// The cookie was used already, or the user has no room to remember
+    /// more uses.
     Used(UseError),
     Activate(ActivateError),
     NoWebSocket,
+    /// The socket named in the cookie is another user's (the binding
+    /// matched, so only a bug gets here).
+    OtherUser,
 }
 
 /// A cookie's single use: its nonce, filed under the epoch of the key
 /// that opened it, and the oldest epoch whose key is still held.
-struct Once<'a> {
-    used: &'a Mutex<UsedNonces>,
+struct Once {
     nonce: [u8; NONCE],
     epoch: u64,
     oldest: u64,
-}
-
-impl<'a> Once<'a> {
-    /// Marks the nonce used for now (the bound counts it): undone when
-    /// the returned guard is dropped unless it is [`Reserved::keep`]t.
-    /// Drops the sets of keys that are gone first.
-    fn reserve(self) -> Result<Reserved<'a>, UseError> {
-        let mut used = lock(self.used);
-        used.forget_before(self.oldest);
-        used.insert(self.epoch, self.nonce)?;
-        Ok(Reserved {
-            once: self,
-            kept: false,
-        })
-    }
-}
-
-/// A nonce marked used by [`Once::reserve`]; forgotten again on drop
-/// unless kept (the world started).
-struct Reserved<'a> {
-    once: Once<'a>,
-    kept: bool,
-}
-
-impl Reserved<'_> {
-    fn keep(mut self) {
-        self.kept = true;
-    }
-}
-
-impl Drop for Reserved<'_> {
-    fn drop(&mut self) {
-        if !self.kept {
-            lock(self.once.used).remove(self.once.epoch, &self.once.nonce);
-        }
-    }
 }
 
 /// One session socket's state, shared by its endpoint, its timer, its
@@ -527,9 +467,11 @@ struct Socket {
     id: u64,
     session: Session,
     binding: Binding,
-    /// The budget of the login session (`binding`), shared with its other
+    /// The budget of the socket's user, shared with the user's other
     /// sockets. Lock order: the socket, then the budget.
-    budget: Arc<Mutex<SessionBudget>>,
+    budget: Arc<Mutex<UserBudget>>,
+    /// The server's active worlds (lock order: after the budget).
+    active: Arc<Mutex<ActiveWorlds>>,
     /// The socket's identity (every envelope is tagged with it).
     identity: Principal,
     user: Arc<Identity>,
@@ -553,43 +495,56 @@ impl Drop for Link {
 }
 
 impl Socket {
-    /// Activates `world` and opens its destination endpoint with the
-    /// identity `(user, world)`; the cookie stays used only if that worked.
+    /// Activates `world` for `user` and opens its destination endpoint
+    /// with the identity `(user, world)`; the cookie stays used only if
+    /// that worked.
     ///
-    /// Everything that can refuse is checked before anything is opened:
-    /// the cookie's use (reserved, so the bound holds exactly and a racing
-    /// initiate with the same cookie gets 409), the socket's state, the
-    /// login session's world limit, then the endpoint. The login session's
-    /// budget stays locked from that check to the activation, so initiates
-    /// racing on its other sockets cannot overshoot the limit. A refusal
-    /// releases the reservation, so the initiate can be retried.
+    /// Everything runs with the socket and its user's budget locked, so
+    /// initiates racing on the user's other sockets cannot overshoot the
+    /// limit, and one key racing on two sockets starts once (the key is
+    /// claimed in [`ActiveWorlds`] in the same step as the count). In
+    /// order: the cookie's use is marked in the user's set (so a racing
+    /// initiate with the same cookie gets 409, and a user at its bound is
+    /// refused alone), then the world is activated (socket state, key not
+    /// active anywhere, the user's limit), then the endpoint is opened. A
+    /// refusal undoes what came before it, so the initiate can be retried.
     fn start_world(
         this: &Arc<Mutex<Socket>>,
+        user: &Identity,
         key: WorldKey,
         dest: &dyn Destination,
-        once: Once<'_>,
+        once: Once,
     ) -> Result<(), StartError> {
         let world = key.id();
         let mut guard = lock(this);
         let s = &mut *guard;
-        let reserved = once.reserve().map_err(StartError::Used)?;
-        let mut budget = lock(&s.budget);
-        s.session
-            .can_activate(&world, &*budget)
-            .map_err(StartError::Activate)?;
+        if s.user.user != user.user {
+            return Err(StartError::OtherUser);
+        }
+        let mut user_budget = lock(&s.budget);
+        user_budget
+            .mark_used(once.epoch, once.oldest, once.nonce)
+            .map_err(StartError::Used)?;
+        let mut budget = HeldBudget {
+            user: &mut user_budget,
+            active: &s.active,
+            socket: s.id,
+        };
+        if let Err(e) = s.session.activate_world(key, &mut budget) {
+            budget.user.unmark_used(once.epoch, &once.nonce);
+            return Err(StartError::Activate(e));
+        }
         let identity: Principal = Some(Arc::new(Identity {
             world: Some(world.encode()),
             ..(*s.user).clone()
         }));
         let (push, mut pushed) = ws_push_queue();
-        let endpoint = dest
-            .websocket(&identity, push)
-            .ok_or(StartError::NoWebSocket)?;
-        s.session
-            .activate_world(key, &mut *budget)
-            .map_err(StartError::Activate)?;
-        drop(budget);
-        reserved.keep();
+        let Some(endpoint) = dest.websocket(&identity, push) else {
+            s.session.forget_world(&world, &mut budget);
+            budget.user.unmark_used(once.epoch, &once.nonce);
+            return Err(StartError::NoWebSocket);
+        };
+        drop(user_budget);
         let weak = Arc::downgrade(this);
         let expected = identity.clone();
         let forwarder = tokio::runtime::Handle::try_current().ok().map(|rt| {
@@ -608,7 +563,12 @@ impl Socket {
                         Pushed::Close { .. } | Pushed::Overflow => {
                             if s.worlds.contains_key(&world) {
                                 let s = &mut *s;
-                                let outs = s.session.end_world(world, &mut &*s.budget);
+                                let mut budget = SocketBudget {
+                                    user: &s.budget,
+                                    active: &s.active,
+                                    socket: s.id,
+                                };
+                                let outs = s.session.end_world(world, &mut budget);
                                 s.apply(outs);
                             }
                             return;
@@ -709,8 +669,12 @@ impl WsEndpoint for SessionSocket {
                     };
                     lock(keys).seal(&c, now).map(|b| super::b64_encode(&b))
                 };
-                s.session
-                    .on_text(t.as_str(), now, &mut &*s.budget, &mut seal)
+                let mut budget = SocketBudget {
+                    user: &s.budget,
+                    active: &s.active,
+                    socket: s.id,
+                };
+                s.session.on_text(t.as_str(), now, &mut budget, &mut seal)
             }
             WsMessage::Binary(_) => s.session.on_binary(),
         };
@@ -725,17 +689,22 @@ impl Drop for SessionSocket {
         if let Some(t) = self.timer.take() {
             t.abort();
         }
-        let (id, binding) = {
+        let (id, user) = {
             let mut guard = lock(&self.socket);
             let s = &mut *guard;
-            // Ends every world (given back to the login session's budget):
-            // each one's Out::EndWorld drops its link.
-            let outs = s.session.close(&mut &*s.budget);
+            // Ends every world (given back to the user's budget, its key
+            // freed): each one's Out::EndWorld drops its link.
+            let mut budget = SocketBudget {
+                user: &s.budget,
+                active: &s.active,
+                socket: s.id,
+            };
+            let outs = s.session.close(&mut budget);
             s.apply(outs);
-            (s.id, s.binding)
+            (s.id, Arc::clone(&s.user))
         };
         lock(&self.shared.sockets).remove(&id);
-        lock(&self.shared.budgets).leave(&binding);
+        lock(&self.shared.users).leave(&user.user, unix_now_ms());
     }
 }
 
@@ -966,7 +935,7 @@ mod tests {
 
     #[test]
     fn a_refused_initiate_opens_nothing_and_keeps_its_cookie() {
-        let (svc, opened) = service("[worlds]\nmax_per_session = 1\n");
+        let (svc, opened) = service("[worlds]\nmax_per_user = 1\n");
         let mut c = Client::open(&svc, "alice", "tok");
         c.hello();
         let (k1, k2) = (key(1), key(2));
@@ -1001,82 +970,176 @@ mod tests {
         reply["cookie"].as_str().unwrap().to_owned()
     }
 
-    fn budgets(svc: &WorldService) -> usize {
-        lock(&svc.shared.budgets).0.len()
+    fn users(svc: &WorldService) -> usize {
+        lock(&svc.shared.users).len()
+    }
+
+    /// The budget of `user` (tracked: it has a socket open).
+    fn budget_of(svc: &WorldService, user: &str) -> Arc<Mutex<UserBudget>> {
+        let mut users = lock(&svc.shared.users);
+        let b = users.join(user, unix_now_ms()).unwrap();
+        users.leave(user, unix_now_ms());
+        b
+    }
+
+    fn refused(reply: &Value) -> &str {
+        assert_eq!(reply["t"], "fork-refused", "{reply}");
+        reply["reason"].as_str().unwrap()
     }
 
     #[test]
-    fn sockets_of_one_login_session_share_its_limit_and_rate() {
-        let (svc, opened) = service("[worlds]\nmax_per_session = 2\nforks_per_minute = 3\n");
-        // Two sockets of one login session (one bearer token), and one
-        // of another login session of the same user.
+    fn sockets_and_tokens_of_one_user_share_its_limit_and_rate() {
+        let (svc, opened) = service("[worlds]\nmax_per_user = 2\nforks_per_minute = 3\n");
+        // Two sockets of one bearer token, one of another token of alice,
+        // and one of bob.
         let mut a1 = Client::open(&svc, "alice", "tok-1");
         let mut a2 = Client::open(&svc, "alice", "tok-1");
-        let mut other = Client::open(&svc, "alice", "tok-2");
-        for c in [&mut a1, &mut a2, &mut other] {
+        let mut a3 = Client::open(&svc, "alice", "tok-2");
+        let mut bob = Client::open(&svc, "bob", "tok-b");
+        for c in [&mut a1, &mut a2, &mut a3, &mut bob] {
             c.hello();
         }
-        assert_eq!(budgets(&svc), 2);
+        assert_eq!(users(&svc), 2);
         let k = key;
-        // The rate: three forks for the login session, not per socket.
+        // The rate: three forks for alice, whichever token or socket.
         let c1 = cookie(&a1.fork(&k(1), "echo"));
         let c2 = cookie(&a2.fork(&k(2), "echo"));
-        let c3 = cookie(&a1.fork(&k(3), "echo"));
-        let r = a2.fork(&k(4), "echo");
-        assert_eq!(
-            (&r["t"], &r["reason"]),
-            (&json!("fork-refused"), &json!("rate"))
-        );
-        let c4 = cookie(&other.fork(&k(4), "echo"));
-        // The limit: two worlds for the login session, whichever socket
-        // forked them; the third initiate is refused on a socket that has
-        // only one, and opens nothing.
+        let c3 = cookie(&a3.fork(&k(3), "echo"));
+        assert_eq!(refused(&a3.fork(&k(4), "echo")), "rate");
+        assert_eq!(refused(&a1.fork(&k(4), "echo")), "rate");
+        // Bob is not affected.
+        let c4 = cookie(&bob.fork(&k(4), "echo"));
+        // The limit: two worlds for alice; the third initiate, on the
+        // other token, is refused and opens nothing.
         assert_eq!(a1.initiate(&svc, &k(1), "echo", &c1).0, 200);
         assert_eq!(a2.initiate(&svc, &k(2), "echo", &c2).0, 200);
-        let (status, body) = a1.initiate(&svc, &k(3), "echo", &c3);
+        let (status, body) = a3.initiate(&svc, &k(3), "echo", &c3);
         assert_eq!((status, &body["error"]), (429, &json!("world_limit")));
-        let r = a1.fork(&k(5), "echo");
-        assert_eq!(
-            (&r["t"], &r["reason"]),
-            (&json!("fork-refused"), &json!("limit"))
-        );
-        assert_eq!(other.initiate(&svc, &k(4), "echo", &c4).0, 200);
+        assert_eq!(bob.initiate(&svc, &k(4), "echo", &c4).0, 200);
         assert_eq!(opened.0.load(Ordering::Relaxed), 3);
-        // A world of a2 ends: a1 may start its third.
+        // A world of a2 ends: a3 may start its world.
         let w2 = WorldId(k(2).verifying_key().to_bytes()).encode();
         assert_eq!(
             a2.send(json!({"t": "disconnect", "world": w2}))[0]["t"],
             "disconnect"
         );
-        assert_eq!(a1.initiate(&svc, &k(3), "echo", &c3).0, 200);
-        // Closing a socket gives its worlds back to the login session;
-        // the last socket takes the login session's entry along.
+        assert_eq!(a3.initiate(&svc, &k(3), "echo", &c3).0, 200);
+        assert_eq!(lock(&budget_of(&svc, "alice")).worlds(), 2);
+        // Closing sockets gives their worlds back.
         drop(a1);
-        assert_eq!(budgets(&svc), 2);
-        let c6 = cookie(&other.fork(&k(6), "echo"));
-        assert_eq!(other.initiate(&svc, &k(6), "echo", &c6).0, 200);
-        drop(a2);
-        assert_eq!(budgets(&svc), 1);
-        drop(other);
-        assert_eq!(budgets(&svc), 0, "no budget outlives its sockets");
-        // A new socket of the first login session starts afresh.
-        let mut a3 = Client::open(&svc, "alice", "tok-1");
-        a3.hello();
-        for n in 7..9 {
-            let c = cookie(&a3.fork(&k(n), "echo"));
-            assert_eq!(a3.initiate(&svc, &k(n), "echo", &c).0, 200);
-        }
-        assert_eq!(budgets(&svc), 1);
+        drop(a3);
+        assert_eq!(lock(&budget_of(&svc, "alice")).worlds(), 0);
     }
 
     #[test]
-    fn racing_initiates_on_sockets_of_one_login_session_stay_within_the_limit() {
-        let (svc, opened) = service("[worlds]\nmax_per_session = 3\nforks_per_minute = 60\n");
-        // Eight cookies, four forked on each of two sockets of one login
-        // session, whose limit is three worlds; all initiated at once.
+    fn reconnecting_does_not_refill_the_fork_budget() {
+        let (svc, _) = service("[worlds]\nforks_per_minute = 2\n");
+        let mut a = Client::open(&svc, "alice", "tok-1");
+        a.hello();
+        cookie(&a.fork(&key(1), "echo"));
+        cookie(&a.fork(&key(2), "echo"));
+        assert_eq!(refused(&a.fork(&key(3), "echo")), "rate");
+        drop(a);
+        // Alice has no socket, but her bucket is not full again: kept.
+        assert_eq!(users(&svc), 1);
+        for token in ["tok-1", "tok-2"] {
+            let mut again = Client::open(&svc, "alice", token);
+            again.hello();
+            assert_eq!(refused(&again.fork(&key(3), "echo")), "rate");
+        }
+        // Once the bucket is full again (a minute later) the entry can go.
+        lock(&svc.shared.users).sweep(unix_now_ms() + 60_000);
+        assert_eq!(users(&svc), 0);
+    }
+
+    #[test]
+    fn a_world_key_is_active_once_on_the_server() {
+        let (svc, opened) = service("");
+        let mut a1 = Client::open(&svc, "alice", "tok-1");
+        let mut a2 = Client::open(&svc, "alice", "tok-2");
+        let mut bob = Client::open(&svc, "bob", "tok-b");
+        for c in [&mut a1, &mut a2, &mut bob] {
+            c.hello();
+        }
+        let k = key(1);
+        // Cookies for one key on three sockets, before any is active.
+        let c1 = cookie(&a1.fork(&k, "echo"));
+        let c2 = cookie(&a2.fork(&k, "echo"));
+        let cb = cookie(&bob.fork(&k, "echo"));
+        assert_eq!(a1.initiate(&svc, &k, "echo", &c1).0, 200);
+        // Active on a1: refused for another socket of alice and for bob,
+        // at fork and at initiate, and nothing is opened.
+        for c in [&mut a2, &mut bob] {
+            assert_eq!(refused(&c.fork(&k, "echo")), "active");
+        }
+        for (c, ck) in [(&a2, &c2), (&bob, &cb)] {
+            let (status, body) = c.initiate(&svc, &k, "echo", ck);
+            assert_eq!((status, &body["error"]), (409, &json!("already_active")));
+        }
+        assert_eq!(opened.0.load(Ordering::Relaxed), 1);
+        assert_eq!(lock(&budget_of(&svc, "bob")).worlds(), 0);
+        // The world ends on a1 (a disconnect): bob's cookie, not spent by
+        // the refusal, starts it on his socket.
+        let w = WorldId(k.verifying_key().to_bytes()).encode();
+        a1.send(json!({"t": "disconnect", "world": w}));
+        assert_eq!(bob.initiate(&svc, &k, "echo", &cb).0, 200);
+        assert_eq!(refused(&a1.fork(&k, "echo")), "active");
+        // Bob's socket closes: the key is free again.
+        drop(bob);
+        assert!(lock(&svc.shared.active).is_empty());
+        assert_eq!(a2.initiate(&svc, &k, "echo", &c2).0, 200);
+    }
+
+    #[test]
+    fn racing_initiates_of_one_key_on_two_users_start_it_once() {
+        let (svc, opened) = service("");
         let mut socks = [
-            Client::open(&svc, "alice", "tok"),
-            Client::open(&svc, "alice", "tok"),
+            Client::open(&svc, "alice", "tok-a"),
+            Client::open(&svc, "bob", "tok-b"),
+        ];
+        for c in &mut socks {
+            c.hello();
+        }
+        let k = key(7);
+        let forks: Vec<_> = socks
+            .iter_mut()
+            .map(|c| {
+                (
+                    c.identity.clone(),
+                    c.token.clone(),
+                    cookie(&c.fork(&k, "echo")),
+                )
+            })
+            .collect();
+        let barrier = std::sync::Barrier::new(forks.len());
+        let statuses: Vec<u16> = std::thread::scope(|scope| {
+            let handles: Vec<_> = forks
+                .iter()
+                .map(|(identity, token, cookie)| {
+                    let (svc, barrier, k) = (&svc, &barrier, &k);
+                    scope.spawn(move || {
+                        barrier.wait();
+                        initiate(svc, identity, token, k, "echo", cookie).0
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let mut sorted = statuses.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, [200, 409], "{statuses:?}");
+        assert_eq!(opened.0.load(Ordering::Relaxed), 1);
+        assert_eq!(lock(&svc.shared.active).len(), 1);
+    }
+
+    #[test]
+    fn racing_initiates_on_sockets_of_one_user_stay_within_the_limit() {
+        let (svc, opened) = service("[worlds]\nmax_per_user = 3\nforks_per_minute = 60\n");
+        // Eight cookies, four forked on each of two sockets of alice (two
+        // bearer tokens), whose limit is three worlds; all initiated at once.
+        let mut socks = [
+            Client::open(&svc, "alice", "tok-1"),
+            Client::open(&svc, "alice", "tok-2"),
         ];
         for c in &mut socks {
             c.hello();
@@ -1084,17 +1147,22 @@ mod tests {
         let mut forks = Vec::new();
         for n in 1..=8u8 {
             let c = &mut socks[usize::from(n % 2)];
-            forks.push((c.identity.clone(), key(n), cookie(&c.fork(&key(n), "echo"))));
+            forks.push((
+                c.identity.clone(),
+                c.token.clone(),
+                key(n),
+                cookie(&c.fork(&key(n), "echo")),
+            ));
         }
         let barrier = std::sync::Barrier::new(forks.len());
         let statuses: Vec<u16> = std::thread::scope(|scope| {
             let handles: Vec<_> = forks
                 .iter()
-                .map(|(identity, k, cookie)| {
+                .map(|(identity, token, k, cookie)| {
                     let (svc, barrier) = (&svc, &barrier);
                     scope.spawn(move || {
                         barrier.wait();
-                        initiate(svc, identity, "tok", k, "echo", cookie).0
+                        initiate(svc, identity, token, k, "echo", cookie).0
                     })
                 })
                 .collect();
@@ -1103,30 +1171,55 @@ mod tests {
         let count = |status| statuses.iter().filter(|s| **s == status).count();
         assert_eq!((count(200), count(429)), (3, 5), "{statuses:?}");
         assert_eq!(opened.0.load(Ordering::Relaxed), 3);
-        let budget = lock(&svc.shared.budgets)
-            .0
-            .values()
-            .next()
-            .map(|m| Arc::clone(&m.budget));
-        assert_eq!(lock(&budget.unwrap()).worlds(), 3);
+        assert_eq!(lock(&budget_of(&svc, "alice")).worlds(), 3);
     }
 
     #[test]
-    fn at_the_bound_initiates_are_refused_and_nothing_is_forgotten() {
-        let (svc, opened) = service("");
-        *lock(&svc.shared.used) = UsedNonces::new(1);
-        let mut c = Client::open(&svc, "alice", "tok");
-        c.hello();
+    fn a_user_at_its_used_cookie_bound_is_refused_alone() {
+        let (svc, opened) = service("[worlds]\nmax_used_per_user = 1\n");
+        let mut a = Client::open(&svc, "alice", "tok");
+        let mut bob = Client::open(&svc, "bob", "tok-b");
+        a.hello();
+        bob.hello();
         let (k1, k2) = (key(1), key(2));
-        let c1 = c.fork(&k1, "echo")["cookie"].as_str().unwrap().to_owned();
-        let c2 = c.fork(&k2, "echo")["cookie"].as_str().unwrap().to_owned();
-        assert_eq!(c.initiate(&svc, &k1, "echo", &c1).0, 200);
-        let (status, body) = c.initiate(&svc, &k2, "echo", &c2);
-        assert_eq!((status, &body["error"]), (503, &json!("busy")));
+        let c1 = cookie(&a.fork(&k1, "echo"));
+        let c2 = cookie(&a.fork(&k2, "echo"));
+        assert_eq!(a.initiate(&svc, &k1, "echo", &c1).0, 200);
+        let (status, body) = a.initiate(&svc, &k2, "echo", &c2);
+        assert_eq!((status, &body["error"]), (429, &json!("world_rate")));
         assert_eq!(opened.0.load(Ordering::Relaxed), 1);
         // The used cookie is still remembered.
-        let (status, body) = c.initiate(&svc, &k1, "echo", &c1);
+        let (status, body) = a.initiate(&svc, &k1, "echo", &c1);
         assert_eq!((status, &body["error"]), (409, &json!("replayed")));
-        assert_eq!(lock(&svc.shared.used).len(), 1);
+        assert_eq!(lock(&budget_of(&svc, "alice")).used(), 1);
+        // Bob has a set of his own.
+        let (k3, k4) = (key(3), key(4));
+        let c3 = cookie(&bob.fork(&k3, "echo"));
+        assert_eq!(bob.initiate(&svc, &k3, "echo", &c3).0, 200);
+        let c4 = cookie(&bob.fork(&k4, "echo"));
+        assert_eq!(bob.initiate(&svc, &k4, "echo", &c4).0, 429);
+        assert_eq!(opened.0.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn beyond_max_users_a_new_users_socket_is_closed_1013() {
+        let (svc, _) = service("[worlds]\nmax_users = 1\n");
+        let mut a = Client::open(&svc, "alice", "tok");
+        a.hello();
+        let mut bob = Client::open(&svc, "bob", "tok-b");
+        assert!(matches!(
+            bob.rx.try_recv(),
+            Some(Pushed::Close { code: 1013, .. })
+        ));
+        assert_eq!(users(&svc), 1);
+        // Alice, tracked already, may open more.
+        let mut a2 = Client::open(&svc, "alice", "tok-2");
+        assert_eq!(a2.hello()["t"], "welcome");
+        // Once alice is gone (and her bucket full, as she forked nothing),
+        // bob gets in.
+        drop(a);
+        drop(a2);
+        let mut bob = Client::open(&svc, "bob", "tok-b");
+        assert_eq!(bob.hello()["t"], "welcome");
     }
 }

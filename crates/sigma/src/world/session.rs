@@ -7,12 +7,14 @@
 //! socket, no timer and no key; the fork cookie is sealed by the caller's
 //! `seal` function.
 //!
-//! The world limit and the fork rate are not the socket's: they belong to
-//! the login session (one session cookie or bearer token), which may have
-//! many sockets. Each call that forks or starts or ends a world is given
-//! that login session's [`Budget`] (a [`SessionBudget`], or the driver's
-//! shared handle to one), and the session keeps it exact: a world counts
-//! from its activation until it is forgotten.
+//! The world limit, the fork rate and the rule that a world key is active
+//! once on the whole server are not the socket's: the limits belong to the
+//! user (over all of its login sessions, bearer tokens and sockets), the
+//! key rule to the server. Each call that forks or starts or ends a world
+//! is given a [`Budget`] over both (a [`super::budget::UserBudget`] alone
+//! in tests, or the driver's [`super::budget::SocketBudget`]), and the
+//! session keeps it exact: a world counts from its activation until it is
+//! forgotten.
 //!
 //! World states: `Active → Disconnecting → Disconnected`. A world exists
 //! only from its initiate ([`Session::activate_world`]) on, and is
@@ -37,93 +39,39 @@ pub const CLOSE_ACTIVATION_TIMEOUT: u16 = 4408;
 /// [`MAX_LAMPORT`] (only a client stamping near 2^53 - 1 gets there).
 pub const CLOSE_CLOCK_EXHAUSTED: u16 = 1008;
 
-/// The limits of one login session (`[worlds]`), shared by all of its
-/// session sockets.
+/// The limits of one user (`[worlds]`), shared by all of the user's
+/// login sessions, bearer tokens and session sockets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Active worlds at once, over all the login session's sockets.
+    /// Active worlds at once, over all the user's sockets.
     pub max_worlds: usize,
     /// Forks per minute (token bucket, burst the same), over all the
-    /// login session's sockets.
+    /// user's sockets.
     pub forks_per_minute: u32,
+    /// Used fork cookies remembered for the user at most (see
+    /// [`super::budget::UserBudget::mark_used`]).
+    pub max_used: usize,
 }
 
-/// What a [`Session`] asks of its login session's limits. Every socket of
-/// one login session is given the same budget, so the limits hold for the
-/// login session, not per socket.
+/// What a [`Session`] asks of its user's limits and of the server's set of
+/// active worlds. Every socket of one user is given a budget over the same
+/// [`super::budget::UserBudget`], so the limits hold for the user, not per
+/// socket.
 pub trait Budget {
-    /// Whether one more world may become active now (changes nothing).
-    fn has_room(&self) -> bool;
+    /// Whether `world` may become active now (changes nothing): not
+    /// active anywhere on the server ([`ActivateError::Duplicate`] on this
+    /// socket, [`ActivateError::ActiveElsewhere`] on another), and room
+    /// for one more world ([`ActivateError::Limit`]).
+    fn check_world(&self, world: &WorldId) -> Result<(), ActivateError>;
     /// Spends one fork token at `now_ms`; `false` (and nothing spent)
     /// when none is left.
     fn take_fork(&mut self, now_ms: u64) -> bool;
-    /// Counts one more active world if there is room: the check and the
-    /// reservation in one step (so concurrent initiates cannot overshoot).
-    fn add_world(&mut self) -> bool;
-    /// Counts one world fewer (it was forgotten).
-    fn remove_world(&mut self);
-}
-
-/// One login session's world count and fork token bucket: the [`Budget`]
-/// its sockets share.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SessionBudget {
-    limits: Limits,
-    /// Worlds counted by [`Budget::add_world`] and not yet removed.
-    worlds: usize,
-    /// Fork tokens, and when they were last refilled (ms).
-    tokens: f64,
-    refilled_ms: u64,
-}
-
-impl SessionBudget {
-    /// A full budget at `now_ms`: no worlds, every fork token.
-    pub fn new(limits: Limits, now_ms: u64) -> Self {
-        Self {
-            limits,
-            worlds: 0,
-            tokens: f64::from(limits.forks_per_minute),
-            refilled_ms: now_ms,
-        }
-    }
-
-    /// The worlds counted now.
-    pub fn worlds(&self) -> usize {
-        self.worlds
-    }
-}
-
-impl Budget for SessionBudget {
-    fn has_room(&self) -> bool {
-        self.worlds < self.limits.max_worlds
-    }
-
-    fn take_fork(&mut self, now_ms: u64) -> bool {
-        let per_ms = f64::from(self.limits.forks_per_minute) / 60_000.0;
-        let elapsed = now_ms.saturating_sub(self.refilled_ms);
-        self.refilled_ms = self.refilled_ms.max(now_ms);
-        #[allow(clippy::cast_precision_loss)]
-        let refill = elapsed as f64 * per_ms;
-        self.tokens = (self.tokens + refill).min(f64::from(self.limits.forks_per_minute));
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-
-    fn add_world(&mut self) -> bool {
-        if !self.has_room() {
-            return false;
-        }
-        self.worlds = self.worlds.saturating_add(1);
-        true
-    }
-
-    fn remove_world(&mut self) {
-        self.worlds = self.worlds.saturating_sub(1);
-    }
+    /// Counts `world` active if [`Budget::check_world`] allows it: the
+    /// check and the reservation in one step (so concurrent initiates
+    /// cannot overshoot the limit nor start one key twice).
+    fn add_world(&mut self, world: &WorldId) -> Result<(), ActivateError>;
+    /// `world` is forgotten: counted no more, its key free again.
+    fn remove_world(&mut self, world: &WorldId);
 }
 
 /// A world's state on the server.
@@ -206,7 +154,10 @@ pub enum Out {
 pub enum ActivateError {
     /// The world is already active (or ending) here: a replay (409).
     Duplicate,
-    /// The login session has its maximum of worlds (429).
+    /// The world's key is active on another socket (of this user or
+    /// another): a world is active once on the server (409).
+    ActiveElsewhere,
+    /// The user has its maximum of worlds (429).
     Limit,
     /// The socket is not activated or is closing.
     NotActive,
@@ -228,7 +179,7 @@ pub struct Session {
     activated: bool,
     closed: bool,
     lamport: u64,
-    /// This socket's worlds; each is counted in the login session's
+    /// This socket's worlds; each is counted in the user's
     /// [`Budget`] while it is here.
     worlds: HashMap<WorldId, World>,
 }
@@ -326,8 +277,8 @@ impl Session {
         self.error("the session socket takes JSON text messages")
     }
 
-    /// One client text message at `now_ms`. `budget` is the login
-    /// session's (a fork asks it for room and a token, a `disconnect`
+    /// One client text message at `now_ms`. `budget` is the user's and
+    /// the server's (a fork asks it for room and a token, a `disconnect`
     /// gives the world back); `seal` makes the fork cookie (base64url)
     /// for a world and command, or `None` when it cannot.
     pub fn on_text(
@@ -368,8 +319,12 @@ impl Session {
                     Some("duplicate")
                 } else if WorldKey::new(world).is_none() {
                     Some("bad_key")
-                } else if !budget.has_room() {
-                    Some("limit")
+                } else if let Err(e) = budget.check_world(&world) {
+                    Some(match e {
+                        ActivateError::Limit => "limit",
+                        ActivateError::ActiveElsewhere => "active",
+                        ActivateError::Duplicate | ActivateError::NotActive => "duplicate",
+                    })
                 } else if !budget.take_fork(now_ms) {
                     Some("rate")
                 } else {
@@ -467,7 +422,7 @@ impl Session {
         match self.transition(&world, WorldState::Disconnected) {
             Ok(()) => {
                 if self.worlds.remove(&world).is_some() {
-                    budget.remove_world();
+                    budget.remove_world(&world);
                 }
             }
             Err(e) => out.push(Out::Illegal(e)),
@@ -492,10 +447,7 @@ impl Session {
     /// driver keeps the budget to itself in between (holds its lock).
     pub fn can_activate(&self, world: &WorldId, budget: &dyn Budget) -> Result<(), ActivateError> {
         self.can_take(world)?;
-        if !budget.has_room() {
-            return Err(ActivateError::Limit);
-        }
-        Ok(())
+        budget.check_world(world)
     }
 
     /// The initiate for `world` checked out: the world becomes active,
@@ -509,9 +461,7 @@ impl Session {
     ) -> Result<(), ActivateError> {
         let WorldKey { id: world, key } = world;
         self.can_take(&world)?;
-        if !budget.add_world() {
-            return Err(ActivateError::Limit);
-        }
+        budget.add_world(&world)?;
         self.worlds.insert(
             world,
             World {
@@ -521,6 +471,15 @@ impl Session {
             },
         );
         Ok(())
+    }
+
+    /// Undoes [`Session::activate_world`] for a world that never ran (its
+    /// destination opened no endpoint): forgotten and given back to
+    /// `budget`, with no envelope (the client was told nothing yet).
+    pub fn forget_world(&mut self, world: &WorldId, budget: &mut dyn Budget) {
+        if self.worlds.remove(world).is_some() {
+            budget.remove_world(world);
+        }
     }
 
     /// The socket's own checks for a new world: activated, not closing,
@@ -600,6 +559,7 @@ impl WorldKey {
 
 #[cfg(test)]
 mod tests {
+    use super::super::budget::UserBudget;
     use super::*;
     use ed25519_dalek::{Signer, SigningKey};
 
@@ -613,13 +573,14 @@ mod tests {
     const LIMITS: Limits = Limits {
         max_worlds: 2,
         forks_per_minute: 3,
+        max_used: 16,
     };
 
-    /// A socket of alice and the budget of its login session.
-    fn session() -> (Session, SessionBudget) {
+    /// A socket of alice and her budget.
+    fn session() -> (Session, UserBudget) {
         (
             Session::new("alice".into(), commands()),
-            SessionBudget::new(LIMITS, 0),
+            UserBudget::new(LIMITS, 0),
         )
     }
 
@@ -695,7 +656,7 @@ mod tests {
     fn fork_checks_command_duplicate_limit_and_rate() {
         let (mut s, mut b) = session();
         hello(&mut s, &mut b);
-        let fork = |s: &mut Session, b: &mut SessionBudget, k: &SigningKey, cmd: &str, now| {
+        let fork = |s: &mut Session, b: &mut UserBudget, k: &SigningKey, cmd: &str, now| {
             text(&feed(
                 s,
                 b,
@@ -731,16 +692,16 @@ mod tests {
     }
 
     #[test]
-    fn sockets_of_one_login_session_share_its_limit_and_rate() {
-        // Two sockets of one login session, one socket of another login
-        // session of the same user; 2 worlds, 3 forks a minute each.
+    fn sockets_of_one_user_share_its_limit_and_rate() {
+        // Two sockets of alice (any login sessions), one of another user;
+        // 2 worlds, 3 forks a minute each.
         let (mut s1, mut b) = session();
         let (mut s2, _) = session();
         let (mut s3, mut other) = session();
         hello(&mut s1, &mut b);
         hello(&mut s2, &mut b);
         hello(&mut s3, &mut other);
-        let fork = |s: &mut Session, b: &mut SessionBudget, n: u8| {
+        let fork = |s: &mut Session, b: &mut UserBudget, n: u8| {
             let msg = serde_json::json!({"t":"fork","lamport":1,"world":wid(&key(n)).encode(),"command":"echo"});
             let v = text(&feed(s, b, msg, 0));
             v["reason"].as_str().unwrap_or("cookie").to_owned()
@@ -750,7 +711,7 @@ mod tests {
         assert_eq!(fork(&mut s2, &mut b, 2), "cookie");
         s2.activate_world(wk(&key(2)), &mut b).unwrap();
         assert_eq!(b.worlds(), 2);
-        // One world on each socket, and the login session is full.
+        // One world on each socket, and the user is full.
         for s in [&mut s1, &mut s2] {
             assert_eq!(fork(s, &mut b, 3), "limit");
             assert_eq!(s.can_activate(&wid(&key(3)), &b), Err(ActivateError::Limit));
@@ -759,14 +720,14 @@ mod tests {
                 Err(ActivateError::Limit)
             );
         }
-        // The other login session has its own.
+        // The other user has its own.
         assert_eq!(fork(&mut s3, &mut other, 3), "cookie");
         s3.activate_world(wk(&key(3)), &mut other).unwrap();
         assert_eq!((b.worlds(), other.worlds()), (2, 1));
         // A world ends on s1: room for one, on either socket.
         let _ = s1.end_world(wid(&key(1)), &mut b);
         assert_eq!(b.worlds(), 1);
-        // The third token of the login session (s1 spent one, s2 two)...
+        // The user's third token (s1 spent one, s2 two)...
         assert_eq!(fork(&mut s2, &mut b, 4), "cookie");
         // ...so s1, which forked once, is out of tokens too.
         assert_eq!(fork(&mut s1, &mut b, 5), "rate");
@@ -778,6 +739,55 @@ mod tests {
         s1.activate_world(wk(&key(4)), &mut b).unwrap();
         s1.activate_world(wk(&key(5)), &mut b).unwrap();
         assert_eq!(b.worlds(), 2);
+    }
+
+    #[test]
+    fn a_world_key_active_elsewhere_is_refused_and_freed_when_it_ends() {
+        use super::super::budget::{ActiveWorlds, SocketBudget};
+        use std::sync::Mutex;
+        let active = Mutex::new(ActiveWorlds::new());
+        let (alice, bob) = (
+            Mutex::new(UserBudget::new(LIMITS, 0)),
+            Mutex::new(UserBudget::new(LIMITS, 0)),
+        );
+        let mut b1 = SocketBudget {
+            user: &alice,
+            active: &active,
+            socket: 1,
+        };
+        let mut b2 = SocketBudget {
+            user: &bob,
+            active: &active,
+            socket: 2,
+        };
+        let (mut s1, _) = session();
+        let (mut s2, _) = session();
+        hello(&mut s1, &mut b1);
+        hello(&mut s2, &mut b2);
+        let k = key(1);
+        let fork = |s: &mut Session, b: &mut SocketBudget<'_>| {
+            let msg = serde_json::json!({"t":"fork","lamport":1,"world":wid(&k).encode(),"command":"echo"});
+            text(&feed(s, b, msg, 0))
+        };
+        assert_eq!(fork(&mut s1, &mut b1)["t"], "fork-cookie");
+        s1.activate_world(wk(&k), &mut b1).unwrap();
+        // The key is active on socket 1: refused for socket 2 (another
+        // user), at fork and at activation, and nothing is counted.
+        assert_eq!(fork(&mut s2, &mut b2)["reason"], "active");
+        assert_eq!(
+            s2.activate_world(wk(&k), &mut b2),
+            Err(ActivateError::ActiveElsewhere)
+        );
+        assert_eq!(s2.state(&wid(&k)), None);
+        assert_eq!(super::super::budget::lock(&bob).worlds(), 0);
+        // Socket 1 closes: the key is free, and starts on socket 2.
+        let _ = s1.close(&mut b1);
+        assert!(super::super::budget::lock(&active).is_empty());
+        s2.activate_world(wk(&k), &mut b2).unwrap();
+        // Forgetting a world that never ran gives everything back.
+        s2.forget_world(&wid(&k), &mut b2);
+        assert!(super::super::budget::lock(&active).is_empty());
+        assert_eq!(super::super::budget::lock(&bob).worlds(), 0);
     }
 
     #[test]
