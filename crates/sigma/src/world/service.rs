@@ -604,7 +604,7 @@ impl Socket {
                         Pushed::Closed => return,
                         // It closed the world's "socket", or the world did
                         // not keep up: the world ends.
-                        Pushed::Close { .. } | Pushed::Overflow => {
+                        Pushed::Close { .. } | Pushed::Overflow | Pushed::Revoked => {
                             if s.worlds.contains_key(&world) {
                                 let s = &mut *s;
                                 let outs = s.session.end_world(world, &mut &*s.budget);
