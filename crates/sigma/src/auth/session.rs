@@ -565,6 +565,25 @@ mod tests {
         assert_eq!(s.open_sockets(), 0);
     }
 
+    /// A session in use still ends at its lifetime, sockets included.
+    #[test]
+    fn the_sweep_ends_a_used_session_at_its_lifetime() {
+        let store = store();
+        let s = sessions(&store);
+        let a = s.create("alice", &Provider::Password, 0).unwrap();
+        let (_r, rx) = socket(&s, &a, "alice");
+        let mut t = 0;
+        while t + IDLE / 2 < LIFE {
+            t += IDLE / 2;
+            assert!(s.lookup(&a, t).is_some(), "used at {t}");
+            assert_eq!(s.sweep(t), 0);
+        }
+        assert!(!rx.revoked());
+        assert_eq!(s.sweep(LIFE), 1);
+        assert!(rx.revoked());
+        assert!(s.lookup(&a, LIFE).is_none());
+    }
+
     #[test]
     fn tokens_survive_a_restart_but_not_the_session() {
         let store = store();
