@@ -379,6 +379,10 @@ pub struct AuthConfig {
     /// Lifetime of tokens from `POST /auth/token`.
     #[serde(deserialize_with = "duration")]
     pub token_ttl: Duration,
+    /// `POST /auth/token` requests per session per minute (burst of the
+    /// same size); past it, 429 with `Retry-After`.
+    #[serde(deserialize_with = "positive")]
+    pub token_per_session_per_minute: u32,
     /// Origins (`https://app.example.com`) allowed besides sigma's own for
     /// cookie-authenticated unsafe requests and WebSocket upgrades.
     pub allowed_origins: Vec<String>,
@@ -422,6 +426,7 @@ impl Default for AuthConfig {
             session_lifetime: Duration::from_secs(30 * 24 * 3600),
             cookie_secure: false,
             token_ttl: Duration::from_secs(15 * 60),
+            token_per_session_per_minute: 10,
             allowed_origins: Vec::new(),
             trusted_proxies: Vec::new(),
             login_per_ip_per_minute: 20,
@@ -2267,6 +2272,7 @@ mod tests {
             session_lifetime = "2h"
             cookie_secure = true
             token_ttl = "5m"
+            token_per_session_per_minute = 6
             allowed_origins = ["https://app.example.com"]
             trusted_proxies = ["10.1.0.0/16"]
             login_per_ip_per_minute = 7
@@ -2466,6 +2472,7 @@ mod tests {
                 session_lifetime: Duration::from_secs(7200),
                 cookie_secure: true,
                 token_ttl: Duration::from_secs(300),
+                token_per_session_per_minute: 6,
                 allowed_origins: vec!["https://app.example.com".into()],
                 trusted_proxies: vec![Cidr::parse("10.1.0.0/16").unwrap()],
                 login_per_ip_per_minute: 7,

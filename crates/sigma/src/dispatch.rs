@@ -186,6 +186,8 @@ pub struct Dispatch<'a> {
     ws: Option<Box<dyn WsEndpoint>>,
     /// Messages the destination pushes to this socket.
     pub pushed: Option<WsReceiver>,
+    /// The socket's place among its login session's (closed with it).
+    session_socket: Option<auth::revoke::Registration>,
     /// The client's address.
     pub peer: SocketAddr,
     /// The buffered request body's share of the memory budget.
@@ -208,6 +210,7 @@ impl<'a> Dispatch<'a> {
             outbox: Outbox::default(),
             ws: None,
             pushed: None,
+            session_socket: None,
             peer,
             body_account: sigma_http::Account::new(std::sync::Arc::clone(&ctx.budget)),
         }
@@ -300,9 +303,10 @@ impl Dispatch<'_> {
                     _ => Resolved::anonymous(),
                 };
                 let via = resolved.via;
+                let session = resolved.session;
                 let tagged = auth::tag_request(resolved.identity, head);
                 if tagged.msg.websocket.is_some() {
-                    self.on_upgrade(tagged, &via);
+                    self.on_upgrade(tagged, &via, session);
                 } else if self.streams(&tagged.msg, &via) {
                     self.start_stream(tagged, &via);
                 } else {
@@ -384,6 +388,11 @@ impl Dispatch<'_> {
             Event::Ws(WsEvent::Message(msg)) => {
                 inc(&self.ctx.metrics.ws_messages_in);
                 add(&self.ctx.metrics.ws_bytes_in, ws_len(&msg));
+                // The session ended and the connection has not taken the
+                // news yet: nothing more reaches the endpoint as it.
+                if self.pushed.as_ref().is_some_and(WsReceiver::revoked) {
+                    return self.on_pushed(Pushed::Revoked);
+                }
                 let tagged = self.gate.tag(msg);
                 if let Some(ep) = self.ws.as_mut() {
                     if let Some(reply) = ep.on_message(tagged) {
@@ -748,7 +757,12 @@ impl Dispatch<'_> {
         Ok(())
     }
 
-    fn on_upgrade(&mut self, req: Tagged<RequestHead>, via: &Via) {
+    fn on_upgrade(
+        &mut self,
+        req: Tagged<RequestHead>,
+        via: &Via,
+        session: Option<crate::store::SessionId>,
+    ) {
         if let Via::InvalidBearer(reason) = via {
             self.outbox.push(Reply::Response(invalid_token(reason)));
             return;
@@ -766,6 +780,7 @@ impl Dispatch<'_> {
         // The socket's identity is fixed at the upgrade.
         self.gate = Gate::with_identity(req.identity.clone());
         let (push, received) = ws_push_queue();
+        let closer = push.closer();
         let client = ClientInfo {
             ip: match &self.ctx.auth {
                 Some(a) => a.client_ip(self.peer.ip(), &req.msg),
@@ -782,6 +797,11 @@ impl Dispatch<'_> {
                 let admission = ep.accept_when();
                 self.ws = Some(ep);
                 self.pushed = Some(received);
+                // Authenticated by a login session (its cookie or one of
+                // its tokens): the socket closes when the session ends.
+                if let (Some(a), Some(id), Some(who)) = (&self.ctx.auth, session, &req.identity) {
+                    self.session_socket = Some(a.sessions.register_socket(&id, &who.user, closer));
+                }
                 let accept = Reply::Accept {
                     protocol: None,
                     headers: Vec::new(),
@@ -838,6 +858,18 @@ impl Dispatch<'_> {
             Pushed::Close { code, reason } => {
                 self.pushed = None;
                 self.outbox.push(Reply::WsClose { code, reason });
+            }
+            Pushed::Revoked => {
+                // The endpoint goes now (subscriptions, watches, worlds,
+                // the upstream relay), not after the close handshake.
+                self.pushed = None;
+                self.ws = None;
+                self.session_socket = None;
+                self.ctx.metrics.reject("ws_session_revoked");
+                self.outbox.push(Reply::WsClose {
+                    code: crate::route::WS_CLOSE_REVOKED,
+                    reason: "session revoked".into(),
+                });
             }
             Pushed::Overflow => {
                 self.pushed = None;

@@ -148,6 +148,8 @@ pub struct WsSender {
     slow: Arc<std::sync::atomic::AtomicBool>,
     /// Payload bytes queued and not yet taken by the connection.
     bytes: Arc<std::sync::atomic::AtomicUsize>,
+    /// Set when the socket's session ended (see [`WsCloser`]).
+    revoked: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Payload length of a WebSocket message.
@@ -226,6 +228,45 @@ impl WsSender {
     pub fn is_closed(&self) -> bool {
         self.tx.is_closed()
     }
+
+    /// The handle that ends this socket when its session ends (held by
+    /// `A`'s socket registry, [`crate::auth::revoke`]).
+    pub fn closer(&self) -> WsCloser {
+        WsCloser {
+            tx: self.tx.clone(),
+            revoked: Arc::clone(&self.revoked),
+        }
+    }
+}
+
+/// Ends one socket when its session ends: the connection takes
+/// [`Pushed::Revoked`] before anything still queued, drops the endpoint
+/// (its subscriptions, watches, worlds, upstream relay) and closes the
+/// socket with [`WS_CLOSE_REVOKED`].
+#[derive(Debug, Clone)]
+pub struct WsCloser {
+    tx: tokio::sync::mpsc::Sender<Queued>,
+    revoked: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// The close code of a socket whose session ended (logout, expiry, user
+/// deleted, password changed).
+pub const WS_CLOSE_REVOKED: u16 = 4401;
+
+impl WsCloser {
+    /// Marks the socket revoked and wakes its connection. Never waits: a
+    /// full queue is already waking the connection, which looks at the
+    /// mark before the queue.
+    pub fn revoke(&self) {
+        self.revoked
+            .store(true, std::sync::atomic::Ordering::Release);
+        let _ = self.tx.try_send(Queued::Wake);
+    }
+
+    /// True once [`WsCloser::revoke`] was called.
+    pub fn is_revoked(&self) -> bool {
+        self.revoked.load(std::sync::atomic::Ordering::Acquire)
+    }
 }
 
 /// What travels in a push queue.
@@ -233,15 +274,8 @@ impl WsSender {
 enum Queued {
     Message(Tagged<WsMessage>),
     Close(u16, String),
-}
-
-impl From<Queued> for Pushed {
-    fn from(q: Queued) -> Self {
-        match q {
-            Queued::Message(m) => Pushed::Message(m),
-            Queued::Close(code, reason) => Pushed::Close { code, reason },
-        }
-    }
+    /// Look at the revocation mark (sent by [`WsCloser::revoke`]).
+    Wake,
 }
 
 /// The receiving half, held by the connection.
@@ -250,6 +284,7 @@ pub struct WsReceiver {
     rx: tokio::sync::mpsc::Receiver<Queued>,
     slow: Arc<std::sync::atomic::AtomicBool>,
     bytes: Arc<std::sync::atomic::AtomicUsize>,
+    revoked: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What the push queue yields.
@@ -268,18 +303,30 @@ pub enum Pushed {
         /// The close reason.
         reason: String,
     },
+    /// The socket's session ended: drop the endpoint, close with
+    /// [`WS_CLOSE_REVOKED`]. Comes before anything still queued.
+    Revoked,
 }
 
 impl WsReceiver {
     /// The next pushed message, or why there is none.
     pub async fn recv(&mut self) -> Pushed {
-        if self.overflowed() {
-            return Pushed::Overflow;
-        }
-        match self.rx.recv().await {
-            Some(q) => self.taken(q),
-            None if self.overflowed() => Pushed::Overflow,
-            None => Pushed::Closed,
+        loop {
+            if self.revoked() {
+                return Pushed::Revoked;
+            }
+            if self.overflowed() {
+                return Pushed::Overflow;
+            }
+            match self.rx.recv().await {
+                Some(q) => match self.taken(q) {
+                    Some(p) => return p,
+                    // A wake-up: the mark is looked at above.
+                    None => continue,
+                },
+                None if self.overflowed() => return Pushed::Overflow,
+                None => return Pushed::Closed,
+            }
         }
     }
 
@@ -287,23 +334,43 @@ impl WsReceiver {
     /// lets the connection batch a backlog into one write.
     pub fn try_recv(&mut self) -> Option<Pushed> {
         use tokio::sync::mpsc::error::TryRecvError;
-        if self.overflowed() {
-            return Some(Pushed::Overflow);
-        }
-        match self.rx.try_recv() {
-            Ok(q) => Some(self.taken(q)),
-            Err(TryRecvError::Empty) => None,
-            Err(TryRecvError::Disconnected) if self.overflowed() => Some(Pushed::Overflow),
-            Err(TryRecvError::Disconnected) => Some(Pushed::Closed),
+        loop {
+            if self.revoked() {
+                return Some(Pushed::Revoked);
+            }
+            if self.overflowed() {
+                return Some(Pushed::Overflow);
+            }
+            match self.rx.try_recv() {
+                Ok(q) => match self.taken(q) {
+                    Some(p) => return Some(p),
+                    None => continue,
+                },
+                Err(TryRecvError::Empty) => return None,
+                Err(TryRecvError::Disconnected) if self.overflowed() => {
+                    return Some(Pushed::Overflow)
+                }
+                Err(TryRecvError::Disconnected) => return Some(Pushed::Closed),
+            }
         }
     }
 
-    /// A queued item leaves the queue: its bytes no longer count.
-    fn taken(&self, q: Queued) -> Pushed {
-        if let Queued::Message(m) = &q {
-            release(&self.bytes, payload_len(&m.msg));
+    /// A queued item leaves the queue: its bytes no longer count. `None`
+    /// for a wake-up.
+    fn taken(&self, q: Queued) -> Option<Pushed> {
+        match q {
+            Queued::Message(m) => {
+                release(&self.bytes, payload_len(&m.msg));
+                Some(Pushed::Message(m))
+            }
+            Queued::Close(code, reason) => Some(Pushed::Close { code, reason }),
+            Queued::Wake => None,
         }
-        q.into()
+    }
+
+    /// True once the socket's session ended ([`WsCloser::revoke`]).
+    pub fn revoked(&self) -> bool {
+        self.revoked.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// True once a push found the queue full.
@@ -318,13 +385,20 @@ pub fn ws_push_queue() -> (WsSender, WsReceiver) {
     let (tx, rx) = tokio::sync::mpsc::channel(WS_PUSH_QUEUE);
     let slow = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let bytes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let revoked = Arc::new(std::sync::atomic::AtomicBool::new(false));
     (
         WsSender {
             tx,
             slow: Arc::clone(&slow),
             bytes: Arc::clone(&bytes),
+            revoked: Arc::clone(&revoked),
         },
-        WsReceiver { rx, slow, bytes },
+        WsReceiver {
+            rx,
+            slow,
+            bytes,
+            revoked,
+        },
     )
 }
 

@@ -55,6 +55,7 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
         Arc::clone(&metrics),
     )?);
     tokio::spawn(purge_sessions(Arc::clone(&store)));
+    tokio::spawn(sweep_sessions(Arc::clone(&auth)));
     tokio::spawn(refresh_jwks(Arc::clone(&auth)));
     // OIDC discovery and JWKS of `[auth.oauth.*]`, off the request path.
     tokio::spawn(crate::auth::oauth::background(Arc::clone(&auth)));
@@ -124,6 +125,29 @@ async fn refresh_jwks(auth: Arc<Auth>) {
 /// How often expired sessions are deleted from the store (they are refused
 /// on use anyway; this keeps the store from growing).
 const SESSION_PURGE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Closes the sockets of sessions that expired (idle or absolute) with
+/// 4401, every [`crate::auth::session::SWEEP_INTERVAL`]: a socket's
+/// session may expire without any request noticing.
+async fn sweep_sessions(auth: Arc<Auth>) {
+    let mut tick = tokio::time::interval(crate::auth::session::SWEEP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if auth.sessions.open_sockets() == 0 {
+            continue;
+        }
+        let a = Arc::clone(&auth);
+        // A session that is not cached is read from the store.
+        let ended =
+            tokio::task::spawn_blocking(move || a.sessions.sweep(crate::auth::unix_now_ms())).await;
+        if let Ok(n) = ended {
+            if n > 0 {
+                tracing::info!(sessions = n, "closed the sockets of expired sessions");
+            }
+        }
+    }
+}
 
 async fn purge_sessions(store: Arc<dyn Store>) {
     let mut tick = tokio::time::interval(SESSION_PURGE_INTERVAL);

@@ -1,6 +1,7 @@
 //! The requests `A` answers itself (DESIGN §4, §9): `GET /login` (the
 //! bundled page), `POST /login`, `POST /logout`, `GET /auth/whoami`,
-//! `POST /auth/token`.
+//! `POST /auth/token` (a token bound to the caller's session by its
+//! `sid`, throttled per session: 429 + `Retry-After`).
 //!
 //! Login: throttled per client address, per (user, client network) for
 //! failures and by a global failure ceiling (429 + `Retry-After`,
@@ -19,7 +20,7 @@ use serde::Deserialize;
 use serde_json::json;
 use sigma_http::{Header, Method, Response};
 
-use super::{origin, unix_now_ms, Auth, Principal, Provider, Via};
+use super::{origin, unix_now_ms, Auth, Principal, Provider, TokenRefused, Via};
 use crate::auth::Tagged;
 use crate::route::{Handled, HttpRequest};
 
@@ -281,18 +282,32 @@ fn whoami(identity: &Principal) -> Response {
 }
 
 fn token(auth: &Auth, call: &Call<'_>) -> Response {
-    let (Some(id), Via::Cookie(_)) = (call.identity, call.via) else {
+    let (Some(id), Via::Cookie(session)) = (call.identity, call.via) else {
         return json_response(401, json!({"error": "unauthenticated"}));
     };
     if origin::check(&call.req.head, auth.allowed_origins()).is_err() {
         auth.metrics.reject("cross_site");
         return json_response(403, json!({"error": "cross_site"}));
     }
-    match auth.issue_token(&id.user) {
-        Some((token, expires_in)) => {
+    match auth.issue_token(&id.user, session) {
+        Ok((token, expires_in)) => {
             json_response(200, json!({"token": token, "expires_in": expires_in}))
         }
-        None => json_response(503, json!({"error": "tokens_unavailable"})),
+        Err(TokenRefused::Throttled(wait)) => {
+            auth.metrics.reject("token_throttled");
+            // Rounded up: a client that waits this long is let through.
+            let secs = wait
+                .as_secs()
+                .saturating_add(u64::from(wait.subsec_nanos() > 0))
+                .max(1);
+            let mut r = json_response(
+                429,
+                json!({"error": "too_many_requests", "retry_after": secs}),
+            );
+            r.headers
+                .push(Header::new(&b"Retry-After"[..], secs.to_string()));
+            r
+        }
     }
 }
 

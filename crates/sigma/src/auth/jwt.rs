@@ -361,6 +361,7 @@ impl Verifier {
             return Err(JwtError::WrongAudience);
         }
         let sub = claims.string("sub")?.map(str::to_owned);
+        let sid = claims.string("sid")?.map(str::to_owned);
         let user = claims
             .string(&trusted.user_claim)?
             .ok_or_else(|| missing(&trusted.user_claim))?;
@@ -377,6 +378,7 @@ impl Verifier {
                 exp,
                 nbf,
                 iat,
+                sid,
             },
         })
     }

@@ -19,6 +19,7 @@ pub mod jwt;
 pub mod oauth;
 pub mod origin;
 pub mod password;
+pub mod revoke;
 pub mod session;
 pub mod throttle;
 
@@ -159,6 +160,10 @@ pub struct Resolved {
     pub identity: Principal,
     /// Where it came from.
     pub via: Via,
+    /// The login session behind it: the cookie's, or the one a token of
+    /// sigma's belongs to (its `sid`). A WebSocket opened with it closes
+    /// when that session ends.
+    pub session: Option<SessionId>,
 }
 
 impl Resolved {
@@ -167,8 +172,24 @@ impl Resolved {
         Self {
             identity: None,
             via: Via::Anonymous,
+            session: None,
         }
     }
+
+    fn refused(reason: &'static str) -> Self {
+        Self {
+            identity: None,
+            via: Via::InvalidBearer(reason),
+            session: None,
+        }
+    }
+}
+
+/// Why `POST /auth/token` gave no token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenRefused {
+    /// The session asked too often; retry after this long (429).
+    Throttled(std::time::Duration),
 }
 
 /// `A`'s process-wide state: sessions, password checks, login throttling,
@@ -183,6 +204,10 @@ pub struct Auth {
     metrics: Arc<Metrics>,
     /// sigma's own token issuer.
     issuer: jwt::Issuer,
+    /// `POST /auth/token` per session (`auth.token_per_session_per_minute`).
+    token_throttle: governor::DefaultKeyedRateLimiter<revoke::SessionHandle>,
+    /// Token requests since the throttle's map was last trimmed.
+    token_checks: std::sync::atomic::AtomicU64,
     /// Verifies sigma's tokens and the configured external issuers'.
     pub verifier: jwt::Verifier,
     /// OAuth2 / OIDC login (`[auth.oauth.*]`), if any provider is configured.
@@ -249,6 +274,14 @@ impl Auth {
         }
         let verifier = verifier.build().map_err(AuthSetupError::Jwt)?;
         let secure = cookies_secure(config);
+        let handle_key = store
+            .secret("session-handle-key", 32)
+            .map_err(AuthSetupError::Store)?;
+        let handle_key: [u8; 32] = handle_key.try_into().map_err(|_| AuthSetupError::BadKey)?;
+        let token_quota = governor::Quota::per_minute(
+            std::num::NonZeroU32::new(config.token_per_session_per_minute)
+                .unwrap_or(std::num::NonZeroU32::MIN),
+        );
         let oauth = if config.oauth.is_empty() {
             None
         } else {
@@ -271,7 +304,10 @@ impl Auth {
                 config.session_lifetime,
                 secure,
                 config.oauth.keys().cloned().collect(),
+                handle_key,
             ),
+            token_throttle: governor::RateLimiter::keyed(token_quota),
+            token_checks: std::sync::atomic::AtomicU64::new(0),
             store,
             passwords: password::Verifier::new(config.password_workers, config.password_queue),
             throttle: throttle::Throttle::new(throttle::Limits {
@@ -285,43 +321,75 @@ impl Auth {
         })
     }
 
-    /// The identity of a request at `now_ms` (unix ms): the session
-    /// cookie, else anonymous.
+    /// The identity of a request at `now_ms` (unix ms): a bearer token,
+    /// else the session cookie, else anonymous. One of sigma's own tokens
+    /// holds only while its session (`sid`) does.
     pub fn identify(&self, head: &RequestHead, now_ms: u64) -> Resolved {
         if let Some(auth) = head.header("authorization") {
             let Some(token) = jwt::bearer_token(&auth.value) else {
-                return Resolved {
-                    identity: None,
-                    via: Via::InvalidBearer("malformed_authorization"),
-                };
+                return Resolved::refused("malformed_authorization");
             };
-            return match self.verifier.verify(token, now_ms / 1000) {
-                Ok(v) => Resolved {
-                    identity: Some(Arc::new(Identity {
-                        user: v.user,
-                        provider: Provider::Jwt(v.issuer),
-                        world: None,
-                    })),
-                    via: Via::Bearer,
-                },
+            let v = match self.verifier.verify(token, now_ms / 1000) {
+                Ok(v) => v,
                 Err(e) => {
                     self.metrics.reject(e.reason());
-                    Resolved {
-                        identity: None,
-                        via: Via::InvalidBearer(e.reason()),
+                    return Resolved::refused(e.reason());
+                }
+            };
+            let session = if v.issuer == OWN_ISSUER {
+                match self.token_session(&v, now_ms) {
+                    Ok(id) => Some(id),
+                    Err(reason) => {
+                        self.metrics.reject(reason);
+                        return Resolved::refused(reason);
                     }
                 }
+            } else {
+                None
+            };
+            return Resolved {
+                identity: Some(Arc::new(Identity {
+                    user: v.user,
+                    provider: Provider::Jwt(v.issuer),
+                    world: None,
+                })),
+                via: Via::Bearer,
+                session,
             };
         }
         if let Some(id) = session::session_cookie(&head.headers) {
             if let Some(identity) = self.sessions.lookup(&id, now_ms) {
                 return Resolved {
                     identity: Some(identity),
-                    via: Via::Cookie(id),
+                    via: Via::Cookie(id.clone()),
+                    session: Some(id),
                 };
             }
         }
         Resolved::anonymous()
+    }
+
+    /// The live session one of sigma's tokens belongs to, or why there is
+    /// none: no `sid` (a token of an older sigma), or a session that ended.
+    fn token_session(&self, v: &jwt::Verified, now_ms: u64) -> Result<SessionId, &'static str> {
+        let handle = v
+            .claims
+            .sid
+            .as_deref()
+            .ok_or("missing_sid")
+            .and_then(|s| revoke::SessionHandle::parse(s).ok_or("invalid_sid"))?;
+        self.sessions
+            .lookup_token(&handle, &v.user, now_ms)
+            .map(|(id, _)| id)
+            .ok_or("session_ended")
+    }
+
+    /// Ends every session of `user` at once: its tokens are refused and
+    /// its WebSockets close with 4401. Call it after the store deleted the
+    /// user or changed its password (which deletes the sessions' records in
+    /// the same transaction).
+    pub fn revoke_user(&self, user: &str) -> usize {
+        self.sessions.revoke_user(user)
     }
 
     /// The client's address: the peer, or for a trusted proxy the
@@ -335,9 +403,28 @@ impl Auth {
         &self.config.allowed_origins
     }
 
-    /// A token for `user` from `POST /auth/token`, with its lifetime.
-    pub fn issue_token(&self, user: &str) -> Option<(String, u64)> {
-        Some(self.issuer.issue(user, unix_now()))
+    /// A token for `user` of session `session` from `POST /auth/token`,
+    /// with its lifetime; throttled per session, so each token is not a
+    /// fresh budget.
+    pub fn issue_token(
+        &self,
+        user: &str,
+        session: &SessionId,
+    ) -> Result<(String, u64), TokenRefused> {
+        use std::sync::atomic::Ordering;
+        const TRIM_EVERY: u64 = 1024;
+        if self.token_checks.fetch_add(1, Ordering::Relaxed) % TRIM_EVERY == TRIM_EVERY - 1 {
+            self.token_throttle.retain_recent();
+        }
+        let handle = self.sessions.handle(session);
+        if let Err(not_until) = self.token_throttle.check_key(&handle) {
+            use governor::clock::Clock as _;
+            let now = governor::clock::DefaultClock::default().now();
+            return Err(TokenRefused::Throttled(not_until.wait_time_from(now)));
+        }
+        Ok(self
+            .issuer
+            .issue_for_session(user, &handle.encode(), unix_now()))
     }
 
     /// Login page buttons for the configured OAuth providers.

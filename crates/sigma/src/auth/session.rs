@@ -2,6 +2,8 @@
 //!
 //! ```text
 //!  request ──Cookie: sigma_session=ID──▶ [ A: Sessions::lookup ] ──identity──▶ route
+//!  request ──Bearer (sid)──────────────▶ [ A: Sessions::lookup_token ] ──live?──▶ route
+//!  logout · expiry · user del · passwd ──▶ [ Sessions ] ──▶ store, cache, open sockets (4401)
 //! ```
 //!
 //! The cookie carries only an opaque 256-bit id; the record (user, created,
@@ -11,20 +13,39 @@
 //! and caches the live session. Unknown ids are never cached, so random
 //! cookies cannot grow memory. `last_seen` is kept in memory and written
 //! back at most once per [`TOUCH_PERSIST_INTERVAL`], without an fsync.
-//! Logout and password changes revoke in the store and the cache.
 //! A session opened through an OAuth provider that is no longer configured
 //! is no session (and is deleted): removing a provider logs its users out.
 //! This module does not decide who may log in.
+//!
+//! **Sessions that end take everything with them.** Each session has a
+//! public [`SessionHandle`]: a keyed hash (SHA-256 under a secret kept in
+//! the store, truncated to 128 bits) of its id, so it names the session
+//! without revealing the cookie. It is the `sid` claim of sigma's bearer
+//! tokens ([`Sessions::lookup_token`]: the cache maps handles to ids; a
+//! miss looks among the token user's sessions in the store once, and a
+//! handle found dead is remembered, bounded, so replayed tokens of ended
+//! sessions cost a hash probe) and the key under which the session's open
+//! WebSockets are registered ([`Sockets`]). Logout, expiry (found on use
+//! or by [`Sessions::sweep`], which the server runs every
+//! [`SWEEP_INTERVAL`]), a deleted user and a changed password
+//! ([`Sessions::revoke_user`]) remove the session from the store and the
+//! cache, mark its handle dead, and close its sockets with 4401. An open
+//! WebSocket does not keep its session alive: only requests (with the
+//! cookie or a token) touch `last_seen`, so a socket alone ends with its
+//! session's idle timeout.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use cookie::{Cookie, SameSite};
+use sha2::{Digest as _, Sha256};
 use sigma_http::Header;
 
+use crate::auth::revoke::{Registration, SessionHandle, Sockets};
 use crate::auth::{Identity, Provider};
+use crate::route::WsCloser;
 use crate::store::{SessionId, SessionRecord, Store, StoreError};
 
 /// The session cookie's name.
@@ -39,19 +60,58 @@ pub const TOUCH_PERSIST_INTERVAL: u64 = 60_000;
 /// refilled from the store on demand (a bound, not an expected size).
 const MAX_CACHED: usize = 100_000;
 
+/// Most handles of ended sessions remembered; past it, they are forgotten
+/// (a token of one then costs one store read again, and is refused).
+const MAX_DEAD: usize = 100_000;
+
+/// How often the server looks for expired sessions that still have open
+/// sockets ([`Sessions::sweep`]): sockets close within this (plus the
+/// close handshake) of their session's expiry.
+pub const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
+
 /// A session known to be live.
 #[derive(Debug)]
 struct Live {
     identity: Arc<Identity>,
     record: SessionRecord,
+    handle: SessionHandle,
     last_seen: AtomicU64,
     persisted: AtomicU64,
+}
+
+/// The in-memory side of the sessions, under one lock.
+#[derive(Default)]
+struct Cache {
+    live: HashMap<SessionId, Arc<Live>>,
+    /// The ids of the cached sessions, by handle (the `sid` of tokens).
+    by_handle: HashMap<SessionHandle, SessionId>,
+    /// Handles of sessions that ended (the negative cache of tokens).
+    dead: HashSet<SessionHandle>,
+}
+
+impl Cache {
+    fn remove(&mut self, id: &SessionId) -> Option<Arc<Live>> {
+        let live = self.live.remove(id)?;
+        self.by_handle.remove(&live.handle);
+        Some(live)
+    }
+
+    fn bury(&mut self, handle: SessionHandle) {
+        if self.dead.len() >= MAX_DEAD {
+            self.dead.clear();
+        }
+        self.dead.insert(handle);
+    }
 }
 
 /// The session manager of a sigma process.
 pub struct Sessions {
     store: Arc<dyn Store>,
-    cache: RwLock<HashMap<SessionId, Arc<Live>>>,
+    cache: RwLock<Cache>,
+    /// The key of [`Sessions::handle`].
+    handle_key: [u8; 32],
+    /// The open sockets of each session.
+    sockets: Sockets,
     idle: u64,
     lifetime: u64,
     secure: bool,
@@ -72,16 +132,20 @@ impl Sessions {
     /// Sessions in `store`, expiring after `idle` without use or `lifetime`
     /// after login; `secure` marks the cookie `Secure`. Sessions opened
     /// through an OAuth provider count only if it is in `oauth_providers`.
+    /// `handle_key` keys the session handles (a secret from the store).
     pub fn new(
         store: Arc<dyn Store>,
         idle: Duration,
         lifetime: Duration,
         secure: bool,
         oauth_providers: BTreeSet<String>,
+        handle_key: [u8; 32],
     ) -> Self {
         Self {
             store,
-            cache: RwLock::new(HashMap::new()),
+            cache: RwLock::new(Cache::default()),
+            handle_key,
+            sockets: Sockets::new(),
             idle: u64::try_from(idle.as_millis()).unwrap_or(u64::MAX),
             lifetime: u64::try_from(lifetime.as_millis()).unwrap_or(u64::MAX),
             secure,
@@ -89,38 +153,27 @@ impl Sessions {
         }
     }
 
+    /// The public handle of session `id` (see the module docs).
+    pub fn handle(&self, id: &SessionId) -> SessionHandle {
+        let mut h = Sha256::new();
+        h.update(b"sigma-session-handle\0");
+        h.update(self.handle_key);
+        h.update(id.0);
+        let digest: [u8; 32] = h.finalize().into();
+        let mut out = [0u8; 16];
+        for (o, d) in out.iter_mut().zip(digest) {
+            *o = d;
+        }
+        SessionHandle(out)
+    }
+
     /// The identity of a live session at `now` (unix ms), touching its
-    /// `last_seen`. Expired sessions are removed.
+    /// `last_seen`. Expired sessions are ended (store, cache, sockets).
     pub fn lookup(&self, id: &SessionId, now: u64) -> Option<Arc<Identity>> {
-        let cached = self.cache.read().ok().and_then(|c| c.get(id).cloned());
-        let live = match cached {
-            Some(live) => live,
-            None => {
-                let record = self.store.session_get(id).ok().flatten()?;
-                let Some(identity) = identity_of(&record, &self.oauth_providers) else {
-                    // Opened through a provider that is gone from the
-                    // configuration (or an unknown kind): no session.
-                    self.delete_later(id);
-                    return None;
-                };
-                let live = Arc::new(Live {
-                    identity: Arc::new(identity),
-                    last_seen: AtomicU64::new(record.last_seen),
-                    persisted: AtomicU64::new(record.last_seen),
-                    record,
-                });
-                if let Ok(mut c) = self.cache.write() {
-                    if c.len() >= MAX_CACHED {
-                        c.clear();
-                    }
-                    c.insert(id.clone(), Arc::clone(&live));
-                }
-                live
-            }
-        };
+        let live = self.live(id)?;
         let last = live.last_seen.load(Ordering::Relaxed);
         if now >= live.record.expires || now >= last.saturating_add(self.idle) {
-            self.forget(id);
+            self.end(id, live.handle);
             self.delete_later(id);
             return None;
         }
@@ -150,6 +203,140 @@ impl Sessions {
         Some(Arc::clone(&live.identity))
     }
 
+    /// The session behind one of sigma's tokens, by its `sid` claim and
+    /// its user (`sub`): the session's id and identity if it is live at
+    /// `now` (touching it, like [`Sessions::lookup`]).
+    pub fn lookup_token(
+        &self,
+        handle: &SessionHandle,
+        user: &str,
+        now: u64,
+    ) -> Option<(SessionId, Arc<Identity>)> {
+        let cached = {
+            let c = self.cache.read().ok()?;
+            if c.dead.contains(handle) {
+                return None;
+            }
+            c.by_handle.get(handle).cloned()
+        };
+        let id = match cached {
+            Some(id) => id,
+            None => {
+                // Not cached (a restart, or the cache was cleared): the
+                // session is among its user's in the store, or gone.
+                let found = self
+                    .store
+                    .sessions_of_user(user)
+                    .ok()
+                    .and_then(|ids| ids.into_iter().find(|id| self.handle(id) == *handle));
+                match found {
+                    Some(id) => id,
+                    // `sid` and `sub` are signed together by sigma: a
+                    // handle not among its user's sessions has ended.
+                    None => {
+                        if let Ok(mut c) = self.cache.write() {
+                            c.bury(*handle);
+                        }
+                        return None;
+                    }
+                }
+            }
+        };
+        let identity = self.lookup(&id, now)?;
+        (identity.user == user).then_some((id, identity))
+    }
+
+    /// The cached session `id`, reading the store on a miss. A session
+    /// that ended meanwhile (its handle is dead) is not cached again.
+    fn live(&self, id: &SessionId) -> Option<Arc<Live>> {
+        if let Some(live) = self.cache.read().ok().and_then(|c| c.live.get(id).cloned()) {
+            return Some(live);
+        }
+        let record = self.store.session_get(id).ok().flatten()?;
+        let Some(identity) = identity_of(&record, &self.oauth_providers) else {
+            // Opened through a provider that is gone from the
+            // configuration (or an unknown kind): no session.
+            self.delete_later(id);
+            return None;
+        };
+        let handle = self.handle(id);
+        let live = Arc::new(Live {
+            identity: Arc::new(identity),
+            last_seen: AtomicU64::new(record.last_seen),
+            persisted: AtomicU64::new(record.last_seen),
+            handle,
+            record,
+        });
+        let mut c = self.cache.write().ok()?;
+        // Ended between the store read and now (a logout racing this
+        // lookup): it must not come back.
+        if c.dead.contains(&handle) {
+            return None;
+        }
+        if c.live.len() >= MAX_CACHED {
+            c.live.clear();
+            c.by_handle.clear();
+        }
+        c.live.insert(id.clone(), Arc::clone(&live));
+        c.by_handle.insert(handle, id.clone());
+        Some(live)
+    }
+
+    /// True if session `id` is live at `now`, without touching it.
+    fn alive(&self, id: &SessionId, now: u64) -> bool {
+        self.live(id).is_some_and(|live| {
+            let last = live.last_seen.load(Ordering::Relaxed);
+            now < live.record.expires && now < last.saturating_add(self.idle)
+        })
+    }
+
+    /// A session ended: out of the cache, its handle dead, its sockets
+    /// closed (4401). The store is the caller's.
+    fn end(&self, id: &SessionId, handle: SessionHandle) {
+        if let Ok(mut c) = self.cache.write() {
+            c.remove(id);
+            c.bury(handle);
+        }
+        self.sockets.revoke(&handle);
+    }
+
+    /// Registers an open WebSocket of session `id` (user `user`) so that
+    /// it closes when the session ends. One registered just as the session
+    /// ended is closed at once.
+    pub fn register_socket(&self, id: &SessionId, user: &str, closer: WsCloser) -> Registration {
+        let handle = self.handle(id);
+        let reg = self.sockets.register(handle, id, user, closer);
+        let dead = self
+            .cache
+            .read()
+            .map(|c| c.dead.contains(&handle))
+            .unwrap_or(true);
+        if dead {
+            self.sockets.revoke(&handle);
+        }
+        reg
+    }
+
+    /// Ends the sessions that expired by `now` and still have open
+    /// sockets, closing those (4401); how many sessions. Reads the store
+    /// for sessions not cached: call it off the executor.
+    pub fn sweep(&self, now: u64) -> usize {
+        let mut ended = 0;
+        for (handle, id) in self.sockets.sessions() {
+            if !self.alive(&id, now) {
+                self.end(&id, handle);
+                self.delete_later(&id);
+                ended += 1;
+            }
+        }
+        ended
+    }
+
+    /// The number of open sockets registered under a session.
+    pub fn open_sockets(&self) -> usize {
+        self.sockets.len()
+    }
+
     /// Opens a session for `user` at `now` (unix ms), durably; returns its id.
     pub fn create(
         &self,
@@ -169,18 +356,30 @@ impl Sessions {
         Ok(id)
     }
 
-    /// Revokes a session in the store and the cache.
+    /// Revokes a session: its sockets close (4401), its tokens are
+    /// refused, and it is deleted from the store.
     pub fn revoke(&self, id: &SessionId) -> Result<bool, StoreError> {
-        self.forget(id);
+        self.end(id, self.handle(id));
         self.store.session_delete(id)
     }
 
-    /// Drops every cached session of `user` (after a password change or
-    /// deletion elsewhere revoked them in the store).
-    pub fn forget_user(&self, user: &str) {
+    /// Ends every session of `user` in memory: cache, tokens, sockets
+    /// (4401). The hook of a user deletion or a password change, whose
+    /// store transaction already deleted the sessions' records.
+    pub fn revoke_user(&self, user: &str) -> usize {
         if let Ok(mut c) = self.cache.write() {
-            c.retain(|_, live| live.record.user != user);
+            let ended: Vec<(SessionId, SessionHandle)> = c
+                .live
+                .iter()
+                .filter(|(_, live)| live.record.user == user)
+                .map(|(id, live)| (id.clone(), live.handle))
+                .collect();
+            for (id, handle) in ended {
+                c.remove(&id);
+                c.bury(handle);
+            }
         }
+        self.sockets.revoke_user(user)
     }
 
     /// Deletes a dead session's record. Best effort, off the executor: the
@@ -192,12 +391,6 @@ impl Sessions {
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => drop(rt.spawn_blocking(delete)),
             Err(_) => delete(),
-        }
-    }
-
-    fn forget(&self, id: &SessionId) {
-        if let Ok(mut c) = self.cache.write() {
-            c.remove(id);
         }
     }
 
@@ -271,6 +464,155 @@ pub fn session_cookie(headers: &[Header]) -> Option<SessionId> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::route::{ws_push_queue, WsReceiver};
+    use crate::store::{RedbStore, UserRecord};
+
+    const IDLE: u64 = 10_000;
+    const LIFE: u64 = 60_000;
+
+    fn sessions(store: &Arc<dyn Store>) -> Sessions {
+        Sessions::new(
+            Arc::clone(store),
+            Duration::from_millis(IDLE),
+            Duration::from_millis(LIFE),
+            false,
+            BTreeSet::new(),
+            [9; 32],
+        )
+    }
+
+    fn store() -> Arc<dyn Store> {
+        let s = RedbStore::in_memory().unwrap();
+        for u in ["alice", "bob"] {
+            let rec = UserRecord {
+                phc: "x".into(),
+                created: 0,
+            };
+            assert!(s.user_create(u, &rec).unwrap());
+        }
+        Arc::new(s)
+    }
+
+    fn socket(s: &Sessions, id: &SessionId, user: &str) -> (Registration, WsReceiver) {
+        let (tx, rx) = ws_push_queue();
+        (s.register_socket(id, user, tx.closer()), rx)
+    }
+
+    #[test]
+    fn handles_are_keyed_and_do_not_show_the_id() {
+        let store = store();
+        let s = sessions(&store);
+        let id = SessionId([3; 32]);
+        let h = s.handle(&id);
+        assert_eq!(h, s.handle(&id));
+        assert_ne!(h, s.handle(&SessionId([4; 32])));
+        assert!(!id.0.windows(4).any(|w| h.0.windows(4).any(|x| x == w)));
+        let other_key = Sessions::new(
+            store,
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+            false,
+            BTreeSet::new(),
+            [8; 32],
+        );
+        assert_ne!(h, other_key.handle(&id));
+    }
+
+    /// Logout, a deleted user (the in-process `revoke_user` hook) and
+    /// expiry each end exactly their sessions: sockets marked, tokens
+    /// refused; other sessions keep theirs.
+    #[tokio::test]
+    async fn ending_sessions_takes_their_sockets_and_tokens_only() {
+        let store = store();
+        let s = sessions(&store);
+        let now = 1_000;
+        let a = s.create("alice", &Provider::Password, now).unwrap();
+        let b = s.create("alice", &Provider::Password, now).unwrap();
+        let c = s.create("bob", &Provider::Password, now).unwrap();
+        let (ha, hb, hc) = (s.handle(&a), s.handle(&b), s.handle(&c));
+        let (_ra, sa) = socket(&s, &a, "alice");
+        let (_ra2, sa2) = socket(&s, &a, "alice");
+        let (_rb, sb) = socket(&s, &b, "alice");
+        let (_rc, sc) = socket(&s, &c, "bob");
+        assert!(s.lookup_token(&ha, "alice", now).is_some());
+        assert!(s.lookup_token(&hc, "bob", now).is_some());
+        // A token names its user: another's `sub` does not fit.
+        assert!(s.lookup_token(&hc, "alice", now).is_none());
+        assert_eq!(s.open_sockets(), 4);
+
+        // Logout of `a`.
+        assert!(s.revoke(&a).unwrap());
+        assert!(sa.revoked() && sa2.revoked());
+        assert!(!sb.revoked() && !sc.revoked());
+        assert!(s.lookup_token(&ha, "alice", now).is_none());
+        assert!(s.lookup(&a, now).is_none());
+        assert!(s.lookup_token(&hb, "alice", now).is_some());
+
+        // `sigma user del alice`: the store deletes the records, the hook
+        // ends what is in memory.
+        assert!(store.user_delete("alice").unwrap());
+        assert_eq!(s.revoke_user("alice"), 1);
+        assert!(sb.revoked() && !sc.revoked());
+        assert!(s.lookup_token(&hb, "alice", now).is_none());
+        assert!(s.lookup_token(&hc, "bob", now).is_some());
+
+        // Expiry, found by the sweep with no request at all.
+        assert_eq!(s.sweep(now + IDLE - 1), 0);
+        assert!(!sc.revoked());
+        assert_eq!(s.sweep(now + IDLE), 1);
+        assert!(sc.revoked());
+        assert!(s.lookup_token(&hc, "bob", now + IDLE).is_none());
+        assert_eq!(s.open_sockets(), 0);
+    }
+
+    /// A session in use still ends at its lifetime, sockets included.
+    #[test]
+    fn the_sweep_ends_a_used_session_at_its_lifetime() {
+        let store = store();
+        let s = sessions(&store);
+        let a = s.create("alice", &Provider::Password, 0).unwrap();
+        let (_r, rx) = socket(&s, &a, "alice");
+        let mut t = 0;
+        while t + IDLE / 2 < LIFE {
+            t += IDLE / 2;
+            assert!(s.lookup(&a, t).is_some(), "used at {t}");
+            assert_eq!(s.sweep(t), 0);
+        }
+        assert!(!rx.revoked());
+        assert_eq!(s.sweep(LIFE), 1);
+        assert!(rx.revoked());
+        assert!(s.lookup(&a, LIFE).is_none());
+    }
+
+    #[test]
+    fn tokens_survive_a_restart_but_not_the_session() {
+        let store = store();
+        let s = sessions(&store);
+        let a = s.create("alice", &Provider::Password, 1_000).unwrap();
+        let h = s.handle(&a);
+        // A new process, same store and key: the handle is found among
+        // the user's sessions, then cached.
+        let s2 = sessions(&store);
+        assert!(s2.lookup_token(&h, "alice", 2_000).is_some());
+        assert!(s2.revoke(&a).unwrap());
+        assert!(s2.lookup_token(&h, "alice", 2_000).is_none());
+        // Never a session again, even after the first process's cache.
+        let s3 = sessions(&store);
+        assert!(s3.lookup_token(&h, "alice", 2_000).is_none());
+        assert!(s3.cache.read().unwrap().dead.contains(&h));
+    }
+
+    #[test]
+    fn a_socket_registered_as_its_session_ends_is_closed_at_once() {
+        let store = store();
+        let s = sessions(&store);
+        let a = s.create("alice", &Provider::Password, 1_000).unwrap();
+        assert!(s.lookup(&a, 1_000).is_some());
+        s.revoke(&a).unwrap();
+        // The upgrade resolved the session just before the logout.
+        let (_r, rx) = socket(&s, &a, "alice");
+        assert!(rx.revoked());
+    }
 
     fn h(v: &str) -> Header {
         Header::new(&b"Cookie"[..], v.as_bytes().to_vec())

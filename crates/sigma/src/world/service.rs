@@ -560,7 +560,7 @@ impl Socket {
                         Pushed::Closed => return,
                         // It closed the world's "socket", or the world did
                         // not keep up: the world ends.
-                        Pushed::Close { .. } | Pushed::Overflow => {
+                        Pushed::Close { .. } | Pushed::Overflow | Pushed::Revoked => {
                             if s.worlds.contains_key(&world) {
                                 let s = &mut *s;
                                 let mut budget = SocketBudget {

@@ -36,6 +36,10 @@ pub struct Claims {
     pub nbf: Option<u64>,
     /// Issued at, seconds since the Unix epoch.
     pub iat: Option<u64>,
+    /// The login session a token of sigma's belongs to (a
+    /// [`crate::auth::revoke::SessionHandle`], never the session id): the
+    /// token dies with the session.
+    pub sid: Option<String>,
 }
 
 impl Claims {
@@ -56,6 +60,9 @@ impl Claims {
         m.insert("iss".into(), Value::String(self.iss.clone()));
         if let Some(nbf) = self.nbf {
             m.insert("nbf".into(), Value::from(nbf));
+        }
+        if let Some(sid) = &self.sid {
+            m.insert("sid".into(), Value::String(sid.clone()));
         }
         if let Some(sub) = &self.sub {
             m.insert("sub".into(), Value::String(sub.clone()));
@@ -123,10 +130,20 @@ impl Issuer {
         }
     }
 
-    /// A token for `user` issued at `now_unix`, and its lifetime in seconds
-    /// (`expires_in` of `POST /auth/token`).
+    /// A token for `user` issued at `now_unix` without a `sid`, and its
+    /// lifetime in seconds. sigma refuses such tokens (they are not bound
+    /// to a session); kept for the interoperability vectors.
     pub fn issue(&self, user: &str, now_unix: u64) -> (String, u64) {
         let claims = self.claims(user, now_unix);
+        (self.sign(&claims.to_json()), self.ttl_secs)
+    }
+
+    /// A token for `user` of session `sid` (its public handle) issued at
+    /// `now_unix`, and its lifetime in seconds (`expires_in` of `POST
+    /// /auth/token`).
+    pub fn issue_for_session(&self, user: &str, sid: &str, now_unix: u64) -> (String, u64) {
+        let mut claims = self.claims(user, now_unix);
+        claims.sid = Some(sid.to_owned());
         (self.sign(&claims.to_json()), self.ttl_secs)
     }
 
@@ -139,6 +156,7 @@ impl Issuer {
             exp: now_unix.saturating_add(self.ttl_secs),
             nbf: None,
             iat: Some(now_unix),
+            sid: None,
         }
     }
 

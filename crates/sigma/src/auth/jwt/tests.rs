@@ -59,8 +59,13 @@ fn issue_then_verify() {
             exp: NOW + 900,
             nbf: None,
             iat: Some(NOW),
+            sid: None,
         }
     );
+    // A session's token carries its handle, and verifies the same.
+    let (token2, _) = iss.issue_for_session("alice", "h4ndle", NOW);
+    let v2 = verifier(&iss).verify(&token2, NOW).unwrap();
+    assert_eq!(v2.claims.sid.as_deref(), Some("h4ndle"));
     // The header names the key and the algorithm.
     let header = token.split('.').next().unwrap();
     let header: serde_json::Value =
