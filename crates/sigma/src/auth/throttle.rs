@@ -14,7 +14,12 @@
 //!   `[auth] login_failures_per_user_per_minute`.
 //! - **A global ceiling** on failed logins, all clients together: a
 //!   distributed guess (many networks) cannot exceed it.
-//!   `[auth] login_failures_per_minute`.
+//!   `[auth] login_failures_per_minute`. Over the ceiling nobody is locked
+//!   out: a (user name, client network) with no recent failure still gets
+//!   one attempt a minute ([`OVER_CEILING_PER_MINUTE`]), so a user logging
+//!   in from a network that is not guessing gets in at once, while the
+//!   networks that have failed wait (a flood that fills the ceiling cannot
+//!   lock `alice` out from her own network).
 //!
 //! Each limit is a token bucket (GCRA: one deadline per key) holding a
 //! burst of its per-minute size. A failure budget is *reserved* when the
@@ -44,6 +49,8 @@ pub const MAX_KEYS: usize = 32_768;
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// `Retry-After` when a full (user, network) map refuses.
 const FULL_RETRY: Duration = Duration::from_secs(1);
+/// Attempts per (user, network) a minute while the global ceiling is spent.
+pub const OVER_CEILING_PER_MINUTE: u32 = 1;
 
 /// The address an attempt counts against: IPv4 as is, IPv6 by its /64
 /// (IPv4-mapped IPv6 is IPv4).
@@ -109,6 +116,8 @@ impl Throttled {
 pub struct Attempt {
     addr: IpAddr,
     user: (String, IpAddr),
+    /// It holds a unit of the global ceiling (false: let through over it).
+    global: bool,
 }
 
 /// The three login limits of `A`.
@@ -117,6 +126,8 @@ pub struct Throttle {
     per_addr: Buckets<IpAddr>,
     failures_per_user: Buckets<(String, IpAddr)>,
     failures: Buckets<()>,
+    /// While `failures` is empty: one attempt a minute per (user, network).
+    over_ceiling: Buckets<(String, IpAddr)>,
 }
 
 impl Throttle {
@@ -126,6 +137,7 @@ impl Throttle {
             per_addr: Buckets::new(limits.per_addr, MAX_KEYS),
             failures_per_user: Buckets::new(limits.failures_per_user, MAX_KEYS),
             failures: Buckets::new(limits.failures, 1),
+            over_ceiling: Buckets::new(OVER_CEILING_PER_MINUTE, MAX_KEYS),
         }
     }
 
@@ -167,30 +179,54 @@ impl Throttle {
 
     fn begin_at(&self, ip: IpAddr, user: &str, now: Instant) -> Result<Attempt, Throttled> {
         self.check_addr_at(ip, now)?;
-        let wait = match self.failures.take((), now) {
+        let key = (user_key(user), net_key(ip));
+        let global_wait = match self.failures.take((), now) {
             Take::Taken => None,
             Take::Wait(wait) => Some(wait),
             // One key only: cannot be full, but never fails open.
             Take::Full => Some(FULL_RETRY),
         };
-        if let Some(wait) = wait {
-            return Err(Throttled {
-                reason: "login_failures_global",
-                wait,
-            });
+        if let Some(global_wait) = global_wait {
+            // Over the ceiling: a (user, network) with no recent failure
+            // gets one attempt a minute, so the guessers stop and nobody
+            // is locked out.
+            if !self.failures_per_user.is_rested(&key, now) {
+                return Err(Throttled {
+                    reason: "login_failures_global",
+                    wait: global_wait,
+                });
+            }
+            match self.over_ceiling.take(key.clone(), now) {
+                Take::Taken => {}
+                Take::Wait(wait) => {
+                    return Err(Throttled {
+                        reason: "login_failures_global",
+                        wait: wait.max(global_wait),
+                    })
+                }
+                Take::Full => {
+                    return Err(Throttled {
+                        reason: "login_failures_global",
+                        wait: global_wait,
+                    })
+                }
+            }
         }
-        let key = (user_key(user), net_key(ip));
+        let counted_global = global_wait.is_none();
         let wait = match self.failures_per_user.take(key.clone(), now) {
             Take::Taken => {
                 return Ok(Attempt {
                     addr: ip,
                     user: key,
+                    global: counted_global,
                 })
             }
             Take::Wait(wait) => wait,
             Take::Full => FULL_RETRY,
         };
-        self.failures.give_back(&(), now);
+        if counted_global {
+            self.failures.give_back(&(), now);
+        }
         Err(Throttled {
             reason: "login_failures_user",
             wait,
@@ -199,7 +235,9 @@ impl Throttle {
 
     fn succeeded_at(&self, attempt: Attempt, now: Instant) {
         self.failures_per_user.give_back(&attempt.user, now);
-        self.failures.give_back(&(), now);
+        if attempt.global {
+            self.failures.give_back(&(), now);
+        }
     }
 }
 
@@ -292,6 +330,11 @@ impl<K: Eq + Hash> Buckets<K> {
             }
             None => Take::Full,
         }
+    }
+
+    /// True when `key`'s bucket is full (no unit spent recently).
+    fn is_rested(&self, key: &K, now: Instant) -> bool {
+        self.lock().tat.get(key).is_none_or(|&tat| tat <= now)
     }
 
     fn give_back(&self, key: &K, now: Instant) {
@@ -442,12 +485,20 @@ mod tests {
                     .unwrap(),
             );
         }
+        // Over the ceiling, a (user, network) gets one attempt a minute ...
+        drop(t.begin_at(ip("10.9.9.9"), "other", now).unwrap());
         let e = t.begin_at(ip("10.9.9.9"), "other", now).unwrap_err();
         assert_eq!(e.reason, "login_failures_global");
         assert_eq!(e.wait, Duration::from_secs(20));
-        assert!(t
-            .begin_at(ip("10.9.9.9"), "other", now + Duration::from_secs(20))
-            .is_ok());
+        // ... a network that has failed for that user gets none ...
+        let e = t.begin_at(ip("10.0.1.1"), "u1", now).unwrap_err();
+        assert_eq!(e.reason, "login_failures_global");
+        // ... while a user on a network that is not guessing gets in.
+        let alice = t.begin_at(ip("10.7.7.7"), "alice", now).unwrap();
+        t.succeeded_at(alice, now);
+        // Once the ceiling refills, the normal budgets apply again.
+        let later = now + Duration::from_secs(20);
+        assert!(t.begin_at(ip("10.9.9.9"), "other", later).is_ok());
     }
 
     #[test]
