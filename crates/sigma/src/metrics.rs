@@ -18,7 +18,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// The rejection label of every limit in DESIGN §3 and §2.
+/// The rejection label of every limit in DESIGN §3 and §2, and of A's
+/// limits in §4.
 pub const LIMIT_REASONS: &[&str] = &[
     "max_connections",
     "max_connections_per_ip",
@@ -38,6 +39,14 @@ pub const LIMIT_REASONS: &[&str] = &[
     "ws_close_timeout",
     "ws_slow_consumer",
     "memory_budget",
+    // A's limits (DESIGN §4): login throttles, the Argon2 queue, tokens
+    // per session, sockets closed because their session ended.
+    "login_throttled",
+    "login_failures_user",
+    "login_failures_global",
+    "login_queue_full",
+    "token_throttled",
+    "ws_session_revoked",
 ];
 
 /// Upper bounds of the latency histogram buckets, in microseconds.
