@@ -280,6 +280,10 @@ struct Buckets<K> {
 struct State<K> {
     tat: HashMap<K, Instant>,
     last_sweep: Option<Instant>,
+    /// The latest `now` seen: callers read the clock before they take the
+    /// lock, so two racing callers may arrive out of order; an earlier
+    /// `now` after a later one would make a full burst look exceeded.
+    latest: Option<Instant>,
 }
 
 impl<K: Eq + Hash> Buckets<K> {
@@ -295,6 +299,7 @@ impl<K: Eq + Hash> Buckets<K> {
             state: Mutex::new(State {
                 tat: HashMap::new(),
                 last_sweep: None,
+                latest: None,
             }),
         }
     }
@@ -308,6 +313,7 @@ impl<K: Eq + Hash> Buckets<K> {
 
     fn take(&self, key: K, now: Instant) -> Take {
         let mut s = self.lock();
+        let now = s.monotonic(now);
         let tat = match s.tat.get(&key) {
             Some(&t) => t.max(now),
             None => {
@@ -339,6 +345,7 @@ impl<K: Eq + Hash> Buckets<K> {
 
     fn give_back(&self, key: &K, now: Instant) {
         let mut s = self.lock();
+        let now = s.monotonic(now);
         let Some(tat) = s.tat.get_mut(key) else {
             return;
         };
@@ -357,6 +364,13 @@ impl<K: Eq + Hash> Buckets<K> {
 }
 
 impl<K: Eq + Hash> State<K> {
+    /// `now`, never earlier than a `now` already used.
+    fn monotonic(&mut self, now: Instant) -> Instant {
+        let now = self.latest.map_or(now, |l| l.max(now));
+        self.latest = Some(now);
+        now
+    }
+
     /// Drops the keys whose bucket is full again (if the last sweep is
     /// old enough); true if that made room.
     fn sweep(&mut self, now: Instant) -> bool {
@@ -499,6 +513,18 @@ mod tests {
         // Once the ceiling refills, the normal budgets apply again.
         let later = now + Duration::from_secs(20);
         assert!(t.begin_at(ip("10.9.9.9"), "other", later).is_ok());
+    }
+
+    #[test]
+    fn a_full_burst_passes_whatever_order_the_clock_readings_arrive_in() {
+        // Racing callers read the clock before the lock: the one with the
+        // earliest reading may take it last. A burst of 5 must still pass.
+        let t = Throttle::new(limits(100, 100, 5));
+        let now = Instant::now();
+        for i in (0..5u64).rev() {
+            let at = now + Duration::from_millis(i);
+            drop(t.begin_at(ip(&format!("10.0.{i}.1")), "alice", at).unwrap());
+        }
     }
 
     #[test]
