@@ -198,7 +198,8 @@ impl ServerConn {
     /// Bytes from the client. They are charged to the memory budget
     /// before they are buffered; when the budget cannot hold them the
     /// connection is refused (503 and close, or WebSocket close 1009) and
-    /// they are dropped.
+    /// they are dropped. A WebSocket charges each buffer it grows, by its
+    /// new capacity, before growing it ([`WsConn::handle_input`]).
     pub fn handle_input(&mut self, data: &[u8], now: Instant) {
         if self.shutdown.is_some() {
             return;
@@ -206,14 +207,13 @@ impl ServerConn {
         if self.ws.is_none() && matches!(self.reading, Reading::Stopped) {
             return;
         }
-        let want = self.footprint().saturating_add(data.len());
-        if !self.out.account_mut().try_set(want) {
-            self.refuse_inbound(now);
+        if let Some(ws) = self.ws.as_mut() {
+            ws.handle_input(data, now, &mut self.out);
             self.sync_budget();
             return;
         }
-        if let Some(ws) = self.ws.as_mut() {
-            ws.handle_input(data, now, &mut self.out);
+        if !self.grow_input(data.len()) {
+            self.refuse_inbound(now);
             self.sync_budget();
             return;
         }
@@ -223,6 +223,26 @@ impl ServerConn {
         // the connection.
         self.check_done();
         self.sync_budget();
+    }
+
+    /// Makes room for `additional` more input bytes: in place when the
+    /// buffer has (or can cheaply reclaim) it, else in a new buffer whose
+    /// capacity is charged before it is allocated. False when the budget
+    /// cannot hold it (nothing is allocated then).
+    fn grow_input(&mut self, additional: usize) -> bool {
+        let (len, cap) = (self.input.len(), self.input.capacity());
+        if cap.saturating_sub(len) >= additional || self.input.try_reclaim(additional) {
+            return true;
+        }
+        let target = len.saturating_add(additional).max(cap.saturating_mul(2));
+        let want = self.footprint().saturating_sub(cap).saturating_add(target);
+        if !self.out.account_mut().try_set(want) {
+            return false;
+        }
+        let mut grown = BytesMut::with_capacity(target);
+        grown.extend_from_slice(&self.input);
+        self.input = grown;
+        true
     }
 
     /// The budget cannot hold the client's input: refuse this connection.
@@ -235,12 +255,14 @@ impl ServerConn {
         self.fail(ParseError::MemoryBudget, now);
     }
 
-    /// The bytes this connection buffers (what it charges to the budget).
+    /// The bytes this connection keeps allocated for its buffers (what it
+    /// charges to the budget): capacities, not lengths, so the budget
+    /// holds in resident memory and not only in payload bytes.
     pub fn footprint(&self) -> usize {
         let ws = self.ws.as_ref().map_or(0, |ws| ws.footprint());
         self.input
-            .len()
-            .saturating_add(self.out.len())
+            .capacity()
+            .saturating_add(self.out.footprint())
             .saturating_add(ws)
     }
 
@@ -505,7 +527,12 @@ impl ServerConn {
     /// the caller's error.
     pub fn send(&mut self, reply: Reply, now: Instant) -> Result<(), SendError> {
         if let (Reply::Ws(msg), Some(ws)) = (&reply, self.ws.as_ref()) {
-            let want = self.footprint().saturating_add(crate::ws::frame_len(msg));
+            let payload = crate::ws::payload_len(msg);
+            let header = crate::ws::frame_len(msg).saturating_sub(payload);
+            let want = self
+                .footprint()
+                .saturating_sub(self.out.footprint())
+                .saturating_add(self.out.footprint_with(header, payload));
             if ws.can_queue() && !self.out.account_mut().try_set(want) {
                 if let Some(ws) = self.ws.as_mut() {
                     ws.refuse_outbound(now, &mut self.out);

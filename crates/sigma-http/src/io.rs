@@ -14,6 +14,11 @@
 //! out to many sockets) is queued as is, so N slow subscribers of one
 //! message hold N references, not N copies. Server frames are unmasked, so
 //! the payload goes on the wire unchanged.
+//!
+//! What the buffer charges to the memory budget ([`OutBuf::footprint`]) is
+//! what it keeps allocated, not what is left to write: a segment stays
+//! whole in memory until its last byte is written, and the tail holds its
+//! capacity.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
@@ -26,10 +31,13 @@ use crate::budget::Account;
 /// Bytes waiting to be written to the client, with write-progress tracking.
 #[derive(Debug, Default)]
 pub struct OutBuf {
-    /// Frozen segments, in order, all before `tail`.
-    segs: VecDeque<Bytes>,
+    /// Frozen segments, in order, all before `tail`, each with the bytes
+    /// it keeps allocated (a frozen tail keeps its capacity).
+    segs: VecDeque<(Bytes, usize)>,
     /// Sum of the lengths of `segs`.
     segs_len: usize,
+    /// Sum of the allocations of `segs`.
+    segs_alloc: usize,
     /// Bytes of the first pending segment (the front of `segs`, or `tail`
     /// when `segs` is empty) already written.
     head: usize,
@@ -81,7 +89,7 @@ impl OutBuf {
     /// unless a shared payload is queued).
     pub fn as_slice(&self) -> &[u8] {
         match self.segs.front() {
-            Some(front) => front.get(self.head..).unwrap_or_default(),
+            Some((front, _)) => front.get(self.head..).unwrap_or_default(),
             None => self.tail.get(self.head..).unwrap_or_default(),
         }
     }
@@ -90,7 +98,7 @@ impl OutBuf {
     pub fn io_slices<'a>(&'a self, dst: &mut [IoSlice<'a>]) -> usize {
         let mut n = 0;
         let mut skip = self.head;
-        let segs = self.segs.iter().map(|b| &b[..]);
+        let segs = self.segs.iter().map(|(b, _)| &b[..]);
         for seg in segs.chain(std::iter::once(&self.tail[..])) {
             let Some(slot) = dst.get_mut(n) else { break };
             let piece = seg.get(skip..).unwrap_or_default();
@@ -111,6 +119,13 @@ impl OutBuf {
             .saturating_sub(self.head)
     }
 
+    /// The bytes this buffer keeps allocated (what it charges to the
+    /// memory budget): every queued segment whole, even partly written,
+    /// and the tail's capacity.
+    pub fn footprint(&self) -> usize {
+        self.segs_alloc.saturating_add(self.tail.capacity())
+    }
+
     /// True when nothing waits to be written.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -119,7 +134,35 @@ impl OutBuf {
     /// Appends bytes (copied); `now` starts the write-progress clock if it was idle.
     pub fn extend(&mut self, bytes: &[u8], now: Instant) {
         self.mark_pending(now);
+        let target = self.tail_capacity_for(bytes.len());
+        self.tail
+            .reserve_exact(target.saturating_sub(self.tail.len()));
         self.tail.extend_from_slice(bytes);
+    }
+
+    /// The tail's capacity once `n` more bytes are copied into it:
+    /// doubling (at least 64 bytes), as [`OutBuf::extend`] grows it.
+    fn tail_capacity_for(&self, n: usize) -> usize {
+        let (len, cap) = (self.tail.len(), self.tail.capacity());
+        let need = len.saturating_add(n);
+        if need <= cap {
+            return cap;
+        }
+        need.max(cap.saturating_mul(2)).max(64)
+    }
+
+    /// What [`OutBuf::footprint`] will be once a frame of `header` bytes
+    /// and a shared payload of `payload` bytes is queued, so that it can
+    /// be charged before anything is allocated.
+    pub fn footprint_with(&self, header: usize, payload: usize) -> usize {
+        if payload <= COALESCE_MAX {
+            let tail = self.tail_capacity_for(header.saturating_add(payload));
+            return self.segs_alloc.saturating_add(tail);
+        }
+        // The header joins the tail, which is then frozen as a segment.
+        self.segs_alloc
+            .saturating_add(self.tail_capacity_for(header))
+            .saturating_add(payload)
     }
 
     /// Appends a reference-counted payload without copying it (small ones
@@ -131,12 +174,18 @@ impl OutBuf {
         }
         self.mark_pending(now);
         if !self.tail.is_empty() {
-            let tail = Bytes::from(std::mem::take(&mut self.tail));
-            self.segs_len = self.segs_len.saturating_add(tail.len());
-            self.segs.push_back(tail);
+            let tail = std::mem::take(&mut self.tail);
+            let alloc = tail.capacity();
+            self.push_seg(Bytes::from(tail), alloc);
         }
+        let alloc = bytes.len();
+        self.push_seg(bytes, alloc);
+    }
+
+    fn push_seg(&mut self, bytes: Bytes, alloc: usize) {
         self.segs_len = self.segs_len.saturating_add(bytes.len());
-        self.segs.push_back(bytes);
+        self.segs_alloc = self.segs_alloc.saturating_add(alloc);
+        self.segs.push_back((bytes, alloc));
     }
 
     /// Direct access for encoders that write in place (the owned tail);
@@ -156,6 +205,7 @@ impl OutBuf {
     pub fn clear(&mut self) {
         self.segs.clear();
         self.segs_len = 0;
+        self.segs_alloc = 0;
         self.head = 0;
         self.tail = Vec::new();
     }
@@ -167,7 +217,7 @@ impl OutBuf {
             self.last_progress = Some(now);
         }
         while n > 0 {
-            let Some(front) = self.segs.front() else {
+            let Some((front, alloc)) = self.segs.front() else {
                 self.head = self.head.saturating_add(n);
                 break;
             };
@@ -178,6 +228,7 @@ impl OutBuf {
             }
             n -= avail;
             self.segs_len = self.segs_len.saturating_sub(front.len());
+            self.segs_alloc = self.segs_alloc.saturating_sub(*alloc);
             self.segs.pop_front();
             self.head = 0;
         }
@@ -243,6 +294,25 @@ mod tests {
             assert_eq!(drain_all(&mut out, step, now), want, "step {step}");
             assert!(out.is_empty());
         }
+    }
+
+    #[test]
+    fn a_partly_written_segment_is_charged_whole_until_written() {
+        let now = Instant::now();
+        let big = Bytes::from(vec![1u8; 100_000]);
+        let mut out = OutBuf::new();
+        out.push_shared(big, now);
+        out.consume(99_000, now);
+        assert_eq!(out.len(), 1_000);
+        assert_eq!(out.footprint(), 100_000, "the payload is still allocated");
+        out.consume(1_000, now);
+        assert_eq!(out.footprint(), 0);
+        // The tail is charged by its capacity, also once frozen.
+        out.extend(&[0u8; 10], now);
+        assert!(out.footprint() >= 10);
+        let tail_cap = out.footprint();
+        out.push_shared(Bytes::from(vec![2u8; COALESCE_MAX + 1]), now);
+        assert_eq!(out.footprint(), tail_cap + COALESCE_MAX + 1);
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //!   grows by far less than 200 copies (~176 MiB).
 //! - 100 unauthenticated `/echo` sockets from 100 source addresses, each
 //!   sending one 4 MiB message and never reading, with a 64 MiB budget:
-//!   RSS stays near the budget, some sockets are closed 1009/1008, the
+//!   RSS (its peak over the whole attack) stays under 1.5 times the
+//!   budget plus 32 MiB, some sockets are closed 1009/1008, the
 //!   `memory_budget` rejection is counted, and a well-behaved client is
 //!   served meanwhile.
 //!
@@ -18,6 +19,8 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -44,6 +47,34 @@ fn peak_rss_kib(pid: u32, window: Duration) -> u64 {
         thread::sleep(Duration::from_millis(20));
     }
     peak
+}
+
+/// Samples the server's RSS every 20 ms on a thread until the returned
+/// guard is finished; [`Sampler::finish`] gives the largest value seen.
+struct Sampler {
+    stop: Arc<AtomicBool>,
+    handle: thread::JoinHandle<u64>,
+}
+
+impl Sampler {
+    fn start(pid: u32) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let handle = thread::spawn(move || {
+            let mut peak = rss_kib(pid);
+            while !flag.load(Ordering::Relaxed) {
+                thread::sleep(Duration::from_millis(20));
+                peak = peak.max(rss_kib(pid));
+            }
+            peak
+        });
+        Self { stop, handle }
+    }
+
+    fn finish(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().expect("sampler")
+    }
 }
 
 /// A connection from `127.0.0.N` with a small receive buffer.
@@ -215,6 +246,8 @@ fn never_reading_echo_sockets_stay_within_the_budget() {
         .start();
     let addr = srv.addr();
     let before = rss_kib(srv.pid());
+    // The peak over the whole attack, not only at its end.
+    let sampler = Sampler::start(srv.pid());
     let mib = 1024 * 1024;
     let chunk = vec![b'z'; mib];
     let mut handles = Vec::new();
@@ -244,7 +277,7 @@ fn never_reading_echo_sockets_stay_within_the_budget() {
     assert_eq!(health.status, 200);
 
     let socks: Vec<TcpStream> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-    let peak = peak_rss_kib(srv.pid(), Duration::from_millis(500));
+    let peak = peak_rss_kib(srv.pid(), Duration::from_millis(500)).max(sampler.finish());
     let growth_mib = peak.saturating_sub(before) / 1024;
     eprintln!("echo: RSS {before} KiB -> {peak} KiB (+{growth_mib} MiB)");
 
@@ -272,6 +305,13 @@ fn never_reading_echo_sockets_stay_within_the_budget() {
         .unwrap_or(0);
     assert!(counted > 0, "memory_budget not counted:\n{text}");
     eprintln!("echo: {refused} sockets refused, {counted} counted");
-    // Unbounded, 100 x 4 MiB assembled plus echoed is 400-800 MiB.
-    assert!(growth_mib < 256, "RSS grew by {growth_mib} MiB");
+    // Unbounded, 100 x 4 MiB assembled plus echoed is 400-800 MiB; with
+    // the budget charging lengths instead of allocations it was ~200 MiB.
+    // What is allocated is charged, so RSS stays within the budget plus
+    // a modest constant (thread stacks, allocator slack, read buffers).
+    let budget_mib = 64;
+    assert!(
+        growth_mib < budget_mib * 3 / 2 + 32,
+        "RSS grew by {growth_mib} MiB with a {budget_mib} MiB budget"
+    );
 }

@@ -136,16 +136,42 @@ impl Partial {
             Self::Binary(v) => v.len(),
         }
     }
+
+    /// The bytes the buffer keeps allocated (what it charges to the budget).
+    fn capacity(&self) -> usize {
+        match self {
+            Self::Text { text, .. } => text.capacity(),
+            Self::Binary(v) => v.capacity(),
+        }
+    }
 }
 
-/// The capacity to reserve so that `len + additional` bytes fit, doubling
-/// as usual but never past `max` (the message limit).
-fn bounded_capacity(len: usize, cap: usize, additional: usize, max: usize) -> usize {
+/// The least a message buffer grows by (unless its frame ends sooner), so
+/// that a message trickling in is not reallocated for every read.
+const MIN_GROWTH: usize = 64 * 1024;
+
+/// The capacity a message buffer needs so that `len + additional` bytes
+/// fit: `cap` when they do; else doubling (at least [`MIN_GROWTH`]) but
+/// never past `frame_end`, the end of the frame being read as its header
+/// declared it (within `max_message`, checked by `open_sink`). A message
+/// sent as one frame ends in a buffer of exactly its size, and no buffer
+/// is ever larger than what its frames declared.
+fn message_capacity(len: usize, cap: usize, additional: usize, frame_end: usize) -> usize {
     let need = len.saturating_add(additional);
     if need <= cap {
         return cap;
     }
-    cap.saturating_mul(2).max(need).min(max.max(need))
+    cap.saturating_mul(2)
+        .max(MIN_GROWTH)
+        .min(frame_end)
+        .max(need)
+}
+
+/// Grows `account`'s reservation by `more` bytes, before they are
+/// allocated; false (and nothing reserved) when the budget cannot.
+fn charge(out: &mut OutBuf, more: usize) -> bool {
+    let held = out.account().held();
+    more == 0 || out.account_mut().try_set(held.saturating_add(more))
 }
 
 /// One open server-side WebSocket (sans-IO).
@@ -215,6 +241,11 @@ impl WsConn {
     // ----- inputs -----------------------------------------------------------
 
     /// Bytes from the client. May queue pongs and close frames into `out`.
+    ///
+    /// Every buffer that grows here (the message being assembled, parked
+    /// input) is charged to `out`'s account by its new capacity before it
+    /// is allocated; when the budget cannot hold it the message is dropped
+    /// and the socket closed with 1009.
     pub fn handle_input(&mut self, data: &[u8], now: Instant, out: &mut OutBuf) {
         self.now = now;
         self.release_held(now, out);
@@ -223,7 +254,9 @@ impl WsConn {
         }
         if self.backlog_at < self.backlog.len() {
             // The shell read while we asked it not to: park and go on.
-            self.backlog.extend_from_slice(data);
+            if !self.park(data, out) {
+                return self.refuse_inbound(now, out);
+            }
             self.drive(now, out);
             return;
         }
@@ -231,10 +264,24 @@ impl WsConn {
         if let Some(rest) = data.get(used..) {
             if !rest.is_empty() && self.is_reading() {
                 self.backlog.clear();
-                self.backlog.extend_from_slice(rest);
                 self.backlog_at = 0;
+                if !self.park(rest, out) {
+                    self.refuse_inbound(now, out);
+                }
             }
         }
+    }
+
+    /// Appends `data` to the parked input, charged before it is allocated.
+    fn park(&mut self, data: &[u8], out: &mut OutBuf) -> bool {
+        let need = self.backlog.len().saturating_add(data.len());
+        let more = need.saturating_sub(self.backlog.capacity());
+        if !charge(out, more) {
+            return false;
+        }
+        self.backlog.reserve_exact(data.len());
+        self.backlog.extend_from_slice(data);
+        true
     }
 
     /// The client's EOF (TCP half-close).
@@ -300,14 +347,14 @@ impl WsConn {
         Some(ev)
     }
 
-    /// The bytes this socket buffers on the way in (the message being
-    /// assembled, parked input, message events not yet polled): what it
+    /// The bytes this socket keeps allocated on the way in (the message
+    /// being assembled and the parked input, by capacity; message events
+    /// not yet polled, whose buffers are exactly their size): what it
     /// charges to the memory budget besides the `OutBuf`.
     pub fn footprint(&self) -> usize {
-        let message = self.message.as_ref().map_or(0, Partial::len);
-        let parked = self.backlog.len().saturating_sub(self.backlog_at);
+        let message = self.message.as_ref().map_or(0, Partial::capacity);
         message
-            .saturating_add(parked)
+            .saturating_add(self.backlog.capacity())
             .saturating_add(self.queued_bytes)
     }
 
@@ -766,7 +813,11 @@ impl WsConn {
         let chunk = input.get(..n).unwrap_or_default();
         match frame.sink {
             Sink::Data => {
-                if let Err(err) = self.append_data(chunk, frame.mask, frame.phase) {
+                let rest = usize::try_from(frame.remaining).unwrap_or(usize::MAX);
+                if let Err(err) = self.append_data(chunk, rest, frame.mask, frame.phase, out) {
+                    if err == ProtocolError::InboundBudget {
+                        self.message = None;
+                    }
                     self.fail(err, now);
                     frame.sink = Sink::Discard;
                 }
@@ -795,18 +846,30 @@ impl WsConn {
     }
 
     /// Unmasks `chunk` into the open message; text is validated as it goes.
+    /// `rest` is what the frame still holds, `chunk` included: the buffer
+    /// grows toward the frame's declared end, never past it, and its new
+    /// capacity is charged to `out`'s account before it is allocated.
     fn append_data(
         &mut self,
         chunk: &[u8],
+        rest: usize,
         mask: Option<[u8; 4]>,
         phase: usize,
+        out: &mut OutBuf,
     ) -> Result<(), ProtocolError> {
-        let max = self.limits.max_message;
+        let Some(message) = self.message.as_ref() else {
+            return Ok(());
+        };
+        let (len, cap) = (message.len(), message.capacity());
+        let frame_end = len.saturating_add(rest);
+        let target = message_capacity(len, cap, chunk.len(), frame_end);
+        if !charge(out, target.saturating_sub(cap)) {
+            return Err(ProtocolError::InboundBudget);
+        }
         match &mut self.message {
             Some(Partial::Binary(data)) => {
                 let start = data.len();
-                let cap = bounded_capacity(start, data.capacity(), chunk.len(), max);
-                data.reserve_exact(cap.saturating_sub(start));
+                data.reserve_exact(target.saturating_sub(start));
                 data.extend_from_slice(chunk);
                 if let (Some(key), Some(new)) = (mask, data.get_mut(start..)) {
                     apply_mask(new, key, phase);
@@ -814,10 +877,9 @@ impl WsConn {
                 Ok(())
             }
             Some(Partial::Text { text, utf8 }) => {
-                // Completing a carried character appends its earlier bytes too.
-                let additional = chunk.len().saturating_add(utf8.pending());
-                let cap = bounded_capacity(text.len(), text.capacity(), additional, max);
-                text.reserve_exact(cap.saturating_sub(text.len()));
+                // `len` counts the carried bytes of an unfinished character:
+                // the target holds them too.
+                text.reserve_exact(target.saturating_sub(text.len()));
                 let scratch = &mut self.scratch;
                 let mut phase = phase;
                 for piece in chunk.chunks(UNMASK_CHUNK) {
@@ -942,12 +1004,17 @@ fn event_bytes(ev: &Event) -> usize {
     }
 }
 
-/// The bytes a message frame takes in the `OutBuf` (header included).
-pub fn frame_len(msg: &WsMessage) -> usize {
-    let payload = match msg {
+/// The payload bytes of a message.
+pub fn payload_len(msg: &WsMessage) -> usize {
+    match msg {
         WsMessage::Text(t) => t.as_bytes().len(),
         WsMessage::Binary(b) => b.len(),
-    };
+    }
+}
+
+/// The bytes a message frame takes in the `OutBuf` (header included).
+pub fn frame_len(msg: &WsMessage) -> usize {
+    let payload = payload_len(msg);
     let (_, header) = encode_header(true, OpCode::Binary, payload);
     payload.saturating_add(header)
 }

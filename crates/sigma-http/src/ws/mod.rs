@@ -24,7 +24,8 @@ mod mask;
 mod utf8;
 
 pub use conn::{
-    frame_len, WsConn, ABORT_CLOSE_TIMEOUT, ABORT_EOF, ABORT_IDLE_TIMEOUT, MAX_QUEUED_EVENTS,
+    frame_len, payload_len, WsConn, ABORT_CLOSE_TIMEOUT, ABORT_EOF, ABORT_IDLE_TIMEOUT,
+    MAX_QUEUED_EVENTS,
 };
 pub use error::ProtocolError;
 pub use handshake::{accept_key, parse_upgrade};
