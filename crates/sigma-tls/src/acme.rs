@@ -1,0 +1,1 @@
+//! ACME (RFC 8555) for `S`: added in the next commit.
