@@ -653,6 +653,28 @@ mod tests {
     }
 
     #[test]
+    fn an_old_protocol_is_refused() {
+        // a TLS 1.1 ClientHello (no supported_versions extension), one
+        // suite (ECDHE-RSA-AES128-SHA), no compression, no extensions
+        let mut hello = vec![0x03, 0x02];
+        hello.extend_from_slice(&[0x42; 32]);
+        hello.extend_from_slice(&[0, 0, 2, 0xc0, 0x13, 1, 0]);
+        let mut handshake = vec![1, 0, 0, hello.len() as u8];
+        handshake.extend_from_slice(&hello);
+        let mut record = vec![0x16, 0x03, 0x01, 0, handshake.len() as u8];
+        record.extend_from_slice(&handshake);
+        let pki = Pki::new();
+        let mut server = TlsConn::new(config(store(&pki, &[&["a.test"]])), Instant::now()).unwrap();
+        let err = server.handle_input(&record, Instant::now()).unwrap_err();
+        assert!(
+            matches!(err, TlsError::Peer(rustls::Error::PeerIncompatible(_))),
+            "{err:?}"
+        );
+        assert_eq!(err.reason(), "tls_peer_incompatible");
+        assert_eq!(server.output().first(), Some(&0x15), "an alert goes back");
+    }
+
+    #[test]
     fn clean_close_both_ways_and_eof_without_close_notify() {
         let pki = Pki::new();
         let (mut client, mut server) = pair(&pki, &[&TLS13], &[]);

@@ -76,12 +76,19 @@ fn free_udp_port() -> u16 {
 /// means skip; under CI=true a missing pebble panics instead.
 fn have_pebble() -> bool {
     let present = || Path::new(PEBBLE).exists() && Path::new(CHALLTESTSRV).exists();
-    if !present() {
-        let _ = Command::new("apt-get")
-            .args(["install", "-y", "pebble"])
+    let apt = |args: &[&str]| {
+        Command::new("apt-get")
+            .args(args)
             .env("DEBIAN_FRONTEND", "noninteractive")
             .stdout(Stdio::null())
-            .status();
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !present() && !apt(&["install", "-y", "-qq", "pebble"]) {
+        // a fresh machine has no package lists yet
+        apt(&["update", "-qq"]);
+        apt(&["install", "-y", "-qq", "pebble"]);
     }
     if present() {
         return true;
@@ -512,6 +519,44 @@ async fn an_unanswering_directory_is_named_and_the_store_keeps_serving() {
     .unwrap();
     let store = Arc::new(CertStore::default());
     store.install("files", existing);
+
+    // run(): the failures are retried with backoff, the store keeps serving
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let counting = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let counting_url = format!(
+        "https://127.0.0.1:{}/dir",
+        counting.local_addr().unwrap().port()
+    );
+    let seen = attempts.clone();
+    let _count = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = counting.accept().await {
+            seen.fetch_add(1, Ordering::SeqCst);
+            held.push(s);
+        }
+    });
+    let run_state = tempdir("acme-run");
+    let mut config = AcmeConfig::new(
+        &counting_url,
+        vec!["a.sigma.test".into()],
+        ChallengeKind::Http01,
+        run_state.clone(),
+    );
+    config.request_timeout = Duration::from_millis(200);
+    config.backoff_initial = Duration::from_millis(50);
+    config.backoff_max = Duration::from_millis(400);
+    let runner = tokio::spawn(Acme::new(config, store.clone()).unwrap().run());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while attempts.load(Ordering::SeqCst) < 3 {
+        assert!(Instant::now() < deadline, "run() did not retry");
+        tokio::time::sleep(Duration::from_millis(20)).await; // polling a counter, with a deadline
+    }
+    runner.abort();
+    assert_eq!(
+        store.resolve_name(Some("a.sigma.test")).unwrap().names(),
+        ["a.sigma.test"]
+    );
+    let _ = std::fs::remove_dir_all(&run_state);
 
     for url in [silent_url, closed_url] {
         let state = tempdir("acme-down");
