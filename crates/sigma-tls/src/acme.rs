@@ -287,7 +287,9 @@ impl Acme {
     }
 
     /// Installs the stored certificate, if there is one for these domains
-    /// (expired or not: expired just means due). No network.
+    /// and it has not expired (an expired one is left for
+    /// [`ensure_at`](Self::ensure_at) to replace; the store never gets
+    /// it). No network.
     pub fn load_stored(&self) -> Result<Option<Arc<Certificate>>, AcmeError> {
         let (cert_path, key_path) = (self.path("cert.pem"), self.path("key.pem"));
         if !cert_path.exists() {
@@ -300,11 +302,20 @@ impl Acme {
             })
         };
         let cert = Certificate::from_pem_unchecked(&read(&cert_path)?, &read(&key_path)?).map_err(
-            |kind| AcmeError::Certificate {
-                path: cert_path.clone(),
-                kind,
+            |kind| {
+                let path = match kind {
+                    CertErrorKind::NoKey
+                    | CertErrorKind::UnsupportedKey(_)
+                    | CertErrorKind::KeyMismatch(_) => key_path.clone(),
+                    _ => cert_path.clone(),
+                };
+                AcmeError::Certificate { path, kind }
             },
         )?;
+        if SystemTime::now() > cert.not_after() {
+            tracing::warn!(path = %cert_path.display(), "stored ACME certificate has expired; ordering anew");
+            return Ok(None);
+        }
         if !self.covers(&cert) {
             tracing::info!(path = %cert_path.display(), "stored ACME certificate does not cover the configured domains; ordering anew");
             return Ok(None);
@@ -707,6 +718,55 @@ mod tests {
         assert!(bad("ftp://x", vec!["a.test".into()])
             .to_string()
             .contains("not an http(s) URL"));
+    }
+
+    #[test]
+    fn stored_certificates_load_only_when_valid_and_covering_the_domains() {
+        let pki = crate::testutil::Pki::new();
+        let dir =
+            std::env::temp_dir().join(format!("sigma-tls-acme-stored-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = Arc::new(CertStore::default());
+        let acme = Acme::new(
+            AcmeConfig::new(
+                "https://127.0.0.1:1/dir",
+                vec!["a.test".into()],
+                ChallengeKind::Http01,
+                dir.clone(),
+            ),
+            store.clone(),
+        )
+        .unwrap();
+        assert!(acme.load_stored().unwrap().is_none(), "nothing stored");
+        let put = |(c, k): (String, String)| {
+            std::fs::write(dir.join("cert.pem"), c).unwrap();
+            std::fs::write(dir.join("key.pem"), k).unwrap();
+        };
+        put(pki.leaf_with(&["a.test"], |p| {
+            p.not_before = rcgen::date_time_ymd(2000, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2001, 1, 1);
+        }));
+        assert!(acme.load_stored().unwrap().is_none(), "expired: not served");
+        put(pki.leaf(&["b.test"]));
+        assert!(
+            acme.load_stored().unwrap().is_none(),
+            "other domains: not served"
+        );
+        assert!(store.resolve_name(None).is_none());
+        put(pki.leaf(&["a.test"]));
+        let loaded = acme.load_stored().unwrap().unwrap();
+        assert_eq!(loaded.names(), ["a.test"]);
+        assert_eq!(
+            store.resolve_name(Some("a.test")).unwrap().names(),
+            ["a.test"]
+        );
+        std::fs::write(dir.join("key.pem"), "junk").unwrap();
+        let err = acme.load_stored().unwrap_err();
+        assert!(
+            err.to_string().contains("key.pem: no PEM private key"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -54,6 +54,14 @@
 //! // on Err(e): write what tls.output() holds (an alert or the plain 400),
 //! // count e.reason() (tls_handshake_timeout, tls_plain_http, …), close.
 //! ```
+//! The config keys of DESIGN §2a map one to one: `[tls] cert`/`key` and
+//! each `[[tls.extra]]` → a [`CertFiles`] (in that order: the first is the
+//! default certificate); `[tls.acme]` `directory`, `email`, `domains`,
+//! `challenge`, `ca` → [`acme::AcmeConfig`], with `state_dir` =
+//! `DATA_DIR/acme`. Build the [`ServerConfig`](rustls::ServerConfig) once
+//! per process (its session cache and ticket keys live in it); reloads
+//! change only the store behind it.
+//!
 //! With TLS on, the driver tells `A`/destinations the scheme is `https`
 //! (Secure cookies, `X-Forwarded-Proto`, same-origin) — not this crate's
 //! business.
