@@ -652,6 +652,40 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Any bytes, whole or split anywhere, either are taken or end in
+        /// an error; never a panic, never unbounded output.
+        #[test]
+        fn arbitrary_input_is_taken_or_refused(
+            first in proptest::prelude::any::<u8>(),
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+            cut in 0usize..600,
+        ) {
+            let pki = PKI.with(|p| p.clone());
+            let mut input = vec![first];
+            input.extend_from_slice(&bytes);
+            let cut = cut.min(input.len());
+            let mut server = TlsConn::new(config(store(&pki, &[&["a.test"]])), Instant::now()).unwrap();
+            let mut result = Ok(());
+            let mut got = Vec::new();
+            for part in [&input[..cut], &input[cut..]] {
+                result = feed(&mut server, part, Instant::now(), &mut got);
+                if result.is_err() {
+                    break;
+                }
+            }
+            proptest::prop_assert!(server.output().len() <= DEFAULT_MAX_OUTPUT);
+            if first.is_ascii_uppercase() {
+                proptest::prop_assert_eq!(result, Err(TlsError::PlainHttp));
+            }
+            proptest::prop_assert!(got.is_empty(), "no plaintext before a handshake");
+        }
+    }
+
+    thread_local! {
+        static PKI: std::rc::Rc<Pki> = std::rc::Rc::new(Pki::new());
+    }
+
     #[test]
     fn an_old_protocol_is_refused() {
         // a TLS 1.1 ClientHello (no supported_versions extension), one

@@ -449,6 +449,63 @@ async fn tls_alpn01_issue_keep_across_restart_and_renew() {
     issue_with(ChallengeKind::TlsAlpn01, &["b.sigma.test"]).await;
 }
 
+/// A genuinely short-lived certificate (pebble issues it for 9 s): the
+/// background loop `run()` renews it on its own, at a third of its
+/// lifetime left, and the store serves the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_renews_a_short_lived_certificate_by_itself() {
+    if !have_pebble() {
+        return;
+    }
+    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let pebble = Pebble::start(http.local_addr().unwrap().port(), free_tcp_port(), 9);
+    let state = tempdir("acme-short");
+    let mut config = AcmeConfig::new(
+        &pebble.directory,
+        vec!["d.sigma.test".into()],
+        ChallengeKind::Http01,
+        state.clone(),
+    );
+    config.ca = Some(pebble.ca.clone());
+    let store = Arc::new(CertStore::default());
+    let acme = Acme::new(config, store.clone()).unwrap();
+    tokio::spawn(serve_http01(
+        http,
+        acme.clone(),
+        Arc::new(AtomicUsize::new(0)),
+        false,
+    ));
+    let runner = tokio::spawn(acme.run());
+    let issued = |p: &Pebble| p.log().matches("Issued certificate serial").count();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut first = None;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "not renewed in time:\n{}",
+            pebble.log()
+        );
+        if let Some(cert) = store.resolve_name(Some("d.sigma.test")) {
+            let der = cert.certified_key().cert[0].to_vec();
+            match &first {
+                None => first = Some((der, cert.not_before(), cert.not_after())),
+                Some((old, _, _)) if *old != der => break,
+                Some(_) => {}
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await; // polling the store, with a deadline
+    }
+    runner.abort();
+    let (_, not_before, not_after) = first.unwrap();
+    assert!(not_after.duration_since(not_before).unwrap() <= Duration::from_secs(10));
+    assert!(
+        SystemTime::now() >= renewal_time(not_before, not_after),
+        "not renewed early"
+    );
+    assert!(issued(&pebble) >= 2);
+    std::fs::remove_dir_all(&state).unwrap();
+}
+
 /// The negative control: a responder that answers wrongly fails the
 /// validation (so the tests above pass only through real validation), and
 /// nothing is installed or stored.
