@@ -345,6 +345,9 @@ pub struct CertStore {
     installed: Mutex<Vec<(String, Arc<Certificate>)>>,
     /// `tls-alpn-01` challenge certificates by (lowercase) name.
     challenges: RwLock<HashMap<String, Arc<CertifiedKey>>>,
+    /// Held across read-both-lists-and-swap, so that of two concurrent
+    /// rebuilds (a reload and an install) the last to swap saw both.
+    rebuilding: Mutex<()>,
 }
 
 impl CertStore {
@@ -422,6 +425,7 @@ impl CertStore {
     }
 
     fn rebuild(&self) -> usize {
+        let _one_at_a_time = lock(&self.rebuilding);
         let mut certs = lock(&self.from_files).clone();
         certs.extend(lock(&self.installed).iter().map(|(_, c)| c.clone()));
         let n = certs.len();
@@ -713,6 +717,39 @@ mod tests {
             store.resolve_name(Some("two.test")).unwrap().names(),
             ["two.test"]
         );
+    }
+
+    #[test]
+    fn concurrent_reloads_and_installs_lose_nothing() {
+        let pki = Pki::new();
+        let dir = tempdir("race");
+        let files = write_pair(&dir, "site", &pki.leaf(&["a.test"]));
+        let store = Arc::new(CertStore::from_files(vec![files]).unwrap());
+        let certs: Vec<Certificate> = (0..4)
+            .map(|i| pki.certificate(&[&format!("c{i}.test")]))
+            .collect();
+        std::thread::scope(|s| {
+            for (i, cert) in certs.iter().enumerate() {
+                let store = store.clone();
+                s.spawn(move || {
+                    for _ in 0..200 {
+                        store.install(&format!("l{i}"), cert.clone());
+                    }
+                });
+            }
+            let store = store.clone();
+            s.spawn(move || {
+                for _ in 0..20 {
+                    store.reload().unwrap();
+                }
+            });
+        });
+        assert_eq!(store.snapshot().len(), 5);
+        for i in 0..4 {
+            let name = format!("c{i}.test");
+            assert_eq!(store.resolve_name(Some(&name)).unwrap().names(), [name]);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// The reference model: scan for equality, then for wildcards, else 0.
