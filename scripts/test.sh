@@ -2,7 +2,8 @@
 # Runs every test of sigma, installing what the tests need first.
 # This is the README's test command, and what CI runs (.ci/run).
 #
-#   1. tools: a Python virtualenv (.venv) with `websockets` and `kosoku`
+#   1. tools: a Python virtualenv (.venv) with `websockets` and `kosoku`;
+#      Debian's pebble (ACME tests of crates/sigma-tls)
 #   2. static checks: cargo fmt --check, cargo clippy -D warnings, and
 #      that the fuzz targets still compile against the crates they drive
 #   3. Rust tests: unit, sans-IO, property and integration tests (nextest)
@@ -23,6 +24,12 @@ fi
 .venv/bin/pip install --quiet --disable-pip-version-check -r scripts/requirements.txt
 if ! cargo nextest --version >/dev/null 2>&1; then
     cargo install --locked cargo-nextest
+fi
+# Debian's pebble (the test ACME server) for crates/sigma-tls/tests/pebble.rs
+if [ ! -x /usr/bin/pebble ] || [ ! -x /usr/bin/pebble-challtestsrv ]; then
+    if [ "$(id -u)" -eq 0 ]; then sudo=; else sudo=sudo; fi
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq pebble
 fi
 
 step "cargo fmt --check"
