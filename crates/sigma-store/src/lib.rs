@@ -32,6 +32,16 @@
 //! callers run them with `tokio::task::spawn_blocking`. This module does not
 //! read the clock: callers pass `now` and the records' times.
 
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
 use std::fmt;
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -1408,7 +1418,7 @@ mod tests {
         let dir = temp_dir("crash");
         let exe = std::env::current_exe().unwrap();
         let out = std::process::Command::new(exe)
-            .args(["--exact", "store::tests::crash_child", "--nocapture"])
+            .args(["--exact", "tests::crash_child", "--nocapture"])
             .env(CRASH_CHILD_ENV, &dir)
             .output()
             .unwrap();
