@@ -2,8 +2,8 @@
 //!
 //! Below `A` (the session cookie, the session cache); a [`SessionId`] is
 //! parsed from client input with [`SessionId::from_cookie`], which never
-//! panics. Nothing here stores anything or reads the clock: callers pass
-//! the records' times.
+//! panics. The storage is a [`SessionStore`] implementation, which never
+//! reads the clock: callers pass the records' times.
 
 use std::fmt;
 
@@ -88,5 +88,84 @@ impl fmt::Debug for SessionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let [a, b, ..] = self.0;
         write!(f, "SessionId({a:02x}{b:02x}…)")
+    }
+}
+
+/// The server-side sessions (DESIGN §4), with an index by user. Each
+/// method is one transaction; the index always agrees with the records.
+pub trait SessionStore: Send + Sync {
+    /// The session `id`, if it exists (expired or not: the caller checks).
+    fn session_get(&self, id: &SessionId) -> Result<Option<SessionRecord>, StoreError>;
+    /// Creates or replaces the session `id`. With `durable = false` (for
+    /// `last_seen` touches) the write may reach the disk later.
+    fn session_put(
+        &self,
+        id: &SessionId,
+        rec: &SessionRecord,
+        durable: bool,
+    ) -> Result<(), StoreError>;
+    /// Deletes the session `id`; `false` if it did not exist.
+    fn session_delete(&self, id: &SessionId) -> Result<bool, StoreError>;
+    /// The ids of every session of `user`.
+    fn sessions_of_user(&self, user: &str) -> Result<Vec<SessionId>, StoreError>;
+    /// Deletes every session with `expires <= now` (unix milliseconds, the
+    /// unit of [`SessionRecord`]); returns how many.
+    fn sessions_purge_expired(&self, now_unix: u64) -> Result<u64, StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+    #[test]
+    fn session_id_cookie_round_trip() {
+        for _ in 0..100 {
+            let id = SessionId::generate().unwrap();
+            let c = id.to_cookie();
+            assert_eq!(c.len(), SESSION_COOKIE_LEN);
+            assert_eq!(SessionId::from_cookie(&c), Some(id));
+        }
+        let zero = SessionId([0; 32]);
+        assert_eq!(zero.to_cookie(), "A".repeat(43));
+    }
+
+    #[test]
+    fn session_id_rejects_malformed_cookies() {
+        let good = SessionId([7; 32]).to_cookie();
+        assert!(SessionId::from_cookie(&good).is_some());
+        let mut bad = vec![
+            String::new(),
+            good[..42].to_string(),
+            format!("{good}A"),
+            format!("{good}="),
+            good.replace(|_| true, "+"),
+            "/".repeat(43),
+            format!("{}=", &good[..42]),
+            format!(" {}", &good[..42]),
+            format!("{}é", &good[..41]),
+        ];
+        // Non-canonical: the last character carries 2 data bits; setting a
+        // trailing bit gives another spelling of (nearly) the same id.
+        let mut non_canonical = good[..42].to_string();
+        non_canonical.push('B'); // 'A' + one trailing bit
+        if !good.ends_with('B') {
+            bad.push(non_canonical);
+        }
+        for b in bad {
+            assert_eq!(SessionId::from_cookie(&b), None, "{b:?}");
+        }
+    }
+
+    #[test]
+    fn session_id_eq_hash_debug() {
+        let a = SessionId::generate().unwrap();
+        let b = SessionId::generate().unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a, a.clone());
+        let set: HashSet<SessionId> = [a.clone(), b.clone(), a.clone()].into_iter().collect();
+        assert_eq!(set.len(), 2);
+        let dbg = format!("{:?}", SessionId([0xab; 32]));
+        assert_eq!(dbg, "SessionId(abab…)");
+        assert!(!format!("{a:?}").contains(&a.to_cookie()));
     }
 }
