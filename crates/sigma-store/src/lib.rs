@@ -1,6 +1,6 @@
 //! The storage layer (DESIGN §7): narrow traits for users, server-side
-//! sessions, the server's own secrets and the `&db` key-value store, and
-//! their embedded implementation.
+//! sessions, the server's own secrets, the `&db` key-value store and the
+//! broadcast broker, and their embedded implementations.
 //!
 //! ```text
 //!  A (login, session cache, JWT keys) ──▶ UserStore    ┐
@@ -15,9 +15,10 @@
 //! [`SessionId::from_cookie`]). Each part is its own trait ([`UserStore`],
 //! [`SessionStore`], [`SecretStore`], [`KvStore`]), so a caller can hold
 //! only what it uses; [`Store`] is all four, for the callers that hold
-//! the whole layer (`Arc<dyn Store>`). The behaviour tests are written
-//! once against the traits (`suite.rs`) and run against every
-//! implementation.
+//! the whole layer (`Arc<dyn Store>`). [`Broker`] is the seam of
+//! `&broadcast`'s fan-out ([`MemoryBroker`] in-process today, Redis
+//! later). The behaviour tests are written once against the traits
+//! (`suite.rs`, `broker_suite.rs`) and run against every implementation.
 //!
 //! Invariants every implementation keeps:
 //! - A write returns only after it is durable, except
@@ -44,6 +45,9 @@
     )
 )]
 
+mod broker;
+#[cfg(test)]
+mod broker_suite;
 mod error;
 mod kv;
 mod redb_store;
@@ -53,6 +57,9 @@ mod sessions;
 mod suite;
 mod users;
 
+pub use broker::{
+    Broker, BrokerError, BrokerHandler, History, MemoryBroker, Publication, StreamPosition,
+};
 pub use error::{KvError, StoreError};
 pub use kv::{KvEntry, KvMeta, KvPut, KvStore, KvTags, Precondition, MAX_KV_CONTENT_TYPE};
 pub use redb_store::{RedbStore, CACHE_BYTES, DB_FILE, NONDURABLE_MAX_AGE, SCHEMA_VERSION};
