@@ -41,7 +41,9 @@ pub mod pipeline;
 pub mod route;
 pub mod server;
 pub mod staticfiles;
-pub mod store;
+/// The storage layer, now its own crate (`crates/sigma-store`); this
+/// path is kept for the rest of the tree.
+pub use sigma_store as store;
 pub mod streaming;
 pub mod tcp;
 #[cfg(feature = "test-destinations")]

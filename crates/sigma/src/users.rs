@@ -25,7 +25,8 @@ use std::path::PathBuf;
 use crate::auth::password::{self, PasswordError, MAX_PASSWORD_LEN};
 use crate::config::{self, ConfigError};
 use crate::store::{
-    random_bytes, valid_user_name, RedbStore, Store, StoreError, UserRecord, MAX_USER_NAME_LEN,
+    random_bytes, valid_user_name, KvStore, RedbStore, Store, StoreError, UserRecord, UserStore,
+    MAX_USER_NAME_LEN,
 };
 
 /// The account created on first start.
@@ -339,6 +340,7 @@ pub fn read_password_line(input: &mut dyn BufRead) -> Result<String, UserError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::SessionStore as _;
     use std::path::Path;
     use std::sync::atomic::{AtomicUsize, Ordering};
 

@@ -540,7 +540,7 @@ fn an_expired_sessions_sockets_close_without_any_request() {
 fn tokens_without_a_live_sid_are_refused() {
     let mut seed = [0u8; 32];
     let s = Sigma::start_prepared("", "", |data| {
-        use sigma::store::Store as _;
+        use sigma::store::SecretStore as _;
         let store = sigma::store::RedbStore::open(data).expect("store");
         let got = store.secret("jwt-ed25519-seed", 32).expect("seed");
         seed.copy_from_slice(&got);

@@ -465,7 +465,7 @@ pub fn session_cookie(headers: &[Header]) -> Option<SessionId> {
 mod tests {
     use super::*;
     use crate::route::{ws_push_queue, WsReceiver};
-    use crate::store::{RedbStore, UserRecord};
+    use crate::store::{RedbStore, UserRecord, UserStore};
 
     const IDLE: u64 = 10_000;
     const LIFE: u64 = 60_000;
