@@ -49,10 +49,12 @@ pub enum ConfigErrorKind {
         /// The TOML parser's message.
         message: String,
     },
-    /// A key no table of sigma.toml has.
+    /// A key no table of sigma.toml has (every table denies unknown
+    /// fields; serde reports them).
     UnknownKey {
-        /// The keys that table accepts.
-        expected: &'static [&'static str],
+        /// The keys that table accepts, as serde words them:
+        /// ``one of `a`, `b`, `c` `` (empty: the table has no keys).
+        expected: String,
     },
     /// A value of the wrong type or out of range (the message says which).
     Invalid {
@@ -159,8 +161,7 @@ impl fmt::Display for ConfigError {
         if let ConfigErrorKind::UnknownKey { expected } = &self.kind {
             write!(f, "unknown key `{}`", self.path)?;
             if !expected.is_empty() {
-                let list: Vec<String> = expected.iter().map(|k| format!("`{k}`")).collect();
-                write!(f, " (expected one of {})", list.join(", "))?;
+                write!(f, " (expected {expected})")?;
             }
             return Ok(());
         }
@@ -168,6 +169,26 @@ impl fmt::Display for ConfigError {
             write!(f, "{}: ", self.path)?;
         }
         write!(f, "{}", self.kind)
+    }
+}
+
+impl ConfigErrorKind {
+    /// A deserialisation error's message as a kind: serde's own wording
+    /// of a denied unknown field (``unknown field `x`, expected one of
+    /// `a`, `b` `` or ``…, there are no fields``) is
+    /// [`ConfigErrorKind::UnknownKey`], anything else
+    /// [`ConfigErrorKind::Invalid`].
+    pub(super) fn from_serde(message: String) -> Self {
+        let unknown = message
+            .strip_prefix("unknown field `")
+            .and_then(|rest| rest.split_once("`, "))
+            .map(|(_, rest)| rest.strip_prefix("expected ").unwrap_or_default());
+        match unknown {
+            Some(expected) => ConfigErrorKind::UnknownKey {
+                expected: expected.to_owned(),
+            },
+            None => ConfigErrorKind::Invalid { message },
+        }
     }
 }
 

@@ -2,10 +2,8 @@
 //! cross-key checks that give the resolved [`Config`]. Config assembly,
 //! above every stage (T → H → A → router → destination).
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 
-use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
 use serde::Deserialize;
 use sigma_http::{Limits, WsLimits};
 use toml::{Table, Value};
@@ -13,10 +11,10 @@ use toml::{Table, Value};
 use crate::pipeline::{self, Topology};
 
 use super::auth::{check_oauth, valid_origin, AuthConfig};
-use super::broadcast::{BroadcastConfig, BroadcastRule, BroadcastTable};
+use super::broadcast::{BroadcastConfig, BroadcastTable};
 use super::db::DbConfig;
 use super::error::{ConfigError, ConfigErrorKind, Origin};
-use super::keypath::{key, line_at, KeyPath, Seg, Sources};
+use super::keypath::{key, line_at, Seg, Sources};
 use super::limits::{HttpTable, WebsocketTable};
 use super::route::{default_routes, routes, Destination, ProxyOptions, RouteConfig, RouteTable};
 use super::server::ServerConfig;
@@ -250,57 +248,6 @@ impl Default for ConfigFile {
     }
 }
 
-/// The field names serde knows for `T`, read from `deserialize_struct`
-/// itself so the unknown-key check can never drift from the structs.
-pub(super) fn fields_of<T: DeserializeOwned>() -> &'static [&'static str] {
-    let mut fields: &'static [&'static str] = &[];
-    let _ = T::deserialize(FieldProbe(&mut fields));
-    fields
-}
-
-struct FieldProbe<'a>(&'a mut &'static [&'static str]);
-
-#[derive(Debug)]
-struct ProbeDone;
-
-impl fmt::Display for ProbeDone {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("field probe")
-    }
-}
-
-impl std::error::Error for ProbeDone {}
-
-impl de::Error for ProbeDone {
-    fn custom<T: fmt::Display>(_: T) -> Self {
-        ProbeDone
-    }
-}
-
-impl<'de> Deserializer<'de> for FieldProbe<'_> {
-    type Error = ProbeDone;
-
-    fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, ProbeDone> {
-        Err(ProbeDone)
-    }
-
-    fn deserialize_struct<V: Visitor<'de>>(
-        self,
-        _name: &'static str,
-        fields: &'static [&'static str],
-        _visitor: V,
-    ) -> Result<V::Value, ProbeDone> {
-        *self.0 = fields;
-        Err(ProbeDone)
-    }
-
-    serde::forward_to_deserialize_any! {
-        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
-        bytes byte_buf option unit unit_struct newtype_struct seq tuple
-        tuple_struct map enum identifier ignored_any
-    }
-}
-
 pub(super) fn build(
     file: Option<(&str, &str)>,
     env: &[(String, String)],
@@ -326,9 +273,8 @@ pub(super) fn build(
         sources.file = Some((name, text, doc));
     }
     apply_env(&mut root, env, &mut sources)?;
-    if let Some((path, expected)) = unknown_key(&root) {
-        return Err(sources.error(path, ConfigErrorKind::UnknownKey { expected }));
-    }
+    // Every table denies unknown fields, and serde_path_to_error names
+    // the offending key's path (the unknown key included).
     let parsed: ConfigFile = serde_path_to_error::deserialize(Value::Table(root)).map_err(|e| {
         let path = e
             .path()
@@ -341,7 +287,7 @@ pub(super) fn build(
             })
             .collect();
         let message = e.into_inner().message().trim_end().to_owned();
-        sources.error(path, ConfigErrorKind::Invalid { message })
+        sources.error(path, ConfigErrorKind::from_serde(message))
     })?;
     resolve(parsed, &sources)
 }
@@ -398,79 +344,6 @@ fn apply_env(
         sources.env.push((path, var.clone()));
     }
     Ok(())
-}
-
-/// The first key (in key order) that no table of sigma.toml accepts.
-fn unknown_key(root: &Table) -> Option<(KeyPath, &'static [&'static str])> {
-    let top = fields_of::<ConfigFile>();
-    let check = |t: &Table, prefix: KeyPath, allowed: &'static [&'static str]| {
-        t.keys().find(|k| !allowed.contains(&k.as_str())).map(|k| {
-            let mut p = prefix;
-            p.push(key(k));
-            (p, allowed)
-        })
-    };
-    if let Some(found) = check(root, Vec::new(), top) {
-        return Some(found);
-    }
-    for (name, value) in root {
-        let allowed = match name.as_str() {
-            "server" => fields_of::<ServerConfig>(),
-            "http" => fields_of::<HttpTable>(),
-            "websocket" => fields_of::<WebsocketTable>(),
-            "db" => fields_of::<DbConfig>(),
-            "worlds" => fields_of::<WorldsConfig>(),
-            "world" => {
-                let Value::Table(t) = value else { continue };
-                for (name, w) in t {
-                    if let Value::Table(w) = w {
-                        let at = vec![key("world"), key(name)];
-                        if let Some(found) = check(w, at, fields_of::<WorldTable>()) {
-                            return Some(found);
-                        }
-                    }
-                }
-                continue;
-            }
-            "broadcast" => {
-                let Value::Table(t) = value else { continue };
-                if let Some(found) = check(t, vec![key("broadcast")], fields_of::<BroadcastTable>())
-                {
-                    return Some(found);
-                }
-                if let Some(Value::Array(items)) = t.get("rule") {
-                    for (i, item) in items.iter().enumerate() {
-                        if let Value::Table(r) = item {
-                            let at = vec![key("broadcast"), key("rule"), Seg::Index(i)];
-                            if let Some(found) = check(r, at, fields_of::<BroadcastRule>()) {
-                                return Some(found);
-                            }
-                        }
-                    }
-                }
-                continue;
-            }
-            "route" => {
-                let Value::Array(items) = value else { continue };
-                let allowed = fields_of::<RouteTable>();
-                for (i, item) in items.iter().enumerate() {
-                    if let Value::Table(t) = item {
-                        if let Some(found) = check(t, vec![key("route"), Seg::Index(i)], allowed) {
-                            return Some(found);
-                        }
-                    }
-                }
-                continue;
-            }
-            _ => continue,
-        };
-        if let Value::Table(t) = value {
-            if let Some(found) = check(t, vec![key(name)], allowed) {
-                return Some(found);
-            }
-        }
-    }
-    None
 }
 
 /// Cross-key checks and conversion to the public types.

@@ -1,13 +1,15 @@
 //! The tests of config assembly: every key, every error message.
 
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
 use sigma_http::{Limits, WsLimits};
 
 use super::broadcast::BroadcastTable;
 use super::limits::{HttpTable, WebsocketTable};
-use super::load::{fields_of, ConfigFile};
+use super::load::ConfigFile;
 use super::route::RouteTable;
 use super::world::WorldTable;
 use super::*;
@@ -626,6 +628,16 @@ fn unknown_keys_name_their_path_and_line() {
     assert_eq!(e.path, "http.max_hedaers");
     let e = err("websocket = { max_frame = 1, x = 2 }\n");
     assert_eq!(e.path, "websocket.x");
+
+    // Nested tables deny unknown keys the same way, line included.
+    let e = err("[auth]\ncookie_secure = true\n\n[[auth.jwt]]\nissuer = \"i\"\nbogus = 1\n");
+    assert_eq!(e.path, "auth.jwt[0].bogus");
+    assert!(matches!(e.kind, ConfigErrorKind::UnknownKey { .. }));
+    assert!(
+        e.to_string()
+            .starts_with("<config>:6: unknown key `auth.jwt[0].bogus` (expected one of `issuer`"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -1154,4 +1166,55 @@ fn destinations_parse_and_print() {
 #[test]
 fn process_env_only_keeps_sigma_variables() {
     assert!(process_env().iter().all(|(k, _)| k.starts_with("SIGMA_")));
+}
+
+/// The field names serde knows for `T`, read from `deserialize_struct`
+/// itself, so the coverage tests below can never drift from the structs.
+fn fields_of<T: DeserializeOwned>() -> &'static [&'static str] {
+    let mut fields: &'static [&'static str] = &[];
+    let _ = T::deserialize(FieldProbe(&mut fields));
+    fields
+}
+
+struct FieldProbe<'a>(&'a mut &'static [&'static str]);
+
+#[derive(Debug)]
+struct ProbeDone;
+
+impl fmt::Display for ProbeDone {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("field probe")
+    }
+}
+
+impl std::error::Error for ProbeDone {}
+
+impl de::Error for ProbeDone {
+    fn custom<T: fmt::Display>(_: T) -> Self {
+        ProbeDone
+    }
+}
+
+impl<'de> Deserializer<'de> for FieldProbe<'_> {
+    type Error = ProbeDone;
+
+    fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, ProbeDone> {
+        Err(ProbeDone)
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        fields: &'static [&'static str],
+        _visitor: V,
+    ) -> Result<V::Value, ProbeDone> {
+        *self.0 = fields;
+        Err(ProbeDone)
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+        bytes byte_buf option unit unit_struct newtype_struct seq tuple
+        tuple_struct map enum identifier ignored_any
+    }
 }
