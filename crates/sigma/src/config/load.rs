@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use sigma_http::{Limits, WsLimits};
+use sigma_http::Limits;
 use toml::{Table, Value};
 
 use crate::pipeline::{self, Topology};
@@ -385,31 +385,10 @@ fn resolve(file: ConfigFile, sources: &Sources<'_>) -> Result<Config, ConfigErro
     };
     check_world_access(&routes, &world)
         .map_err(|(path, message)| sources.error(path, ConfigErrorKind::Invalid { message }))?;
-    let h = file.http;
-    let limits = Limits {
-        max_request_line: h.max_request_line,
-        max_header_bytes: h.max_header_bytes,
-        max_headers: h.max_headers,
-        head_timeout: h.head_timeout,
-        keepalive_timeout: h.keepalive_timeout,
-        max_body: h.max_body,
-        body_min_rate: h.body_min_rate,
-        body_rate_grace: h.body_rate_grace,
-        write_timeout: h.write_timeout,
-        max_pipelined: h.max_pipelined,
-        max_requests_per_connection: h.max_requests_per_connection,
-        max_chunk_extension: h.max_chunk_extension,
-        max_trailer_bytes: h.max_trailer_bytes,
-        ws: WsLimits {
-            max_frame: ws.max_frame,
-            max_message: ws.max_message,
-            ping_interval: ws.ping_interval,
-            idle_timeout: ws.idle_timeout,
-            close_timeout: ws.close_timeout,
-            max_outbound: ws.max_outbound,
-            write_timeout: h.write_timeout,
-        },
-    };
+    let write_timeout = file.http.write_timeout;
+    let limits = file
+        .http
+        .into_limits(file.websocket.into_limits(write_timeout));
     for (i, origin) in file.auth.allowed_origins.iter().enumerate() {
         if !valid_origin(origin) {
             return Err(sources.error(
@@ -433,14 +412,14 @@ fn resolve(file: ConfigFile, sources: &Sources<'_>) -> Result<Config, ConfigErro
     check_oauth(&file.auth, sources)?;
     let b = file.broadcast;
     let max_message = match b.max_message {
-        None => crate::broadcast::DEFAULT_MAX_MESSAGE.min(ws.max_outbound),
-        Some(m) if m > ws.max_outbound => {
+        None => crate::broadcast::DEFAULT_MAX_MESSAGE.min(limits.ws.max_outbound),
+        Some(m) if m > limits.ws.max_outbound => {
             return Err(sources.error(
                 vec![key("broadcast"), key("max_message")],
                 ConfigErrorKind::Invalid {
                     message: format!(
                         "{m} is above websocket.max_outbound ({}): a delivery must fit a subscriber's outbound queue",
-                        ws.max_outbound
+                        limits.ws.max_outbound
                     ),
                 },
             ))
