@@ -6,8 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::de::{duration, positive};
-use super::error::{ConfigError, ConfigErrorKind};
-use super::keypath::{key, KeyPath, Sources};
+use super::keypath::{key, KeyPath, Seg};
 use super::server::{cidr_list, Cidr};
 
 /// `[auth]`: the settings of `A` (DESIGN §4).
@@ -88,7 +87,7 @@ impl Default for AuthConfig {
 }
 
 /// `scheme://host[:port]` with an http(s) scheme and nothing after.
-pub(super) fn valid_origin(o: &str) -> bool {
+fn valid_origin(o: &str) -> bool {
     let Some(rest) = o
         .strip_prefix("https://")
         .or_else(|| o.strip_prefix("http://"))
@@ -101,31 +100,49 @@ pub(super) fn valid_origin(o: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
 }
 
-/// `[auth] public_url` and the `[auth.oauth.<name>]` tables (DESIGN §4).
-pub(super) fn check_oauth(auth: &AuthConfig, sources: &Sources<'_>) -> Result<(), ConfigError> {
-    let invalid =
-        |path: KeyPath, message: String| sources.error(path, ConfigErrorKind::Invalid { message });
-    if let Some(url) = &auth.public_url {
-        if !valid_origin(url.trim_end_matches('/')) {
-            return Err(invalid(
-                vec![key("auth"), key("public_url")],
-                format!("invalid public URL {url:?}: expected scheme://host[:port], e.g. \"https://chat.example.com\""),
+impl AuthConfig {
+    /// The checks across `[auth]`'s keys: the origins, the session
+    /// timeouts, `public_url` and the `[auth.oauth.<name>]` tables
+    /// (DESIGN §4). The error names the key (from `auth` down).
+    pub(super) fn check(&self) -> Result<(), (KeyPath, String)> {
+        for (i, origin) in self.allowed_origins.iter().enumerate() {
+            if !valid_origin(origin) {
+                return Err((
+                    vec![key("auth"), key("allowed_origins"), Seg::Index(i)],
+                    format!(
+                        "invalid origin {origin:?}: expected scheme://host[:port], e.g. \"https://app.example.com\""
+                    ),
+                ));
+            }
+        }
+        if self.session_idle_timeout > self.session_lifetime {
+            return Err((
+                vec![key("auth"), key("session_idle_timeout")],
+                "must not be longer than auth.session_lifetime".into(),
             ));
         }
-    } else if !auth.oauth.is_empty() {
-        return Err(invalid(
-            vec![key("auth"), key("public_url")],
-            "is required with [auth.oauth.*]: providers redirect to <public_url>/auth/<name>/callback".into(),
-        ));
-    }
-    for (name, p) in &auth.oauth {
-        if let Err(e) = p.validate(name) {
-            let mut path = vec![key("auth"), key("oauth"), key(name)];
-            if !e.key.is_empty() {
-                path.push(key(e.key));
+        if let Some(url) = &self.public_url {
+            if !valid_origin(url.trim_end_matches('/')) {
+                return Err((
+                    vec![key("auth"), key("public_url")],
+                    format!("invalid public URL {url:?}: expected scheme://host[:port], e.g. \"https://chat.example.com\""),
+                ));
             }
-            return Err(invalid(path, e.message));
+        } else if !self.oauth.is_empty() {
+            return Err((
+                vec![key("auth"), key("public_url")],
+                "is required with [auth.oauth.*]: providers redirect to <public_url>/auth/<name>/callback".into(),
+            ));
         }
+        for (name, p) in &self.oauth {
+            if let Err(e) = p.validate(name) {
+                let mut path = vec![key("auth"), key("oauth"), key(name)];
+                if !e.key.is_empty() {
+                    path.push(key(e.key));
+                }
+                return Err((path, e.message));
+            }
+        }
+        Ok(())
     }
-    Ok(())
 }

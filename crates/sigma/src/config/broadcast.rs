@@ -5,6 +5,7 @@ use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
 use super::de::{opt_positive, positive};
+use super::keypath::{key, KeyPath};
 
 /// `[broadcast]`: the settings of every `&broadcast` hub (DESIGN §6).
 ///
@@ -44,16 +45,16 @@ impl Default for BroadcastConfig {
     }
 }
 
-/// `[broadcast]` as written; [`resolve`] turns it into a
+/// `[broadcast]` as written; [`BroadcastTable::resolve`] turns it into a
 /// [`BroadcastConfig`] (`max_message` depends on `[websocket]`).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(super) struct BroadcastTable {
     #[serde(deserialize_with = "positive")]
-    pub(super) max_subscriptions: usize,
+    max_subscriptions: usize,
     #[serde(deserialize_with = "opt_positive")]
-    pub(super) max_message: Option<usize>,
-    pub(super) rule: Vec<BroadcastRule>,
+    max_message: Option<usize>,
+    rule: Vec<BroadcastRule>,
 }
 
 impl Default for BroadcastTable {
@@ -63,6 +64,31 @@ impl Default for BroadcastTable {
             max_message: None,
             rule: Vec::new(),
         }
+    }
+}
+
+impl BroadcastTable {
+    /// The table with `max_message` resolved against
+    /// `websocket.max_outbound` (see [`BroadcastConfig`]); the error names
+    /// the key.
+    pub(super) fn resolve(self, max_outbound: usize) -> Result<BroadcastConfig, (KeyPath, String)> {
+        let max_message = match self.max_message {
+            None => crate::broadcast::DEFAULT_MAX_MESSAGE.min(max_outbound),
+            Some(m) if m > max_outbound => {
+                return Err((
+                    vec![key("broadcast"), key("max_message")],
+                    format!(
+                        "{m} is above websocket.max_outbound ({max_outbound}): a delivery must fit a subscriber's outbound queue"
+                    ),
+                ))
+            }
+            Some(m) => m,
+        };
+        Ok(BroadcastConfig {
+            max_subscriptions: self.max_subscriptions,
+            max_message,
+            rule: self.rule,
+        })
     }
 }
 

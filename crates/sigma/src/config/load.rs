@@ -10,7 +10,7 @@ use toml::{Table, Value};
 
 use crate::pipeline::{self, Topology};
 
-use super::auth::{check_oauth, valid_origin, AuthConfig};
+use super::auth::AuthConfig;
 use super::broadcast::{BroadcastConfig, BroadcastTable};
 use super::db::DbConfig;
 use super::error::{ConfigError, ConfigErrorKind, Origin};
@@ -389,48 +389,12 @@ fn resolve(file: ConfigFile, sources: &Sources<'_>) -> Result<Config, ConfigErro
     let limits = file
         .http
         .into_limits(file.websocket.into_limits(write_timeout));
-    for (i, origin) in file.auth.allowed_origins.iter().enumerate() {
-        if !valid_origin(origin) {
-            return Err(sources.error(
-                vec![key("auth"), key("allowed_origins"), Seg::Index(i)],
-                ConfigErrorKind::Invalid {
-                    message: format!(
-                        "invalid origin {origin:?}: expected scheme://host[:port], e.g. \"https://app.example.com\""
-                    ),
-                },
-            ));
-        }
-    }
-    if file.auth.session_idle_timeout > file.auth.session_lifetime {
-        return Err(sources.error(
-            vec![key("auth"), key("session_idle_timeout")],
-            ConfigErrorKind::Invalid {
-                message: "must not be longer than auth.session_lifetime".into(),
-            },
-        ));
-    }
-    check_oauth(&file.auth, sources)?;
-    let b = file.broadcast;
-    let max_message = match b.max_message {
-        None => crate::broadcast::DEFAULT_MAX_MESSAGE.min(limits.ws.max_outbound),
-        Some(m) if m > limits.ws.max_outbound => {
-            return Err(sources.error(
-                vec![key("broadcast"), key("max_message")],
-                ConfigErrorKind::Invalid {
-                    message: format!(
-                        "{m} is above websocket.max_outbound ({}): a delivery must fit a subscriber's outbound queue",
-                        limits.ws.max_outbound
-                    ),
-                },
-            ))
-        }
-        Some(m) => m,
-    };
-    let broadcast = BroadcastConfig {
-        max_subscriptions: b.max_subscriptions,
-        max_message,
-        rule: b.rule,
-    };
+    let invalid = |(path, message)| sources.error(path, ConfigErrorKind::Invalid { message });
+    file.auth.check().map_err(invalid)?;
+    let broadcast = file
+        .broadcast
+        .resolve(limits.ws.max_outbound)
+        .map_err(invalid)?;
     Ok(Config {
         topology,
         data_dir: file.data_dir,
