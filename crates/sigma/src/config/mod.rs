@@ -1,4 +1,7 @@
-//! `sigma.toml`: the configuration of DESIGN §3, §6 and §8.
+//! `sigma.toml`: the configuration of DESIGN §3, §6 and §8. Config
+//! assembly is part of the `sigma` shell, above the pipeline it configures
+//! (T → H → A → router → destination): it reads the file and the
+//! environment once, before any stage runs, and hands each stage its table.
 //!
 //! `sigma serve` and `sigma check` call [`load`] first. The resulting
 //! [`Config`] tells the binary which listeners to bind and which stages they
@@ -25,6 +28,17 @@
 //!   and `SIGMA_DATA_DIR` set the top-level keys; the value is an integer if
 //!   it parses as one, else a boolean for `true`/`false`, else a string.
 //!   [`RESERVED_ENV`] variables belong to logging and are ignored here.
+//!
+//! The modules, each importing only those listed before it:
+//! - `de`: field deserializers (durations, positive counts);
+//! - `error`: [`ConfigError`] and its kinds; `keypath`: key paths and
+//!   where a value came from (file line or variable);
+//! - one per table, with its type, defaults and cross-key rules:
+//!   `server` (T), `limits` (`[http]`, `[websocket]`: H), `auth` (A),
+//!   `route` (`[[route]]`), `db`, `broadcast`, `world` (`[worlds]`,
+//!   `[world.<name>]`);
+//! - `load`: [`Config`], the file and environment layering and the checks
+//!   across tables.
 
 mod auth;
 mod broadcast;
