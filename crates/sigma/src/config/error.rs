@@ -22,7 +22,7 @@ pub struct ConfigError {
 /// Where a configuration value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {
-    /// The config file (`name` as given; `<config>` for [`from_str`]).
+    /// The config file (`name` as given; `<config>` for [`from_str`](super::from_str)).
     File {
         /// The file name as given by the caller.
         name: String,

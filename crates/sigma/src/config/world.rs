@@ -82,7 +82,7 @@ pub struct WorldCommand {
     /// endpoint ([`Destination::hosts_worlds`]).
     pub to: Destination,
     /// If set, only these users may start it (never empty). See
-    /// [`Config::world_users`] for who may, once the route it reuses is
+    /// [`Config::world_users`](super::Config::world_users) for who may, once the route it reuses is
     /// taken into account.
     pub users: Option<Vec<String>>,
 }
