@@ -229,13 +229,30 @@ impl ServerConn {
     /// buffer has (or can cheaply reclaim) it, else in a new buffer whose
     /// capacity is charged before it is allocated. False when the budget
     /// cannot hold it (nothing is allocated then).
+    ///
+    /// A reclaim takes back the whole allocation that polled heads and
+    /// bodies were split from (no longer charged here while the
+    /// application held them), so it is charged too; when the budget
+    /// cannot hold it, it is let go for a new buffer of the usual size.
     fn grow_input(&mut self, additional: usize) -> bool {
         let (len, cap) = (self.input.len(), self.input.capacity());
-        if cap.saturating_sub(len) >= additional || self.input.try_reclaim(additional) {
+        if cap.saturating_sub(len) >= additional {
             return true;
         }
+        if self.input.try_reclaim(additional) {
+            let want = self.footprint();
+            if self.out.account_mut().try_set(want) {
+                return true;
+            }
+        }
+        // What the input holds now: the reclaimed allocation, if any, is
+        // replaced (or, on refusal, dropped by the caller).
+        let held_now = self.input.capacity();
         let target = len.saturating_add(additional).max(cap.saturating_mul(2));
-        let want = self.footprint().saturating_sub(cap).saturating_add(target);
+        let want = self
+            .footprint()
+            .saturating_sub(held_now)
+            .saturating_add(target);
         if !self.out.account_mut().try_set(want) {
             return false;
         }
@@ -541,10 +558,16 @@ impl ServerConn {
                 return Ok(());
             }
         }
+        // HTTP output (a response, or the 101 that opens a WebSocket) is
+        // charged once written: what the budget cannot hold is dropped.
+        // A WebSocket message was charged above; what may still trail is
+        // the close frame of a refusal.
+        let http = self.ws.is_none();
         let res = self.send_unbudgeted(reply, now);
-        if !self.sync_budget() && self.ws.is_none() {
+        if !self.sync_budget() && http {
             self.out.clear();
             self.abort_now("memory_budget");
+            self.sync_budget();
         }
         res
     }
@@ -940,10 +963,10 @@ impl ServerConn {
         // Not in the middle of a streamed body (the client then sends its
         // body after its own 100-continue timeout).
         if parsed.expect_continue && self.in_flight.len() == 1 && self.stream.is_none() {
-            self.out.mark_pending(now);
+            // Charged if it can be (the client may not have read earlier
+            // responses): past the budget only these 25 bytes trail it.
             self.out
-                .vec_mut()
-                .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                .extend_charged(&[b"HTTP/1.1 100 Continue\r\n\r\n"], now);
         }
         let upgrade = head.websocket.is_some();
         self.events.push_back(Event::Request(head));
@@ -1014,14 +1037,18 @@ impl ServerConn {
                     }
                     let body = format!("{} {}: {}\n", status, encode::reason_phrase(status), err);
                     let resp = Response::new(status, headers, body);
-                    self.out.mark_pending(now);
+                    // Encoded apart, then copied in one growth that is
+                    // charged if it can be: this may be the 503 of a
+                    // refusal, behind a large unwritten response.
+                    let mut wire = Vec::new();
                     encode::encode_response(
-                        self.out.vec_mut(),
+                        &mut wire,
                         &resp,
                         &self.date,
                         ConnHeader::Close,
                         head_only,
                     );
+                    self.out.extend_charged(&[&wire], now);
                 }
             }
             self.in_flight.pop_front();

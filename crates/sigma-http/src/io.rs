@@ -133,11 +133,57 @@ impl OutBuf {
 
     /// Appends bytes (copied); `now` starts the write-progress clock if it was idle.
     pub fn extend(&mut self, bytes: &[u8], now: Instant) {
+        self.extend_parts(&[bytes], now);
+    }
+
+    /// Appends several runs of bytes (copied) with at most one growth of
+    /// the tail, to the capacity [`OutBuf::footprint_with`] predicts for
+    /// their total: a frame header and its payload are one write, not two
+    /// (two could double the tail twice).
+    pub fn extend_parts(&mut self, parts: &[&[u8]], now: Instant) {
+        let n = parts.iter().fold(0usize, |n, p| n.saturating_add(p.len()));
+        let target = self.tail_capacity_for(n);
+        self.append(parts, target, now);
+    }
+
+    /// Appends a small answer that must go out even past the budget (a
+    /// close frame, an error response). When the account can be charged
+    /// for the tail's growth it grows as [`OutBuf::extend_parts`] does;
+    /// otherwise by exactly these bytes, which are then all that trails
+    /// the reservation (not a doubled tail holding a large backlog). True
+    /// when it was charged.
+    pub fn extend_charged(&mut self, parts: &[&[u8]], now: Instant) -> bool {
+        let n = parts.iter().fold(0usize, |n, p| n.saturating_add(p.len()));
+        if self.charge(self.growth_for(n)) {
+            self.append(parts, self.tail_capacity_for(n), now);
+            return true;
+        }
+        let target = self.tail.len().saturating_add(n);
+        self.append(parts, target, now);
+        false
+    }
+
+    /// Grows the account by `more` bytes, before they are allocated;
+    /// false (and nothing reserved) when the budget cannot hold them.
+    pub fn charge(&mut self, more: usize) -> bool {
+        let held = self.account.held();
+        more == 0 || self.account.try_set(held.saturating_add(more))
+    }
+
+    fn append(&mut self, parts: &[&[u8]], target: usize, now: Instant) {
         self.mark_pending(now);
-        let target = self.tail_capacity_for(bytes.len());
         self.tail
             .reserve_exact(target.saturating_sub(self.tail.len()));
-        self.tail.extend_from_slice(bytes);
+        for part in parts {
+            self.tail.extend_from_slice(part);
+        }
+    }
+
+    /// How much [`OutBuf::footprint`] grows when `n` bytes are copied in
+    /// with [`OutBuf::extend_parts`] (0 when the tail has room).
+    pub fn growth_for(&self, n: usize) -> usize {
+        self.tail_capacity_for(n)
+            .saturating_sub(self.tail.capacity())
     }
 
     /// The tail's capacity once `n` more bytes are copied into it:
@@ -163,6 +209,19 @@ impl OutBuf {
         self.segs_alloc
             .saturating_add(self.tail_capacity_for(header))
             .saturating_add(payload)
+    }
+
+    /// Appends a frame: its `header` (copied) and a reference-counted
+    /// payload, queued without copying unless it is small (see
+    /// [`COALESCE_MAX`]); the footprint is then exactly
+    /// [`OutBuf::footprint_with`] of their sizes, as charged before.
+    pub fn push_frame(&mut self, header: &[u8], payload: Bytes, now: Instant) {
+        if payload.len() <= COALESCE_MAX {
+            self.extend_parts(&[header, &payload], now);
+            return;
+        }
+        self.extend(header, now);
+        self.push_shared(payload, now);
     }
 
     /// Appends a reference-counted payload without copying it (small ones
@@ -313,6 +372,51 @@ mod tests {
         let tail_cap = out.footprint();
         out.push_shared(Bytes::from(vec![2u8; COALESCE_MAX + 1]), now);
         assert_eq!(out.footprint(), tail_cap + COALESCE_MAX + 1);
+    }
+
+    #[test]
+    fn a_frame_grows_the_buffer_to_exactly_what_was_charged() {
+        // A header and its payload are one growth: two could double the
+        // tail twice, past what `footprint_with` charged (issue #13).
+        let now = Instant::now();
+        for fill in [0usize, 1, 60, 64, 100, 2528, 4096] {
+            for payload in [
+                0usize,
+                1,
+                63,
+                125,
+                2525,
+                2529,
+                COALESCE_MAX,
+                COALESCE_MAX + 1,
+            ] {
+                let mut out = OutBuf::new();
+                out.mark_pending(now);
+                out.tail = vec![0u8; fill];
+                assert_eq!(out.footprint(), fill, "a full tail");
+                let want = out.footprint_with(4, payload);
+                out.push_frame(&[0u8; 4], Bytes::from(vec![1u8; payload]), now);
+                assert_eq!(out.footprint(), want, "fill {fill} payload {payload}");
+                assert_eq!(out.len(), fill + 4 + payload);
+            }
+        }
+    }
+
+    #[test]
+    fn an_uncharged_answer_grows_the_tail_by_itself_only() {
+        let now = Instant::now();
+        let budget = crate::MemoryBudget::new(5000);
+        let mut out = OutBuf::with_account(Account::new(std::sync::Arc::clone(&budget)));
+        assert!(out.charge(4000));
+        out.mark_pending(now);
+        out.tail = vec![0u8; 4000];
+        // Doubling would take 4000 more: the budget cannot, so exactly 30.
+        assert!(!out.extend_charged(&[&[1u8; 30]], now));
+        assert_eq!(out.footprint(), 4030);
+        assert_eq!(out.account().held(), 4000);
+        out.consume(4030, now);
+        assert!(out.extend_charged(&[&[1u8; 30]], now), "no growth now");
+        assert_eq!(out.footprint(), 4030, "the kept capacity holds it");
     }
 
     #[test]

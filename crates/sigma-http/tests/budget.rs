@@ -301,6 +301,106 @@ fn an_outbound_message_past_the_budget_closes_1008_and_others_go_on() {
     assert_eq!(budget.used(), 0);
 }
 
+/// The opcodes of the frames in `wire` (server frames are unmasked).
+fn opcodes(wire: &[u8]) -> Vec<u8> {
+    let mut rest = wire;
+    let mut ops = vec![];
+    while rest.len() >= 2 {
+        let (op, len7) = (rest[0] & 0x0f, (rest[1] & 0x7f) as usize);
+        let (len, hdr) = match len7 {
+            126 => (u16::from_be_bytes([rest[2], rest[3]]) as usize, 4),
+            127 => (
+                u64::from_be_bytes(rest[2..10].try_into().unwrap()) as usize,
+                10,
+            ),
+            n => (n, 2),
+        };
+        ops.push(op);
+        rest = &rest[(hdr + len).min(rest.len())..];
+    }
+    ops
+}
+
+#[test]
+fn a_pong_the_budget_cannot_hold_closes_1008_without_doubling_the_queue() {
+    // A client that sends a message, never reads the echo, then pings:
+    // the pong would double the queue's buffer. It is refused (1008) and
+    // only the close frame trails the reservation.
+    let now = Instant::now();
+    let probe = MemoryBudget::new(1 << 20);
+    let idle = open_ws(&probe, now).budget_held();
+    let budget = MemoryBudget::new(idle + 3_200);
+    let mut c = open_ws(&budget, now);
+    c.handle_input(&frame(0x2, true, &[7u8; 3_000]), now);
+    reply_all(&mut c, now, 0);
+    let queued = c.budget_held();
+    assert!(c.output_len() >= 3_000, "the echo waits");
+    c.handle_input(&frame(0x9, true, b"hi"), now);
+    let mut reasons = vec![];
+    while let Some(ev) = c.poll_event() {
+        if let Event::Abort(a) = ev {
+            reasons.push(a.reason);
+        }
+    }
+    assert_eq!(reasons, ["memory_budget"]);
+    assert!(
+        c.footprint() <= c.budget_held() + 127,
+        "footprint {} > held {}",
+        c.footprint(),
+        c.budget_held()
+    );
+    assert!(c.budget_held() >= queued);
+    let wire = take_output(&mut c, now);
+    assert_eq!(opcodes(&wire), [0x2, 0x8], "the echo, no pong, the close");
+    assert_eq!(close_code(&wire), Some(1008));
+    drop(c);
+    assert_eq!(budget.used(), 0);
+}
+
+#[test]
+fn a_503_behind_an_unread_response_does_not_double_the_queue() {
+    // The client pipelines a second request past the budget without
+    // reading the first response: the 503 goes out, and only its own
+    // bytes trail the reservation (not a doubled output buffer).
+    let now = Instant::now();
+    let budget = MemoryBudget::new(1 << 20);
+    let mut c = ServerConn::with_budget(Arc::new(Limits::default()), Arc::clone(&budget), now);
+    c.handle_input(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", now);
+    while c.poll_event().is_some() {}
+    c.send(
+        Reply::Response(Response::new(200, vec![], vec![b'r'; 6_000])),
+        now,
+    )
+    .unwrap();
+    let held = c.budget_held();
+    assert!(held >= 6_000 && c.footprint() <= held);
+    // A budget that holds this and little more.
+    let tight = MemoryBudget::new(held + 1_500);
+    let mut d = ServerConn::with_budget(Arc::new(Limits::default()), Arc::clone(&tight), now);
+    d.handle_input(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", now);
+    while d.poll_event().is_some() {}
+    d.send(
+        Reply::Response(Response::new(200, vec![], vec![b'r'; 6_000])),
+        now,
+    )
+    .unwrap();
+    assert_eq!(d.budget_held(), held);
+    let mut big = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5000\r\n\r\n".to_vec();
+    big.extend_from_slice(&[b'x'; 5_000]);
+    d.handle_input(&big, now);
+    assert!(
+        d.footprint() <= d.budget_held() + 400,
+        "footprint {} > held {}",
+        d.footprint(),
+        d.budget_held()
+    );
+    let wire = String::from_utf8_lossy(&take_output(&mut d, now)).into_owned();
+    assert!(wire.starts_with("HTTP/1.1 200 "), "{wire}");
+    assert!(wire.contains("HTTP/1.1 503 "), "{wire}");
+    drop((c, d));
+    assert_eq!((budget.used(), tight.used()), (0, 0));
+}
+
 #[test]
 fn a_request_past_the_budget_is_503() {
     let now = Instant::now();

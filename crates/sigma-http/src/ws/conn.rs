@@ -167,11 +167,10 @@ fn message_capacity(len: usize, cap: usize, additional: usize, frame_end: usize)
         .max(need)
 }
 
-/// Grows `account`'s reservation by `more` bytes, before they are
-/// allocated; false (and nothing reserved) when the budget cannot.
+/// Grows `out`'s account by `more` bytes, before they are allocated;
+/// false (and nothing reserved) when the budget cannot.
 fn charge(out: &mut OutBuf, more: usize) -> bool {
-    let held = out.account().held();
-    more == 0 || out.account_mut().try_set(held.saturating_add(more))
+    out.charge(more)
 }
 
 /// One open server-side WebSocket (sans-IO).
@@ -330,6 +329,10 @@ impl WsConn {
                 self.slow_consumer(now, out);
                 return;
             }
+            if !charge_control(out, 0) {
+                self.policy_close(ProtocolError::OutboundBudget, now, out);
+                return;
+            }
             write_frame(OpCode::Ping, &[], now, out);
             self.timers
                 .set_opt(Timer::WsPing, now.checked_add(self.limits.ping_interval));
@@ -432,9 +435,10 @@ impl WsConn {
         }
         // Server frames are unmasked: the payload is queued as is, shared
         // with every other socket it is sent to.
+        // `ServerConn::send` charged `OutBuf::footprint_with` of this
+        // frame before: `push_frame` grows the buffer to exactly that.
         let (header, n) = encode_header(true, opcode, payload.len());
-        out.extend(header.get(..n).unwrap_or_default(), now);
-        out.push_shared(payload, now);
+        out.push_frame(header.get(..n).unwrap_or_default(), payload, now);
         Ok(())
     }
 
@@ -684,7 +688,7 @@ impl WsConn {
         let mut payload = Vec::with_capacity(MAX_CONTROL_PAYLOAD);
         close::encode_payload(code, reason, &mut payload);
         payload.truncate(MAX_CONTROL_PAYLOAD);
-        write_frame(OpCode::Close, &payload, now, out);
+        write_close_frame(&payload, now, out);
     }
 
     // ----- frame reader -----------------------------------------------------
@@ -936,6 +940,10 @@ impl WsConn {
             self.slow_consumer(now, out);
             return;
         }
+        if !charge_control(out, self.control.len()) {
+            self.policy_close(ProtocolError::OutboundBudget, now, out);
+            return;
+        }
         write_frame(OpCode::Pong, &self.control, now, out);
         let payload = Bytes::copy_from_slice(&self.control);
         self.push(Event::Ws(WsEvent::Ping(payload)));
@@ -1019,11 +1027,27 @@ pub fn frame_len(msg: &WsMessage) -> usize {
     payload.saturating_add(header)
 }
 
-/// Appends one unmasked, unfragmented server frame.
+/// Charges `out`'s account for what queuing a control frame with this
+/// payload grows the buffer by; false (nothing charged) when the budget
+/// cannot hold it.
+fn charge_control(out: &mut OutBuf, payload: usize) -> bool {
+    let (_, header) = encode_header(true, OpCode::Ping, payload);
+    charge(out, out.growth_for(header.saturating_add(payload)))
+}
+
+/// Appends one unmasked, unfragmented control frame whose growth of the
+/// buffer was charged with [`charge_control`].
 fn write_frame(opcode: OpCode, payload: &[u8], now: Instant, out: &mut OutBuf) {
     let (header, n) = encode_header(true, opcode, payload.len());
-    out.extend(header.get(..n).unwrap_or_default(), now);
-    out.extend(payload, now);
+    out.extend_parts(&[header.get(..n).unwrap_or_default(), payload], now);
+}
+
+/// Appends a close frame, charged when the budget can hold it; past the
+/// budget it goes out anyway (it is the refusal), with at most its 127
+/// bytes left uncharged until the account is next synced.
+fn write_close_frame(payload: &[u8], now: Instant, out: &mut OutBuf) {
+    let (header, n) = encode_header(true, OpCode::Close, payload.len());
+    out.extend_charged(&[header.get(..n).unwrap_or_default(), payload], now);
 }
 
 #[cfg(test)]
