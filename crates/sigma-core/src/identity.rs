@@ -7,7 +7,7 @@
 //!
 //! `A` tags everything it forwards with the connection's identity (or
 //! `null`) and sends a reply only if it carries exactly that identity
-//! ([`check_reply`]). This module holds the values and the rule; how an
+//! ([`crate::reply`]). This module holds the values; how an
 //! identity is found (cookies, tokens, sessions) is `A`'s business, not
 //! this module's. It also names the client-supplied identity headers
 //! (`X-Sigma-*`, any spelling) that `A` strips so no destination can be
@@ -90,23 +90,6 @@ pub fn tag_request(identity: Principal, mut head: RequestHead) -> Tagged<Request
     Tagged::new(identity, head)
 }
 
-/// The reply rule (seed `000`: "That same authentication header must be
-/// present on replies; otherwise nothing will be sent"): `reply` may be
-/// sent only if it carries exactly the identity `A` attached to the message
-/// it answers.
-pub fn check_reply<T>(expected: &Principal, reply: &Tagged<T>) -> Result<(), IdentityMismatch> {
-    let same = match (expected, &reply.identity) {
-        (None, None) => true,
-        (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
-        _ => false,
-    };
-    if same {
-        Ok(())
-    } else {
-        Err(IdentityMismatch)
-    }
-}
-
 /// True for `X-Sigma-*` in any case, with `-` or `_` (`X_Sigma_User`).
 pub fn is_identity_header(name: &[u8]) -> bool {
     const PREFIX: &[u8] = b"x-sigma-";
@@ -148,23 +131,6 @@ mod tests {
             provider: Provider::Password,
             world: None,
         }))
-    }
-
-    #[test]
-    fn reply_rule() {
-        let alice = alice();
-        assert!(check_reply(&None, &Tagged::new(None, ())).is_ok());
-        assert_eq!(
-            check_reply(&None, &Tagged::new(alice.clone(), ())),
-            Err(IdentityMismatch)
-        );
-        assert!(check_reply(&alice, &Tagged::new(alice.clone(), ())).is_ok());
-        // Equal but distinct allocations are the same identity.
-        assert!(check_reply(&alice, &Tagged::new(self::alice(), ())).is_ok());
-        assert_eq!(
-            check_reply(&alice, &Tagged::new(None, ())),
-            Err(IdentityMismatch)
-        );
     }
 
     #[test]

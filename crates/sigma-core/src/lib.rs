@@ -13,11 +13,14 @@
 //! depends on `sigma-http` only; every other sigma crate may import it.
 //!
 //! - [`identity`]: who a message is from or for ([`Identity`],
-//!   [`Principal`], [`Tagged`]) and the reply rule ([`check_reply`]).
+//!   [`Principal`], [`Tagged`]).
+//! - [`reply`]: the reply rule ([`check_reply`]) and its one policy for
+//!   what it drops ([`enforce`], [`ReplyAudit`]).
 //! - [`destination`]: where requests end ([`Destination`], [`WsEndpoint`]).
 //! - [`push`]: the bounded queue a destination pushes WebSocket messages
 //!   into ([`ws_push_queue`]).
 //! - [`body`]: streamed request and response bodies ([`body_channel`]).
+//! - [`response`]: the plain-text and JSON answers ([`response::plain`]).
 
 #![cfg_attr(
     not(test),
@@ -33,6 +36,8 @@ pub mod body;
 pub mod destination;
 pub mod identity;
 pub mod push;
+pub mod reply;
+pub mod response;
 
 pub use body::{
     body_channel, Admission, BodyError, BodyRx, BodyStream, BodyTx, ClientInfo, LaterStreamed,
@@ -40,10 +45,11 @@ pub use body::{
 };
 pub use destination::{Destination, Handled, HttpRequest, WsEndpoint};
 pub use identity::{
-    check_reply, is_identity_header, strip_identity_headers, tag_request, Identity,
-    IdentityMismatch, Principal, Provider, Tagged,
+    is_identity_header, strip_identity_headers, tag_request, Identity, IdentityMismatch, Principal,
+    Provider, Tagged,
 };
 pub use push::{
     ws_push_queue, PushError, Pushed, WsCloser, WsReceiver, WsSender, WS_CLOSE_REVOKED,
     WS_PUSH_BYTES, WS_PUSH_QUEUE,
 };
+pub use reply::{check_reply, enforce, Dropped, ReplyAudit};

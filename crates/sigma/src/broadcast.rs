@@ -75,10 +75,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use serde::{Deserialize, Deserializer};
 use serde_json::{json, Value};
+use sigma_core::response::{json_error, json_response};
+use sigma_core::{Principal, Tagged};
 use sigma_http::{Header, Method, Response, Utf8Bytes, WsMessage};
 
-use crate::auth::endpoints::json_response;
-use crate::auth::{Principal, Tagged};
 use crate::route::{Destination, Handled, HttpRequest, PushError, WsEndpoint, WsSender};
 
 /// The longest channel name, in bytes.
@@ -772,10 +772,6 @@ impl Settings {
     }
 }
 
-fn error_response(status: u16, error: &str) -> Response {
-    json_response(status, json!({ "error": error }))
-}
-
 impl Broadcast {
     /// `413 {"error":"message_too_large","max_message":N}`.
     fn too_large(&self) -> Response {
@@ -798,7 +794,7 @@ impl Destination for Broadcast {
         let identity = req.identity;
         let head = &req.msg.head;
         let resp = if head.method != Method::Post {
-            let mut r = error_response(405, "method_not_allowed");
+            let mut r = json_error(405, "method_not_allowed");
             r.headers.push(Header::new(&b"Allow"[..], &b"POST"[..]));
             r
         } else {
@@ -810,7 +806,7 @@ impl Destination for Broadcast {
                         .rules
                         .allows(&identity, channel, Op::Publish)
                     {
-                        error_response(403, "forbidden")
+                        json_error(403, "forbidden")
                     } else if u64::try_from(req.msg.body.len()).map_or(true, |n| {
                         n > publish_body_limit(self.hub.settings.max_message)
                     }) {
@@ -818,16 +814,16 @@ impl Destination for Broadcast {
                         self.too_large()
                     } else {
                         match serde_json::from_slice::<Value>(&req.msg.body) {
-                            Err(_) => error_response(400, "bad_json"),
+                            Err(_) => json_error(400, "bad_json"),
                             Ok(data) => match self.hub.publish(&identity, channel, &data) {
                                 Ok(seq) => json_response(202, json!({ "seq": seq })),
                                 Err(Refusal::MessageTooLarge) => self.too_large(),
-                                Err(r) => error_response(r.status(), r.code()),
+                                Err(r) => json_error(r.status(), r.code()),
                             },
                         }
                     }
                 }
-                _ => error_response(400, "bad_channel"),
+                _ => json_error(400, "bad_channel"),
             }
         };
         Handled::Ready(Tagged::new(identity, resp))

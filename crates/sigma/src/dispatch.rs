@@ -32,6 +32,7 @@ use crate::route::{ws_push_queue, Handled, HttpRequest, Pushed, Route, WsEndpoin
 use crate::streaming::{
     self, BodyError, BodyStream, BodyTx, ClientInfo, Refusal, Streamed, TrySend,
 };
+use sigma_core::{enforce, Dropped, ReplyAudit as _};
 
 /// What a pending reply becomes: a reply, or the head of a streamed
 /// response with its body (issue #6).
@@ -396,9 +397,11 @@ impl Dispatch<'_> {
                 let tagged = self.gate.tag(msg);
                 if let Some(ep) = self.ws.as_mut() {
                     if let Some(reply) = ep.on_message(tagged) {
-                        match self.gate.check_reply(&reply) {
-                            Ok(()) => self.outbox.push(Reply::Ws(reply.msg)),
-                            Err(_) => self.mismatch(),
+                        let audit = &*self.ctx.metrics;
+                        let expected = self.gate.identity();
+                        if let Some(r) = enforce(expected, reply, audit, Dropped::Reply, &self.peer)
+                        {
+                            self.outbox.push(Reply::Ws(r.msg));
                         }
                     }
                 }
@@ -488,18 +491,15 @@ impl Dispatch<'_> {
             metrics.latency(started.elapsed());
             // The reply rule: another identity (A's tag), or an upstream
             // that did not echo the one it was sent (`echo_identity`).
-            let msg = match auth::check_reply(&expected, &t) {
-                Ok(()) => t.msg,
-                Err(_) => Streamed::IdentityMismatch,
+            let msg = match enforce(&expected, t, &*metrics, Dropped::Reply, &peer) {
+                Some(t) => t.msg,
+                None => return Outgoing::Reply(Reply::Response(plain(502, "bad gateway\n"))),
             };
             match msg {
                 Streamed::Whole(r) => Outgoing::Reply(Reply::Response(r)),
                 Streamed::Stream { head, body } => Outgoing::Stream(head, body),
                 Streamed::IdentityMismatch => {
-                    inc(&metrics.identity_mismatch);
-                    if metrics.may_log() {
-                        tracing::warn!(%peer, "reply dropped: identity mismatch");
-                    }
+                    metrics.mismatch(Dropped::Reply, &peer);
                     Outgoing::Reply(Reply::Response(plain(502, "bad gateway\n")))
                 }
             }
@@ -829,10 +829,7 @@ impl Dispatch<'_> {
                                     Reply::Response(plain(502, "bad gateway\n"))
                                 }
                                 Err(Refusal::IdentityMismatch) => {
-                                    inc(&metrics.identity_mismatch);
-                                    if metrics.may_log() {
-                                        tracing::warn!(%peer, "upgrade refused: identity mismatch");
-                                    }
+                                    metrics.mismatch(Dropped::Upgrade, &peer);
                                     Reply::Response(plain(502, "bad gateway\n"))
                                 }
                             })
@@ -850,10 +847,13 @@ impl Dispatch<'_> {
     /// to `H`; an overflow closes the socket with 1008 (slow consumer).
     pub fn on_pushed(&mut self, pushed: Pushed) {
         match pushed {
-            Pushed::Message(m) => match self.gate.check_reply(&m) {
-                Ok(()) => self.outbox.push(Reply::Ws(m.msg)),
-                Err(_) => self.mismatch(),
-            },
+            Pushed::Message(m) => {
+                let audit = &*self.ctx.metrics;
+                if let Some(m) = enforce(self.gate.identity(), m, audit, Dropped::Push, &self.peer)
+                {
+                    self.outbox.push(Reply::Ws(m.msg));
+                }
+            }
             Pushed::Closed => self.pushed = None,
             Pushed::Close { code, reason } => {
                 self.pushed = None;
@@ -881,13 +881,6 @@ impl Dispatch<'_> {
             }
         }
     }
-
-    fn mismatch(&self) {
-        inc(&self.ctx.metrics.identity_mismatch);
-        if self.ctx.metrics.may_log() {
-            tracing::warn!(peer = %self.peer, "reply dropped: identity mismatch");
-        }
-    }
 }
 
 /// Applies the reply rule to a response: one with another identity is
@@ -907,16 +900,8 @@ fn reply_rule_with(
     metrics: &crate::metrics::Metrics,
     peer: SocketAddr,
 ) -> Tagged<Response> {
-    match auth::check_reply(expected, &reply) {
-        Ok(()) => reply,
-        Err(_) => {
-            inc(&metrics.identity_mismatch);
-            if metrics.may_log() {
-                tracing::warn!(%peer, "reply dropped: identity mismatch");
-            }
-            Tagged::new(expected.clone(), plain(502, "bad gateway\n"))
-        }
-    }
+    enforce(expected, reply, metrics, Dropped::Reply, &peer)
+        .unwrap_or_else(|| Tagged::new(expected.clone(), plain(502, "bad gateway\n")))
 }
 
 /// 401 for a request that needs credentials and has none.
@@ -960,14 +945,5 @@ fn ws_len(m: &WsMessage) -> usize {
     }
 }
 
-/// A small text response.
-pub fn plain(status: u16, body: &'static str) -> Response {
-    Response::new(
-        status,
-        vec![Header::new(
-            &b"Content-Type"[..],
-            &b"text/plain; charset=utf-8"[..],
-        )],
-        Bytes::from_static(body.as_bytes()),
-    )
-}
+/// A small text response (one definition, in `sigma-core`).
+pub use sigma_core::response::plain;

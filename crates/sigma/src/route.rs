@@ -69,10 +69,12 @@ impl RouteTable {
     /// Builds the table from validated config (`config.routes`); `&db`
     /// routes share one [`crate::db::DbService`] over `store`, limited by
     /// `[db]`; each `&broadcast` route gets its own hub with the rules of
-    /// `[broadcast]`.
+    /// `[broadcast]`. Destinations that apply the reply rule themselves
+    /// (`&world`) report what it drops to `audit`.
     pub fn build(
         config: &crate::config::Config,
         store: &Arc<dyn crate::store::Store>,
+        audit: &Arc<dyn sigma_core::ReplyAudit>,
     ) -> Result<Self, UnavailableDestination> {
         let routes: &[RouteConfig] = &config.routes;
         let mut out = Vec::with_capacity(routes.len());
@@ -112,7 +114,8 @@ impl RouteTable {
                 crate::config::Destination::World => match &world {
                     Some(w) => Arc::clone(w) as Arc<dyn Destination>,
                     None => {
-                        let w = Arc::new(crate::world::WorldService::new(config)?);
+                        let w =
+                            Arc::new(crate::world::WorldService::new(config, Arc::clone(audit))?);
                         world = Some(Arc::clone(&w));
                         w
                     }

@@ -41,9 +41,10 @@ pub struct Running {
 /// Binds every listener and starts accepting. Fails if a listener cannot
 /// be bound or a route's destination is unavailable.
 pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Running> {
-    let routes = Arc::new(RouteTable::build(config, &store)?);
-    let limits = Arc::new(config.limits.clone());
     let metrics = Arc::new(Metrics::default());
+    let audit: Arc<dyn sigma_core::ReplyAudit> = Arc::clone(&metrics) as _;
+    let routes = Arc::new(RouteTable::build(config, &store, &audit)?);
+    let limits = Arc::new(config.limits.clone());
     let limiter = ConnLimiter::new(
         config.server.max_connections,
         config.server.max_connections_per_ip,

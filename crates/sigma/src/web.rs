@@ -141,16 +141,14 @@ impl Web {
     }
 }
 
+/// [`sigma_core::response::plain`] with the page's CSP.
 fn plain(status: u16, body: &'static str) -> Response {
-    Response::new(
-        status,
-        vec![
-            Header::new(&b"Content-Type"[..], &b"text/plain; charset=utf-8"[..]),
-            Header::new(&b"Content-Security-Policy"[..], CSP.as_bytes()),
-            Header::new(&b"X-Content-Type-Options"[..], &b"nosniff"[..]),
-        ],
-        Bytes::from_static(body.as_bytes()),
-    )
+    let mut r = sigma_core::response::plain(status, body);
+    r.headers.extend([
+        Header::new(&b"Content-Security-Policy"[..], CSP.as_bytes()),
+        Header::new(&b"X-Content-Type-Options"[..], &b"nosniff"[..]),
+    ]);
+    r
 }
 
 impl Destination for Web {

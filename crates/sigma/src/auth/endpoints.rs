@@ -384,21 +384,8 @@ fn with_retry_after(mut resp: Response, secs: u64) -> Response {
     resp
 }
 
-fn no_store() -> Header {
-    Header::new(&b"Cache-Control"[..], &b"no-store"[..])
-}
-
-/// A JSON response (never cached).
-pub fn json_response(status: u16, body: serde_json::Value) -> Response {
-    Response::new(
-        status,
-        vec![
-            Header::new(&b"Content-Type"[..], &b"application/json"[..]),
-            no_store(),
-        ],
-        body.to_string(),
-    )
-}
+// One definition of each, in `sigma-core` (destinations use them too).
+pub use sigma_core::response::{json_response, no_store};
 
 /// A 303 to a same-origin path.
 pub fn redirect(to: &str) -> Response {

@@ -38,9 +38,10 @@ use session::Sessions;
 // The identity values and the reply rule live in `sigma-core`;
 // re-exported here so `crate::auth::…` paths keep working.
 pub use sigma_core::identity::{
-    check_reply, is_identity_header, strip_identity_headers, tag_request, Identity,
-    IdentityMismatch, Principal, Provider, Tagged,
+    is_identity_header, strip_identity_headers, tag_request, Identity, IdentityMismatch, Principal,
+    Provider, Tagged,
 };
+pub use sigma_core::reply::check_reply;
 
 /// The `A` stage of one connection.
 #[derive(Debug, Clone, Default)]

@@ -284,7 +284,7 @@ fn has_body(head: &RequestHead) -> bool {
 
 /// A small plain-text response; never a cause (those are logged).
 fn plain(status: u16, body: &'static str) -> Response {
-    let mut r = crate::dispatch::plain(status, body);
+    let mut r = sigma_core::response::plain(status, body);
     if status == 413 {
         r.headers
             .push(Header::new(&b"Connection"[..], &b"close"[..]));

@@ -43,8 +43,10 @@ use super::cookie::{CookieContents, MinuteKeys, UseError, NONCE};
 use super::envelope::{self, CommandInfo};
 use super::session::{ActivateError, Limits, Out, Session, WorldKey};
 use super::{Binding, WorldId};
-use crate::auth::endpoints::json_response;
-use crate::auth::{check_reply, unix_now_ms, Identity, Principal, Tagged};
+use sigma_core::response::json_response;
+use sigma_core::{enforce, Dropped, Identity, Principal, ReplyAudit, Tagged};
+
+use crate::auth::unix_now_ms;
 use crate::config::{Config, WorldCode};
 use crate::metrics::LogLimiter;
 use crate::route::{
@@ -107,6 +109,9 @@ struct Shared {
     /// Every active world key, and its socket.
     active: Arc<Mutex<ActiveWorlds>>,
     next_socket: AtomicU64,
+    /// Where the reply rule reports a world's dropped replies (counted
+    /// like every other stage's).
+    audit: Arc<dyn ReplyAudit>,
 }
 
 /// Close code of a session socket refused because `worlds.max_users`
@@ -125,7 +130,11 @@ impl WsEndpoint for Refused {
 
 impl WorldService {
     /// The service for `config.world` and `[worlds]`; reads code files.
-    pub fn new(config: &Config) -> Result<Self, UnavailableDestination> {
+    /// Replies the reply rule drops are reported to `audit`.
+    pub fn new(
+        config: &Config,
+        audit: Arc<dyn ReplyAudit>,
+    ) -> Result<Self, UnavailableDestination> {
         let mut commands = Vec::with_capacity(config.world.len());
         for w in &config.world {
             let code = match &w.code {
@@ -176,6 +185,7 @@ impl WorldService {
                 )),
                 active: Arc::new(Mutex::new(ActiveWorlds::new())),
                 next_socket: AtomicU64::new(1),
+                audit,
             }),
         })
     }
@@ -279,6 +289,7 @@ impl Destination for WorldService {
             user,
             push,
             worlds: HashMap::new(),
+            audit: Arc::clone(&self.shared.audit),
         }));
         lock(&self.shared.sockets).insert(id, Arc::downgrade(&socket));
         let timer = tokio::runtime::Handle::try_current().ok().map(|rt| {
@@ -477,6 +488,7 @@ struct Socket {
     user: Arc<Identity>,
     push: WsSender,
     worlds: HashMap<WorldId, Link>,
+    audit: Arc<dyn ReplyAudit>,
 }
 
 /// An active world's connection to its destination.
@@ -591,10 +603,10 @@ impl Socket {
     /// A reply or push from `world`'s destination: the reply rule, then a
     /// `world` envelope for that world.
     fn deliver(&mut self, world: WorldId, expected: &Principal, m: Tagged<WsMessage>) {
-        if check_reply(expected, &m).is_err() {
-            tracing::warn!(socket = self.id, world = %world, "world reply dropped: identity mismatch");
+        let whom = format_args!("socket {} world {world}", self.id);
+        let Some(m) = enforce(expected, m, &*self.audit, Dropped::WorldReply, &whom) else {
             return;
-        }
+        };
         let body = match m.msg {
             WsMessage::Text(t) => t.as_str().to_owned(),
             WsMessage::Binary(_) => {
@@ -737,7 +749,7 @@ mod tests {
 
     fn service(toml: &str) -> (WorldService, Arc<Counting>) {
         let config = crate::config::from_str(toml, &[]).unwrap();
-        let svc = WorldService::new(&config).unwrap();
+        let svc = WorldService::new(&config, Arc::new(crate::metrics::Metrics::default())).unwrap();
         let counting = Arc::new(Counting::default());
         let targets = config
             .world
