@@ -21,6 +21,8 @@
 //!   into ([`ws_push_queue`]).
 //! - [`body`]: streamed request and response bodies ([`body_channel`]).
 //! - [`response`]: the plain-text and JSON answers ([`response::plain`]).
+//! - [`clock`]: where the shell reads the time ([`SystemClock`], and a
+//!   [`FakeClock`] tests move by hand).
 
 #![cfg_attr(
     not(test),
@@ -33,6 +35,7 @@
 )]
 
 pub mod body;
+pub mod clock;
 pub mod destination;
 pub mod identity;
 pub mod push;
@@ -43,6 +46,7 @@ pub use body::{
     body_channel, Admission, BodyError, BodyRx, BodyStream, BodyTx, ClientInfo, LaterStreamed,
     Refusal, Streamed, TrySend, REQUEST_BODY_QUEUE,
 };
+pub use clock::{Clock, FakeClock, SystemClock};
 pub use destination::{Destination, Handled, HttpRequest, WsEndpoint};
 pub use identity::{
     is_identity_header, strip_identity_headers, tag_request, Identity, IdentityMismatch, Principal,

@@ -300,7 +300,7 @@ impl Dispatch<'_> {
                         .lookup(head.path())
                         .is_some_and(|r| r.auth == AuthLevel::None);
                 let resolved = match &self.ctx.auth {
-                    Some(a) if !unauthenticated_route => a.identify(&head, auth::unix_now_ms()),
+                    Some(a) if !unauthenticated_route => a.identify(&head, a.clock().unix_ms()),
                     _ => Resolved::anonymous(),
                 };
                 let via = resolved.via;

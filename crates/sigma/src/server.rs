@@ -111,7 +111,7 @@ async fn refresh_jwks(auth: Arc<Auth>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
     loop {
         tick.tick().await;
-        let now = crate::auth::unix_now();
+        let now = auth.clock().unix_secs();
         if !auth.verifier.needs_refresh(now) {
             continue;
         }
@@ -141,7 +141,7 @@ async fn sweep_sessions(auth: Arc<Auth>) {
         let a = Arc::clone(&auth);
         // A session that is not cached is read from the store.
         let ended =
-            tokio::task::spawn_blocking(move || a.sessions.sweep(crate::auth::unix_now_ms())).await;
+            tokio::task::spawn_blocking(move || a.sessions.sweep(a.clock().unix_ms())).await;
         if let Ok(n) = ended {
             if n > 0 {
                 tracing::info!(sessions = n, "closed the sockets of expired sessions");

@@ -20,7 +20,7 @@ use serde::Deserialize;
 use serde_json::json;
 use sigma_http::{Header, Method, Response};
 
-use super::{origin, unix_now_ms, Auth, Principal, Provider, TokenRefused, Via};
+use super::{origin, Auth, Principal, Provider, TokenRefused, Via};
 use crate::auth::Tagged;
 use crate::route::{Handled, HttpRequest};
 
@@ -202,7 +202,7 @@ fn login(auth: &Arc<Auth>, call: &Call<'_>) -> Handled {
             return Tagged::new(identity, resp);
         }
         auth.throttle.succeeded(attempt);
-        let now = unix_now_ms();
+        let now = auth.clock().unix_ms();
         let store_auth = Arc::clone(&auth);
         let user = creds.user.clone();
         let created = tokio::task::spawn_blocking(move || {

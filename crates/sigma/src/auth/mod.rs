@@ -26,8 +26,8 @@ pub mod throttle;
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
+use sigma_core::{Clock, SystemClock};
 use sigma_http::RequestHead;
 
 use crate::config::{AuthConfig, Cidr};
@@ -147,6 +147,8 @@ pub struct Auth {
     throttle: throttle::Throttle,
     config: AuthConfig,
     metrics: Arc<Metrics>,
+    /// Where `A` reads the time (a fake one in tests).
+    clock: Arc<dyn Clock>,
     /// sigma's own token issuer.
     issuer: jwt::Issuer,
     /// `POST /auth/token` per session (`auth.token_per_session_per_minute`).
@@ -262,8 +264,22 @@ impl Auth {
             }),
             config: config.clone(),
             metrics,
+            clock: Arc::new(SystemClock),
             oauth,
         })
+    }
+
+    /// `A` reading the time from `clock` instead of the system's (tests
+    /// move a [`sigma_core::FakeClock`] by hand instead of sleeping).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Where `A` reads the time: callers pass [`Clock::unix_ms`] to
+    /// [`Auth::identify`] and to the session table.
+    pub fn clock(&self) -> &dyn Clock {
+        &*self.clock
     }
 
     /// The identity of a request at `now_ms` (unix ms): a bearer token,
@@ -369,7 +385,7 @@ impl Auth {
         }
         Ok(self
             .issuer
-            .issue_for_session(user, &handle.encode(), unix_now()))
+            .issue_for_session(user, &handle.encode(), self.clock.unix_secs()))
     }
 
     /// Login page buttons for the configured OAuth providers.
@@ -426,12 +442,7 @@ pub fn unix_now() -> u64 {
 }
 
 /// Milliseconds since the Unix epoch (the wall clock of sessions).
-pub fn unix_now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
+pub use sigma_core::clock::unix_now_ms;
 
 /// Why `A` refuses a request for a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -514,6 +525,44 @@ mod tests {
             authorize(&None, AuthLevel::Optional, Some(&users)),
             Err(Denied::Unauthenticated)
         );
+    }
+
+    /// Session expiry on a fake clock: used within the idle timeout the
+    /// cookie holds; idle for the timeout it is anonymous. No sleeping.
+    #[test]
+    fn a_session_expires_on_the_clock_it_is_read_from() {
+        use sigma_core::FakeClock;
+        let store: Arc<dyn Store> = Arc::new(crate::store::RedbStore::in_memory().unwrap());
+        let config = AuthConfig {
+            session_idle_timeout: std::time::Duration::from_secs(60),
+            ..AuthConfig::default()
+        };
+        let clock = Arc::new(FakeClock::default());
+        let auth = Auth::new(store, &config, Arc::new(Metrics::default()))
+            .unwrap()
+            .with_clock(Arc::clone(&clock) as Arc<dyn Clock>);
+        let id = auth
+            .sessions
+            .create("alice", &Provider::Password, auth.clock().unix_ms())
+            .unwrap();
+        let cookie = auth.sessions.set_cookie(&id);
+        let pair = cookie.split(';').next().unwrap().to_owned();
+        let head = RequestHead {
+            method: sigma_http::Method::Get,
+            target: bytes::Bytes::from_static(b"/"),
+            version: sigma_http::Version::Http11,
+            headers: vec![sigma_http::Header::new(&b"Cookie"[..], pair.into_bytes())],
+            keep_alive: true,
+            websocket: None,
+        };
+        let at = |auth: &Auth| auth.identify(&head, auth.clock().unix_ms());
+        clock.advance(std::time::Duration::from_secs(59));
+        assert_eq!(at(&auth).via, Via::Cookie(id.clone()));
+        // Used at 59 s: idle again from there.
+        clock.advance(std::time::Duration::from_secs(59));
+        assert_eq!(at(&auth).via, Via::Cookie(id.clone()));
+        clock.advance(std::time::Duration::from_secs(60));
+        assert_eq!(at(&auth).via, Via::Anonymous);
     }
 
     #[test]
