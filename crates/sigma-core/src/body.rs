@@ -7,7 +7,7 @@
 //!                                is below OUTPUT_HIGH_WATER) ◀──┘
 //! ```
 //!
-//! Only destinations whose [`crate::Destination::streams_http`] is
+//! Only destinations whose [`crate::Capabilities::streams_http`] is
 //! true use these types; the others get whole requests and give whole
 //! responses. Both directions are bounded: the request body through a
 //! channel of [`REQUEST_BODY_QUEUE`] pieces (the connection stops reading

@@ -47,7 +47,10 @@ pub use body::{
     Refusal, Streamed, TrySend, REQUEST_BODY_QUEUE,
 };
 pub use clock::{Clock, FakeClock, SystemClock};
-pub use destination::{Destination, Handled, HttpRequest, WsEndpoint};
+pub use destination::{
+    Answer, Capabilities, Destination, Handled, HttpRequest, Request, Upgrade, UpgradeRequest,
+    WsEndpoint,
+};
 pub use identity::{
     is_identity_header, strip_identity_headers, tag_request, Identity, IdentityMismatch, Principal,
     Provider, Tagged,

@@ -79,7 +79,10 @@ use sigma_core::response::{json_error, json_response};
 use sigma_core::{Principal, Tagged};
 use sigma_http::{Header, Method, Response, Utf8Bytes, WsMessage};
 
-use crate::route::{Destination, Handled, HttpRequest, PushError, WsEndpoint, WsSender};
+use crate::route::{
+    Answer, Capabilities, Destination, Handled, HttpRequest, PushError, Request, WsEndpoint,
+    WsSender,
+};
 
 /// The longest channel name, in bytes.
 pub const MAX_CHANNEL_LEN: usize = 128;
@@ -790,6 +793,21 @@ impl Destination for Broadcast {
         "&broadcast"
     }
 
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::HTTP_AND_WEBSOCKET
+    }
+
+    fn handle(&self, req: Request) -> Answer {
+        match req {
+            Request::Http(req) => Answer::Http(self.http(req)),
+            Request::Upgrade(u) => Answer::Socket(self.websocket(&u.identity, u.push)),
+            other => other.not_taken(),
+        }
+    }
+}
+
+impl Broadcast {
+    /// `POST` to a channel publishes to it.
     fn http(&self, req: Tagged<HttpRequest>) -> Handled {
         let identity = req.identity;
         let head = &req.msg.head;
@@ -829,11 +847,12 @@ impl Destination for Broadcast {
         Handled::Ready(Tagged::new(identity, resp))
     }
 
-    fn websocket(&self, identity: &Principal, push: WsSender) -> Option<Box<dyn WsEndpoint>> {
-        Some(Box::new(Socket {
+    /// A member of the hub: subscribes, publishes, receives.
+    fn websocket(&self, identity: &Principal, push: WsSender) -> Box<dyn WsEndpoint> {
+        Box::new(Socket {
             member: self.hub.join(identity.clone(), push),
             hub: Arc::clone(&self.hub),
-        }))
+        })
     }
 }
 
@@ -976,7 +995,7 @@ mod tests {
     impl Client {
         fn new(b: &Broadcast, identity: Principal) -> Self {
             let (tx, rx) = ws_push_queue();
-            let ep = b.websocket(&identity, tx).unwrap();
+            let ep = b.websocket(&identity, tx);
             Self { ep, rx, identity }
         }
 

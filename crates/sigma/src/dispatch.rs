@@ -28,7 +28,10 @@ use crate::auth::{self, endpoints, origin, Denied, Gate, Resolved, Tagged, Via};
 use crate::config::AuthLevel;
 use crate::conn::ListenerCtx;
 use crate::metrics::{add, inc};
-use crate::route::{ws_push_queue, Handled, HttpRequest, Pushed, Route, WsEndpoint, WsReceiver};
+use crate::route::{
+    ws_push_queue, Answer, Handled, HttpRequest, Pushed, Request, Route, Upgrade, UpgradeRequest,
+    WsEndpoint, WsReceiver,
+};
 use crate::streaming::{
     self, BodyError, BodyStream, BodyTx, ClientInfo, Refusal, Streamed, TrySend,
 };
@@ -441,7 +444,7 @@ impl Dispatch<'_> {
             .ctx
             .routes
             .lookup(path)
-            .is_some_and(|r| r.dest.streams_http())
+            .is_some_and(|r| r.dest.capabilities().streams_http)
     }
 
     /// Hands a request to its streaming destination at once; its body
@@ -475,7 +478,19 @@ impl Dispatch<'_> {
             ip,
             bearer: matches!(via, Via::Bearer),
         };
-        let fut = route.dest.http_stream(req, rx, client);
+        let fut = match route.dest.handle(Request::Stream {
+            head: req,
+            body: rx,
+            client,
+        }) {
+            Answer::Stream(fut) => fut,
+            // Not a streaming answer (a destination breaking its own
+            // capabilities): nothing of it is sent.
+            _ => Box::pin(std::future::ready(Tagged::new(
+                expected.clone(),
+                Streamed::Whole(plain(500, "internal error\n")),
+            ))),
+        };
         self.upload = Some(Upload {
             tx,
             overflow: VecDeque::new(),
@@ -666,13 +681,23 @@ impl Dispatch<'_> {
         if let Err(denied) = self.admit(route, &req.msg.head, &expected, via) {
             return Handled::Ready(Tagged::new(expected, denied));
         }
-        if route.dest.streams_http() {
+        if route.dest.capabilities().streams_http {
             // Only sigma's own paths get here whole (`streams` is false for
             // them): `/auth/…` that `A` does not serve, `/healthz` and
             // `/metrics` with another method. They are never passed on.
             return Handled::Ready(Tagged::new(expected, plain(404, "not found\n")));
         }
-        match route.dest.http(req) {
+        let answer = route
+            .dest
+            .handle(Request::Http(req))
+            .into_http()
+            .unwrap_or_else(|| {
+                Handled::Ready(Tagged::new(
+                    expected.clone(),
+                    plain(500, "internal error\n"),
+                ))
+            });
+        match answer {
             Handled::Ready(reply) => {
                 Handled::Ready(reply_rule(&expected, reply, self.ctx, self.peer))
             }
@@ -773,7 +798,8 @@ impl Dispatch<'_> {
             return;
         }
         // No credentials, no upgrade, whatever the route's `auth`.
-        if req.identity.is_none() && route.is_some_and(|r| r.dest.requires_identity()) {
+        let caps = route.map(|r| r.dest.capabilities()).unwrap_or_default();
+        if req.identity.is_none() && caps.requires_identity {
             self.outbox.push(Reply::Response(unauthenticated()));
             return;
         }
@@ -788,9 +814,17 @@ impl Dispatch<'_> {
             },
             bearer: matches!(via, Via::Bearer),
         };
-        let endpoint = route.and_then(|r| {
+        let endpoint = route.filter(|_| caps.websocket).and_then(|r| {
             r.dest
-                .websocket_upgrade(&req.msg, &req.identity, push, client)
+                .handle(Request::Upgrade(Upgrade {
+                    identity: req.identity.clone(),
+                    push,
+                    from: Some(UpgradeRequest {
+                        head: req.msg,
+                        client,
+                    }),
+                }))
+                .into_socket()
         });
         match endpoint {
             Some(mut ep) => {

@@ -17,7 +17,10 @@ use crate::config::{AuthLevel, RouteConfig};
 
 // The destination interface and the push queue live in `sigma-core`;
 // re-exported here so `crate::route::…` paths keep working.
-pub use sigma_core::destination::{Destination, Handled, HttpRequest, WsEndpoint};
+pub use sigma_core::destination::{
+    Answer, Capabilities, Destination, Handled, HttpRequest, Request, Upgrade, UpgradeRequest,
+    WsEndpoint,
+};
 pub use sigma_core::push::{
     ws_push_queue, PushError, Pushed, WsCloser, WsReceiver, WsSender, WS_CLOSE_REVOKED,
     WS_PUSH_BYTES, WS_PUSH_QUEUE,

@@ -19,8 +19,8 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use sigma_http::{Header, Method, Response};
 
-use crate::auth::{Principal, Tagged};
-use crate::route::{Destination, Handled, HttpRequest, WsEndpoint, WsSender};
+use crate::auth::Tagged;
+use crate::route::{Answer, Capabilities, Destination, Handled, Request};
 
 /// The page's Content-Security-Policy: nothing but this origin. In
 /// Chromium and Firefox `connect-src 'self'` also admits same-origin
@@ -156,15 +156,18 @@ impl Destination for Web {
         "&web"
     }
 
-    fn http(&self, req: Tagged<HttpRequest>) -> Handled {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::HTTP
+    }
+
+    fn handle(&self, req: Request) -> Answer {
+        let Request::Http(req) = req else {
+            return req.not_taken();
+        };
         let head = &req.msg.head;
         let inm = head.header("if-none-match").map(|h| h.value.as_ref());
         let resp = self.answer(&head.method, head.path(), inm);
-        Handled::Ready(Tagged::new(req.identity, resp))
-    }
-
-    fn websocket(&self, _identity: &Principal, _push: WsSender) -> Option<Box<dyn WsEndpoint>> {
-        None
+        Answer::Http(Handled::Ready(Tagged::new(req.identity, resp)))
     }
 }
 
