@@ -21,6 +21,7 @@
 //!   into ([`ws_push_queue`]).
 //! - [`body`]: streamed request and response bodies ([`body_channel`]).
 //! - [`response`]: the plain-text and JSON answers ([`response::plain`]).
+//! - [`etag`]: the one entity-tag parser (`If-Match`, `If-None-Match`).
 //! - [`clock`]: where the shell reads the time ([`SystemClock`], and a
 //!   [`FakeClock`] tests move by hand).
 
@@ -37,6 +38,7 @@
 pub mod body;
 pub mod clock;
 pub mod destination;
+pub mod etag;
 pub mod identity;
 pub mod push;
 pub mod reply;
