@@ -75,11 +75,14 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use serde::{Deserialize, Deserializer};
 use serde_json::{json, Value};
+use sigma_core::response::{json_error, json_response};
+use sigma_core::{Principal, Tagged};
 use sigma_http::{Header, Method, Response, Utf8Bytes, WsMessage};
 
-use crate::auth::endpoints::json_response;
-use crate::auth::{Principal, Tagged};
-use crate::route::{Destination, Handled, HttpRequest, PushError, WsEndpoint, WsSender};
+use crate::route::{
+    Answer, Capabilities, Destination, Handled, HttpRequest, PushError, Request, WsEndpoint,
+    WsSender,
+};
 
 /// The longest channel name, in bytes.
 pub const MAX_CHANNEL_LEN: usize = 128;
@@ -772,10 +775,6 @@ impl Settings {
     }
 }
 
-fn error_response(status: u16, error: &str) -> Response {
-    json_response(status, json!({ "error": error }))
-}
-
 impl Broadcast {
     /// `413 {"error":"message_too_large","max_message":N}`.
     fn too_large(&self) -> Response {
@@ -794,11 +793,26 @@ impl Destination for Broadcast {
         "&broadcast"
     }
 
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::HTTP_AND_WEBSOCKET
+    }
+
+    fn handle(&self, req: Request) -> Answer {
+        match req {
+            Request::Http(req) => Answer::Http(self.http(req)),
+            Request::Upgrade(u) => Answer::Socket(self.websocket(&u.identity, u.push)),
+            other => other.not_taken(),
+        }
+    }
+}
+
+impl Broadcast {
+    /// `POST` to a channel publishes to it.
     fn http(&self, req: Tagged<HttpRequest>) -> Handled {
         let identity = req.identity;
         let head = &req.msg.head;
         let resp = if head.method != Method::Post {
-            let mut r = error_response(405, "method_not_allowed");
+            let mut r = json_error(405, "method_not_allowed");
             r.headers.push(Header::new(&b"Allow"[..], &b"POST"[..]));
             r
         } else {
@@ -810,7 +824,7 @@ impl Destination for Broadcast {
                         .rules
                         .allows(&identity, channel, Op::Publish)
                     {
-                        error_response(403, "forbidden")
+                        json_error(403, "forbidden")
                     } else if u64::try_from(req.msg.body.len()).map_or(true, |n| {
                         n > publish_body_limit(self.hub.settings.max_message)
                     }) {
@@ -818,26 +832,27 @@ impl Destination for Broadcast {
                         self.too_large()
                     } else {
                         match serde_json::from_slice::<Value>(&req.msg.body) {
-                            Err(_) => error_response(400, "bad_json"),
+                            Err(_) => json_error(400, "bad_json"),
                             Ok(data) => match self.hub.publish(&identity, channel, &data) {
                                 Ok(seq) => json_response(202, json!({ "seq": seq })),
                                 Err(Refusal::MessageTooLarge) => self.too_large(),
-                                Err(r) => error_response(r.status(), r.code()),
+                                Err(r) => json_error(r.status(), r.code()),
                             },
                         }
                     }
                 }
-                _ => error_response(400, "bad_channel"),
+                _ => json_error(400, "bad_channel"),
             }
         };
         Handled::Ready(Tagged::new(identity, resp))
     }
 
-    fn websocket(&self, identity: &Principal, push: WsSender) -> Option<Box<dyn WsEndpoint>> {
-        Some(Box::new(Socket {
+    /// A member of the hub: subscribes, publishes, receives.
+    fn websocket(&self, identity: &Principal, push: WsSender) -> Box<dyn WsEndpoint> {
+        Box::new(Socket {
             member: self.hub.join(identity.clone(), push),
             hub: Arc::clone(&self.hub),
-        }))
+        })
     }
 }
 
@@ -980,7 +995,7 @@ mod tests {
     impl Client {
         fn new(b: &Broadcast, identity: Principal) -> Self {
             let (tx, rx) = ws_push_queue();
-            let ep = b.websocket(&identity, tx).unwrap();
+            let ep = b.websocket(&identity, tx);
             Self { ep, rx, identity }
         }
 

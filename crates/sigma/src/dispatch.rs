@@ -28,10 +28,14 @@ use crate::auth::{self, endpoints, origin, Denied, Gate, Resolved, Tagged, Via};
 use crate::config::AuthLevel;
 use crate::conn::ListenerCtx;
 use crate::metrics::{add, inc};
-use crate::route::{ws_push_queue, Handled, HttpRequest, Pushed, Route, WsEndpoint, WsReceiver};
+use crate::route::{
+    ws_push_queue, Answer, Handled, HttpRequest, Pushed, Request, Route, Upgrade, UpgradeRequest,
+    WsEndpoint, WsReceiver,
+};
 use crate::streaming::{
     self, BodyError, BodyStream, BodyTx, ClientInfo, Refusal, Streamed, TrySend,
 };
+use sigma_core::{enforce, Dropped, ReplyAudit as _};
 
 /// What a pending reply becomes: a reply, or the head of a streamed
 /// response with its body (issue #6).
@@ -299,7 +303,7 @@ impl Dispatch<'_> {
                         .lookup(head.path())
                         .is_some_and(|r| r.auth == AuthLevel::None);
                 let resolved = match &self.ctx.auth {
-                    Some(a) if !unauthenticated_route => a.identify(&head, auth::unix_now_ms()),
+                    Some(a) if !unauthenticated_route => a.identify(&head, a.clock().unix_ms()),
                     _ => Resolved::anonymous(),
                 };
                 let via = resolved.via;
@@ -396,9 +400,11 @@ impl Dispatch<'_> {
                 let tagged = self.gate.tag(msg);
                 if let Some(ep) = self.ws.as_mut() {
                     if let Some(reply) = ep.on_message(tagged) {
-                        match self.gate.check_reply(&reply) {
-                            Ok(()) => self.outbox.push(Reply::Ws(reply.msg)),
-                            Err(_) => self.mismatch(),
+                        let audit = &*self.ctx.metrics;
+                        let expected = self.gate.identity();
+                        if let Some(r) = enforce(expected, reply, audit, Dropped::Reply, &self.peer)
+                        {
+                            self.outbox.push(Reply::Ws(r.msg));
                         }
                     }
                 }
@@ -438,7 +444,7 @@ impl Dispatch<'_> {
             .ctx
             .routes
             .lookup(path)
-            .is_some_and(|r| r.dest.streams_http())
+            .is_some_and(|r| r.dest.capabilities().streams_http)
     }
 
     /// Hands a request to its streaming destination at once; its body
@@ -472,7 +478,19 @@ impl Dispatch<'_> {
             ip,
             bearer: matches!(via, Via::Bearer),
         };
-        let fut = route.dest.http_stream(req, rx, client);
+        let fut = match route.dest.handle(Request::Stream {
+            head: req,
+            body: rx,
+            client,
+        }) {
+            Answer::Stream(fut) => fut,
+            // Not a streaming answer (a destination breaking its own
+            // capabilities): nothing of it is sent.
+            _ => Box::pin(std::future::ready(Tagged::new(
+                expected.clone(),
+                Streamed::Whole(plain(500, "internal error\n")),
+            ))),
+        };
         self.upload = Some(Upload {
             tx,
             overflow: VecDeque::new(),
@@ -488,18 +506,15 @@ impl Dispatch<'_> {
             metrics.latency(started.elapsed());
             // The reply rule: another identity (A's tag), or an upstream
             // that did not echo the one it was sent (`echo_identity`).
-            let msg = match auth::check_reply(&expected, &t) {
-                Ok(()) => t.msg,
-                Err(_) => Streamed::IdentityMismatch,
+            let msg = match enforce(&expected, t, &*metrics, Dropped::Reply, &peer) {
+                Some(t) => t.msg,
+                None => return Outgoing::Reply(Reply::Response(plain(502, "bad gateway\n"))),
             };
             match msg {
                 Streamed::Whole(r) => Outgoing::Reply(Reply::Response(r)),
                 Streamed::Stream { head, body } => Outgoing::Stream(head, body),
                 Streamed::IdentityMismatch => {
-                    inc(&metrics.identity_mismatch);
-                    if metrics.may_log() {
-                        tracing::warn!(%peer, "reply dropped: identity mismatch");
-                    }
+                    metrics.mismatch(Dropped::Reply, &peer);
                     Outgoing::Reply(Reply::Response(plain(502, "bad gateway\n")))
                 }
             }
@@ -666,13 +681,23 @@ impl Dispatch<'_> {
         if let Err(denied) = self.admit(route, &req.msg.head, &expected, via) {
             return Handled::Ready(Tagged::new(expected, denied));
         }
-        if route.dest.streams_http() {
+        if route.dest.capabilities().streams_http {
             // Only sigma's own paths get here whole (`streams` is false for
             // them): `/auth/…` that `A` does not serve, `/healthz` and
             // `/metrics` with another method. They are never passed on.
             return Handled::Ready(Tagged::new(expected, plain(404, "not found\n")));
         }
-        match route.dest.http(req) {
+        let answer = route
+            .dest
+            .handle(Request::Http(req))
+            .into_http()
+            .unwrap_or_else(|| {
+                Handled::Ready(Tagged::new(
+                    expected.clone(),
+                    plain(500, "internal error\n"),
+                ))
+            });
+        match answer {
             Handled::Ready(reply) => {
                 Handled::Ready(reply_rule(&expected, reply, self.ctx, self.peer))
             }
@@ -773,7 +798,8 @@ impl Dispatch<'_> {
             return;
         }
         // No credentials, no upgrade, whatever the route's `auth`.
-        if req.identity.is_none() && route.is_some_and(|r| r.dest.requires_identity()) {
+        let caps = route.map(|r| r.dest.capabilities()).unwrap_or_default();
+        if req.identity.is_none() && caps.requires_identity {
             self.outbox.push(Reply::Response(unauthenticated()));
             return;
         }
@@ -788,9 +814,17 @@ impl Dispatch<'_> {
             },
             bearer: matches!(via, Via::Bearer),
         };
-        let endpoint = route.and_then(|r| {
+        let endpoint = route.filter(|_| caps.websocket).and_then(|r| {
             r.dest
-                .websocket_upgrade(&req.msg, &req.identity, push, client)
+                .handle(Request::Upgrade(Upgrade {
+                    identity: req.identity.clone(),
+                    push,
+                    from: Some(UpgradeRequest {
+                        head: req.msg,
+                        client,
+                    }),
+                }))
+                .into_socket()
         });
         match endpoint {
             Some(mut ep) => {
@@ -829,10 +863,7 @@ impl Dispatch<'_> {
                                     Reply::Response(plain(502, "bad gateway\n"))
                                 }
                                 Err(Refusal::IdentityMismatch) => {
-                                    inc(&metrics.identity_mismatch);
-                                    if metrics.may_log() {
-                                        tracing::warn!(%peer, "upgrade refused: identity mismatch");
-                                    }
+                                    metrics.mismatch(Dropped::Upgrade, &peer);
                                     Reply::Response(plain(502, "bad gateway\n"))
                                 }
                             })
@@ -850,10 +881,13 @@ impl Dispatch<'_> {
     /// to `H`; an overflow closes the socket with 1008 (slow consumer).
     pub fn on_pushed(&mut self, pushed: Pushed) {
         match pushed {
-            Pushed::Message(m) => match self.gate.check_reply(&m) {
-                Ok(()) => self.outbox.push(Reply::Ws(m.msg)),
-                Err(_) => self.mismatch(),
-            },
+            Pushed::Message(m) => {
+                let audit = &*self.ctx.metrics;
+                if let Some(m) = enforce(self.gate.identity(), m, audit, Dropped::Push, &self.peer)
+                {
+                    self.outbox.push(Reply::Ws(m.msg));
+                }
+            }
             Pushed::Closed => self.pushed = None,
             Pushed::Close { code, reason } => {
                 self.pushed = None;
@@ -881,13 +915,6 @@ impl Dispatch<'_> {
             }
         }
     }
-
-    fn mismatch(&self) {
-        inc(&self.ctx.metrics.identity_mismatch);
-        if self.ctx.metrics.may_log() {
-            tracing::warn!(peer = %self.peer, "reply dropped: identity mismatch");
-        }
-    }
 }
 
 /// Applies the reply rule to a response: one with another identity is
@@ -907,16 +934,8 @@ fn reply_rule_with(
     metrics: &crate::metrics::Metrics,
     peer: SocketAddr,
 ) -> Tagged<Response> {
-    match auth::check_reply(expected, &reply) {
-        Ok(()) => reply,
-        Err(_) => {
-            inc(&metrics.identity_mismatch);
-            if metrics.may_log() {
-                tracing::warn!(%peer, "reply dropped: identity mismatch");
-            }
-            Tagged::new(expected.clone(), plain(502, "bad gateway\n"))
-        }
-    }
+    enforce(expected, reply, metrics, Dropped::Reply, &peer)
+        .unwrap_or_else(|| Tagged::new(expected.clone(), plain(502, "bad gateway\n")))
 }
 
 /// 401 for a request that needs credentials and has none.
@@ -960,14 +979,5 @@ fn ws_len(m: &WsMessage) -> usize {
     }
 }
 
-/// A small text response.
-pub fn plain(status: u16, body: &'static str) -> Response {
-    Response::new(
-        status,
-        vec![Header::new(
-            &b"Content-Type"[..],
-            &b"text/plain; charset=utf-8"[..],
-        )],
-        Bytes::from_static(body.as_bytes()),
-    )
-}
+/// A small text response (one definition, in `sigma-core`).
+pub use sigma_core::response::plain;

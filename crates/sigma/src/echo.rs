@@ -5,8 +5,8 @@
 
 use sigma_http::{Header, Response, WsMessage};
 
-use crate::auth::{Principal, Tagged};
-use crate::route::{Destination, Handled, HttpRequest, WsEndpoint, WsSender};
+use crate::auth::Tagged;
+use crate::route::{Answer, Capabilities, Destination, Handled, HttpRequest, Request, WsEndpoint};
 
 /// The echo destination.
 #[derive(Debug, Default)]
@@ -17,24 +17,33 @@ impl Destination for Echo {
         "&echo"
     }
 
-    fn http(&self, req: Tagged<HttpRequest>) -> Handled {
-        let content_type = req
-            .msg
-            .head
-            .header("content-type")
-            .map(|h| h.value.clone())
-            .unwrap_or_else(|| bytes::Bytes::from_static(b"application/octet-stream"));
-        let resp = Response::new(
-            200,
-            vec![Header::new(&b"Content-Type"[..], content_type)],
-            req.msg.body,
-        );
-        Handled::Ready(Tagged::new(req.identity, resp))
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::HTTP_AND_WEBSOCKET
     }
 
-    fn websocket(&self, _identity: &Principal, _push: WsSender) -> Option<Box<dyn WsEndpoint>> {
-        Some(Box::new(EchoSocket))
+    fn handle(&self, req: Request) -> Answer {
+        match req {
+            Request::Http(req) => Answer::Http(Handled::Ready(echo(req))),
+            Request::Upgrade(_) => Answer::Socket(Box::new(EchoSocket)),
+            other => other.not_taken(),
+        }
     }
+}
+
+/// The request's body back, with its `Content-Type`.
+fn echo(req: Tagged<HttpRequest>) -> Tagged<Response> {
+    let content_type = req
+        .msg
+        .head
+        .header("content-type")
+        .map(|h| h.value.clone())
+        .unwrap_or_else(|| bytes::Bytes::from_static(b"application/octet-stream"));
+    let resp = Response::new(
+        200,
+        vec![Header::new(&b"Content-Type"[..], content_type)],
+        req.msg.body,
+    );
+    Tagged::new(req.identity, resp)
 }
 
 struct EchoSocket;

@@ -127,14 +127,12 @@ fn run(command: Command) -> anyhow::Result<i32> {
             // the data directory may be locked by a running server.
             let store: std::sync::Arc<dyn sigma::store::Store> =
                 std::sync::Arc::new(sigma::store::RedbStore::in_memory()?);
-            sigma::route::RouteTable::build(&cfg, &store)?;
+            let metrics = std::sync::Arc::new(sigma::metrics::Metrics::default());
+            let audit: std::sync::Arc<dyn sigma_core::ReplyAudit> = metrics.clone();
+            sigma::route::RouteTable::build(&cfg, &store, &audit)?;
             // `A` too: it reads `[[auth.jwt]] key_file` and the OAuth
             // `client_secret_file`s.
-            sigma::auth::Auth::new(
-                std::sync::Arc::clone(&store),
-                &cfg.auth,
-                std::sync::Arc::new(sigma::metrics::Metrics::default()),
-            )?;
+            sigma::auth::Auth::new(std::sync::Arc::clone(&store), &cfg.auth, metrics)?;
             println!("{}", cfg.describe());
             println!("ok");
             Ok(0)

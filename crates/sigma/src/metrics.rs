@@ -296,6 +296,17 @@ fn counter(o: &mut String, name: &str, help: &str, v: u64) {
     let _ = writeln!(o, "{name} {v}");
 }
 
+/// The reply rule's one policy for what it drops: counted in
+/// `sigma_identity_mismatch_total`, logged at most [`LOGS_PER_SECOND`].
+impl sigma_core::ReplyAudit for Metrics {
+    fn mismatch(&self, what: sigma_core::Dropped, whom: &dyn std::fmt::Display) {
+        inc(&self.identity_mismatch);
+        if self.may_log() {
+            tracing::warn!(at = %whom, "{what}: identity mismatch");
+        }
+    }
+}
+
 /// Increments a counter.
 pub fn inc(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);

@@ -41,9 +41,10 @@ pub struct Running {
 /// Binds every listener and starts accepting. Fails if a listener cannot
 /// be bound or a route's destination is unavailable.
 pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Running> {
-    let routes = Arc::new(RouteTable::build(config, &store)?);
-    let limits = Arc::new(config.limits.clone());
     let metrics = Arc::new(Metrics::default());
+    let audit: Arc<dyn sigma_core::ReplyAudit> = Arc::clone(&metrics) as _;
+    let routes = Arc::new(RouteTable::build(config, &store, &audit)?);
+    let limits = Arc::new(config.limits.clone());
     let limiter = ConnLimiter::new(
         config.server.max_connections,
         config.server.max_connections_per_ip,
@@ -110,7 +111,7 @@ async fn refresh_jwks(auth: Arc<Auth>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
     loop {
         tick.tick().await;
-        let now = crate::auth::unix_now();
+        let now = auth.clock().unix_secs();
         if !auth.verifier.needs_refresh(now) {
             continue;
         }
@@ -140,7 +141,7 @@ async fn sweep_sessions(auth: Arc<Auth>) {
         let a = Arc::clone(&auth);
         // A session that is not cached is read from the store.
         let ended =
-            tokio::task::spawn_blocking(move || a.sessions.sweep(crate::auth::unix_now_ms())).await;
+            tokio::task::spawn_blocking(move || a.sessions.sweep(a.clock().unix_ms())).await;
         if let Ok(n) = ended {
             if n > 0 {
                 tracing::info!(sessions = n, "closed the sockets of expired sessions");

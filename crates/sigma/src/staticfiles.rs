@@ -32,8 +32,8 @@ use bytes::Bytes;
 use sigma_http::{Header, Method, RequestHead, Response, ResponseHead};
 
 use crate::auth::Tagged;
-use crate::route::{Destination, WsEndpoint, WsSender};
-use crate::streaming::{BodyRx, BodyStream, ClientInfo, LaterStreamed, Streamed};
+use crate::route::{Answer, Capabilities, Destination, Request};
+use crate::streaming::{BodyRx, BodyStream, LaterStreamed, Streamed};
 
 /// Bodies up to this size (64 KiB) are sent whole; larger ones are
 /// streamed in pieces of this size, read as the client keeps up.
@@ -172,14 +172,9 @@ pub fn parse_range(value: &[u8], len: u64) -> RangeAnswer {
 
 /// True when an `If-None-Match` value matches `etag` (weak comparison, as
 /// RFC 9110 §13.1.2 asks: `W/` prefixes are ignored; `*` matches).
+/// A malformed value matches nothing.
 pub fn none_match(value: &[u8], etag: &str) -> bool {
-    let Ok(v) = std::str::from_utf8(value) else {
-        return false;
-    };
-    let want = etag.trim_start_matches("W/");
-    v.split(',')
-        .map(str::trim)
-        .any(|t| t == "*" || t.trim_start_matches("W/") == want)
+    sigma_core::etag::parse([value]).is_ok_and(|l| l.star || l.contains_weak(etag))
 }
 
 /// A strong validator from size, modification time and inode: changes
@@ -262,18 +257,25 @@ impl Destination for StaticFiles {
         "static"
     }
 
-    fn streams_http(&self) -> bool {
-        true
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            streams_http: true,
+            ..Capabilities::HTTP
+        }
     }
 
+    fn handle(&self, req: Request) -> Answer {
+        match req {
+            Request::Stream { head, body, .. } => Answer::Stream(self.serve(head, body)),
+            other => other.not_taken(),
+        }
+    }
+}
+
+impl StaticFiles {
     /// Files of any size, streamed in [`CHUNK`]-byte pieces as the client
     /// reads them; a request body (unusual on GET) is not read.
-    fn http_stream(
-        &self,
-        head: Tagged<RequestHead>,
-        body: BodyRx,
-        _client: ClientInfo,
-    ) -> LaterStreamed {
+    fn serve(&self, head: Tagged<RequestHead>, body: BodyRx) -> LaterStreamed {
         drop(body);
         let identity = head.identity;
         let head = head.msg;
@@ -294,14 +296,6 @@ impl Destination for StaticFiles {
                     .unwrap_or_else(|_| Streamed::Whole(text(500, "internal error\n")));
             Tagged::new(identity, answer)
         })
-    }
-
-    fn websocket(
-        &self,
-        _identity: &crate::auth::Principal,
-        _push: WsSender,
-    ) -> Option<Box<dyn WsEndpoint>> {
-        None
     }
 }
 

@@ -18,7 +18,7 @@ use sigma_http::{Header, Response, WsMessage};
 use serde_json::json;
 
 use crate::auth::{Identity, Principal, Provider, Tagged};
-use crate::route::{Destination, Handled, HttpRequest, WsEndpoint, WsSender};
+use crate::route::{Answer, Capabilities, Destination, Handled, HttpRequest, Request, WsEndpoint};
 
 /// The secret the crossed wiring would leak.
 pub const SECRET: &str = "mallory's secret";
@@ -46,15 +46,21 @@ impl Destination for Crossed {
         "&crossed"
     }
 
-    fn http(&self, _req: Tagged<HttpRequest>) -> Handled {
-        let resp = Response::new(200, vec![Header::new(&b"X-Secret"[..], SECRET)], SECRET);
-        Handled::Ready(Tagged::new(self.mallory.clone(), resp))
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::HTTP_AND_WEBSOCKET
     }
 
-    fn websocket(&self, _identity: &Principal, _push: WsSender) -> Option<Box<dyn WsEndpoint>> {
-        Some(Box::new(CrossedSocket {
-            mallory: self.mallory.clone(),
-        }))
+    fn handle(&self, req: Request) -> Answer {
+        match req {
+            Request::Http(_) => {
+                let resp = Response::new(200, vec![Header::new(&b"X-Secret"[..], SECRET)], SECRET);
+                Answer::Http(Handled::Ready(Tagged::new(self.mallory.clone(), resp)))
+            }
+            Request::Upgrade(_) => Answer::Socket(Box::new(CrossedSocket {
+                mallory: self.mallory.clone(),
+            })),
+            other => other.not_taken(),
+        }
     }
 }
 
@@ -84,32 +90,40 @@ impl Destination for Inspect {
         "&inspect"
     }
 
-    fn http(&self, req: Tagged<HttpRequest>) -> Handled {
-        let headers: Vec<_> = req
-            .msg
-            .head
-            .headers
-            .iter()
-            .map(|h| {
-                json!([
-                    String::from_utf8_lossy(&h.name),
-                    String::from_utf8_lossy(&h.value)
-                ])
-            })
-            .collect();
-        let body = json!({
-            "identity": req.identity.as_ref().map(|i| json!({"user": i.user, "provider": i.provider.to_string()})),
-            "headers": headers,
-        });
-        let resp = Response::new(
-            200,
-            vec![Header::new(&b"Content-Type"[..], &b"application/json"[..])],
-            body.to_string(),
-        );
-        Handled::Ready(Tagged::new(req.identity, resp))
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::HTTP
     }
 
-    fn websocket(&self, _identity: &Principal, _push: WsSender) -> Option<Box<dyn WsEndpoint>> {
-        None
+    fn handle(&self, req: Request) -> Answer {
+        match req {
+            Request::Http(req) => Answer::Http(inspect(req)),
+            other => other.not_taken(),
+        }
     }
+}
+
+/// The request's identity and headers, as JSON.
+fn inspect(req: Tagged<HttpRequest>) -> Handled {
+    let headers: Vec<_> = req
+        .msg
+        .head
+        .headers
+        .iter()
+        .map(|h| {
+            json!([
+                String::from_utf8_lossy(&h.name),
+                String::from_utf8_lossy(&h.value)
+            ])
+        })
+        .collect();
+    let body = json!({
+        "identity": req.identity.as_ref().map(|i| json!({"user": i.user, "provider": i.provider.to_string()})),
+        "headers": headers,
+    });
+    let resp = Response::new(
+        200,
+        vec![Header::new(&b"Content-Type"[..], &b"application/json"[..])],
+        body.to_string(),
+    );
+    Handled::Ready(Tagged::new(req.identity, resp))
 }

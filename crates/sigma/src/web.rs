@@ -19,8 +19,8 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use sigma_http::{Header, Method, Response};
 
-use crate::auth::{Principal, Tagged};
-use crate::route::{Destination, Handled, HttpRequest, WsEndpoint, WsSender};
+use crate::auth::Tagged;
+use crate::route::{Answer, Capabilities, Destination, Handled, Request};
 
 /// The page's Content-Security-Policy: nothing but this origin. In
 /// Chromium and Firefox `connect-src 'self'` also admits same-origin
@@ -141,16 +141,14 @@ impl Web {
     }
 }
 
+/// [`sigma_core::response::plain`] with the page's CSP.
 fn plain(status: u16, body: &'static str) -> Response {
-    Response::new(
-        status,
-        vec![
-            Header::new(&b"Content-Type"[..], &b"text/plain; charset=utf-8"[..]),
-            Header::new(&b"Content-Security-Policy"[..], CSP.as_bytes()),
-            Header::new(&b"X-Content-Type-Options"[..], &b"nosniff"[..]),
-        ],
-        Bytes::from_static(body.as_bytes()),
-    )
+    let mut r = sigma_core::response::plain(status, body);
+    r.headers.extend([
+        Header::new(&b"Content-Security-Policy"[..], CSP.as_bytes()),
+        Header::new(&b"X-Content-Type-Options"[..], &b"nosniff"[..]),
+    ]);
+    r
 }
 
 impl Destination for Web {
@@ -158,15 +156,18 @@ impl Destination for Web {
         "&web"
     }
 
-    fn http(&self, req: Tagged<HttpRequest>) -> Handled {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::HTTP
+    }
+
+    fn handle(&self, req: Request) -> Answer {
+        let Request::Http(req) = req else {
+            return req.not_taken();
+        };
         let head = &req.msg.head;
         let inm = head.header("if-none-match").map(|h| h.value.as_ref());
         let resp = self.answer(&head.method, head.path(), inm);
-        Handled::Ready(Tagged::new(req.identity, resp))
-    }
-
-    fn websocket(&self, _identity: &Principal, _push: WsSender) -> Option<Box<dyn WsEndpoint>> {
-        None
+        Answer::Http(Handled::Ready(Tagged::new(req.identity, resp)))
     }
 }
 

@@ -20,7 +20,7 @@ use serde::Deserialize;
 use serde_json::json;
 use sigma_http::{Header, Method, Response};
 
-use super::{origin, unix_now_ms, Auth, Principal, Provider, TokenRefused, Via};
+use super::{origin, Auth, Principal, Provider, TokenRefused, Via};
 use crate::auth::Tagged;
 use crate::route::{Handled, HttpRequest};
 
@@ -202,7 +202,7 @@ fn login(auth: &Arc<Auth>, call: &Call<'_>) -> Handled {
             return Tagged::new(identity, resp);
         }
         auth.throttle.succeeded(attempt);
-        let now = unix_now_ms();
+        let now = auth.clock().unix_ms();
         let store_auth = Arc::clone(&auth);
         let user = creds.user.clone();
         let created = tokio::task::spawn_blocking(move || {
@@ -384,21 +384,8 @@ fn with_retry_after(mut resp: Response, secs: u64) -> Response {
     resp
 }
 
-fn no_store() -> Header {
-    Header::new(&b"Cache-Control"[..], &b"no-store"[..])
-}
-
-/// A JSON response (never cached).
-pub fn json_response(status: u16, body: serde_json::Value) -> Response {
-    Response::new(
-        status,
-        vec![
-            Header::new(&b"Content-Type"[..], &b"application/json"[..]),
-            no_store(),
-        ],
-        body.to_string(),
-    )
-}
+// One definition of each, in `sigma-core` (destinations use them too).
+pub use sigma_core::response::{json_response, no_store};
 
 /// A 303 to a same-origin path.
 pub fn redirect(to: &str) -> Response {

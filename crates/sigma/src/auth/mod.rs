@@ -26,77 +26,22 @@ pub mod throttle;
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use sigma_http::{Header, RequestHead};
+use sigma_core::{Clock, SystemClock};
+use sigma_http::RequestHead;
 
 use crate::config::{AuthConfig, Cidr};
 use crate::metrics::Metrics;
 use crate::store::{SessionId, Store};
 use session::Sessions;
 
-/// Where an identity came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Provider {
-    /// Password login.
-    Password,
-    /// An OAuth2 / OIDC provider, by its configured name.
-    OAuth(String),
-    /// A bearer JWT, by issuer.
-    Jwt(String),
-}
-
-impl fmt::Display for Provider {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Password => f.write_str("password"),
-            Self::OAuth(name) => write!(f, "oauth:{name}"),
-            Self::Jwt(issuer) => write!(f, "jwt:{issuer}"),
-        }
-    }
-}
-
-/// An authenticated principal (DESIGN §4).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
-    /// The sigma user name.
-    pub user: String,
-    /// How the user authenticated.
-    pub provider: Provider,
-    /// The world (DESIGN §5) a message comes from or goes to, by its
-    /// id; `None` for the user's own connection. Part of the reply rule:
-    /// a world's replies reach only that world.
-    pub world: Option<String>,
-}
-
-/// The identity attached to a message: `None` is `null` (anonymous).
-pub type Principal = Option<Arc<Identity>>;
-
-/// A message with the identity `A` attached to it.
-#[derive(Debug, Clone)]
-pub struct Tagged<T> {
-    /// Who the message is from (right-bound) or for (left-bound).
-    pub identity: Principal,
-    /// The message.
-    pub msg: T,
-}
-
-impl<T> Tagged<T> {
-    /// Tags `msg` with `identity`.
-    pub fn new(identity: Principal, msg: T) -> Self {
-        Self { identity, msg }
-    }
-}
-
-/// A reply carried an identity other than the connection's.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IdentityMismatch;
-
-impl fmt::Display for IdentityMismatch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("reply identity differs from the connection's")
-    }
-}
+// The identity values and the reply rule live in `sigma-core`;
+// re-exported here so `crate::auth::…` paths keep working.
+pub use sigma_core::identity::{
+    is_identity_header, strip_identity_headers, tag_request, Identity, IdentityMismatch, Principal,
+    Provider, Tagged,
+};
+pub use sigma_core::reply::check_reply;
 
 /// The `A` stage of one connection.
 #[derive(Debug, Clone, Default)]
@@ -202,6 +147,8 @@ pub struct Auth {
     throttle: throttle::Throttle,
     config: AuthConfig,
     metrics: Arc<Metrics>,
+    /// Where `A` reads the time (a fake one in tests).
+    clock: Arc<dyn Clock>,
     /// sigma's own token issuer.
     issuer: jwt::Issuer,
     /// `POST /auth/token` per session (`auth.token_per_session_per_minute`).
@@ -317,8 +264,22 @@ impl Auth {
             }),
             config: config.clone(),
             metrics,
+            clock: Arc::new(SystemClock),
             oauth,
         })
+    }
+
+    /// `A` reading the time from `clock` instead of the system's (tests
+    /// move a [`sigma_core::FakeClock`] by hand instead of sleeping).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Where `A` reads the time: callers pass [`Clock::unix_ms`] to
+    /// [`Auth::identify`] and to the session table.
+    pub fn clock(&self) -> &dyn Clock {
+        &*self.clock
     }
 
     /// The identity of a request at `now_ms` (unix ms): a bearer token,
@@ -424,7 +385,7 @@ impl Auth {
         }
         Ok(self
             .issuer
-            .issue_for_session(user, &handle.encode(), unix_now()))
+            .issue_for_session(user, &handle.encode(), self.clock.unix_secs()))
     }
 
     /// Login page buttons for the configured OAuth providers.
@@ -481,12 +442,7 @@ pub fn unix_now() -> u64 {
 }
 
 /// Milliseconds since the Unix epoch (the wall clock of sessions).
-pub fn unix_now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
+pub use sigma_core::clock::unix_now_ms;
 
 /// Why `A` refuses a request for a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -526,64 +482,9 @@ pub fn authorize(
     }
 }
 
-/// Prepares a request for forwarding: strips client-supplied identity
-/// headers and tags it with `identity`.
-pub fn tag_request(identity: Principal, mut head: RequestHead) -> Tagged<RequestHead> {
-    strip_identity_headers(&mut head.headers);
-    Tagged::new(identity, head)
-}
-
-/// The reply rule (seed `000`: "That same authentication header must be
-/// present on replies; otherwise nothing will be sent"): `reply` may be
-/// sent only if it carries exactly the identity `A` attached to the message
-/// it answers.
-pub fn check_reply<T>(expected: &Principal, reply: &Tagged<T>) -> Result<(), IdentityMismatch> {
-    let same = match (expected, &reply.identity) {
-        (None, None) => true,
-        (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
-        _ => false,
-    };
-    if same {
-        Ok(())
-    } else {
-        Err(IdentityMismatch)
-    }
-}
-
-/// True for `X-Sigma-*` in any case, with `-` or `_` (`X_Sigma_User`).
-pub fn is_identity_header(name: &[u8]) -> bool {
-    const PREFIX: &[u8] = b"x-sigma-";
-    name.len() >= PREFIX.len()
-        && name.iter().zip(PREFIX).all(|(&a, &p)| {
-            let a = a.to_ascii_lowercase();
-            a == p || (p == b'-' && a == b'_')
-        })
-}
-
-/// Removes every client-supplied identity header.
-pub fn strip_identity_headers(headers: &mut Vec<Header>) {
-    headers.retain(|h| !is_identity_header(&h.name));
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn identity_header_spellings() {
-        for n in [
-            "X-Sigma-User",
-            "x-sigma-identity",
-            "X_Sigma_User",
-            "x_SIGMA-user",
-            "X-SIGMA-",
-        ] {
-            assert!(is_identity_header(n.as_bytes()), "{n}");
-        }
-        for n in ["X-Sigmas", "X-Sigm", "Sigma-User", "X-Forwarded-For"] {
-            assert!(!is_identity_header(n.as_bytes()), "{n}");
-        }
-    }
 
     #[test]
     fn cookies_are_secure_when_tls_is_configured() {
@@ -624,6 +525,44 @@ mod tests {
             authorize(&None, AuthLevel::Optional, Some(&users)),
             Err(Denied::Unauthenticated)
         );
+    }
+
+    /// Session expiry on a fake clock: used within the idle timeout the
+    /// cookie holds; idle for the timeout it is anonymous. No sleeping.
+    #[test]
+    fn a_session_expires_on_the_clock_it_is_read_from() {
+        use sigma_core::FakeClock;
+        let store: Arc<dyn Store> = Arc::new(crate::store::RedbStore::in_memory().unwrap());
+        let config = AuthConfig {
+            session_idle_timeout: std::time::Duration::from_secs(60),
+            ..AuthConfig::default()
+        };
+        let clock = Arc::new(FakeClock::default());
+        let auth = Auth::new(store, &config, Arc::new(Metrics::default()))
+            .unwrap()
+            .with_clock(Arc::clone(&clock) as Arc<dyn Clock>);
+        let id = auth
+            .sessions
+            .create("alice", &Provider::Password, auth.clock().unix_ms())
+            .unwrap();
+        let cookie = auth.sessions.set_cookie(&id);
+        let pair = cookie.split(';').next().unwrap().to_owned();
+        let head = RequestHead {
+            method: sigma_http::Method::Get,
+            target: bytes::Bytes::from_static(b"/"),
+            version: sigma_http::Version::Http11,
+            headers: vec![sigma_http::Header::new(&b"Cookie"[..], pair.into_bytes())],
+            keep_alive: true,
+            websocket: None,
+        };
+        let at = |auth: &Auth| auth.identify(&head, auth.clock().unix_ms());
+        clock.advance(std::time::Duration::from_secs(59));
+        assert_eq!(at(&auth).via, Via::Cookie(id.clone()));
+        // Used at 59 s: idle again from there.
+        clock.advance(std::time::Duration::from_secs(59));
+        assert_eq!(at(&auth).via, Via::Cookie(id.clone()));
+        clock.advance(std::time::Duration::from_secs(60));
+        assert_eq!(at(&auth).via, Via::Anonymous);
     }
 
     #[test]

@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use serde_json::json;
+use sigma_core::response::json_response;
+use sigma_core::Tagged;
 use sigma_http::{Header, Method, RequestHead, Response};
 
-use crate::auth::endpoints::json_response;
-use crate::auth::Tagged;
 use crate::route::{Handled, HttpRequest};
 use crate::store::{KvTags, Precondition};
 

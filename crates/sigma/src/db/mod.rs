@@ -107,9 +107,9 @@ use std::sync::Arc;
 
 use sigma_http::WsMessage;
 
-use crate::auth::{Principal, Tagged};
+use crate::auth::Principal;
 use crate::config::DbConfig;
-use crate::route::{Destination, Handled, HttpRequest, WsEndpoint, WsSender};
+use crate::route::{Answer, Capabilities, Destination, Request};
 use crate::store::{KvError, KvPut, Precondition, Store};
 
 pub use keys::etag;
@@ -375,12 +375,20 @@ impl Destination for Db {
         "&db"
     }
 
-    fn http(&self, req: Tagged<HttpRequest>) -> Handled {
-        http::handle(&self.svc, &self.prefix, &self.scope, req)
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::HTTP_AND_WEBSOCKET
     }
 
-    fn websocket(&self, identity: &Principal, push: WsSender) -> Option<Box<dyn WsEndpoint>> {
-        Some(ws::open(&self.svc, &self.scope, identity, push))
+    fn handle(&self, req: Request) -> Answer {
+        match req {
+            Request::Http(req) => {
+                Answer::Http(http::handle(&self.svc, &self.prefix, &self.scope, req))
+            }
+            Request::Upgrade(u) => {
+                Answer::Socket(ws::open(&self.svc, &self.scope, &u.identity, u.push))
+            }
+            other => other.not_taken(),
+        }
     }
 }
 

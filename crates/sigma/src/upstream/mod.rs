@@ -33,7 +33,7 @@ use sigma_http::{Header, RequestHead, Response, ResponseHead};
 
 use crate::auth::{Principal, Tagged};
 use crate::config::ProxyOptions;
-use crate::route::{Destination, WsEndpoint, WsSender};
+use crate::route::{Answer, Capabilities, Destination, Request, Upgrade, WsEndpoint, WsSender};
 use crate::streaming::{BodyError, BodyRx, BodyStream, ClientInfo, LaterStreamed, Streamed};
 
 /// Idle pooled connections to one upstream are closed after this long.
@@ -284,7 +284,7 @@ fn has_body(head: &RequestHead) -> bool {
 
 /// A small plain-text response; never a cause (those are logged).
 fn plain(status: u16, body: &'static str) -> Response {
-    let mut r = crate::dispatch::plain(status, body);
+    let mut r = sigma_core::response::plain(status, body);
     if status == 413 {
         r.headers
             .push(Header::new(&b"Connection"[..], &b"close"[..]));
@@ -332,11 +332,35 @@ impl Destination for Upstream {
         &self.url
     }
 
-    fn streams_http(&self) -> bool {
-        true
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            streams_http: true,
+            websocket: true,
+            requires_identity: false,
+        }
     }
 
-    fn http_stream(
+    fn handle(&self, req: Request) -> Answer {
+        match req {
+            Request::Stream { head, body, client } => {
+                Answer::Stream(self.forward(head, body, client))
+            }
+            // Upgrades need the path, the client's address and whether
+            // `Authorization` is a sigma credential: a socket sigma opens
+            // itself (no request) is not proxied.
+            Request::Upgrade(Upgrade {
+                identity,
+                push,
+                from: Some(from),
+            }) => Answer::Socket(self.upgrade(&from.head, &identity, push, from.client)),
+            other => other.not_taken(),
+        }
+    }
+}
+
+impl Upstream {
+    /// Passes a request on, its body streamed both ways.
+    fn forward(
         &self,
         head: Tagged<RequestHead>,
         body: BodyRx,
@@ -464,25 +488,21 @@ impl Destination for Upstream {
         })
     }
 
-    fn websocket(&self, _identity: &Principal, _push: WsSender) -> Option<Box<dyn WsEndpoint>> {
-        // Upgrades come through `websocket_upgrade`, which has the path, the
-        // client's address and whether `Authorization` is a sigma credential.
-        None
-    }
-
-    fn websocket_upgrade(
+    /// Passes a WebSocket upgrade on (the socket is accepted once the
+    /// upstream accepts it: [`WsEndpoint::accept_when`]).
+    fn upgrade(
         &self,
         head: &RequestHead,
         identity: &Principal,
         push: WsSender,
         client: ClientInfo,
-    ) -> Option<Box<dyn WsEndpoint>> {
+    ) -> Box<dyn WsEndpoint> {
         if headers::has_encoded_separator(head.path()) {
-            return Some(ws::refuse(400));
+            return ws::refuse(400);
         }
         let path = headers::map_target(&self.prefix, &self.base, &head.target);
         let url = format!("ws://{}{}", self.authority, String::from_utf8_lossy(&path));
-        Some(ws::open(ws::Target {
+        ws::open(ws::Target {
             url,
             head,
             identity: identity.clone(),
@@ -492,7 +512,7 @@ impl Destination for Upstream {
             client,
             push,
             name: Arc::from(self.url.as_str()),
-        }))
+        })
     }
 }
 

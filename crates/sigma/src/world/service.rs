@@ -43,15 +43,16 @@ use super::cookie::{CookieContents, MinuteKeys, UseError, NONCE};
 use super::envelope::{self, CommandInfo};
 use super::session::{ActivateError, Limits, Out, Session, WorldKey};
 use super::{Binding, WorldId};
-use crate::auth::endpoints::json_response;
-use crate::auth::{check_reply, unix_now_ms, Identity, Principal, Tagged};
+use sigma_core::response::json_response;
+use sigma_core::{enforce, Dropped, Identity, Principal, ReplyAudit, Tagged};
+
+use crate::auth::unix_now_ms;
 use crate::config::{Config, WorldCode};
 use crate::metrics::LogLimiter;
 use crate::route::{
-    ws_push_queue, Destination, Handled, HttpRequest, Pushed, Route, UnavailableDestination,
-    WsEndpoint, WsSender,
+    ws_push_queue, Answer, Capabilities, Destination, Handled, Pushed, Request, Route,
+    UnavailableDestination, Upgrade, WsEndpoint, WsSender,
 };
-use crate::streaming::ClientInfo;
 
 /// The worker code built into the binary (`builtin:NAME`).
 fn builtin_code(name: &str) -> Option<&'static str> {
@@ -107,6 +108,9 @@ struct Shared {
     /// Every active world key, and its socket.
     active: Arc<Mutex<ActiveWorlds>>,
     next_socket: AtomicU64,
+    /// Where the reply rule reports a world's dropped replies (counted
+    /// like every other stage's).
+    audit: Arc<dyn ReplyAudit>,
 }
 
 /// Close code of a session socket refused because `worlds.max_users`
@@ -125,7 +129,11 @@ impl WsEndpoint for Refused {
 
 impl WorldService {
     /// The service for `config.world` and `[worlds]`; reads code files.
-    pub fn new(config: &Config) -> Result<Self, UnavailableDestination> {
+    /// Replies the reply rule drops are reported to `audit`.
+    pub fn new(
+        config: &Config,
+        audit: Arc<dyn ReplyAudit>,
+    ) -> Result<Self, UnavailableDestination> {
         let mut commands = Vec::with_capacity(config.world.len());
         for w in &config.world {
             let code = match &w.code {
@@ -176,6 +184,7 @@ impl WorldService {
                 )),
                 active: Arc::new(Mutex::new(ActiveWorlds::new())),
                 next_socket: AtomicU64::new(1),
+                audit,
             }),
         })
     }
@@ -227,29 +236,46 @@ impl Destination for WorldService {
         "&world"
     }
 
-    fn http(&self, req: Tagged<HttpRequest>) -> Handled {
-        let resp = self
-            .shared
-            .initiate(&req.identity, &req.msg.head, unix_now_ms());
-        Handled::Ready(Tagged::new(req.identity, resp))
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            websocket: true,
+            // DESIGN §5 step 1: no credentials, 401, no upgrade.
+            requires_identity: true,
+            ..Capabilities::HTTP
+        }
     }
 
-    fn websocket(&self, _identity: &Principal, _push: WsSender) -> Option<Box<dyn WsEndpoint>> {
-        // The session socket needs the upgrade's credentials.
-        None
+    fn handle(&self, req: Request) -> Answer {
+        match req {
+            Request::Http(req) => {
+                let resp = self
+                    .shared
+                    .initiate(&req.identity, &req.msg.head, unix_now_ms());
+                Answer::Http(Handled::Ready(Tagged::new(req.identity, resp)))
+            }
+            // The session socket needs the upgrade's credentials: none
+            // for a socket sigma opens itself.
+            Request::Upgrade(Upgrade {
+                identity,
+                push,
+                from: Some(from),
+            }) => match self.session_socket(&from.head, &identity, push) {
+                Some(ep) => Answer::Socket(ep),
+                None => Answer::NoSocket,
+            },
+            other => other.not_taken(),
+        }
     }
+}
 
-    fn requires_identity(&self) -> bool {
-        // DESIGN §5 step 1: no credentials, 401, no upgrade.
-        true
-    }
-
-    fn websocket_upgrade(
+impl WorldService {
+    /// A session socket for an upgrade of `identity`'s (DESIGN §5), bound
+    /// to the credentials `head` carries.
+    fn session_socket(
         &self,
         head: &RequestHead,
         identity: &Principal,
         push: WsSender,
-        _client: ClientInfo,
     ) -> Option<Box<dyn WsEndpoint>> {
         let user = Arc::clone(identity.as_ref()?);
         let binding = super::binding_of(head)?;
@@ -279,6 +305,7 @@ impl Destination for WorldService {
             user,
             push,
             worlds: HashMap::new(),
+            audit: Arc::clone(&self.shared.audit),
         }));
         lock(&self.shared.sockets).insert(id, Arc::downgrade(&socket));
         let timer = tokio::runtime::Handle::try_current().ok().map(|rt| {
@@ -477,6 +504,7 @@ struct Socket {
     user: Arc<Identity>,
     push: WsSender,
     worlds: HashMap<WorldId, Link>,
+    audit: Arc<dyn ReplyAudit>,
 }
 
 /// An active world's connection to its destination.
@@ -539,7 +567,12 @@ impl Socket {
             ..(*s.user).clone()
         }));
         let (push, mut pushed) = ws_push_queue();
-        let Some(endpoint) = dest.websocket(&identity, push) else {
+        let upgrade = Upgrade {
+            identity: identity.clone(),
+            push,
+            from: None,
+        };
+        let Some(endpoint) = dest.handle(Request::Upgrade(upgrade)).into_socket() else {
             s.session.forget_world(&world, &mut budget);
             budget.user.unmark_used(once.epoch, &once.nonce);
             return Err(StartError::NoWebSocket);
@@ -591,10 +624,10 @@ impl Socket {
     /// A reply or push from `world`'s destination: the reply rule, then a
     /// `world` envelope for that world.
     fn deliver(&mut self, world: WorldId, expected: &Principal, m: Tagged<WsMessage>) {
-        if check_reply(expected, &m).is_err() {
-            tracing::warn!(socket = self.id, world = %world, "world reply dropped: identity mismatch");
+        let whom = format_args!("socket {} world {world}", self.id);
+        let Some(m) = enforce(expected, m, &*self.audit, Dropped::WorldReply, &whom) else {
             return;
-        }
+        };
         let body = match m.msg {
             WsMessage::Text(t) => t.as_str().to_owned(),
             WsMessage::Binary(_) => {
@@ -712,7 +745,8 @@ impl Drop for SessionSocket {
 mod tests {
     use super::*;
     use crate::auth::Provider;
-    use crate::route::WsReceiver;
+    use crate::route::{UpgradeRequest, WsReceiver};
+    use crate::streaming::ClientInfo;
     use ed25519_dalek::{Signer, SigningKey};
     use serde_json::Value;
     use sigma_http::Version;
@@ -726,18 +760,27 @@ mod tests {
         fn name(&self) -> &str {
             "&counting"
         }
-        fn http(&self, req: Tagged<HttpRequest>) -> Handled {
-            Handled::Ready(Tagged::new(req.identity, refuse(404, "none")))
+        fn capabilities(&self) -> Capabilities {
+            Capabilities::HTTP_AND_WEBSOCKET
         }
-        fn websocket(&self, identity: &Principal, push: WsSender) -> Option<Box<dyn WsEndpoint>> {
-            self.0.fetch_add(1, Ordering::Relaxed);
-            crate::echo::Echo.websocket(identity, push)
+        fn handle(&self, req: Request) -> Answer {
+            match req {
+                Request::Http(req) => Answer::Http(Handled::Ready(Tagged::new(
+                    req.identity,
+                    refuse(404, "none"),
+                ))),
+                Request::Upgrade(u) => {
+                    self.0.fetch_add(1, Ordering::Relaxed);
+                    crate::echo::Echo.handle(Request::Upgrade(u))
+                }
+                other => other.not_taken(),
+            }
         }
     }
 
     fn service(toml: &str) -> (WorldService, Arc<Counting>) {
         let config = crate::config::from_str(toml, &[]).unwrap();
-        let svc = WorldService::new(&config).unwrap();
+        let svc = WorldService::new(&config, Arc::new(crate::metrics::Metrics::default())).unwrap();
         let counting = Arc::new(Counting::default());
         let targets = config
             .world
@@ -779,17 +822,18 @@ mod tests {
                 world: None,
             }));
             let (push, rx) = ws_push_queue();
-            let ep = svc
-                .websocket_upgrade(
-                    &head("/ws".into(), token),
-                    &identity,
-                    push,
-                    ClientInfo {
+            let upgrade = Upgrade {
+                identity: identity.clone(),
+                push,
+                from: Some(UpgradeRequest {
+                    head: head("/ws".into(), token),
+                    client: ClientInfo {
                         ip: std::net::Ipv4Addr::LOCALHOST.into(),
                         bearer: false,
                     },
-                )
-                .unwrap();
+                }),
+            };
+            let ep = svc.handle(Request::Upgrade(upgrade)).into_socket().unwrap();
             Self {
                 ep,
                 rx,

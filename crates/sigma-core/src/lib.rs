@@ -1,0 +1,64 @@
+//! sigma-core: the vocabulary the pipeline stages speak, below all of them.
+//!
+//! ```text
+//!  T ──▶ H (sigma-http) ──▶ A ──Tagged{identity, msg}──▶ router ──▶ destination
+//!                              ◀─Tagged{identity, reply}──
+//!        sigma-core: Identity, Tagged, the reply rule, Destination,
+//!                    push queues, body streams
+//! ```
+//!
+//! This crate owns no socket, no configuration and no storage: it is the
+//! set of small owned values that `A`, the router and the destinations
+//! exchange, and the one interface every destination implements. It
+//! depends on `sigma-http` only; every other sigma crate may import it.
+//!
+//! - [`identity`]: who a message is from or for ([`Identity`],
+//!   [`Principal`], [`Tagged`]).
+//! - [`reply`]: the reply rule ([`check_reply`]) and its one policy for
+//!   what it drops ([`enforce`], [`ReplyAudit`]).
+//! - [`destination`]: where requests end ([`Destination`], [`WsEndpoint`]).
+//! - [`push`]: the bounded queue a destination pushes WebSocket messages
+//!   into ([`ws_push_queue`]).
+//! - [`body`]: streamed request and response bodies ([`body_channel`]).
+//! - [`response`]: the plain-text and JSON answers ([`response::plain`]).
+//! - [`etag`]: the one entity-tag parser (`If-Match`, `If-None-Match`).
+//! - [`clock`]: where the shell reads the time ([`SystemClock`], and a
+//!   [`FakeClock`] tests move by hand).
+
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
+pub mod body;
+pub mod clock;
+pub mod destination;
+pub mod etag;
+pub mod identity;
+pub mod push;
+pub mod reply;
+pub mod response;
+
+pub use body::{
+    body_channel, Admission, BodyError, BodyRx, BodyStream, BodyTx, ClientInfo, LaterStreamed,
+    Refusal, Streamed, TrySend, REQUEST_BODY_QUEUE,
+};
+pub use clock::{Clock, FakeClock, SystemClock};
+pub use destination::{
+    Answer, Capabilities, Destination, Handled, HttpRequest, Request, Upgrade, UpgradeRequest,
+    WsEndpoint,
+};
+pub use identity::{
+    is_identity_header, strip_identity_headers, tag_request, Identity, IdentityMismatch, Principal,
+    Provider, Tagged,
+};
+pub use push::{
+    ws_push_queue, PushError, Pushed, WsCloser, WsReceiver, WsSender, WS_CLOSE_REVOKED,
+    WS_PUSH_BYTES, WS_PUSH_QUEUE,
+};
+pub use reply::{check_reply, enforce, Dropped, ReplyAudit};
