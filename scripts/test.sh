@@ -32,6 +32,9 @@ if [ ! -x /usr/bin/pebble ] || [ ! -x /usr/bin/pebble-challtestsrv ]; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq pebble
 fi
 
+step "links in README and docs resolve inside the repository"
+python3 scripts/check_links.py
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
