@@ -30,6 +30,7 @@
 pub mod budget;
 pub mod conn;
 pub mod error;
+pub mod etag;
 pub mod event;
 pub mod h1;
 pub mod io;

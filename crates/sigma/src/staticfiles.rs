@@ -171,15 +171,10 @@ pub fn parse_range(value: &[u8], len: u64) -> RangeAnswer {
 }
 
 /// True when an `If-None-Match` value matches `etag` (weak comparison, as
-/// RFC 9110 §13.1.2 asks: `W/` prefixes are ignored; `*` matches).
+/// RFC 9110 §13.1.2 asks: `W/` prefixes are ignored; `*` matches; a
+/// malformed value matches nothing), by H's one entity-tag parser.
 pub fn none_match(value: &[u8], etag: &str) -> bool {
-    let Ok(v) = std::str::from_utf8(value) else {
-        return false;
-    };
-    let want = etag.trim_start_matches("W/");
-    v.split(',')
-        .map(str::trim)
-        .any(|t| t == "*" || t.trim_start_matches("W/") == want)
+    sigma_http::etag::none_match([value], etag.as_bytes())
 }
 
 /// A strong validator from size, modification time and inode: changes

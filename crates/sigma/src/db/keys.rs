@@ -1,6 +1,8 @@
 //! Keys, prefixes, content types and entity tags of `&db`: parsing and
 //! validation of client input, nothing else.
 
+use sigma_http::etag::{parse_list, MalformedTags, TagList};
+
 use crate::store::{KvTags, MAX_KV_CONTENT_TYPE};
 
 use super::Fail;
@@ -59,61 +61,22 @@ pub(super) enum Compare {
 }
 
 /// Parses the values of an `If-Match` / `If-None-Match` field (one or more
-/// header lines): `*` or a comma-separated list of entity tags. Tags that
-/// are not ours (`"v<version>"`) are kept as never matching. `Err` for a
-/// malformed field.
+/// header lines): `*` or a comma-separated list of entity tags
+/// ([`sigma_http::etag::parse_list`]). Tags that are not ours
+/// (`"v<version>"`) are kept as never matching. `Err` for a malformed
+/// field.
 pub(super) fn parse_tags<'a>(
     values: impl IntoIterator<Item = &'a [u8]>,
     compare: Compare,
 ) -> Result<KvTags, Fail> {
-    let mut star = false;
-    let mut versions = Vec::new();
-    let mut any_tag = false;
-    for value in values {
-        let mut rest = value;
-        loop {
-            rest = trim_start(rest, |b| b == b' ' || b == b'\t' || b == b',');
-            if rest.is_empty() {
-                break;
-            }
-            if let Some(after) = rest.strip_prefix(b"*") {
-                star = true;
-                rest = after;
-            } else {
-                let (weak, body) = match rest.strip_prefix(b"W/") {
-                    Some(b) => (true, b),
-                    None => (false, rest),
-                };
-                let body = body.strip_prefix(b"\"").ok_or(Fail::BadRequest)?;
-                let end = body
-                    .iter()
-                    .position(|&b| b == b'"')
-                    .ok_or(Fail::BadRequest)?;
-                let (tag, after) = body.split_at(end);
-                if !tag.iter().all(|&b| b == 0x21 || b >= 0x23) || tag.contains(&0x7f) {
-                    return Err(Fail::BadRequest);
-                }
-                any_tag = true;
-                if let Some(v) = our_version(tag) {
-                    if !weak || compare == Compare::Weak {
-                        versions.push(v);
-                    }
-                }
-                rest = after.get(1..).unwrap_or_default();
-            }
-            // A tag or `*` is followed by the end or a comma.
-            let next = trim_start(rest, |b| b == b' ' || b == b'\t');
-            if !next.is_empty() && !next.starts_with(b",") {
-                return Err(Fail::BadRequest);
-            }
-            rest = next;
-        }
-    }
-    match (star, any_tag) {
-        (true, false) => Ok(KvTags::Any),
-        (false, true) => Ok(KvTags::Versions(versions)),
-        // Empty, or `*` mixed with tags.
-        _ => Err(Fail::BadRequest),
+    match parse_list(values).map_err(|MalformedTags| Fail::BadRequest)? {
+        TagList::Any => Ok(KvTags::Any),
+        TagList::Tags(tags) => Ok(KvTags::Versions(
+            tags.iter()
+                .filter(|t| !t.weak || compare == Compare::Weak)
+                .filter_map(|t| our_version(t.opaque))
+                .collect(),
+        )),
     }
 }
 
@@ -136,16 +99,6 @@ pub(super) fn parse_ws_tags(s: &str, compare: Compare) -> Result<KvTags, Fail> {
         return Ok(KvTags::Versions(vec![v]));
     }
     parse_tags([s.as_bytes()], compare)
-}
-
-fn trim_start(mut s: &[u8], skip: impl Fn(u8) -> bool) -> &[u8] {
-    while let Some((&b, rest)) = s.split_first() {
-        if !skip(b) {
-            break;
-        }
-        s = rest;
-    }
-    s
 }
 
 #[cfg(test)]
