@@ -11,15 +11,16 @@
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
+use sigma_fuzz::Input;
 use sigma_http::h1::decode::{DecodeLimits, Decoded, Decoder};
 use sigma_http::{Header, ParseError};
 
 fuzz_target!(|input: &[u8]| {
-    let (ctl, seed, data) = match input {
-        [a, b, rest @ ..] => (*a, *b, rest),
-        _ => return,
+    let Some(input) = Input::parse(input) else {
+        return;
     };
-    let limits = if ctl & 1 == 1 {
+    let data = input.data;
+    let limits = if input.small_limits() {
         DecodeLimits {
             max_body: 64,
             max_chunk_extension: 8,
@@ -36,7 +37,7 @@ fuzz_target!(|input: &[u8]| {
     };
 
     let whole = decode(&[data], &limits);
-    let pieces = split(data, ctl >> 1, seed);
+    let pieces = input.pieces();
     let by_pieces = decode(&pieces, &limits);
     assert_eq!(whole, by_pieces, "whole vs {} pieces", pieces.len());
 
@@ -106,36 +107,4 @@ fn decode(pieces: &[&[u8]], limits: &DecodeLimits) -> Result {
         }
     };
     Result { body, end }
-}
-
-fn split(data: &[u8], mode: u8, seed: u8) -> Vec<&[u8]> {
-    let mut pieces = Vec::new();
-    let mut rest = data;
-    let mut x = u32::from(seed) | 0x100;
-    match mode & 3 {
-        0 => pieces.extend(data.chunks(1)),
-        1 => {
-            let at = if data.is_empty() {
-                0
-            } else {
-                usize::from(seed) % data.len()
-            };
-            let (a, b) = data.split_at(at);
-            pieces.push(a);
-            pieces.push(b);
-        }
-        m => {
-            let max = if m == 2 { 8 } else { 64 };
-            while !rest.is_empty() {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                let n = (x as usize % max + 1).min(rest.len());
-                let (a, b) = rest.split_at(n);
-                pieces.push(a);
-                rest = b;
-            }
-        }
-    }
-    pieces
 }

@@ -14,21 +14,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
+use sigma_fuzz::Input;
 use sigma_http::{Event, Header, Limits, Method, Reply, Response, ServerConn, Shutdown};
 
 fuzz_target!(|input: &[u8]| {
-    let (ctl, seed, data) = match input {
-        [a, b, rest @ ..] => (*a, *b, rest),
-        _ => return,
+    let Some(input) = Input::parse(input) else {
+        return;
     };
-    let limits = Arc::new(if ctl & 1 == 1 {
+    let (seed, data) = (input.seed, input.data);
+    let limits = Arc::new(if input.small_limits() {
         small_limits()
     } else {
         Limits::default()
     });
 
     let whole = run(&limits, &[data]);
-    let pieces = split(data, ctl >> 1, seed);
+    let pieces = input.pieces();
     let split_run = run(&limits, &pieces);
 
     assert_eq!(
@@ -108,42 +109,6 @@ fn small_limits() -> Limits {
         max_requests_per_connection: 5,
         ..Limits::default()
     }
-}
-
-/// Splits `data` into pieces chosen by `mode` and `seed`.
-fn split(data: &[u8], mode: u8, seed: u8) -> Vec<&[u8]> {
-    let mut pieces = Vec::new();
-    let mut rest = data;
-    let mut x = u32::from(seed) | 0x100;
-    match mode & 3 {
-        // One byte at a time.
-        0 => pieces.extend(data.chunks(1)),
-        // Two pieces at one offset.
-        1 => {
-            let at = if data.is_empty() {
-                0
-            } else {
-                usize::from(seed) % data.len()
-            };
-            let (a, b) = data.split_at(at);
-            pieces.push(a);
-            pieces.push(b);
-        }
-        // Random small or larger pieces.
-        m => {
-            let max = if m == 2 { 8 } else { 64 };
-            while !rest.is_empty() {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                let n = (x as usize % max + 1).min(rest.len());
-                let (a, b) = rest.split_at(n);
-                pieces.push(a);
-                rest = b;
-            }
-        }
-    }
-    pieces
 }
 
 /// A right-bound event, with bodies merged so that splits compare equal.

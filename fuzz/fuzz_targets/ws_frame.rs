@@ -13,16 +13,17 @@
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
+use sigma_fuzz::Input;
 use sigma_http::io::OutBuf;
 use sigma_http::ws::WsConn;
 use sigma_http::{Event, WsEvent, WsLimits, WsMessage};
 
 fuzz_target!(|input: &[u8]| {
-    let (ctl, seed, data) = match input {
-        [a, b, rest @ ..] => (*a, *b, rest),
-        _ => return,
+    let Some(input) = Input::parse(input) else {
+        return;
     };
-    let limits = if ctl & 1 == 1 {
+    let data = input.data;
+    let limits = if input.small_limits() {
         WsLimits {
             max_frame: 64,
             max_message: 256,
@@ -33,12 +34,12 @@ fuzz_target!(|input: &[u8]| {
         WsLimits::default()
     };
     let whole = run(&limits, &[data]);
-    let pieces = split(data, (ctl >> 1) & 3, seed);
+    let pieces = input.pieces();
     let parts = run(&limits, &pieces);
     // With small limits the slow-consumer decision depends on how pongs
     // and echoes interleave in the output, which depends on the split; with
     // the default limits the outbound bound is never reached here.
-    if ctl & 1 == 0 {
+    if !input.small_limits() {
         assert_eq!(
             whole,
             parts,
@@ -150,26 +151,4 @@ fn check_server_frames(mut w: &[u8]) {
         }
         w = tail;
     }
-}
-
-/// Splits `data` by mode: 0 bytewise, 1 two pieces, 2 pieces of 1–8, 3 pieces of 1–64.
-fn split(data: &[u8], mode: u8, seed: u8) -> Vec<&[u8]> {
-    let mut pieces = Vec::new();
-    let mut rest = data;
-    let mut s = u32::from(seed) | 1;
-    while !rest.is_empty() {
-        s = s.wrapping_mul(1_103_515_245).wrapping_add(12_345);
-        let n = match mode {
-            0 => 1,
-            1 if pieces.is_empty() => (s as usize % rest.len()).max(1),
-            1 => rest.len(),
-            2 => 1 + (s as usize >> 8) % 8,
-            _ => 1 + (s as usize >> 8) % 64,
-        }
-        .min(rest.len());
-        let (a, b) = rest.split_at(n);
-        pieces.push(a);
-        rest = b;
-    }
-    pieces
 }

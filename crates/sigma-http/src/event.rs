@@ -153,6 +153,14 @@ impl RequestHead {
     pub fn header(&self, name: &str) -> Option<&Header> {
         find_header(&self.headers, name)
     }
+
+    /// The declared body length: the `Content-Length` field, read by the
+    /// same rule that framed the request (`None` without one, or for a
+    /// value that rule refuses, which a parsed head never has).
+    pub fn content_length(&self) -> Option<u64> {
+        let h = self.header("content-length")?;
+        crate::h1::request::parse_content_length(&h.value).ok()
+    }
 }
 
 /// Valid UTF-8 in a shared buffer: a text message that many sockets can
@@ -378,4 +386,36 @@ pub enum Reply {
     Close,
     /// Ω: drop everything and abort the connection.
     Abort,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(headers: &[(&'static str, &'static str)]) -> RequestHead {
+        RequestHead {
+            method: Method::Post,
+            target: Bytes::from_static(b"/"),
+            version: Version::Http11,
+            headers: headers
+                .iter()
+                .map(|&(n, v)| Header::new(n.as_bytes(), v.as_bytes()))
+                .collect(),
+            keep_alive: true,
+            websocket: None,
+        }
+    }
+
+    #[test]
+    fn declared_content_length() {
+        assert_eq!(head(&[]).content_length(), None);
+        assert_eq!(head(&[("Content-Length", "0")]).content_length(), Some(0));
+        assert_eq!(
+            head(&[("X", "y"), ("content-length", "1234")]).content_length(),
+            Some(1234)
+        );
+        for bad in ["", "+1", "1,1", " 1", "99999999999999999999"] {
+            assert_eq!(head(&[("Content-Length", bad)]).content_length(), None);
+        }
+    }
 }

@@ -319,16 +319,8 @@ impl Dispatch<'_> {
                         .routes
                         .lookup(tagged.msg.path())
                         .and_then(|r| r.max_body);
-                    let declared = tagged
-                        .msg
-                        .header("content-length")
-                        .and_then(|h| std::str::from_utf8(&h.value).ok()?.parse::<u64>().ok());
-                    if let (Some(max), Some(len)) = (max_body, declared) {
-                        if len > max {
-                            // Refused before the body is read: H answers now
-                            // and closes (the rest of the body is not read).
-                            return self.refuse_body();
-                        }
+                    if declared_over(max_body, &tagged.msg) {
+                        return self.refuse_body();
                     }
                     self.incoming = Some(Incoming {
                         head: tagged,
@@ -460,14 +452,8 @@ impl Dispatch<'_> {
             return;
         }
         let max_body = route.max_body;
-        let declared = req
-            .msg
-            .header("content-length")
-            .and_then(|h| std::str::from_utf8(&h.value).ok()?.parse::<u64>().ok());
-        if let (Some(max), Some(len)) = (max_body, declared) {
-            if len > max {
-                return self.refuse_body();
-            }
+        if declared_over(max_body, &req.msg) {
+            return self.refuse_body();
         }
         let ip = match &self.ctx.auth {
             Some(a) => a.client_ip(self.peer.ip(), &req.msg),
@@ -969,6 +955,13 @@ fn wants_html(head: &RequestHead) -> bool {
                 .windows(9)
                 .any(|w| w.eq_ignore_ascii_case(b"text/html"))
         })
+}
+
+/// The declared `Content-Length` goes over the route's `max_body`: the
+/// request is refused before its body is read (H answers at once and
+/// closes, since the rest of the body is not read).
+fn declared_over(max_body: Option<u64>, head: &RequestHead) -> bool {
+    matches!((max_body, head.content_length()), (Some(max), Some(len)) if len > max)
 }
 
 /// Payload length of a WebSocket message.

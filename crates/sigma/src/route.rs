@@ -141,10 +141,10 @@ impl RouteTable {
             });
         }
         if let Some(w) = &world {
-            // `out` is still in `routes` order here.
             w.bind(config, &out, &db)?;
         }
-        out.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
+        // `config.routes` is already in match order (longest path first,
+        // sorted once by the config): `out` keeps it.
         Ok(Self { routes: out })
     }
 
@@ -176,6 +176,16 @@ fn prefix_matches(prefix: &[u8], path: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The table keeps `config.routes`' order, so the config must give
+    /// match order: the defaults (not sorted by the loader) too.
+    #[test]
+    fn default_routes_are_in_match_order() {
+        let routes = crate::config::default_routes();
+        assert!(routes
+            .windows(2)
+            .all(|w| w[0].path.len() >= w[1].path.len()));
+    }
 
     #[test]
     fn segment_boundary() {

@@ -5,7 +5,8 @@
 //! identity-header stripping, the reply rule (`&crossed`), route access
 //! (`auth`, `users`, `[H]` listeners) and the login page.
 //!
-//! Needs the `test-destinations` feature (`&crossed`, `&inspect`):
+//! Needs the `test-destinations` feature (`&crossed`, `&inspect`;
+//! `required-features` in Cargo.toml, so plain `cargo test` skips it):
 //! `cargo nextest run -p sigma --features test-destinations --test auth`.
 //!
 //! Argon2id verification is slow in debug builds (most of a second per

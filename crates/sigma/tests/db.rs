@@ -6,7 +6,7 @@
 //! WebSocket operations and `watch`, and durability: writes acknowledged
 //! before a `kill -9` at a random moment are all there after a restart.
 //!
-//! `cargo nextest run -p sigma --features test-destinations --test db`.
+//! `cargo nextest run -p sigma --test db`.
 //!
 //! Users are created with `sigma user add` before the server starts, and
 //! each test logs in as few times as it can (Argon2id is slow in debug

@@ -7,8 +7,7 @@
 //! (user, client /24) and globally, and sigma's own bearer token never
 //! reaching an upstream.
 //!
-//! Needs the `test-destinations` feature like the other `A` tests:
-//! `cargo nextest run -p sigma --features test-destinations --test login_limits`.
+//! `cargo nextest run -p sigma --test login_limits`.
 //! Argon2 runs optimised in dev builds (the workspace profile), with the
 //! default parameters; the flood test keeps its cost bounded with a small
 //! `password_queue`.

@@ -7,7 +7,7 @@
 //! without `sid` (an older sigma's) are refused; a deleted user's tokens
 //! die across a restart; `/auth/token` is throttled per session.
 //!
-//! `cargo nextest run -p sigma --features sigma/test-destinations --test revocation`.
+//! `cargo nextest run -p sigma --test revocation`.
 
 mod common;
 

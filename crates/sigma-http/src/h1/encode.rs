@@ -61,23 +61,9 @@ pub fn encode_response(
     let status = resp.status;
     let no_body = status_has_no_body(status);
     out.reserve(128 + resp.body.len());
-    out.extend_from_slice(b"HTTP/1.1 ");
-    push_status(out, status);
-    out.extend_from_slice(b"\r\nDate: ");
-    out.extend_from_slice(date);
-    out.extend_from_slice(b"\r\n");
-    match conn {
-        ConnHeader::None => {}
-        ConnHeader::KeepAlive => out.extend_from_slice(b"Connection: keep-alive\r\n"),
-        ConnHeader::Close => out.extend_from_slice(b"Connection: close\r\n"),
-    }
-    for h in resp.headers.iter().filter(|h| !is_framing_header(h)) {
-        push_header(out, &h.name, &h.value);
-    }
+    push_head_start(out, status, &resp.headers, date, conn);
     if !no_body {
-        out.extend_from_slice(b"Content-Length: ");
-        push_decimal(out, resp.body.len() as u64);
-        out.extend_from_slice(b"\r\n");
+        push_content_length(out, resp.body.len() as u64);
     }
     out.extend_from_slice(b"\r\n");
     if !no_body && !head_only {
@@ -107,6 +93,26 @@ pub fn encode_stream_head(
     conn: ConnHeader,
     framing: StreamFraming,
 ) {
+    push_head_start(out, status, headers, date, conn);
+    match framing {
+        StreamFraming::Length(n) => push_content_length(out, n),
+        StreamFraming::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        StreamFraming::None => {}
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The part of a final response's head that does not depend on how its
+/// body is framed: status line, `Date`, `Connection`, and the
+/// destination's own (non-framing) headers. The framing header and the
+/// blank line follow.
+fn push_head_start(
+    out: &mut Vec<u8>,
+    status: u16,
+    headers: &[Header],
+    date: &[u8],
+    conn: ConnHeader,
+) {
     out.extend_from_slice(b"HTTP/1.1 ");
     push_status(out, status);
     out.extend_from_slice(b"\r\nDate: ");
@@ -120,16 +126,6 @@ pub fn encode_stream_head(
     for h in headers.iter().filter(|h| !is_framing_header(h)) {
         push_header(out, &h.name, &h.value);
     }
-    match framing {
-        StreamFraming::Length(n) => {
-            out.extend_from_slice(b"Content-Length: ");
-            push_decimal(out, n);
-            out.extend_from_slice(b"\r\n");
-        }
-        StreamFraming::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
-        StreamFraming::None => {}
-    }
-    out.extend_from_slice(b"\r\n");
 }
 
 /// Appends one chunk of a chunked body (`data` must not be empty: an empty
@@ -173,6 +169,12 @@ pub fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn push_content_length(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(b"Content-Length: ");
+    push_decimal(out, n);
     out.extend_from_slice(b"\r\n");
 }
 

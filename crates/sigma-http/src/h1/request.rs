@@ -235,7 +235,7 @@ fn finish(
 }
 
 /// `Content-Length = 1*DIGIT`, at most 19 digits, no sign, no list.
-fn parse_content_length(v: &[u8]) -> Result<u64, ParseError> {
+pub(crate) fn parse_content_length(v: &[u8]) -> Result<u64, ParseError> {
     if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
         return Err(ParseError::BadContentLength);
     }
