@@ -36,6 +36,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use ed25519_dalek::Signature;
 use serde_json::json;
+use sigma_core::clock::unix_now_ms;
+use sigma_core::response::json_response;
+use sigma_core::{
+    enforce, ws_push_queue, Answer, Capabilities, Destination, Dropped, Handled, Identity,
+    Principal, Pushed, ReplyAudit, Request, Tagged, Upgrade, WsEndpoint, WsSender,
+};
 use sigma_http::{Header, Method, RequestHead, Response, WsMessage};
 
 use super::budget::{lock, ActiveWorlds, HeldBudget, SocketBudget, UserBudget, Users};
@@ -43,16 +49,9 @@ use super::cookie::{CookieContents, MinuteKeys, UseError, NONCE};
 use super::envelope::{self, CommandInfo};
 use super::session::{ActivateError, Limits, Out, Session, WorldKey};
 use super::{Binding, WorldId};
-use sigma_core::response::json_response;
-use sigma_core::{enforce, Dropped, Identity, Principal, ReplyAudit, Tagged};
-
-use crate::auth::unix_now_ms;
 use crate::config::{Config, WorldCode};
 use crate::metrics::LogLimiter;
-use crate::route::{
-    ws_push_queue, Answer, Capabilities, Destination, Handled, Pushed, Request, Route,
-    UnavailableDestination, Upgrade, WsEndpoint, WsSender,
-};
+use crate::route::{Route, UnavailableDestination};
 
 /// The worker code built into the binary (`builtin:NAME`).
 fn builtin_code(name: &str) -> Option<&'static str> {
@@ -744,11 +743,9 @@ impl Drop for SessionSocket {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::Provider;
-    use crate::route::{UpgradeRequest, WsReceiver};
-    use crate::streaming::ClientInfo;
     use ed25519_dalek::{Signer, SigningKey};
     use serde_json::Value;
+    use sigma_core::{ClientInfo, Provider, UpgradeRequest, WsReceiver};
     use sigma_http::Version;
     use std::sync::atomic::AtomicUsize;
 
