@@ -1263,4 +1263,60 @@ mod tests {
         let mut bob = Client::open(&svc, "bob", "tok-b");
         assert_eq!(bob.hello()["t"], "welcome");
     }
+
+    /// Answers every world message as someone else (`null`).
+    struct Crossed;
+
+    impl WsEndpoint for Crossed {
+        fn on_message(&mut self, msg: Tagged<WsMessage>) -> Option<Tagged<WsMessage>> {
+            Some(Tagged::new(None, msg.msg))
+        }
+    }
+
+    impl Destination for Crossed {
+        fn name(&self) -> &str {
+            "&crossed"
+        }
+        fn capabilities(&self) -> Capabilities {
+            Capabilities::HTTP_AND_WEBSOCKET
+        }
+        fn handle(&self, req: Request) -> Answer {
+            match req {
+                Request::Upgrade(_) => Answer::Socket(Box::new(Crossed)),
+                other => other.not_taken(),
+            }
+        }
+    }
+
+    /// A world's reply with another identity is dropped and counted in
+    /// `identity_mismatch`, as every other stage's (one policy).
+    #[test]
+    fn a_worlds_crossed_reply_is_dropped_and_counted() {
+        let config = crate::config::from_str("", &[]).unwrap();
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let svc = WorldService::new(&config, Arc::clone(&metrics) as Arc<dyn ReplyAudit>).unwrap();
+        let targets = config
+            .world
+            .iter()
+            .map(|_| Arc::new(Crossed) as Arc<dyn Destination>)
+            .collect();
+        assert!(svc.shared.targets.set(targets).is_ok());
+        let mut c = Client::open(&svc, "alice", "tok");
+        c.hello();
+        let k = key(1);
+        let cookie = c.fork(&k, "echo")["cookie"].as_str().unwrap().to_owned();
+        assert_eq!(c.initiate(&svc, &k, "echo", &cookie).0, 200);
+        let world = WorldId(k.verifying_key().to_bytes()).encode();
+        let lamport = c.lamport + 1;
+        let sig = k
+            .sign(&envelope::signed_bytes(&world, lamport, "hi"))
+            .to_bytes();
+        let pushed = c.send(json!({"t": "world", "world": world, "body": "hi",
+            "sig": super::super::b64_encode(&sig)}));
+        assert!(
+            pushed.iter().all(|v| v["t"] != "world"),
+            "a crossed reply reached the client: {pushed:?}"
+        );
+        assert_eq!(metrics.identity_mismatch.load(Ordering::Relaxed), 1);
+    }
 }
