@@ -25,6 +25,7 @@
 //! - [`clock`]: where the shell reads the time ([`SystemClock`], and a
 //!   [`FakeClock`] tests move by hand).
 
+#![deny(missing_docs)]
 #![cfg_attr(
     not(test),
     deny(

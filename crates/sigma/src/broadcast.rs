@@ -76,13 +76,11 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use serde::{Deserialize, Deserializer};
 use serde_json::{json, Value};
 use sigma_core::response::{json_error, json_response};
-use sigma_core::{Principal, Tagged};
-use sigma_http::{Header, Method, Response, Utf8Bytes, WsMessage};
-
-use crate::route::{
-    Answer, Capabilities, Destination, Handled, HttpRequest, PushError, Request, WsEndpoint,
-    WsSender,
+use sigma_core::{
+    Answer, Capabilities, Destination, Handled, HttpRequest, Principal, PushError, Request, Tagged,
+    WsEndpoint, WsSender,
 };
+use sigma_http::{Header, Method, Response, Utf8Bytes, WsMessage};
 
 /// The longest channel name, in bytes.
 pub const MAX_CHANNEL_LEN: usize = 128;
@@ -974,9 +972,8 @@ impl WsEndpoint for Socket {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::{Identity, Provider};
-    use crate::route::{ws_push_queue, Pushed, WsReceiver, WS_PUSH_QUEUE};
     use futures_util::FutureExt;
+    use sigma_core::{ws_push_queue, Identity, Provider, Pushed, WsReceiver, WS_PUSH_QUEUE};
 
     fn user(name: &str) -> Principal {
         Some(Arc::new(Identity {
@@ -1008,7 +1005,7 @@ mod tests {
             let reply = self
                 .ep
                 .on_message(Tagged::new(self.identity.clone(), msg))?;
-            assert!(crate::auth::check_reply(&self.identity, &reply).is_ok());
+            assert!(sigma_core::check_reply(&self.identity, &reply).is_ok());
             match reply.msg {
                 WsMessage::Text(t) => Some(serde_json::from_str(t.as_str()).unwrap()),
                 WsMessage::Binary(_) => panic!("binary reply"),
@@ -1029,7 +1026,7 @@ mod tests {
             match self.rx.recv().now_or_never()? {
                 Pushed::Message(m) => {
                     assert!(
-                        crate::auth::check_reply(&self.identity, &m).is_ok(),
+                        sigma_core::check_reply(&self.identity, &m).is_ok(),
                         "delivery tagged with another identity"
                     );
                     match m.msg {
@@ -1353,7 +1350,7 @@ mod tests {
         );
         match b.http(req) {
             Handled::Ready(r) => {
-                assert!(crate::auth::check_reply(&identity, &r).is_ok());
+                assert!(sigma_core::check_reply(&identity, &r).is_ok());
                 (r.msg.status, serde_json::from_slice(&r.msg.body).unwrap())
             }
             Handled::Later(_) => panic!("later"),

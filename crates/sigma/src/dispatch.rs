@@ -685,14 +685,14 @@ impl Dispatch<'_> {
             });
         match answer {
             Handled::Ready(reply) => {
-                Handled::Ready(reply_rule(&expected, reply, self.ctx, self.peer))
+                Handled::Ready(reply_rule(&expected, reply, &self.ctx.metrics, self.peer))
             }
             Handled::Later(fut) => {
                 let metrics = std::sync::Arc::clone(&self.ctx.metrics);
                 let peer = self.peer;
                 Handled::Later(Box::pin(async move {
                     let reply = fut.await;
-                    reply_rule_with(&expected, reply, &metrics, peer)
+                    reply_rule(&expected, reply, &metrics, peer)
                 }))
             }
         }
@@ -904,17 +904,9 @@ impl Dispatch<'_> {
 }
 
 /// Applies the reply rule to a response: one with another identity is
-/// replaced by a 502 that carries none of its data, counted and logged.
+/// replaced by a 502 that carries none of its data, counted and logged
+/// ([`sigma_core::enforce`]).
 fn reply_rule(
-    expected: &auth::Principal,
-    reply: Tagged<Response>,
-    ctx: &ListenerCtx,
-    peer: SocketAddr,
-) -> Tagged<Response> {
-    reply_rule_with(expected, reply, &ctx.metrics, peer)
-}
-
-fn reply_rule_with(
     expected: &auth::Principal,
     reply: Tagged<Response>,
     metrics: &crate::metrics::Metrics,

@@ -3,10 +3,10 @@
 //! health checks exercise `H` end to end. The reply carries the request's
 //! identity unchanged, so it always passes the reply rule.
 
+use sigma_core::{
+    Answer, Capabilities, Destination, Handled, HttpRequest, Request, Tagged, WsEndpoint,
+};
 use sigma_http::{Header, Response, WsMessage};
-
-use crate::auth::Tagged;
-use crate::route::{Answer, Capabilities, Destination, Handled, HttpRequest, Request, WsEndpoint};
 
 /// The echo destination.
 #[derive(Debug, Default)]

@@ -29,11 +29,10 @@ use std::path::{Component, Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use sigma_core::{
+    Answer, BodyRx, BodyStream, Capabilities, Destination, LaterStreamed, Request, Streamed, Tagged,
+};
 use sigma_http::{Header, Method, RequestHead, Response, ResponseHead};
-
-use crate::auth::Tagged;
-use crate::route::{Answer, Capabilities, Destination, Request};
-use crate::streaming::{BodyRx, BodyStream, LaterStreamed, Streamed};
 
 /// Bodies up to this size (64 KiB) are sent whole; larger ones are
 /// streamed in pieces of this size, read as the client keeps up.

@@ -13,12 +13,13 @@
 
 use std::sync::Arc;
 
+use sigma_core::{
+    Answer, Capabilities, Destination, Handled, HttpRequest, Identity, Principal, Provider,
+    Request, Tagged, WsEndpoint,
+};
 use sigma_http::{Header, Response, WsMessage};
 
 use serde_json::json;
-
-use crate::auth::{Identity, Principal, Provider, Tagged};
-use crate::route::{Answer, Capabilities, Destination, Handled, HttpRequest, Request, WsEndpoint};
 
 /// The secret the crossed wiring would leak.
 pub const SECRET: &str = "mallory's secret";

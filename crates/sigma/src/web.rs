@@ -17,10 +17,8 @@ use std::sync::OnceLock;
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
+use sigma_core::{Answer, Capabilities, Destination, Handled, Request, Tagged};
 use sigma_http::{Header, Method, Response};
-
-use crate::auth::Tagged;
-use crate::route::{Answer, Capabilities, Destination, Handled, Request};
 
 /// The page's Content-Security-Policy: nothing but this origin. In
 /// Chromium and Firefox `connect-src 'self'` also admits same-origin

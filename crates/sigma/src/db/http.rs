@@ -8,10 +8,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde_json::json;
 use sigma_core::response::json_response;
-use sigma_core::Tagged;
+use sigma_core::{Handled, HttpRequest, Tagged};
 use sigma_http::{Header, Method, RequestHead, Response};
 
-use crate::route::{Handled, HttpRequest};
 use crate::store::{KvTags, Precondition};
 
 use super::keys::{self, Compare};

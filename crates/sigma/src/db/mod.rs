@@ -105,11 +105,10 @@ mod ws;
 
 use std::sync::Arc;
 
+use sigma_core::{Answer, Capabilities, Destination, Principal, Request};
 use sigma_http::WsMessage;
 
-use crate::auth::Principal;
 use crate::config::DbConfig;
-use crate::route::{Answer, Capabilities, Destination, Request};
 use crate::store::{KvError, KvPut, Precondition, Store};
 
 pub use keys::etag;

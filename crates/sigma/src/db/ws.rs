@@ -8,11 +8,10 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use sigma_core::{Principal, Tagged, WsEndpoint, WsSender};
 use sigma_http::WsMessage;
 use tokio::sync::mpsc;
 
-use crate::auth::{Principal, Tagged};
-use crate::route::{WsEndpoint, WsSender};
 use crate::store::Precondition;
 
 use super::keys::{self, Compare};

@@ -20,9 +20,10 @@
 //!   `/api/x?q` on route `/api` to `http://h:8080/base` goes to `/base/x?q`.
 
 use base64::Engine;
+use sigma_core::Principal;
 use sigma_http::Header;
 
-use crate::auth::{self, Principal};
+use crate::auth;
 
 /// The `X-Sigma-Identity` value of the anonymous (`null`) identity.
 pub const ANONYMOUS_IDENTITY: &str = "null";
@@ -75,7 +76,7 @@ pub fn end_to_end<'a>(
         .iter()
         .filter(|(n, _)| {
             let lower = n.to_ascii_lowercase();
-            if is_hop_by_hop(n) || listed.contains(&lower) || auth::is_identity_header(n) {
+            if is_hop_by_hop(n) || listed.contains(&lower) || sigma_core::is_identity_header(n) {
                 return false;
             }
             match dir {
@@ -303,7 +304,7 @@ pub fn identity_headers(identity: &Principal) -> Vec<(&'static str, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::{Identity, Provider};
+    use sigma_core::{Identity, Provider};
     use std::sync::Arc;
 
     fn names(v: &[(&[u8], &[u8])]) -> Vec<String> {

@@ -29,12 +29,13 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use sigma_core::{
+    Answer, BodyError, BodyRx, BodyStream, Capabilities, ClientInfo, Destination, LaterStreamed,
+    Principal, Request, Streamed, Tagged, Upgrade, WsEndpoint, WsSender,
+};
 use sigma_http::{Header, RequestHead, Response, ResponseHead};
 
-use crate::auth::{Principal, Tagged};
 use crate::config::ProxyOptions;
-use crate::route::{Answer, Capabilities, Destination, Request, Upgrade, WsEndpoint, WsSender};
-use crate::streaming::{BodyError, BodyRx, BodyStream, ClientInfo, LaterStreamed, Streamed};
 
 /// Idle pooled connections to one upstream are closed after this long.
 const POOL_IDLE: Duration = Duration::from_secs(60);

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use sigma_core::{Principal, Refusal, Tagged, WsEndpoint, WsSender};
 use sigma_http::{RequestHead, Utf8Bytes, WsMessage};
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -27,9 +28,6 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use super::headers;
-use crate::auth::{Principal, Tagged};
-use crate::route::{WsEndpoint, WsSender};
-use crate::streaming::Refusal;
 
 /// Client messages queued toward the upstream; when full (the upstream is
 /// not keeping up) the pass-through ends.
@@ -51,7 +49,7 @@ pub struct Target<'a> {
     /// `X-Sigma-Identity` it was sent, or the upgrade is refused.
     pub echo_identity: bool,
     /// The client's address and whether `Authorization` was sigma's.
-    pub client: crate::streaming::ClientInfo,
+    pub client: sigma_core::ClientInfo,
     /// The client's push queue.
     pub push: WsSender,
     /// The upstream's configured URL (logs).
@@ -98,7 +96,7 @@ impl WsEndpoint for WsProxy {
         }
     }
 
-    fn accept_when(&mut self) -> Option<crate::streaming::Admission> {
+    fn accept_when(&mut self) -> Option<sigma_core::Admission> {
         let rx = self.connected.take()?;
         Some(Box::pin(async move {
             match rx.await {
@@ -119,7 +117,7 @@ impl WsEndpoint for Refused {
         None
     }
 
-    fn accept_when(&mut self) -> Option<crate::streaming::Admission> {
+    fn accept_when(&mut self) -> Option<sigma_core::Admission> {
         let r = self.0.take()?;
         Some(Box::pin(std::future::ready(Err(r))))
     }

@@ -36,6 +36,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use ed25519_dalek::Signature;
 use serde_json::json;
+use sigma_core::clock::unix_now_ms;
+use sigma_core::response::json_response;
+use sigma_core::{
+    enforce, ws_push_queue, Answer, Capabilities, Destination, Dropped, Handled, Identity,
+    Principal, Pushed, ReplyAudit, Request, Tagged, Upgrade, WsEndpoint, WsSender,
+};
 use sigma_http::{Header, Method, RequestHead, Response, WsMessage};
 
 use super::budget::{lock, ActiveWorlds, HeldBudget, SocketBudget, UserBudget, Users};
@@ -43,16 +49,9 @@ use super::cookie::{CookieContents, MinuteKeys, UseError, NONCE};
 use super::envelope::{self, CommandInfo};
 use super::session::{ActivateError, Limits, Out, Session, WorldKey};
 use super::{Binding, WorldId};
-use sigma_core::response::json_response;
-use sigma_core::{enforce, Dropped, Identity, Principal, ReplyAudit, Tagged};
-
-use crate::auth::unix_now_ms;
 use crate::config::{Config, WorldCode};
 use crate::metrics::LogLimiter;
-use crate::route::{
-    ws_push_queue, Answer, Capabilities, Destination, Handled, Pushed, Request, Route,
-    UnavailableDestination, Upgrade, WsEndpoint, WsSender,
-};
+use crate::route::{Route, UnavailableDestination};
 
 /// The worker code built into the binary (`builtin:NAME`).
 fn builtin_code(name: &str) -> Option<&'static str> {
@@ -744,11 +743,9 @@ impl Drop for SessionSocket {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::Provider;
-    use crate::route::{UpgradeRequest, WsReceiver};
-    use crate::streaming::ClientInfo;
     use ed25519_dalek::{Signer, SigningKey};
     use serde_json::Value;
+    use sigma_core::{ClientInfo, Provider, UpgradeRequest, WsReceiver};
     use sigma_http::Version;
     use std::sync::atomic::AtomicUsize;
 
@@ -1265,5 +1262,61 @@ mod tests {
         drop(a2);
         let mut bob = Client::open(&svc, "bob", "tok-b");
         assert_eq!(bob.hello()["t"], "welcome");
+    }
+
+    /// Answers every world message as someone else (`null`).
+    struct Crossed;
+
+    impl WsEndpoint for Crossed {
+        fn on_message(&mut self, msg: Tagged<WsMessage>) -> Option<Tagged<WsMessage>> {
+            Some(Tagged::new(None, msg.msg))
+        }
+    }
+
+    impl Destination for Crossed {
+        fn name(&self) -> &str {
+            "&crossed"
+        }
+        fn capabilities(&self) -> Capabilities {
+            Capabilities::HTTP_AND_WEBSOCKET
+        }
+        fn handle(&self, req: Request) -> Answer {
+            match req {
+                Request::Upgrade(_) => Answer::Socket(Box::new(Crossed)),
+                other => other.not_taken(),
+            }
+        }
+    }
+
+    /// A world's reply with another identity is dropped and counted in
+    /// `identity_mismatch`, as every other stage's (one policy).
+    #[test]
+    fn a_worlds_crossed_reply_is_dropped_and_counted() {
+        let config = crate::config::from_str("", &[]).unwrap();
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let svc = WorldService::new(&config, Arc::clone(&metrics) as Arc<dyn ReplyAudit>).unwrap();
+        let targets = config
+            .world
+            .iter()
+            .map(|_| Arc::new(Crossed) as Arc<dyn Destination>)
+            .collect();
+        assert!(svc.shared.targets.set(targets).is_ok());
+        let mut c = Client::open(&svc, "alice", "tok");
+        c.hello();
+        let k = key(1);
+        let cookie = c.fork(&k, "echo")["cookie"].as_str().unwrap().to_owned();
+        assert_eq!(c.initiate(&svc, &k, "echo", &cookie).0, 200);
+        let world = WorldId(k.verifying_key().to_bytes()).encode();
+        let lamport = c.lamport + 1;
+        let sig = k
+            .sign(&envelope::signed_bytes(&world, lamport, "hi"))
+            .to_bytes();
+        let pushed = c.send(json!({"t": "world", "world": world, "body": "hi",
+            "sig": super::super::b64_encode(&sig)}));
+        assert!(
+            pushed.iter().all(|v| v["t"] != "world"),
+            "a crossed reply reached the client: {pushed:?}"
+        );
+        assert_eq!(metrics.identity_mismatch.load(Ordering::Relaxed), 1);
     }
 }
