@@ -1,7 +1,7 @@
 //! Field deserializers shared by the tables of `sigma.toml`: humantime
-//! durations and counts that must be positive. Part of the config
-//! assembly of the `sigma` shell, which builds every stage (T → H → A →
-//! router → destination) from one file.
+//! durations and counts that must be positive. Below every stage (T → H →
+//! A → router → destination): each stage's config table (A's, each
+//! destination's) uses them, and the `sigma` shell assembles the file.
 
 use std::fmt;
 use std::time::Duration;
@@ -14,7 +14,7 @@ use serde::Deserialize;
 pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// An optional [`positive`] count.
-pub(super) fn opt_positive<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+pub fn opt_positive<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
 where
     D: Deserializer<'de>,
     T: Deserialize<'de> + Default + PartialOrd + fmt::Display,
@@ -23,12 +23,12 @@ where
 }
 
 /// An optional [`duration`].
-pub(super) fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+pub fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     duration(d).map(Some)
 }
 
 /// A humantime duration string, > 0 and ≤ [`MAX_DURATION`].
-pub(super) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     struct DurationVisitor;
 
     impl Visitor<'_> for DurationVisitor {
@@ -59,7 +59,7 @@ pub(super) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::E
 }
 
 /// A number that must be greater than zero.
-pub(super) fn positive<'de, D, T>(d: D) -> Result<T, D::Error>
+pub fn positive<'de, D, T>(d: D) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
     T: Deserialize<'de> + Default + PartialOrd + fmt::Display,

@@ -5,8 +5,8 @@
 
 use sigma_http::{Header, Response, WsMessage};
 
-use crate::auth::Tagged;
-use crate::route::{Answer, Capabilities, Destination, Handled, HttpRequest, Request, WsEndpoint};
+use sigma_core::Tagged;
+use sigma_core::{Answer, Capabilities, Destination, Handled, HttpRequest, Request, WsEndpoint};
 
 /// The echo destination.
 #[derive(Debug, Default)]

@@ -31,9 +31,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use sigma_http::{Header, Method, RequestHead, Response, ResponseHead};
 
-use crate::auth::Tagged;
-use crate::route::{Answer, Capabilities, Destination, Request};
-use crate::streaming::{BodyRx, BodyStream, LaterStreamed, Streamed};
+use sigma_core::body::{BodyRx, BodyStream, LaterStreamed, Streamed};
+use sigma_core::Tagged;
+use sigma_core::{Answer, Capabilities, Destination, Request};
 
 /// Bodies up to this size (64 KiB) are sent whole; larger ones are
 /// streamed in pieces of this size, read as the client keeps up.
@@ -69,7 +69,7 @@ pub fn resolve(rest: &[u8]) -> Result<PathBuf, Refused> {
         if raw.is_empty() {
             continue;
         }
-        let seg = crate::route::path::percent_decode(raw).ok_or(Refused::BadEscape)?;
+        let seg = sigma_core::percent::percent_decode(raw).ok_or(Refused::BadEscape)?;
         if seg.iter().any(|&b| b == b'/' || b == b'\\') {
             return Err(Refused::Separator);
         }

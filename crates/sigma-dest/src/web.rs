@@ -8,7 +8,7 @@
 //! would: `GET /auth/whoami`, `POST /login` (JSON), `POST /logout`, a chat
 //! over `&broadcast` at `/broadcast` (WebSocket), and notes in `&db` at
 //! `/db` (`PUT` with `If-Match`). The assets are compiled in
-//! (`crates/sigma/assets/web/`); there is no build step. Every answer
+//! (`crates/sigma-dest/assets/web/`); there is no build step. Every answer
 //! carries a strict `Content-Security-Policy` (same origin only), an
 //! `ETag` (revalidated: `Cache-Control: no-cache`) and `nosniff`.
 //! This destination never reads the identity: the page asks `whoami`.
@@ -19,8 +19,8 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use sigma_http::{Header, Method, Response};
 
-use crate::auth::Tagged;
-use crate::route::{Answer, Capabilities, Destination, Handled, Request};
+use sigma_core::Tagged;
+use sigma_core::{Answer, Capabilities, Destination, Handled, Request};
 
 /// The page's Content-Security-Policy: nothing but this origin. In
 /// Chromium and Firefox `connect-src 'self'` also admits same-origin

@@ -66,8 +66,10 @@
 //!
 //! Configuration: the rules and the per-socket subscription limit are
 //! [`Settings`], from the `[broadcast]` table of `sigma.toml`
-//! ([`crate::config::BroadcastConfig`]); every `&broadcast` route gets its
+//! ([`crate::broadcast::config::BroadcastConfig`]); every `&broadcast` route gets its
 //! own hub with them.
+
+pub mod config;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -79,7 +81,7 @@ use sigma_core::response::{json_error, json_response};
 use sigma_core::{Principal, Tagged};
 use sigma_http::{Header, Method, Response, Utf8Bytes, WsMessage};
 
-use crate::route::{
+use sigma_core::{
     Answer, Capabilities, Destination, Handled, HttpRequest, PushError, Request, WsEndpoint,
     WsSender,
 };
@@ -90,7 +92,7 @@ pub const MAX_CHANNEL_LEN: usize = 128;
 pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 256;
 /// The largest encoded `data` of one publish, by default (1 MiB; DESIGN
 /// §6: never above `websocket.max_outbound`, see
-/// [`crate::config::BroadcastConfig`]).
+/// [`crate::broadcast::config::BroadcastConfig`]).
 pub const DEFAULT_MAX_MESSAGE: usize = 1 << 20;
 /// What an HTTP publish body may hold beyond [`Settings::max_message`]:
 /// the body is the `data` as the client wrote it, which may carry
@@ -740,7 +742,10 @@ impl Broadcast {
 
 /// `&broadcast` at route `path` with the settings of `[broadcast]`: one hub
 /// for the route, built once by the route table.
-pub fn destination(path: &str, config: &crate::config::BroadcastConfig) -> Arc<dyn Destination> {
+pub fn destination(
+    path: &str,
+    config: &crate::broadcast::config::BroadcastConfig,
+) -> Arc<dyn Destination> {
     Arc::new(Broadcast::with_settings(
         path,
         Settings::from_config(config),
@@ -750,8 +755,8 @@ pub fn destination(path: &str, config: &crate::config::BroadcastConfig) -> Arc<d
 impl Settings {
     /// The settings `[broadcast]` describes: its rules before the built-in
     /// ones.
-    pub fn from_config(config: &crate::config::BroadcastConfig) -> Self {
-        use crate::config::ChannelAccess as C;
+    pub fn from_config(config: &crate::broadcast::config::BroadcastConfig) -> Self {
+        use crate::broadcast::config::ChannelAccess as C;
         let access = |a: &C| match a {
             C::Anyone => Access::Anyone,
             C::LoggedIn => Access::LoggedIn,
@@ -974,9 +979,9 @@ impl WsEndpoint for Socket {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::{Identity, Provider};
-    use crate::route::{ws_push_queue, Pushed, WsReceiver, WS_PUSH_QUEUE};
     use futures_util::FutureExt;
+    use sigma_core::{ws_push_queue, Pushed, WsReceiver, WS_PUSH_QUEUE};
+    use sigma_core::{Identity, Provider};
 
     fn user(name: &str) -> Principal {
         Some(Arc::new(Identity {
@@ -1008,7 +1013,7 @@ mod tests {
             let reply = self
                 .ep
                 .on_message(Tagged::new(self.identity.clone(), msg))?;
-            assert!(crate::auth::check_reply(&self.identity, &reply).is_ok());
+            assert!(sigma_core::check_reply(&self.identity, &reply).is_ok());
             match reply.msg {
                 WsMessage::Text(t) => Some(serde_json::from_str(t.as_str()).unwrap()),
                 WsMessage::Binary(_) => panic!("binary reply"),
@@ -1029,7 +1034,7 @@ mod tests {
             match self.rx.recv().now_or_never()? {
                 Pushed::Message(m) => {
                     assert!(
-                        crate::auth::check_reply(&self.identity, &m).is_ok(),
+                        sigma_core::check_reply(&self.identity, &m).is_ok(),
                         "delivery tagged with another identity"
                     );
                     match m.msg {
@@ -1353,7 +1358,7 @@ mod tests {
         );
         match b.http(req) {
             Handled::Ready(r) => {
-                assert!(crate::auth::check_reply(&identity, &r).is_ok());
+                assert!(sigma_core::check_reply(&identity, &r).is_ok());
                 (r.msg.status, serde_json::from_slice(&r.msg.body).unwrap())
             }
             Handled::Later(_) => panic!("later"),

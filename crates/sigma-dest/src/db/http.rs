@@ -11,8 +11,8 @@ use sigma_core::response::json_response;
 use sigma_core::Tagged;
 use sigma_http::{Header, Method, RequestHead, Response};
 
-use crate::route::{Handled, HttpRequest};
-use crate::store::{KvTags, Precondition};
+use sigma_core::{Handled, HttpRequest};
+use sigma_store::{KvTags, Precondition};
 
 use super::keys::{self, Compare};
 use super::{etag, DbService, Fail, Scope, MAX_LIST};

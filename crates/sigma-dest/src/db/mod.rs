@@ -98,6 +98,7 @@
 //! `not_found`, `precondition_failed`, `too_large`, `unauthenticated`, `forbidden`,
 //! `too_many_watches`, `busy`, `internal`.
 
+pub mod config;
 mod http;
 mod keys;
 mod watch;
@@ -107,10 +108,10 @@ use std::sync::Arc;
 
 use sigma_http::WsMessage;
 
-use crate::auth::Principal;
-use crate::config::DbConfig;
-use crate::route::{Answer, Capabilities, Destination, Request};
-use crate::store::{KvError, KvPut, Precondition, Store};
+use crate::db::config::DbConfig;
+use sigma_core::Principal;
+use sigma_core::{Answer, Capabilities, Destination, Request};
+use sigma_store::{KvError, KvPut, Precondition, Store};
 
 pub use keys::etag;
 
@@ -306,7 +307,7 @@ pub enum Scope {
 
 impl Scope {
     /// The scope a route's config asks for.
-    pub fn of(shared: Option<&crate::config::SharedNamespace>) -> Self {
+    pub fn of(shared: Option<&crate::db::config::SharedNamespace>) -> Self {
         match shared {
             None => Self::Own,
             Some(s) => Self::Shared {

@@ -14,8 +14,8 @@ use std::sync::{Mutex, PoisonError};
 use serde_json::json;
 use sigma_http::{Utf8Bytes, WsMessage};
 
-use crate::auth::{Principal, Tagged};
-use crate::route::WsSender;
+use sigma_core::WsSender;
+use sigma_core::{Principal, Tagged};
 
 use super::{etag, Change, Fail, MAX_WATCHES_PER_SOCKET};
 
@@ -142,19 +142,19 @@ fn change_message(key: &str, change: Change) -> Utf8Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::Identity;
-    use crate::route::{ws_push_queue, Pushed};
+    use sigma_core::Identity;
+    use sigma_core::{ws_push_queue, Pushed};
     use std::sync::Arc;
 
     fn id(user: &str) -> Principal {
         Some(Arc::new(Identity {
             user: user.into(),
-            provider: crate::auth::Provider::Password,
+            provider: sigma_core::Provider::Password,
             world: None,
         }))
     }
 
-    fn next(rx: &mut crate::route::WsReceiver) -> Option<(Principal, serde_json::Value)> {
+    fn next(rx: &mut sigma_core::WsReceiver) -> Option<(Principal, serde_json::Value)> {
         let rt = tokio::runtime::Builder::new_current_thread().build().ok()?;
         rt.block_on(async {
             tokio::select! {
