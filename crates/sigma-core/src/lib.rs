@@ -24,6 +24,10 @@
 //! - [`etag`]: the one entity-tag parser (`If-Match`, `If-None-Match`).
 //! - [`clock`]: where the shell reads the time ([`SystemClock`], and a
 //!   [`FakeClock`] tests move by hand).
+//! - [`de`]: the config field deserializers every stage's table uses
+//!   (durations, positive counts); [`namedfile`]: the bounded read of a
+//!   file the config names; [`loglimit`]: the log budget;
+//!   [`percent`]: percent-decoding of a path segment.
 
 #![deny(missing_docs)]
 #![cfg_attr(
@@ -38,9 +42,13 @@
 
 pub mod body;
 pub mod clock;
+pub mod de;
 pub mod destination;
 pub mod etag;
 pub mod identity;
+pub mod loglimit;
+pub mod namedfile;
+pub mod percent;
 pub mod push;
 pub mod reply;
 pub mod response;

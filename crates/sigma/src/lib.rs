@@ -27,20 +27,20 @@
 )]
 
 pub mod auth;
-pub mod broadcast;
+/// Bounded reads of the files the config names, now in `sigma-core`.
+pub use sigma_core::namedfile;
+/// The destinations, now their own crate (`crates/sigma-dest`); these
+/// paths are kept for the rest of the tree.
+pub use sigma_dest::{broadcast, db, echo, staticfiles, upstream, web, world};
 pub mod config;
 pub mod conn;
-pub mod db;
 
 pub mod dispatch;
-pub mod echo;
 pub mod metrics;
-pub mod namedfile;
 pub mod parse;
 pub mod pipeline;
 pub mod route;
 pub mod server;
-pub mod staticfiles;
 /// The storage layer, now its own crate (`crates/sigma-store`); this
 /// path is kept for the rest of the tree.
 pub use sigma_store as store;
@@ -48,7 +48,4 @@ pub mod streaming;
 pub mod tcp;
 #[cfg(feature = "test-destinations")]
 pub mod testdest;
-pub mod upstream;
 pub mod users;
-pub mod web;
-pub mod world;

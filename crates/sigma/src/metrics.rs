@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// The rejection label of every limit in DESIGN §3 and §2, and of A's
 /// limits in §4.
@@ -82,44 +82,8 @@ pub struct Metrics {
     log: LogLimiter,
 }
 
-/// Breach log lines allowed per second.
-const LOGS_PER_SECOND: u64 = 10;
-
-/// A log budget of [`LOGS_PER_SECOND`] lines per wall-clock second, so
-/// whatever a client can trigger at will cannot flood the logs. Lock-free;
-/// `const`, so it can be a `static` where no [`Metrics`] is at hand.
-#[derive(Debug, Default)]
-pub struct LogLimiter {
-    window: AtomicU64,
-    count: AtomicU64,
-}
-
-impl LogLimiter {
-    /// A fresh budget.
-    pub const fn new() -> Self {
-        Self {
-            window: AtomicU64::new(0),
-            count: AtomicU64::new(0),
-        }
-    }
-
-    /// True if a line may be logged now.
-    pub fn may_log(&self) -> bool {
-        let sec = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        self.may_log_at(sec)
-    }
-
-    /// [`LogLimiter::may_log`] at unix second `sec`.
-    pub fn may_log_at(&self, sec: u64) -> bool {
-        if self.window.swap(sec, Ordering::Relaxed) != sec {
-            self.count.store(0, Ordering::Relaxed);
-        }
-        self.count.fetch_add(1, Ordering::Relaxed) < LOGS_PER_SECOND
-    }
-}
+/// The log budget lives in `sigma-core` (destinations use it too).
+pub use sigma_core::loglimit::LogLimiter;
 
 impl Metrics {
     /// Counts one rejection by reason label.

@@ -55,18 +55,92 @@ pub struct RouteTable {
     routes: Vec<Route>,
 }
 
-/// A route's destination cannot be set up: the destination, then why
-/// (`&world: world.x.code: /dev/zero is not a regular file (…)`).
-#[derive(Debug)]
-pub struct UnavailableDestination(pub String);
+/// A route's destination cannot be set up (in `sigma-dest`, whose
+/// factories return it).
+pub use sigma_dest::UnavailableDestination;
 
-impl std::fmt::Display for UnavailableDestination {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "destination {}", self.0)
+/// What the destinations take from A, as plain values: the names of
+/// sigma's own cookies, its token issuer and longest token, and whether
+/// its cookies are `Secure` under `config`'s `[auth]`.
+pub fn dest_context(config: &crate::config::Config) -> sigma_dest::DestContext {
+    /// The session and the OAuth state cookies.
+    const OWN_COOKIES: &[&str] = &[
+        crate::auth::session::COOKIE_NAME,
+        crate::auth::oauth::state::STATE_COOKIE,
+    ];
+    sigma_dest::DestContext {
+        own_cookies: OWN_COOKIES,
+        own_issuer: crate::auth::OWN_ISSUER,
+        max_token_bytes: crate::auth::jwt::MAX_TOKEN_BYTES,
+        cookies_secure: crate::auth::cookies_secure(&config.auth),
     }
 }
 
-impl std::error::Error for UnavailableDestination {}
+/// The credential A authenticated a request with, as A picks them (the
+/// `Authorization` header first, else the session cookie): what a world
+/// binds its session socket and fork cookies to.
+fn world_credential(head: &sigma_http::RequestHead) -> Option<sigma_dest::world::Credential<'_>> {
+    use sigma_dest::world::Credential;
+    match head.header("authorization") {
+        Some(auth) => crate::auth::jwt::bearer_token(&auth.value).map(Credential::Bearer),
+        None => crate::auth::session::session_cookie(&head.headers)
+            .map(|id| Credential::Session(id.0.to_vec())),
+    }
+}
+
+/// The world commands of `config`, each with who may start it.
+fn world_commands(
+    config: &crate::config::Config,
+) -> Vec<sigma_dest::world::service::WorldCommandSpec> {
+    config
+        .world
+        .iter()
+        .map(|w| sigma_dest::world::service::WorldCommandSpec {
+            name: w.name.clone(),
+            code: w.code.clone(),
+            users: config.world_users(w),
+        })
+        .collect()
+}
+
+/// Connects each world command to its destination: that of the route
+/// [`crate::config::Config::world_route`] picks (so a world's
+/// `&broadcast` is the hub of the `/broadcast` route; that route's
+/// `users` were folded into the command's in
+/// [`crate::config::Config::world_users`]), else a new `&echo`,
+/// `&broadcast` or `&db`. `routes` are the built routes in
+/// `config.routes` order.
+fn world_targets(
+    config: &crate::config::Config,
+    routes: &[Route],
+    db: &Arc<crate::db::DbService>,
+) -> Result<Vec<Arc<dyn Destination>>, UnavailableDestination> {
+    use crate::config::Destination as To;
+    let mut targets = Vec::with_capacity(config.world.len());
+    for w in &config.world {
+        let existing = config
+            .world_route(w)
+            .and_then(|(i, _)| routes.get(i))
+            .map(|r| Arc::clone(&r.dest));
+        let dest: Arc<dyn Destination> = match (existing, &w.to) {
+            (Some(d), _) => d,
+            (None, To::Echo) => Arc::new(crate::echo::Echo),
+            (None, To::Broadcast) => {
+                crate::broadcast::destination(&format!("/world/{}", w.name), &config.broadcast)
+            }
+            (None, To::Db) => crate::db::Db::destination(db, "/", crate::db::Scope::of(None)),
+            // Config validation refuses these (`Destination::hosts_worlds`).
+            (None, other) => {
+                return Err(UnavailableDestination(format!(
+                    "{other} (world.{}.to: no WebSocket endpoint for a world)",
+                    w.name
+                )))
+            }
+        };
+        targets.push(dest);
+    }
+    Ok(targets)
+}
 
 impl RouteTable {
     /// Builds the table from validated config (`config.routes`); `&db`
@@ -100,7 +174,7 @@ impl RouteTable {
                         &r.path,
                         url,
                         r.proxy.unwrap_or_default(),
-                        crate::upstream::Settings::of(config),
+                        crate::upstream::Settings::of(&config.limits.ws, dest_context(config)),
                     )
                     .map_err(|e| UnavailableDestination(format!("{url}: {e}")))?
                 }
@@ -117,8 +191,12 @@ impl RouteTable {
                 crate::config::Destination::World => match &world {
                     Some(w) => Arc::clone(w) as Arc<dyn Destination>,
                     None => {
-                        let w =
-                            Arc::new(crate::world::WorldService::new(config, Arc::clone(audit))?);
+                        let w = Arc::new(crate::world::WorldService::new(
+                            &world_commands(config),
+                            &config.worlds,
+                            world_credential,
+                            Arc::clone(audit),
+                        )?);
                         world = Some(Arc::clone(&w));
                         w
                     }
@@ -141,7 +219,8 @@ impl RouteTable {
             });
         }
         if let Some(w) = &world {
-            w.bind(config, &out, &db)?;
+            // `out` is still in `routes` order here.
+            w.bind(world_targets(config, &out, &db)?);
         }
         // `config.routes` is already in match order (longest path first,
         // sorted once by the config): `out` keeps it.
@@ -185,6 +264,21 @@ mod tests {
         assert!(routes
             .windows(2)
             .all(|w| w[0].path.len() >= w[1].path.len()));
+    }
+
+    #[test]
+    fn forwarded_proto_follows_the_public_url_and_secure_cookies() {
+        let proto = |toml: &str| {
+            let c = crate::config::from_str(toml, &[]).unwrap();
+            crate::upstream::Settings::of(&c.limits.ws, dest_context(&c)).forwarded_proto
+        };
+        assert_eq!(proto(""), "http");
+        assert_eq!(proto("[auth]\npublic_url = \"http://a.example\"\n"), "http");
+        assert_eq!(
+            proto("[auth]\npublic_url = \"https://a.example\"\n"),
+            "https"
+        );
+        assert_eq!(proto("[auth]\ncookie_secure = true\n"), "https");
     }
 
     #[test]

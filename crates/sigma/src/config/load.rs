@@ -394,6 +394,7 @@ fn resolve(file: ConfigFile, sources: &Sources<'_>) -> Result<Config, ConfigErro
     let broadcast = file
         .broadcast
         .resolve(limits.ws.max_outbound)
+        .map_err(|message| (vec![key("broadcast"), key("max_message")], message))
         .map_err(invalid)?;
     Ok(Config {
         topology,

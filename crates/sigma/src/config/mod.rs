@@ -41,8 +41,9 @@
 //!   across tables.
 
 mod auth;
-mod broadcast;
-mod db;
+// The destinations' own tables (config points down to them).
+use sigma_dest::broadcast::config as broadcast;
+use sigma_dest::db::config as db;
 mod de;
 mod error;
 mod keypath;

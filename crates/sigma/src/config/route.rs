@@ -52,40 +52,10 @@ impl RouteConfig {
     }
 }
 
-/// How an upstream route proxies (DESIGN §6; docs/proxy.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ProxyOptions {
-    /// Connecting to the upstream may take this long; breach: 502
-    /// (`connect_timeout`, default 5 s).
-    pub connect_timeout: Duration,
-    /// The upstream's response head must arrive this long after the
-    /// request was sent; breach: 504 (`read_timeout`, default 30 s).
-    pub read_timeout: Duration,
-    /// The upstream must return the `X-Sigma-Identity` it was sent, or the
-    /// reply is not sent (502) (`echo_identity`, default false).
-    pub echo_identity: bool,
-}
-
-impl Default for ProxyOptions {
-    fn default() -> Self {
-        Self {
-            connect_timeout: Duration::from_secs(5),
-            read_timeout: Duration::from_secs(30),
-            echo_identity: false,
-        }
-    }
-}
-
-/// A shared `&db` namespace (route keys `namespace` and `writers`): every
-/// user the route admits (`auth`, `users`) may read it; `writers`, if set,
-/// limits who may write (`PUT`, `DELETE`), else everyone admitted may.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SharedNamespace {
-    /// Its name: 1–64 characters of `[A-Za-z0-9._-]`.
-    pub name: String,
-    /// Who may write, if not everyone the route admits (never empty).
-    pub writers: Option<Vec<String>>,
-}
+// The per-route options of `&db` and upstream routes belong to those
+// destinations; re-exported for `crate::config`.
+pub use sigma_dest::db::config::SharedNamespace;
+pub use sigma_dest::upstream::config::ProxyOptions;
 
 /// A route's destination, written in `to` (DESIGN §6).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -91,23 +91,9 @@ fn unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 
-/// Decodes every `%XX` escape once (`+` stays `+`: this is a path, not a
-/// form). `None` when a `%` is not followed by two hex digits. Used where a
-/// destination maps a path to a name (`&db` keys, static files).
-pub fn percent_decode(raw: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(raw.len());
-    let mut it = raw.iter();
-    while let Some(&b) = it.next() {
-        if b == b'%' {
-            let hi = hex(*it.next()?)?;
-            let lo = hex(*it.next()?)?;
-            out.push(hi << 4 | lo);
-        } else {
-            out.push(b);
-        }
-    }
-    Some(out)
-}
+/// Decodes every `%XX` escape once; in `sigma-core`, where the
+/// destinations that map a path to a name use it too.
+pub use sigma_core::percent::percent_decode;
 
 fn hex(b: u8) -> Option<u8> {
     match b {

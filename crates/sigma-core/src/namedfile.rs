@@ -3,7 +3,7 @@
 //! Outside `T → H → A → router → destination`: this is what `sigma serve`
 //! and `sigma check` use, before any listener exists, to read the config
 //! file itself and every file it names — world `code`
-//! ([`crate::world::WorldService`]), `[[auth.jwt]] key_file`,
+//! (`sigma_dest::world::WorldService`), `[[auth.jwt]] key_file`,
 //! `[auth.oauth.*] client_secret_file`. Each of them goes through [`read`],
 //! so they share one rule:
 //!

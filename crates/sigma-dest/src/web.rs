@@ -8,7 +8,7 @@
 //! would: `GET /auth/whoami`, `POST /login` (JSON), `POST /logout`, a chat
 //! over `&broadcast` at `/broadcast` (WebSocket), and notes in `&db` at
 //! `/db` (`PUT` with `If-Match`). The assets are compiled in
-//! (`crates/sigma/assets/web/`); there is no build step. Every answer
+//! (`crates/sigma-dest/assets/web/`); there is no build step. Every answer
 //! carries a strict `Content-Security-Policy` (same origin only), an
 //! `ETag` (revalidated: `Cache-Control: no-cache`) and `nosniff`.
 //! This destination never reads the identity: the page asks `whoami`.

@@ -140,7 +140,8 @@ fn change_message(key: &str, change: Change) -> Utf8Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sigma_core::{ws_push_queue, Identity, Pushed};
+    use sigma_core::Identity;
+    use sigma_core::{ws_push_queue, Pushed};
     use std::sync::Arc;
 
     fn id(user: &str) -> Principal {

@@ -15,6 +15,7 @@
 //! `read_timeout`), and the cause is logged. WebSocket upgrades are relayed
 //! to the upstream by [`ws`].
 
+pub mod config;
 pub mod headers;
 pub mod ws;
 
@@ -35,7 +36,8 @@ use sigma_core::{
 };
 use sigma_http::{Header, RequestHead, Response, ResponseHead};
 
-use crate::config::ProxyOptions;
+use crate::upstream::config::ProxyOptions;
+use crate::DestContext;
 
 /// Idle pooled connections to one upstream are closed after this long.
 const POOL_IDLE: Duration = Duration::from_secs(60);
@@ -140,31 +142,20 @@ pub struct Settings {
     /// terminator in front): `[auth] public_url` is `https://…` or
     /// `[auth] cookie_secure` is set; otherwise `http`.
     pub forwarded_proto: &'static str,
+    /// Sigma's own credentials, which never reach an upstream.
+    pub own: DestContext,
 }
 
 impl Settings {
-    /// The settings of `config`.
-    pub fn of(config: &crate::config::Config) -> Self {
-        let ws = &config.limits.ws;
-        // The same rule that makes sigma's cookies `Secure`: TLS in front.
-        let https = crate::auth::cookies_secure(&config.auth);
+    /// The settings from `[websocket]` and what A tells destinations.
+    pub fn of(ws: &sigma_http::WsLimits, own: DestContext) -> Self {
         Self {
             ws_max_frame: ws.max_frame,
             ws_max_message: ws.max_message,
             ws_close_timeout: ws.close_timeout,
-            forwarded_proto: if https { "https" } else { "http" },
-        }
-    }
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        let ws = sigma_http::WsLimits::default();
-        Self {
-            ws_max_frame: ws.max_frame,
-            ws_max_message: ws.max_message,
-            ws_close_timeout: ws.close_timeout,
-            forwarded_proto: "http",
+            // The same rule that makes sigma's cookies `Secure`: TLS in front.
+            forwarded_proto: if own.cookies_secure { "https" } else { "http" },
+            own,
         }
     }
 }
@@ -254,7 +245,7 @@ impl Upstream {
             .uri(uri)
             .version(http::Version::HTTP_11)
             .header(http::header::HOST, self.authority.as_str());
-        for (n, v) in headers::forwarded_request(&head.headers, client.bearer) {
+        for (n, v) in headers::forwarded_request(&self.settings.own, &head.headers, client.bearer) {
             b = b.header(n, &v[..]);
         }
         b = b
@@ -399,6 +390,7 @@ impl Upstream {
         let sent = headers::identity_value(&identity);
         let fut = self.client.request(request);
         let opts = self.opts;
+        let own = self.settings.own;
         let url: Arc<str> = Arc::from(self.url.as_str());
         Box::pin(async move {
             let whole =
@@ -474,7 +466,7 @@ impl Upstream {
                 .iter()
                 .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
                 .collect();
-            let kept = headers::from_upstream(&pairs)
+            let kept = headers::from_upstream(&own, &pairs)
                 .into_iter()
                 .filter(|(n, _)| !n.eq_ignore_ascii_case(b"content-length"))
                 .map(|(n, v)| Header::new(Bytes::copy_from_slice(n), Bytes::copy_from_slice(v)))
@@ -522,18 +514,16 @@ mod tests {
     use super::{split_url, Settings};
 
     #[test]
-    fn forwarded_proto_follows_the_public_url_and_secure_cookies() {
-        let proto = |toml: &str| {
-            let c = crate::config::from_str(toml, &[]).unwrap();
-            Settings::of(&c).forwarded_proto
+    fn forwarded_proto_follows_secure_cookies() {
+        let own = |cookies_secure| crate::DestContext {
+            own_cookies: &[],
+            own_issuer: "sigma",
+            max_token_bytes: 8 * 1024,
+            cookies_secure,
         };
-        assert_eq!(proto(""), "http");
-        assert_eq!(proto("[auth]\npublic_url = \"http://a.example\"\n"), "http");
-        assert_eq!(
-            proto("[auth]\npublic_url = \"https://a.example\"\n"),
-            "https"
-        );
-        assert_eq!(proto("[auth]\ncookie_secure = true\n"), "https");
+        let ws = sigma_http::WsLimits::default();
+        assert_eq!(Settings::of(&ws, own(false)).forwarded_proto, "http");
+        assert_eq!(Settings::of(&ws, own(true)).forwarded_proto, "https");
     }
 
     #[test]

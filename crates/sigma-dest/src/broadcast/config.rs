@@ -4,8 +4,7 @@
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
-use super::de::{opt_positive, positive};
-use super::keypath::{key, KeyPath};
+use sigma_core::de::{opt_positive, positive};
 
 /// `[broadcast]`: the settings of every `&broadcast` hub (DESIGN §6).
 ///
@@ -22,7 +21,7 @@ use super::keypath::{key, KeyPath};
 /// `max_message` bounds the `data` of one publish, as sigma encodes it
 /// (compact JSON), over WebSocket and HTTP alike. It is never above
 /// `websocket.max_outbound` (a delivery must fit a subscriber's outbound
-/// queue): unset, it is [`crate::broadcast::DEFAULT_MAX_MESSAGE`] or
+/// queue): unset, it is [`super::DEFAULT_MAX_MESSAGE`] or
 /// `websocket.max_outbound` if that is smaller; set above
 /// `websocket.max_outbound`, the config is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,8 +37,8 @@ pub struct BroadcastConfig {
 impl Default for BroadcastConfig {
     fn default() -> Self {
         Self {
-            max_subscriptions: crate::broadcast::DEFAULT_MAX_SUBSCRIPTIONS,
-            max_message: crate::broadcast::DEFAULT_MAX_MESSAGE,
+            max_subscriptions: super::DEFAULT_MAX_SUBSCRIPTIONS,
+            max_message: super::DEFAULT_MAX_MESSAGE,
             rule: Vec::new(),
         }
     }
@@ -49,7 +48,7 @@ impl Default for BroadcastConfig {
 /// [`BroadcastConfig`] (`max_message` depends on `[websocket]`).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub(super) struct BroadcastTable {
+pub struct BroadcastTable {
     #[serde(deserialize_with = "positive")]
     max_subscriptions: usize,
     #[serde(deserialize_with = "opt_positive")]
@@ -60,7 +59,7 @@ pub(super) struct BroadcastTable {
 impl Default for BroadcastTable {
     fn default() -> Self {
         Self {
-            max_subscriptions: crate::broadcast::DEFAULT_MAX_SUBSCRIPTIONS,
+            max_subscriptions: super::DEFAULT_MAX_SUBSCRIPTIONS,
             max_message: None,
             rule: Vec::new(),
         }
@@ -69,17 +68,14 @@ impl Default for BroadcastTable {
 
 impl BroadcastTable {
     /// The table with `max_message` resolved against
-    /// `websocket.max_outbound` (see [`BroadcastConfig`]); the error names
-    /// the key.
-    pub(super) fn resolve(self, max_outbound: usize) -> Result<BroadcastConfig, (KeyPath, String)> {
+    /// `websocket.max_outbound` (see [`BroadcastConfig`]); the error is
+    /// about `broadcast.max_message`.
+    pub fn resolve(self, max_outbound: usize) -> Result<BroadcastConfig, String> {
         let max_message = match self.max_message {
-            None => crate::broadcast::DEFAULT_MAX_MESSAGE.min(max_outbound),
+            None => super::DEFAULT_MAX_MESSAGE.min(max_outbound),
             Some(m) if m > max_outbound => {
-                return Err((
-                    vec![key("broadcast"), key("max_message")],
-                    format!(
-                        "{m} is above websocket.max_outbound ({max_outbound}): a delivery must fit a subscriber's outbound queue"
-                    ),
+                return Err(format!(
+                    "{m} is above websocket.max_outbound ({max_outbound}): a delivery must fit a subscriber's outbound queue"
                 ))
             }
             Some(m) => m,
@@ -100,7 +96,7 @@ impl BroadcastTable {
 pub struct BroadcastRule {
     /// The channel pattern, validated when the config is loaded.
     #[serde(deserialize_with = "channel_pattern")]
-    pub pattern: crate::broadcast::Pattern,
+    pub pattern: super::Pattern,
     /// Who may subscribe.
     pub subscribe: ChannelAccess,
     /// Who may publish.
@@ -149,10 +145,10 @@ impl TryFrom<AccessRepr> for ChannelAccess {
     }
 }
 
-fn channel_pattern<'de, D>(d: D) -> Result<crate::broadcast::Pattern, D::Error>
+fn channel_pattern<'de, D>(d: D) -> Result<super::Pattern, D::Error>
 where
     D: Deserializer<'de>,
 {
     let s = String::deserialize(d)?;
-    crate::broadcast::Pattern::parse(&s).map_err(de::Error::custom)
+    super::Pattern::parse(&s).map_err(de::Error::custom)
 }

@@ -66,8 +66,10 @@
 //!
 //! Configuration: the rules and the per-socket subscription limit are
 //! [`Settings`], from the `[broadcast]` table of `sigma.toml`
-//! ([`crate::config::BroadcastConfig`]); every `&broadcast` route gets its
+//! ([`crate::broadcast::config::BroadcastConfig`]); every `&broadcast` route gets its
 //! own hub with them.
+
+pub mod config;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -76,11 +78,13 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use serde::{Deserialize, Deserializer};
 use serde_json::{json, Value};
 use sigma_core::response::{json_error, json_response};
-use sigma_core::{
-    Answer, Capabilities, Destination, Handled, HttpRequest, Principal, PushError, Request, Tagged,
-    WsEndpoint, WsSender,
-};
+use sigma_core::{Principal, Tagged};
 use sigma_http::{Header, Method, Response, Utf8Bytes, WsMessage};
+
+use sigma_core::{
+    Answer, Capabilities, Destination, Handled, HttpRequest, PushError, Request, WsEndpoint,
+    WsSender,
+};
 
 /// The longest channel name, in bytes.
 pub const MAX_CHANNEL_LEN: usize = 128;
@@ -88,7 +92,7 @@ pub const MAX_CHANNEL_LEN: usize = 128;
 pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 256;
 /// The largest encoded `data` of one publish, by default (1 MiB; DESIGN
 /// §6: never above `websocket.max_outbound`, see
-/// [`crate::config::BroadcastConfig`]).
+/// [`crate::broadcast::config::BroadcastConfig`]).
 pub const DEFAULT_MAX_MESSAGE: usize = 1 << 20;
 /// What an HTTP publish body may hold beyond [`Settings::max_message`]:
 /// the body is the `data` as the client wrote it, which may carry
@@ -738,7 +742,10 @@ impl Broadcast {
 
 /// `&broadcast` at route `path` with the settings of `[broadcast]`: one hub
 /// for the route, built once by the route table.
-pub fn destination(path: &str, config: &crate::config::BroadcastConfig) -> Arc<dyn Destination> {
+pub fn destination(
+    path: &str,
+    config: &crate::broadcast::config::BroadcastConfig,
+) -> Arc<dyn Destination> {
     Arc::new(Broadcast::with_settings(
         path,
         Settings::from_config(config),
@@ -748,8 +755,8 @@ pub fn destination(path: &str, config: &crate::config::BroadcastConfig) -> Arc<d
 impl Settings {
     /// The settings `[broadcast]` describes: its rules before the built-in
     /// ones.
-    pub fn from_config(config: &crate::config::BroadcastConfig) -> Self {
-        use crate::config::ChannelAccess as C;
+    pub fn from_config(config: &crate::broadcast::config::BroadcastConfig) -> Self {
+        use crate::broadcast::config::ChannelAccess as C;
         let access = |a: &C| match a {
             C::Anyone => Access::Anyone,
             C::LoggedIn => Access::LoggedIn,
@@ -973,7 +980,8 @@ impl WsEndpoint for Socket {
 mod tests {
     use super::*;
     use futures_util::FutureExt;
-    use sigma_core::{ws_push_queue, Identity, Provider, Pushed, WsReceiver, WS_PUSH_QUEUE};
+    use sigma_core::{ws_push_queue, Pushed, WsReceiver, WS_PUSH_QUEUE};
+    use sigma_core::{Identity, Provider};
 
     fn user(name: &str) -> Principal {
         Some(Arc::new(Identity {

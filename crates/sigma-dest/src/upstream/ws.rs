@@ -49,7 +49,7 @@ pub struct Target<'a> {
     /// `X-Sigma-Identity` it was sent, or the upgrade is refused.
     pub echo_identity: bool,
     /// The client's address and whether `Authorization` was sigma's.
-    pub client: sigma_core::ClientInfo,
+    pub client: sigma_core::body::ClientInfo,
     /// The client's push queue.
     pub push: WsSender,
     /// The upstream's configured URL (logs).
@@ -96,7 +96,7 @@ impl WsEndpoint for WsProxy {
         }
     }
 
-    fn accept_when(&mut self) -> Option<sigma_core::Admission> {
+    fn accept_when(&mut self) -> Option<sigma_core::body::Admission> {
         let rx = self.connected.take()?;
         Some(Box::pin(async move {
             match rx.await {
@@ -117,7 +117,7 @@ impl WsEndpoint for Refused {
         None
     }
 
-    fn accept_when(&mut self) -> Option<sigma_core::Admission> {
+    fn accept_when(&mut self) -> Option<sigma_core::body::Admission> {
         let r = self.0.take()?;
         Some(Box::pin(std::future::ready(Err(r))))
     }
@@ -155,7 +155,8 @@ pub fn open(t: Target<'_>) -> Box<dyn WsEndpoint> {
         // The client's end-to-end headers, as for HTTP, less the
         // handshake's own (the relay makes its own handshake; sigma's H
         // accepted without subprotocol or extensions).
-        for (n, v) in headers::forwarded_request(&t.head.headers, t.client.bearer) {
+        for (n, v) in headers::forwarded_request(&t.settings.own, &t.head.headers, t.client.bearer)
+        {
             let handshake = n.len() >= 14
                 && n.get(..14)
                     .is_some_and(|p| p.eq_ignore_ascii_case(b"sec-websocket-"));

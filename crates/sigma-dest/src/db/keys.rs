@@ -1,7 +1,7 @@
 //! Keys, prefixes, content types and entity tags of `&db`: parsing and
 //! validation of client input, nothing else.
 
-use crate::store::{KvTags, MAX_KV_CONTENT_TYPE};
+use sigma_store::{KvTags, MAX_KV_CONTENT_TYPE};
 
 use super::Fail;
 
@@ -13,7 +13,7 @@ pub fn etag(version: u64) -> String {
 /// Percent-decodes a key from a request path (`+` is itself). `None` for a
 /// malformed escape or a result that is not UTF-8.
 pub(super) fn decode_path(raw: &[u8]) -> Option<String> {
-    String::from_utf8(crate::route::path::percent_decode(raw)?).ok()
+    String::from_utf8(sigma_core::percent::percent_decode(raw)?).ok()
 }
 
 /// A key: 1 to `max_key` bytes, no control characters, no `.` or `..`

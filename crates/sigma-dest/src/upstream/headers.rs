@@ -23,7 +23,7 @@ use base64::Engine;
 use sigma_core::Principal;
 use sigma_http::Header;
 
-use crate::auth;
+use crate::DestContext;
 
 /// The `X-Sigma-Identity` value of the anonymous (`null`) identity.
 pub const ANONYMOUS_IDENTITY: &str = "null";
@@ -105,16 +105,11 @@ pub fn end_to_end_request(headers: &[Header]) -> Vec<(&[u8], &[u8])> {
     end_to_end(&pairs, Direction::Request)
 }
 
-/// The names of sigma's own cookies: the session and the OAuth state.
-const SIGMA_COOKIES: [&str; 2] = [
-    crate::auth::session::COOKIE_NAME,
-    crate::auth::oauth::state::STATE_COOKIE,
-];
-
-/// True when `name` is one of sigma's own cookies (any case).
-fn is_sigma_cookie(name: &[u8]) -> bool {
+/// True when `name` is one of sigma's own cookies (any case): the
+/// session and the OAuth state ([`DestContext::own_cookies`]).
+fn is_sigma_cookie(own: &DestContext, name: &[u8]) -> bool {
     let name = name.trim_ascii();
-    SIGMA_COOKIES
+    own.own_cookies
         .iter()
         .any(|c| name.eq_ignore_ascii_case(c.as_bytes()))
 }
@@ -122,14 +117,14 @@ fn is_sigma_cookie(name: &[u8]) -> bool {
 /// A `Cookie` value without sigma's own cookies (the session, the OAuth
 /// state): the upstream learns who the user is from the identity headers;
 /// it never gets a credential for sigma. Empty when nothing else is left.
-pub fn without_session_cookie(value: &[u8]) -> Vec<u8> {
+pub fn without_session_cookie(own: &DestContext, value: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(value.len());
     for pair in value.split(|&b| b == b';') {
         let pair = pair.trim_ascii();
         let is_session = pair
             .split(|&b| b == b'=')
             .next()
-            .is_some_and(is_sigma_cookie);
+            .is_some_and(|n| is_sigma_cookie(own, n));
         if pair.is_empty() || is_session {
             continue;
         }
@@ -143,19 +138,22 @@ pub fn without_session_cookie(value: &[u8]) -> Vec<u8> {
 
 /// True for a `Set-Cookie` value that sets one of sigma's own cookies:
 /// an upstream must not plant a session (fixation) or an OAuth state.
-pub fn sets_sigma_cookie(value: &[u8]) -> bool {
+pub fn sets_sigma_cookie(own: &DestContext, value: &[u8]) -> bool {
     let pair = value.split(|&b| b == b';').next().unwrap_or(value);
     pair.split(|&b| b == b'=')
         .next()
-        .is_some_and(is_sigma_cookie)
+        .is_some_and(|n| is_sigma_cookie(own, n))
 }
 
 /// The upstream's end-to-end response headers as they go to the client
 /// ([`end_to_end`]), less any `Set-Cookie` of sigma's own cookies.
-pub fn from_upstream<'a>(headers: &[(&'a [u8], &'a [u8])]) -> Vec<(&'a [u8], &'a [u8])> {
+pub fn from_upstream<'a>(
+    own: &DestContext,
+    headers: &[(&'a [u8], &'a [u8])],
+) -> Vec<(&'a [u8], &'a [u8])> {
     end_to_end(headers, Direction::Response)
         .into_iter()
-        .filter(|(n, v)| !(n.eq_ignore_ascii_case(b"set-cookie") && sets_sigma_cookie(v)))
+        .filter(|(n, v)| !(n.eq_ignore_ascii_case(b"set-cookie") && sets_sigma_cookie(own, v)))
         .collect()
 }
 
@@ -166,17 +164,18 @@ pub fn from_upstream<'a>(headers: &[(&'a [u8], &'a [u8])]) -> Vec<(&'a [u8], &'a
 /// whenever it holds a token sigma issued ([`is_sigma_token`]), even where
 /// `A` did not read it (`auth = "none"`); any other `Authorization` is
 /// passed on.
-pub fn forwarded_request(
-    headers: &[Header],
+pub fn forwarded_request<'a>(
+    own: &DestContext,
+    headers: &'a [Header],
     bearer: bool,
-) -> Vec<(&[u8], std::borrow::Cow<'_, [u8]>)> {
+) -> Vec<(&'a [u8], std::borrow::Cow<'a, [u8]>)> {
     end_to_end_request(headers)
         .into_iter()
         .filter_map(|(n, v)| {
-            if n.eq_ignore_ascii_case(b"authorization") && (bearer || is_sigma_token(v)) {
+            if n.eq_ignore_ascii_case(b"authorization") && (bearer || is_sigma_token(own, v)) {
                 None
             } else if n.eq_ignore_ascii_case(b"cookie") {
-                let kept = without_session_cookie(v);
+                let kept = without_session_cookie(own, v);
                 (!kept.is_empty()).then_some((n, std::borrow::Cow::Owned(kept)))
             } else {
                 Some((n, std::borrow::Cow::Borrowed(v)))
@@ -188,24 +187,24 @@ pub fn forwarded_request(
 /// True when an `Authorization` value carries a token sigma issued: any
 /// of its whitespace-separated words (so `Bearer`, any spelling or
 /// spacing) is a JWT whose claims name sigma's issuer
-/// ([`auth::OWN_ISSUER`]). The signature is not checked: a forged token
+/// ([`DestContext::own_issuer`]). The signature is not checked: a forged token
 /// claiming sigma's issuer is dropped as well, which costs nobody
 /// anything, and a token sigma really issued always has that claim. Cheap:
 /// one base64 decode and one JSON parse of at most
-/// [`auth::jwt::MAX_TOKEN_BYTES`].
-pub fn is_sigma_token(value: &[u8]) -> bool {
+/// [`DestContext::max_token_bytes`].
+pub fn is_sigma_token(own: &DestContext, value: &[u8]) -> bool {
     value
         .split(|b| b.is_ascii_whitespace())
-        .any(|word| jwt_issuer(word).as_deref() == Some(auth::OWN_ISSUER))
+        .any(|word| jwt_issuer(own, word).as_deref() == Some(own.own_issuer))
 }
 
 /// The unverified `iss` claim of a compact JWT, if `word` is one.
-fn jwt_issuer(word: &[u8]) -> Option<String> {
+fn jwt_issuer(own: &DestContext, word: &[u8]) -> Option<String> {
     #[derive(serde::Deserialize)]
     struct Claims {
         iss: Option<String>,
     }
-    if word.len() > auth::jwt::MAX_TOKEN_BYTES {
+    if word.len() > own.max_token_bytes {
         return None;
     }
     let mut parts = word.split(|&b| b == b'.');
@@ -307,6 +306,15 @@ mod tests {
     use sigma_core::{Identity, Provider};
     use std::sync::Arc;
 
+    /// A's values as the shell passes them (crates/sigma checks they are
+    /// A's constants).
+    const OWN: DestContext = DestContext {
+        own_cookies: &["sigma_session", "sigma_oauth"],
+        own_issuer: "sigma",
+        max_token_bytes: 8 * 1024,
+        cookies_secure: false,
+    };
+
     fn names(v: &[(&[u8], &[u8])]) -> Vec<String> {
         v.iter()
             .map(|(n, _)| String::from_utf8_lossy(n).into_owned())
@@ -353,7 +361,7 @@ mod tests {
 
     #[test]
     fn sigma_session_cookie_is_not_forwarded() {
-        let s = |v: &str| String::from_utf8(without_session_cookie(v.as_bytes())).unwrap();
+        let s = |v: &str| String::from_utf8(without_session_cookie(&OWN, v.as_bytes())).unwrap();
         assert_eq!(s("a=1; sigma_session=xyz; b=2"), "a=1; b=2");
         assert_eq!(s("sigma_session=xyz"), "");
         assert_eq!(s(" sigma_session = x ;theme=dark"), "theme=dark");
@@ -362,7 +370,7 @@ mod tests {
             Header::new("Cookie", "sigma_session=abc"),
             Header::new("Cookie", "sigma_session=abc; app=1"),
         ];
-        let f = forwarded_request(&h, false);
+        let f = forwarded_request(&OWN, &h, false);
         assert_eq!(f.len(), 1);
         assert_eq!(&f[0].1[..], b"app=1");
         assert_eq!(s("sigma_oauth=st; a=1; SIGMA_SESSION=x"), "a=1");
@@ -379,9 +387,9 @@ mod tests {
                 .map(|(n, _)| String::from_utf8_lossy(n).into_owned())
                 .collect()
         };
-        assert_eq!(names(forwarded_request(&h, true)), ["Accept"]);
+        assert_eq!(names(forwarded_request(&OWN, &h, true)), ["Accept"]);
         assert_eq!(
-            names(forwarded_request(&h, false)),
+            names(forwarded_request(&OWN, &h, false)),
             ["Authorization", "Accept"]
         );
     }
@@ -406,12 +414,12 @@ mod tests {
             format!("BEARER\t{own}"),
             format!("Token {own}"),
         ] {
-            assert!(is_sigma_token(v.as_bytes()), "{v}");
+            assert!(is_sigma_token(&OWN, v.as_bytes()), "{v}");
             let h = vec![
                 Header::new("Authorization", v),
                 Header::new("Accept", "*/*"),
             ];
-            let f = forwarded_request(&h, false);
+            let f = forwarded_request(&OWN, &h, false);
             assert_eq!(f.len(), 1, "{f:?}");
             assert_eq!(f[0].0, b"Accept");
         }
@@ -424,16 +432,16 @@ mod tests {
             format!("Bearer {}", jwt(r#"{"sub":"sigma"}"#)),
             String::new(),
         ] {
-            assert!(!is_sigma_token(v.as_bytes()), "{v}");
+            assert!(!is_sigma_token(&OWN, v.as_bytes()), "{v}");
             let h = vec![Header::new("Authorization", v.clone())];
-            assert_eq!(forwarded_request(&h, false).len(), 1, "{v}");
+            assert_eq!(forwarded_request(&OWN, &h, false).len(), 1, "{v}");
         }
         let long = format!(
             "Bearer {}",
             jwt(&format!(r#"{{"iss":"sigma","x":"{}"}}"#, "a".repeat(9000)))
         );
         assert!(
-            !is_sigma_token(long.as_bytes()),
+            !is_sigma_token(&OWN, long.as_bytes()),
             "longer than sigma ever issues"
         );
     }
@@ -448,7 +456,7 @@ mod tests {
             (b"Set-Cookie", b"sigma_sessionx=1"),
             (b"X-Other", b"sigma_session=1"),
         ];
-        let kept: Vec<&[u8]> = from_upstream(&r).iter().map(|(_, v)| *v).collect();
+        let kept: Vec<&[u8]> = from_upstream(&OWN, &r).iter().map(|(_, v)| *v).collect();
         assert_eq!(
             kept,
             [
@@ -529,7 +537,7 @@ mod tests {
             ("x\u{7f}", "x%7F"),
         ] {
             assert_eq!(text_value(s), v, "{s:?}");
-            let back = crate::route::path::percent_decode(v.as_bytes()).unwrap();
+            let back = sigma_core::percent::percent_decode(v.as_bytes()).unwrap();
             assert_eq!(back, s.as_bytes(), "{v}");
         }
     }
@@ -540,7 +548,7 @@ mod tests {
         fn text_value_is_injective(s in "\\PC{0,12}") {
             let v = text_value(&s);
             proptest::prop_assert!(v.bytes().all(|b| b.is_ascii_graphic()));
-            proptest::prop_assert_eq!(crate::route::path::percent_decode(v.as_bytes()), Some(s.as_bytes().to_vec()));
+            proptest::prop_assert_eq!(sigma_core::percent::percent_decode(v.as_bytes()), Some(s.as_bytes().to_vec()));
         }
     }
 }

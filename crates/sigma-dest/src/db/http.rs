@@ -11,7 +11,7 @@ use sigma_core::response::json_response;
 use sigma_core::{Handled, HttpRequest, Tagged};
 use sigma_http::{Header, Method, RequestHead, Response};
 
-use crate::store::{KvTags, Precondition};
+use sigma_store::{KvTags, Precondition};
 
 use super::keys::{self, Compare};
 use super::{etag, DbService, Fail, Scope, MAX_LIST};

@@ -37,6 +37,7 @@
 //! also names the socket that forked it: the world runs on that socket.
 
 pub mod budget;
+pub mod config;
 pub mod cookie;
 pub mod envelope;
 pub mod service;
@@ -87,19 +88,35 @@ pub fn b64_encode(b: &[u8]) -> String {
 /// (see the module docs): a hash of the session id or of the bearer token.
 pub type Binding = [u8; 32];
 
-/// The binding of a request, computed like `A` picks its credentials: the
-/// `Authorization` header first, else the session cookie; `None` for an
-/// anonymous request.
-pub fn binding_of(head: &RequestHead) -> Option<Binding> {
+/// The credential `A` authenticated a request with, as it picks them:
+/// the `Authorization` header's bearer token first, else the session
+/// cookie's id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential<'a> {
+    /// `Authorization: Bearer TOKEN`: the token.
+    Bearer(&'a [u8]),
+    /// The login session cookie: the session id's bytes.
+    Session(Vec<u8>),
+}
+
+/// Reads a request's [`Credential`] the way `A` does (the shell passes
+/// A's parser in, so the world never imports A): `None` for an anonymous
+/// request, or one whose `Authorization` is not a bearer token.
+pub type ReadCredential = for<'a> fn(&'a RequestHead) -> Option<Credential<'a>>;
+
+/// The binding of a request (see [`Binding`]), from the credential
+/// `credential` reads; `None` for an anonymous request.
+pub fn binding_of(credential: ReadCredential, head: &RequestHead) -> Option<Binding> {
     let mut h = Sha256::new();
-    if let Some(auth) = head.header("authorization") {
-        let token = crate::auth::jwt::bearer_token(&auth.value)?;
-        h.update(b"sigma-world-bearer\0");
-        h.update(token);
-    } else {
-        let id = crate::auth::session::session_cookie(&head.headers)?;
-        h.update(b"sigma-world-session\0");
-        h.update(id.0);
+    match credential(head)? {
+        Credential::Bearer(token) => {
+            h.update(b"sigma-world-bearer\0");
+            h.update(token);
+        }
+        Credential::Session(id) => {
+            h.update(b"sigma-world-session\0");
+            h.update(id);
+        }
     }
     Some(h.finalize().into())
 }

@@ -68,7 +68,7 @@ pub fn resolve(rest: &[u8]) -> Result<PathBuf, Refused> {
         if raw.is_empty() {
             continue;
         }
-        let seg = crate::route::path::percent_decode(raw).ok_or(Refused::BadEscape)?;
+        let seg = sigma_core::percent::percent_decode(raw).ok_or(Refused::BadEscape)?;
         if seg.iter().any(|&b| b == b'/' || b == b'\\') {
             return Err(Refused::Separator);
         }

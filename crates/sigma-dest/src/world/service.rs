@@ -49,9 +49,11 @@ use super::cookie::{CookieContents, MinuteKeys, UseError, NONCE};
 use super::envelope::{self, CommandInfo};
 use super::session::{ActivateError, Limits, Out, Session, WorldKey};
 use super::{Binding, WorldId};
-use crate::config::{Config, WorldCode};
-use crate::metrics::LogLimiter;
-use crate::route::{Route, UnavailableDestination};
+
+use super::config::{WorldCode, WorldsConfig};
+use super::ReadCredential;
+use crate::UnavailableDestination;
+use sigma_core::loglimit::LogLimiter;
 
 /// The worker code built into the binary (`builtin:NAME`).
 fn builtin_code(name: &str) -> Option<&'static str> {
@@ -65,7 +67,7 @@ fn builtin_code(name: &str) -> Option<&'static str> {
 struct Command {
     info: CommandInfo,
     code: Bytes,
-    /// Who may start it ([`Config::world_users`]); `None`: everyone
+    /// Who may start it ([`WorldCommandSpec::users`]); `None`: everyone
     /// authenticated.
     users: Option<Vec<String>>,
 }
@@ -78,6 +80,19 @@ impl Command {
             .as_ref()
             .is_none_or(|list| list.contains(&user.user))
     }
+}
+
+/// One world command as the service needs it: the shell resolves
+/// `[world.<name>]` against the routes it reuses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorldCommandSpec {
+    /// The command's name (served at `/world/<name>.js`).
+    pub name: String,
+    /// The worker code.
+    pub code: WorldCode,
+    /// Who may start it: its own `users`, intersected with those of the
+    /// route it reuses; `None`: every authenticated user.
+    pub users: Option<Vec<String>>,
 }
 
 /// The `&world` destination (one per server, shared by its routes).
@@ -95,6 +110,8 @@ struct Shared {
     commands: Vec<Command>,
     /// Each command's destination, by index (set by [`WorldService::bind`]).
     targets: OnceLock<Vec<Arc<dyn Destination>>>,
+    /// Reads the credential a request was authenticated with.
+    credential: ReadCredential,
     activation_timeout: Duration,
     /// The minute-key period, in whole seconds (at least 1): how long a
     /// user's full set of used cookies may take to free room
@@ -127,14 +144,18 @@ impl WsEndpoint for Refused {
 }
 
 impl WorldService {
-    /// The service for `config.world` and `[worlds]`; reads code files.
-    /// Replies the reply rule drops are reported to `audit`.
+    /// The service for the world commands `world` and the limits of
+    /// `[worlds]`; reads code files. `credential` reads the credential A
+    /// authenticated a request with (a socket and its worker fetches are
+    /// bound to it). Replies the reply rule drops are reported to `audit`.
     pub fn new(
-        config: &Config,
+        world: &[WorldCommandSpec],
+        worlds: &WorldsConfig,
+        credential: ReadCredential,
         audit: Arc<dyn ReplyAudit>,
     ) -> Result<Self, UnavailableDestination> {
-        let mut commands = Vec::with_capacity(config.world.len());
-        for w in &config.world {
+        let mut commands = Vec::with_capacity(world.len());
+        for w in world {
             let code = match &w.code {
                 WorldCode::Builtin(name) => Bytes::from_static(
                     builtin_code(name)
@@ -147,7 +168,7 @@ impl WorldService {
                         .as_bytes(),
                 ),
                 WorldCode::File(path) => {
-                    Bytes::from(crate::namedfile::read(path).map_err(|e| {
+                    Bytes::from(sigma_core::namedfile::read(path).map_err(|e| {
                         UnavailableDestination(format!("&world: world.{}.code: {e}", w.name))
                     })?)
                 }
@@ -158,15 +179,16 @@ impl WorldService {
                     code: format!("/world/{}.js", w.name),
                 },
                 code,
-                users: config.world_users(w),
+                users: w.users.clone(),
             });
         }
-        let period = config.worlds.key_rotation;
+        let period = worlds.key_rotation;
         Ok(Self {
             shared: Arc::new(Shared {
                 commands,
                 targets: OnceLock::new(),
-                activation_timeout: config.worlds.activation_timeout,
+                credential,
+                activation_timeout: worlds.activation_timeout,
                 period_secs: period
                     .as_secs()
                     .saturating_add(u64::from(period.subsec_nanos() > 0))
@@ -175,11 +197,11 @@ impl WorldService {
                 sockets: Mutex::new(HashMap::new()),
                 users: Mutex::new(Users::new(
                     Limits {
-                        max_worlds: config.worlds.max_per_user,
-                        forks_per_minute: config.worlds.forks_per_minute,
-                        max_used: config.worlds.max_used_per_user,
+                        max_worlds: worlds.max_per_user,
+                        forks_per_minute: worlds.forks_per_minute,
+                        max_used: worlds.max_used_per_user,
                     },
-                    config.worlds.max_users,
+                    worlds.max_users,
                 )),
                 active: Arc::new(Mutex::new(ActiveWorlds::new())),
                 next_socket: AtomicU64::new(1),
@@ -188,45 +210,13 @@ impl WorldService {
         })
     }
 
-    /// Connects each command to its destination: that of the route
-    /// [`Config::world_route`] picks (so a world's `&broadcast` is the hub
-    /// of the `/broadcast` route; that route's `users` were folded into
-    /// the command's in [`Config::world_users`]), else a new `&echo`,
-    /// `&broadcast` or `&db`. `routes` are the built routes in
-    /// `config.routes` order.
-    pub fn bind(
-        &self,
-        config: &Config,
-        routes: &[Route],
-        db: &Arc<crate::db::DbService>,
-    ) -> Result<(), UnavailableDestination> {
-        use crate::config::Destination as To;
-        let mut targets = Vec::with_capacity(config.world.len());
-        for w in &config.world {
-            let existing = config
-                .world_route(w)
-                .and_then(|(i, _)| routes.get(i))
-                .map(|r| Arc::clone(&r.dest));
-            let dest: Arc<dyn Destination> = match (existing, &w.to) {
-                (Some(d), _) => d,
-                (None, To::Echo) => Arc::new(crate::echo::Echo),
-                (None, To::Broadcast) => {
-                    crate::broadcast::destination(&format!("/world/{}", w.name), &config.broadcast)
-                }
-                (None, To::Db) => crate::db::Db::destination(db, "/", crate::db::Scope::of(None)),
-                // Config validation refuses these (`Destination::hosts_worlds`).
-                (None, other) => {
-                    return Err(UnavailableDestination(format!(
-                        "{other} (world.{}.to: no WebSocket endpoint for a world)",
-                        w.name
-                    )))
-                }
-            };
-            targets.push(dest);
-        }
-        // A second bind (never done) keeps the first.
+    /// Connects each command to its destination, by index (the order of
+    /// the commands given to [`WorldService::new`]). The shell picks them
+    /// (the route a command reuses, else a destination of its own), so a
+    /// world never builds or imports another destination. A second bind
+    /// (never done) keeps the first.
+    pub fn bind(&self, targets: Vec<Arc<dyn Destination>>) {
         let _ = self.shared.targets.set(targets);
-        Ok(())
     }
 }
 
@@ -277,7 +267,7 @@ impl WorldService {
         push: WsSender,
     ) -> Option<Box<dyn WsEndpoint>> {
         let user = Arc::clone(identity.as_ref()?);
-        let binding = super::binding_of(head)?;
+        let binding = super::binding_of(self.shared.credential, head)?;
         let id = self.shared.next_socket.fetch_add(1, Ordering::Relaxed);
         let commands = self
             .shared
@@ -399,7 +389,7 @@ impl Shared {
         let Ok((cookie, epoch, oldest)) = opened else {
             return refuse(403, "bad_cookie");
         };
-        let binding = super::binding_of(head);
+        let binding = super::binding_of(self.credential, head);
         if binding.is_none_or(|b| !bool::from(subtle_eq(&b, &cookie.session)))
             || cookie.world != init.world
             || cookie.command != init.command
@@ -745,7 +735,9 @@ mod tests {
     use super::*;
     use ed25519_dalek::{Signer, SigningKey};
     use serde_json::Value;
-    use sigma_core::{ClientInfo, Provider, UpgradeRequest, WsReceiver};
+    use sigma_core::body::ClientInfo;
+    use sigma_core::Provider;
+    use sigma_core::{UpgradeRequest, WsReceiver};
     use sigma_http::Version;
     use std::sync::atomic::AtomicUsize;
 
@@ -775,12 +767,49 @@ mod tests {
         }
     }
 
+    /// The reply rule's audit of these tests: drops nothing silently.
+    struct NoAudit;
+
+    impl ReplyAudit for NoAudit {
+        fn mismatch(&self, _: Dropped, _: &dyn std::fmt::Display) {}
+    }
+
+    /// A's reading of the credentials, as far as these tests need it
+    /// (bearer tokens only).
+    fn bearer(head: &RequestHead) -> Option<super::super::Credential<'_>> {
+        let v = &head.header("authorization")?.value;
+        v.strip_prefix(b"Bearer ")
+            .map(super::super::Credential::Bearer)
+    }
+
+    fn spec(name: &str, code: &str, users: Option<&[&str]>) -> WorldCommandSpec {
+        WorldCommandSpec {
+            name: name.into(),
+            code: WorldCode::Builtin(code.into()),
+            users: users.map(|u| u.iter().map(|&u| u.to_owned()).collect()),
+        }
+    }
+
+    /// The default world commands (`chat`, `echo`) under the `[worlds]`
+    /// table in `toml`.
     fn service(toml: &str) -> (WorldService, Arc<Counting>) {
-        let config = crate::config::from_str(toml, &[]).unwrap();
-        let svc = WorldService::new(&config, Arc::new(crate::metrics::Metrics::default())).unwrap();
+        #[derive(serde::Deserialize)]
+        struct File {
+            #[serde(default)]
+            worlds: WorldsConfig,
+        }
+        let worlds = toml::from_str::<File>(toml).unwrap().worlds;
+        let commands = [spec("chat", "chat", None), spec("echo", "echo", None)];
+        service_of(&commands, &worlds)
+    }
+
+    fn service_of(
+        commands: &[WorldCommandSpec],
+        worlds: &WorldsConfig,
+    ) -> (WorldService, Arc<Counting>) {
+        let svc = WorldService::new(commands, worlds, bearer, Arc::new(NoAudit)).unwrap();
         let counting = Arc::new(Counting::default());
-        let targets = config
-            .world
+        let targets = commands
             .iter()
             .map(|_| Arc::clone(&counting) as Arc<dyn Destination>)
             .collect();
@@ -914,31 +943,20 @@ mod tests {
         SigningKey::from_bytes(&[n; 32])
     }
 
-    const WORLDS: &str = r#"
-        [[route]]
-        path = "/ws"
-        to = "&world"
-        auth = "required"
-        [[route]]
-        path = "/team"
-        to = "&broadcast"
-        auth = "required"
-        users = ["alice"]
-        [world.echo]
-        code = "builtin:echo"
-        to = "&echo"
-        [world.secret]
-        code = "builtin:echo"
-        to = "&echo"
-        users = ["alice"]
-        [world.team]
-        code = "builtin:chat"
-        to = "&broadcast"
-    "#;
+    /// `echo` for everyone, `secret` for alice, `team` reusing a
+    /// `/team` `&broadcast` route only alice may use (so alice only).
+    fn worlds_service() -> (WorldService, Arc<Counting>) {
+        let commands = [
+            spec("echo", "echo", None),
+            spec("secret", "echo", Some(&["alice"])),
+            spec("team", "chat", Some(&["alice"])),
+        ];
+        service_of(&commands, &WorldsConfig::default())
+    }
 
     #[test]
     fn commands_are_offered_and_accepted_only_for_their_users() {
-        let (svc, _) = service(WORLDS);
+        let (svc, _) = worlds_service();
         let names = |welcome: &Value| -> Vec<String> {
             welcome["commands"]
                 .as_array()
@@ -1292,11 +1310,24 @@ mod tests {
     /// `identity_mismatch`, as every other stage's (one policy).
     #[test]
     fn a_worlds_crossed_reply_is_dropped_and_counted() {
-        let config = crate::config::from_str("", &[]).unwrap();
-        let metrics = Arc::new(crate::metrics::Metrics::default());
-        let svc = WorldService::new(&config, Arc::clone(&metrics) as Arc<dyn ReplyAudit>).unwrap();
-        let targets = config
-            .world
+        /// Counts the mismatches the world service reports.
+        #[derive(Default)]
+        struct Mismatches(std::sync::atomic::AtomicU64);
+        impl ReplyAudit for Mismatches {
+            fn mismatch(&self, _: Dropped, _: &dyn std::fmt::Display) {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let commands = [spec("chat", "chat", None), spec("echo", "echo", None)];
+        let audit = Arc::new(Mismatches::default());
+        let svc = WorldService::new(
+            &commands,
+            &WorldsConfig::default(),
+            bearer,
+            Arc::clone(&audit) as Arc<dyn ReplyAudit>,
+        )
+        .unwrap();
+        let targets = commands
             .iter()
             .map(|_| Arc::new(Crossed) as Arc<dyn Destination>)
             .collect();
@@ -1317,6 +1348,6 @@ mod tests {
             pushed.iter().all(|v| v["t"] != "world"),
             "a crossed reply reached the client: {pushed:?}"
         );
-        assert_eq!(metrics.identity_mismatch.load(Ordering::Relaxed), 1);
+        assert_eq!(audit.0.load(Ordering::Relaxed), 1);
     }
 }

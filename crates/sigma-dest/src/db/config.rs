@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 
-use super::de::positive;
+use sigma_core::de::positive;
 
 /// Largest `&db` value, in bytes, unless `db.max_value` says otherwise.
 pub const DEFAULT_DB_MAX_VALUE: usize = 1024 * 1024;
@@ -29,4 +29,15 @@ impl Default for DbConfig {
             max_key: DEFAULT_DB_MAX_KEY,
         }
     }
+}
+
+/// A shared `&db` namespace (route keys `namespace` and `writers`): every
+/// user the route admits (`auth`, `users`) may read it; `writers`, if set,
+/// limits who may write (`PUT`, `DELETE`), else everyone admitted may.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedNamespace {
+    /// Its name: 1–64 characters of `[A-Za-z0-9._-]`.
+    pub name: String,
+    /// Who may write, if not everyone the route admits (never empty).
+    pub writers: Option<Vec<String>>,
 }

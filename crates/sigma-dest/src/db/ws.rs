@@ -12,7 +12,7 @@ use sigma_core::{Principal, Tagged, WsEndpoint, WsSender};
 use sigma_http::WsMessage;
 use tokio::sync::mpsc;
 
-use crate::store::Precondition;
+use sigma_store::Precondition;
 
 use super::keys::{self, Compare};
 use super::{etag, text, DbService, Fail, Scope, MAX_LIST, SOCKET_QUEUE};
@@ -465,11 +465,11 @@ async fn perform(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::DbConfig;
-    use crate::store::RedbStore;
+    use crate::db::config::DbConfig;
+    use sigma_store::RedbStore;
 
     fn svc() -> Arc<DbService> {
-        let store: Arc<dyn crate::store::Store> = Arc::new(RedbStore::in_memory().unwrap());
+        let store: Arc<dyn sigma_store::Store> = Arc::new(RedbStore::in_memory().unwrap());
         DbService::new(
             store,
             &DbConfig {

@@ -98,6 +98,7 @@
 //! `not_found`, `precondition_failed`, `too_large`, `unauthenticated`, `forbidden`,
 //! `too_many_watches`, `busy`, `internal`.
 
+pub mod config;
 mod http;
 mod keys;
 mod watch;
@@ -108,8 +109,8 @@ use std::sync::Arc;
 use sigma_core::{Answer, Capabilities, Destination, Principal, Request};
 use sigma_http::WsMessage;
 
-use crate::config::DbConfig;
-use crate::store::{KvError, KvPut, Precondition, Store};
+use crate::db::config::DbConfig;
+use sigma_store::{KvError, KvPut, Precondition, Store};
 
 pub use keys::etag;
 
@@ -305,7 +306,7 @@ pub enum Scope {
 
 impl Scope {
     /// The scope a route's config asks for.
-    pub fn of(shared: Option<&crate::config::SharedNamespace>) -> Self {
+    pub fn of(shared: Option<&crate::db::config::SharedNamespace>) -> Self {
         match shared {
             None => Self::Own,
             Some(s) => Self::Shared {
