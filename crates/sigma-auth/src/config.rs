@@ -1,13 +1,15 @@
 //! `[auth]`: the settings of A, the identity stage of T → H → A → router
-//! → destination (DESIGN §4), and its cross-key checks.
+//! → destination (DESIGN §4), and a route's access level ([`AuthLevel`]).
+//! The checks across keys, which name the key path, are part of `sigma`'s
+//! config assembly (it reads the file; this crate only owns the table).
 
+use std::fmt;
 use std::time::Duration;
 
 use serde::Deserialize;
+use sigma_core::de::{cidr_list, duration, positive};
 
-use super::de::{duration, positive};
-use super::keypath::{key, KeyPath, Seg};
-use super::server::{cidr_list, Cidr};
+pub use sigma_core::net::Cidr;
 
 /// `[auth]`: the settings of `A` (DESIGN §4).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -55,13 +57,13 @@ pub struct AuthConfig {
     pub password_queue: usize,
     /// External token issuers (`[[auth.jwt]]`) whose bearer tokens are
     /// accepted besides sigma's own.
-    pub jwt: Vec<crate::auth::jwt::JwtIssuerConfig>,
+    pub jwt: Vec<crate::jwt::JwtIssuerConfig>,
     /// sigma's public origin (`https://chat.example.com`): OAuth providers
     /// send the browser back to `<public_url>/auth/<name>/callback`.
     /// Required when `[auth.oauth.*]` is configured.
     pub public_url: Option<String>,
     /// OAuth2 / OIDC login providers (`[auth.oauth.<name>]`, DESIGN §4).
-    pub oauth: std::collections::BTreeMap<String, crate::auth::oauth::config::OAuthProviderConfig>,
+    pub oauth: std::collections::BTreeMap<String, crate::oauth::config::OAuthProviderConfig>,
 }
 
 impl Default for AuthConfig {
@@ -78,7 +80,7 @@ impl Default for AuthConfig {
             login_failures_per_user_per_minute: 10,
             login_failures_per_minute: 600,
             password_workers: 2,
-            password_queue: crate::auth::password::DEFAULT_PASSWORD_QUEUE,
+            password_queue: crate::password::DEFAULT_PASSWORD_QUEUE,
             jwt: Vec::new(),
             public_url: None,
             oauth: std::collections::BTreeMap::new(),
@@ -86,63 +88,25 @@ impl Default for AuthConfig {
     }
 }
 
-/// `scheme://host[:port]` with an http(s) scheme and nothing after.
-fn valid_origin(o: &str) -> bool {
-    let Some(rest) = o
-        .strip_prefix("https://")
-        .or_else(|| o.strip_prefix("http://"))
-    else {
-        return false;
-    };
-    !rest.is_empty()
-        && rest
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+/// Who may use a route (DESIGN §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthLevel {
+    /// Only authenticated users; browsers are redirected to `/login`.
+    Required,
+    /// Anyone; the identity is attached when there is one.
+    #[default]
+    Optional,
+    /// Anyone; forwarded with identity `null`.
+    None,
 }
 
-impl AuthConfig {
-    /// The checks across `[auth]`'s keys: the origins, the session
-    /// timeouts, `public_url` and the `[auth.oauth.<name>]` tables
-    /// (DESIGN §4). The error names the key (from `auth` down).
-    pub(super) fn check(&self) -> Result<(), (KeyPath, String)> {
-        for (i, origin) in self.allowed_origins.iter().enumerate() {
-            if !valid_origin(origin) {
-                return Err((
-                    vec![key("auth"), key("allowed_origins"), Seg::Index(i)],
-                    format!(
-                        "invalid origin {origin:?}: expected scheme://host[:port], e.g. \"https://app.example.com\""
-                    ),
-                ));
-            }
-        }
-        if self.session_idle_timeout > self.session_lifetime {
-            return Err((
-                vec![key("auth"), key("session_idle_timeout")],
-                "must not be longer than auth.session_lifetime".into(),
-            ));
-        }
-        if let Some(url) = &self.public_url {
-            if !valid_origin(url.trim_end_matches('/')) {
-                return Err((
-                    vec![key("auth"), key("public_url")],
-                    format!("invalid public URL {url:?}: expected scheme://host[:port], e.g. \"https://chat.example.com\""),
-                ));
-            }
-        } else if !self.oauth.is_empty() {
-            return Err((
-                vec![key("auth"), key("public_url")],
-                "is required with [auth.oauth.*]: providers redirect to <public_url>/auth/<name>/callback".into(),
-            ));
-        }
-        for (name, p) in &self.oauth {
-            if let Err(e) = p.validate(name) {
-                let mut path = vec![key("auth"), key("oauth"), key(name)];
-                if !e.key.is_empty() {
-                    path.push(key(e.key));
-                }
-                return Err((path, e.message));
-            }
-        }
-        Ok(())
+impl fmt::Display for AuthLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AuthLevel::Required => "required",
+            AuthLevel::Optional => "optional",
+            AuthLevel::None => "none",
+        })
     }
 }

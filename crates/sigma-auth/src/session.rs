@@ -43,10 +43,10 @@ use cookie::{Cookie, SameSite};
 use sha2::{Digest as _, Sha256};
 use sigma_http::Header;
 
-use crate::auth::revoke::{Registration, SessionHandle, Sockets};
-use crate::auth::{Identity, Provider};
-use crate::route::WsCloser;
-use crate::store::{SessionId, SessionRecord, Store, StoreError};
+use crate::revoke::{Registration, SessionHandle, Sockets};
+use crate::{Identity, Provider};
+use sigma_core::WsCloser;
+use sigma_store::{SessionId, SessionRecord, Store, StoreError};
 
 /// The session cookie's name.
 pub const COOKIE_NAME: &str = "sigma_session";
@@ -464,8 +464,8 @@ pub fn session_cookie(headers: &[Header]) -> Option<SessionId> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::route::{ws_push_queue, WsReceiver};
-    use crate::store::{RedbStore, UserRecord, UserStore};
+    use sigma_core::{ws_push_queue, WsReceiver};
+    use sigma_store::{RedbStore, UserRecord, UserStore};
 
     const IDLE: u64 = 10_000;
     const LIFE: u64 = 60_000;

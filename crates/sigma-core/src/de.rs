@@ -1,7 +1,8 @@
 //! Field deserializers shared by the tables of `sigma.toml`: humantime
-//! durations and counts that must be positive. Part of the config
-//! assembly of the `sigma` shell, which builds every stage (T → H → A →
-//! router → destination) from one file.
+//! durations, counts that must be positive and CIDR lists. Below every
+//! stage (T → H → A → router → destination): each stage's crate owns its
+//! own config table and builds its fields with these, so that `sigma`'s
+//! config assembly reads one file with one set of rules.
 
 use std::fmt;
 use std::time::Duration;
@@ -9,12 +10,14 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
+use crate::net::Cidr;
+
 /// The longest duration any key accepts (365 days): larger values make no
 /// sense and could overflow `Instant` arithmetic.
 pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// An optional [`positive`] count.
-pub(super) fn opt_positive<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+pub fn opt_positive<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
 where
     D: Deserializer<'de>,
     T: Deserialize<'de> + Default + PartialOrd + fmt::Display,
@@ -23,12 +26,12 @@ where
 }
 
 /// An optional [`duration`].
-pub(super) fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+pub fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     duration(d).map(Some)
 }
 
 /// A humantime duration string, > 0 and ≤ [`MAX_DURATION`].
-pub(super) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     struct DurationVisitor;
 
     impl Visitor<'_> for DurationVisitor {
@@ -59,7 +62,7 @@ pub(super) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::E
 }
 
 /// A number that must be greater than zero.
-pub(super) fn positive<'de, D, T>(d: D) -> Result<T, D::Error>
+pub fn positive<'de, D, T>(d: D) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
     T: Deserialize<'de> + Default + PartialOrd + fmt::Display,
@@ -71,4 +74,12 @@ where
         )));
     }
     Ok(v)
+}
+
+/// A list of [`Cidr`] networks (`["10.0.0.0/8", "::1"]`).
+pub fn cidr_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Cidr>, D::Error> {
+    let raw = Vec::<String>::deserialize(d)?;
+    raw.iter()
+        .map(|s| Cidr::parse(s).map_err(de::Error::custom))
+        .collect()
 }

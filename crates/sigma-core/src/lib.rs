@@ -24,6 +24,10 @@
 //! - [`etag`]: the one entity-tag parser (`If-Match`, `If-None-Match`).
 //! - [`clock`]: where the shell reads the time ([`SystemClock`], and a
 //!   [`FakeClock`] tests move by hand).
+//! - [`reject`]: where stages count what they refuse ([`Rejects`]).
+//! - [`de`]: the field deserializers every config table shares
+//!   (durations, positive counts, [`net::Cidr`] lists); [`namedfile`]:
+//!   the bounded read of a file the configuration names.
 
 #![cfg_attr(
     not(test),
@@ -37,10 +41,14 @@
 
 pub mod body;
 pub mod clock;
+pub mod de;
 pub mod destination;
 pub mod etag;
 pub mod identity;
+pub mod namedfile;
+pub mod net;
 pub mod push;
+pub mod reject;
 pub mod reply;
 pub mod response;
 
@@ -61,4 +69,5 @@ pub use push::{
     ws_push_queue, PushError, Pushed, WsCloser, WsReceiver, WsSender, WS_CLOSE_REVOKED,
     WS_PUSH_BYTES, WS_PUSH_QUEUE,
 };
+pub use reject::{RejectCounts, Rejects};
 pub use reply::{check_reply, enforce, Dropped, ReplyAudit};

@@ -2,8 +2,8 @@
 //!
 //! Outside `T → H → A → router → destination`: this is what `sigma serve`
 //! and `sigma check` use, before any listener exists, to read the config
-//! file itself and every file it names — world `code`
-//! ([`crate::world::WorldService`]), `[[auth.jwt]] key_file`,
+//! file itself and every file it names — world `code` (sigma's world
+//! destination), `[[auth.jwt]] key_file`,
 //! `[auth.oauth.*] client_secret_file`. Each of them goes through [`read`],
 //! so they share one rule:
 //!

@@ -26,7 +26,9 @@
     )
 )]
 
-pub mod auth;
+/// `A`, the identity stage, now its own crate (`crates/sigma-auth`); this
+/// path is kept for the rest of the tree.
+pub use sigma_auth as auth;
 pub mod broadcast;
 pub mod config;
 pub mod conn;
@@ -35,7 +37,8 @@ pub mod db;
 pub mod dispatch;
 pub mod echo;
 pub mod metrics;
-pub mod namedfile;
+/// Bounded reads of config-named files, now in `sigma-core`.
+pub use sigma_core::namedfile;
 pub mod parse;
 pub mod pipeline;
 pub mod route;

@@ -43,7 +43,7 @@
 mod auth;
 mod broadcast;
 mod db;
-mod de;
+use sigma_core::de;
 mod error;
 mod keypath;
 mod limits;
