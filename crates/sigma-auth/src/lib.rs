@@ -30,6 +30,7 @@
     )
 )]
 
+pub mod admit;
 pub mod config;
 pub mod endpoints;
 pub mod jwt;
@@ -49,6 +50,8 @@ use sigma_http::RequestHead;
 
 use crate::config::{AuthConfig, Cidr};
 use session::Sessions;
+
+pub use admit::{admit, authorize, Denied, RouteAccess};
 use sigma_core::Rejects;
 use sigma_store::{SessionId, Store};
 
@@ -461,44 +464,6 @@ pub fn unix_now() -> u64 {
 /// Milliseconds since the Unix epoch (the wall clock of sessions).
 pub use sigma_core::clock::unix_now_ms;
 
-/// Why `A` refuses a request for a route.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Denied {
-    /// The route needs an identity and the connection has none (401).
-    Unauthenticated,
-    /// The identity is not on the route's allow-list (403).
-    Forbidden,
-}
-
-impl Denied {
-    /// The HTTP status for this refusal.
-    pub fn status(self) -> u16 {
-        match self {
-            Self::Unauthenticated => 401,
-            Self::Forbidden => 403,
-        }
-    }
-}
-
-/// Route access (DESIGN §4): `required` needs an identity, `users` limits
-/// which; `optional` and `none` let anyone through.
-pub fn authorize(
-    identity: &Principal,
-    level: crate::config::AuthLevel,
-    users: Option<&[String]>,
-) -> Result<(), Denied> {
-    use crate::config::AuthLevel;
-    let needs_identity = level == AuthLevel::Required || users.is_some();
-    match identity {
-        None if needs_identity => Err(Denied::Unauthenticated),
-        Some(id) => match users {
-            Some(list) if !list.iter().any(|u| u == &id.user) => Err(Denied::Forbidden),
-            _ => Ok(()),
-        },
-        None => Ok(()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -516,32 +481,6 @@ mod tests {
         c.public_url = None;
         c.cookie_secure = true;
         assert!(cookies_secure(&c));
-    }
-
-    #[test]
-    fn route_access() {
-        use crate::config::AuthLevel;
-        let alice = Some(Arc::new(Identity {
-            user: "alice".into(),
-            provider: Provider::Password,
-            world: None,
-        }));
-        let users = vec!["bob".to_string()];
-        assert_eq!(
-            authorize(&None, AuthLevel::Required, None),
-            Err(Denied::Unauthenticated)
-        );
-        assert_eq!(authorize(&None, AuthLevel::Optional, None), Ok(()));
-        assert_eq!(authorize(&None, AuthLevel::None, None), Ok(()));
-        assert_eq!(authorize(&alice, AuthLevel::Required, None), Ok(()));
-        assert_eq!(
-            authorize(&alice, AuthLevel::Required, Some(&users)),
-            Err(Denied::Forbidden)
-        );
-        assert_eq!(
-            authorize(&None, AuthLevel::Optional, Some(&users)),
-            Err(Denied::Unauthenticated)
-        );
     }
 
     /// Session expiry on a fake clock: used within the idle timeout the
