@@ -1,5 +1,5 @@
 //! Reading the certificate and key files `S` is given, with one bounded
-//! rule (the same as `crates/sigma/src/namedfile.rs`, which this crate
+//! rule (the same as `crates/sigma-core/src/namedfile.rs`, which this crate
 //! cannot depend on).
 //!
 //! Outside `T → S → H → …`: used at start-up, on reload (`SIGHUP`) and by
