@@ -1,13 +1,16 @@
 //! Field deserializers shared by the tables of `sigma.toml`: humantime
-//! durations and counts that must be positive. Below every stage (T → H →
-//! A → router → destination): each stage's config table (A's, each
-//! destination's) uses them, and the `sigma` shell assembles the file.
+//! durations, counts that must be positive and CIDR lists. Below every
+//! stage (T → H → A → router → destination): each stage's crate owns its
+//! own config table and builds its fields with these, so that `sigma`'s
+//! config assembly reads one file with one set of rules.
 
 use std::fmt;
 use std::time::Duration;
 
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
+
+use crate::net::Cidr;
 
 /// The longest duration any key accepts (365 days): larger values make no
 /// sense and could overflow `Instant` arithmetic.
@@ -71,4 +74,12 @@ where
         )));
     }
     Ok(v)
+}
+
+/// A list of [`Cidr`] networks (`["10.0.0.0/8", "::1"]`).
+pub fn cidr_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Cidr>, D::Error> {
+    let raw = Vec::<String>::deserialize(d)?;
+    raw.iter()
+        .map(|s| Cidr::parse(s).map_err(de::Error::custom))
+        .collect()
 }

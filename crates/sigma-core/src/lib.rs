@@ -24,10 +24,11 @@
 //! - [`etag`]: the one entity-tag parser (`If-Match`, `If-None-Match`).
 //! - [`clock`]: where the shell reads the time ([`SystemClock`], and a
 //!   [`FakeClock`] tests move by hand).
-//! - [`de`]: the config field deserializers every stage's table uses
-//!   (durations, positive counts); [`namedfile`]: the bounded read of a
-//!   file the config names; [`loglimit`]: the log budget;
-//!   [`percent`]: percent-decoding of a path segment.
+//! - [`reject`]: where stages count what they refuse ([`Rejects`]).
+//! - [`de`]: the field deserializers every config table shares
+//!   (durations, positive counts, [`net::Cidr`] lists); [`namedfile`]:
+//!   the bounded read of a file the configuration names; [`loglimit`]:
+//!   the log budget; [`percent`]: percent-decoding of a path segment.
 
 #![deny(missing_docs)]
 #![cfg_attr(
@@ -48,8 +49,10 @@ pub mod etag;
 pub mod identity;
 pub mod loglimit;
 pub mod namedfile;
+pub mod net;
 pub mod percent;
 pub mod push;
+pub mod reject;
 pub mod reply;
 pub mod response;
 
@@ -70,4 +73,5 @@ pub use push::{
     ws_push_queue, PushError, Pushed, WsCloser, WsReceiver, WsSender, WS_CLOSE_REVOKED,
     WS_PUSH_BYTES, WS_PUSH_QUEUE,
 };
+pub use reject::{RejectCounts, Rejects};
 pub use reply::{check_reply, enforce, Dropped, ReplyAudit};

@@ -24,7 +24,8 @@ use sigma_http::{
     Event, Header, Method, Reply, RequestHead, Response, SendError, ServerConn, WsEvent, WsMessage,
 };
 
-use crate::auth::{self, endpoints, origin, Denied, Gate, Resolved, Tagged, Via};
+use crate::auth::admit::{invalid_token, unauthenticated};
+use crate::auth::{self, endpoints, Denied, Gate, Resolved, RouteAccess, Tagged, Via};
 use crate::config::AuthLevel;
 use crate::conn::ListenerCtx;
 use crate::metrics::{add, inc};
@@ -737,35 +738,16 @@ impl Dispatch<'_> {
         let Some(a) = &self.ctx.auth else {
             return Ok(());
         };
-        if let Err(d) = auth::authorize(identity, route.auth, route.users.as_deref()) {
-            return Err(match d {
-                Denied::Unauthenticated if wants_html(head) => {
-                    let next = String::from_utf8_lossy(&head.target).into_owned();
-                    let to = format!(
-                        "/login?next={}",
-                        form_urlencoded::byte_serialize(next.as_bytes()).collect::<String>()
-                    );
-                    endpoints::redirect(&to)
-                }
-                Denied::Unauthenticated => unauthenticated(),
-                Denied::Forbidden => {
-                    endpoints::json_response(403, serde_json::json!({"error": "forbidden"}))
-                }
-            });
-        }
-        let cookie = matches!(via, Via::Cookie(_));
-        let checked = head.websocket.is_some() || origin::is_unsafe(head.method);
-        if cookie && checked && origin::check(head, a.allowed_origins()).is_err() {
-            self.ctx.metrics.reject("cross_site");
-            if self.ctx.metrics.may_log() {
+        let access = RouteAccess {
+            level: route.auth,
+            users: route.users.as_deref(),
+        };
+        a.admit(access, identity, via, head).map_err(|denied| {
+            if denied == Denied::CrossSite && a.may_log() {
                 tracing::warn!(peer = %self.peer, "cross-site request refused");
             }
-            return Err(endpoints::json_response(
-                403,
-                serde_json::json!({"error": "cross_site"}),
-            ));
-        }
-        Ok(())
+            denied.response(head)
+        })
     }
 
     fn on_upgrade(
@@ -914,39 +896,6 @@ fn reply_rule(
 ) -> Tagged<Response> {
     enforce(expected, reply, metrics, Dropped::Reply, &peer)
         .unwrap_or_else(|| Tagged::new(expected.clone(), plain(502, "bad gateway\n")))
-}
-
-/// 401 for a request that needs credentials and has none.
-fn unauthenticated() -> Response {
-    let mut r = endpoints::json_response(401, serde_json::json!({"error": "unauthenticated"}));
-    r.headers.push(Header::new(
-        &b"WWW-Authenticate"[..],
-        &b"Bearer realm=\"sigma\""[..],
-    ));
-    r
-}
-
-/// 401 for a bearer token that does not verify (RFC 6750 §3).
-fn invalid_token(reason: &str) -> Response {
-    let mut r = endpoints::json_response(
-        401,
-        serde_json::json!({"error": "invalid_token", "reason": reason}),
-    );
-    r.headers.push(Header::new(
-        &b"WWW-Authenticate"[..],
-        &b"Bearer realm=\"sigma\", error=\"invalid_token\""[..],
-    ));
-    r
-}
-
-/// A browser navigation (it gets the login page rather than a bare 401).
-fn wants_html(head: &RequestHead) -> bool {
-    matches!(head.method, Method::Get | Method::Head)
-        && head.header("accept").is_some_and(|h| {
-            h.value
-                .windows(9)
-                .any(|w| w.eq_ignore_ascii_case(b"text/html"))
-        })
 }
 
 /// The declared `Content-Length` goes over the route's `max_body`: the

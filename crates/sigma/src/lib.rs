@@ -26,7 +26,9 @@
     )
 )]
 
-pub mod auth;
+/// `A`, the identity stage, now its own crate (`crates/sigma-auth`); this
+/// path is kept for the rest of the tree.
+pub use sigma_auth as auth;
 /// Bounded reads of the files the config names, now in `sigma-core`.
 pub use sigma_core::namedfile;
 /// The destinations, now their own crate (`crates/sigma-dest`); these

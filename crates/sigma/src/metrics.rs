@@ -271,6 +271,19 @@ impl sigma_core::ReplyAudit for Metrics {
     }
 }
 
+/// Where `A` (and any stage given it) counts refusals:
+/// `sigma_rejections_total{reason=…}`, warnings at most
+/// [`LOGS_PER_SECOND`].
+impl sigma_core::Rejects for Metrics {
+    fn reject(&self, reason: &'static str) {
+        Metrics::reject(self, reason);
+    }
+
+    fn may_log(&self) -> bool {
+        Metrics::may_log(self)
+    }
+}
+
 /// Increments a counter.
 pub fn inc(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);

@@ -53,7 +53,7 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
     let auth = Arc::new(Auth::new(
         Arc::clone(&store),
         &config.auth,
-        Arc::clone(&metrics),
+        Arc::clone(&metrics) as Arc<dyn sigma_core::Rejects>,
     )?);
     tokio::spawn(purge_sessions(Arc::clone(&store)));
     tokio::spawn(sweep_sessions(Arc::clone(&auth)));

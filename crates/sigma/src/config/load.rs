@@ -390,7 +390,7 @@ fn resolve(file: ConfigFile, sources: &Sources<'_>) -> Result<Config, ConfigErro
         .http
         .into_limits(file.websocket.into_limits(write_timeout));
     let invalid = |(path, message)| sources.error(path, ConfigErrorKind::Invalid { message });
-    file.auth.check().map_err(invalid)?;
+    super::auth::check(&file.auth).map_err(invalid)?;
     let broadcast = file
         .broadcast
         .resolve(limits.ws.max_outbound)

@@ -42,9 +42,9 @@
 
 mod auth;
 // The destinations' own tables (config points down to them).
+use sigma_core::de;
 use sigma_dest::broadcast::config as broadcast;
 use sigma_dest::db::config as db;
-mod de;
 mod error;
 mod keypath;
 mod limits;

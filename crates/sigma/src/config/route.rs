@@ -88,18 +88,8 @@ pub enum Destination {
     Inspect,
 }
 
-/// Who may use a route (DESIGN §4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AuthLevel {
-    /// Only authenticated users; browsers are redirected to `/login`.
-    Required,
-    /// Anyone; the identity is attached when there is one.
-    #[default]
-    Optional,
-    /// Anyone; forwarded with identity `null`.
-    None,
-}
+/// Who may use a route (DESIGN §4): A's vocabulary, in `sigma-auth`.
+pub use sigma_auth::config::AuthLevel;
 
 /// The route table used when the config has no `[[route]]` at all
 /// (`route = []` means no routes).
@@ -255,16 +245,6 @@ impl fmt::Display for Destination {
             #[cfg(feature = "test-destinations")]
             Destination::Inspect => write!(f, "&inspect"),
         }
-    }
-}
-
-impl fmt::Display for AuthLevel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            AuthLevel::Required => "required",
-            AuthLevel::Optional => "optional",
-            AuthLevel::None => "none",
-        })
     }
 }
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Generates the JWT test vectors for sigma with an independent implementation.
 
-Where it sits: `A` (crates/sigma/src/auth/jwt.rs) verifies bearer tokens;
+Where it sits: `A` (crates/sigma-auth/src/jwt.rs) verifies bearer tokens;
 crates/sigma/tests/jwt.rs replays the tokens written here and asserts the
 exact `JwtError` for each. This script is NOT run by the tests: its output
 (keys and vectors.json, all test-only) is committed. Re-run it only to

@@ -73,7 +73,7 @@ pub enum JwtConfigErrorKind {
     /// `jwks_url` is not an `https` URL (or `http` to loopback).
     BadJwksUrl,
     /// The key file cannot be read (missing, not a regular file, larger
-    /// than [`crate::namedfile::MAX_NAMED_FILE`]).
+    /// than [`sigma_core::namedfile::MAX_NAMED_FILE`]).
     Io {
         /// The file.
         path: PathBuf,
@@ -101,7 +101,7 @@ impl fmt::Display for JwtConfigError {
             JwtConfigErrorKind::BadJwksUrl => {
                 f.write_str("jwks_url must be https (or http to a loopback host)")
             }
-            // `error` names the file ([`crate::namedfile::NamedFileError`]).
+            // `error` names the file ([`sigma_core::namedfile::NamedFileError`]).
             JwtConfigErrorKind::Io { error, .. } => write!(f, "key_file: {error}"),
             JwtConfigErrorKind::Key(e) => write!(f, "{e}"),
             JwtConfigErrorKind::DuplicateIssuer => f.write_str("issuer configured twice"),
@@ -136,7 +136,7 @@ impl JwtIssuerConfig {
             (None, Some(_)) if self.algorithm == JwtAlgorithm::Hs256 => {
                 err(JwtConfigErrorKind::HmacFromJwks)
             }
-            (None, Some(url)) if !crate::auth::oauth::config::url_ok(url) => {
+            (None, Some(url)) if !crate::oauth::config::url_ok(url) => {
                 err(JwtConfigErrorKind::BadJwksUrl)
             }
             _ => Ok(()),
@@ -160,7 +160,7 @@ impl ExternalIssuer {
         cfg.validate()?;
         match &cfg.key_file {
             Some(path) => {
-                let bytes = crate::namedfile::read(path).map_err(|e| JwtConfigError {
+                let bytes = sigma_core::namedfile::read(path).map_err(|e| JwtConfigError {
                     issuer: cfg.issuer.clone(),
                     kind: JwtConfigErrorKind::Io {
                         path: path.clone(),

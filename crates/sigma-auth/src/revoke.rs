@@ -23,8 +23,8 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 
-use crate::route::WsCloser;
-use crate::store::SessionId;
+use sigma_core::WsCloser;
+use sigma_store::SessionId;
 
 /// A session's public name: a keyed hash of its id (the id is the cookie,
 /// a secret; the handle is not, and does not reveal the id). It is the
@@ -230,8 +230,8 @@ fn revoke_all(sockets: &[(u64, WsCloser)]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::route::{ws_push_queue, Pushed, WsReceiver};
     use proptest::prelude::*;
+    use sigma_core::{ws_push_queue, Pushed, WsReceiver};
 
     fn socket() -> (WsCloser, WsReceiver) {
         let (tx, rx) = ws_push_queue();
@@ -268,7 +268,7 @@ mod tests {
         let (tx, mut rx) = ws_push_queue();
         let _r = reg.register(handle(1), &id(1), "alice", tx.closer());
         // Something already queued does not get out before the close.
-        tx.push(crate::auth::Tagged::new(
+        tx.push(crate::Tagged::new(
             None,
             sigma_http::WsMessage::Text("queued".into()),
         ))

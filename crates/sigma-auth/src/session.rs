@@ -9,9 +9,13 @@
 //! The cookie carries only an opaque 256-bit id; the record (user, created,
 //! last seen, absolute expiry) lives in the store, so restarts keep users
 //! logged in and logout is real. Lookups hit an in-memory cache first (the
-//! hot path: one read lock and a hash probe); a miss reads the store once
-//! and caches the live session. Unknown ids are never cached, so random
-//! cookies cannot grow memory. `last_seen` is kept in memory and written
+//! hot path: one read lock and a hash probe); a miss reads the store once,
+//! off the executor (`block_in_place` on the multi-threaded runtime, so
+//! the worker's other connections move on while redb reads), and caches
+//! the live session. An id the store does not know is remembered in a
+//! bounded negative cache ([`MAX_UNKNOWN`] ids, then forgotten at once),
+//! so a client repeating a bogus cookie costs a hash probe, and a flood of
+//! random cookies costs bounded memory. `last_seen` is kept in memory and written
 //! back at most once per [`TOUCH_PERSIST_INTERVAL`], without an fsync.
 //! A session opened through an OAuth provider that is no longer configured
 //! is no session (and is deleted): removing a provider logs its users out.
@@ -43,10 +47,10 @@ use cookie::{Cookie, SameSite};
 use sha2::{Digest as _, Sha256};
 use sigma_http::Header;
 
-use crate::auth::revoke::{Registration, SessionHandle, Sockets};
-use crate::auth::{Identity, Provider};
-use crate::route::WsCloser;
-use crate::store::{SessionId, SessionRecord, Store, StoreError};
+use crate::revoke::{Registration, SessionHandle, Sockets};
+use crate::{Identity, Provider};
+use sigma_core::WsCloser;
+use sigma_store::{SessionId, SessionRecord, Store, StoreError};
 
 /// The session cookie's name.
 pub const COOKIE_NAME: &str = "sigma_session";
@@ -63,6 +67,11 @@ const MAX_CACHED: usize = 100_000;
 /// Most handles of ended sessions remembered; past it, they are forgotten
 /// (a token of one then costs one store read again, and is refused).
 const MAX_DEAD: usize = 100_000;
+
+/// Most unknown session ids remembered (the negative cache of cookies);
+/// past it, they are all forgotten (each then costs one store read
+/// again, and is refused).
+pub const MAX_UNKNOWN: usize = 16_384;
 
 /// How often the server looks for expired sessions that still have open
 /// sockets ([`Sessions::sweep`]): sockets close within this (plus the
@@ -87,6 +96,8 @@ struct Cache {
     by_handle: HashMap<SessionHandle, SessionId>,
     /// Handles of sessions that ended (the negative cache of tokens).
     dead: HashSet<SessionHandle>,
+    /// Ids the store did not know (the negative cache of cookies).
+    unknown: HashSet<SessionId>,
 }
 
 impl Cache {
@@ -94,6 +105,13 @@ impl Cache {
         let live = self.live.remove(id)?;
         self.by_handle.remove(&live.handle);
         Some(live)
+    }
+
+    fn forget_unknown(&mut self, id: SessionId) {
+        if self.unknown.len() >= MAX_UNKNOWN {
+            self.unknown.clear();
+        }
+        self.unknown.insert(id);
     }
 
     fn bury(&mut self, handle: SessionHandle) {
@@ -224,9 +242,7 @@ impl Sessions {
             None => {
                 // Not cached (a restart, or the cache was cleared): the
                 // session is among its user's in the store, or gone.
-                let found = self
-                    .store
-                    .sessions_of_user(user)
+                let found = off_executor(|| self.store.sessions_of_user(user))
                     .ok()
                     .and_then(|ids| ids.into_iter().find(|id| self.handle(id) == *handle));
                 match found {
@@ -249,10 +265,26 @@ impl Sessions {
     /// The cached session `id`, reading the store on a miss. A session
     /// that ended meanwhile (its handle is dead) is not cached again.
     fn live(&self, id: &SessionId) -> Option<Arc<Live>> {
-        if let Some(live) = self.cache.read().ok().and_then(|c| c.live.get(id).cloned()) {
-            return Some(live);
+        {
+            let c = self.cache.read().ok()?;
+            if let Some(live) = c.live.get(id) {
+                return Some(Arc::clone(live));
+            }
+            if c.unknown.contains(id) {
+                return None;
+            }
         }
-        let record = self.store.session_get(id).ok().flatten()?;
+        let record = match off_executor(|| self.store.session_get(id)) {
+            Ok(Some(record)) => record,
+            Ok(None) => {
+                if let Ok(mut c) = self.cache.write() {
+                    c.forget_unknown(id.clone());
+                }
+                return None;
+            }
+            // A store error is not "unknown": the next request asks again.
+            Err(_) => return None,
+        };
         let Some(identity) = identity_of(&record, &self.oauth_providers) else {
             // Opened through a provider that is gone from the
             // configuration (or an unknown kind): no session.
@@ -353,6 +385,10 @@ impl Sessions {
             expires: now.saturating_add(self.lifetime),
         };
         self.store.session_put(&id, &record, true)?;
+        // A fresh 256-bit id is not in the negative cache; make sure.
+        if let Ok(mut c) = self.cache.write() {
+            c.unknown.remove(&id);
+        }
         Ok(id)
     }
 
@@ -425,6 +461,20 @@ impl Sessions {
 /// `oauth:<name>` of a configured provider. Anything else (a provider
 /// removed from the configuration, an unknown kind) is no identity, and
 /// never taken for a password login.
+/// Runs a blocking store read without stalling the executor: on the
+/// multi-threaded runtime the worker hands its other tasks to another
+/// thread for the duration (`block_in_place`); elsewhere (a
+/// current-thread runtime, no runtime) it just runs.
+fn off_executor<T>(read: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(rt) if rt.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(read)
+        }
+        _ => read(),
+    }
+}
+
 fn identity_of(record: &SessionRecord, oauth_providers: &BTreeSet<String>) -> Option<Identity> {
     let provider = match record.provider.strip_prefix("oauth:") {
         Some(name) if oauth_providers.contains(name) => Provider::OAuth(name.to_owned()),
@@ -464,8 +514,8 @@ pub fn session_cookie(headers: &[Header]) -> Option<SessionId> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::route::{ws_push_queue, WsReceiver};
-    use crate::store::{RedbStore, UserRecord, UserStore};
+    use sigma_core::{ws_push_queue, WsReceiver};
+    use sigma_store::{RedbStore, UserRecord, UserStore};
 
     const IDLE: u64 = 10_000;
     const LIFE: u64 = 60_000;
@@ -496,6 +546,48 @@ mod tests {
     fn socket(s: &Sessions, id: &SessionId, user: &str) -> (Registration, WsReceiver) {
         let (tx, rx) = ws_push_queue();
         (s.register_socket(id, user, tx.closer()), rx)
+    }
+
+    #[test]
+    fn unknown_ids_are_negatively_cached_and_bounded() {
+        let store = store();
+        let s = sessions(&store);
+        let id = SessionId::generate().unwrap();
+        assert!(s.lookup(&id, 1).is_none());
+        // The store learns the id behind A's back: A does not read the
+        // store for it again (it is remembered as unknown).
+        let record = SessionRecord {
+            user: "alice".into(),
+            provider: Provider::Password.to_string(),
+            created: 1,
+            last_seen: 1,
+            expires: LIFE,
+        };
+        store.session_put(&id, &record, false).unwrap();
+        assert!(s.lookup(&id, 2).is_none());
+        // A session A creates itself is found at once.
+        let made = s.create("alice", &Provider::Password, 3).unwrap();
+        assert_eq!(s.lookup(&made, 4).unwrap().user, "alice");
+        // A flood of random cookies keeps the negative cache bounded.
+        for _ in 0..MAX_UNKNOWN + 10 {
+            assert!(s.lookup(&SessionId::generate().unwrap(), 5).is_none());
+        }
+        let unknown = s.cache.read().unwrap().unknown.len();
+        assert!(unknown <= MAX_UNKNOWN, "{unknown}");
+        // Forgotten with the rest: the record is found now.
+        assert_eq!(s.lookup(&id, 6).unwrap().user, "alice");
+    }
+
+    /// A store read on the multi-threaded runtime runs in place, off the
+    /// executor's other tasks, and answers like any other.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cache_miss_reads_the_store_on_the_multi_threaded_runtime() {
+        let store = store();
+        let s = sessions(&store);
+        let id = s.create("bob", &Provider::Password, 1).unwrap();
+        let fresh = sessions(&store);
+        assert_eq!(fresh.lookup(&id, 2).unwrap().user, "bob");
+        assert!(fresh.lookup(&SessionId::generate().unwrap(), 2).is_none());
     }
 
     #[test]

@@ -13,7 +13,25 @@
 //! the gate and the rule are already in the pipeline. It also strips
 //! client-supplied identity headers (`X-Sigma-*`, any spelling) so no
 //! destination can be fooled by them.
+//!
+//! This crate is `A` as a stage of its own (the `sigma-auth` crate of
+//! DESIGN §11): it sits above `sigma-core` and `sigma-store` and below the
+//! `sigma` shell, which builds it from `[auth]` ([`config::AuthConfig`])
+//! and hands it a [`Rejects`] (its metrics) to count refusals. No
+//! destination imports it.
 
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
+pub mod admit;
+pub mod config;
 pub mod endpoints;
 pub mod jwt;
 pub mod oauth;
@@ -31,12 +49,14 @@ use sigma_core::{Clock, SystemClock};
 use sigma_http::RequestHead;
 
 use crate::config::{AuthConfig, Cidr};
-use crate::metrics::Metrics;
-use crate::store::{SessionId, Store};
 use session::Sessions;
 
+pub use admit::{admit, authorize, Denied, RouteAccess};
+use sigma_core::Rejects;
+use sigma_store::{SessionId, Store};
+
 // The identity values and the reply rule live in `sigma-core`;
-// re-exported here so `crate::auth::…` paths keep working.
+// re-exported here so `sigma::auth::…` paths keep working.
 pub use sigma_core::identity::{
     is_identity_header, strip_identity_headers, tag_request, Identity, IdentityMismatch, Principal,
     Provider, Tagged,
@@ -146,7 +166,7 @@ pub struct Auth {
     passwords: password::Verifier,
     throttle: throttle::Throttle,
     config: AuthConfig,
-    metrics: Arc<Metrics>,
+    metrics: Arc<dyn Rejects>,
     /// Where `A` reads the time (a fake one in tests).
     clock: Arc<dyn Clock>,
     /// sigma's own token issuer.
@@ -168,7 +188,7 @@ pub const OWN_ISSUER: &str = "sigma";
 #[derive(Debug)]
 pub enum AuthSetupError {
     /// The token key could not be read or created in the store.
-    Store(crate::store::StoreError),
+    Store(sigma_store::StoreError),
     /// The stored token key is not 32 bytes.
     BadKey,
     /// An `[[auth.jwt]]` table cannot be used.
@@ -202,7 +222,7 @@ impl Auth {
     pub fn new(
         store: Arc<dyn Store>,
         config: &AuthConfig,
-        metrics: Arc<Metrics>,
+        metrics: Arc<dyn Rejects>,
     ) -> Result<Self, AuthSetupError> {
         let seed = store
             .secret("jwt-ed25519-seed", 32)
@@ -444,44 +464,6 @@ pub fn unix_now() -> u64 {
 /// Milliseconds since the Unix epoch (the wall clock of sessions).
 pub use sigma_core::clock::unix_now_ms;
 
-/// Why `A` refuses a request for a route.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Denied {
-    /// The route needs an identity and the connection has none (401).
-    Unauthenticated,
-    /// The identity is not on the route's allow-list (403).
-    Forbidden,
-}
-
-impl Denied {
-    /// The HTTP status for this refusal.
-    pub fn status(self) -> u16 {
-        match self {
-            Self::Unauthenticated => 401,
-            Self::Forbidden => 403,
-        }
-    }
-}
-
-/// Route access (DESIGN §4): `required` needs an identity, `users` limits
-/// which; `optional` and `none` let anyone through.
-pub fn authorize(
-    identity: &Principal,
-    level: crate::config::AuthLevel,
-    users: Option<&[String]>,
-) -> Result<(), Denied> {
-    use crate::config::AuthLevel;
-    let needs_identity = level == AuthLevel::Required || users.is_some();
-    match identity {
-        None if needs_identity => Err(Denied::Unauthenticated),
-        Some(id) => match users {
-            Some(list) if !list.iter().any(|u| u == &id.user) => Err(Denied::Forbidden),
-            _ => Ok(()),
-        },
-        None => Ok(()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -501,46 +483,24 @@ mod tests {
         assert!(cookies_secure(&c));
     }
 
-    #[test]
-    fn route_access() {
-        use crate::config::AuthLevel;
-        let alice = Some(Arc::new(Identity {
-            user: "alice".into(),
-            provider: Provider::Password,
-            world: None,
-        }));
-        let users = vec!["bob".to_string()];
-        assert_eq!(
-            authorize(&None, AuthLevel::Required, None),
-            Err(Denied::Unauthenticated)
-        );
-        assert_eq!(authorize(&None, AuthLevel::Optional, None), Ok(()));
-        assert_eq!(authorize(&None, AuthLevel::None, None), Ok(()));
-        assert_eq!(authorize(&alice, AuthLevel::Required, None), Ok(()));
-        assert_eq!(
-            authorize(&alice, AuthLevel::Required, Some(&users)),
-            Err(Denied::Forbidden)
-        );
-        assert_eq!(
-            authorize(&None, AuthLevel::Optional, Some(&users)),
-            Err(Denied::Unauthenticated)
-        );
-    }
-
     /// Session expiry on a fake clock: used within the idle timeout the
     /// cookie holds; idle for the timeout it is anonymous. No sleeping.
     #[test]
     fn a_session_expires_on_the_clock_it_is_read_from() {
         use sigma_core::FakeClock;
-        let store: Arc<dyn Store> = Arc::new(crate::store::RedbStore::in_memory().unwrap());
+        let store: Arc<dyn Store> = Arc::new(sigma_store::RedbStore::in_memory().unwrap());
         let config = AuthConfig {
             session_idle_timeout: std::time::Duration::from_secs(60),
             ..AuthConfig::default()
         };
         let clock = Arc::new(FakeClock::default());
-        let auth = Auth::new(store, &config, Arc::new(Metrics::default()))
-            .unwrap()
-            .with_clock(Arc::clone(&clock) as Arc<dyn Clock>);
+        let auth = Auth::new(
+            store,
+            &config,
+            Arc::new(sigma_core::RejectCounts::default()),
+        )
+        .unwrap()
+        .with_clock(Arc::clone(&clock) as Arc<dyn Clock>);
         let id = auth
             .sessions
             .create("alice", &Provider::Password, auth.clock().unix_ms())

@@ -63,7 +63,7 @@ use self::provider_http::{http_client, read_limited, ProviderHttp};
 use self::state::{LoginState, StateError, STATE_COOKIE, STATE_TTL_SECS};
 use super::endpoints::{html_escape, query_param, safe_next, Call};
 use super::{unix_now, unix_now_ms, Auth, Provider, Tagged, Via};
-use crate::route::Handled;
+use sigma_core::Handled;
 
 /// Shortest time between two JWKS refetches of one provider caused by an
 /// unknown `kid`, seconds.
@@ -153,7 +153,7 @@ impl OAuth {
             let secret = match (&cfg.client_secret, &cfg.client_secret_file) {
                 (Some(s), _) => Some(s.clone()),
                 (None, Some(path)) => {
-                    let s = crate::namedfile::read_to_string(path).map_err(|e| {
+                    let s = sigma_core::namedfile::read_to_string(path).map_err(|e| {
                         OAuthSetupError(format!("auth.oauth.{name}.client_secret_file: {e}"))
                     })?;
                     let s = s.strip_suffix('\n').unwrap_or(&s);
@@ -606,7 +606,7 @@ fn unavailable(e: &str) -> Failure {
 
 fn random_token(bytes: usize) -> Result<String, Failure> {
     let mut b = vec![0u8; bytes];
-    crate::store::random_bytes(&mut b)
+    sigma_store::random_bytes(&mut b)
         .map_err(|_| Failure::new(503, "oauth_internal", "Sign-in is unavailable right now."))?;
     Ok(URL_SAFE_NO_PAD.encode(b))
 }
@@ -670,7 +670,7 @@ async fn login(oauth: &OAuth, p: &ProviderRt, next: String) -> Result<Response, 
         expires: now.saturating_add(STATE_TTL_SECS),
     };
     let mut seal_nonce = [0u8; 24];
-    crate::store::random_bytes(&mut seal_nonce)
+    sigma_store::random_bytes(&mut seal_nonce)
         .map_err(|_| Failure::new(503, "oauth_internal", "Sign-in is unavailable right now."))?;
     let sealed = state::seal(&oauth.key, &p.name, &login, seal_nonce)
         .map_err(|_| Failure::new(503, "oauth_internal", "Sign-in is unavailable right now."))?;
@@ -757,7 +757,7 @@ async fn callback(
     p: &ProviderRt,
     q: Callback,
     cookie: Option<String>,
-    old: Option<crate::store::SessionId>,
+    old: Option<sigma_store::SessionId>,
     client_ip: std::net::IpAddr,
 ) -> Result<Response, Failure> {
     if let Some(err) = q.error.as_deref() {

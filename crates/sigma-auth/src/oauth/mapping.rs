@@ -112,7 +112,7 @@ pub fn map_user(cfg: &OAuthProviderConfig, user: &ProviderUser) -> Result<String
     if is_email && !verified.contains(&name) {
         return Err(MapError::UnverifiedEmail);
     }
-    if !crate::store::valid_user_name(&name) {
+    if !sigma_store::valid_user_name(&name) {
         return Err(MapError::InvalidName);
     }
     if !cfg.allowed_domains.is_empty() {

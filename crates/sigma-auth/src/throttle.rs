@@ -245,7 +245,7 @@ impl Throttle {
 /// share it; every name that cannot exist shares one key (such names never
 /// log in, and the key stays small).
 fn user_key(user: &str) -> String {
-    if crate::store::valid_user_name(user) {
+    if sigma_store::valid_user_name(user) {
         user.to_ascii_lowercase()
     } else {
         String::new()

@@ -21,11 +21,11 @@ use serde_json::json;
 use sigma_http::{Header, Method, Response};
 
 use super::{origin, Auth, Principal, Provider, TokenRefused, Via};
-use crate::auth::Tagged;
-use crate::route::{Handled, HttpRequest};
+use crate::Tagged;
+use sigma_core::{Handled, HttpRequest};
 
 /// The bundled login page.
-const LOGIN_PAGE: &str = include_str!("../../assets/login.html");
+const LOGIN_PAGE: &str = include_str!("../assets/login.html");
 
 /// `Retry-After` of a login refused because the Argon2 queue is full.
 const QUEUE_FULL_RETRY_SECS: u64 = 1;
@@ -172,7 +172,7 @@ fn login(auth: &Arc<Auth>, call: &Call<'_>) -> Handled {
         _ => None,
     };
     Handled::Later(Box::pin(async move {
-        let phc = if crate::store::valid_user_name(&creds.user) {
+        let phc = if sigma_store::valid_user_name(&creds.user) {
             auth.store
                 .user_get(&creds.user)
                 .ok()

@@ -37,7 +37,7 @@ pub struct Claims {
     /// Issued at, seconds since the Unix epoch.
     pub iat: Option<u64>,
     /// The login session a token of sigma's belongs to (a
-    /// [`crate::auth::revoke::SessionHandle`], never the session id): the
+    /// [`crate::revoke::SessionHandle`], never the session id): the
     /// token dies with the session.
     pub sid: Option<String>,
 }

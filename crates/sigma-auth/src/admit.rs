@@ -1,0 +1,256 @@
+//! `A`'s admission of a request to a route, the step between the router's
+//! lookup and the destination in T → H → A → router → destination: who
+//! may use the route (`auth = required | optional | none`, the `users`
+//! allow-list) and, for cookie-authenticated unsafe methods and WebSocket
+//! upgrades, that the request is not cross-site ([`crate::origin`]).
+//!
+//! [`admit`] decides; [`Denied::response`] is the answer a refusal gets
+//! (401, or a redirect to `/login` for a browser navigation; 403). The
+//! dispatcher calls [`crate::Auth::admit`] once per request, after the
+//! route is found and before the destination sees anything.
+
+use sigma_http::{Header, Method, RequestHead, Response};
+
+use crate::config::AuthLevel;
+use crate::endpoints::{json_response, redirect};
+use crate::{origin, Principal, Via};
+
+/// A route's access rule: its level and its allow-list of users.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteAccess<'a> {
+    /// Who may use the route (`auth`).
+    pub level: AuthLevel,
+    /// If set, only these users (`users`).
+    pub users: Option<&'a [String]>,
+}
+
+/// Why `A` refuses a request for a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denied {
+    /// The route needs an identity and the connection has none (401).
+    Unauthenticated,
+    /// The identity is not on the route's allow-list (403).
+    Forbidden,
+    /// A cookie-authenticated unsafe request or upgrade from another
+    /// site (403).
+    CrossSite,
+}
+
+impl Denied {
+    /// The HTTP status for this refusal.
+    pub fn status(self) -> u16 {
+        match self {
+            Self::Unauthenticated => 401,
+            Self::Forbidden | Self::CrossSite => 403,
+        }
+    }
+
+    /// The answer to `head` refused for this reason: a browser navigation
+    /// that needs a login is sent to `/login?next=<target>`, any other
+    /// client gets 401 with `WWW-Authenticate`; 403 with a JSON reason.
+    pub fn response(self, head: &RequestHead) -> Response {
+        match self {
+            Self::Unauthenticated if wants_html(head) => {
+                let next = String::from_utf8_lossy(&head.target).into_owned();
+                let to = format!(
+                    "/login?next={}",
+                    form_urlencoded::byte_serialize(next.as_bytes()).collect::<String>()
+                );
+                redirect(&to)
+            }
+            Self::Unauthenticated => unauthenticated(),
+            Self::Forbidden => json_response(403, serde_json::json!({"error": "forbidden"})),
+            Self::CrossSite => json_response(403, serde_json::json!({"error": "cross_site"})),
+        }
+    }
+}
+
+/// Route access (DESIGN §4): `required` needs an identity, `users` limits
+/// which; `optional` and `none` let anyone through.
+pub fn authorize(
+    identity: &Principal,
+    level: AuthLevel,
+    users: Option<&[String]>,
+) -> Result<(), Denied> {
+    let needs_identity = level == AuthLevel::Required || users.is_some();
+    match identity {
+        None if needs_identity => Err(Denied::Unauthenticated),
+        Some(id) => match users {
+            Some(list) if !list.iter().any(|u| u == &id.user) => Err(Denied::Forbidden),
+            _ => Ok(()),
+        },
+        None => Ok(()),
+    }
+}
+
+/// Whether `head`, from `identity` authenticated `via`, may use a route
+/// with `access`: [`authorize`] first, then the cross-site check for a
+/// cookie-authenticated unsafe method or WebSocket upgrade (origins in
+/// `allowed_origins` pass besides sigma's own).
+pub fn admit(
+    access: RouteAccess<'_>,
+    identity: &Principal,
+    via: &Via,
+    head: &RequestHead,
+    allowed_origins: &[String],
+) -> Result<(), Denied> {
+    authorize(identity, access.level, access.users)?;
+    let cookie = matches!(via, Via::Cookie(_));
+    let checked = head.websocket.is_some() || origin::is_unsafe(head.method);
+    if cookie && checked && origin::check(head, allowed_origins).is_err() {
+        return Err(Denied::CrossSite);
+    }
+    Ok(())
+}
+
+impl crate::Auth {
+    /// [`admit`] with this `A`'s allowed origins; a cross-site refusal is
+    /// counted (`cross_site`).
+    pub fn admit(
+        &self,
+        access: RouteAccess<'_>,
+        identity: &Principal,
+        via: &Via,
+        head: &RequestHead,
+    ) -> Result<(), Denied> {
+        let verdict = admit(access, identity, via, head, self.allowed_origins());
+        if verdict == Err(Denied::CrossSite) {
+            self.metrics.reject("cross_site");
+        }
+        verdict
+    }
+
+    /// Whether a refusal may be logged now (rate-limited).
+    pub fn may_log(&self) -> bool {
+        self.metrics.may_log()
+    }
+}
+
+/// 401 for a request that needs credentials and has none.
+pub fn unauthenticated() -> Response {
+    let mut r = json_response(401, serde_json::json!({"error": "unauthenticated"}));
+    r.headers.push(Header::new(
+        &b"WWW-Authenticate"[..],
+        &b"Bearer realm=\"sigma\""[..],
+    ));
+    r
+}
+
+/// 401 for a bearer token that does not verify (RFC 6750 §3).
+pub fn invalid_token(reason: &str) -> Response {
+    let mut r = json_response(
+        401,
+        serde_json::json!({"error": "invalid_token", "reason": reason}),
+    );
+    r.headers.push(Header::new(
+        &b"WWW-Authenticate"[..],
+        &b"Bearer realm=\"sigma\", error=\"invalid_token\""[..],
+    ));
+    r
+}
+
+/// A browser navigation (it gets the login page rather than a bare 401).
+fn wants_html(head: &RequestHead) -> bool {
+    matches!(head.method, Method::Get | Method::Head)
+        && head.header("accept").is_some_and(|h| {
+            h.value
+                .windows(9)
+                .any(|w| w.eq_ignore_ascii_case(b"text/html"))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Identity, Provider};
+    use sigma_store::SessionId;
+    use std::sync::Arc;
+
+    fn head(method: Method, headers: &[(&str, &str)]) -> RequestHead {
+        RequestHead {
+            method,
+            target: bytes::Bytes::from_static(b"/app?x=1"),
+            version: sigma_http::Version::Http11,
+            headers: headers
+                .iter()
+                .map(|(k, v)| Header::new(k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+                .collect(),
+            keep_alive: true,
+            websocket: None,
+        }
+    }
+
+    #[test]
+    fn route_access() {
+        let alice = Some(Arc::new(Identity {
+            user: "alice".into(),
+            provider: Provider::Password,
+            world: None,
+        }));
+        let users = vec!["bob".to_string()];
+        assert_eq!(
+            authorize(&None, AuthLevel::Required, None),
+            Err(Denied::Unauthenticated)
+        );
+        assert_eq!(authorize(&None, AuthLevel::Optional, None), Ok(()));
+        assert_eq!(authorize(&None, AuthLevel::None, None), Ok(()));
+        assert_eq!(authorize(&alice, AuthLevel::Required, None), Ok(()));
+        assert_eq!(
+            authorize(&alice, AuthLevel::Required, Some(&users)),
+            Err(Denied::Forbidden)
+        );
+        assert_eq!(
+            authorize(&None, AuthLevel::Optional, Some(&users)),
+            Err(Denied::Unauthenticated)
+        );
+    }
+
+    #[test]
+    fn cookie_authenticated_unsafe_requests_must_be_same_site() {
+        let alice = Some(Arc::new(Identity {
+            user: "alice".into(),
+            provider: Provider::Password,
+            world: None,
+        }));
+        let open = RouteAccess {
+            level: AuthLevel::Optional,
+            users: None,
+        };
+        let cookie = Via::Cookie(SessionId::generate().unwrap());
+        let foreign = [("host", "sigma.test"), ("origin", "https://evil.test")];
+        let post = head(Method::Post, &foreign);
+        assert_eq!(
+            admit(open, &alice, &cookie, &post, &[]),
+            Err(Denied::CrossSite)
+        );
+        // An allowed origin passes; a bearer token is never checked.
+        assert_eq!(
+            admit(open, &alice, &cookie, &post, &["https://evil.test".into()]),
+            Ok(())
+        );
+        assert_eq!(admit(open, &alice, &Via::Bearer, &post, &[]), Ok(()));
+        // Safe methods are not checked; the same site passes.
+        let get = head(Method::Get, &foreign);
+        assert_eq!(admit(open, &alice, &cookie, &get, &[]), Ok(()));
+        let same = head(
+            Method::Post,
+            &[("host", "sigma.test"), ("origin", "http://sigma.test")],
+        );
+        assert_eq!(admit(open, &alice, &cookie, &same, &[]), Ok(()));
+    }
+
+    #[test]
+    fn refusals_answer_browsers_with_the_login_page() {
+        let browser = head(Method::Get, &[("accept", "text/html,*/*")]);
+        let r = Denied::Unauthenticated.response(&browser);
+        assert_eq!(r.status, 303);
+        let loc = r.headers.iter().find(|h| h.is("location")).unwrap();
+        assert_eq!(&loc.value[..], b"/login?next=%2Fapp%3Fx%3D1");
+        let api = head(Method::Get, &[("accept", "application/json")]);
+        let r = Denied::Unauthenticated.response(&api);
+        assert_eq!(r.status, 401);
+        assert!(r.headers.iter().any(|h| h.is("www-authenticate")));
+        assert_eq!(Denied::Forbidden.response(&api).status, 403);
+        assert_eq!(Denied::CrossSite.response(&api).status, 403);
+    }
+}
