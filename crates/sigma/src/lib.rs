@@ -41,6 +41,7 @@ pub mod dispatch;
 pub mod metrics;
 pub mod parse;
 pub mod pipeline;
+pub mod registry;
 pub mod route;
 pub mod server;
 /// The storage layer, now its own crate (`crates/sigma-store`); this
