@@ -38,6 +38,8 @@ pub mod config;
 pub mod conn;
 
 pub mod dispatch;
+#[cfg(feature = "test-destinations")]
+mod hello;
 pub mod metrics;
 pub mod parse;
 pub mod pipeline;

@@ -21,6 +21,8 @@ pub static REGISTRY: &[&dyn Factory] = &[
     crate::testdest::CROSSED,
     #[cfg(feature = "test-destinations")]
     crate::testdest::INSPECT,
+    #[cfg(feature = "test-destinations")]
+    crate::hello::FACTORY,
 ];
 
 /// The factory of the destination `to` names, if any.
