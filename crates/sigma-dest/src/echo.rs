@@ -53,3 +53,25 @@ impl WsEndpoint for EchoSocket {
         Some(msg)
     }
 }
+
+/// `to = "&echo"`.
+pub const FACTORY: &dyn crate::factory::Factory = &EchoFactory;
+
+struct EchoFactory;
+
+impl crate::factory::Factory for EchoFactory {
+    fn name(&self) -> &'static str {
+        "&echo"
+    }
+
+    fn hosts_worlds(&self) -> bool {
+        true
+    }
+
+    fn build(
+        &self,
+        _: &mut crate::factory::Build<'_, '_>,
+    ) -> Result<std::sync::Arc<dyn Destination>, crate::UnavailableDestination> {
+        Ok(std::sync::Arc::new(Echo))
+    }
+}

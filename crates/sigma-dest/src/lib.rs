@@ -34,6 +34,7 @@
 pub mod broadcast;
 pub mod db;
 pub mod echo;
+pub mod factory;
 pub mod staticfiles;
 pub mod upstream;
 pub mod web;

@@ -606,6 +606,32 @@ fn if_range_holds(head: &RequestHead, etag: &str, last_modified: Option<&str>) -
     }
 }
 
+/// `to = "static:DIR"`.
+pub const FACTORY: &dyn crate::factory::Factory = &StaticFactory;
+
+struct StaticFactory;
+
+impl crate::factory::Factory for StaticFactory {
+    fn name(&self) -> &'static str {
+        "static:"
+    }
+
+    fn matches(&self, to: &str) -> bool {
+        to.starts_with("static:")
+    }
+
+    fn build(
+        &self,
+        cx: &mut crate::factory::Build<'_, '_>,
+    ) -> Result<std::sync::Arc<dyn Destination>, crate::UnavailableDestination> {
+        let dir = cx.to.strip_prefix("static:").unwrap_or(cx.to);
+        Ok(std::sync::Arc::new(StaticFiles::new(
+            cx.path,
+            Path::new(dir),
+        )))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

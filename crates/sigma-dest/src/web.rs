@@ -169,6 +169,24 @@ impl Destination for Web {
     }
 }
 
+/// `to = "&web"`.
+pub const FACTORY: &dyn crate::factory::Factory = &WebFactory;
+
+struct WebFactory;
+
+impl crate::factory::Factory for WebFactory {
+    fn name(&self) -> &'static str {
+        "&web"
+    }
+
+    fn build(
+        &self,
+        cx: &mut crate::factory::Build<'_, '_>,
+    ) -> Result<std::sync::Arc<dyn Destination>, crate::UnavailableDestination> {
+        Ok(std::sync::Arc::new(Web::new(cx.path)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -38,9 +38,12 @@ pub mod config;
 pub mod conn;
 
 pub mod dispatch;
+#[cfg(feature = "test-destinations")]
+mod hello;
 pub mod metrics;
 pub mod parse;
 pub mod pipeline;
+pub mod registry;
 pub mod route;
 pub mod server;
 /// The storage layer, now its own crate (`crates/sigma-store`); this

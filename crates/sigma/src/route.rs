@@ -156,60 +156,39 @@ impl RouteTable {
         let routes: &[RouteConfig] = &config.routes;
         let mut out = Vec::with_capacity(routes.len());
         let db = crate::db::DbService::new(Arc::clone(store), &config.db);
+        let upstream = crate::upstream::Settings::of(&config.limits.ws, dest_context(config));
         // One `&world` service for every route to it (DESIGN §5).
         let mut world: Option<Arc<crate::world::WorldService>> = None;
+        let mut world_slot = || -> Result<Arc<dyn Destination>, UnavailableDestination> {
+            if let Some(w) = &world {
+                return Ok(Arc::clone(w) as Arc<dyn Destination>);
+            }
+            let w = Arc::new(crate::world::WorldService::new(
+                &world_commands(config),
+                &config.worlds,
+                world_credential,
+                Arc::clone(audit),
+            )?);
+            world = Some(Arc::clone(&w));
+            Ok(w)
+        };
         for r in routes {
-            let dest: Arc<dyn Destination> = match &r.to {
-                crate::config::Destination::Echo => Arc::new(crate::echo::Echo),
-                crate::config::Destination::Db => crate::db::Db::destination(
-                    &db,
-                    &r.path,
-                    crate::db::Scope::of(r.shared.as_ref()),
-                ),
-                crate::config::Destination::Broadcast => {
-                    crate::broadcast::destination(&r.path, &config.broadcast)
-                }
-                crate::config::Destination::Upstream(url) => {
-                    crate::upstream::Upstream::destination(
-                        &r.path,
-                        url,
-                        r.proxy.unwrap_or_default(),
-                        crate::upstream::Settings::of(&config.limits.ws, dest_context(config)),
-                    )
-                    .map_err(|e| UnavailableDestination(format!("{url}: {e}")))?
-                }
-                crate::config::Destination::Static(dir) => {
-                    Arc::new(crate::staticfiles::StaticFiles::new(&r.path, dir))
-                }
-                crate::config::Destination::Web => Arc::new(crate::web::Web::new(&r.path)),
-                #[cfg(feature = "test-destinations")]
-                crate::config::Destination::Crossed => {
-                    Arc::new(crate::testdest::Crossed::default())
-                }
-                #[cfg(feature = "test-destinations")]
-                crate::config::Destination::Inspect => Arc::new(crate::testdest::Inspect),
-                crate::config::Destination::World => match &world {
-                    Some(w) => Arc::clone(w) as Arc<dyn Destination>,
-                    None => {
-                        let w = Arc::new(crate::world::WorldService::new(
-                            &world_commands(config),
-                            &config.worlds,
-                            world_credential,
-                            Arc::clone(audit),
-                        )?);
-                        world = Some(Arc::clone(&w));
-                        w
-                    }
-                },
+            let to = r.to.to_string();
+            // Config accepts only a `to` the registry takes.
+            let factory = crate::registry::find(&to)
+                .ok_or_else(|| UnavailableDestination(format!("{to} (not in the registry)")))?;
+            let mut cx = sigma_dest::factory::Build {
+                path: &r.path,
+                to: &to,
+                shared: r.shared.as_ref(),
+                proxy: r.proxy,
+                broadcast: &config.broadcast,
+                db: &db,
+                upstream: &upstream,
+                world: &mut world_slot,
             };
-            // A publish is never larger than this: buffer no more.
-            let max_body = match &r.to {
-                crate::config::Destination::Broadcast => {
-                    let cap = crate::broadcast::publish_body_limit(config.broadcast.max_message);
-                    Some(r.max_body.map_or(cap, |m| m.min(cap)))
-                }
-                _ => r.max_body,
-            };
+            let dest = factory.build(&mut cx)?;
+            let max_body = factory.max_body(&cx, r.max_body);
             out.push(Route {
                 path: r.path.clone(),
                 auth: r.auth,

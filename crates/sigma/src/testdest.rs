@@ -17,6 +17,8 @@ use sigma_core::{
     Answer, Capabilities, Destination, Handled, HttpRequest, Identity, Principal, Provider,
     Request, Tagged, WsEndpoint,
 };
+use sigma_dest::factory::{Build, Factory};
+use sigma_dest::UnavailableDestination;
 use sigma_http::{Header, Response, WsMessage};
 
 use serde_json::json;
@@ -127,4 +129,38 @@ fn inspect(req: Tagged<HttpRequest>) -> Handled {
         body.to_string(),
     );
     Handled::Ready(Tagged::new(req.identity, resp))
+}
+
+/// `to = "&crossed"`.
+pub const CROSSED: &dyn Factory = &CrossedFactory;
+
+struct CrossedFactory;
+
+impl Factory for CrossedFactory {
+    fn name(&self) -> &'static str {
+        "&crossed"
+    }
+
+    fn hosts_worlds(&self) -> bool {
+        true
+    }
+
+    fn build(&self, _: &mut Build<'_, '_>) -> Result<Arc<dyn Destination>, UnavailableDestination> {
+        Ok(Arc::new(Crossed::default()))
+    }
+}
+
+/// `to = "&inspect"`.
+pub const INSPECT: &dyn Factory = &InspectFactory;
+
+struct InspectFactory;
+
+impl Factory for InspectFactory {
+    fn name(&self) -> &'static str {
+        "&inspect"
+    }
+
+    fn build(&self, _: &mut Build<'_, '_>) -> Result<Arc<dyn Destination>, UnavailableDestination> {
+        Ok(Arc::new(Inspect))
+    }
 }

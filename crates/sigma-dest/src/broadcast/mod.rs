@@ -976,6 +976,34 @@ impl WsEndpoint for Socket {
     }
 }
 
+/// `to = "&broadcast"`: a hub per route, with the rules of `[broadcast]`.
+pub const FACTORY: &dyn crate::factory::Factory = &BroadcastFactory;
+
+struct BroadcastFactory;
+
+impl crate::factory::Factory for BroadcastFactory {
+    fn name(&self) -> &'static str {
+        "&broadcast"
+    }
+
+    fn hosts_worlds(&self) -> bool {
+        true
+    }
+
+    /// A publish is never larger than this: buffer no more.
+    fn max_body(&self, cx: &crate::factory::Build<'_, '_>, route: Option<u64>) -> Option<u64> {
+        let cap = publish_body_limit(cx.broadcast.max_message);
+        Some(route.map_or(cap, |m| m.min(cap)))
+    }
+
+    fn build(
+        &self,
+        cx: &mut crate::factory::Build<'_, '_>,
+    ) -> Result<Arc<dyn Destination>, crate::UnavailableDestination> {
+        Ok(destination(cx.path, cx.broadcast))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

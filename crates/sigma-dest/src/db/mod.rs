@@ -404,3 +404,25 @@ fn namespace(identity: &Principal) -> Option<&str> {
 fn text(s: String) -> WsMessage {
     WsMessage::Text(s.into())
 }
+
+/// `to = "&db"`: every `&db` route shares the one [`DbService`].
+pub const FACTORY: &dyn crate::factory::Factory = &DbFactory;
+
+struct DbFactory;
+
+impl crate::factory::Factory for DbFactory {
+    fn name(&self) -> &'static str {
+        "&db"
+    }
+
+    fn hosts_worlds(&self) -> bool {
+        true
+    }
+
+    fn build(
+        &self,
+        cx: &mut crate::factory::Build<'_, '_>,
+    ) -> Result<Arc<dyn Destination>, crate::UnavailableDestination> {
+        Ok(Db::destination(cx.db, cx.path, Scope::of(cx.shared)))
+    }
+}

@@ -509,6 +509,29 @@ impl Upstream {
     }
 }
 
+/// `to = "http://HOST[:PORT][/PATH]"` (validated by config).
+pub const FACTORY: &dyn crate::factory::Factory = &UpstreamFactory;
+
+struct UpstreamFactory;
+
+impl crate::factory::Factory for UpstreamFactory {
+    fn name(&self) -> &'static str {
+        "http://"
+    }
+
+    fn matches(&self, to: &str) -> bool {
+        to.starts_with("http://")
+    }
+
+    fn build(
+        &self,
+        cx: &mut crate::factory::Build<'_, '_>,
+    ) -> Result<Arc<dyn Destination>, crate::UnavailableDestination> {
+        Upstream::destination(cx.path, cx.to, cx.proxy.unwrap_or_default(), *cx.upstream)
+            .map_err(|e| crate::UnavailableDestination(format!("{}: {e}", cx.to)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::{split_url, Settings};

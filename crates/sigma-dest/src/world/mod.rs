@@ -120,3 +120,22 @@ pub fn binding_of(credential: ReadCredential, head: &RequestHead) -> Option<Bind
     }
     Some(h.finalize().into())
 }
+
+/// `to = "&world"`: one [`service::WorldService`] for every route to it,
+/// made by the shell (it knows the world commands and A's credentials).
+pub const FACTORY: &dyn crate::factory::Factory = &WorldFactory;
+
+struct WorldFactory;
+
+impl crate::factory::Factory for WorldFactory {
+    fn name(&self) -> &'static str {
+        "&world"
+    }
+
+    fn build(
+        &self,
+        cx: &mut crate::factory::Build<'_, '_>,
+    ) -> Result<std::sync::Arc<dyn sigma_core::Destination>, crate::UnavailableDestination> {
+        (cx.world)()
+    }
+}

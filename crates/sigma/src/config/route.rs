@@ -77,15 +77,9 @@ pub enum Destination {
     Static(PathBuf),
     /// `&web`: the bundled web page (login, chat, notes; docs/web.md).
     Web,
-    /// `&crossed`: a deliberately mis-wired destination that answers with
-    /// another user's identity, to test the reply rule. Only in builds with
-    /// the `test-destinations` feature.
-    #[cfg(feature = "test-destinations")]
-    Crossed,
-    /// `&inspect`: answers with the identity and headers it received (test
-    /// builds only, like `&crossed`).
-    #[cfg(feature = "test-destinations")]
-    Inspect,
+    /// Any other destination of the registry ([`crate::registry`]),
+    /// by its `to` spelling (`&crossed`, `&inspect` in test builds).
+    Registered(&'static str),
 }
 
 /// Who may use a route (DESIGN §4): A's vocabulary, in `sigma-auth`.
@@ -115,10 +109,9 @@ impl Destination {
     pub fn hosts_worlds(&self) -> bool {
         match self {
             Destination::Echo | Destination::Broadcast | Destination::Db => true,
-            #[cfg(feature = "test-destinations")]
-            Destination::Crossed => true,
-            #[cfg(feature = "test-destinations")]
-            Destination::Inspect => false,
+            Destination::Registered(to) => {
+                crate::registry::find(to).is_some_and(|f| f.hosts_worlds())
+            }
             Destination::World
             | Destination::Upstream(_)
             | Destination::Static(_)
@@ -136,11 +129,10 @@ impl Destination {
                 "db" => Ok(Destination::Db),
                 "world" => Ok(Destination::World),
                 "web" => Ok(Destination::Web),
-                #[cfg(feature = "test-destinations")]
-                "crossed" => Ok(Destination::Crossed),
-                #[cfg(feature = "test-destinations")]
-                "inspect" => Ok(Destination::Inspect),
-                _ => Err(RouteError::UnknownBuiltin(name.to_owned())),
+                _ => match crate::registry::find(to) {
+                    Some(f) => Ok(Destination::Registered(f.name())),
+                    None => Err(RouteError::UnknownBuiltin(name.to_owned())),
+                },
             };
         }
         if let Some(dir) = to.strip_prefix("static:") {
@@ -240,10 +232,7 @@ impl fmt::Display for Destination {
             Destination::Upstream(url) => write!(f, "{url}"),
             Destination::Static(dir) => write!(f, "static:{}", dir.display()),
             Destination::Web => write!(f, "&web"),
-            #[cfg(feature = "test-destinations")]
-            Destination::Crossed => write!(f, "&crossed"),
-            #[cfg(feature = "test-destinations")]
-            Destination::Inspect => write!(f, "&inspect"),
+            Destination::Registered(to) => f.write_str(to),
         }
     }
 }
