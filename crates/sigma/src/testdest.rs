@@ -37,6 +37,8 @@ impl Default for Crossed {
                 user: "mallory".into(),
                 provider: Provider::Password,
                 world: None,
+                session: None,
+                groups: Vec::new(),
             })),
         }
     }

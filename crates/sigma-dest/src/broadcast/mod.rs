@@ -988,6 +988,8 @@ mod tests {
             user: name.into(),
             provider: Provider::Password,
             world: None,
+            session: None,
+            groups: Vec::new(),
         }))
     }
 

@@ -846,6 +846,8 @@ mod tests {
                 user: user.into(),
                 provider: Provider::Password,
                 world: None,
+                session: None,
+                groups: Vec::new(),
             }));
             let (push, rx) = ws_push_queue();
             let upgrade = Upgrade {
