@@ -186,6 +186,8 @@ mod tests {
             user: "alice".into(),
             provider: Provider::Password,
             world: None,
+            session: None,
+            groups: Vec::new(),
         }));
         let users = vec!["bob".to_string()];
         assert_eq!(
@@ -211,6 +213,8 @@ mod tests {
             user: "alice".into(),
             provider: Provider::Password,
             world: None,
+            session: None,
+            groups: Vec::new(),
         }));
         let open = RouteAccess {
             level: AuthLevel::Optional,

@@ -319,7 +319,7 @@ impl Auth {
             };
             let session = if v.issuer == OWN_ISSUER {
                 match self.token_session(&v, now_ms) {
-                    Ok(id) => Some(id),
+                    Ok(found) => Some(found),
                     Err(reason) => {
                         self.metrics.reject(reason);
                         return Resolved::refused(reason);
@@ -333,9 +333,11 @@ impl Auth {
                     user: v.user,
                     provider: Provider::Jwt(v.issuer),
                     world: None,
+                    session: session.as_ref().map(|(_, handle)| handle.to_ref()),
+                    groups: Vec::new(),
                 })),
                 via: Via::Bearer,
-                session,
+                session: session.map(|(id, _)| id),
             };
         }
         if let Some(id) = session::session_cookie(&head.headers) {
@@ -352,7 +354,11 @@ impl Auth {
 
     /// The live session one of sigma's tokens belongs to, or why there is
     /// none: no `sid` (a token of an older sigma), or a session that ended.
-    fn token_session(&self, v: &jwt::Verified, now_ms: u64) -> Result<SessionId, &'static str> {
+    fn token_session(
+        &self,
+        v: &jwt::Verified,
+        now_ms: u64,
+    ) -> Result<(SessionId, revoke::SessionHandle), &'static str> {
         let handle = v
             .claims
             .sid
@@ -361,7 +367,7 @@ impl Auth {
             .and_then(|s| revoke::SessionHandle::parse(s).ok_or("invalid_sid"))?;
         self.sessions
             .lookup_token(&handle, &v.user, now_ms)
-            .map(|(id, _)| id)
+            .map(|(id, _)| (id, handle))
             .ok_or("session_ended")
     }
 
@@ -483,6 +489,66 @@ mod tests {
         assert!(cookies_secure(&c));
     }
 
+    fn get(headers: Vec<sigma_http::Header>) -> RequestHead {
+        RequestHead {
+            method: sigma_http::Method::Get,
+            target: bytes::Bytes::from_static(b"/"),
+            version: sigma_http::Version::Http11,
+            headers,
+            keep_alive: true,
+            websocket: None,
+        }
+    }
+
+    /// The cookie's identity and a token's of that session name the
+    /// session by its handle (never its id); another session's differs.
+    #[test]
+    fn identities_carry_their_session_handle() {
+        let store: Arc<dyn Store> = Arc::new(sigma_store::RedbStore::in_memory().unwrap());
+        let auth = Auth::new(
+            store,
+            &AuthConfig::default(),
+            Arc::new(sigma_core::RejectCounts::default()),
+        )
+        .unwrap();
+        let now = auth.clock().unix_ms();
+        let id = auth
+            .sessions
+            .create("alice", &Provider::Password, now)
+            .unwrap();
+        let other = auth
+            .sessions
+            .create("alice", &Provider::Password, now)
+            .unwrap();
+        let handle = auth.sessions.handle(&id).to_ref();
+        let cookie = |id: &SessionId| {
+            let set = auth.sessions.set_cookie(id);
+            let pair = set.split(';').next().unwrap().to_owned();
+            get(vec![sigma_http::Header::new(
+                &b"Cookie"[..],
+                pair.into_bytes(),
+            )])
+        };
+        let by_cookie = auth.identify(&cookie(&id), now).identity.unwrap();
+        assert_eq!(by_cookie.session, Some(handle));
+        assert!(by_cookie.groups.is_empty());
+        let by_other = auth.identify(&cookie(&other), now).identity.unwrap();
+        assert!(by_other.session.is_some());
+        assert_ne!(by_other.session, Some(handle));
+        let (token, _) = auth.issue_token("alice", &id).unwrap();
+        let bearer = get(vec![sigma_http::Header::new(
+            &b"Authorization"[..],
+            format!("Bearer {token}").into_bytes(),
+        )]);
+        let resolved = auth.identify(&bearer, now);
+        assert_eq!(resolved.via, Via::Bearer);
+        assert_eq!(resolved.session, Some(id));
+        let by_token = resolved.identity.unwrap();
+        assert_eq!(by_token.provider, Provider::Jwt(OWN_ISSUER.into()));
+        assert_eq!(by_token.session, Some(handle));
+        assert!(format!("{by_token:?}").contains("session: Some(SessionRef(…))"));
+    }
+
     /// Session expiry on a fake clock: used within the idle timeout the
     /// cookie holds; idle for the timeout it is anonymous. No sleeping.
     #[test]
@@ -533,6 +599,8 @@ mod tests {
             user: "alice".into(),
             provider: Provider::Password,
             world: None,
+            session: None,
+            groups: Vec::new(),
         }));
         assert_eq!(
             anon.check_reply(&Tagged::new(alice.clone(), ())),

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 
-use sigma_core::WsCloser;
+use sigma_core::{SessionRef, WsCloser};
 use sigma_store::SessionId;
 
 /// A session's public name: a keyed hash of its id (the id is the cookie,
@@ -36,6 +36,13 @@ pub struct SessionHandle(pub [u8; 16]);
 pub const SESSION_HANDLE_LEN: usize = 22;
 
 impl SessionHandle {
+    /// The handle as the identity carries it ([`Identity::session`]).
+    ///
+    /// [`Identity::session`]: sigma_core::Identity::session
+    pub fn to_ref(self) -> SessionRef {
+        SessionRef::from_handle(self.0)
+    }
+
     /// The unpadded base64url form (the `sid` claim).
     pub fn encode(&self) -> String {
         URL_SAFE_NO_PAD.encode(self.0)

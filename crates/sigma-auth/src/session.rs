@@ -285,13 +285,13 @@ impl Sessions {
             // A store error is not "unknown": the next request asks again.
             Err(_) => return None,
         };
-        let Some(identity) = identity_of(&record, &self.oauth_providers) else {
+        let handle = self.handle(id);
+        let Some(identity) = identity_of(&record, &self.oauth_providers, handle) else {
             // Opened through a provider that is gone from the
             // configuration (or an unknown kind): no session.
             self.delete_later(id);
             return None;
         };
-        let handle = self.handle(id);
         let live = Arc::new(Live {
             identity: Arc::new(identity),
             last_seen: AtomicU64::new(record.last_seen),
@@ -457,10 +457,6 @@ impl Sessions {
     }
 }
 
-/// The identity a session record stands for: `password`, or
-/// `oauth:<name>` of a configured provider. Anything else (a provider
-/// removed from the configuration, an unknown kind) is no identity, and
-/// never taken for a password login.
 /// Runs a blocking store read without stalling the executor: on the
 /// multi-threaded runtime the worker hands its other tasks to another
 /// thread for the duration (`block_in_place`); elsewhere (a
@@ -475,7 +471,16 @@ fn off_executor<T>(read: impl FnOnce() -> T) -> T {
     }
 }
 
-fn identity_of(record: &SessionRecord, oauth_providers: &BTreeSet<String>) -> Option<Identity> {
+/// The identity a session record stands for: `password`, or
+/// `oauth:<name>` of a configured provider. Anything else (a provider
+/// removed from the configuration, an unknown kind) is no identity, and
+/// never taken for a password login. It carries the session's public
+/// `handle`, never its id.
+fn identity_of(
+    record: &SessionRecord,
+    oauth_providers: &BTreeSet<String>,
+    handle: SessionHandle,
+) -> Option<Identity> {
     let provider = match record.provider.strip_prefix("oauth:") {
         Some(name) if oauth_providers.contains(name) => Provider::OAuth(name.to_owned()),
         None if record.provider == "password" => Provider::Password,
@@ -485,6 +490,8 @@ fn identity_of(record: &SessionRecord, oauth_providers: &BTreeSet<String>) -> Op
         user: record.user.clone(),
         provider,
         world: None,
+        session: Some(handle.to_ref()),
+        groups: Vec::new(),
     })
 }
 
@@ -720,7 +727,8 @@ mod tests {
             expires: 1,
         };
         let known: BTreeSet<String> = ["corp".to_string()].into_iter().collect();
-        let provider = |p: &str| identity_of(&rec(p), &known).map(|i| i.provider);
+        let provider =
+            |p: &str| identity_of(&rec(p), &known, SessionHandle([0; 16])).map(|i| i.provider);
         assert_eq!(provider("password"), Some(Provider::Password));
         assert_eq!(provider("oauth:corp"), Some(Provider::OAuth("corp".into())));
         // A provider no longer configured, or an unknown kind: no session,

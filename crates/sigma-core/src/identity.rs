@@ -12,6 +12,10 @@
 //! this module's. It also names the client-supplied identity headers
 //! (`X-Sigma-*`, any spelling) that `A` strips so no destination can be
 //! fooled by them.
+//!
+//! An identity also names the login session that authenticated it
+//! ([`SessionRef`]: an opaque handle, never the session cookie) and the
+//! user's groups (empty until policies exist).
 
 use std::fmt;
 use std::sync::Arc;
@@ -50,6 +54,46 @@ pub struct Identity {
     /// id; `None` for the user's own connection. Part of the reply rule:
     /// a world's replies reach only that world.
     pub world: Option<String>,
+    /// The login session that authenticated the request or socket: the
+    /// session cookie's, or the one a token of sigma's belongs to; `None`
+    /// for an external issuer's token (bound to no sigma session).
+    pub session: Option<SessionRef>,
+    /// The user's groups; empty until policies exist.
+    pub groups: Vec<String>,
+}
+
+/// A login session's public handle: `A`'s keyed hash of the session id
+/// (the `sid` of sigma's tokens), never the id itself, so a destination
+/// that leaks it leaks no cookie. Compared in constant time; its `Debug`
+/// shows nothing of it.
+#[derive(Clone, Copy)]
+pub struct SessionRef([u8; 16]);
+
+impl SessionRef {
+    /// The handle `A` derived for a session (its keyed hash, not its id).
+    pub fn from_handle(handle: [u8; 16]) -> Self {
+        Self(handle)
+    }
+
+    /// The handle's bytes (to key or bind something to the session).
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+}
+
+impl PartialEq for SessionRef {
+    fn eq(&self, other: &Self) -> bool {
+        use subtle::ConstantTimeEq as _;
+        self.0.ct_eq(&other.0).into()
+    }
+}
+
+impl Eq for SessionRef {}
+
+impl fmt::Debug for SessionRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SessionRef(…)")
+    }
 }
 
 /// The identity attached to a message: `None` is `null` (anonymous).
@@ -130,7 +174,24 @@ mod tests {
             user: "alice".into(),
             provider: Provider::Password,
             world: None,
+            session: Some(SessionRef::from_handle([7; 16])),
+            groups: Vec::new(),
         }))
+    }
+
+    #[test]
+    fn session_ref_is_redacted_and_compares_by_value() {
+        let a = SessionRef::from_handle([0xa5; 16]);
+        assert_eq!(format!("{a:?}"), "SessionRef(…)");
+        let shown = format!("{:?}", alice());
+        assert!(
+            shown.contains("SessionRef(…)") && !shown.contains("7, 7"),
+            "{shown}"
+        );
+        assert_eq!(a, SessionRef::from_handle([0xa5; 16]));
+        let mut other = [0xa5; 16];
+        other[15] = 0;
+        assert_ne!(a, SessionRef::from_handle(other));
     }
 
     #[test]

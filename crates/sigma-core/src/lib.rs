@@ -67,7 +67,7 @@ pub use destination::{
 };
 pub use identity::{
     is_identity_header, strip_identity_headers, tag_request, Identity, IdentityMismatch, Principal,
-    Provider, Tagged,
+    Provider, SessionRef, Tagged,
 };
 pub use push::{
     ws_push_queue, PushError, Pushed, WsCloser, WsReceiver, WsSender, WS_CLOSE_REVOKED,

@@ -99,6 +99,8 @@ mod tests {
             user: "alice".into(),
             provider: Provider::Password,
             world: None,
+            session: None,
+            groups: Vec::new(),
         }))
     }
 
@@ -107,6 +109,8 @@ mod tests {
             world: Some(w.into()),
             user: "alice".into(),
             provider: Provider::Password,
+            session: None,
+            groups: Vec::new(),
         }))
     }
 

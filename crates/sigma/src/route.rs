@@ -76,16 +76,11 @@ pub fn dest_context(config: &crate::config::Config) -> sigma_dest::DestContext {
     }
 }
 
-/// The credential A authenticated a request with, as A picks them (the
-/// `Authorization` header first, else the session cookie): what a world
-/// binds its session socket and fork cookies to.
-fn world_credential(head: &sigma_http::RequestHead) -> Option<sigma_dest::world::Credential<'_>> {
-    use sigma_dest::world::Credential;
-    match head.header("authorization") {
-        Some(auth) => crate::auth::jwt::bearer_token(&auth.value).map(Credential::Bearer),
-        None => crate::auth::session::session_cookie(&head.headers)
-            .map(|id| Credential::Session(id.0.to_vec())),
-    }
+/// A request's bearer token, as A reads it: what a world binds a session
+/// socket and its fork cookies to when A identified it by a token (else
+/// the identity's login session).
+fn world_bearer(head: &sigma_http::RequestHead) -> Option<&[u8]> {
+    crate::auth::jwt::bearer_token(&head.header("authorization")?.value)
 }
 
 /// The world commands of `config`, each with who may start it.
@@ -166,7 +161,7 @@ impl RouteTable {
             let w = Arc::new(crate::world::WorldService::new(
                 &world_commands(config),
                 &config.worlds,
-                world_credential,
+                world_bearer,
                 Arc::clone(audit),
             )?);
             world = Some(Arc::clone(&w));

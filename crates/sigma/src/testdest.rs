@@ -39,6 +39,8 @@ impl Default for Crossed {
                 user: "mallory".into(),
                 provider: Provider::Password,
                 world: None,
+                session: None,
+                groups: Vec::new(),
             })),
         }
     }

@@ -1016,6 +1016,8 @@ mod tests {
             user: name.into(),
             provider: Provider::Password,
             world: None,
+            session: None,
+            groups: Vec::new(),
         }))
     }
 

@@ -149,6 +149,8 @@ mod tests {
             user: user.into(),
             provider: sigma_core::Provider::Password,
             world: None,
+            session: None,
+            groups: Vec::new(),
         }))
     }
 

@@ -499,6 +499,8 @@ mod tests {
             user: "alice".into(),
             provider: Provider::Password,
             world: None,
+            session: None,
+            groups: Vec::new(),
         }));
         let v = identity_value(&alice);
         let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -512,6 +514,8 @@ mod tests {
             user: "bob".into(),
             provider: Provider::Password,
             world: None,
+            session: None,
+            groups: Vec::new(),
         }));
         assert_ne!(identity_value(&bob), v);
         let h = identity_headers(&alice);

@@ -29,12 +29,16 @@
 //! - [`service`]: the `&world` destination, the tokio glue.
 //!
 //! **Which session a cookie is bound to.** A socket authenticated by the
-//! session cookie is bound to that session (its id); one authenticated by a
-//! bearer token is bound to that token. The binding is a SHA-256 of either,
-//! computed the same way for `GET /ws` and for `GET /world/<cmd>.js`, so the
-//! worker's fetch (which carries the page's cookie) or a non-browser client
-//! repeating its `Authorization` header is "the same session". The cookie
-//! also names the socket that forked it: the world runs on that socket.
+//! session cookie is bound to that session (the identity's
+//! [`sigma_core::SessionRef`], A's handle of it); one authenticated by a
+//! bearer token is bound to that token, not to the session it may belong
+//! to (a token is "another session" than the cookie it was minted with,
+//! and an external issuer's token has no sigma session at all). The
+//! binding is a SHA-256 of either, computed the same way for `GET /ws` and
+//! for `GET /world/<cmd>.js`, so the worker's fetch (which carries the
+//! page's cookie) or a non-browser client repeating its `Authorization`
+//! header is "the same session". The cookie also names the socket that
+//! forked it: the world runs on that socket.
 
 pub mod budget;
 pub mod config;
@@ -46,6 +50,7 @@ pub mod session;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
+use sigma_core::{Identity, Provider};
 use sigma_http::RequestHead;
 
 pub use service::WorldService;
@@ -85,37 +90,29 @@ pub fn b64_encode(b: &[u8]) -> String {
 }
 
 /// What binds a socket and a worker fetch to one authenticated session
-/// (see the module docs): a hash of the session id or of the bearer token.
+/// (see the module docs): a hash of the session handle or of the bearer
+/// token.
 pub type Binding = [u8; 32];
 
-/// The credential `A` authenticated a request with, as it picks them:
-/// the `Authorization` header's bearer token first, else the session
-/// cookie's id.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Credential<'a> {
-    /// `Authorization: Bearer TOKEN`: the token.
-    Bearer(&'a [u8]),
-    /// The login session cookie: the session id's bytes.
-    Session(Vec<u8>),
-}
+/// Reads a request's `Authorization: Bearer` token the way `A` does (the
+/// shell passes A's parser in, so the world never imports A): `None` when
+/// there is none, or the header is not a bearer token.
+pub type ReadBearer = for<'a> fn(&'a RequestHead) -> Option<&'a [u8]>;
 
-/// Reads a request's [`Credential`] the way `A` does (the shell passes
-/// A's parser in, so the world never imports A): `None` for an anonymous
-/// request, or one whose `Authorization` is not a bearer token.
-pub type ReadCredential = for<'a> fn(&'a RequestHead) -> Option<Credential<'a>>;
-
-/// The binding of a request (see [`Binding`]), from the credential
-/// `credential` reads; `None` for an anonymous request.
-pub fn binding_of(credential: ReadCredential, head: &RequestHead) -> Option<Binding> {
+/// The binding of a request `A` identified as `identity` (see
+/// [`Binding`]): the bearer token `bearer` reads for a token's identity
+/// (provider [`Provider::Jwt`], the only kind `A` makes from a token),
+/// else the identity's login session; `None` when there is neither.
+pub fn binding_of(bearer: ReadBearer, identity: &Identity, head: &RequestHead) -> Option<Binding> {
     let mut h = Sha256::new();
-    match credential(head)? {
-        Credential::Bearer(token) => {
+    match identity.provider {
+        Provider::Jwt(_) => {
             h.update(b"sigma-world-bearer\0");
-            h.update(token);
+            h.update(bearer(head)?);
         }
-        Credential::Session(id) => {
+        Provider::Password | Provider::OAuth(_) => {
             h.update(b"sigma-world-session\0");
-            h.update(id);
+            h.update(identity.session.as_ref()?.as_bytes());
         }
     }
     Some(h.finalize().into())
@@ -137,5 +134,65 @@ impl crate::factory::Factory for WorldFactory {
         cx: &mut crate::factory::Build<'_, '_>,
     ) -> Result<std::sync::Arc<dyn sigma_core::Destination>, crate::UnavailableDestination> {
         (cx.world)()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sigma_core::SessionRef;
+    use sigma_http::Header;
+
+    fn head(auth: Option<&str>) -> RequestHead {
+        RequestHead {
+            method: sigma_http::Method::Get,
+            target: bytes::Bytes::from_static(b"/ws"),
+            version: sigma_http::Version::Http11,
+            headers: auth
+                .map(|a| Header::new(&b"Authorization"[..], a.as_bytes().to_vec()))
+                .into_iter()
+                .collect(),
+            keep_alive: true,
+            websocket: None,
+        }
+    }
+
+    fn bearer(head: &RequestHead) -> Option<&[u8]> {
+        head.header("authorization")?.value.strip_prefix(b"Bearer ")
+    }
+
+    fn who(provider: Provider, session: Option<[u8; 16]>) -> Identity {
+        Identity {
+            user: "alice".into(),
+            provider,
+            world: None,
+            session: session.map(SessionRef::from_handle),
+            groups: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn cookies_bind_to_their_session_and_tokens_to_themselves() {
+        let jwt = || Provider::Jwt("sigma".into());
+        let s1 = who(Provider::Password, Some([1; 16]));
+        let b1 = binding_of(bearer, &s1, &head(None)).unwrap();
+        // The same session, by another request (the worker's fetch).
+        assert_eq!(binding_of(bearer, &s1.clone(), &head(None)), Some(b1));
+        // Another session of the same user.
+        let s2 = who(Provider::OAuth("gh".into()), Some([2; 16]));
+        assert_ne!(binding_of(bearer, &s2, &head(None)), Some(b1));
+        // A token of session 1 is not session 1, nor another token of it.
+        let t1 = binding_of(bearer, &who(jwt(), Some([1; 16])), &head(Some("Bearer a")));
+        let t2 = binding_of(bearer, &who(jwt(), Some([1; 16])), &head(Some("Bearer b")));
+        assert!(t1.is_some() && t1 != Some(b1) && t1 != t2);
+        // An external issuer's token (no session) binds to the token.
+        let ext = binding_of(bearer, &who(jwt(), None), &head(Some("Bearer a")));
+        assert_eq!(ext, t1);
+        // Nothing to bind to.
+        assert_eq!(binding_of(bearer, &who(jwt(), None), &head(None)), None);
+        assert_eq!(
+            binding_of(bearer, &who(Provider::Password, None), &head(None)),
+            None
+        );
     }
 }

@@ -51,7 +51,7 @@ use super::session::{ActivateError, Limits, Out, Session, WorldKey};
 use super::{Binding, WorldId};
 
 use super::config::{WorldCode, WorldsConfig};
-use super::ReadCredential;
+use super::ReadBearer;
 use crate::UnavailableDestination;
 use sigma_core::loglimit::LogLimiter;
 
@@ -110,8 +110,8 @@ struct Shared {
     commands: Vec<Command>,
     /// Each command's destination, by index (set by [`WorldService::bind`]).
     targets: OnceLock<Vec<Arc<dyn Destination>>>,
-    /// Reads the credential a request was authenticated with.
-    credential: ReadCredential,
+    /// Reads a request's bearer token as A does.
+    bearer: ReadBearer,
     activation_timeout: Duration,
     /// The minute-key period, in whole seconds (at least 1): how long a
     /// user's full set of used cookies may take to free room
@@ -145,13 +145,13 @@ impl WsEndpoint for Refused {
 
 impl WorldService {
     /// The service for the world commands `world` and the limits of
-    /// `[worlds]`; reads code files. `credential` reads the credential A
-    /// authenticated a request with (a socket and its worker fetches are
-    /// bound to it). Replies the reply rule drops are reported to `audit`.
+    /// `[worlds]`; reads code files. `bearer` reads a request's bearer
+    /// token as A does (a socket and its worker fetches are bound to it, or
+    /// to the identity's session). Replies the reply rule drops are reported to `audit`.
     pub fn new(
         world: &[WorldCommandSpec],
         worlds: &WorldsConfig,
-        credential: ReadCredential,
+        bearer: ReadBearer,
         audit: Arc<dyn ReplyAudit>,
     ) -> Result<Self, UnavailableDestination> {
         let mut commands = Vec::with_capacity(world.len());
@@ -187,7 +187,7 @@ impl WorldService {
             shared: Arc::new(Shared {
                 commands,
                 targets: OnceLock::new(),
-                credential,
+                bearer,
                 activation_timeout: worlds.activation_timeout,
                 period_secs: period
                     .as_secs()
@@ -259,7 +259,7 @@ impl Destination for WorldService {
 
 impl WorldService {
     /// A session socket for an upgrade of `identity`'s (DESIGN §5), bound
-    /// to the credentials `head` carries.
+    /// to its bearer token (in `head`) or its login session.
     fn session_socket(
         &self,
         head: &RequestHead,
@@ -267,7 +267,7 @@ impl WorldService {
         push: WsSender,
     ) -> Option<Box<dyn WsEndpoint>> {
         let user = Arc::clone(identity.as_ref()?);
-        let binding = super::binding_of(self.shared.credential, head)?;
+        let binding = super::binding_of(self.shared.bearer, &user, head)?;
         let id = self.shared.next_socket.fetch_add(1, Ordering::Relaxed);
         let commands = self
             .shared
@@ -389,7 +389,7 @@ impl Shared {
         let Ok((cookie, epoch, oldest)) = opened else {
             return refuse(403, "bad_cookie");
         };
-        let binding = super::binding_of(self.credential, head);
+        let binding = super::binding_of(self.bearer, user, head);
         if binding.is_none_or(|b| !bool::from(subtle_eq(&b, &cookie.session)))
             || cookie.world != init.world
             || cookie.command != init.command
@@ -774,12 +774,9 @@ mod tests {
         fn mismatch(&self, _: Dropped, _: &dyn std::fmt::Display) {}
     }
 
-    /// A's reading of the credentials, as far as these tests need it
-    /// (bearer tokens only).
-    fn bearer(head: &RequestHead) -> Option<super::super::Credential<'_>> {
-        let v = &head.header("authorization")?.value;
-        v.strip_prefix(b"Bearer ")
-            .map(super::super::Credential::Bearer)
+    /// A's reading of a bearer token, as far as these tests need it.
+    fn bearer(head: &RequestHead) -> Option<&[u8]> {
+        head.header("authorization")?.value.strip_prefix(b"Bearer ")
     }
 
     fn spec(name: &str, code: &str, users: Option<&[&str]>) -> WorldCommandSpec {
@@ -844,8 +841,11 @@ mod tests {
         fn open(svc: &WorldService, user: &str, token: &str) -> Self {
             let identity: Principal = Some(Arc::new(Identity {
                 user: user.into(),
-                provider: Provider::Password,
+                // A token's identity, as A makes it.
+                provider: Provider::Jwt("sigma".into()),
                 world: None,
+                session: None,
+                groups: Vec::new(),
             }));
             let (push, rx) = ws_push_queue();
             let upgrade = Upgrade {
