@@ -38,6 +38,7 @@ pub mod config;
 pub mod conn;
 
 pub mod dispatch;
+pub mod listener;
 pub mod metrics;
 pub mod parse;
 pub mod pipeline;
