@@ -4,7 +4,8 @@
 #
 #   1. tools: a Python virtualenv (.venv) with `websockets` and `kosoku`;
 #      Debian's pebble (ACME tests of crates/sigma-tls)
-#   2. static checks: cargo fmt --check, cargo clippy -D warnings, and
+#   2. static checks: links and layout (scripts/check_*.py), cargo fmt
+#      --check, cargo clippy -D warnings, and
 #      that the fuzz targets still compile against the crates they drive
 #   3. Rust tests: unit, sans-IO, property and integration tests (nextest)
 #   4. WebSocket: Python `websockets` client tests (broadcast, proxy, worlds)
@@ -34,6 +35,9 @@ fi
 
 step "links in README and docs resolve inside the repository"
 python3 scripts/check_links.py
+
+step "layout: crate graph, no module cycles, no source file over 1 200 lines"
+python3 scripts/check_layout.py
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

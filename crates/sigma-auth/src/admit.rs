@@ -11,9 +11,10 @@
 
 use sigma_http::{Header, Method, RequestHead, Response};
 
+use crate::call::redirect;
 use crate::config::AuthLevel;
-use crate::endpoints::{json_response, redirect};
 use crate::{origin, Principal, Via};
+use sigma_core::response::json_response;
 
 /// A route's access rule: its level and its allow-list of users.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

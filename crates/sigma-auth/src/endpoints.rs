@@ -30,17 +30,11 @@ const LOGIN_PAGE: &str = include_str!("../assets/login.html");
 /// `Retry-After` of a login refused because the Argon2 queue is full.
 const QUEUE_FULL_RETRY_SECS: u64 = 1;
 
-/// What an endpoint needs to know about the request.
-pub struct Call<'a> {
-    /// The request.
-    pub req: &'a HttpRequest,
-    /// Its identity, as `A` resolved it.
-    pub identity: &'a Principal,
-    /// How it was authenticated.
-    pub via: &'a Via,
-    /// The client's address (after trusted proxies).
-    pub client_ip: std::net::IpAddr,
-}
+// Shared with the OAuth endpoints (`oauth` must not import this module,
+// which dispatches to it); re-exported under their old paths.
+pub use crate::call::{html_escape, query_param, redirect, safe_next, Call};
+// One definition of each, in `sigma-core` (destinations use them too).
+pub use sigma_core::response::{json_response, no_store};
 
 /// True for the paths `A` answers itself: they always see the caller's
 /// identity, whatever route would otherwise match them.
@@ -337,66 +331,11 @@ fn login_page(next: Option<&str>, error: Option<&str>, auth: &Auth) -> Response 
     )
 }
 
-/// `next` if it is a same-origin path, else `/`: never an open redirect.
-pub fn safe_next(next: Option<&str>) -> String {
-    match next {
-        Some(n)
-            if n.starts_with('/')
-                && !n.starts_with("//")
-                && !n.starts_with("/\\")
-                && n.len() <= 2048
-                && n.bytes().all(|b| (0x21..0x7f).contains(&b) && b != b'\\') =>
-        {
-            n.to_owned()
-        }
-        _ => "/".to_owned(),
-    }
-}
-
-/// A query parameter of a request target, percent-decoded.
-pub fn query_param(target: &[u8], name: &str) -> Option<String> {
-    let q = target.splitn(2, |&b| b == b'?').nth(1)?;
-    form_urlencoded::parse(q)
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.into_owned())
-}
-
-/// Escapes text for an HTML attribute or element.
-pub fn html_escape(s: &str) -> String {
-    let mut o = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => o.push_str("&amp;"),
-            '<' => o.push_str("&lt;"),
-            '>' => o.push_str("&gt;"),
-            '"' => o.push_str("&quot;"),
-            '\'' => o.push_str("&#39;"),
-            c => o.push(c),
-        }
-    }
-    o
-}
-
 /// `resp` with `Retry-After: secs`.
 fn with_retry_after(mut resp: Response, secs: u64) -> Response {
     resp.headers
         .push(Header::new(&b"Retry-After"[..], secs.to_string()));
     resp
-}
-
-// One definition of each, in `sigma-core` (destinations use them too).
-pub use sigma_core::response::{json_response, no_store};
-
-/// A 303 to a same-origin path.
-pub fn redirect(to: &str) -> Response {
-    Response::new(
-        303,
-        vec![
-            Header::new(&b"Location"[..], to.as_bytes().to_vec()),
-            no_store(),
-        ],
-        Bytes::new(),
-    )
 }
 
 #[cfg(test)]

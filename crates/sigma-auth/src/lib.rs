@@ -31,6 +31,7 @@
 )]
 
 pub mod admit;
+pub mod call;
 pub mod config;
 pub mod endpoints;
 pub mod jwt;

@@ -34,14 +34,9 @@ use crate::limits::Limits;
 use crate::timer::{Timer, TimerTable};
 use crate::ws::{self, WsConn};
 
-/// What the shell must do with the socket once the output is flushed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Shutdown {
-    /// ω: flush, `shutdown(SHUT_WR)`, read until EOF or the linger deadline.
-    Graceful,
-    /// Ω: `shutdown(SHUT_RDWR)` and close now, dropping pending output.
-    Abort,
-}
+// Defined with the events (both this driver and the WebSocket one return it,
+// and `ws` must not import this module); re-exported under its old path.
+pub use crate::event::Shutdown;
 
 /// While this many response bytes wait for a client that does not read,
 /// no further pipelined request is parsed (the shell stops reading), so a

@@ -8,6 +8,8 @@
 
 use bytes::Bytes;
 
+use crate::error::ParseError;
+
 /// A request method `H` accepts; any other token is answered with 501.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Method {
@@ -159,7 +161,7 @@ impl RequestHead {
     /// value that rule refuses, which a parsed head never has).
     pub fn content_length(&self) -> Option<u64> {
         let h = self.header("content-length")?;
-        crate::h1::request::parse_content_length(&h.value).ok()
+        parse_content_length(&h.value).ok()
     }
 }
 
@@ -386,6 +388,29 @@ pub enum Reply {
     Close,
     /// Ω: drop everything and abort the connection.
     Abort,
+}
+
+/// What the shell must do with the socket once the output is flushed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shutdown {
+    /// ω: flush, `shutdown(SHUT_WR)`, read until EOF or the linger deadline.
+    Graceful,
+    /// Ω: `shutdown(SHUT_RDWR)` and close now, dropping pending output.
+    Abort,
+}
+
+/// `Content-Length = 1*DIGIT`, at most 19 digits, no sign, no list.
+/// The one field rule: `h1::request` frames requests by it, and
+/// [`RequestHead::content_length`] reads the parsed head by it.
+pub(crate) fn parse_content_length(v: &[u8]) -> Result<u64, ParseError> {
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return Err(ParseError::BadContentLength);
+    }
+    v.iter().try_fold(0u64, |acc, &d| {
+        acc.checked_mul(10)
+            .and_then(|a| a.checked_add(u64::from(d - b'0')))
+            .ok_or(ParseError::BadContentLength)
+    })
 }
 
 #[cfg(test)]

@@ -34,32 +34,12 @@ use socket2::SockRef;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::auth::Auth;
-use crate::config::Cidr;
 use crate::dispatch::Dispatch;
-use crate::metrics::Metrics;
-use crate::route::RouteTable;
-use crate::tcp::{ConnLimiter, ConnSlot};
+use crate::tcp::ConnSlot;
 
-/// What every connection of one listener shares.
-pub struct ListenerCtx {
-    /// Limits of `H`.
-    pub limits: Arc<sigma_http::Limits>,
-    /// The route table.
-    pub routes: Arc<RouteTable>,
-    /// Counters.
-    pub metrics: Arc<Metrics>,
-    /// How long to wait for the peer's EOF after our half-close.
-    pub linger: Duration,
-    /// `A`, when it is in this listener's pipeline (`[HA]`); `[H]` has none.
-    pub auth: Option<Arc<Auth>>,
-    /// The connection caps (for the open-connections gauge).
-    pub limiter: Arc<ConnLimiter>,
-    /// Who may read `/metrics`.
-    pub metrics_allow: Arc<Vec<Cidr>>,
-    /// `server.memory_budget`, shared by all connections of the process.
-    pub budget: Arc<sigma_http::MemoryBudget>,
-}
+// Defined in `listener`, below both this driver and dispatch (which reads
+// it); re-exported under its old path.
+pub use crate::listener::ListenerCtx;
 
 /// Size of the per-thread read buffer; connections hold no read buffer
 /// while idle.

@@ -27,7 +27,7 @@ use sigma_http::{
 use crate::auth::admit::{invalid_token, unauthenticated};
 use crate::auth::{self, endpoints, Denied, Gate, Resolved, RouteAccess, Tagged, Via};
 use crate::config::AuthLevel;
-use crate::conn::ListenerCtx;
+use crate::listener::ListenerCtx;
 use crate::metrics::{add, inc};
 use crate::route::{
     ws_push_queue, Answer, Handled, HttpRequest, Pushed, Request, Route, Upgrade, UpgradeRequest,

@@ -40,6 +40,7 @@ pub mod conn;
 pub mod dispatch;
 #[cfg(feature = "test-destinations")]
 mod hello;
+pub mod listener;
 pub mod metrics;
 pub mod parse;
 pub mod pipeline;

@@ -16,7 +16,8 @@ use tokio::sync::watch;
 
 use crate::auth::Auth;
 use crate::config::Config;
-use crate::conn::{self, ListenerCtx};
+use crate::conn;
+use crate::listener::ListenerCtx;
 use crate::metrics::Metrics;
 use crate::pipeline::Stage;
 use crate::route::RouteTable;

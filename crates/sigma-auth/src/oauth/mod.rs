@@ -61,8 +61,8 @@ use self::config::OAuthProviderConfig;
 use self::mapping::{MapError, ProviderUser};
 use self::provider_http::{http_client, read_limited, ProviderHttp};
 use self::state::{LoginState, StateError, STATE_COOKIE, STATE_TTL_SECS};
-use super::endpoints::{html_escape, query_param, safe_next, Call};
 use super::{unix_now, unix_now_ms, Auth, Provider, Tagged, Via};
+use crate::call::{self, html_escape, query_param, safe_next, Call};
 use sigma_core::Handled;
 
 /// Shortest time between two JWKS refetches of one provider caused by an
@@ -548,7 +548,7 @@ pub fn handle(auth: &Arc<Auth>, call: &Call<'_>) -> Option<Handled> {
         _ => head.method == Method::Get,
     };
     if !allowed {
-        return ready(super::endpoints::json_response(
+        return ready(sigma_core::response::json_response(
             405,
             serde_json::json!({"error": "method_not_allowed"}),
         ));
@@ -674,7 +674,7 @@ async fn login(oauth: &OAuth, p: &ProviderRt, next: String) -> Result<Response, 
         .map_err(|_| Failure::new(503, "oauth_internal", "Sign-in is unavailable right now."))?;
     let sealed = state::seal(&oauth.key, &p.name, &login, seal_nonce)
         .map_err(|_| Failure::new(503, "oauth_internal", "Sign-in is unavailable right now."))?;
-    let mut resp = super::endpoints::redirect(url.as_str());
+    let mut resp = call::redirect(url.as_str());
     resp.headers.push(oauth.state_cookie(
         &p.name,
         &sealed,
@@ -868,7 +868,7 @@ async fn callback(
         }
     };
     tracing::info!(user = %name, provider = %p.name, "login");
-    let mut resp = super::endpoints::redirect(&safe_next(Some(&login.next)));
+    let mut resp = call::redirect(&safe_next(Some(&login.next)));
     resp.headers.push(Header::new(
         &b"Set-Cookie"[..],
         auth.sessions.set_cookie(&id),

@@ -10,7 +10,7 @@
 use bytes::Bytes;
 
 use crate::error::ParseError;
-use crate::event::{Header, Method, RequestHead, Version};
+use crate::event::{parse_content_length, Header, Method, RequestHead, Version};
 use crate::limits::Limits;
 use crate::ws;
 
@@ -231,18 +231,6 @@ fn finish(
         },
         body,
         expect_continue,
-    })
-}
-
-/// `Content-Length = 1*DIGIT`, at most 19 digits, no sign, no list.
-pub(crate) fn parse_content_length(v: &[u8]) -> Result<u64, ParseError> {
-    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
-        return Err(ParseError::BadContentLength);
-    }
-    v.iter().try_fold(0u64, |acc, &d| {
-        acc.checked_mul(10)
-            .and_then(|a| a.checked_add(u64::from(d - b'0')))
-            .ok_or(ParseError::BadContentLength)
     })
 }
 

@@ -46,11 +46,11 @@ use super::frame::{encode_header, FrameHeader, HeaderDecoder, OpCode, MAX_CONTRO
 use super::mask::apply_mask;
 use super::utf8::Utf8Validator;
 use crate::error::SendError;
+use crate::event::Shutdown;
 use crate::event::{AbortReason, Event, WsEvent, WsMessage};
 use crate::io::OutBuf;
 use crate::limits::WsLimits;
 use crate::timer::{Timer, TimerTable};
-use crate::Shutdown;
 
 /// Unpolled events past which parsing pauses and [`WsConn::wants_read`] is false.
 pub const MAX_QUEUED_EVENTS: usize = 64;
