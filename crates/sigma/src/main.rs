@@ -1,5 +1,7 @@
 //! The `sigma` binary: parses the command line, runs one mode, maps the
-//! outcome to an exit status (0 success, 2 usage or config error).
+//! outcome to an exit status (DESIGN §8): 0 success, 2 usage or config
+//! error, 1 runtime failure (the store locked or unreadable, an address in
+//! use).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -69,8 +71,33 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(e) => {
             eprintln!("sigma: {e:#}");
-            ExitCode::from(2)
+            ExitCode::from(exit_status(&e))
         }
+    }
+}
+
+/// 1 for a runtime failure, 2 for a usage or configuration error.
+fn exit_status(e: &anyhow::Error) -> u8 {
+    use sigma::store::StoreError;
+    let store_runtime = |s: &StoreError| !matches!(s, StoreError::InvalidUserName);
+    let runtime = e.chain().any(|cause| {
+        cause.is::<sigma::server::ListenError>()
+            || cause
+                .downcast_ref::<StoreError>()
+                .is_some_and(store_runtime)
+            || cause
+                .downcast_ref::<sigma::users::UserError>()
+                .is_some_and(|u| match u {
+                    sigma::users::UserError::Store(s) => store_runtime(s),
+                    sigma::users::UserError::ReadPassword(_)
+                    | sigma::users::UserError::Output(_) => true,
+                    _ => false,
+                })
+    });
+    if runtime {
+        1
+    } else {
+        2
     }
 }
 

@@ -15,6 +15,17 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
 use crate::auth::Auth;
+
+/// A listener could not be opened (the address is in use, not ours, ...):
+/// a runtime failure (exit status 1, DESIGN §8), not a config error.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}: {source}")]
+pub struct ListenError {
+    /// The address of the listener.
+    pub addr: SocketAddr,
+    /// Why the operating system refused it.
+    pub source: std::io::Error,
+}
 use crate::config::Config;
 use crate::conn;
 use crate::listener::ListenerCtx;
@@ -66,8 +77,10 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
     // One budget for every connection of every listener (DESIGN §3).
     let budget = sigma_http::MemoryBudget::new(config.server.memory_budget);
     for l in &config.topology.listeners {
-        let listener = tcp::bind(l.addr, config.server.backlog)
-            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", l.addr))?;
+        let listener = tcp::bind(l.addr, config.server.backlog).map_err(|source| ListenError {
+            addr: l.addr,
+            source,
+        })?;
         let addr = listener.local_addr()?;
         addrs.push(addr);
         let ctx = Arc::new(ListenerCtx {

@@ -146,3 +146,28 @@ fn unknown_subcommand_exits_2() {
     let (st, _, err) = run_bounded(cmd, None);
     assert_eq!(st.code(), Some(2), "stderr: {err}");
 }
+
+/// An address already in use is a runtime failure: exit 1 (DESIGN §8),
+/// with the address in the message, not the 2 of a config error.
+#[test]
+fn serve_on_a_busy_address_exits_1() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let (dir, cfg) = write_temp_config("busy", "");
+    let mut cmd = sigma_cmd();
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--data")
+        .arg(dir.join("data"))
+        .arg("--pipeline")
+        .arg(format!("T127.0.0.1:{port}[HA]"));
+    let (st, out, err) = run_bounded(cmd, None);
+    let _ = fs::remove_dir_all(&dir);
+    assert_eq!(st.code(), Some(1), "stdout: {out}\nstderr: {err}");
+    assert!(
+        err.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{err}"
+    );
+    drop(taken);
+}

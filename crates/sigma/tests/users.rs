@@ -255,7 +255,9 @@ fn no_admin_when_users_exist() {
 }
 
 #[test]
-fn locked_data_dir_gives_a_plain_message() {
+fn locked_data_dir_gives_a_plain_message_and_exit_1() {
+    // A locked store is a runtime failure (DESIGN §8: exit 1), not a
+    // usage or configuration error (2).
     let t = TempDir::new("users-locked");
     let d = t.data();
     let _s = Serve::start(&d);
@@ -265,11 +267,11 @@ fn locked_data_dir_gives_a_plain_message() {
     );
 
     let (code, _, err) = user(&d, &["add", "bob", "--password-stdin"], Some("pw\n"));
-    assert_eq!(code, Some(2), "stderr: {err}");
+    assert_eq!(code, Some(1), "stderr: {err}");
     assert!(err.contains(&want), "{err}");
     assert!(!err.contains("panicked"), "{err}");
     let (code, _, err) = user(&d, &["list"], None);
-    assert_eq!(code, Some(2), "stderr: {err}");
+    assert_eq!(code, Some(1), "stderr: {err}");
     assert!(err.contains(&want), "{err}");
 
     // A second server on the same data directory refuses to start.
@@ -280,7 +282,7 @@ fn locked_data_dir_gives_a_plain_message() {
         .arg("--pipeline")
         .arg("T127.0.0.1:0[HA]");
     let (st, out, err) = run_bounded(cmd, None);
-    assert_eq!(st.code(), Some(2), "stdout: {out}\nstderr: {err}");
+    assert_eq!(st.code(), Some(1), "stdout: {out}\nstderr: {err}");
     assert!(err.contains(&want), "{err}");
     assert!(!out.contains("listening on"), "{out}");
 }
