@@ -1,21 +1,18 @@
-//! Reading the certificate and key files `S` is given, with one bounded
-//! rule (the same as `crates/sigma-core/src/namedfile.rs`, which this crate
-//! cannot depend on).
+//! Reading the certificate and key files `S` is given: the bounded rule
+//! of `sigma_core::namedfile` (regular files only, opened `O_NONBLOCK` and
+//! checked with `fstat` on the open descriptor, symlinks followed, at most
+//! [`MAX_FILE`] bytes), with errors that leave naming the file to the
+//! caller.
 //!
 //! Outside `T → S → H → …`: used at start-up, on reload (`SIGHUP`) and by
-//! ACME to read PEM files. Only a regular file is read (a directory, a
-//! device, a FIFO or a socket is an error, never an endless or blocking
-//! read: the file is opened `O_NONBLOCK` and checked with `fstat` on the
-//! open descriptor), symlinks are followed, at most [`MAX_FILE`] bytes are
-//! read. The content is not interpreted here.
+//! ACME to read PEM files. The content is not interpreted here.
 
-use std::fs::FileType;
-use std::io::Read;
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 
+use sigma_core::namedfile::{self, NamedFileError};
+
 /// The largest certificate or key file accepted, in bytes (16 MiB).
-pub const MAX_FILE: u64 = 16 << 20;
+pub const MAX_FILE: u64 = namedfile::MAX_NAMED_FILE;
 
 /// Why a file could not be read (the caller names the file).
 #[derive(Debug, thiserror::Error)]
@@ -32,39 +29,21 @@ pub enum FileError {
     TooLarge,
 }
 
-/// Reads a regular file of at most [`MAX_FILE`] bytes.
-pub fn read(path: &Path) -> Result<Vec<u8>, FileError> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)?;
-    let meta = file.metadata()?;
-    if !meta.file_type().is_file() {
-        return Err(FileError::NotRegular(kind(meta.file_type())));
+impl From<NamedFileError> for FileError {
+    fn from(e: NamedFileError) -> Self {
+        match e {
+            NamedFileError::Io { error, .. } => Self::Io(error),
+            NamedFileError::NotRegular { kind, .. } => Self::NotRegular(kind),
+            NamedFileError::TooLarge { .. } => Self::TooLarge,
+            // `NotUtf8` comes from `read_to_string` only, never from `read`.
+            other => Self::Io(std::io::Error::other(other.to_string())),
+        }
     }
-    let mut bytes = Vec::new();
-    file.take(MAX_FILE.saturating_add(1))
-        .read_to_end(&mut bytes)?;
-    if u64::try_from(bytes.len()).unwrap_or(u64::MAX) > MAX_FILE {
-        return Err(FileError::TooLarge);
-    }
-    Ok(bytes)
 }
 
-fn kind(t: FileType) -> &'static str {
-    if t.is_dir() {
-        "a directory"
-    } else if t.is_char_device() {
-        "a character device"
-    } else if t.is_block_device() {
-        "a block device"
-    } else if t.is_fifo() {
-        "a FIFO"
-    } else if t.is_socket() {
-        "a socket"
-    } else {
-        "not a file"
-    }
+/// Reads a regular file of at most [`MAX_FILE`] bytes.
+pub fn read(path: &Path) -> Result<Vec<u8>, FileError> {
+    Ok(namedfile::read(path)?)
 }
 
 #[cfg(test)]
