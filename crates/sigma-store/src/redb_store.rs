@@ -662,26 +662,7 @@ pub(crate) mod tests {
         }
     }
 
-    fn user(phc: &str) -> UserRecord {
-        UserRecord {
-            phc: phc.into(),
-            created: 1_700_000_000,
-        }
-    }
-
-    fn session(user: &str, expires: u64) -> SessionRecord {
-        SessionRecord {
-            user: user.into(),
-            provider: "password".into(),
-            created: 100,
-            last_seen: 100,
-            expires,
-        }
-    }
-
-    fn id(b: u8) -> SessionId {
-        SessionId([b; 32])
-    }
+    use crate::suite::{id, session, user};
 
     #[test]
     fn reopen_keeps_everything() {

@@ -97,14 +97,14 @@ macro_rules! store_suite {
     };
 }
 
-fn user(phc: &str) -> UserRecord {
+pub(crate) fn user(phc: &str) -> UserRecord {
     UserRecord {
         phc: phc.into(),
         created: 1_700_000_000,
     }
 }
 
-fn session(user: &str, expires: u64) -> SessionRecord {
+pub(crate) fn session(user: &str, expires: u64) -> SessionRecord {
     SessionRecord {
         user: user.into(),
         provider: "password".into(),
@@ -114,7 +114,7 @@ fn session(user: &str, expires: u64) -> SessionRecord {
     }
 }
 
-fn id(b: u8) -> SessionId {
+pub(crate) fn id(b: u8) -> SessionId {
     SessionId([b; 32])
 }
 
