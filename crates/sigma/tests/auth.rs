@@ -142,30 +142,6 @@ fn add_user(data: &std::path::Path, name: &str, pw: &str) {
 
 // ----- HTTP helpers ----------------------------------------------------------
 
-/// One request on a fresh connection: `Host` is the server's address,
-/// `Content-Length` is set for a body (and for POST/PUT/PATCH).
-fn request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Resp {
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n");
-    for (n, v) in headers {
-        head.push_str(&format!("{n}: {v}\r\n"));
-    }
-    if !body.is_empty() || matches!(method, "POST" | "PUT" | "PATCH") {
-        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
-    }
-    head.push_str("\r\n");
-    let mut bytes = head.into_bytes();
-    bytes.extend_from_slice(body);
-    let mut c = Client::connect(addr);
-    c.send(&bytes);
-    c.read_response()
-}
-
 fn get_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Resp {
     request(addr, "GET", path, headers, b"")
 }

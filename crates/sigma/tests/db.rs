@@ -128,41 +128,6 @@ fn login(addr: SocketAddr, user: &str) -> String {
 
 // ----- HTTP helpers ----------------------------------------------------------
 
-/// One request as bytes: `Host` is the server's address, `Content-Length`
-/// is set for PUT/POST and any body.
-fn request_bytes(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Vec<u8> {
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n");
-    for (n, v) in headers {
-        head.push_str(&format!("{n}: {v}\r\n"));
-    }
-    if !body.is_empty() || matches!(method, "POST" | "PUT" | "PATCH") {
-        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
-    }
-    head.push_str("\r\n");
-    let mut bytes = head.into_bytes();
-    bytes.extend_from_slice(body);
-    bytes
-}
-
-/// One request on a fresh connection.
-fn request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Resp {
-    let mut c = Client::connect(addr);
-    c.send(&request_bytes(addr, method, path, headers, body));
-    c.read_response()
-}
-
 /// A logged-in user's view of `/db`, one fresh connection per request.
 struct User {
     addr: SocketAddr,

@@ -96,27 +96,6 @@ fn connect_from(from: Ipv4Addr, to: SocketAddr) -> Client {
     Client::from_stream(TcpStream::from(s))
 }
 
-/// The bytes of one request (`Host`, and `Content-Length` for a body).
-fn request_bytes(
-    to: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Vec<u8> {
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {to}\r\n");
-    for (n, v) in headers {
-        head.push_str(&format!("{n}: {v}\r\n"));
-    }
-    if !body.is_empty() || method == "POST" {
-        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
-    }
-    head.push_str("\r\n");
-    let mut bytes = head.into_bytes();
-    bytes.extend_from_slice(body);
-    bytes
-}
-
 /// One request from `from` on a fresh connection.
 fn request_from(
     from: Ipv4Addr,
