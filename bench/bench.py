@@ -18,6 +18,10 @@ Scenarios (DESIGN §10, issue 4):
      channel, one publisher at a fixed rate               sigma, ws-fanout
   7  signed world messages through /ws (DESIGN §5):
      100 worlds, each message Ed25519-verified, to &echo  sigma (vs its scenario 3)
+  8  HTTPS keep-alive over TLS 1.3 (DESIGN §2a), GET /echo,
+     64 connections, same certificate and cipher          sigma [SHA], nginx ssl
+  9  new TLS handshakes per second: one request per
+     connection (Connection: close), 16 connections       sigma [SHA], nginx ssl
 """
 
 import argparse
@@ -34,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import ssl
 import urllib.request
 from pathlib import Path
 
@@ -115,6 +120,7 @@ class Server:
         # it up (DESIGN §10: H → A(session lookup) → route); the peers get
         # one of the same size, which they ignore.
         self.cookie = "sigma_session=" + "x" * 43
+        self.scheme = "http"
 
     def start(self, scenario):
         if self.before:
@@ -136,7 +142,7 @@ class Server:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
                 time.sleep(0.3)  # let it settle (nginx forks its worker)
                 if self.login:
-                    self.cookie = sigma_login(self.port)
+                    self.cookie = sigma_login(self.port, self.scheme)
                 return
             except OSError:
                 time.sleep(0.05)
@@ -180,22 +186,24 @@ class Server:
 BENCH_USER, BENCH_PASSWORD = "bench", "bench-password-not-secret"
 
 
-def sigma_login(port):
+def sigma_login(port, scheme="http"):
     """`POST /login` as the bench user; returns `sigma_session=ID`."""
     body = json.dumps({"user": BENCH_USER, "password": BENCH_PASSWORD}).encode()
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/login", data=body,
+    req = urllib.request.Request(f"{scheme}://127.0.0.1:{port}/login", data=body,
                                  headers={"Content-Type": "application/json"})
+    # The bench's own self-signed certificate (scenarios 8, 9).
+    ctx = ssl._create_unverified_context()
     cookie = None
-    with urllib.request.urlopen(req, timeout=10) as resp:
+    with urllib.request.urlopen(req, timeout=10, context=ctx) as resp:
         for v in resp.headers.get_all("Set-Cookie") or []:
             m = re.match(r"(sigma_session=[^;]+)", v)
             if m:
                 cookie = m.group(1)
     if not cookie:
         raise RuntimeError("sigma's /login set no sigma_session cookie")
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/auth/whoami",
+    req = urllib.request.Request(f"{scheme}://127.0.0.1:{port}/auth/whoami",
                                  headers={"Cookie": cookie})
-    with urllib.request.urlopen(req, timeout=10) as resp:
+    with urllib.request.urlopen(req, timeout=10, context=ctx) as resp:
         who = json.loads(resp.read())
     if who.get("user") != BENCH_USER:
         raise RuntimeError(f"the session cookie does not log in: /auth/whoami said {who}")
@@ -242,8 +250,44 @@ def make_servers(workdir):
         port = free_port()
         return Server("ws-fanout", [PEERS / "ws-fanout", f"127.0.0.1:{port}"], port, workdir)
 
+    def tls_cert():
+        """One ECDSA P-256 certificate for both TLS servers (made once)."""
+        cert, key = workdir / "tls-cert.pem", workdir / "tls-key.pem"
+        if not cert.exists():
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                            "ec_paramgen_curve:P-256", "-nodes", "-keyout", key, "-out", cert,
+                            "-days", "2", "-subj", "/CN=localhost", "-addext",
+                            "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                           check=True, capture_output=True)
+        return cert, key
+
+    def sigma_tls():
+        s = sigma()
+        cert, key = tls_cert()
+        cfg = Path(s.argv[3])
+        cfg.write_text(cfg.read_text() + f'\n[tls]\ncert = "{cert}"\nkey = "{key}"\n')
+        s.argv[5] = f"T127.0.0.1:{s.port}[SHA]"
+        s.scheme = "https"
+        s.name = "sigma"
+        return s
+
+    def nginx_tls():
+        port = free_port()
+        cert, key = tls_cert()
+        prefix = workdir / f"nginx-tls-{port}"
+        prefix.mkdir()
+        conf = prefix / "nginx.conf"
+        conf.write_text((BENCH / "nginx-tls.conf.in").read_text()
+                        .replace("@PREFIX@", str(prefix)).replace("@PORT@", str(port))
+                        .replace("@CERT@", str(cert)).replace("@KEY@", str(key))
+                        .replace("@USER@", f"user {user};" if os.geteuid() == 0 else ""))
+        s = Server("nginx", ["nginx", "-p", prefix, "-c", conf, "-e", prefix / "error.log"],
+                   port, workdir)
+        s.scheme = "https"
+        return s
+
     return {"sigma": sigma, "nginx": nginx, "axum": axum, "tokio-tungstenite": tungstenite,
-            "ws-fanout": fanout}
+            "ws-fanout": fanout, "sigma-tls": sigma_tls, "nginx-tls": nginx_tls}
 
 
 def run_load(scenario, server, argv, timeout, pin=None):
@@ -253,10 +297,12 @@ def run_load(scenario, server, argv, timeout, pin=None):
     return p
 
 
-def wrk(scenario, server, srv, seconds, depth, connections=64, quiet=False, pin=None):
+def wrk(scenario, server, srv, seconds, depth, connections=64, quiet=False, pin=None,
+        close=False):
+    extra = ["-H", "Connection: close"] if close else []
     argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s",
-            "-H", f"Cookie: {srv.cookie}", "-s", LUA, f"http://127.0.0.1:{srv.port}/echo",
-            "--", str(depth)]
+            "-H", f"Cookie: {srv.cookie}"] + extra + [
+            "-s", LUA, f"{srv.scheme}://127.0.0.1:{srv.port}/echo", "--", str(depth)]
     if quiet:
         argv = (pin or LOAD_PIN) + [str(a) for a in argv]
         subprocess.run(argv, capture_output=True, env=ENV, timeout=seconds + 30)
@@ -390,6 +436,37 @@ def scenario_http(key, depth, args, servers, workdir, perf):
                 wrk(key, name, s, args.warmup, depth, quiet=True)
                 r = measure(s, lambda: wrk(key, name, s, args.duration, depth),
                             perf, key, args.duration)
+            finally:
+                s.stop()
+            runs[name].append(r)
+    return {n: median_run(v) for n, v in runs.items()}
+
+
+def negotiated(port):
+    """TLS version and cipher suite `openssl s_client` gets from `port`."""
+    p = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}",
+                        "-servername", "localhost"], input="", capture_output=True,
+                       text=True, timeout=15)
+    m = re.search(r"^New, (\S+), Cipher is (\S+)", p.stdout, re.M)
+    return f"{m.group(1)} {m.group(2)}" if m else "unknown"
+
+
+def scenario_tls(key, args, servers, workdir, perf, close):
+    """8: keep-alive over TLS 1.3; 9 (`close`): one request per connection,
+    so every request is a new full handshake (handshakes/s)."""
+    runs = {n: [] for n in ("sigma", "nginx")}
+    conns = 16 if close else 64
+    for rnd in range(args.rounds):
+        for name, make in (("sigma", "sigma-tls"), ("nginx", "nginx-tls")):
+            s = servers[make]()
+            log(f"  [{key}] {name} TLS (round {rnd + 1}/{args.rounds}) on :{s.port}")
+            s.start(key)
+            try:
+                suite = negotiated(s.port)
+                wrk(key, name, s, args.warmup, 1, conns, quiet=True, close=close)
+                r = measure(s, lambda: wrk(key, name, s, args.duration, 1, conns, close=close),
+                            perf, key, args.duration)
+                r["negotiated"] = suite
             finally:
                 s.stop()
             runs[name].append(r)
@@ -786,6 +863,9 @@ def build_rows(res):
                      fmt_rate(x["rate"], "msgs/s") + errs, fmt_us(x["p50_us"]),
                      fmt_us(x["p99_us"]), fmt_kib(x["hwm_kib"]), f"{x['cpu']:.0f} %",
                      ratio, "report"])
+    tput("8", "8 HTTPS keep-alive (TLS 1.3), 64 conns", "req/s", ["sigma", "nginx"],
+         ["nginx"])
+    tput("9", "9 new TLS handshakes, 16 conns", "handshakes/s", ["sigma", "nginx"], ["nginx"])
     return rows
 
 
@@ -815,11 +895,13 @@ def observations(res):
     """Short, automatic notes on what bounded each number."""
     notes = []
     for key, title in (("1", "scenario 1"), ("2", "scenario 2"), ("3", "scenario 3"),
-                       ("7", "scenario 7")):
+                       ("7", "scenario 7"), ("8", "scenario 8"), ("9", "scenario 9")):
         r = res.get(key)
         if not r:
             continue
         for n, x in r.items():
+            if x.get("negotiated"):
+                notes.append(f"{title}, {n}: negotiated {x['negotiated']}.")
             if x["cpu"] < 85:
                 notes.append(f"{title}, {n}: the server core was {x['cpu']:.0f} % busy, so the "
                              "load generator's core or loopback wake-ups bound this number, "
@@ -1016,7 +1098,7 @@ def main():
     ap.add_argument("--warmup", type=int, default=2, help="warm-up seconds per run")
     ap.add_argument("--rounds", type=int, default=1,
                     help="rounds of scenarios 1-3 (servers alternate; median shown)")
-    ap.add_argument("--scenarios", default="1,2,3,4,5,6,7", help="comma-separated subset")
+    ap.add_argument("--scenarios", default="1,2,3,4,5,6,7,8,9", help="comma-separated subset")
     ap.add_argument("--idle-connections", type=int, default=10000)
     ap.add_argument("--slow-headers", type=int, default=2000)
     ap.add_argument("--slow-bodies", type=int, default=500)
@@ -1048,7 +1130,11 @@ def main():
         global SIGMA
         SIGMA = Path(args.sigma_bin).resolve()
 
-    for exe in (SIGMA, LOAD, PEERS / "axum-hello", PEERS / "ws-echo", PEERS / "ws-fanout"):
+    # Only what the chosen scenarios run (8 and 9 need sigma and nginx).
+    need = {SIGMA: True, LOAD: bool(wanted & {"3", "4", "6", "7"}),
+            PEERS / "axum-hello": bool(wanted & {"1", "2"}),
+            PEERS / "ws-echo": bool(wanted & {"3", "4"}), PEERS / "ws-fanout": "6" in wanted}
+    for exe in (e for e, n in need.items() if n):
         if not exe.exists():
             sys.exit(f"missing {exe}: run bench/run (it builds everything)")
 
@@ -1092,6 +1178,12 @@ def main():
     if "7" in wanted:
         log("scenario 7: signed world messages")
         res["7"] = scenario_world("7", args, servers, workdir, perf)
+    if "8" in wanted:
+        log("scenario 8: HTTPS keep-alive (TLS 1.3)")
+        res["8"] = scenario_tls("8", args, servers, workdir, perf, close=False)
+    if "9" in wanted:
+        log("scenario 9: new TLS handshakes")
+        res["9"] = scenario_tls("9", args, servers, workdir, perf, close=True)
 
     wall = time.time() - start
     rows = build_rows(res)

@@ -3,14 +3,20 @@
 # This is the README's test command, and what CI runs (.ci/run).
 #
 #   1. tools: a Python virtualenv (.venv) with `websockets` and `kosoku`;
-#      Debian's pebble (ACME tests of crates/sigma-tls)
+#      Debian's pebble (ACME tests of crates/sigma-tls and
+#      crates/sigma/tests/tls_acme.rs) and nginx (tests behind a reverse
+#      proxy); the servers the
+#      cluster tests need (scripts/services.sh: PostgreSQL on 127.0.0.1:5432,
+#      else Debian's postgresql started privately on a free port), exported
+#      as SIGMA_TEST_POSTGRES so that those tests fail rather than skip
 #   2. static checks: links and layout (scripts/check_*.py), cargo fmt
 #      --check, cargo clippy -D warnings, and
 #      that the fuzz targets still compile against the crates they drive
 #   3. Rust tests: unit, sans-IO, property and integration tests (nextest)
 #   4. WebSocket: Python `websockets` client tests (broadcast, proxy, worlds)
 #   5. browser: headless Chromium via playwright-core (web page, OAuth against
-#      oauth2-mock-server, worlds); installs chromium and the npm packages
+#      oauth2-mock-server, worlds); installs chromium and the npm packages;
+#      then again over TLS with a test CA (tests/browser/tls-ca.mjs)
 #   6. the Autobahn testsuite (kosoku) against sigma's &echo, strict
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,6 +38,18 @@ if [ ! -x /usr/bin/pebble ] || [ ! -x /usr/bin/pebble-challtestsrv ]; then
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq pebble
 fi
+
+# Debian's nginx, run by crates/sigma/tests/behind_proxy.rs as a private
+# non-daemon child (its own config, pid and logs in a temp directory)
+if ! [ -x /usr/sbin/nginx ] && ! command -v nginx >/dev/null 2>&1; then
+    if [ "$(id -u)" -eq 0 ]; then sudo=; else sudo=sudo; fi
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nginx
+fi
+
+step "services (scripts/services.sh)"
+source scripts/services.sh
+ensure_postgres
 
 step "links in README and docs resolve inside the repository"
 python3 scripts/check_links.py
@@ -78,6 +96,12 @@ if [ -d tests/browser ]; then
     fi
     (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
     TEST_SIGMA_BIN="$root/target/release/sigma" node --test tests/browser/
+    step "browser tests over TLS (sigma on [SHA] with a test CA, docs/tls.md)"
+    tls_dir=$(mktemp -d)
+    node tests/browser/tls-ca.mjs "$tls_dir" >/dev/null
+    TEST_SIGMA_BIN="$root/target/release/sigma" TEST_SIGMA_TLS_DIR="$tls_dir" \
+        NODE_EXTRA_CA_CERTS="$tls_dir/ca.pem" node --test tests/browser/
+    rm -rf "$tls_dir"
 fi
 
 if [ -x scripts/autobahn.sh ]; then

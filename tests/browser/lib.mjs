@@ -5,6 +5,16 @@
 // learns its address by reading stdout up to the `listening on ADDR` line; no
 // test sleeps to synchronise. launchBrowser() starts Debian's headless
 // Chromium through playwright-core.
+//
+// Over TLS (DESIGN §2a, issue #16): with TEST_SIGMA_TLS_DIR=DIR (made by
+// `node tests/browser/tls-ca.mjs DIR`: a test CA and a certificate for
+// 127.0.0.1 it signed), startSigma() runs sigma on `T…[SHA]` with that
+// certificate and returns https:// URLs, and launchBrowser() makes Chromium
+// accept the certificate (--ignore-certificate-errors-spki-list with its
+// key's hash). Run node with NODE_EXTRA_CA_CERTS=DIR/ca.pem so that
+// playwright's own requests (page.request) trust the test CA too:
+//   node tests/browser/tls-ca.mjs /tmp/t
+//   TEST_SIGMA_TLS_DIR=/tmp/t NODE_EXTRA_CA_CERTS=/tmp/t/ca.pem node --test tests/browser/
 
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync, openSync, closeSync } from 'node:fs';
@@ -20,6 +30,12 @@ export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..')
 
 /** The sigma binary under test. */
 export const SIGMA_BIN = resolve(process.env.TEST_SIGMA_BIN || join(ROOT, 'target', 'release', 'sigma'));
+
+/** The test CA's directory when the suite runs over TLS (see the top). */
+export const TLS_DIR = process.env.TEST_SIGMA_TLS_DIR || '';
+
+/** `https` over TLS, else `http`. */
+export const SCHEME = TLS_DIR ? 'https' : 'http';
 
 /** Hang guard for starting sigma and for each browser step. */
 export const START_TIMEOUT_MS = 20_000;
@@ -66,10 +82,13 @@ export async function startSigma({ config = '', users = [], env = {} } = {}) {
   let toml = config;
   if (typeof config === 'function') {
     port = await freePort();
-    toml = config({ port, url: `http://127.0.0.1:${port}` });
+    toml = config({ port, url: `${SCHEME}://127.0.0.1:${port}` });
+  }
+  if (TLS_DIR) {
+    toml += `\n[tls]\ncert = "${join(TLS_DIR, 'leaf.pem')}"\nkey = "${join(TLS_DIR, 'leaf.key')}"\n`;
   }
   // Also set in the file, the CLI flag wins; port 0 = an ephemeral port.
-  const pipeline = `T127.0.0.1:${port}[HA]`;
+  const pipeline = `T127.0.0.1:${port}[${TLS_DIR ? 'S' : ''}HA]`;
   writeFileSync(cfgPath, toml);
 
   for (const u of users) {
@@ -152,7 +171,7 @@ export async function startSigma({ config = '', users = [], env = {} } = {}) {
   }
 
   return {
-    url: `http://${addr}`,
+    url: `${SCHEME}://${addr}`,
     addr,
     port: Number(addr.slice(addr.lastIndexOf(':') + 1)),
     dir,
@@ -175,9 +194,14 @@ export const CHROMIUM_ARGS = [
 
 /** Launches Debian's Chromium (/usr/bin/chromium, or $CHROMIUM_BIN). Always `await browser.close()`. */
 export function launchBrowser() {
+  const args = [...CHROMIUM_ARGS];
+  if (TLS_DIR) {
+    const spki = readFileSync(join(TLS_DIR, 'leaf.spki'), 'utf8').trim();
+    args.push(`--ignore-certificate-errors-spki-list=${spki}`);
+  }
   return chromium.launch({
     executablePath: process.env.CHROMIUM_BIN || '/usr/bin/chromium',
-    args: CHROMIUM_ARGS,
+    args,
     timeout: START_TIMEOUT_MS,
   });
 }

@@ -230,6 +230,7 @@ max_message = 262144
 path = "/api"
 to = "http://127.0.0.1:{up.port}/base"
 read_timeout = "300ms"
+auth = "optional"
 
 [[route]]
 path = "/open"
@@ -240,28 +241,34 @@ auth = "none"
 path = "/small"
 to = "http://127.0.0.1:{up.port}/base"
 max_body = 1000
+auth = "optional"
 
 [[route]]
 path = "/strict"
 to = "http://127.0.0.1:{up.port}/base"
 echo_identity = true
+auth = "optional"
 
 [[route]]
 path = "/down"
 to = "http://127.0.0.1:{closed_port()}"
+auth = "optional"
 
 [[route]]
 path = "/wsup"
 to = "http://127.0.0.1:{wsup.port}"
+auth = "optional"
 
 [[route]]
 path = "/wsstrict"
 to = "http://127.0.0.1:{wsup.port}"
 echo_identity = true
+auth = "optional"
 
 [[route]]
 path = "/wsdown"
 to = "http://127.0.0.1:{closed_port()}"
+auth = "optional"
 
 [[route]]
 path = "/admin"
@@ -752,6 +759,7 @@ body_min_rate = 104857600
 path = "/sink"
 to = "http://127.0.0.1:{sink.port}"
 read_timeout = "3s"
+auth = "optional"
 """, USERS)
     try:
         c = socket.create_connection((s.host, s.port), timeout=20)
@@ -817,10 +825,12 @@ cookie_secure = true
 [[route]]
 path = "/api"
 to = "http://127.0.0.1:{up.port}/base"
+auth = "optional"
 
 [[route]]
 path = "/wsup"
 to = "http://127.0.0.1:{wsup.port}"
+auth = "optional"
 """, USERS)
     try:
         st, _, _ = get(s, "GET", "/api/x")

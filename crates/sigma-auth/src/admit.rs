@@ -93,12 +93,38 @@ pub fn admit(
     identity: &Principal,
     via: &Via,
     head: &RequestHead,
+    public_url: Option<&str>,
     allowed_origins: &[String],
+) -> Result<(), Denied> {
+    admit_scheme(
+        access,
+        identity,
+        via,
+        head,
+        public_url,
+        allowed_origins,
+        false,
+    )
+}
+
+/// [`admit`], with sigma's own origin `https://` only when `https_only`
+/// (TLS on, [`origin::check_scheme`]).
+pub fn admit_scheme(
+    access: RouteAccess<'_>,
+    identity: &Principal,
+    via: &Via,
+    head: &RequestHead,
+    public_url: Option<&str>,
+    allowed_origins: &[String],
+    https_only: bool,
 ) -> Result<(), Denied> {
     authorize(identity, access.level, access.users)?;
     let cookie = matches!(via, Via::Cookie(_));
     let checked = head.websocket.is_some() || origin::is_unsafe(head.method);
-    if cookie && checked && origin::check(head, allowed_origins).is_err() {
+    if cookie
+        && checked
+        && origin::check_with(head, public_url, allowed_origins, https_only).is_err()
+    {
         return Err(Denied::CrossSite);
     }
     Ok(())
@@ -114,7 +140,15 @@ impl crate::Auth {
         via: &Via,
         head: &RequestHead,
     ) -> Result<(), Denied> {
-        let verdict = admit(access, identity, via, head, self.allowed_origins());
+        let verdict = admit_scheme(
+            access,
+            identity,
+            via,
+            head,
+            self.public_url(),
+            self.allowed_origins(),
+            self.https_only(),
+        );
         if verdict == Err(Denied::CrossSite) {
             self.metrics.reject("cross_site");
         }
@@ -225,23 +259,30 @@ mod tests {
         let foreign = [("host", "sigma.test"), ("origin", "https://evil.test")];
         let post = head(Method::Post, &foreign);
         assert_eq!(
-            admit(open, &alice, &cookie, &post, &[]),
+            admit(open, &alice, &cookie, &post, None, &[]),
             Err(Denied::CrossSite)
         );
         // An allowed origin passes; a bearer token is never checked.
         assert_eq!(
-            admit(open, &alice, &cookie, &post, &["https://evil.test".into()]),
+            admit(
+                open,
+                &alice,
+                &cookie,
+                &post,
+                None,
+                &["https://evil.test".into()]
+            ),
             Ok(())
         );
-        assert_eq!(admit(open, &alice, &Via::Bearer, &post, &[]), Ok(()));
+        assert_eq!(admit(open, &alice, &Via::Bearer, &post, None, &[]), Ok(()));
         // Safe methods are not checked; the same site passes.
         let get = head(Method::Get, &foreign);
-        assert_eq!(admit(open, &alice, &cookie, &get, &[]), Ok(()));
+        assert_eq!(admit(open, &alice, &cookie, &get, None, &[]), Ok(()));
         let same = head(
             Method::Post,
             &[("host", "sigma.test"), ("origin", "http://sigma.test")],
         );
-        assert_eq!(admit(open, &alice, &cookie, &same, &[]), Ok(()));
+        assert_eq!(admit(open, &alice, &cookie, &same, None, &[]), Ok(()));
     }
 
     #[test]

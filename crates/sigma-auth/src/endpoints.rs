@@ -20,9 +20,9 @@ use serde::Deserialize;
 use serde_json::json;
 use sigma_http::{Header, Method, Response};
 
-use super::{origin, Auth, Principal, Provider, TokenRefused, Via};
+use super::{Auth, Principal, Provider, TokenRefused, Via};
 use crate::Tagged;
-use sigma_core::{Handled, HttpRequest};
+use sigma_core::{Answer, Capabilities, Destination, Handled, HttpRequest, Request};
 
 /// The bundled login page.
 const LOGIN_PAGE: &str = include_str!("../assets/login.html");
@@ -40,6 +40,53 @@ pub use sigma_core::response::{json_response, no_store};
 /// identity, whatever route would otherwise match them.
 pub fn is_endpoint(path: &[u8]) -> bool {
     matches!(path, b"/login" | b"/logout") || path.starts_with(b"/auth/")
+}
+
+/// `A`'s endpoints as a destination like any other: dispatch hands it the
+/// requests whose path [`is_endpoint`] (before any route), and applies the
+/// reply rule to what it answers. One is made per request: it carries how
+/// `A` authenticated the request and the client's address, which a
+/// [`Request`] does not.
+pub struct Endpoints {
+    /// `A`.
+    pub auth: Arc<Auth>,
+    /// How the request was authenticated.
+    pub via: Via,
+    /// The client's address (after trusted proxies).
+    pub client_ip: std::net::IpAddr,
+}
+
+/// The name of `A`'s endpoints in logs (`dest`).
+pub const NAME: &str = "&auth";
+
+impl Destination for Endpoints {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::HTTP
+    }
+
+    fn handle(&self, req: Request) -> Answer {
+        match req {
+            Request::Http(req) => {
+                let call = Call {
+                    req: &req.msg,
+                    identity: &req.identity,
+                    via: &self.via,
+                    client_ip: self.client_ip,
+                };
+                Answer::Http(handle(&self.auth, call).unwrap_or_else(|| {
+                    Handled::Ready(Tagged::new(
+                        req.identity.clone(),
+                        json_response(404, json!({"error": "not_found"})),
+                    ))
+                }))
+            }
+            other => other.not_taken(),
+        }
+    }
 }
 
 /// Answers `call` if it is one of `A`'s own endpoints.
@@ -118,8 +165,9 @@ fn login(auth: &Arc<Auth>, call: &Call<'_>) -> Handled {
     let identity = call.identity.clone();
     let tag = |resp| Handled::Ready(Tagged::new(identity.clone(), resp));
     // Login CSRF: a cross-site page must not log a visitor in.
-    if origin::check(&call.req.head, auth.allowed_origins()).is_err() {
+    if auth.same_origin(&call.req.head).is_err() {
         auth.metrics.reject("cross_site");
+        auth.security_cross_site(call);
         return tag(json_response(403, json!({"error": "cross_site"})));
     }
     let Some(creds) = parse_credentials(call.req) else {
@@ -133,7 +181,14 @@ fn login(auth: &Arc<Auth>, call: &Call<'_>) -> Handled {
         Err(t) => {
             auth.metrics.reject(t.reason);
             if auth.metrics.may_log() {
-                tracing::info!(client = %call.client_ip, limit = t.reason, "login throttled");
+                tracing::warn!(
+                    target: crate::SECURITY,
+                    event = "login_throttled",
+                    user = %creds.user,
+                    client = %call.client_ip,
+                    limit = t.reason,
+                    "login throttled"
+                );
             }
             let secs = t.retry_after_secs();
             return tag(with_retry_after(
@@ -161,17 +216,19 @@ fn login(auth: &Arc<Auth>, call: &Call<'_>) -> Handled {
         ));
     };
     let auth = Arc::clone(auth);
+    let client = call.client_ip;
     let old = match call.via {
         Via::Cookie(id) => Some(id.clone()),
         _ => None,
     };
     Handled::Later(Box::pin(async move {
         let phc = if sigma_store::valid_user_name(&creds.user) {
-            auth.store
-                .user_get(&creds.user)
-                .ok()
-                .flatten()
-                .map(|u| u.phc)
+            match auth.store.user_get(&creds.user) {
+                Ok(u) => u.map(|u| u.phc),
+                // PostgreSQL is down: 503, not "wrong password".
+                Err(e) if e.is_unavailable() => return Tagged::new(identity, store_failure(&e)),
+                Err(_) => None,
+            }
         } else {
             None
         };
@@ -182,6 +239,15 @@ fn login(auth: &Arc<Auth>, call: &Call<'_>) -> Handled {
             // The attempt's failure budget stays spent.
             drop(attempt);
             auth.metrics.reject("login_failed");
+            if auth.metrics.may_log() {
+                tracing::warn!(
+                    target: crate::SECURITY,
+                    event = "login_failed",
+                    user = %creds.user,
+                    client = %client,
+                    "login failed"
+                );
+            }
             let resp = if creds.json {
                 json_response(401, json!({"error": "invalid_credentials"}))
             } else {
@@ -211,7 +277,7 @@ fn login(auth: &Arc<Auth>, call: &Call<'_>) -> Handled {
             Ok(Ok(id)) => id,
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "could not store a session");
-                return Tagged::new(identity, json_response(500, json!({"error": "internal"})));
+                return Tagged::new(identity, store_failure(&e));
             }
             Err(_) => {
                 return Tagged::new(identity, json_response(500, json!({"error": "internal"})))
@@ -229,12 +295,32 @@ fn login(auth: &Arc<Auth>, call: &Call<'_>) -> Handled {
     }))
 }
 
+/// Seconds in `Retry-After` while the store is unreachable.
+const STORE_RETRY_SECS: u64 = 5;
+
+/// A store failure: 503 `unavailable` with `Retry-After` while the store
+/// cannot be reached (PostgreSQL down), else 500 `internal`.
+fn store_failure(e: &sigma_store::StoreError) -> Response {
+    if e.is_unavailable() {
+        with_retry_after(
+            json_response(
+                503,
+                json!({"error": "unavailable", "retry_after": STORE_RETRY_SECS}),
+            ),
+            STORE_RETRY_SECS,
+        )
+    } else {
+        json_response(500, json!({"error": "internal"}))
+    }
+}
+
 fn logout(auth: &Arc<Auth>, call: &Call<'_>) -> Handled {
     let identity = call.identity.clone();
     let session = match call.via {
         Via::Cookie(id) => {
-            if origin::check(&call.req.head, auth.allowed_origins()).is_err() {
+            if auth.same_origin(&call.req.head).is_err() {
                 auth.metrics.reject("cross_site");
+                auth.security_cross_site(call);
                 let r = json_response(403, json!({"error": "cross_site"}));
                 return Handled::Ready(Tagged::new(identity, r));
             }
@@ -251,7 +337,7 @@ fn logout(auth: &Arc<Auth>, call: &Call<'_>) -> Handled {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => {
                     tracing::error!(error = %e, "could not revoke a session");
-                    return Tagged::new(identity, json_response(500, json!({"error": "internal"})));
+                    return Tagged::new(identity, store_failure(&e));
                 }
                 Err(_) => {
                     return Tagged::new(identity, json_response(500, json!({"error": "internal"})))
@@ -267,6 +353,22 @@ fn logout(auth: &Arc<Auth>, call: &Call<'_>) -> Handled {
     }))
 }
 
+impl Auth {
+    /// The security event of a refused cross-site request to one of
+    /// `A`'s endpoints (rate-limited).
+    fn security_cross_site(&self, call: &Call<'_>) {
+        if self.metrics.may_log() {
+            tracing::warn!(
+                target: crate::SECURITY,
+                event = "cross_site",
+                client = %call.client_ip,
+                path = %String::from_utf8_lossy(call.req.head.path()),
+                "cross-site request refused"
+            );
+        }
+    }
+}
+
 fn whoami(identity: &Principal) -> Response {
     let body = match identity {
         Some(id) => json!({"user": id.user, "provider": id.provider.to_string()}),
@@ -279,8 +381,9 @@ fn token(auth: &Auth, call: &Call<'_>) -> Response {
     let (Some(id), Via::Cookie(session)) = (call.identity, call.via) else {
         return json_response(401, json!({"error": "unauthenticated"}));
     };
-    if origin::check(&call.req.head, auth.allowed_origins()).is_err() {
+    if auth.same_origin(&call.req.head).is_err() {
         auth.metrics.reject("cross_site");
+        auth.security_cross_site(call);
         return json_response(403, json!({"error": "cross_site"}));
     }
     match auth.issue_token(&id.user, session) {

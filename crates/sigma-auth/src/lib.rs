@@ -34,6 +34,7 @@ pub mod admit;
 pub mod call;
 pub mod config;
 pub mod endpoints;
+pub mod forwarded;
 pub mod jwt;
 pub mod oauth;
 pub mod origin;
@@ -181,6 +182,11 @@ pub struct Auth {
     /// OAuth2 / OIDC login (`[auth.oauth.*]`), if any provider is configured.
     pub oauth: Option<Arc<oauth::OAuth>>,
 }
+
+/// The `tracing` target of security events (DESIGN §8): failed logins,
+/// throttling, refused cross-site requests, bad tokens, identity
+/// mismatches; at `WARN`, rate-limited.
+pub const SECURITY: &str = "sigma::security";
 
 /// The `iss` and `aud` of the tokens sigma issues itself.
 pub const OWN_ISSUER: &str = "sigma";
@@ -381,14 +387,44 @@ impl Auth {
     }
 
     /// The client's address: the peer, or for a trusted proxy the
-    /// right-most `X-Forwarded-For` address that is not a trusted proxy.
+    /// right-most hop of its chain that is not a trusted proxy
+    /// ([`forwarded::resolve`]).
     pub fn client_ip(&self, peer: IpAddr, head: &RequestHead) -> IpAddr {
         client_ip(peer, head, &self.config.trusted_proxies)
+    }
+
+    /// `[auth] trusted_proxies`: the peers whose forwarding headers are
+    /// believed ([`forwarded::resolve`]).
+    pub fn trusted_proxies(&self) -> &[Cidr] {
+        &self.config.trusted_proxies
+    }
+
+    /// `[auth] public_url`, if set: the origin browsers use.
+    pub fn public_url(&self) -> Option<&str> {
+        self.config.public_url.as_deref()
+    }
+
+    /// The same-origin check of `head` ([`origin::check_with`] with
+    /// `public_url`, `allowed_origins` and, with TLS on, `https://` only).
+    pub fn same_origin(&self, head: &RequestHead) -> Result<(), origin::CrossSite> {
+        origin::check_with(
+            head,
+            self.public_url(),
+            self.allowed_origins(),
+            self.https_only(),
+        )
     }
 
     /// Origins allowed besides sigma's own.
     pub fn allowed_origins(&self) -> &[String] {
         &self.config.allowed_origins
+    }
+
+    /// Whether sigma is reached over TLS (its own, DESIGN §2a, or a
+    /// terminator: [`cookies_secure`]): then its own origin, for the
+    /// cross-site checks, is `https://` only.
+    pub fn https_only(&self) -> bool {
+        cookies_secure(&self.config)
     }
 
     /// A token for `user` of session `session` from `POST /auth/token`,
@@ -437,30 +473,9 @@ pub fn cookies_secure(config: &AuthConfig) -> bool {
             .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
 }
 
-/// See [`Auth::client_ip`].
+/// See [`Auth::client_ip`] ([`forwarded::resolve`]).
 pub fn client_ip(peer: IpAddr, head: &RequestHead, trusted: &[Cidr]) -> IpAddr {
-    let is_trusted = |ip: IpAddr| trusted.iter().any(|n| n.contains(ip));
-    if !is_trusted(peer) {
-        return peer;
-    }
-    let mut chain: Vec<IpAddr> = Vec::new();
-    for h in head.headers.iter().filter(|h| h.is("x-forwarded-for")) {
-        let Ok(v) = std::str::from_utf8(&h.value) else {
-            return peer;
-        };
-        for part in v.split(',') {
-            match part.trim().parse::<IpAddr>() {
-                Ok(ip) => chain.push(ip),
-                // A malformed chain is not believed at all.
-                Err(_) => return peer,
-            }
-        }
-    }
-    chain
-        .into_iter()
-        .rev()
-        .find(|ip| !is_trusted(*ip))
-        .unwrap_or(peer)
+    forwarded::resolve(peer, head, trusted).ip
 }
 
 /// Seconds since the Unix epoch (the wall clock of tokens).

@@ -29,6 +29,9 @@ pub struct Build<'a, 'w> {
     pub shared: Option<&'a SharedNamespace>,
     /// Upstream routes: the proxy's timeouts and `echo_identity`.
     pub proxy: Option<ProxyOptions>,
+    /// `https://` upstream routes: the route's `ca` file, trusted beside
+    /// the webpki roots.
+    pub ca: Option<&'a std::path::Path>,
     /// `[broadcast]`: each `&broadcast` route gets its own hub with its rules.
     pub broadcast: &'a BroadcastConfig,
     /// The one `&db` service every `&db` route shares.

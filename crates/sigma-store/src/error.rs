@@ -80,6 +80,59 @@ pub enum StoreError {
     /// A secret longer than [`MAX_SECRET_LEN`] or of length 0 was requested.
     #[error("a secret must be 1 to {MAX_SECRET_LEN} bytes, {0} were requested")]
     SecretSize(usize),
+    /// The `[store] url` is not a PostgreSQL connection string sigma can use.
+    #[error("[store] url: {0}")]
+    BadUrl(String),
+    /// PostgreSQL could not be reached when the store was opened.
+    #[error("cannot reach PostgreSQL at {target}: {reason}")]
+    Unreachable {
+        /// Host, port and database (never the password).
+        target: String,
+        /// Why.
+        reason: String,
+    },
+    /// The PostgreSQL schema was written by a newer sigma.
+    #[error("the PostgreSQL store {target} has schema version {found}; this sigma reads up to version {supported}")]
+    UnsupportedPgSchema {
+        /// Host, port and database.
+        target: String,
+        /// The version found in `sigma_schema`.
+        found: u64,
+        /// The newest this build knows.
+        supported: u64,
+    },
+    /// A PostgreSQL statement failed. `unavailable`: the server or the
+    /// connection is gone (a retry later may work: callers answer 503).
+    #[error("PostgreSQL: {message}")]
+    Postgres {
+        /// The server's message (never a value or a parameter).
+        message: String,
+        /// The database is unreachable rather than refusing the statement.
+        unavailable: bool,
+    },
+}
+
+impl StoreError {
+    /// True when the store is (for now) unreachable, as opposed to refusing
+    /// an operation: the caller answers 503 with `Retry-After` (HTTP) or
+    /// closes with 1011 (WebSocket) rather than 500.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            Self::Unreachable { .. }
+                | Self::Postgres {
+                    unavailable: true,
+                    ..
+                }
+        )
+    }
+}
+
+impl KvError {
+    /// [`StoreError::is_unavailable`] of the store failure, if it is one.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Store(e) if e.is_unavailable())
+    }
 }
 
 /// `From<redb::…Error>` for an error type, wrapping with `$wrap`.

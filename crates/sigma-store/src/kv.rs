@@ -105,6 +105,22 @@ impl Precondition {
     }
 }
 
+/// A `&db` change made by another process on the same store (another
+/// sigma node on the same PostgreSQL), for the local watchers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvChange {
+    /// The namespace.
+    pub ns: String,
+    /// The key.
+    pub key: String,
+    /// The new version; `None` for a delete.
+    pub version: Option<u64>,
+}
+
+/// Told of every [`KvChange`] from elsewhere; returns `false` once it
+/// wants no more (its receiver is gone), and is then dropped.
+pub type KvListener = Box<dyn Fn(&KvChange) -> bool + Send + Sync>;
+
 /// True for a namespace and key a store accepts: both non-empty, no NUL
 /// in the key.
 pub(crate) fn kv_valid(ns: &str, key: &str) -> bool {
@@ -145,6 +161,15 @@ pub trait KvStore: Send + Sync {
     /// Deletes every entry and the version counter of `ns` (for when its
     /// user is deleted); returns how many entries there were.
     fn kv_drop_namespace(&self, ns: &str) -> Result<u64, StoreError>;
+    /// Registers `listener` for the changes other processes commit to the
+    /// same store (`watch` across nodes); `false` if this store has no
+    /// other writers (the embedded store: every change is local, and the
+    /// caller already knows it). Changes are delivered in commit order,
+    /// after their commit; the caller's own writes are not repeated.
+    fn kv_listen_remote(&self, listener: KvListener) -> bool {
+        drop(listener);
+        false
+    }
 }
 
 #[cfg(test)]

@@ -1,15 +1,16 @@
 //! The storage layer (DESIGN §7): narrow traits for users, server-side
 //! sessions, the server's own secrets, the `&db` key-value store and the
-//! broadcast broker, and their embedded implementations.
+//! broadcast broker, and their implementations: embedded (redb) and cluster (PostgreSQL).
 //!
 //! ```text
 //!  A (login, session cache, JWT keys) ──▶ UserStore    ┐
 //!  `sigma user …` (CLI)               ──▶ SessionStore ├─ Store ──▶ RedbStore: <data_dir>/sigma.redb
-//!  &db (destination)                  ──▶ SecretStore  │           (PostgreSQL later, beside it)
-//!                                     ──▶ KvStore      ┘
+//!  &db (destination)                  ──▶ SecretStore  │       or
+//!                                     ──▶ KvStore      ┘           PgStore: PostgreSQL ([store] url)
 //! ```
 //!
-//! Below `A`, the destinations and the CLI; above nothing but redb.
+//! Below `A`, the destinations and the CLI; above nothing but redb and
+//! PostgreSQL (`pg_store.rs`; `migrate.rs` copies the one into the other).
 //! Nothing here faces the client directly: callers validate input first
 //! (user names with [`valid_user_name`], session ids with
 //! [`SessionId::from_cookie`]). Each part is its own trait ([`UserStore`],
@@ -31,7 +32,9 @@
 //! - A `&db` version is never reused within a namespace
 //!   ([`KvStore::kv_put`]).
 //!
-//! Every method blocks on I/O (a durable commit is an `fsync`): async
+//! Every method blocks on I/O (a durable commit is an `fsync`, or a
+//! PostgreSQL round trip; `PgStore` runs its own small runtime, so a call
+//! from inside another tokio runtime does not panic, it blocks): async
 //! callers run them with `tokio::task::spawn_blocking`. This crate does
 //! not read the wall clock: callers pass `now` and the records' times.
 
@@ -50,6 +53,10 @@ mod broker;
 mod broker_suite;
 mod error;
 mod kv;
+mod migrate;
+#[cfg(test)]
+mod migrate_tests;
+mod pg_store;
 mod redb_store;
 mod secrets;
 mod sessions;
@@ -61,7 +68,12 @@ pub use broker::{
     Broker, BrokerError, BrokerHandler, History, MemoryBroker, Publication, StreamPosition,
 };
 pub use error::{KvError, StoreError};
-pub use kv::{KvEntry, KvMeta, KvPut, KvStore, KvTags, Precondition, MAX_KV_CONTENT_TYPE};
+pub use kv::{
+    KvChange, KvEntry, KvListener, KvMeta, KvPut, KvStore, KvTags, Precondition,
+    MAX_KV_CONTENT_TYPE,
+};
+pub use migrate::{migrate_redb_to_pg, MigrateReport};
+pub use pg_store::{PgStore, PG_NOTIFY_CHANNEL, PG_SCHEMA_VERSION};
 pub use redb_store::{RedbStore, CACHE_BYTES, DB_FILE, NONDURABLE_MAX_AGE, SCHEMA_VERSION};
 pub use secrets::{SecretStore, MAX_SECRET_LEN};
 pub use sessions::{SessionId, SessionRecord, SessionStore, SESSION_COOKIE_LEN};
@@ -80,6 +92,28 @@ pub fn random_bytes(buf: &mut [u8]) -> Result<(), StoreError> {
 /// It adds no methods, only the rule that spans the parts: users and
 /// sessions are one consistency domain (see [`UserStore`]). Every type
 /// with all four parts is a `Store`.
-pub trait Store: UserStore + SessionStore + SecretStore + KvStore + 'static {}
+pub trait Store: UserStore + SessionStore + SecretStore + KvStore + StoreHealth + 'static {}
 
-impl<T> Store for T where T: UserStore + SessionStore + SecretStore + KvStore + 'static {}
+impl<T> Store for T where T: UserStore + SessionStore + SecretStore + KvStore + StoreHealth + 'static
+{}
+
+/// Whether the store can be reached, for `/healthz` and `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreStatus {
+    /// `"redb"` or `"postgres"`.
+    pub kind: &'static str,
+    /// The last operation reached the store (the embedded one always does).
+    pub up: bool,
+    /// Operations that failed because the store could not be reached,
+    /// since start.
+    pub failures: u64,
+    /// Cross-node `&db` change notifications are being received (always
+    /// true where there are none to receive).
+    pub listening: bool,
+}
+
+/// The state of a store's connection (DESIGN §7: `/healthz` reports it).
+pub trait StoreHealth: Send + Sync {
+    /// The current state.
+    fn status(&self) -> StoreStatus;
+}

@@ -412,6 +412,17 @@ impl SessionStore for RedbStore {
     }
 }
 
+impl crate::StoreHealth for RedbStore {
+    fn status(&self) -> crate::StoreStatus {
+        crate::StoreStatus {
+            kind: "redb",
+            up: true,
+            failures: 0,
+            listening: true,
+        }
+    }
+}
+
 impl SecretStore for RedbStore {
     fn secret(&self, name: &str, len: usize) -> Result<Vec<u8>, StoreError> {
         if len == 0 || len > MAX_SECRET_LEN {
@@ -597,6 +608,73 @@ impl KvStore for RedbStore {
         };
         self.commit(txn, true)?;
         Ok(n)
+    }
+}
+
+/// Everything in a store, for `sigma migrate` (crate::migrate).
+#[derive(Debug, Default)]
+pub(crate) struct Dump {
+    pub(crate) users: Vec<(String, UserRecord)>,
+    pub(crate) sessions: Vec<(SessionId, SessionRecord)>,
+    pub(crate) secrets: Vec<(String, Vec<u8>)>,
+    /// (namespace, key, entry).
+    pub(crate) kv: Vec<(String, String, KvEntry)>,
+    /// namespace → the last version given out.
+    pub(crate) kv_seq: Vec<(String, u64)>,
+}
+
+impl RedbStore {
+    /// Reads the whole store in one read transaction.
+    pub(crate) fn dump(&self) -> Result<Dump, StoreError> {
+        let txn = self.db.begin_read()?;
+        let mut d = Dump::default();
+        for entry in txn.open_table(USERS)?.range::<&str>(..)? {
+            let (k, v) = entry?;
+            d.users
+                .push((k.value().to_owned(), decode("users", v.value())?));
+        }
+        for entry in txn.open_table(SESSIONS)?.range::<&[u8]>(..)? {
+            let (k, v) = entry?;
+            let id = <[u8; 32]>::try_from(k.value())
+                .map(SessionId)
+                .map_err(|_| StoreError::Malformed { table: "sessions" })?;
+            d.sessions.push((id, decode("sessions", v.value())?));
+        }
+        for entry in txn.open_table(SECRETS)?.range::<&str>(..)? {
+            let (k, v) = entry?;
+            d.secrets.push((k.value().to_owned(), v.value().to_vec()));
+        }
+        match txn.open_table(KV) {
+            Ok(kv) => {
+                for entry in kv.range::<(&str, &str)>(..)? {
+                    let (k, v) = entry?;
+                    let (ns, key) = k.value();
+                    let (version, ct, value) = decode_kv_entry(v.value())?;
+                    d.kv.push((
+                        ns.to_owned(),
+                        key.to_owned(),
+                        KvEntry {
+                            value: value.to_vec(),
+                            content_type: ct.to_owned(),
+                            version,
+                        },
+                    ));
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        match txn.open_table(KV_SEQ) {
+            Ok(seq) => {
+                for entry in seq.range::<&str>(..)? {
+                    let (k, v) = entry?;
+                    d.kv_seq.push((k.value().to_owned(), v.value()));
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        Ok(d)
     }
 }
 

@@ -20,6 +20,11 @@
 //! below `OUTPUT_HIGH_WATER`, and while a streamed request body waits for
 //! room in its bounded channel the socket is not read.
 //!
+//! On a TLS listener (`T443[SHA]`, DESIGN §2a) the bytes pass through `S`
+//! ([`crate::tlswire`]) between the socket and `H`; the handshake runs
+//! here, in the connection's own task, so a slow handshake never holds up
+//! the accept loop. Its deadline shares the one timer with `H`'s.
+//!
 //! It does not parse bytes, pick routes or decide identities.
 
 use std::cell::RefCell;
@@ -29,6 +34,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt;
+
+use crate::metrics::inc;
 use sigma_http::Shutdown;
 use socket2::SockRef;
 use tokio::net::TcpStream;
@@ -36,6 +43,7 @@ use tokio::sync::watch;
 
 use crate::dispatch::Dispatch;
 use crate::tcp::ConnSlot;
+use crate::tlswire::{Next, TlsWire};
 
 // Defined in `listener`, below both this driver and dispatch (which reads
 // it); re-exported under its old path.
@@ -78,6 +86,22 @@ pub async fn serve(
     _slot: ConnSlot,
 ) {
     let mut p = Dispatch::new(&ctx, peer, Instant::now());
+    let mut tls = match ctx
+        .tls
+        .as_ref()
+        .map(|c| TlsWire::new(Arc::clone(c), Instant::now(), ctx.tls_handshake_timeout))
+    {
+        None => None,
+        Some(Ok(w)) => Some(w),
+        Some(Err(e)) => {
+            tracing::error!(%peer, error = %e, "cannot start TLS");
+            ctx.metrics.reject(e.reason());
+            return;
+        }
+    };
+    // A TLS error ends the connection once `S`'s last output (an alert,
+    // or the plain 400 for plain HTTP) is written.
+    let mut tls_failed = false;
     let mut draining = false;
     // Created once: re-creating this future on every loop turn showed up
     // in the profile (~1 % of CPU on keep-alive requests).
@@ -90,13 +114,64 @@ pub async fn serve(
 
     let outcome = loop {
         p.pump();
-        match p.h.shutdown() {
-            Some(Shutdown::Abort) => break Shutdown::Abort,
-            Some(Shutdown::Graceful) if p.h.output_len() == 0 => break Shutdown::Graceful,
-            _ => {}
+        if let Some(t) = tls.as_mut().filter(|_| !tls_failed) {
+            loop {
+                let moved = t.transfer(&mut p.h, Instant::now());
+                // Counted before H's events reach dispatch.
+                if let Some(resumed) = t.newly_established() {
+                    inc(&ctx.metrics.tls_handshakes);
+                    if resumed {
+                        inc(&ctx.metrics.tls_resumed);
+                    }
+                }
+                match moved {
+                    Ok(Next::Moved) => p.pump(),
+                    Ok(Next::Idle) => break,
+                    Ok(Next::AcmeDone) => {
+                        inc(&ctx.metrics.tls_acme_validations);
+                        tls_failed = true;
+                        break;
+                    }
+                    Err(e) => {
+                        tls_error(&ctx, peer, &e);
+                        tls_failed = true;
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some(t) = tls.as_mut() {
+            // `S` ends after `H`: close_notify goes out after H's last byte.
+            let h_done = match p.h.shutdown() {
+                Some(Shutdown::Abort) => break Shutdown::Abort,
+                Some(Shutdown::Graceful) => p.h.output_len() == 0,
+                None => false,
+            };
+            if h_done && !tls_failed && !t.closing() {
+                t.close();
+            }
+            if (h_done || tls_failed) && t.output().is_empty() {
+                break Shutdown::Graceful;
+            }
+            if !t.output().is_empty() {
+                match stream.try_write(t.output()) {
+                    Ok(n) => {
+                        t.handle_written(n);
+                        continue;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => break Shutdown::Abort,
+                }
+            }
+        } else {
+            match p.h.shutdown() {
+                Some(Shutdown::Abort) => break Shutdown::Abort,
+                Some(Shutdown::Graceful) if p.h.output_len() == 0 => break Shutdown::Graceful,
+                _ => {}
+            }
         }
         // Write eagerly; wait for writability only when the socket is full.
-        if p.h.output_len() > 0 {
+        if tls.is_none() && p.h.output_len() > 0 {
             match write_output(&stream, &p.h) {
                 Ok(n) => {
                     p.h.handle_written(n, Instant::now());
@@ -117,7 +192,13 @@ pub async fn serve(
         if p.h.body_paused() != upload_blocked {
             p.h.set_body_paused(upload_blocked, Instant::now());
         }
-        let deadline = p.h.poll_timeout();
+        let deadline = match (
+            p.h.poll_timeout(),
+            tls.as_ref().and_then(TlsWire::poll_timeout),
+        ) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         if deadline != armed {
             if let Some(d) = deadline {
                 sleep.as_mut().reset(d.into());
@@ -131,10 +212,17 @@ pub async fn serve(
         };
         // A streamed request body whose destination is not keeping up
         // stops the reading (the bounded channel is the backpressure).
-        let wants_read = p.h.wants_read() && !read_shut && !upload_blocked;
+        let wants_read = match &tls {
+            None => p.h.wants_read(),
+            Some(t) => !tls_failed && t.wants_read(),
+        } && !read_shut
+            && !upload_blocked;
         // A streamed response body is pulled only while the client keeps up.
         let wants_body = p.outbox.body.is_some() && p.h.wants_body();
-        let wants_write = p.h.output_len() > 0;
+        let wants_write = match &tls {
+            None => p.h.output_len() > 0,
+            Some(t) => !t.output().is_empty(),
+        };
         tokio::select! {
             r = stream.readable(), if wants_read => {
                 if r.is_err() {
@@ -144,15 +232,25 @@ pub async fn serve(
                 p.h.set_date(&http_date());
                 let res = SCRATCH.with(|s| {
                     let mut s = s.borrow_mut();
-                    match read_drained(&stream, &mut s) {
-                        Ok(Some(0)) => { p.h.handle_eof(now); Ok(()) }
-                        Ok(Some(n)) => { p.h.handle_input(s.get(..n).unwrap_or_default(), now); Ok(()) }
-                        Ok(None) => Ok(()),
-                        Err(e) => Err(e),
-                    }
+                    let got = read_drained(&stream, &mut s)?;
+                    let input = match got {
+                        Some(n) => s.get(..n).unwrap_or_default(),
+                        None => return Ok(Ok(())),
+                    };
+                    Ok::<_, io::Error>(match tls.as_mut() {
+                        None if input.is_empty() => { p.h.handle_eof(now); Ok(()) }
+                        None => { p.h.handle_input(input, now); Ok(()) }
+                        Some(t) if input.is_empty() => t.handle_eof(),
+                        Some(t) => t.handle_input(input, now),
+                    })
                 });
-                if res.is_err() {
-                    break Shutdown::Abort;
+                match res {
+                    Err(_) => break Shutdown::Abort,
+                    Ok(Err(e)) => {
+                        tls_error(&ctx, peer, &e);
+                        tls_failed = true;
+                    }
+                    Ok(Ok(())) => {}
                 }
             }
             r = stream.writable(), if wants_write => {
@@ -162,8 +260,15 @@ pub async fn serve(
             }
             () = &mut sleep, if armed.is_some() => {
                 armed = None;
+                let now = Instant::now();
+                if let Some(t) = tls.as_mut().filter(|_| !tls_failed) {
+                    if let Err(e) = t.handle_timeout(now) {
+                        tls_error(&ctx, peer, &e);
+                        tls_failed = true;
+                    }
+                }
                 p.h.set_date(&http_date());
-                p.h.handle_timeout(Instant::now());
+                p.h.handle_timeout(now);
             }
             pushed = recv_pushed(&mut p.pushed), if p.pushed.is_some() => {
                 p.on_pushed(pushed);
@@ -223,6 +328,14 @@ pub async fn serve(
                 linger(&stream, ctx.linger).await;
             }
         }
+    }
+}
+
+/// Counts and logs a TLS error that ends the connection.
+fn tls_error(ctx: &ListenerCtx, peer: SocketAddr, e: &sigma_tls::TlsError) {
+    ctx.metrics.reject(e.reason());
+    if ctx.metrics.may_log() {
+        tracing::debug!(%peer, error = %e, "TLS connection ended");
     }
 }
 

@@ -24,11 +24,15 @@ use sigma_http::{
     Event, Header, Method, Reply, RequestHead, Response, SendError, ServerConn, WsEvent, WsMessage,
 };
 
+use crate::access::{self, Entry};
 use crate::auth::admit::{invalid_token, unauthenticated};
+use crate::auth::forwarded::{self, Client};
 use crate::auth::{self, endpoints, Denied, Gate, Resolved, RouteAccess, Tagged, Via};
 use crate::config::AuthLevel;
-use crate::listener::ListenerCtx;
+use crate::health::{health_text, store_metrics};
+use crate::listener::{Generation, ListenerCtx, RouteRef};
 use crate::metrics::{add, inc};
+use crate::route::Destination as _;
 use crate::route::{
     ws_push_queue, Answer, Handled, HttpRequest, Pushed, Request, Route, Upgrade, UpgradeRequest,
     WsEndpoint, WsReceiver,
@@ -136,6 +140,10 @@ struct Incoming {
     head: Tagged<RequestHead>,
     /// How `A` authenticated it.
     via: Via,
+    /// Where it goes, decided from its head ([`Dispatch::target`]).
+    target: Target,
+    /// The client's address (after trusted proxies).
+    client: std::net::IpAddr,
     body: BodyAcc,
     started: Instant,
     /// Body bytes so far.
@@ -177,13 +185,37 @@ impl BodyAcc {
     }
 }
 
+/// Where a request goes: the request precedence of docs/architecture.md,
+/// decided once per request from its head by [`Dispatch::target`].
+enum Target {
+    /// Answered by sigma itself: a bearer token that does not verify
+    /// (401), `/healthz` and `/metrics`, no route (404), a route `A` does
+    /// not admit the request to. `dest` names who answered (access log).
+    Answer(Response, &'static str),
+    /// `A`'s own endpoints ([`endpoints::Endpoints`]).
+    Auth(std::sync::Arc<auth::Auth>),
+    /// The route's destination, the request admitted to it.
+    Route(RouteRef),
+}
+
 /// One connection's pipeline: `H`, `A` and the route table.
 pub struct Dispatch<'a> {
     ctx: &'a ListenerCtx,
+    /// The routes and `/metrics` access in force for the current request
+    /// (re-read from `ctx.current` at each request head: a reload applies
+    /// to the next request, never to half of one).
+    gen: std::sync::Arc<Generation>,
     /// The codec of this connection.
     pub h: ServerConn,
     gate: Gate,
     incoming: Option<Incoming>,
+    /// The access log entries of the requests whose response has not gone
+    /// out yet, in request order (responses leave in that order).
+    log: VecDeque<Entry>,
+    /// The entry of the response whose body is being sent.
+    log_body: Option<Entry>,
+    /// The entry of this connection's WebSocket session.
+    log_ws: Option<Entry>,
     /// The streamed request body in progress, if any.
     upload: Option<Upload>,
     /// Replies in request order.
@@ -204,6 +236,7 @@ impl<'a> Dispatch<'a> {
     pub fn new(ctx: &'a ListenerCtx, peer: SocketAddr, now: Instant) -> Self {
         Self {
             ctx,
+            gen: ctx.current.load_full(),
             h: ServerConn::with_budget(
                 std::sync::Arc::clone(&ctx.limits),
                 std::sync::Arc::clone(&ctx.budget),
@@ -211,6 +244,9 @@ impl<'a> Dispatch<'a> {
             ),
             gate: Gate::new(),
             incoming: None,
+            log: VecDeque::new(),
+            log_body: None,
+            log_ws: None,
             upload: None,
             outbox: Outbox::default(),
             ws: None,
@@ -222,7 +258,7 @@ impl<'a> Dispatch<'a> {
     }
 }
 
-impl Dispatch<'_> {
+impl<'a> Dispatch<'a> {
     /// Moves events through `A` and the router, and ready replies into `H`,
     /// until neither has anything left.
     pub fn pump(&mut self) {
@@ -232,30 +268,15 @@ impl Dispatch<'_> {
                 progressed = true;
                 self.on_event(ev);
             }
-            while let Some(reply) = self.outbox.ready.pop_front() {
+            while let Some(mut reply) = self.outbox.ready.pop_front() {
                 progressed = true;
+                crate::front::decorate(&self.ctx.front, &mut reply);
                 let now = Instant::now();
-                let is_response = matches!(reply, Reply::Response(_) | Reply::Head(_));
-                let is_body = matches!(reply, Reply::Head(_) | Reply::Chunk(_) | Reply::EndOfBody);
-                let ws_bytes = match &reply {
-                    Reply::Ws(m) => Some(ws_len(m)),
-                    _ => None,
-                };
-                let status = match &reply {
-                    Reply::Response(r) => Some(r.status),
-                    Reply::Head(h) => Some(h.status),
-                    _ => None,
-                };
+                let sent = Sent::of(&reply);
+                let is_response = matches!(sent, Sent::Response { .. } | Sent::Head(_));
+                let is_body = matches!(sent, Sent::Head(_) | Sent::Chunk(_) | Sent::End);
                 match self.h.send(reply, now) {
-                    Ok(()) => {
-                        if let Some(status) = status {
-                            self.ctx.metrics.response(status);
-                        }
-                        if let Some(n) = ws_bytes {
-                            inc(&self.ctx.metrics.ws_messages_out);
-                            add(&self.ctx.metrics.ws_bytes_out, n);
-                        }
-                    }
+                    Ok(()) => self.on_sent(sent),
                     // The socket is closing (a close handshake, a slow
                     // consumer): what was still queued for it is dropped,
                     // and nothing more is taken from the push queue.
@@ -266,15 +287,18 @@ impl Dispatch<'_> {
                         if is_body {
                             // Nothing more of this streamed response goes out.
                             self.outbox.drop_body();
+                            if let Some(entry) = self.log_body.take() {
+                                self.finished(entry);
+                            }
                         }
                         tracing::error!(peer = %self.peer, error = %e, "reply refused by H");
                         // A destination produced something H cannot send:
                         // the client gets a 500 instead of whatever it was.
                         if is_response {
-                            self.ctx.metrics.response(500);
-                            let _ = self
-                                .h
-                                .send(Reply::Response(plain(500, "internal error\n")), now);
+                            let resp = plain(500, "internal error\n");
+                            let bytes = resp.body.len() as u64;
+                            let _ = self.h.send(Reply::Response(resp), now);
+                            self.on_sent(Sent::Response { status: 500, bytes });
                         }
                     }
                 }
@@ -285,54 +309,73 @@ impl Dispatch<'_> {
         }
     }
 
-    fn on_event(&mut self, ev: Event) {
-        match ev {
-            Event::Request(mut head) => {
-                inc(&self.ctx.metrics.requests);
-                // One path for A, the route table and the destination: a
-                // path that could be read two ways is refused here.
-                match crate::route::path::normalise_target(&head.target) {
-                    Ok(target) => head.target = target,
-                    Err(why) => return self.refuse_path(why),
-                }
-                // A route with `auth = "none"` is forwarded with identity
-                // null: its requests are not authenticated at all.
-                let unauthenticated_route = !endpoints::is_endpoint(head.path())
-                    && self
-                        .ctx
-                        .routes
-                        .lookup(head.path())
-                        .is_some_and(|r| r.auth == AuthLevel::None);
-                let resolved = match &self.ctx.auth {
-                    Some(a) if !unauthenticated_route => a.identify(&head, a.clock().unix_ms()),
-                    _ => Resolved::anonymous(),
-                };
-                let via = resolved.via;
-                let session = resolved.session;
-                let tagged = auth::tag_request(resolved.identity, head);
-                if tagged.msg.websocket.is_some() {
-                    self.on_upgrade(tagged, &via, session);
-                } else if self.streams(&tagged.msg, &via) {
-                    self.start_stream(tagged, &via);
-                } else {
-                    let max_body = self
-                        .ctx
-                        .routes
-                        .lookup(tagged.msg.path())
-                        .and_then(|r| r.max_body);
-                    if declared_over(max_body, &tagged.msg) {
-                        return self.refuse_body();
-                    }
-                    self.incoming = Some(Incoming {
-                        head: tagged,
-                        via,
-                        body: BodyAcc::Empty,
-                        started: Instant::now(),
-                        received: 0,
-                        max_body,
-                    });
+    /// Takes the generation in force for the request that starts now.
+    /// The common case (no reload since) costs one lock-free load and no
+    /// reference count.
+    fn refresh_generation(&mut self) {
+        let now = self.ctx.current.load();
+        if !std::sync::Arc::ptr_eq(&now, &self.gen) {
+            self.gen = arc_swap::Guard::into_inner(now);
+        }
+    }
+
+    /// Accounts for what went out: the access log entry of its request
+    /// moves on, and ends at [`Dispatch::finished`].
+    fn on_sent(&mut self, sent: Sent) {
+        match sent {
+            Sent::Response { status, bytes } => {
+                self.ctx.metrics.response(status);
+                if let Some(mut entry) = self.log.pop_front() {
+                    entry.status = status;
+                    entry.bytes_out = bytes;
+                    self.finished(entry);
                 }
             }
+            Sent::Head(status) => {
+                self.ctx.metrics.response(status);
+                if let Some(mut entry) = self.log.pop_front() {
+                    entry.status = status;
+                    self.log_body = Some(entry);
+                }
+            }
+            Sent::Chunk(n) => {
+                if let Some(entry) = self.log_body.as_mut() {
+                    entry.bytes_out = entry.bytes_out.saturating_add(n);
+                }
+            }
+            Sent::End => {
+                if let Some(entry) = self.log_body.take() {
+                    self.finished(entry);
+                }
+            }
+            Sent::Accept => {
+                if let Some(mut entry) = self.log.pop_front() {
+                    entry.status = 101;
+                    self.log_ws = Some(entry);
+                }
+            }
+            Sent::Ws(n) => {
+                inc(&self.ctx.metrics.ws_messages_out);
+                add(&self.ctx.metrics.ws_bytes_out, n);
+                if let Some(entry) = self.log_ws.as_mut() {
+                    entry.bytes_out = entry.bytes_out.saturating_add(n as u64);
+                }
+            }
+            Sent::Other => {}
+        }
+    }
+
+    /// The one "request finished" point: a response (or a WebSocket
+    /// session) has ended. Writes the access log line.
+    fn finished(&mut self, entry: Entry) {
+        if self.ctx.access_log {
+            access::write(&entry);
+        }
+    }
+
+    fn on_event(&mut self, ev: Event) {
+        match ev {
+            Event::Request(head) => self.on_request(head),
             Event::Body(b) if self.upload.is_some() => self.upload_piece(b),
             Event::EndOfMessage { .. } if self.upload.is_some() => {
                 if let Some(u) = self.upload.as_mut() {
@@ -357,6 +400,9 @@ impl Dispatch<'_> {
                 // The body is the destination's now.
                 let _ = self.body_account.try_set(0);
                 if let Some(inc) = self.incoming.take() {
+                    if let Some(entry) = self.log.back_mut() {
+                        entry.bytes_in = inc.received;
+                    }
                     let req = Tagged::new(
                         inc.head.identity,
                         HttpRequest {
@@ -364,7 +410,7 @@ impl Dispatch<'_> {
                             body: inc.body.finish(),
                         },
                     );
-                    match self.dispatch(req, &inc.via) {
+                    match self.dispatch(req, inc.target, inc.via, inc.client) {
                         Handled::Ready(resp) => {
                             self.ctx.metrics.latency(inc.started.elapsed());
                             self.outbox.push(Reply::Response(resp.msg));
@@ -385,6 +431,9 @@ impl Dispatch<'_> {
             Event::Ws(WsEvent::Message(msg)) => {
                 inc(&self.ctx.metrics.ws_messages_in);
                 add(&self.ctx.metrics.ws_bytes_in, ws_len(&msg));
+                if let Some(entry) = self.log_ws.as_mut() {
+                    entry.bytes_in = entry.bytes_in.saturating_add(ws_len(&msg) as u64);
+                }
                 // The session ended and the connection has not taken the
                 // news yet: nothing more reaches the endpoint as it.
                 if self.pushed.as_ref().is_some_and(WsReceiver::revoked) {
@@ -410,7 +459,20 @@ impl Dispatch<'_> {
             Event::Ws(WsEvent::Ping(_)) => {}
             Event::End => {}
             Event::Abort(reason) => {
-                self.incoming = None;
+                // The request in progress (its body was being read) ends
+                // here, with H's own answer if it gave one.
+                let in_progress = self.incoming.take().is_some() | self.upload.is_some();
+                let entry = if in_progress {
+                    self.log.pop_back()
+                } else {
+                    reason.status.map(|_| {
+                        Entry::new(Instant::now(), self.peer.ip(), access::new_request_id())
+                    })
+                };
+                if let Some(mut entry) = entry {
+                    entry.status = reason.status.unwrap_or(0);
+                    self.finished(entry);
+                }
                 let _ = self.body_account.try_set(0);
                 if let Some(u) = self.upload.take() {
                     u.tx.fail(BodyError::Aborted);
@@ -426,40 +488,171 @@ impl Dispatch<'_> {
         }
     }
 
-    /// True when the request goes to a streaming destination (the proxy):
-    /// not one of `A`'s or sigma's own endpoints, not a refused token.
-    fn streams(&self, head: &RequestHead, via: &Via) -> bool {
-        let path = head.path();
-        let own = matches!(via, Via::InvalidBearer(_))
-            || (self.ctx.auth.is_some() && endpoints::is_endpoint(path))
-            || matches!(path, b"/healthz" | b"/metrics");
-        !own && self
-            .ctx
-            .routes
-            .lookup(path)
-            .is_some_and(|r| r.dest.capabilities().streams_http)
+    /// A request head: who the client is (trusted proxies), who the user
+    /// is (`A`), where the request goes ([`Dispatch::target`], the route
+    /// looked up once), then a whole request, a streamed one or an
+    /// upgrade.
+    fn on_request(&mut self, mut head: RequestHead) {
+        inc(&self.ctx.metrics.requests);
+        self.refresh_generation();
+        let started = Instant::now();
+        let client = forwarded::resolve(self.peer.ip(), &head, &self.ctx.trusted_proxies);
+        forwarded::apply(&mut head, &client);
+        let req_id = client
+            .request_id
+            .clone()
+            .unwrap_or_else(access::new_request_id);
+        let mut entry = Entry::new(started, client.ip, req_id);
+        entry.method = Some(head.method);
+        // One path for A, the route table and the destination: a path
+        // that could be read two ways is refused here.
+        match crate::route::path::normalise_target(&head.target) {
+            Ok(target) => head.target = target,
+            Err(why) => {
+                entry.path = String::from_utf8_lossy(head.path()).into_owned();
+                self.log.push_back(entry);
+                return self.refuse_path(why);
+            }
+        }
+        entry.path = String::from_utf8_lossy(head.path()).into_owned();
+        // TLS's front door (redirect to https, ACME http-01) comes before
+        // A: its answers carry no identity.
+        if self.ctx.front.is_active() {
+            if let Some(resp) = crate::front::answer(&self.ctx.front, &head) {
+                self.log.push_back(entry);
+                self.incoming = None;
+                self.outbox.push(Reply::Response(resp));
+                return;
+            }
+        }
+        head.headers.push(Header::new(
+            &b"X-Request-Id"[..],
+            entry.req.clone().into_bytes(),
+        ));
+        let own = self.ctx.auth.is_some() && endpoints::is_endpoint(head.path());
+        let route = if own {
+            None
+        } else {
+            RouteRef::lookup(&self.gen, head.path())
+        };
+        let (route_auth, max_body, streams) = match route.as_ref().and_then(RouteRef::route) {
+            Some(r) => (Some(r.auth), r.max_body, r.dest.capabilities().streams_http),
+            None => (None, None, false),
+        };
+        // A route with `auth = "none"` is forwarded with identity null:
+        // its requests are not authenticated at all.
+        let resolved = match &self.ctx.auth {
+            Some(a) if route_auth != Some(AuthLevel::None) => {
+                a.identify(&head, a.clock().unix_ms())
+            }
+            _ => Resolved::anonymous(),
+        };
+        let (via, session) = (resolved.via, resolved.session);
+        let tagged = auth::tag_request(resolved.identity, head);
+        let target = self.target(&tagged, route, &via, &client);
+        entry.user = tagged.identity.clone();
+        match &target {
+            Target::Answer(_, dest) => entry.dest = dest,
+            Target::Auth(_) => entry.dest = access::DEST_AUTH,
+            Target::Route(r) => entry.route = Some(r.clone()),
+        }
+        self.log.push_back(entry);
+        if tagged.msg.websocket.is_some() {
+            return self.on_upgrade(tagged, target, &via, session, client.ip);
+        }
+        if let (Target::Route(r), true) = (&target, streams) {
+            let r = r.clone();
+            return self.start_stream(tagged, &r, &via, client.ip);
+        }
+        if declared_over(max_body, &tagged.msg) {
+            return self.refuse_body();
+        }
+        self.incoming = Some(Incoming {
+            head: tagged,
+            via,
+            target,
+            client: client.ip,
+            body: BodyAcc::Empty,
+            started,
+            received: 0,
+            max_body,
+        });
+    }
+
+    /// The request precedence (docs/architecture.md), in one place: a bad
+    /// bearer token (401), then `A`'s endpoints, then sigma's built-ins,
+    /// then the route (404 without one), then `A`'s admission to it.
+    fn target(
+        &self,
+        req: &Tagged<RequestHead>,
+        route: Option<RouteRef>,
+        via: &Via,
+        client: &Client,
+    ) -> Target {
+        let head = &req.msg;
+        if let Via::InvalidBearer(reason) = via {
+            if self.ctx.metrics.may_log() {
+                tracing::warn!(
+                    target: auth::SECURITY,
+                    event = "bad_token",
+                    client = %client.ip,
+                    reason = *reason,
+                    path = %String::from_utf8_lossy(head.path()),
+                    "bearer token refused"
+                );
+            }
+            return Target::Answer(invalid_token(reason), access::DEST_NONE);
+        }
+        if let Some(a) = &self.ctx.auth {
+            if endpoints::is_endpoint(head.path()) {
+                return Target::Auth(std::sync::Arc::clone(a));
+            }
+        }
+        let upgrade = head.websocket.is_some();
+        let builtin = matches!(head.path(), b"/healthz" | b"/metrics");
+        if builtin && !upgrade {
+            if let Some(resp) = self.builtin(head, client.ip) {
+                return Target::Answer(resp, access::DEST_BUILTIN);
+            }
+        }
+        let Some((found, route)) = route.as_ref().and_then(|r| Some((r, r.route()?))) else {
+            let body = if upgrade {
+                "no WebSocket here\n"
+            } else {
+                "not found\n"
+            };
+            return Target::Answer(plain(404, body), access::DEST_NONE);
+        };
+        // sigma's own paths with another method are never passed on to
+        // a destination that streams (the proxy).
+        if builtin && !upgrade && route.dest.capabilities().streams_http {
+            return Target::Answer(plain(404, "not found\n"), access::DEST_BUILTIN);
+        }
+        if let Err(denied) = self.admit(route, head, &req.identity, via, client.ip) {
+            return Target::Answer(denied, access::DEST_NONE);
+        }
+        Target::Route(found.clone())
     }
 
     /// Hands a request to its streaming destination at once; its body
     /// follows through a bounded channel ([`streaming::body_channel`]).
-    fn start_stream(&mut self, req: Tagged<RequestHead>, via: &Via) {
-        let Some(route) = self.ctx.routes.lookup(req.msg.path()) else {
-            return;
-        };
+    fn start_stream(
+        &mut self,
+        req: Tagged<RequestHead>,
+        route: &RouteRef,
+        via: &Via,
+        ip: std::net::IpAddr,
+    ) {
         let expected = req.identity.clone();
-        if let Err(denied) = self.admit(route, &req.msg, &expected, via) {
-            // Answered before the body is read: H closes after it.
-            self.outbox.push(Reply::Response(denied));
-            return;
-        }
+        let Some(route) = route.route() else {
+            return self
+                .outbox
+                .push(Reply::Response(plain(500, "internal error\n")));
+        };
         let max_body = route.max_body;
         if declared_over(max_body, &req.msg) {
             return self.refuse_body();
         }
-        let ip = match &self.ctx.auth {
-            Some(a) => a.client_ip(self.peer.ip(), &req.msg),
-            None => self.peer.ip(),
-        };
         let (tx, rx) = streaming::body_channel();
         let client = ClientInfo {
             ip,
@@ -515,6 +708,11 @@ impl Dispatch<'_> {
             return;
         };
         u.received = u.received.saturating_add(b.len() as u64);
+        // The entry of the request being uploaded: still queued, or its
+        // response's head already sent.
+        if let Some(entry) = self.log.back_mut().or(self.log_body.as_mut()) {
+            entry.bytes_in = u.received;
+        }
         if u.max_body.is_some_and(|max| u.received > max) {
             // The destination sees the body fail and answers 413.
             self.ctx.metrics.reject("body_too_large");
@@ -642,48 +840,35 @@ impl Dispatch<'_> {
         self.outbox.push(Reply::Response(resp));
     }
 
-    /// Routes a complete request and applies the reply rule to the answer.
-    fn dispatch(&mut self, req: Tagged<HttpRequest>, via: &Via) -> Handled {
+    /// Hands a complete request to where [`Dispatch::target`] sent it and
+    /// applies the reply rule to the answer.
+    fn dispatch(
+        &mut self,
+        req: Tagged<HttpRequest>,
+        target: Target,
+        via: Via,
+        client_ip: std::net::IpAddr,
+    ) -> Handled {
         let expected = req.identity.clone();
-        if let Via::InvalidBearer(reason) = via {
-            return Handled::Ready(Tagged::new(expected, invalid_token(reason)));
-        }
-        if let Some(a) = &self.ctx.auth {
-            let call = endpoints::Call {
-                req: &req.msg,
-                identity: &req.identity,
+        let answer = match target {
+            Target::Answer(resp, _) => return Handled::Ready(Tagged::new(expected, resp)),
+            Target::Auth(auth) => endpoints::Endpoints {
+                auth,
                 via,
-                client_ip: a.client_ip(self.peer.ip(), &req.msg.head),
-            };
-            if let Some(handled) = endpoints::handle(a, call) {
-                return handled;
+                client_ip,
             }
-        }
-        if let Some(resp) = self.builtin(&req.msg.head) {
-            return Handled::Ready(Tagged::new(expected, resp));
-        }
-        let Some(route) = self.ctx.routes.lookup(req.msg.head.path()) else {
-            return Handled::Ready(Tagged::new(expected, plain(404, "not found\n")));
+            .handle(Request::Http(req)),
+            Target::Route(route) => match route.route() {
+                Some(r) => r.dest.handle(Request::Http(req)),
+                None => Request::Http(req).not_taken(),
+            },
         };
-        if let Err(denied) = self.admit(route, &req.msg.head, &expected, via) {
-            return Handled::Ready(Tagged::new(expected, denied));
-        }
-        if route.dest.capabilities().streams_http {
-            // Only sigma's own paths get here whole (`streams` is false for
-            // them): `/auth/…` that `A` does not serve, `/healthz` and
-            // `/metrics` with another method. They are never passed on.
-            return Handled::Ready(Tagged::new(expected, plain(404, "not found\n")));
-        }
-        let answer = route
-            .dest
-            .handle(Request::Http(req))
-            .into_http()
-            .unwrap_or_else(|| {
-                Handled::Ready(Tagged::new(
-                    expected.clone(),
-                    plain(500, "internal error\n"),
-                ))
-            });
+        let answer = answer.into_http().unwrap_or_else(|| {
+            Handled::Ready(Tagged::new(
+                expected.clone(),
+                plain(500, "internal error\n"),
+            ))
+        });
         match answer {
             Handled::Ready(reply) => {
                 Handled::Ready(reply_rule(&expected, reply, &self.ctx.metrics, self.peer))
@@ -699,18 +884,23 @@ impl Dispatch<'_> {
         }
     }
 
-    /// sigma's own endpoints: `/healthz`, and `/metrics` for the addresses
-    /// in `server.metrics_allow`.
-    fn builtin(&self, head: &RequestHead) -> Option<Response> {
+    /// sigma's own endpoints: `/healthz` (see [`health_text`]), and
+    /// `/metrics` for the client addresses (after trusted proxies) in
+    /// `server.metrics_allow`.
+    fn builtin(&self, head: &RequestHead, client: std::net::IpAddr) -> Option<Response> {
         let get = matches!(head.method, Method::Get | Method::Head);
         match head.path() {
-            b"/healthz" if get => Some(plain(200, "ok\n")),
+            b"/healthz" if get => {
+                let mut r = plain(200, "");
+                r.body = health_text(self.ctx.store.status()).into();
+                Some(r)
+            }
             b"/metrics" if get => {
-                let ip = self.peer.ip();
-                if !self.ctx.metrics_allow.iter().any(|n| n.contains(ip)) {
+                if !self.gen.metrics_allow.iter().any(|n| n.contains(client)) {
                     return Some(plain(403, "forbidden\n"));
                 }
-                let body = self.ctx.metrics.render(self.ctx.limiter.open());
+                let mut body = self.ctx.metrics.render(self.ctx.limiter.open());
+                body.push_str(&store_metrics(self.ctx.store.status()));
                 Some(Response::new(
                     200,
                     vec![Header::new(
@@ -734,6 +924,7 @@ impl Dispatch<'_> {
         head: &RequestHead,
         identity: &auth::Principal,
         via: &Via,
+        client: std::net::IpAddr,
     ) -> Result<(), Response> {
         let Some(a) = &self.ctx.auth else {
             return Ok(());
@@ -744,7 +935,14 @@ impl Dispatch<'_> {
         };
         a.admit(access, identity, via, head).map_err(|denied| {
             if denied == Denied::CrossSite && a.may_log() {
-                tracing::warn!(peer = %self.peer, "cross-site request refused");
+                tracing::warn!(
+                    target: auth::SECURITY,
+                    event = "cross_site",
+                    client = %client,
+                    user = identity.as_ref().map(|i| i.user.as_str()),
+                    path = %String::from_utf8_lossy(head.path()),
+                    "cross-site request refused"
+                );
             }
             denied.response(head)
         })
@@ -753,20 +951,37 @@ impl Dispatch<'_> {
     fn on_upgrade(
         &mut self,
         req: Tagged<RequestHead>,
+        target: Target,
         via: &Via,
         session: Option<crate::store::SessionId>,
+        client_ip: std::net::IpAddr,
     ) {
-        if let Via::InvalidBearer(reason) = via {
-            self.outbox.push(Reply::Response(invalid_token(reason)));
-            return;
-        }
-        let route = self.ctx.routes.lookup(req.msg.path());
-        if let Some(Err(denied)) = route.map(|r| self.admit(r, &req.msg, &req.identity, via)) {
-            self.outbox.push(Reply::Response(denied));
-            return;
-        }
+        let own;
+        let held;
+        let (dest, on_route): (&dyn crate::route::Destination, Option<&Route>) = match target {
+            Target::Answer(resp, _) => return self.outbox.push(Reply::Response(resp)),
+            Target::Auth(auth) => {
+                own = endpoints::Endpoints {
+                    auth,
+                    via: via.clone(),
+                    client_ip,
+                };
+                (&own, None)
+            }
+            Target::Route(r) => {
+                held = r;
+                match held.route() {
+                    Some(route) => (&*route.dest, Some(route)),
+                    None => {
+                        return self
+                            .outbox
+                            .push(Reply::Response(plain(500, "internal error\n")))
+                    }
+                }
+            }
+        };
         // No credentials, no upgrade, whatever the route's `auth`.
-        let caps = route.map(|r| r.dest.capabilities()).unwrap_or_default();
+        let caps = dest.capabilities();
         if req.identity.is_none() && caps.requires_identity {
             self.outbox.push(Reply::Response(unauthenticated()));
             return;
@@ -775,27 +990,30 @@ impl Dispatch<'_> {
         self.gate = Gate::with_identity(req.identity.clone());
         let (push, received) = ws_push_queue();
         let closer = push.closer();
+        let socket_push = push.clone();
         let client = ClientInfo {
-            ip: match &self.ctx.auth {
-                Some(a) => a.client_ip(self.peer.ip(), &req.msg),
-                None => self.peer.ip(),
-            },
+            ip: client_ip,
             bearer: matches!(via, Via::Bearer),
         };
-        let endpoint = route.filter(|_| caps.websocket).and_then(|r| {
-            r.dest
-                .handle(Request::Upgrade(Upgrade {
-                    identity: req.identity.clone(),
-                    push,
-                    from: Some(UpgradeRequest {
-                        head: req.msg,
-                        client,
-                    }),
-                }))
-                .into_socket()
-        });
+        let endpoint = if caps.websocket {
+            dest.handle(Request::Upgrade(Upgrade {
+                identity: req.identity.clone(),
+                push,
+                from: Some(UpgradeRequest {
+                    head: req.msg,
+                    client,
+                }),
+            }))
+            .into_socket()
+        } else {
+            None
+        };
         match endpoint {
             Some(mut ep) => {
+                // A reload that removes the route closes the socket (1001).
+                if let Some(r) = on_route {
+                    r.sockets.register(socket_push);
+                }
                 let admission = ep.accept_when();
                 self.ws = Some(ep);
                 self.pushed = Some(received);
@@ -885,6 +1103,20 @@ impl Dispatch<'_> {
     }
 }
 
+/// The connection ended: its WebSocket session's access log line, and
+/// those of requests that never got their response (status `0`), or whose
+/// streamed body did not end.
+impl Drop for Dispatch<'_> {
+    fn drop(&mut self) {
+        let mut left: Vec<Entry> = self.log_ws.take().into_iter().collect();
+        left.extend(self.log_body.take());
+        left.extend(self.log.drain(..));
+        for entry in left {
+            self.finished(entry);
+        }
+    }
+}
+
 /// Applies the reply rule to a response: one with another identity is
 /// replaced by a 502 that carries none of its data, counted and logged
 /// ([`sigma_core::enforce`]).
@@ -903,6 +1135,42 @@ fn reply_rule(
 /// closes, since the rest of the body is not read).
 fn declared_over(max_body: Option<u64>, head: &RequestHead) -> bool {
     matches!((max_body, head.content_length()), (Some(max), Some(len)) if len > max)
+}
+
+/// What a reply handed to `H` was, for the accounting after it went out.
+#[derive(Debug, Clone, Copy)]
+enum Sent {
+    /// A whole response, with its body's length.
+    Response { status: u16, bytes: u64 },
+    /// The head of a streamed response.
+    Head(u16),
+    /// A piece of a streamed body.
+    Chunk(u64),
+    /// The end of a streamed body (or its abort).
+    End,
+    /// A WebSocket upgrade accepted.
+    Accept,
+    /// A WebSocket message, with its payload length.
+    Ws(usize),
+    /// Anything else (a close frame).
+    Other,
+}
+
+impl Sent {
+    fn of(reply: &Reply) -> Self {
+        match reply {
+            Reply::Response(r) => Self::Response {
+                status: r.status,
+                bytes: r.body.len() as u64,
+            },
+            Reply::Head(h) => Self::Head(h.status),
+            Reply::Chunk(b) => Self::Chunk(b.len() as u64),
+            Reply::EndOfBody | Reply::Abort => Self::End,
+            Reply::Accept { .. } => Self::Accept,
+            Reply::Ws(m) => Self::Ws(ws_len(m)),
+            _ => Self::Other,
+        }
+    }
 }
 
 /// Payload length of a WebSocket message.

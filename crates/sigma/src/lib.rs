@@ -8,13 +8,17 @@
 //! ```
 //!
 //! - [`tcp`]: `T`, listeners, caps, accept loop.
+//! - [`tls`]: `S` assembled from `[tls]` (certificates, ACME, reload);
+//!   [`tlswire`]: `S` in the connection driver; [`front`]: the redirect,
+//!   `http-01` and HSTS of the listeners.
 //! - [`conn`]: the per-connection driver around the sans-IO `H` core
 //!   (`sigma_http::ServerConn`), with T's half-close semantics.
 //! - [`auth`]: `A`, identities and the reply rule.
 //! - [`route`]: the route table and the `Destination` interface;
 //!   [`echo`] is the first destination.
 //! - [`pipeline`]: the topology notation; [`config`]: `sigma.toml`;
-//!   [`server`]: assembly and lifecycle; [`parse`]: `sigma parse`.
+//!   [`server`]: assembly and lifecycle; [`reload`]: SIGHUP;
+//!   [`parse`]: `sigma parse`.
 
 #![cfg_attr(
     not(test),
@@ -34,10 +38,13 @@ pub use sigma_core::namedfile;
 /// The destinations, now their own crate (`crates/sigma-dest`); these
 /// paths are kept for the rest of the tree.
 pub use sigma_dest::{broadcast, db, echo, staticfiles, upstream, web, world};
+pub mod access;
 pub mod config;
 pub mod conn;
 
 pub mod dispatch;
+pub mod front;
+pub mod health;
 #[cfg(feature = "test-destinations")]
 mod hello;
 pub mod listener;
@@ -45,13 +52,17 @@ pub mod metrics;
 pub mod parse;
 pub mod pipeline;
 pub mod registry;
+pub mod reload;
 pub mod route;
 pub mod server;
 /// The storage layer, now its own crate (`crates/sigma-store`); this
 /// path is kept for the rest of the tree.
 pub use sigma_store as store;
+pub mod storage;
 pub mod streaming;
 pub mod tcp;
 #[cfg(feature = "test-destinations")]
 pub mod testdest;
+pub mod tls;
+pub mod tlswire;
 pub mod users;

@@ -15,8 +15,8 @@ use clap::{Parser, Subcommand, ValueEnum};
     about = "A hardened HTTP/1.1 + WebSocket front server"
 )]
 struct Cli {
-    /// Log format.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    /// Log format (also `SIGMA_LOG_FORMAT`).
+    #[arg(long, global = true, value_enum, env = "SIGMA_LOG_FORMAT", default_value_t = LogFormat::Human)]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -32,8 +32,8 @@ enum LogFormat {
 enum Command {
     /// Run the server (default topology T127.0.0.1:3000[HA]).
     Serve {
-        /// Configuration file (TOML).
-        #[arg(short, long)]
+        /// Configuration file (TOML; also `SIGMA_CONFIG`).
+        #[arg(short, long, env = "SIGMA_CONFIG")]
         config: Option<PathBuf>,
         /// Data directory (overrides `data_dir`).
         #[arg(long)]
@@ -47,14 +47,25 @@ enum Command {
     },
     /// Validate a configuration and print the resolved topology and routes.
     Check {
-        /// Configuration file (TOML).
-        #[arg(short, long)]
-        config: PathBuf,
+        /// Configuration file (TOML; also `SIGMA_CONFIG`). Without one,
+        /// the defaults and the `SIGMA_*` variables are checked.
+        #[arg(short, long, env = "SIGMA_CONFIG")]
+        config: Option<PathBuf>,
     },
     /// Manage users: add, del, list, passwd.
     User {
         #[command(subcommand)]
         command: sigma::users::UserCommand,
+    },
+    /// Copy an embedded store (users, sessions, secrets, &db) into an
+    /// empty PostgreSQL database.
+    Migrate {
+        /// The data directory of the embedded store.
+        #[arg(long)]
+        from: PathBuf,
+        /// The PostgreSQL URL, `postgres://user@host:port/database`.
+        #[arg(long)]
+        to: String,
     },
     /// Read raw HTTP on stdin and print H's events as JSON lines.
     Parse {
@@ -104,8 +115,13 @@ fn exit_status(e: &anyhow::Error) -> u8 {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SIGMA_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour only for a person at a terminal: files and journald get
+    // plain text, and NO_COLOR is honoured.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),
@@ -125,47 +141,48 @@ fn run(command: Command) -> anyhow::Result<i32> {
             pipeline,
             workers,
         } => {
-            let mut cfg = sigma::config::load(config.as_deref(), &env())?;
-            if let Some(d) = data {
-                cfg.data_dir = d;
-            }
-            if let Some(p) = pipeline {
-                cfg.topology = sigma::pipeline::parse(&p)?;
-            }
+            // The same file, environment and flags again on SIGHUP.
+            let source = move || -> anyhow::Result<sigma::config::Config> {
+                let mut cfg = sigma::config::load(config.as_deref(), &env())?;
+                if let Some(d) = &data {
+                    cfg.data_dir.clone_from(d);
+                }
+                if let Some(p) = &pipeline {
+                    cfg.topology = sigma::pipeline::parse(p)?;
+                }
+                Ok(cfg)
+            };
+            let cfg = source()?;
             // Before listening: a locked data directory is a clear exit 2,
             // and a store with no users gets `admin` (password shown once).
-            let store = sigma::store::RedbStore::open(&cfg.data_dir)?;
-            sigma::users::first_start(&store, &mut std::io::stdout().lock())?;
-            let store: std::sync::Arc<dyn sigma::store::Store> = std::sync::Arc::new(store);
+            // `[store] url`: PostgreSQL (unreachable: exit 1, naming it).
+            let store = sigma::storage::open(&cfg.store, &cfg.data_dir)?;
+            sigma::users::first_start(&*store, &mut std::io::stdout().lock())?;
             let mut rt = tokio::runtime::Builder::new_multi_thread();
             if let Some(n) = workers {
                 rt.worker_threads(n.max(1));
             }
             let rt = rt.enable_all().build()?;
-            let code = rt.block_on(sigma::server::run(cfg, store))?;
+            let code = rt.block_on(sigma::server::run(cfg, store, Box::new(source)))?;
             // Don't wait for lingering connections after a forced exit.
             rt.shutdown_background();
             Ok(code)
         }
         Command::Check { config } => {
-            let cfg = sigma::config::load(Some(&config), &env())?;
-            // The same route resolution `serve` does, so `check` fails
-            // exactly when `serve` would; over an in-memory store, since
-            // the data directory may be locked by a running server.
-            let store: std::sync::Arc<dyn sigma::store::Store> =
-                std::sync::Arc::new(sigma::store::RedbStore::in_memory()?);
-            let metrics = std::sync::Arc::new(sigma::metrics::Metrics::default());
-            let audit: std::sync::Arc<dyn sigma_core::ReplyAudit> = metrics.clone();
-            sigma::route::RouteTable::build(&cfg, &store, &audit)?;
-            // `A` too: it reads `[[auth.jwt]] key_file` and the OAuth
-            // `client_secret_file`s.
-            sigma::auth::Auth::new(std::sync::Arc::clone(&store), &cfg.auth, metrics)?;
+            let cfg = sigma::config::load(config.as_deref(), &env())?;
+            // The route resolution `serve` and a reload do, and `A`'s
+            // setup (`[[auth.jwt]] key_file`, OAuth `client_secret_file`s).
+            sigma::reload::check(&cfg)?;
             println!("{}", cfg.describe());
             println!("ok");
             Ok(0)
         }
         Command::User { command } => {
             sigma::users::run(command, &env())?;
+            Ok(0)
+        }
+        Command::Migrate { from, to } => {
+            sigma::storage::migrate(&from, &to, &mut std::io::stdout().lock())?;
             Ok(0)
         }
         Command::Parse { chunk } => {

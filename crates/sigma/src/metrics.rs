@@ -47,6 +47,10 @@ pub const LIMIT_REASONS: &[&str] = &[
     "login_queue_full",
     "token_throttled",
     "ws_session_revoked",
+    // S (DESIGN §2a): handshakes past their deadline, plain HTTP on a TLS
+    // port.
+    "tls_handshake_timeout",
+    "tls_plain_http",
 ];
 
 /// Upper bounds of the latency histogram buckets, in microseconds.
@@ -75,11 +79,19 @@ pub struct Metrics {
     pub ws_bytes_out: AtomicU64,
     /// Replies dropped by the reply rule.
     pub identity_mismatch: AtomicU64,
+    /// TLS handshakes completed (`S`).
+    pub tls_handshakes: AtomicU64,
+    /// Of those, resumed sessions (ticket or session cache).
+    pub tls_resumed: AtomicU64,
+    /// ACME `tls-alpn-01` validation handshakes answered.
+    pub tls_acme_validations: AtomicU64,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS_US.len()],
     latency_count: AtomicU64,
     latency_sum_us: AtomicU64,
     rejections: Mutex<BTreeMap<&'static str, u64>>,
     log: LogLimiter,
+    /// Config reloads (SIGHUP) applied and refused.
+    reloads: [AtomicU64; 2],
 }
 
 /// The log budget lives in `sigma-core` (destinations use it too).
@@ -124,6 +136,13 @@ impl Metrics {
         self.latency_sum_us.fetch_add(us, Ordering::Relaxed);
     }
 
+    /// Counts one config reload: applied (`ok`) or refused.
+    pub fn config_reloaded(&self, ok: bool) {
+        if let Some(c) = self.reloads.get(usize::from(!ok)) {
+            inc(c);
+        }
+    }
+
     /// True if a breach may be logged now (at most [`LOGS_PER_SECOND`]).
     pub fn may_log(&self) -> bool {
         self.log.may_log()
@@ -155,6 +174,24 @@ impl Metrics {
         );
         counter(
             &mut o,
+            "sigma_tls_handshakes_total",
+            "TLS handshakes completed.",
+            get(&self.tls_handshakes),
+        );
+        counter(
+            &mut o,
+            "sigma_tls_resumed_total",
+            "TLS handshakes that resumed a session.",
+            get(&self.tls_resumed),
+        );
+        counter(
+            &mut o,
+            "sigma_tls_acme_validations_total",
+            "ACME tls-alpn-01 validation handshakes answered.",
+            get(&self.tls_acme_validations),
+        );
+        counter(
+            &mut o,
             "sigma_requests_total",
             "Requests parsed.",
             get(&self.requests),
@@ -170,6 +207,19 @@ impl Metrics {
                 o,
                 "sigma_responses_total{{class=\"{}xx\"}} {}",
                 i + 1,
+                get(c)
+            );
+        }
+        metric(
+            &mut o,
+            "sigma_config_reloads_total",
+            "counter",
+            "Config reloads (SIGHUP), by result.",
+        );
+        for (result, c) in ["ok", "error"].iter().zip(&self.reloads) {
+            let _ = writeln!(
+                o,
+                "sigma_config_reloads_total{{result=\"{result}\"}} {}",
                 get(c)
             );
         }
@@ -266,7 +316,7 @@ impl sigma_core::ReplyAudit for Metrics {
     fn mismatch(&self, what: sigma_core::Dropped, whom: &dyn std::fmt::Display) {
         inc(&self.identity_mismatch);
         if self.may_log() {
-            tracing::warn!(at = %whom, "{what}: identity mismatch");
+            tracing::warn!(target: sigma_auth::SECURITY, event = "identity_mismatch", at = %whom, "{what}: identity mismatch");
         }
     }
 }
@@ -320,5 +370,10 @@ mod tests {
         assert!(text.contains("sigma_request_duration_seconds_bucket{le=\"0.00005\"} 0\n"));
         assert!(text.contains("sigma_request_duration_seconds_bucket{le=\"0.0001\"} 1\n"));
         assert!(text.contains("sigma_request_duration_seconds_count 1\n"));
+        assert!(text.contains("sigma_config_reloads_total{result=\"ok\"} 0\n"));
+        m.config_reloaded(false);
+        assert!(m
+            .render(0)
+            .contains("sigma_config_reloads_total{result=\"error\"} 1\n"));
     }
 }

@@ -2,8 +2,8 @@
 //!
 //! `sigma serve` reads the config ([`crate::config`]), whose `pipeline` key (or
 //! the `--pipeline` flag) is parsed here into a [`Topology`]; the binary then
-//! binds one `T` listener per [`Listener`] and runs its [`Stage`]s (`H`, then
-//! `A`) on each connection. This module only parses and prints the notation:
+//! binds one `T` listener per [`Listener`] and runs its [`Stage`]s (`S` if
+//! present, then `H`, then `A`) on each connection. This module only parses and prints the notation:
 //! it binds nothing, resolves no host names and does not check that an address
 //! is free.
 //!
@@ -16,7 +16,7 @@
 //!          | IPV4 ":" PORT
 //!          | "[" IPV6 "]" ":" PORT
 //!          | "localhost:" PORT         127.0.0.1:PORT
-//! stages   = "H" | "HA"
+//! stages   = [ "S" ] ( "H" | "HA" )   S: TLS before H (DESIGN §2a)
 //! PORT     = 0..=65535                 0 = ephemeral (tests)
 //! ```
 //!
@@ -41,15 +41,18 @@ pub struct Topology {
 pub struct Listener {
     /// Where to listen. Port 0 asks the OS for an ephemeral port.
     pub addr: SocketAddr,
-    /// The stages after `T`, left to right; always starts with [`Stage::H`].
+    /// The stages after `T`, left to right: [`Stage::S`] (TLS) if present,
+    /// then always [`Stage::H`].
     pub stages: Vec<Stage>,
 }
 
-/// A pipeline stage after `T`. More stages may be added later; only `H` and
-/// `A` are accepted today.
+/// A pipeline stage after `T`. More stages may be added later; `S`, `H`
+/// and `A` are accepted today.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Stage {
+    /// TLS (rustls), between `T` and `H` (DESIGN §2a); needs `[tls]`.
+    S,
     /// The HTTP/1.1 + WebSocket codec (DESIGN §3).
     H,
     /// Authentication and the identity gate (DESIGN §4).
@@ -60,6 +63,7 @@ impl Stage {
     /// The letter that names this stage in the notation.
     pub fn letter(self) -> char {
         match self {
+            Stage::S => 'S',
             Stage::H => 'H',
             Stage::A => 'A',
         }
@@ -67,6 +71,7 @@ impl Stage {
 
     fn from_letter(c: char) -> Option<Stage> {
         match c {
+            'S' => Some(Stage::S),
             'H' => Some(Stage::H),
             'A' => Some(Stage::A),
             _ => None,
@@ -363,7 +368,13 @@ impl Cursor<'_> {
             let at = self.pos;
             let c = match self.bump() {
                 Some(']') if stages.is_empty() => {
-                    return Err(self.error(at, "no stages: expected `H` or `HA` inside `[]`"))
+                    return Err(self.error(
+                        at,
+                        "no stages: expected `H`, `HA`, `SH` or `SHA` inside `[]`",
+                    ))
+                }
+                Some(']') if !stages.contains(&Stage::H) => {
+                    return Err(self.error(at, "`S` needs `H` after it, e.g. `[SHA]`"))
                 }
                 Some(']') => return Ok(stages),
                 Some(c) => c,
@@ -381,7 +392,7 @@ impl Cursor<'_> {
                 return Err(self.error(
                     at,
                     format!(
-                        "unknown stage `{}`: expected `H` or `A`{hint}",
+                        "unknown stage `{}`: expected `S`, `H` or `A`{hint}",
                         c.escape_debug()
                     ),
                 ));
@@ -390,8 +401,11 @@ impl Cursor<'_> {
                 return Err(self.error(at, format!("duplicate stage `{stage}`")));
             }
             match stage {
-                Stage::H if !stages.is_empty() => {
-                    return Err(self.error(at, "`H` must be the first stage"))
+                Stage::S if !stages.is_empty() => {
+                    return Err(self.error(at, "`S` (TLS) must come first, before `H`"))
+                }
+                Stage::H if stages.iter().any(|s| *s != Stage::S) => {
+                    return Err(self.error(at, "`H` must be the first stage (after `S`)"))
                 }
                 Stage::A if !stages.contains(&Stage::H) => {
                     return Err(self.error(at, "`A` needs `H` before it"))
@@ -415,7 +429,7 @@ mod tests {
         }
     }
 
-    use Stage::{A, H};
+    use Stage::{A, H, S};
 
     #[test]
     fn valid_specs() {
@@ -460,6 +474,16 @@ mod tests {
                 "T0[H] T0[HA]",
                 vec![l("127.0.0.1:0", &[H]), l("127.0.0.1:0", &[H, A])],
                 "T127.0.0.1:0[H] T127.0.0.1:0[HA]",
+            ),
+            (
+                "T443[SHA] T80[H]",
+                vec![l("127.0.0.1:443", &[S, H, A]), l("127.0.0.1:80", &[H])],
+                "T127.0.0.1:443[SHA] T127.0.0.1:80[H]",
+            ),
+            (
+                "T0[SH]",
+                vec![l("127.0.0.1:0", &[S, H])],
+                "T127.0.0.1:0[SH]",
             ),
             (
                 "T65535[H]",
@@ -507,6 +531,11 @@ mod tests {
             ("T3000[X]", 6, "unknown stage `X`"),
             ("T3000[h]", 6, "upper case"),
             ("T3000[AH]", 6, "`A` needs `H` before it"),
+            ("T443[S]", 6, "`S` needs `H` after it"),
+            ("T443[HS]", 6, "`S` (TLS) must come first"),
+            ("T443[SS]", 6, "duplicate stage `S`"),
+            ("T443[SAH]", 6, "`A` needs `H` before it"),
+            ("T443[s]", 5, "stages are upper case"),
             ("T3000[HAA]", 8, "duplicate stage `A`"),
             ("T3000[HH]", 7, "duplicate stage `H`"),
             ("T3000[H A]", 7, "unknown stage ` `"),
@@ -582,7 +611,12 @@ mod tests {
             Just(IpAddr::V4(Ipv4Addr::LOCALHOST)),
             Just(IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
         ];
-        let stages = prop_oneof![Just(vec![H]), Just(vec![H, A])];
+        let stages = prop_oneof![
+            Just(vec![H]),
+            Just(vec![H, A]),
+            Just(vec![S, H]),
+            Just(vec![S, H, A])
+        ];
         (ip, any::<u16>(), stages).prop_map(|(ip, port, stages)| Listener {
             addr: SocketAddr::new(ip, port),
             stages,

@@ -42,8 +42,10 @@ pub fn bind(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
 /// The connection caps, shared by all listeners.
 #[derive(Debug)]
 pub struct ConnLimiter {
-    max: usize,
-    max_per_ip: usize,
+    /// `server.max_connections` (a reload may change it).
+    max: AtomicUsize,
+    /// `server.max_connections_per_ip` (likewise).
+    max_per_ip: AtomicUsize,
     open: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     /// Notified whenever a connection ends (drain waits on it).
@@ -80,8 +82,8 @@ impl ConnLimiter {
     /// Caps of `max` connections, `max_per_ip` from one address.
     pub fn new(max: usize, max_per_ip: usize) -> Arc<Self> {
         Arc::new(Self {
-            max,
-            max_per_ip,
+            max: AtomicUsize::new(max),
+            max_per_ip: AtomicUsize::new(max_per_ip),
             open: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
             closed: Notify::new(),
@@ -91,7 +93,7 @@ impl ConnLimiter {
     /// Takes a slot for a connection from `ip`.
     pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnSlot, Refusal> {
         let prev = self.open.fetch_add(1, Ordering::AcqRel);
-        if prev >= self.max {
+        if prev >= self.max.load(Ordering::Relaxed) {
             self.open.fetch_sub(1, Ordering::AcqRel);
             return Err(Refusal::Global);
         }
@@ -100,7 +102,7 @@ impl ConnLimiter {
             Err(poisoned) => poisoned.into_inner(),
         };
         let n = map.entry(ip).or_insert(0);
-        if *n >= self.max_per_ip {
+        if *n >= self.max_per_ip.load(Ordering::Relaxed) {
             drop(map);
             self.open.fetch_sub(1, Ordering::AcqRel);
             return Err(Refusal::PerIp);
@@ -110,6 +112,13 @@ impl ConnLimiter {
             limiter: Arc::clone(self),
             ip,
         })
+    }
+
+    /// New caps (a reload): connections already open above them stay;
+    /// new ones are refused until the count is below.
+    pub fn set_caps(&self, max: usize, max_per_ip: usize) {
+        self.max.store(max, Ordering::Relaxed);
+        self.max_per_ip.store(max_per_ip, Ordering::Relaxed);
     }
 
     /// Connections open now.

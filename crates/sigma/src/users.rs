@@ -25,9 +25,9 @@ use std::path::PathBuf;
 use crate::auth::password::{self, PasswordError, MAX_PASSWORD_LEN};
 use crate::config::{self, ConfigError};
 use crate::store::{
-    random_bytes, valid_user_name, KvStore, RedbStore, Store, StoreError, UserRecord, UserStore,
-    MAX_USER_NAME_LEN,
+    random_bytes, valid_user_name, RedbStore, Store, StoreError, UserRecord, MAX_USER_NAME_LEN,
 };
+use std::sync::Arc;
 
 /// The account created on first start.
 pub const ADMIN_USER: &str = "admin";
@@ -139,6 +139,16 @@ pub fn data_dir(args: &DataArgs, env: &[(String, String)]) -> Result<PathBuf, Us
     Ok(config::load(args.config.as_deref(), env)?.data_dir)
 }
 
+/// The store a command works on: redb in `--data` if given, else what the
+/// config names (`[store] url`: PostgreSQL; else redb in `data_dir`).
+pub fn open_store(args: &DataArgs, env: &[(String, String)]) -> Result<Arc<dyn Store>, UserError> {
+    if let Some(d) = &args.data {
+        return Ok(Arc::new(RedbStore::open(d)?));
+    }
+    let cfg = config::load(args.config.as_deref(), env)?;
+    Ok(crate::storage::open(&cfg.store, &cfg.data_dir)?)
+}
+
 /// Runs a `sigma user` command from the process's standard streams.
 pub fn run(cmd: UserCommand, env: &[(String, String)]) -> Result<(), UserError> {
     let stdin = io::stdin();
@@ -165,7 +175,7 @@ pub fn run_with(
         } => {
             check_name(&name)?;
             // Fail on a locked store before asking for a password.
-            let store = RedbStore::open(&data_dir(&location, env)?)?;
+            let store = open_store(&location, env)?;
             if store.user_get(&name)?.is_some() {
                 return Err(UserError::Exists(name));
             }
@@ -181,7 +191,7 @@ pub fn run_with(
         }
         UserCommand::Del { name, location } => {
             check_name(&name)?;
-            let store = RedbStore::open(&data_dir(&location, env)?)?;
+            let store = open_store(&location, env)?;
             if !store.user_delete(&name)? {
                 return Err(UserError::NoSuchUser(name));
             }
@@ -191,7 +201,7 @@ pub fn run_with(
             say(out, &format!("deleted user {name} ({keys} &db keys)"))
         }
         UserCommand::List { location } => {
-            let store = RedbStore::open(&data_dir(&location, env)?)?;
+            let store = open_store(&location, env)?;
             for name in store.user_list()? {
                 say(out, &name)?;
             }
@@ -203,7 +213,7 @@ pub fn run_with(
             location,
         } => {
             check_name(&name)?;
-            let store = RedbStore::open(&data_dir(&location, env)?)?;
+            let store = open_store(&location, env)?;
             if store.user_get(&name)?.is_none() {
                 return Err(UserError::NoSuchUser(name));
             }
@@ -340,7 +350,7 @@ pub fn read_password_line(input: &mut dyn BufRead) -> Result<String, UserError> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::SessionStore as _;
+    use crate::store::{SessionStore as _, UserStore as _};
     use std::path::Path;
     use std::sync::atomic::{AtomicUsize, Ordering};
 

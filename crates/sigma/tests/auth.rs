@@ -1016,7 +1016,8 @@ fn spoofed_headers<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> 
 
 #[test]
 fn spoofed_identity_headers_never_reach_a_destination() {
-    let s = Sigma::start("[[route]]\npath = \"/inspect\"\nto = \"&inspect\"\n");
+    let s =
+        Sigma::start("[[route]]\npath = \"/inspect\"\nto = \"&inspect\"\nauth = \"optional\"\n");
     let addr = s.addr();
     let r = get_with(addr, "/inspect", &spoofed_headers(&[]));
     let (identity, headers) = inspect(&r);
@@ -1066,7 +1067,8 @@ fn auth_none_route_is_forwarded_without_identity() {
 
 #[test]
 fn crossed_replies_never_reach_the_client() {
-    let s = Sigma::start("[[route]]\npath = \"/crossed\"\nto = \"&crossed\"\n");
+    let s =
+        Sigma::start("[[route]]\npath = \"/crossed\"\nto = \"&crossed\"\nauth = \"optional\"\n");
     let addr = s.addr();
     let id = s.admin_session();
     let ck = cookie(&id);

@@ -14,8 +14,7 @@
 
 mod common;
 
-use std::io::Read as _;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc, Barrier};
 use std::thread;
@@ -337,51 +336,6 @@ fn the_global_ceiling_stops_failures_from_many_networks() {
 }
 
 // ----- sigma's token and the upstream ---------------------------------------
-
-/// A one-shot-per-connection HTTP upstream on 127.0.0.1: records each
-/// request head and answers `200 ok`.
-struct Upstream {
-    port: u16,
-    heads: mpsc::Receiver<String>,
-}
-
-impl Upstream {
-    fn start() -> Upstream {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
-        let port = l.local_addr().unwrap().port();
-        let (tx, heads) = mpsc::channel();
-        thread::spawn(move || {
-            for conn in l.incoming() {
-                let Ok(mut c) = conn else { return };
-                let _ = c.set_read_timeout(Some(IO_TIMEOUT));
-                let mut buf = Vec::new();
-                let mut tmp = [0u8; 4096];
-                while find(&buf, b"\r\n\r\n").is_none() && buf.len() < 65536 {
-                    match c.read(&mut tmp) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => buf.extend_from_slice(&tmp[..n]),
-                    }
-                }
-                if tx.send(String::from_utf8_lossy(&buf).into_owned()).is_err() {
-                    return;
-                }
-                use std::io::Write as _;
-                let _ = c.write_all(
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
-                );
-            }
-        });
-        Upstream { port, heads }
-    }
-
-    /// The next request head the upstream received (lower-cased).
-    fn next_head(&self) -> String {
-        self.heads
-            .recv_timeout(IO_TIMEOUT)
-            .expect("the upstream saw no request")
-            .to_ascii_lowercase()
-    }
-}
 
 #[test]
 fn sigmas_bearer_token_never_reaches_an_upstream() {

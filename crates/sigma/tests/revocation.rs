@@ -381,6 +381,7 @@ auth = "required"
 [[route]]
 path = "/broadcast"
 to = "&broadcast"
+auth = "optional"
 
 [[route]]
 path = "/db"

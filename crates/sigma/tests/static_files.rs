@@ -57,7 +57,7 @@ fn site() -> (PathBuf, PathBuf) {
 
 fn start(root: &Path) -> Server {
     Server::start(&format!(
-        "[[route]]\npath = \"/static\"\nto = \"static:{}\"\n",
+        "[[route]]\npath = \"/static\"\nto = \"static:{}\"\nauth = \"optional\"\n",
         root.display()
     ))
 }

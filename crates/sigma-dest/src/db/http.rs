@@ -181,7 +181,7 @@ fn preconditions(head: &RequestHead) -> Result<Precondition, Fail> {
 
 async fn get(svc: &Arc<DbService>, ns: String, key: String, pre: Precondition) -> Response {
     let entry = svc
-        .blocking(move |s| s.store.kv_get(&ns, &key).map_err(|e| super::internal(&e)))
+        .blocking(move |s| s.store.kv_get(&ns, &key).map_err(|e| super::store_fail(&e)))
         .await;
     let entry = match entry {
         Ok(e) => e,
@@ -255,7 +255,7 @@ async fn list(svc: &Arc<DbService>, ns: String, p: ListParams, route: &str) -> R
         .blocking(move |s| {
             s.store
                 .kv_list(&ns, &prefix, after.as_deref(), want)
-                .map_err(|e| super::internal(&e))
+                .map_err(|e| super::store_fail(&e))
         })
         .await;
     let mut items = match items {
@@ -288,8 +288,16 @@ fn cache_control() -> Header {
 }
 
 /// `{"error": CODE}` with the code's status.
+/// `Unavailable` (the store is unreachable) adds `Retry-After`.
 fn error(f: Fail) -> Response {
-    json_response(f.status(), json!({"error": f.code()}))
+    let mut r = json_response(f.status(), json!({"error": f.code()}));
+    if f == Fail::Unavailable {
+        r.headers.push(Header::new(
+            &b"Retry-After"[..],
+            super::RETRY_AFTER_SECS.to_string().into_bytes(),
+        ));
+    }
+    r
 }
 
 fn not_allowed(allow: &'static str) -> Response {

@@ -96,7 +96,8 @@
 //!
 //! Error codes: `bad_request`, `invalid_key`, `invalid_content_type`,
 //! `not_found`, `precondition_failed`, `too_large`, `unauthenticated`, `forbidden`,
-//! `too_many_watches`, `busy`, `internal`.
+//! `too_many_watches`, `busy`, `unavailable` (503 with `Retry-After`: the
+//! store cannot be reached, e.g. PostgreSQL is down), `internal`.
 
 pub mod config;
 mod http;
@@ -156,6 +157,7 @@ enum Fail {
     Forbidden,
     TooManyWatches,
     Busy,
+    Unavailable,
     Internal,
 }
 
@@ -172,6 +174,7 @@ impl Fail {
             Self::Forbidden => "forbidden",
             Self::TooManyWatches => "too_many_watches",
             Self::Busy => "busy",
+            Self::Unavailable => "unavailable",
             Self::Internal => "internal",
         }
     }
@@ -185,6 +188,7 @@ impl Fail {
             Self::Unauthenticated => 401,
             Self::Forbidden => 403,
             Self::TooManyWatches | Self::Busy => 429,
+            Self::Unavailable => 503,
             Self::Internal => 500,
         }
     }
@@ -195,8 +199,28 @@ impl From<KvError> for Fail {
         match e {
             KvError::PreconditionFailed => Self::PreconditionFailed,
             KvError::Invalid => Self::BadRequest,
+            e if e.is_unavailable() => store_fail(&e),
             e => internal(&e),
         }
+    }
+}
+
+/// `Retry-After` of a 503 while the store is unreachable, in seconds.
+pub const RETRY_AFTER_SECS: u32 = 5;
+
+/// Maps a store failure: `unavailable` (503, `Retry-After`) while the
+/// store cannot be reached (PostgreSQL down), else `internal`.
+fn store_fail(e: &(dyn std::error::Error + 'static)) -> Fail {
+    let unavailable = e
+        .downcast_ref::<sigma_store::StoreError>()
+        .map(sigma_store::StoreError::is_unavailable)
+        .or_else(|| e.downcast_ref::<KvError>().map(KvError::is_unavailable))
+        .unwrap_or(false);
+    if unavailable {
+        tracing::warn!(error = %e, "&db: the store is unreachable");
+        Fail::Unavailable
+    } else {
+        internal(&e)
     }
 }
 
@@ -215,14 +239,31 @@ enum Change {
 
 impl DbService {
     /// The shared state of `&db` over `store`.
+    ///
+    /// On a store with other writers (PostgreSQL: other nodes) the
+    /// watchers are also told of their changes, as the store delivers them
+    /// (`LISTEN/NOTIFY`, after each commit).
     pub fn new(store: Arc<dyn Store>, config: &DbConfig) -> Arc<Self> {
-        Arc::new(Self {
+        let svc = Arc::new(Self {
             store,
             config: config.clone(),
             watches: watch::Registry::default(),
             write_lock: Arc::new(tokio::sync::Mutex::new(())),
             ops: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_OPS)),
-        })
+        });
+        let weak = Arc::downgrade(&svc);
+        svc.store.kv_listen_remote(Box::new(move |c| {
+            let Some(svc) = weak.upgrade() else {
+                return false;
+            };
+            let change = match c.version {
+                Some(v) => Change::Put(v),
+                None => Change::Delete,
+            };
+            svc.watches.notify(&c.ns, &c.key, change);
+            true
+        }));
+        svc
     }
 
     /// Runs `f` on the blocking pool once one of the

@@ -395,7 +395,7 @@ async fn perform(
         Op::Get { key } => {
             let k = key.clone();
             let entry = svc
-                .blocking(move |s| s.store.kv_get(&ns, &k).map_err(|e| super::internal(&e)))
+                .blocking(move |s| s.store.kv_get(&ns, &k).map_err(|e| super::store_fail(&e)))
                 .await?
                 .ok_or(Fail::NotFound)?;
             let mut v = json!({
@@ -440,7 +440,7 @@ async fn perform(
                 .blocking(move |s| {
                     s.store
                         .kv_list(&ns, &prefix, after.as_deref(), want)
-                        .map_err(|e| super::internal(&e))
+                        .map_err(|e| super::store_fail(&e))
                 })
                 .await?;
             let more = items.len() > limit;

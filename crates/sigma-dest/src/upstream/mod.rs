@@ -1,5 +1,6 @@
-//! `http://HOST[:PORT][/PATH]`: the upstream reverse proxy (DESIGN §6,
-//! issue #6; the rules are in `docs/proxy.md`).
+//! `http://HOST[:PORT][/PATH]` and `https://…`: the upstream reverse
+//! proxy (DESIGN §6, issue #6; the rules are in `docs/proxy.md`; TLS to
+//! the upstream, DESIGN §2a, in [`tls`]).
 //!
 //! ```text
 //!  A ──Tagged{identity, head}──▶ [ upstream ] ──HTTP/1.1 (hyper, pooled)──▶ service
@@ -17,6 +18,7 @@
 
 pub mod config;
 pub mod headers;
+pub mod tls;
 pub mod ws;
 
 use std::pin::Pin;
@@ -27,6 +29,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -166,18 +169,29 @@ pub struct Upstream {
     url: String,
     /// The route's path prefix.
     prefix: String,
-    /// `host:port` (port 80 when not written).
+    /// `http` or `https`.
+    scheme: &'static str,
+    /// `host:port` (port 80, or 443 for https, when not written).
     authority: String,
+    /// `https://` routes: the client config the WebSocket relay uses too.
+    tls: Option<Arc<rustls::ClientConfig>>,
     /// The URL's path (may be empty).
     base: String,
     opts: ProxyOptions,
     settings: Settings,
-    client: Client<HttpConnector, ReqBody>,
+    client: Client<HttpsConnector<HttpConnector>, ReqBody>,
 }
 
-/// Splits `http://HOST[:PORT][/PATH]` into `host:port` and the path.
-fn split_url(url: &str) -> Result<(String, String), &'static str> {
-    let rest = url.strip_prefix("http://").ok_or("not an http:// URL")?;
+/// Splits `http(s)://HOST[:PORT][/PATH]` into its scheme, `host:port`
+/// and the path.
+fn split_url(url: &str) -> Result<(&'static str, String, String), &'static str> {
+    let (scheme, default_port, rest) = if let Some(r) = url.strip_prefix("http://") {
+        ("http", 80, r)
+    } else if let Some(r) = url.strip_prefix("https://") {
+        ("https", 443, r)
+    } else {
+        return Err("not an http:// or https:// URL");
+    };
     let (authority, path) = match rest.find('/') {
         Some(i) => rest.split_at(i),
         None => (rest, ""),
@@ -189,34 +203,54 @@ fn split_url(url: &str) -> Result<(String, String), &'static str> {
     let authority = if has_port {
         authority.to_owned()
     } else {
-        format!("{authority}:80")
+        format!("{authority}:{default_port}")
     };
     authority
         .parse::<http::uri::Authority>()
         .map_err(|_| "invalid host or port")?;
-    Ok((authority, path.to_owned()))
+    Ok((scheme, authority, path.to_owned()))
 }
 
 impl Upstream {
-    /// The destination for route `prefix` to `url` (validated by config).
+    /// The destination for route `prefix` to `url` (validated by config);
+    /// `ca` adds a trusted root for an `https://` upstream.
     pub fn destination(
         prefix: &str,
         url: &str,
         opts: ProxyOptions,
         settings: Settings,
-    ) -> Result<Arc<dyn Destination>, &'static str> {
-        let (authority, base) = split_url(url)?;
+        ca: Option<&std::path::Path>,
+    ) -> Result<Arc<dyn Destination>, String> {
+        let (scheme, authority, base) = split_url(url)?;
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(opts.connect_timeout));
         connector.set_nodelay(true);
+        // https: the URL's host is the SNI name and the name checked.
+        connector.enforce_http(false);
+        let tls = match scheme {
+            // No ALPN set here: hyper-rustls offers http/1.1 itself (and
+            // refuses a config that already has protocols).
+            "https" => Some(tls::client_config(ca, &[])?),
+            _ => None,
+        };
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(match &tls {
+                Some(c) => (**c).clone(),
+                None => (*tls::client_config(None, &[])?).clone(),
+            })
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE)
             .pool_timer(TokioTimer::new())
-            .build(connector);
+            .build(https);
         Ok(Arc::new(Self {
             url: url.to_owned(),
             prefix: prefix.to_owned(),
+            scheme,
             authority,
+            tls,
             base,
             opts,
             settings,
@@ -236,7 +270,8 @@ impl Upstream {
     ) -> Result<http::Request<ReqBody>, http::Error> {
         let path = headers::map_target(&self.prefix, &self.base, &head.target);
         let uri = format!(
-            "http://{}{}",
+            "{}://{}{}",
+            self.scheme,
             self.authority,
             String::from_utf8_lossy(&path)
         );
@@ -494,7 +529,12 @@ impl Upstream {
             return ws::refuse(400);
         }
         let path = headers::map_target(&self.prefix, &self.base, &head.target);
-        let url = format!("ws://{}{}", self.authority, String::from_utf8_lossy(&path));
+        let ws_scheme = if self.tls.is_some() { "wss" } else { "ws" };
+        let url = format!(
+            "{ws_scheme}://{}{}",
+            self.authority,
+            String::from_utf8_lossy(&path)
+        );
         ws::open(ws::Target {
             url,
             head,
@@ -505,6 +545,7 @@ impl Upstream {
             client,
             push,
             name: Arc::from(self.url.as_str()),
+            tls: self.tls.clone(),
         })
     }
 }
@@ -520,15 +561,21 @@ impl crate::factory::Factory for UpstreamFactory {
     }
 
     fn matches(&self, to: &str) -> bool {
-        to.starts_with("http://")
+        to.starts_with("http://") || to.starts_with("https://")
     }
 
     fn build(
         &self,
         cx: &mut crate::factory::Build<'_, '_>,
     ) -> Result<Arc<dyn Destination>, crate::UnavailableDestination> {
-        Upstream::destination(cx.path, cx.to, cx.proxy.unwrap_or_default(), *cx.upstream)
-            .map_err(|e| crate::UnavailableDestination(format!("{}: {e}", cx.to)))
+        Upstream::destination(
+            cx.path,
+            cx.to,
+            cx.proxy.unwrap_or_default(),
+            *cx.upstream,
+            cx.ca,
+        )
+        .map_err(|e| crate::UnavailableDestination(format!("{}: {e}", cx.to)))
     }
 }
 
@@ -551,18 +598,25 @@ mod tests {
 
     #[test]
     fn urls_split_into_authority_and_path() {
-        assert_eq!(split_url("http://h").unwrap(), ("h:80".into(), "".into()));
+        assert_eq!(
+            split_url("http://h").unwrap(),
+            ("http", "h:80".into(), "".into())
+        );
         assert_eq!(
             split_url("http://h:8080/base").unwrap(),
-            ("h:8080".into(), "/base".into())
+            ("http", "h:8080".into(), "/base".into())
         );
         assert_eq!(
             split_url("http://[::1]/x").unwrap(),
-            ("[::1]:80".into(), "/x".into())
+            ("http", "[::1]:80".into(), "/x".into())
         );
         assert_eq!(
             split_url("http://[::1]:81").unwrap(),
-            ("[::1]:81".into(), "".into())
+            ("http", "[::1]:81".into(), "".into())
+        );
+        assert_eq!(
+            split_url("https://h/x").unwrap(),
+            ("https", "h:443".into(), "/x".into())
         );
     }
 }

@@ -54,6 +54,9 @@ pub struct Target<'a> {
     pub push: WsSender,
     /// The upstream's configured URL (logs).
     pub name: Arc<str>,
+    /// `wss://`: the route's rustls client config (SNI and names checked
+    /// against the URL's host).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// What the client side sends the relay.
@@ -171,6 +174,7 @@ pub fn open(t: Target<'_>) -> Box<dyn WsEndpoint> {
     let push = t.push;
     let name = t.name;
     let timeout = t.connect_timeout;
+    let tls = t.tls;
     let settings = t.settings;
     let echo = t.echo_identity.then(|| headers::identity_value(&identity));
     let flooded_relay = Arc::clone(&flooded);
@@ -188,7 +192,7 @@ pub fn open(t: Target<'_>) -> Box<dyn WsEndpoint> {
             echo,
             flooded: Arc::clone(&flooded_relay),
         };
-        relay.run(request, timeout, rx, connected_tx).await;
+        relay.run(request, timeout, tls, rx, connected_tx).await;
     });
     Box::new(WsProxy {
         to_upstream: Some(tx),
@@ -203,6 +207,61 @@ fn refused(connected: oneshot::Sender<Result<(), Refusal>>, push: &WsSender) {
     if connected.send(Err(Refusal::Status(502))).is_err() {
         let _ = push.close(1014, "bad gateway");
     }
+}
+
+/// A connected upstream socket, plain or TLS (boxed: both are large).
+enum Either {
+    Plain(
+        Box<
+            tokio_tungstenite::WebSocketStream<
+                tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+            >,
+        >,
+        http::Response<Option<Vec<u8>>>,
+    ),
+    Tls(
+        Box<
+            tokio_tungstenite::WebSocketStream<
+                tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+            >,
+        >,
+        http::Response<Option<Vec<u8>>>,
+    ),
+}
+
+/// Connects to a `wss://` upstream: TCP, then TLS with the URL's host as
+/// SNI and checked name, then the WebSocket handshake.
+async fn connect_tls(
+    request: tokio_tungstenite::tungstenite::handshake::client::Request,
+    config: WebSocketConfig,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<
+    (
+        tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+        http::Response<Option<Vec<u8>>>,
+    ),
+    String,
+> {
+    let uri = request.uri();
+    let host = uri
+        .host()
+        .ok_or("the URL has no host")?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let port = uri.port_u16().unwrap_or(443);
+    let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = tcp.set_nodelay(true);
+    let name = rustls::pki_types::ServerName::try_from(host).map_err(|e| e.to_string())?;
+    let stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio_tungstenite::client_async_with_config(request, stream, Some(config))
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// The relay task's fixed parts.
@@ -239,7 +298,8 @@ impl Relay {
         self,
         request: tokio_tungstenite::tungstenite::handshake::client::Request,
         timeout: Duration,
-        mut from_client: mpsc::Receiver<FromClient>,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        from_client: mpsc::Receiver<FromClient>,
         connected: oneshot::Sender<Result<(), Refusal>>,
     ) {
         let (push, name) = (&self.push, &self.name);
@@ -248,38 +308,70 @@ impl Relay {
         let config = WebSocketConfig::default()
             .max_frame_size(Some(self.settings.ws_max_frame))
             .max_message_size(Some(self.settings.ws_max_message));
-        let connect = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
-        let ws = match tokio::time::timeout(timeout, connect).await {
-            Ok(Ok((mut ws, response))) => {
-                if let Some(sent) = &self.echo {
-                    if !echoes(&response, sent) {
-                        // The reply rule: the client gets 502, not this socket.
-                        tracing::warn!(upstream = %name, "upstream's 101 does not echo X-Sigma-Identity");
-                        let _ = connected.send(Err(Refusal::IdentityMismatch));
-                        let _ = tokio::time::timeout(
-                            self.settings.ws_close_timeout,
-                            ws.close(Some(CloseFrame {
-                                code: CloseCode::Policy,
-                                reason: "identity mismatch".into(),
-                            })),
-                        )
-                        .await;
-                        return;
-                    }
+        let connected_ws = match tls {
+            None => {
+                let connect =
+                    tokio_tungstenite::connect_async_with_config(request, Some(config), true);
+                match tokio::time::timeout(timeout, connect).await {
+                    Ok(Ok((ws, response))) => Ok(Either::Plain(Box::new(ws), response)),
+                    Ok(Err(e)) => Err(Some(e.to_string())),
+                    Err(_) => Err(None),
                 }
-                ws
             }
-            Ok(Err(e)) => {
-                tracing::warn!(upstream = %name, error = %e, "upstream WebSocket connect failed");
-                refused(connected, push);
-                return;
-            }
-            Err(_) => {
-                tracing::warn!(upstream = %name, "upstream WebSocket connect timed out");
-                refused(connected, push);
-                return;
+            Some(tls) => {
+                match tokio::time::timeout(timeout, connect_tls(request, config, tls)).await {
+                    Ok(Ok((ws, response))) => Ok(Either::Tls(Box::new(ws), response)),
+                    Ok(Err(e)) => Err(Some(e)),
+                    Err(_) => Err(None),
+                }
             }
         };
+        match connected_ws {
+            Ok(Either::Plain(ws, response)) => {
+                self.relay(*ws, response, from_client, connected).await;
+            }
+            Ok(Either::Tls(ws, response)) => {
+                self.relay(*ws, response, from_client, connected).await;
+            }
+            Err(Some(e)) => {
+                tracing::warn!(upstream = %name, error = %e, "upstream WebSocket connect failed");
+                refused(connected, push);
+            }
+            Err(None) => {
+                tracing::warn!(upstream = %name, "upstream WebSocket connect timed out");
+                refused(connected, push);
+            }
+        }
+    }
+
+    /// Relays between the client and the connected upstream `ws` until
+    /// either side ends.
+    async fn relay<S>(
+        self,
+        mut ws: tokio_tungstenite::WebSocketStream<S>,
+        response: http::Response<Option<Vec<u8>>>,
+        mut from_client: mpsc::Receiver<FromClient>,
+        connected: oneshot::Sender<Result<(), Refusal>>,
+    ) where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let (push, name) = (&self.push, &self.name);
+        if let Some(sent) = &self.echo {
+            if !echoes(&response, sent) {
+                // The reply rule: the client gets 502, not this socket.
+                tracing::warn!(upstream = %name, "upstream's 101 does not echo X-Sigma-Identity");
+                let _ = connected.send(Err(Refusal::IdentityMismatch));
+                let _ = tokio::time::timeout(
+                    self.settings.ws_close_timeout,
+                    ws.close(Some(CloseFrame {
+                        code: CloseCode::Policy,
+                        reason: "identity mismatch".into(),
+                    })),
+                )
+                .await;
+                return;
+            }
+        }
         // The client's upgrade is accepted now (if it was not already).
         let _ = connected.send(Ok(()));
         let (mut sink, mut stream) = ws.split();

@@ -111,8 +111,8 @@ pub enum RouteError {
     UnknownBuiltin(String),
     /// `to` is none of the accepted forms.
     UnknownDestination(String),
-    /// `to = "https://…"`: upstream TLS is not supported yet.
-    HttpsUpstream(String),
+    /// `ca` on a route that is not an `https://` upstream.
+    CaNotHttps,
     /// `to = "http://…"` with a malformed URL.
     BadUpstream {
         /// The URL.
@@ -247,11 +247,11 @@ impl fmt::Display for RouteError {
             ),
             RouteError::UnknownDestination(to) => write!(
                 f,
-                "unknown destination {to:?}: expected &echo, &broadcast, &db, &world, &web, http://HOST[:PORT] or static:DIR"
+                "unknown destination {to:?}: expected &echo, &broadcast, &db, &world, &web, http(s)://HOST[:PORT] or static:DIR"
             ),
-            RouteError::HttpsUpstream(url) => write!(
+            RouteError::CaNotHttps => write!(
                 f,
-                "upstream {url:?}: https:// upstreams are not supported yet; use http://"
+                "applies to an https:// upstream route only (to = \"https://…\")"
             ),
             RouteError::BadUpstream { url, reason } => {
                 write!(f, "invalid upstream URL {url:?}: {reason}")

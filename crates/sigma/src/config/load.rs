@@ -16,8 +16,11 @@ use super::db::DbConfig;
 use super::error::{ConfigError, ConfigErrorKind, Origin};
 use super::keypath::{key, line_at, Seg, Sources};
 use super::limits::{HttpTable, WebsocketTable};
+use super::log::LogConfig;
 use super::route::{default_routes, routes, Destination, ProxyOptions, RouteConfig, RouteTable};
 use super::server::ServerConfig;
+use super::store::{check_url, StoreConfig};
+use super::tls::TlsConfig;
 use super::world::{
     check_world_access, default_world_commands, world_commands, world_route, world_users,
     WorldCommand, WorldTable, WorldsConfig,
@@ -29,17 +32,20 @@ pub const DEFAULT_PIPELINE: &str = "T127.0.0.1:3000[HA]";
 pub const DEFAULT_DATA_DIR: &str = "./sigma-data";
 
 /// `SIGMA_*` variables that are not config keys (read by the logging setup).
-pub const RESERVED_ENV: &[&str] = &["SIGMA_LOG", "SIGMA_LOG_FORMAT"];
+/// `SIGMA_CONFIG` names the file (read by the command line).
+pub const RESERVED_ENV: &[&str] = &["SIGMA_LOG", "SIGMA_LOG_FORMAT", "SIGMA_CONFIG"];
 
 /// The tables an environment variable can address (`SIGMA_<TABLE>_<KEY>`).
 const ENV_TABLES: &[&str] = &[
     "server",
+    "log",
     "http",
     "websocket",
     "auth",
     "db",
     "broadcast",
     "worlds",
+    "store",
 ];
 /// The name used in messages for a config given by [`from_str`].
 const STRING_SOURCE: &str = "<config>";
@@ -68,6 +74,13 @@ pub struct Config {
     pub worlds: WorldsConfig,
     /// The world commands (`[world.<name>]`), by name.
     pub world: Vec<WorldCommand>,
+    /// The access log (`[log]`).
+    pub log: LogConfig,
+    /// `S`: certificates, ACME and the plain listeners' redirect
+    /// (`[tls]`, DESIGN §2a); `None` without TLS.
+    pub tls: Option<TlsConfig>,
+    /// Where the durable state lives (`[store]`, DESIGN §7).
+    pub store: StoreConfig,
 }
 
 impl Default for Config {
@@ -83,6 +96,9 @@ impl Default for Config {
             broadcast: BroadcastConfig::default(),
             worlds: WorldsConfig::default(),
             world: default_world_commands(),
+            log: LogConfig::default(),
+            tls: None,
+            store: StoreConfig::default(),
         }
     }
 }
@@ -228,6 +244,9 @@ pub(super) struct ConfigFile {
     pub(super) worlds: WorldsConfig,
     pub(super) world: Option<std::collections::BTreeMap<String, WorldTable>>,
     pub(super) route: Option<Vec<RouteTable>>,
+    pub(super) log: LogConfig,
+    pub(super) tls: Option<TlsConfig>,
+    pub(super) store: StoreConfig,
 }
 
 impl Default for ConfigFile {
@@ -244,14 +263,42 @@ impl Default for ConfigFile {
             worlds: WorldsConfig::default(),
             world: None,
             route: None,
+            log: LogConfig::default(),
+            tls: None,
+            store: StoreConfig::default(),
         }
     }
 }
 
+/// [`build_once`], skipping the `SIGMA_*` variables that name no key:
+/// another program's variable in the environment must not stop sigma
+/// (DESIGN §8), so each is a warning naming the variable, and the config
+/// is built without it. A variable naming a real key with a bad value is
+/// still an error.
 pub(super) fn build(
     file: Option<(&str, &str)>,
     env: &[(String, String)],
 ) -> Result<Config, ConfigError> {
+    let mut env = env.to_vec();
+    loop {
+        match build_once(file, &env) {
+            Err(ConfigError {
+                origin: Origin::Env { var },
+                path,
+                kind: ConfigErrorKind::UnknownKey { .. },
+            }) if env.iter().any(|(k, _)| *k == var) => {
+                tracing::warn!(
+                    target: "sigma::config",
+                    "{var}: ignored: `{path}` is not a config key (docs/design.md §8 lists them)"
+                );
+                env.retain(|(k, _)| *k != var);
+            }
+            other => return other,
+        }
+    }
+}
+
+fn build_once(file: Option<(&str, &str)>, env: &[(String, String)]) -> Result<Config, ConfigError> {
     let mut sources = Sources {
         file: None,
         env: Vec::new(),
@@ -350,6 +397,14 @@ fn apply_env(
 fn resolve(file: ConfigFile, sources: &Sources<'_>) -> Result<Config, ConfigError> {
     let topology = pipeline::parse(&file.pipeline)
         .map_err(|e| sources.error(vec![key("pipeline")], ConfigErrorKind::Pipeline(e)))?;
+    if let Some(url) = &file.store.url {
+        check_url(url).map_err(|message| {
+            sources.error(
+                vec![key("store"), key("url")],
+                ConfigErrorKind::Invalid { message },
+            )
+        })?;
+    }
     if file.data_dir.as_os_str().is_empty() {
         return Err(sources.error(vec![key("data_dir")], ConfigErrorKind::EmptyDataDir));
     }
@@ -391,6 +446,11 @@ fn resolve(file: ConfigFile, sources: &Sources<'_>) -> Result<Config, ConfigErro
         .into_limits(file.websocket.into_limits(write_timeout));
     let invalid = |(path, message)| sources.error(path, ConfigErrorKind::Invalid { message });
     super::auth::check(&file.auth).map_err(invalid)?;
+    super::tls::check(file.tls.as_ref()).map_err(invalid)?;
+    let mut auth = file.auth;
+    // DESIGN §2a/§4: with TLS on, sigma's cookies are `Secure` (and so
+    // `X-Forwarded-Proto` to upstreams is `https`).
+    auth.cookie_secure |= file.tls.is_some();
     let broadcast = file
         .broadcast
         .resolve(limits.ws.max_outbound)
@@ -402,10 +462,13 @@ fn resolve(file: ConfigFile, sources: &Sources<'_>) -> Result<Config, ConfigErro
         server: file.server,
         limits,
         routes,
-        auth: file.auth,
+        auth,
         db: file.db,
         broadcast,
         worlds: file.worlds,
         world,
+        log: file.log,
+        tls: file.tls,
+        store: file.store,
     })
 }

@@ -34,9 +34,9 @@
 //! - `error`: [`ConfigError`] and its kinds; `keypath`: key paths and
 //!   where a value came from (file line or variable);
 //! - one per table, with its type, defaults and cross-key rules:
-//!   `server` (T), `limits` (`[http]`, `[websocket]`: H), `auth` (A),
+//!   `server` (T), `log` (`[log]`), `limits` (`[http]`, `[websocket]`: H), `auth` (A),
 //!   `route` (`[[route]]`), `db`, `broadcast`, `world` (`[worlds]`,
-//!   `[world.<name>]`);
+//!   `[world.<name>]`), `tls` (`[tls]`: S), `store` (`[store]`);
 //! - `load`: [`Config`], the file and environment layering and the checks
 //!   across tables.
 
@@ -49,8 +49,11 @@ mod error;
 mod keypath;
 mod limits;
 mod load;
+mod log;
 mod route;
 mod server;
+mod store;
+mod tls;
 mod world;
 
 pub use auth::AuthConfig;
@@ -62,12 +65,17 @@ pub use load::{
     default_topology, from_str, load, process_env, Config, DEFAULT_DATA_DIR, DEFAULT_PIPELINE,
     RESERVED_ENV,
 };
+pub use log::LogConfig;
 pub use route::{
     default_routes, AuthLevel, Destination, ProxyOptions, RouteConfig, SharedNamespace,
 };
 pub use server::{
     default_metrics_allow, Cidr, ServerConfig, DEFAULT_BACKLOG, DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_LINGER_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP,
+};
+pub use store::StoreConfig;
+pub use tls::{
+    check_topology as check_tls_topology, AcmeTable, CertPair, Challenge, TlsConfig, TlsHttp,
 };
 pub use world::{
     default_world_commands, WorldCode, WorldCommand, WorldsConfig, BUILTIN_WORLD_CODE,

@@ -21,7 +21,7 @@ pub struct RouteConfig {
     pub path: String,
     /// Where matching requests go.
     pub to: Destination,
-    /// Who may use the route (default `optional`).
+    /// Who may use the route (`required` unless the `[[route]]` says).
     pub auth: AuthLevel,
     /// If set, only these users may use the route (never empty).
     pub users: Option<Vec<String>>,
@@ -34,6 +34,9 @@ pub struct RouteConfig {
     /// `echo_identity` (route keys `connect_timeout`, `read_timeout`,
     /// `echo_identity`); `None` on every other destination.
     pub proxy: Option<ProxyOptions>,
+    /// `https://` upstream routes only: a PEM root to trust for the
+    /// upstream beside the webpki roots (route key `ca`).
+    pub ca: Option<PathBuf>,
 }
 
 impl RouteConfig {
@@ -48,6 +51,7 @@ impl RouteConfig {
             max_body: None,
             shared: None,
             proxy: None,
+            ca: None,
         }
     }
 }
@@ -120,7 +124,7 @@ impl Destination {
     }
 
     /// Parses a route's `to`: `&echo`, `&broadcast`, `&db`,
-    /// `http://HOST[:PORT][/PATH]` or `static:DIR`.
+    /// `http(s)://HOST[:PORT][/PATH]` or `static:DIR`.
     pub fn parse(to: &str) -> Result<Destination, RouteError> {
         if let Some(name) = to.strip_prefix('&') {
             return match name {
@@ -141,13 +145,10 @@ impl Destination {
             }
             return Ok(Destination::Static(PathBuf::from(dir)));
         }
-        if to
-            .get(..8)
-            .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
+        if let Some(rest) = to
+            .strip_prefix("http://")
+            .or_else(|| to.strip_prefix("https://"))
         {
-            return Err(RouteError::HttpsUpstream(to.to_owned()));
-        }
-        if let Some(rest) = to.strip_prefix("http://") {
             check_upstream(rest).map_err(|reason| RouteError::BadUpstream {
                 url: to.to_owned(),
                 reason,
@@ -237,13 +238,20 @@ impl fmt::Display for Destination {
     }
 }
 
+/// The `auth` of a `[[route]]` that does not say (DESIGN §4, default-deny).
+fn required() -> AuthLevel {
+    AuthLevel::Required
+}
+
 /// `path` and `to` are required, so this table has no container default.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RouteTable {
     pub(super) path: String,
     pub(super) to: String,
-    #[serde(default)]
+    /// Default-deny: a configured route without `auth` is `required`
+    /// (the built-in [`default_routes`] set their own).
+    #[serde(default = "required")]
     pub(super) auth: AuthLevel,
     #[serde(default)]
     pub(super) users: Option<Vec<String>>,
@@ -259,6 +267,8 @@ pub(super) struct RouteTable {
     pub(super) read_timeout: Option<Duration>,
     #[serde(default)]
     pub(super) echo_identity: Option<bool>,
+    #[serde(default)]
+    pub(super) ca: Option<PathBuf>,
 }
 
 /// Validates every `[[route]]` and sorts them longest path first.
@@ -318,6 +328,10 @@ pub(super) fn routes(tables: Vec<RouteTable>) -> Result<Vec<RouteConfig>, (KeyPa
             }
             None
         };
+        let https = matches!(&to, Destination::Upstream(u) if u.starts_with("https://"));
+        if t.ca.is_some() && !https {
+            return Err((at("ca"), RouteError::CaNotHttps));
+        }
         out.push(RouteConfig {
             path: t.path,
             to,
@@ -326,6 +340,7 @@ pub(super) fn routes(tables: Vec<RouteTable>) -> Result<Vec<RouteConfig>, (KeyPa
             max_body: t.max_body,
             shared,
             proxy,
+            ca: t.ca,
         });
     }
     // Stable, so `first` above indexed the file's order; now match order.

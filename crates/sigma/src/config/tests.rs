@@ -66,6 +66,9 @@ fn every_key_round_trips() {
         metrics_allow = ["10.0.0.0/8"]
         memory_budget = 16
 
+        [log]
+        access = false
+
         [auth]
         session_idle_timeout = "1h"
         session_lifetime = "2h"
@@ -139,6 +142,31 @@ fn every_key_round_trips() {
         namespace = "team"
         writers = ["alice"]
 
+        [[route]]
+        path = "/secure"
+        to = "https://backend.example:8443/v1"
+        ca = "/etc/sigma/backend-ca.pem"
+
+        [tls]
+        cert = "/etc/sigma/site.pem"
+        key = "/etc/sigma/site.key"
+        handshake_timeout = "81s"
+
+        [[tls.extra]]
+        cert = "/etc/sigma/b.pem"
+        key = "/etc/sigma/b.key"
+
+        [tls.acme]
+        directory = "https://acme.example/dir"
+        email = "ops@example.com"
+        domains = ["example.com", "www.example.com"]
+        challenge = "http-01"
+        ca = "/etc/sigma/acme-root.pem"
+
+        [tls.http]
+        redirect = true
+        hsts = "max-age=82"
+
         [worlds]
         activation_timeout = "71s"
         max_per_user = 72
@@ -151,6 +179,9 @@ fn every_key_round_trips() {
         code = "/srv/notes.js"
         to = "&db"
         users = ["alice"]
+
+        [store]
+        url = "postgres://sigma@db.example.com:5433/sigma"
     "#;
     let c = from_str(toml, &[]).unwrap();
     assert_eq!(
@@ -194,6 +225,7 @@ fn every_key_round_trips() {
         }
     );
     assert_eq!(c.data_dir, PathBuf::from("/var/lib/sigma"));
+    assert!(!c.log.access, "[log] access = false");
     assert_eq!(
         c.server,
         ServerConfig {
@@ -235,12 +267,45 @@ fn every_key_round_trips() {
         }
     );
     assert_eq!(
+        c.tls,
+        Some(crate::config::TlsConfig {
+            cert: Some("/etc/sigma/site.pem".into()),
+            key: Some("/etc/sigma/site.key".into()),
+            extra: vec![crate::config::CertPair {
+                cert: "/etc/sigma/b.pem".into(),
+                key: "/etc/sigma/b.key".into(),
+            }],
+            acme: Some(crate::config::AcmeTable {
+                directory: "https://acme.example/dir".into(),
+                email: Some("ops@example.com".into()),
+                domains: vec!["example.com".into(), "www.example.com".into()],
+                challenge: crate::config::Challenge::Http01,
+                ca: Some("/etc/sigma/acme-root.pem".into()),
+            }),
+            http: crate::config::TlsHttp {
+                redirect: true,
+                hsts: Some("max-age=82".into()),
+            },
+            handshake_timeout: Duration::from_secs(81),
+        })
+    );
+    assert_eq!(
         c.routes,
         vec![
             RouteConfig {
+                path: "/secure".into(),
+                to: Destination::Upstream("https://backend.example:8443/v1".into()),
+                auth: AuthLevel::Required,
+                users: None,
+                max_body: None,
+                shared: None,
+                proxy: Some(ProxyOptions::default()),
+                ca: Some("/etc/sigma/backend-ca.pem".into()),
+            },
+            RouteConfig {
                 path: "/team".into(),
                 to: Destination::Db,
-                auth: AuthLevel::Optional,
+                auth: AuthLevel::Required,
                 users: None,
                 max_body: None,
                 shared: Some(SharedNamespace {
@@ -248,6 +313,7 @@ fn every_key_round_trips() {
                     writers: Some(vec!["alice".into()]),
                 }),
                 proxy: None,
+                ca: None,
             },
             RouteConfig {
                 path: "/api".into(),
@@ -261,6 +327,7 @@ fn every_key_round_trips() {
                     read_timeout: Duration::from_secs(53),
                     echo_identity: true,
                 }),
+                ca: None,
             },
         ]
     );
@@ -335,6 +402,10 @@ fn every_key_round_trips() {
             max_key: 62,
         }
     );
+    assert_eq!(
+        c.store.url.as_deref(),
+        Some("postgres://sigma@db.example.com:5433/sigma")
+    );
     // The test above names every field of every table.
     for name in fields_of::<ServerConfig>()
         .iter()
@@ -346,12 +417,19 @@ fn every_key_round_trips() {
         .chain(fields_of::<RouteTable>())
         .chain(fields_of::<WorldsConfig>())
         .chain(fields_of::<WorldTable>())
+        .chain(fields_of::<super::StoreConfig>())
         .chain(fields_of::<ConfigFile>())
+        .chain(fields_of::<crate::config::TlsConfig>())
+        .chain(fields_of::<crate::config::CertPair>())
+        .chain(fields_of::<crate::config::AcmeTable>())
+        .chain(fields_of::<crate::config::TlsHttp>())
     {
         assert!(
             toml.contains(&format!("{name} = "))
                 || toml.contains(&format!("[{name}]"))
-                || toml.contains(&format!("[{name}.")),
+                || toml.contains(&format!("[{name}."))
+                || toml.contains(&format!(".{name}]]"))
+                || toml.contains(&format!(".{name}]")),
             "{name} not covered"
         );
     }
@@ -372,13 +450,16 @@ fn field_probe_reads_the_struct_fields() {
             "broadcast",
             "worlds",
             "world",
-            "route"
+            "route",
+            "log",
+            "tls",
+            "store"
         ]
     );
     assert_eq!(fields_of::<HttpTable>().len(), 13);
     assert_eq!(fields_of::<WebsocketTable>().len(), 6);
     assert_eq!(fields_of::<ServerConfig>().len(), 7);
-    assert_eq!(fields_of::<RouteTable>().len(), 10);
+    assert_eq!(fields_of::<RouteTable>().len(), 11);
 }
 
 #[test]
@@ -532,7 +613,7 @@ fn proxy_keys_only_on_upstream_routes() {
     )
     .unwrap();
     assert!(c.describe().contains(
-        "route /a -> http://h (auth optional, connect_timeout 5s, read_timeout 300ms, echo_identity true)"
+        "route /a -> http://h (auth required, connect_timeout 5s, read_timeout 300ms, echo_identity true)"
     ));
 }
 
@@ -559,6 +640,7 @@ fn full_sample_file_loads_and_names_every_key() {
     let tables: &[(&str, &[&str])] = &[
         ("", fields_of::<ConfigFile>()),
         ("server", fields_of::<ServerConfig>()),
+        ("log", fields_of::<super::log::LogConfig>()),
         ("http", fields_of::<HttpTable>()),
         ("websocket", fields_of::<WebsocketTable>()),
         ("db", fields_of::<DbConfig>()),
@@ -567,6 +649,9 @@ fn full_sample_file_loads_and_names_every_key() {
         ("route", fields_of::<RouteTable>()),
         ("worlds", fields_of::<WorldsConfig>()),
         ("world", fields_of::<WorldTable>()),
+        ("tls", fields_of::<crate::config::TlsConfig>()),
+        ("tls.acme", fields_of::<crate::config::AcmeTable>()),
+        ("tls.http", fields_of::<crate::config::TlsHttp>()),
     ];
     for (table, keys) in tables {
         for k in *keys {
@@ -576,6 +661,7 @@ fn full_sample_file_loads_and_names_every_key() {
                     || l.starts_with(&format!("[[{k}]]"))
                     || l.starts_with(&format!("[{k}."))
                     || l.starts_with(&format!("[[{table}.{k}]]"))
+                    || l.starts_with(&format!("[{table}.{k}]"))
             });
             assert!(found, "full.toml lacks {table}.{k}");
         }
@@ -815,23 +901,25 @@ fn environment_overrides_file_and_defaults() {
 
 #[test]
 fn environment_errors_name_the_variable() {
-    let e = from_str("", &env(&[("SIGMA_HTTP_MAX_HEDAERS", "10")])).unwrap_err();
-    assert_eq!(
-        e.origin,
-        Origin::Env {
-            var: "SIGMA_HTTP_MAX_HEDAERS".into()
-        }
-    );
-    assert_eq!(e.path, "http.max_hedaers");
-    assert!(e
-        .to_string()
-        .starts_with("SIGMA_HTTP_MAX_HEDAERS: unknown key `http.max_hedaers` (expected one of"));
-
-    let e = load(None, &env(&[("SIGMA_FOO", "1")])).unwrap_err();
-    assert!(
-        e.to_string().starts_with("SIGMA_FOO: unknown key `foo`"),
-        "{e}"
-    );
+    // A variable that names no key is skipped (a warning, DESIGN §8):
+    // another program's SIGMA_* must not stop sigma; the rest still apply.
+    let c = from_str(
+        "",
+        &env(&[
+            ("SIGMA_HTTP_MAX_HEDAERS", "10"),
+            ("SIGMA_TEST_POSTGRES", "postgres://x"),
+            ("SIGMA_HTTP_MAX_HEADERS", "12"),
+            ("SIGMA_FOO", "1"),
+            ("SIGMA_CONFIG", "/etc/sigma.toml"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(c.limits.max_headers, 12);
+    assert_eq!(c, {
+        let mut d = Config::default();
+        d.limits.max_headers = 12;
+        d
+    });
 
     let e = from_str("", &env(&[("SIGMA_HTTP_HEAD_TIMEOUT", "ten")])).unwrap_err();
     assert!(
@@ -895,12 +983,20 @@ fn invalid_routes() {
             "unknown destination \"echo\"",
         ),
         ("/x", "ftp://h", "", "route[0].to", "unknown destination"),
+        ("/x", "https://", "", "route[0].to", "the host is missing"),
         (
             "/x",
-            "https://h",
-            "",
-            "route[0].to",
-            "https:// upstreams are not supported",
+            "http://h",
+            "ca = \"/etc/ca.pem\"",
+            "route[0].ca",
+            "applies to an https:// upstream route only",
+        ),
+        (
+            "/x",
+            "&echo",
+            "ca = \"/etc/ca.pem\"",
+            "route[0].ca",
+            "applies to an https:// upstream route only",
         ),
         ("/x", "http://", "", "route[0].to", "the host is missing"),
         ("/x", "http://:80", "", "route[0].to", "the host is missing"),
@@ -1036,11 +1132,11 @@ fn routes_sorted_longest_first_and_described() {
     assert_eq!(
         c.describe(),
         "pipeline T127.0.0.1:3000[HA] T127.0.0.1:9090[H]\n\
-         route /api/v2/ -> http://[::1]:81 (auth optional)\n\
-         route /chat -> &broadcast (auth optional)\n\
+         route /api/v2/ -> http://[::1]:81 (auth required)\n\
+         route /chat -> &broadcast (auth required)\n\
          route /api -> http://127.0.0.1:8080/base (auth required, users alice,bob, max_body 1024)\n\
          route /db -> &db (auth required)\n\
-         route / -> static:./www (auth optional)"
+         route / -> static:./www (auth required)"
     );
     assert_eq!(
         Config::default().describe(),

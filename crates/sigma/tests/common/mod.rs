@@ -796,13 +796,26 @@ impl Server {
     /// topology `pipeline`, which may name several listeners
     /// (`T127.0.0.1:0[HA] T127.0.0.1:0[H]`).
     pub fn launch(config_toml: &str, data: &Path, pipeline: &str) -> Launched {
+        Self::launch_with(config_toml, data, pipeline, &[("SIGMA_LOG", "warn")], &[])
+    }
+
+    /// Like [`Server::launch`], with the environment `env` and the
+    /// arguments `args` before `serve` (`--log-format json`).
+    pub fn launch_with(
+        config_toml: &str,
+        data: &Path,
+        pipeline: &str,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Launched {
         let listeners = pipeline.split_whitespace().count();
         let dir = temp_dir("srv");
         let cfg = dir.join("sigma.toml");
         fs::write(&cfg, config_toml).expect("write config");
         let stderr = fs::File::create(dir.join("stderr.log")).expect("stderr log");
         let mut cmd = sigma_cmd();
-        cmd.arg("serve")
+        cmd.args(args)
+            .arg("serve")
             .arg("--config")
             .arg(&cfg)
             .arg("--data")
@@ -811,7 +824,7 @@ impl Server {
             .arg(pipeline)
             .arg("--workers")
             .arg("2")
-            .env("SIGMA_LOG", "warn")
+            .envs(env.iter().copied())
             .current_dir(&dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -860,5 +873,53 @@ impl Server {
             addrs,
             stdout: seen,
         }
+    }
+}
+
+// ----- a recording upstream ---------------------------------------------------
+
+/// A one-shot-per-connection HTTP upstream on 127.0.0.1: records each
+/// request head and answers `200 ok`.
+pub struct Upstream {
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    heads: mpsc::Receiver<String>,
+}
+
+impl Upstream {
+    /// Starts it on a free port.
+    pub fn start() -> Upstream {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind upstream");
+        let port = l.local_addr().unwrap().port();
+        let (tx, heads) = mpsc::channel();
+        thread::spawn(move || {
+            for conn in l.incoming() {
+                let Ok(mut c) = conn else { return };
+                let _ = c.set_read_timeout(Some(IO_TIMEOUT));
+                let mut buf = Vec::new();
+                let mut tmp = [0u8; 4096];
+                while find(&buf, b"\r\n\r\n").is_none() && buf.len() < 65536 {
+                    match c.read(&mut tmp) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&tmp[..n]),
+                    }
+                }
+                if tx.send(String::from_utf8_lossy(&buf).into_owned()).is_err() {
+                    return;
+                }
+                let _ = c.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                );
+            }
+        });
+        Upstream { port, heads }
+    }
+
+    /// The next request head the upstream received (lower-cased).
+    pub fn next_head(&self) -> String {
+        self.heads
+            .recv_timeout(IO_TIMEOUT)
+            .expect("the upstream saw no request")
+            .to_ascii_lowercase()
     }
 }
