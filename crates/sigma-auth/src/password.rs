@@ -65,6 +65,10 @@ pub enum PasswordError {
     /// Argon2 failed (for example the random salt could not be drawn).
     #[error("cannot hash the password: {0}")]
     Hash(argon2::password_hash::Error),
+    /// A hash handed in (through the admin socket) is not an Argon2id
+    /// PHC string.
+    #[error("not an Argon2id password hash")]
+    NotArgon2id,
 }
 
 /// Checks the length rule: 1 to [`MAX_PASSWORD_LEN`] bytes.
@@ -89,6 +93,15 @@ pub fn hash(password: &str) -> Result<String, PasswordError> {
         .hash_password(password.as_bytes())
         .map(|h| h.to_string())
         .map_err(PasswordError::Hash)
+}
+
+/// Checks that `phc` is an Argon2id PHC string, as [`hash`] makes (what
+/// `sigma user` sends a running server instead of the password).
+pub fn check_phc(phc: &str) -> Result<(), PasswordError> {
+    match PasswordHash::new(phc) {
+        Ok(h) if h.algorithm == argon2::Algorithm::Argon2id.ident() && h.hash.is_some() => Ok(()),
+        _ => Err(PasswordError::NotArgon2id),
+    }
 }
 
 /// The hash unknown users are checked against: same algorithm and
@@ -216,6 +229,24 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Barrier;
+
+    #[test]
+    fn check_phc_takes_argon2id_hashes_only() {
+        let phc = hash("correct horse").expect("hash");
+        assert!(check_phc(&phc).is_ok());
+        for bad in [
+            "",
+            "admin",
+            "$argon2i$v=19$m=16,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo",
+            "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ",
+            &phc[..phc.len() - 3].replace("argon2id", "scrypt"),
+        ] {
+            assert!(
+                matches!(check_phc(bad), Err(PasswordError::NotArgon2id)),
+                "{bad:?}"
+            );
+        }
+    }
 
     /// Counts verifications in flight inside the blocking section.
     #[derive(Default)]

@@ -18,7 +18,8 @@
 //!   [`echo`] is the first destination.
 //! - [`pipeline`]: the topology notation; [`config`]: `sigma.toml`;
 //!   [`server`]: assembly and lifecycle; [`reload`]: SIGHUP;
-//!   [`parse`]: `sigma parse`.
+//!   [`parse`]: `sigma parse`; [`users`]: `sigma user`, and [`admin`]: its
+//!   socket while a server runs.
 
 #![cfg_attr(
     not(test),
@@ -39,6 +40,7 @@ pub use sigma_core::namedfile;
 /// paths are kept for the rest of the tree.
 pub use sigma_dest::{broadcast, db, echo, staticfiles, upstream, web, world};
 pub mod access;
+pub mod admin;
 pub mod config;
 pub mod conn;
 

@@ -90,20 +90,14 @@ fn main() -> ExitCode {
 /// 1 for a runtime failure, 2 for a usage or configuration error.
 fn exit_status(e: &anyhow::Error) -> u8 {
     use sigma::store::StoreError;
-    let store_runtime = |s: &StoreError| !matches!(s, StoreError::InvalidUserName);
     let runtime = e.chain().any(|cause| {
         cause.is::<sigma::server::ListenError>()
             || cause
                 .downcast_ref::<StoreError>()
-                .is_some_and(store_runtime)
+                .is_some_and(|s| !matches!(s, StoreError::InvalidUserName))
             || cause
                 .downcast_ref::<sigma::users::UserError>()
-                .is_some_and(|u| match u {
-                    sigma::users::UserError::Store(s) => store_runtime(s),
-                    sigma::users::UserError::ReadPassword(_)
-                    | sigma::users::UserError::Output(_) => true,
-                    _ => false,
-                })
+                .is_some_and(sigma::users::UserError::is_runtime)
     });
     if runtime {
         1
@@ -153,11 +147,10 @@ fn run(command: Command) -> anyhow::Result<i32> {
                 Ok(cfg)
             };
             let cfg = source()?;
-            // Before listening: a locked data directory is a clear exit 2,
-            // and a store with no users gets `admin` (password shown once).
+            // Before listening: a locked data directory is a clear exit 1.
             // `[store] url`: PostgreSQL (unreachable: exit 1, naming it).
+            // `admin` is created once the listeners are bound (server::run).
             let store = sigma::storage::open(&cfg.store, &cfg.data_dir)?;
-            sigma::users::first_start(&*store, &mut std::io::stdout().lock())?;
             let mut rt = tokio::runtime::Builder::new_multi_thread();
             if let Some(n) = workers {
                 rt.worker_threads(n.max(1));

@@ -485,7 +485,29 @@ pub async fn run(
     // Installed before the listeners open: from then on SIGHUP reloads
     // (its default action would end the process).
     let mut sighup = signal(SignalKind::hangup())?;
-    let running = start(&config, store).await?;
+    let running = start(&config, Arc::clone(&store)).await?;
+    // The listeners are bound: only now may a store with no users get
+    // `admin` (a busy port creates nothing), its password on stdout.
+    let first = Arc::clone(&store);
+    tokio::task::spawn_blocking(move || {
+        crate::users::first_start(&*first, &mut std::io::stdout().lock())
+    })
+    .await??;
+    // `sigma user …` while serving (the embedded store is locked by us).
+    let _admin = match config.store.url {
+        Some(_) => None,
+        None => match crate::admin::serve(&config.data_dir, store, Arc::clone(&running.auth)) {
+            Ok(socket) => Some(socket),
+            Err(e) => {
+                tracing::warn!(
+                    path = %config.data_dir.join(crate::users::ADMIN_SOCKET).display(),
+                    error = %e,
+                    "no admin socket: `sigma user` works only while the server is stopped"
+                );
+                None
+            }
+        },
+    };
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "{}", config.describe())?;
@@ -495,13 +517,19 @@ pub async fn run(
         out.flush()?;
     }
     tracing::info!(addrs = ?running.addrs, "sigma is serving");
+    notify(&[sd_notify::NotifyState::Ready]);
     loop {
         tokio::select! {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
-            _ = sighup.recv() => reload(&running, &source),
+            _ = sighup.recv() => {
+                notify_reloading();
+                reload(&running, &source);
+                notify(&[sd_notify::NotifyState::Ready]);
+            }
         }
     }
+    notify(&[sd_notify::NotifyState::Stopping]);
     tracing::info!(open = running.limiter.open(), "draining");
     let deadline = running.config().server.drain_timeout;
     tokio::select! {
@@ -515,6 +543,26 @@ pub async fn run(
         }
         _ = sigint.recv() => Ok(EXIT_FORCED),
         _ = sigterm.recv() => Ok(EXIT_FORCED),
+    }
+}
+
+/// Tells systemd (`Type=notify`, `$NOTIFY_SOCKET`) about `state`; nothing
+/// when not run by systemd. A failure is logged, never fatal.
+fn notify(state: &[sd_notify::NotifyState<'_>]) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    if let Err(e) = sd_notify::notify(false, state) {
+        tracing::warn!(error = %e, "sd_notify failed");
+    }
+}
+
+/// `RELOADING=1` with the `MONOTONIC_USEC` that systemd 253 and newer
+/// require with it.
+fn notify_reloading() {
+    match sd_notify::NotifyState::monotonic_usec_now() {
+        Ok(now) => notify(&[sd_notify::NotifyState::Reloading, now]),
+        Err(_) => notify(&[sd_notify::NotifyState::Reloading]),
     }
 }
 

@@ -14,10 +14,15 @@
 //! a message. Changing a password or deleting a user revokes the user's
 //! sessions (the store does that in the same transaction).
 //!
-//! The store is opened exclusively: while `sigma serve` runs on the same
-//! data directory these commands fail with a message saying so
-//! ([`StoreError::Locked`]). Every failure is a [`UserError`], which `main`
-//! turns into exit status 2.
+//! While `sigma serve` runs on the same data directory (its embedded
+//! store is locked), the commands send their change to the server's admin
+//! socket ([`ADMIN_SOCKET`], served by [`crate::admin`]) as one [`Op`],
+//! and the server applies it at once; otherwise they open the store
+//! themselves. Either way [`apply`] does the work. `list`, `del` and
+//! `passwd` on a data directory that does not exist fail
+//! ([`UserError::NoDataDir`]) rather than create an empty store. Every
+//! failure is a [`UserError`]; `main` turns it into exit status 2, or 1
+//! for a runtime failure ([`UserError::is_runtime`]).
 
 use std::io::{self, BufRead, IsTerminal, Read, Write};
 use std::path::PathBuf;
@@ -128,6 +133,29 @@ pub enum UserError {
     /// Standard output could not be written.
     #[error("cannot write the output: {0}")]
     Output(io::Error),
+    /// The data directory does not exist (`list`, `del`, `passwd`).
+    #[error("no data directory {}: give the one `sigma serve` uses (--data, --config or SIGMA_DATA_DIR)", .0.display())]
+    NoDataDir(PathBuf),
+    /// The running server's admin socket failed.
+    #[error("the running server's admin socket {}: {source}", socket.display())]
+    Admin { socket: PathBuf, source: io::Error },
+    /// The running server refused the change (its message).
+    #[error("{message}")]
+    Server { message: String, runtime: bool },
+}
+
+impl UserError {
+    /// A runtime failure (exit status 1: the store locked or failing, a
+    /// stream or socket that broke) rather than a usage error (2).
+    pub fn is_runtime(&self) -> bool {
+        let store_runtime = |s: &StoreError| !matches!(s, StoreError::InvalidUserName);
+        match self {
+            UserError::Store(s) => store_runtime(s),
+            UserError::ReadPassword(_) | UserError::Output(_) | UserError::Admin { .. } => true,
+            UserError::Server { runtime, .. } => *runtime,
+            _ => false,
+        }
+    }
 }
 
 /// The data directory a command works on: `--data`, else the config's
@@ -149,6 +177,192 @@ pub fn open_store(args: &DataArgs, env: &[(String, String)]) -> Result<Arc<dyn S
     Ok(crate::storage::open(&cfg.store, &cfg.data_dir)?)
 }
 
+/// The file name of the admin socket in the data directory: a running
+/// `sigma serve` answers `sigma user …` there ([`crate::admin`]).
+pub const ADMIN_SOCKET: &str = "admin.sock";
+
+/// Most bytes of one request to the admin socket (a name and a PHC hash
+/// fit many times over).
+pub const MAX_ADMIN_REQUEST: usize = 4096;
+
+/// Most bytes of one reply from the admin socket (`list` of many users).
+pub const MAX_ADMIN_REPLY: u64 = 64 << 20;
+
+/// One change or query of the users, as `sigma user …` applies it to the
+/// store itself or sends it, one JSON line, to a running server. A new
+/// password travels as its Argon2id hash, never in clear.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Op {
+    /// Does `name` exist? Answers `[name]` or `[]` (`add` and `passwd`
+    /// ask before prompting for a password).
+    Has { name: String },
+    /// Create `name` with the hash `phc`.
+    Add { name: String, phc: String },
+    /// Delete `name`, its sessions and its `&db` namespace.
+    Del { name: String },
+    /// Every user name.
+    List {},
+    /// Set `name`'s hash to `phc`, revoking its sessions.
+    Passwd { name: String, phc: String },
+}
+
+impl Op {
+    /// The user whose sessions the change ends (`del`, `passwd`), which a
+    /// running server must also end in memory (cache, open sockets).
+    pub fn revokes(&self) -> Option<&str> {
+        match self {
+            Op::Del { name } | Op::Passwd { name, .. } => Some(name),
+            Op::Has { .. } | Op::Add { .. } | Op::List {} => None,
+        }
+    }
+}
+
+/// The admin socket's answer: the lines to print, or the error (its
+/// message, and whether it is a runtime failure: exit 1 rather than 2).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum Reply {
+    Ok(Vec<String>),
+    Error { message: String, runtime: bool },
+}
+
+impl From<Result<Vec<String>, UserError>> for Reply {
+    fn from(r: Result<Vec<String>, UserError>) -> Self {
+        match r {
+            Ok(lines) => Reply::Ok(lines),
+            Err(e) => Reply::Error {
+                message: e.to_string(),
+                runtime: e.is_runtime(),
+            },
+        }
+    }
+}
+
+/// Applies `op` to `store`; returns the lines to print. Validates names
+/// again: a request from the socket is checked like one from the CLI.
+pub fn apply(store: &dyn Store, op: &Op) -> Result<Vec<String>, UserError> {
+    match op {
+        Op::Has { name } => {
+            check_name(name)?;
+            Ok(store
+                .user_get(name)?
+                .map(|_| name.clone())
+                .into_iter()
+                .collect())
+        }
+        Op::Add { name, phc } => {
+            check_name(name)?;
+            password::check_phc(phc)?;
+            let rec = UserRecord {
+                phc: phc.clone(),
+                created: now_unix(),
+            };
+            if !store.user_create(name, &rec)? {
+                return Err(UserError::Exists(name.clone()));
+            }
+            Ok(vec![format!("added user {name}")])
+        }
+        Op::Del { name } => {
+            check_name(name)?;
+            if !store.user_delete(name)? {
+                return Err(UserError::NoSuchUser(name.clone()));
+            }
+            // The user's &db namespace goes too: a later user of the same
+            // name must not inherit it.
+            let keys = store.kv_drop_namespace(name)?;
+            Ok(vec![format!("deleted user {name} ({keys} &db keys)")])
+        }
+        Op::List {} => Ok(store.user_list()?),
+        Op::Passwd { name, phc } => {
+            check_name(name)?;
+            password::check_phc(phc)?;
+            if !store.user_set_password(name, phc)? {
+                return Err(UserError::NoSuchUser(name.clone()));
+            }
+            Ok(vec![format!(
+                "changed the password of {name}; its sessions are revoked"
+            )])
+        }
+    }
+}
+
+/// Where a command's [`Op`]s go: a running server's admin socket, or the
+/// store itself.
+enum Target {
+    Server(PathBuf),
+    Store(Arc<dyn Store>),
+}
+
+impl Target {
+    /// The server answering on the data directory's admin socket if there
+    /// is one, else the store. `create`: the data directory may be created
+    /// (`add`, as the first start would); otherwise a missing one is
+    /// [`UserError::NoDataDir`], not a new empty store.
+    fn open(args: &DataArgs, env: &[(String, String)], create: bool) -> Result<Self, UserError> {
+        let dir = match &args.data {
+            Some(d) => d.clone(),
+            None => {
+                let cfg = config::load(args.config.as_deref(), env)?;
+                if cfg.store.url.is_some() {
+                    // PostgreSQL: no lock to share; the server reads the
+                    // database itself.
+                    return Ok(Target::Store(crate::storage::open(
+                        &cfg.store,
+                        &cfg.data_dir,
+                    )?));
+                }
+                cfg.data_dir
+            }
+        };
+        if !create && !dir.is_dir() {
+            return Err(UserError::NoDataDir(dir));
+        }
+        let socket = dir.join(ADMIN_SOCKET);
+        if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+            return Ok(Target::Server(socket));
+        }
+        Ok(Target::Store(Arc::new(RedbStore::open(&dir)?)))
+    }
+
+    fn apply(&self, op: &Op) -> Result<Vec<String>, UserError> {
+        match self {
+            Target::Store(store) => apply(&**store, op),
+            Target::Server(socket) => ask_server(socket, op),
+        }
+    }
+}
+
+/// Sends `op` to the server on `socket` and returns its answer.
+fn ask_server(socket: &std::path::Path, op: &Op) -> Result<Vec<String>, UserError> {
+    let admin = |source: io::Error| UserError::Admin {
+        socket: socket.to_owned(),
+        source,
+    };
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).map_err(admin)?;
+    let timeout = Some(std::time::Duration::from_secs(30));
+    stream.set_read_timeout(timeout).map_err(admin)?;
+    stream.set_write_timeout(timeout).map_err(admin)?;
+    let mut line = serde_json::to_vec(op).map_err(|e| admin(io::Error::other(e)))?;
+    line.push(b'\n');
+    stream.write_all(&line).map_err(admin)?;
+    let mut answer = Vec::new();
+    io::BufReader::new(stream)
+        .take(MAX_ADMIN_REPLY)
+        .read_until(b'\n', &mut answer)
+        .map_err(admin)?;
+    let reply: Reply = serde_json::from_slice(&answer).map_err(|e| {
+        admin(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("unreadable answer: {e}"),
+        ))
+    })?;
+    match reply {
+        Reply::Ok(lines) => Ok(lines),
+        Reply::Error { message, runtime } => Err(UserError::Server { message, runtime }),
+    }
+}
+
 /// Runs a `sigma user` command from the process's standard streams.
 pub fn run(cmd: UserCommand, env: &[(String, String)]) -> Result<(), UserError> {
     let stdin = io::stdin();
@@ -167,45 +381,29 @@ pub fn run_with(
     interactive: bool,
     out: &mut dyn Write,
 ) -> Result<(), UserError> {
-    match cmd {
+    let lines = match cmd {
         UserCommand::Add {
             name,
             password,
             location,
         } => {
             check_name(&name)?;
-            // Fail on a locked store before asking for a password.
-            let store = open_store(&location, env)?;
-            if store.user_get(&name)?.is_some() {
+            // Fail on a locked store or an existing user before asking
+            // for a password.
+            let target = Target::open(&location, env, true)?;
+            if !target.apply(&Op::Has { name: name.clone() })?.is_empty() {
                 return Err(UserError::Exists(name));
             }
             let pw = read_password(password, input, interactive, &name)?;
-            let rec = UserRecord {
-                phc: password::hash(&pw)?,
-                created: now_unix(),
-            };
-            if !store.user_create(&name, &rec)? {
-                return Err(UserError::Exists(name));
-            }
-            say(out, &format!("added user {name}"))
+            let phc = password::hash(&pw)?;
+            target.apply(&Op::Add { name, phc })?
         }
         UserCommand::Del { name, location } => {
             check_name(&name)?;
-            let store = open_store(&location, env)?;
-            if !store.user_delete(&name)? {
-                return Err(UserError::NoSuchUser(name));
-            }
-            // The user's &db namespace goes too: a later user of the same
-            // name must not inherit it.
-            let keys = store.kv_drop_namespace(&name)?;
-            say(out, &format!("deleted user {name} ({keys} &db keys)"))
+            Target::open(&location, env, false)?.apply(&Op::Del { name })?
         }
         UserCommand::List { location } => {
-            let store = open_store(&location, env)?;
-            for name in store.user_list()? {
-                say(out, &name)?;
-            }
-            Ok(())
+            Target::open(&location, env, false)?.apply(&Op::List {})?
         }
         UserCommand::Passwd {
             name,
@@ -213,21 +411,19 @@ pub fn run_with(
             location,
         } => {
             check_name(&name)?;
-            let store = open_store(&location, env)?;
-            if store.user_get(&name)?.is_none() {
+            let target = Target::open(&location, env, false)?;
+            if target.apply(&Op::Has { name: name.clone() })?.is_empty() {
                 return Err(UserError::NoSuchUser(name));
             }
             let pw = read_password(password, input, interactive, &name)?;
             let phc = password::hash(&pw)?;
-            if !store.user_set_password(&name, &phc)? {
-                return Err(UserError::NoSuchUser(name));
-            }
-            say(
-                out,
-                &format!("changed the password of {name}; its sessions are revoked"),
-            )
+            target.apply(&Op::Passwd { name, phc })?
         }
+    };
+    for line in lines {
+        say(out, &line)?;
     }
+    Ok(())
 }
 
 /// First start of `sigma serve`: if the store has no users, creates

@@ -9,8 +9,9 @@
 //!
 //! nginx: Debian's `nginx` (scripts/test.sh installs it), run as a
 //! private non-daemon child with its own config, pid and logs in a
-//! temporary directory. The nginx config is docs/behind-a-proxy.md's
-//! snippet, with `proxy_pass` left plain: nginx rewrites `Host` to the
+//! temporary directory. The nginx `location` block is read from
+//! docs/deployment.md (the same as docs/behind-a-proxy.md's), with
+//! `proxy_pass` left plain: nginx rewrites `Host` to the
 //! upstream's address, and `[auth] public_url` is what makes the
 //! same-origin check pass.
 
@@ -48,20 +49,38 @@ fn free_port(ip: Ipv4Addr) -> u16 {
         .expect("a free port")
 }
 
-/// The `location` block of docs/behind-a-proxy.md, proxying to `to`.
+/// The `location / { … }` block of the nginx snippet in
+/// docs/deployment.md (and docs/behind-a-proxy.md: the same block),
+/// read from the page itself, proxying to `to` instead of
+/// 127.0.0.1:3000. So the snippet operators copy is the one tested.
 fn nginx_location(to: SocketAddr) -> String {
-    format!(
-        "        location / {{\n\
-         \x20           proxy_pass http://{to};\n\
-         \x20           proxy_http_version 1.1;\n\
-         \x20           proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n\
-         \x20           proxy_set_header X-Forwarded-Proto $scheme;\n\
-         \x20           proxy_set_header X-Request-Id $request_id;\n\
-         \x20           proxy_set_header Upgrade $http_upgrade;\n\
-         \x20           proxy_set_header Connection $connection_upgrade;\n\
-         \x20           add_header X-Request-Id $request_id always;\n\
-         \x20       }}\n"
-    )
+    let mut blocks = Vec::new();
+    for page in ["docs/deployment.md", "docs/behind-a-proxy.md"] {
+        let text = fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../..")
+                .join(page),
+        )
+        .unwrap_or_else(|e| panic!("{page}: {e}"));
+        let nginx = text
+            .split("```nginx\n")
+            .nth(1)
+            .and_then(|rest| rest.split("\n```").next())
+            .unwrap_or_else(|| panic!("{page}: no nginx block"));
+        let start = nginx.find("    location / {").expect("a location / block");
+        let len = nginx[start..].find("\n    }\n").expect("its end") + "\n    }\n".len();
+        blocks.push(nginx[start..start + len].to_owned());
+    }
+    assert_eq!(
+        blocks[0], blocks[1],
+        "the two pages show different nginx blocks"
+    );
+    assert!(
+        blocks[0].contains("proxy_pass http://127.0.0.1:3000;"),
+        "{}",
+        blocks[0]
+    );
+    blocks[0].replace("http://127.0.0.1:3000", &format!("http://{to}"))
 }
 
 /// A private nginx in front of sigma, killed on drop.
