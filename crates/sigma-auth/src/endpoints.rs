@@ -283,6 +283,7 @@ fn login(auth: &Arc<Auth>, call: &Call<'_>) -> Handled {
                 return Tagged::new(identity, json_response(500, json!({"error": "internal"})))
             }
         };
+        auth.metrics.count("login_ok");
         tracing::info!(user = %creds.user, "login");
         let cookie = Header::new(&b"Set-Cookie"[..], auth.sessions.set_cookie(&id));
         let mut resp = if creds.json {

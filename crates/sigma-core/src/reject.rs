@@ -14,6 +14,9 @@ pub trait Rejects: Send + Sync {
     fn reject(&self, reason: &'static str);
     /// True if a warning may be logged now (a few a second at most).
     fn may_log(&self) -> bool;
+    /// Counts one event that is not a refusal (`login_ok`); by default
+    /// not counted.
+    fn count(&self, _event: &'static str) {}
 }
 
 /// A [`Rejects`] that keeps the counts in memory and always allows a

@@ -59,6 +59,9 @@ pub struct Entry {
     pub user: Principal,
     /// The route that took it.
     pub route: Option<RouteRef>,
+    /// The route it asked for when it was refused before reaching it
+    /// (counted for that route in `/metrics`; `route` stays empty).
+    pub matched: Option<RouteRef>,
     /// Where it went when no route did ([`DEST_AUTH`], …).
     pub dest: &'static str,
     /// The request id.
@@ -78,6 +81,7 @@ impl Entry {
             bytes_out: 0,
             user: None,
             route: None,
+            matched: None,
             dest: DEST_NONE,
             req,
         }

@@ -366,8 +366,13 @@ impl<'a> Dispatch<'a> {
     }
 
     /// The one "request finished" point: a response (or a WebSocket
-    /// session) has ended. Writes the access log line.
+    /// session) has ended. Counts it for its route and writes the access
+    /// log line.
     fn finished(&mut self, entry: Entry) {
+        let route = entry.route.as_ref().or(entry.matched.as_ref());
+        if let Some(stats) = route.and_then(RouteRef::stats) {
+            stats.record(entry.status, entry.started.elapsed());
+        }
         if self.ctx.access_log {
             access::write(&entry);
         }
@@ -549,10 +554,15 @@ impl<'a> Dispatch<'a> {
         };
         let (via, session) = (resolved.via, resolved.session);
         let tagged = auth::tag_request(resolved.identity, head);
+        // Refused requests count for the route they asked for too.
+        let matched = route.clone();
         let target = self.target(&tagged, route, &via, &client);
         entry.user = tagged.identity.clone();
         match &target {
-            Target::Answer(_, dest) => entry.dest = dest,
+            Target::Answer(_, dest) => {
+                entry.dest = dest;
+                entry.matched = matched;
+            }
             Target::Auth(_) => entry.dest = access::DEST_AUTH,
             Target::Route(r) => entry.route = Some(r.clone()),
         }

@@ -20,7 +20,7 @@ use arc_swap::ArcSwap;
 
 use crate::auth::Auth;
 use crate::config::Cidr;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RouteStats};
 use crate::route::RouteTable;
 use crate::tcp::ConnLimiter;
 
@@ -33,6 +33,24 @@ pub struct Generation {
     pub routes: RouteTable,
     /// Who may read `/metrics`.
     pub metrics_allow: Vec<Cidr>,
+    /// Each route's counters, by the route's index in `routes`.
+    pub route_stats: Vec<Arc<RouteStats>>,
+}
+
+impl Generation {
+    /// The generation of `routes`, counting into `metrics`.
+    pub fn new(routes: RouteTable, metrics_allow: Vec<Cidr>, metrics: &Metrics) -> Self {
+        let route_stats = routes
+            .routes()
+            .iter()
+            .map(|r| metrics.route_stats(&r.path))
+            .collect();
+        Self {
+            routes,
+            metrics_allow,
+            route_stats,
+        }
+    }
 }
 
 /// The route that took a request, in the generation it was routed by: a
@@ -57,6 +75,11 @@ impl RouteRef {
     /// The route (always there: the index came from this generation).
     pub fn route(&self) -> Option<&crate::route::Route> {
         self.gen.routes.routes().get(self.index)
+    }
+
+    /// The route's counters.
+    pub fn stats(&self) -> Option<&RouteStats> {
+        self.gen.route_stats.get(self.index).map(|s| &**s)
     }
 }
 

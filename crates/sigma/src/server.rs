@@ -131,10 +131,11 @@ impl Running {
             ));
         }
         // ----- commit: cannot fail ------------------------------------
-        let next = Arc::new(Generation {
+        let next = Arc::new(Generation::new(
             routes,
-            metrics_allow: config.server.metrics_allow.clone(),
-        });
+            config.server.metrics_allow.clone(),
+            &self.metrics,
+        ));
         current.store(Arc::clone(&next));
         self.limiter.set_caps(
             config.server.max_connections,
@@ -199,10 +200,11 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
     let metrics = Arc::new(Metrics::default());
     let audit: Arc<dyn sigma_core::ReplyAudit> = Arc::clone(&metrics) as _;
     let routes = RouteTable::build(config, &store, &audit)?;
-    let current: CurrentGeneration = Arc::new(arc_swap::ArcSwap::from_pointee(Generation {
+    let current: CurrentGeneration = Arc::new(arc_swap::ArcSwap::from_pointee(Generation::new(
         routes,
-        metrics_allow: config.server.metrics_allow.clone(),
-    }));
+        config.server.metrics_allow.clone(),
+        &metrics,
+    )));
     let limiter = ConnLimiter::new(
         config.server.max_connections,
         config.server.max_connections_per_ip,

@@ -338,3 +338,74 @@ fn metrics_are_refused_outside_the_allow_list_and_healthz_answers() {
     assert_eq!(r.status, 200);
     assert_eq!(r.body_str(), "ok\n");
 }
+
+/// The metrics an operator's dashboards start from: per route and status
+/// class (with latency), logins by result, the build, the process.
+#[test]
+fn per_route_login_build_and_process_metrics() {
+    let data = temp_dir("metrics-routes");
+    let l = Server::launch("", &data, "T127.0.0.1:0[HA]");
+    let s = &l.server;
+    let pw = l
+        .stdout
+        .iter()
+        .find_map(|line| line.strip_prefix("created user admin with password "))
+        .expect("admin password")
+        .trim()
+        .to_owned();
+    for _ in 0..3 {
+        assert_eq!(request(s.addr(), "GET", "/echo/x", &[], b"").status, 200);
+    }
+    assert_eq!(request(s.addr(), "GET", "/db/k", &[], b"").status, 401);
+    let login = |pw: &str| {
+        let body = format!("{{\"user\":\"admin\",\"password\":\"{pw}\"}}");
+        request(
+            s.addr(),
+            "POST",
+            "/login",
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        )
+        .status
+    };
+    assert_eq!(login("wrong"), 401);
+    assert_eq!(login(&pw), 200);
+    let text = scrape(s);
+    let c = |series: &str| counter(&text, series);
+    assert_eq!(
+        c("sigma_route_responses_total{route=\"/echo\",class=\"2xx\"}"),
+        3
+    );
+    assert_eq!(
+        c("sigma_route_responses_total{route=\"/echo\",class=\"4xx\"}"),
+        0
+    );
+    assert_eq!(
+        c("sigma_route_responses_total{route=\"/db\",class=\"4xx\"}"),
+        1
+    );
+    assert_eq!(
+        c("sigma_route_request_duration_seconds_count{route=\"/echo\"}"),
+        3
+    );
+    assert_eq!(
+        c("sigma_route_request_duration_seconds_bucket{route=\"/echo\",le=\"+Inf\"}"),
+        3
+    );
+    assert_eq!(c("sigma_logins_total{result=\"ok\"}"), 1);
+    assert_eq!(c("sigma_logins_total{result=\"failed\"}"), 1);
+    assert_eq!(c("sigma_logins_total{result=\"throttled\"}"), 0);
+    assert_eq!(
+        c(&format!(
+            "sigma_build_info{{version=\"{}\"}}",
+            env!("CARGO_PKG_VERSION")
+        )),
+        1
+    );
+    assert!(c("process_resident_memory_bytes") > 1 << 20, "{text}");
+    assert!(c("process_open_fds") >= 3, "{text}");
+    assert!(
+        text.contains("\n# TYPE process_cpu_seconds_total counter\n"),
+        "{text}"
+    );
+}

@@ -4,7 +4,10 @@
 //! refused), requests by status class, rejections by reason (every limit of
 //! DESIGN §3 has its own label, listed in [`LIMIT_REASONS`] so it shows
 //! even at zero), WebSocket messages and bytes each way, identity
-//! mismatches (the reply rule), and a request latency histogram.
+//! mismatches (the reply rule), and a request latency histogram; per
+//! route ([`RouteStats`]: responses by status class and latency, kept by
+//! route path across reloads), logins by result, `sigma_build_info`, and
+//! the process metrics of [`process`].
 //!
 //! The hot path only does relaxed atomic increments: no lock per request.
 //! Rejections are counted in a small map that is touched only when a
@@ -15,8 +18,10 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+pub mod process;
 
 /// The rejection label of every limit in DESIGN §3 and §2, and of A's
 /// limits in §4.
@@ -85,10 +90,15 @@ pub struct Metrics {
     pub tls_resumed: AtomicU64,
     /// ACME `tls-alpn-01` validation handshakes answered.
     pub tls_acme_validations: AtomicU64,
-    latency_buckets: [AtomicU64; LATENCY_BUCKETS_US.len()],
-    latency_count: AtomicU64,
-    latency_sum_us: AtomicU64,
+    latency: Histogram,
     rejections: Mutex<BTreeMap<&'static str, u64>>,
+    /// Events that are not refusals ([`sigma_core::Rejects::count`]):
+    /// `login_ok`.
+    events: Mutex<BTreeMap<&'static str, u64>>,
+    /// Per-route counters by route path, created when a route table is
+    /// built (bounded by the paths the configs named), kept across
+    /// reloads.
+    routes: Mutex<BTreeMap<String, Arc<RouteStats>>>,
     log: LogLimiter,
     /// Config reloads (SIGHUP) applied and refused.
     reloads: [AtomicU64; 2],
@@ -100,20 +110,12 @@ pub use sigma_core::loglimit::LogLimiter;
 impl Metrics {
     /// Counts one rejection by reason label.
     pub fn reject(&self, reason: &'static str) {
-        let mut m = match self.rejections.lock() {
-            Ok(m) => m,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let n = m.entry(reason).or_insert(0);
-        *n = n.saturating_add(1);
+        bump(&self.rejections, reason);
     }
 
     /// The rejection counts by reason.
     pub fn rejections(&self) -> BTreeMap<&'static str, u64> {
-        match self.rejections.lock() {
-            Ok(m) => m.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        lock(&self.rejections).clone()
     }
 
     /// Counts a response by its status class.
@@ -126,14 +128,19 @@ impl Metrics {
 
     /// Records one request's latency (from its head to its response).
     pub fn latency(&self, d: Duration) {
-        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-        if let Some(i) = LATENCY_BUCKETS_US.iter().position(|&b| us <= b) {
-            if let Some(c) = self.latency_buckets.get(i) {
-                inc(c);
-            }
+        self.latency.observe(d);
+    }
+
+    /// The counters of the route at `path` (the same ones for the same
+    /// path in every route table, so a reload keeps counting).
+    pub fn route_stats(&self, path: &str) -> Arc<RouteStats> {
+        let mut m = lock(&self.routes);
+        if let Some(s) = m.get(path) {
+            return Arc::clone(s);
         }
-        inc(&self.latency_count);
-        self.latency_sum_us.fetch_add(us, Ordering::Relaxed);
+        let s = Arc::new(RouteStats::default());
+        m.insert(path.to_owned(), Arc::clone(&s));
+        s
     }
 
     /// Counts one config reload: applied (`ok`) or refused.
@@ -280,25 +287,168 @@ impl Metrics {
             "histogram",
             "Time from request head to response.",
         );
-        let mut cumulative = 0u64;
-        for (bound, c) in LATENCY_BUCKETS_US.iter().zip(&self.latency_buckets) {
-            cumulative = cumulative.saturating_add(get(c));
-            let le = *bound as f64 / 1e6;
-            let _ = writeln!(
-                o,
-                "sigma_request_duration_seconds_bucket{{le=\"{le}\"}} {cumulative}"
-            );
-        }
-        let count = get(&self.latency_count);
+        self.latency
+            .render(&mut o, "sigma_request_duration_seconds", "");
+        self.render_logins(&mut o, &rejections);
+        self.render_routes(&mut o);
+        metric(
+            &mut o,
+            "sigma_build_info",
+            "gauge",
+            "The running build (always 1).",
+        );
         let _ = writeln!(
             o,
-            "sigma_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+            "sigma_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
         );
-        let sum = get(&self.latency_sum_us) as f64 / 1e6;
-        let _ = writeln!(o, "sigma_request_duration_seconds_sum {sum}");
-        let _ = writeln!(o, "sigma_request_duration_seconds_count {count}");
+        process::Process::read().render(&mut o);
         o
     }
+
+    /// `sigma_logins_total{result}`: password logins that opened a
+    /// session, failed, were throttled (any of A's three throttles) or
+    /// found the verification queue full.
+    fn render_logins(&self, o: &mut String, rejections: &BTreeMap<&'static str, u64>) {
+        let r = |k: &str| rejections.get(k).copied().unwrap_or(0);
+        let ok = lock(&self.events).get("login_ok").copied().unwrap_or(0);
+        let throttled = r("login_throttled")
+            .saturating_add(r("login_failures_user"))
+            .saturating_add(r("login_failures_global"));
+        metric(
+            o,
+            "sigma_logins_total",
+            "counter",
+            "Password logins, by result.",
+        );
+        for (result, n) in [
+            ("ok", ok),
+            ("failed", r("login_failed")),
+            ("throttled", throttled),
+            ("queue_full", r("login_queue_full")),
+        ] {
+            let _ = writeln!(o, "sigma_logins_total{{result=\"{result}\"}} {n}");
+        }
+    }
+
+    /// Per-route responses by status class and latency.
+    fn render_routes(&self, o: &mut String) {
+        let routes: Vec<(String, Arc<RouteStats>)> = lock(&self.routes)
+            .iter()
+            .map(|(p, s)| (p.clone(), Arc::clone(s)))
+            .collect();
+        metric(
+            o,
+            "sigma_route_responses_total",
+            "counter",
+            "Responses by route (its path) and status class.",
+        );
+        for (path, s) in &routes {
+            let route = label(path);
+            for (i, c) in s.responses.iter().enumerate() {
+                let _ = writeln!(
+                    o,
+                    "sigma_route_responses_total{{route=\"{route}\",class=\"{}xx\"}} {}",
+                    i + 1,
+                    c.load(Ordering::Relaxed)
+                );
+            }
+        }
+        metric(
+            o,
+            "sigma_route_request_duration_seconds",
+            "histogram",
+            "Time from request head to response, by route (WebSocket sessions not included).",
+        );
+        for (path, s) in &routes {
+            let labels = format!("route=\"{}\",", label(path));
+            s.latency
+                .render(o, "sigma_route_request_duration_seconds", &labels);
+        }
+    }
+}
+
+/// What one route answered: responses by status class and their latency.
+#[derive(Debug, Default)]
+pub struct RouteStats {
+    responses: [AtomicU64; 5],
+    latency: Histogram,
+}
+
+impl RouteStats {
+    /// Counts a finished request: its status and, unless it was a
+    /// WebSocket session (101: its length is not a latency), its latency.
+    pub fn record(&self, status: u16, d: Duration) {
+        let class = usize::from(status / 100).saturating_sub(1);
+        if let Some(c) = self.responses.get(class) {
+            inc(c);
+        }
+        if status != 101 && status != 0 {
+            self.latency.observe(d);
+        }
+    }
+}
+
+/// A latency histogram with the buckets of [`LATENCY_BUCKETS_US`].
+#[derive(Debug, Default)]
+struct Histogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS_US.len()],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, d: Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        if let Some(i) = LATENCY_BUCKETS_US.iter().position(|&b| us <= b) {
+            if let Some(c) = self.buckets.get(i) {
+                inc(c);
+            }
+        }
+        inc(&self.count);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// `NAME_bucket{LABELS le=…}`, `NAME_sum`, `NAME_count`; `labels` is
+    /// empty or ends with a comma.
+    fn render(&self, o: &mut String, name: &str, labels: &str) {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut cumulative = 0u64;
+        for (bound, c) in LATENCY_BUCKETS_US.iter().zip(&self.buckets) {
+            cumulative = cumulative.saturating_add(get(c));
+            let le = *bound as f64 / 1e6;
+            let _ = writeln!(o, "{name}_bucket{{{labels}le=\"{le}\"}} {cumulative}");
+        }
+        let count = get(&self.count);
+        let _ = writeln!(o, "{name}_bucket{{{labels}le=\"+Inf\"}} {count}");
+        let sum = get(&self.sum_us) as f64 / 1e6;
+        let plain = labels.trim_end_matches(',');
+        let braces = if plain.is_empty() {
+            String::new()
+        } else {
+            format!("{{{plain}}}")
+        };
+        let _ = writeln!(o, "{name}_sum{braces} {sum}");
+        let _ = writeln!(o, "{name}_count{braces} {count}");
+    }
+}
+
+/// A label value: `\`, `"` and newlines escaped (route paths hold none
+/// of them today; the exposition must stay valid if one ever does).
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn bump(m: &Mutex<BTreeMap<&'static str, u64>>, key: &'static str) {
+    let mut m = lock(m);
+    let n = m.entry(key).or_insert(0);
+    *n = n.saturating_add(1);
 }
 
 fn metric(o: &mut String, name: &str, kind: &str, help: &str) {
@@ -331,6 +481,10 @@ impl sigma_core::Rejects for Metrics {
 
     fn may_log(&self) -> bool {
         Metrics::may_log(self)
+    }
+
+    fn count(&self, event: &'static str) {
+        bump(&self.events, event);
     }
 }
 
