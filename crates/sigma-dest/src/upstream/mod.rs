@@ -469,7 +469,7 @@ impl Upstream {
                     } else {
                         "request failed"
                     };
-                    tracing::warn!(upstream = %url, error = ?e, "{what}");
+                    tracing::warn!(upstream = %url, error = %sentence(&e), "{what}");
                     return whole(502, "bad gateway\n");
                 }
                 Ok(Ok(r)) => r,
@@ -579,8 +579,51 @@ impl crate::factory::Factory for UpstreamFactory {
     }
 }
 
+/// An error and its causes as one readable sentence (`connect failed:
+/// tcp connect error: Connection refused (os error 111)`), each cause
+/// once: hyper's errors repeat their source in their own message, and
+/// their `Debug` is a struct dump.
+pub(crate) fn sentence(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !text.is_empty() && !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[derive(Debug)]
+    struct Outer(std::io::Error);
+    impl std::fmt::Display for Outer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "client error (Connect)")
+        }
+    }
+    impl std::error::Error for Outer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn errors_read_as_one_sentence() {
+        let inner =
+            std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        assert_eq!(
+            super::sentence(&Outer(inner)),
+            "client error (Connect): connection refused"
+        );
+        let plain = std::io::Error::other("timed out");
+        assert_eq!(super::sentence(&plain), "timed out");
+    }
     use super::{split_url, Settings};
 
     #[test]
