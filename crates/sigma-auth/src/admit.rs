@@ -155,11 +155,82 @@ impl crate::Auth {
         verdict
     }
 
+    /// The route's policy for `head` from `identity` at `client`
+    /// ([`crate::policy::Policy::decide`]); a refusal is counted
+    /// (`policy_refused`), logged as a security event, and answered with
+    /// [`policy_refusal`].
+    pub fn admit_policy(
+        &self,
+        policy: &crate::policy::Policy,
+        identity: &Principal,
+        client: std::net::IpAddr,
+        head: &RequestHead,
+        route: &str,
+    ) -> Result<(), Response> {
+        let facts = crate::policy::Facts {
+            identity: identity.as_deref(),
+            client,
+            method: head.method,
+        };
+        let crate::policy::Decision::Refused { status, rule } = policy.decide(&facts) else {
+            return Ok(());
+        };
+        self.metrics.reject("policy_refused");
+        if self.metrics.may_log() {
+            tracing::warn!(
+                target: crate::SECURITY,
+                event = "policy_refused",
+                client = %client,
+                user = identity.as_ref().map(|i| i.user.as_str()),
+                path = %String::from_utf8_lossy(head.path()),
+                route,
+                status,
+                rule = %rule,
+                "refused by the route's policy"
+            );
+        }
+        Err(policy_refusal(status, head, policy.allow_header()))
+    }
+
     /// Whether a refusal may be logged now (rate-limited).
     pub fn may_log(&self) -> bool {
         self.metrics.may_log()
     }
 }
+
+/// The answer to a request a route's policy refused
+/// ([`crate::policy::Decision::Refused`]): 401 as for a missing identity
+/// (a browser is sent to the login page), 403 as a page for a browser
+/// navigation and `{"error":"forbidden"}` for any other client, 405 with
+/// `Allow`.
+pub fn policy_refusal(status: u16, head: &RequestHead, allow: Option<String>) -> Response {
+    match status {
+        401 => Denied::Unauthenticated.response(head),
+        405 => {
+            let mut r = json_response(405, serde_json::json!({"error": "method_not_allowed"}));
+            if let Some(allow) = allow {
+                r.headers
+                    .push(Header::new(&b"Allow"[..], allow.into_bytes()));
+            }
+            r
+        }
+        _ if wants_html(head) => Response::new(
+            403,
+            vec![
+                Header::new(&b"Content-Type"[..], &b"text/html; charset=utf-8"[..]),
+                sigma_core::response::no_store(),
+            ],
+            FORBIDDEN_PAGE.as_bytes(),
+        ),
+        _ => Denied::Forbidden.response(head),
+    }
+}
+
+/// The page a browser gets for a 403 by policy.
+const FORBIDDEN_PAGE: &str = "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+<title>Forbidden</title></head><body><h1>Forbidden</h1>\
+<p>Your account may not open this page. Ask the site's operator for access, \
+or <a href=\"/login\">sign in as someone else</a>.</p></body></html>\n";
 
 /// 401 for a request that needs credentials and has none.
 pub fn unauthenticated() -> Response {

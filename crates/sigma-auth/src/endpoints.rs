@@ -372,7 +372,13 @@ impl Auth {
 
 fn whoami(identity: &Principal) -> Response {
     let body = match identity {
-        Some(id) => json!({"user": id.user, "provider": id.provider.to_string()}),
+        // `groups` only when there are some (the shape older clients know).
+        Some(id) if id.groups.is_empty() => {
+            json!({"user": id.user, "provider": id.provider.to_string()})
+        }
+        Some(id) => {
+            json!({"user": id.user, "provider": id.provider.to_string(), "groups": id.groups})
+        }
         None => json!({"user": null, "provider": null}),
     };
     json_response(200, body)

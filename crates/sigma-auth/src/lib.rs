@@ -39,6 +39,7 @@ pub mod jwt;
 pub mod oauth;
 pub mod origin;
 pub mod password;
+pub mod policy;
 pub mod revoke;
 pub mod session;
 pub mod throttle;
@@ -384,6 +385,12 @@ impl Auth {
     /// the same transaction).
     pub fn revoke_user(&self, user: &str) -> usize {
         self.sessions.revoke_user(user)
+    }
+
+    /// Makes `user`'s open sessions pick up a change of the user record
+    /// (its groups) on their next request; they stay logged in.
+    pub fn refresh_user(&self, user: &str) -> usize {
+        self.sessions.refresh_user(user)
     }
 
     /// The client's address: the peer, or for a trusted proxy the

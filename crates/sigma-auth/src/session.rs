@@ -286,7 +286,13 @@ impl Sessions {
             Err(_) => return None,
         };
         let handle = self.handle(id);
-        let Some(identity) = identity_of(&record, &self.oauth_providers, handle) else {
+        // The user's groups (policies), from the local user record if
+        // there is one; a store error leaves the session uncached.
+        let groups = match off_executor(|| self.store.user_get(&record.user)) {
+            Ok(user) => user.map(|u| u.groups).unwrap_or_default(),
+            Err(_) => return None,
+        };
+        let Some(identity) = identity_of(&record, &self.oauth_providers, handle, groups) else {
             // Opened through a provider that is gone from the
             // configuration (or an unknown kind): no session.
             self.delete_later(id);
@@ -418,6 +424,25 @@ impl Sessions {
         self.sockets.revoke_user(user)
     }
 
+    /// Forgets the cached identities of `user`'s sessions (which stay
+    /// open): the next request reads them again, with the user's groups
+    /// as they are now. The hook of `sigma user groups`.
+    pub fn refresh_user(&self, user: &str) -> usize {
+        let Ok(mut c) = self.cache.write() else {
+            return 0;
+        };
+        let stale: Vec<SessionId> = c
+            .live
+            .iter()
+            .filter(|(_, live)| live.record.user == user)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &stale {
+            c.remove(id);
+        }
+        stale.len()
+    }
+
     /// Deletes a dead session's record. Best effort, off the executor: the
     /// record is dead either way (and purged by expiry if this is lost).
     fn delete_later(&self, id: &SessionId) {
@@ -480,6 +505,7 @@ fn identity_of(
     record: &SessionRecord,
     oauth_providers: &BTreeSet<String>,
     handle: SessionHandle,
+    groups: Vec<String>,
 ) -> Option<Identity> {
     let provider = match record.provider.strip_prefix("oauth:") {
         Some(name) if oauth_providers.contains(name) => Provider::OAuth(name.to_owned()),
@@ -491,7 +517,7 @@ fn identity_of(
         provider,
         world: None,
         session: Some(handle.to_ref()),
-        groups: Vec::new(),
+        groups,
     })
 }
 
@@ -544,6 +570,7 @@ mod tests {
             let rec = UserRecord {
                 phc: "x".into(),
                 created: 0,
+                groups: Vec::new(),
             };
             assert!(s.user_create(u, &rec).unwrap());
         }
@@ -727,8 +754,9 @@ mod tests {
             expires: 1,
         };
         let known: BTreeSet<String> = ["corp".to_string()].into_iter().collect();
-        let provider =
-            |p: &str| identity_of(&rec(p), &known, SessionHandle([0; 16])).map(|i| i.provider);
+        let provider = |p: &str| {
+            identity_of(&rec(p), &known, SessionHandle([0; 16]), Vec::new()).map(|i| i.provider)
+        };
         assert_eq!(provider("password"), Some(Provider::Password));
         assert_eq!(provider("oauth:corp"), Some(Provider::OAuth("corp".into())));
         // A provider no longer configured, or an unknown kind: no session,

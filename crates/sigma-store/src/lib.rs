@@ -77,7 +77,10 @@ pub use pg_store::{PgStore, PG_NOTIFY_CHANNEL, PG_SCHEMA_VERSION};
 pub use redb_store::{RedbStore, CACHE_BYTES, DB_FILE, NONDURABLE_MAX_AGE, SCHEMA_VERSION};
 pub use secrets::{SecretStore, MAX_SECRET_LEN};
 pub use sessions::{SessionId, SessionRecord, SessionStore, SESSION_COOKIE_LEN};
-pub use users::{valid_user_name, UserRecord, UserStore, MAX_USER_NAME_LEN};
+pub use users::{
+    normalise_groups, valid_group_name, valid_user_name, UserRecord, UserStore, MAX_GROUPS,
+    MAX_USER_NAME_LEN,
+};
 
 /// Fills `buf` from the operating system's CSPRNG.
 pub fn random_bytes(buf: &mut [u8]) -> Result<(), StoreError> {

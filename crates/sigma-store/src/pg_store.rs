@@ -585,7 +585,10 @@ impl UserStore for PgStore {
         let name = name.to_owned();
         self.run(move |c| async move {
             let Some(row) = c
-                .query_opt("SELECT phc, created FROM users WHERE name = $1", &[&name])
+                .query_opt(
+                    "SELECT phc, created, groups FROM users WHERE name = $1",
+                    &[&name],
+                )
                 .await?
             else {
                 return Ok(None);
@@ -593,6 +596,7 @@ impl UserStore for PgStore {
             Ok(Some(UserRecord {
                 phc: col(&row, 0, "users")?,
                 created: to_u64(col(&row, 1, "users")?, "users")?,
+                groups: col(&row, 2, "users")?,
             }))
         })
     }
@@ -601,18 +605,19 @@ impl UserStore for PgStore {
         if !valid_user_name(name) {
             return Err(StoreError::InvalidUserName);
         }
-        let (name, phc, created) = (
+        let (name, phc, created, groups) = (
             name.to_owned(),
             rec.phc.clone(),
             to_i64(rec.created, "users")?,
+            rec.groups.clone(),
         );
         self.run(move |mut c| async move {
             let tx = c.transaction().await?;
             let n = tx
                 .execute(
-                    "INSERT INTO users (name, phc, created) VALUES ($1, $2, $3)
+                    "INSERT INTO users (name, phc, created, groups) VALUES ($1, $2, $3, $4)
                      ON CONFLICT (name) DO NOTHING",
-                    &[&name, &phc, &created],
+                    &[&name, &phc, &created, &groups],
                 )
                 .await?;
             if n == 0 {
@@ -643,6 +648,22 @@ impl UserStore for PgStore {
                 .await?;
             tx.commit().await?;
             Ok(true)
+        })
+    }
+
+    fn user_set_groups(&self, name: &str, groups: &[String]) -> Result<bool, StoreError> {
+        if !pg_text(name) {
+            return Ok(false);
+        }
+        let (name, groups) = (name.to_owned(), groups.to_vec());
+        self.run(move |c| async move {
+            let n = c
+                .execute(
+                    "UPDATE users SET groups = $2 WHERE name = $1",
+                    &[&name, &groups],
+                )
+                .await?;
+            Ok(n > 0)
         })
     }
 

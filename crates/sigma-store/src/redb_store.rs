@@ -295,6 +295,23 @@ impl UserStore for RedbStore {
         Ok(true)
     }
 
+    fn user_set_groups(&self, name: &str, groups: &[String]) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut users = txn.open_table(USERS)?;
+            let Some(old) = users.get(name)? else {
+                return Ok(false);
+            };
+            let mut rec: UserRecord = decode("users", old.value())?;
+            drop(old);
+            rec.groups = groups.to_vec();
+            let bytes = encode("users", &rec)?;
+            users.insert(name, bytes.as_slice())?;
+        }
+        self.commit(txn, true)?;
+        Ok(true)
+    }
+
     fn user_delete(&self, name: &str) -> Result<bool, StoreError> {
         let txn = self.db.begin_write()?;
         {

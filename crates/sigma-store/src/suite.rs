@@ -80,6 +80,7 @@ macro_rules! store_suite {
             use super::*;
             store_suite!(@tests $fixture;
                 users_crud,
+                user_groups,
                 user_names_are_checked,
                 sessions_crud_and_index,
                 password_change_and_delete_revoke_sessions,
@@ -112,6 +113,7 @@ pub(crate) fn user(phc: &str) -> UserRecord {
     UserRecord {
         phc: phc.into(),
         created: 1_700_000_000,
+        groups: Vec::new(),
     }
 }
 
@@ -153,6 +155,28 @@ pub(crate) fn users_crud(f: &Fixture) {
         s.user_create("a b", &user("h")),
         Err(StoreError::InvalidUserName)
     ));
+}
+
+pub(crate) fn user_groups(f: &Fixture) {
+    let s = f.s();
+    let g = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let mut rec = user("h1");
+    rec.groups = g(&["admins", "ops"]);
+    assert!(s.user_create("carol", &rec).unwrap());
+    assert_eq!(
+        s.user_get("carol").unwrap().unwrap().groups,
+        g(&["admins", "ops"])
+    );
+    s.session_put(&id(7), &session("carol", u64::MAX), true)
+        .unwrap();
+    assert!(s.user_set_groups("carol", &g(&["ops"])).unwrap());
+    assert_eq!(s.user_get("carol").unwrap().unwrap().groups, g(&["ops"]));
+    // Groups change; sessions stay, the password stays.
+    assert!(s.session_get(&id(7)).unwrap().is_some());
+    assert_eq!(s.user_get("carol").unwrap().unwrap().phc, "h1");
+    assert!(s.user_set_groups("carol", &[]).unwrap());
+    assert!(s.user_get("carol").unwrap().unwrap().groups.is_empty());
+    assert!(!s.user_set_groups("nobody", &g(&["x"])).unwrap());
 }
 
 pub(crate) fn user_names_are_checked(f: &Fixture) {

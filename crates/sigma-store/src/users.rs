@@ -32,6 +32,35 @@ pub struct UserRecord {
     pub phc: String,
     /// Creation time, unix seconds.
     pub created: u64,
+    /// The user's groups (policies' `group:` subjects), sorted, each a
+    /// [`valid_group_name`]. Absent in records written before groups
+    /// existed: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+}
+
+/// Most groups one user may have.
+pub const MAX_GROUPS: usize = 64;
+
+/// True if `name` is a valid group name: the same characters and length
+/// as a user name.
+pub fn valid_group_name(name: &str) -> bool {
+    valid_user_name(name)
+}
+
+/// `groups` checked ([`valid_group_name`], at most [`MAX_GROUPS`]),
+/// sorted and without repeats; the first bad name otherwise.
+pub fn normalise_groups(groups: &[String]) -> Result<Vec<String>, String> {
+    if let Some(bad) = groups.iter().find(|g| !valid_group_name(g)) {
+        return Err(bad.clone());
+    }
+    let mut out = groups.to_vec();
+    out.sort();
+    out.dedup();
+    if out.len() > MAX_GROUPS {
+        return Err(format!("{} groups (at most {MAX_GROUPS})", out.len()));
+    }
+    Ok(out)
 }
 
 impl fmt::Debug for UserRecord {
@@ -39,6 +68,7 @@ impl fmt::Debug for UserRecord {
         f.debug_struct("UserRecord")
             .field("phc", &"<redacted>")
             .field("created", &self.created)
+            .field("groups", &self.groups)
             .finish()
     }
 }
@@ -59,6 +89,10 @@ pub trait UserStore: Send + Sync {
     /// Replaces the password hash of `name` and revokes all of the user's
     /// sessions; `false` if there is no such user.
     fn user_set_password(&self, name: &str, phc: &str) -> Result<bool, StoreError>;
+    /// Replaces the groups of `name` (already normalised); `false` if
+    /// there is no such user. Sessions stay: the server reloads the
+    /// groups of the user's cached identities.
+    fn user_set_groups(&self, name: &str, groups: &[String]) -> Result<bool, StoreError>;
     /// Deletes the user `name` and all of its sessions; `false` if there is
     /// no such user.
     fn user_delete(&self, name: &str) -> Result<bool, StoreError>;
@@ -76,6 +110,7 @@ mod tests {
         UserRecord {
             phc: phc.into(),
             created: 1_700_000_000,
+            groups: Vec::new(),
         }
     }
     #[test]
@@ -97,6 +132,21 @@ mod tests {
         ] {
             assert!(!valid_user_name(bad), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn groups_are_checked_sorted_and_deduplicated() {
+        let g = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(normalise_groups(&g(&["b", "a", "b"])), Ok(g(&["a", "b"])));
+        assert_eq!(
+            normalise_groups(&g(&["ok", "no way"])),
+            Err("no way".into())
+        );
+        let many: Vec<String> = (0..65).map(|i| format!("g{i}")).collect();
+        assert!(normalise_groups(&many).is_err());
+        // Records written before groups existed read as none.
+        let old: UserRecord = serde_json::from_str(r#"{"phc":"x","created":1}"#).unwrap();
+        assert!(old.groups.is_empty());
     }
 
     #[test]

@@ -158,6 +158,10 @@ async fn handle(
                 let closed = auth.revoke_user(user);
                 tracing::info!(user, closed, "admin socket: sessions revoked");
             }
+            if let Some(user) = op.refreshes() {
+                // Open sessions read the new groups on their next request.
+                auth.refresh_user(user);
+            }
         }
         log_change(&op, result.as_ref().err());
         Reply::from(result)
@@ -173,6 +177,7 @@ fn log_change(op: &Op, error: Option<&users::UserError>) {
         Op::Add { name, .. } => ("add", name),
         Op::Del { name } => ("del", name),
         Op::Passwd { name, .. } => ("passwd", name),
+        Op::Groups { name, .. } => ("groups", name),
         Op::Has { .. } | Op::List {} => return,
     };
     match error {

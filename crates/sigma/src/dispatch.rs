@@ -925,7 +925,8 @@ impl<'a> Dispatch<'a> {
     }
 
     /// `A`'s admission of a request to a route: who may use it (401 or a
-    /// redirect to the login page for browsers, 403), and for
+    /// redirect to the login page for browsers, 403), its policy
+    /// (`allow`, `deny`, `methods`: 401, 403, 405), and for
     /// cookie-authenticated unsafe methods and WebSocket upgrades, that the
     /// request is not cross-site. `[H]` listeners have no `A` and admit all.
     fn admit(
@@ -955,7 +956,11 @@ impl<'a> Dispatch<'a> {
                 );
             }
             denied.response(head)
-        })
+        })?;
+        match route.policy() {
+            Some(policy) => a.admit_policy(policy, identity, client, head, &route.path),
+            None => Ok(()),
+        }
     }
 
     fn on_upgrade(

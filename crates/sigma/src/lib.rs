@@ -45,6 +45,7 @@ pub mod config;
 pub mod conn;
 
 pub mod dispatch;
+pub mod explain;
 pub mod front;
 pub mod health;
 #[cfg(feature = "test-destinations")]

@@ -51,8 +51,25 @@ enum Command {
         /// the defaults and the `SIGMA_*` variables are checked.
         #[arg(short, long, env = "SIGMA_CONFIG")]
         config: Option<PathBuf>,
+        /// Explain how a request would be served: "METHOD /path" (exit 0
+        /// allowed, 1 refused).
+        #[arg(long, value_name = "REQUEST")]
+        explain: Option<String>,
+        /// With --explain: the user making it (default: anonymous).
+        #[arg(long, requires = "explain")]
+        user: Option<String>,
+        /// With --explain: a group of the user (repeat for several).
+        #[arg(long = "group", value_name = "GROUP", requires = "user")]
+        groups: Vec<String>,
+        /// With --explain: the user's provider (password, oauth:NAME,
+        /// jwt:ISSUER).
+        #[arg(long, requires = "user")]
+        provider: Option<String>,
+        /// With --explain: the client address (default 127.0.0.1).
+        #[arg(long, requires = "explain", default_value = "127.0.0.1")]
+        from: std::net::IpAddr,
     },
-    /// Manage users: add, del, list, passwd.
+    /// Manage users: add, del, list, passwd, groups.
     User {
         #[command(subcommand)]
         command: sigma::users::UserCommand,
@@ -161,8 +178,28 @@ fn run(command: Command) -> anyhow::Result<i32> {
             rt.shutdown_background();
             Ok(code)
         }
-        Command::Check { config } => {
+        Command::Check {
+            config,
+            explain,
+            user,
+            groups,
+            provider,
+            from,
+        } => {
             let cfg = sigma::config::load(config.as_deref(), &env())?;
+            if let Some(request) = explain {
+                let asker = sigma::explain::Asker {
+                    user,
+                    groups,
+                    provider,
+                    from,
+                };
+                let e = sigma::explain::explain(&cfg, &request, &asker)?;
+                for line in &e.lines {
+                    println!("{line}");
+                }
+                return Ok(if e.allowed { 0 } else { 1 });
+            }
             // The route resolution `serve` and a reload do, and `A`'s
             // setup (`[[auth.jwt]] key_file`, OAuth `client_secret_file`s).
             sigma::reload::check(&cfg)?;

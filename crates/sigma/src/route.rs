@@ -52,6 +52,13 @@ pub struct Route {
     config: RouteConfig,
 }
 
+impl Route {
+    /// The route's `allow` / `deny` / `methods`, if it has any.
+    pub fn policy(&self) -> Option<&crate::auth::policy::Policy> {
+        self.config.policy.as_deref()
+    }
+}
+
 impl std::fmt::Debug for Route {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Route")
@@ -143,13 +150,14 @@ impl Inputs {
     }
 }
 
-/// A route's keys that its destination is built from (not `auth`, `users`
-/// or `max_body`, which admission reads per request).
+/// A route's keys that its destination is built from (not `auth`, `users`,
+/// the policy or `max_body`, which admission reads per request).
 fn dest_part(r: &RouteConfig) -> RouteConfig {
     RouteConfig {
         auth: AuthLevel::None,
         users: None,
         max_body: None,
+        policy: None,
         ..r.clone()
     }
 }
@@ -399,7 +407,7 @@ impl RouteTable {
 }
 
 /// `prefix` matches `path` at a segment boundary.
-fn prefix_matches(prefix: &[u8], path: &[u8]) -> bool {
+pub(crate) fn prefix_matches(prefix: &[u8], path: &[u8]) -> bool {
     if prefix == b"/" {
         return path.first() == Some(&b'/');
     }

@@ -29,6 +29,7 @@ use std::path::PathBuf;
 
 use crate::auth::password::{self, PasswordError, MAX_PASSWORD_LEN};
 use crate::config::{self, ConfigError};
+use crate::store::MAX_GROUPS;
 use crate::store::{
     random_bytes, valid_user_name, RedbStore, Store, StoreError, UserRecord, MAX_USER_NAME_LEN,
 };
@@ -46,6 +47,10 @@ pub enum UserCommand {
     Add {
         /// The user name (1–64 characters of A-Z a-z 0-9 . _ @ -).
         name: String,
+        /// A group of the user (policies' `group:` subjects); repeat it
+        /// for several.
+        #[arg(long = "group", value_name = "GROUP")]
+        groups: Vec<String>,
         #[command(flatten)]
         password: PasswordArgs,
         #[command(flatten)]
@@ -60,6 +65,16 @@ pub enum UserCommand {
     },
     /// List the users, one per line.
     List {
+        #[command(flatten)]
+        location: DataArgs,
+    },
+    /// Replace a user's groups (none given: no groups). Its sessions stay
+    /// and see the new groups on their next request.
+    Groups {
+        /// The user name.
+        name: String,
+        /// The groups (1–64 characters of A-Z a-z 0-9 . _ @ - each).
+        groups: Vec<String>,
         #[command(flatten)]
         location: DataArgs,
     },
@@ -103,6 +118,11 @@ pub enum UserError {
         "invalid user name {0:?}: use 1 to {MAX_USER_NAME_LEN} characters of A-Z a-z 0-9 . _ @ -"
     )]
     InvalidName(String),
+    /// A group name that breaks the rules, or too many groups.
+    #[error(
+        "invalid group {0:?}: use 1 to {MAX_USER_NAME_LEN} characters of A-Z a-z 0-9 . _ @ -, at most {MAX_GROUPS} groups"
+    )]
+    InvalidGroup(String),
     /// `add` of an existing user.
     #[error("user {0} already exists")]
     Exists(String),
@@ -137,8 +157,8 @@ pub enum UserError {
     #[error("no data directory {}: give the one `sigma serve` uses (--data, --config or SIGMA_DATA_DIR)", .0.display())]
     NoDataDir(PathBuf),
     /// The running server's admin socket failed.
-    #[error("the running server's admin socket {}: {source}", socket.display())]
-    Admin { socket: PathBuf, source: io::Error },
+    #[error("the running server's admin socket {}: {error}", socket.display())]
+    Admin { socket: PathBuf, error: io::Error },
     /// The running server refused the change (its message).
     #[error("{message}")]
     Server { message: String, runtime: bool },
@@ -197,8 +217,15 @@ pub enum Op {
     /// Does `name` exist? Answers `[name]` or `[]` (`add` and `passwd`
     /// ask before prompting for a password).
     Has { name: String },
-    /// Create `name` with the hash `phc`.
-    Add { name: String, phc: String },
+    /// Create `name` with the hash `phc` and `groups`.
+    Add {
+        name: String,
+        phc: String,
+        #[serde(default)]
+        groups: Vec<String>,
+    },
+    /// Replace `name`'s groups.
+    Groups { name: String, groups: Vec<String> },
     /// Delete `name`, its sessions and its `&db` namespace.
     Del { name: String },
     /// Every user name.
@@ -213,7 +240,16 @@ impl Op {
     pub fn revokes(&self) -> Option<&str> {
         match self {
             Op::Del { name } | Op::Passwd { name, .. } => Some(name),
-            Op::Has { .. } | Op::Add { .. } | Op::List {} => None,
+            Op::Has { .. } | Op::Add { .. } | Op::Groups { .. } | Op::List {} => None,
+        }
+    }
+
+    /// The user whose record changes under open sessions (`groups`),
+    /// which a running server must read again.
+    pub fn refreshes(&self) -> Option<&str> {
+        match self {
+            Op::Groups { name, .. } => Some(name),
+            _ => None,
         }
     }
 }
@@ -251,12 +287,13 @@ pub fn apply(store: &dyn Store, op: &Op) -> Result<Vec<String>, UserError> {
                 .into_iter()
                 .collect())
         }
-        Op::Add { name, phc } => {
+        Op::Add { name, phc, groups } => {
             check_name(name)?;
             password::check_phc(phc)?;
             let rec = UserRecord {
                 phc: phc.clone(),
                 created: now_unix(),
+                groups: check_groups(groups)?,
             };
             if !store.user_create(name, &rec)? {
                 return Err(UserError::Exists(name.clone()));
@@ -272,6 +309,18 @@ pub fn apply(store: &dyn Store, op: &Op) -> Result<Vec<String>, UserError> {
             // name must not inherit it.
             let keys = store.kv_drop_namespace(name)?;
             Ok(vec![format!("deleted user {name} ({keys} &db keys)")])
+        }
+        Op::Groups { name, groups } => {
+            check_name(name)?;
+            let groups = check_groups(groups)?;
+            if !store.user_set_groups(name, &groups)? {
+                return Err(UserError::NoSuchUser(name.clone()));
+            }
+            Ok(vec![if groups.is_empty() {
+                format!("user {name} has no groups")
+            } else {
+                format!("user {name} is in {}", groups.join(", "))
+            }])
         }
         Op::List {} => Ok(store.user_list()?),
         Op::Passwd { name, phc } => {
@@ -335,9 +384,9 @@ impl Target {
 
 /// Sends `op` to the server on `socket` and returns its answer.
 fn ask_server(socket: &std::path::Path, op: &Op) -> Result<Vec<String>, UserError> {
-    let admin = |source: io::Error| UserError::Admin {
+    let admin = |error: io::Error| UserError::Admin {
         socket: socket.to_owned(),
-        source,
+        error,
     };
     let mut stream = std::os::unix::net::UnixStream::connect(socket).map_err(admin)?;
     let timeout = Some(std::time::Duration::from_secs(30));
@@ -345,7 +394,12 @@ fn ask_server(socket: &std::path::Path, op: &Op) -> Result<Vec<String>, UserErro
     stream.set_write_timeout(timeout).map_err(admin)?;
     let mut line = serde_json::to_vec(op).map_err(|e| admin(io::Error::other(e)))?;
     line.push(b'\n');
-    stream.write_all(&line).map_err(admin)?;
+    // A server that refuses us answers and closes without reading: its
+    // answer is still there to read after a broken pipe.
+    match stream.write_all(&line) {
+        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => return Err(admin(e)),
+        _ => {}
+    }
     let mut answer = Vec::new();
     io::BufReader::new(stream)
         .take(MAX_ADMIN_REPLY)
@@ -384,10 +438,12 @@ pub fn run_with(
     let lines = match cmd {
         UserCommand::Add {
             name,
+            groups,
             password,
             location,
         } => {
             check_name(&name)?;
+            check_groups(&groups)?;
             // Fail on a locked store or an existing user before asking
             // for a password.
             let target = Target::open(&location, env, true)?;
@@ -396,7 +452,16 @@ pub fn run_with(
             }
             let pw = read_password(password, input, interactive, &name)?;
             let phc = password::hash(&pw)?;
-            target.apply(&Op::Add { name, phc })?
+            target.apply(&Op::Add { name, phc, groups })?
+        }
+        UserCommand::Groups {
+            name,
+            groups,
+            location,
+        } => {
+            check_name(&name)?;
+            check_groups(&groups)?;
+            Target::open(&location, env, false)?.apply(&Op::Groups { name, groups })?
         }
         UserCommand::Del { name, location } => {
             check_name(&name)?;
@@ -443,6 +508,7 @@ pub fn first_start(store: &dyn Store, out: &mut dyn Write) -> Result<bool, UserE
     let rec = UserRecord {
         phc: password::hash(&pw)?,
         created: now_unix(),
+        groups: Vec::new(),
     };
     if !store.user_create(ADMIN_USER, &rec)? {
         return Ok(false);
@@ -475,6 +541,11 @@ pub fn random_password(len: usize) -> Result<String, StoreError> {
         }
     }
     Ok(pw)
+}
+
+/// `groups` valid, sorted and without repeats ([`UserError::InvalidGroup`]).
+fn check_groups(groups: &[String]) -> Result<Vec<String>, UserError> {
+    crate::store::normalise_groups(groups).map_err(UserError::InvalidGroup)
 }
 
 fn check_name(name: &str) -> Result<(), UserError> {
@@ -635,6 +706,7 @@ mod tests {
             run_cmd(
                 UserCommand::Add {
                     name: name.into(),
+                    groups: Vec::new(),
                     password: STDIN,
                     location: loc(&dir),
                 },

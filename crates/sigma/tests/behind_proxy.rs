@@ -277,15 +277,6 @@ fn browser_post<'a>(origin: &'a str, content_type: &'a str) -> Vec<(&'a str, &'a
     ]
 }
 
-/// A TCP connection to `to` from the local address `from`.
-fn connect_from(from: Ipv4Addr, to: SocketAddr) -> TcpStream {
-    let s =
-        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    s.bind(&SocketAddr::from((from, 0)).into()).expect("bind");
-    s.connect_timeout(&to.into(), IO_TIMEOUT).expect("connect");
-    s.into()
-}
-
 /// The fields of a JSON log line (tracing-subscriber's JSON puts them
 /// under `fields`; a flattened format has them at the top).
 fn fields(line: &Value) -> &serde_json::Map<String, Value> {

@@ -14,7 +14,7 @@
 
 mod common;
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc, Barrier};
 use std::thread;
@@ -85,14 +85,8 @@ impl Sigma {
 }
 
 /// A connection to `to` from the loopback address `from`.
-fn connect_from(from: Ipv4Addr, to: SocketAddr) -> Client {
-    use socket2::{Domain, Socket, Type};
-    let s = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
-    s.bind(&SocketAddr::V4(SocketAddrV4::new(from, 0)).into())
-        .unwrap_or_else(|e| panic!("bind {from}: {e}"));
-    s.connect_timeout(&to.into(), IO_TIMEOUT)
-        .unwrap_or_else(|e| panic!("connect from {from}: {e}"));
-    Client::from_stream(TcpStream::from(s))
+fn client_from(from: Ipv4Addr, to: SocketAddr) -> Client {
+    Client::from_stream(connect_from(from, to))
 }
 
 /// One request from `from` on a fresh connection.
@@ -104,7 +98,7 @@ fn request_from(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Resp {
-    let mut c = connect_from(from, to);
+    let mut c = client_from(from, to);
     c.send(&request_bytes(to, method, path, headers, body));
     c.read_response()
 }
@@ -123,7 +117,7 @@ fn login_bytes(to: SocketAddr, user: &str, pw: &str) -> Vec<u8> {
 
 /// A JSON login from `from`.
 fn login_from(from: Ipv4Addr, to: SocketAddr, user: &str, pw: &str) -> Resp {
-    let mut c = connect_from(from, to);
+    let mut c = client_from(from, to);
     c.send(&login_bytes(to, user, pw));
     c.read_response()
 }
@@ -176,7 +170,7 @@ fn a_login_flood_gets_503_at_once_and_a_good_login_is_served() {
             let from = lo(1, t + 10);
             let mut conns: Vec<(Client, Instant)> = (0..PER_THREAD)
                 .map(|i| {
-                    let mut c = connect_from(from, to);
+                    let mut c = client_from(from, to);
                     c.send(&login_bytes(to, &format!("flood{t}x{i}"), "wrong"));
                     (c, Instant::now())
                 })

@@ -137,6 +137,10 @@ pub enum RouteError {
     /// A proxy key (`connect_timeout`, `read_timeout`, `echo_identity`) on
     /// a route whose destination is not an `http://` upstream.
     ProxyKeyNotUpstream(&'static str),
+    /// `allow`, `deny` or `methods` that do not parse.
+    Policy(crate::auth::policy::PolicyError),
+    /// Both `users` and `allow` on one route.
+    UsersAndAllow,
 }
 
 impl fmt::Display for Origin {
@@ -259,6 +263,11 @@ impl fmt::Display for RouteError {
             RouteError::EmptyStaticDir => {
                 write!(f, "`static:` needs a directory, e.g. \"static:./www\"")
             }
+            RouteError::Policy(e) => write!(f, "{e}"),
+            RouteError::UsersAndAllow => write!(
+                f,
+                "users and allow on one route: write allow = [\"user:NAME\", …] alone"
+            ),
             RouteError::UsersWithoutAuth => write!(
                 f,
                 "a users allow-list needs auth = \"required\" or \"optional\", not \"none\""

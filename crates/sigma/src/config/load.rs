@@ -188,6 +188,9 @@ impl Config {
             if let Some(users) = &r.users {
                 out.push_str(&format!(", users {}", users.join(",")));
             }
+            if let Some(p) = &r.policy {
+                out.push_str(&format!(", {p}"));
+            }
             if let Some(max_body) = r.max_body {
                 out.push_str(&format!(", max_body {max_body}"));
             }

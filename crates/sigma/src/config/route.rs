@@ -27,6 +27,9 @@ pub struct RouteConfig {
     pub users: Option<Vec<String>>,
     /// Per-route override of `http.max_body`.
     pub max_body: Option<u64>,
+    /// `allow`, `deny`, `methods` (DESIGN §4), checked by `A` after
+    /// `auth` and `users`.
+    pub policy: Option<std::sync::Arc<crate::auth::policy::Policy>>,
     /// `&db` only: the shared namespace the route serves instead of each
     /// caller's own (`namespace`, `writers`).
     pub shared: Option<SharedNamespace>,
@@ -49,6 +52,7 @@ impl RouteConfig {
             auth,
             users: None,
             max_body: None,
+            policy: None,
             shared: None,
             proxy: None,
             ca: None,
@@ -258,6 +262,12 @@ pub(super) struct RouteTable {
     #[serde(default)]
     pub(super) max_body: Option<u64>,
     #[serde(default)]
+    pub(super) allow: Option<Vec<String>>,
+    #[serde(default)]
+    pub(super) deny: Option<Vec<String>>,
+    #[serde(default)]
+    pub(super) methods: Option<Vec<String>>,
+    #[serde(default)]
     pub(super) namespace: Option<String>,
     #[serde(default)]
     pub(super) writers: Option<Vec<String>>,
@@ -294,6 +304,31 @@ pub(super) fn routes(tables: Vec<RouteTable>) -> Result<Vec<RouteConfig>, (KeyPa
             }
             check_user_list(users).map_err(|e| (at("users"), e))?;
         }
+        if t.users.is_some() && t.allow.is_some() {
+            return Err((at("allow"), RouteError::UsersAndAllow));
+        }
+        let policy = crate::auth::policy::Policy::parse(
+            t.allow.as_deref(),
+            t.deny.as_deref(),
+            t.methods.as_deref(),
+        )
+        .map_err(|e| {
+            let k = match &e {
+                crate::auth::policy::PolicyError::BadMethod(_)
+                | crate::auth::policy::PolicyError::EmptyMethods => "methods",
+                _ if t.allow.as_deref().is_some_and(|a| {
+                    a.is_empty()
+                        || a.iter()
+                            .any(|s| s.parse::<crate::auth::policy::Subject>().is_err())
+                }) =>
+                {
+                    "allow"
+                }
+                _ => "deny",
+            };
+            (at(k), RouteError::Policy(e))
+        })?
+        .map(std::sync::Arc::new);
         let shared = match (t.namespace, t.writers) {
             (None, None) => None,
             (None, Some(_)) => return Err((at("writers"), RouteError::WritersWithoutNamespace)),
@@ -338,6 +373,7 @@ pub(super) fn routes(tables: Vec<RouteTable>) -> Result<Vec<RouteConfig>, (KeyPa
             auth: t.auth,
             users: t.users,
             max_body: t.max_body,
+            policy,
             shared,
             proxy,
             ca: t.ca,

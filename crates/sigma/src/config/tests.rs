@@ -141,6 +141,9 @@ fn every_key_round_trips() {
         to = "&db"
         namespace = "team"
         writers = ["alice"]
+        allow = ["group:team", "user:carol"]
+        deny = ["cidr:10.0.0.0/8"]
+        methods = ["GET", "PUT"]
 
         [[route]]
         path = "/secure"
@@ -298,6 +301,7 @@ fn every_key_round_trips() {
                 auth: AuthLevel::Required,
                 users: None,
                 max_body: None,
+                policy: None,
                 shared: None,
                 proxy: Some(ProxyOptions::default()),
                 ca: Some("/etc/sigma/backend-ca.pem".into()),
@@ -308,6 +312,13 @@ fn every_key_round_trips() {
                 auth: AuthLevel::Required,
                 users: None,
                 max_body: None,
+                policy: crate::auth::policy::Policy::parse(
+                    Some(&["group:team".into(), "user:carol".into()]),
+                    Some(&["cidr:10.0.0.0/8".into()]),
+                    Some(&["GET".into(), "PUT".into()]),
+                )
+                .unwrap()
+                .map(std::sync::Arc::new),
                 shared: Some(SharedNamespace {
                     name: "team".into(),
                     writers: Some(vec!["alice".into()]),
@@ -321,6 +332,7 @@ fn every_key_round_trips() {
                 auth: AuthLevel::Required,
                 users: Some(vec!["alice".into(), "bob".into()]),
                 max_body: Some(51),
+                policy: None,
                 shared: None,
                 proxy: Some(ProxyOptions {
                     connect_timeout: Duration::from_secs(52),
@@ -459,7 +471,7 @@ fn field_probe_reads_the_struct_fields() {
     assert_eq!(fields_of::<HttpTable>().len(), 13);
     assert_eq!(fields_of::<WebsocketTable>().len(), 6);
     assert_eq!(fields_of::<ServerConfig>().len(), 7);
-    assert_eq!(fields_of::<RouteTable>().len(), 11);
+    assert_eq!(fields_of::<RouteTable>().len(), 14);
 }
 
 #[test]
@@ -1030,6 +1042,41 @@ fn invalid_routes() {
             "needs auth",
         ),
         ("/x", "&echo", "users = []\n", "route[0].users", "is empty"),
+        (
+            "/x",
+            "&echo",
+            "allow = [\"admins\"]\n",
+            "route[0].allow",
+            "a subject is user:NAME",
+        ),
+        (
+            "/x",
+            "&echo",
+            "allow = []\n",
+            "route[0].allow",
+            "admits nobody",
+        ),
+        (
+            "/x",
+            "&echo",
+            "deny = [\"cidr:10.0.0.0/33\"]\n",
+            "route[0].deny",
+            "cidr:10.0.0.0/33",
+        ),
+        (
+            "/x",
+            "&echo",
+            "methods = [\"get\"]\n",
+            "route[0].methods",
+            "is not a method",
+        ),
+        (
+            "/x",
+            "&echo",
+            "users = [\"a\"]\nallow = [\"user:b\"]\n",
+            "route[0].allow",
+            "users and allow",
+        ),
         (
             "/x",
             "&echo",

@@ -52,6 +52,8 @@ pub const LIMIT_REASONS: &[&str] = &[
     "login_queue_full",
     "token_throttled",
     "ws_session_revoked",
+    // A route's `allow` / `deny` / `methods` refused a request.
+    "policy_refused",
     // S (DESIGN §2a): handshakes past their deadline, plain HTTP on a TLS
     // port.
     "tls_handshake_timeout",

@@ -923,3 +923,16 @@ impl Upstream {
             .to_ascii_lowercase()
     }
 }
+
+/// A TCP connection to `to` from the local (loopback) address `from`, so
+/// that tests can be several clients.
+#[allow(dead_code)]
+pub fn connect_from(from: std::net::Ipv4Addr, to: SocketAddr) -> TcpStream {
+    let s =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    s.bind(&SocketAddr::from((from, 0)).into())
+        .unwrap_or_else(|e| panic!("bind {from}: {e}"));
+    s.connect_timeout(&to.into(), IO_TIMEOUT)
+        .unwrap_or_else(|e| panic!("connect from {from}: {e}"));
+    s.into()
+}
