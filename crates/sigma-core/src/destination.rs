@@ -195,6 +195,11 @@ pub trait Destination: Send + Sync {
     /// Answers one request or upgrade, tagged with its identity. A kind
     /// its capabilities do not declare gets [`Request::not_taken`].
     fn handle(&self, req: Request) -> Answer;
+    /// What it reports on `/metrics` ([`crate::Sample`]s; the shell adds
+    /// the `route` label). Read when `/metrics` is scraped. Default: none.
+    fn metrics(&self) -> Vec<crate::Sample> {
+        Vec::new()
+    }
 }
 
 /// One WebSocket connection's view of its destination.

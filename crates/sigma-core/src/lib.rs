@@ -55,6 +55,7 @@ pub mod push;
 pub mod reject;
 pub mod reply;
 pub mod response;
+pub mod sample;
 
 pub use body::{
     body_channel, Admission, BodyError, BodyRx, BodyStream, BodyTx, ClientInfo, LaterStreamed,
@@ -75,3 +76,4 @@ pub use push::{
 };
 pub use reject::{RejectCounts, Rejects};
 pub use reply::{check_reply, enforce, Dropped, ReplyAudit};
+pub use sample::Sample;

@@ -29,7 +29,7 @@ use crate::auth::admit::{invalid_token, unauthenticated};
 use crate::auth::forwarded::{self, Client};
 use crate::auth::{self, endpoints, Denied, Gate, Resolved, RouteAccess, Tagged, Via};
 use crate::config::AuthLevel;
-use crate::health::{health_text, store_metrics};
+use crate::health::health_text;
 use crate::listener::{Generation, ListenerCtx, RouteRef};
 use crate::metrics::{add, inc};
 use crate::route::Destination as _;
@@ -909,15 +909,11 @@ impl<'a> Dispatch<'a> {
                 if !self.gen.metrics_allow.iter().any(|n| n.contains(client)) {
                     return Some(plain(403, "forbidden\n"));
                 }
-                let mut body = self.ctx.metrics.render(self.ctx.limiter.open());
-                body.push_str(&store_metrics(self.ctx.store.status()));
-                Some(Response::new(
-                    200,
-                    vec![Header::new(
-                        &b"Content-Type"[..],
-                        &b"text/plain; version=0.0.4; charset=utf-8"[..],
-                    )],
-                    body,
+                Some(crate::health::metrics_response(
+                    &self.ctx.metrics,
+                    self.ctx.limiter.open(),
+                    self.ctx.store.status(),
+                    &self.gen.routes,
                 ))
             }
             _ => None,

@@ -1,5 +1,5 @@
-//! The bodies of sigma's built-in `/healthz` and of the store's lines in
-//! `/metrics` (dispatch answers both, [`crate::dispatch`]).
+//! The bodies of sigma's built-in `/healthz` and `/metrics` (dispatch
+//! answers both, [`crate::dispatch`]).
 
 /// The body of `/healthz`: `ok` on the embedded store; with PostgreSQL
 /// `ok` or `degraded` (the node keeps serving what does not need the
@@ -35,5 +35,32 @@ pub fn store_metrics(s: crate::store::StoreStatus) -> String {
         kind = s.kind,
         up = u8::from(s.up),
         failures = s.failures
+    )
+}
+
+/// The whole `/metrics` response: sigma's counters, the store's lines and
+/// every route's destination samples.
+pub fn metrics_response(
+    metrics: &crate::metrics::Metrics,
+    open: usize,
+    store: crate::store::StoreStatus,
+    routes: &crate::route::RouteTable,
+) -> sigma_http::Response {
+    let mut body = metrics.render(open);
+    body.push_str(&store_metrics(store));
+    crate::metrics::render_samples(
+        &mut body,
+        routes
+            .routes()
+            .iter()
+            .map(|r| (r.path.as_str(), r.dest.metrics())),
+    );
+    sigma_http::Response::new(
+        200,
+        vec![sigma_http::Header::new(
+            &b"Content-Type"[..],
+            &b"text/plain; version=0.0.4; charset=utf-8"[..],
+        )],
+        body,
     )
 }

@@ -409,3 +409,99 @@ fn per_route_login_build_and_process_metrics() {
         "{text}"
     );
 }
+
+/// The destinations' own families: `&broadcast` channels, subscriptions,
+/// publishes and deliveries; `&db` requests by kind; upstream requests by
+/// result and their time to the response head; each labelled by route.
+#[test]
+fn destination_metrics_for_broadcast_db_and_upstreams() {
+    let up = Upstream::start();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dead_port = dead.local_addr().expect("addr").port();
+    drop(dead);
+    let config = format!(
+        "[[broadcast.rule]]\npattern = \"open:*\"\nsubscribe = \"anyone\"\npublish = \"anyone\"\n\
+         [[route]]\npath = \"/live\"\nto = \"&broadcast\"\nauth = \"none\"\n\
+         [[route]]\npath = \"/db\"\nto = \"&db\"\nauth = \"none\"\nnamespace = \"pub\"\n\
+         [[route]]\npath = \"/api\"\nto = \"http://127.0.0.1:{}\"\nauth = \"none\"\n\
+         [[route]]\npath = \"/gone\"\nto = \"http://127.0.0.1:{dead_port}\"\nauth = \"none\"\n",
+        up.port
+    );
+    let data = temp_dir("metrics-dest");
+    let l = Server::launch(&config, &data, "T127.0.0.1:0[HA]");
+    let s = &l.server;
+    // One subscriber on open:a, then two publishes to it, one to nowhere.
+    let mut ws = TcpStream::connect(s.addr()).expect("connect");
+    ws.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    ws.write_all(
+        b"GET /live HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .expect("handshake");
+    let mut got = Vec::new();
+    let mut b = [0u8; 512];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = ws.read(&mut b).expect("read");
+        assert!(n > 0, "closed");
+        got.extend_from_slice(&b[..n]);
+    }
+    // A masked text frame: {"type":"subscribe","channel":"open:a"}.
+    let msg = br#"{"type":"subscribe","channel":"open:a"}"#;
+    let mut frame = vec![0x81, 0x80 | msg.len() as u8, 0, 0, 0, 0];
+    frame.extend_from_slice(msg);
+    ws.write_all(&frame).expect("subscribe");
+    // The server confirms the subscription before any publish counts.
+    let n = ws.read(&mut b).expect("subscribed");
+    assert!(
+        String::from_utf8_lossy(&b[..n]).contains("subscribed"),
+        "{:?}",
+        &b[..n]
+    );
+    for channel in ["open:a", "open:a", "open:nobody"] {
+        let r = request(
+            s.addr(),
+            "POST",
+            &format!("/live/{channel}"),
+            &[("Content-Type", "application/json")],
+            b"{\"n\":1}",
+        );
+        assert_eq!(r.status, 202, "{r:?}");
+    }
+    // Counted whatever &db answers (anonymous: refused writes, no key).
+    request(s.addr(), "PUT", "/db/k", &[], b"v");
+    request(s.addr(), "GET", "/db/k", &[], b"");
+    assert_eq!(request(s.addr(), "GET", "/api/x", &[], b"").status, 200);
+    up.next_head();
+    assert_eq!(request(s.addr(), "GET", "/gone/x", &[], b"").status, 502);
+    let text = scrape(s);
+    let c = |series: &str| counter(&text, series);
+    assert_eq!(c("sigma_broadcast_channels{route=\"/live\"}"), 1);
+    assert_eq!(c("sigma_broadcast_subscriptions{route=\"/live\"}"), 1);
+    assert_eq!(c("sigma_broadcast_publishes_total{route=\"/live\"}"), 3);
+    assert_eq!(c("sigma_broadcast_deliveries_total{route=\"/live\"}"), 2);
+    assert_eq!(c("sigma_db_requests_total{route=\"/db\",op=\"put\"}"), 1);
+    assert_eq!(c("sigma_db_requests_total{route=\"/db\",op=\"read\"}"), 1);
+    assert_eq!(
+        c("sigma_upstream_requests_total{route=\"/api\",result=\"ok\"}"),
+        1
+    );
+    assert_eq!(
+        c("sigma_upstream_requests_total{route=\"/gone\",result=\"connect_error\"}"),
+        1
+    );
+    assert_eq!(
+        c("sigma_upstream_requests_total{route=\"/gone\",result=\"ok\"}"),
+        0
+    );
+    assert_eq!(
+        text.matches("# TYPE sigma_upstream_requests_total counter")
+            .count(),
+        1,
+        "{text}"
+    );
+    assert!(
+        text.contains("sigma_upstream_response_seconds_total{route=\"/api\"} "),
+        "{text}"
+    );
+}

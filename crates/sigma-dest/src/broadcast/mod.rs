@@ -440,6 +440,10 @@ pub struct Hub {
     channels: RwLock<HashMap<Arc<str>, Arc<Channel>>>,
     next_id: AtomicU64,
     settings: Settings,
+    /// Publishes accepted (HTTP and WebSocket), and the deliveries they
+    /// made: `/metrics`.
+    publishes: AtomicU64,
+    deliveries: AtomicU64,
 }
 
 impl std::fmt::Debug for Hub {
@@ -463,6 +467,8 @@ impl Hub {
             channels: RwLock::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             settings,
+            publishes: AtomicU64::new(0),
+            deliveries: AtomicU64::new(0),
         }
     }
 
@@ -472,6 +478,49 @@ impl Hub {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .len()
+    }
+
+    /// Subscriptions over all channels (a socket in two channels counts
+    /// twice). Takes each channel's lock in turn: for `/metrics` only.
+    pub fn subscription_count(&self) -> usize {
+        let channels: Vec<Arc<Channel>> = self
+            .channels
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        channels
+            .iter()
+            .map(|c| lock(&c.state).subscribers.len())
+            .sum()
+    }
+
+    /// The hub's samples for `/metrics`.
+    pub fn samples(&self) -> Vec<sigma_core::Sample> {
+        use sigma_core::Sample;
+        vec![
+            Sample::gauge(
+                "sigma_broadcast_channels",
+                "Broadcast channels with subscribers.",
+                self.channel_count() as u64,
+            ),
+            Sample::gauge(
+                "sigma_broadcast_subscriptions",
+                "Channel subscriptions (a socket in two channels counts twice).",
+                self.subscription_count() as u64,
+            ),
+            Sample::counter(
+                "sigma_broadcast_publishes_total",
+                "Publishes accepted.",
+                self.publishes.load(Ordering::Relaxed),
+            ),
+            Sample::counter(
+                "sigma_broadcast_deliveries_total",
+                "Messages handed to subscribers' queues.",
+                self.deliveries.load(Ordering::Relaxed),
+            ),
+        ]
     }
 
     /// Subscribers of `channel`.
@@ -631,6 +680,7 @@ impl Hub {
         if encoded_len(data) > self.settings.max_message {
             return Err(Refusal::MessageTooLarge);
         }
+        self.publishes.fetch_add(1, Ordering::Relaxed);
         let Some(ch) = self.lookup(channel) else {
             return Ok(0);
         };
@@ -667,6 +717,9 @@ impl Hub {
                     }
                 }
             }
+            let delivered = st.subscribers.len().saturating_sub(failed.len());
+            self.deliveries
+                .fetch_add(delivered as u64, Ordering::Relaxed);
             for m in &failed {
                 st.subscribers.remove(&m.id);
             }
@@ -808,6 +861,10 @@ impl Destination for Broadcast {
             Request::Upgrade(u) => Answer::Socket(self.websocket(&u.identity, u.push)),
             other => other.not_taken(),
         }
+    }
+
+    fn metrics(&self) -> Vec<sigma_core::Sample> {
+        self.hub.samples()
     }
 }
 

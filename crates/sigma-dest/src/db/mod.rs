@@ -389,6 +389,21 @@ pub struct Db {
     /// The route path without a trailing `/` (`""` for the route `/`).
     prefix: String,
     scope: Arc<Scope>,
+    /// Requests by kind, for `/metrics`: [`OPS`].
+    ops: [std::sync::atomic::AtomicU64; OPS.len()],
+}
+
+/// The `op` labels of `sigma_db_requests_total`: HTTP reads (`GET`/`HEAD`
+/// of a key or a listing), writes, deletes, other methods, and WebSocket
+/// sessions opened (watch and the WS protocol).
+const OPS: [&str; 5] = ["read", "put", "delete", "other", "socket"];
+
+impl Db {
+    fn count(&self, op: usize) {
+        if let Some(c) = self.ops.get(op) {
+            c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
 }
 
 impl Db {
@@ -398,6 +413,7 @@ impl Db {
             svc,
             prefix: route_path.trim_end_matches('/').to_owned(),
             scope: Arc::new(scope),
+            ops: Default::default(),
         }
     }
 
@@ -423,13 +439,34 @@ impl Destination for Db {
     fn handle(&self, req: Request) -> Answer {
         match req {
             Request::Http(req) => {
+                self.count(match req.msg.head.method {
+                    sigma_http::Method::Get | sigma_http::Method::Head => 0,
+                    sigma_http::Method::Put => 1,
+                    sigma_http::Method::Delete => 2,
+                    _ => 3,
+                });
                 Answer::Http(http::handle(&self.svc, &self.prefix, &self.scope, req))
             }
             Request::Upgrade(u) => {
+                self.count(4);
                 Answer::Socket(ws::open(&self.svc, &self.scope, &u.identity, u.push))
             }
             other => other.not_taken(),
         }
+    }
+
+    fn metrics(&self) -> Vec<sigma_core::Sample> {
+        OPS.iter()
+            .zip(&self.ops)
+            .map(|(op, n)| {
+                sigma_core::Sample::counter(
+                    "sigma_db_requests_total",
+                    "&db requests by kind (read, put, delete, other; socket: WebSocket sessions).",
+                    n.load(std::sync::atomic::Ordering::Relaxed),
+                )
+                .with("op", op)
+            })
+            .collect()
     }
 }
 

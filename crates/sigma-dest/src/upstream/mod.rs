@@ -180,6 +180,58 @@ pub struct Upstream {
     opts: ProxyOptions,
     settings: Settings,
     client: Client<HttpsConnector<HttpConnector>, ReqBody>,
+    /// Outcomes and time to the response head, for `/metrics`.
+    stats: Arc<Stats>,
+}
+
+/// An upstream route's `/metrics`: requests by [`RESULTS`], and the
+/// seconds they waited for the response head (a counter: its rate over
+/// the rate of `ok` is the mean).
+#[derive(Debug, Default)]
+struct Stats {
+    results: [std::sync::atomic::AtomicU64; RESULTS.len()],
+    head_us: std::sync::atomic::AtomicU64,
+}
+
+/// The `result` labels of `sigma_upstream_requests_total`.
+const RESULTS: [&str; 5] = [
+    "ok",
+    "connect_error",
+    "error",
+    "timeout",
+    "identity_mismatch",
+];
+
+impl Stats {
+    fn count(&self, result: usize) {
+        if let Some(c) = self.results.get(result) {
+            c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    fn samples(&self) -> Vec<sigma_core::Sample> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut out: Vec<sigma_core::Sample> = RESULTS
+            .iter()
+            .zip(&self.results)
+            .map(|(r, n)| {
+                sigma_core::Sample::counter(
+                    "sigma_upstream_requests_total",
+                    "Requests passed to the upstream, by result.",
+                    n.load(Relaxed),
+                )
+                .with("result", r)
+            })
+            .collect();
+        let mut secs = sigma_core::Sample::counter(
+            "sigma_upstream_response_seconds_total",
+            "Seconds spent waiting for upstream response heads (ok results).",
+            0,
+        );
+        secs.value = self.head_us.load(Relaxed) as f64 / 1e6;
+        out.push(secs);
+        out
+    }
 }
 
 /// Splits `http(s)://HOST[:PORT][/PATH]` into its scheme, `host:port`
@@ -255,6 +307,7 @@ impl Upstream {
             opts,
             settings,
             client,
+            stats: Arc::default(),
         }))
     }
 
@@ -383,6 +436,10 @@ impl Destination for Upstream {
             other => other.not_taken(),
         }
     }
+
+    fn metrics(&self) -> Vec<sigma_core::Sample> {
+        self.stats.samples()
+    }
 }
 
 impl Upstream {
@@ -427,6 +484,8 @@ impl Upstream {
         let opts = self.opts;
         let own = self.settings.own;
         let url: Arc<str> = Arc::from(self.url.as_str());
+        let stats = Arc::clone(&self.stats);
+        let started = Instant::now();
         Box::pin(async move {
             let whole =
                 |status, body| Tagged::new(identity.clone(), Streamed::Whole(plain(status, body)));
@@ -445,6 +504,7 @@ impl Upstream {
                     _ = &mut sent_rx => break None,
                     () = tokio::time::sleep_until(wake.into()) => {
                         if stall.since().is_some_and(|t| t.elapsed() >= rt) {
+                            stats.count(3);
                             tracing::warn!(upstream = %url, "upstream stopped reading the request body (read_timeout)");
                             return whole(504, "gateway timeout\n");
                         }
@@ -457,6 +517,7 @@ impl Upstream {
             };
             let res = match res {
                 Err(_) => {
+                    stats.count(3);
                     tracing::warn!(upstream = %url, "no response head within read_timeout");
                     return whole(504, "gateway timeout\n");
                 }
@@ -465,8 +526,10 @@ impl Upstream {
                         return whole(413, "request body too large\n");
                     }
                     let what = if e.is_connect() {
+                        stats.count(1);
                         "connect failed"
                     } else {
+                        stats.count(2);
                         "request failed"
                     };
                     tracing::warn!(upstream = %url, error = %sentence(&e), "{what}");
@@ -474,16 +537,24 @@ impl Upstream {
                 }
                 Ok(Ok(r)) => r,
             };
+            let waited = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
             let (parts, body) = res.into_parts();
             if opts.echo_identity {
                 let mut got = parts.headers.get_all("x-sigma-identity").iter();
                 let same = got.next().is_some_and(|v| v.as_bytes() == sent.as_bytes())
                     && got.next().is_none();
                 if !same {
+                    stats.count(4);
                     return Tagged::new(identity.clone(), Streamed::IdentityMismatch);
                 }
             }
             let status = parts.status.as_u16();
+            stats.count(if status < 200 { 2 } else { 0 });
+            if status >= 200 {
+                stats
+                    .head_us
+                    .fetch_add(waited, std::sync::atomic::Ordering::Relaxed);
+            }
             if status < 200 {
                 tracing::warn!(upstream = %url, status, "unexpected interim status");
                 return whole(502, "bad gateway\n");

@@ -435,6 +435,35 @@ impl Histogram {
     }
 }
 
+/// The destinations' own samples ([`sigma_core::Sample`]), each labelled
+/// with its route: one `# HELP` / `# TYPE` per family, its samples
+/// together, families in the order first seen.
+pub fn render_samples<'a>(
+    o: &mut String,
+    routes: impl Iterator<Item = (&'a str, Vec<sigma_core::Sample>)>,
+) {
+    let mut families: Vec<(&'static str, &'static str, &'static str, Vec<String>)> = Vec::new();
+    for (route, samples) in routes {
+        for s in samples {
+            let mut labels = format!("route=\"{}\"", label(route));
+            for (k, v) in &s.labels {
+                let _ = write!(labels, ",{k}=\"{}\"", label(v));
+            }
+            let line = format!("{}{{{labels}}} {}", s.name, s.value);
+            match families.iter_mut().find(|f| f.0 == s.name) {
+                Some(f) => f.3.push(line),
+                None => families.push((s.name, s.help, s.kind, vec![line])),
+            }
+        }
+    }
+    for (name, help, kind, lines) in families {
+        metric(o, name, kind, help);
+        for l in lines {
+            let _ = writeln!(o, "{l}");
+        }
+    }
+}
+
 /// A label value: `\`, `"` and newlines escaped (route paths hold none
 /// of them today; the exposition must stay valid if one ever does).
 fn label(v: &str) -> String {
