@@ -242,6 +242,25 @@ pub fn unauthenticated() -> Response {
     r
 }
 
+/// The answer to a refused `Authorization: Bearer`: 429 when the client's
+/// network sent too many wrong API keys, 503 when the store could not be
+/// asked, else [`invalid_token`].
+pub fn bearer_refusal(reason: &str) -> Response {
+    match reason {
+        "api_key_throttled" => {
+            let mut r = json_response(429, serde_json::json!({"error": "too_many_requests"}));
+            r.headers.push(Header::new(&b"Retry-After"[..], &b"60"[..]));
+            r
+        }
+        "store_unavailable" => {
+            let mut r = json_response(503, serde_json::json!({"error": "store_unavailable"}));
+            r.headers.push(Header::new(&b"Retry-After"[..], &b"5"[..]));
+            r
+        }
+        _ => invalid_token(reason),
+    }
+}
+
 /// 401 for a bearer token that does not verify (RFC 6750 §3).
 pub fn invalid_token(reason: &str) -> Response {
     let mut r = json_response(

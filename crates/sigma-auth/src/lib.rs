@@ -31,6 +31,7 @@
 )]
 
 pub mod admit;
+pub mod apikey;
 pub mod call;
 pub mod config;
 pub mod endpoints;
@@ -182,6 +183,8 @@ pub struct Auth {
     pub verifier: jwt::Verifier,
     /// OAuth2 / OIDC login (`[auth.oauth.*]`), if any provider is configured.
     pub oauth: Option<Arc<oauth::OAuth>>,
+    /// API keys (`Bearer sgk_…`).
+    pub apikeys: apikey::ApiKeys,
 }
 
 /// The `tracing` target of security events (DESIGN §8): failed logins,
@@ -283,6 +286,7 @@ impl Auth {
             ),
             token_throttle: governor::RateLimiter::keyed(token_quota),
             token_checks: std::sync::atomic::AtomicU64::new(0),
+            apikeys: apikey::ApiKeys::new(Arc::clone(&store)),
             store,
             passwords: password::Verifier::new(config.password_workers, config.password_queue),
             throttle: throttle::Throttle::new(throttle::Limits {
@@ -313,11 +317,14 @@ impl Auth {
     /// The identity of a request at `now_ms` (unix ms): a bearer token,
     /// else the session cookie, else anonymous. One of sigma's own tokens
     /// holds only while its session (`sid`) does.
-    pub fn identify(&self, head: &RequestHead, now_ms: u64) -> Resolved {
+    pub fn identify(&self, head: &RequestHead, now_ms: u64, client: IpAddr) -> Resolved {
         if let Some(auth) = head.header("authorization") {
             let Some(token) = jwt::bearer_token(&auth.value) else {
                 return Resolved::refused("malformed_authorization");
             };
+            if token.starts_with(apikey::PREFIX.as_bytes()) {
+                return self.identify_key(token, client);
+            }
             let v = match self.verifier.verify(token, now_ms / 1000) {
                 Ok(v) => v,
                 Err(e) => {
@@ -358,6 +365,43 @@ impl Auth {
             }
         }
         Resolved::anonymous()
+    }
+
+    /// An API key's identity, or why not: `api_key_throttled` when the
+    /// client's network sent too many wrong keys (answered 429),
+    /// `unknown_api_key`, `store_unavailable`. Only wrong keys spend the
+    /// network's budget.
+    fn identify_key(&self, token: &[u8], client: IpAddr) -> Resolved {
+        let attempt = match self.throttle.begin_key(client) {
+            Ok(a) => a,
+            Err(t) => {
+                self.metrics.reject(t.reason);
+                return Resolved::refused(t.reason);
+            }
+        };
+        let found = if apikey::well_formed(token) {
+            self.apikeys.lookup(token)
+        } else {
+            Ok(None)
+        };
+        match found {
+            Ok(Some(identity)) => {
+                self.throttle.key_ok(attempt);
+                Resolved {
+                    identity: Some(identity),
+                    via: Via::Bearer,
+                    session: None,
+                }
+            }
+            Ok(None) => {
+                self.metrics.reject("unknown_api_key");
+                Resolved::refused("unknown_api_key")
+            }
+            Err(_) => {
+                self.throttle.key_ok(attempt);
+                Resolved::refused("store_unavailable")
+            }
+        }
     }
 
     /// The live session one of sigma's tokens belongs to, or why there is
@@ -495,6 +539,7 @@ pub use sigma_core::clock::unix_now_ms;
 
 #[cfg(test)]
 mod tests {
+    const LOCAL: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
     use super::*;
 
     #[test]
@@ -552,10 +597,10 @@ mod tests {
                 pair.into_bytes(),
             )])
         };
-        let by_cookie = auth.identify(&cookie(&id), now).identity.unwrap();
+        let by_cookie = auth.identify(&cookie(&id), now, LOCAL).identity.unwrap();
         assert_eq!(by_cookie.session, Some(handle));
         assert!(by_cookie.groups.is_empty());
-        let by_other = auth.identify(&cookie(&other), now).identity.unwrap();
+        let by_other = auth.identify(&cookie(&other), now, LOCAL).identity.unwrap();
         assert!(by_other.session.is_some());
         assert_ne!(by_other.session, Some(handle));
         let (token, _) = auth.issue_token("alice", &id).unwrap();
@@ -563,7 +608,7 @@ mod tests {
             &b"Authorization"[..],
             format!("Bearer {token}").into_bytes(),
         )]);
-        let resolved = auth.identify(&bearer, now);
+        let resolved = auth.identify(&bearer, now, LOCAL);
         assert_eq!(resolved.via, Via::Bearer);
         assert_eq!(resolved.session, Some(id));
         let by_token = resolved.identity.unwrap();
@@ -604,7 +649,7 @@ mod tests {
             keep_alive: true,
             websocket: None,
         };
-        let at = |auth: &Auth| auth.identify(&head, auth.clock().unix_ms());
+        let at = |auth: &Auth| auth.identify(&head, auth.clock().unix_ms(), LOCAL);
         clock.advance(std::time::Duration::from_secs(59));
         assert_eq!(at(&auth).via, Via::Cookie(id.clone()));
         // Used at 59 s: idle again from there.

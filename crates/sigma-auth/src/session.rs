@@ -486,7 +486,7 @@ impl Sessions {
 /// multi-threaded runtime the worker hands its other tasks to another
 /// thread for the duration (`block_in_place`); elsewhere (a
 /// current-thread runtime, no runtime) it just runs.
-fn off_executor<T>(read: impl FnOnce() -> T) -> T {
+pub(crate) fn off_executor<T>(read: impl FnOnce() -> T) -> T {
     use tokio::runtime::{Handle, RuntimeFlavor};
     match Handle::try_current() {
         Ok(rt) if rt.runtime_flavor() == RuntimeFlavor::MultiThread => {

@@ -128,7 +128,16 @@ pub struct Throttle {
     failures: Buckets<()>,
     /// While `failures` is empty: one attempt a minute per (user, network).
     over_ceiling: Buckets<(String, IpAddr)>,
+    /// Wrong API keys per client network (/24 or /64).
+    key_failures: Buckets<IpAddr>,
 }
+
+/// An API-key request the throttle let through: one unit of its network's
+/// wrong-key budget, given back by [`Throttle::key_ok`] when the key was
+/// right (dropped after a wrong one: the unit stays spent).
+#[derive(Debug)]
+#[must_use = "give it back when the key was right"]
+pub struct KeyAttempt(IpAddr);
 
 impl Throttle {
     /// Throttles with `limits` (per minute, bursts of the same size).
@@ -138,7 +147,27 @@ impl Throttle {
             failures_per_user: Buckets::new(limits.failures_per_user, MAX_KEYS),
             failures: Buckets::new(limits.failures, 1),
             over_ceiling: Buckets::new(OVER_CEILING_PER_MINUTE, MAX_KEYS),
+            key_failures: Buckets::new(limits.failures_per_user, MAX_KEYS),
         }
+    }
+
+    /// An API key from `ip`: spends a unit of its network's wrong-key
+    /// budget (`login_failures_per_user_per_minute`), or refuses with
+    /// `api_key_throttled`.
+    pub fn begin_key(&self, ip: IpAddr) -> Result<KeyAttempt, Throttled> {
+        let key = net_key(ip);
+        match self.key_failures.take(key, Instant::now()) {
+            Take::Taken | Take::Full => Ok(KeyAttempt(key)),
+            Take::Wait(wait) => Err(Throttled {
+                reason: "api_key_throttled",
+                wait,
+            }),
+        }
+    }
+
+    /// The key was right: its unit comes back.
+    pub fn key_ok(&self, attempt: KeyAttempt) {
+        self.key_failures.give_back(&attempt.0, Instant::now());
     }
 
     /// One attempt from `ip` at the address limit only (an OAuth callback,

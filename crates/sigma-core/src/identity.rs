@@ -31,6 +31,8 @@ pub enum Provider {
     OAuth(String),
     /// A bearer JWT, by issuer.
     Jwt(String),
+    /// An API key (`sgk_…`), named by the identity's user.
+    ApiKey,
 }
 
 impl fmt::Display for Provider {
@@ -39,6 +41,7 @@ impl fmt::Display for Provider {
             Self::Password => f.write_str("password"),
             Self::OAuth(name) => write!(f, "oauth:{name}"),
             Self::Jwt(issuer) => write!(f, "jwt:{issuer}"),
+            Self::ApiKey => f.write_str("apikey"),
         }
     }
 }

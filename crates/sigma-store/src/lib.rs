@@ -48,6 +48,7 @@
     )
 )]
 
+mod apikeys;
 mod broker;
 #[cfg(test)]
 mod broker_suite;
@@ -64,6 +65,7 @@ mod sessions;
 mod suite;
 mod users;
 
+pub use apikeys::{valid_key_hash, ApiKeyRecord, ApiKeyStore};
 pub use broker::{
     Broker, BrokerError, BrokerHandler, History, MemoryBroker, Publication, StreamPosition,
 };
@@ -95,10 +97,15 @@ pub fn random_bytes(buf: &mut [u8]) -> Result<(), StoreError> {
 /// It adds no methods, only the rule that spans the parts: users and
 /// sessions are one consistency domain (see [`UserStore`]). Every type
 /// with all four parts is a `Store`.
-pub trait Store: UserStore + SessionStore + SecretStore + KvStore + StoreHealth + 'static {}
+pub trait Store:
+    UserStore + SessionStore + SecretStore + KvStore + ApiKeyStore + StoreHealth + 'static
+{
+}
 
-impl<T> Store for T where T: UserStore + SessionStore + SecretStore + KvStore + StoreHealth + 'static
-{}
+impl<T> Store for T where
+    T: UserStore + SessionStore + SecretStore + KvStore + ApiKeyStore + StoreHealth + 'static
+{
+}
 
 /// Whether the store can be reached, for `/healthz` and `/metrics`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -18,6 +18,8 @@ pub struct MigrateReport {
     pub sessions: usize,
     /// Secrets (signing keys, cookie keys).
     pub secrets: usize,
+    /// API keys.
+    pub apikeys: usize,
     /// `&db` entries.
     pub kv_entries: usize,
 }
@@ -29,6 +31,7 @@ pub fn migrate_redb_to_pg(from: &RedbStore, to: &PgStore) -> Result<MigrateRepor
         users: dump.users.len(),
         sessions: dump.sessions.len(),
         secrets: dump.secrets.len(),
+        apikeys: dump.apikeys.len(),
         kv_entries: dump.kv.len(),
     };
     to.import(dump)?;

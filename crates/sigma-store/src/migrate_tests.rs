@@ -12,7 +12,15 @@ fn redb_to_postgres_round_trip() {
     let Some(db) = TestDb::create() else { return };
     let from = RedbStore::in_memory().unwrap();
     from.user_create("alice", &user("h1")).unwrap();
-    from.user_create("bob", &user("h2")).unwrap();
+    let mut bob = user("h2");
+    bob.groups = vec!["ops".into()];
+    from.user_create("bob", &bob).unwrap();
+    let key = ApiKeyRecord {
+        hash: "a".repeat(64),
+        groups: vec!["bots".into()],
+        created: 7,
+    };
+    from.apikey_create("robot", &key).unwrap();
     from.session_put(&id(1), &session("alice", 5000), true)
         .unwrap();
     from.session_put(&id(2), &session("bob", 6000), true)
@@ -38,11 +46,17 @@ fn redb_to_postgres_round_trip() {
             users: 2,
             sessions: 2,
             secrets: 1,
+            apikeys: 1,
             kv_entries: 3
         }
     );
     assert_eq!(to.user_list().unwrap(), ["alice", "bob"]);
-    assert_eq!(to.user_get("bob").unwrap(), Some(user("h2")));
+    // Groups and API keys come along.
+    assert_eq!(to.user_get("bob").unwrap(), Some(bob));
+    assert_eq!(
+        to.apikey_by_hash(&"a".repeat(64)).unwrap(),
+        Some(("robot".to_owned(), key))
+    );
     assert_eq!(
         to.session_get(&id(1)).unwrap(),
         Some(session("alice", 5000))

@@ -53,7 +53,7 @@ use crate::{
 
 /// The newest schema version this build knows (the length of
 /// [`MIGRATIONS`]).
-pub const PG_SCHEMA_VERSION: u64 = 1;
+pub const PG_SCHEMA_VERSION: u64 = 2;
 /// The `LISTEN`/`NOTIFY` channel of `&db` changes.
 pub const PG_NOTIFY_CHANNEL: &str = "sigma_kv";
 /// Connections in the pool.
@@ -68,7 +68,8 @@ const MIGRATE_LOCK: i64 = 0x0053_4947_4d41;
 
 /// The migrations, in order: migration `i` (from 0) brings the schema to
 /// version `i + 1`. Never edit one that shipped; add the next.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE users (
     name     TEXT COLLATE "C" PRIMARY KEY,
     phc      TEXT NOT NULL,
@@ -101,7 +102,16 @@ CREATE TABLE kv_seq (
     ns   TEXT COLLATE "C" PRIMARY KEY,
     last BIGINT NOT NULL
 );
-"#];
+"#,
+    r#"
+CREATE TABLE apikeys (
+    name    TEXT COLLATE "C" PRIMARY KEY,
+    hash    TEXT NOT NULL UNIQUE,
+    groups  TEXT[] NOT NULL DEFAULT '{}',
+    created BIGINT NOT NULL
+);
+"#,
+];
 
 /// The payload of a `sigma_kv` notification.
 #[derive(Serialize, Deserialize)]
@@ -431,8 +441,15 @@ impl PgStore {
             }
             for (name, u) in &dump.users {
                 tx.execute(
-                    "INSERT INTO users (name, phc, created) VALUES ($1, $2, $3)",
-                    &[name, &u.phc, &to_i64(u.created, "users")?],
+                    "INSERT INTO users (name, phc, created, groups) VALUES ($1, $2, $3, $4)",
+                    &[name, &u.phc, &to_i64(u.created, "users")?, &u.groups],
+                )
+                .await?;
+            }
+            for (name, k) in &dump.apikeys {
+                tx.execute(
+                    "INSERT INTO apikeys (name, hash, groups, created) VALUES ($1, $2, $3, $4)",
+                    &[name, &k.hash, &k.groups, &to_i64(k.created, "apikeys")?],
                 )
                 .await?;
             }
@@ -1076,3 +1093,5 @@ async fn notify(
 
 #[cfg(test)]
 pub(crate) mod tests;
+
+mod apikeys;

@@ -45,6 +45,9 @@ const SESSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sessions")
 const SESSIONS_BY_USER: MultimapTableDefinition<&str, &[u8]> =
     MultimapTableDefinition::new("sessions_by_user");
 const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
+/// API keys: name → record (JSON), and hash → name.
+const APIKEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("apikeys");
+const APIKEY_HASHES: TableDefinition<&str, &str> = TableDefinition::new("apikey_hashes");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// `&db` entries: (namespace, key) → [`encode_kv_entry`] bytes.
 const KV: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("kv");
@@ -215,6 +218,8 @@ impl RedbStore {
             txn.open_table(SESSIONS)?;
             txn.open_multimap_table(SESSIONS_BY_USER)?;
             txn.open_table(SECRETS)?;
+            txn.open_table(APIKEYS)?;
+            txn.open_table(APIKEY_HASHES)?;
         }
         self.commit(txn, true)
     }
@@ -440,6 +445,70 @@ impl crate::StoreHealth for RedbStore {
     }
 }
 
+impl crate::ApiKeyStore for RedbStore {
+    fn apikey_create(&self, name: &str, rec: &crate::ApiKeyRecord) -> Result<bool, StoreError> {
+        if !valid_user_name(name) {
+            return Err(StoreError::InvalidUserName);
+        }
+        let txn = self.db.begin_write()?;
+        {
+            let mut keys = txn.open_table(APIKEYS)?;
+            let mut hashes = txn.open_table(APIKEY_HASHES)?;
+            if keys.get(name)?.is_some() || hashes.get(rec.hash.as_str())?.is_some() {
+                return Ok(false);
+            }
+            let bytes = encode("apikeys", rec)?;
+            keys.insert(name, bytes.as_slice())?;
+            hashes.insert(rec.hash.as_str(), name)?;
+        }
+        self.commit(txn, true)?;
+        Ok(true)
+    }
+
+    fn apikey_by_hash(
+        &self,
+        hash: &str,
+    ) -> Result<Option<(String, crate::ApiKeyRecord)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let hashes = txn.open_table(APIKEY_HASHES)?;
+        let Some(name) = hashes.get(hash)?.map(|v| v.value().to_owned()) else {
+            return Ok(None);
+        };
+        let keys = txn.open_table(APIKEYS)?;
+        let Some(v) = keys.get(name.as_str())? else {
+            return Ok(None);
+        };
+        let rec: crate::ApiKeyRecord = decode("apikeys", v.value())?;
+        Ok(Some((name, rec)))
+    }
+
+    fn apikey_list(&self) -> Result<Vec<(String, crate::ApiKeyRecord)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let keys = txn.open_table(APIKEYS)?;
+        let mut out = Vec::new();
+        for row in keys.iter()? {
+            let (k, v) = row?;
+            out.push((k.value().to_owned(), decode("apikeys", v.value())?));
+        }
+        Ok(out)
+    }
+
+    fn apikey_delete(&self, name: &str) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut keys = txn.open_table(APIKEYS)?;
+            let Some(old) = keys.remove(name)? else {
+                return Ok(false);
+            };
+            let rec: crate::ApiKeyRecord = decode("apikeys", old.value())?;
+            drop(old);
+            txn.open_table(APIKEY_HASHES)?.remove(rec.hash.as_str())?;
+        }
+        self.commit(txn, true)?;
+        Ok(true)
+    }
+}
+
 impl SecretStore for RedbStore {
     fn secret(&self, name: &str, len: usize) -> Result<Vec<u8>, StoreError> {
         if len == 0 || len > MAX_SECRET_LEN {
@@ -634,6 +703,7 @@ pub(crate) struct Dump {
     pub(crate) users: Vec<(String, UserRecord)>,
     pub(crate) sessions: Vec<(SessionId, SessionRecord)>,
     pub(crate) secrets: Vec<(String, Vec<u8>)>,
+    pub(crate) apikeys: Vec<(String, crate::ApiKeyRecord)>,
     /// (namespace, key, entry).
     pub(crate) kv: Vec<(String, String, KvEntry)>,
     /// namespace → the last version given out.
@@ -660,6 +730,11 @@ impl RedbStore {
         for entry in txn.open_table(SECRETS)?.range::<&str>(..)? {
             let (k, v) = entry?;
             d.secrets.push((k.value().to_owned(), v.value().to_vec()));
+        }
+        for entry in txn.open_table(APIKEYS)?.range::<&str>(..)? {
+            let (k, v) = entry?;
+            d.apikeys
+                .push((k.value().to_owned(), decode("apikeys", v.value())?));
         }
         match txn.open_table(KV) {
             Ok(kv) => {

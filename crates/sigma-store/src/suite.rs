@@ -81,6 +81,7 @@ macro_rules! store_suite {
             store_suite!(@tests $fixture;
                 users_crud,
                 user_groups,
+                apikeys,
                 user_names_are_checked,
                 sessions_crud_and_index,
                 password_change_and_delete_revoke_sessions,
@@ -177,6 +178,41 @@ pub(crate) fn user_groups(f: &Fixture) {
     assert!(s.user_set_groups("carol", &[]).unwrap());
     assert!(s.user_get("carol").unwrap().unwrap().groups.is_empty());
     assert!(!s.user_set_groups("nobody", &g(&["x"])).unwrap());
+}
+
+pub(crate) fn apikeys(f: &Fixture) {
+    let s = f.s();
+    let rec = |h: &str| crate::ApiKeyRecord {
+        hash: h.repeat(64),
+        groups: vec!["bots".into()],
+        created: 5,
+    };
+    assert!(s.apikey_list().unwrap().is_empty());
+    assert!(s.apikey_create("robot", &rec("a")).unwrap());
+    assert!(!s.apikey_create("robot", &rec("b")).unwrap(), "same name");
+    assert!(!s.apikey_create("other", &rec("a")).unwrap(), "same hash");
+    assert_eq!(
+        s.apikey_by_hash(&"a".repeat(64)).unwrap(),
+        Some(("robot".to_owned(), rec("a")))
+    );
+    assert_eq!(s.apikey_by_hash(&"c".repeat(64)).unwrap(), None);
+    assert!(s.apikey_create("beta", &rec("b")).unwrap());
+    let names: Vec<String> = s
+        .apikey_list()
+        .unwrap()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(names, vec!["beta", "robot"]);
+    assert!(s.apikey_delete("robot").unwrap());
+    assert!(!s.apikey_delete("robot").unwrap());
+    assert_eq!(s.apikey_by_hash(&"a".repeat(64)).unwrap(), None);
+    // The hash is free again once its key is gone.
+    assert!(s.apikey_create("again", &rec("a")).unwrap());
+    assert!(matches!(
+        s.apikey_create("a b", &rec("d")),
+        Err(StoreError::InvalidUserName)
+    ));
 }
 
 pub(crate) fn user_names_are_checked(f: &Fixture) {

@@ -162,6 +162,9 @@ async fn handle(
                 // Open sessions read the new groups on their next request.
                 auth.refresh_user(user);
             }
+            if let Some(key) = op.forgets_key() {
+                auth.apikeys.forget(key);
+            }
         }
         log_change(&op, result.as_ref().err());
         Reply::from(result)
@@ -178,7 +181,9 @@ fn log_change(op: &Op, error: Option<&users::UserError>) {
         Op::Del { name } => ("del", name),
         Op::Passwd { name, .. } => ("passwd", name),
         Op::Groups { name, .. } => ("groups", name),
-        Op::Has { .. } | Op::List {} => return,
+        Op::KeyAdd { name, .. } => ("apikey add", name),
+        Op::KeyDel { name } => ("apikey del", name),
+        Op::Has { .. } | Op::List {} | Op::KeyList {} => return,
     };
     match error {
         None => tracing::info!(op = what, user = %user, "admin socket: user changed"),

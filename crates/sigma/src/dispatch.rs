@@ -25,7 +25,7 @@ use sigma_http::{
 };
 
 use crate::access::{self, Entry};
-use crate::auth::admit::{invalid_token, unauthenticated};
+use crate::auth::admit::unauthenticated;
 use crate::auth::forwarded::{self, Client};
 use crate::auth::{self, endpoints, Denied, Gate, Resolved, RouteAccess, Tagged, Via};
 use crate::config::AuthLevel;
@@ -548,7 +548,7 @@ impl<'a> Dispatch<'a> {
         // its requests are not authenticated at all.
         let resolved = match &self.ctx.auth {
             Some(a) if route_auth != Some(AuthLevel::None) => {
-                a.identify(&head, a.clock().unix_ms())
+                a.identify(&head, a.clock().unix_ms(), client.ip)
             }
             _ => Resolved::anonymous(),
         };
@@ -611,7 +611,7 @@ impl<'a> Dispatch<'a> {
                     "bearer token refused"
                 );
             }
-            return Target::Answer(invalid_token(reason), access::DEST_NONE);
+            return Target::Answer(auth::admit::bearer_refusal(reason), access::DEST_NONE);
         }
         if let Some(a) = &self.ctx.auth {
             if endpoints::is_endpoint(head.path()) {

@@ -74,6 +74,11 @@ enum Command {
         #[command(subcommand)]
         command: sigma::users::UserCommand,
     },
+    /// Manage API keys: add, list, del.
+    Apikey {
+        #[command(subcommand)]
+        command: sigma::users::ApiKeyCommand,
+    },
     /// Copy an embedded store (users, sessions, secrets, &db) into an
     /// empty PostgreSQL database.
     Migrate {
@@ -209,6 +214,10 @@ fn run(command: Command) -> anyhow::Result<i32> {
         }
         Command::User { command } => {
             sigma::users::run(command, &env())?;
+            Ok(0)
+        }
+        Command::Apikey { command } => {
+            sigma::users::run_apikey(command, &env(), &mut std::io::stdout().lock())?;
             Ok(0)
         }
         Command::Migrate { from, to } => {

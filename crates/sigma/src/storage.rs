@@ -38,10 +38,11 @@ pub fn migrate(from: &Path, to: &str, out: &mut dyn Write) -> anyhow::Result<Mig
     let r = migrate_redb_to_pg(&source, &target)?;
     writeln!(
         out,
-        "migrated {} users, {} sessions, {} secrets and {} &db entries from {} to {}",
+        "migrated {} users, {} sessions, {} secrets, {} API keys and {} &db entries from {} to {}",
         r.users,
         r.sessions,
         r.secrets,
+        r.apikeys,
         r.kv_entries,
         from.display(),
         target.target()

@@ -89,6 +89,34 @@ pub enum UserCommand {
     },
 }
 
+/// `sigma apikey …`.
+#[derive(Debug, clap::Subcommand)]
+pub enum ApiKeyCommand {
+    /// Create a key and print it, once (only its SHA-256 is kept).
+    Add {
+        /// The key's name: the identity's user (1–64 characters of
+        /// A-Z a-z 0-9 . _ @ -).
+        name: String,
+        /// A group of the key (policies' `group:` subjects); repeat it.
+        #[arg(long = "group", value_name = "GROUP")]
+        groups: Vec<String>,
+        #[command(flatten)]
+        location: DataArgs,
+    },
+    /// List the keys: name, groups, creation time (never the key).
+    List {
+        #[command(flatten)]
+        location: DataArgs,
+    },
+    /// Delete a key; requests with it are refused at once.
+    Del {
+        /// The key's name.
+        name: String,
+        #[command(flatten)]
+        location: DataArgs,
+    },
+}
+
 /// Where the store is.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct DataArgs {
@@ -123,6 +151,15 @@ pub enum UserError {
         "invalid group {0:?}: use 1 to {MAX_USER_NAME_LEN} characters of A-Z a-z 0-9 . _ @ -, at most {MAX_GROUPS} groups"
     )]
     InvalidGroup(String),
+    /// `apikey add` of an existing key name.
+    #[error("API key {0} already exists")]
+    KeyExists(String),
+    /// `apikey del` of a key that does not exist.
+    #[error("no such API key: {0}")]
+    NoSuchKey(String),
+    /// A key hash sent to the admin socket that is not 64 hex digits.
+    #[error("not an API key hash (64 lower-case hex digits)")]
+    BadKeyHash,
     /// `add` of an existing user.
     #[error("user {0} already exists")]
     Exists(String),
@@ -226,6 +263,17 @@ pub enum Op {
     },
     /// Replace `name`'s groups.
     Groups { name: String, groups: Vec<String> },
+    /// Store the API key `name` by its hash.
+    KeyAdd {
+        name: String,
+        hash: String,
+        #[serde(default)]
+        groups: Vec<String>,
+    },
+    /// Every API key (name, groups, created).
+    KeyList {},
+    /// Delete the API key `name`.
+    KeyDel { name: String },
     /// Delete `name`, its sessions and its `&db` namespace.
     Del { name: String },
     /// Every user name.
@@ -240,7 +288,7 @@ impl Op {
     pub fn revokes(&self) -> Option<&str> {
         match self {
             Op::Del { name } | Op::Passwd { name, .. } => Some(name),
-            Op::Has { .. } | Op::Add { .. } | Op::Groups { .. } | Op::List {} => None,
+            _ => None,
         }
     }
 
@@ -249,6 +297,14 @@ impl Op {
     pub fn refreshes(&self) -> Option<&str> {
         match self {
             Op::Groups { name, .. } => Some(name),
+            _ => None,
+        }
+    }
+
+    /// The API key whose cached identity a running server must drop.
+    pub fn forgets_key(&self) -> Option<&str> {
+        match self {
+            Op::KeyDel { name } => Some(name),
             _ => None,
         }
     }
@@ -323,6 +379,40 @@ pub fn apply(store: &dyn Store, op: &Op) -> Result<Vec<String>, UserError> {
             }])
         }
         Op::List {} => Ok(store.user_list()?),
+        Op::KeyAdd { name, hash, groups } => {
+            check_name(name)?;
+            if !crate::store::valid_key_hash(hash) {
+                return Err(UserError::BadKeyHash);
+            }
+            let rec = crate::store::ApiKeyRecord {
+                hash: hash.clone(),
+                groups: check_groups(groups)?,
+                created: now_unix(),
+            };
+            if !store.apikey_create(name, &rec)? {
+                return Err(UserError::KeyExists(name.clone()));
+            }
+            Ok(vec![format!("added API key {name}")])
+        }
+        Op::KeyList {} => Ok(store
+            .apikey_list()?
+            .into_iter()
+            .map(|(name, k)| {
+                let groups = if k.groups.is_empty() {
+                    "-".to_owned()
+                } else {
+                    k.groups.join(",")
+                };
+                format!("{name} groups={groups} created={}", k.created)
+            })
+            .collect()),
+        Op::KeyDel { name } => {
+            check_name(name)?;
+            if !store.apikey_delete(name)? {
+                return Err(UserError::NoSuchKey(name.clone()));
+            }
+            Ok(vec![format!("deleted API key {name}")])
+        }
         Op::Passwd { name, phc } => {
             check_name(name)?;
             password::check_phc(phc)?;
@@ -415,6 +505,42 @@ fn ask_server(socket: &std::path::Path, op: &Op) -> Result<Vec<String>, UserErro
         Reply::Ok(lines) => Ok(lines),
         Reply::Error { message, runtime } => Err(UserError::Server { message, runtime }),
     }
+}
+
+/// Runs a `sigma apikey` command; `add` prints the new key on `out`,
+/// once.
+pub fn run_apikey(
+    cmd: ApiKeyCommand,
+    env: &[(String, String)],
+    out: &mut dyn Write,
+) -> Result<(), UserError> {
+    let lines = match cmd {
+        ApiKeyCommand::Add {
+            name,
+            groups,
+            location,
+        } => {
+            check_name(&name)?;
+            check_groups(&groups)?;
+            let (key, hash) = crate::auth::apikey::generate()?;
+            let mut lines =
+                Target::open(&location, env, true)?.apply(&Op::KeyAdd { name, hash, groups })?;
+            lines.push(key);
+            lines.push("(shown only now: keep it in a secret store)".to_owned());
+            lines
+        }
+        ApiKeyCommand::List { location } => {
+            Target::open(&location, env, false)?.apply(&Op::KeyList {})?
+        }
+        ApiKeyCommand::Del { name, location } => {
+            check_name(&name)?;
+            Target::open(&location, env, false)?.apply(&Op::KeyDel { name })?
+        }
+    };
+    for line in lines {
+        say(out, &line)?;
+    }
+    Ok(())
 }
 
 /// Runs a `sigma user` command from the process's standard streams.

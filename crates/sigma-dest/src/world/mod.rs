@@ -101,12 +101,13 @@ pub type ReadBearer = for<'a> fn(&'a RequestHead) -> Option<&'a [u8]>;
 
 /// The binding of a request `A` identified as `identity` (see
 /// [`Binding`]): the bearer token `bearer` reads for a token's identity
-/// (provider [`Provider::Jwt`], the only kind `A` makes from a token),
+/// (providers [`Provider::Jwt`] and [`Provider::ApiKey`], the kinds `A`
+/// makes from a token),
 /// else the identity's login session; `None` when there is neither.
 pub fn binding_of(bearer: ReadBearer, identity: &Identity, head: &RequestHead) -> Option<Binding> {
     let mut h = Sha256::new();
     match identity.provider {
-        Provider::Jwt(_) => {
+        Provider::Jwt(_) | Provider::ApiKey => {
             h.update(b"sigma-world-bearer\0");
             h.update(bearer(head)?);
         }

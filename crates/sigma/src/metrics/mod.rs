@@ -52,8 +52,11 @@ pub const LIMIT_REASONS: &[&str] = &[
     "login_queue_full",
     "token_throttled",
     "ws_session_revoked",
-    // A route's `allow` / `deny` / `methods` refused a request.
+    // A route's `allow` / `deny` / `methods` refused a request; API keys
+    // that match no key, and networks throttled for sending them.
     "policy_refused",
+    "unknown_api_key",
+    "api_key_throttled",
     // S (DESIGN §2a): handshakes past their deadline, plain HTTP on a TLS
     // port.
     "tls_handshake_timeout",
