@@ -32,6 +32,7 @@
 
 pub mod admit;
 pub mod apikey;
+pub mod assertion;
 pub mod call;
 pub mod config;
 pub mod endpoints;
@@ -192,6 +193,9 @@ pub struct Auth {
 /// mismatches; at `WARN`, rate-limited.
 pub const SECURITY: &str = "sigma::security";
 
+/// The store secret of sigma's Ed25519 key (its tokens and assertions).
+pub const TOKEN_SEED_SECRET: &str = "jwt-ed25519-seed";
+
 /// The `iss` and `aud` of the tokens sigma issues itself.
 pub const OWN_ISSUER: &str = "sigma";
 
@@ -236,7 +240,7 @@ impl Auth {
         metrics: Arc<dyn Rejects>,
     ) -> Result<Self, AuthSetupError> {
         let seed = store
-            .secret("jwt-ed25519-seed", 32)
+            .secret(TOKEN_SEED_SECRET, 32)
             .map_err(AuthSetupError::Store)?;
         let seed: [u8; 32] = seed.try_into().map_err(|_| AuthSetupError::BadKey)?;
         let issuer = jwt::Issuer::new(
@@ -429,6 +433,12 @@ impl Auth {
     /// the same transaction).
     pub fn revoke_user(&self, user: &str) -> usize {
         self.sessions.revoke_user(user)
+    }
+
+    /// `GET /.well-known/sigma/jwks.json`: the public key of sigma's
+    /// tokens and upstream assertions.
+    pub fn jwks(&self) -> serde_json::Value {
+        self.issuer.jwks()
     }
 
     /// Makes `user`'s open sessions pick up a change of the user record

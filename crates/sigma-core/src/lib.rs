@@ -41,6 +41,7 @@
     )
 )]
 
+pub mod assertion;
 pub mod body;
 pub mod clock;
 pub mod de;
@@ -57,6 +58,7 @@ pub mod reply;
 pub mod response;
 pub mod sample;
 
+pub use assertion::{AssertedRequest, Asserter};
 pub use body::{
     body_channel, Admission, BodyError, BodyRx, BodyStream, BodyTx, ClientInfo, LaterStreamed,
     Refusal, Streamed, TrySend, REQUEST_BODY_QUEUE,

@@ -38,6 +38,9 @@ pub struct Build<'a, 'w> {
     pub db: &'a Arc<DbService>,
     /// What an upstream takes from `[websocket]` and from A.
     pub upstream: &'a crate::upstream::Settings,
+    /// Upstream routes with `assert_identity`: A's signer of
+    /// `X-Sigma-Assertion` (made only when a route asks for it).
+    pub asserter: Option<&'a Arc<dyn sigma_core::Asserter>>,
     /// Makes the listener's one `&world` service on first use, or
     /// returns it again.
     pub world: &'a mut (dyn FnMut() -> Result<Arc<dyn Destination>, UnavailableDestination> + 'w),

@@ -29,7 +29,6 @@ use crate::auth::admit::unauthenticated;
 use crate::auth::forwarded::{self, Client};
 use crate::auth::{self, endpoints, Denied, Gate, Resolved, RouteAccess, Tagged, Via};
 use crate::config::AuthLevel;
-use crate::health::health_text;
 use crate::listener::{Generation, ListenerCtx, RouteRef};
 use crate::metrics::{add, inc};
 use crate::route::Destination as _;
@@ -197,6 +196,10 @@ enum Target {
     /// The route's destination, the request admitted to it.
     Route(RouteRef),
 }
+
+/// sigma's public keys (its tokens and upstream assertions), on `[HA]`
+/// listeners.
+const JWKS_PATH: &[u8] = b"/.well-known/sigma/jwks.json";
 
 /// One connection's pipeline: `H`, `A` and the route table.
 pub struct Dispatch<'a> {
@@ -619,7 +622,7 @@ impl<'a> Dispatch<'a> {
             }
         }
         let upgrade = head.websocket.is_some();
-        let builtin = matches!(head.path(), b"/healthz" | b"/metrics");
+        let builtin = matches!(head.path(), b"/healthz" | b"/metrics" | JWKS_PATH);
         if builtin && !upgrade {
             if let Some(resp) = self.builtin(head, client.ip) {
                 return Target::Answer(resp, access::DEST_BUILTIN);
@@ -894,17 +897,18 @@ impl<'a> Dispatch<'a> {
         }
     }
 
-    /// sigma's own endpoints: `/healthz` (see [`health_text`]), and
+    /// sigma's own endpoints: `/healthz` (see [`crate::health::health_text`]), and
     /// `/metrics` for the client addresses (after trusted proxies) in
     /// `server.metrics_allow`.
     fn builtin(&self, head: &RequestHead, client: std::net::IpAddr) -> Option<Response> {
         let get = matches!(head.method, Method::Get | Method::Head);
         match head.path() {
-            b"/healthz" if get => {
-                let mut r = plain(200, "");
-                r.body = health_text(self.ctx.store.status()).into();
-                Some(r)
-            }
+            JWKS_PATH if get => self
+                .ctx
+                .auth
+                .as_ref()
+                .map(|a| sigma_core::response::json_response(200, a.jwks())),
+            b"/healthz" if get => Some(crate::health::health_response(self.ctx.store.status())),
             b"/metrics" if get => {
                 if !self.gen.metrics_allow.iter().any(|n| n.contains(client)) {
                     return Some(plain(403, "forbidden\n"));

@@ -23,6 +23,13 @@ pub fn health_text(s: crate::store::StoreStatus) -> String {
     )
 }
 
+/// The `/healthz` response ([`health_text`]).
+pub fn health_response(s: crate::store::StoreStatus) -> sigma_http::Response {
+    let mut r = sigma_core::response::plain(200, "");
+    r.body = health_text(s).into();
+    r
+}
+
 /// The store's lines of `/metrics`.
 pub fn store_metrics(s: crate::store::StoreStatus) -> String {
     format!(

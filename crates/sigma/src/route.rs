@@ -280,6 +280,23 @@ impl RouteTable {
             None => crate::db::DbService::new(Arc::clone(store), &config.db),
         };
         let upstream = crate::upstream::Settings::of(&config.limits.ws, dest_context(config));
+        // A's signer, only if a route asserts identities (it reads the key).
+        let asserter: Option<Arc<dyn sigma_core::Asserter>> = if routes
+            .iter()
+            .any(|r| r.proxy.is_some_and(|p| p.assert_identity))
+        {
+            let iss = config
+                .auth
+                .public_url
+                .as_deref()
+                .unwrap_or(crate::auth::OWN_ISSUER);
+            let a = crate::auth::assertion::Assertions::from_store(store, iss).map_err(|e| {
+                UnavailableDestination(format!("assert_identity: the signing key: {e}"))
+            })?;
+            Some(Arc::new(a))
+        } else {
+            None
+        };
         // One `&world` service for every route to it (DESIGN §5); kept
         // across a reload that changes nothing it reads.
         let kept_world = prev
@@ -319,6 +336,7 @@ impl RouteTable {
                 broadcast: &config.broadcast,
                 db: &db,
                 upstream: &upstream,
+                asserter: asserter.as_ref(),
                 world: &mut world_slot,
             };
             let (dest, sockets) = match kept {

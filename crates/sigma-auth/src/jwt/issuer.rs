@@ -172,6 +172,12 @@ impl Issuer {
         )
     }
 
+    /// Signs a JSON object as a token of this issuer's key (its `kid`,
+    /// `alg` EdDSA): for payloads other than [`Claims`] (assertions).
+    pub fn sign_json(&self, payload: &Value) -> String {
+        self.sign(&payload.to_string())
+    }
+
     /// Signs arbitrary header and payload bytes (for tests and fuzzing: the
     /// result need not be a valid JWT).
     pub(crate) fn sign_parts(&self, header: &[u8], payload: &[u8]) -> String {

@@ -17,6 +17,10 @@ pub struct ProxyOptions {
     /// The upstream must return the `X-Sigma-Identity` it was sent, or the
     /// reply is not sent (502) (`echo_identity`, default false).
     pub echo_identity: bool,
+    /// Each request carries `X-Sigma-Assertion`, an EdDSA JWT of the
+    /// identity bound to this request's method and path
+    /// (`assert_identity`, default false; docs/upstream-identity.md).
+    pub assert_identity: bool,
 }
 
 impl Default for ProxyOptions {
@@ -25,6 +29,7 @@ impl Default for ProxyOptions {
             connect_timeout: Duration::from_secs(5),
             read_timeout: Duration::from_secs(30),
             echo_identity: false,
+            assert_identity: false,
         }
     }
 }

@@ -182,6 +182,18 @@ pub struct Upstream {
     client: Client<HttpsConnector<HttpConnector>, ReqBody>,
     /// Outcomes and time to the response head, for `/metrics`.
     stats: Arc<Stats>,
+    /// `assert_identity`: signs each request's `X-Sigma-Assertion`.
+    asserter: Option<Arc<dyn sigma_core::Asserter>>,
+    /// The upstream's origin as configured (the assertion's `aud`).
+    origin: String,
+}
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// An upstream route's `/metrics`: requests by [`RESULTS`], and the
@@ -272,8 +284,14 @@ impl Upstream {
         opts: ProxyOptions,
         settings: Settings,
         ca: Option<&std::path::Path>,
+        asserter: Option<Arc<dyn sigma_core::Asserter>>,
     ) -> Result<Arc<dyn Destination>, String> {
         let (scheme, authority, base) = split_url(url)?;
+        // `scheme://host[:port]` as written, without the path.
+        let origin = match url.split_once("://") {
+            Some((sch, rest)) => format!("{sch}://{}", rest.split('/').next().unwrap_or(rest)),
+            None => url.to_owned(),
+        };
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(opts.connect_timeout));
         connector.set_nodelay(true);
@@ -308,6 +326,8 @@ impl Upstream {
             settings,
             client,
             stats: Arc::default(),
+            asserter: asserter.filter(|_| opts.assert_identity),
+            origin,
         }))
     }
 
@@ -344,6 +364,15 @@ impl Upstream {
         }
         for (n, v) in headers::identity_headers(identity) {
             b = b.header(n, v);
+        }
+        if let (Some(asserter), Some(id)) = (&self.asserter, identity.as_deref()) {
+            let target = String::from_utf8_lossy(&path);
+            let req = sigma_core::AssertedRequest {
+                audience: &self.origin,
+                method: head.method.as_str(),
+                target: &target,
+            };
+            b = b.header("x-sigma-assertion", asserter.assert(id, req, unix_now()));
         }
         let sent = body.is_some().then_some(sent);
         b.body(ReqBody {
@@ -645,6 +674,7 @@ impl crate::factory::Factory for UpstreamFactory {
             cx.proxy.unwrap_or_default(),
             *cx.upstream,
             cx.ca,
+            cx.asserter.cloned(),
         )
         .map_err(|e| crate::UnavailableDestination(format!("{}: {e}", cx.to)))
     }

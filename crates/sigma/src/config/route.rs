@@ -278,6 +278,8 @@ pub(super) struct RouteTable {
     #[serde(default)]
     pub(super) echo_identity: Option<bool>,
     #[serde(default)]
+    pub(super) assert_identity: Option<bool>,
+    #[serde(default)]
     pub(super) ca: Option<PathBuf>,
 }
 
@@ -351,12 +353,14 @@ pub(super) fn routes(tables: Vec<RouteTable>) -> Result<Vec<RouteConfig>, (KeyPa
                 connect_timeout: t.connect_timeout.unwrap_or(d.connect_timeout),
                 read_timeout: t.read_timeout.unwrap_or(d.read_timeout),
                 echo_identity: t.echo_identity.unwrap_or(d.echo_identity),
+                assert_identity: t.assert_identity.unwrap_or(d.assert_identity),
             })
         } else {
             let set = [
                 ("connect_timeout", t.connect_timeout.is_some()),
                 ("read_timeout", t.read_timeout.is_some()),
                 ("echo_identity", t.echo_identity.is_some()),
+                ("assert_identity", t.assert_identity.is_some()),
             ];
             if let Some((k, _)) = set.iter().find(|(_, s)| *s) {
                 return Err((at(k), RouteError::ProxyKeyNotUpstream(k)));

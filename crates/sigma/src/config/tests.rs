@@ -135,6 +135,7 @@ fn every_key_round_trips() {
         connect_timeout = "52s"
         read_timeout = "53s"
         echo_identity = true
+        assert_identity = true
 
         [[route]]
         path = "/team"
@@ -338,6 +339,7 @@ fn every_key_round_trips() {
                     connect_timeout: Duration::from_secs(52),
                     read_timeout: Duration::from_secs(53),
                     echo_identity: true,
+                    assert_identity: true,
                 }),
                 ca: None,
             },
@@ -471,7 +473,7 @@ fn field_probe_reads_the_struct_fields() {
     assert_eq!(fields_of::<HttpTable>().len(), 13);
     assert_eq!(fields_of::<WebsocketTable>().len(), 6);
     assert_eq!(fields_of::<ServerConfig>().len(), 7);
-    assert_eq!(fields_of::<RouteTable>().len(), 14);
+    assert_eq!(fields_of::<RouteTable>().len(), 15);
 }
 
 #[test]
