@@ -194,6 +194,8 @@ pub struct Verified {
     pub issuer: String,
     /// The registered claims.
     pub claims: Claims,
+    /// The `groups` claim ([`token`]'s rules: valid group names only).
+    pub groups: Vec<String>,
 }
 
 /// Where an issuer's keys come from.
@@ -370,6 +372,7 @@ impl Verifier {
         }
         Ok(Verified {
             user: user.to_owned(),
+            groups: claims.groups(),
             issuer: trusted.issuer.clone(),
             claims: Claims {
                 iss: trusted.issuer.clone(),

@@ -347,16 +347,22 @@ impl Auth {
             } else {
                 None
             };
+            // sigma's own tokens carry the session's groups (as they are
+            // now); an external issuer's, its `groups` claim.
+            let groups = match &session {
+                Some((_, _, identity)) => identity.groups.clone(),
+                None => v.groups,
+            };
             return Resolved {
                 identity: Some(Arc::new(Identity {
                     user: v.user,
                     provider: Provider::Jwt(v.issuer),
                     world: None,
-                    session: session.as_ref().map(|(_, handle)| handle.to_ref()),
-                    groups: Vec::new(),
+                    session: session.as_ref().map(|(_, handle, _)| handle.to_ref()),
+                    groups,
                 })),
                 via: Via::Bearer,
-                session: session.map(|(id, _)| id),
+                session: session.map(|(id, _, _)| id),
             };
         }
         if let Some(id) = session::session_cookie(&head.headers) {
@@ -414,7 +420,7 @@ impl Auth {
         &self,
         v: &jwt::Verified,
         now_ms: u64,
-    ) -> Result<(SessionId, revoke::SessionHandle), &'static str> {
+    ) -> Result<(SessionId, revoke::SessionHandle, Arc<Identity>), &'static str> {
         let handle = v
             .claims
             .sid
@@ -423,7 +429,7 @@ impl Auth {
             .and_then(|s| revoke::SessionHandle::parse(s).ok_or("invalid_sid"))?;
         self.sessions
             .lookup_token(&handle, &v.user, now_ms)
-            .map(|(id, _)| (id, handle))
+            .map(|(id, identity)| (id, handle, identity))
             .ok_or("session_ended")
     }
 

@@ -74,6 +74,24 @@ fn issue_then_verify() {
 }
 
 #[test]
+fn the_groups_claim_keeps_valid_group_names_only() {
+    let iss = sigma();
+    let v = verifier(&iss);
+    let mut c = claims("alice");
+    c["groups"] = json!(["ops", "Domain Users", 7, "admins", "ops", ""]);
+    let got = v.verify(signed(&iss, c), NOW).unwrap();
+    assert_eq!(got.groups, vec!["admins".to_owned(), "ops".to_owned()]);
+    let mut c = claims("alice");
+    c["groups"] = json!("admins");
+    assert!(v.verify(signed(&iss, c), NOW).unwrap().groups.is_empty());
+    assert!(v
+        .verify(signed(&iss, claims("alice")), NOW)
+        .unwrap()
+        .groups
+        .is_empty());
+}
+
+#[test]
 fn expiry_and_leeway_boundaries() {
     let iss = sigma();
     let (token, _) = iss.issue("alice", NOW);

@@ -167,6 +167,26 @@ impl ClaimSet {
         }
     }
 
+    /// The `groups` claim: the members that are strings and valid sigma
+    /// group names (an identity provider's other groups cannot be named
+    /// by a policy anyway), sorted, at most `MAX_GROUPS`. Absent or not
+    /// an array: none.
+    pub fn groups(&self) -> Vec<String> {
+        let Some(Value::Array(items)) = self.0.get("groups") else {
+            return Vec::new();
+        };
+        let mut out: Vec<String> = items
+            .iter()
+            .filter_map(Value::as_str)
+            .filter(|g| sigma_store::valid_group_name(g))
+            .map(str::to_owned)
+            .collect();
+        out.sort();
+        out.dedup();
+        out.truncate(sigma_store::MAX_GROUPS);
+        out
+    }
+
     /// The `aud` claim as a list: a string is a list of one (RFC 7519
     /// §4.1.3). `InvalidClaim` for other types or non-string members.
     pub fn audiences(&self) -> Result<Option<Vec<&str>>, JwtError> {
