@@ -270,7 +270,9 @@ fn login(auth: &Arc<Auth>, call: &Call<'_>) -> Handled {
                 // Rotation: the pre-login session id never survives login.
                 let _ = store_auth.sessions.revoke(&old);
             }
-            store_auth.sessions.create(&user, &Provider::Password, now)
+            store_auth
+                .sessions
+                .create(&user, &Provider::Password, Vec::new(), now)
         })
         .await;
         let id = match created {

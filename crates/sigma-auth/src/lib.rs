@@ -598,11 +598,11 @@ mod tests {
         let now = auth.clock().unix_ms();
         let id = auth
             .sessions
-            .create("alice", &Provider::Password, now)
+            .create("alice", &Provider::Password, Vec::new(), now)
             .unwrap();
         let other = auth
             .sessions
-            .create("alice", &Provider::Password, now)
+            .create("alice", &Provider::Password, Vec::new(), now)
             .unwrap();
         let handle = auth.sessions.handle(&id).to_ref();
         let cookie = |id: &SessionId| {
@@ -653,7 +653,12 @@ mod tests {
         .with_clock(Arc::clone(&clock) as Arc<dyn Clock>);
         let id = auth
             .sessions
-            .create("alice", &Provider::Password, auth.clock().unix_ms())
+            .create(
+                "alice",
+                &Provider::Password,
+                Vec::new(),
+                auth.clock().unix_ms(),
+            )
             .unwrap();
         let cookie = auth.sessions.set_cookie(&id);
         let pair = cookie.split(';').next().unwrap().to_owned();

@@ -286,12 +286,16 @@ impl Sessions {
             Err(_) => return None,
         };
         let handle = self.handle(id);
-        // The user's groups (policies), from the local user record if
-        // there is one; a store error leaves the session uncached.
-        let groups = match off_executor(|| self.store.user_get(&record.user)) {
+        // The user's groups (policies): the local user record's if there
+        // is one, and those the login brought (OIDC); a store error leaves
+        // the session uncached.
+        let mut groups = match off_executor(|| self.store.user_get(&record.user)) {
             Ok(user) => user.map(|u| u.groups).unwrap_or_default(),
             Err(_) => return None,
         };
+        groups.extend(record.groups.iter().cloned());
+        groups.sort();
+        groups.dedup();
         let Some(identity) = identity_of(&record, &self.oauth_providers, handle, groups) else {
             // Opened through a provider that is gone from the
             // configuration (or an unknown kind): no session.
@@ -375,11 +379,13 @@ impl Sessions {
         self.sockets.len()
     }
 
-    /// Opens a session for `user` at `now` (unix ms), durably; returns its id.
+    /// Opens a session for `user` at `now` (unix ms), durably, with the
+    /// `groups` its login brought (an OIDC groups claim); returns its id.
     pub fn create(
         &self,
         user: &str,
         provider: &Provider,
+        groups: Vec<String>,
         now: u64,
     ) -> Result<SessionId, StoreError> {
         let id = SessionId::generate()?;
@@ -389,6 +395,7 @@ impl Sessions {
             created: now,
             last_seen: now,
             expires: now.saturating_add(self.lifetime),
+            groups,
         };
         self.store.session_put(&id, &record, true)?;
         // A fresh 256-bit id is not in the negative cache; make sure.
@@ -596,11 +603,14 @@ mod tests {
             created: 1,
             last_seen: 1,
             expires: LIFE,
+            groups: Vec::new(),
         };
         store.session_put(&id, &record, false).unwrap();
         assert!(s.lookup(&id, 2).is_none());
         // A session A creates itself is found at once.
-        let made = s.create("alice", &Provider::Password, 3).unwrap();
+        let made = s
+            .create("alice", &Provider::Password, Vec::new(), 3)
+            .unwrap();
         assert_eq!(s.lookup(&made, 4).unwrap().user, "alice");
         // A flood of random cookies keeps the negative cache bounded.
         for _ in 0..MAX_UNKNOWN + 10 {
@@ -618,7 +628,7 @@ mod tests {
     async fn a_cache_miss_reads_the_store_on_the_multi_threaded_runtime() {
         let store = store();
         let s = sessions(&store);
-        let id = s.create("bob", &Provider::Password, 1).unwrap();
+        let id = s.create("bob", &Provider::Password, Vec::new(), 1).unwrap();
         let fresh = sessions(&store);
         assert_eq!(fresh.lookup(&id, 2).unwrap().user, "bob");
         assert!(fresh.lookup(&SessionId::generate().unwrap(), 2).is_none());
@@ -652,9 +662,15 @@ mod tests {
         let store = store();
         let s = sessions(&store);
         let now = 1_000;
-        let a = s.create("alice", &Provider::Password, now).unwrap();
-        let b = s.create("alice", &Provider::Password, now).unwrap();
-        let c = s.create("bob", &Provider::Password, now).unwrap();
+        let a = s
+            .create("alice", &Provider::Password, Vec::new(), now)
+            .unwrap();
+        let b = s
+            .create("alice", &Provider::Password, Vec::new(), now)
+            .unwrap();
+        let c = s
+            .create("bob", &Provider::Password, Vec::new(), now)
+            .unwrap();
         let (ha, hb, hc) = (s.handle(&a), s.handle(&b), s.handle(&c));
         let (_ra, sa) = socket(&s, &a, "alice");
         let (_ra2, sa2) = socket(&s, &a, "alice");
@@ -696,7 +712,9 @@ mod tests {
     fn the_sweep_ends_a_used_session_at_its_lifetime() {
         let store = store();
         let s = sessions(&store);
-        let a = s.create("alice", &Provider::Password, 0).unwrap();
+        let a = s
+            .create("alice", &Provider::Password, Vec::new(), 0)
+            .unwrap();
         let (_r, rx) = socket(&s, &a, "alice");
         let mut t = 0;
         while t + IDLE / 2 < LIFE {
@@ -714,7 +732,9 @@ mod tests {
     fn tokens_survive_a_restart_but_not_the_session() {
         let store = store();
         let s = sessions(&store);
-        let a = s.create("alice", &Provider::Password, 1_000).unwrap();
+        let a = s
+            .create("alice", &Provider::Password, Vec::new(), 1_000)
+            .unwrap();
         let h = s.handle(&a);
         // A new process, same store and key: the handle is found among
         // the user's sessions, then cached.
@@ -732,7 +752,9 @@ mod tests {
     fn a_socket_registered_as_its_session_ends_is_closed_at_once() {
         let store = store();
         let s = sessions(&store);
-        let a = s.create("alice", &Provider::Password, 1_000).unwrap();
+        let a = s
+            .create("alice", &Provider::Password, Vec::new(), 1_000)
+            .unwrap();
         assert!(s.lookup(&a, 1_000).is_some());
         s.revoke(&a).unwrap();
         // The upgrade resolved the session just before the logout.
@@ -752,6 +774,7 @@ mod tests {
             created: 0,
             last_seen: 0,
             expires: 1,
+            groups: Vec::new(),
         };
         let known: BTreeSet<String> = ["corp".to_string()].into_iter().collect();
         let provider = |p: &str| {

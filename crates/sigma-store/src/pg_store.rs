@@ -53,7 +53,7 @@ use crate::{
 
 /// The newest schema version this build knows (the length of
 /// [`MIGRATIONS`]).
-pub const PG_SCHEMA_VERSION: u64 = 2;
+pub const PG_SCHEMA_VERSION: u64 = 3;
 /// The `LISTEN`/`NOTIFY` channel of `&db` changes.
 pub const PG_NOTIFY_CHANNEL: &str = "sigma_kv";
 /// Connections in the pool.
@@ -110,6 +110,9 @@ CREATE TABLE apikeys (
     groups  TEXT[] NOT NULL DEFAULT '{}',
     created BIGINT NOT NULL
 );
+"#,
+    r#"
+ALTER TABLE sessions ADD COLUMN groups TEXT[] NOT NULL DEFAULT '{}';
 "#,
 ];
 
@@ -249,6 +252,7 @@ fn session_from_row(row: &tokio_postgres::Row) -> Result<SessionRecord, StoreErr
         created: to_u64(col(row, 2, T)?, T)?,
         last_seen: to_u64(col(row, 3, T)?, T)?,
         expires: to_u64(col(row, 4, T)?, T)?,
+        groups: col(row, 5, T)?,
     })
 }
 
@@ -455,8 +459,8 @@ impl PgStore {
             }
             for (id, s) in &dump.sessions {
                 tx.execute(
-                    "INSERT INTO sessions (id, user_name, provider, created, last_seen, expires)
-                     VALUES ($1, $2, $3, $4, $5, $6)",
+                    "INSERT INTO sessions (id, user_name, provider, created, last_seen, expires, groups)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
                     &[
                         &id.0.as_slice(),
                         &s.user,
@@ -464,6 +468,7 @@ impl PgStore {
                         &to_i64(s.created, "sessions")?,
                         &to_i64(s.last_seen, "sessions")?,
                         &to_i64(s.expires, "sessions")?,
+                        &s.groups,
                     ],
                 )
                 .await?;
@@ -725,7 +730,7 @@ impl SessionStore for PgStore {
         self.run(move |c| async move {
             let row = c
                 .query_opt(
-                    "SELECT user_name, provider, created, last_seen, expires
+                    "SELECT user_name, provider, created, last_seen, expires, groups
                      FROM sessions WHERE id = $1",
                     &[&id.as_slice()],
                 )
@@ -759,11 +764,12 @@ impl SessionStore for PgStore {
             }
             let [created, last_seen, expires] = times;
             tx.execute(
-                "INSERT INTO sessions (id, user_name, provider, created, last_seen, expires)
-                 VALUES ($1, $2, $3, $4, $5, $6)
+                "INSERT INTO sessions (id, user_name, provider, created, last_seen, expires, groups)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
                  ON CONFLICT (id) DO UPDATE SET user_name = EXCLUDED.user_name,
                      provider = EXCLUDED.provider, created = EXCLUDED.created,
-                     last_seen = EXCLUDED.last_seen, expires = EXCLUDED.expires",
+                     last_seen = EXCLUDED.last_seen, expires = EXCLUDED.expires,
+                     groups = EXCLUDED.groups",
                 &[
                     &id.as_slice(),
                     &rec.user,
@@ -771,6 +777,7 @@ impl SessionStore for PgStore {
                     &created,
                     &last_seen,
                     &expires,
+                    &rec.groups,
                 ],
             )
             .await?;

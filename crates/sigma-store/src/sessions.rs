@@ -27,6 +27,10 @@ pub struct SessionRecord {
     pub last_seen: u64,
     /// Absolute expiry, unix milliseconds: the session is dead from then on.
     pub expires: u64,
+    /// Groups the login brought (an OIDC provider's `groups_claim`),
+    /// besides the local user's. Absent in older records: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
 }
 
 /// A session id: 256 random bits. Compared in constant time; `Debug`

@@ -125,6 +125,7 @@ pub(crate) fn session(user: &str, expires: u64) -> SessionRecord {
         created: 100,
         last_seen: 100,
         expires,
+        groups: Vec::new(),
     }
 }
 
@@ -178,6 +179,14 @@ pub(crate) fn user_groups(f: &Fixture) {
     assert!(s.user_set_groups("carol", &[]).unwrap());
     assert!(s.user_get("carol").unwrap().unwrap().groups.is_empty());
     assert!(!s.user_set_groups("nobody", &g(&["x"])).unwrap());
+    // A session keeps the groups its login brought.
+    let mut rec = session("carol", 4_000_000_000_000);
+    rec.groups = g(&["oidc-team"]);
+    s.session_put(&id(8), &rec, true).unwrap();
+    assert_eq!(
+        s.session_get(&id(8)).unwrap().unwrap().groups,
+        g(&["oidc-team"])
+    );
 }
 
 pub(crate) fn apikeys(f: &Fixture) {

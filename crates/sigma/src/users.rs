@@ -887,6 +887,7 @@ mod tests {
                 created: 1,
                 last_seen: 1,
                 expires: u64::MAX,
+                groups: Vec::new(),
             };
             store.session_put(&id, &rec, true).unwrap();
         }

@@ -31,31 +31,14 @@ fn ok(dir: &Path, args: &[&str], stdin: Option<&str>) -> String {
     out
 }
 
-/// `POST /login`; the session id on success.
+/// `POST /login`; the session cookie on success.
 fn login(addr: SocketAddr, name: &str, pw: &str) -> Option<String> {
-    let body = json!({"user": name, "password": pw}).to_string();
-    let r = request(
-        addr,
-        "POST",
-        "/login",
-        &[("Content-Type", "application/json")],
-        body.as_bytes(),
-    );
-    if r.status != 200 {
-        assert_eq!(r.status, 401, "login {name}: {r:?}");
-        return None;
-    }
-    let set = r.header("set-cookie").expect("Set-Cookie");
-    let id = set
-        .strip_prefix("sigma_session=")
-        .and_then(|v| v.split(';').next())
-        .expect("session cookie");
-    Some(id.to_owned())
+    try_login(addr, name, pw)
 }
 
-fn whoami(addr: SocketAddr, id: &str) -> Value {
-    let c = format!("sigma_session={id}");
-    let r = request(addr, "GET", "/auth/whoami", &[("Cookie", &c)], b"");
+/// `GET /auth/whoami` with `cookie` (a `sigma_session=…` pair).
+fn whoami(addr: SocketAddr, cookie: &str) -> Value {
+    let r = request(addr, "GET", "/auth/whoami", &[("Cookie", cookie)], b"");
     assert_eq!(r.status, 200, "{r:?}");
     serde_json::from_slice::<Value>(&r.body).expect("JSON")["user"].clone()
 }

@@ -108,22 +108,7 @@ impl Sigma {
 
 /// `POST /login` as JSON; the `Cookie` header value for the session.
 fn login(addr: SocketAddr, user: &str) -> String {
-    let body = json!({"user": user, "password": format!("pw-{user}")}).to_string();
-    let r = request(
-        addr,
-        "POST",
-        "/login",
-        &[("Content-Type", "application/json")],
-        body.as_bytes(),
-    );
-    assert_eq!(r.status, 200, "login {user}: {r:?}");
-    let cookie = r
-        .headers_named("set-cookie")
-        .into_iter()
-        .find_map(|c| c.strip_prefix("sigma_session="))
-        .and_then(|c| c.split(';').next())
-        .unwrap_or_else(|| panic!("no session cookie: {r:?}"));
-    format!("sigma_session={cookie}")
+    login_as(addr, user, &format!("pw-{user}"))
 }
 
 // ----- HTTP helpers ----------------------------------------------------------

@@ -38,17 +38,7 @@ fn user(data: &Path, args: &[&str], stdin: Option<&str>) -> String {
 }
 
 fn login(addr: SocketAddr, name: &str) -> String {
-    let body = json!({"user": name, "password": format!("pw-{name}")}).to_string();
-    let r = request(
-        addr,
-        "POST",
-        "/login",
-        &[("Content-Type", "application/json")],
-        body.as_bytes(),
-    );
-    assert_eq!(r.status, 200, "login {name}: {r:?}");
-    let set = r.header("set-cookie").expect("cookie");
-    set.split(';').next().expect("cookie pair").to_owned()
+    login_as(addr, name, &format!("pw-{name}"))
 }
 
 /// One request on a fresh connection from `from`.

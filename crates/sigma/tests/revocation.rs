@@ -103,22 +103,7 @@ impl Sigma {
 
     /// Logs `user` in; the `Cookie` header value.
     fn login(&self, user: &str) -> String {
-        let body = json!({"user": user, "password": format!("pw-{user}-secret")}).to_string();
-        let r = request(
-            self.addr(),
-            "POST",
-            "/login",
-            &[("Content-Type", "application/json")],
-            body.as_bytes(),
-        );
-        assert_eq!(r.status, 200, "login {user}: {r:?}");
-        let c = r
-            .headers_named("set-cookie")
-            .into_iter()
-            .find_map(|c| c.strip_prefix("sigma_session="))
-            .and_then(|c| c.split(';').next())
-            .unwrap_or_else(|| panic!("no session cookie: {r:?}"));
-        format!("sigma_session={c}")
+        login_as(self.addr(), user, &format!("pw-{user}-secret"))
     }
 
     /// Several logins at once (Argon2 is slow in debug builds).

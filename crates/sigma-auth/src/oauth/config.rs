@@ -123,6 +123,11 @@ pub struct OAuthProviderConfig {
     /// (default `login`).
     #[serde(default)]
     pub user_claim: Option<String>,
+    /// OIDC only: the ID-token (or userinfo) claim, an array of strings,
+    /// whose members become the session's groups (policies' `group:`
+    /// subjects); members that are not valid group names are ignored.
+    #[serde(default)]
+    pub groups_claim: Option<String>,
     /// If not empty, only users with a verified e-mail address in one of
     /// these domains may log in.
     #[serde(default)]
@@ -243,6 +248,15 @@ impl OAuthProviderConfig {
         }
         if self.user_claim.as_deref().is_some_and(str::is_empty) {
             return Err(OAuthConfigError::new("user_claim", "must not be empty"));
+        }
+        if self.groups_claim.as_deref().is_some_and(str::is_empty) {
+            return Err(OAuthConfigError::new("groups_claim", "must not be empty"));
+        }
+        if self.groups_claim.is_some() && self.kind == ProviderKind::Github {
+            return Err(OAuthConfigError::new(
+                "groups_claim",
+                "kind = \"github\" has no groups claim (OIDC providers only)",
+            ));
         }
         for d in &self.allowed_domains {
             if d.is_empty()
@@ -383,6 +397,7 @@ mod tests {
             client_secret_file: None,
             scopes: None,
             user_claim: None,
+            groups_claim: None,
             allowed_domains: vec![],
             allowed_users: vec![],
             auth_url: None,

@@ -146,5 +146,6 @@ pub(super) async fn user(
     Ok(ProviderUser {
         claim: value,
         verified_emails: verified,
+        groups: Vec::new(),
     })
 }

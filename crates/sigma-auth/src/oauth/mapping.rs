@@ -31,6 +31,27 @@ pub struct ProviderUser {
     pub claim: Option<String>,
     /// The user's e-mail addresses the provider marks as verified.
     pub verified_emails: Vec<String>,
+    /// The members of the configured `groups_claim` that are valid group
+    /// names, sorted (OIDC; none otherwise).
+    pub groups: Vec<String>,
+}
+
+/// The valid group names among `v` (an array of strings), sorted and
+/// unique, at most `MAX_GROUPS`; anything else: none.
+pub fn groups_of(v: Option<&serde_json::Value>) -> Vec<String> {
+    let Some(serde_json::Value::Array(items)) = v else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = items
+        .iter()
+        .filter_map(serde_json::Value::as_str)
+        .filter(|g| sigma_store::valid_group_name(g))
+        .map(str::to_owned)
+        .collect();
+    out.sort();
+    out.dedup();
+    out.truncate(sigma_store::MAX_GROUPS);
+    out
 }
 
 /// Why a provider's user may not log in. The text is shown to the user.
@@ -173,6 +194,7 @@ mod tests {
             client_secret_file: None,
             scopes: None,
             user_claim: None,
+            groups_claim: None,
             allowed_domains: vec![],
             allowed_users: vec![],
             auth_url: None,
@@ -185,7 +207,19 @@ mod tests {
         ProviderUser {
             claim: Some(claim.into()),
             verified_emails: emails.iter().map(|e| (*e).to_owned()).collect(),
+            groups: Vec::new(),
         }
+    }
+
+    #[test]
+    fn groups_claims_keep_valid_names() {
+        let v = serde_json::json!(["ops", "Domain Users", 3, "admins", "ops"]);
+        assert_eq!(
+            groups_of(Some(&v)),
+            vec!["admins".to_owned(), "ops".to_owned()]
+        );
+        assert!(groups_of(Some(&serde_json::json!("admins"))).is_empty());
+        assert!(groups_of(None).is_empty());
     }
 
     #[test]

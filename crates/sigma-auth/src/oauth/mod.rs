@@ -830,6 +830,7 @@ async fn callback(
     let store_auth = Arc::clone(auth);
     let provider = Provider::OAuth(p.name.clone());
     let user_name = name.clone();
+    let groups = user.groups.clone();
     let now_ms = unix_now_ms();
     let created = tokio::task::spawn_blocking(move || {
         if !linked && store_auth.store.user_get(&user_name)?.is_some() {
@@ -840,7 +841,7 @@ async fn callback(
         }
         store_auth
             .sessions
-            .create(&user_name, &provider, now_ms)
+            .create(&user_name, &provider, groups, now_ms)
             .map(Some)
     })
     .await;
@@ -1049,6 +1050,12 @@ async fn oidc_user(
     Ok(ProviderUser {
         claim: claims.get(claim).and_then(claim_text),
         verified_emails: verified_email,
+        groups: p
+            .cfg
+            .groups_claim
+            .as_deref()
+            .map(|g| mapping::groups_of(claims.get(g)))
+            .unwrap_or_default(),
     })
 }
 

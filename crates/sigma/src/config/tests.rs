@@ -85,7 +85,7 @@ fn every_key_round_trips() {
         password_queue = 9
         jwt = [{ issuer = "https://id.example.com", audience = "sigma", algorithm = "RS256", jwks_url = "https://id.example.com/jwks.json" }]
         public_url = "https://chat.example.com"
-        oauth = { corp = { kind = "oidc", issuer = "https://id.example.com", client_id = "sigma", client_secret_file = "/etc/sigma/corp.secret", scopes = ["openid", "email"], user_claim = "email", allowed_domains = ["example.com"], allowed_users = ["alice@example.com"] }, gh = { kind = "github", client_id = "gh-client", client_secret = "gh-secret", auth_url = "https://gh.example.com/login/oauth/authorize", token_url = "https://gh.example.com/login/oauth/access_token", api_url = "https://api.gh.example.com" } }
+        oauth = { corp = { kind = "oidc", issuer = "https://id.example.com", client_id = "sigma", client_secret_file = "/etc/sigma/corp.secret", scopes = ["openid", "email"], user_claim = "email", groups_claim = "groups", allowed_domains = ["example.com"], allowed_users = ["alice@example.com"] }, gh = { kind = "github", client_id = "gh-client", client_secret = "gh-secret", auth_url = "https://gh.example.com/login/oauth/authorize", token_url = "https://gh.example.com/login/oauth/access_token", api_url = "https://api.gh.example.com" } }
 
         [db]
         max_value = 61
@@ -380,6 +380,7 @@ fn every_key_round_trips() {
                         client_secret_file: Some("/etc/sigma/corp.secret".into()),
                         scopes: Some(vec!["openid".into(), "email".into()]),
                         user_claim: Some("email".into()),
+                        groups_claim: Some("groups".into()),
                         allowed_domains: vec!["example.com".into()],
                         allowed_users: vec!["alice@example.com".into()],
                         auth_url: None,
@@ -397,6 +398,7 @@ fn every_key_round_trips() {
                         client_secret_file: None,
                         scopes: None,
                         user_claim: None,
+                        groups_claim: None,
                         allowed_domains: vec![],
                         allowed_users: vec![],
                         auth_url: Some("https://gh.example.com/login/oauth/authorize".into()),

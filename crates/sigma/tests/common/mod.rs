@@ -936,3 +936,36 @@ pub fn connect_from(from: std::net::Ipv4Addr, to: SocketAddr) -> TcpStream {
         .unwrap_or_else(|e| panic!("connect from {from}: {e}"));
     s.into()
 }
+
+/// `POST /login` with a JSON body: the `sigma_session=…` pair for a
+/// `Cookie` header, or `None` when the login is refused with 401 (any
+/// other status fails the test).
+#[allow(dead_code)]
+pub fn try_login(addr: SocketAddr, user: &str, password: &str) -> Option<String> {
+    let body = serde_json::json!({"user": user, "password": password}).to_string();
+    let r = request(
+        addr,
+        "POST",
+        "/login",
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    );
+    if r.status == 401 {
+        return None;
+    }
+    assert_eq!(r.status, 200, "login {user}: {r:?}");
+    let id = r
+        .headers_named("set-cookie")
+        .into_iter()
+        .find_map(|c| c.strip_prefix("sigma_session="))
+        .and_then(|c| c.split(';').next())
+        .unwrap_or_else(|| panic!("no session cookie: {r:?}"))
+        .to_owned();
+    Some(format!("sigma_session={id}"))
+}
+
+/// [`try_login`], which must succeed.
+#[allow(dead_code)]
+pub fn login_as(addr: SocketAddr, user: &str, password: &str) -> String {
+    try_login(addr, user, password).unwrap_or_else(|| panic!("login {user}: refused"))
+}
