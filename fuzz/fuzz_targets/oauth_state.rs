@@ -49,6 +49,7 @@ fn check_mapping(claim: &str, email: &str) {
             client_secret_file: None,
             scopes: None,
             user_claim: Some(if kind == ProviderKind::Oidc { "email" } else { "login" }.into()),
+            groups_claim: None,
             allowed_domains: vec!["example.com".into()],
             allowed_users: vec![],
             auth_url: None,
@@ -58,6 +59,7 @@ fn check_mapping(claim: &str, email: &str) {
         let user = ProviderUser {
             claim: Some(claim.to_owned()),
             verified_emails: vec![email.to_owned()],
+            groups: Vec::new(),
         };
         if let Ok(name) = map_user(&cfg, &user) {
             assert!(sigma::store::valid_user_name(&name), "{name:?}");

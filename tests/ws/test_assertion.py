@@ -34,6 +34,9 @@ class Upstream:
                 pass
 
             def do_GET(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                if n:
+                    self.rfile.read(n)
                 outer.seen.put((self.command, self.path, dict(self.headers)))
                 self.send_response(200)
                 self.send_header("Content-Length", "2")
@@ -88,11 +91,18 @@ def header(headers, name):
     return None
 
 
+def key_for(s, token):
+    """The published key the token's header names (as an upstream picks it)."""
+    keys = jwks(s)["keys"]
+    assert all(k["alg"] == "EdDSA" and k["crv"] == "Ed25519" for k in keys), keys
+    kid = jwt.get_unverified_header(token)["kid"]
+    match = [k for k in keys if k["kid"] == kid]
+    assert len(match) == 1, (kid, keys)
+    return jwt.PyJWK(match[0])
+
+
 def test_the_assertion_verifies_with_pyjwt_and_names_this_request(env):
     s, up = env
-    keys = jwks(s)["keys"]
-    assert len(keys) == 1 and keys[0]["alg"] == "EdDSA" and keys[0]["crv"] == "Ed25519"
-    key = jwt.PyJWK(keys[0])
     # A client's own assertion never reaches the upstream.
     status, _, _ = s.request("GET", "/api/things?id=7",
                              headers={"Cookie": s.cookie("alice"), "X-Sigma-Assertion": "forged"})
@@ -101,6 +111,7 @@ def test_the_assertion_verifies_with_pyjwt_and_names_this_request(env):
     assert (method, path) == ("GET", "/base/things?id=7")
     token = header(headers, "x-sigma-assertion")
     assert token and token != "forged"
+    key = key_for(s, token)
     before = int(time.time())
     claims = jwt.decode(token, key=key, algorithms=["EdDSA"],
                         audience=f"http://127.0.0.1:{up.port}",
@@ -113,9 +124,17 @@ def test_the_assertion_verifies_with_pyjwt_and_names_this_request(env):
     assert claims["htu"] == path
     assert 0 < claims["exp"] - claims["iat"] <= 60
     assert abs(claims["iat"] - before) <= 5
-    # A replay against another path or method is detectable: the claims
-    # name this request only.
-    assert claims["htu"] != "/base/other" and claims["htm"] != "POST"
+    # A replay against another path or method is detectable: another
+    # request's assertion names that request, so an upstream comparing
+    # htm/htu with the request it serves refuses the first one there.
+    s.request("POST", "/api/other", body=b"x",
+              headers={"Cookie": s.cookie("alice"), "Origin": "https://chat.example.com"})
+    m2, p2, h2 = up.next()
+    other = jwt.decode(header(h2, "x-sigma-assertion"), key=key_for(s, header(h2, "x-sigma-assertion")),
+                       algorithms=["EdDSA"], audience=f"http://127.0.0.1:{up.port}",
+                       issuer="https://chat.example.com")
+    assert (other["htm"], other["htu"]) == (m2, p2) == ("POST", "/base/other")
+    assert (claims["htm"], claims["htu"]) != (m2, p2)
     # A wrong audience (another upstream) is refused by the library.
     with pytest.raises(jwt.InvalidAudienceError):
         jwt.decode(token, key=key, algorithms=["EdDSA"], audience="http://127.0.0.1:1",

@@ -176,6 +176,9 @@ pub struct Auth {
     clock: Arc<dyn Clock>,
     /// sigma's own token issuer.
     issuer: jwt::Issuer,
+    /// The seed of sigma's keys, for the assertion keys of the JWKS
+    /// ([`assertion::published`]). Never shown.
+    key_seed: [u8; 32],
     /// `POST /auth/token` per session (`auth.token_per_session_per_minute`).
     token_throttle: governor::DefaultKeyedRateLimiter<revoke::SessionHandle>,
     /// Token requests since the throttle's map was last trimmed.
@@ -279,6 +282,7 @@ impl Auth {
         };
         Ok(Self {
             issuer,
+            key_seed: seed,
             verifier,
             sessions: Sessions::new(
                 Arc::clone(&store),
@@ -444,7 +448,12 @@ impl Auth {
     /// `GET /.well-known/sigma/jwks.json`: the public key of sigma's
     /// tokens and upstream assertions.
     pub fn jwks(&self) -> serde_json::Value {
-        self.issuer.jwks()
+        let mut keys = vec![self.issuer.public_jwk()];
+        keys.extend(assertion::published(
+            &self.key_seed,
+            self.clock.unix_ms() / 1000,
+        ));
+        serde_json::json!({ "keys": keys })
     }
 
     /// Makes `user`'s open sessions pick up a change of the user record
