@@ -440,3 +440,32 @@ fn keys_that_are_not_reloaded_are_named() {
     s.reload(&config(HA, &routes), true);
     assert_eq!(warned(&s), 1, "{}", s.stderr());
 }
+
+#[test]
+fn a_policy_change_applies_to_the_next_request_and_keeps_the_destination() {
+    let policy = |keys: &str| {
+        config(
+            HA,
+            &format!(
+                "{}[[route]]\npath = \"/a\"\nto = \"&echo\"\nauth = \"none\"\n{keys}\n",
+                route("/bc", "&broadcast")
+            ),
+        )
+    };
+    let mut s = Sigma::start(&policy("deny = [\"cidr:127.0.0.0/8\"]"));
+    assert_eq!(s.get("/a").status, 403);
+    let mut ws = ws_open(s.addr, "/bc");
+    subscribe(&mut ws, "open:p");
+    // The policy changes: the next request is judged by the new one.
+    s.reload(&policy("methods = [\"POST\"]"), true);
+    let r = s.get("/a");
+    assert_eq!(r.status, 405, "{r:?}");
+    assert_eq!(r.header("allow"), Some("POST"));
+    s.reload(&policy(""), true);
+    assert_eq!(s.get("/a").status, 200);
+    // Policies are admission, not destinations: the open subscription on
+    // the other route kept receiving through both reloads.
+    let seq = s.publish("open:p", &serde_json::json!({"n": 1}));
+    let got = ws_recv(&mut ws);
+    assert_eq!(got["seq"], seq, "{got}");
+}
