@@ -50,7 +50,7 @@ use sigma_http::Header;
 use crate::revoke::{Registration, SessionHandle, Sockets};
 use crate::{Identity, Provider};
 use sigma_core::WsCloser;
-use sigma_store::{SessionId, SessionRecord, Store, StoreError};
+use sigma_store::{Revocation, SessionId, SessionRecord, Store, StoreError};
 
 /// The session cookie's name.
 pub const COOKIE_NAME: &str = "sigma_session";
@@ -408,14 +408,56 @@ impl Sessions {
     /// Revokes a session: its sockets close (4401), its tokens are
     /// refused, and it is deleted from the store.
     pub fn revoke(&self, id: &SessionId) -> Result<bool, StoreError> {
-        self.end(id, self.handle(id));
-        self.store.session_delete(id)
+        let handle = self.handle(id);
+        self.end(id, handle);
+        let existed = self.store.session_delete(id)?;
+        // Other nodes on a shared store close their sockets of it too.
+        if let Err(e) = self
+            .store
+            .announce_revocation(&Revocation::Session(handle.encode()))
+        {
+            tracing::warn!(error = %e, "could not announce a session's end to the other nodes");
+        }
+        Ok(existed)
+    }
+
+    /// A revocation another node announced: the session (by handle) or
+    /// every session of the user ends here too, in memory (its record is
+    /// already gone from the shared store): cache, tokens, sockets (4401).
+    pub fn on_remote(&self, revocation: &Revocation) -> usize {
+        match revocation {
+            Revocation::User(user) => self.end_user(user),
+            Revocation::Session(encoded) => {
+                let Some(handle) = SessionHandle::parse(encoded) else {
+                    return 0;
+                };
+                if let Ok(mut c) = self.cache.write() {
+                    if let Some(id) = c.by_handle.get(&handle).cloned() {
+                        c.remove(&id);
+                    }
+                    c.bury(handle);
+                }
+                self.sockets.revoke(&handle)
+            }
+        }
     }
 
     /// Ends every session of `user` in memory: cache, tokens, sockets
     /// (4401). The hook of a user deletion or a password change, whose
     /// store transaction already deleted the sessions' records.
     pub fn revoke_user(&self, user: &str) -> usize {
+        let closed = self.end_user(user);
+        if let Err(e) = self
+            .store
+            .announce_revocation(&Revocation::User(user.to_owned()))
+        {
+            tracing::warn!(error = %e, "could not announce a user's sessions' end to the other nodes");
+        }
+        closed
+    }
+
+    /// [`Sessions::revoke_user`] without telling the other nodes.
+    fn end_user(&self, user: &str) -> usize {
         if let Ok(mut c) = self.cache.write() {
             let ended: Vec<(SessionId, SessionHandle)> = c
                 .live

@@ -78,7 +78,9 @@ pub use migrate::{migrate_redb_to_pg, MigrateReport};
 pub use pg_store::{PgStore, PG_NOTIFY_CHANNEL, PG_SCHEMA_VERSION};
 pub use redb_store::{RedbStore, CACHE_BYTES, DB_FILE, NONDURABLE_MAX_AGE, SCHEMA_VERSION};
 pub use secrets::{SecretStore, MAX_SECRET_LEN};
-pub use sessions::{SessionId, SessionRecord, SessionStore, SESSION_COOKIE_LEN};
+pub use sessions::{
+    Revocation, RevocationListener, SessionId, SessionRecord, SessionStore, SESSION_COOKIE_LEN,
+};
 pub use users::{
     normalise_groups, valid_group_name, valid_user_name, UserRecord, UserStore, MAX_GROUPS,
     MAX_USER_NAME_LEN,

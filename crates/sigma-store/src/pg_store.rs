@@ -56,6 +56,8 @@ use crate::{
 pub const PG_SCHEMA_VERSION: u64 = 3;
 /// The `LISTEN`/`NOTIFY` channel of `&db` changes.
 pub const PG_NOTIFY_CHANNEL: &str = "sigma_kv";
+/// The `LISTEN`/`NOTIFY` channel of session revocations.
+pub const PG_REVOKE_CHANNEL: &str = "sigma_revoke";
 /// Connections in the pool.
 const POOL_SIZE: usize = 16;
 /// Longest wait for a pooled connection, and for a new connection.
@@ -132,7 +134,16 @@ struct Shared {
     listening: AtomicBool,
     failures: AtomicU64,
     listeners: Mutex<Vec<KvListener>>,
+    revocations: Mutex<Vec<crate::RevocationListener>>,
     node: u64,
+}
+
+/// The payload of a `sigma_revoke` notification.
+#[derive(Serialize, Deserialize)]
+struct RevokeNotice {
+    /// The announcing store's random id (its own notices are skipped).
+    n: u64,
+    r: crate::Revocation,
 }
 
 /// The storage traits on PostgreSQL: `[store] url = "postgres://…"`.
@@ -318,6 +329,7 @@ impl PgStore {
             listening: AtomicBool::new(false),
             failures: AtomicU64::new(0),
             listeners: Mutex::new(Vec::new()),
+            revocations: Mutex::new(Vec::new()),
             node: u64::from_le_bytes(node),
         });
         let store = Self {
@@ -549,14 +561,20 @@ async fn listen(cfg: tokio_postgres::Config, shared: Arc<Shared>) {
                 }
             });
             if client
-                .batch_execute(&format!("LISTEN {PG_NOTIFY_CHANNEL}"))
+                .batch_execute(&format!(
+                    "LISTEN {PG_NOTIFY_CHANNEL}; LISTEN {PG_REVOKE_CHANNEL}"
+                ))
                 .await
                 .is_ok()
             {
                 shared.listening.store(true, Ordering::Relaxed);
                 backoff = BACKOFF_MIN;
                 while let Some(n) = nrx.recv().await {
-                    dispatch(&shared, n.payload());
+                    if n.channel() == PG_REVOKE_CHANNEL {
+                        dispatch_revocation(&shared, n.payload());
+                    } else {
+                        dispatch(&shared, n.payload());
+                    }
                 }
                 shared.listening.store(false, Ordering::Relaxed);
             }
@@ -565,6 +583,23 @@ async fn listen(cfg: tokio_postgres::Config, shared: Arc<Shared>) {
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// Hands one revocation notice to the listeners (not our own).
+fn dispatch_revocation(shared: &Shared, payload: &str) {
+    let Ok(notice) = serde_json::from_str::<RevokeNotice>(payload) else {
+        return;
+    };
+    if notice.n == shared.node {
+        return;
+    }
+    let listeners = shared
+        .revocations
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    for l in listeners.iter() {
+        l(&notice.r);
     }
 }
 
@@ -824,6 +859,31 @@ impl SessionStore for PgStore {
                     .await?,
             )
         })
+    }
+
+    fn announce_revocation(&self, revocation: &crate::Revocation) -> Result<(), StoreError> {
+        let payload = serde_json::to_string(&RevokeNotice {
+            n: self.shared.node,
+            r: revocation.clone(),
+        })
+        .map_err(|_| StoreError::Encode { table: "sessions" })?;
+        if !pg_text(&payload) {
+            return Err(StoreError::Encode { table: "sessions" });
+        }
+        self.run(move |c| async move {
+            c.execute("SELECT pg_notify($1, $2)", &[&PG_REVOKE_CHANNEL, &payload])
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn listen_revocations(&self, listener: crate::RevocationListener) -> bool {
+        self.shared
+            .revocations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(listener);
+        true
     }
 }
 

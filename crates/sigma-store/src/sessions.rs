@@ -115,7 +115,34 @@ pub trait SessionStore: Send + Sync {
     /// Deletes every session with `expires <= now` (unix milliseconds, the
     /// unit of [`SessionRecord`]); returns how many.
     fn sessions_purge_expired(&self, now_unix: u64) -> Result<u64, StoreError>;
+    /// Tells the other processes sharing this store that sessions ended
+    /// (after the store changed), so that they close their sockets too.
+    /// The embedded store has no other processes: nothing to tell.
+    fn announce_revocation(&self, revocation: &Revocation) -> Result<(), StoreError> {
+        let _ = revocation;
+        Ok(())
+    }
+    /// Registers `listener` for the revocations other processes announce;
+    /// `false` if none can come (the embedded store).
+    fn listen_revocations(&self, listener: RevocationListener) -> bool {
+        drop(listener);
+        false
+    }
 }
+
+/// Sessions that ended in another process (DESIGN §4: their sockets close
+/// with 4401 on every node).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Revocation {
+    /// One session, by its public handle (never its id).
+    Session(String),
+    /// Every session of a user (deleted, or its password changed).
+    User(String),
+}
+
+/// Receives other processes' [`Revocation`]s.
+pub type RevocationListener = Box<dyn Fn(&Revocation) + Send + Sync>;
 
 #[cfg(test)]
 mod tests {

@@ -214,6 +214,13 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
         &config.auth,
         Arc::clone(&metrics) as Arc<dyn sigma_core::Rejects>,
     )?);
+    // Sessions other nodes on a shared store ended close here too (4401).
+    let weak = Arc::downgrade(&auth);
+    store.listen_revocations(Box::new(move |r| {
+        if let Some(a) = weak.upgrade() {
+            a.sessions.on_remote(r);
+        }
+    }));
     tokio::spawn(purge_sessions(Arc::clone(&store)));
     tokio::spawn(sweep_sessions(Arc::clone(&auth)));
     tokio::spawn(refresh_jwks(Arc::clone(&auth)));

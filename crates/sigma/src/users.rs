@@ -361,6 +361,7 @@ pub fn apply(store: &dyn Store, op: &Op) -> Result<Vec<String>, UserError> {
             if !store.user_delete(name)? {
                 return Err(UserError::NoSuchUser(name.clone()));
             }
+            announce_user_revoked(store, name);
             // The user's &db namespace goes too: a later user of the same
             // name must not inherit it.
             let keys = store.kv_drop_namespace(name)?;
@@ -419,10 +420,21 @@ pub fn apply(store: &dyn Store, op: &Op) -> Result<Vec<String>, UserError> {
             if !store.user_set_password(name, phc)? {
                 return Err(UserError::NoSuchUser(name.clone()));
             }
+            announce_user_revoked(store, name);
             Ok(vec![format!(
                 "changed the password of {name}; its sessions are revoked"
             )])
         }
+    }
+}
+
+/// Tells the servers on a shared store (PostgreSQL) that `user`'s
+/// sessions ended, so that they close its sockets (4401). Best effort: the
+/// sessions are gone from the store either way.
+fn announce_user_revoked(store: &dyn Store, user: &str) {
+    let r = crate::store::Revocation::User(user.to_owned());
+    if let Err(e) = store.announce_revocation(&r) {
+        tracing::warn!(error = %e, "could not tell the running servers");
     }
 }
 

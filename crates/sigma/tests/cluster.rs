@@ -238,6 +238,32 @@ impl Ws {
     }
 }
 
+impl Ws {
+    /// Reads frames until a close; its status code.
+    fn close_code(&mut self) -> u16 {
+        loop {
+            let mut h = [0u8; 2];
+            self.t.read_exact(&mut h).expect("frame header");
+            let len = match h[1] & 0x7f {
+                126 => {
+                    let mut l = [0u8; 2];
+                    self.t.read_exact(&mut l).expect("len16");
+                    usize::from(u16::from_be_bytes(l))
+                }
+                n => usize::from(n),
+            };
+            let mut payload = vec![0u8; len];
+            self.t.read_exact(&mut payload).expect("payload");
+            if h[0] & 0x0f == 0x8 {
+                return payload
+                    .get(..2)
+                    .map(|c| u16::from_be_bytes([c[0], c[1]]))
+                    .unwrap_or(1005);
+            }
+        }
+    }
+}
+
 /// Polls `f` until it gives `Some`, for up to `limit`.
 fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + limit;
@@ -573,4 +599,40 @@ fn acknowledged_writes_survive_sigkill_of_their_node() {
         assert_eq!(r.status, 200, "{key} was acknowledged but is not on B");
         assert_eq!(r.body, key.as_bytes());
     }
+}
+
+#[test]
+fn a_logout_or_a_deleted_user_on_one_node_closes_sockets_on_the_others_with_4401() {
+    let Some(db) = PgDb::create() else { return };
+    let (_dir, cfg) = config_file(&db.url());
+    add_user(&cfg, "alice");
+    add_user(&cfg, "bob");
+    let a = node(&db.url());
+    let b = node(&db.url());
+    // alice logs in on A and her session holds a socket on B.
+    let alice = login(a.addr(), "alice");
+    let mut on_b = Ws::open(b.addr(), &alice);
+    let origin = format!("http://{}", a.addr());
+    let r = request(
+        a.addr(),
+        "POST",
+        "/logout",
+        &[("Cookie", &alice), ("Origin", &origin)],
+        b"",
+    );
+    assert!(r.status / 100 == 2, "logout: {r:?}");
+    assert_eq!(on_b.close_code(), 4401, "B heard of A's logout");
+    assert_eq!(db_req(b.addr(), &alice, "GET", "k", b"").status, 401);
+
+    // bob, with sockets on both nodes, is deleted by the CLI (which talks
+    // to the database, not to a server): both close.
+    let bob = login(b.addr(), "bob");
+    let mut bob_a = Ws::open(a.addr(), &bob);
+    let mut bob_b = Ws::open(b.addr(), &bob);
+    let mut cmd = sigma_cmd();
+    cmd.args(["user", "del", "bob", "--config"]).arg(&cfg);
+    let (st, _, err) = run_bounded(cmd, None);
+    assert!(st.success(), "{err}");
+    assert_eq!(bob_a.close_code(), 4401);
+    assert_eq!(bob_b.close_code(), 4401);
 }
