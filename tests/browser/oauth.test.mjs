@@ -242,6 +242,12 @@ path = "/echo"
 to = "&echo"
 auth = "none"
 
+# Only members of the group admins, as an OIDC provider's groups claim says.
+[[route]]
+path = "/team"
+to = "&echo"
+allow = ["group:admins"]
+
 [auth]
 public_url = "http://127.0.0.1:${sigmaPort}"
 # Every callback counts as a login attempt of 127.0.0.1; this file makes dozens.
@@ -255,6 +261,14 @@ client_id = "sigma-client"
 client_secret_file = "${path.join(dataDir, 'corp.secret')}"
 user_claim = "email"
 allowed_domains = ["example.com"]
+
+[auth.oauth.teams]
+kind = "oidc"
+issuer = "${oidc.issuer.url}"
+client_id = "sigma-client"
+client_secret_file = "${path.join(dataDir, 'corp.secret')}"
+user_claim = "email"
+groups_claim = "groups"
 
 [auth.oauth.strict]
 kind = "oidc"
@@ -365,6 +379,26 @@ test('OIDC: full redirect flow gives a session naming the mapped user', async ()
   assert.equal(jar.get('sigma_oauth'), undefined);
   assert.ok(last.status < 500);
   assert.deepEqual(await whoami(sigma, jar), { user: 'alice@example.com', provider: 'oauth:corp' });
+});
+
+test('OIDC groups_claim: the valid group names reach whoami and route policies', async () => {
+  const off = onIdToken((t) => { t.payload.groups = ['admins', 'Domain Users']; });
+  try {
+    const jar = new Jar();
+    await follow(`${sigma.base}/auth/teams/login?next=%2Fecho`, jar, sigma.base);
+    assert.deepEqual(await whoami(sigma, jar),
+      { user: 'alice@example.com', provider: 'oauth:teams', groups: ['admins'] });
+    const r = await step(`${sigma.base}/team/x`, jar, sigma.base);
+    assert.equal(r.status, 200, r.body);
+  } finally {
+    off();
+  }
+  // The same login without the claim: no groups, and the policy refuses.
+  const jar = new Jar();
+  await follow(`${sigma.base}/auth/teams/login?next=%2Fecho`, jar, sigma.base);
+  assert.deepEqual(await whoami(sigma, jar), { user: 'alice@example.com', provider: 'oauth:teams' });
+  const r = await step(`${sigma.base}/team/x`, jar, sigma.base);
+  assert.equal(r.status, 403, r.body);
 });
 
 test('kind = "google" (issuer pointed at the local provider) logs in too', async () => {
