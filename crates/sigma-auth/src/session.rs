@@ -427,6 +427,9 @@ impl Sessions {
     pub fn on_remote(&self, revocation: &Revocation) -> usize {
         match revocation {
             Revocation::User(user) => self.end_user(user),
+            Revocation::Groups(user) => self.refresh_user(user),
+            // Not a session (A's API keys handle it).
+            Revocation::ApiKey(_) => 0,
             Revocation::Session(encoded) => {
                 let Some(handle) = SessionHandle::parse(encoded) else {
                     return 0;

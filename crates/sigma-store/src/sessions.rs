@@ -139,6 +139,11 @@ pub enum Revocation {
     Session(String),
     /// Every session of a user (deleted, or its password changed).
     User(String),
+    /// A user's groups changed: cached identities are read again (the
+    /// sessions stay).
+    Groups(String),
+    /// An API key was deleted: its cached identity is forgotten.
+    ApiKey(String),
 }
 
 /// Receives other processes' [`Revocation`]s.

@@ -218,7 +218,12 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
     let weak = Arc::downgrade(&auth);
     store.listen_revocations(Box::new(move |r| {
         if let Some(a) = weak.upgrade() {
-            a.sessions.on_remote(r);
+            match r {
+                crate::store::Revocation::ApiKey(name) => a.apikeys.forget(name),
+                _ => {
+                    a.sessions.on_remote(r);
+                }
+            }
         }
     }));
     tokio::spawn(purge_sessions(Arc::clone(&store)));

@@ -373,6 +373,7 @@ pub fn apply(store: &dyn Store, op: &Op) -> Result<Vec<String>, UserError> {
             if !store.user_set_groups(name, &groups)? {
                 return Err(UserError::NoSuchUser(name.clone()));
             }
+            announce(store, crate::store::Revocation::Groups(name.clone()));
             Ok(vec![if groups.is_empty() {
                 format!("user {name} has no groups")
             } else {
@@ -412,6 +413,7 @@ pub fn apply(store: &dyn Store, op: &Op) -> Result<Vec<String>, UserError> {
             if !store.apikey_delete(name)? {
                 return Err(UserError::NoSuchKey(name.clone()));
             }
+            announce(store, crate::store::Revocation::ApiKey(name.clone()));
             Ok(vec![format!("deleted API key {name}")])
         }
         Op::Passwd { name, phc } => {
@@ -432,7 +434,12 @@ pub fn apply(store: &dyn Store, op: &Op) -> Result<Vec<String>, UserError> {
 /// sessions ended, so that they close its sockets (4401). Best effort: the
 /// sessions are gone from the store either way.
 fn announce_user_revoked(store: &dyn Store, user: &str) {
-    let r = crate::store::Revocation::User(user.to_owned());
+    announce(store, crate::store::Revocation::User(user.to_owned()));
+}
+
+/// Tells the servers on a shared store what changed (best effort: the
+/// store has the change either way, and caches expire).
+fn announce(store: &dyn Store, r: crate::store::Revocation) {
     if let Err(e) = store.announce_revocation(&r) {
         tracing::warn!(error = %e, "could not tell the running servers");
     }

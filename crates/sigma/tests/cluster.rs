@@ -636,3 +636,60 @@ fn a_logout_or_a_deleted_user_on_one_node_closes_sockets_on_the_others_with_4401
     assert_eq!(bob_a.close_code(), 4401);
     assert_eq!(bob_b.close_code(), 4401);
 }
+
+#[test]
+fn api_key_deletions_and_group_changes_reach_every_node_at_once() {
+    let Some(db) = PgDb::create() else { return };
+    let (_dir, cfg) = config_file(&db.url());
+    add_user(&cfg, "carol");
+    let a = node(&db.url());
+    let b = node(&db.url());
+    let cli = |args: &[&str]| {
+        let mut cmd = sigma_cmd();
+        cmd.args(args).arg("--config").arg(&cfg);
+        let (st, out, err) = run_bounded(cmd, None);
+        assert!(st.success(), "{args:?}: {err}");
+        out
+    };
+    let whoami = |addr: SocketAddr, h: &[(&str, &str)]| -> Value {
+        let r = request(addr, "GET", "/auth/whoami", h, b"");
+        serde_json::from_slice(&r.body).expect("JSON")
+    };
+    // A key made by the CLI, used (and so cached) on both nodes.
+    let out = cli(&["apikey", "add", "robot"]);
+    let key = out.lines().nth(1).expect("the key").to_owned();
+    let bearer = format!("Bearer {key}");
+    for n in [&a, &b] {
+        assert_eq!(
+            whoami(n.addr(), &[("Authorization", &bearer)])["user"],
+            "robot"
+        );
+    }
+    cli(&["apikey", "del", "robot"]);
+    for n in [&a, &b] {
+        eventually(Duration::from_secs(5), "the key refused", || {
+            let r = request(
+                n.addr(),
+                "GET",
+                "/auth/whoami",
+                &[("Authorization", &bearer)],
+                b"",
+            );
+            (r.status == 401).then_some(())
+        });
+    }
+    // Groups changed by the CLI: a session cached on both nodes sees them.
+    let carol = login(a.addr(), "carol");
+    for n in [&a, &b] {
+        assert_eq!(
+            whoami(n.addr(), &[("Cookie", &carol)])["groups"],
+            Value::Null
+        );
+    }
+    cli(&["user", "groups", "carol", "ops"]);
+    for n in [&a, &b] {
+        eventually(Duration::from_secs(5), "the new groups", || {
+            (whoami(n.addr(), &[("Cookie", &carol)])["groups"] == json!(["ops"])).then_some(())
+        });
+    }
+}
