@@ -4,6 +4,13 @@
 //! be opened or the run failed.
 
 #![forbid(unsafe_code)]
+// Like the libraries: nothing derived from input may panic here.
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::process::ExitCode;
 use std::sync::Arc;

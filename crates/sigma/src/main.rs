@@ -3,6 +3,14 @@
 //! error, 1 runtime failure (the store locked or unreadable, an address in
 //! use).
 
+// Like the libraries: nothing derived from input may panic here.
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
