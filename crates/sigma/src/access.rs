@@ -88,8 +88,8 @@ impl Entry {
     }
 }
 
-/// Writes `e`'s access log line.
-pub fn write(e: &Entry) {
+/// Writes `e`'s access log line; `took` is from its head to now.
+pub fn write(e: &Entry, took: std::time::Duration) {
     let route = e.route.as_ref().and_then(RouteRef::route);
     // The field values are computed only when the line is enabled
     // (`SIGMA_LOG=warn` costs no formatting).
@@ -102,7 +102,7 @@ pub fn write(e: &Entry) {
         status = e.status,
         bytes_in = e.bytes_in,
         bytes_out = e.bytes_out,
-        duration_ms = u64::try_from(e.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        duration_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
         user = e.user.as_ref().map(|u| u.user.as_str()),
         route = route.map(|r| r.path.as_str()),
         dest = route.map_or(e.dest, |r| r.dest.name()),

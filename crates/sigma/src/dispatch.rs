@@ -372,12 +372,14 @@ impl<'a> Dispatch<'a> {
     /// session) has ended. Counts it for its route and writes the access
     /// log line.
     fn finished(&mut self, entry: Entry) {
+        // One clock read for the route's latency and the log line.
+        let took = entry.started.elapsed();
         let route = entry.route.as_ref().or(entry.matched.as_ref());
         if let Some(stats) = route.and_then(RouteRef::stats) {
-            stats.record(entry.status, entry.started.elapsed());
+            stats.record(entry.status, took);
         }
         if self.ctx.access_log {
-            access::write(&entry);
+            access::write(&entry, took);
         }
     }
 
@@ -557,17 +559,16 @@ impl<'a> Dispatch<'a> {
         };
         let (via, session) = (resolved.via, resolved.session);
         let tagged = auth::tag_request(resolved.identity, head);
-        // Refused requests count for the route they asked for too.
-        let matched = route.clone();
-        let target = self.target(&tagged, route, &via, &client);
+        let target = self.target(&tagged, route.as_ref(), &via, &client);
         entry.user = tagged.identity.clone();
         match &target {
             Target::Answer(_, dest) => {
                 entry.dest = dest;
-                entry.matched = matched;
+                // Refused requests count for the route they asked for too.
+                entry.matched = route;
             }
             Target::Auth(_) => entry.dest = access::DEST_AUTH,
-            Target::Route(r) => entry.route = Some(r.clone()),
+            Target::Route(_) => entry.route = route,
         }
         self.log.push_back(entry);
         if tagged.msg.websocket.is_some() {
@@ -598,7 +599,7 @@ impl<'a> Dispatch<'a> {
     fn target(
         &self,
         req: &Tagged<RequestHead>,
-        route: Option<RouteRef>,
+        route: Option<&RouteRef>,
         via: &Via,
         client: &Client,
     ) -> Target {
@@ -628,7 +629,7 @@ impl<'a> Dispatch<'a> {
                 return Target::Answer(resp, access::DEST_BUILTIN);
             }
         }
-        let Some((found, route)) = route.as_ref().and_then(|r| Some((r, r.route()?))) else {
+        let Some((found, route)) = route.and_then(|r| Some((r, r.route()?))) else {
             let body = if upgrade {
                 "no WebSocket here\n"
             } else {
