@@ -82,8 +82,8 @@ pub use sessions::{
     Revocation, RevocationListener, SessionId, SessionRecord, SessionStore, SESSION_COOKIE_LEN,
 };
 pub use users::{
-    normalise_groups, valid_group_name, valid_user_name, UserRecord, UserStore, MAX_GROUPS,
-    MAX_USER_NAME_LEN,
+    normalise_groups, valid_group_name, valid_groups, valid_user_name, UserRecord, UserStore,
+    MAX_GROUPS, MAX_USER_NAME_LEN,
 };
 
 /// Fills `buf` from the operating system's CSPRNG.

@@ -224,6 +224,33 @@ impl RedbStore {
         self.commit(txn, true)
     }
 
+    /// Changes the record of user `name` in one transaction (revoking its
+    /// sessions with it if `revoke`); `false` if there is no such user.
+    fn update_user(
+        &self,
+        name: &str,
+        revoke: bool,
+        change: impl FnOnce(&mut UserRecord),
+    ) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut users = txn.open_table(USERS)?;
+            let Some(old) = users.get(name)? else {
+                return Ok(false);
+            };
+            let mut rec: UserRecord = decode("users", old.value())?;
+            drop(old);
+            change(&mut rec);
+            let bytes = encode("users", &rec)?;
+            users.insert(name, bytes.as_slice())?;
+            if revoke {
+                Self::revoke_all(&txn, name)?;
+            }
+        }
+        self.commit(txn, true)?;
+        Ok(true)
+    }
+
     fn commit(&self, mut txn: redb::WriteTransaction, durable: bool) -> Result<(), StoreError> {
         let mut last = self
             .last_durable
@@ -283,38 +310,11 @@ impl UserStore for RedbStore {
     }
 
     fn user_set_password(&self, name: &str, phc: &str) -> Result<bool, StoreError> {
-        let txn = self.db.begin_write()?;
-        {
-            let mut users = txn.open_table(USERS)?;
-            let Some(old) = users.get(name)? else {
-                return Ok(false);
-            };
-            let mut rec: UserRecord = decode("users", old.value())?;
-            drop(old);
-            rec.phc = phc.to_owned();
-            let bytes = encode("users", &rec)?;
-            users.insert(name, bytes.as_slice())?;
-            Self::revoke_all(&txn, name)?;
-        }
-        self.commit(txn, true)?;
-        Ok(true)
+        self.update_user(name, true, |rec| rec.phc = phc.to_owned())
     }
 
     fn user_set_groups(&self, name: &str, groups: &[String]) -> Result<bool, StoreError> {
-        let txn = self.db.begin_write()?;
-        {
-            let mut users = txn.open_table(USERS)?;
-            let Some(old) = users.get(name)? else {
-                return Ok(false);
-            };
-            let mut rec: UserRecord = decode("users", old.value())?;
-            drop(old);
-            rec.groups = groups.to_vec();
-            let bytes = encode("users", &rec)?;
-            users.insert(name, bytes.as_slice())?;
-        }
-        self.commit(txn, true)?;
-        Ok(true)
+        self.update_user(name, false, |rec| rec.groups = groups.to_vec())
     }
 
     fn user_delete(&self, name: &str) -> Result<bool, StoreError> {

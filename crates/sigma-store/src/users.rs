@@ -63,6 +63,21 @@ pub fn normalise_groups(groups: &[String]) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
+/// The valid group names among `names` (groups an identity provider
+/// sends: the others cannot be named by a policy anyway), sorted, unique,
+/// at most [`MAX_GROUPS`].
+pub fn valid_groups<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let mut out: Vec<String> = names
+        .into_iter()
+        .filter(|g| valid_group_name(g))
+        .map(str::to_owned)
+        .collect();
+    out.sort();
+    out.dedup();
+    out.truncate(MAX_GROUPS);
+    out
+}
+
 impl fmt::Debug for UserRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("UserRecord")

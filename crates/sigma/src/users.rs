@@ -348,7 +348,7 @@ pub fn apply(store: &dyn Store, op: &Op) -> Result<Vec<String>, UserError> {
             password::check_phc(phc)?;
             let rec = UserRecord {
                 phc: phc.clone(),
-                created: now_unix(),
+                created: crate::auth::unix_now(),
                 groups: check_groups(groups)?,
             };
             if !store.user_create(name, &rec)? {
@@ -389,7 +389,7 @@ pub fn apply(store: &dyn Store, op: &Op) -> Result<Vec<String>, UserError> {
             let rec = crate::store::ApiKeyRecord {
                 hash: hash.clone(),
                 groups: check_groups(groups)?,
-                created: now_unix(),
+                created: crate::auth::unix_now(),
             };
             if !store.apikey_create(name, &rec)? {
                 return Err(UserError::KeyExists(name.clone()));
@@ -652,7 +652,7 @@ pub fn first_start(store: &dyn Store, out: &mut dyn Write) -> Result<bool, UserE
     let pw = random_password(ADMIN_PASSWORD_LEN)?;
     let rec = UserRecord {
         phc: password::hash(&pw)?,
-        created: now_unix(),
+        created: crate::auth::unix_now(),
         groups: Vec::new(),
     };
     if !store.user_create(ADMIN_USER, &rec)? {
@@ -703,13 +703,6 @@ fn check_name(name: &str) -> Result<(), UserError> {
 
 fn say(out: &mut dyn Write, line: &str) -> Result<(), UserError> {
     writeln!(out, "{line}").map_err(UserError::Output)
-}
-
-fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// The new password: from `input` with `--password-stdin`, else from two

@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::ws::Ws;
 use common::*;
 use serde_json::{json, Value};
 
@@ -179,89 +180,13 @@ fn db_req(addr: SocketAddr, cookie: &str, method: &str, key: &str, body: &[u8]) 
     )
 }
 
-/// A minimal WebSocket client on `/db` (as in tests/db.rs).
-struct Ws {
-    t: TcpStream,
-}
-
-impl Ws {
-    fn open(addr: SocketAddr, cookie: &str) -> Ws {
-        let mut t = TcpStream::connect(addr).expect("connect");
-        t.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
-        let req = format!(
-            "GET /db HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
-             Cookie: {cookie}\r\nOrigin: http://{addr}\r\n\r\n"
-        );
-        t.write_all(req.as_bytes()).expect("handshake");
-        let mut head = Vec::new();
-        let mut b = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            assert_eq!(t.read(&mut b).expect("read handshake"), 1, "closed");
-            head.push(b[0]);
-        }
-        let head = String::from_utf8_lossy(&head).into_owned();
-        assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
-        Ws { t }
-    }
-
-    fn send(&mut self, v: &Value) {
-        let payload = v.to_string().into_bytes();
-        assert!(payload.len() < 126, "small frames only");
-        let mut f = vec![0x81u8, 0x80 | payload.len() as u8];
-        let key = [0x37u8, 0xfa, 0x21, 0x3d];
-        f.extend_from_slice(&key);
-        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-        self.t.write_all(&f).expect("ws write");
-    }
-
-    fn recv(&mut self) -> Value {
-        loop {
-            let mut h = [0u8; 2];
-            self.t.read_exact(&mut h).expect("frame header");
-            let len = match h[1] & 0x7f {
-                126 => {
-                    let mut l = [0u8; 2];
-                    self.t.read_exact(&mut l).expect("len16");
-                    usize::from(u16::from_be_bytes(l))
-                }
-                n => usize::from(n),
-            };
-            let mut payload = vec![0u8; len];
-            self.t.read_exact(&mut payload).expect("payload");
-            match h[0] & 0x0f {
-                0x1 => return serde_json::from_slice(&payload).expect("JSON message"),
-                0x9 | 0xa => continue,
-                op => panic!("unexpected frame opcode {op:#x}: {}", lossy(&payload)),
-            }
-        }
-    }
-}
-
-impl Ws {
-    /// Reads frames until a close; its status code.
-    fn close_code(&mut self) -> u16 {
-        loop {
-            let mut h = [0u8; 2];
-            self.t.read_exact(&mut h).expect("frame header");
-            let len = match h[1] & 0x7f {
-                126 => {
-                    let mut l = [0u8; 2];
-                    self.t.read_exact(&mut l).expect("len16");
-                    usize::from(u16::from_be_bytes(l))
-                }
-                n => usize::from(n),
-            };
-            let mut payload = vec![0u8; len];
-            self.t.read_exact(&mut payload).expect("payload");
-            if h[0] & 0x0f == 0x8 {
-                return payload
-                    .get(..2)
-                    .map(|c| u16::from_be_bytes([c[0], c[1]]))
-                    .unwrap_or(1005);
-            }
-        }
-    }
+/// A WebSocket on `/db` of `addr` with the session `cookie`.
+fn db_ws(addr: SocketAddr, cookie: &str) -> Ws {
+    Ws::open(
+        addr,
+        "/db",
+        &format!("Cookie: {cookie}\r\nOrigin: http://{addr}\r\n"),
+    )
 }
 
 /// Polls `f` until it gives `Some`, for up to `limit`.
@@ -303,7 +228,7 @@ fn two_nodes_share_users_sessions_and_db_watches() {
     );
 
     // B watches; A writes: B's watcher sees it, with A's version.
-    let mut w = Ws::open(b.addr(), &on_b);
+    let mut w = db_ws(b.addr(), &on_b);
     w.send(&json!({"op": "watch", "prefix": "", "id": 1}));
     assert_eq!(w.recv()["ok"], json!(true));
     let r = db_req(a.addr(), &on_a, "PUT", "todo/1", b"milk");
@@ -611,7 +536,7 @@ fn a_logout_or_a_deleted_user_on_one_node_closes_sockets_on_the_others_with_4401
     let b = node(&db.url());
     // alice logs in on A and her session holds a socket on B.
     let alice = login(a.addr(), "alice");
-    let mut on_b = Ws::open(b.addr(), &alice);
+    let mut on_b = db_ws(b.addr(), &alice);
     let origin = format!("http://{}", a.addr());
     let r = request(
         a.addr(),
@@ -621,20 +546,20 @@ fn a_logout_or_a_deleted_user_on_one_node_closes_sockets_on_the_others_with_4401
         b"",
     );
     assert!(r.status / 100 == 2, "logout: {r:?}");
-    assert_eq!(on_b.close_code(), 4401, "B heard of A's logout");
+    assert_eq!(on_b.close_code(), Some(4401), "B heard of A's logout");
     assert_eq!(db_req(b.addr(), &alice, "GET", "k", b"").status, 401);
 
     // bob, with sockets on both nodes, is deleted by the CLI (which talks
     // to the database, not to a server): both close.
     let bob = login(b.addr(), "bob");
-    let mut bob_a = Ws::open(a.addr(), &bob);
-    let mut bob_b = Ws::open(b.addr(), &bob);
+    let mut bob_a = db_ws(a.addr(), &bob);
+    let mut bob_b = db_ws(b.addr(), &bob);
     let mut cmd = sigma_cmd();
     cmd.args(["user", "del", "bob", "--config"]).arg(&cfg);
     let (st, _, err) = run_bounded(cmd, None);
     assert!(st.success(), "{err}");
-    assert_eq!(bob_a.close_code(), 4401);
-    assert_eq!(bob_b.close_code(), 4401);
+    assert_eq!(bob_a.close_code(), Some(4401));
+    assert_eq!(bob_b.close_code(), Some(4401));
 }
 
 #[test]

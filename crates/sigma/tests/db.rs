@@ -15,7 +15,6 @@
 mod common;
 
 use std::fs;
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,6 +22,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::ws::Ws;
 use common::*;
 use serde_json::{json, Value};
 
@@ -185,95 +185,13 @@ fn version(etag: &str) -> u64 {
 
 // ----- WebSocket helpers -----------------------------------------------------
 
-/// A WebSocket client on `/db`.
-struct Ws {
-    t: TcpStream,
-}
-
-impl Ws {
-    /// Opens `/db` with the session cookie and this server's own `Origin`.
-    fn open(addr: SocketAddr, cookie: &str) -> Ws {
-        Self::open_at(
-            addr,
-            "/db",
-            &format!("Cookie: {cookie}\r\nOrigin: http://{addr}\r\n"),
-        )
-    }
-
-    /// Opens `path` with `extra` header lines (each ending in CRLF).
-    fn open_at(addr: SocketAddr, path: &str, extra: &str) -> Ws {
-        let mut t = TcpStream::connect(addr).expect("connect");
-        t.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
-        t.set_write_timeout(Some(IO_TIMEOUT)).expect("timeout");
-        let req = format!(
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
-        );
-        t.write_all(req.as_bytes()).expect("handshake");
-        let mut head = Vec::new();
-        let mut b = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            assert_eq!(t.read(&mut b).expect("read handshake"), 1, "closed");
-            head.push(b[0]);
-        }
-        let head = String::from_utf8_lossy(&head).into_owned();
-        assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
-        Ws { t }
-    }
-
-    fn send(&mut self, v: &Value) {
-        let payload = v.to_string().into_bytes();
-        let mut f = vec![0x81u8];
-        let n = payload.len();
-        if n < 126 {
-            f.push(0x80 | n as u8);
-        } else {
-            assert!(n <= 0xffff, "small frames only");
-            f.push(0x80 | 126);
-            f.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        let key = [0x37u8, 0xfa, 0x21, 0x3d];
-        f.extend_from_slice(&key);
-        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-        self.t.write_all(&f).expect("ws write");
-    }
-
-    /// The next text message as JSON (server pings are skipped).
-    fn recv(&mut self) -> Value {
-        loop {
-            let mut h = [0u8; 2];
-            self.t.read_exact(&mut h).expect("frame header");
-            let len = match h[1] & 0x7f {
-                126 => {
-                    let mut l = [0u8; 2];
-                    self.t.read_exact(&mut l).expect("len16");
-                    u64::from(u16::from_be_bytes(l))
-                }
-                127 => {
-                    let mut l = [0u8; 8];
-                    self.t.read_exact(&mut l).expect("len64");
-                    u64::from_be_bytes(l)
-                }
-                n => u64::from(n),
-            };
-            let mut payload = vec![0u8; len as usize];
-            self.t.read_exact(&mut payload).expect("payload");
-            match h[0] & 0x0f {
-                0x1 => return serde_json::from_slice(&payload).expect("JSON message"),
-                0x9 | 0xa => continue,
-                op => panic!("unexpected frame opcode {op:#x}: {}", lossy(&payload)),
-            }
-        }
-    }
-
-    /// Sends a request and returns its reply (which must come next).
-    fn call(&mut self, v: Value) -> Value {
-        let id = v["id"].clone();
-        self.send(&v);
-        let r = self.recv();
-        assert_eq!(r["id"], id, "reply out of order: {r}");
-        r
-    }
+/// Opens `/db` with the session cookie and this server's own `Origin`.
+fn db_ws(addr: SocketAddr, cookie: &str) -> Ws {
+    Ws::open(
+        addr,
+        "/db",
+        &format!("Cookie: {cookie}\r\nOrigin: http://{addr}\r\n"),
+    )
 }
 
 // ----- HTTP ------------------------------------------------------------------
@@ -557,7 +475,7 @@ writers = ["alice"]
 
     // Over WebSocket: Bob watches the shared namespace and sees Alice's
     // writes; his own writes are refused.
-    let mut ws = Ws::open_at(
+    let mut ws = Ws::open(
         s.addr(),
         "/team",
         &format!("Cookie: {cb}\r\nOrigin: http://{}\r\n", s.addr()),
@@ -614,7 +532,7 @@ fn anonymous_requests_get_401() {
         }
     }
     // A WebSocket on the open route: accepted, but no operation works.
-    let mut ws = Ws::open_at(s.addr(), "/open", "");
+    let mut ws = Ws::open(s.addr(), "/open", "");
     for op in [
         json!({"op": "get", "key": "k", "id": 1}),
         json!({"op": "put", "key": "k", "value": "v", "id": 1}),
@@ -637,7 +555,7 @@ fn websocket_operations() {
     let s = Sigma::start("");
     let cookie = s.login("alice");
     let a = User::new(s.addr(), &cookie);
-    let mut ws = Ws::open(s.addr(), &cookie);
+    let mut ws = db_ws(s.addr(), &cookie);
 
     let r = ws.call(json!({"op": "get", "key": "k", "id": 1}));
     assert_eq!(r, json!({"id": 1, "ok": false, "error": "not_found"}));
@@ -724,9 +642,9 @@ fn watch_delivers_changes_from_http_and_websocket() {
     let [ca, cb] = s.logins(["alice", "bob"]);
     let a = User::new(s.addr(), &ca);
     let b = User::new(s.addr(), &cb);
-    let mut watcher = Ws::open(s.addr(), &ca);
-    let mut writer = Ws::open(s.addr(), &ca);
-    let mut bob_ws = Ws::open(s.addr(), &cb);
+    let mut watcher = db_ws(s.addr(), &ca);
+    let mut writer = db_ws(s.addr(), &ca);
+    let mut bob_ws = db_ws(s.addr(), &cb);
 
     let r = watcher.call(json!({"op": "watch", "prefix": "todo/", "id": 1}));
     assert_eq!(r, json!({"id": 1, "ok": true}));

@@ -431,33 +431,10 @@ fn destination_metrics_for_broadcast_db_and_upstreams() {
     let l = Server::launch(&config, &data, "T127.0.0.1:0[HA]");
     let s = &l.server;
     // One subscriber on open:a, then two publishes to it, one to nowhere.
-    let mut ws = TcpStream::connect(s.addr()).expect("connect");
-    ws.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    ws.write_all(
-        b"GET /live HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-    )
-    .expect("handshake");
-    let mut got = Vec::new();
-    let mut b = [0u8; 512];
-    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = ws.read(&mut b).expect("read");
-        assert!(n > 0, "closed");
-        got.extend_from_slice(&b[..n]);
-    }
-    // A masked text frame: {"type":"subscribe","channel":"open:a"}.
-    let msg = br#"{"type":"subscribe","channel":"open:a"}"#;
-    let mut frame = vec![0x81, 0x80 | msg.len() as u8, 0, 0, 0, 0];
-    frame.extend_from_slice(msg);
-    ws.write_all(&frame).expect("subscribe");
+    let mut ws = common::ws::Ws::open(s.addr(), "/live", "");
+    ws.send(&serde_json::json!({"type": "subscribe", "channel": "open:a"}));
     // The server confirms the subscription before any publish counts.
-    let n = ws.read(&mut b).expect("subscribed");
-    assert!(
-        String::from_utf8_lossy(&b[..n]).contains("subscribed"),
-        "{:?}",
-        &b[..n]
-    );
+    assert_eq!(ws.recv()["type"], "subscribed");
     for channel in ["open:a", "open:a", "open:nobody"] {
         let r = request(
             s.addr(),

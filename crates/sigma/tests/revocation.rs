@@ -12,12 +12,12 @@
 mod common;
 
 use std::fs;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::ws::Ws;
 use common::*;
 use serde_json::{json, Value};
 
@@ -192,154 +192,6 @@ fn assert_refused_token(r: &Resp, reason: &str) {
 }
 
 // ----- WebSocket client ------------------------------------------------------
-
-/// A raw WebSocket client.
-struct Ws {
-    t: TcpStream,
-}
-
-/// A frame from the server.
-#[derive(Debug)]
-enum Frame {
-    Text(Value),
-    Close(Option<u16>),
-}
-
-impl Ws {
-    fn open(addr: SocketAddr, path: &str, extra: &str) -> Ws {
-        match Self::try_open(addr, path, extra) {
-            Ok(ws) => ws,
-            Err(head) => panic!("upgrade of {path} refused: {head}"),
-        }
-    }
-
-    /// The socket, or the response head of a refused upgrade.
-    fn try_open(addr: SocketAddr, path: &str, extra: &str) -> Result<Ws, String> {
-        let mut t = TcpStream::connect(addr).expect("connect");
-        t.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
-        t.set_write_timeout(Some(IO_TIMEOUT)).expect("timeout");
-        let req = format!(
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
-        );
-        t.write_all(req.as_bytes()).expect("handshake");
-        let mut head = Vec::new();
-        let mut b = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            assert_eq!(t.read(&mut b).expect("read handshake"), 1, "closed");
-            head.push(b[0]);
-        }
-        let head = String::from_utf8_lossy(&head).into_owned();
-        if head.starts_with("HTTP/1.1 101 ") {
-            Ok(Ws { t })
-        } else {
-            Err(head)
-        }
-    }
-
-    fn send_raw(&mut self, opcode: u8, payload: &[u8]) -> std::io::Result<()> {
-        let mut f = vec![0x80 | opcode];
-        let n = payload.len();
-        assert!(n < 126, "small frames only");
-        f.push(0x80 | n as u8);
-        let key = [0x37u8, 0xfa, 0x21, 0x3d];
-        f.extend_from_slice(&key);
-        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-        self.t.write_all(&f)
-    }
-
-    fn send(&mut self, v: &Value) {
-        self.send_raw(0x1, v.to_string().as_bytes())
-            .expect("ws write");
-    }
-
-    /// The next text or close frame before `deadline` (pings skipped);
-    /// `None` on EOF, an error or the deadline.
-    fn next(&mut self, deadline: Instant) -> Option<Frame> {
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return None;
-            }
-            self.t.set_read_timeout(Some(left)).ok()?;
-            let mut h = [0u8; 2];
-            self.t.read_exact(&mut h).ok()?;
-            let len = match h[1] & 0x7f {
-                126 => {
-                    let mut l = [0u8; 2];
-                    self.t.read_exact(&mut l).ok()?;
-                    usize::from(u16::from_be_bytes(l))
-                }
-                127 => panic!("unexpectedly large frame"),
-                n => usize::from(n),
-            };
-            let mut payload = vec![0u8; len];
-            self.t.read_exact(&mut payload).ok()?;
-            match h[0] & 0x0f {
-                0x1 => return Some(Frame::Text(serde_json::from_slice(&payload).expect("JSON"))),
-                0x8 => {
-                    let code = payload.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]]));
-                    return Some(Frame::Close(code));
-                }
-                0x9 | 0xa => continue,
-                op => panic!("unexpected opcode {op:#x}"),
-            }
-        }
-    }
-
-    /// The next text message (within the I/O timeout).
-    fn recv(&mut self) -> Value {
-        match self.next(Instant::now() + IO_TIMEOUT) {
-            Some(Frame::Text(v)) => v,
-            other => panic!("expected a message, got {other:?}"),
-        }
-    }
-
-    /// Waits for the close frame until `deadline`: its code, and the data
-    /// messages that came before it. Answers the close, then reads to EOF
-    /// (asserting nothing more arrives).
-    fn closed_by(&mut self, deadline: Instant) -> (Option<u16>, Vec<Value>) {
-        let mut before = Vec::new();
-        loop {
-            match self.next(deadline) {
-                Some(Frame::Text(v)) => before.push(v),
-                Some(Frame::Close(code)) => {
-                    let _ = self.send_raw(0x8, &code.unwrap_or(1000).to_be_bytes());
-                    assert!(
-                        self.next(Instant::now() + Duration::from_secs(5)).is_none(),
-                        "a frame after the close"
-                    );
-                    return (code, before);
-                }
-                None => panic!("no close frame by the deadline; messages: {before:?}"),
-            }
-        }
-    }
-
-    /// The socket is still open and serves: a Ping gets its Pong.
-    fn assert_open(&mut self, what: &str) {
-        self.send_raw(0x9, b"alive?").expect("ping");
-        let deadline = Instant::now() + IO_TIMEOUT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "{what}: no pong");
-            self.t.set_read_timeout(Some(left)).expect("timeout");
-            let mut h = [0u8; 2];
-            self.t
-                .read_exact(&mut h)
-                .unwrap_or_else(|e| panic!("{what}: closed ({e})"));
-            let len = usize::from(h[1] & 0x7f);
-            assert!(len < 126, "{what}: large frame");
-            let mut payload = vec![0u8; len];
-            self.t.read_exact(&mut payload).expect("payload");
-            match h[0] & 0x0f {
-                0xa if payload == b"alive?" => return,
-                0x8 => panic!("{what}: closed with {payload:?}"),
-                _ => continue,
-            }
-        }
-    }
-}
 
 /// Subscribes a `&broadcast` socket to `channel`.
 fn subscribe(ws: &mut Ws, channel: &str) {

@@ -172,19 +172,12 @@ impl ClaimSet {
     /// by a policy anyway), sorted, at most `MAX_GROUPS`. Absent or not
     /// an array: none.
     pub fn groups(&self) -> Vec<String> {
-        let Some(Value::Array(items)) = self.0.get("groups") else {
-            return Vec::new();
-        };
-        let mut out: Vec<String> = items
-            .iter()
-            .filter_map(Value::as_str)
-            .filter(|g| sigma_store::valid_group_name(g))
-            .map(str::to_owned)
-            .collect();
-        out.sort();
-        out.dedup();
-        out.truncate(sigma_store::MAX_GROUPS);
-        out
+        match self.0.get("groups") {
+            Some(Value::Array(items)) => {
+                sigma_store::valid_groups(items.iter().filter_map(Value::as_str))
+            }
+            _ => Vec::new(),
+        }
     }
 
     /// The `aud` claim as a list: a string is a list of one (RFC 7519

@@ -39,19 +39,12 @@ pub struct ProviderUser {
 /// The valid group names among `v` (an array of strings), sorted and
 /// unique, at most `MAX_GROUPS`; anything else: none.
 pub fn groups_of(v: Option<&serde_json::Value>) -> Vec<String> {
-    let Some(serde_json::Value::Array(items)) = v else {
-        return Vec::new();
-    };
-    let mut out: Vec<String> = items
-        .iter()
-        .filter_map(serde_json::Value::as_str)
-        .filter(|g| sigma_store::valid_group_name(g))
-        .map(str::to_owned)
-        .collect();
-    out.sort();
-    out.dedup();
-    out.truncate(sigma_store::MAX_GROUPS);
-    out
+    match v {
+        Some(serde_json::Value::Array(items)) => {
+            sigma_store::valid_groups(items.iter().filter_map(serde_json::Value::as_str))
+        }
+        _ => Vec::new(),
+    }
 }
 
 /// Why a provider's user may not log in. The text is shown to the user.

@@ -188,14 +188,6 @@ pub struct Upstream {
     origin: String,
 }
 
-/// Seconds since the Unix epoch (0 if the clock is before it).
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// An upstream route's `/metrics`: requests by [`RESULTS`], and the
 /// seconds they waited for the response head (a counter: its rate over
 /// the rate of `ok` is the mean).
@@ -372,7 +364,10 @@ impl Upstream {
                 method: head.method.as_str(),
                 target: &target,
             };
-            b = b.header("x-sigma-assertion", asserter.assert(id, req, unix_now()));
+            b = b.header(
+                "x-sigma-assertion",
+                asserter.assert(id, req, sigma_core::clock::unix_now_ms() / 1000),
+            );
         }
         let sent = body.is_some().then_some(sent);
         b.body(ReqBody {

@@ -3,6 +3,19 @@
 use super::{col, pg_text, to_i64, to_u64, PgStore};
 use crate::{valid_user_name, ApiKeyRecord, ApiKeyStore, StoreError};
 
+/// A row of `SELECT name, hash, groups, created FROM apikeys`.
+fn key_from_row(row: &tokio_postgres::Row) -> Result<(String, ApiKeyRecord), StoreError> {
+    const T: &str = "apikeys";
+    Ok((
+        col(row, 0, T)?,
+        ApiKeyRecord {
+            hash: col(row, 1, T)?,
+            groups: col(row, 2, T)?,
+            created: to_u64(col(row, 3, T)?, T)?,
+        },
+    ))
+}
+
 impl ApiKeyStore for PgStore {
     fn apikey_create(&self, name: &str, rec: &ApiKeyRecord) -> Result<bool, StoreError> {
         if !valid_user_name(name) {
@@ -41,14 +54,7 @@ impl ApiKeyStore for PgStore {
             else {
                 return Ok(None);
             };
-            Ok(Some((
-                col(&row, 0, "apikeys")?,
-                ApiKeyRecord {
-                    hash: col(&row, 1, "apikeys")?,
-                    groups: col(&row, 2, "apikeys")?,
-                    created: to_u64(col(&row, 3, "apikeys")?, "apikeys")?,
-                },
-            )))
+            key_from_row(&row).map(Some)
         })
     }
 
@@ -60,18 +66,7 @@ impl ApiKeyStore for PgStore {
                     &[],
                 )
                 .await?;
-            rows.iter()
-                .map(|row| {
-                    Ok((
-                        col(row, 0, "apikeys")?,
-                        ApiKeyRecord {
-                            hash: col(row, 1, "apikeys")?,
-                            groups: col(row, 2, "apikeys")?,
-                            created: to_u64(col(row, 3, "apikeys")?, "apikeys")?,
-                        },
-                    ))
-                })
-                .collect()
+            rows.iter().map(key_from_row).collect()
         })
     }
 

@@ -18,6 +18,8 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+pub mod ws;
+
 /// Hang guard for every socket read and write.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
