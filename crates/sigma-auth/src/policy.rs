@@ -105,11 +105,8 @@ impl std::str::FromStr for Subject {
             .split_once(':')
             .ok_or_else(|| PolicyError::UnknownKind(s.to_owned()))?;
         match kind {
-            "user" | "group" if sigma_store::valid_user_name(rest) => Ok(if kind == "user" {
-                Subject::User(rest.to_owned())
-            } else {
-                Subject::Group(rest.to_owned())
-            }),
+            "user" if sigma_store::valid_user_name(rest) => Ok(Subject::User(rest.to_owned())),
+            "group" if sigma_store::valid_group_name(rest) => Ok(Subject::Group(rest.to_owned())),
             "user" | "group" => Err(PolicyError::BadName(s.to_owned())),
             "provider"
                 if !rest.is_empty()

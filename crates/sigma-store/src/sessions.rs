@@ -130,8 +130,9 @@ pub trait SessionStore: Send + Sync {
     }
 }
 
-/// Sessions that ended in another process (DESIGN §4: their sockets close
-/// with 4401 on every node).
+/// What another process changed that this one caches: sessions that
+/// ended (DESIGN §4: their sockets close with 4401 on every node), a
+/// user's groups, a deleted API key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Revocation {

@@ -133,22 +133,23 @@ pub fn explain(config: &Config, request: &str, asker: &Asker) -> Result<Explanat
     }
     line.push(')');
     lines.push(line);
-    let needs = route.auth == AuthLevel::Required || route.users.is_some();
-    match (&identity, &route.users) {
-        (None, _) if needs => {
-            return refuse(lines, "401: auth = \"required\" and no identity".into());
-        }
-        (Some(i), Some(users)) if !users.contains(&i.user) => {
-            return refuse(lines, format!("403: {} is not in users", i.user));
-        }
-        _ => {}
-    }
-    // `auth = "none"`: the request is not authenticated at all.
+    // As the server does: `auth = "none"` authenticates nobody, then A's
+    // own rule for `auth` and `users`, then the policy.
     let identity = if route.auth == AuthLevel::None {
         None
     } else {
         identity
     };
+    match crate::auth::admit::authorize(&identity, route.auth, route.users.as_deref()) {
+        Ok(()) => {}
+        Err(crate::auth::admit::Denied::Unauthenticated) => {
+            return refuse(lines, "401: auth = \"required\" and no identity".into());
+        }
+        Err(_) => {
+            let who = identity.as_ref().map_or("", |i| i.user.as_str());
+            return refuse(lines, format!("403: {who} is not in users"));
+        }
+    }
     let Some(policy) = &route.policy else {
         lines.push(format!(
             "decision: allowed, by auth = \"{}\" (no policy)",
