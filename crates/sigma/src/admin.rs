@@ -47,13 +47,6 @@ pub struct AdminSocket {
     task: tokio::task::JoinHandle<()>,
 }
 
-impl AdminSocket {
-    /// The socket's path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
 impl Drop for AdminSocket {
     fn drop(&mut self) {
         self.task.abort();

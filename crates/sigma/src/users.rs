@@ -215,25 +215,6 @@ impl UserError {
     }
 }
 
-/// The data directory a command works on: `--data`, else the config's
-/// `data_dir` (from `--config` and the `SIGMA_*` environment `env`).
-pub fn data_dir(args: &DataArgs, env: &[(String, String)]) -> Result<PathBuf, UserError> {
-    if let Some(d) = &args.data {
-        return Ok(d.clone());
-    }
-    Ok(config::load(args.config.as_deref(), env)?.data_dir)
-}
-
-/// The store a command works on: redb in `--data` if given, else what the
-/// config names (`[store] url`: PostgreSQL; else redb in `data_dir`).
-pub fn open_store(args: &DataArgs, env: &[(String, String)]) -> Result<Arc<dyn Store>, UserError> {
-    if let Some(d) = &args.data {
-        return Ok(Arc::new(RedbStore::open(d)?));
-    }
-    let cfg = config::load(args.config.as_deref(), env)?;
-    Ok(crate::storage::open(&cfg.store, &cfg.data_dir)?)
-}
-
 /// The file name of the admin socket in the data directory: a running
 /// `sigma serve` answers `sigma user …` there ([`crate::admin`]).
 pub const ADMIN_SOCKET: &str = "admin.sock";
@@ -954,20 +935,31 @@ mod tests {
             format!("data_dir = {:?}\n", data.display().to_string()),
         )
         .unwrap();
+        // The config's data_dir: that is where the store is opened.
         let args = DataArgs {
             data: None,
             config: Some(cfg.clone()),
         };
-        assert_eq!(data_dir(&args, &[]).unwrap(), data);
+        drop(Target::open(&args, &[], true).unwrap());
+        assert!(data.join(crate::store::DB_FILE).is_file());
+        // --data wins over the config.
+        let flag = dir.join("flag");
         let args = DataArgs {
-            data: Some(dir.join("flag")),
+            data: Some(flag.clone()),
             config: Some(cfg),
         };
-        assert_eq!(data_dir(&args, &[]).unwrap(), dir.join("flag"));
-        assert_eq!(
-            data_dir(&DataArgs::default(), &[]).unwrap(),
-            PathBuf::from(config::DEFAULT_DATA_DIR)
-        );
+        drop(Target::open(&args, &[], true).unwrap());
+        assert!(flag.join(crate::store::DB_FILE).is_file());
+        // Without `create`, a missing directory is an error, created nowhere.
+        let args = DataArgs {
+            data: Some(dir.join("missing")),
+            config: None,
+        };
+        assert!(matches!(
+            Target::open(&args, &[], false),
+            Err(UserError::NoDataDir(_))
+        ));
+        assert!(!dir.join("missing").exists());
         let _ = std::fs::remove_dir_all(&dir);
     }
 
