@@ -370,9 +370,8 @@ impl<'a> Dispatch<'a> {
 
     /// The one "request finished" point: a response (or a WebSocket
     /// session) has ended. Counts it for its route and writes the access
-    /// log line.
+    /// log line (one clock read for both).
     fn finished(&mut self, entry: Entry) {
-        // One clock read for the route's latency and the log line.
         let took = entry.started.elapsed();
         let route = entry.route.as_ref().or(entry.matched.as_ref());
         if let Some(stats) = route.and_then(RouteRef::stats) {
