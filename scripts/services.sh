@@ -1,7 +1,8 @@
-# Sourced by scripts/test.sh: the servers the tests need (PostgreSQL now,
-# Redis next), found where the machine runs them or started privately.
+# Sourced by scripts/test.sh: the servers the tests need (PostgreSQL and
+# Redis), found where the machine runs them or started privately.
 #
 #   ensure_postgres   exports SIGMA_TEST_POSTGRES (an admin URL, trust auth)
+#   ensure_redis      exports SIGMA_TEST_REDIS (redis://host:port/db)
 #
 # Each ensure_* function follows the same steps, so the next service is one
 # more function of the same shape:
@@ -15,7 +16,8 @@
 # (to test step 3 on a machine that runs the servers).
 #
 # Tests isolate themselves on whatever server this gives: each creates its
-# own database (sigma_test_<random>) and drops it.
+# own database (sigma_test_<random>) and drops it; on Redis each uses its
+# own key prefix (sigma_test_<random>:), whose keys expire.
 
 services_tmp=
 services_stops=()
@@ -143,4 +145,57 @@ ensure_postgres() {
         return 1
     fi
     echo "PostgreSQL: $SIGMA_TEST_POSTGRES (private instance in $dir)"
+}
+
+# True when the Redis of `$1` (redis://host:port[/db]) answers PING.
+redis_answers() {
+    python3 - "$1" <<'PY' >/dev/null 2>&1
+import socket, sys, urllib.parse
+u = urllib.parse.urlparse(sys.argv[1])
+s = socket.create_connection((u.hostname or "127.0.0.1", u.port or 6379), timeout=3)
+s.sendall(b"PING\r\n")
+sys.exit(0 if s.recv(64).startswith(b"+PONG") else 1)
+PY
+}
+
+ensure_redis() {
+    local default=redis://127.0.0.1:6379/0
+    if [ -n "${SIGMA_TEST_REDIS:-}" ]; then
+        if ! redis_answers "$SIGMA_TEST_REDIS"; then
+            echo "services: SIGMA_TEST_REDIS is set but no Redis answers there" >&2
+            return 1
+        fi
+        echo "Redis: $SIGMA_TEST_REDIS (from SIGMA_TEST_REDIS)"
+        return 0
+    fi
+    if [ -z "${SIGMA_PRIVATE_SERVICES:-}" ] && redis_answers "$default"; then
+        export SIGMA_TEST_REDIS=$default
+        echo "Redis: $default (running on this machine)"
+        return 0
+    fi
+    if ! command -v redis-server >/dev/null; then
+        services_install redis-server || return 1
+    fi
+    local dir port
+    dir=$(services_dir)/redis
+    mkdir -p "$dir"
+    port=$(free_port)
+    redis-server --port "$port" --bind 127.0.0.1 --dir "$dir" --save '' --appendonly no \
+        --daemonize yes --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" || {
+        echo "services: the private redis-server did not start" >&2
+        return 1
+    }
+    services_stops+=("kill \$(cat '$dir/redis.pid')")
+    export SIGMA_TEST_REDIS=redis://127.0.0.1:$port/0
+    local i
+    for i in $(seq 1 100); do
+        if redis_answers "$SIGMA_TEST_REDIS"; then
+            echo "Redis: $SIGMA_TEST_REDIS (private instance in $dir)"
+            return 0
+        fi
+        sleep 0.1
+    done
+    echo "services: the private Redis on port $port does not answer:" >&2
+    cat "$dir/redis.log" >&2
+    return 1
 }

@@ -6,9 +6,11 @@
 #      Debian's pebble (ACME tests of crates/sigma-tls and
 #      crates/sigma/tests/tls_acme.rs) and nginx (tests behind a reverse
 #      proxy); the servers the
-#      cluster tests need (scripts/services.sh: PostgreSQL on 127.0.0.1:5432,
-#      else Debian's postgresql started privately on a free port), exported
-#      as SIGMA_TEST_POSTGRES so that those tests fail rather than skip
+#      cluster tests need (scripts/services.sh: PostgreSQL on 127.0.0.1:5432
+#      and Redis on 127.0.0.1:6379, else Debian's postgresql and
+#      redis-server started privately on free ports), exported as
+#      SIGMA_TEST_POSTGRES and SIGMA_TEST_REDIS so that those tests fail
+#      rather than skip
 #   2. static checks: links and layout (scripts/check_*.py), cargo fmt
 #      --check, cargo clippy -D warnings, and
 #      that the fuzz targets still compile against the crates they drive
@@ -50,6 +52,7 @@ fi
 step "services (scripts/services.sh)"
 source scripts/services.sh
 ensure_postgres
+ensure_redis
 
 step "links in README and docs resolve inside the repository"
 python3 scripts/check_links.py

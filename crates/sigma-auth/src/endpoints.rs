@@ -161,6 +161,34 @@ fn parse_credentials(req: &HttpRequest) -> Option<Credentials> {
     }
 }
 
+/// The 429 of a refused login attempt, counted and logged.
+fn throttled(
+    auth: &Auth,
+    t: crate::throttle::Throttled,
+    user: &str,
+    client: std::net::IpAddr,
+) -> sigma_http::Response {
+    auth.metrics.reject(t.reason);
+    if auth.metrics.may_log() {
+        tracing::warn!(
+            target: crate::SECURITY,
+            event = "login_throttled",
+            user = %user,
+            client = %client,
+            limit = t.reason,
+            "login throttled"
+        );
+    }
+    let secs = t.retry_after_secs();
+    with_retry_after(
+        json_response(
+            429,
+            json!({"error": "too_many_attempts", "retry_after": secs}),
+        ),
+        secs,
+    )
+}
+
 fn login(auth: &Arc<Auth>, call: &Call<'_>) -> Handled {
     let identity = call.identity.clone();
     let tag = |resp| Handled::Ready(Tagged::new(identity.clone(), resp));
@@ -178,27 +206,7 @@ fn login(auth: &Arc<Auth>, call: &Call<'_>) -> Handled {
     };
     let attempt = match auth.throttle.begin(call.client_ip, &creds.user) {
         Ok(attempt) => attempt,
-        Err(t) => {
-            auth.metrics.reject(t.reason);
-            if auth.metrics.may_log() {
-                tracing::warn!(
-                    target: crate::SECURITY,
-                    event = "login_throttled",
-                    user = %creds.user,
-                    client = %call.client_ip,
-                    limit = t.reason,
-                    "login throttled"
-                );
-            }
-            let secs = t.retry_after_secs();
-            return tag(with_retry_after(
-                json_response(
-                    429,
-                    json!({"error": "too_many_attempts", "retry_after": secs}),
-                ),
-                secs,
-            ));
-        }
+        Err(t) => return tag(throttled(auth, t, &creds.user, call.client_ip)),
     };
     // The Argon2 queue: full means answer now, not wait behind a flood.
     let Some(ticket) = auth.passwords.admit() else {
@@ -222,6 +230,13 @@ fn login(auth: &Arc<Auth>, call: &Call<'_>) -> Handled {
         _ => None,
     };
     Handled::Later(Box::pin(async move {
+        if let Some(shared) = &auth.shared_throttle {
+            let now = auth.clock().unix_ms() / 1000;
+            if let Err(t) = shared.check(client, &creds.user, now).await {
+                auth.throttle.unverified(attempt);
+                return Tagged::new(identity, throttled(&auth, t, &creds.user, client));
+            }
+        }
         let phc = if sigma_store::valid_user_name(&creds.user) {
             match auth.store.user_get(&creds.user) {
                 Ok(u) => u.map(|u| u.phc),
@@ -236,8 +251,11 @@ fn login(auth: &Arc<Auth>, call: &Call<'_>) -> Handled {
         // same time.
         let ok = auth.passwords.verify(ticket, phc, creds.password).await;
         if !ok {
-            // The attempt's failure budget stays spent.
+            // The attempt's failure budget stays spent, on every node.
             drop(attempt);
+            if let Some(shared) = &auth.shared_throttle {
+                shared.failed(client, &creds.user).await;
+            }
             auth.metrics.reject("login_failed");
             if auth.metrics.may_log() {
                 tracing::warn!(

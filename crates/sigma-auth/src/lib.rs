@@ -44,6 +44,7 @@ pub mod password;
 pub mod policy;
 pub mod revoke;
 pub mod session;
+pub mod shared_throttle;
 pub mod throttle;
 
 use std::fmt;
@@ -170,6 +171,8 @@ pub struct Auth {
     store: Arc<dyn Store>,
     passwords: password::Verifier,
     throttle: throttle::Throttle,
+    /// The login limits every node shares (`[cluster] redis`), if any.
+    shared_throttle: Option<shared_throttle::SharedThrottle>,
     config: AuthConfig,
     metrics: Arc<dyn Rejects>,
     /// Where `A` reads the time (a fake one in tests).
@@ -302,11 +305,24 @@ impl Auth {
                 failures_per_user: config.login_failures_per_user_per_minute,
                 failures: config.login_failures_per_minute,
             }),
+            shared_throttle: None,
             config: config.clone(),
             metrics,
             clock: Arc::new(SystemClock),
             oauth,
         })
+    }
+
+    /// `A` whose login limits are also counted in `counters`, shared by
+    /// every node of a cluster ([`shared_throttle`]).
+    pub fn with_shared_counters(mut self, counters: Arc<dyn sigma_store::SharedCounters>) -> Self {
+        let limits = throttle::Limits {
+            per_addr: self.config.login_per_ip_per_minute,
+            failures_per_user: self.config.login_failures_per_user_per_minute,
+            failures: self.config.login_failures_per_minute,
+        };
+        self.shared_throttle = Some(shared_throttle::SharedThrottle::new(counters, limits));
+        self
     }
 
     /// `A` reading the time from `clock` instead of the system's (tests

@@ -34,6 +34,9 @@ pub struct Build<'a, 'w> {
     pub ca: Option<&'a std::path::Path>,
     /// `[broadcast]`: each `&broadcast` route gets its own hub with its rules.
     pub broadcast: &'a BroadcastConfig,
+    /// Where each `&broadcast` hub gets its broker: in-process, or Redis
+    /// with `[cluster] redis`.
+    pub brokers: &'a dyn Brokers,
     /// The one `&db` service every `&db` route shares.
     pub db: &'a Arc<DbService>,
     /// What an upstream takes from `[websocket]` and from A.
@@ -44,6 +47,42 @@ pub struct Build<'a, 'w> {
     /// Makes the listener's one `&world` service on first use, or
     /// returns it again.
     pub world: &'a mut (dyn FnMut() -> Result<Arc<dyn Destination>, UnavailableDestination> + 'w),
+}
+
+/// Makes the broker of each `&broadcast` hub (DESIGN §7): one process
+/// ([`InProcess`]) or several nodes through Redis.
+pub trait Brokers: Sync {
+    /// The broker of the hub of route `namespace` (its path without a
+    /// trailing `/`), delivering to `handler`.
+    fn broker(
+        &self,
+        namespace: &str,
+        handler: std::sync::Weak<dyn sigma_store::BrokerHandler>,
+    ) -> Arc<dyn sigma_store::Broker>;
+}
+
+/// Every hub on its own in-process broker.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct InProcess;
+
+impl Brokers for InProcess {
+    fn broker(
+        &self,
+        _: &str,
+        handler: std::sync::Weak<dyn sigma_store::BrokerHandler>,
+    ) -> Arc<dyn sigma_store::Broker> {
+        crate::broadcast::memory_broker(handler)
+    }
+}
+
+impl Brokers for sigma_store::Cluster {
+    fn broker(
+        &self,
+        namespace: &str,
+        handler: std::sync::Weak<dyn sigma_store::BrokerHandler>,
+    ) -> Arc<dyn sigma_store::Broker> {
+        sigma_store::Cluster::broker(self, namespace, handler, 0)
+    }
 }
 
 /// One destination's factory: the `to` it takes, and how to build it.

@@ -74,8 +74,29 @@ pub trait BrokerHandler: Send + Sync {
     /// A publication on `channel`, which this node subscribed to. Called
     /// once per publication, in offset order per channel, possibly while
     /// the broker holds that channel's lock: it must not block and must
-    /// not call back into the broker.
+    /// not publish.
     fn handle_publication(&self, channel: &str, publication: &Publication);
+
+    /// The broker lost its connection to the other nodes: publications
+    /// made meanwhile may never reach this node. The hub closes its
+    /// subscribers (1011), who come back and find out what they missed.
+    /// The in-process broker never calls it.
+    fn handle_lost(&self) {}
+}
+
+/// The answer of a broker operation that may cross the network.
+pub type BrokerFuture<T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, BrokerError>> + Send + 'static>>;
+
+/// Fixed-window event counters shared by every node (login throttles
+/// across a cluster): Redis in a cluster; one node needs none (its
+/// throttles are in memory).
+pub trait SharedCounters: Send + Sync {
+    /// Counts one event under `key` in the current `window`: the count so
+    /// far, this one included.
+    fn hit(&self, key: &str, window: std::time::Duration) -> BrokerFuture<u64>;
+    /// The count of `key` in the current `window`.
+    fn count(&self, key: &str, window: std::time::Duration) -> BrokerFuture<u64>;
 }
 
 /// A channel broker: node-level subscriptions, ordered publishing,
@@ -86,29 +107,33 @@ pub trait BrokerHandler: Send + Sync {
 /// next offset, appending to the history and handing the publication to
 /// every subscribed node's handler are one atomic step, so every node
 /// sees a channel's publications in the same order, without gaps or
-/// repeats within an epoch. Across channels there is no order.
+/// repeats within an epoch. Across channels there is no order. Two
+/// [`publish`](Broker::publish) calls made one after the other (by one
+/// socket, say) take their offsets in that order, even before either
+/// future is polled.
 pub trait Broker: Send + Sync + 'static {
     /// Starts delivering `channel`'s publications to this node (the hub
-    /// calls it when a channel gets its first local subscriber). Idempotent;
-    /// returns the stream's current position.
-    fn subscribe(&self, channel: &str) -> Result<StreamPosition, BrokerError>;
+    /// calls it when a channel gets its first local subscriber).
+    /// Idempotent. Fails while the broker cannot deliver.
+    fn subscribe(&self, channel: &str) -> Result<(), BrokerError>;
     /// Stops delivering `channel` to this node (its last local subscriber
     /// left). Idempotent. A publish racing it may still be delivered once.
-    fn unsubscribe(&self, channel: &str) -> Result<(), BrokerError>;
-    /// Publishes `data` on `channel`: its position, or `None` if no node
-    /// listens to the channel (then nothing is kept: publishing to made-up
-    /// channels grows nothing).
-    fn publish(&self, channel: &str, data: Bytes) -> Result<Option<StreamPosition>, BrokerError>;
+    fn unsubscribe(&self, channel: &str);
+    /// Publishes `data` on `channel`: its position, or `None` when the
+    /// broker knows that no node listens to the channel (the in-process
+    /// one: then nothing is kept, and publishing to made-up channels grows
+    /// nothing; Redis keeps such a stream for its time to live only).
+    fn publish(&self, channel: &str, data: Bytes) -> BrokerFuture<Option<StreamPosition>>;
     /// Up to `limit` of the kept publications of `channel` with an offset
     /// above `after` (all kept ones if `None`), oldest first, and the
-    /// stream's position. A channel nobody listens to has an empty history
+    /// stream's position. A channel without a stream has an empty history
     /// at offset 0.
-    fn history(
-        &self,
-        channel: &str,
-        after: Option<u64>,
-        limit: usize,
-    ) -> Result<History, BrokerError>;
+    fn history(&self, channel: &str, after: Option<u64>, limit: usize) -> BrokerFuture<History>;
+    /// False while the broker cannot reach the other nodes (publishing
+    /// fails; subscribers were told by [`BrokerHandler::handle_lost`]).
+    fn available(&self) -> bool {
+        true
+    }
 }
 
 /// One channel's stream in the [`MemoryBroker`].
@@ -181,34 +206,15 @@ impl MemoryBroker {
     }
 }
 
-impl Broker for MemoryBroker {
-    fn subscribe(&self, channel: &str) -> Result<StreamPosition, BrokerError> {
-        if let Some(stream) = self.stream(channel) {
-            return Ok(lock(&stream).position);
-        }
-        let mut streams = write(&self.streams);
-        let stream = streams.entry(channel.to_owned()).or_insert_with(|| {
-            Arc::new(Mutex::new(Stream {
-                position: StreamPosition {
-                    offset: 0,
-                    epoch: self.next_epoch.fetch_add(1, Ordering::Relaxed),
-                },
-                history: VecDeque::new(),
-            }))
-        });
-        let position = lock(stream).position;
-        Ok(position)
-    }
+fn ready<T: Send + 'static>(v: T) -> BrokerFuture<T> {
+    Box::pin(std::future::ready(Ok(v)))
+}
 
-    fn unsubscribe(&self, channel: &str) -> Result<(), BrokerError> {
-        write(&self.streams).remove(channel);
-        Ok(())
-    }
-
-    fn publish(&self, channel: &str, data: Bytes) -> Result<Option<StreamPosition>, BrokerError> {
-        let Some(stream) = self.stream(channel) else {
-            return Ok(None);
-        };
+impl MemoryBroker {
+    /// The publish step, done at once (the future of
+    /// [`Broker::publish`] is ready).
+    fn publish_now(&self, channel: &str, data: Bytes) -> Option<StreamPosition> {
+        let stream = self.stream(channel)?;
         let mut st = lock(&stream);
         // Saturates instead of wrapping: 2^64 publications never happen,
         // and a repeated offset would be worse than a stuck one.
@@ -228,23 +234,18 @@ impl Broker for MemoryBroker {
         if let Some(handler) = self.handler.upgrade() {
             handler.handle_publication(channel, &publication);
         }
-        Ok(Some(st.position))
+        Some(st.position)
     }
 
-    fn history(
-        &self,
-        channel: &str,
-        after: Option<u64>,
-        limit: usize,
-    ) -> Result<History, BrokerError> {
+    fn history_now(&self, channel: &str, after: Option<u64>, limit: usize) -> History {
         let Some(stream) = self.stream(channel) else {
-            return Ok(History {
+            return History {
                 publications: Vec::new(),
                 position: StreamPosition {
                     offset: 0,
                     epoch: 0,
                 },
-            });
+            };
         };
         let st = lock(&stream);
         let publications = st
@@ -254,10 +255,44 @@ impl Broker for MemoryBroker {
             .take(limit)
             .cloned()
             .collect();
-        Ok(History {
+        History {
             publications,
             position: st.position,
-        })
+        }
+    }
+}
+
+impl Broker for MemoryBroker {
+    fn subscribe(&self, channel: &str) -> Result<(), BrokerError> {
+        if self.stream(channel).is_some() {
+            return Ok(());
+        }
+        // Never takes a stream's lock while holding the map's: a publisher
+        // holds a stream's lock while its handler may end up here.
+        write(&self.streams)
+            .entry(channel.to_owned())
+            .or_insert_with(|| {
+                Arc::new(Mutex::new(Stream {
+                    position: StreamPosition {
+                        offset: 0,
+                        epoch: self.next_epoch.fetch_add(1, Ordering::Relaxed),
+                    },
+                    history: VecDeque::new(),
+                }))
+            });
+        Ok(())
+    }
+
+    fn unsubscribe(&self, channel: &str) {
+        write(&self.streams).remove(channel);
+    }
+
+    fn publish(&self, channel: &str, data: Bytes) -> BrokerFuture<Option<StreamPosition>> {
+        ready(self.publish_now(channel, data))
+    }
+
+    fn history(&self, channel: &str, after: Option<u64>, limit: usize) -> BrokerFuture<History> {
+        ready(self.history_now(channel, after, limit))
     }
 }
 
@@ -273,51 +308,57 @@ mod tests {
         }
     }
 
+    fn offset(p: Option<StreamPosition>) -> Option<u64> {
+        p.map(|p| p.offset)
+    }
+
     #[test]
     fn a_resubscribed_channel_starts_a_new_epoch() {
         let count = Arc::new(Count(AtomicU64::new(0)));
         let weak: Weak<dyn BrokerHandler> = Arc::downgrade(&count) as _;
         let b = MemoryBroker::new(weak, 4);
-        let first = b.subscribe("c").unwrap();
+        b.subscribe("c").unwrap();
+        let first = b.history_now("c", None, 0).position;
         assert_eq!(
-            b.publish("c", Bytes::from_static(b"x"))
-                .unwrap()
-                .map(|p| p.offset),
+            offset(b.publish_now("c", Bytes::from_static(b"x"))),
             Some(1)
         );
-        b.unsubscribe("c").unwrap();
+        b.unsubscribe("c");
         assert_eq!(b.channel_count(), 0);
-        let second = b.subscribe("c").unwrap();
-        assert_eq!(second.offset, 0);
-        assert_ne!(second.epoch, first.epoch);
-        assert!(b.history("c", None, 10).unwrap().publications.is_empty());
+        b.subscribe("c").unwrap();
+        let second = b.history_now("c", None, 10);
+        assert_eq!(second.position.offset, 0);
+        assert_ne!(second.position.epoch, first.epoch);
+        assert!(second.publications.is_empty());
         assert_eq!(count.0.load(Ordering::Relaxed), 1);
     }
 
     #[test]
     fn two_brokers_start_at_different_epochs() {
         let none: Weak<dyn BrokerHandler> = Weak::<Count>::new();
-        let a = MemoryBroker::new(none.clone(), 0).subscribe("c").unwrap();
-        let b = MemoryBroker::new(none, 0).subscribe("c").unwrap();
-        assert_ne!(a.epoch, b.epoch);
+        let (a, b) = (
+            MemoryBroker::new(none.clone(), 0),
+            MemoryBroker::new(none, 0),
+        );
+        a.subscribe("c").unwrap();
+        b.subscribe("c").unwrap();
+        assert_ne!(
+            a.history_now("c", None, 0).position.epoch,
+            b.history_now("c", None, 0).position.epoch
+        );
     }
 
     #[test]
     fn publishing_without_a_handler_still_counts() {
         let b = MemoryBroker::new(Weak::<Count>::new(), 0);
         b.subscribe("c").unwrap();
-        assert_eq!(
-            b.publish("c", Bytes::new()).unwrap().map(|p| p.offset),
-            Some(1)
-        );
-        assert_eq!(
-            b.publish("c", Bytes::new()).unwrap().map(|p| p.offset),
-            Some(2)
-        );
+        assert_eq!(offset(b.publish_now("c", Bytes::new())), Some(1));
+        assert_eq!(offset(b.publish_now("c", Bytes::new())), Some(2));
         // history_size 0 keeps nothing.
-        let h = b.history("c", None, 10).unwrap();
+        let h = b.history_now("c", None, 10);
         assert!(h.publications.is_empty());
         assert_eq!(h.position.offset, 2);
         assert!(format!("{b:?}").contains("channels: 1"));
+        assert!(b.available());
     }
 }

@@ -2,25 +2,31 @@
 //! implementation.
 //!
 //! Test-only; the broker's counterpart of `suite.rs`. Each test gets a
-//! fresh broker from a factory `fn(handler, history_size) -> Arc<dyn
-//! Broker>` and a [`Recorder`] as this node's handler, and uses nothing
-//! but the trait. Adding an implementation is one line at the bottom:
-//! `broker_suite!(name: factory);`.
+//! fresh broker from a [`Factory`] and a [`Recorder`] as this node's
+//! handler, and uses nothing but the trait, on a runtime of its own
+//! (Redis delivers from a task). Deliveries are awaited, never slept
+//! for: [`Recorder::wait`] blocks until the count is reached. Adding an
+//! implementation is one line at the bottom: `broker_suite!(name: factory);`.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex, Weak};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
 use crate::{Broker, BrokerHandler, MemoryBroker, Publication, StreamPosition};
 
 /// Makes a broker delivering to `handler` that keeps `history_size`
-/// publications per channel.
-pub(crate) type Factory = fn(Weak<dyn BrokerHandler>, usize) -> Arc<dyn Broker>;
+/// publications per channel (`None`: this implementation's server is not
+/// there, the test says so and passes).
+pub(crate) type Factory =
+    fn(Weak<dyn BrokerHandler>, usize) -> Pin<Box<dyn Future<Output = Option<Arc<dyn Broker>>>>>;
 
 /// This node's handler: what it was handed, in order.
 #[derive(Default)]
-pub(crate) struct Recorder(Mutex<Vec<(String, Publication)>>);
+pub(crate) struct Recorder(Mutex<Vec<(String, Publication)>>, Condvar);
 
 impl BrokerHandler for Recorder {
     fn handle_publication(&self, channel: &str, publication: &Publication) {
@@ -28,6 +34,7 @@ impl BrokerHandler for Recorder {
             .lock()
             .unwrap()
             .push((channel.to_owned(), publication.clone()));
+        self.1.notify_all();
     }
 }
 
@@ -45,13 +52,53 @@ impl Recorder {
     fn len(&self) -> usize {
         self.0.lock().unwrap().len()
     }
+
+    /// Blocks until `n` publications were handed over (at most 10 s).
+    fn wait(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut got = self.0.lock().unwrap();
+        while got.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "{} of {n} publications delivered",
+                got.len()
+            );
+            got = self.1.wait_timeout(got, left).unwrap().0;
+        }
+    }
+}
+
+/// One test's broker, its recorder and its runtime.
+struct Bench {
+    b: Arc<dyn Broker>,
+    rec: Arc<Recorder>,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Bench {
+    fn publish(&self, channel: &str, d: &'static str) -> Option<StreamPosition> {
+        self.rt.block_on(self.b.publish(channel, data(d))).unwrap()
+    }
+
+    fn history(&self, channel: &str, after: Option<u64>, limit: usize) -> crate::History {
+        self.rt
+            .block_on(self.b.history(channel, after, limit))
+            .unwrap()
+    }
 }
 
 /// A broker and the recorder it delivers to (kept alive by the test).
-fn open(factory: Factory, history_size: usize) -> (Arc<dyn Broker>, Arc<Recorder>) {
-    let recorder = Arc::new(Recorder::default());
-    let weak: Weak<dyn BrokerHandler> = Arc::downgrade(&recorder) as _;
-    (factory(weak, history_size), recorder)
+fn open(factory: Factory, history_size: usize) -> Option<Bench> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let rec = Arc::new(Recorder::default());
+    let weak: Weak<dyn BrokerHandler> = Arc::downgrade(&rec) as _;
+    let b = rt.block_on(factory(weak, history_size))?;
+    Some(Bench { b, rec, rt })
 }
 
 /// Declares `mod $name` with one `#[test]` per behaviour test, each on a
@@ -60,7 +107,7 @@ macro_rules! broker_suite {
     ($name:ident: $factory:expr) => {
         mod $name {
             broker_suite!(@tests $factory;
-                publishing_to_a_channel_nobody_listens_to_keeps_nothing,
+                publishing_to_a_channel_nobody_listens_to_delivers_nothing,
                 offsets_count_from_one_in_one_epoch,
                 channels_are_separate,
                 unsubscribing_stops_delivery,
@@ -84,90 +131,116 @@ fn data(s: &'static str) -> Bytes {
     Bytes::from_static(s.as_bytes())
 }
 
-pub(crate) fn publishing_to_a_channel_nobody_listens_to_keeps_nothing(factory: Factory) {
-    let (b, rec) = open(factory, 8);
-    assert_eq!(b.publish("nobody", data("x")).unwrap(), None);
-    let h = b.history("nobody", None, 10).unwrap();
-    assert!(h.publications.is_empty());
-    assert_eq!(h.position.offset, 0);
-    assert_eq!(rec.len(), 0);
+pub(crate) fn publishing_to_a_channel_nobody_listens_to_delivers_nothing(factory: Factory) {
+    let Some(t) = open(factory, 8) else { return };
+    match t.publish("nobody", "x") {
+        // The in-process broker knows nobody listens: nothing is kept.
+        None => {
+            let h = t.history("nobody", None, 10);
+            assert!(h.publications.is_empty());
+            assert_eq!(h.position.offset, 0);
+        }
+        Some(p) => assert_eq!(p.offset, 1),
+    }
+    // A later publication on a subscribed channel is the first delivered.
+    t.b.subscribe("c").unwrap();
+    t.publish("c", "y");
+    t.rec.wait(1);
+    assert_eq!(t.rec.len(), 1);
+    assert_eq!(t.rec.offsets("c"), [1]);
 }
 
 pub(crate) fn offsets_count_from_one_in_one_epoch(factory: Factory) {
-    let (b, rec) = open(factory, 8);
-    let start = b.subscribe("c").unwrap();
+    let Some(t) = open(factory, 8) else { return };
+    t.b.subscribe("c").unwrap();
+    let start = t.history("c", None, 0).position;
     assert_eq!(start.offset, 0);
-    let mut got = Vec::new();
-    for d in ["a", "b", "c"] {
-        got.push(b.publish("c", data(d)).unwrap().unwrap());
-    }
+    let got: Vec<_> = ["a", "b", "c"]
+        .into_iter()
+        .map(|d| t.publish("c", d).unwrap())
+        .collect();
+    let epoch = got[0].epoch;
     let want: Vec<_> = (1..=3)
-        .map(|offset| StreamPosition {
-            offset,
-            epoch: start.epoch,
-        })
+        .map(|offset| StreamPosition { offset, epoch })
         .collect();
     assert_eq!(got, want);
+    t.rec.wait(3);
     // Delivered in order, with the payloads as published.
-    let delivered = rec.0.lock().unwrap().clone();
+    let delivered = t.rec.0.lock().unwrap().clone();
     let payloads: Vec<_> = delivered.iter().map(|(_, p)| p.data.clone()).collect();
     assert_eq!(payloads, [data("a"), data("b"), data("c")]);
-    assert_eq!(rec.offsets("c"), [1, 2, 3]);
-    // Subscribing again is idempotent and reports the top.
-    assert_eq!(b.subscribe("c").unwrap(), want[2]);
-    b.publish("c", data("d")).unwrap();
-    assert_eq!(rec.offsets("c"), [1, 2, 3, 4], "delivered once, not twice");
+    assert_eq!(t.rec.offsets("c"), [1, 2, 3]);
+    assert_eq!(delivered[2].1.position, want[2]);
+    // The stream reports its top; subscribing again is idempotent.
+    assert_eq!(t.history("c", None, 0).position, want[2]);
+    t.b.subscribe("c").unwrap();
+    t.publish("c", "d");
+    t.rec.wait(4);
+    assert_eq!(
+        t.rec.offsets("c"),
+        [1, 2, 3, 4],
+        "delivered once, not twice"
+    );
 }
 
 pub(crate) fn channels_are_separate(factory: Factory) {
-    let (b, rec) = open(factory, 8);
-    b.subscribe("a").unwrap();
-    b.subscribe("b").unwrap();
-    b.publish("a", data("1")).unwrap();
-    b.publish("a", data("2")).unwrap();
-    assert_eq!(b.publish("b", data("3")).unwrap().unwrap().offset, 1);
-    assert_eq!(rec.offsets("a"), [1, 2]);
-    assert_eq!(rec.offsets("b"), [1]);
-    let h = b.history("b", None, 10).unwrap();
+    let Some(t) = open(factory, 8) else { return };
+    t.b.subscribe("a").unwrap();
+    t.b.subscribe("b").unwrap();
+    t.publish("a", "1");
+    t.publish("a", "2");
+    assert_eq!(t.publish("b", "3").unwrap().offset, 1);
+    t.rec.wait(3);
+    assert_eq!(t.rec.offsets("a"), [1, 2]);
+    assert_eq!(t.rec.offsets("b"), [1]);
+    let h = t.history("b", None, 10);
     assert_eq!(h.publications.len(), 1);
     assert_eq!(h.publications[0].data, data("3"));
 }
 
 pub(crate) fn unsubscribing_stops_delivery(factory: Factory) {
-    let (b, rec) = open(factory, 8);
-    b.subscribe("c").unwrap();
-    b.publish("c", data("1")).unwrap();
-    b.unsubscribe("c").unwrap();
-    b.unsubscribe("c").unwrap(); // idempotent
-    b.publish("c", data("2")).unwrap();
-    assert_eq!(rec.offsets("c"), [1]);
+    let Some(t) = open(factory, 8) else { return };
+    t.b.subscribe("c").unwrap();
+    t.b.subscribe("d").unwrap();
+    t.publish("c", "1");
+    t.rec.wait(1);
+    t.b.unsubscribe("c");
+    t.b.unsubscribe("c"); // idempotent
+    t.publish("c", "2");
+    // A publication on "d" after it: once it is in, "c"'s would be too.
+    t.publish("d", "3");
+    t.rec.wait(2);
+    assert_eq!(t.rec.offsets("c"), [1]);
+    assert_eq!(t.rec.offsets("d"), [1]);
 }
 
 pub(crate) fn a_position_is_never_given_twice(factory: Factory) {
-    let (b, _rec) = open(factory, 8);
+    let Some(t) = open(factory, 8) else { return };
     let mut seen = HashSet::new();
     for _ in 0..3 {
-        seen.insert(b.subscribe("c").unwrap());
+        t.b.subscribe("c").unwrap();
         for _ in 0..3 {
-            let p = b.publish("c", data("x")).unwrap().unwrap();
+            let p = t.publish("c", "x").unwrap();
             assert!(seen.insert(p), "{p:?} given twice");
         }
-        b.unsubscribe("c").unwrap();
+        t.b.unsubscribe("c");
     }
 }
 
 pub(crate) fn concurrent_publishers_are_seen_in_one_order(factory: Factory) {
     const THREADS: u64 = 4;
     const EACH: u64 = 200;
-    let (b, rec) = open(factory, 0);
-    let epoch = b.subscribe("c").unwrap().epoch;
+    let Some(t) = open(factory, 0) else { return };
+    t.b.subscribe("c").unwrap();
+    let epoch = t.publish("c", "first").unwrap().epoch;
     let handles: Vec<_> = (0..THREADS)
         .map(|_| {
-            let b = Arc::clone(&b);
+            let b = Arc::clone(&t.b);
+            let rt = t.rt.handle().clone();
             std::thread::spawn(move || {
                 let mut last = 0;
                 for _ in 0..EACH {
-                    let p = b.publish("c", data("x")).unwrap().unwrap();
+                    let p = rt.block_on(b.publish("c", data("x"))).unwrap().unwrap();
                     assert_eq!(p.epoch, epoch);
                     assert!(p.offset > last, "a publisher's offsets go up");
                     last = p.offset;
@@ -179,15 +252,18 @@ pub(crate) fn concurrent_publishers_are_seen_in_one_order(factory: Factory) {
         h.join().unwrap();
     }
     // Every offset once, and the handler saw them in offset order.
-    let want: Vec<u64> = (1..=THREADS * EACH).collect();
-    assert_eq!(rec.offsets("c"), want);
+    let n = THREADS * EACH + 1;
+    t.rec.wait(usize::try_from(n).unwrap());
+    let want: Vec<u64> = (1..=n).collect();
+    assert_eq!(t.rec.offsets("c"), want);
 }
 
 pub(crate) fn history_is_bounded_and_filtered(factory: Factory) {
-    let (b, _rec) = open(factory, 3);
-    let epoch = b.subscribe("c").unwrap().epoch;
-    for d in ["1", "2", "3", "4", "5"] {
-        b.publish("c", data(d)).unwrap();
+    let Some(t) = open(factory, 3) else { return };
+    t.b.subscribe("c").unwrap();
+    let epoch = t.publish("c", "1").unwrap().epoch;
+    for d in ["2", "3", "4", "5"] {
+        t.publish("c", d);
     }
     let offsets = |h: crate::History| {
         assert_eq!(
@@ -200,21 +276,27 @@ pub(crate) fn history_is_bounded_and_filtered(factory: Factory) {
             .map(|p| p.position.offset)
             .collect::<Vec<_>>()
     };
-    assert_eq!(offsets(b.history("c", None, 10).unwrap()), [3, 4, 5]);
-    assert_eq!(offsets(b.history("c", Some(3), 10).unwrap()), [4, 5]);
-    assert_eq!(
-        offsets(b.history("c", Some(5), 10).unwrap()),
-        Vec::<u64>::new()
-    );
-    assert_eq!(offsets(b.history("c", None, 1).unwrap()), [3]);
-    assert_eq!(offsets(b.history("c", None, 0).unwrap()), Vec::<u64>::new());
-    let h = b.history("c", Some(4), 10).unwrap();
+    assert_eq!(offsets(t.history("c", None, 10)), [3, 4, 5]);
+    assert_eq!(offsets(t.history("c", Some(3), 10)), [4, 5]);
+    assert_eq!(offsets(t.history("c", Some(5), 10)), Vec::<u64>::new());
+    assert_eq!(offsets(t.history("c", None, 1)), [3]);
+    assert_eq!(offsets(t.history("c", None, 0)), Vec::<u64>::new());
+    let h = t.history("c", Some(4), 10);
     assert_eq!(h.publications[0].data, data("5"));
+    assert_eq!(
+        h.publications[0].position,
+        StreamPosition { offset: 5, epoch }
+    );
 }
 
-fn memory(handler: Weak<dyn BrokerHandler>, history_size: usize) -> Arc<dyn Broker> {
-    Arc::new(MemoryBroker::new(handler, history_size))
+/// A broker under test, or `None` where its server is not running.
+pub(crate) type NewBroker = Pin<Box<dyn Future<Output = Option<Arc<dyn Broker>>>>>;
+
+fn memory(handler: Weak<dyn BrokerHandler>, history_size: usize) -> NewBroker {
+    let b: Arc<dyn Broker> = Arc::new(MemoryBroker::new(handler, history_size));
+    Box::pin(std::future::ready(Some(b)))
 }
 
 // The implementations. A new one adds its line here.
 broker_suite!(memory: super::memory);
+broker_suite!(redis: crate::redis::tests::suite_broker);

@@ -59,6 +59,7 @@ mod migrate;
 mod migrate_tests;
 mod pg_store;
 mod redb_store;
+mod redis;
 mod secrets;
 mod sessions;
 #[cfg(test)]
@@ -67,7 +68,8 @@ mod users;
 
 pub use apikeys::{valid_key_hash, ApiKeyRecord, ApiKeyStore};
 pub use broker::{
-    Broker, BrokerError, BrokerHandler, History, MemoryBroker, Publication, StreamPosition,
+    Broker, BrokerError, BrokerFuture, BrokerHandler, History, MemoryBroker, Publication,
+    SharedCounters, StreamPosition,
 };
 pub use error::{KvError, StoreError};
 pub use kv::{
@@ -77,6 +79,9 @@ pub use kv::{
 pub use migrate::{migrate_redb_to_pg, MigrateReport};
 pub use pg_store::{PgStore, PG_NOTIFY_CHANNEL, PG_SCHEMA_VERSION};
 pub use redb_store::{RedbStore, CACHE_BYTES, DB_FILE, NONDURABLE_MAX_AGE, SCHEMA_VERSION};
+pub use redis::{
+    Cluster, ClusterError, ClusterStatus, RedisBroker, DEFAULT_TTL, PUBLISH_QUEUE, REDIS_TIMEOUT,
+};
 pub use secrets::{SecretStore, MAX_SECRET_LEN};
 pub use sessions::{
     Revocation, RevocationListener, SessionId, SessionRecord, SessionStore, SESSION_COOKIE_LEN,

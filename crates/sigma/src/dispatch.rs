@@ -908,7 +908,7 @@ impl<'a> Dispatch<'a> {
                 .auth
                 .as_ref()
                 .map(|a| sigma_core::response::json_response(200, a.jwks())),
-            b"/healthz" if get => Some(crate::health::health_response(self.ctx.store.status())),
+            b"/healthz" if get => Some(crate::health::health_response(&self.ctx.health)),
             b"/metrics" if get => {
                 if !self.gen.metrics_allow.iter().any(|n| n.contains(client)) {
                     return Some(plain(403, "forbidden\n"));
@@ -916,7 +916,7 @@ impl<'a> Dispatch<'a> {
                 Some(crate::health::metrics_response(
                     &self.ctx.metrics,
                     self.ctx.limiter.open(),
-                    self.ctx.store.status(),
+                    &self.ctx.health,
                     &self.gen.routes,
                 ))
             }

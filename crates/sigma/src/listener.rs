@@ -117,8 +117,8 @@ pub struct ListenerCtx {
     /// What the listener does for TLS before `A` (redirect, `http-01`,
     /// HSTS).
     pub front: crate::front::Front,
-    /// The store's connection state, for `/healthz` and `/metrics`.
-    pub store: Arc<dyn crate::store::StoreHealth>,
+    /// The dependencies' states, for `/healthz` and `/metrics`.
+    pub health: crate::health::Deps,
 }
 
 /// A listener could not be opened (the address is in use, not ours, ...):

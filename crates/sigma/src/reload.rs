@@ -130,7 +130,7 @@ pub fn check(config: &Config) -> anyhow::Result<()> {
     let store: Arc<dyn crate::store::Store> = Arc::new(crate::store::RedbStore::in_memory()?);
     let metrics = Arc::new(crate::metrics::Metrics::default());
     let audit: Arc<dyn sigma_core::ReplyAudit> = metrics;
-    RouteTable::build(config, &store, &audit)?;
+    RouteTable::build(config, &store, &audit, &sigma_dest::factory::InProcess)?;
     check_auth(config)
 }
 
@@ -142,6 +142,9 @@ pub(crate) fn not_reloaded(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if old.store != new.store {
         out.push("[store]");
+    }
+    if old.cluster != new.cluster {
+        out.push("[cluster]");
     }
     if old.auth != new.auth {
         out.push("[auth]");

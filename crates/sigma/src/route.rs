@@ -216,6 +216,7 @@ fn world_targets(
     config: &crate::config::Config,
     routes: &[Route],
     db: &Arc<crate::db::DbService>,
+    brokers: &dyn sigma_dest::factory::Brokers,
 ) -> Result<Vec<Arc<dyn Destination>>, UnavailableDestination> {
     use crate::config::Destination as To;
     let mut targets = Vec::with_capacity(config.world.len());
@@ -228,7 +229,8 @@ fn world_targets(
             (Some(d), _) => d,
             (None, To::Echo) => Arc::new(crate::echo::Echo),
             (None, To::Broadcast) => {
-                crate::broadcast::destination(&format!("/world/{}", w.name), &config.broadcast)
+                let path = format!("/world/{}", w.name);
+                crate::broadcast::destination(&path, &config.broadcast, brokers)
             }
             (None, To::Db) => crate::db::Db::destination(db, "/", crate::db::Scope::of(None)),
             // Config validation refuses these (`Destination::hosts_worlds`).
@@ -254,8 +256,9 @@ impl RouteTable {
         config: &crate::config::Config,
         store: &Arc<dyn crate::store::Store>,
         audit: &Arc<dyn sigma_core::ReplyAudit>,
+        brokers: &dyn sigma_dest::factory::Brokers,
     ) -> Result<Self, UnavailableDestination> {
-        Self::rebuild(config, store, audit, None)
+        Self::rebuild(config, store, audit, brokers, None)
     }
 
     /// [`RouteTable::build`] for a reload: a route whose destination is
@@ -270,6 +273,7 @@ impl RouteTable {
         config: &crate::config::Config,
         store: &Arc<dyn crate::store::Store>,
         audit: &Arc<dyn sigma_core::ReplyAudit>,
+        brokers: &dyn sigma_dest::factory::Brokers,
         prev: Option<&RouteTable>,
     ) -> Result<Self, UnavailableDestination> {
         let routes: &[RouteConfig] = &config.routes;
@@ -334,6 +338,7 @@ impl RouteTable {
                 proxy: r.proxy,
                 ca: r.ca.as_deref(),
                 broadcast: &config.broadcast,
+                brokers,
                 db: &db,
                 upstream: &upstream,
                 asserter: asserter.as_ref(),
@@ -363,7 +368,7 @@ impl RouteTable {
         }
         if let Some(w) = world.as_ref().filter(|_| !world_is_kept) {
             // `out` is still in `routes` order here.
-            w.bind(world_targets(config, &out, &db)?);
+            w.bind(world_targets(config, &out, &db, brokers)?);
         }
         // `config.routes` is already in match order (longest path first,
         // sorted once by the config): `out` keeps it.
@@ -489,7 +494,7 @@ to = "&world"
 "#;
         let table = |toml: &str, prev: Option<&RouteTable>| {
             let c = crate::config::from_str(toml, &[]).unwrap();
-            RouteTable::rebuild(&c, &store, &audit, prev).unwrap()
+            RouteTable::rebuild(&c, &store, &audit, &sigma_dest::factory::InProcess, prev).unwrap()
         };
         let kept = |a: &RouteTable, b: &RouteTable, path: &str| {
             let find = |t: &RouteTable| {

@@ -53,6 +53,9 @@ pub struct Running {
     /// The port of the first `S` listener at start (0: none), where the
     /// plain listeners' `[tls.http] redirect` points.
     tls_port: std::sync::atomic::AtomicU16,
+    /// The connection to Redis, when `[cluster] redis` is set (started
+    /// once; a reload does not change it).
+    cluster: Option<Arc<sigma_store::Cluster>>,
 }
 
 /// What a reload changes (behind one lock: reloads and the drain never
@@ -111,8 +114,14 @@ impl Running {
         crate::reload::check_auth(&config).map_err(ReloadError::Auth)?;
         let current = Arc::clone(&state.current);
         let old = current.load_full();
-        let routes = RouteTable::rebuild(&config, &self.store, &self.audit, Some(&old.routes))
-            .map_err(ReloadError::Routes)?;
+        let routes = RouteTable::rebuild(
+            &config,
+            &self.store,
+            &self.audit,
+            brokers(self.cluster.as_ref()),
+            Some(&old.routes),
+        )
+        .map_err(ReloadError::Routes)?;
         let mut commits = Vec::with_capacity(state.reloaders.len());
         for r in &state.reloaders {
             let c = (r.prepare)(&config).map_err(|error| ReloadError::Reloader {
@@ -183,6 +192,36 @@ impl Running {
     }
 }
 
+/// Where the `&broadcast` hubs publish: Redis when `[cluster] redis` is
+/// set, else in-process.
+fn brokers(cluster: Option<&Arc<sigma_store::Cluster>>) -> &dyn sigma_dest::factory::Brokers {
+    match cluster {
+        Some(c) => &**c,
+        None => &sigma_dest::factory::InProcess,
+    }
+}
+
+/// Connects to the Redis of `[cluster] redis`; an unreachable server is a
+/// warning (the node starts degraded and keeps retrying), not a failure.
+async fn start_cluster(
+    url: &str,
+    c: &crate::config::ClusterConfig,
+) -> anyhow::Result<sigma_store::Cluster> {
+    let cluster = sigma_store::Cluster::start(url, &c.prefix, sigma_store::DEFAULT_TTL)
+        .map_err(|e| anyhow::anyhow!("cluster.redis: {e}"))?;
+    if cluster.wait_up(sigma_store::REDIS_TIMEOUT).await {
+        let node = c.node.as_deref().unwrap_or("-");
+        tracing::info!(redis = cluster.target(), prefix = %c.prefix, node, "cluster: connected to Redis");
+    } else {
+        tracing::warn!(
+            redis = cluster.target(),
+            node = c.node.as_deref().unwrap_or("-"),
+            "cluster: Redis unreachable; broadcast answers 503 until it is back (retrying)"
+        );
+    }
+    Ok(cluster)
+}
+
 /// Binds the listening socket of `spec`.
 pub(crate) fn bind(
     spec: &pipeline::Listener,
@@ -199,7 +238,11 @@ pub(crate) fn bind(
 pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Running> {
     let metrics = Arc::new(Metrics::default());
     let audit: Arc<dyn sigma_core::ReplyAudit> = Arc::clone(&metrics) as _;
-    let routes = RouteTable::build(config, &store, &audit)?;
+    let cluster = match &config.cluster.redis {
+        Some(url) => Some(Arc::new(start_cluster(url, &config.cluster).await?)),
+        None => None,
+    };
+    let routes = RouteTable::build(config, &store, &audit, brokers(cluster.as_ref()))?;
     let current: CurrentGeneration = Arc::new(arc_swap::ArcSwap::from_pointee(Generation::new(
         routes,
         config.server.metrics_allow.clone(),
@@ -209,11 +252,16 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
         config.server.max_connections,
         config.server.max_connections_per_ip,
     );
-    let auth = Arc::new(Auth::new(
+    let mut auth = Auth::new(
         Arc::clone(&store),
         &config.auth,
         Arc::clone(&metrics) as Arc<dyn sigma_core::Rejects>,
-    )?);
+    )?;
+    if let Some(c) = &cluster {
+        // Login throttles counted on every node.
+        auth = auth.with_shared_counters(Arc::clone(c) as Arc<dyn sigma_store::SharedCounters>);
+    }
+    let auth = Arc::new(auth);
     // Sessions other nodes on a shared store ended close here too (4401).
     let weak = Arc::downgrade(&auth);
     store.listen_revocations(Box::new(move |r| {
@@ -243,6 +291,7 @@ pub async fn start(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Run
     let mut running = Running {
         tls: tls.clone(),
         tls_port: std::sync::atomic::AtomicU16::new(0),
+        cluster,
         addrs: Vec::new(),
         limiter,
         metrics,
@@ -364,7 +413,10 @@ impl Running {
             // From `A`'s config, which a reload does not change.
             trusted_proxies: Arc::new(self.auth.trusted_proxies().to_vec()),
             access_log: config.log.access,
-            store: Arc::clone(&self.store) as Arc<dyn crate::store::StoreHealth>,
+            health: crate::health::Deps {
+                store: Arc::clone(&self.store) as Arc<dyn crate::store::StoreHealth>,
+                cluster: self.cluster.clone(),
+            },
         }
     }
 

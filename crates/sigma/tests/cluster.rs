@@ -618,3 +618,340 @@ fn api_key_deletions_and_group_changes_reach_every_node_at_once() {
         });
     }
 }
+
+// ----- Redis: broadcast, shared throttles ------------------------------------
+
+const DEFAULT_TEST_REDIS: &str = "redis://127.0.0.1:6379/0";
+
+/// A key prefix of this test's own on the Redis of `SIGMA_TEST_REDIS`
+/// (default `redis://127.0.0.1:6379/0`; without the variable and without a
+/// server there, the tests say so and pass). Its keys expire by themselves.
+struct RedisNs {
+    url: String,
+    prefix: String,
+}
+
+impl RedisNs {
+    fn create() -> Option<RedisNs> {
+        let (url, required) = match std::env::var("SIGMA_TEST_REDIS") {
+            Ok(u) => (u, true),
+            Err(_) => (DEFAULT_TEST_REDIS.to_owned(), false),
+        };
+        let ns = RedisNs {
+            prefix: format!("sigma_test_{}_{}:", std::process::id(), random_hex()),
+            url,
+        };
+        let answers = TcpStream::connect_timeout(&ns.addr(), Duration::from_secs(3))
+            .and_then(|mut t| {
+                t.set_read_timeout(Some(IO_TIMEOUT))?;
+                t.write_all(b"PING\r\n")?;
+                let mut b = [0u8; 5];
+                t.read_exact(&mut b)?;
+                Ok(&b == b"+PONG")
+            })
+            .unwrap_or(false);
+        match (answers, required) {
+            (true, _) => Some(ns),
+            (false, false) => {
+                eprintln!("no Redis at {}; set SIGMA_TEST_REDIS to run", ns.url);
+                None
+            }
+            (false, true) => panic!("SIGMA_TEST_REDIS={}: no Redis answers", ns.url),
+        }
+    }
+
+    /// The server's address (for the fault proxy).
+    fn addr(&self) -> SocketAddr {
+        let rest = self.url.split_once("://").map_or(&*self.url, |(_, r)| r);
+        let host = rest.split('/').next().unwrap_or(rest);
+        let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+        use std::net::ToSocketAddrs;
+        let with_port = if host.contains(':') {
+            host.to_owned()
+        } else {
+            format!("{host}:6379")
+        };
+        with_port
+            .to_socket_addrs()
+            .expect("resolve")
+            .next()
+            .expect("an address")
+    }
+
+    /// The URL through `port` on loopback (the fault proxy).
+    fn url_via(&self, port: u16) -> String {
+        let db = self.url.rsplit_once('/').map_or("0", |(_, d)| d);
+        format!("redis://127.0.0.1:{port}/{db}")
+    }
+}
+
+fn random_hex() -> String {
+    let mut r = [0u8; 6];
+    getrandom::fill(&mut r).expect("random");
+    r.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A node on the PostgreSQL of `pg` and the Redis `redis` under `prefix`.
+fn cluster_node(pg: &str, redis: &str, prefix: &str, extra: &str) -> Server {
+    let toml = Cfg::new()
+        .tail(&format!(
+            "{extra}\n[store]\nurl = {pg:?}\n\n[cluster]\nredis = {redis:?}\nprefix = {prefix:?}\n"
+        ))
+        .toml();
+    Server::launch(&toml, &temp_dir("node"), HA).server
+}
+
+/// A `/broadcast` socket of `cookie` on `addr`, subscribed to `channel`.
+fn subscriber(addr: SocketAddr, cookie: &str, channel: &str) -> Ws {
+    let mut ws = Ws::open(
+        addr,
+        "/broadcast",
+        &format!("Cookie: {cookie}\r\nOrigin: http://{addr}\r\n"),
+    );
+    ws.send(&json!({"type": "subscribe", "channel": channel}));
+    let r = ws.recv();
+    assert_eq!(r["type"], "subscribed", "{r}");
+    ws
+}
+
+fn http_publish(addr: SocketAddr, cookie: &str, channel: &str, data: &Value) -> Resp {
+    let origin = format!("http://{addr}");
+    request(
+        addr,
+        "POST",
+        &format!("/broadcast/{channel}"),
+        &[
+            ("Cookie", cookie),
+            ("Origin", &origin),
+            ("Content-Type", "application/json"),
+        ],
+        data.to_string().as_bytes(),
+    )
+}
+
+#[test]
+fn broadcast_crosses_nodes_in_one_order_with_the_right_from() {
+    let Some(db) = PgDb::create() else { return };
+    let Some(redis) = RedisNs::create() else {
+        return;
+    };
+    let (_dir, cfg) = config_file(&db.url());
+    add_user(&cfg, "alice");
+    add_user(&cfg, "bob");
+    let a = cluster_node(&db.url(), &redis.url, &redis.prefix, "");
+    let b = cluster_node(&db.url(), &redis.url, &redis.prefix, "");
+    let alice = login(a.addr(), "alice");
+    let bob = login(b.addr(), "bob");
+    let mut on_a = subscriber(a.addr(), &alice, "public:room");
+    let mut on_b = subscriber(b.addr(), &bob, "public:room");
+    // Publishers on both nodes at once, over WebSocket and HTTP.
+    let mut pub_a = subscriber(a.addr(), &alice, "public:other");
+    let b_addr = b.addr();
+    let bob2 = bob.clone();
+    let http = thread::spawn(move || {
+        (0..20)
+            .map(|i| {
+                let r = http_publish(b_addr, &bob2, "public:room", &json!({"b": i}));
+                assert_eq!(r.status, 202, "{r:?}");
+                let v: Value = serde_json::from_slice(&r.body).expect("json");
+                v["seq"].as_u64().expect("seq")
+            })
+            .collect::<Vec<u64>>()
+    });
+    for i in 0..20 {
+        pub_a.send(&json!({"type": "publish", "channel": "public:room", "data": {"a": i}}));
+    }
+    let http_seqs = http.join().expect("publisher");
+    let take = |ws: &mut Ws| -> Vec<(u64, String, Value)> {
+        (0..40)
+            .map(|_| {
+                let m = ws.recv();
+                assert_eq!(
+                    (&m["type"], &m["channel"]),
+                    (&json!("message"), &json!("public:room")),
+                    "{m}"
+                );
+                let from = m["from"].as_str().expect("from").to_owned();
+                (m["seq"].as_u64().expect("seq"), from, m["data"].clone())
+            })
+            .collect()
+    };
+    let got_a = take(&mut on_a);
+    let got_b = take(&mut on_b);
+    assert_eq!(got_a, got_b, "both nodes deliver one order");
+    let seqs: Vec<u64> = got_a.iter().map(|m| m.0).collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+    for (seq, from, data) in &got_a {
+        let want = if data.get("a").is_some() {
+            "alice"
+        } else {
+            "bob"
+        };
+        assert_eq!(from, want, "seq {seq}: {data}");
+        if let Some(i) = data.get("b").and_then(Value::as_u64) {
+            assert_eq!(
+                http_seqs[i as usize], *seq,
+                "the 202 names the delivered seq"
+            );
+        }
+    }
+    // Each publisher's own messages keep their order.
+    for key in ["a", "b"] {
+        let mine: Vec<u64> = got_a
+            .iter()
+            .filter_map(|m| m.2.get(key)?.as_u64())
+            .collect();
+        assert_eq!(mine, (0..20).collect::<Vec<u64>>());
+    }
+    // A private channel stays private across nodes: bob cannot publish on
+    // alice's, alice receives hers on B.
+    let mut mine_b = subscriber(b.addr(), &alice, "user:alice:inbox");
+    assert_eq!(
+        http_publish(a.addr(), &bob, "user:alice:inbox", &json!(1)).status,
+        403
+    );
+    assert_eq!(
+        http_publish(a.addr(), &alice, "user:alice:inbox", &json!("hi")).status,
+        202
+    );
+    let m = mine_b.recv();
+    assert_eq!(
+        (&m["from"], &m["data"]),
+        (&json!("alice"), &json!("hi")),
+        "{m}"
+    );
+    let h = request(a.addr(), "GET", "/healthz", &[], b"");
+    assert_eq!(
+        h.body_str(),
+        "ok\nstore postgres up\nstore_listen up\nredis up\nredis_pubsub up\n",
+        "{h:?}"
+    );
+}
+
+#[test]
+fn losing_redis_closes_subscribers_with_1011_and_publish_gets_503_then_recovers() {
+    let Some(db) = PgDb::create() else { return };
+    let Some(redis) = RedisNs::create() else {
+        return;
+    };
+    let proxy = Proxy::start(redis.addr());
+    let url = redis.url_via(proxy.port);
+    let (_dir, cfg) = config_file(&db.url());
+    add_user(&cfg, "alice");
+    let a = cluster_node(&db.url(), &url, &redis.prefix, "");
+    // B reaches Redis directly: it keeps working while A's link is cut.
+    let b = cluster_node(&db.url(), &redis.url, &redis.prefix, "");
+    let alice = login(a.addr(), "alice");
+    let mut sub = subscriber(a.addr(), &alice, "public:x");
+    let mut db_sock = db_ws(a.addr(), &alice);
+    assert_eq!(
+        http_publish(b.addr(), &alice, "public:x", &json!(1)).status,
+        202
+    );
+    assert_eq!(sub.recv()["data"], json!(1));
+
+    proxy.cut();
+    let (code, _) = sub.closed_by(Instant::now() + Duration::from_secs(20));
+    assert_eq!(
+        code,
+        Some(1011),
+        "a subscriber that may miss messages is told"
+    );
+    let r = eventually(Duration::from_secs(20), "a 503", || {
+        let r = http_publish(a.addr(), &alice, "public:x", &json!(2));
+        (r.status == 503).then_some(r)
+    });
+    assert_eq!(r.header("retry-after"), Some("1"), "{r:?}");
+    assert!(r.body_str().contains("unavailable"), "{r:?}");
+    // A new subscription is refused; it does not hang.
+    let mut late = Ws::open(
+        a.addr(),
+        "/broadcast",
+        &format!("Cookie: {alice}\r\nOrigin: http://{}\r\n", a.addr()),
+    );
+    late.send(&json!({"type": "subscribe", "channel": "public:x"}));
+    let e = late.recv();
+    assert_eq!(
+        (&e["type"], &e["code"]),
+        (&json!("error"), &json!("unavailable")),
+        "{e}"
+    );
+    // What does not need Redis goes on: the store, login, &db, B.
+    db_sock.assert_open("&db socket on A");
+    assert_eq!(db_req(a.addr(), &alice, "PUT", "k", b"v").status, 201);
+    login(a.addr(), "alice");
+    assert_eq!(
+        http_publish(b.addr(), &alice, "public:x", &json!(3)).status,
+        202
+    );
+    let h = request(a.addr(), "GET", "/healthz", &[], b"");
+    assert_eq!(h.status, 200);
+    assert!(h.body_str().starts_with("degraded\n"), "{h:?}");
+    assert!(h.body_str().contains("redis_pubsub down"), "{h:?}");
+    let m = request(a.addr(), "GET", "/metrics", &[], b"").body_str();
+    let counter = |name: &str| {
+        m.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no {name}: {m}"))
+    };
+    assert!(counter("sigma_redis_lost_total ") >= 1);
+    assert!(counter("sigma_redis_unavailable_total ") >= 1);
+    assert_eq!(counter("sigma_redis_up{conn=\"pubsub\"} "), 0);
+
+    proxy.restore();
+    eventually(Duration::from_secs(30), "healthz ok", || {
+        let h = request(a.addr(), "GET", "/healthz", &[], b"");
+        h.body_str().starts_with("ok\n").then_some(())
+    });
+    // Subscribed again on A, a publish on B arrives: recovered by itself.
+    let mut again = subscriber(a.addr(), &alice, "public:x");
+    let r = http_publish(b.addr(), &alice, "public:x", &json!(4));
+    assert_eq!(r.status, 202, "{r:?}");
+    let m = again.recv();
+    assert_eq!(m["data"], json!(4), "{m}");
+    assert_eq!(
+        http_publish(a.addr(), &alice, "public:x", &json!(5)).status,
+        202
+    );
+    assert_eq!(again.recv()["data"], json!(5));
+}
+
+#[test]
+fn login_throttles_are_shared_by_the_nodes() {
+    let Some(db) = PgDb::create() else { return };
+    let Some(redis) = RedisNs::create() else {
+        return;
+    };
+    let (_dir, cfg) = config_file(&db.url());
+    add_user(&cfg, "alice");
+    let limits = "[auth]\nlogin_failures_per_user_per_minute = 4\n";
+    let a = cluster_node(&db.url(), &redis.url, &redis.prefix, limits);
+    let b = cluster_node(&db.url(), &redis.url, &redis.prefix, limits);
+    let attempt = |addr: SocketAddr, pw: &str| {
+        let body = json!({"user": "alice", "password": pw}).to_string();
+        request(
+            addr,
+            "POST",
+            "/login",
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        )
+    };
+    // Two wrong passwords on each node: each node alone allows four.
+    for addr in [a.addr(), b.addr(), a.addr(), b.addr()] {
+        assert_eq!(attempt(addr, "wrong").status, 401);
+    }
+    // The fifth failure anywhere is refused: the budget was shared, even
+    // with the right password (the node's own budget is not spent).
+    for addr in [a.addr(), b.addr()] {
+        let r = attempt(addr, "pw-alice");
+        assert_eq!(r.status, 429, "{r:?}");
+        let secs: u64 = r
+            .header("retry-after")
+            .expect("retry-after")
+            .parse()
+            .unwrap();
+        assert!((1..=60).contains(&secs), "{secs}");
+    }
+}

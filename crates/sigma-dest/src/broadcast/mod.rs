@@ -73,13 +73,16 @@ pub mod config;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
 
+use futures_util::FutureExt;
 use serde::{Deserialize, Deserializer};
 use serde_json::{json, Value};
 use sigma_core::response::{json_error, json_response};
 use sigma_core::{Principal, Tagged};
 use sigma_http::{Header, Method, Response, Utf8Bytes, WsMessage};
+
+use sigma_store::{Broker, BrokerHandler, MemoryBroker, Publication};
 
 use sigma_core::{
     Answer, Capabilities, Destination, Handled, HttpRequest, PushError, Request, WsEndpoint,
@@ -370,6 +373,9 @@ pub enum Refusal {
     /// The publish's encoded `data` is larger than
     /// [`Settings::max_message`] (`message_too_large`).
     MessageTooLarge,
+    /// The broker cannot reach the other nodes (`unavailable`; HTTP 503
+    /// with `Retry-After`).
+    Unavailable,
 }
 
 impl Refusal {
@@ -381,6 +387,7 @@ impl Refusal {
             Self::TooManySubscriptions => "too_many_subscriptions",
             Self::SlowConsumer => "slow_consumer",
             Self::MessageTooLarge => "message_too_large",
+            Self::Unavailable => "unavailable",
         }
     }
 
@@ -389,6 +396,7 @@ impl Refusal {
         match self {
             Self::Forbidden => 403,
             Self::MessageTooLarge => 413,
+            Self::Unavailable => 503,
             Self::BadChannel | Self::TooManySubscriptions | Self::SlowConsumer => 400,
         }
     }
@@ -404,6 +412,7 @@ impl Refusal {
             (Self::TooManySubscriptions, _) => "too many subscriptions on this socket",
             (Self::SlowConsumer, _) => "this socket is being closed: it does not keep up",
             (Self::MessageTooLarge, _) => "data is larger than broadcast.max_message",
+            (Self::Unavailable, _) => "the broker is unavailable; retry later",
         }
     }
 }
@@ -422,8 +431,6 @@ struct Member {
 
 #[derive(Default)]
 struct ChannelState {
-    /// The last sequence number used.
-    seq: u64,
     subscribers: HashMap<u64, Arc<Member>>,
     /// Removed from the hub (it had no subscribers left): look it up again.
     closed: bool,
@@ -440,6 +447,9 @@ pub struct Hub {
     channels: RwLock<HashMap<Arc<str>, Arc<Channel>>>,
     next_id: AtomicU64,
     settings: Settings,
+    /// Gives the sequence numbers and carries the publications to every
+    /// node's hub, this one included ([`BrokerHandler`]).
+    broker: Arc<dyn Broker>,
     /// Publishes accepted (HTTP and WebSocket), and the deliveries they
     /// made: `/metrics`.
     publishes: AtomicU64,
@@ -460,16 +470,33 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Makes a hub's broker, given the hub as the broker's handler.
+pub type MakeBroker<'a> = &'a dyn Fn(Weak<dyn BrokerHandler>) -> Arc<dyn Broker>;
+
+/// The in-process broker (one node), keeping no history.
+pub fn memory_broker(handler: Weak<dyn BrokerHandler>) -> Arc<dyn Broker> {
+    Arc::new(MemoryBroker::new(handler, 0))
+}
+
 impl Hub {
-    /// An empty hub.
-    pub fn new(settings: Settings) -> Self {
-        Self {
-            channels: RwLock::new(HashMap::new()),
-            next_id: AtomicU64::new(1),
-            settings,
-            publishes: AtomicU64::new(0),
-            deliveries: AtomicU64::new(0),
-        }
+    /// An empty hub on the in-process broker.
+    pub fn new(settings: Settings) -> Arc<Self> {
+        Self::with_broker(settings, &memory_broker)
+    }
+
+    /// An empty hub on the broker `make` returns.
+    pub fn with_broker(settings: Settings, make: MakeBroker<'_>) -> Arc<Self> {
+        Arc::new_cyclic(|me: &Weak<Hub>| {
+            let handler: Weak<dyn BrokerHandler> = me.clone() as _;
+            Self {
+                channels: RwLock::new(HashMap::new()),
+                next_id: AtomicU64::new(1),
+                settings,
+                broker: make(handler),
+                publishes: AtomicU64::new(0),
+                deliveries: AtomicU64::new(0),
+            }
+        })
     }
 
     /// Channels that currently have subscribers.
@@ -548,16 +575,24 @@ impl Hub {
             .cloned()
     }
 
-    /// The channel `name`, created if needed.
-    fn open(&self, name: &Arc<str>) -> Arc<Channel> {
+    /// The channel `name`, created (and subscribed at the broker) if
+    /// needed. Lock order: the map, then the broker's own locks.
+    fn open(&self, name: &Arc<str>) -> Result<Arc<Channel>, Refusal> {
         if let Some(c) = self.lookup(name) {
-            return c;
+            return Ok(c);
         }
         let mut map = self
             .channels
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        Arc::clone(map.entry(Arc::clone(name)).or_default())
+        if let Some(c) = map.get(name) {
+            return Ok(Arc::clone(c));
+        }
+        if let Err(e) = self.broker.subscribe(name) {
+            tracing::warn!(channel = %name, "broadcast: cannot subscribe: {e}");
+            return Err(Refusal::Unavailable);
+        }
+        Ok(Arc::clone(map.entry(Arc::clone(name)).or_default()))
     }
 
     /// Subscribes `member` to `channel` (idempotent).
@@ -588,7 +623,13 @@ impl Hub {
             name
         };
         loop {
-            let ch = self.open(&name);
+            let ch = match self.open(&name) {
+                Ok(ch) => ch,
+                Err(r) => {
+                    lock(&member.channels).retain(|c| !Arc::ptr_eq(c, &name));
+                    return Err(r);
+                }
+            };
             let mut st = lock(&ch.state);
             if st.closed {
                 // Removed between the lookup and the lock: find the new one.
@@ -640,6 +681,7 @@ impl Hub {
             st.closed = true;
             if map.get(name).is_some_and(|c| Arc::ptr_eq(c, ch)) {
                 map.remove(name);
+                self.broker.unsubscribe(name);
             }
         }
     }
@@ -666,10 +708,17 @@ impl Hub {
         }
     }
 
-    /// Publishes `data` on `channel` as `from`: the message's `seq`, or 0
-    /// when the channel has no subscribers (nothing is delivered). `data`
-    /// encoded must fit [`Settings::max_message`], subscribers or not.
-    pub fn publish(&self, from: &Principal, channel: &str, data: &Value) -> Result<u64, Refusal> {
+    /// Publishes `data` on `channel` as `from`: checked and handed to the
+    /// broker now (so that a socket's publishes keep their order); the
+    /// future gives the message's `seq`, or 0 when the channel has no
+    /// subscribers (nothing is delivered). `data` encoded must fit
+    /// [`Settings::max_message`], subscribers or not.
+    pub fn publish(
+        &self,
+        from: &Principal,
+        channel: &str,
+        data: &Value,
+    ) -> Result<Publishing, Refusal> {
         if !valid_channel(channel) {
             return Err(Refusal::BadChannel);
         }
@@ -681,31 +730,57 @@ impl Hub {
             return Err(Refusal::MessageTooLarge);
         }
         self.publishes.fetch_add(1, Ordering::Relaxed);
-        let Some(ch) = self.lookup(channel) else {
-            return Ok(0);
-        };
-        // Everything but the sequence number is encoded before the lock.
-        let head = format!(
-            "{{\"type\":\"message\",\"channel\":{},\"seq\":",
-            Value::from(channel)
-        );
+        // The broker carries the message's tail; each node's hub puts the
+        // channel and the `seq` in front when it delivers.
         let from_json = match from {
             Some(id) => Value::from(id.user.as_str()),
             None => Value::Null,
         };
         let tail = format!(",\"from\":{from_json},\"data\":{data}}}");
-        let mut failed: Vec<Arc<Member>> = Vec::new();
-        let (seq, empty) = {
-            let mut st = lock(&ch.state);
-            if st.closed || st.subscribers.is_empty() {
-                return Ok(0);
+        let fut = self.broker.publish(channel, bytes::Bytes::from(tail));
+        Ok(Box::pin(async move {
+            match fut.await {
+                Ok(p) => Ok(p.map_or(0, |p| p.offset)),
+                Err(e) => {
+                    tracing::warn!("broadcast: publish failed: {e}");
+                    Err(Refusal::Unavailable)
+                }
             }
-            st.seq = st.seq.saturating_add(1);
-            let seq = st.seq;
-            let mut text = String::with_capacity(head.len() + 20 + tail.len());
-            text.push_str(&head);
-            text.push_str(&seq.to_string());
-            text.push_str(&tail);
+        }))
+    }
+
+    /// [`publish`](Self::publish) on a broker that answers at once (the
+    /// in-process one): the `seq`.
+    #[cfg(test)]
+    pub fn publish_now(
+        &self,
+        from: &Principal,
+        channel: &str,
+        data: &Value,
+    ) -> Result<u64, Refusal> {
+        use futures_util::FutureExt;
+        self.publish(from, channel, data)?
+            .now_or_never()
+            .unwrap_or(Err(Refusal::Unavailable))
+    }
+
+    /// Delivers one publication to this node's subscribers of `channel`.
+    fn deliver(&self, channel: &str, publication: &Publication) {
+        let Some(ch) = self.lookup(channel) else {
+            return;
+        };
+        let mut failed: Vec<Arc<Member>> = Vec::new();
+        let empty = {
+            let st = &mut *lock(&ch.state);
+            if st.closed || st.subscribers.is_empty() {
+                return;
+            }
+            let mut text = String::with_capacity(channel.len() + 64 + publication.data.len());
+            text.push_str("{\"type\":\"message\",\"channel\":");
+            text.push_str(&Value::from(channel).to_string());
+            text.push_str(",\"seq\":");
+            text.push_str(&publication.position.offset.to_string());
+            text.push_str(&String::from_utf8_lossy(&publication.data));
             // Encoded once; each push below clones a reference to it.
             let text = Utf8Bytes::from(text);
             for m in st.subscribers.values() {
@@ -723,7 +798,7 @@ impl Hub {
             for m in &failed {
                 st.subscribers.remove(&m.id);
             }
-            (seq, st.subscribers.is_empty())
+            st.subscribers.is_empty()
         };
         for m in &failed {
             self.evict(m);
@@ -731,7 +806,49 @@ impl Hub {
         if empty {
             self.reap(channel, &ch);
         }
-        Ok(seq)
+    }
+
+    /// The broker lost the other nodes: every subscriber may have missed
+    /// messages, so each socket is closed (1011) and every channel goes.
+    fn lost(&self) {
+        let channels: Vec<(Arc<str>, Arc<Channel>)> = self
+            .channels
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain()
+            .collect();
+        for (name, ch) in channels {
+            let members: Vec<Arc<Member>> = {
+                let mut st = lock(&ch.state);
+                st.closed = true;
+                st.subscribers.drain().map(|(_, m)| m).collect()
+            };
+            self.broker.unsubscribe(&name);
+            for m in members {
+                if !m.evicted.swap(true, Ordering::AcqRel) {
+                    let _ = m.push.close(1011, "broker unavailable");
+                }
+            }
+        }
+    }
+
+    /// False while the broker cannot reach the other nodes.
+    pub fn available(&self) -> bool {
+        self.broker.available()
+    }
+}
+
+/// The answer of [`Hub::publish`]: the `seq`, once the broker has it.
+pub type Publishing =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, Refusal>> + Send + 'static>>;
+
+impl BrokerHandler for Hub {
+    fn handle_publication(&self, channel: &str, publication: &Publication) {
+        self.deliver(channel, publication);
+    }
+
+    fn handle_lost(&self) {
+        self.lost();
     }
 }
 
@@ -772,10 +889,15 @@ impl Broadcast {
         Self::with_settings(path, Settings::default())
     }
 
-    /// `&broadcast` at route `path`.
+    /// `&broadcast` at route `path`, on the in-process broker.
     pub fn with_settings(path: &str, settings: Settings) -> Self {
+        Self::with_broker(path, settings, &memory_broker)
+    }
+
+    /// `&broadcast` at route `path`, on the broker `make` returns.
+    pub fn with_broker(path: &str, settings: Settings, make: MakeBroker<'_>) -> Self {
         Self {
-            hub: Arc::new(Hub::new(settings)),
+            hub: Hub::with_broker(settings, make),
             prefix: path.strip_suffix('/').unwrap_or(path).to_owned(),
         }
     }
@@ -798,10 +920,13 @@ impl Broadcast {
 pub fn destination(
     path: &str,
     config: &crate::broadcast::config::BroadcastConfig,
+    brokers: &dyn crate::factory::Brokers,
 ) -> Arc<dyn Destination> {
-    Arc::new(Broadcast::with_settings(
+    let ns = path.strip_suffix('/').unwrap_or(path);
+    Arc::new(Broadcast::with_broker(
         path,
         Settings::from_config(config),
+        &|handler| brokers.broker(ns, handler),
     ))
 }
 
@@ -836,13 +961,36 @@ impl Settings {
 impl Broadcast {
     /// `413 {"error":"message_too_large","max_message":N}`.
     fn too_large(&self) -> Response {
-        json_response(
-            413,
-            json!({
-                "error": Refusal::MessageTooLarge.code(),
-                "max_message": self.hub.settings.max_message,
-            }),
-        )
+        too_large(self.hub.settings.max_message)
+    }
+
+    fn published(&self, r: Result<u64, Refusal>) -> Response {
+        published(r, self.hub.settings.max_message)
+    }
+}
+
+fn too_large(max_message: usize) -> Response {
+    json_response(
+        413,
+        json!({
+            "error": Refusal::MessageTooLarge.code(),
+            "max_message": max_message,
+        }),
+    )
+}
+
+/// The answer to an HTTP publish: `202 {"seq": N}` or the refusal.
+fn published(r: Result<u64, Refusal>, max_message: usize) -> Response {
+    match r {
+        Ok(seq) => json_response(202, json!({ "seq": seq })),
+        Err(Refusal::MessageTooLarge) => too_large(max_message),
+        Err(Refusal::Unavailable) => {
+            let mut resp = json_error(503, Refusal::Unavailable.code());
+            resp.headers
+                .push(Header::new(&b"Retry-After"[..], &b"1"[..]));
+            resp
+        }
+        Err(r) => json_error(r.status(), r.code()),
     }
 }
 
@@ -896,9 +1044,23 @@ impl Broadcast {
                         match serde_json::from_slice::<Value>(&req.msg.body) {
                             Err(_) => json_error(400, "bad_json"),
                             Ok(data) => match self.hub.publish(&identity, channel, &data) {
-                                Ok(seq) => json_response(202, json!({ "seq": seq })),
-                                Err(Refusal::MessageTooLarge) => self.too_large(),
-                                Err(r) => json_error(r.status(), r.code()),
+                                Ok(publishing) => {
+                                    // The in-process broker answers at once.
+                                    let mut publishing = publishing;
+                                    match (&mut publishing).now_or_never() {
+                                        Some(done) => self.published(done),
+                                        None => {
+                                            let max = self.hub.settings.max_message;
+                                            return Handled::Later(Box::pin(async move {
+                                                Tagged::new(
+                                                    identity,
+                                                    published(publishing.await, max),
+                                                )
+                                            }));
+                                        }
+                                    }
+                                }
+                                Err(r) => self.published(Err(r)),
                             },
                         }
                     }
@@ -1017,7 +1179,25 @@ impl Socket {
                     ));
                 };
                 match self.hub.publish(identity, channel, data) {
-                    Ok(_) => None,
+                    Ok(mut publishing) => match (&mut publishing).now_or_never() {
+                        Some(Ok(_)) => None,
+                        Some(Err(r)) => refused(r),
+                        None => {
+                            // A broker across the network: a failure is
+                            // reported when it is known.
+                            let member = Arc::clone(&self.member);
+                            let identity = identity.clone();
+                            let channel = channel.to_owned();
+                            tokio::spawn(async move {
+                                if let Err(r) = publishing.await {
+                                    let msg =
+                                        ws_error(r.code(), Some(&channel), r.message(Op::Publish));
+                                    let _ = member.push.push(Tagged::new(identity, msg));
+                                }
+                            });
+                            None
+                        }
+                    },
                     Err(r) => refused(r),
                 }
             }
@@ -1057,7 +1237,7 @@ impl crate::factory::Factory for BroadcastFactory {
         &self,
         cx: &mut crate::factory::Build<'_, '_>,
     ) -> Result<Arc<dyn Destination>, crate::UnavailableDestination> {
-        Ok(destination(cx.path, cx.broadcast))
+        Ok(destination(cx.path, cx.broadcast, cx.brokers))
     }
 }
 
@@ -1152,9 +1332,12 @@ mod tests {
         });
         let alice = user("alice");
         // Encoded compactly: 8 letters and 2 quotes.
-        assert_eq!(hub.publish(&alice, "public:x", &json!("12345678")), Ok(0));
         assert_eq!(
-            hub.publish(&alice, "public:x", &json!("123456789")),
+            hub.publish_now(&alice, "public:x", &json!("12345678")),
+            Ok(0)
+        );
+        assert_eq!(
+            hub.publish_now(&alice, "public:x", &json!("123456789")),
             Err(Refusal::MessageTooLarge)
         );
         // `[1, 2]` as written is longer than `[1,2]`, which is measured.
@@ -1276,7 +1459,7 @@ mod tests {
             c.sub("public:x");
         }
         b.hub()
-            .publish(&user("u0"), "public:x", &json!("x".repeat(1000)))
+            .publish_now(&user("u0"), "public:x", &json!("x".repeat(1000)))
             .unwrap();
         let texts: Vec<Utf8Bytes> = clients.iter_mut().map(|c| c.next_text()).collect();
         let first = texts[0].as_bytes().as_ptr();
@@ -1347,7 +1530,7 @@ mod tests {
         assert_eq!(b.hub().channel_count(), 1);
         assert_eq!(c.sub("public:3")["type"], "subscribed");
         assert_eq!(
-            b.hub().publish(&user("bob"), "public:1", &json!(1)),
+            b.hub().publish_now(&user("bob"), "public:1", &json!(1)),
             Ok(0),
             "no subscribers: nothing delivered"
         );
@@ -1362,11 +1545,11 @@ mod tests {
         let alice = user("alice");
         let mut c = Client::new(&b, alice.clone());
         c.sub("public:a");
-        assert_eq!(b.hub().publish(&alice, "public:a", &json!(1)), Ok(1));
-        assert_eq!(b.hub().publish(&alice, "public:a", &json!(2)), Ok(2));
+        assert_eq!(b.hub().publish_now(&alice, "public:a", &json!(1)), Ok(1));
+        assert_eq!(b.hub().publish_now(&alice, "public:a", &json!(2)), Ok(2));
         c.send(json!({"type": "unsubscribe", "channel": "public:a"}));
         c.sub("public:a");
-        assert_eq!(b.hub().publish(&alice, "public:a", &json!(3)), Ok(1));
+        assert_eq!(b.hub().publish_now(&alice, "public:a", &json!(3)), Ok(1));
     }
 
     #[test]
@@ -1379,7 +1562,7 @@ mod tests {
         slow.sub("public:b");
         fast.sub("public:a");
         for i in 0..=WS_PUSH_QUEUE {
-            b.hub().publish(&alice, "public:a", &json!(i)).unwrap();
+            b.hub().publish_now(&alice, "public:a", &json!(i)).unwrap();
             assert_eq!(fast.next().unwrap()["data"], i);
         }
         assert_eq!(b.hub().subscriber_count("public:a"), 1);
@@ -1406,7 +1589,7 @@ mod tests {
                 std::thread::spawn(move || {
                     for i in 0..200 {
                         b.hub()
-                            .publish(&user(&format!("w{t}")), "public:race", &json!(i))
+                            .publish_now(&user(&format!("w{t}")), "public:race", &json!(i))
                             .unwrap();
                     }
                 })

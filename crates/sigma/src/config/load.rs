@@ -19,7 +19,7 @@ use super::limits::{HttpTable, WebsocketTable};
 use super::log::LogConfig;
 use super::route::{default_routes, routes, Destination, ProxyOptions, RouteConfig, RouteTable};
 use super::server::ServerConfig;
-use super::store::{check_url, StoreConfig};
+use super::store::{check_redis_url, check_url, ClusterConfig, StoreConfig};
 use super::tls::TlsConfig;
 use super::world::{
     check_world_access, default_world_commands, world_commands, world_route, world_users,
@@ -46,6 +46,7 @@ const ENV_TABLES: &[&str] = &[
     "broadcast",
     "worlds",
     "store",
+    "cluster",
 ];
 /// The name used in messages for a config given by [`from_str`].
 const STRING_SOURCE: &str = "<config>";
@@ -81,6 +82,8 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// Where the durable state lives (`[store]`, DESIGN §7).
     pub store: StoreConfig,
+    /// The shared ephemeral state of several nodes (`[cluster]`).
+    pub cluster: ClusterConfig,
 }
 
 impl Default for Config {
@@ -99,6 +102,7 @@ impl Default for Config {
             log: LogConfig::default(),
             tls: None,
             store: StoreConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -250,6 +254,7 @@ pub(super) struct ConfigFile {
     pub(super) log: LogConfig,
     pub(super) tls: Option<TlsConfig>,
     pub(super) store: StoreConfig,
+    pub(super) cluster: ClusterConfig,
 }
 
 impl Default for ConfigFile {
@@ -269,6 +274,7 @@ impl Default for ConfigFile {
             log: LogConfig::default(),
             tls: None,
             store: StoreConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -408,6 +414,22 @@ fn resolve(file: ConfigFile, sources: &Sources<'_>) -> Result<Config, ConfigErro
             )
         })?;
     }
+    if let Some(url) = &file.cluster.redis {
+        check_redis_url(url).map_err(|message| {
+            sources.error(
+                vec![key("cluster"), key("redis")],
+                ConfigErrorKind::Invalid { message },
+            )
+        })?;
+    }
+    if file.cluster.prefix.is_empty() {
+        return Err(sources.error(
+            vec![key("cluster"), key("prefix")],
+            ConfigErrorKind::Invalid {
+                message: "must not be empty (every Redis key starts with it)".to_owned(),
+            },
+        ));
+    }
     if file.data_dir.as_os_str().is_empty() {
         return Err(sources.error(vec![key("data_dir")], ConfigErrorKind::EmptyDataDir));
     }
@@ -473,5 +495,6 @@ fn resolve(file: ConfigFile, sources: &Sources<'_>) -> Result<Config, ConfigErro
         log: file.log,
         tls: file.tls,
         store: file.store,
+        cluster: file.cluster,
     })
 }

@@ -73,7 +73,7 @@ pub use server::{
     default_metrics_allow, Cidr, ServerConfig, DEFAULT_BACKLOG, DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_LINGER_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP,
 };
-pub use store::StoreConfig;
+pub use store::{ClusterConfig, StoreConfig};
 pub use tls::{
     check_topology as check_tls_topology, AcmeTable, CertPair, Challenge, TlsConfig, TlsHttp,
 };

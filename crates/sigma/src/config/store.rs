@@ -14,6 +14,47 @@ pub struct StoreConfig {
     pub url: Option<String>,
 }
 
+/// `[cluster]`: the shared ephemeral state of several nodes (DESIGN §7).
+///
+/// ```toml
+/// [cluster]
+/// redis = "redis://127.0.0.1:6379/0"   # broadcast fan-out, shared login throttles
+/// prefix = "sigma:"                    # every Redis key and channel starts with it
+/// node = "a"                           # this node's name in the start-up log
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// `redis://host:port/db`: `&broadcast` across nodes and shared login
+    /// throttles. Unset: one node, everything in-process.
+    pub redis: Option<String>,
+    /// What every key and pub/sub channel sigma uses in Redis starts
+    /// with: deployments sharing one Redis use different ones.
+    pub prefix: String,
+    /// This node's name, in the start-up log (`-` when unset).
+    pub node: Option<String>,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            redis: None,
+            prefix: "sigma:".to_owned(),
+            node: None,
+        }
+    }
+}
+
+/// Why `[cluster] redis` is refused, if it is.
+pub(super) fn check_redis_url(url: &str) -> Result<(), String> {
+    if url.starts_with("redis://") || url.starts_with("unix://") || url.starts_with("redis+unix://")
+    {
+        Ok(())
+    } else {
+        Err("expected a Redis URL, `redis://host:port/db`".to_owned())
+    }
+}
+
 /// Why `url` is refused, if it is: only PostgreSQL URLs are stores.
 pub(super) fn check_url(url: &str) -> Result<(), String> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
@@ -49,5 +90,34 @@ mod tests {
         assert!(e.to_string().contains("PostgreSQL URL"), "{e}");
         let e = from_str("[store]\nuri = 1\n", &[]).unwrap_err();
         assert_eq!(e.path, "store.uri");
+    }
+
+    #[test]
+    fn cluster_is_read_from_file_and_environment_and_checked() {
+        let c = from_str("", &[]).unwrap();
+        assert_eq!(c.cluster.redis, None);
+        assert_eq!(c.cluster.prefix, "sigma:");
+        let c = from_str(
+            "[cluster]\nredis = \"redis://h:1/2\"\nprefix = \"p:\"\nnode = \"a\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.cluster.redis.as_deref(), Some("redis://h:1/2"));
+        assert_eq!(
+            (c.cluster.prefix.as_str(), c.cluster.node.as_deref()),
+            ("p:", Some("a"))
+        );
+        let env = [("SIGMA_CLUSTER_REDIS".to_owned(), "redis://x/0".to_owned())];
+        assert_eq!(
+            from_str("", &env).unwrap().cluster.redis.as_deref(),
+            Some("redis://x/0")
+        );
+        let e = from_str("[cluster]\nredis = \"postgres://h\"\n", &[]).unwrap_err();
+        assert_eq!(e.path, "cluster.redis");
+        assert!(e.to_string().contains("Redis URL"), "{e}");
+        let e = from_str("[cluster]\nredis = \"redis://h\"\nprefix = \"\"\n", &[]).unwrap_err();
+        assert_eq!(e.path, "cluster.prefix");
+        let e = from_str("[cluster]\nredsi = 1\n", &[]).unwrap_err();
+        assert_eq!(e.path, "cluster.redsi");
     }
 }

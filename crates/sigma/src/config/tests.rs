@@ -186,6 +186,11 @@ fn every_key_round_trips() {
 
         [store]
         url = "postgres://sigma@db.example.com:5433/sigma"
+
+        [cluster]
+        redis = "redis://redis.example.com:6380/3"
+        prefix = "chat:"
+        node = "node-a"
     "#;
     let c = from_str(toml, &[]).unwrap();
     assert_eq!(
@@ -422,6 +427,14 @@ fn every_key_round_trips() {
         c.store.url.as_deref(),
         Some("postgres://sigma@db.example.com:5433/sigma")
     );
+    assert_eq!(
+        c.cluster.redis.as_deref(),
+        Some("redis://redis.example.com:6380/3")
+    );
+    assert_eq!(
+        (c.cluster.prefix.as_str(), c.cluster.node.as_deref()),
+        ("chat:", Some("node-a"))
+    );
     // The test above names every field of every table.
     for name in fields_of::<ServerConfig>()
         .iter()
@@ -434,6 +447,7 @@ fn every_key_round_trips() {
         .chain(fields_of::<WorldsConfig>())
         .chain(fields_of::<WorldTable>())
         .chain(fields_of::<super::StoreConfig>())
+        .chain(fields_of::<super::ClusterConfig>())
         .chain(fields_of::<ConfigFile>())
         .chain(fields_of::<crate::config::TlsConfig>())
         .chain(fields_of::<crate::config::CertPair>())
@@ -469,7 +483,8 @@ fn field_probe_reads_the_struct_fields() {
             "route",
             "log",
             "tls",
-            "store"
+            "store",
+            "cluster"
         ]
     );
     assert_eq!(fields_of::<HttpTable>().len(), 13);

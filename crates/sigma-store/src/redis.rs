@@ -1,0 +1,839 @@
+//! `[cluster] redis`: the shared ephemeral state of several nodes (DESIGN
+//! §7) — the `&broadcast` broker and the shared counters of A's login
+//! throttles.
+//!
+//! ```text
+//!  hub ─publish─▶ RedisBroker ─job─▶ [publisher task] ─EVAL pipeline─▶ Redis
+//!                                                      (seq, XADD, PUBLISH: one script)
+//!  hub ◀─handle_publication─ RedisBroker ◀─ [pubsub task] ◀─PSUBSCRIBE {prefix}bc*─┘
+//! ```
+//!
+//! One [`Cluster`] per process: one connection for commands, one for
+//! pub/sub, both made in the background and made again with backoff when
+//! they break, so that a node starts and keeps serving while Redis is
+//! away. Each `&broadcast` hub gets a [`RedisBroker`] named by its route
+//! (its namespace); the pub/sub task receives every namespace's
+//! publications through one pattern and hands each to its hub.
+//!
+//! **Order.** Publishing is one Lua script: the next `seq` of the channel
+//! (a hash with its `epoch`), the append to a capped stream (history),
+//! then `PUBLISH` — Redis runs scripts one at a time and delivers a
+//! connection's pub/sub messages in publish order, so every node sees one
+//! order per channel. One task sends every publish of the process, in
+//! the order [`Broker::publish`] was called, pipelined in batches: a
+//! socket's publishes keep their order.
+//!
+//! **Loss.** When the pub/sub connection breaks, publications may be
+//! missed: every hub is told ([`BrokerHandler::handle_lost`]) and closes
+//! its subscribers (1011) until the connection is back; publishes fail
+//! fast with [`BrokerError::Unavailable`] (503 / an error message). A
+//! channel's hash and stream expire [`Cluster::ttl`] after its last
+//! publish; when they are gone (expired, flushed, Redis restarted
+//! without persistence) the next publish starts a new epoch at seq 1.
+//!
+//! **Names.** Everything sigma keeps in Redis starts with `[cluster]
+//! prefix` (default `sigma:`), so that several deployments (and test
+//! runs) share one Redis without seeing each other: `{prefix}bc{route}/
+//! {channel}` is a channel's hash and its pub/sub channel, `{prefix}bh
+//! {route}/{channel}` its history stream, `{prefix}n/…` the counters.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{
+    Broker, BrokerError, BrokerFuture, BrokerHandler, History, Publication, SharedCounters,
+    StreamPosition,
+};
+
+/// How long one Redis round trip may take before it counts as a failure.
+pub const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+/// Publishes waiting for the publisher task, at most: beyond it a publish
+/// fails at once (Redis is too slow or away), memory stays bounded.
+pub const PUBLISH_QUEUE: usize = 8192;
+/// Publishes sent in one pipeline, at most.
+const BATCH: usize = 256;
+/// Reconnection backoff: from the first to the last, doubling, with jitter.
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_LAST: Duration = Duration::from_secs(5);
+/// The pub/sub connection is pinged this often, so that a silent break
+/// (no FIN) is noticed too.
+const PING_EVERY: Duration = Duration::from_secs(5);
+/// The default time to live of a channel's hash and history.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(300);
+
+/// The publish step (see the module's doc). KEYS: the channel's hash,
+/// its stream. ARGV: the pub/sub channel, the payload, an epoch for a new
+/// stream, the history size, the time to live in seconds.
+const PUBLISH_SCRIPT: &str = r"
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = ARGV[3]
+  redis.call('HSET', KEYS[1], 'epoch', epoch)
+  redis.call('DEL', KEYS[2])
+end
+local ttl = tonumber(ARGV[5])
+redis.call('EXPIRE', KEYS[1], ttl)
+local size = tonumber(ARGV[4])
+if size > 0 then
+  redis.call('XADD', KEYS[2], 'MAXLEN', size, seq .. '-1', 'd', ARGV[2])
+  redis.call('EXPIRE', KEYS[2], ttl)
+end
+redis.call('PUBLISH', ARGV[1], seq .. ' ' .. epoch .. ' ' .. ARGV[2])
+return {seq, epoch}
+";
+
+/// What `/healthz` and `/metrics` say about Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterStatus {
+    /// The pub/sub connection is up (publications reach this node).
+    pub pubsub: bool,
+    /// The last command reached Redis.
+    pub commands: bool,
+    /// Operations that failed because Redis could not be reached.
+    pub failures: u64,
+    /// Times the pub/sub connection was lost.
+    pub lost: u64,
+}
+
+/// One publish waiting for the publisher task.
+struct Job {
+    meta: String,
+    stream: String,
+    channel: String,
+    data: Bytes,
+    history_size: usize,
+    reply: oneshot::Sender<Result<Option<StreamPosition>, BrokerError>>,
+}
+
+/// The process's connection to Redis (see the module's doc).
+pub struct Cluster {
+    inner: Arc<Inner>,
+    jobs: mpsc::Sender<Job>,
+}
+
+struct Inner {
+    client: redis::Client,
+    /// Where the URL points, without a password, for messages.
+    target: String,
+    prefix: String,
+    ttl: Duration,
+    conn: tokio::sync::Mutex<Conn>,
+    brokers: RwLock<HashMap<String, Weak<BrokerShared>>>,
+    pubsub_up: AtomicBool,
+    commands_up: AtomicBool,
+    failures: AtomicU64,
+    lost: AtomicU64,
+    next_epoch: AtomicU64,
+}
+
+/// The command connection, and when connecting last failed.
+#[derive(Default)]
+struct Conn {
+    conn: Option<redis::aio::MultiplexedConnection>,
+    failed_at: Option<Instant>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("target", &self.inner.target)
+            .field("prefix", &self.inner.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why `[cluster] redis` cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ClusterError(String);
+
+fn unavailable(e: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Unavailable(e.to_string())
+}
+
+/// `redis://host:port/db`, its password (if any) hidden.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            format!(
+                "{}://…@{}",
+                url.get(..s).unwrap_or(""),
+                url.get(at + 1..).unwrap_or("")
+            )
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl Cluster {
+    /// Starts the connection to the Redis of `url` (its tasks need a tokio
+    /// runtime), with every key under `prefix` and channels expiring `ttl`
+    /// after their last publish. Fails only on a URL that is not a Redis
+    /// URL; an unreachable server is retried in the background.
+    pub fn start(url: &str, prefix: &str, ttl: Duration) -> Result<Self, ClusterError> {
+        let client = redis::Client::open(url)
+            .map_err(|e| ClusterError(format!("not a Redis URL (redis://host:port/db): {e}")))?;
+        let seed = std::collections::hash_map::RandomState::new();
+        let inner = Arc::new(Inner {
+            client,
+            target: redacted(url),
+            prefix: prefix.to_owned(),
+            ttl: ttl.max(Duration::from_secs(1)),
+            conn: tokio::sync::Mutex::new(Conn::default()),
+            brokers: RwLock::new(HashMap::new()),
+            pubsub_up: AtomicBool::new(false),
+            commands_up: AtomicBool::new(false),
+            failures: AtomicU64::new(0),
+            lost: AtomicU64::new(0),
+            next_epoch: AtomicU64::new(std::hash::BuildHasher::hash_one(&seed, 0u8) >> 11),
+        });
+        let (jobs, rx) = mpsc::channel(PUBLISH_QUEUE);
+        tokio::spawn(publisher(Arc::clone(&inner), rx));
+        tokio::spawn(pubsub(Arc::downgrade(&inner)));
+        Ok(Self { inner, jobs })
+    }
+
+    /// Where it connects (the URL without its password).
+    pub fn target(&self) -> &str {
+        &self.inner.target
+    }
+
+    /// How long a channel's hash and history live after its last publish.
+    pub fn ttl(&self) -> Duration {
+        self.inner.ttl
+    }
+
+    /// The state of both connections.
+    pub fn status(&self) -> ClusterStatus {
+        ClusterStatus {
+            pubsub: self.inner.pubsub_up.load(Ordering::Acquire),
+            commands: self.inner.commands_up.load(Ordering::Acquire),
+            failures: self.inner.failures.load(Ordering::Relaxed),
+            lost: self.inner.lost.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Waits until both connections are up, at most `limit`: true if
+    /// they are.
+    pub async fn wait_up(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            if self.inner.connection().await.is_ok() && self.status().pubsub {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The broker of one `&broadcast` hub: its channels live under
+    /// `namespace` (the route's path), each keeps its last `history_size`
+    /// publications.
+    pub fn broker(
+        &self,
+        namespace: &str,
+        handler: Weak<dyn BrokerHandler>,
+        history_size: usize,
+    ) -> Arc<RedisBroker> {
+        let shared = Arc::new(BrokerShared {
+            handler,
+            subscribed: RwLock::new(HashSet::new()),
+        });
+        self.inner
+            .brokers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(namespace.to_owned(), Arc::downgrade(&shared));
+        Arc::new(RedisBroker {
+            inner: Arc::clone(&self.inner),
+            jobs: self.jobs.clone(),
+            namespace: namespace.to_owned(),
+            history_size,
+            shared,
+        })
+    }
+
+    fn counter_key(&self, key: &str, window: Duration) -> String {
+        let w = window.as_secs().max(1);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        format!("{}n/{key}/{}", self.inner.prefix, now / w)
+    }
+}
+
+impl SharedCounters for Cluster {
+    /// A fixed window shared by every node: `INCR` and `EXPIRE` (twice
+    /// the window) on `{prefix}n/{key}/{window number}`.
+    fn hit(&self, key: &str, window: Duration) -> BrokerFuture<u64> {
+        let key = self.counter_key(key, window);
+        let secs = window.as_secs().max(1).saturating_mul(2);
+        let inner = Arc::clone(&self.inner);
+        Box::pin(async move {
+            let mut pipe = redis::pipe();
+            pipe.cmd("INCR")
+                .arg(&key)
+                .cmd("EXPIRE")
+                .arg(&key)
+                .arg(secs)
+                .ignore();
+            let (n,): (u64,) = inner.query(&pipe).await?;
+            Ok(n)
+        })
+    }
+
+    fn count(&self, key: &str, window: Duration) -> BrokerFuture<u64> {
+        let key = self.counter_key(key, window);
+        let inner = Arc::clone(&self.inner);
+        Box::pin(async move {
+            let mut pipe = redis::pipe();
+            pipe.cmd("GET").arg(&key);
+            let (n,): (Option<u64>,) = inner.query(&pipe).await?;
+            Ok(n.unwrap_or(0))
+        })
+    }
+}
+
+impl Inner {
+    /// The command connection, made if needed (not more than once per
+    /// [`BACKOFF_FIRST`] while Redis is away).
+    async fn connection(&self) -> Result<redis::aio::MultiplexedConnection, BrokerError> {
+        let mut c = self.conn.lock().await;
+        if let Some(conn) = &c.conn {
+            return Ok(conn.clone());
+        }
+        if c.failed_at.is_some_and(|t| t.elapsed() < BACKOFF_FIRST) {
+            return Err(unavailable(format!("{} is unreachable", self.target)));
+        }
+        match tokio::time::timeout(
+            REDIS_TIMEOUT,
+            self.client.get_multiplexed_async_connection(),
+        )
+        .await
+        {
+            Ok(Ok(conn)) => {
+                if !self.commands_up.swap(true, Ordering::AcqRel) {
+                    tracing::info!(redis = %self.target, "redis: connected");
+                }
+                c.failed_at = None;
+                c.conn = Some(conn.clone());
+                Ok(conn)
+            }
+            Ok(Err(e)) => Err(self.connect_failed(&mut c, e.to_string())),
+            Err(_) => Err(self.connect_failed(&mut c, "timed out".to_owned())),
+        }
+    }
+
+    fn connect_failed(&self, c: &mut Conn, why: String) -> BrokerError {
+        c.failed_at = Some(Instant::now());
+        if self.commands_up.swap(false, Ordering::AcqRel) {
+            tracing::error!(redis = %self.target, "redis: cannot connect: {why}");
+        }
+        unavailable(format!("{}: {why}", self.target))
+    }
+
+    /// Runs `pipe`; a failure drops the connection (the next call makes a
+    /// new one) and counts.
+    async fn query<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, BrokerError> {
+        let mut conn = match self.connection().await {
+            Ok(c) => c,
+            Err(e) => {
+                self.failures.fetch_add(1, Ordering::Relaxed);
+                return Err(e);
+            }
+        };
+        let r = tokio::time::timeout(REDIS_TIMEOUT, pipe.query_async::<T>(&mut conn)).await;
+        match r {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) if !(e.is_io_error() || e.is_connection_dropped() || e.is_timeout()) => {
+                // Redis answered with an error: the connection is fine.
+                Err(BrokerError::Unavailable(format!("redis refused: {e}")))
+            }
+            other => {
+                let why = match other {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "timed out".to_owned(),
+                };
+                self.failures.fetch_add(1, Ordering::Relaxed);
+                let mut c = self.conn.lock().await;
+                c.conn = None;
+                if self.commands_up.swap(false, Ordering::AcqRel) {
+                    tracing::error!(redis = %self.target, "redis: connection lost: {why}");
+                }
+                Err(unavailable(format!("{}: {why}", self.target)))
+            }
+        }
+    }
+
+    /// A `PING` on the command connection (reconnecting it if needed), so
+    /// that its state in `/healthz` is never older than [`PING_EVERY`].
+    async fn ping(&self) {
+        let mut pipe = redis::pipe();
+        pipe.cmd("PING");
+        let _ = self.query::<(String,)>(&pipe).await;
+    }
+
+    fn brokers(&self) -> Vec<Arc<BrokerShared>> {
+        self.brokers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect()
+    }
+
+    /// A message of the pattern subscription: `{prefix}bc{ns}/{channel}`
+    /// carrying `seq epoch payload`.
+    fn deliver(&self, name: &str, payload: &[u8]) {
+        let Some(rest) = name
+            .strip_prefix(&self.prefix)
+            .and_then(|r| r.strip_prefix("bc"))
+        else {
+            return;
+        };
+        let Some((ns, channel)) = rest.rsplit_once('/') else {
+            return;
+        };
+        let Some(publication) = parse_publication(payload) else {
+            tracing::warn!(channel = name, "redis: a malformed publication was dropped");
+            return;
+        };
+        let broker = self
+            .brokers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(ns)
+            .and_then(Weak::upgrade);
+        if let Some(b) = broker {
+            b.deliver(channel, &publication);
+        }
+    }
+}
+
+/// `seq epoch payload` as the script publishes it.
+fn parse_publication(payload: &[u8]) -> Option<Publication> {
+    let mut parts = payload.splitn(3, |b| *b == b' ');
+    let num = |p: Option<&[u8]>| -> Option<u64> { std::str::from_utf8(p?).ok()?.parse().ok() };
+    let offset = num(parts.next())?;
+    let epoch = num(parts.next())?;
+    let data = Bytes::copy_from_slice(parts.next()?);
+    Some(Publication {
+        position: StreamPosition { offset, epoch },
+        data,
+    })
+}
+
+/// Sends every publish of the process, in the order they were made,
+/// pipelined in batches of up to [`BATCH`].
+async fn publisher(inner: Arc<Inner>, mut rx: mpsc::Receiver<Job>) {
+    let mut batch = Vec::with_capacity(BATCH);
+    while rx.recv_many(&mut batch, BATCH).await > 0 {
+        let mut pipe = redis::pipe();
+        for job in &batch {
+            let epoch = inner.next_epoch.fetch_add(1, Ordering::Relaxed);
+            // EVAL, not EVALSHA: Redis caches the compiled script by its
+            // hash anyway, and a flushed or new server needs no reload.
+            pipe.cmd("EVAL")
+                .arg(PUBLISH_SCRIPT)
+                .arg(2)
+                .arg(&job.meta)
+                .arg(&job.stream)
+                .arg(&job.channel)
+                .arg(job.data.as_ref())
+                .arg(epoch)
+                .arg(job.history_size)
+                .arg(inner.ttl.as_secs());
+        }
+        let result = inner.query::<Vec<(u64, u64)>>(&pipe).await;
+        match result {
+            Ok(positions) => {
+                let mut positions = positions.into_iter();
+                for job in batch.drain(..) {
+                    let r = positions
+                        .next()
+                        .map(|(offset, epoch)| Some(StreamPosition { offset, epoch }))
+                        .ok_or_else(|| unavailable("redis: a short pipeline answer"));
+                    let _ = job.reply.send(r);
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                for job in batch.drain(..) {
+                    let _ = job.reply.send(Err(BrokerError::Unavailable(msg.clone())));
+                }
+            }
+        }
+    }
+}
+
+/// Keeps the pattern subscription up: connects, subscribes, hands every
+/// message over, and after a break tells every hub and connects again.
+async fn pubsub(inner: Weak<Inner>) {
+    let mut backoff = BACKOFF_FIRST;
+    loop {
+        let Some(me) = inner.upgrade() else { return };
+        let pattern = format!("{}bc*", me.prefix);
+        let client = me.client.clone();
+        let target = me.target.clone();
+        drop(me);
+        let connected = async {
+            let mut ps = client.get_async_pubsub().await?;
+            ps.psubscribe(&pattern).await?;
+            Ok::<_, redis::RedisError>(ps)
+        };
+        let ps = match tokio::time::timeout(REDIS_TIMEOUT, connected).await {
+            Ok(Ok(ps)) => ps,
+            Ok(Err(e)) => {
+                tracing::debug!(redis = %target, "redis pub/sub: cannot connect: {e}");
+                sleep_backoff(&mut backoff).await;
+                continue;
+            }
+            Err(_) => {
+                sleep_backoff(&mut backoff).await;
+                continue;
+            }
+        };
+        backoff = BACKOFF_FIRST;
+        let (mut sink, mut stream) = ps.split();
+        match inner.upgrade() {
+            Some(me) => {
+                me.pubsub_up.store(true, Ordering::Release);
+                tracing::info!(redis = %target, "redis pub/sub: subscribed");
+                // Redis is back: so is the command connection, without
+                // waiting for the next command.
+                me.ping().await;
+            }
+            None => return,
+        }
+        let mut ping = tokio::time::interval(PING_EVERY);
+        ping.tick().await;
+        loop {
+            tokio::select! {
+                msg = stream.next() => match msg {
+                    Some(msg) => {
+                        let Some(me) = inner.upgrade() else { return };
+                        me.deliver(msg.get_channel_name(), msg.get_payload_bytes());
+                    }
+                    None => break,
+                },
+                _ = ping.tick() => {
+                    let pong = tokio::time::timeout(REDIS_TIMEOUT, sink.ping::<String>()).await;
+                    if !matches!(pong, Ok(Ok(_))) {
+                        break;
+                    }
+                    let Some(me) = inner.upgrade() else { return };
+                    me.ping().await;
+                }
+            }
+        }
+        let Some(me) = inner.upgrade() else { return };
+        me.pubsub_up.store(false, Ordering::Release);
+        me.lost.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(redis = %target, "redis pub/sub: connection lost; closing broadcast subscribers (1011) until it is back");
+        for b in me.brokers() {
+            b.lost();
+        }
+        drop(me);
+        sleep_backoff(&mut backoff).await;
+    }
+}
+
+/// Sleeps `backoff` with ±25 % jitter and doubles it (up to
+/// [`BACKOFF_LAST`]).
+async fn sleep_backoff(backoff: &mut Duration) {
+    let seed = std::collections::hash_map::RandomState::new();
+    let r = std::hash::BuildHasher::hash_one(&seed, 0u8) % 500;
+    let jittered = backoff.mul_f64(0.75 + (r as f64) / 1000.0);
+    tokio::time::sleep(jittered).await;
+    *backoff = backoff.saturating_mul(2).min(BACKOFF_LAST);
+}
+
+/// What the pub/sub task shares with one [`RedisBroker`].
+struct BrokerShared {
+    handler: Weak<dyn BrokerHandler>,
+    /// The channels this node's hub listens to.
+    subscribed: RwLock<HashSet<String>>,
+}
+
+impl BrokerShared {
+    fn deliver(&self, channel: &str, publication: &Publication) {
+        let listening = self
+            .subscribed
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(channel);
+        if listening {
+            if let Some(h) = self.handler.upgrade() {
+                h.handle_publication(channel, publication);
+            }
+        }
+    }
+
+    fn lost(&self) {
+        self.subscribed
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        if let Some(h) = self.handler.upgrade() {
+            h.handle_lost();
+        }
+    }
+}
+
+/// The broker of one `&broadcast` hub on Redis (see the module's doc).
+pub struct RedisBroker {
+    inner: Arc<Inner>,
+    jobs: mpsc::Sender<Job>,
+    namespace: String,
+    history_size: usize,
+    shared: Arc<BrokerShared>,
+}
+
+impl std::fmt::Debug for RedisBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBroker")
+            .field("namespace", &self.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for RedisBroker {
+    fn drop(&mut self) {
+        let mut map = self
+            .inner
+            .brokers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mine = map
+            .get(&self.namespace)
+            .is_some_and(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(&self.shared)));
+        if mine {
+            map.remove(&self.namespace);
+        }
+    }
+}
+
+impl RedisBroker {
+    fn keys(&self, channel: &str) -> (String, String, String) {
+        let p = &self.inner.prefix;
+        let ns = &self.namespace;
+        let name = format!("{p}bc{ns}/{channel}");
+        (name.clone(), format!("{p}bh{ns}/{channel}"), name)
+    }
+}
+
+impl Broker for RedisBroker {
+    fn subscribe(&self, channel: &str) -> Result<(), BrokerError> {
+        if !self.inner.pubsub_up.load(Ordering::Acquire) {
+            return Err(unavailable(format!(
+                "{}: no pub/sub connection",
+                self.inner.target
+            )));
+        }
+        self.shared
+            .subscribed
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(channel.to_owned());
+        Ok(())
+    }
+
+    fn unsubscribe(&self, channel: &str) {
+        self.shared
+            .subscribed
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(channel);
+    }
+
+    fn publish(&self, channel: &str, data: Bytes) -> BrokerFuture<Option<StreamPosition>> {
+        let (meta, stream, name) = self.keys(channel);
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            meta,
+            stream,
+            channel: name,
+            data,
+            history_size: self.history_size,
+            reply,
+        };
+        // Queued now, in call order; the future only waits for the answer.
+        if let Err(e) = self.jobs.try_send(job) {
+            self.inner.failures.fetch_add(1, Ordering::Relaxed);
+            let why = match e {
+                mpsc::error::TrySendError::Full(_) => "the publish queue is full",
+                mpsc::error::TrySendError::Closed(_) => "the publisher stopped",
+            };
+            return Box::pin(std::future::ready(Err(unavailable(why))));
+        }
+        Box::pin(async move {
+            answer
+                .await
+                .unwrap_or_else(|_| Err(unavailable("the publisher stopped")))
+        })
+    }
+
+    fn history(&self, channel: &str, after: Option<u64>, limit: usize) -> BrokerFuture<History> {
+        let (meta, stream, _) = self.keys(channel);
+        let inner = Arc::clone(&self.inner);
+        Box::pin(async move {
+            let start = match after {
+                Some(a) => format!("{}-0", a.saturating_add(1)),
+                None => "-".to_owned(),
+            };
+            let mut pipe = redis::pipe();
+            pipe.atomic()
+                .cmd("HMGET")
+                .arg(&meta)
+                .arg("seq")
+                .arg("epoch");
+            pipe.cmd("XRANGE")
+                .arg(&stream)
+                .arg(start)
+                .arg("+")
+                .arg("COUNT")
+                .arg(limit.max(1));
+            type Entry = (String, HashMap<String, Vec<u8>>);
+            let ((seq, epoch), entries): ((Option<u64>, Option<u64>), Vec<Entry>) =
+                inner.query(&pipe).await?;
+            let position = StreamPosition {
+                offset: seq.unwrap_or(0),
+                epoch: epoch.unwrap_or(0),
+            };
+            let publications = if limit == 0 {
+                Vec::new()
+            } else {
+                entries
+                    .into_iter()
+                    .filter_map(|(id, mut fields)| {
+                        let offset = id.split_once('-')?.0.parse().ok()?;
+                        Some(Publication {
+                            position: StreamPosition {
+                                offset,
+                                epoch: position.epoch,
+                            },
+                            data: Bytes::from(fields.remove("d")?),
+                        })
+                    })
+                    .collect()
+            };
+            Ok(History {
+                publications,
+                position,
+            })
+        })
+    }
+
+    fn available(&self) -> bool {
+        self.inner.pubsub_up.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// The Redis of `SIGMA_TEST_REDIS` (required when set), else the
+    /// local one if it answers: a [`Cluster`] under a fresh prefix.
+    pub(crate) async fn test_cluster() -> Option<Cluster> {
+        let (url, required) = match std::env::var("SIGMA_TEST_REDIS") {
+            Ok(u) => (u, true),
+            Err(_) => ("redis://127.0.0.1:6379/".to_owned(), false),
+        };
+        let mut r = [0u8; 6];
+        getrandom::fill(&mut r).expect("random");
+        let prefix: String = r.iter().map(|b| format!("{b:02x}")).collect();
+        let c = Cluster::start(&url, &format!("sigma_test_{prefix}:"), DEFAULT_TTL).unwrap();
+        if c.wait_up(Duration::from_secs(5)).await {
+            return Some(c);
+        }
+        assert!(!required, "SIGMA_TEST_REDIS={url} does not answer");
+        eprintln!("no Redis at {url}: the Redis broker tests pass without running");
+        None
+    }
+
+    pub(crate) fn suite_broker(
+        handler: Weak<dyn BrokerHandler>,
+        history_size: usize,
+    ) -> crate::broker_suite::NewBroker {
+        Box::pin(async move {
+            let c = test_cluster().await?;
+            let b = c.broker("/bc", handler, history_size);
+            Some(b as Arc<dyn Broker>)
+        })
+    }
+
+    #[test]
+    fn publications_parse_and_urls_hide_passwords() {
+        let p = parse_publication(b"12 34 a b c").unwrap();
+        assert_eq!(
+            p.position,
+            StreamPosition {
+                offset: 12,
+                epoch: 34
+            }
+        );
+        assert_eq!(p.data, Bytes::from_static(b"a b c"));
+        assert!(parse_publication(b"x 1 d").is_none());
+        assert!(parse_publication(b"1 2").is_none());
+        assert_eq!(parse_publication(b"1 2 ").unwrap().data, Bytes::new());
+        assert_eq!(redacted("redis://:pw@h:1/0"), "redis://…@h:1/0");
+        assert_eq!(redacted("redis://h:1/0"), "redis://h:1/0");
+    }
+
+    #[tokio::test]
+    async fn shared_counters_count_across_clusters() {
+        let Some(a) = test_cluster().await else {
+            return;
+        };
+        let w = Duration::from_secs(60);
+        assert_eq!(a.count("k", w).await.unwrap(), 0);
+        assert_eq!(a.hit("k", w).await.unwrap(), 1);
+        assert_eq!(a.hit("k", w).await.unwrap(), 2);
+        // Another process on the same prefix counts into the same window.
+        let url = std::env::var("SIGMA_TEST_REDIS").unwrap_or("redis://127.0.0.1:6379/".into());
+        let b = Cluster::start(&url, &a.inner.prefix, DEFAULT_TTL).unwrap();
+        assert!(b.wait_up(Duration::from_secs(5)).await);
+        assert_eq!(b.hit("k", w).await.unwrap(), 3);
+        assert_eq!(a.count("k", w).await.unwrap(), 3);
+        assert_eq!(a.count("other", w).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_redis_fails_fast_and_counts() {
+        // A port nothing listens on.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let c = Cluster::start(&format!("redis://127.0.0.1:{port}/"), "x:", DEFAULT_TTL).unwrap();
+        assert!(!c.wait_up(Duration::from_millis(200)).await);
+        let b = c.broker("/r", Weak::<Noop>::new(), 0);
+        assert!(b.subscribe("c").is_err());
+        assert!(!b.available());
+        let e = b.publish("c", Bytes::new()).await.unwrap_err();
+        assert!(e.to_string().contains(&format!("127.0.0.1:{port}")), "{e}");
+        assert!(c.hit("k", Duration::from_secs(60)).await.is_err());
+        assert!(c.status().failures >= 2);
+        assert!(!c.status().pubsub && !c.status().commands);
+        assert!(Cluster::start("http://x", "x:", DEFAULT_TTL).is_err());
+    }
+
+    struct Noop;
+    impl BrokerHandler for Noop {
+        fn handle_publication(&self, _: &str, _: &Publication) {}
+    }
+}
