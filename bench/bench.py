@@ -22,6 +22,9 @@ Scenarios (DESIGN §10, issue 4):
      64 connections, same certificate and cipher          sigma [SHA], nginx ssl
   9  new TLS handshakes per second: one request per
      connection (Connection: close), 16 connections       sigma [SHA], nginx ssl
+ 10  scenario 6 on a cluster (DESIGN §7): the subscribers
+     split over two nodes sharing PostgreSQL and Redis,
+     against one node on the same PostgreSQL and Redis   sigma ×2 vs sigma ×1
 """
 
 import argparse
@@ -521,6 +524,82 @@ def scenario_fanout(key, args, servers, workdir):
     return out
 
 
+class Nodes:
+    """Several servers measured as one (CPU and peak RSS summed)."""
+
+    def __init__(self, servers):
+        self.servers = servers
+        self.name = "+".join(x.name for x in servers)
+
+    def ticks(self):
+        return sum(x.ticks() for x in self.servers)
+
+    def hwm_kib(self):
+        return sum(x.hwm_kib() for x in self.servers)
+
+
+def psql(url, sql):
+    subprocess.run(["psql", url, "-XAtqc", sql], check=True, capture_output=True, text=True)
+
+
+def scenario_cluster_fanout(key, args, workdir):
+    """Scenario 6 with `[store] url` and `[cluster] redis`: one node with
+    every subscriber, then two nodes (both on the server core) with the
+    subscribers split between them and the publisher on the first, so
+    that half the deliveries cross Redis. PostgreSQL and Redis come from
+    BENCH_POSTGRES / BENCH_REDIS (bench/run sets them with
+    scripts/services.sh); each run gets its own database and key prefix."""
+    admin = os.environ.get("BENCH_POSTGRES", "postgres://postgres@127.0.0.1:5432/postgres")
+    redis = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379/0")
+    tmpl = (BENCH / "sigma.toml.in").read_text()
+    n, rate = args.fanout_subscribers, args.fanout_rate
+    out = {}
+    for nodes in (1, 2):
+        db = f"sigma_bench_{os.getpid()}_{nodes}"
+        psql(admin, f"CREATE DATABASE {db}")
+        url = admin.rsplit("/", 1)[0] + "/" + db
+        prefix = f"sigma_bench_{os.getpid()}_{nodes}:"
+        servers = []
+        try:
+            for i in range(nodes):
+                port = free_port()
+                cfg = workdir / f"sigma-cluster-{port}.toml"
+                cfg.write_text(tmpl.replace("@DATA@", str(workdir / f"data-{port}"))
+                               + f'\n[store]\nurl = "{url}"\n\n[cluster]\n'
+                                 f'redis = "{redis}"\nprefix = "{prefix}"\n')
+                s = Server(f"sigma-node{i + 1}", [SIGMA, "serve", "--config", cfg, "--pipeline",
+                                                  f"T127.0.0.1:{port}[HA]", "--workers", "1"],
+                           port, workdir)
+                if i == 0:
+                    s.before = ([SIGMA, "user", "add", BENCH_USER, "--password-stdin",
+                                 "--config", cfg], BENCH_PASSWORD)
+                s.login = True
+                servers.append(s)
+            for s in servers:
+                s.start(key)
+            a = servers[0]
+            log(f"  [{key}] {nodes} node(s): {n} subscribers, {rate} publishes/s")
+            argv = [LOAD, "--json", "-H", f"Cookie: {a.cookie}", "--connect-concurrency", "200",
+                    "pubsub", "--url", f"ws://127.0.0.1:{a.port}/broadcast",
+                    "--subscribers", str(n), "--publishers", "1", "--channels", "1",
+                    "--rate", str(rate), "-s", "64", "--subscribe-timeout", "60s",
+                    "-d", f"{args.duration}s", "-w", f"{args.warmup}s"]
+            if nodes == 2:
+                argv[argv.index("--subscribers"):argv.index("--subscribers")] = [
+                    "--split-url", f"ws://127.0.0.1:{servers[1].port}/broadcast"]
+            name = f"sigma ×{nodes} (Redis)"
+            out[name] = measure(Nodes(servers), lambda: run_pubsub(key, name, argv, args),
+                                Perf(False, workdir), key, args.duration)
+        finally:
+            for s in servers:
+                s.stop()
+            try:
+                psql(admin, f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+            except subprocess.CalledProcessError:
+                pass
+    return out
+
+
 def run_pubsub(key, name, argv, args):
     p = run_load(key, name, argv, args.duration + args.warmup + 180)
     line = p.stdout.strip().splitlines()[-1] if p.stdout.strip() else ""
@@ -858,6 +937,19 @@ def build_rows(res):
                          + f" ({x['delivered'] * 100:.1f} % of expected{errs}{closes})",
                          fmt_us(x["p50_us"]), fmt_us(x["p99_us"]), fmt_kib(x["hwm_kib"]),
                          f"{x['cpu']:.0f} %", ratio, "report" if n == "sigma" else ""])
+    r = res.get("10")
+    if r:
+        one = r.get("sigma ×1 (Redis)", {}).get("rate")
+        for n, x in r.items():
+            ratio = f"{x['rate'] / one:.2f}× one node" if one and n != "sigma ×1 (Redis)" else ""
+            errs = f", {x['errors_total']} errors" if x["errors_total"] else ""
+            closes = ", closes " + ", ".join(f"{c}×{k}" for k, c in x["closes"].items()) \
+                if x.get("closes") else ""
+            rows.append([f"10 cluster fan-out, {x['connected'] - 1} subscribers, "
+                         f"{x['rate_param']}/s", n, fmt_rate(x["rate"], "deliveries/s")
+                         + f" ({x['delivered'] * 100:.1f} % of expected{errs}{closes})",
+                         fmt_us(x["p50_us"]), fmt_us(x["p99_us"]), fmt_kib(x["hwm_kib"]),
+                         f"{x['cpu']:.0f} %", ratio, "report"])
     r = res.get("7")
     if r:
         x = r["sigma"]
@@ -1104,7 +1196,7 @@ def main():
     ap.add_argument("--warmup", type=int, default=2, help="warm-up seconds per run")
     ap.add_argument("--rounds", type=int, default=1,
                     help="rounds of scenarios 1-3 (servers alternate; median shown)")
-    ap.add_argument("--scenarios", default="1,2,3,4,5,6,7,8,9", help="comma-separated subset")
+    ap.add_argument("--scenarios", default="1,2,3,4,5,6,7,8,9,10", help="comma-separated subset")
     ap.add_argument("--idle-connections", type=int, default=10000)
     ap.add_argument("--slow-headers", type=int, default=2000)
     ap.add_argument("--slow-bodies", type=int, default=500)
@@ -1137,7 +1229,7 @@ def main():
         SIGMA = Path(args.sigma_bin).resolve()
 
     # Only what the chosen scenarios run (8 and 9 need sigma and nginx).
-    need = {SIGMA: True, LOAD: bool(wanted & {"3", "4", "6", "7"}),
+    need = {SIGMA: True, LOAD: bool(wanted & {"3", "4", "6", "7", "10"}),
             PEERS / "axum-hello": bool(wanted & {"1", "2"}),
             PEERS / "ws-echo": bool(wanted & {"3", "4"}), PEERS / "ws-fanout": "6" in wanted}
     for exe in (e for e, n in need.items() if n):
@@ -1181,6 +1273,9 @@ def main():
     if "6" in wanted:
         log("scenario 6: &broadcast fan-out")
         res["6"] = scenario_fanout("6", args, servers, workdir)
+    if "10" in wanted:
+        log("scenario 10: &broadcast fan-out across two nodes (PostgreSQL + Redis)")
+        res["10"] = scenario_cluster_fanout("10", args, workdir)
     if "7" in wanted:
         log("scenario 7: signed world messages")
         res["7"] = scenario_world("7", args, servers, workdir, perf)

@@ -98,6 +98,11 @@ enum Command {
         /// The `&broadcast` endpoint, e.g. `ws://127.0.0.1:3000/broadcast`.
         #[arg(long)]
         url: String,
+        /// Another node's `&broadcast` endpoint: half the subscribers (odd
+        /// ids) connect there, the publishers stay on `--url` (a cluster's
+        /// cross-node fan-out).
+        #[arg(long)]
+        split_url: Option<String>,
         /// Subscriber connections.
         #[arg(long, default_value_t = 1000)]
         subscribers: usize,
@@ -219,6 +224,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Pubsub {
             url,
+            split_url,
             subscribers,
             publishers,
             channels,
@@ -243,6 +249,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let params = vec![
                 ("url", url.clone()),
+                ("split_url", split_url.clone().unwrap_or_default()),
                 ("subscribers", subscribers.to_string()),
                 ("publishers", publishers.to_string()),
                 ("channels", channels.to_string()),
@@ -250,8 +257,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ("size", size.to_string()),
                 ("threads", threads.to_string()),
             ];
+            let split = split_url.as_deref().map(target).transpose()?;
             let ps = PubSub {
                 target: target(&url)?,
+                split,
                 subscribers,
                 publishers: publishers.max(1),
                 channels: channels.max(1),

@@ -38,6 +38,9 @@ const MAX_BURST: u64 = 10_000;
 pub struct PubSub {
     /// The `&broadcast` WebSocket endpoint.
     pub target: Target,
+    /// Another node's endpoint (a cluster): odd-numbered subscribers
+    /// connect there; publishers stay on `target`.
+    pub split: Option<Target>,
     /// Subscriber connections.
     pub subscribers: usize,
     /// Publisher connections.
@@ -83,7 +86,11 @@ impl PubSub {
     /// Opens subscriber `id`, subscribes, waits for the acknowledgement.
     async fn open_subscriber(&self, id: u64) -> anyhow::Result<Member> {
         let channel = (id as usize) % self.channels.max(1);
-        let mut client = fleet::open(&self.target, id).await?;
+        let target = match &self.split {
+            Some(t) if id % 2 == 1 => t,
+            _ => &self.target,
+        };
+        let mut client = fleet::open(target, id).await?;
         let name = self.channel_name(channel);
         let msg = format!("{{\"type\":\"subscribe\",\"channel\":\"{name}\"}}");
         let mut out = Vec::new();
@@ -379,6 +386,7 @@ mod tests {
     fn spreads_subscribers_over_channels() {
         let p = PubSub {
             target: Target::parse("ws://127.0.0.1:1/").unwrap(),
+            split: None,
             subscribers: 10,
             publishers: 1,
             channels: 3,

@@ -218,6 +218,7 @@ mod tests {
         let port = super::start();
         let p = PubSub {
             target: Target::parse(&format!("ws://127.0.0.1:{port}/broadcast")).unwrap(),
+            split: None,
             subscribers: 6,
             publishers: 2,
             channels: 2,

@@ -28,8 +28,10 @@
 //! its subscribers (1011) until the connection is back; publishes fail
 //! fast with [`BrokerError::Unavailable`] (503 / an error message). A
 //! channel's hash and stream expire [`Cluster::ttl`] after its last
-//! publish; when they are gone (expired, flushed, Redis restarted
-//! without persistence) the next publish starts a new epoch at seq 1.
+//! publish, unless some node has subscribers on it (each node extends
+//! the life of its subscribed channels every third of the TTL); when they
+//! are gone (expired, flushed, Redis restarted without persistence) the
+//! next publish starts a new epoch at seq 1.
 //!
 //! **Names.** Everything sigma keeps in Redis starts with `[cluster]
 //! prefix` (default `sigma:`), so that several deployments (and test
@@ -131,6 +133,8 @@ struct Inner {
     failures: AtomicU64,
     lost: AtomicU64,
     next_epoch: AtomicU64,
+    /// How often both connections are pinged ([`PING_EVERY`]).
+    ping_every: Duration,
 }
 
 /// The command connection, and when connecting last failed.
@@ -178,6 +182,16 @@ impl Cluster {
     /// after their last publish. Fails only on a URL that is not a Redis
     /// URL; an unreachable server is retried in the background.
     pub fn start(url: &str, prefix: &str, ttl: Duration) -> Result<Self, ClusterError> {
+        Self::start_pinging(url, prefix, ttl, PING_EVERY)
+    }
+
+    /// [`Cluster::start`] pinging every `ping_every` (tests).
+    fn start_pinging(
+        url: &str,
+        prefix: &str,
+        ttl: Duration,
+        ping_every: Duration,
+    ) -> Result<Self, ClusterError> {
         let client = redis::Client::open(url)
             .map_err(|e| ClusterError(format!("not a Redis URL (redis://host:port/db): {e}")))?;
         let seed = std::collections::hash_map::RandomState::new();
@@ -193,10 +207,12 @@ impl Cluster {
             failures: AtomicU64::new(0),
             lost: AtomicU64::new(0),
             next_epoch: AtomicU64::new(std::hash::BuildHasher::hash_one(&seed, 0u8) >> 11),
+            ping_every,
         });
         let (jobs, rx) = mpsc::channel(PUBLISH_QUEUE);
         tokio::spawn(publisher(Arc::clone(&inner), rx));
         tokio::spawn(pubsub(Arc::downgrade(&inner)));
+        tokio::spawn(keep_alive(Arc::downgrade(&inner)));
         Ok(Self { inner, jobs })
     }
 
@@ -478,6 +494,47 @@ async fn publisher(inner: Arc<Inner>, mut rx: mpsc::Receiver<Job>) {
     }
 }
 
+/// Every third of the time to live, extends the life of the hash of each
+/// channel this node has subscribers on (`EXPIRE`, pipelined), so that a
+/// quiet channel somebody listens to keeps its `seq` and epoch instead of
+/// restarting at 1 under its subscribers' feet.
+async fn keep_alive(inner: Weak<Inner>) {
+    let every = match inner.upgrade() {
+        Some(me) => (me.ttl / 3).max(Duration::from_millis(300)),
+        None => return,
+    };
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(me) = inner.upgrade() else { return };
+        let keys: Vec<String> = {
+            let map = me.brokers.read().unwrap_or_else(PoisonError::into_inner);
+            map.iter()
+                .filter_map(|(ns, b)| Some((ns, b.upgrade()?)))
+                .flat_map(|(ns, b)| {
+                    let subscribed = b.subscribed.read().unwrap_or_else(PoisonError::into_inner);
+                    subscribed
+                        .iter()
+                        .map(|c| format!("{}bc{ns}/{c}", me.prefix))
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        };
+        for chunk in keys.chunks(BATCH) {
+            let mut pipe = redis::pipe();
+            for k in chunk {
+                pipe.cmd("EXPIRE").arg(k).arg(me.ttl.as_secs()).ignore();
+            }
+            if me.query::<()>(&pipe).await.is_err() {
+                break;
+            }
+        }
+    }
+}
+
+fn me_ping_every(inner: &Weak<Inner>) -> Duration {
+    inner.upgrade().map_or(PING_EVERY, |me| me.ping_every)
+}
+
 /// Keeps the pattern subscription up: connects, subscribes, hands every
 /// message over, and after a break tells every hub and connects again.
 async fn pubsub(inner: Weak<Inner>) {
@@ -517,7 +574,7 @@ async fn pubsub(inner: Weak<Inner>) {
             }
             None => return,
         }
-        let mut ping = tokio::time::interval(PING_EVERY);
+        let mut ping = tokio::time::interval(me_ping_every(&inner));
         ping.tick().await;
         loop {
             tokio::select! {
@@ -529,7 +586,9 @@ async fn pubsub(inner: Weak<Inner>) {
                     None => break,
                 },
                 _ = ping.tick() => {
-                    let pong = tokio::time::timeout(REDIS_TIMEOUT, sink.ping::<String>()).await;
+                    // Subscribed, Redis answers a PING with an array
+                    // (`pong`, ""), not `+PONG`: any answer will do.
+                    let pong = tokio::time::timeout(REDIS_TIMEOUT, sink.ping::<redis::Value>()).await;
                     if !matches!(pong, Ok(Ok(_))) {
                         break;
                     }
@@ -791,6 +850,75 @@ pub(crate) mod tests {
         assert_eq!(parse_publication(b"1 2 ").unwrap().data, Bytes::new());
         assert_eq!(redacted("redis://:pw@h:1/0"), "redis://…@h:1/0");
         assert_eq!(redacted("redis://h:1/0"), "redis://h:1/0");
+    }
+
+    /// A regression: Redis answers a subscribed connection's PING with an
+    /// array, which once read as a failure, so every node dropped its
+    /// pub/sub connection (and closed its subscribers) at every ping.
+    #[tokio::test]
+    async fn pings_keep_the_subscription_up() {
+        let Some(probe) = test_cluster().await else {
+            return;
+        };
+        let prefix = probe.inner.prefix.clone();
+        drop(probe);
+        let url = std::env::var("SIGMA_TEST_REDIS").unwrap_or("redis://127.0.0.1:6379/".into());
+        let c =
+            Cluster::start_pinging(&url, &prefix, DEFAULT_TTL, Duration::from_millis(50)).unwrap();
+        assert!(c.wait_up(Duration::from_secs(5)).await);
+        // Ten pings' worth of time passing is what is tested.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let s = c.status();
+        assert!(s.pubsub && s.commands, "{s:?}");
+        assert_eq!(s.lost, 0, "{s:?}");
+    }
+
+    /// Real time passing is what is tested: Redis expires keys by its own
+    /// clock, which no fake clock can move.
+    #[tokio::test]
+    async fn a_quiet_channel_with_subscribers_keeps_its_seq_past_the_ttl() {
+        let Some(probe) = test_cluster().await else {
+            return;
+        };
+        let prefix = probe.inner.prefix.clone();
+        drop(probe);
+        let url = std::env::var("SIGMA_TEST_REDIS").unwrap_or("redis://127.0.0.1:6379/".into());
+        let c = Cluster::start(&url, &prefix, Duration::from_secs(1)).unwrap();
+        assert!(c.wait_up(Duration::from_secs(5)).await);
+        let b = c.broker("/k", Weak::<Noop>::new(), 0);
+        b.subscribe("kept").unwrap();
+        let first = b
+            .publish("kept", Bytes::from_static(b"1"))
+            .await
+            .unwrap()
+            .unwrap();
+        let other = b
+            .publish("quiet", Bytes::from_static(b"1"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((first.offset, other.offset), (1, 1));
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let next = b
+            .publish("kept", Bytes::from_static(b"2"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            next,
+            StreamPosition {
+                offset: 2,
+                epoch: first.epoch
+            }
+        );
+        // Nobody listens to `quiet` here: it expired, a new epoch begins.
+        let again = b
+            .publish("quiet", Bytes::from_static(b"2"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(again.offset, 1);
+        assert_ne!(again.epoch, other.epoch);
     }
 
     #[tokio::test]
