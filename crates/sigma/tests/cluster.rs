@@ -6,12 +6,16 @@
 //! the other; losing PostgreSQL gives 503 with `Retry-After`, `/healthz` and
 //! `/metrics` say so, and the node recovers by itself; `sigma migrate`
 //! copies an embedded store; an unreachable database is a clear exit 1.
+//! With `[cluster] redis`: broadcast across nodes in one order with the
+//! right `from`, Redis cut off (a proxy) and killed and restarted (a
+//! private `redis-server`) under traffic, login throttles shared.
 //!
 //! Each test uses a database of its own (`sigma_test_<random>`, dropped
 //! afterwards) on the server of `SIGMA_TEST_POSTGRES` (a `postgres://` URL;
 //! default `postgres://postgres@127.0.0.1:5432/postgres`). Without the
 //! variable and without a server there the tests say so and pass;
-//! `scripts/test.sh` always sets it.
+//! `scripts/test.sh` always sets it. Redis likewise: `SIGMA_TEST_REDIS`
+//! (default `redis://127.0.0.1:6379/0`), a key prefix per test.
 //!
 //! `cargo nextest run -p sigma --test cluster`.
 
@@ -953,5 +957,164 @@ fn login_throttles_are_shared_by_the_nodes() {
             .parse()
             .unwrap();
         assert!((1..=60).contains(&secs), "{secs}");
+    }
+}
+
+/// A private `redis-server` (no persistence) on a free loopback port,
+/// killed with it; [`PrivateRedis::kill`] and [`PrivateRedis::start`] stop
+/// and restart it on the same port.
+struct PrivateRedis {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateRedis {
+    fn new() -> PrivateRedis {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut r = PrivateRedis { port, child: None };
+        r.start();
+        r
+    }
+
+    fn start(&mut self) {
+        let bin = ["/usr/bin/redis-server", "/usr/local/bin/redis-server"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("redis-server is not installed (scripts/test.sh installs Debian's)");
+        let child = std::process::Command::new(bin)
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        self.child = Some(child);
+        eventually(Duration::from_secs(10), "redis-server to answer", || {
+            let mut t = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+            t.set_read_timeout(Some(IO_TIMEOUT)).ok()?;
+            t.write_all(b"PING\r\n").ok()?;
+            let mut b = [0u8; 5];
+            t.read_exact(&mut b).ok()?;
+            (&b == b"+PONG").then_some(())
+        });
+    }
+
+    /// SIGKILL: everything it held is gone.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The seqs of `ws`'s messages until its close: the close code and them.
+fn until_close(ws: &mut Ws) -> (Option<u16>, Vec<u64>) {
+    let (code, before) = ws.closed_by(Instant::now() + Duration::from_secs(20));
+    let seqs = before
+        .iter()
+        .filter(|m| m["type"] == "message")
+        .map(|m| m["seq"].as_u64().expect("seq"))
+        .collect();
+    (code, seqs)
+}
+
+#[test]
+fn redis_killed_and_restarted_under_traffic_the_nodes_recover_by_themselves() {
+    if std::env::var("SIGMA_TEST_REDIS").is_err() && RedisNs::create().is_none() {
+        return; // no Redis here at all, so no redis-server either
+    }
+    let Some(db) = PgDb::create() else { return };
+    let mut redis = PrivateRedis::new();
+    let (_dir, cfg) = config_file(&db.url());
+    add_user(&cfg, "alice");
+    let a = cluster_node(&db.url(), &redis.url(), "sigma:", "");
+    let b = cluster_node(&db.url(), &redis.url(), "sigma:", "");
+    let alice = login(a.addr(), "alice");
+    let mut on_a = subscriber(a.addr(), &alice, "public:t");
+    let mut on_b = subscriber(b.addr(), &alice, "public:t");
+    // Traffic: B publishes until it is told to stop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (b_addr, cookie, halt) = (b.addr(), alice.clone(), Arc::clone(&stop));
+    let traffic = thread::spawn(move || {
+        let mut acked = Vec::new();
+        let mut refused = 0u32;
+        while !halt.load(Ordering::SeqCst) {
+            let r = http_publish(b_addr, &cookie, "public:t", &json!(acked.len()));
+            match r.status {
+                202 => {
+                    let v: Value = serde_json::from_slice(&r.body).expect("json");
+                    acked.push(v["seq"].as_u64().expect("seq"));
+                }
+                503 => refused += 1,
+                s => panic!("publish: {s} {r:?}"),
+            }
+        }
+        (acked, refused)
+    });
+    // Some traffic reaches both subscribers, then Redis dies.
+    for ws in [&mut on_a, &mut on_b] {
+        for _ in 0..5 {
+            assert_eq!(ws.recv()["type"], "message");
+        }
+    }
+    redis.kill();
+    for ws in [&mut on_a, &mut on_b] {
+        let (code, seqs) = until_close(ws);
+        assert_eq!(code, Some(1011), "told it may have missed messages");
+        assert!(
+            seqs.windows(2).all(|w| w[1] == w[0] + 1),
+            "no gap before the close: {seqs:?}"
+        );
+    }
+    for n in [&a, &b] {
+        eventually(Duration::from_secs(20), "degraded", || {
+            let h = request(n.addr(), "GET", "/healthz", &[], b"");
+            h.body_str().contains("redis_pubsub down").then_some(())
+        });
+        // The store, and what needs only it, go on.
+        assert_eq!(db_req(n.addr(), &alice, "PUT", "k", b"v").status / 100, 2);
+    }
+    let r = http_publish(a.addr(), &alice, "public:t", &json!("down"));
+    assert_eq!(
+        (r.status, r.header("retry-after")),
+        (503, Some("1")),
+        "{r:?}"
+    );
+    stop.store(true, Ordering::SeqCst);
+    let (acked, _) = traffic.join().expect("traffic");
+    assert!(acked.len() >= 5, "{acked:?}");
+    redis.start();
+    for n in [&a, &b] {
+        eventually(Duration::from_secs(30), "healthz ok", || {
+            let h = request(n.addr(), "GET", "/healthz", &[], b"");
+            h.body_str().starts_with("ok\n").then_some(())
+        });
+    }
+    // Back, with nothing of before: the same channel restarts at seq 1 (a
+    // new epoch), and both nodes deliver it in one order.
+    let mut on_a = subscriber(a.addr(), &alice, "public:t");
+    let mut on_b = subscriber(b.addr(), &alice, "public:t");
+    for i in 0..3 {
+        let r = http_publish(b.addr(), &alice, "public:t", &json!(i));
+        assert_eq!(r.status, 202, "{r:?}");
+    }
+    for ws in [&mut on_a, &mut on_b] {
+        let seqs: Vec<u64> = (0..3)
+            .map(|_| ws.recv()["seq"].as_u64().expect("seq"))
+            .collect();
+        assert_eq!(seqs, [1, 2, 3]);
     }
 }
