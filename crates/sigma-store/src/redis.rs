@@ -137,11 +137,15 @@ struct Inner {
     ping_every: Duration,
 }
 
-/// The command connection, and when connecting last failed.
+/// The command connection, when connecting last failed, and how long to
+/// wait from then before trying again (doubling up to [`BACKOFF_LAST`]:
+/// while Redis does not answer at all, at most one caller in that long
+/// waits for a connect to time out; the others fail at once).
 #[derive(Default)]
 struct Conn {
     conn: Option<redis::aio::MultiplexedConnection>,
     failed_at: Option<Instant>,
+    backoff: Duration,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -320,14 +324,14 @@ impl SharedCounters for Cluster {
 }
 
 impl Inner {
-    /// The command connection, made if needed (not more than once per
-    /// [`BACKOFF_FIRST`] while Redis is away).
+    /// The command connection, made if needed (while Redis is away, not
+    /// more often than [`Conn::backoff`] allows).
     async fn connection(&self) -> Result<redis::aio::MultiplexedConnection, BrokerError> {
         let mut c = self.conn.lock().await;
         if let Some(conn) = &c.conn {
             return Ok(conn.clone());
         }
-        if c.failed_at.is_some_and(|t| t.elapsed() < BACKOFF_FIRST) {
+        if c.failed_at.is_some_and(|t| t.elapsed() < c.backoff) {
             return Err(unavailable(format!("{} is unreachable", self.target)));
         }
         match tokio::time::timeout(
@@ -341,6 +345,7 @@ impl Inner {
                     tracing::info!(redis = %self.target, "redis: connected");
                 }
                 c.failed_at = None;
+                c.backoff = Duration::ZERO;
                 c.conn = Some(conn.clone());
                 Ok(conn)
             }
@@ -351,6 +356,10 @@ impl Inner {
 
     fn connect_failed(&self, c: &mut Conn, why: String) -> BrokerError {
         c.failed_at = Some(Instant::now());
+        c.backoff = c
+            .backoff
+            .saturating_mul(2)
+            .clamp(BACKOFF_FIRST, BACKOFF_LAST);
         if self.commands_up.swap(false, Ordering::AcqRel) {
             tracing::error!(redis = %self.target, "redis: cannot connect: {why}");
         }
@@ -568,8 +577,9 @@ async fn pubsub(inner: Weak<Inner>) {
             Some(me) => {
                 me.pubsub_up.store(true, Ordering::Release);
                 tracing::info!(redis = %target, "redis pub/sub: subscribed");
-                // Redis is back: so is the command connection, without
-                // waiting for the next command.
+                // Redis is back: so is the command connection, at once
+                // (its backoff is over), without waiting for a command.
+                me.conn.lock().await.failed_at = None;
                 me.ping().await;
             }
             None => return,

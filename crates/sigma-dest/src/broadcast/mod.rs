@@ -21,7 +21,10 @@
 //! subscribers: its sequence number starts at 1 when it is (re)created, and
 //! a publish to a channel nobody subscribes to reaches no one and answers
 //! `seq` 0 (no number is used, no state is kept: a client cannot grow the
-//! hub by publishing to made-up channels).
+//! hub by publishing to made-up channels). That is the in-process broker;
+//! with `[cluster] redis` the broker is Redis ([`sigma_store::RedisBroker`]):
+//! one `seq` per channel across all nodes, given to every publish, since
+//! another node may have subscribers.
 //!
 //! **Permissions** ([`Rules`]): the first rule whose pattern matches the
 //! channel decides; configured rules come before the built-in ones, and a
