@@ -862,6 +862,23 @@ pub(crate) mod tests {
         assert_eq!(redacted("redis://h:1/0"), "redis://h:1/0");
     }
 
+    proptest::proptest! {
+        /// Whatever arrives on the pattern subscription: no panic, and
+        /// what the script publishes reads back exactly.
+        #[test]
+        fn any_payload_parses_or_is_refused(junk in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+                                            offset in proptest::prelude::any::<u64>(),
+                                            epoch in proptest::prelude::any::<u64>(),
+                                            data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
+            let _ = parse_publication(&junk);
+            let mut wire = format!("{offset} {epoch} ").into_bytes();
+            wire.extend_from_slice(&data);
+            let p = parse_publication(&wire).unwrap();
+            proptest::prop_assert_eq!(p.position, StreamPosition { offset, epoch });
+            proptest::prop_assert_eq!(p.data.as_ref(), &data[..]);
+        }
+    }
+
     /// A regression: Redis answers a subscribed connection's PING with an
     /// array, which once read as a failure, so every node dropped its
     /// pub/sub connection (and closed its subscribers) at every ping.
