@@ -35,6 +35,9 @@ pub enum Denied {
     /// A cookie-authenticated unsafe request or upgrade from another
     /// site (403).
     CrossSite,
+    /// The route needs an identity and the request's session could not be
+    /// checked: the store is unreachable (503, `Retry-After: 5`).
+    Unavailable,
 }
 
 impl Denied {
@@ -43,6 +46,7 @@ impl Denied {
         match self {
             Self::Unauthenticated => 401,
             Self::Forbidden | Self::CrossSite => 403,
+            Self::Unavailable => 503,
         }
     }
 
@@ -62,6 +66,7 @@ impl Denied {
             Self::Unauthenticated => unauthenticated(),
             Self::Forbidden => json_response(403, serde_json::json!({"error": "forbidden"})),
             Self::CrossSite => json_response(403, serde_json::json!({"error": "cross_site"})),
+            Self::Unavailable => bearer_refusal("store_unavailable"),
         }
     }
 }
@@ -118,7 +123,10 @@ pub fn admit_scheme(
     allowed_origins: &[String],
     https_only: bool,
 ) -> Result<(), Denied> {
-    authorize(identity, access.level, access.users)?;
+    match authorize(identity, access.level, access.users) {
+        Err(Denied::Unauthenticated) if *via == Via::Unverified => return Err(Denied::Unavailable),
+        other => other?,
+    }
     let cookie = matches!(via, Via::Cookie(_));
     let checked = head.websocket.is_some() || origin::is_unsafe(head.method);
     if cookie
@@ -388,5 +396,40 @@ mod tests {
         assert!(r.headers.iter().any(|h| h.is("www-authenticate")));
         assert_eq!(Denied::Forbidden.response(&api).status, 403);
         assert_eq!(Denied::CrossSite.response(&api).status, 403);
+        // An unverifiable session is a 503, for a browser too.
+        let r = Denied::Unavailable.response(&browser);
+        assert_eq!(r.status, 503);
+        assert!(r.headers.iter().any(|h| h.is("retry-after")));
+    }
+
+    #[test]
+    fn an_unverifiable_session_is_503_only_where_an_identity_is_needed() {
+        let get = head(Method::Get, &[("host", "sigma.test")]);
+        let access = |level| RouteAccess { level, users: None };
+        let v = Via::Unverified;
+        assert_eq!(
+            admit(access(AuthLevel::Required), &None, &v, &get, None, &[]),
+            Err(Denied::Unavailable)
+        );
+        assert_eq!(
+            admit(access(AuthLevel::Optional), &None, &v, &get, None, &[]),
+            Ok(())
+        );
+        assert_eq!(
+            admit(access(AuthLevel::None), &None, &v, &get, None, &[]),
+            Ok(())
+        );
+        // Anonymous stays 401.
+        assert_eq!(
+            admit(
+                access(AuthLevel::Required),
+                &None,
+                &Via::Anonymous,
+                &get,
+                None,
+                &[]
+            ),
+            Err(Denied::Unauthenticated)
+        );
     }
 }

@@ -122,6 +122,12 @@ pub enum Via {
     /// A bearer token that does not verify: the request is refused (401),
     /// never treated as anonymous. The label says why (metrics).
     InvalidBearer(&'static str),
+    /// A session cookie the store could not be asked about (PostgreSQL is
+    /// unreachable, the session is not cached): anonymous where a route
+    /// needs no identity, 503 where it needs one
+    /// ([`admit::Denied::Unavailable`]) — never a 401 that would send a
+    /// logged-in user to the login page.
+    Unverified,
 }
 
 /// The identity `A` found for a request.
@@ -386,12 +392,22 @@ impl Auth {
             };
         }
         if let Some(id) = session::session_cookie(&head.headers) {
-            if let Some(identity) = self.sessions.lookup(&id, now_ms) {
-                return Resolved {
-                    identity: Some(identity),
-                    via: Via::Cookie(id.clone()),
-                    session: Some(id),
-                };
+            match self.sessions.lookup_checked(&id, now_ms) {
+                Ok(Some(identity)) => {
+                    return Resolved {
+                        identity: Some(identity),
+                        via: Via::Cookie(id.clone()),
+                        session: Some(id),
+                    }
+                }
+                Ok(None) => {}
+                Err(session::StoreDown) => {
+                    return Resolved {
+                        identity: None,
+                        via: Via::Unverified,
+                        session: None,
+                    }
+                }
             }
         }
         Resolved::anonymous()

@@ -122,6 +122,11 @@ impl Cache {
     }
 }
 
+/// The store could not be asked about a session (PostgreSQL is
+/// unreachable) and it is not cached: neither live nor gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreDown;
+
 /// The session manager of a sigma process.
 pub struct Sessions {
     store: Arc<dyn Store>,
@@ -188,12 +193,25 @@ impl Sessions {
     /// The identity of a live session at `now` (unix ms), touching its
     /// `last_seen`. Expired sessions are ended (store, cache, sockets).
     pub fn lookup(&self, id: &SessionId, now: u64) -> Option<Arc<Identity>> {
-        let live = self.live(id)?;
+        self.lookup_checked(id, now).ok().flatten()
+    }
+
+    /// [`Sessions::lookup`], telling a session that is not there from one
+    /// the store could not be asked about ([`StoreDown`]: PostgreSQL is
+    /// unreachable and the session is not cached).
+    pub fn lookup_checked(
+        &self,
+        id: &SessionId,
+        now: u64,
+    ) -> Result<Option<Arc<Identity>>, StoreDown> {
+        let Some(live) = self.live(id)? else {
+            return Ok(None);
+        };
         let last = live.last_seen.load(Ordering::Relaxed);
         if now >= live.record.expires || now >= last.saturating_add(self.idle) {
             self.end(id, live.handle);
             self.delete_later(id);
-            return None;
+            return Ok(None);
         }
         live.last_seen.fetch_max(now, Ordering::Relaxed);
         let persisted = live.persisted.load(Ordering::Relaxed);
@@ -218,7 +236,7 @@ impl Sessions {
                 Err(_) => write(),
             }
         }
-        Some(Arc::clone(&live.identity))
+        Ok(Some(Arc::clone(&live.identity)))
     }
 
     /// The session behind one of sigma's tokens, by its `sid` claim and
@@ -264,14 +282,16 @@ impl Sessions {
 
     /// The cached session `id`, reading the store on a miss. A session
     /// that ended meanwhile (its handle is dead) is not cached again.
-    fn live(&self, id: &SessionId) -> Option<Arc<Live>> {
+    fn live(&self, id: &SessionId) -> Result<Option<Arc<Live>>, StoreDown> {
         {
-            let c = self.cache.read().ok()?;
+            let Ok(c) = self.cache.read() else {
+                return Ok(None);
+            };
             if let Some(live) = c.live.get(id) {
-                return Some(Arc::clone(live));
+                return Ok(Some(Arc::clone(live)));
             }
             if c.unknown.contains(id) {
-                return None;
+                return Ok(None);
             }
         }
         let record = match off_executor(|| self.store.session_get(id)) {
@@ -280,10 +300,11 @@ impl Sessions {
                 if let Ok(mut c) = self.cache.write() {
                     c.forget_unknown(id.clone());
                 }
-                return None;
+                return Ok(None);
             }
             // A store error is not "unknown": the next request asks again.
-            Err(_) => return None,
+            Err(e) if e.is_unavailable() => return Err(StoreDown),
+            Err(_) => return Ok(None),
         };
         let handle = self.handle(id);
         // The user's groups (policies): the local user record's if there
@@ -291,7 +312,8 @@ impl Sessions {
         // the session uncached.
         let mut groups = match off_executor(|| self.store.user_get(&record.user)) {
             Ok(user) => user.map(|u| u.groups).unwrap_or_default(),
-            Err(_) => return None,
+            Err(e) if e.is_unavailable() => return Err(StoreDown),
+            Err(_) => return Ok(None),
         };
         groups.extend(record.groups.iter().cloned());
         groups.sort();
@@ -300,7 +322,7 @@ impl Sessions {
             // Opened through a provider that is gone from the
             // configuration (or an unknown kind): no session.
             self.delete_later(id);
-            return None;
+            return Ok(None);
         };
         let live = Arc::new(Live {
             identity: Arc::new(identity),
@@ -309,11 +331,13 @@ impl Sessions {
             handle,
             record,
         });
-        let mut c = self.cache.write().ok()?;
+        let Ok(mut c) = self.cache.write() else {
+            return Ok(None);
+        };
         // Ended between the store read and now (a logout racing this
         // lookup): it must not come back.
         if c.dead.contains(&handle) {
-            return None;
+            return Ok(None);
         }
         if c.live.len() >= MAX_CACHED {
             c.live.clear();
@@ -321,12 +345,12 @@ impl Sessions {
         }
         c.live.insert(id.clone(), Arc::clone(&live));
         c.by_handle.insert(handle, id.clone());
-        Some(live)
+        Ok(Some(live))
     }
 
     /// True if session `id` is live at `now`, without touching it.
     fn alive(&self, id: &SessionId, now: u64) -> bool {
-        self.live(id).is_some_and(|live| {
+        self.live(id).ok().flatten().is_some_and(|live| {
             let last = live.last_seen.load(Ordering::Relaxed);
             now < live.record.expires && now < last.saturating_add(self.idle)
         })

@@ -347,6 +347,11 @@ fn losing_postgres_gives_503_and_the_node_recovers() {
     let n = node(&url);
     let cookie = login(n.addr(), "alice");
     assert_eq!(db_req(n.addr(), &cookie, "PUT", "k", b"1").status, 201);
+    // A session made on another node, which `n` has never seen (so not
+    // cached): while `n` cannot ask the store, it is neither valid nor
+    // gone.
+    let other = node(&db.url());
+    let unseen = login(other.addr(), "alice");
 
     proxy.cut();
     let r = eventually(Duration::from_secs(20), "a 503", || {
@@ -366,7 +371,30 @@ fn losing_postgres_gives_503_and_the_node_recovers() {
     );
     assert_eq!(r.status, 503, "{r:?}");
     assert_eq!(r.header("retry-after"), Some("5"), "{r:?}");
-    // What does not need the store still answers.
+    let r = eventually(
+        Duration::from_secs(20),
+        "a 503 for the unseen session",
+        || {
+            let r = db_req(n.addr(), &unseen, "GET", "k", b"");
+            (r.status != 200).then_some(r)
+        },
+    );
+    assert_eq!(
+        (r.status, r.header("retry-after")),
+        (503, Some("5")),
+        "not 401: {r:?}"
+    );
+    let r = request(
+        n.addr(),
+        "GET",
+        "/db/k",
+        &[("Cookie", &unseen), ("Accept", "text/html")],
+        b"",
+    );
+    assert_eq!(r.status, 503, "a browser is not sent to /login: {r:?}");
+    // What does not need the store still answers, that cookie or not.
+    let r = request(n.addr(), "GET", "/echo", &[("Cookie", &unseen)], b"");
+    assert_eq!(r.status, 200, "{r:?}");
     let h = request(n.addr(), "GET", "/healthz", &[], b"");
     assert_eq!(h.status, 200);
     assert!(h.body_str().starts_with("degraded\n"), "{h:?}");
@@ -388,6 +416,11 @@ fn losing_postgres_gives_503_and_the_node_recovers() {
     });
     let r = db_req(n.addr(), &cookie, "GET", "k", b"");
     assert_eq!(r.body, b"3");
+    assert_eq!(
+        db_req(n.addr(), &unseen, "GET", "k", b"").status,
+        200,
+        "and then valid"
+    );
     eventually(Duration::from_secs(20), "healthz ok", || {
         let h = request(n.addr(), "GET", "/healthz", &[], b"");
         h.body_str().starts_with("ok\n").then_some(())
