@@ -816,15 +816,30 @@ pub(crate) mod tests {
 
     /// The Redis of `SIGMA_TEST_REDIS` (required when set), else the
     /// local one if it answers: a [`Cluster`] under a fresh prefix.
-    pub(crate) async fn test_cluster() -> Option<Cluster> {
-        let (url, required) = match std::env::var("SIGMA_TEST_REDIS") {
+    /// The Redis of `SIGMA_TEST_REDIS` (required) or of the default
+    /// address (skipped, saying so, when nothing answers there).
+    fn test_url() -> (String, bool) {
+        match std::env::var("SIGMA_TEST_REDIS") {
             Ok(u) => (u, true),
             Err(_) => ("redis://127.0.0.1:6379/".to_owned(), false),
-        };
+        }
+    }
+
+    pub(crate) async fn test_cluster() -> Option<Cluster> {
+        test_cluster_with(DEFAULT_TTL, PING_EVERY).await
+    }
+
+    /// A cluster with a key prefix of its own, `ttl` and `ping_every`.
+    async fn test_cluster_with(ttl: Duration, ping_every: Duration) -> Option<Cluster> {
         let mut r = [0u8; 6];
         getrandom::fill(&mut r).expect("random");
         let prefix: String = r.iter().map(|b| format!("{b:02x}")).collect();
-        let c = Cluster::start(&url, &format!("sigma_test_{prefix}:"), DEFAULT_TTL).unwrap();
+        test_cluster_on(&format!("sigma_test_{prefix}:"), ttl, ping_every).await
+    }
+
+    async fn test_cluster_on(prefix: &str, ttl: Duration, ping_every: Duration) -> Option<Cluster> {
+        let (url, required) = test_url();
+        let c = Cluster::start_pinging(&url, prefix, ttl, ping_every).unwrap();
         if c.wait_up(Duration::from_secs(5)).await {
             return Some(c);
         }
@@ -884,15 +899,9 @@ pub(crate) mod tests {
     /// pub/sub connection (and closed its subscribers) at every ping.
     #[tokio::test]
     async fn pings_keep_the_subscription_up() {
-        let Some(probe) = test_cluster().await else {
+        let Some(c) = test_cluster_with(DEFAULT_TTL, Duration::from_millis(50)).await else {
             return;
         };
-        let prefix = probe.inner.prefix.clone();
-        drop(probe);
-        let url = std::env::var("SIGMA_TEST_REDIS").unwrap_or("redis://127.0.0.1:6379/".into());
-        let c =
-            Cluster::start_pinging(&url, &prefix, DEFAULT_TTL, Duration::from_millis(50)).unwrap();
-        assert!(c.wait_up(Duration::from_secs(5)).await);
         // Ten pings' worth of time passing is what is tested.
         tokio::time::sleep(Duration::from_millis(500)).await;
         let s = c.status();
@@ -904,14 +913,9 @@ pub(crate) mod tests {
     /// clock, which no fake clock can move.
     #[tokio::test]
     async fn a_quiet_channel_with_subscribers_keeps_its_seq_past_the_ttl() {
-        let Some(probe) = test_cluster().await else {
+        let Some(c) = test_cluster_with(Duration::from_secs(1), PING_EVERY).await else {
             return;
         };
-        let prefix = probe.inner.prefix.clone();
-        drop(probe);
-        let url = std::env::var("SIGMA_TEST_REDIS").unwrap_or("redis://127.0.0.1:6379/".into());
-        let c = Cluster::start(&url, &prefix, Duration::from_secs(1)).unwrap();
-        assert!(c.wait_up(Duration::from_secs(5)).await);
         let b = c.broker("/k", Weak::<Noop>::new(), 0);
         b.subscribe("kept").unwrap();
         let first = b
@@ -958,9 +962,9 @@ pub(crate) mod tests {
         assert_eq!(a.hit("k", w).await.unwrap(), 1);
         assert_eq!(a.hit("k", w).await.unwrap(), 2);
         // Another process on the same prefix counts into the same window.
-        let url = std::env::var("SIGMA_TEST_REDIS").unwrap_or("redis://127.0.0.1:6379/".into());
-        let b = Cluster::start(&url, &a.inner.prefix, DEFAULT_TTL).unwrap();
-        assert!(b.wait_up(Duration::from_secs(5)).await);
+        let b = test_cluster_on(&a.inner.prefix, DEFAULT_TTL, PING_EVERY)
+            .await
+            .expect("the same Redis");
         assert_eq!(b.hit("k", w).await.unwrap(), 3);
         assert_eq!(a.count("k", w).await.unwrap(), 3);
         assert_eq!(a.count("other", w).await.unwrap(), 0);

@@ -67,6 +67,15 @@ fn with_db(url: &str, db: &str) -> String {
     format!("{base}/{db}{query}")
 }
 
+/// The server a test uses: `var`'s URL (then it must answer), else
+/// `default` (where a missing server skips the test, saying so).
+fn server_from_env(var: &str, default: &str) -> (String, bool) {
+    match std::env::var(var) {
+        Ok(u) => (u, true),
+        Err(_) => (default.to_owned(), false),
+    }
+}
+
 /// A database of its own, dropped with it.
 struct PgDb {
     admin: String,
@@ -75,17 +84,8 @@ struct PgDb {
 
 impl PgDb {
     fn create() -> Option<PgDb> {
-        let (admin_url, required) = match std::env::var("SIGMA_TEST_POSTGRES") {
-            Ok(u) => (u, true),
-            Err(_) => (DEFAULT_TEST_POSTGRES.to_owned(), false),
-        };
-        let mut r = [0u8; 6];
-        getrandom::fill(&mut r).expect("random");
-        let name = format!(
-            "sigma_test_{}_{}",
-            std::process::id(),
-            r.iter().map(|b| format!("{b:02x}")).collect::<String>()
-        );
+        let (admin_url, required) = server_from_env("SIGMA_TEST_POSTGRES", DEFAULT_TEST_POSTGRES);
+        let name = format!("sigma_test_{}_{}", std::process::id(), random_hex());
         match admin(&admin_url, &format!("CREATE DATABASE {name}")) {
             Ok(()) => Some(PgDb {
                 admin: admin_url,
@@ -670,10 +670,7 @@ struct RedisNs {
 
 impl RedisNs {
     fn create() -> Option<RedisNs> {
-        let (url, required) = match std::env::var("SIGMA_TEST_REDIS") {
-            Ok(u) => (u, true),
-            Err(_) => (DEFAULT_TEST_REDIS.to_owned(), false),
-        };
+        let (url, required) = server_from_env("SIGMA_TEST_REDIS", DEFAULT_TEST_REDIS);
         let ns = RedisNs {
             prefix: format!("sigma_test_{}_{}:", std::process::id(), random_hex()),
             url,
