@@ -80,7 +80,8 @@ pub use migrate::{migrate_redb_to_pg, MigrateReport};
 pub use pg_store::{PgStore, PG_NOTIFY_CHANNEL, PG_SCHEMA_VERSION};
 pub use redb_store::{RedbStore, CACHE_BYTES, DB_FILE, NONDURABLE_MAX_AGE, SCHEMA_VERSION};
 pub use redis::{
-    Cluster, ClusterError, ClusterStatus, RedisBroker, DEFAULT_TTL, PUBLISH_QUEUE, REDIS_TIMEOUT,
+    Cluster, ClusterError, ClusterStatus, RedisBroker, DEFAULT_TTL, PUBLISH_QUEUE,
+    PUBLISH_QUEUE_BYTES, REDIS_TIMEOUT,
 };
 pub use secrets::{SecretStore, MAX_SECRET_LEN};
 pub use sessions::{

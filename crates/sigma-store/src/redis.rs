@@ -40,7 +40,7 @@
 //! {route}/{channel}` its history stream, `{prefix}n/…` the counters.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -58,6 +58,10 @@ pub const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 /// Publishes waiting for the publisher task, at most: beyond it a publish
 /// fails at once (Redis is too slow or away), memory stays bounded.
 pub const PUBLISH_QUEUE: usize = 8192;
+/// The bytes of the publishes waiting for the publisher task, at most
+/// (each may be up to `[broadcast] max_message`): beyond it a publish fails
+/// at once, so a slow Redis cannot make a node hold 8 192 large messages.
+pub const PUBLISH_QUEUE_BYTES: usize = 64 << 20;
 /// Publishes sent in one pipeline, at most.
 const BATCH: usize = 256;
 /// Reconnection backoff: from the first to the last, doubling, with jitter.
@@ -135,6 +139,9 @@ struct Inner {
     next_epoch: AtomicU64,
     /// How often both connections are pinged ([`PING_EVERY`]).
     ping_every: Duration,
+    /// The bytes of the publishes queued or in flight
+    /// ([`PUBLISH_QUEUE_BYTES`]).
+    queued_bytes: AtomicUsize,
 }
 
 /// The command connection, when connecting last failed, and how long to
@@ -212,6 +219,7 @@ impl Cluster {
             lost: AtomicU64::new(0),
             next_epoch: AtomicU64::new(std::hash::BuildHasher::hash_one(&seed, 0u8) >> 11),
             ping_every,
+            queued_bytes: AtomicUsize::new(0),
         });
         let (jobs, rx) = mpsc::channel(PUBLISH_QUEUE);
         tokio::spawn(publisher(Arc::clone(&inner), rx));
@@ -481,7 +489,10 @@ async fn publisher(inner: Arc<Inner>, mut rx: mpsc::Receiver<Job>) {
                 .arg(job.history_size)
                 .arg(inner.ttl.as_secs());
         }
+        let bytes: usize = batch.iter().map(|j| j.data.len()).sum();
         let result = inner.query::<Vec<(u64, u64)>>(&pipe).await;
+        drop(pipe);
+        inner.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
         match result {
             Ok(positions) => {
                 let mut positions = positions.into_iter();
@@ -728,6 +739,14 @@ impl Broker for RedisBroker {
     }
 
     fn publish(&self, channel: &str, data: Bytes) -> BrokerFuture<Option<StreamPosition>> {
+        let len = data.len();
+        let before = self.inner.queued_bytes.fetch_add(len, Ordering::AcqRel);
+        if before.saturating_add(len) > PUBLISH_QUEUE_BYTES {
+            self.inner.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+            self.inner.failures.fetch_add(1, Ordering::Relaxed);
+            let why = "the publish queue is full (bytes): Redis is too slow";
+            return Box::pin(std::future::ready(Err(unavailable(why))));
+        }
         let (meta, stream, name) = self.keys(channel);
         let (reply, answer) = oneshot::channel();
         let job = Job {
@@ -740,6 +759,7 @@ impl Broker for RedisBroker {
         };
         // Queued now, in call order; the future only waits for the answer.
         if let Err(e) = self.jobs.try_send(job) {
+            self.inner.queued_bytes.fetch_sub(len, Ordering::AcqRel);
             self.inner.failures.fetch_add(1, Ordering::Relaxed);
             let why = match e {
                 mpsc::error::TrySendError::Full(_) => "the publish queue is full",
@@ -989,6 +1009,40 @@ pub(crate) mod tests {
         assert!(c.status().failures >= 2);
         assert!(!c.status().pubsub && !c.status().commands);
         assert!(Cluster::start("http://x", "x:", DEFAULT_TTL).is_err());
+    }
+
+    /// A Redis that accepts and never answers: publishes queue up to
+    /// [`PUBLISH_QUEUE_BYTES`], the next fails at once, and the budget is
+    /// whole again once they have failed.
+    #[tokio::test]
+    async fn a_silent_redis_bounds_the_bytes_queued() {
+        use futures_util::FutureExt;
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = silent.local_addr().unwrap().port();
+        let c = Cluster::start(&format!("redis://127.0.0.1:{port}/"), "x:", DEFAULT_TTL).unwrap();
+        let b = c.broker("/r", Weak::<Noop>::new(), 0);
+        let mib = Bytes::from(vec![b'x'; 1 << 20]);
+        let mut queued: Vec<_> = (0..PUBLISH_QUEUE_BYTES >> 20)
+            .map(|_| b.publish("c", mib.clone()))
+            .collect();
+        assert!(
+            (&mut queued[0]).now_or_never().is_none(),
+            "waiting for Redis"
+        );
+        let e = b
+            .publish("c", mib.clone())
+            .now_or_never()
+            .expect("at once")
+            .unwrap_err();
+        assert!(e.to_string().contains("bytes"), "{e}");
+        // A small one does not fit either: the budget is in bytes.
+        let small = b.publish("c", Bytes::from_static(b"1")).now_or_never();
+        assert!(small.expect("at once").is_err());
+        for f in queued {
+            assert!(f.await.is_err());
+        }
+        assert_eq!(c.inner.queued_bytes.load(Ordering::Acquire), 0);
+        drop(silent);
     }
 
     struct Noop;
