@@ -17,8 +17,8 @@
 //! [`SessionStore`], [`SecretStore`], [`KvStore`]), so a caller can hold
 //! only what it uses; [`Store`] is all four, for the callers that hold
 //! the whole layer (`Arc<dyn Store>`). [`Broker`] is the seam of
-//! `&broadcast`'s fan-out ([`MemoryBroker`] in-process today, Redis
-//! later). The behaviour tests are written once against the traits
+//! `&broadcast`'s fan-out ([`MemoryBroker`] in-process, [`RedisBroker`]
+//! across nodes). The behaviour tests are written once against the traits
 //! (`suite.rs`, `broker_suite.rs`) and run against every implementation.
 //!
 //! Invariants every implementation keeps:

@@ -52,7 +52,7 @@ use crate::{
 };
 
 /// The newest schema version this build knows (the length of
-/// [`MIGRATIONS`]).
+/// `MIGRATIONS`).
 pub const PG_SCHEMA_VERSION: u64 = 3;
 /// The `LISTEN`/`NOTIFY` channel of `&db` changes.
 pub const PG_NOTIFY_CHANNEL: &str = "sigma_kv";

@@ -27,7 +27,7 @@
 //! missed: every hub is told ([`BrokerHandler::handle_lost`]) and closes
 //! its subscribers (1011) until the connection is back; publishes fail
 //! fast with [`BrokerError::Unavailable`] (503 / an error message). A
-//! channel's hash and stream expire [`Cluster::ttl`] after its last
+//! channel's hash and stream expire the TTL given to [`Cluster::start`] after its last
 //! publish, unless some node has subscribers on it (each node extends
 //! the life of its subscribed channels every third of the TTL); when they
 //! are gone (expired, flushed, Redis restarted without persistence) the
@@ -231,11 +231,6 @@ impl Cluster {
     /// Where it connects (the URL without its password).
     pub fn target(&self) -> &str {
         &self.inner.target
-    }
-
-    /// How long a channel's hash and history live after its last publish.
-    pub fn ttl(&self) -> Duration {
-        self.inner.ttl
     }
 
     /// The state of both connections.

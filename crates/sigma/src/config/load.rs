@@ -406,29 +406,21 @@ fn apply_env(
 fn resolve(file: ConfigFile, sources: &Sources<'_>) -> Result<Config, ConfigError> {
     let topology = pipeline::parse(&file.pipeline)
         .map_err(|e| sources.error(vec![key("pipeline")], ConfigErrorKind::Pipeline(e)))?;
+    let invalid = |table, name, message| {
+        sources.error(
+            vec![key(table), key(name)],
+            ConfigErrorKind::Invalid { message },
+        )
+    };
     if let Some(url) = &file.store.url {
-        check_url(url).map_err(|message| {
-            sources.error(
-                vec![key("store"), key("url")],
-                ConfigErrorKind::Invalid { message },
-            )
-        })?;
+        check_url(url).map_err(|m| invalid("store", "url", m))?;
     }
     if let Some(url) = &file.cluster.redis {
-        check_redis_url(url).map_err(|message| {
-            sources.error(
-                vec![key("cluster"), key("redis")],
-                ConfigErrorKind::Invalid { message },
-            )
-        })?;
+        check_redis_url(url).map_err(|m| invalid("cluster", "redis", m))?;
     }
     if file.cluster.prefix.is_empty() {
-        return Err(sources.error(
-            vec![key("cluster"), key("prefix")],
-            ConfigErrorKind::Invalid {
-                message: "must not be empty (every Redis key starts with it)".to_owned(),
-            },
-        ));
+        let why = "must not be empty (every Redis key starts with it)";
+        return Err(invalid("cluster", "prefix", why.to_owned()));
     }
     if file.data_dir.as_os_str().is_empty() {
         return Err(sources.error(vec![key("data_dir")], ConfigErrorKind::EmptyDataDir));
