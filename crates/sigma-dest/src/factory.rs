@@ -81,7 +81,7 @@ impl Brokers for sigma_store::Cluster {
         namespace: &str,
         handler: std::sync::Weak<dyn sigma_store::BrokerHandler>,
     ) -> Arc<dyn sigma_store::Broker> {
-        sigma_store::Cluster::broker(self, namespace, handler, 0)
+        sigma_store::Cluster::broker(self, namespace, handler)
     }
 }
 

@@ -18,8 +18,9 @@
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -123,7 +124,12 @@ pub trait Broker: Send + Sync + 'static {
     /// broker knows that no node listens to the channel (the in-process
     /// one: then nothing is kept, and publishing to made-up channels grows
     /// nothing; Redis keeps such a stream for its time to live only).
-    fn publish(&self, channel: &str, data: Bytes) -> BrokerFuture<Option<StreamPosition>>;
+    fn publish(
+        &self,
+        channel: &str,
+        data: Bytes,
+        keep: Keep,
+    ) -> BrokerFuture<Option<StreamPosition>>;
     /// Up to `limit` of the kept publications of `channel` with an offset
     /// above `after` (all kept ones if `None`), oldest first, and the
     /// stream's position. A channel without a stream has an empty history
@@ -136,34 +142,105 @@ pub trait Broker: Send + Sync + 'static {
     }
 }
 
+/// How a channel keeps its publications (its rule's `history_size` and
+/// `history_ttl`): the last `size` of them, each for `ttl`. Given with
+/// every publish, since the rule that covers a channel is the hub's
+/// business, not the broker's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keep {
+    /// Publications kept, at most (0: none).
+    pub size: usize,
+    /// How long one is kept (zero: none).
+    pub ttl: Duration,
+}
+
+impl Keep {
+    /// Keeps nothing.
+    pub const NONE: Self = Self {
+        size: 0,
+        ttl: Duration::ZERO,
+    };
+
+    fn keeps(&self) -> bool {
+        self.size > 0 && !self.ttl.is_zero()
+    }
+}
+
+/// What the in-process broker's kept publications may hold in all, by
+/// default. A publication that would go beyond it pushes out its own
+/// channel's oldest ones, and is not kept if that is not enough (a
+/// recovering client then finds a gap and is told `recovered: false`)
+/// until older ones expire: memory stays bounded whatever is published.
+pub const DEFAULT_HISTORY_BYTES: usize = 64 << 20;
+
+/// What one kept publication costs beyond its payload (its place in the
+/// queue, its position, its time), charged to the budget.
+const ENTRY_OVERHEAD: usize = 64;
+
+/// The in-process broker's clock (a fake one in tests).
+pub type Clock = Arc<dyn Fn() -> Instant + Send + Sync>;
+
 /// One channel's stream in the [`MemoryBroker`].
 #[derive(Debug)]
 struct Stream {
     position: StreamPosition,
-    history: VecDeque<Publication>,
+    /// Kept publications with the time each was made, oldest first.
+    history: VecDeque<(Instant, Publication)>,
+    /// The longest `ttl` it was published with: how long a publication
+    /// is kept.
+    ttl: Duration,
+    /// The budget bytes `history` holds.
+    bytes: usize,
+}
+
+/// A stream and the flags read without its lock (a publisher holds the
+/// lock while its handler may unsubscribe the same channel).
+#[derive(Debug)]
+struct Cell {
+    /// Some node (this one) listens; false: it lingers for its history.
+    subscribed: AtomicBool,
+    /// Removed from the map (or about to be): publishing to it keeps
+    /// nothing, subscribing makes a new stream.
+    dead: AtomicBool,
+    /// The longest `ttl` it was published with, in milliseconds: how
+    /// long it outlives its last subscriber.
+    ttl_ms: AtomicU64,
+    stream: Mutex<Stream>,
 }
 
 /// The in-process broker: one node, so a channel's stream lives while this
-/// node subscribes to it; an unsubscribed channel forgets its stream and
-/// its next subscription starts a new epoch.
+/// node subscribes to it and, when its channel keeps history, for the
+/// channel's `ttl` after its last subscriber left (a client that lost its
+/// connection comes back and recovers what it missed); then it is
+/// forgotten and its next subscription starts a new epoch. All kept
+/// publications share one byte budget ([`DEFAULT_HISTORY_BYTES`]).
 ///
 /// Publishing takes the channel map's read lock only to find the stream,
 /// then the stream's own lock for the atomic step (offset, history,
 /// delivery): publishers on different channels do not contend.
 pub struct MemoryBroker {
     handler: Weak<dyn BrokerHandler>,
-    history_size: usize,
-    streams: RwLock<HashMap<String, Arc<Mutex<Stream>>>>,
+    streams: RwLock<HashMap<String, Arc<Cell>>>,
+    /// Unsubscribed streams in the order they were left, with the time:
+    /// swept from the front once their history has expired.
+    lingering: Mutex<VecDeque<(Instant, String)>>,
     /// The next epoch: random at start, so a restarted process never
     /// reuses one, then counting.
     next_epoch: AtomicU64,
+    budget: usize,
+    used: AtomicUsize,
+    clock: Clock,
+    /// When the clock started, and when (ms after) [`Self::reclaim`] last
+    /// ran (0: never).
+    started: Instant,
+    reclaimed: AtomicU64,
 }
 
 impl std::fmt::Debug for MemoryBroker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemoryBroker")
-            .field("history_size", &self.history_size)
             .field("channels", &read(&self.streams).len())
+            .field("history_bytes", &self.used.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
 }
@@ -182,27 +259,159 @@ fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 
 impl MemoryBroker {
     /// A broker delivering to `handler` (weak: the handler usually owns
-    /// the broker), keeping the last `history_size` publications of each
-    /// channel.
-    pub fn new(handler: Weak<dyn BrokerHandler>, history_size: usize) -> Self {
+    /// the broker), with the default history budget and the real clock.
+    pub fn new(handler: Weak<dyn BrokerHandler>) -> Self {
+        Self::with_budget(handler, DEFAULT_HISTORY_BYTES, Arc::new(Instant::now))
+    }
+
+    /// A broker whose kept publications hold at most `budget` bytes in
+    /// all, on `clock`.
+    pub fn with_budget(handler: Weak<dyn BrokerHandler>, budget: usize, clock: Clock) -> Self {
         // `RandomState` is seeded from the operating system once per
         // process: a random start without a fallible call.
         let seed = RandomState::new().build_hasher().finish();
         Self {
             handler,
-            history_size,
             streams: RwLock::new(HashMap::new()),
+            lingering: Mutex::new(VecDeque::new()),
             next_epoch: AtomicU64::new(seed),
+            budget,
+            used: AtomicUsize::new(0),
+            started: clock(),
+            reclaimed: AtomicU64::new(0),
+            clock,
         }
     }
 
-    /// How many channels are subscribed.
+    /// How many channels have a stream (subscribed or lingering).
     pub fn channel_count(&self) -> usize {
         read(&self.streams).len()
     }
 
-    fn stream(&self, channel: &str) -> Option<Arc<Mutex<Stream>>> {
+    /// The bytes the kept publications hold now.
+    pub fn history_bytes(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn cell(&self, channel: &str) -> Option<Arc<Cell>> {
         read(&self.streams).get(channel).cloned()
+    }
+
+    fn release(&self, n: usize) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                Some(u.saturating_sub(n))
+            });
+    }
+
+    /// Drops the publications of `st` older than its `ttl`.
+    fn expire(&self, st: &mut Stream, now: Instant) {
+        while let Some((at, p)) = st.history.front() {
+            if now.saturating_duration_since(*at) < st.ttl {
+                break;
+            }
+            let n = p.data.len().saturating_add(ENTRY_OVERHEAD);
+            st.history.pop_front();
+            st.bytes = st.bytes.saturating_sub(n);
+            self.release(n);
+        }
+    }
+
+    /// Forgets the streams that have lingered past their history's life.
+    /// Called where no stream lock is held. Lock order: the lingering
+    /// queue, then the map (read); a stream's lock never under the queue's
+    /// (an unsubscribe may come from under a stream's lock).
+    fn sweep(&self) {
+        let now = (self.clock)();
+        loop {
+            let (name, cell) = {
+                let mut q = lock(&self.lingering);
+                let Some((left, name)) = q.front() else {
+                    return;
+                };
+                let cell = self
+                    .cell(name)
+                    .filter(|c| !c.subscribed.load(Ordering::Acquire));
+                if let Some(c) = &cell {
+                    let ttl = Duration::from_millis(c.ttl_ms.load(Ordering::Acquire));
+                    if now.saturating_duration_since(*left) < ttl {
+                        // Entries are in the order they were left: the
+                        // ones behind are not older (a longer ttl in front
+                        // holds them back, within the budget).
+                        return;
+                    }
+                }
+                match (q.pop_front(), cell) {
+                    (Some((_, n)), Some(c)) => (n, c),
+                    // Gone or subscribed again: nothing to forget.
+                    _ => continue,
+                }
+            };
+            let alive = {
+                let mut st = lock(&cell.stream);
+                self.expire(&mut st, now);
+                match st.history.back() {
+                    Some((at, _)) => Some(*at),
+                    None => {
+                        cell.dead.store(true, Ordering::Release);
+                        None
+                    }
+                }
+            };
+            match alive {
+                // Published to while lingering: it lives until its newest
+                // publication expires.
+                Some(at) => lock(&self.lingering).push_back((at, name)),
+                None => {
+                    let mut map = write(&self.streams);
+                    if map.get(&name).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+                        map.remove(&name);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The budget is (nearly) full: drops the expired publications of
+    /// every stream, quiet ones included (each stream expires its own
+    /// when it is touched). At most once a second; no lock held.
+    fn reclaim(&self) {
+        let now = (self.clock)();
+        let ms = |t: Instant| {
+            u64::try_from(t.saturating_duration_since(self.started).as_millis()).unwrap_or(u64::MAX)
+        };
+        let last = self.reclaimed.load(Ordering::Acquire);
+        let due = last == 0 || ms(now).saturating_sub(last) >= 1000;
+        if !due
+            || self
+                .reclaimed
+                .compare_exchange(last, ms(now).max(1), Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+        {
+            return;
+        }
+        let cells: Vec<Arc<Cell>> = read(&self.streams).values().cloned().collect();
+        for cell in cells {
+            self.expire(&mut lock(&cell.stream), now);
+        }
+    }
+
+    fn new_cell(&self) -> Arc<Cell> {
+        Arc::new(Cell {
+            subscribed: AtomicBool::new(true),
+            dead: AtomicBool::new(false),
+            ttl_ms: AtomicU64::new(0),
+            stream: Mutex::new(Stream {
+                position: StreamPosition {
+                    offset: 0,
+                    epoch: self.next_epoch.fetch_add(1, Ordering::Relaxed),
+                },
+                history: VecDeque::new(),
+                ttl: Duration::ZERO,
+                bytes: 0,
+            }),
+        })
     }
 }
 
@@ -213,9 +422,16 @@ fn ready<T: Send + 'static>(v: T) -> BrokerFuture<T> {
 impl MemoryBroker {
     /// The publish step, done at once (the future of
     /// [`Broker::publish`] is ready).
-    fn publish_now(&self, channel: &str, data: Bytes) -> Option<StreamPosition> {
-        let stream = self.stream(channel)?;
-        let mut st = lock(&stream);
+    fn publish_now(&self, channel: &str, data: Bytes, keep: Keep) -> Option<StreamPosition> {
+        self.sweep();
+        if self.used.load(Ordering::Acquire).saturating_add(data.len()) > self.budget {
+            self.reclaim();
+        }
+        let cell = self.cell(channel)?;
+        let mut st = lock(&cell.stream);
+        if cell.dead.load(Ordering::Acquire) {
+            return None;
+        }
         // Saturates instead of wrapping: 2^64 publications never happen,
         // and a repeated offset would be worse than a stuck one.
         st.position.offset = st.position.offset.saturating_add(1);
@@ -223,22 +439,42 @@ impl MemoryBroker {
             position: st.position,
             data,
         };
-        if self.history_size > 0 {
-            if st.history.len() >= self.history_size {
-                st.history.pop_front();
+        let now = (self.clock)();
+        self.expire(&mut st, now);
+        if keep.keeps() {
+            st.ttl = st.ttl.max(keep.ttl);
+            let ms = u64::try_from(st.ttl.as_millis()).unwrap_or(u64::MAX);
+            cell.ttl_ms.fetch_max(ms.max(1), Ordering::AcqRel);
+            let n = publication.data.len().saturating_add(ENTRY_OVERHEAD);
+            st.history.push_back((now, publication.clone()));
+            st.bytes = st.bytes.saturating_add(n);
+            self.used.fetch_add(n, Ordering::AcqRel);
+            // The oldest go first: beyond the channel's size, then beyond
+            // the broker's budget (possibly this very publication).
+            while st.history.len() > keep.size || self.used.load(Ordering::Acquire) > self.budget {
+                let Some((_, p)) = st.history.pop_front() else {
+                    break;
+                };
+                let n = p.data.len().saturating_add(ENTRY_OVERHEAD);
+                st.bytes = st.bytes.saturating_sub(n);
+                self.release(n);
             }
-            st.history.push_back(publication.clone());
         }
         // Delivered under the stream's lock: that is what keeps the
         // offsets in order for every handler (the rule on the trait).
-        if let Some(handler) = self.handler.upgrade() {
-            handler.handle_publication(channel, &publication);
+        if cell.subscribed.load(Ordering::Acquire) {
+            if let Some(handler) = self.handler.upgrade() {
+                handler.handle_publication(channel, &publication);
+            }
         }
         Some(st.position)
     }
 
     fn history_now(&self, channel: &str, after: Option<u64>, limit: usize) -> History {
-        let Some(stream) = self.stream(channel) else {
+        let Some(cell) = self
+            .cell(channel)
+            .filter(|c| !c.dead.load(Ordering::Acquire))
+        else {
             return History {
                 publications: Vec::new(),
                 position: StreamPosition {
@@ -247,10 +483,12 @@ impl MemoryBroker {
                 },
             };
         };
-        let st = lock(&stream);
+        let mut st = lock(&cell.stream);
+        self.expire(&mut st, (self.clock)());
         let publications = st
             .history
             .iter()
+            .map(|(_, p)| p)
             .filter(|p| after.is_none_or(|a| p.position.offset > a))
             .take(limit)
             .cloned()
@@ -264,34 +502,52 @@ impl MemoryBroker {
 
 impl Broker for MemoryBroker {
     fn subscribe(&self, channel: &str) -> Result<(), BrokerError> {
-        if self.stream(channel).is_some() {
+        // A lingering stream comes back with its epoch and history; one
+        // that never kept anything is not worth reviving.
+        let revive = |c: &Cell| {
+            !c.dead.load(Ordering::Acquire)
+                && (c.subscribed.load(Ordering::Acquire) || c.ttl_ms.load(Ordering::Acquire) > 0)
+        };
+        if let Some(cell) = self.cell(channel).filter(|c| revive(c)) {
+            cell.subscribed.store(true, Ordering::Release);
             return Ok(());
         }
         // Never takes a stream's lock while holding the map's: a publisher
         // holds a stream's lock while its handler may end up here.
-        write(&self.streams)
-            .entry(channel.to_owned())
-            .or_insert_with(|| {
-                Arc::new(Mutex::new(Stream {
-                    position: StreamPosition {
-                        offset: 0,
-                        epoch: self.next_epoch.fetch_add(1, Ordering::Relaxed),
-                    },
-                    history: VecDeque::new(),
-                }))
-            });
+        let mut map = write(&self.streams);
+        match map.get(channel) {
+            Some(c) if revive(c) => c.subscribed.store(true, Ordering::Release),
+            old => {
+                if let Some(c) = old {
+                    c.dead.store(true, Ordering::Release);
+                }
+                map.insert(channel.to_owned(), self.new_cell());
+            }
+        }
         Ok(())
     }
 
     fn unsubscribe(&self, channel: &str) {
-        write(&self.streams).remove(channel);
+        // Called from a handler too, under this channel's stream lock:
+        // only flags and the lingering queue here; `sweep` forgets it.
+        if let Some(cell) = self.cell(channel) {
+            if cell.subscribed.swap(false, Ordering::AcqRel) {
+                lock(&self.lingering).push_back(((self.clock)(), channel.to_owned()));
+            }
+        }
     }
 
-    fn publish(&self, channel: &str, data: Bytes) -> BrokerFuture<Option<StreamPosition>> {
-        ready(self.publish_now(channel, data))
+    fn publish(
+        &self,
+        channel: &str,
+        data: Bytes,
+        keep: Keep,
+    ) -> BrokerFuture<Option<StreamPosition>> {
+        ready(self.publish_now(channel, data, keep))
     }
 
     fn history(&self, channel: &str, after: Option<u64>, limit: usize) -> BrokerFuture<History> {
+        self.sweep();
         ready(self.history_now(channel, after, limit))
     }
 }
@@ -312,18 +568,35 @@ mod tests {
         p.map(|p| p.offset)
     }
 
+    const KEEP: Keep = Keep {
+        size: 4,
+        ttl: Duration::from_secs(60),
+    };
+
+    /// A clock the test moves.
+    fn fake_clock() -> (Clock, Arc<AtomicU64>) {
+        let start = Instant::now();
+        let ms = Arc::new(AtomicU64::new(0));
+        let m = Arc::clone(&ms);
+        let clock: Clock =
+            Arc::new(move || start + Duration::from_millis(m.load(Ordering::Relaxed)));
+        (clock, ms)
+    }
+
+    fn x() -> Bytes {
+        Bytes::from_static(b"x")
+    }
+
     #[test]
-    fn a_resubscribed_channel_starts_a_new_epoch() {
+    fn a_channel_without_history_is_forgotten_and_starts_a_new_epoch() {
         let count = Arc::new(Count(AtomicU64::new(0)));
         let weak: Weak<dyn BrokerHandler> = Arc::downgrade(&count) as _;
-        let b = MemoryBroker::new(weak, 4);
+        let b = MemoryBroker::new(weak);
         b.subscribe("c").unwrap();
         let first = b.history_now("c", None, 0).position;
-        assert_eq!(
-            offset(b.publish_now("c", Bytes::from_static(b"x"))),
-            Some(1)
-        );
+        assert_eq!(offset(b.publish_now("c", x(), Keep::NONE)), Some(1));
         b.unsubscribe("c");
+        b.sweep();
         assert_eq!(b.channel_count(), 0);
         b.subscribe("c").unwrap();
         let second = b.history_now("c", None, 10);
@@ -334,12 +607,90 @@ mod tests {
     }
 
     #[test]
+    fn a_left_channel_with_history_lingers_for_its_ttl_then_goes() {
+        let count = Arc::new(Count(AtomicU64::new(0)));
+        let weak: Weak<dyn BrokerHandler> = Arc::downgrade(&count) as _;
+        let (clock, ms) = fake_clock();
+        let b = MemoryBroker::with_budget(weak, DEFAULT_HISTORY_BYTES, clock);
+        b.subscribe("c").unwrap();
+        let epoch = b.publish_now("c", x(), KEEP).unwrap().epoch;
+        b.unsubscribe("c");
+        // Published to while nobody listens: kept, not delivered.
+        ms.store(30_000, Ordering::Relaxed);
+        assert_eq!(offset(b.publish_now("c", x(), KEEP)), Some(2));
+        assert_eq!(count.0.load(Ordering::Relaxed), 1);
+        // Back within the ttl: same epoch, both kept.
+        ms.store(59_000, Ordering::Relaxed);
+        b.sweep();
+        let h = b.history_now("c", Some(0), 10);
+        assert_eq!(h.position.epoch, epoch);
+        assert_eq!(h.publications.len(), 2);
+        // The first expired at 60 s; the second lives until 90 s.
+        ms.store(61_000, Ordering::Relaxed);
+        b.sweep();
+        assert_eq!(b.history_now("c", None, 10).publications.len(), 1);
+        assert_eq!(b.channel_count(), 1);
+        ms.store(91_000, Ordering::Relaxed);
+        b.sweep();
+        assert_eq!(b.channel_count(), 0, "forgotten once nothing is kept");
+        assert_eq!(b.history_bytes(), 0);
+        assert_eq!(offset(b.publish_now("c", x(), KEEP)), None);
+        b.subscribe("c").unwrap();
+        assert_ne!(b.history_now("c", None, 0).position.epoch, epoch);
+    }
+
+    #[test]
+    fn resubscribing_a_lingering_channel_keeps_it() {
+        let (clock, ms) = fake_clock();
+        let b = MemoryBroker::with_budget(Weak::<Count>::new(), DEFAULT_HISTORY_BYTES, clock);
+        b.subscribe("c").unwrap();
+        b.publish_now("c", x(), KEEP);
+        b.unsubscribe("c");
+        b.subscribe("c").unwrap();
+        ms.store(120_000, Ordering::Relaxed);
+        b.sweep();
+        assert_eq!(b.channel_count(), 1, "subscribed again: never swept");
+        assert_eq!(b.history_now("c", None, 0).position.offset, 1);
+    }
+
+    #[test]
+    fn the_history_budget_bounds_every_channel_together() {
+        let (clock, ms) = fake_clock();
+        let budget = 10 * (100 + ENTRY_OVERHEAD);
+        let b = MemoryBroker::with_budget(Weak::<Count>::new(), budget, clock);
+        let big = Bytes::from(vec![b'a'; 100]);
+        let keep = Keep {
+            size: 100,
+            ttl: Duration::from_secs(60),
+        };
+        for c in ["a", "b", "c"] {
+            b.subscribe(c).unwrap();
+            for _ in 0..8 {
+                b.publish_now(c, big.clone(), keep);
+                assert!(b.history_bytes() <= budget);
+            }
+        }
+        // The budget is full: "c" keeps nothing (a recovering client is
+        // told `recovered: false`) while its offsets keep counting; "a"
+        // keeps all it had.
+        let h = b.history_now("c", None, 100);
+        assert_eq!(h.position.offset, 8);
+        assert!(h.publications.is_empty());
+        assert_eq!(b.history_now("a", None, 100).publications.len(), 8);
+        // Once older ones expire, there is room again.
+        ms.store(61_000, Ordering::Relaxed);
+        b.publish_now("c", big.clone(), keep);
+        assert_eq!(b.history_now("c", None, 100).publications.len(), 1);
+        assert!(b.history_now("a", None, 100).publications.is_empty());
+        // One larger than the whole budget is not kept at all.
+        b.publish_now("c", Bytes::from(vec![b'a'; budget]), keep);
+        assert!(b.history_bytes() <= budget);
+    }
+
+    #[test]
     fn two_brokers_start_at_different_epochs() {
         let none: Weak<dyn BrokerHandler> = Weak::<Count>::new();
-        let (a, b) = (
-            MemoryBroker::new(none.clone(), 0),
-            MemoryBroker::new(none, 0),
-        );
+        let (a, b) = (MemoryBroker::new(none.clone()), MemoryBroker::new(none));
         a.subscribe("c").unwrap();
         b.subscribe("c").unwrap();
         assert_ne!(
@@ -350,11 +701,17 @@ mod tests {
 
     #[test]
     fn publishing_without_a_handler_still_counts() {
-        let b = MemoryBroker::new(Weak::<Count>::new(), 0);
+        let b = MemoryBroker::new(Weak::<Count>::new());
         b.subscribe("c").unwrap();
-        assert_eq!(offset(b.publish_now("c", Bytes::new())), Some(1));
-        assert_eq!(offset(b.publish_now("c", Bytes::new())), Some(2));
-        // history_size 0 keeps nothing.
+        assert_eq!(
+            offset(b.publish_now("c", Bytes::new(), Keep::NONE)),
+            Some(1)
+        );
+        assert_eq!(
+            offset(b.publish_now("c", Bytes::new(), Keep::NONE)),
+            Some(2)
+        );
+        // Keep::NONE keeps nothing.
         let h = b.history_now("c", None, 10);
         assert!(h.publications.is_empty());
         assert_eq!(h.position.offset, 2);

@@ -16,13 +16,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::{Broker, BrokerHandler, MemoryBroker, Publication, StreamPosition};
+use crate::{Broker, BrokerHandler, Keep, MemoryBroker, Publication, StreamPosition};
 
-/// Makes a broker delivering to `handler` that keeps `history_size`
-/// publications per channel (`None`: this implementation's server is not
-/// there, the test says so and passes).
+/// Makes a broker delivering to `handler` (`None`: this implementation's
+/// server is not there, the test says so and passes).
 pub(crate) type Factory =
-    fn(Weak<dyn BrokerHandler>, usize) -> Pin<Box<dyn Future<Output = Option<Arc<dyn Broker>>>>>;
+    fn(Weak<dyn BrokerHandler>) -> Pin<Box<dyn Future<Output = Option<Arc<dyn Broker>>>>>;
 
 /// This node's handler: what it was handed, in order.
 #[derive(Default)]
@@ -74,11 +73,15 @@ struct Bench {
     b: Arc<dyn Broker>,
     rec: Arc<Recorder>,
     rt: tokio::runtime::Runtime,
+    /// What each publish keeps.
+    keep: Keep,
 }
 
 impl Bench {
     fn publish(&self, channel: &str, d: &'static str) -> Option<StreamPosition> {
-        self.rt.block_on(self.b.publish(channel, data(d))).unwrap()
+        self.rt
+            .block_on(self.b.publish(channel, data(d), self.keep))
+            .unwrap()
     }
 
     fn history(&self, channel: &str, after: Option<u64>, limit: usize) -> crate::History {
@@ -97,8 +100,12 @@ fn open(factory: Factory, history_size: usize) -> Option<Bench> {
         .unwrap();
     let rec = Arc::new(Recorder::default());
     let weak: Weak<dyn BrokerHandler> = Arc::downgrade(&rec) as _;
-    let b = rt.block_on(factory(weak, history_size))?;
-    Some(Bench { b, rec, rt })
+    let b = rt.block_on(factory(weak))?;
+    let keep = Keep {
+        size: history_size,
+        ttl: Duration::from_secs(60),
+    };
+    Some(Bench { b, rec, rt, keep })
 }
 
 /// Declares `mod $name` with one `#[test]` per behaviour test, each on a
@@ -114,6 +121,8 @@ macro_rules! broker_suite {
                 a_position_is_never_given_twice,
                 concurrent_publishers_are_seen_in_one_order,
                 history_is_bounded_and_filtered,
+                the_epoch_is_known_before_the_first_publish,
+                a_subscriber_that_left_finds_what_it_missed,
             );
         }
     };
@@ -236,11 +245,15 @@ pub(crate) fn concurrent_publishers_are_seen_in_one_order(factory: Factory) {
     let handles: Vec<_> = (0..THREADS)
         .map(|_| {
             let b = Arc::clone(&t.b);
+            let keep = t.keep;
             let rt = t.rt.handle().clone();
             std::thread::spawn(move || {
                 let mut last = 0;
                 for _ in 0..EACH {
-                    let p = rt.block_on(b.publish("c", data("x"))).unwrap().unwrap();
+                    let p = rt
+                        .block_on(b.publish("c", data("x"), keep))
+                        .unwrap()
+                        .unwrap();
                     assert_eq!(p.epoch, epoch);
                     assert!(p.offset > last, "a publisher's offsets go up");
                     last = p.offset;
@@ -289,11 +302,42 @@ pub(crate) fn history_is_bounded_and_filtered(factory: Factory) {
     );
 }
 
+pub(crate) fn the_epoch_is_known_before_the_first_publish(factory: Factory) {
+    let Some(t) = open(factory, 8) else { return };
+    t.b.subscribe("c").unwrap();
+    // A subscriber is told the position before anything is published;
+    // the first publish must not move it to another epoch.
+    let before = t.history("c", None, 0).position;
+    assert_eq!(before.offset, 0);
+    let first = t.publish("c", "1").unwrap();
+    assert_eq!(first.epoch, before.epoch);
+    assert_eq!(first.offset, 1);
+    assert_eq!(t.history("c", None, 0).position, first);
+}
+
+pub(crate) fn a_subscriber_that_left_finds_what_it_missed(factory: Factory) {
+    let Some(t) = open(factory, 8) else { return };
+    t.b.subscribe("c").unwrap();
+    let p1 = t.publish("c", "1").unwrap();
+    t.rec.wait(1);
+    // Its last subscriber left (a client lost its connection): what is
+    // published meanwhile is kept, in the same epoch.
+    t.b.unsubscribe("c");
+    let p2 = t.publish("c", "2").unwrap();
+    assert_eq!(p2.epoch, p1.epoch);
+    t.b.subscribe("c").unwrap();
+    let h = t.history("c", Some(p1.offset), 10);
+    assert_eq!(h.position, p2);
+    assert_eq!(h.publications.len(), 1);
+    assert_eq!(h.publications[0].data, data("2"));
+    assert_eq!(h.publications[0].position, p2);
+}
+
 /// A broker under test, or `None` where its server is not running.
 pub(crate) type NewBroker = Pin<Box<dyn Future<Output = Option<Arc<dyn Broker>>>>>;
 
-fn memory(handler: Weak<dyn BrokerHandler>, history_size: usize) -> NewBroker {
-    let b: Arc<dyn Broker> = Arc::new(MemoryBroker::new(handler, history_size));
+fn memory(handler: Weak<dyn BrokerHandler>) -> NewBroker {
+    let b: Arc<dyn Broker> = Arc::new(MemoryBroker::new(handler));
     Box::pin(std::future::ready(Some(b)))
 }
 

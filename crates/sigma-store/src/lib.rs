@@ -68,8 +68,8 @@ mod users;
 
 pub use apikeys::{valid_key_hash, ApiKeyRecord, ApiKeyStore};
 pub use broker::{
-    Broker, BrokerError, BrokerFuture, BrokerHandler, History, MemoryBroker, Publication,
-    SharedCounters, StreamPosition,
+    Broker, BrokerError, BrokerFuture, BrokerHandler, Clock, History, Keep, MemoryBroker,
+    Publication, SharedCounters, StreamPosition, DEFAULT_HISTORY_BYTES,
 };
 pub use error::{KvError, StoreError};
 pub use kv::{

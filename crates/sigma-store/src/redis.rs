@@ -49,7 +49,7 @@ use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    Broker, BrokerError, BrokerFuture, BrokerHandler, History, Publication, SharedCounters,
+    Broker, BrokerError, BrokerFuture, BrokerHandler, History, Keep, Publication, SharedCounters,
     StreamPosition,
 };
 
@@ -75,7 +75,8 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(300);
 
 /// The publish step (see the module's doc). KEYS: the channel's hash,
 /// its stream. ARGV: the pub/sub channel, the payload, an epoch for a new
-/// stream, the history size, the time to live in seconds.
+/// stream, the history size, the hash's time to live and the history's,
+/// in seconds (a history ttl of 0 keeps nothing).
 const PUBLISH_SCRIPT: &str = r"
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
@@ -84,15 +85,37 @@ if not epoch then
   redis.call('HSET', KEYS[1], 'epoch', epoch)
   redis.call('DEL', KEYS[2])
 end
-local ttl = tonumber(ARGV[5])
-redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[5]))
 local size = tonumber(ARGV[4])
-if size > 0 then
+local kept = tonumber(ARGV[6])
+if size > 0 and kept > 0 then
   redis.call('XADD', KEYS[2], 'MAXLEN', size, seq .. '-1', 'd', ARGV[2])
-  redis.call('EXPIRE', KEYS[2], ttl)
+  redis.call('EXPIRE', KEYS[2], kept)
 end
 redis.call('PUBLISH', ARGV[1], seq .. ' ' .. epoch .. ' ' .. ARGV[2])
 return {seq, epoch}
+";
+
+/// The history step: the channel's position (its epoch made now if it
+/// has none, so that a subscriber's first position stays valid once the
+/// first publish comes) and up to `count` kept publications from an id
+/// on. KEYS: the channel's hash, its stream. ARGV: an epoch for a new
+/// stream, the hash's time to live, the first stream id, the count.
+const HISTORY_SCRIPT: &str = r"
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('HSET', KEYS[1], 'epoch', epoch)
+  redis.call('DEL', KEYS[2])
+  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+end
+local seq = redis.call('HGET', KEYS[1], 'seq') or '0'
+local n = tonumber(ARGV[4])
+local entries = {}
+if n > 0 then
+  entries = redis.call('XRANGE', KEYS[2], ARGV[3], '+', 'COUNT', n)
+end
+return {seq, epoch, entries}
 ";
 
 /// What `/healthz` and `/metrics` say about Redis.
@@ -114,7 +137,7 @@ struct Job {
     stream: String,
     channel: String,
     data: Bytes,
-    history_size: usize,
+    keep: Keep,
     reply: oneshot::Sender<Result<Option<StreamPosition>, BrokerError>>,
 }
 
@@ -259,14 +282,8 @@ impl Cluster {
     }
 
     /// The broker of one `&broadcast` hub: its channels live under
-    /// `namespace` (the route's path), each keeps its last `history_size`
-    /// publications.
-    pub fn broker(
-        &self,
-        namespace: &str,
-        handler: Weak<dyn BrokerHandler>,
-        history_size: usize,
-    ) -> Arc<RedisBroker> {
+    /// `namespace` (the route's path).
+    pub fn broker(&self, namespace: &str, handler: Weak<dyn BrokerHandler>) -> Arc<RedisBroker> {
         let shared = Arc::new(BrokerShared {
             handler,
             subscribed: RwLock::new(HashSet::new()),
@@ -280,7 +297,6 @@ impl Cluster {
             inner: Arc::clone(&self.inner),
             jobs: self.jobs.clone(),
             namespace: namespace.to_owned(),
-            history_size,
             shared,
         })
     }
@@ -481,8 +497,9 @@ async fn publisher(inner: Arc<Inner>, mut rx: mpsc::Receiver<Job>) {
                 .arg(&job.channel)
                 .arg(job.data.as_ref())
                 .arg(epoch)
-                .arg(job.history_size)
-                .arg(inner.ttl.as_secs());
+                .arg(job.keep.size)
+                .arg(inner.ttl.max(job.keep.ttl).as_secs().max(1))
+                .arg(job.keep.ttl.as_secs_f64().ceil() as u64);
         }
         let bytes: usize = batch.iter().map(|j| j.data.len()).sum();
         let result = inner.query::<Vec<(u64, u64)>>(&pipe).await;
@@ -672,7 +689,6 @@ pub struct RedisBroker {
     inner: Arc<Inner>,
     jobs: mpsc::Sender<Job>,
     namespace: String,
-    history_size: usize,
     shared: Arc<BrokerShared>,
 }
 
@@ -733,7 +749,12 @@ impl Broker for RedisBroker {
             .remove(channel);
     }
 
-    fn publish(&self, channel: &str, data: Bytes) -> BrokerFuture<Option<StreamPosition>> {
+    fn publish(
+        &self,
+        channel: &str,
+        data: Bytes,
+        keep: Keep,
+    ) -> BrokerFuture<Option<StreamPosition>> {
         let len = data.len();
         let before = self.inner.queued_bytes.fetch_add(len, Ordering::AcqRel);
         if before.saturating_add(len) > PUBLISH_QUEUE_BYTES {
@@ -749,7 +770,7 @@ impl Broker for RedisBroker {
             stream,
             channel: name,
             data,
-            history_size: self.history_size,
+            keep,
             reply,
         };
         // Queued now, in call order; the future only waits for the answer.
@@ -777,25 +798,20 @@ impl Broker for RedisBroker {
                 Some(a) => format!("{}-0", a.saturating_add(1)),
                 None => "-".to_owned(),
             };
+            let epoch = inner.next_epoch.fetch_add(1, Ordering::Relaxed);
             let mut pipe = redis::pipe();
-            pipe.atomic()
-                .cmd("HMGET")
+            pipe.cmd("EVAL")
+                .arg(HISTORY_SCRIPT)
+                .arg(2)
                 .arg(&meta)
-                .arg("seq")
-                .arg("epoch");
-            pipe.cmd("XRANGE")
                 .arg(&stream)
+                .arg(epoch)
+                .arg(inner.ttl.as_secs().max(1))
                 .arg(start)
-                .arg("+")
-                .arg("COUNT")
-                .arg(limit.max(1));
+                .arg(limit);
             type Entry = (String, HashMap<String, Vec<u8>>);
-            let ((seq, epoch), entries): ((Option<u64>, Option<u64>), Vec<Entry>) =
-                inner.query(&pipe).await?;
-            let position = StreamPosition {
-                offset: seq.unwrap_or(0),
-                epoch: epoch.unwrap_or(0),
-            };
+            let ((seq, epoch, entries),): ((u64, u64, Vec<Entry>),) = inner.query(&pipe).await?;
+            let position = StreamPosition { offset: seq, epoch };
             let publications = if limit == 0 {
                 Vec::new()
             } else {
@@ -863,13 +879,10 @@ pub(crate) mod tests {
         None
     }
 
-    pub(crate) fn suite_broker(
-        handler: Weak<dyn BrokerHandler>,
-        history_size: usize,
-    ) -> crate::broker_suite::NewBroker {
+    pub(crate) fn suite_broker(handler: Weak<dyn BrokerHandler>) -> crate::broker_suite::NewBroker {
         Box::pin(async move {
             let c = test_cluster().await?;
-            let b = c.broker("/bc", handler, history_size);
+            let b = c.broker("/bc", handler);
             Some(b as Arc<dyn Broker>)
         })
     }
@@ -931,22 +944,22 @@ pub(crate) mod tests {
         let Some(c) = test_cluster_with(Duration::from_secs(1), PING_EVERY).await else {
             return;
         };
-        let b = c.broker("/k", Weak::<Noop>::new(), 0);
+        let b = c.broker("/k", Weak::<Noop>::new());
         b.subscribe("kept").unwrap();
         let first = b
-            .publish("kept", Bytes::from_static(b"1"))
+            .publish("kept", Bytes::from_static(b"1"), Keep::NONE)
             .await
             .unwrap()
             .unwrap();
         let other = b
-            .publish("quiet", Bytes::from_static(b"1"))
+            .publish("quiet", Bytes::from_static(b"1"), Keep::NONE)
             .await
             .unwrap()
             .unwrap();
         assert_eq!((first.offset, other.offset), (1, 1));
         tokio::time::sleep(Duration::from_millis(2500)).await;
         let next = b
-            .publish("kept", Bytes::from_static(b"2"))
+            .publish("kept", Bytes::from_static(b"2"), Keep::NONE)
             .await
             .unwrap()
             .unwrap();
@@ -959,7 +972,7 @@ pub(crate) mod tests {
         );
         // Nobody listens to `quiet` here: it expired, a new epoch begins.
         let again = b
-            .publish("quiet", Bytes::from_static(b"2"))
+            .publish("quiet", Bytes::from_static(b"2"), Keep::NONE)
             .await
             .unwrap()
             .unwrap();
@@ -995,10 +1008,10 @@ pub(crate) mod tests {
             .port();
         let c = Cluster::start(&format!("redis://127.0.0.1:{port}/"), "x:", DEFAULT_TTL).unwrap();
         assert!(!c.wait_up(Duration::from_millis(200)).await);
-        let b = c.broker("/r", Weak::<Noop>::new(), 0);
+        let b = c.broker("/r", Weak::<Noop>::new());
         assert!(b.subscribe("c").is_err());
         assert!(!b.available());
-        let e = b.publish("c", Bytes::new()).await.unwrap_err();
+        let e = b.publish("c", Bytes::new(), Keep::NONE).await.unwrap_err();
         assert!(e.to_string().contains(&format!("127.0.0.1:{port}")), "{e}");
         assert!(c.hit("k", Duration::from_secs(60)).await.is_err());
         assert!(c.status().failures >= 2);
@@ -1015,23 +1028,25 @@ pub(crate) mod tests {
         let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = silent.local_addr().unwrap().port();
         let c = Cluster::start(&format!("redis://127.0.0.1:{port}/"), "x:", DEFAULT_TTL).unwrap();
-        let b = c.broker("/r", Weak::<Noop>::new(), 0);
+        let b = c.broker("/r", Weak::<Noop>::new());
         let mib = Bytes::from(vec![b'x'; 1 << 20]);
         let mut queued: Vec<_> = (0..PUBLISH_QUEUE_BYTES >> 20)
-            .map(|_| b.publish("c", mib.clone()))
+            .map(|_| b.publish("c", mib.clone(), Keep::NONE))
             .collect();
         assert!(
             (&mut queued[0]).now_or_never().is_none(),
             "waiting for Redis"
         );
         let e = b
-            .publish("c", mib.clone())
+            .publish("c", mib.clone(), Keep::NONE)
             .now_or_never()
             .expect("at once")
             .unwrap_err();
         assert!(e.to_string().contains("bytes"), "{e}");
         // A small one does not fit either: the budget is in bytes.
-        let small = b.publish("c", Bytes::from_static(b"1")).now_or_never();
+        let small = b
+            .publish("c", Bytes::from_static(b"1"), Keep::NONE)
+            .now_or_never();
         assert!(small.expect("at once").is_err());
         for f in queued {
             assert!(f.await.is_err());

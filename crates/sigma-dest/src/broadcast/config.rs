@@ -4,7 +4,9 @@
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
-use sigma_core::de::{opt_positive, positive};
+use std::time::Duration;
+
+use sigma_core::de::{duration, opt_duration, opt_positive, positive};
 
 /// `[broadcast]`: the settings of every `&broadcast` hub (DESIGN §6).
 ///
@@ -12,10 +14,17 @@ use sigma_core::de::{opt_positive, positive};
 /// [broadcast]
 /// max_subscriptions = 256          # channels one socket may join at once
 /// max_message = 1048576            # bytes of a publish's encoded `data`; breach: 413 / error
+/// history_size = 100               # publications each channel keeps (0: none) ...
+/// history_ttl = "5m"               # ... each for this long
+/// join_leave = false               # subscribers hear `join` / `leave`
 /// [[broadcast.rule]]               # checked in order, before the built-in
 /// pattern = "news:*"               #   `public:*` and `user:{user}:*`
 /// subscribe = "anyone"             # "anyone" | "logged_in" | "nobody" | ["alice", ...]
 /// publish = ["editor"]
+/// presence = "nobody"              # who may ask who is subscribed (default: as subscribe)
+/// history_size = 10                # these three default to the table's
+/// history_ttl = "1h"
+/// join_leave = true
 /// ```
 ///
 /// `max_message` bounds the `data` of one publish, as sigma encodes it
@@ -30,8 +39,24 @@ pub struct BroadcastConfig {
     pub max_subscriptions: usize,
     /// The largest encoded `data` of one publish, in bytes.
     pub max_message: usize,
+    /// Publications each channel keeps, unless its rule says otherwise.
+    pub history_size: usize,
+    /// How long each is kept, unless its rule says otherwise.
+    pub history_ttl: Duration,
+    /// Subscribers hear joins and leaves, unless its rule says otherwise.
+    pub join_leave: bool,
     /// Permission rules, first match decides; the built-in rules follow.
     pub rule: Vec<BroadcastRule>,
+}
+
+impl BroadcastConfig {
+    /// The history channels keep unless their rule says otherwise.
+    pub fn history(&self) -> sigma_store::Keep {
+        sigma_store::Keep {
+            size: self.history_size,
+            ttl: self.history_ttl,
+        }
+    }
 }
 
 impl Default for BroadcastConfig {
@@ -39,6 +64,9 @@ impl Default for BroadcastConfig {
         Self {
             max_subscriptions: super::DEFAULT_MAX_SUBSCRIPTIONS,
             max_message: super::DEFAULT_MAX_MESSAGE,
+            history_size: super::DEFAULT_HISTORY.size,
+            history_ttl: super::DEFAULT_HISTORY.ttl,
+            join_leave: false,
             rule: Vec::new(),
         }
     }
@@ -53,6 +81,11 @@ pub struct BroadcastTable {
     max_subscriptions: usize,
     #[serde(deserialize_with = "opt_positive")]
     max_message: Option<usize>,
+    #[serde(deserialize_with = "history_size")]
+    history_size: usize,
+    #[serde(deserialize_with = "duration")]
+    history_ttl: Duration,
+    join_leave: bool,
     rule: Vec<BroadcastRule>,
 }
 
@@ -61,9 +94,29 @@ impl Default for BroadcastTable {
         Self {
             max_subscriptions: super::DEFAULT_MAX_SUBSCRIPTIONS,
             max_message: None,
+            history_size: super::DEFAULT_HISTORY.size,
+            history_ttl: super::DEFAULT_HISTORY.ttl,
+            join_leave: false,
             rule: Vec::new(),
         }
     }
+}
+
+/// The most publications a channel may keep.
+pub const MAX_HISTORY_SIZE: usize = 10_000;
+
+fn history_size<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    let n = usize::deserialize(d)?;
+    if n > MAX_HISTORY_SIZE {
+        return Err(de::Error::custom(format!(
+            "{n} is above {MAX_HISTORY_SIZE} (0 keeps no history)"
+        )));
+    }
+    Ok(n)
+}
+
+fn opt_history_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    history_size(d).map(Some)
 }
 
 impl BroadcastTable {
@@ -83,6 +136,9 @@ impl BroadcastTable {
         Ok(BroadcastConfig {
             max_subscriptions: self.max_subscriptions,
             max_message,
+            history_size: self.history_size,
+            history_ttl: self.history_ttl,
+            join_leave: self.join_leave,
             rule: self.rule,
         })
     }
@@ -101,6 +157,18 @@ pub struct BroadcastRule {
     pub subscribe: ChannelAccess,
     /// Who may publish.
     pub publish: ChannelAccess,
+    /// Who may ask who is subscribed (default: as `subscribe`).
+    #[serde(default)]
+    pub presence: Option<ChannelAccess>,
+    /// Publications each channel keeps (default: `[broadcast]`'s).
+    #[serde(default, deserialize_with = "opt_history_size")]
+    pub history_size: Option<usize>,
+    /// How long each is kept (default: `[broadcast]`'s).
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub history_ttl: Option<Duration>,
+    /// Subscribers hear joins and leaves (default: `[broadcast]`'s).
+    #[serde(default)]
+    pub join_leave: Option<bool>,
 }
 
 /// Who a `[[broadcast.rule]]` lets in: `"anyone"` (anonymous clients

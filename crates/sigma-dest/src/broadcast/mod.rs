@@ -85,11 +85,11 @@ use sigma_core::response::{json_error, json_response};
 use sigma_core::{Principal, Tagged};
 use sigma_http::{Header, Method, Response, Utf8Bytes, WsMessage};
 
-use sigma_store::{Broker, BrokerHandler, MemoryBroker, Publication};
+use sigma_store::{Broker, BrokerHandler, Keep, MemoryBroker, Publication};
 
 use sigma_core::{
-    Answer, Capabilities, Destination, Handled, HttpRequest, PushError, Request, WsEndpoint,
-    WsSender,
+    Answer, Capabilities, Destination, Handled, HttpRequest, PushError, Request, Streamed,
+    WsEndpoint, WsReceiver, WsSender,
 };
 
 /// The longest channel name, in bytes.
@@ -159,6 +159,8 @@ pub enum Op {
     Subscribe,
     /// Send a message to it.
     Publish,
+    /// See who is subscribed.
+    Presence,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -269,17 +271,31 @@ fn match_tokens(tokens: &[Token], s: &str, user: Option<&str>) -> bool {
     }
 }
 
-/// One permission rule: on the channels matching `pattern`, who may
-/// subscribe and who may publish.
+/// One channel rule: on the channels matching `pattern`, who may
+/// subscribe, publish and see presence, what history is kept and whether
+/// subscribers hear joins and leaves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
     /// The channels it covers.
     pub pattern: Pattern,
-    /// Who may subscribe.
+    /// Who may subscribe (and read the history).
     pub subscribe: Access,
     /// Who may publish.
     pub publish: Access,
+    /// Who may ask who is subscribed.
+    pub presence: Access,
+    /// What history each channel keeps.
+    pub history: Keep,
+    /// Subscribers get `join` and `leave` messages.
+    pub join_leave: bool,
 }
+
+/// The history a channel keeps unless its rule says otherwise: its last
+/// 100 publications, each for 5 minutes (DESIGN §6).
+pub const DEFAULT_HISTORY: Keep = Keep {
+    size: 100,
+    ttl: std::time::Duration::from_secs(300),
+};
 
 /// The permission rules of a hub: configured rules first, then the
 /// built-in ones ([`Rules::builtin`]); the first match decides; no match
@@ -307,6 +323,9 @@ impl Rules {
             },
             subscribe: Access::LoggedIn,
             publish: Access::LoggedIn,
+            presence: Access::LoggedIn,
+            history: DEFAULT_HISTORY,
+            join_leave: false,
         };
         vec![rule("public:*"), rule("user:{user}:*")]
     }
@@ -318,15 +337,38 @@ impl Rules {
         Self { rules }
     }
 
+    /// The rule that decides for `identity` on `channel`.
+    pub fn find(&self, identity: &Principal, channel: &str) -> Option<&Rule> {
+        let user = identity.as_deref().map(|id| id.user.as_str());
+        self.rules.iter().find(|r| r.pattern.matches(channel, user))
+    }
+
     /// Whether `identity` may do `op` on `channel`.
     pub fn allows(&self, identity: &Principal, channel: &str, op: Op) -> bool {
-        let user = identity.as_deref().map(|id| id.user.as_str());
-        match self.rules.iter().find(|r| r.pattern.matches(channel, user)) {
-            Some(r) => match op {
-                Op::Subscribe => r.subscribe.allows(identity),
-                Op::Publish => r.publish.allows(identity),
-            },
-            None => false,
+        self.find(identity, channel)
+            .is_some_and(|r| r.access(op).allows(identity))
+    }
+
+    /// Replaces the built-in rules' history and joins/leaves (the
+    /// `[broadcast]` defaults).
+    fn with_builtin_defaults(mut self, history: Keep, join_leave: bool) -> Self {
+        let n = Self::builtin().len();
+        let first = self.rules.len().saturating_sub(n);
+        for r in self.rules.iter_mut().skip(first) {
+            r.history = history;
+            r.join_leave = join_leave;
+        }
+        self
+    }
+}
+
+impl Rule {
+    /// Who may do `op`.
+    pub fn access(&self, op: Op) -> &Access {
+        match op {
+            Op::Subscribe => &self.subscribe,
+            Op::Publish => &self.publish,
+            Op::Presence => &self.presence,
         }
     }
 }
@@ -379,6 +421,9 @@ pub enum Refusal {
     /// The broker cannot reach the other nodes (`unavailable`; HTTP 503
     /// with `Retry-After`).
     Unavailable,
+    /// The socket is subscribed to the channel already
+    /// (`already_subscribed`).
+    AlreadySubscribed,
 }
 
 impl Refusal {
@@ -391,6 +436,7 @@ impl Refusal {
             Self::SlowConsumer => "slow_consumer",
             Self::MessageTooLarge => "message_too_large",
             Self::Unavailable => "unavailable",
+            Self::AlreadySubscribed => "already_subscribed",
         }
     }
 
@@ -400,7 +446,10 @@ impl Refusal {
             Self::Forbidden => 403,
             Self::MessageTooLarge => 413,
             Self::Unavailable => 503,
-            Self::BadChannel | Self::TooManySubscriptions | Self::SlowConsumer => 400,
+            Self::BadChannel
+            | Self::TooManySubscriptions
+            | Self::SlowConsumer
+            | Self::AlreadySubscribed => 400,
         }
     }
 
@@ -412,6 +461,8 @@ impl Refusal {
             }
             (Self::Forbidden, Op::Subscribe) => "not allowed to subscribe to this channel",
             (Self::Forbidden, Op::Publish) => "not allowed to publish in this channel",
+            (Self::Forbidden, Op::Presence) => "not allowed to see this channel's presence",
+            (Self::AlreadySubscribed, _) => "this socket is subscribed to this channel already",
             (Self::TooManySubscriptions, _) => "too many subscriptions on this socket",
             (Self::SlowConsumer, _) => "this socket is being closed: it does not keep up",
             (Self::MessageTooLarge, _) => "data is larger than broadcast.max_message",
@@ -420,7 +471,8 @@ impl Refusal {
     }
 }
 
-/// One subscribed socket, shared by the channels it joined.
+/// One subscribed socket (or SSE stream), shared by the channels it
+/// joined.
 struct Member {
     id: u64,
     /// The socket's identity: every delivery to it carries this one.
@@ -432,11 +484,107 @@ struct Member {
     evicted: AtomicBool,
 }
 
+impl Member {
+    fn user(&self) -> Option<&str> {
+        self.identity.as_deref().map(|id| id.user.as_str())
+    }
+
+    /// Queues `msg`; false when the member did not take it.
+    fn send(&self, msg: Utf8Bytes) -> bool {
+        let delivery = Tagged::new(self.identity.clone(), WsMessage::Text(msg));
+        self.push.push(delivery).is_ok()
+    }
+}
+
+/// A member between its `subscribe` and its `subscribed`: the
+/// deliveries made meanwhile wait here, to follow what it recovers.
+struct Pending {
+    member: Arc<Member>,
+    buffered: Vec<(u64, Utf8Bytes)>,
+    /// Bytes in `buffered`.
+    bytes: usize,
+}
+
+/// A member may have this much waiting in [`Pending`] (as its push
+/// queue); beyond it, it is a slow consumer.
+const PENDING_MESSAGES: usize = sigma_core::WS_PUSH_QUEUE;
+const PENDING_BYTES: usize = sigma_core::WS_PUSH_BYTES;
+
+/// What one recovery or `history` answer sends at most: half of a
+/// socket's push queue, so it fits beside what is queued already. A
+/// recovery that needs more says `recovered: false`; a `history` answer
+/// holds the newest publications that fit.
+pub const RECOVERY_MESSAGES: usize = sigma_core::WS_PUSH_QUEUE / 2;
+/// See [`RECOVERY_MESSAGES`].
+pub const RECOVERY_BYTES: usize = sigma_core::WS_PUSH_BYTES / 2;
+
 #[derive(Default)]
 struct ChannelState {
     subscribers: HashMap<u64, Arc<Member>>,
+    pending: HashMap<u64, Pending>,
+    /// Connections per user, live and pending (anonymous ones are not
+    /// listed): presence.
+    users: HashMap<String, u32>,
+    /// Subscribers hear joins and leaves (the rule of its first
+    /// subscriber).
+    join_leave: bool,
     /// Removed from the hub (it had no subscribers left): look it up again.
     closed: bool,
+}
+
+impl ChannelState {
+    fn is_empty(&self) -> bool {
+        self.subscribers.is_empty() && self.pending.is_empty()
+    }
+
+    /// Counts `user`'s connection; true when it is the first.
+    fn add_user(&mut self, user: Option<&str>) -> bool {
+        let Some(u) = user else { return false };
+        let n = self.users.entry(u.to_owned()).or_insert(0);
+        *n = n.saturating_add(1);
+        *n == 1
+    }
+
+    /// Uncounts `user`'s connection; true when it was the last.
+    fn remove_user(&mut self, user: Option<&str>) -> bool {
+        let Some(u) = user else { return false };
+        match self.users.get_mut(u) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            Some(_) => {
+                self.users.remove(u);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Takes `id` out of the channel, live or pending: the member if it
+    /// was there.
+    fn take(&mut self, id: u64) -> Option<Arc<Member>> {
+        let m = match self.subscribers.remove(&id) {
+            Some(m) => m,
+            None => self.pending.remove(&id)?.member,
+        };
+        Some(m)
+    }
+
+    /// Tells the live subscribers, when the channel wants it, that `user`
+    /// joined or left; the ones that do not take it are returned.
+    fn announce(&self, kind: &str, channel: &str, user: &str, skip: u64) -> Vec<Arc<Member>> {
+        if !self.join_leave {
+            return Vec::new();
+        }
+        let text =
+            Utf8Bytes::from(json!({ "type": kind, "channel": channel, "user": user }).to_string());
+        self.subscribers
+            .values()
+            .filter(|m| m.id != skip && !m.send(text.clone()))
+            .cloned()
+            .collect()
+    }
 }
 
 #[derive(Default)]
@@ -457,6 +605,9 @@ pub struct Hub {
     /// made: `/metrics`.
     publishes: AtomicU64,
     deliveries: AtomicU64,
+    /// Subscriptions that asked to recover, and those that did.
+    recoveries: AtomicU64,
+    recovered: AtomicU64,
 }
 
 impl std::fmt::Debug for Hub {
@@ -476,9 +627,44 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Makes a hub's broker, given the hub as the broker's handler.
 pub type MakeBroker<'a> = &'a dyn Fn(Weak<dyn BrokerHandler>) -> Arc<dyn Broker>;
 
-/// The in-process broker (one node), keeping no history.
+/// The in-process broker (one node).
 pub fn memory_broker(handler: Weak<dyn BrokerHandler>) -> Arc<dyn Broker> {
-    Arc::new(MemoryBroker::new(handler, 0))
+    Arc::new(MemoryBroker::new(handler))
+}
+
+/// An epoch as the wire carries it: lower-case hex (a JSON number would
+/// lose bits in JavaScript).
+pub fn epoch_text(epoch: u64) -> String {
+    format!("{epoch:x}")
+}
+
+/// Where a client says it stopped: `"since": {"seq": N, "epoch": E}`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Since {
+    /// The last `seq` it received.
+    pub seq: u64,
+    /// The epoch it received it in.
+    pub epoch: String,
+}
+
+/// `{"type":"message","channel":C,"seq":N` + the broker's payload (the
+/// publisher's `,"from":…,"data":…}`).
+fn message_text(channel: &str, p: &Publication) -> Utf8Bytes {
+    let mut text = String::with_capacity(channel.len() + 64 + p.data.len());
+    text.push_str("{\"type\":\"message\",\"channel\":");
+    text.push_str(&Value::from(channel).to_string());
+    text.push_str(",\"seq\":");
+    text.push_str(&p.position.offset.to_string());
+    text.push_str(&String::from_utf8_lossy(&p.data));
+    Utf8Bytes::from(text)
+}
+
+/// Adds `"id"` to an answer object when the client gave one.
+fn with_id(mut v: Value, id: Option<&Value>) -> Value {
+    if let (Some(id), Some(obj)) = (id, v.as_object_mut()) {
+        obj.insert("id".into(), id.clone());
+    }
+    v
 }
 
 impl Hub {
@@ -498,6 +684,8 @@ impl Hub {
                 broker: make(handler),
                 publishes: AtomicU64::new(0),
                 deliveries: AtomicU64::new(0),
+                recoveries: AtomicU64::new(0),
+                recovered: AtomicU64::new(0),
             }
         })
     }
@@ -510,19 +698,24 @@ impl Hub {
             .len()
     }
 
-    /// Subscriptions over all channels (a socket in two channels counts
-    /// twice). Takes each channel's lock in turn: for `/metrics` only.
-    pub fn subscription_count(&self) -> usize {
-        let channels: Vec<Arc<Channel>> = self
-            .channels
+    fn all_channels(&self) -> Vec<Arc<Channel>> {
+        self.channels
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .values()
             .cloned()
-            .collect();
-        channels
+            .collect()
+    }
+
+    /// Subscriptions over all channels (a socket in two channels counts
+    /// twice). Takes each channel's lock in turn: for `/metrics` only.
+    pub fn subscription_count(&self) -> usize {
+        self.all_channels()
             .iter()
-            .map(|c| lock(&c.state).subscribers.len())
+            .map(|c| {
+                let st = lock(&c.state);
+                st.subscribers.len().saturating_add(st.pending.len())
+            })
             .sum()
     }
 
@@ -550,13 +743,26 @@ impl Hub {
                 "Messages handed to subscribers' queues.",
                 self.deliveries.load(Ordering::Relaxed),
             ),
+            Sample::counter(
+                "sigma_broadcast_recoveries_total",
+                "Subscriptions that asked to recover with `since`.",
+                self.recoveries.load(Ordering::Relaxed),
+            ),
+            Sample::counter(
+                "sigma_broadcast_recovered_total",
+                "Subscriptions that recovered every missed message.",
+                self.recovered.load(Ordering::Relaxed),
+            ),
         ]
     }
 
-    /// Subscribers of `channel`.
+    /// Subscribers of `channel` (pending ones included).
     pub fn subscriber_count(&self, channel: &str) -> usize {
         self.lookup(channel)
-            .map(|c| lock(&c.state).subscribers.len())
+            .map(|c| {
+                let st = lock(&c.state);
+                st.subscribers.len().saturating_add(st.pending.len())
+            })
             .unwrap_or(0)
     }
 
@@ -580,7 +786,7 @@ impl Hub {
 
     /// The channel `name`, created (and subscribed at the broker) if
     /// needed. Lock order: the map, then the broker's own locks.
-    fn open(&self, name: &Arc<str>) -> Result<Arc<Channel>, Refusal> {
+    fn open(&self, name: &Arc<str>, join_leave: bool) -> Result<Arc<Channel>, Refusal> {
         if let Some(c) = self.lookup(name) {
             return Ok(c);
         }
@@ -595,28 +801,40 @@ impl Hub {
             tracing::warn!(channel = %name, "broadcast: cannot subscribe: {e}");
             return Err(Refusal::Unavailable);
         }
-        Ok(Arc::clone(map.entry(Arc::clone(name)).or_default()))
+        let ch = Arc::new(Channel::default());
+        lock(&ch.state).join_leave = join_leave;
+        map.insert(Arc::clone(name), Arc::clone(&ch));
+        Ok(ch)
     }
 
-    /// Subscribes `member` to `channel` (idempotent).
-    fn subscribe(&self, member: &Arc<Member>, channel: &str) -> Result<(), Refusal> {
+    /// Subscribes `member` to `channel`: it joins at once (deliveries
+    /// wait for it), and its `subscribed` (then what it recovers, then
+    /// what came meanwhile) is pushed once the broker told the channel's
+    /// position, now on one node, a round trip later on Redis.
+    fn subscribe(
+        self: &Arc<Self>,
+        member: &Arc<Member>,
+        channel: &str,
+        since: Option<Since>,
+        id: Option<Value>,
+    ) -> Result<(), Refusal> {
         if !valid_channel(channel) {
             return Err(Refusal::BadChannel);
         }
-        if !self
-            .settings
-            .rules
-            .allows(&member.identity, channel, Op::Subscribe)
-        {
+        let Some(rule) = self.settings.rules.find(&member.identity, channel) else {
+            return Err(Refusal::Forbidden);
+        };
+        if !rule.subscribe.allows(&member.identity) {
             return Err(Refusal::Forbidden);
         }
+        let (keep, join_leave) = (rule.history, rule.join_leave);
         if member.evicted.load(Ordering::Acquire) {
             return Err(Refusal::SlowConsumer);
         }
         let name: Arc<str> = {
             let mut mine = lock(&member.channels);
             if mine.iter().any(|c| &**c == channel) {
-                return Ok(());
+                return Err(Refusal::AlreadySubscribed);
             }
             if mine.len() >= self.settings.max_subscriptions {
                 return Err(Refusal::TooManySubscriptions);
@@ -625,8 +843,8 @@ impl Hub {
             mine.push(Arc::clone(&name));
             name
         };
-        loop {
-            let ch = match self.open(&name) {
+        let failed = loop {
+            let ch = match self.open(&name, join_leave) {
                 Ok(ch) => ch,
                 Err(r) => {
                     lock(&member.channels).retain(|c| !Arc::ptr_eq(c, &name));
@@ -638,13 +856,160 @@ impl Hub {
                 // Removed between the lookup and the lock: find the new one.
                 continue;
             }
+            st.pending.insert(
+                member.id,
+                Pending {
+                    member: Arc::clone(member),
+                    buffered: Vec::new(),
+                    bytes: 0,
+                },
+            );
+            let first = st.add_user(member.user());
+            break match (first, member.user()) {
+                (true, Some(u)) => st.announce("join", channel, u, member.id),
+                _ => Vec::new(),
+            };
+        };
+        for m in &failed {
+            self.evict(m);
+        }
+        // Asked for only when it can be used: the missed publications
+        // when the client says where it stopped, else the position.
+        let recovering = since.as_ref().filter(|_| keep.size > 0);
+        let (after, limit) = match recovering {
+            Some(s) => (Some(s.seq), keep.size.min(RECOVERY_MESSAGES)),
+            None => (None, 0),
+        };
+        if since.is_some() {
+            self.recoveries.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut history = self.broker.history(&name, after, limit);
+        match (&mut history).now_or_never() {
+            Some(h) => self.subscribed(member, &name, since, id, h),
+            None => {
+                let (hub, member) = (Arc::clone(self), Arc::clone(member));
+                tokio::spawn(async move {
+                    let h = history.await;
+                    hub.subscribed(&member, &name, since, id, h);
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The broker told `channel`'s position (and what `member` missed):
+    /// `subscribed`, the recovered publications, the ones that came
+    /// meanwhile, and `member` is live. Pushed under the channel's lock,
+    /// so that no delivery overtakes them.
+    fn subscribed(
+        &self,
+        member: &Arc<Member>,
+        channel: &Arc<str>,
+        since: Option<Since>,
+        id: Option<Value>,
+        history: Result<sigma_store::History, sigma_store::BrokerError>,
+    ) {
+        let Some(ch) = self.lookup(channel) else {
+            return;
+        };
+        let mut st = lock(&ch.state);
+        let Some(pending) = st.pending.remove(&member.id) else {
+            // It left (or was evicted) meanwhile.
+            return;
+        };
+        let history = match history {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(channel = %channel, "broadcast: no position: {e}");
+                let last = st.remove_user(member.user());
+                let failed = match (last, member.user()) {
+                    (true, Some(u)) => st.announce("leave", channel, u, member.id),
+                    _ => Vec::new(),
+                };
+                let empty = st.is_empty();
+                drop(st);
+                lock(&member.channels).retain(|c| !Arc::ptr_eq(c, channel));
+                let r = Refusal::Unavailable;
+                let text = ws_error_text(
+                    r.code(),
+                    Some(channel),
+                    r.message(Op::Subscribe),
+                    id.as_ref(),
+                );
+                member.send(text);
+                for m in &failed {
+                    self.evict(m);
+                }
+                if empty {
+                    self.reap(channel, &ch);
+                }
+                return;
+            }
+        };
+        let top = history.position;
+        let epoch = epoch_text(top.epoch);
+        // Recovered: same epoch, and every publication after `since` is
+        // here (none expired, none beyond what one answer sends).
+        let recovered = since.as_ref().map(|s| {
+            let missed = top.offset.saturating_sub(s.seq);
+            let bytes: usize = history.publications.iter().map(|p| p.data.len()).sum();
+            s.epoch == epoch
+                && s.seq <= top.offset
+                && u64::try_from(history.publications.len()).is_ok_and(|n| n == missed)
+                && history
+                    .publications
+                    .first()
+                    .is_none_or(|p| p.position.offset == s.seq.saturating_add(1))
+                && bytes <= RECOVERY_BYTES
+        });
+        if recovered == Some(true) {
+            self.recovered.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut answer = json!({
+            "type": "subscribed",
+            "channel": &**channel,
+            "seq": top.offset,
+            "epoch": epoch,
+        });
+        if let (Some(r), Some(obj)) = (recovered, answer.as_object_mut()) {
+            obj.insert("recovered".into(), Value::from(r));
+        }
+        let answer = with_id(answer, id.as_ref());
+        let mut ok = member.send(Utf8Bytes::from(answer.to_string()));
+        if recovered == Some(true) {
+            for p in &history.publications {
+                ok = ok && member.send(message_text(channel, p));
+            }
+        }
+        for (seq, text) in pending.buffered {
+            if seq > top.offset {
+                ok = ok && member.send(text);
+            }
+        }
+        if ok {
             st.subscribers.insert(member.id, Arc::clone(member));
-            return Ok(());
+        } else {
+            // It cannot take its own start: it goes, as a slow consumer.
+            let last = st.remove_user(member.user());
+            let failed = match (last, member.user()) {
+                (true, Some(u)) => st.announce("leave", channel, u, member.id),
+                _ => Vec::new(),
+            };
+            let empty = st.is_empty();
+            drop(st);
+            self.evict(member);
+            for m in &failed {
+                self.evict(m);
+            }
+            if empty {
+                self.reap(channel, &ch);
+            }
         }
     }
 
-    /// Unsubscribes `member` from `channel` (no-op if it is not subscribed).
-    fn unsubscribe(&self, member: &Member, channel: &str) {
+    /// Unsubscribes `member` from `channel`; false if it was not
+    /// subscribed.
+    fn unsubscribe(&self, member: &Member, channel: &str) -> bool {
         let found = {
             let mut mine = lock(&member.channels);
             let before = mine.len();
@@ -654,19 +1019,33 @@ impl Hub {
         if found {
             self.remove(channel, member.id);
         }
+        found
     }
 
-    /// Removes subscriber `id` from `channel`, and the channel if that was
-    /// its last subscriber.
+    /// Removes subscriber `id` from `channel` (announcing a leave when it
+    /// was its user's last connection), and the channel if that was its
+    /// last subscriber.
     fn remove(&self, channel: &str, id: u64) {
         let Some(ch) = self.lookup(channel) else {
             return;
         };
-        let empty = {
+        let (empty, failed) = {
             let mut st = lock(&ch.state);
-            st.subscribers.remove(&id);
-            st.subscribers.is_empty()
+            let failed = match st.take(id) {
+                Some(m) => {
+                    let last = st.remove_user(m.user());
+                    match (last, m.user()) {
+                        (true, Some(u)) => st.announce("leave", channel, u, id),
+                        _ => Vec::new(),
+                    }
+                }
+                None => Vec::new(),
+            };
+            (st.is_empty(), failed)
         };
+        for m in &failed {
+            self.evict(m);
+        }
         if empty {
             self.reap(channel, &ch);
         }
@@ -680,7 +1059,7 @@ impl Hub {
             .write()
             .unwrap_or_else(PoisonError::into_inner);
         let mut st = lock(&ch.state);
-        if st.subscribers.is_empty() && !st.closed {
+        if st.is_empty() && !st.closed {
             st.closed = true;
             if map.get(name).is_some_and(|c| Arc::ptr_eq(c, ch)) {
                 map.remove(name);
@@ -714,8 +1093,8 @@ impl Hub {
     /// Publishes `data` on `channel` as `from`: checked and handed to the
     /// broker now (so that a socket's publishes keep their order); the
     /// future gives the message's `seq`, or 0 when the channel has no
-    /// subscribers (nothing is delivered). `data` encoded must fit
-    /// [`Settings::max_message`], subscribers or not.
+    /// subscribers and keeps no history (nothing is delivered). `data`
+    /// encoded must fit [`Settings::max_message`], subscribers or not.
     pub fn publish(
         &self,
         from: &Principal,
@@ -725,9 +1104,14 @@ impl Hub {
         if !valid_channel(channel) {
             return Err(Refusal::BadChannel);
         }
-        if !self.settings.rules.allows(from, channel, Op::Publish) {
+        let Some(rule) = self
+            .settings
+            .rules
+            .find(from, channel)
+            .filter(|r| r.publish.allows(from))
+        else {
             return Err(Refusal::Forbidden);
-        }
+        };
         // Measured without building it: the limit holds before any copy.
         if encoded_len(data) > self.settings.max_message {
             return Err(Refusal::MessageTooLarge);
@@ -740,7 +1124,9 @@ impl Hub {
             None => Value::Null,
         };
         let tail = format!(",\"from\":{from_json},\"data\":{data}}}");
-        let fut = self.broker.publish(channel, bytes::Bytes::from(tail));
+        let fut = self
+            .broker
+            .publish(channel, bytes::Bytes::from(tail), rule.history);
         Ok(Box::pin(async move {
             match fut.await {
                 Ok(p) => Ok(p.map_or(0, |p| p.offset)),
@@ -761,10 +1147,91 @@ impl Hub {
         channel: &str,
         data: &Value,
     ) -> Result<u64, Refusal> {
-        use futures_util::FutureExt;
         self.publish(from, channel, data)?
             .now_or_never()
             .unwrap_or(Err(Refusal::Unavailable))
+    }
+
+    /// The `history` answer for `channel`: the newest `limit` kept
+    /// publications that fit [`RECOVERY_BYTES`], oldest first, as the
+    /// wire's `history` message. `None` once refused.
+    fn history(
+        &self,
+        identity: &Principal,
+        channel: &str,
+        limit: Option<usize>,
+    ) -> Result<BrokerFutureText, Refusal> {
+        if !valid_channel(channel) {
+            return Err(Refusal::BadChannel);
+        }
+        let Some(rule) = self
+            .settings
+            .rules
+            .find(identity, channel)
+            .filter(|r| r.subscribe.allows(identity))
+        else {
+            return Err(Refusal::Forbidden);
+        };
+        let size = rule.history.size.min(RECOVERY_MESSAGES);
+        let want = limit.unwrap_or(size).min(size);
+        let fut = self.broker.history(channel, None, size);
+        let channel = channel.to_owned();
+        Ok(Box::pin(async move {
+            let h = match fut.await {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::warn!("broadcast: history failed: {e}");
+                    return Err(Refusal::Unavailable);
+                }
+            };
+            let mut bytes = 0usize;
+            let mut kept: Vec<Value> = Vec::new();
+            for p in h.publications.iter().rev().take(want) {
+                bytes = bytes.saturating_add(p.data.len());
+                if bytes > RECOVERY_BYTES {
+                    break;
+                }
+                match serde_json::from_str::<Value>(message_text(&channel, p).as_str()) {
+                    Ok(v) => kept.push(v),
+                    Err(_) => continue,
+                }
+            }
+            kept.reverse();
+            Ok(json!({
+                "type": "history",
+                "channel": channel,
+                "epoch": epoch_text(h.position.epoch),
+                "seq": h.position.offset,
+                "messages": kept,
+            }))
+        }))
+    }
+
+    /// Who is subscribed to `channel` on this node, each user once with
+    /// a connection count (anonymous subscribers are not listed).
+    fn presence(&self, identity: &Principal, channel: &str) -> Result<Value, Refusal> {
+        if !valid_channel(channel) {
+            return Err(Refusal::BadChannel);
+        }
+        if !self.settings.rules.allows(identity, channel, Op::Presence) {
+            return Err(Refusal::Forbidden);
+        }
+        let mut users: Vec<(String, u32)> = self
+            .lookup(channel)
+            .map(|c| {
+                lock(&c.state)
+                    .users
+                    .iter()
+                    .map(|(u, n)| (u.clone(), *n))
+                    .collect()
+            })
+            .unwrap_or_default();
+        users.sort();
+        let users: Vec<Value> = users
+            .into_iter()
+            .map(|(user, n)| json!({ "user": user, "connections": n }))
+            .collect();
+        Ok(json!({ "type": "presence", "channel": channel, "users": users }))
     }
 
     /// Delivers one publication to this node's subscribers of `channel`.
@@ -775,17 +1242,11 @@ impl Hub {
         let mut failed: Vec<Arc<Member>> = Vec::new();
         let empty = {
             let st = &mut *lock(&ch.state);
-            if st.closed || st.subscribers.is_empty() {
+            if st.closed || st.is_empty() {
                 return;
             }
-            let mut text = String::with_capacity(channel.len() + 64 + publication.data.len());
-            text.push_str("{\"type\":\"message\",\"channel\":");
-            text.push_str(&Value::from(channel).to_string());
-            text.push_str(",\"seq\":");
-            text.push_str(&publication.position.offset.to_string());
-            text.push_str(&String::from_utf8_lossy(&publication.data));
             // Encoded once; each push below clones a reference to it.
-            let text = Utf8Bytes::from(text);
+            let text = message_text(channel, publication);
             for m in st.subscribers.values() {
                 let delivery = Tagged::new(m.identity.clone(), WsMessage::Text(text.clone()));
                 match m.push.push(delivery) {
@@ -798,10 +1259,21 @@ impl Hub {
             let delivered = st.subscribers.len().saturating_sub(failed.len());
             self.deliveries
                 .fetch_add(delivered as u64, Ordering::Relaxed);
-            for m in &failed {
-                st.subscribers.remove(&m.id);
+            // The ones still waiting for their `subscribed` get it later.
+            for p in st.pending.values_mut() {
+                p.bytes = p.bytes.saturating_add(text.len());
+                if p.buffered.len() >= PENDING_MESSAGES || p.bytes > PENDING_BYTES {
+                    failed.push(Arc::clone(&p.member));
+                } else {
+                    p.buffered.push((publication.position.offset, text.clone()));
+                }
             }
-            st.subscribers.is_empty()
+            for m in &failed {
+                if st.take(m.id).is_some() {
+                    st.remove_user(m.user());
+                }
+            }
+            st.is_empty()
         };
         for m in &failed {
             self.evict(m);
@@ -824,7 +1296,13 @@ impl Hub {
             let members: Vec<Arc<Member>> = {
                 let mut st = lock(&ch.state);
                 st.closed = true;
-                st.subscribers.drain().map(|(_, m)| m).collect()
+                st.users.clear();
+                let pending: Vec<Arc<Member>> = st.pending.drain().map(|(_, p)| p.member).collect();
+                st.subscribers
+                    .drain()
+                    .map(|(_, m)| m)
+                    .chain(pending)
+                    .collect()
             };
             self.broker.unsubscribe(&name);
             for m in members {
@@ -844,6 +1322,10 @@ impl Hub {
 /// The answer of [`Hub::publish`]: the `seq`, once the broker has it.
 pub type Publishing =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, Refusal>> + Send + 'static>>;
+
+/// An answer the broker computes (`history`): the message, or why not.
+type BrokerFutureText =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, Refusal>> + Send + 'static>>;
 
 impl BrokerHandler for Hub {
     fn handle_publication(&self, channel: &str, publication: &Publication) {
@@ -944,6 +1426,7 @@ impl Settings {
             C::Nobody => Access::Nobody,
             C::Users(u) => Access::Users(u.clone()),
         };
+        let defaults = config.history();
         let rules = config
             .rule
             .iter()
@@ -951,10 +1434,16 @@ impl Settings {
                 pattern: r.pattern.clone(),
                 subscribe: access(&r.subscribe),
                 publish: access(&r.publish),
+                presence: access(r.presence.as_ref().unwrap_or(&r.subscribe)),
+                history: Keep {
+                    size: r.history_size.unwrap_or(defaults.size),
+                    ttl: r.history_ttl.unwrap_or(defaults.ttl),
+                },
+                join_leave: r.join_leave.unwrap_or(config.join_leave),
             })
             .collect();
         Self {
-            rules: Rules::new(rules),
+            rules: Rules::new(rules).with_builtin_defaults(defaults, config.join_leave),
             max_subscriptions: config.max_subscriptions,
             max_message: config.max_message,
         }
@@ -1003,14 +1492,19 @@ impl Destination for Broadcast {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::HTTP_AND_WEBSOCKET
+        // Streamed requests: an event stream is a response that never
+        // ends; a publish's body is read here, within the route's limit.
+        Capabilities {
+            streams_http: true,
+            ..Capabilities::HTTP_AND_WEBSOCKET
+        }
     }
 
     fn handle(&self, req: Request) -> Answer {
         match req {
             Request::Http(req) => Answer::Http(self.http(req)),
+            Request::Stream { head, body, .. } => Answer::Stream(self.streamed(head, body)),
             Request::Upgrade(u) => Answer::Socket(self.websocket(&u.identity, u.push)),
-            other => other.not_taken(),
         }
     }
 
@@ -1024,10 +1518,11 @@ impl Broadcast {
     fn http(&self, req: Tagged<HttpRequest>) -> Handled {
         let identity = req.identity;
         let head = &req.msg.head;
-        let resp = if head.method != Method::Post {
-            let mut r = json_error(405, "method_not_allowed");
-            r.headers.push(Header::new(&b"Allow"[..], &b"POST"[..]));
-            r
+        let resp = if head.method == Method::Get {
+            // Whole GET requests come from tests; the route streams them.
+            json_error(406, "not_acceptable")
+        } else if head.method != Method::Post {
+            not_allowed()
         } else {
             match std::str::from_utf8(self.channel_of(head.path())) {
                 Ok(channel) if valid_channel(channel) => {
@@ -1092,10 +1587,30 @@ struct ClientMessage {
     /// `Some(Value::Null)` for `"data": null`, `None` when missing.
     #[serde(default, deserialize_with = "present")]
     data: Option<Value>,
+    /// Echoed on the answer.
+    id: Option<Value>,
+    /// `subscribe`: where the client stopped.
+    since: Option<Since>,
+    /// `history`: how many, at most.
+    limit: Option<usize>,
 }
 
 fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
     Value::deserialize(d).map(Some)
+}
+
+/// The longest `id` string a client may send (it comes back on the
+/// answer).
+pub const MAX_ID_LEN: usize = 64;
+
+/// True for an `id` that may be echoed: a number, or a string of at most
+/// [`MAX_ID_LEN`] bytes.
+pub fn valid_id(id: &Value) -> bool {
+    match id {
+        Value::Number(_) => true,
+        Value::String(s) => s.len() <= MAX_ID_LEN,
+        _ => false,
+    }
 }
 
 /// One WebSocket client of the hub.
@@ -1110,8 +1625,13 @@ impl Drop for Socket {
     }
 }
 
-/// `{"type":"error","code":…,"channel":…,"message":…}`.
-fn ws_error(code: &str, channel: Option<&str>, message: &str) -> WsMessage {
+/// `{"type":"error","code":…,"channel"?:…,"message":…,"id"?:…}`.
+fn ws_error_text(
+    code: &str,
+    channel: Option<&str>,
+    message: &str,
+    id: Option<&Value>,
+) -> Utf8Bytes {
     let mut v = json!({ "type": "error", "code": code });
     if let (Some(c), Some(obj)) = (channel, v.as_object_mut()) {
         obj.insert("channel".into(), Value::from(c));
@@ -1119,39 +1639,61 @@ fn ws_error(code: &str, channel: Option<&str>, message: &str) -> WsMessage {
     if let Some(obj) = v.as_object_mut() {
         obj.insert("message".into(), Value::from(message));
     }
+    Utf8Bytes::from(with_id(v, id).to_string())
+}
+
+fn ws_error(code: &str, channel: Option<&str>, message: &str, id: Option<&Value>) -> WsMessage {
+    WsMessage::Text(ws_error_text(code, channel, message, id))
+}
+
+fn text(v: Value) -> WsMessage {
     WsMessage::Text(Utf8Bytes::from(v.to_string()))
 }
 
 impl Socket {
-    /// The answer to one client message, if any.
+    /// The answer to one client message, if any (answers that need the
+    /// broker are pushed when it has them).
     fn handle(&self, identity: &Principal, msg: &WsMessage) -> Option<WsMessage> {
-        let WsMessage::Text(text) = msg else {
+        let WsMessage::Text(t) = msg else {
             return Some(ws_error(
                 "bad_message",
                 None,
                 "messages are JSON text frames",
+                None,
             ));
         };
-        let Ok(m) = serde_json::from_str::<ClientMessage>(text.as_str()) else {
+        let Ok(m) = serde_json::from_str::<ClientMessage>(t.as_str()) else {
             return Some(ws_error(
                 "bad_message",
                 None,
                 "expected a JSON object with \"type\" and \"channel\"",
+                None,
             ));
         };
+        if m.id.as_ref().is_some_and(|id| !valid_id(id)) {
+            return Some(ws_error(
+                "bad_message",
+                None,
+                "\"id\" must be a number or a string of at most 64 bytes",
+                None,
+            ));
+        }
+        let id = m.id.as_ref();
         let op = match m.kind.as_str() {
-            "subscribe" | "unsubscribe" => Op::Subscribe,
+            "subscribe" | "unsubscribe" | "history" => Op::Subscribe,
             "publish" => Op::Publish,
+            "presence" => Op::Presence,
             _ => {
                 return Some(ws_error(
                     "bad_message",
                     None,
-                    "type must be subscribe, unsubscribe or publish",
+                    "type must be subscribe, unsubscribe, publish, history or presence",
+                    id,
                 ))
             }
         };
         let Some(channel) = m.channel.as_deref() else {
-            return Some(ws_error("bad_message", None, "\"channel\" is missing"));
+            return Some(ws_error("bad_message", None, "\"channel\" is missing", id));
         };
         if !valid_channel(channel) {
             // The invalid name is not echoed back (it may be huge).
@@ -1159,45 +1701,82 @@ impl Socket {
                 Refusal::BadChannel.code(),
                 None,
                 Refusal::BadChannel.message(op),
+                id,
             ));
         }
-        let refused = |r: Refusal| Some(ws_error(r.code(), Some(channel), r.message(op)));
+        let refused = |r: Refusal| Some(ws_error(r.code(), Some(channel), r.message(op), id));
         match m.kind.as_str() {
-            "subscribe" => match self.hub.subscribe(&self.member, channel) {
-                Ok(()) => Some(WsMessage::Text(Utf8Bytes::from(
-                    json!({ "type": "subscribed", "channel": channel }).to_string(),
-                ))),
+            "subscribe" => {
+                match self
+                    .hub
+                    .subscribe(&self.member, channel, m.since, m.id.clone())
+                {
+                    // `subscribed` comes through the push queue, before
+                    // any delivery.
+                    Ok(()) => None,
+                    Err(r) => refused(r),
+                }
+            }
+            "unsubscribe" => {
+                let was = self.hub.unsubscribe(&self.member, channel);
+                // Answered only when asked (an `id`), as there is nothing
+                // to report otherwise.
+                id.map(|_| {
+                    text(with_id(
+                        json!({ "type": "unsubscribed", "channel": channel, "subscribed": was }),
+                        id,
+                    ))
+                })
+            }
+            "presence" => match self.hub.presence(identity, channel) {
+                Ok(v) => Some(text(with_id(v, id))),
                 Err(r) => refused(r),
             },
-            "unsubscribe" => {
-                self.hub.unsubscribe(&self.member, channel);
-                None
-            }
+            "history" => match self.hub.history(identity, channel, m.limit) {
+                Ok(mut fut) => match (&mut fut).now_or_never() {
+                    Some(Ok(v)) => Some(text(with_id(v, id))),
+                    Some(Err(r)) => refused(r),
+                    None => {
+                        self.later(identity, channel, m.id.clone(), op, fut);
+                        None
+                    }
+                },
+                Err(r) => refused(r),
+            },
             _ => {
                 let Some(data) = m.data.as_ref() else {
                     return Some(ws_error(
                         "bad_message",
                         Some(channel),
                         "\"data\" is missing",
+                        id,
                     ));
                 };
                 match self.hub.publish(identity, channel, data) {
                     Ok(mut publishing) => match (&mut publishing).now_or_never() {
-                        Some(Ok(_)) => None,
+                        Some(Ok(seq)) => id.map(|_| text(published_msg(channel, seq, id))),
                         Some(Err(r)) => refused(r),
                         None => {
-                            // A broker across the network: a failure is
-                            // reported when it is known.
-                            let member = Arc::clone(&self.member);
-                            let identity = identity.clone();
-                            let channel = channel.to_owned();
-                            tokio::spawn(async move {
-                                if let Err(r) = publishing.await {
-                                    let msg =
-                                        ws_error(r.code(), Some(&channel), r.message(Op::Publish));
-                                    let _ = member.push.push(Tagged::new(identity, msg));
+                            // A broker across the network: the answer (or
+                            // the failure) is pushed when it is known.
+                            let wants_ack = id.is_some();
+                            let fut =
+                                Box::pin(
+                                    async move { publishing.await.map(|seq| (seq, wants_ack)) },
+                                );
+                            let channel_owned = channel.to_owned();
+                            let answer = Box::pin(async move {
+                                match fut.await {
+                                    Ok((seq, true)) => Ok(json!({
+                                        "type": "published",
+                                        "channel": channel_owned,
+                                        "seq": seq,
+                                    })),
+                                    Ok((_, false)) => Ok(Value::Null),
+                                    Err(r) => Err(r),
                                 }
                             });
+                            self.later(identity, channel, m.id.clone(), op, answer);
                             None
                         }
                     },
@@ -1206,6 +1785,37 @@ impl Socket {
             }
         }
     }
+
+    /// Pushes the answer `fut` computes when it is ready (`null`: no
+    /// answer), or its refusal.
+    fn later(
+        &self,
+        identity: &Principal,
+        channel: &str,
+        id: Option<Value>,
+        op: Op,
+        fut: BrokerFutureText,
+    ) {
+        let member = Arc::clone(&self.member);
+        let identity = identity.clone();
+        let channel = channel.to_owned();
+        tokio::spawn(async move {
+            let msg = match fut.await {
+                Ok(Value::Null) => return,
+                Ok(v) => text(with_id(v, id.as_ref())),
+                Err(r) => ws_error(r.code(), Some(&channel), r.message(op), id.as_ref()),
+            };
+            let _ = member.push.push(Tagged::new(identity, msg));
+        });
+    }
+}
+
+/// `{"type":"published","channel":C,"seq":N,"id":…}`.
+fn published_msg(channel: &str, seq: u64, id: Option<&Value>) -> Value {
+    with_id(
+        json!({ "type": "published", "channel": channel, "seq": seq }),
+        id,
+    )
 }
 
 impl WsEndpoint for Socket {
@@ -1213,6 +1823,244 @@ impl WsEndpoint for Socket {
         let reply = self.handle(&msg.identity, &msg.msg)?;
         // The answer carries the identity of the message it answers.
         Some(Tagged::new(msg.identity, reply))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Server-sent events.
+
+/// How often an idle event stream gets a comment, so that proxies and
+/// clients see it alive.
+pub const SSE_PING: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// `Last-Event-ID: EPOCH:SEQ` as sigma sends it, or `None`.
+fn parse_event_id(v: &[u8]) -> Option<Since> {
+    let s = std::str::from_utf8(v).ok()?.trim();
+    let (epoch, seq) = s.split_once(':')?;
+    let hex =
+        !epoch.is_empty() && epoch.len() <= 16 && epoch.bytes().all(|b| b.is_ascii_hexdigit());
+    hex.then_some(())?;
+    Some(Since {
+        seq: seq.parse().ok()?,
+        epoch: epoch.to_ascii_lowercase(),
+    })
+}
+
+/// True when `Accept` asks for an event stream.
+fn wants_events(head: &sigma_http::RequestHead) -> bool {
+    head.header("accept").is_some_and(|h| {
+        h.value.split(|b| *b == b',').any(|part| {
+            let media = part.split(|b| *b == b';').next().unwrap_or_default();
+            media
+                .trim_ascii()
+                .eq_ignore_ascii_case(b"text/event-stream")
+        })
+    })
+}
+
+/// `405` with the methods a `&broadcast` route takes.
+fn not_allowed() -> Response {
+    let mut r = json_error(405, "method_not_allowed");
+    r.headers
+        .push(Header::new(&b"Allow"[..], &b"GET, POST"[..]));
+    r
+}
+
+/// What an event-stream subscriber reads: its push queue, as SSE events.
+/// Dropped (the client went away), it leaves the hub.
+struct Sse {
+    rx: WsReceiver,
+    identity: Principal,
+    hub: Arc<Hub>,
+    member: Arc<Member>,
+    epoch: String,
+}
+
+impl Drop for Sse {
+    fn drop(&mut self) {
+        self.hub.leave(&self.member);
+    }
+}
+
+/// The fields of a pushed message an event needs.
+#[derive(Deserialize)]
+struct EventHead {
+    #[serde(rename = "type")]
+    kind: String,
+    seq: Option<u64>,
+    epoch: Option<String>,
+}
+
+impl Sse {
+    /// One pushed message as an event; `None` for one that is not for
+    /// this stream. The second value ends the stream after it.
+    fn event(&mut self, text: &str) -> Option<(bytes::Bytes, bool)> {
+        let head: EventHead = serde_json::from_str(text).ok()?;
+        if let Some(e) = head.epoch {
+            self.epoch = e;
+        }
+        let mut out = String::with_capacity(text.len() + 64);
+        if let ("subscribed" | "message", Some(seq)) = (head.kind.as_str(), head.seq) {
+            out.push_str("id: ");
+            out.push_str(&self.epoch);
+            out.push(':');
+            out.push_str(&seq.to_string());
+            out.push('\n');
+        }
+        out.push_str("event: ");
+        out.push_str(&head.kind);
+        out.push('\n');
+        // Compact JSON has no raw line breaks; split on any anyway.
+        for line in text.split(['\n', '\r']) {
+            out.push_str("data: ");
+            out.push_str(line);
+            out.push('\n');
+        }
+        out.push('\n');
+        Some((bytes::Bytes::from(out), head.kind == "error"))
+    }
+}
+
+/// The event stream: deliveries as they are pushed, a comment every
+/// [`SSE_PING`] of silence; it ends (the client reconnects with
+/// `Last-Event-ID`) when the subscriber is evicted as a slow consumer,
+/// the broker is lost or its subscription failed.
+fn sse_body(sse: Sse) -> sigma_core::BodyStream {
+    use sigma_core::Pushed;
+    let start = tokio::time::Instant::now() + SSE_PING;
+    let ping = tokio::time::interval_at(start, SSE_PING);
+    let state = Some((sse, ping));
+    Box::pin(futures_util::stream::unfold(state, |state| async move {
+        let (mut sse, mut ping) = state?;
+        loop {
+            tokio::select! {
+                pushed = sse.rx.recv() => match pushed {
+                    Pushed::Message(m) => {
+                        // The reply rule: only what is tagged for it.
+                        if sigma_core::check_reply(&sse.identity, &m).is_err() {
+                            continue;
+                        }
+                        let WsMessage::Text(t) = &m.msg else { continue };
+                        if let Some((ev, last)) = sse.event(t.as_str()) {
+                            let next = (!last).then_some((sse, ping));
+                            return Some((Ok(ev), next));
+                        }
+                    }
+                    Pushed::Overflow | Pushed::Closed | Pushed::Close { .. } | Pushed::Revoked => {
+                        return None;
+                    }
+                },
+                _ = ping.tick() => {
+                    return Some((Ok(bytes::Bytes::from_static(b": ping\n\n")), Some((sse, ping))));
+                }
+            }
+        }
+    }))
+}
+
+impl Broadcast {
+    /// A request whose body streams in: an event stream (`GET` with
+    /// `Accept: text/event-stream`), or a publish (`POST`, its body read
+    /// here within the route's limit).
+    fn streamed(
+        &self,
+        head: Tagged<sigma_http::RequestHead>,
+        mut body: sigma_core::BodyRx,
+    ) -> sigma_core::LaterStreamed {
+        let ready = |t: Tagged<Response>| -> sigma_core::LaterStreamed {
+            Box::pin(std::future::ready(Tagged::new(
+                t.identity,
+                Streamed::Whole(t.msg),
+            )))
+        };
+        match head.msg.method {
+            Method::Get => Box::pin(std::future::ready(self.events(head))),
+            Method::Post => {
+                let max_message = self.hub.settings.max_message;
+                let hub = Arc::clone(&self.hub);
+                let prefix = self.prefix.clone();
+                Box::pin(async move {
+                    let mut buf = bytes::BytesMut::new();
+                    let failed = loop {
+                        match std::future::poll_fn(|cx| body.poll_recv(cx)).await {
+                            Some(Ok(piece)) => buf.extend_from_slice(&piece),
+                            Some(Err(sigma_core::BodyError::TooLarge)) => {
+                                break Some(too_large(max_message))
+                            }
+                            Some(Err(sigma_core::BodyError::Aborted)) => {
+                                break Some(json_error(400, "bad_request"))
+                            }
+                            None => break None,
+                        }
+                    };
+                    let identity = head.identity;
+                    if let Some(r) = failed {
+                        return Tagged::new(identity, Streamed::Whole(r));
+                    }
+                    let b = Broadcast { hub, prefix };
+                    let req = Tagged::new(
+                        identity,
+                        HttpRequest {
+                            head: head.msg,
+                            body: buf.freeze(),
+                        },
+                    );
+                    let t = match b.http(req) {
+                        Handled::Ready(t) => t,
+                        Handled::Later(fut) => fut.await,
+                    };
+                    Tagged::new(t.identity, Streamed::Whole(t.msg))
+                })
+            }
+            _ => ready(Tagged::new(head.identity, not_allowed())),
+        }
+    }
+
+    /// `GET <route>/<channel>` with `Accept: text/event-stream`: the
+    /// channel as server-sent events, resuming after `Last-Event-ID`.
+    fn events(&self, head: Tagged<sigma_http::RequestHead>) -> Tagged<Streamed> {
+        let identity = head.identity;
+        let whole = |r: Response| Streamed::Whole(r);
+        let Ok(channel) = std::str::from_utf8(self.channel_of(head.msg.path())) else {
+            return Tagged::new(identity, whole(json_error(400, Refusal::BadChannel.code())));
+        };
+        if !wants_events(&head.msg) {
+            return Tagged::new(identity, whole(json_error(406, "not_acceptable")));
+        }
+        let since = head
+            .msg
+            .header("last-event-id")
+            .and_then(|h| parse_event_id(&h.value));
+        let (push, rx) = sigma_core::ws_push_queue();
+        let member = self.hub.join(identity.clone(), push);
+        if let Err(r) = self.hub.subscribe(&member, channel, since, None) {
+            self.hub.leave(&member);
+            let r = published(Err(r), self.hub.settings.max_message);
+            return Tagged::new(identity, whole(r));
+        }
+        let sse = Sse {
+            rx,
+            identity: identity.clone(),
+            hub: Arc::clone(&self.hub),
+            member,
+            epoch: String::new(),
+        };
+        let head = sigma_http::ResponseHead {
+            status: 200,
+            headers: vec![
+                Header::new(&b"Content-Type"[..], &b"text/event-stream"[..]),
+                Header::new(&b"Cache-Control"[..], &b"no-store"[..]),
+                Header::new(&b"X-Accel-Buffering"[..], &b"no"[..]),
+            ],
+            content_length: None,
+        };
+        Tagged::new(
+            identity,
+            Streamed::Stream {
+                head,
+                body: sse_body(sse),
+            },
+        )
     }
 }
 
@@ -1290,9 +2138,16 @@ mod tests {
             }
         }
 
+        /// Subscribes: the refusal, or the pushed `subscribed`.
         fn sub(&mut self, channel: &str) -> Value {
-            self.send(json!({"type": "subscribe", "channel": channel}))
-                .unwrap()
+            self.sub_with(json!({"type": "subscribe", "channel": channel}))
+        }
+
+        fn sub_with(&mut self, m: Value) -> Value {
+            match self.send(m) {
+                Some(refused) => refused,
+                None => self.next().expect("subscribed is pushed"),
+            }
         }
 
         fn publish(&mut self, channel: &str, data: Value) -> Option<Value> {
@@ -1414,11 +2269,17 @@ mod tests {
                 pattern: Pattern::parse("public:news").unwrap(),
                 subscribe: Access::Anyone,
                 publish: Access::Users(vec!["editor".into()]),
+                presence: Access::Anyone,
+                history: DEFAULT_HISTORY,
+                join_leave: false,
             },
             Rule {
                 pattern: Pattern::parse("*").unwrap(),
                 subscribe: Access::Nobody,
                 publish: Access::Nobody,
+                presence: Access::Nobody,
+                history: Keep::NONE,
+                join_leave: false,
             },
         ]);
         assert!(r.allows(&None, "public:news", Op::Subscribe));
@@ -1432,10 +2293,12 @@ mod tests {
         let b = Broadcast::new("/broadcast");
         let mut alice = Client::new(&b, user("alice"));
         let mut bob = Client::new(&b, user("bob"));
-        assert_eq!(
-            alice.sub("public:chat"),
-            json!({"type": "subscribed", "channel": "public:chat"})
-        );
+        let ack = alice.sub("public:chat");
+        assert_eq!(ack["type"], "subscribed");
+        assert_eq!(ack["channel"], "public:chat");
+        assert_eq!(ack["seq"], 0);
+        assert!(ack["epoch"].is_string(), "{ack}");
+        assert!(ack.get("recovered").is_none(), "no since, no recovered");
         bob.sub("public:chat");
         assert_eq!(b.hub().subscriber_count("public:chat"), 2);
         // A claimed `from` is ignored.
@@ -1523,7 +2386,7 @@ mod tests {
         let mut c = Client::new(&b, user("alice"));
         c.sub("public:1");
         c.sub("public:2");
-        assert_eq!(c.sub("public:2")["type"], "subscribed");
+        assert_eq!(c.sub("public:2")["code"], "already_subscribed");
         let r = c.sub("public:3");
         assert_eq!(r["code"], "too_many_subscriptions");
         assert_eq!(
@@ -1542,17 +2405,237 @@ mod tests {
         assert_eq!(b.hub().channel_count(), 0);
     }
 
+    /// `[broadcast]` with these history defaults.
+    fn with_history(size: usize, join_leave: bool) -> Broadcast {
+        let config = crate::broadcast::config::BroadcastConfig {
+            history_size: size,
+            join_leave,
+            ..Default::default()
+        };
+        Broadcast::with_settings("/broadcast", Settings::from_config(&config))
+    }
+
     #[test]
-    fn seq_restarts_when_a_channel_is_recreated() {
+    fn seq_survives_a_brief_absence_only_with_history() {
+        let alice = user("alice");
+        for (b, after) in [
+            (Broadcast::new("/broadcast"), 3),
+            (with_history(0, false), 1),
+        ] {
+            let mut c = Client::new(&b, alice.clone());
+            let epoch = c.sub("public:a")["epoch"].clone();
+            assert_eq!(b.hub().publish_now(&alice, "public:a", &json!(1)), Ok(1));
+            assert_eq!(b.hub().publish_now(&alice, "public:a", &json!(2)), Ok(2));
+            c.next();
+            c.next();
+            c.send(json!({"type": "unsubscribe", "channel": "public:a"}));
+            let again = c.sub("public:a");
+            // Kept history: the same stream; none: a new one.
+            assert_eq!(again["epoch"] == epoch, after == 3, "{again}");
+            assert_eq!(
+                b.hub().publish_now(&alice, "public:a", &json!(3)),
+                Ok(after)
+            );
+        }
+    }
+
+    #[test]
+    fn since_recovers_exactly_the_missed_messages_then_live() {
         let b = Broadcast::new("/broadcast");
         let alice = user("alice");
+        let mut c = Client::new(&b, user("bob"));
+        let ack = c.sub("public:r");
+        let epoch = ack["epoch"].clone();
+        b.hub()
+            .publish_now(&alice, "public:r", &json!("a"))
+            .unwrap();
+        assert_eq!(c.next().unwrap()["seq"], 1);
+        // The connection is lost; two messages are published meanwhile.
+        drop(c);
+        b.hub()
+            .publish_now(&alice, "public:r", &json!("b"))
+            .unwrap();
+        b.hub()
+            .publish_now(&alice, "public:r", &json!("c"))
+            .unwrap();
+        let mut c = Client::new(&b, user("bob"));
+        let ack = c.sub_with(json!({"type": "subscribe", "channel": "public:r", "id": 7,
+            "since": {"seq": 1, "epoch": epoch}}));
+        assert_eq!(
+            ack,
+            json!({"type": "subscribed", "channel": "public:r", "seq": 3,
+                "epoch": epoch, "recovered": true, "id": 7})
+        );
+        let got: Vec<Value> = std::iter::from_fn(|| c.next()).collect();
+        let data: Vec<&Value> = got.iter().map(|m| &m["data"]).collect();
+        assert_eq!(data, [&json!("b"), &json!("c")]);
+        assert_eq!(got[0]["seq"], 2);
+        assert_eq!(got[1]["from"], "alice");
+        // Then live.
+        b.hub()
+            .publish_now(&alice, "public:r", &json!("d"))
+            .unwrap();
+        assert_eq!(c.next().unwrap()["seq"], 4);
+        // A wrong epoch, or a position past the top: not recovered.
+        for since in [
+            json!({"seq": 1, "epoch": "0"}),
+            json!({"seq": 9, "epoch": epoch}),
+        ] {
+            let mut d = Client::new(&b, user("carol"));
+            let ack =
+                d.sub_with(json!({"type": "subscribe", "channel": "public:r", "since": since}));
+            assert_eq!(ack["recovered"], false, "{ack}");
+            assert_eq!(d.next(), None, "nothing replayed");
+        }
+        // Up to date: recovered, nothing to replay.
+        let mut e = Client::new(&b, user("dave"));
+        let ack = e.sub_with(json!({"type": "subscribe", "channel": "public:r",
+            "since": {"seq": 4, "epoch": epoch}}));
+        assert_eq!(ack["recovered"], true);
+        assert_eq!(e.next(), None);
+    }
+
+    #[test]
+    fn a_gap_in_the_history_is_not_recovered() {
+        let config = crate::broadcast::config::BroadcastConfig {
+            history_size: 2,
+            ..Default::default()
+        };
+        let b = Broadcast::with_settings("/broadcast", Settings::from_config(&config));
+        let alice = user("alice");
         let mut c = Client::new(&b, alice.clone());
-        c.sub("public:a");
-        assert_eq!(b.hub().publish_now(&alice, "public:a", &json!(1)), Ok(1));
-        assert_eq!(b.hub().publish_now(&alice, "public:a", &json!(2)), Ok(2));
-        c.send(json!({"type": "unsubscribe", "channel": "public:a"}));
-        c.sub("public:a");
-        assert_eq!(b.hub().publish_now(&alice, "public:a", &json!(3)), Ok(1));
+        let epoch = c.sub("public:g")["epoch"].clone();
+        for d in 0..5 {
+            b.hub().publish_now(&alice, "public:g", &json!(d)).unwrap();
+        }
+        let mut d = Client::new(&b, user("bob"));
+        // Missed 2..=5, only 4 and 5 are kept.
+        let ack = d.sub_with(json!({"type": "subscribe", "channel": "public:g",
+            "since": {"seq": 1, "epoch": epoch}}));
+        assert_eq!(
+            (ack["recovered"].clone(), ack["seq"].clone()),
+            (json!(false), json!(5))
+        );
+        assert_eq!(d.next(), None);
+        // `history` gives what is kept, newest `limit`, oldest first.
+        let h = d
+            .send(json!({"type": "history", "channel": "public:g", "id": "h"}))
+            .unwrap();
+        assert_eq!(h["type"], "history");
+        assert_eq!(h["id"], "h");
+        assert_eq!(h["epoch"], epoch);
+        let seqs: Vec<&Value> = h["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| &m["seq"])
+            .collect();
+        assert_eq!(seqs, [&json!(4), &json!(5)]);
+        let h = d
+            .send(json!({"type": "history", "channel": "public:g", "limit": 1}))
+            .unwrap();
+        assert_eq!(h["messages"][0]["data"], 4);
+        assert_eq!(h["messages"].as_array().unwrap().len(), 1);
+        // History needs the right to subscribe.
+        let mut anon = Client::new(&b, None);
+        let r = anon
+            .send(json!({"type": "history", "channel": "public:g"}))
+            .unwrap();
+        assert_eq!(r["code"], "forbidden");
+    }
+
+    #[test]
+    fn presence_counts_connections_and_join_leave_is_coalesced() {
+        let b = with_history(100, true);
+        let mut watcher = Client::new(&b, user("watcher"));
+        watcher.sub("public:p");
+        let mut a1 = Client::new(&b, user("alice"));
+        a1.sub("public:p");
+        assert_eq!(
+            watcher.next(),
+            Some(json!({"type": "join", "channel": "public:p", "user": "alice"}))
+        );
+        // Her second socket is no new join.
+        let mut a2 = Client::new(&b, user("alice"));
+        a2.sub("public:p");
+        assert_eq!(watcher.next(), None);
+        let p = watcher
+            .send(json!({"type": "presence", "channel": "public:p", "id": 1}))
+            .unwrap();
+        assert_eq!(
+            p,
+            json!({"type": "presence", "channel": "public:p", "id": 1, "users": [
+                {"user": "alice", "connections": 2},
+                {"user": "watcher", "connections": 1},
+            ]})
+        );
+        drop(a1);
+        assert_eq!(watcher.next(), None, "one socket of hers is left");
+        a2.send(json!({"type": "unsubscribe", "channel": "public:p"}));
+        assert_eq!(
+            watcher.next(),
+            Some(json!({"type": "leave", "channel": "public:p", "user": "alice"}))
+        );
+        // Without join_leave, nobody hears it.
+        let quiet = Broadcast::new("/broadcast");
+        let mut w = Client::new(&quiet, user("watcher"));
+        w.sub("public:p");
+        Client::new(&quiet, user("alice")).sub("public:p");
+        assert_eq!(w.next(), None);
+        // Presence needs its right.
+        let r = Client::new(&quiet, None)
+            .send(json!({"type": "presence", "channel": "public:p"}))
+            .unwrap();
+        assert_eq!(r["code"], "forbidden");
+    }
+
+    #[test]
+    fn ids_are_echoed_on_answers_and_errors() {
+        let b = Broadcast::new("/broadcast");
+        let mut c = Client::new(&b, user("alice"));
+        let r = c
+            .send(json!({"type": "publish", "channel": "public:i", "data": 1, "id": "p1"}))
+            .unwrap();
+        assert_eq!(
+            r,
+            json!({"type": "published", "channel": "public:i", "seq": 0, "id": "p1"})
+        );
+        assert_eq!(
+            c.send(json!({"type": "publish", "channel": "public:i", "data": 1})),
+            None,
+            "no id, no acknowledgement"
+        );
+        let r = c
+            .send(json!({"type": "subscribe", "channel": "private", "id": 3}))
+            .unwrap();
+        assert_eq!(
+            (r["code"].clone(), r["id"].clone()),
+            (json!("forbidden"), json!(3))
+        );
+        let r = c
+            .send(json!({"type": "nope", "channel": "public:i", "id": 4}))
+            .unwrap();
+        assert_eq!(
+            (r["code"].clone(), r["id"].clone()),
+            (json!("bad_message"), json!(4))
+        );
+        let r = c
+            .send(json!({"type": "unsubscribe", "channel": "public:i", "id": 5}))
+            .unwrap();
+        assert_eq!(r["type"], "unsubscribed");
+        assert_eq!(r["id"], 5);
+        // An id that cannot be echoed is refused, without an id.
+        for bad in [
+            json!({"a": 1}),
+            json!("x".repeat(MAX_ID_LEN + 1)),
+            json!([1]),
+        ] {
+            let r = c
+                .send(json!({"type": "publish", "channel": "public:i", "data": 1, "id": bad}))
+                .unwrap();
+            assert_eq!(r["code"], "bad_message");
+            assert!(r.get("id").is_none());
+        }
     }
 
     #[test]
@@ -1638,6 +2721,182 @@ mod tests {
         }
     }
 
+    fn head(method: Method, path: &str, headers: &[(&str, &str)]) -> sigma_http::RequestHead {
+        sigma_http::RequestHead {
+            method,
+            target: bytes::Bytes::copy_from_slice(path.as_bytes()),
+            version: sigma_http::Version::Http11,
+            headers: headers
+                .iter()
+                .map(|(n, v)| Header::new(n.as_bytes().to_vec(), v.as_bytes().to_vec()))
+                .collect(),
+            keep_alive: true,
+            websocket: None,
+        }
+    }
+
+    /// A streamed request to `b`: its status and, for an event stream,
+    /// the stream.
+    async fn stream_request(
+        b: &Broadcast,
+        identity: &Principal,
+        head: sigma_http::RequestHead,
+        body: &[u8],
+    ) -> (u16, Option<sigma_core::BodyStream>, bytes::Bytes) {
+        let (tx, rx) = sigma_core::body_channel();
+        if !body.is_empty() {
+            assert!(tx.send(bytes::Bytes::copy_from_slice(body)).await);
+        }
+        tx.finish();
+        let req = Request::Stream {
+            head: Tagged::new(identity.clone(), head),
+            body: rx,
+            client: sigma_core::ClientInfo {
+                ip: std::net::IpAddr::from([127, 0, 0, 1]),
+                bearer: false,
+            },
+        };
+        let Answer::Stream(fut) = b.handle(req) else {
+            panic!("a streamed answer")
+        };
+        let t = fut.await;
+        assert!(sigma_core::check_reply(identity, &t).is_ok());
+        match t.msg {
+            Streamed::Whole(r) => (r.status, None, r.body),
+            Streamed::Stream { head, body } => (head.status, Some(body), bytes::Bytes::new()),
+            Streamed::IdentityMismatch => panic!("mismatch"),
+        }
+    }
+
+    /// The next event of `s`, as text.
+    async fn next_event(s: &mut sigma_core::BodyStream) -> String {
+        use futures_util::StreamExt;
+        let piece = tokio::time::timeout(std::time::Duration::from_secs(5), s.next())
+            .await
+            .expect("an event")
+            .expect("not the end")
+            .expect("no error");
+        String::from_utf8(piece.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn server_sent_events_resume_after_last_event_id() {
+        let b = Broadcast::new("/broadcast");
+        let alice = user("alice");
+        let sse = [("Accept", "text/event-stream")];
+        let (status, body, _) = stream_request(
+            &b,
+            &alice,
+            head(Method::Get, "/broadcast/public:s", &sse),
+            b"",
+        )
+        .await;
+        assert_eq!(status, 200);
+        let mut body = body.unwrap();
+        let first = next_event(&mut body).await;
+        assert!(first.starts_with("id: "), "{first}");
+        assert!(first.contains("\nevent: subscribed\n") || first.contains("event: subscribed"));
+        let epoch = first
+            .strip_prefix("id: ")
+            .and_then(|r| r.split(':').next())
+            .unwrap()
+            .to_owned();
+        // A publish over HTTP, streamed in as the route takes it.
+        let (status, _, answer) = stream_request(
+            &b,
+            &alice,
+            head(Method::Post, "/broadcast/public:s", &[]),
+            b"{\"n\":1}",
+        )
+        .await;
+        assert_eq!(status, 202, "{answer:?}");
+        let ev = next_event(&mut body).await;
+        assert_eq!(
+            ev,
+            format!("id: {epoch}:1\nevent: message\ndata: {{\"type\":\"message\",\"channel\":\"public:s\",\"seq\":1,\"from\":\"alice\",\"data\":{{\"n\":1}}}}\n\n")
+        );
+        // The client goes; two more are published; it comes back.
+        drop(body);
+        b.hub().publish_now(&alice, "public:s", &json!(2)).unwrap();
+        b.hub().publish_now(&alice, "public:s", &json!(3)).unwrap();
+        let last = format!("{epoch}:1");
+        let resume = [
+            ("Accept", "text/event-stream"),
+            ("Last-Event-ID", last.as_str()),
+        ];
+        let (_, body, _) = stream_request(
+            &b,
+            &alice,
+            head(Method::Get, "/broadcast/public:s", &resume),
+            b"",
+        )
+        .await;
+        let mut body = body.unwrap();
+        let ack = next_event(&mut body).await;
+        assert!(ack.contains("\"recovered\":true"), "{ack}");
+        assert!(ack.starts_with(&format!("id: {epoch}:3\n")), "{ack}");
+        assert!(next_event(&mut body)
+            .await
+            .starts_with(&format!("id: {epoch}:2\n")));
+        assert!(next_event(&mut body)
+            .await
+            .starts_with(&format!("id: {epoch}:3\n")));
+        // The same permissions as WebSocket; GET without the Accept: 406.
+        let (status, _, _) = stream_request(
+            &b,
+            &None,
+            head(Method::Get, "/broadcast/public:s", &sse),
+            b"",
+        )
+        .await;
+        assert_eq!(status, 403);
+        let (status, _, _) = stream_request(
+            &b,
+            &alice,
+            head(Method::Get, "/broadcast/public:s", &[]),
+            b"",
+        )
+        .await;
+        assert_eq!(status, 406);
+        let (status, _, _) = stream_request(
+            &b,
+            &alice,
+            head(Method::Delete, "/broadcast/public:s", &[]),
+            b"",
+        )
+        .await;
+        assert_eq!(status, 405);
+        drop(body);
+        assert_eq!(
+            b.hub().subscriber_count("public:s"),
+            0,
+            "streams left the hub"
+        );
+    }
+
+    #[test]
+    fn event_ids_parse_strictly() {
+        assert_eq!(
+            parse_event_id(b"ab12:7"),
+            Some(Since {
+                seq: 7,
+                epoch: "ab12".into()
+            })
+        );
+        for bad in [
+            &b""[..],
+            b"7",
+            b":7",
+            b"zz:7",
+            b"ab:-1",
+            b"ab:x",
+            b"00000000000000000:1",
+            b"\xff:1",
+        ] {
+            assert_eq!(parse_event_id(bad), None, "{bad:?}");
+        }
+    }
+
     #[test]
     fn http_publish() {
         let b = Broadcast::new("/broadcast/");
@@ -1710,7 +2969,7 @@ mod tests {
         );
         assert_eq!(
             post(&b, alice.clone(), Method::Get, "/broadcast/public:chat", "").0,
-            405
+            406
         );
         assert_eq!(
             post(

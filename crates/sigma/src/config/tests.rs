@@ -94,10 +94,17 @@ fn every_key_round_trips() {
         [broadcast]
         max_subscriptions = 63
         max_message = 40
+        history_size = 64
+        history_ttl = "65s"
+        join_leave = true
         [[broadcast.rule]]
         pattern = "news:*"
         subscribe = "anyone"
         publish = ["alice", "bob"]
+        presence = "nobody"
+        history_size = 0
+        history_ttl = "66s"
+        join_leave = false
         [[broadcast.rule]]
         pattern = "ops:{user}"
         subscribe = "logged_in"
@@ -219,16 +226,27 @@ fn every_key_round_trips() {
         BroadcastConfig {
             max_subscriptions: 63,
             max_message: 40,
+            history_size: 64,
+            history_ttl: Duration::from_secs(65),
+            join_leave: true,
             rule: vec![
                 BroadcastRule {
                     pattern: crate::broadcast::Pattern::parse("news:*").unwrap(),
                     subscribe: ChannelAccess::Anyone,
                     publish: ChannelAccess::Users(vec!["alice".into(), "bob".into()]),
+                    presence: Some(ChannelAccess::Nobody),
+                    history_size: Some(0),
+                    history_ttl: Some(Duration::from_secs(66)),
+                    join_leave: Some(false),
                 },
                 BroadcastRule {
                     pattern: crate::broadcast::Pattern::parse("ops:{user}").unwrap(),
                     subscribe: ChannelAccess::LoggedIn,
                     publish: ChannelAccess::Nobody,
+                    presence: None,
+                    history_size: None,
+                    history_ttl: None,
+                    join_leave: None,
                 },
             ],
         }
