@@ -35,9 +35,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ed25519_dalek::Signature;
-use serde_json::json;
 use sigma_core::clock::unix_now_ms;
-use sigma_core::response::json_response;
 use sigma_core::{
     enforce, ws_push_queue, Answer, Capabilities, Destination, Dropped, Handled, Identity,
     Principal, Pushed, ReplyAudit, Request, Tagged, Upgrade, WsEndpoint, WsSender,
@@ -325,9 +323,25 @@ static ILLEGAL_LOG: LogLimiter = LogLimiter::new();
 /// (logged ones are rate-limited: many users can cause them).
 static USERS_LOG: LogLimiter = LogLimiter::new();
 
-/// An HTTP error for the initiate: status and a JSON `{"error": …}`.
-fn refuse(status: u16, error: &str) -> Response {
-    json_response(status, json!({ "error": error }))
+/// An HTTP error for the initiate: status and a JSON
+/// `{"error": CODE, "message": TEXT}` (codes in `docs/worlds.md`).
+fn refuse(status: u16, code: &str) -> Response {
+    let message = match code {
+        "missing_parameter" => "the initiate or sig parameter is missing",
+        "unknown_command" => "no world command of this name",
+        "bad_initiate" => "the initiate does not decode or is not for this command",
+        "bad_signature" => "the initiate's signature does not verify",
+        "bad_cookie" => "the session cookie is missing, expired or not this user's",
+        "world_destination_unavailable" => "the world's destination cannot take a WebSocket",
+        "session_socket_gone" => "the session socket is closed",
+        "replayed" => "this initiate was used already",
+        "world_rate" => "too many worlds started; retry later",
+        "already_active" => "this world is active already",
+        "world_limit" => "too many worlds are open on this session socket",
+        "session_socket_not_active" => "the session socket is not activated",
+        other => sigma_core::response::error_message(other),
+    };
+    sigma_core::response::json_error_message(status, code, message)
 }
 
 impl Shared {
@@ -734,6 +748,7 @@ impl Drop for SessionSocket {
 mod tests {
     use super::*;
     use ed25519_dalek::{Signer, SigningKey};
+    use serde_json::json;
     use serde_json::Value;
     use sigma_core::body::ClientInfo;
     use sigma_core::Provider;
