@@ -69,7 +69,7 @@ fn run_session(data: &[u8]) {
             }
         }
     };
-    let outs = s.on_text(r#"{"t":"hello","lamport":1}"#, 0, &mut budget, &mut seal);
+    let outs = s.on_text(r#"{"type":"hello","lamport":1}"#, 0, &mut budget, &mut seal);
     check(outs, &mut closed);
     s.activate_world(WorldKey::new(world).unwrap(), &mut budget)
         .unwrap();
@@ -84,7 +84,7 @@ fn run_session(data: &[u8]) {
                 let n: u64 = n.parse().unwrap_or(0);
                 let w = world.encode();
                 let sig = key.sign(&envelope::signed_bytes(&w, n, body));
-                serde_json::json!({"t":"world","world":w,"lamport":n,"body":body,
+                serde_json::json!({"type":"world","world":w,"lamport":n,"body":body,
                     "sig": b64_encode(&sig.to_bytes())})
                 .to_string()
             }

@@ -79,7 +79,7 @@ test('worlds: fork, signed messages both ways, isolation between users', { timeo
     // What the server sent: world envelopes for that world only, stamped
     // with an increasing Lamport clock.
     const seenA = await a.page.evaluate(() => window.seen);
-    const worldMsgs = seenA.filter((m) => m.t === 'world');
+    const worldMsgs = seenA.filter((m) => m.type === 'world');
     assert.deepEqual(worldMsgs.map((m) => m.body), ['hello from the echo world', 'second message']);
     assert.ok(worldMsgs.every((m) => m.world === wa.id));
     const stamps = seenA.map((m) => m.lamport);
@@ -111,7 +111,7 @@ test('worlds: fork, signed messages both ways, isolation between users', { timeo
       const lamport = s.lamport + 1;
       const sig = await crypto.subtle.sign({ name: 'Ed25519' }, w._key,
         new TextEncoder().encode(`${target}\n${lamport}\nforged`));
-      s._send({ t: 'world', world: target, body: 'forged', sig: window.sigma.b64url(sig) });
+      s._send({ type: 'world', world: target, body: 'forged', sig: window.sigma.b64url(sig) });
     }, [wa.id, wb.id]);
     await b.page.waitForFunction(() => window.events.some((e) => e.error && /unknown world/.test(e.error)),
       null, { timeout: 10_000 });
@@ -119,7 +119,7 @@ test('worlds: fork, signed messages both ways, isolation between users', { timeo
     // Disconnect ends the world: sigma stops answering for it.
     await a.page.evaluate((id) => window.worlds[id].disconnect(), wa.id);
     await a.page.waitForFunction(
-      (id) => window.seen.some((m) => m.t === 'disconnect' && m.world === id), wa.id, { timeout: 10_000 });
+      (id) => window.seen.some((m) => m.type === 'disconnect' && m.world === id), wa.id, { timeout: 10_000 });
   } finally {
     await browser.close();
     await sigma.stop();
@@ -185,7 +185,7 @@ test('worlds: sigma.js settles every fork, on error and on close', { timeout: TE
       const send = s._send.bind(s);
       s._send = (obj) => {
         const n = send(obj);
-        if (obj.t === 'fork') s.ws.close();
+        if (obj.type === 'fork') s.ws.close();
         return n;
       };
       const onClose = await outcome(s.fork('echo'));

@@ -62,7 +62,7 @@ def token(hub, user):
 
 
 def reason(reply):
-    assert reply["t"] == "fork-refused", reply
+    assert reply["type"] == "fork-refused", reply
     return reply["reason"]
 
 
@@ -85,10 +85,10 @@ def test_fork_limit_and_rate_on_one_socket(tight):
     c.hello()
     started = [c.start() for _ in range(3)]  # three forks, three worlds
     assert reason(c.fork()[2]) == "limit"    # a limit refusal spends no token
-    c.send(t="disconnect", world=started[0][1])
-    assert c.recv()["t"] == "disconnect"
-    assert c.fork()[2]["t"] == "fork-cookie"  # the fourth
-    assert c.fork()[2]["t"] == "fork-cookie"  # the fifth
+    c.send(type="disconnect", world=started[0][1])
+    assert c.recv()["type"] == "disconnect"
+    assert c.fork()[2]["type"] == "fork-cookie"  # the fourth
+    assert c.fork()[2]["type"] == "fork-cookie"  # the fifth
     assert reason(c.fork()[2]) == "rate"
     c.close()
 
@@ -110,11 +110,11 @@ def test_sessions_and_tokens_of_one_user_share_its_limit_and_rate(tight):
     # The fourth world: refused on every socket, whichever session.
     for c in (a, b, t):
         assert reason(c.fork()[2]) == "limit"
-    a.send(t="disconnect", world=wa)
-    assert a.recv()["t"] == "disconnect"
+    a.send(type="disconnect", world=wa)
+    assert a.recv()["type"] == "disconnect"
     k4, w4, r4 = t.fork()                    # the fourth fork
-    assert r4["t"] == "fork-cookie", r4
-    assert b.fork()[2]["t"] == "fork-cookie"  # the fifth
+    assert r4["type"] == "fork-cookie", r4
+    assert b.fork()[2]["type"] == "fork-cookie"  # the fifth
     # Five forks for the user: every session and the token are out.
     for c in (a, b, t):
         assert reason(c.fork()[2]) == "rate"
@@ -141,7 +141,7 @@ def test_racing_initiates_on_sessions_of_one_user_stay_within_the_limit(tight):
     for c in socks:
         c.hello()
     forks = [(c, *c.fork()) for c in (socks * 2)[:5]]
-    assert all(reply["t"] == "fork-cookie" for _, _, _, reply in forks)
+    assert all(reply["type"] == "fork-cookie" for _, _, _, reply in forks)
     barrier = threading.Barrier(len(forks))
 
     def go(f):
@@ -163,7 +163,7 @@ def test_reconnecting_does_not_refill_the_fork_budget(tight):
     c = Client(tight, user)
     c.hello()
     for _ in range(5):
-        assert c.fork()[2]["t"] == "fork-cookie"
+        assert c.fork()[2]["type"] == "fork-cookie"
     wait_closed(tight, c)
     # No socket of the user is open now; its budget is kept all the same.
     for again in (Client(tight, user), Client(tight, user, token=token(tight, user))):
@@ -180,12 +180,12 @@ def test_a_user_that_fills_its_used_cookies_is_refused_alone(tight):
     c = Client(tight, user)
     c.hello()
     forks = [c.fork() for _ in range(5)]
-    assert all(r["t"] == "fork-cookie" for _, _, r in forks)
+    assert all(r["type"] == "fork-cookie" for _, _, r in forks)
     for key, world, reply in forks[:4]:
         status, _, body = c.initiate(key, world, "echo", reply["cookie"])
         assert status == 200, body
-        c.send(t="disconnect", world=world)
-        assert c.recv()["t"] == "disconnect"
+        c.send(type="disconnect", world=world)
+        assert c.recv()["type"] == "disconnect"
     key, world, reply = forks[4]
     status, hdrs, body = c.initiate(key, world, "echo", reply["cookie"])
     assert (status, error(body)) == (429, "world_rate")
@@ -213,7 +213,7 @@ def test_a_world_key_is_not_active_on_two_sockets_nor_for_two_users(tight):
     replies = {}
     for name, c in (("a1", a1), ("a2", a2), ("b", b)):
         _, world, reply = c.fork(key=key)
-        assert reply["t"] == "fork-cookie", reply
+        assert reply["type"] == "fork-cookie", reply
         replies[name] = reply["cookie"]
     status, _, body = a1.initiate(key, world, "echo", replies["a1"])
     assert status == 200, body
@@ -257,7 +257,7 @@ def test_racing_initiates_of_one_key_for_two_users_start_it_once(tight):
     for _ in range(3):
         key = Ed25519PrivateKey.generate()
         forks = [(c, *c.fork(key=key)) for c in (a, b)]
-        assert all(r["t"] == "fork-cookie" for _, _, _, r in forks)
+        assert all(r["type"] == "fork-cookie" for _, _, _, r in forks)
         barrier = threading.Barrier(2)
 
         def go(f):
@@ -271,7 +271,7 @@ def test_racing_initiates_of_one_key_for_two_users_start_it_once(tight):
         assert sorted(results, key=str) == sorted([200, (409, "already_active")],
                                                   key=str), results
         winner = forks[results.index(200)]
-        winner[0].send(t="disconnect", world=winner[2])
-        assert winner[0].recv()["t"] == "disconnect"
+        winner[0].send(type="disconnect", world=winner[2])
+        assert winner[0].recv()["type"] == "disconnect"
     a.close()
     b.close()

@@ -141,16 +141,16 @@ class Client:
         return msg
 
     def hello(self):
-        sent = self.send(t="hello")
+        sent = self.send(type="hello")
         w = self.recv()
-        assert w["t"] == "welcome"
+        assert w["type"] == "welcome"
         assert w["lamport"] > sent
         return w
 
     def fork(self, command="echo", key=None):
         key = key or Ed25519PrivateKey.generate()
         world = b64(key.public_key().public_bytes_raw())
-        self.send(t="fork", world=world, command=command)
+        self.send(type="fork", world=world, command=command)
         reply = self.recv()
         assert reply["world"] == world, reply
         return key, world, reply
@@ -173,7 +173,7 @@ class Client:
     def start(self, command="echo"):
         """fork + initiate: an active world (key, id)."""
         key, world, reply = self.fork(command)
-        assert reply["t"] == "fork-cookie", reply
+        assert reply["type"] == "fork-cookie", reply
         status, hdrs, body = self.initiate(key, world, command, reply["cookie"])
         assert status == 200, body
         return key, world
@@ -182,16 +182,19 @@ class Client:
         self.lamport += 1
         n = lamport if lamport is not None else self.lamport
         sig = (signer or key).sign(f"{world}\n{n}\n{body}".encode())
-        self.ws.send(json.dumps({"t": "world", "world": world, "lamport": n,
+        self.ws.send(json.dumps({"type": "world", "world": world, "lamport": n,
                                  "body": body, "sig": b64(sig)}))
 
     def close(self):
         self.ws.close()
 
 
-def expect_error(c):
+def expect_error(c, code=None):
     m = c.recv()
-    assert m["t"] == "error", m
+    assert m["type"] == "error", m
+    assert isinstance(m["code"], str) and m["message"], m
+    if code is not None:
+        assert m["code"] == code, m
     return m["message"]
 
 
@@ -213,7 +216,7 @@ def test_happy_path(hub):
     names = {cmd["name"]: cmd["code"] for cmd in w["commands"]}
     assert names["echo"] == "/world/echo.js"
     key, world, reply = c.fork("echo")
-    assert reply["t"] == "fork-cookie"
+    assert reply["type"] == "fork-cookie"
     status, hdrs, code = c.initiate(key, world, "echo", reply["cookie"])
     assert status == 200, code
     assert hdrs["content-type"].startswith("text/javascript")
@@ -221,7 +224,7 @@ def test_happy_path(hub):
     assert b"postMessage" in code
     c.say(key, world, "ping 1")
     m = c.recv()
-    assert m == {"t": "world", "world": world, "body": "ping 1", "lamport": m["lamport"]}
+    assert m == {"type": "world", "world": world, "body": "ping 1", "lamport": m["lamport"]}
     c.say(key, world, json.dumps({"x": [1, "two"]}))
     assert json.loads(c.recv()["body"]) == {"x": [1, "two"]}
     c.close()
@@ -323,7 +326,7 @@ def test_cross_site_upgrade_refused(hub):
 
 def test_messages_before_hello_are_refused(hub):
     c = Client(hub, "alice")
-    c.send(t="fork", world=b64(bytes(32)), command="echo")
+    c.send(type="fork", world=b64(bytes(32)), command="echo")
     assert "hello" in expect_error(c)
     c.hello()
     c.close()
@@ -335,24 +338,32 @@ def test_fork_unknown_command_and_duplicate(hub):
     c = Client(hub, "alice")
     c.hello()
     _, _, reply = c.fork("no-such-command")
-    assert reply == {"t": "fork-refused", "world": reply["world"],
+    assert reply == {"type": "fork-refused", "world": reply["world"],
                      "reason": "unknown_command", "lamport": reply["lamport"]}
     key, world = c.start()
     _, _, reply = c.fork("echo", key=key)
-    assert (reply["t"], reply["reason"]) == ("fork-refused", "duplicate")
+    assert (reply["type"], reply["reason"]) == ("fork-refused", "duplicate")
     c.close()
 
 
 def test_bad_envelopes_keep_the_socket(hub):
     c = Client(hub, "alice")
     c.hello()
-    for bad in ['{"t":"hello"}', "not json", '{"t":"zap","lamport":1}',
-                '{"t":"fork","lamport":1,"world":"AAAA","command":"echo"}',
-                '{"t":"hello","lamport":1,"extra":true}']:
+    for bad in ['{"type":"hello"}', "not json", '{"type":"zap","lamport":1}',
+                '{"type":"fork","lamport":1,"world":"AAAA","command":"echo"}',
+                '{"type":"hello","lamport":1,"extra":true}']:
         c.ws.send(bad)
-        expect_error(c)
+        expect_error(c, "bad_message")
     c.ws.send(b"\x00binary")
-    expect_error(c)
+    expect_error(c, "bad_message")
+    # The old discriminator is named; an id is echoed on errors and answers.
+    c.ws.send('{"t":"hello","lamport":1,"id":9}')
+    m = c.recv()
+    assert (m["type"], m["code"], m["id"]) == ("error", "bad_message", 9), m
+    assert '"type"' in m["message"], m
+    c.send(type="hello", id="again")
+    m = c.recv()
+    assert (m["type"], m["code"], m["id"]) == ("error", "already_activated", "again"), m
     c.start()
     c.close()
 
@@ -362,7 +373,7 @@ MAX_SAFE = 2**53 - 1  # Number.MAX_SAFE_INTEGER
 
 def test_lamports_above_max_safe_integer_are_refused(hub):
     c = Client(hub, "alice")
-    c.send(t="hello", lamport=MAX_SAFE + 1)
+    c.send(type="hello", lamport=MAX_SAFE + 1)
     assert "lamport" in expect_error(c)
     c.hello()
     k, w = c.start()
@@ -377,7 +388,7 @@ def test_lamports_above_max_safe_integer_are_refused(hub):
 
 def test_server_stamps_never_exceed_max_safe_integer(hub):
     c = Client(hub, "alice")
-    c.send(t="hello", lamport=MAX_SAFE)
+    c.send(type="hello", lamport=MAX_SAFE)
     # welcome would need MAX_SAFE + 1: the socket closes instead.
     with pytest.raises(ConnectionClosed) as e:
         c.recv()
@@ -539,16 +550,16 @@ def test_disconnect_from_client_and_socket_close(hub):
     c = Client(hub, "alice")
     c.hello()
     k, w = c.start()
-    c.send(t="disconnect", world=w)
+    c.send(type="disconnect", world=w)
     m = c.recv()
-    assert (m["t"], m["world"]) == ("disconnect", w)
+    assert (m["type"], m["world"]) == ("disconnect", w)
     c.say(k, w, "after")
     assert "world" in expect_error(c)
-    c.send(t="disconnect", world=w)
+    c.send(type="disconnect", world=w)
     expect_error(c)
     # The key is free again: the same world can be forked and started anew.
     _, _, reply = c.fork(key=k)
-    assert reply["t"] == "fork-cookie", reply
+    assert reply["type"] == "fork-cookie", reply
     status, _, body = c.initiate(k, w, "echo", reply["cookie"])
     assert status == 200, body
     c.close()
@@ -561,11 +572,11 @@ def test_messages_to_an_ended_world_are_logged_as_illegal_transitions():
         c = Client(s, "alice")
         c.hello()
         k, w = c.start()
-        c.send(t="disconnect", world=w)
-        assert c.recv()["t"] == "disconnect"
+        c.send(type="disconnect", world=w)
+        assert c.recv()["type"] == "disconnect"
         c.say(k, w, "after the end")
         assert "unknown world" in expect_error(c)
-        c.send(t="disconnect", world=w)
+        c.send(type="disconnect", world=w)
         assert "unknown world" in expect_error(c)
         # Logged before the error was sent; the socket stays usable.
         log = [l for l in s.stderr().splitlines() if "illegal world transition" in l]
@@ -612,11 +623,11 @@ def test_commands_are_limited_to_their_users(acl):
     assert [c["name"] for c in b.hello()["commands"]] == ["echo"]
     for command in ("secret", "team"):
         _, _, reply = b.fork(command)
-        assert (reply["t"], reply["reason"]) == ("fork-refused", "unknown_command")
+        assert (reply["type"], reply["reason"]) == ("fork-refused", "unknown_command")
         # Even holding a good cookie (alice's), bob's initiate is refused
         # before the cookie is looked at.
         key, world, reply = a.fork(command)
-        assert reply["t"] == "fork-cookie"
+        assert reply["type"] == "fork-cookie"
         status, _, body = b.initiate(key, world, command, reply["cookie"])
         assert (status, json.loads(body)["error"]) == (404, "unknown_command")
     k, w = a.start("secret")

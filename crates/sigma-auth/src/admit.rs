@@ -14,7 +14,7 @@ use sigma_http::{Header, Method, RequestHead, Response};
 use crate::call::redirect;
 use crate::config::AuthLevel;
 use crate::{origin, Principal, Via};
-use sigma_core::response::json_response;
+use sigma_core::response::{json_error, json_error_with};
 
 /// A route's access rule: its level and its allow-list of users.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,8 +64,8 @@ impl Denied {
                 redirect(&to)
             }
             Self::Unauthenticated => unauthenticated(),
-            Self::Forbidden => json_response(403, serde_json::json!({"error": "forbidden"})),
-            Self::CrossSite => json_response(403, serde_json::json!({"error": "cross_site"})),
+            Self::Forbidden => json_error(403, "forbidden"),
+            Self::CrossSite => json_error(403, "cross_site"),
             Self::Unavailable => bearer_refusal("store_unavailable"),
         }
     }
@@ -215,7 +215,7 @@ pub fn policy_refusal(status: u16, head: &RequestHead, allow: Option<String>) ->
     match status {
         401 => Denied::Unauthenticated.response(head),
         405 => {
-            let mut r = json_response(405, serde_json::json!({"error": "method_not_allowed"}));
+            let mut r = json_error(405, "method_not_allowed");
             if let Some(allow) = allow {
                 r.headers
                     .push(Header::new(&b"Allow"[..], allow.into_bytes()));
@@ -242,7 +242,7 @@ or <a href=\"/login\">sign in as someone else</a>.</p></body></html>\n";
 
 /// 401 for a request that needs credentials and has none.
 pub fn unauthenticated() -> Response {
-    let mut r = json_response(401, serde_json::json!({"error": "unauthenticated"}));
+    let mut r = json_error(401, "unauthenticated");
     r.headers.push(Header::new(
         &b"WWW-Authenticate"[..],
         &b"Bearer realm=\"sigma\""[..],
@@ -256,12 +256,12 @@ pub fn unauthenticated() -> Response {
 pub fn bearer_refusal(reason: &str) -> Response {
     match reason {
         "api_key_throttled" => {
-            let mut r = json_response(429, serde_json::json!({"error": "too_many_requests"}));
+            let mut r = json_error(429, "too_many_requests");
             r.headers.push(Header::new(&b"Retry-After"[..], &b"60"[..]));
             r
         }
         "store_unavailable" => {
-            let mut r = json_response(503, serde_json::json!({"error": "store_unavailable"}));
+            let mut r = json_error(503, "store_unavailable");
             r.headers.push(Header::new(&b"Retry-After"[..], &b"5"[..]));
             r
         }
@@ -271,10 +271,7 @@ pub fn bearer_refusal(reason: &str) -> Response {
 
 /// 401 for a bearer token that does not verify (RFC 6750 §3).
 pub fn invalid_token(reason: &str) -> Response {
-    let mut r = json_response(
-        401,
-        serde_json::json!({"error": "invalid_token", "reason": reason}),
-    );
+    let mut r = json_error_with(401, "invalid_token", serde_json::json!({"reason": reason}));
     r.headers.push(Header::new(
         &b"WWW-Authenticate"[..],
         &b"Bearer realm=\"sigma\", error=\"invalid_token\""[..],

@@ -34,7 +34,9 @@ const QUEUE_FULL_RETRY_SECS: u64 = 1;
 // which dispatches to it); re-exported under their old paths.
 pub use crate::call::{html_escape, query_param, redirect, safe_next, Call};
 // One definition of each, in `sigma-core` (destinations use them too).
-pub use sigma_core::response::{json_response, no_store};
+pub use sigma_core::response::{
+    json_error, json_error_message, json_error_with, json_response, no_store,
+};
 
 /// True for the paths `A` answers itself: they always see the caller's
 /// identity, whatever route would otherwise match them.
@@ -80,7 +82,7 @@ impl Destination for Endpoints {
                 Answer::Http(handle(&self.auth, call).unwrap_or_else(|| {
                     Handled::Ready(Tagged::new(
                         req.identity.clone(),
-                        json_response(404, json!({"error": "not_found"})),
+                        json_error(404, "not_found"),
                     ))
                 }))
             }
@@ -104,7 +106,7 @@ pub fn handle(auth: &Arc<Auth>, call: Call<'_>) -> Option<Handled> {
         (Method::Get | Method::Head, b"/auth/whoami") => tag(whoami(call.identity)),
         (Method::Post, b"/auth/token") => tag(token(auth, &call)),
         (_, b"/login" | b"/logout" | b"/auth/whoami" | b"/auth/token") => {
-            tag(json_response(405, json!({"error": "method_not_allowed"})))
+            tag(json_error(405, "method_not_allowed"))
         }
         // `/auth/<provider>/login` and `/auth/<provider>/callback`.
         _ => return super::oauth::handle(auth, &call),
@@ -181,9 +183,10 @@ fn throttled(
     }
     let secs = t.retry_after_secs();
     with_retry_after(
-        json_response(
+        json_error_with(
             429,
-            json!({"error": "too_many_attempts", "retry_after": secs}),
+            "too_many_attempts",
+            serde_json::json!({"retry_after": secs}),
         ),
         secs,
     )
@@ -196,12 +199,13 @@ fn login(auth: &Arc<Auth>, call: &Call<'_>) -> Handled {
     if auth.same_origin(&call.req.head).is_err() {
         auth.metrics.reject("cross_site");
         auth.security_cross_site(call);
-        return tag(json_response(403, json!({"error": "cross_site"})));
+        return tag(json_error(403, "cross_site"));
     }
     let Some(creds) = parse_credentials(call.req) else {
-        return tag(json_response(
+        return tag(json_error_message(
             400,
-            json!({"error": "bad_request", "message": "expected a form (user, password) or JSON {\"user\", \"password\"}"}),
+            "bad_request",
+            "expected a form (user, password) or JSON {\"user\", \"password\"}",
         ));
     };
     let attempt = match auth.throttle.begin(call.client_ip, &creds.user) {
@@ -216,9 +220,10 @@ fn login(auth: &Arc<Auth>, call: &Call<'_>) -> Handled {
             tracing::warn!(client = %call.client_ip, "login refused: password queue full");
         }
         return tag(with_retry_after(
-            json_response(
+            json_error_with(
                 503,
-                json!({"error": "busy", "retry_after": QUEUE_FULL_RETRY_SECS}),
+                "busy",
+                serde_json::json!({"retry_after": QUEUE_FULL_RETRY_SECS}),
             ),
             QUEUE_FULL_RETRY_SECS,
         ));
@@ -267,7 +272,7 @@ fn login(auth: &Arc<Auth>, call: &Call<'_>) -> Handled {
                 );
             }
             let resp = if creds.json {
-                json_response(401, json!({"error": "invalid_credentials"}))
+                json_error(401, "invalid_credentials")
             } else {
                 let mut r = login_page(
                     creds.next.as_deref(),
@@ -299,9 +304,7 @@ fn login(auth: &Arc<Auth>, call: &Call<'_>) -> Handled {
                 tracing::error!(error = %e, "could not store a session");
                 return Tagged::new(identity, store_failure(&e));
             }
-            Err(_) => {
-                return Tagged::new(identity, json_response(500, json!({"error": "internal"})))
-            }
+            Err(_) => return Tagged::new(identity, json_error(500, "internal")),
         };
         auth.metrics.count("login_ok");
         tracing::info!(user = %creds.user, "login");
@@ -324,14 +327,15 @@ const STORE_RETRY_SECS: u64 = 5;
 fn store_failure(e: &sigma_store::StoreError) -> Response {
     if e.is_unavailable() {
         with_retry_after(
-            json_response(
+            json_error_with(
                 503,
-                json!({"error": "unavailable", "retry_after": STORE_RETRY_SECS}),
+                "unavailable",
+                serde_json::json!({"retry_after": STORE_RETRY_SECS}),
             ),
             STORE_RETRY_SECS,
         )
     } else {
-        json_response(500, json!({"error": "internal"}))
+        json_error(500, "internal")
     }
 }
 
@@ -342,7 +346,7 @@ fn logout(auth: &Arc<Auth>, call: &Call<'_>) -> Handled {
             if auth.same_origin(&call.req.head).is_err() {
                 auth.metrics.reject("cross_site");
                 auth.security_cross_site(call);
-                let r = json_response(403, json!({"error": "cross_site"}));
+                let r = json_error(403, "cross_site");
                 return Handled::Ready(Tagged::new(identity, r));
             }
             Some(id.clone())
@@ -360,9 +364,7 @@ fn logout(auth: &Arc<Auth>, call: &Call<'_>) -> Handled {
                     tracing::error!(error = %e, "could not revoke a session");
                     return Tagged::new(identity, store_failure(&e));
                 }
-                Err(_) => {
-                    return Tagged::new(identity, json_response(500, json!({"error": "internal"})))
-                }
+                Err(_) => return Tagged::new(identity, json_error(500, "internal")),
             }
         }
         let mut r = Response::new(204, vec![no_store()], Bytes::new());
@@ -406,12 +408,12 @@ fn whoami(identity: &Principal) -> Response {
 
 fn token(auth: &Auth, call: &Call<'_>) -> Response {
     let (Some(id), Via::Cookie(session)) = (call.identity, call.via) else {
-        return json_response(401, json!({"error": "unauthenticated"}));
+        return json_error(401, "unauthenticated");
     };
     if auth.same_origin(&call.req.head).is_err() {
         auth.metrics.reject("cross_site");
         auth.security_cross_site(call);
-        return json_response(403, json!({"error": "cross_site"}));
+        return json_error(403, "cross_site");
     }
     match auth.issue_token(&id.user, session) {
         Ok((token, expires_in)) => {
@@ -424,9 +426,10 @@ fn token(auth: &Auth, call: &Call<'_>) -> Response {
                 .as_secs()
                 .saturating_add(u64::from(wait.subsec_nanos() > 0))
                 .max(1);
-            let mut r = json_response(
+            let mut r = json_error_with(
                 429,
-                json!({"error": "too_many_requests", "retry_after": secs}),
+                "too_many_requests",
+                serde_json::json!({"retry_after": secs}),
             );
             r.headers
                 .push(Header::new(&b"Retry-After"[..], secs.to_string()));

@@ -117,9 +117,9 @@ impl World {
     async fn open(&self, id: u64) -> anyhow::Result<WorldConn> {
         let mut client = fleet::open(&self.target, id).await?;
         let mut lamport = 1u64;
-        Self::send_text(&mut client, r#"{"t":"hello","lamport":1}"#).await?;
+        Self::send_text(&mut client, r#"{"type":"hello","lamport":1}"#).await?;
         let welcome = Self::recv_json(&mut client).await?;
-        if f(&welcome, "t") != "welcome" {
+        if f(&welcome, "type") != "welcome" {
             bail!("expected welcome, got {welcome}");
         }
         let code = f(&welcome, "commands")
@@ -135,11 +135,10 @@ impl World {
         let key = SigningKey::from_bytes(&seed);
         let world = b64(key.verifying_key().as_bytes());
         lamport = lamport.max(f(&welcome, "lamport").as_u64().unwrap_or(0)) + 2;
-        let fork =
-            serde_json::json!({"t":"fork","lamport":lamport,"world":world,"command":self.command});
+        let fork = serde_json::json!({"type":"fork","lamport":lamport,"world":world,"command":self.command});
         Self::send_text(&mut client, &fork.to_string()).await?;
         let reply = Self::recv_json(&mut client).await?;
-        let cookie = match f(&reply, "t").as_str() {
+        let cookie = match f(&reply, "type").as_str() {
             Some("fork-cookie") => f(&reply, "cookie").as_str().unwrap_or_default().to_owned(),
             _ => bail!("fork refused: {reply}"),
         };
@@ -169,7 +168,7 @@ impl World {
         let signed = format!("{}\n{}\n{}", conn.world, conn.lamport, body);
         let sig = conn.key.sign(signed.as_bytes());
         let env = format!(
-            r#"{{"t":"world","world":"{}","lamport":{},"body":"{}","sig":"{}"}}"#,
+            r#"{{"type":"world","world":"{}","lamport":{},"body":"{}","sig":"{}"}}"#,
             conn.world,
             conn.lamport,
             body,
@@ -212,7 +211,7 @@ impl World {
                         let mut s = stats.borrow_mut();
                         let stamp = f(&v, "body")
                             .as_str()
-                            .filter(|_| f(&v, "t") == "world")
+                            .filter(|_| f(&v, "type") == "world")
                             .and_then(|b| stats::text_stamp(b.as_bytes()));
                         match stamp {
                             Some(stamp) => {

@@ -820,7 +820,7 @@ impl<'a> Dispatch<'a> {
         if self.ctx.metrics.may_log() {
             tracing::info!(peer = %self.peer, why = why.describe(), "request path refused");
         }
-        let mut resp = endpoints::json_response(400, serde_json::json!({"error": "invalid_path"}));
+        let mut resp = sigma_core::response::json_error(400, "invalid_path");
         resp.headers
             .push(Header::new(&b"Connection"[..], &b"close"[..]));
         self.outbox.push(Reply::Response(resp));

@@ -756,7 +756,10 @@ fn wrong_password_and_unknown_user_look_the_same() {
         assert_eq!(x.status, 401, "{x:?}");
         assert!(x.header("set-cookie").is_none(), "{x:?}");
     }
-    assert_eq!(json_body(&r[0]), json!({"error": "invalid_credentials"}));
+    assert_eq!(
+        json_body(&r[0]),
+        json!({"error": "invalid_credentials", "message": sigma_core::response::error_message("invalid_credentials")})
+    );
     assert_eq!(
         comparable(&r[0]),
         comparable(&r[1]),

@@ -175,6 +175,17 @@ fn error_code(r: &Resp) -> String {
     v["error"].as_str().unwrap_or("").to_owned()
 }
 
+/// Asserts that `r` is `{"type":"error","code":code,"message":TEXT,"id":id}`.
+#[track_caller]
+fn assert_ws_error(r: &Value, id: Value, code: &str) {
+    let message = r["message"].as_str().unwrap_or_default();
+    assert!(!message.is_empty(), "no message: {r}");
+    assert_eq!(
+        r,
+        &json!({"type": "error", "code": code, "message": message, "id": id})
+    );
+}
+
 /// `"v<N>"` → N.
 fn version(etag: &str) -> u64 {
     etag.strip_prefix("\"v")
@@ -480,17 +491,17 @@ writers = ["alice"]
         "/team",
         &format!("Cookie: {cb}\r\nOrigin: http://{}\r\n", s.addr()),
     );
-    let r = ws.call(json!({"op": "watch", "prefix": "", "id": 1}));
-    assert_eq!(r, json!({"id": 1, "ok": true}));
-    let r = ws.call(json!({"op": "put", "key": "x", "value": "1", "id": 2}));
-    assert_eq!(r, json!({"id": 2, "ok": false, "error": "forbidden"}));
-    let r = ws.call(json!({"op": "get", "key": "plan", "id": 3}));
+    let r = ws.call(json!({"type": "watch", "prefix": "", "id": 1}));
+    assert_eq!(r, json!({"type": "result", "id": 1}));
+    let r = ws.call(json!({"type": "put", "key": "x", "value": "1", "id": 2}));
+    assert_ws_error(&r, json!(2), "forbidden");
+    let r = ws.call(json!({"type": "get", "key": "plan", "id": 3}));
     assert_eq!(r["value"], json!("ship it"));
     assert_eq!(a("DELETE", "plan", b"").status, 204);
     let change = ws.recv();
     assert_eq!(
         change,
-        json!({"type": "change", "key": "plan", "etag": null, "op": "delete"})
+        json!({"type": "change", "key": "plan", "etag": null})
     );
 }
 
@@ -534,12 +545,12 @@ fn anonymous_requests_get_401() {
     // A WebSocket on the open route: accepted, but no operation works.
     let mut ws = Ws::open(s.addr(), "/open", "");
     for op in [
-        json!({"op": "get", "key": "k", "id": 1}),
-        json!({"op": "put", "key": "k", "value": "v", "id": 1}),
-        json!({"op": "watch", "prefix": "", "id": 1}),
+        json!({"type": "get", "key": "k", "id": 1}),
+        json!({"type": "put", "key": "k", "value": "v", "id": 1}),
+        json!({"type": "watch", "prefix": "", "id": 1}),
     ] {
         let r = ws.call(op);
-        assert_eq!(r, json!({"id": 1, "ok": false, "error": "unauthenticated"}));
+        assert_ws_error(&r, json!(1), "unauthenticated");
     }
     // Logged in, both routes reach the same namespace.
     let a = User::new(s.addr(), &s.login("alice"));
@@ -557,12 +568,12 @@ fn websocket_operations() {
     let a = User::new(s.addr(), &cookie);
     let mut ws = db_ws(s.addr(), &cookie);
 
-    let r = ws.call(json!({"op": "get", "key": "k", "id": 1}));
-    assert_eq!(r, json!({"id": 1, "ok": false, "error": "not_found"}));
-    let r = ws.call(json!({"op": "put", "key": "k", "value": "hello", "id": 2}));
+    let r = ws.call(json!({"type": "get", "key": "k", "id": 1}));
+    assert_ws_error(&r, json!(1), "not_found");
+    let r = ws.call(json!({"type": "put", "key": "k", "value": "hello", "id": 2}));
     assert_eq!(
-        (r["ok"].clone(), r["created"].clone()),
-        (json!(true), json!(true)),
+        (r["type"].clone(), r["id"].clone(), r["created"].clone()),
+        (json!("result"), json!(2), json!(true)),
         "{r}"
     );
     let e1 = r["etag"].as_str().expect("etag").to_owned();
@@ -574,33 +585,31 @@ fn websocket_operations() {
     );
     assert_eq!(h.header("content-type"), Some("text/plain; charset=utf-8"));
 
-    let r = ws.call(json!({"op": "get", "key": "k", "id": "g"}));
+    let r = ws.call(json!({"type": "get", "key": "k", "id": "g"}));
     assert_eq!(
         r,
-        json!({"id": "g", "ok": true, "key": "k", "etag": e1, "value": "hello",
+        json!({"type": "result", "id": "g", "key": "k", "etag": e1, "value": "hello",
                "content_type": "text/plain; charset=utf-8"})
     );
     // Conditional put: stale → precondition_failed.
-    let r = ws.call(json!({"op": "put", "key": "k", "value": "2", "if_match": e1, "id": 3}));
-    assert_eq!(r["ok"], json!(true), "{r}");
+    let r = ws.call(json!({"type": "put", "key": "k", "value": "2", "if_match": e1, "id": 3}));
+    assert_eq!(r["type"], json!("result"), "{r}");
     assert_eq!(r["created"], json!(false));
-    let r = ws.call(json!({"op": "put", "key": "k", "value": "3", "if_match": e1, "id": 4}));
-    assert_eq!(
-        r,
-        json!({"id": 4, "ok": false, "error": "precondition_failed"})
-    );
-    let r = ws.call(json!({"op": "put", "key": "k", "value": "3", "if_none_match": "*", "id": 5}));
-    assert_eq!(r["error"], json!("precondition_failed"));
+    let r = ws.call(json!({"type": "put", "key": "k", "value": "3", "if_match": e1, "id": 4}));
+    assert_ws_error(&r, json!(4), "precondition_failed");
+    let r =
+        ws.call(json!({"type": "put", "key": "k", "value": "3", "if_none_match": "*", "id": 5}));
+    assert_eq!(r["code"], json!("precondition_failed"));
     // Bytes go as base64 both ways.
     assert_eq!(a.put("bin", &[], b"\xff\x00").status, 201);
-    let r = ws.call(json!({"op": "get", "key": "bin", "id": 6}));
+    let r = ws.call(json!({"type": "get", "key": "bin", "id": 6}));
     assert_eq!(r["value_base64"], json!("/wA="), "{r}");
-    let r = ws.call(json!({"op": "put", "key": "bin2", "value_base64": "/wA=", "id": 7}));
-    assert_eq!(r["ok"], json!(true), "{r}");
+    let r = ws.call(json!({"type": "put", "key": "bin2", "value_base64": "/wA=", "id": 7}));
+    assert_eq!(r["type"], json!("result"), "{r}");
     assert_eq!(a.get("bin2", &[]).body, b"\xff\x00");
 
-    let r = ws.call(json!({"op": "list", "prefix": "bin", "id": 8}));
-    assert_eq!(r["ok"], json!(true), "{r}");
+    let r = ws.call(json!({"type": "list", "prefix": "bin", "id": 8}));
+    assert_eq!(r["type"], json!("result"), "{r}");
     let keys: Vec<&str> = r["items"]
         .as_array()
         .unwrap()
@@ -611,27 +620,36 @@ fn websocket_operations() {
     assert_eq!(r["more"], json!(false));
     assert_eq!(r["items"][0]["size"], json!(2));
 
-    let r = ws.call(json!({"op": "delete", "key": "bin", "id": 9}));
-    assert_eq!(r, json!({"id": 9, "ok": true}));
-    let r = ws.call(json!({"op": "delete", "key": "bin", "id": 10}));
-    assert_eq!(r["error"], json!("not_found"));
+    let r = ws.call(json!({"type": "delete", "key": "bin", "id": 9}));
+    assert_eq!(r, json!({"type": "result", "id": 9}));
+    let r = ws.call(json!({"type": "delete", "key": "bin", "id": 10}));
+    assert_eq!(r["code"], json!("not_found"));
     assert_eq!(a.get("bin", &[]).status, 404);
 
     // Bad requests are answered, in order, and the socket stays usable.
-    let r = ws.call(json!({"op": "frobnicate", "id": 11}));
-    assert_eq!(r, json!({"id": 11, "ok": false, "error": "bad_request"}));
-    let r = ws.call(json!({"op": "get", "key": "../x", "id": 12}));
-    assert_eq!(r["error"], json!("invalid_key"));
-    let r = ws.call(json!({"op": "get", "key": "k", "id": 13, "if_mtach": "*"}));
-    assert_eq!(r["error"], json!("bad_request"));
+    let r = ws.call(json!({"type": "frobnicate", "id": 11}));
+    assert_ws_error(&r, json!(11), "bad_message");
+    // The old style (`op`) is refused, saying the field is `type`.
+    let r = ws.call(json!({"op": "get", "key": "k", "id": 14}));
+    assert_ws_error(&r, json!(14), "bad_message");
+    assert!(r["message"].as_str().unwrap().contains("\"type\""), "{r}");
+    // An id that is neither a string nor a number is refused, unechoed.
+    ws.send(&json!({"type": "get", "key": "k", "id": {"n": 1}}));
+    let r = ws.recv();
+    assert_eq!(r.get("id"), None, "{r}");
+    assert_eq!(r["code"], json!("bad_message"), "{r}");
+    let r = ws.call(json!({"type": "get", "key": "../x", "id": 12}));
+    assert_eq!(r["code"], json!("invalid_key"));
+    let r = ws.call(json!({"type": "get", "key": "k", "id": 13, "if_mtach": "*"}));
+    assert_ws_error(&r, json!(13), "bad_message");
     // Pipelined requests are answered in order.
     for i in 0..20 {
-        ws.send(&json!({"op": "put", "key": format!("p/{i}"), "value": "v", "id": 100 + i}));
+        ws.send(&json!({"type": "put", "key": format!("p/{i}"), "value": "v", "id": 100 + i}));
     }
     for i in 0..20 {
         let r = ws.recv();
         assert_eq!(r["id"], json!(100 + i), "{r}");
-        assert_eq!(r["ok"], json!(true), "{r}");
+        assert_eq!(r["type"], json!("result"), "{r}");
     }
     assert_eq!(a.keys("prefix=p%2F").len(), 20);
 }
@@ -646,45 +664,42 @@ fn watch_delivers_changes_from_http_and_websocket() {
     let mut writer = db_ws(s.addr(), &ca);
     let mut bob_ws = db_ws(s.addr(), &cb);
 
-    let r = watcher.call(json!({"op": "watch", "prefix": "todo/", "id": 1}));
-    assert_eq!(r, json!({"id": 1, "ok": true}));
-    let r = bob_ws.call(json!({"op": "watch", "prefix": "", "id": 1}));
-    assert_eq!(r["ok"], json!(true));
+    let r = watcher.call(json!({"type": "watch", "prefix": "todo/", "id": 1}));
+    assert_eq!(r, json!({"type": "result", "id": 1}));
+    let r = bob_ws.call(json!({"type": "watch", "prefix": "", "id": 1}));
+    assert_eq!(r["type"], json!("result"));
 
     // A change over HTTP.
     let e = etag_of(&a.put("todo/1", &[], b"milk"));
     assert_eq!(
         watcher.recv(),
-        json!({"type": "change", "key": "todo/1", "etag": e, "op": "put"})
+        json!({"type": "change", "key": "todo/1", "etag": e})
     );
     // Outside the prefix: nothing; then a change over WebSocket.
     assert_eq!(a.put("other", &[], b"x").status, 201);
-    let r = writer.call(json!({"op": "put", "key": "todo/2", "value": "eggs", "id": 7}));
+    let r = writer.call(json!({"type": "put", "key": "todo/2", "value": "eggs", "id": 7}));
     let e2 = r["etag"].as_str().unwrap().to_owned();
     assert_eq!(
         watcher.recv(),
-        json!({"type": "change", "key": "todo/2", "etag": e2, "op": "put"})
+        json!({"type": "change", "key": "todo/2", "etag": e2})
     );
     // Deletes.
     assert_eq!(a.delete("todo/1", &[]).status, 204);
     assert_eq!(
         watcher.recv(),
-        json!({"type": "change", "key": "todo/1", "etag": null, "op": "delete"})
+        json!({"type": "change", "key": "todo/1", "etag": null})
     );
     // A failed conditional write changes nothing and notifies no one.
     assert_eq!(a.put("todo/2", &[("If-Match", "\"v1\"")], b"x").status, 412);
     // Bob's changes go to Bob's watchers only; Bob saw none of Alice's.
     let eb = etag_of(&b.put("todo/1", &[], b"bob"));
     let seen = bob_ws.recv();
-    assert_eq!(
-        seen,
-        json!({"type": "change", "key": "todo/1", "etag": eb, "op": "put"})
-    );
+    assert_eq!(seen, json!({"type": "change", "key": "todo/1", "etag": eb}));
     // Watcher's next message is its reply to this, not Bob's change.
-    let r = watcher.call(json!({"op": "unwatch", "prefix": "todo/", "id": 2}));
-    assert_eq!(r, json!({"id": 2, "ok": true}));
+    let r = watcher.call(json!({"type": "unwatch", "prefix": "todo/", "id": 2}));
+    assert_eq!(r, json!({"type": "result", "id": 2}));
     assert_eq!(a.put("todo/3", &[], b"x").status, 201);
-    let r = watcher.call(json!({"op": "get", "key": "todo/3", "id": 3}));
+    let r = watcher.call(json!({"type": "get", "key": "todo/3", "id": 3}));
     assert_eq!(r["value"], json!("x"), "an unwatched change arrived: {r}");
 }
 

@@ -113,7 +113,10 @@ fn policies_decide_by_every_subject_and_deny_wins() {
     );
     assert_eq!(del.status, 405, "{del:?}");
     assert_eq!(del.header("allow"), Some("GET, POST, HEAD"));
-    assert_eq!(json_of(&del), json!({"error": "method_not_allowed"}));
+    assert_eq!(
+        json_of(&del),
+        json!({"error": "method_not_allowed", "message": sigma_core::response::error_message("method_not_allowed")})
+    );
     assert_eq!(
         from(lo, addr, "HEAD", "/admin/x", &[("Cookie", &alice)]).status,
         200
@@ -122,7 +125,10 @@ fn policies_decide_by_every_subject_and_deny_wins() {
     let r = from(lo, addr, "GET", "/admin/x", &[("Cookie", &bob)]);
     assert_eq!(
         (r.status, json_of(&r)),
-        (403, json!({"error": "forbidden"}))
+        (
+            403,
+            json!({"error": "forbidden", "message": sigma_core::response::error_message("forbidden")})
+        )
     );
     let r = from(
         lo,

@@ -186,7 +186,8 @@ fn assert_refused_token(r: &Resp, reason: &str) {
     assert_eq!(r.status, 401, "{r:?}");
     assert_eq!(
         json_body(r),
-        json!({"error": "invalid_token", "reason": reason}),
+        json!({"error": "invalid_token", "reason": reason,
+               "message": sigma_core::response::error_message("invalid_token")}),
         "{r:?}"
     );
 }
@@ -250,8 +251,8 @@ auth = "required"
     let mut bt = s.ws_bearer("/broadcast", &token);
     subscribe(&mut bt, "user:alice:inbox");
     let mut db = s.ws_cookie("/db", &a);
-    db.send(&json!({"op": "watch", "prefix": "", "id": 1}));
-    assert_eq!(db.recv(), json!({"id": 1, "ok": true}));
+    db.send(&json!({"type": "watch", "prefix": "", "id": 1}));
+    assert_eq!(db.recv(), json!({"type": "result", "id": 1}));
     let mut world = s.ws_cookie("/ws", &a);
     let mut proxied = s.ws_cookie("/up", &a);
     proxied.send(&json!({"echo": 1}));

@@ -548,10 +548,7 @@ pub fn handle(auth: &Arc<Auth>, call: &Call<'_>) -> Option<Handled> {
         _ => head.method == Method::Get,
     };
     if !allowed {
-        return ready(sigma_core::response::json_response(
-            405,
-            serde_json::json!({"error": "method_not_allowed"}),
-        ));
+        return ready(sigma_core::response::json_error(405, "method_not_allowed"));
     }
     let auth2 = Arc::clone(auth);
     let oauth = Arc::clone(oauth);

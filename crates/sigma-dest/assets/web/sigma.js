@@ -14,14 +14,14 @@
 //   await world.disconnect();
 //
 // The worker protocol (what world code sees through postMessage):
-//   worker -> page: {t:'ready'}                  the worker runs
-//                   {t:'send', body: STRING}     sign and send to sigma
-//                   {t:'app', data: ANY}         for the page ('app' event)
-//   page -> worker: {t:'recv', body: STRING}     a message from sigma
-//                   {t:'app', data: ANY}         from the page (world.post)
-//                   {t:'disconnect'}             the world ends
+//   worker -> page: {type:'ready'}                  the worker runs
+//                   {type:'send', body: STRING}     sign and send to sigma
+//                   {type:'app', data: ANY}         for the page ('app' event)
+//   page -> worker: {type:'recv', body: STRING}     a message from sigma
+//                   {type:'app', data: ANY}         from the page (world.post)
+//                   {type:'disconnect'}             the world ends
 //
-// Wire format (DESIGN §5): JSON envelopes {"t": type, "lamport": n, ...};
+// Wire format (DESIGN §5): JSON envelopes {"type": TYPE, "lamport": n, "id"?, ...};
 // the page's Lamport clock ticks on send (+1) and on receive
 // (max(local, r) + 1). A world message is signed over the UTF-8 bytes of
 // world + "\n" + lamport + "\n" + body.
@@ -78,7 +78,7 @@ export function connect(options = {}) {
       clearTimeout(timer);
       if (err) { reject(err); ws.close(); } else resolve(session);
     };
-    ws.onopen = () => session._send({ t: 'hello' });
+    ws.onopen = () => session._send({ type: 'hello' });
     ws.onerror = () => { clearTimeout(timer); reject(new Error('session socket failed')); };
   });
 }
@@ -122,7 +122,7 @@ export class Session extends EventTarget {
     let msg;
     try { msg = JSON.parse(text); } catch { return; }
     if (typeof msg.lamport === 'number') this.lamport = Math.max(this.lamport, msg.lamport) + 1;
-    switch (msg.t) {
+    switch (msg.type) {
       case 'welcome':
         this.user = msg.user;
         this.commands = msg.commands;
@@ -145,7 +145,7 @@ export class Session extends EventTarget {
         break;
       }
       case 'error':
-        this._fail(new Error(`refused: ${msg.message}`));
+        this._fail(new Error(`refused (${msg.code}): ${msg.message}`));
         this.dispatchEvent(new CustomEvent('error', { detail: msg.message }));
         break;
       default:
@@ -173,9 +173,9 @@ export class Session extends EventTarget {
         return;
       }
       this._forks.set(world, { resolve, reject });
-      this._send({ t: 'fork', world, command });
+      this._send({ type: 'fork', world, command });
     });
-    if (answer.t !== 'fork-cookie') throw new Error(`fork refused: ${answer.reason}`);
+    if (answer.type !== 'fork-cookie') throw new Error(`fork refused: ${answer.reason}`);
     const initiate = enc.encode(JSON.stringify({ cookie: answer.cookie, world, command }));
     const sig = await crypto.subtle.sign({ name: 'Ed25519' }, keys.privateKey, initiate);
     const url = `${info.code}?initiate=${b64url(initiate)}&sig=${b64url(sig)}`;
@@ -206,7 +206,7 @@ export class Session extends EventTarget {
           enc.encode(`${world}\n${lamport}\n${body}`));
         if (this.lamport + 1 === lamport) break;
       }
-      this.ws.send(JSON.stringify({ t: 'world', world, body, sig: b64url(sig), lamport }));
+      this.ws.send(JSON.stringify({ type: 'world', world, body, sig: b64url(sig), lamport }));
       this.lamport = Math.max(this.lamport, lamport);
     }).catch(() => {});
     return this._chain;
@@ -237,31 +237,31 @@ export class World extends EventTarget {
       worker.onerror = (e) => { e.preventDefault(); reject(new Error('world code refused')); };
       worker.onmessage = (e) => {
         const m = e.data || {};
-        if (m.t === 'ready') { this._starting = null; resolve(); }
-        else if (m.t === 'send' && typeof m.body === 'string' && !this.ended) {
+        if (m.type === 'ready') { this._starting = null; resolve(); }
+        else if (m.type === 'send' && typeof m.body === 'string' && !this.ended) {
           this.session._sendWorld(this.id, this._key, m.body);
-        } else if (m.t === 'app') {
+        } else if (m.type === 'app') {
           this.dispatchEvent(new CustomEvent('app', { detail: m.data }));
         }
       };
     });
   }
 
-  _recv(body) { if (this.worker) this.worker.postMessage({ t: 'recv', body }); }
+  _recv(body) { if (this.worker) this.worker.postMessage({ type: 'recv', body }); }
 
   _end() {
     if (this.ended) return;
     this.ended = true;
     if (this._starting) { this._starting(new Error('world ended before it ran')); this._starting = null; }
     if (this.worker) {
-      this.worker.postMessage({ t: 'disconnect' });
+      this.worker.postMessage({ type: 'disconnect' });
       this.worker.terminate();
     }
     this.dispatchEvent(new CustomEvent('end'));
   }
 
   /** Sends app data to the worker. */
-  post(data) { if (this.worker && !this.ended) this.worker.postMessage({ t: 'app', data }); }
+  post(data) { if (this.worker && !this.ended) this.worker.postMessage({ type: 'app', data }); }
 
   /** Signs and sends a body on the world's behalf (as the worker would). */
   send(body) { return this.session._sendWorld(this.id, this._key, String(body)); }
@@ -270,7 +270,7 @@ export class World extends EventTarget {
   async disconnect() {
     if (this.ended) return;
     await this.session._chain;
-    this.session._send({ t: 'disconnect', world: this.id });
+    this.session._send({ type: 'disconnect', world: this.id });
     this.session.worlds.delete(this.id);
     this._end();
   }

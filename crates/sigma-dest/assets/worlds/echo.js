@@ -4,8 +4,8 @@
 'use strict';
 self.onmessage = (e) => {
   const m = e.data || {};
-  if (m.t === 'recv') self.postMessage({ t: 'app', data: { echoed: m.body } });
-  else if (m.t === 'app') self.postMessage({ t: 'send', body: String(m.data) });
+  if (m.type === 'recv') self.postMessage({ type: 'app', data: { echoed: m.body } });
+  else if (m.type === 'app') self.postMessage({ type: 'send', body: String(m.data) });
 };
-self.postMessage({ t: 'ready' });
-self.postMessage({ t: 'send', body: 'hello from the echo world' });
+self.postMessage({ type: 'ready' });
+self.postMessage({ type: 'send', body: 'hello from the echo world' });

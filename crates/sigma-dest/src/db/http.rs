@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use serde_json::json;
-use sigma_core::response::json_response;
+use sigma_core::response::{json_error, json_error_message, json_response};
 use sigma_core::{Handled, HttpRequest, Tagged};
 use sigma_http::{Header, Method, RequestHead, Response};
 
@@ -287,10 +287,10 @@ fn cache_control() -> Header {
     Header::new(&b"Cache-Control"[..], &b"private, no-cache"[..])
 }
 
-/// `{"error": CODE}` with the code's status.
+/// `{"error": CODE, "message": TEXT}` with the code's status.
 /// `Unavailable` (the store is unreachable) adds `Retry-After`.
 fn error(f: Fail) -> Response {
-    let mut r = json_response(f.status(), json!({"error": f.code()}));
+    let mut r = json_error_message(f.status(), f.code(), f.message());
     if f == Fail::Unavailable {
         r.headers.push(Header::new(
             &b"Retry-After"[..],
@@ -301,7 +301,7 @@ fn error(f: Fail) -> Response {
 }
 
 fn not_allowed(allow: &'static str) -> Response {
-    let mut r = json_response(405, json!({"error": "method_not_allowed"}));
+    let mut r = json_error(405, "method_not_allowed");
     r.headers.push(Header::new(&b"Allow"[..], allow.as_bytes()));
     r
 }

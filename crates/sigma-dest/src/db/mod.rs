@@ -56,48 +56,52 @@
 //!   space, as `URLSearchParams` writes it).
 //! - The key is the path after `<route>/`, percent-decoded (`+` is a plus);
 //!   an invalid key is `400`. Other methods get `405` with `Allow`. Errors
-//!   are JSON `{"error": CODE}` (see below).
+//!   are JSON `{"error": CODE, "message": TEXT}` (see below).
 //!
 //! # WebSocket (the same route; JSON text frames)
 //!
-//! Requests, each with an optional `id` (a number or a string, echoed in
-//! the reply; unknown fields are refused):
+//! The protocol style of every socket of sigma (DESIGN §6): requests name
+//! their `type`, may carry an `id` (a number, or a string of at most
+//! 256 bytes) that the answer echoes, and fields a type does
+//! not take are refused:
 //!
 //! ```text
-//! {"op":"get","key":K,"id":N}
-//! {"op":"put","key":K,"value":STRING,"if_match":ETAG?,"if_none_match":"*"?,"content_type":CT?,"id":N}
+//! {"type":"get","key":K,"id"?:ID}
+//! {"type":"put","key":K,"value":STRING,"if_match":ETAG?,"if_none_match":"*"?,"content_type":CT?,"id"?:ID}
 //!     ("value_base64":B64 instead of "value" for bytes; the content type
 //!      defaults to text/plain; charset=utf-8, resp. application/octet-stream)
-//! {"op":"delete","key":K,"if_match":ETAG?,"id":N}
-//! {"op":"list","prefix":P,"after":K?,"limit":N?,"id":N}
-//! {"op":"watch","prefix":P,"id":N}
-//! {"op":"unwatch","prefix":P,"id":N}
+//! {"type":"delete","key":K,"if_match":ETAG?,"id"?:ID}
+//! {"type":"list","prefix":P,"after":K?,"limit":N?,"id"?:ID}
+//! {"type":"watch","prefix":P,"id"?:ID}
+//! {"type":"unwatch","prefix":P,"id"?:ID}
 //! ```
 //!
-//! Replies: `{"id":N,"ok":true,...}` — `get`: `key`, `etag`,
+//! Answers: `{"type":"result","id"?:ID,...}` — `get`: `key`, `etag`,
 //! `content_type` and `value` (or `value_base64` when the value is not
 //! UTF-8); `put`: `etag`, `created`; `list`: `items` (as over HTTP) and
 //! `more`; `delete`, `watch`, `unwatch`: nothing more — or
-//! `{"id":N,"ok":false,"error":CODE}`. `ETAG` is the `ETag` as sent over
-//! HTTP (`"\"v3\""`; a bare `v3` and `*` are accepted too).
+//! `{"type":"error","code":CODE,"message":TEXT,"id"?:ID}`. The `id` is
+//! there when the request had a valid one. `ETAG` is the `ETag` as sent
+//! over HTTP (`"\"v3\""`; a bare `v3` and `*` are accepted too).
 //!
 //! After `watch`, every change in the caller's namespace under the prefix,
 //! from any connection (HTTP or WebSocket), is pushed once per socket:
-//! `{"type":"change","key":K,"etag":E|null,"op":"put"|"delete"}` (`etag`
-//! is `null` for a delete). A socket watches at most
-//! [`MAX_WATCHES_PER_SOCKET`] prefixes.
+//! `{"type":"change","key":K,"etag":E|null}` (`etag` is `null` for a
+//! delete). A socket watches at most [`MAX_WATCHES_PER_SOCKET`] prefixes.
 //!
 //! Ordering: one socket's requests are performed one after the other, in
-//! order, by a task of its own, and every reply comes back through the
+//! order, by a task of its own, and every answer comes back through the
 //! socket's push queue in request order. Only when more than
 //! [`SOCKET_QUEUE`] requests are waiting is a request refused at once with
-//! `busy`, possibly ahead of earlier replies; replies can always be
+//! `busy`, possibly ahead of earlier answers; answers can always be
 //! matched by `id`.
 //!
-//! Error codes: `bad_request`, `invalid_key`, `invalid_content_type`,
-//! `not_found`, `precondition_failed`, `too_large`, `unauthenticated`, `forbidden`,
+//! Error codes: `bad_request` (HTTP; over WebSocket a malformed message is
+//! `bad_message`), `invalid_key`, `invalid_content_type`, `not_found`,
+//! `precondition_failed`, `too_large`, `unauthenticated`, `forbidden`,
 //! `too_many_watches`, `busy`, `unavailable` (503 with `Retry-After`: the
-//! store cannot be reached, e.g. PostgreSQL is down), `internal`.
+//! store cannot be reached, e.g. PostgreSQL is down), `internal`. Every
+//! message, field and code for client authors: `docs/db.md`.
 
 pub mod config;
 mod http;
@@ -176,6 +180,25 @@ impl Fail {
             Self::Busy => "busy",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal",
+        }
+    }
+
+    /// The human `message` that goes with the code (for people, not for
+    /// programs: it may change).
+    fn message(self) -> &'static str {
+        match self {
+            Self::BadRequest => "the request is malformed",
+            Self::InvalidKey => "the key or prefix is not valid (1 to max_key bytes of UTF-8, no control characters, no \".\" or \"..\" segment)",
+            Self::InvalidContentType => "the content type is not valid",
+            Self::NotFound => "no such key",
+            Self::PreconditionFailed => "the key's current version does not match the precondition",
+            Self::TooLarge => "the value is larger than max_value",
+            Self::Unauthenticated => "log in first",
+            Self::Forbidden => "you may not write here",
+            Self::TooManyWatches => "this socket watches too many prefixes",
+            Self::Busy => "too many requests are waiting on this socket",
+            Self::Unavailable => "the store cannot be reached; retry later",
+            Self::Internal => "internal error",
         }
     }
 

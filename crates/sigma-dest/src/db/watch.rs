@@ -126,13 +126,13 @@ impl Registry {
     }
 }
 
-/// `{"type":"change","key":K,"etag":E|null,"op":"put"|"delete"}`.
+/// `{"type":"change","key":K,"etag":E}` (`etag` `null`: deleted).
 fn change_message(key: &str, change: Change) -> Utf8Bytes {
     let v = match change {
         Change::Put(version) => {
-            json!({"type": "change", "key": key, "etag": etag(version), "op": "put"})
+            json!({"type": "change", "key": key, "etag": etag(version)})
         }
-        Change::Delete => json!({"type": "change", "key": key, "etag": null, "op": "delete"}),
+        Change::Delete => json!({"type": "change", "key": key, "etag": null}),
     };
     Utf8Bytes::from(v.to_string())
 }
@@ -184,7 +184,7 @@ mod tests {
         assert_eq!(who, alice);
         assert_eq!(
             v,
-            json!({"type": "change", "key": "a/b/c", "etag": "\"v3\"", "op": "put"})
+            json!({"type": "change", "key": "a/b/c", "etag": "\"v3\""})
         );
         // Once per socket, even with two matching prefixes.
         assert!(next(&mut a_rx).is_none());
@@ -194,8 +194,7 @@ mod tests {
         assert!(next(&mut a_rx).is_none());
         r.notify("bob", "x", Change::Delete);
         let (_, v) = next(&mut b_rx).unwrap();
-        assert_eq!(v["etag"], serde_json::Value::Null);
-        assert_eq!(v["op"], "delete");
+        assert_eq!(v, json!({"type": "change", "key": "x", "etag": null}));
     }
 
     #[test]

@@ -1,13 +1,19 @@
 //! `&db` over WebSocket: JSON requests performed in order by one task per
-//! socket, replies and watch notifications through the socket's push
-//! queue (formats in the module documentation of [`super`]).
+//! socket, answers and watch notifications through the socket's push
+//! queue (formats in the module documentation of [`super`] and in
+//! `docs/db.md`).
+//!
+//! The protocol style is the one of `&broadcast` and the session socket
+//! (DESIGN §6): a `"type"` field, an optional `"id"` echoed on the answer,
+//! `{"type":"result","id"?,…}` for a success and
+//! `{"type":"error","code":CODE,"message":TEXT,"id"?}` for a refusal.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use sigma_core::{Principal, Tagged, WsEndpoint, WsSender};
 use sigma_http::WsMessage;
 use tokio::sync::mpsc;
@@ -17,8 +23,12 @@ use sigma_store::Precondition;
 use super::keys::{self, Compare};
 use super::{etag, text, DbService, Fail, Scope, MAX_LIST, SOCKET_QUEUE};
 
-/// Longest `id` string echoed back.
-const MAX_ID_LEN: usize = 256;
+/// Longest `id` string echoed back, in bytes.
+pub(super) const MAX_ID_LEN: usize = 256;
+
+/// Longest field name quoted back in an `unknown field` message, in
+/// characters (the rest is cut, so an answer stays small).
+const MAX_QUOTED_NAME: usize = 64;
 
 /// One socket's endpoint.
 struct DbSocket {
@@ -31,8 +41,44 @@ struct DbSocket {
     queue: Option<mpsc::Sender<Job>>,
 }
 
-/// A request as the worker gets it: parsed, or the reply to a bad one.
-type Job = Result<Request, (Value, Fail)>;
+/// A refused request: its failure (the code) and what to tell the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Refused {
+    fail: Fail,
+    message: Cow<'static, str>,
+}
+
+impl Refused {
+    /// A malformed message (`bad_message`), saying what is wrong.
+    fn bad(message: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            fail: Fail::BadRequest,
+            message: message.into(),
+        }
+    }
+
+    /// The `code` over WebSocket: a malformed message is `bad_message`
+    /// (as on every socket of sigma), the rest as over HTTP.
+    fn code(&self) -> &'static str {
+        match self.fail {
+            Fail::BadRequest => "bad_message",
+            f => f.code(),
+        }
+    }
+}
+
+impl From<Fail> for Refused {
+    fn from(fail: Fail) -> Self {
+        Self {
+            fail,
+            message: Cow::Borrowed(fail.message()),
+        }
+    }
+}
+
+/// A request as the worker gets it: parsed, or the answer to a bad one
+/// (with the request's `id` when it had a valid one).
+type Job = Result<Request, (Option<Value>, Refused)>;
 
 /// The endpoint for a socket authenticated as `identity`.
 pub(super) fn open(
@@ -55,13 +101,13 @@ impl WsEndpoint for DbSocket {
     fn on_message(&mut self, msg: Tagged<WsMessage>) -> Option<Tagged<WsMessage>> {
         let job = match &msg.msg {
             WsMessage::Text(t) => parse(t.as_str(), &self.svc),
-            WsMessage::Binary(_) => Err((Value::Null, Fail::BadRequest)),
+            WsMessage::Binary(_) => Err((None, Refused::bad("messages are JSON text frames"))),
         };
         let queue = match &self.queue {
             Some(q) => q,
             None => {
                 let Ok(rt) = tokio::runtime::Handle::try_current() else {
-                    return Some(self.reply(job_id(&job), Err(Fail::Internal)));
+                    return Some(self.reply(job_id(&job), Err(Fail::Internal.into())));
                 };
                 let (tx, rx) = mpsc::channel(SOCKET_QUEUE);
                 rt.spawn(worker(
@@ -78,18 +124,18 @@ impl WsEndpoint for DbSocket {
         match queue.try_send(job) {
             Ok(()) => None,
             Err(mpsc::error::TrySendError::Full(job)) => {
-                Some(self.reply(job_id(&job), Err(Fail::Busy)))
+                Some(self.reply(job_id(&job), Err(Fail::Busy.into())))
             }
             Err(mpsc::error::TrySendError::Closed(job)) => {
-                Some(self.reply(job_id(&job), Err(Fail::Internal)))
+                Some(self.reply(job_id(&job), Err(Fail::Internal.into())))
             }
         }
     }
 }
 
 impl DbSocket {
-    fn reply(&self, id: Value, r: Result<Value, Fail>) -> Tagged<WsMessage> {
-        Tagged::new(self.identity.clone(), text(reply_text(id, r)))
+    fn reply(&self, id: Option<&Value>, r: Result<Value, Refused>) -> Tagged<WsMessage> {
+        Tagged::new(self.identity.clone(), text(answer_text(id, r)))
     }
 }
 
@@ -102,25 +148,34 @@ impl Drop for DbSocket {
     }
 }
 
-fn job_id(job: &Job) -> Value {
+fn job_id(job: &Job) -> Option<&Value> {
     match job {
-        Ok(r) => r.id.clone(),
-        Err((id, _)) => id.clone(),
+        Ok(r) => r.id.as_ref(),
+        Err((id, _)) => id.as_ref(),
     }
 }
 
-/// `{"id":N,"ok":true,...}` or `{"id":N,"ok":false,"error":CODE}`.
-fn reply_text(id: Value, r: Result<Value, Fail>) -> String {
-    let v = match r {
-        Ok(Value::Object(mut fields)) => {
-            fields.insert("id".into(), id);
-            fields.insert("ok".into(), Value::Bool(true));
-            Value::Object(fields)
+/// `{"type":"result","id"?:ID,...}` or
+/// `{"type":"error","code":CODE,"message":TEXT,"id"?:ID}`.
+fn answer_text(id: Option<&Value>, r: Result<Value, Refused>) -> String {
+    let mut fields = match r {
+        Ok(Value::Object(fields)) => fields,
+        Ok(_) => Map::new(),
+        Err(refused) => {
+            let mut m = Map::new();
+            m.insert("code".into(), Value::from(refused.code()));
+            m.insert("message".into(), Value::from(refused.message.into_owned()));
+            m.insert("type".into(), Value::from("error"));
+            m
         }
-        Ok(_) => json!({"id": id, "ok": true}),
-        Err(f) => json!({"id": id, "ok": false, "error": f.code()}),
     };
-    v.to_string()
+    fields
+        .entry("type")
+        .or_insert_with(|| Value::from("result"));
+    if let Some(id) = id {
+        fields.insert("id".into(), id.clone());
+    }
+    Value::Object(fields).to_string()
 }
 
 /// Performs the socket's requests in order until the socket is gone.
@@ -136,14 +191,14 @@ async fn worker(
         let (id, result) = match job {
             Ok(req) => {
                 let id = req.id.clone();
-                (
-                    id,
-                    perform(&svc, &scope, &identity, &push, socket, req).await,
-                )
+                let r = perform(&svc, &scope, &identity, &push, socket, req)
+                    .await
+                    .map_err(Refused::from);
+                (id, r)
             }
-            Err((id, f)) => (id, Err(f)),
+            Err((id, refused)) => (id, Err(refused)),
         };
-        let msg = Tagged::new(identity.clone(), text(reply_text(id, result)));
+        let msg = Tagged::new(identity.clone(), text(answer_text(id.as_ref(), result)));
         if push.push(msg).is_err() {
             // Gone, or too slow and being closed.
             break;
@@ -156,7 +211,7 @@ async fn worker(
 
 /// A request over WebSocket, validated.
 struct Request {
-    id: Value,
+    id: Option<Value>,
     op: Op,
 }
 
@@ -187,119 +242,169 @@ enum Op {
     },
 }
 
-/// The JSON of a request.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Raw {
-    op: String,
-    #[serde(default)]
-    id: Value,
-    key: Option<String>,
-    value: Option<String>,
-    value_base64: Option<String>,
-    content_type: Option<String>,
-    if_match: Option<String>,
-    if_none_match: Option<String>,
-    prefix: Option<String>,
-    after: Option<String>,
-    limit: Option<u64>,
+/// Every field a request may have; each `type` takes some of them
+/// ([`allowed`]) and refuses the others.
+const FIELDS: [&str; 11] = [
+    "type",
+    "id",
+    "key",
+    "value",
+    "value_base64",
+    "content_type",
+    "if_match",
+    "if_none_match",
+    "prefix",
+    "after",
+    "limit",
+];
+
+/// The fields besides `type` and `id` that requests of type `ty` take.
+fn allowed(ty: &str) -> Option<&'static [&'static str]> {
+    Some(match ty {
+        "get" => &["key"],
+        "put" => &[
+            "key",
+            "value",
+            "value_base64",
+            "content_type",
+            "if_match",
+            "if_none_match",
+        ],
+        "delete" => &["key", "if_match", "if_none_match"],
+        "list" => &["prefix", "after", "limit"],
+        "watch" | "unwatch" => &["prefix"],
+        _ => return None,
+    })
 }
 
-/// Just the `id` of a request that does not parse, to answer it.
-#[derive(Deserialize)]
-struct IdOnly {
-    #[serde(default)]
-    id: Value,
+/// `name` quoted for an error message, cut to [`MAX_QUOTED_NAME`]
+/// characters.
+fn quoted(name: &str) -> String {
+    let mut s: String = name.chars().take(MAX_QUOTED_NAME).collect();
+    if s.len() < name.len() {
+        s.push('…');
+    }
+    Value::from(s).to_string()
 }
 
-fn valid_id(id: Value) -> Result<Value, Fail> {
-    match &id {
-        Value::Null | Value::Number(_) => Ok(id),
-        Value::String(s) if s.len() <= MAX_ID_LEN => Ok(id),
-        _ => Err(Fail::BadRequest),
+/// The request's `id`: absent, a number, or a string of at most
+/// [`MAX_ID_LEN`] bytes.
+fn valid_id(id: Option<&Value>) -> Result<Option<Value>, Refused> {
+    match id {
+        None => Ok(None),
+        Some(v @ Value::Number(_)) => Ok(Some(v.clone())),
+        Some(v @ Value::String(s)) if s.len() <= MAX_ID_LEN => Ok(Some(v.clone())),
+        Some(Value::String(_)) => Err(Refused::bad("\"id\" is longer than 256 bytes")),
+        Some(_) => Err(Refused::bad("\"id\" must be a string or a number")),
     }
 }
 
 /// Parses and validates a request (without touching the store).
 fn parse(t: &str, svc: &DbService) -> Job {
-    let raw: Raw = match serde_json::from_str(t) {
-        Ok(r) => r,
-        Err(_) => {
-            let id = serde_json::from_str::<IdOnly>(t)
-                .ok()
-                .and_then(|i| valid_id(i.id).ok())
-                .unwrap_or(Value::Null);
-            return Err((id, Fail::BadRequest));
-        }
+    let Ok(v) = serde_json::from_str::<Value>(t) else {
+        return Err((None, Refused::bad("the message is not JSON")));
     };
-    let id = valid_id(raw.id.clone()).map_err(|f| (Value::Null, f))?;
-    let op = op(raw, svc).map_err(|f| (id.clone(), f))?;
+    let Value::Object(obj) = v else {
+        return Err((None, Refused::bad("a message is a JSON object")));
+    };
+    let id = valid_id(obj.get("id")).map_err(|r| (None, r))?;
+    let op = op(&obj, svc).map_err(|r| (id.clone(), r))?;
     Ok(Request { id, op })
 }
 
-fn op(raw: Raw, svc: &DbService) -> Result<Op, Fail> {
+fn unknown_type(ty: &str) -> Refused {
+    Refused::bad(format!(
+        "unknown type {} (get, put, delete, list, watch, unwatch)",
+        quoted(ty)
+    ))
+}
+
+/// A string field (absent: `None`).
+fn string(obj: &Map<String, Value>, name: &'static str) -> Result<Option<String>, Refused> {
+    match obj.get(name) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(Refused::bad(format!("\"{name}\" must be a string"))),
+    }
+}
+
+fn op(obj: &Map<String, Value>, svc: &DbService) -> Result<Op, Refused> {
+    let ty = match obj.get("type") {
+        Some(Value::String(t)) => t.as_str(),
+        Some(_) => return Err(Refused::bad("\"type\" must be a string")),
+        None if obj.contains_key("op") => {
+            return Err(Refused::bad(
+                "\"type\" is missing (the field is \"type\", not \"op\")",
+            ))
+        }
+        None => return Err(Refused::bad("\"type\" is missing")),
+    };
+    let Some(takes) = allowed(ty) else {
+        return Err(unknown_type(ty));
+    };
+    // Fields a type does not take are refused rather than ignored.
+    for name in obj.keys() {
+        let name = name.as_str();
+        if name == "type" || name == "id" || takes.contains(&name) {
+            continue;
+        }
+        return Err(Refused::bad(if FIELDS.contains(&name) {
+            format!("{} is not a field of {ty}", quoted(name))
+        } else {
+            format!("unknown field {}", quoted(name))
+        }));
+    }
     let max_key = svc.config.max_key;
-    let key = |k: Option<String>| -> Result<String, Fail> {
-        let k = k.ok_or(Fail::BadRequest)?;
+    let key = || -> Result<String, Refused> {
+        let k = string(obj, "key")?.ok_or_else(|| Refused::bad("\"key\" is missing"))?;
         keys::check_key(&k, max_key)?;
         Ok(k)
     };
-    let prefix = |p: Option<String>| -> Result<String, Fail> {
-        let p = p.unwrap_or_default();
+    let prefix = || -> Result<String, Refused> {
+        let p = string(obj, "prefix")?.unwrap_or_default();
         keys::check_prefix(&p, max_key)?;
         Ok(p)
     };
-    let pre = |m: Option<String>, n: Option<String>| -> Result<Precondition, Fail> {
+    let pre = || -> Result<Precondition, Refused> {
+        let tags = |name, compare| -> Result<_, Refused> {
+            string(obj, name)?
+                .map(|s| {
+                    keys::parse_ws_tags(&s, compare).map_err(|_| {
+                        Refused::bad(format!("\"{name}\" is not \"*\" or a list of ETags"))
+                    })
+                })
+                .transpose()
+        };
         Ok(Precondition {
-            if_match: m
-                .map(|s| keys::parse_ws_tags(&s, Compare::Strong))
-                .transpose()?,
-            if_none_match: n
-                .map(|s| keys::parse_ws_tags(&s, Compare::Weak))
-                .transpose()?,
+            if_match: tags("if_match", Compare::Strong)?,
+            if_none_match: tags("if_none_match", Compare::Weak)?,
         })
     };
-    // Fields an op does not take are refused rather than ignored.
-    let unused = |fields: &[bool]| {
-        if fields.iter().any(|&set| set) {
-            Err(Fail::BadRequest)
-        } else {
-            Ok(())
-        }
-    };
-    Ok(match raw.op.as_str() {
-        "get" => {
-            unused(&[
-                raw.value.is_some(),
-                raw.value_base64.is_some(),
-                raw.content_type.is_some(),
-                raw.if_match.is_some(),
-                raw.if_none_match.is_some(),
-                raw.prefix.is_some(),
-                raw.after.is_some(),
-                raw.limit.is_some(),
-            ])?;
-            Op::Get { key: key(raw.key)? }
-        }
+    Ok(match ty {
+        "get" => Op::Get { key: key()? },
         "put" => {
-            unused(&[
-                raw.prefix.is_some(),
-                raw.after.is_some(),
-                raw.limit.is_some(),
-            ])?;
-            let key = key(raw.key)?;
-            let (value, default_ct) = match (raw.value, raw.value_base64) {
+            let key = key()?;
+            let (value, default_ct) = match (string(obj, "value")?, string(obj, "value_base64")?) {
                 (Some(v), None) => (v.into_bytes(), "text/plain; charset=utf-8"),
                 (None, Some(b)) => (
-                    BASE64.decode(b).map_err(|_| Fail::BadRequest)?,
+                    BASE64
+                        .decode(b)
+                        .map_err(|_| Refused::bad("\"value_base64\" is not base64"))?,
                     "application/octet-stream",
                 ),
-                _ => return Err(Fail::BadRequest),
+                (None, None) => {
+                    return Err(Refused::bad("\"value\" or \"value_base64\" is missing"))
+                }
+                (Some(_), Some(_)) => {
+                    return Err(Refused::bad(
+                        "\"value\" and \"value_base64\" cannot both be given",
+                    ))
+                }
             };
             if value.len() > svc.config.max_value {
-                return Err(Fail::TooLarge);
+                return Err(Fail::TooLarge.into());
             }
-            let content_type = match raw.content_type {
+            let content_type = match string(obj, "content_type")? {
                 Some(ct) if !ct.is_empty() => {
                     keys::check_content_type(ct.as_bytes())?;
                     ct
@@ -310,40 +415,25 @@ fn op(raw: Raw, svc: &DbService) -> Result<Op, Fail> {
                 key,
                 value,
                 content_type,
-                pre: pre(raw.if_match, raw.if_none_match)?,
+                pre: pre()?,
             }
         }
-        "delete" => {
-            unused(&[
-                raw.value.is_some(),
-                raw.value_base64.is_some(),
-                raw.content_type.is_some(),
-                raw.prefix.is_some(),
-                raw.after.is_some(),
-                raw.limit.is_some(),
-            ])?;
-            Op::Delete {
-                key: key(raw.key)?,
-                pre: pre(raw.if_match, raw.if_none_match)?,
-            }
-        }
+        "delete" => Op::Delete {
+            key: key()?,
+            pre: pre()?,
+        },
         "list" => {
-            unused(&[
-                raw.key.is_some(),
-                raw.value.is_some(),
-                raw.value_base64.is_some(),
-                raw.content_type.is_some(),
-                raw.if_match.is_some(),
-                raw.if_none_match.is_some(),
-            ])?;
-            let limit = match raw.limit {
+            let limit = match obj.get("limit") {
                 None => MAX_LIST,
-                Some(n) => usize::try_from(n)
-                    .ok()
+                Some(n) => n
+                    .as_u64()
+                    .and_then(|n| usize::try_from(n).ok())
                     .filter(|n| (1..=MAX_LIST).contains(n))
-                    .ok_or(Fail::BadRequest)?,
+                    .ok_or_else(|| {
+                        Refused::bad(format!("\"limit\" must be an integer from 1 to {MAX_LIST}"))
+                    })?,
             };
-            let after = match raw.after {
+            let after = match string(obj, "after")? {
                 Some(a) => {
                     keys::check_prefix(&a, max_key)?;
                     Some(a)
@@ -351,34 +441,18 @@ fn op(raw: Raw, svc: &DbService) -> Result<Op, Fail> {
                 None => None,
             };
             Op::List {
-                prefix: prefix(raw.prefix)?,
+                prefix: prefix()?,
                 after,
                 limit,
             }
         }
-        "watch" | "unwatch" => {
-            unused(&[
-                raw.key.is_some(),
-                raw.value.is_some(),
-                raw.value_base64.is_some(),
-                raw.content_type.is_some(),
-                raw.if_match.is_some(),
-                raw.if_none_match.is_some(),
-                raw.after.is_some(),
-                raw.limit.is_some(),
-            ])?;
-            let prefix = prefix(raw.prefix)?;
-            if raw.op == "watch" {
-                Op::Watch { prefix }
-            } else {
-                Op::Unwatch { prefix }
-            }
-        }
-        _ => return Err(Fail::BadRequest),
+        "watch" => Op::Watch { prefix: prefix()? },
+        "unwatch" => Op::Unwatch { prefix: prefix()? },
+        _ => return Err(unknown_type(ty)),
     })
 }
 
-/// Performs one request; the reply's fields besides `id` and `ok`.
+/// Performs one request; the result's fields besides `type` and `id`.
 async fn perform(
     svc: &Arc<DbService>,
     scope: &Scope,
@@ -479,99 +553,168 @@ mod tests {
         )
     }
 
-    fn code(t: &str) -> (Value, &'static str) {
+    /// The answer to a request that does not parse, as JSON.
+    fn refusal(t: &str) -> Value {
         match parse(t, &svc()) {
             Ok(_) => panic!("{t} parsed"),
-            Err((id, f)) => (id, f.code()),
+            Err((id, r)) => serde_json::from_str(&answer_text(id.as_ref(), Err(r))).unwrap(),
         }
+    }
+
+    /// `(id, code)` of a refused request.
+    fn code(t: &str) -> (Value, String) {
+        let v = refusal(t);
+        assert_eq!(v["type"], "error", "{v}");
+        assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+        (v["id"].clone(), v["code"].as_str().unwrap().to_owned())
+    }
+
+    fn c(id: Value, code: &str) -> (Value, String) {
+        (id, code.to_owned())
     }
 
     #[test]
     fn bad_requests_are_refused_with_their_id() {
-        assert_eq!(code("nope"), (Value::Null, "bad_request"));
-        assert_eq!(code(r#"{"op":"get","id":3}"#), (json!(3), "bad_request"));
+        let bad = "bad_message";
+        assert_eq!(code("nope"), c(Value::Null, bad));
+        assert_eq!(code("[1]"), c(Value::Null, bad));
+        assert_eq!(code(r#"{"type":"get","id":3}"#), c(json!(3), bad));
         assert_eq!(
-            code(r#"{"op":"get","key":"k","id":"a","bogus":1}"#),
-            (json!("a"), "bad_request")
+            code(r#"{"type":"get","key":"k","id":"a","bogus":1}"#),
+            c(json!("a"), bad)
         );
         assert_eq!(
-            code(r#"{"op":"get","key":"k","id":[1]}"#),
-            (Value::Null, "bad_request")
-        );
-        assert_eq!(code(r#"{"op":"frob","id":1}"#), (json!(1), "bad_request"));
-        assert_eq!(
-            code(r#"{"op":"get","key":"..","id":1}"#),
-            (json!(1), "invalid_key")
+            code(r#"{"type":"get","key":"k","id":[1]}"#),
+            c(Value::Null, bad)
         );
         assert_eq!(
-            code(r#"{"op":"get","key":"123456789","id":1}"#),
-            (json!(1), "invalid_key")
+            code(r#"{"type":"get","key":"k","id":null}"#),
+            c(Value::Null, bad)
+        );
+        let long = "x".repeat(MAX_ID_LEN + 1);
+        assert_eq!(
+            code(&format!(r#"{{"type":"get","key":"k","id":"{long}"}}"#)),
+            c(Value::Null, bad)
+        );
+        let longest = "x".repeat(MAX_ID_LEN);
+        assert!(parse(
+            &format!(r#"{{"type":"get","key":"k","id":"{longest}"}}"#),
+            &svc()
+        )
+        .is_ok());
+        assert_eq!(code(r#"{"type":"frob","id":1}"#), c(json!(1), bad));
+        assert_eq!(code(r#"{"type":7,"id":1}"#), c(json!(1), bad));
+        assert_eq!(code(r#"{"type":"get","key":7,"id":1}"#), c(json!(1), bad));
+        assert_eq!(
+            code(r#"{"type":"get","key":"..","id":1}"#),
+            c(json!(1), "invalid_key")
         );
         assert_eq!(
-            code(r#"{"op":"put","key":"k","value":"123456789","id":1}"#),
-            (json!(1), "too_large")
+            code(r#"{"type":"get","key":"123456789","id":1}"#),
+            c(json!(1), "invalid_key")
         );
         assert_eq!(
-            code(r#"{"op":"put","key":"k","id":1}"#),
-            (json!(1), "bad_request")
+            code(r#"{"type":"put","key":"k","value":"123456789","id":1}"#),
+            c(json!(1), "too_large")
+        );
+        assert_eq!(code(r#"{"type":"put","key":"k","id":1}"#), c(json!(1), bad));
+        assert_eq!(
+            code(r#"{"type":"put","key":"k","value":"a","value_base64":"YQ==","id":1}"#),
+            c(json!(1), bad)
         );
         assert_eq!(
-            code(r#"{"op":"put","key":"k","value":"a","value_base64":"YQ==","id":1}"#),
-            (json!(1), "bad_request")
+            code(r#"{"type":"put","key":"k","value_base64":"%%","id":1}"#),
+            c(json!(1), bad)
         );
         assert_eq!(
-            code(r#"{"op":"put","key":"k","value":"a","if_match":"x","id":1}"#),
-            (json!(1), "bad_request")
+            code(r#"{"type":"put","key":"k","value":"a","if_match":"x","id":1}"#),
+            c(json!(1), bad)
         );
         assert_eq!(
-            code(r#"{"op":"put","key":"k","value":"a","content_type":"\u0001","id":1}"#),
-            (json!(1), "invalid_content_type")
+            code(r#"{"type":"put","key":"k","value":"a","content_type":"\u0001","id":1}"#),
+            c(json!(1), "invalid_content_type")
         );
         assert_eq!(
-            code(r#"{"op":"get","key":"k","prefix":"p","id":1}"#),
-            (json!(1), "bad_request")
+            code(r#"{"type":"get","key":"k","prefix":"p","id":1}"#),
+            c(json!(1), bad)
         );
         assert_eq!(
-            code(r#"{"op":"list","limit":0,"id":1}"#),
-            (json!(1), "bad_request")
+            code(r#"{"type":"list","limit":0,"id":1}"#),
+            c(json!(1), bad)
         );
         assert_eq!(
-            code(r#"{"op":"watch","prefix":"123456789","id":1}"#),
-            (json!(1), "invalid_key")
+            code(r#"{"type":"list","limit":1.5,"id":1}"#),
+            c(json!(1), bad)
         );
+        assert_eq!(
+            code(r#"{"type":"watch","prefix":"123456789","id":1}"#),
+            c(json!(1), "invalid_key")
+        );
+    }
+
+    #[test]
+    fn refusals_say_what_is_wrong() {
+        let message = |t: &str| refusal(t)["message"].as_str().unwrap().to_owned();
+        // An old-style request names the field it should have used.
+        let m = message(r#"{"op":"get","key":"k","id":1}"#);
+        assert!(m.contains("\"type\""), "{m}");
+        assert!(m.contains("\"op\""), "{m}");
+        assert_eq!(
+            refusal(r#"{"op":"get","key":"k","id":1}"#),
+            json!({"type": "error", "code": "bad_message", "message": m, "id": 1})
+        );
+        assert!(message(r#"{"type":"get"}"#).contains("\"key\""));
+        assert!(message(r#"{"type":"get","key":"k","prefix":""}"#).contains("\"prefix\""));
+        // A long unknown name is quoted cut short.
+        let name = "n".repeat(10_000);
+        let m = message(&format!(r#"{{"type":"get","key":"k","{name}":1}}"#));
+        assert!(m.starts_with("unknown field"), "{m}");
+        assert!(m.len() < 2 * MAX_QUOTED_NAME, "{m}");
+        let m = message(&format!(r#"{{"type":"{name}"}}"#));
+        assert!(m.len() < 2 * MAX_QUOTED_NAME + 64, "{m}");
+        // No id: none on the answer.
+        assert!(refusal("{}").get("id").is_none());
     }
 
     #[test]
     fn good_requests_parse() {
         let s = svc();
         for t in [
-            r#"{"op":"get","key":"k","id":1}"#,
-            r#"{"op":"put","key":"k","value":"v","if_match":"\"v3\"","id":1}"#,
-            r#"{"op":"put","key":"k","value_base64":"AAE=","if_none_match":"*"}"#,
-            r#"{"op":"delete","key":"k","if_match":"v3","id":"x"}"#,
-            r#"{"op":"list","prefix":"a/","after":"a/1","limit":5,"id":1}"#,
-            r#"{"op":"list","id":1}"#,
-            r#"{"op":"watch","prefix":"","id":1}"#,
-            r#"{"op":"unwatch","prefix":"a","id":1}"#,
+            r#"{"type":"get","key":"k","id":1}"#,
+            r#"{"type":"get","key":"k","id":-1.5}"#,
+            r#"{"type":"put","key":"k","value":"v","if_match":"\"v3\"","id":1}"#,
+            r#"{"type":"put","key":"k","value_base64":"AAE=","if_none_match":"*"}"#,
+            r#"{"type":"delete","key":"k","if_match":"v3","id":"x"}"#,
+            r#"{"type":"list","prefix":"a/","after":"a/1","limit":5,"id":1}"#,
+            r#"{"type":"list","id":1}"#,
+            r#"{"type":"watch","prefix":"","id":1}"#,
+            r#"{"type":"unwatch","prefix":"a","id":1}"#,
         ] {
             assert!(parse(t, &s).is_ok(), "{t}");
         }
     }
 
     #[test]
-    fn replies() {
+    fn answers() {
+        let answer = |id: Option<Value>, r| -> Value {
+            serde_json::from_str(&answer_text(id.as_ref(), r)).unwrap()
+        };
         assert_eq!(
-            serde_json::from_str::<Value>(&reply_text(json!(1), Ok(Value::Null))).unwrap(),
-            json!({"id": 1, "ok": true})
+            answer(Some(json!(1)), Ok(Value::Null)),
+            json!({"type": "result", "id": 1})
+        );
+        assert_eq!(answer(None, Ok(Value::Null)), json!({"type": "result"}));
+        assert_eq!(
+            answer(Some(json!("a")), Ok(json!({"etag": "\"v1\""}))),
+            json!({"type": "result", "id": "a", "etag": "\"v1\""})
         );
         assert_eq!(
-            serde_json::from_str::<Value>(&reply_text(json!("a"), Ok(json!({"etag": "\"v1\""}))))
-                .unwrap(),
-            json!({"id": "a", "ok": true, "etag": "\"v1\""})
+            answer(None, Err(Fail::Busy.into())),
+            json!({"type": "error", "code": "busy", "message": Fail::Busy.message()})
         );
         assert_eq!(
-            serde_json::from_str::<Value>(&reply_text(Value::Null, Err(Fail::Busy))).unwrap(),
-            json!({"id": null, "ok": false, "error": "busy"})
+            answer(Some(json!(2)), Err(Fail::NotFound.into())),
+            json!({"type": "error", "code": "not_found", "message": "no such key", "id": 2})
         );
     }
 }

@@ -35,9 +35,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ed25519_dalek::Signature;
-use serde_json::json;
 use sigma_core::clock::unix_now_ms;
-use sigma_core::response::json_response;
 use sigma_core::{
     enforce, ws_push_queue, Answer, Capabilities, Destination, Dropped, Handled, Identity,
     Principal, Pushed, ReplyAudit, Request, Tagged, Upgrade, WsEndpoint, WsSender,
@@ -325,9 +323,25 @@ static ILLEGAL_LOG: LogLimiter = LogLimiter::new();
 /// (logged ones are rate-limited: many users can cause them).
 static USERS_LOG: LogLimiter = LogLimiter::new();
 
-/// An HTTP error for the initiate: status and a JSON `{"error": …}`.
-fn refuse(status: u16, error: &str) -> Response {
-    json_response(status, json!({ "error": error }))
+/// An HTTP error for the initiate: status and a JSON
+/// `{"error": CODE, "message": TEXT}` (codes in `docs/worlds.md`).
+fn refuse(status: u16, code: &str) -> Response {
+    let message = match code {
+        "missing_parameter" => "the initiate or sig parameter is missing",
+        "unknown_command" => "no world command of this name",
+        "bad_initiate" => "the initiate does not decode or is not for this command",
+        "bad_signature" => "the initiate's signature does not verify",
+        "bad_cookie" => "the session cookie is missing, expired or not this user's",
+        "world_destination_unavailable" => "the world's destination cannot take a WebSocket",
+        "session_socket_gone" => "the session socket is closed",
+        "replayed" => "this initiate was used already",
+        "world_rate" => "too many worlds started; retry later",
+        "already_active" => "this world is active already",
+        "world_limit" => "too many worlds are open on this session socket",
+        "session_socket_not_active" => "the session socket is not activated",
+        other => sigma_core::response::error_message(other),
+    };
+    sigma_core::response::json_error_message(status, code, message)
 }
 
 impl Shared {
@@ -734,6 +748,7 @@ impl Drop for SessionSocket {
 mod tests {
     use super::*;
     use ed25519_dalek::{Signer, SigningKey};
+    use serde_json::json;
     use serde_json::Value;
     use sigma_core::body::ClientInfo;
     use sigma_core::Provider;
@@ -891,12 +906,12 @@ mod tests {
         }
 
         fn hello(&mut self) -> Value {
-            self.send(json!({"t": "hello"})).remove(0)
+            self.send(json!({"type": "hello"})).remove(0)
         }
 
         fn fork(&mut self, key: &SigningKey, command: &str) -> Value {
             let world = WorldId(key.verifying_key().to_bytes()).encode();
-            self.send(json!({"t": "fork", "world": world, "command": command}))
+            self.send(json!({"type": "fork", "world": world, "command": command}))
                 .remove(0)
         }
 
@@ -973,18 +988,18 @@ mod tests {
         for command in ["secret", "team"] {
             let r = bob.fork(&key(1), command);
             assert_eq!(
-                (&r["t"], &r["reason"]),
+                (&r["type"], &r["reason"]),
                 (&json!("fork-refused"), &json!("unknown_command"))
             );
             // Even with a cookie alice got, bob's initiate is refused before it is opened.
             let r = alice.fork(&key(2), command);
-            assert_eq!(r["t"], "fork-cookie");
+            assert_eq!(r["type"], "fork-cookie");
             let (status, body) =
                 bob.initiate(&svc, &key(2), command, r["cookie"].as_str().unwrap());
             assert_eq!((status, &body["error"]), (404, &json!("unknown_command")));
         }
         let r = bob.fork(&key(3), "echo");
-        assert_eq!(r["t"], "fork-cookie");
+        assert_eq!(r["type"], "fork-cookie");
         let (status, _) = bob.initiate(&svc, &key(3), "echo", r["cookie"].as_str().unwrap());
         assert_eq!(status, 200);
         let r = alice.fork(&key(4), "secret");
@@ -1011,7 +1026,7 @@ mod tests {
         assert_eq!(opened.0.load(Ordering::Relaxed), 1);
         let w1 = WorldId(k1.verifying_key().to_bytes()).encode();
         assert_eq!(
-            c.send(json!({"t": "disconnect", "world": w1}))[0]["t"],
+            c.send(json!({"type": "disconnect", "world": w1}))[0]["type"],
             "disconnect"
         );
         assert_eq!(c.initiate(&svc, &k2, "echo", &c2).0, 200);
@@ -1025,7 +1040,7 @@ mod tests {
     }
 
     fn cookie(reply: &Value) -> String {
-        assert_eq!(reply["t"], "fork-cookie", "{reply}");
+        assert_eq!(reply["type"], "fork-cookie", "{reply}");
         reply["cookie"].as_str().unwrap().to_owned()
     }
 
@@ -1042,7 +1057,7 @@ mod tests {
     }
 
     fn refused(reply: &Value) -> &str {
-        assert_eq!(reply["t"], "fork-refused", "{reply}");
+        assert_eq!(reply["type"], "fork-refused", "{reply}");
         reply["reason"].as_str().unwrap()
     }
 
@@ -1079,7 +1094,7 @@ mod tests {
         // A world of a2 ends: a3 may start its world.
         let w2 = WorldId(k(2).verifying_key().to_bytes()).encode();
         assert_eq!(
-            a2.send(json!({"t": "disconnect", "world": w2}))[0]["t"],
+            a2.send(json!({"type": "disconnect", "world": w2}))[0]["type"],
             "disconnect"
         );
         assert_eq!(a3.initiate(&svc, &k(3), "echo", &c3).0, 200);
@@ -1140,7 +1155,7 @@ mod tests {
         // The world ends on a1 (a disconnect): bob's cookie, not spent by
         // the refusal, starts it on his socket.
         let w = WorldId(k.verifying_key().to_bytes()).encode();
-        a1.send(json!({"t": "disconnect", "world": w}));
+        a1.send(json!({"type": "disconnect", "world": w}));
         assert_eq!(bob.initiate(&svc, &k, "echo", &cb).0, 200);
         assert_eq!(refused(&a1.fork(&k, "echo")), "active");
         // Bob's socket closes: the key is free again.
@@ -1273,13 +1288,13 @@ mod tests {
         assert_eq!(users(&svc), 1);
         // Alice, tracked already, may open more.
         let mut a2 = Client::open(&svc, "alice", "tok-2");
-        assert_eq!(a2.hello()["t"], "welcome");
+        assert_eq!(a2.hello()["type"], "welcome");
         // Once alice is gone (and her bucket full, as she forked nothing),
         // bob gets in.
         drop(a);
         drop(a2);
         let mut bob = Client::open(&svc, "bob", "tok-b");
-        assert_eq!(bob.hello()["t"], "welcome");
+        assert_eq!(bob.hello()["type"], "welcome");
     }
 
     /// Answers every world message as someone else (`null`).
@@ -1342,10 +1357,10 @@ mod tests {
         let sig = k
             .sign(&envelope::signed_bytes(&world, lamport, "hi"))
             .to_bytes();
-        let pushed = c.send(json!({"t": "world", "world": world, "body": "hi",
+        let pushed = c.send(json!({"type": "world", "world": world, "body": "hi",
             "sig": super::super::b64_encode(&sig)}));
         assert!(
-            pushed.iter().all(|v| v["t"] != "world"),
+            pushed.iter().all(|v| v["type"] != "world"),
             "a crossed reply reached the client: {pushed:?}"
         );
         assert_eq!(audit.0.load(Ordering::Relaxed), 1);

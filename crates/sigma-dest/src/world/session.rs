@@ -28,6 +28,7 @@
 use std::collections::HashMap;
 
 use ed25519_dalek::{Signature, Verifier as _, VerifyingKey};
+use serde_json::Value;
 
 use super::envelope::{self, ClientMsg, CommandInfo, ServerMsg, MAX_LAMPORT};
 use super::WorldId;
@@ -247,9 +248,16 @@ impl Session {
         Out::Send(msg.to_text(next))
     }
 
-    fn error(&mut self, message: impl Into<String>) -> Vec<Out> {
+    /// `error` with `code` (one of `docs/worlds.md`), answering the
+    /// envelope whose id is `id`.
+    fn error(
+        &mut self,
+        code: &'static str,
+        message: impl Into<String>,
+        id: Option<Value>,
+    ) -> Vec<Out> {
         let message = message.into();
-        vec![self.send(ServerMsg::Error { message })]
+        vec![self.send(ServerMsg::Error { code, message, id })]
     }
 
     /// Receive: `max(local, r) + 1`. `r` is at most [`MAX_LAMPORT`] (the
@@ -274,7 +282,11 @@ impl Session {
 
     /// A binary message: the session socket speaks JSON text only.
     pub fn on_binary(&mut self) -> Vec<Out> {
-        self.error("the session socket takes JSON text messages")
+        self.error(
+            "bad_message",
+            "the session socket takes JSON text messages",
+            None,
+        )
     }
 
     /// One client text message at `now_ms`. `budget` is the user's and
@@ -293,21 +305,22 @@ impl Session {
         }
         let env = match envelope::parse_client(text) {
             Ok(e) => e,
-            Err(e) => return self.error(e.0),
+            Err(e) => return self.error("bad_message", e.message, e.id),
         };
+        let id = env.id;
         if !self.activated && env.msg != ClientMsg::Hello {
-            return self.error("send hello first");
+            return self.error("not_activated", "send hello first", id);
         }
         match env.msg {
             ClientMsg::Hello => {
                 if self.activated {
-                    return self.error("already activated");
+                    return self.error("already_activated", "already activated", id);
                 }
                 self.activated = true;
                 self.receive(env.lamport);
                 let user = self.user.clone();
                 let commands = self.commands.clone();
-                vec![self.send(ServerMsg::Welcome { user, commands })]
+                vec![self.send(ServerMsg::Welcome { user, commands, id })]
             }
             ClientMsg::Fork { world, command } => {
                 self.receive(env.lamport);
@@ -331,11 +344,11 @@ impl Session {
                     None
                 };
                 if let Some(reason) = reason {
-                    return vec![self.send(ServerMsg::ForkRefused { world, reason })];
+                    return vec![self.send(ServerMsg::ForkRefused { world, reason, id })];
                 }
                 match seal(&world, &command) {
-                    Some(cookie) => vec![self.send(ServerMsg::ForkCookie { world, cookie })],
-                    None => self.error("cannot make a cookie now"),
+                    Some(cookie) => vec![self.send(ServerMsg::ForkCookie { world, cookie, id })],
+                    None => self.error("unavailable", "cannot make a cookie now", id),
                 }
             }
             ClientMsg::World {
@@ -346,20 +359,34 @@ impl Session {
             } => {
                 let from = self.state(&world);
                 if from != Some(WorldState::Active) {
-                    return self.refuse_event(world, from, WorldState::Active, WorldEvent::Message);
+                    return self.refuse_event(
+                        world,
+                        from,
+                        WorldState::Active,
+                        WorldEvent::Message,
+                        id,
+                    );
                 }
                 let Some(w) = self.worlds.get_mut(&world) else {
-                    return self.error(format!("unknown world {world}"));
+                    return self.error("unknown_world", format!("unknown world {world}"), id);
                 };
                 let signed = envelope::signed_bytes(&world_text, env.lamport, &body);
                 // RFC 8032 verification (canonical `s`); the key itself was
                 // checked once (a point, not of small order), so the strict
                 // variant's per-message decompression of R buys nothing.
                 if w.key.verify(&signed, &Signature::from_bytes(&sig)).is_err() {
-                    return self.error(format!("bad signature for world {world}"));
+                    return self.error(
+                        "bad_signature",
+                        format!("bad signature for world {world}"),
+                        id,
+                    );
                 }
                 if w.last.is_some_and(|last| env.lamport <= last) {
-                    return self.error(format!("replayed lamport for world {world}"));
+                    return self.error(
+                        "replayed",
+                        format!("replayed lamport for world {world}"),
+                        id,
+                    );
                 }
                 w.last = Some(env.lamport);
                 self.receive(env.lamport);
@@ -373,10 +400,11 @@ impl Session {
                         from,
                         WorldState::Disconnecting,
                         WorldEvent::Disconnect,
+                        id,
                     );
                 }
                 self.receive(env.lamport);
-                self.end_world(world, budget)
+                self.end_world_answering(world, budget, id)
             }
         }
     }
@@ -390,10 +418,11 @@ impl Session {
         from: Option<WorldState>,
         to: WorldState,
         event: WorldEvent,
+        id: Option<Value>,
     ) -> Vec<Out> {
-        let message = match from {
-            None => format!("unknown world {world}"),
-            Some(_) => format!("world {world} is not active"),
+        let (code, message) = match from {
+            None => ("unknown_world", format!("unknown world {world}")),
+            Some(_) => ("world_not_active", format!("world {world} is not active")),
         };
         let illegal = Out::Illegal(IllegalTransition {
             world,
@@ -402,7 +431,7 @@ impl Session {
             event,
         });
         let mut out = vec![illegal];
-        out.extend(self.error(message));
+        out.extend(self.error(code, message, id));
         out
     }
 
@@ -412,12 +441,23 @@ impl Session {
     /// it twice), only [`Out::Illegal`]. The world is given back to
     /// `budget` when it is forgotten.
     pub fn end_world(&mut self, world: WorldId, budget: &mut dyn Budget) -> Vec<Out> {
+        self.end_world_answering(world, budget, None)
+    }
+
+    /// [`Session::end_world`], the `disconnect` sent carrying `id` (the
+    /// client `disconnect` it answers).
+    fn end_world_answering(
+        &mut self,
+        world: WorldId,
+        budget: &mut dyn Budget,
+        id: Option<Value>,
+    ) -> Vec<Out> {
         if let Err(e) = self.transition(&world, WorldState::Disconnecting) {
             return vec![Out::Illegal(e)];
         }
         let mut out = vec![Out::EndWorld(world)];
         if !self.closed {
-            out.push(self.send(ServerMsg::Disconnect { world }));
+            out.push(self.send(ServerMsg::Disconnect { world, id }));
         }
         match self.transition(&world, WorldState::Disconnected) {
             Ok(()) => {
@@ -609,9 +649,9 @@ mod tests {
     }
 
     fn hello(s: &mut Session, b: &mut dyn Budget) {
-        let out = feed(s, b, serde_json::json!({"t":"hello","lamport":5}), 0);
+        let out = feed(s, b, serde_json::json!({"type":"hello","lamport":5}), 0);
         let v = text(&out);
-        assert_eq!(v["t"], "welcome");
+        assert_eq!(v["type"], "welcome");
         assert_eq!(v["user"], "alice");
         assert_eq!(v["lamport"], 7, "receive 5 -> 6, send -> 7");
         assert_eq!(v["commands"][0]["code"], "/world/echo.js");
@@ -620,8 +660,104 @@ mod tests {
     fn signed(k: &SigningKey, lamport: u64, body: &str) -> serde_json::Value {
         let w = wid(k).encode();
         let sig = k.sign(&envelope::signed_bytes(&w, lamport, body));
-        serde_json::json!({"t":"world","world":w,"lamport":lamport,"body":body,
+        serde_json::json!({"type":"world","world":w,"lamport":lamport,"body":body,
             "sig": super::super::b64_encode(&sig.to_bytes())})
+    }
+
+    #[test]
+    fn answers_echo_the_id_and_errors_have_codes() {
+        use serde_json::json;
+        let (mut s, mut b) = session();
+        let err = |out: &[Out]| {
+            let v = text(out);
+            assert_eq!(v["type"], "error", "{v}");
+            assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+            (v["code"].as_str().unwrap().to_owned(), v.get("id").cloned())
+        };
+        let e = |code: &str, id: Option<Value>| (code.to_owned(), id);
+        let out = feed(&mut s, &mut b, json!({"type":"fork","lamport":1,"id":1}), 0);
+        assert_eq!(err(&out), e("bad_message", Some(json!(1))));
+        let k = key(1);
+        let fork =
+            json!({"type":"fork","lamport":1,"world":wid(&k).encode(),"command":"echo","id":"f"});
+        let out = feed(&mut s, &mut b, fork.clone(), 0);
+        assert_eq!(err(&out), e("not_activated", Some(json!("f"))));
+        let out = feed(&mut s, &mut b, json!({"t":"hello","lamport":1,"id":2}), 0);
+        assert_eq!(err(&out), e("bad_message", Some(json!(2))));
+        let out = feed(
+            &mut s,
+            &mut b,
+            json!({"type":"hello","lamport":1,"id":3}),
+            0,
+        );
+        let v = text(&out);
+        assert_eq!((&v["type"], &v["id"]), (&json!("welcome"), &json!(3)));
+        let out = feed(&mut s, &mut b, json!({"type":"hello","lamport":1}), 0);
+        assert_eq!(err(&out), e("already_activated", None));
+        let v = text(&feed(&mut s, &mut b, fork.clone(), 0));
+        assert_eq!((&v["type"], &v["id"]), (&json!("fork-cookie"), &json!("f")));
+        let mut unknown = fork;
+        unknown["command"] = json!("nope");
+        let v = text(&feed(&mut s, &mut b, unknown, 0));
+        assert_eq!(
+            (&v["type"], &v["reason"], &v["id"]),
+            (
+                &json!("fork-refused"),
+                &json!("unknown_command"),
+                &json!("f")
+            )
+        );
+        let mut msg = signed(&k, 10, "x");
+        msg["id"] = json!(4);
+        assert_eq!(
+            err(&feed(&mut s, &mut b, msg, 0)),
+            e("unknown_world", Some(json!(4)))
+        );
+        s.activate_world(wk(&k), &mut b).unwrap();
+        let mut msg = signed(&k, 10, "x");
+        msg["body"] = json!("y");
+        msg["id"] = json!(5);
+        assert_eq!(
+            err(&feed(&mut s, &mut b, msg, 0)),
+            e("bad_signature", Some(json!(5)))
+        );
+        // The id is not signed: a world message with one is forwarded.
+        let mut msg = signed(&k, 10, "x");
+        msg["id"] = json!(6);
+        let out = feed(&mut s, &mut b, msg.clone(), 0);
+        assert!(matches!(&out[..], [Out::Forward { .. }]), "{out:?}");
+        assert_eq!(
+            err(&feed(&mut s, &mut b, msg, 0)),
+            e("replayed", Some(json!(6)))
+        );
+        let other = wid(&key(2)).encode();
+        let out = feed(
+            &mut s,
+            &mut b,
+            json!({"type":"disconnect","lamport":20,"world":other,"id":7}),
+            0,
+        );
+        assert_eq!(err(&out), e("unknown_world", Some(json!(7))));
+        let w = wid(&k).encode();
+        let out = feed(
+            &mut s,
+            &mut b,
+            json!({"type":"disconnect","lamport":21,"world":w,"id":8}),
+            0,
+        );
+        let sent: Vec<Value> = out
+            .iter()
+            .filter_map(|o| match o {
+                Out::Send(t) => serde_json::from_str(t).ok(),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(sent.len(), 1, "{out:?}");
+        assert_eq!(
+            (&sent[0]["type"], &sent[0]["id"]),
+            (&json!("disconnect"), &json!(8))
+        );
+        assert_eq!(err(&s.on_binary()), e("bad_message", None));
     }
 
     #[test]
@@ -646,10 +782,10 @@ mod tests {
         let out = feed(
             &mut s,
             &mut b,
-            serde_json::json!({"t":"fork","lamport":1,"world":wid(&k).encode(),"command":"echo"}),
+            serde_json::json!({"type":"fork","lamport":1,"world":wid(&k).encode(),"command":"echo"}),
             0,
         );
-        assert_eq!(text(&out)["t"], "error");
+        assert_eq!(text(&out)["type"], "error");
     }
 
     #[test]
@@ -660,7 +796,7 @@ mod tests {
             text(&feed(
                 s,
                 b,
-                serde_json::json!({"t":"fork","lamport":1,"world":wid(k).encode(),"command":cmd}),
+                serde_json::json!({"type":"fork","lamport":1,"world":wid(k).encode(),"command":cmd}),
                 now,
             ))
         };
@@ -668,13 +804,19 @@ mod tests {
             fork(&mut s, &mut b, &key(1), "nope", 0)["reason"],
             "unknown_command"
         );
-        assert_eq!(fork(&mut s, &mut b, &key(1), "echo", 0)["t"], "fork-cookie");
+        assert_eq!(
+            fork(&mut s, &mut b, &key(1), "echo", 0)["type"],
+            "fork-cookie"
+        );
         s.activate_world(wk(&key(1)), &mut b).unwrap();
         assert_eq!(
             fork(&mut s, &mut b, &key(1), "echo", 0)["reason"],
             "duplicate"
         );
-        assert_eq!(fork(&mut s, &mut b, &key(2), "echo", 0)["t"], "fork-cookie");
+        assert_eq!(
+            fork(&mut s, &mut b, &key(2), "echo", 0)["type"],
+            "fork-cookie"
+        );
         s.activate_world(wk(&key(2)), &mut b).unwrap();
         assert_eq!(fork(&mut s, &mut b, &key(3), "echo", 0)["reason"], "limit");
         assert_eq!(
@@ -682,11 +824,14 @@ mod tests {
             Err(ActivateError::Limit)
         );
         let _ = s.end_world(wid(&key(2)), &mut b);
-        assert_eq!(fork(&mut s, &mut b, &key(3), "echo", 0)["t"], "fork-cookie");
+        assert_eq!(
+            fork(&mut s, &mut b, &key(3), "echo", 0)["type"],
+            "fork-cookie"
+        );
         // Three tokens per minute, all spent.
         assert_eq!(fork(&mut s, &mut b, &key(4), "echo", 0)["reason"], "rate");
         assert_eq!(
-            fork(&mut s, &mut b, &key(4), "echo", 20_001)["t"],
+            fork(&mut s, &mut b, &key(4), "echo", 20_001)["type"],
             "fork-cookie"
         );
     }
@@ -702,7 +847,7 @@ mod tests {
         hello(&mut s2, &mut b);
         hello(&mut s3, &mut other);
         let fork = |s: &mut Session, b: &mut UserBudget, n: u8| {
-            let msg = serde_json::json!({"t":"fork","lamport":1,"world":wid(&key(n)).encode(),"command":"echo"});
+            let msg = serde_json::json!({"type":"fork","lamport":1,"world":wid(&key(n)).encode(),"command":"echo"});
             let v = text(&feed(s, b, msg, 0));
             v["reason"].as_str().unwrap_or("cookie").to_owned()
         };
@@ -766,10 +911,10 @@ mod tests {
         hello(&mut s2, &mut b2);
         let k = key(1);
         let fork = |s: &mut Session, b: &mut SocketBudget<'_>| {
-            let msg = serde_json::json!({"t":"fork","lamport":1,"world":wid(&k).encode(),"command":"echo"});
+            let msg = serde_json::json!({"type":"fork","lamport":1,"world":wid(&k).encode(),"command":"echo"});
             text(&feed(s, b, msg, 0))
         };
-        assert_eq!(fork(&mut s1, &mut b1)["t"], "fork-cookie");
+        assert_eq!(fork(&mut s1, &mut b1)["type"], "fork-cookie");
         s1.activate_world(wk(&k), &mut b1).unwrap();
         // The key is active on socket 1: refused for socket 2 (another
         // user), at fork and at activation, and nothing is counted.
@@ -808,26 +953,26 @@ mod tests {
         assert_eq!(s.lamport(), 11);
         // Replay, and an older lamport.
         assert_eq!(
-            text(&feed(&mut s, &mut b, signed(&k, 10, "hi"), 0))["t"],
+            text(&feed(&mut s, &mut b, signed(&k, 10, "hi"), 0))["type"],
             "error"
         );
         assert_eq!(
-            text(&feed(&mut s, &mut b, signed(&k, 9, "x"), 0))["t"],
+            text(&feed(&mut s, &mut b, signed(&k, 9, "x"), 0))["type"],
             "error"
         );
         // Signed by another world's key.
         let mut forged = signed(&other, 11, "x");
         forged["world"] = wid(&k).encode().into();
-        assert_eq!(text(&feed(&mut s, &mut b, forged, 0))["t"], "error");
+        assert_eq!(text(&feed(&mut s, &mut b, forged, 0))["type"], "error");
         // A world this socket does not have.
         assert_eq!(
-            text(&feed(&mut s, &mut b, signed(&other, 12, "x"), 0))["t"],
+            text(&feed(&mut s, &mut b, signed(&other, 12, "x"), 0))["type"],
             "error"
         );
         // The body or lamport changed after signing.
         let mut changed = signed(&k, 13, "x");
         changed["body"] = "y".into();
-        assert_eq!(text(&feed(&mut s, &mut b, changed, 0))["t"], "error");
+        assert_eq!(text(&feed(&mut s, &mut b, changed, 0))["type"], "error");
         assert!(matches!(
             feed(&mut s, &mut b, signed(&k, 13, "x"), 0).first(),
             Some(Out::Forward { .. })
@@ -856,7 +1001,7 @@ mod tests {
         let out = feed(
             &mut s,
             &mut b,
-            serde_json::json!({"t":"disconnect","lamport":50,"world":w.encode()}),
+            serde_json::json!({"type":"disconnect","lamport":50,"world":w.encode()}),
             0,
         );
         assert_eq!(out.first(), Some(&Out::EndWorld(w)));
@@ -867,7 +1012,7 @@ mod tests {
         // (not even the clock takes its stamp).
         let before = s.lamport();
         let out = feed(&mut s, &mut b, signed(&k, 60, "x"), 0);
-        assert_eq!(text(&out)["t"], "error");
+        assert_eq!(text(&out)["type"], "error");
         let illegal = |to, event| {
             Out::Illegal(IllegalTransition {
                 world: w,
@@ -887,10 +1032,10 @@ mod tests {
         let out = feed(
             &mut s,
             &mut b,
-            serde_json::json!({"t":"disconnect","lamport":70,"world":w.encode()}),
+            serde_json::json!({"type":"disconnect","lamport":70,"world":w.encode()}),
             0,
         );
-        assert_eq!(text(&out)["t"], "error");
+        assert_eq!(text(&out)["type"], "error");
         assert_eq!(
             out.first(),
             Some(&illegal(WorldState::Disconnecting, WorldEvent::Disconnect))
@@ -908,17 +1053,17 @@ mod tests {
         let out = feed(
             &mut s,
             &mut b,
-            serde_json::json!({"t":"hello","lamport":1u64 << 53}),
+            serde_json::json!({"type":"hello","lamport":1u64 << 53}),
             0,
         );
-        assert_eq!(text(&out)["t"], "error");
+        assert_eq!(text(&out)["type"], "error");
         assert!(!s.is_activated());
         hello(&mut s, &mut b);
         let k = key(1);
         s.activate_world(wk(&k), &mut b).unwrap();
         let before = s.lamport();
         let out = feed(&mut s, &mut b, signed(&k, u64::MAX, "x"), 0);
-        assert_eq!(text(&out)["t"], "error");
+        assert_eq!(text(&out)["type"], "error");
         assert_eq!(s.lamport(), before + 1, "only the error's stamp");
         // The largest stamp is accepted, but leaves the server none to
         // send with: the socket closes rather than stamp above it.
@@ -937,7 +1082,7 @@ mod tests {
         let out = feed(
             &mut s,
             &mut b,
-            serde_json::json!({"t":"hello","lamport":MAX_LAMPORT}),
+            serde_json::json!({"type":"hello","lamport":MAX_LAMPORT}),
             0,
         );
         assert_eq!(
@@ -950,7 +1095,7 @@ mod tests {
         assert!(feed(
             &mut s,
             &mut b,
-            serde_json::json!({"t":"hello","lamport":1}),
+            serde_json::json!({"type":"hello","lamport":1}),
             0
         )
         .is_empty());
@@ -966,7 +1111,7 @@ mod tests {
         let out = feed(
             &mut s,
             &mut b,
-            serde_json::json!({"t":"fork","lamport":9,"world":WorldId(id).encode(),"command":"echo"}),
+            serde_json::json!({"type":"fork","lamport":9,"world":WorldId(id).encode(),"command":"echo"}),
             0,
         );
         assert_eq!(text(&out)["reason"], "bad_key");
