@@ -35,11 +35,15 @@ class AuthSigma:
             )
         cfg = base / "sigma.toml"
         cfg.write_text(config)
+        self._cmd = [binary(), "serve", "--config", str(cfg), "--pipeline", "T127.0.0.1:0[HA]",
+                     "--data", str(data)]
         self.stderr_path = base / "stderr"
+        self._cookies = {}
+        self._start()
+
+    def _start(self):
         self.proc = subprocess.Popen(
-            [binary(), "serve", "--config", str(cfg), "--pipeline", "T127.0.0.1:0[HA]",
-             "--data", str(data)],
-            stdout=subprocess.PIPE, stderr=open(self.stderr_path, "w"), text=True,
+            self._cmd, stdout=subprocess.PIPE, stderr=open(self.stderr_path, "a"), text=True,
         )
         self.addr = None
         for line in self.proc.stdout:
@@ -50,7 +54,13 @@ class AuthSigma:
         self.host, port = self.addr.rsplit(":", 1)
         self.port = int(port)
         self.origin = f"http://{self.addr}"
-        self._cookies = {}
+
+    def restart(self):
+        """Kills the process and starts it again on the same data (a new
+        port; the sessions survive in the store)."""
+        self.proc.kill()
+        self.proc.wait()
+        self._start()
 
     def url(self, path):
         return f"ws://{self.addr}{path}"

@@ -91,6 +91,7 @@ pub fn error_message(code: &str) -> &'static str {
         "invalid_token" => "the bearer token is not valid",
         "message_too_large" => "the message is larger than the server accepts",
         "method_not_allowed" => "this method is not allowed here",
+        "not_acceptable" => "GET here streams server-sent events: send Accept: text/event-stream",
         "not_found" => "not found",
         "slow_consumer" => "the connection is not keeping up",
         "store_unavailable" | "unavailable" => {

@@ -575,7 +575,7 @@ impl<'a> Dispatch<'a> {
         }
         if let (Target::Route(r), true) = (&target, streams) {
             let r = r.clone();
-            return self.start_stream(tagged, &r, &via, client.ip);
+            return self.start_stream(tagged, &r, &via, session, client.ip);
         }
         if declared_over(max_body, &tagged.msg) {
             return self.refuse_body();
@@ -654,6 +654,7 @@ impl<'a> Dispatch<'a> {
         req: Tagged<RequestHead>,
         route: &RouteRef,
         via: &Via,
+        session: Option<crate::store::SessionId>,
         ip: std::net::IpAddr,
     ) {
         let expected = req.identity.clone();
@@ -694,6 +695,14 @@ impl<'a> Dispatch<'a> {
         let metrics = std::sync::Arc::clone(&self.ctx.metrics);
         let peer = self.peer;
         let started = Instant::now();
+        // An open-ended response (an event stream) authenticated by a login
+        // session ends when the session does, as its sockets do.
+        let revocable = match (&self.ctx.auth, session, &expected) {
+            (Some(a), Some(id), Some(who)) => {
+                Some((std::sync::Arc::clone(a), id, who.user.clone()))
+            }
+            _ => None,
+        };
         self.outbox.push_later(Box::pin(async move {
             let t = fut.await;
             metrics.latency(started.elapsed());
@@ -705,7 +714,12 @@ impl<'a> Dispatch<'a> {
             };
             match msg {
                 Streamed::Whole(r) => Outgoing::Reply(Reply::Response(r)),
-                Streamed::Stream { head, body } => Outgoing::Stream(head, body),
+                Streamed::Stream { head, body } => match revocable {
+                    Some((auth, id, user)) if head.content_length.is_none() => {
+                        Outgoing::Stream(head, ends_with_session(body, &auth, &id, &user))
+                    }
+                    _ => Outgoing::Stream(head, body),
+                },
                 Streamed::IdentityMismatch => {
                     metrics.mismatch(Dropped::Reply, &peer);
                     Outgoing::Reply(Reply::Response(plain(502, "bad gateway\n")))
@@ -1198,3 +1212,30 @@ fn ws_len(m: &WsMessage) -> usize {
 
 /// A small text response (one definition, in `sigma-core`).
 pub use sigma_core::response::plain;
+
+/// `body`, cut off (the connection aborted) once the login session `id`
+/// ends (logout, expiry, user deleted): registered with `A` like a
+/// socket, whose 4401 it stands for.
+fn ends_with_session(
+    body: sigma_core::BodyStream,
+    auth: &auth::Auth,
+    id: &crate::store::SessionId,
+    user: &str,
+) -> sigma_core::BodyStream {
+    use futures_util::StreamExt;
+    let (push, rx) = ws_push_queue();
+    let registration = auth.sessions.register_socket(id, user, push.closer());
+    let state = Some((body, rx, registration, push));
+    Box::pin(futures_util::stream::unfold(state, |state| async move {
+        let (mut body, mut rx, registration, push) = state?;
+        tokio::select! {
+            biased;
+            // Only the revocation mark wakes it: the sender is held here.
+            _ = rx.recv() => Some((Err(()), None)),
+            piece = body.next() => {
+                let piece = piece?;
+                Some((piece, Some((body, rx, registration, push))))
+            }
+        }
+    }))
+}

@@ -81,7 +81,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
 use futures_util::FutureExt;
 use serde::{Deserialize, Deserializer};
 use serde_json::{json, Value};
-use sigma_core::response::{json_error, json_response};
+use sigma_core::response::{json_error, json_error_with, json_response};
 use sigma_core::{Principal, Tagged};
 use sigma_http::{Header, Method, Response, Utf8Bytes, WsMessage};
 
@@ -1462,12 +1462,10 @@ impl Broadcast {
 }
 
 fn too_large(max_message: usize) -> Response {
-    json_response(
+    json_error_with(
         413,
-        json!({
-            "error": Refusal::MessageTooLarge.code(),
-            "max_message": max_message,
-        }),
+        Refusal::MessageTooLarge.code(),
+        json!({ "max_message": max_message }),
     )
 }
 
