@@ -140,6 +140,26 @@ pub trait Broker: Send + Sync + 'static {
     fn available(&self) -> bool {
         true
     }
+
+    /// Socket `member` of `user` subscribed to `channel` on this node
+    /// (presence across nodes). Default: nothing (one node's hub counts
+    /// its own).
+    fn presence_join(&self, channel: &str, member: u64, user: &str) {
+        let _ = (channel, member, user);
+    }
+
+    /// Socket `member` left `channel` on this node.
+    fn presence_leave(&self, channel: &str, member: u64) {
+        let _ = (channel, member);
+    }
+
+    /// The users subscribed to `channel` on every node, each with its
+    /// number of sockets, in name order; `None` when the broker keeps no
+    /// presence (one node: the hub answers from its own subscribers).
+    fn presence(&self, channel: &str) -> Option<BrokerFuture<Vec<(String, u32)>>> {
+        let _ = channel;
+        None
+    }
 }
 
 /// How a channel keeps its publications (its rule's `history_size` and
@@ -172,6 +192,11 @@ impl Keep {
 /// recovering client then finds a gap and is told `recovered: false`)
 /// until older ones expire: memory stays bounded whatever is published.
 pub const DEFAULT_HISTORY_BYTES: usize = 64 << 20;
+
+/// Streams that outlive their last subscriber at once, at most: beyond
+/// it the oldest are forgotten early (their clients get `recovered:
+/// false`), so that leaving many channels cannot hold memory.
+pub const MAX_LINGERING: usize = 65_536;
 
 /// What one kept publication costs beyond its payload (its place in the
 /// queue, its position, its time), charged to the budget.
@@ -324,6 +349,25 @@ impl MemoryBroker {
     /// (an unsubscribe may come from under a stream's lock).
     fn sweep(&self) {
         let now = (self.clock)();
+        // Too many left behind (subscribe / publish / leave in a loop):
+        // the oldest are forgotten before their time.
+        loop {
+            let name = {
+                let mut q = lock(&self.lingering);
+                if q.len() <= MAX_LINGERING {
+                    break;
+                }
+                match q.pop_front() {
+                    Some((_, n)) => n,
+                    None => break,
+                }
+            };
+            if let Some(cell) = self.cell(&name) {
+                if !cell.subscribed.load(Ordering::Acquire) {
+                    self.forget(&name, &cell);
+                }
+            }
+        }
         loop {
             let (name, cell) = {
                 let mut q = lock(&self.lingering);
@@ -394,6 +438,22 @@ impl MemoryBroker {
         let cells: Vec<Arc<Cell>> = read(&self.streams).values().cloned().collect();
         for cell in cells {
             self.expire(&mut lock(&cell.stream), now);
+        }
+    }
+
+    /// Drops a lingering stream now, its history with it. No lock held.
+    fn forget(&self, name: &str, cell: &Arc<Cell>) {
+        {
+            let mut st = lock(&cell.stream);
+            cell.dead.store(true, Ordering::Release);
+            let n = st.bytes;
+            st.history.clear();
+            st.bytes = 0;
+            self.release(n);
+        }
+        let mut map = write(&self.streams);
+        if map.get(name).is_some_and(|c| Arc::ptr_eq(c, cell)) {
+            map.remove(name);
         }
     }
 
@@ -529,12 +589,25 @@ impl Broker for MemoryBroker {
 
     fn unsubscribe(&self, channel: &str) {
         // Called from a handler too, under this channel's stream lock:
-        // only flags and the lingering queue here; `sweep` forgets it.
-        if let Some(cell) = self.cell(channel) {
-            if cell.subscribed.swap(false, Ordering::AcqRel) {
-                lock(&self.lingering).push_back(((self.clock)(), channel.to_owned()));
-            }
+        // flags, the map and the lingering queue only (none of them is
+        // held by anyone who then takes a stream's lock); `sweep` forgets
+        // a stream that lingers.
+        let Some(cell) = self.cell(channel) else {
+            return;
+        };
+        if !cell.subscribed.swap(false, Ordering::AcqRel) {
+            return;
         }
+        if cell.ttl_ms.load(Ordering::Acquire) == 0 {
+            // It never kept anything: nothing to come back for.
+            cell.dead.store(true, Ordering::Release);
+            let mut map = write(&self.streams);
+            if map.get(channel).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+                map.remove(channel);
+            }
+            return;
+        }
+        lock(&self.lingering).push_back(((self.clock)(), channel.to_owned()));
     }
 
     fn publish(
@@ -637,6 +710,36 @@ mod tests {
         assert_eq!(offset(b.publish_now("c", x(), KEEP)), None);
         b.subscribe("c").unwrap();
         assert_ne!(b.history_now("c", None, 0).position.epoch, epoch);
+    }
+
+    #[test]
+    fn leaving_many_channels_cannot_hold_memory() {
+        let (clock, _) = fake_clock();
+        let b = MemoryBroker::with_budget(Weak::<Count>::new(), DEFAULT_HISTORY_BYTES, clock);
+        // Without history: forgotten at once, no sweep needed.
+        b.subscribe("plain").unwrap();
+        b.publish_now("plain", x(), Keep::NONE);
+        b.unsubscribe("plain");
+        assert_eq!(b.channel_count(), 0);
+        assert_eq!(b.publish_now("plain", x(), Keep::NONE), None);
+        // With history: they linger, but not more than MAX_LINGERING.
+        for i in 0..MAX_LINGERING + 100 {
+            let c = format!("c{i}");
+            b.subscribe(&c).unwrap();
+            b.publish_now(&c, x(), KEEP);
+            b.unsubscribe(&c);
+        }
+        b.sweep();
+        assert!(b.channel_count() <= MAX_LINGERING, "{}", b.channel_count());
+        // The oldest went first, their budget bytes with them.
+        assert_eq!(b.history_now("c0", None, 10).position.offset, 0);
+        assert_eq!(
+            b.history_now(&format!("c{}", MAX_LINGERING + 99), None, 10)
+                .publications
+                .len(),
+            1
+        );
+        assert_eq!(b.history_bytes(), b.channel_count() * (1 + ENTRY_OVERHEAD));
     }
 
     #[test]

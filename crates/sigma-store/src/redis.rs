@@ -165,6 +165,61 @@ struct Inner {
     /// The bytes of the publishes queued or in flight
     /// ([`PUBLISH_QUEUE_BYTES`]).
     queued_bytes: AtomicUsize,
+    /// This process among the nodes (random), in presence entries.
+    node: u64,
+    /// Presence changes, applied in order by one task.
+    presence: mpsc::Sender<PresenceOp>,
+}
+
+/// How long a presence entry lives unless its node refreshes it: a node
+/// that dies leaves its subscribers listed this long at most.
+pub const PRESENCE_TTL: Duration = Duration::from_secs(60);
+
+/// Presence changes queued for Redis, at most; beyond it a change is
+/// dropped (an entry that should go expires within [`PRESENCE_TTL`]).
+const PRESENCE_QUEUE: usize = 8192;
+
+/// One presence change: a member's entry in a channel's sorted set
+/// (score: when it expires, in Unix milliseconds).
+enum PresenceOp {
+    Add { key: String, entry: String },
+    Remove { key: String, entry: String },
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn presence_expiry() -> u64 {
+    unix_ms().saturating_add(u64::try_from(PRESENCE_TTL.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Applies presence changes in the order they were made, pipelined.
+async fn presence_writer(inner: Weak<Inner>, mut rx: mpsc::Receiver<PresenceOp>) {
+    let mut batch = Vec::with_capacity(BATCH);
+    while rx.recv_many(&mut batch, BATCH).await > 0 {
+        let Some(me) = inner.upgrade() else { return };
+        let mut pipe = redis::pipe();
+        let expiry = presence_expiry();
+        for op in batch.drain(..) {
+            match op {
+                PresenceOp::Add { key, entry } => {
+                    pipe.cmd("ZADD").arg(&key).arg(expiry).arg(entry).ignore();
+                    pipe.cmd("PEXPIRE")
+                        .arg(&key)
+                        .arg(PRESENCE_TTL.as_millis() as u64)
+                        .ignore();
+                }
+                PresenceOp::Remove { key, entry } => {
+                    pipe.cmd("ZREM").arg(key).arg(entry).ignore();
+                }
+            }
+        }
+        // A failure loses these changes: stale entries expire.
+        let _ = me.query::<()>(&pipe).await;
+    }
 }
 
 /// The command connection, when connecting last failed, and how long to
@@ -229,6 +284,7 @@ impl Cluster {
         let client = redis::Client::open(url)
             .map_err(|e| ClusterError(format!("not a Redis URL (redis://host:port/db): {e}")))?;
         let seed = std::collections::hash_map::RandomState::new();
+        let (presence_tx, presence_rx) = mpsc::channel(PRESENCE_QUEUE);
         let inner = Arc::new(Inner {
             client,
             target: redacted(url),
@@ -243,9 +299,12 @@ impl Cluster {
             next_epoch: AtomicU64::new(std::hash::BuildHasher::hash_one(&seed, 0u8) >> 11),
             ping_every,
             queued_bytes: AtomicUsize::new(0),
+            node: std::hash::BuildHasher::hash_one(&seed, 1u8),
+            presence: presence_tx,
         });
         let (jobs, rx) = mpsc::channel(PUBLISH_QUEUE);
         tokio::spawn(publisher(Arc::clone(&inner), rx));
+        tokio::spawn(presence_writer(Arc::downgrade(&inner), presence_rx));
         tokio::spawn(pubsub(Arc::downgrade(&inner)));
         tokio::spawn(keep_alive(Arc::downgrade(&inner)));
         Ok(Self { inner, jobs })
@@ -287,6 +346,7 @@ impl Cluster {
         let shared = Arc::new(BrokerShared {
             handler,
             subscribed: RwLock::new(HashSet::new()),
+            present: std::sync::Mutex::new(HashMap::new()),
         });
         self.inner
             .brokers
@@ -532,7 +592,7 @@ async fn publisher(inner: Arc<Inner>, mut rx: mpsc::Receiver<Job>) {
 /// restarting at 1 under its subscribers' feet.
 async fn keep_alive(inner: Weak<Inner>) {
     let every = match inner.upgrade() {
-        Some(me) => (me.ttl / 3).max(Duration::from_millis(300)),
+        Some(me) => (me.ttl.min(PRESENCE_TTL) / 3).max(Duration::from_millis(300)),
         None => return,
     };
     loop {
@@ -560,6 +620,60 @@ async fn keep_alive(inner: Weak<Inner>) {
                 break;
             }
         }
+        // This node's presence entries live on; expired ones (of nodes
+        // that died) go.
+        let present: Vec<(String, Vec<String>)> = {
+            let map = me.brokers.read().unwrap_or_else(PoisonError::into_inner);
+            map.iter()
+                .filter_map(|(ns, b)| Some((ns, b.upgrade()?)))
+                .flat_map(|(ns, b)| {
+                    let present = b.present.lock().unwrap_or_else(PoisonError::into_inner);
+                    present
+                        .iter()
+                        .map(|(c, members)| {
+                            let entries = members
+                                .iter()
+                                .map(|(id, user)| me.presence_entry(*id, user))
+                                .collect();
+                            (me.presence_key(ns, c), entries)
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        };
+        let expiry = presence_expiry();
+        for chunk in present.chunks(BATCH) {
+            let mut pipe = redis::pipe();
+            for (key, entries) in chunk {
+                for e in entries {
+                    pipe.cmd("ZADD").arg(key).arg(expiry).arg(e).ignore();
+                }
+                pipe.cmd("ZREMRANGEBYSCORE")
+                    .arg(key)
+                    .arg("-inf")
+                    .arg(unix_ms())
+                    .ignore();
+                pipe.cmd("PEXPIRE")
+                    .arg(key)
+                    .arg(PRESENCE_TTL.as_millis() as u64)
+                    .ignore();
+            }
+            if me.query::<()>(&pipe).await.is_err() {
+                break;
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn presence_key(&self, namespace: &str, channel: &str) -> String {
+        format!("{}pr{namespace}/{channel}", self.prefix)
+    }
+
+    /// `node|member|user`: unique per socket, the user last (it may
+    /// hold any character but a line break).
+    fn presence_entry(&self, member: u64, user: &str) -> String {
+        format!("{:x}|{member}|{user}", self.node)
     }
 }
 
@@ -657,6 +771,9 @@ struct BrokerShared {
     handler: Weak<dyn BrokerHandler>,
     /// The channels this node's hub listens to.
     subscribed: RwLock<HashSet<String>>,
+    /// This node's members in each channel, with their users: presence,
+    /// refreshed by `keep_alive`.
+    present: std::sync::Mutex<HashMap<String, HashMap<u64, String>>>,
 }
 
 impl BrokerShared {
@@ -839,7 +956,78 @@ impl Broker for RedisBroker {
     fn available(&self) -> bool {
         self.inner.pubsub_up.load(Ordering::Acquire)
     }
+
+    fn presence_join(&self, channel: &str, member: u64, user: &str) {
+        self.shared
+            .present
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(channel.to_owned())
+            .or_default()
+            .insert(member, user.to_owned());
+        let op = PresenceOp::Add {
+            key: self.inner.presence_key(&self.namespace, channel),
+            entry: self.inner.presence_entry(member, user),
+        };
+        let _ = self.inner.presence.try_send(op);
+    }
+
+    fn presence_leave(&self, channel: &str, member: u64) {
+        let user = {
+            let mut present = self
+                .shared
+                .present
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let Some(members) = present.get_mut(channel) else {
+                return;
+            };
+            let user = members.remove(&member);
+            if members.is_empty() {
+                present.remove(channel);
+            }
+            user
+        };
+        if let Some(user) = user {
+            let op = PresenceOp::Remove {
+                key: self.inner.presence_key(&self.namespace, channel),
+                entry: self.inner.presence_entry(member, &user),
+            };
+            let _ = self.inner.presence.try_send(op);
+        }
+    }
+
+    fn presence(&self, channel: &str) -> Option<BrokerFuture<Vec<(String, u32)>>> {
+        let key = self.inner.presence_key(&self.namespace, channel);
+        let inner = Arc::clone(&self.inner);
+        Some(Box::pin(async move {
+            let mut pipe = redis::pipe();
+            pipe.cmd("ZRANGEBYSCORE")
+                .arg(&key)
+                .arg(unix_ms())
+                .arg("+inf")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(MAX_PRESENCE);
+            let (entries,): (Vec<String>,) = inner.query(&pipe).await?;
+            let mut users: HashMap<String, u32> = HashMap::new();
+            for e in entries {
+                let mut parts = e.splitn(3, '|');
+                if let (Some(_), Some(_), Some(user)) = (parts.next(), parts.next(), parts.next()) {
+                    let n = users.entry(user.to_owned()).or_insert(0);
+                    *n = n.saturating_add(1);
+                }
+            }
+            let mut users: Vec<(String, u32)> = users.into_iter().collect();
+            users.sort();
+            Ok(users)
+        }))
+    }
 }
+
+/// The most connections one presence answer counts (a channel with more
+/// subscribers is answered for the first this many).
+pub const MAX_PRESENCE: usize = 10_000;
 
 #[cfg(test)]
 pub(crate) mod tests {

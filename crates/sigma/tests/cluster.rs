@@ -865,6 +865,89 @@ fn broadcast_crosses_nodes_in_one_order_with_the_right_from() {
 }
 
 #[test]
+fn presence_history_and_recovery_span_the_nodes() {
+    let Some(db) = PgDb::create() else { return };
+    let Some(redis) = RedisNs::create() else {
+        return;
+    };
+    let (_dir, cfg) = config_file(&db.url());
+    add_user(&cfg, "alice");
+    add_user(&cfg, "bob");
+    let a = cluster_node(&db.url(), &redis.url, &redis.prefix, "");
+    let b = cluster_node(&db.url(), &redis.url, &redis.prefix, "");
+    let alice = login(a.addr(), "alice");
+    let bob = login(b.addr(), "bob");
+    let _alice_a = subscriber(a.addr(), &alice, "public:lobby");
+    let _alice_b = subscriber(b.addr(), &alice, "public:lobby");
+    let mut bob_b = subscriber(b.addr(), &bob, "public:lobby");
+    // Presence counts every node's sockets (its writes are asynchronous:
+    // asked until they are in).
+    let want = json!([{"user": "alice", "connections": 2}, {"user": "bob", "connections": 1}]);
+    let mut asker = subscriber(a.addr(), &alice, "public:ask");
+    eventually(Duration::from_secs(10), "presence of both nodes", || {
+        asker.send(&json!({"type": "presence", "channel": "public:lobby", "id": 1}));
+        let p = asker.recv();
+        assert_eq!(
+            (&p["type"], &p["id"]),
+            (&json!("presence"), &json!(1)),
+            "{p}"
+        );
+        (p["users"] == want).then_some(())
+    });
+    // bob leaves node B; what is published meanwhile on A he recovers
+    // on A, in one epoch shared by the nodes.
+    let m = {
+        assert_eq!(
+            http_publish(a.addr(), &alice, "public:lobby", &json!(1)).status,
+            202
+        );
+        bob_b.recv()
+    };
+    drop(bob_b);
+    for i in 2..=4 {
+        assert_eq!(
+            http_publish(b.addr(), &alice, "public:lobby", &json!(i)).status,
+            202
+        );
+    }
+    let mut ws = Ws::open(
+        a.addr(),
+        "/broadcast",
+        &format!("Cookie: {bob}\r\nOrigin: http://{}\r\n", a.addr()),
+    );
+    let since = json!({"seq": m["seq"], "epoch": epoch_of(&mut asker, "public:lobby")});
+    ws.send(&json!({"type": "subscribe", "channel": "public:lobby", "since": since}));
+    let ack = ws.recv();
+    assert_eq!(
+        (&ack["type"], &ack["recovered"]),
+        (&json!("subscribed"), &json!(true)),
+        "{ack}"
+    );
+    let got: Vec<Value> = (0..3).map(|_| ws.recv()["data"].clone()).collect();
+    assert_eq!(got, [json!(2), json!(3), json!(4)]);
+    // `history` on B says the same.
+    let mut on_b = subscriber(b.addr(), &bob, "public:x");
+    on_b.send(&json!({"type": "history", "channel": "public:lobby", "limit": 2}));
+    let h = on_b.recv();
+    assert_eq!(h["epoch"], ack["epoch"], "{h}");
+    let data: Vec<&Value> = h["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| &m["data"])
+        .collect();
+    assert_eq!(data, [&json!(3), &json!(4)]);
+}
+
+/// The epoch of `channel`, as a `history` answer on `ws` tells it.
+fn epoch_of(ws: &mut Ws, channel: &str) -> Value {
+    ws.send(&json!({"type": "history", "channel": channel, "limit": 0}));
+    let h = ws.recv();
+    assert_eq!(h["type"], "history", "{h}");
+    h["epoch"].clone()
+}
+
+#[test]
 fn losing_redis_closes_subscribers_with_1011_and_publish_gets_503_then_recovers() {
     let Some(db) = PgDb::create() else { return };
     let Some(redis) = RedisNs::create() else {

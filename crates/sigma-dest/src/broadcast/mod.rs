@@ -865,6 +865,9 @@ impl Hub {
                 },
             );
             let first = st.add_user(member.user());
+            if let Some(u) = member.user() {
+                self.broker.presence_join(&name, member.id, u);
+            }
             break match (first, member.user()) {
                 (true, Some(u)) => st.announce("join", channel, u, member.id),
                 _ => Vec::new(),
@@ -922,6 +925,8 @@ impl Hub {
             Err(e) => {
                 tracing::warn!(channel = %channel, "broadcast: no position: {e}");
                 let last = st.remove_user(member.user());
+                self.broker.presence_leave(channel, member.id);
+                self.broker.presence_leave(channel, member.id);
                 let failed = match (last, member.user()) {
                     (true, Some(u)) => st.announce("leave", channel, u, member.id),
                     _ => Vec::new(),
@@ -991,6 +996,7 @@ impl Hub {
         } else {
             // It cannot take its own start: it goes, as a slow consumer.
             let last = st.remove_user(member.user());
+            self.broker.presence_leave(channel, member.id);
             let failed = match (last, member.user()) {
                 (true, Some(u)) => st.announce("leave", channel, u, member.id),
                 _ => Vec::new(),
@@ -1034,6 +1040,7 @@ impl Hub {
             let failed = match st.take(id) {
                 Some(m) => {
                     let last = st.remove_user(m.user());
+                    self.broker.presence_leave(channel, id);
                     match (last, m.user()) {
                         (true, Some(u)) => st.announce("leave", channel, u, id),
                         _ => Vec::new(),
@@ -1209,12 +1216,32 @@ impl Hub {
 
     /// Who is subscribed to `channel` on this node, each user once with
     /// a connection count (anonymous subscribers are not listed).
-    fn presence(&self, identity: &Principal, channel: &str) -> Result<Value, Refusal> {
+    fn presence(&self, identity: &Principal, channel: &str) -> Result<BrokerFutureText, Refusal> {
         if !valid_channel(channel) {
             return Err(Refusal::BadChannel);
         }
         if !self.settings.rules.allows(identity, channel, Op::Presence) {
             return Err(Refusal::Forbidden);
+        }
+        let answer = |channel: &str, users: Vec<(String, u32)>| {
+            let users: Vec<Value> = users
+                .into_iter()
+                .map(|(user, n)| json!({ "user": user, "connections": n }))
+                .collect();
+            json!({ "type": "presence", "channel": channel, "users": users })
+        };
+        // Across nodes, the broker knows; on one, this hub does.
+        if let Some(fut) = self.broker.presence(channel) {
+            let channel = channel.to_owned();
+            return Ok(Box::pin(async move {
+                match fut.await {
+                    Ok(users) => Ok(answer(&channel, users)),
+                    Err(e) => {
+                        tracing::warn!("broadcast: presence failed: {e}");
+                        Err(Refusal::Unavailable)
+                    }
+                }
+            }));
         }
         let mut users: Vec<(String, u32)> = self
             .lookup(channel)
@@ -1227,11 +1254,8 @@ impl Hub {
             })
             .unwrap_or_default();
         users.sort();
-        let users: Vec<Value> = users
-            .into_iter()
-            .map(|(user, n)| json!({ "user": user, "connections": n }))
-            .collect();
-        Ok(json!({ "type": "presence", "channel": channel, "users": users }))
+        let v = answer(channel, users);
+        Ok(Box::pin(std::future::ready(Ok(v))))
     }
 
     /// Delivers one publication to this node's subscribers of `channel`.
@@ -1271,6 +1295,7 @@ impl Hub {
             for m in &failed {
                 if st.take(m.id).is_some() {
                     st.remove_user(m.user());
+                    self.broker.presence_leave(channel, m.id);
                 }
             }
             st.is_empty()
@@ -1297,6 +1322,9 @@ impl Hub {
                 let mut st = lock(&ch.state);
                 st.closed = true;
                 st.users.clear();
+                for id in st.subscribers.keys().chain(st.pending.keys()) {
+                    self.broker.presence_leave(&name, *id);
+                }
                 let pending: Vec<Arc<Member>> = st.pending.drain().map(|(_, p)| p.member).collect();
                 st.subscribers
                     .drain()
@@ -1727,7 +1755,14 @@ impl Socket {
                 })
             }
             "presence" => match self.hub.presence(identity, channel) {
-                Ok(v) => Some(text(with_id(v, id))),
+                Ok(mut fut) => match (&mut fut).now_or_never() {
+                    Some(Ok(v)) => Some(text(with_id(v, id))),
+                    Some(Err(r)) => refused(r),
+                    None => {
+                        self.later(identity, channel, m.id.clone(), op, fut);
+                        None
+                    }
+                },
                 Err(r) => refused(r),
             },
             "history" => match self.hub.history(identity, channel, m.limit) {
