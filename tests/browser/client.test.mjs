@@ -3,8 +3,9 @@
 // &db (get, put with ifMatch, delete, list, watch) and recovery across a
 // cut connection: a TCP proxy between the browser and sigma drops every
 // socket, messages published over HTTP meanwhile all arrive after the
-// Client reconnects, in order and exactly once, and the `state` events
-// are seen. Every wait is on an event or a promise, never a sleep.
+// Client reconnects, in order and exactly once, requests in flight
+// reject, and the `state` events are seen; the bundled page's chat
+// recovers the same way. Every wait is on an event or a promise, never a sleep.
 //
 // Run: node --test tests/browser/   (TEST_SIGMA_BIN picks the binary)
 
@@ -299,9 +300,20 @@ test('client: a cut connection loses no message (reconnect, since, state events)
     assert.equal(await httpPublish(sigma.url, cookie, 'small:feed', { n: 1 }), 1);
     await a.page.waitForFunction(() => window.got.length === 2 && window.small.length === 1, null, WAIT);
 
+    // Requests in flight when the socket drops reject with `disconnected`:
+    // held by the proxy, they never reach sigma.
+    proxy.hold();
+    await a.page.evaluate(() => {
+      const code = (p) => p.then(() => 'answered', (e) => e.code);
+      window.lost = Promise.all([
+        code(window.client.publish('public:feed', { n: 'lost' })),
+        code(window.client.db.get('w/x')),
+      ]);
+    });
     // Cut: every socket through the proxy drops, new ones are refused.
     const before = await a.page.evaluate(() => window.states.length);
     proxy.cut();
+    assert.deepEqual(await a.page.evaluate(() => window.lost), ['disconnected', 'disconnected']);
     await a.page.waitForFunction((i) => window.states.slice(i).includes('disconnected'), before, WAIT);
     // The client keeps retrying (each attempt refused) while the cut lasts.
     await a.page.waitForFunction((i) => window.states.slice(i).includes('connecting'), before, WAIT);
@@ -344,6 +356,48 @@ test('client: a cut connection loses no message (reconnect, since, state events)
     await a.page.waitForFunction(() => window.changes.includes('w/after-cut'), null, WAIT);
     assert.ok(proxy.accepted() > 3, 'the client retried through the proxy');
     assert.deepEqual(a.errors, []);
+  } finally {
+    await browser.close();
+    await proxy.close();
+    await sigma.stop();
+  }
+});
+
+test('web page: the chat recovers across a cut, history shown after a reload', { timeout: TEST_TIMEOUT_MS }, async () => {
+  const sigma = await startSigma({ users: USERS });
+  const proxy = await startProxy(sigma.port);
+  const browser = await launchBrowser();
+  try {
+    const page = await (await browser.newContext()).newPage();
+    const errors = [];
+    page.on('pageerror', (e) => errors.push(e.message));
+    await page.goto(`${proxy.url}/auth/whoami`);
+    assert.equal(await apiLogin(page, proxy.url, 'alice', USERS[0].password), 200);
+    await page.goto(`${proxy.url}/`);
+    await page.locator('#chat[data-ready="true"]').waitFor(WAIT);
+    const cookie = await nodeLogin(sigma.url, 'bob', USERS[1].password);
+    await httpPublish(sigma.url, cookie, 'public:lobby', { text: 'before the cut' });
+    await page.locator('#chat-log li', { hasText: 'before the cut' }).waitFor(WAIT);
+
+    proxy.cut();
+    await page.locator('#chat-status', { hasText: 'Disconnected' }).waitFor(WAIT);
+    await page.locator('#chat:not([data-ready])').waitFor(WAIT);
+    for (const n of [1, 2, 3]) await httpPublish(sigma.url, cookie, 'public:lobby', { text: `during the cut ${n}` });
+    proxy.restore();
+    await page.locator('#chat[data-ready="true"]').waitFor(WAIT);
+    await page.locator('#chat-log li', { hasText: 'during the cut 3' }).waitFor(WAIT);
+    await httpPublish(sigma.url, cookie, 'public:lobby', { text: 'after the cut' });
+    await page.locator('#chat-log li', { hasText: 'after the cut' }).waitFor(WAIT);
+    const lines = ['before the cut', 'during the cut 1', 'during the cut 2', 'during the cut 3', 'after the cut']
+      .map((t) => `bob${t}`);
+    assert.deepEqual(await page.locator('#chat-log li').allTextContents(), lines);
+    assert.equal(await page.locator('#chat-status').textContent(), 'Connected.');
+
+    // A reload shows the same lines, from the channel's history.
+    await page.reload();
+    await page.locator('#chat[data-ready="true"]').waitFor(WAIT);
+    assert.deepEqual(await page.locator('#chat-log li').allTextContents(), lines);
+    assert.deepEqual(errors, []);
   } finally {
     await browser.close();
     await proxy.close();

@@ -222,11 +222,13 @@ export async function apiLogin(page, url, name, password) {
  * A TCP proxy on a loopback port in front of `targetPort` (sigma), for
  * tests of reconnection: `cut()` drops every connection through it and
  * refuses new ones (each is closed as soon as it is accepted) until
- * `restore()`. Bytes pass through untouched, so TLS works end to end and
+ * `restore()`; `hold()` first makes requests in flight go unanswered.
+ * Bytes pass through untouched, so TLS works end to end and
  * the browser's origin is the proxy's (`url`). Always `await close()`.
  */
 export async function startProxy(targetPort) {
   const sockets = new Set();
+  const pairs = new Set(); // [down, up] of each open connection
   let cut = false;
   let accepted = 0;
   const server = createServer((down) => {
@@ -238,11 +240,14 @@ export async function startProxy(targetPort) {
     const up = netConnect(targetPort, '127.0.0.1');
     sockets.add(down);
     sockets.add(up);
+    const pair = [down, up];
+    pairs.add(pair);
     const drop = () => {
       down.destroy();
       up.destroy();
       sockets.delete(down);
       sockets.delete(up);
+      pairs.delete(pair);
     };
     for (const s of [down, up]) {
       s.on('error', drop);
@@ -266,6 +271,14 @@ export async function startProxy(targetPort) {
       cut = true;
       for (const s of sockets) s.destroy();
       sockets.clear();
+    },
+    /** Stops forwarding what the browser sends on the open connections
+     * (sigma's side still flows): requests sent now are never answered. */
+    hold() {
+      for (const [down, up] of pairs) {
+        down.unpipe(up);
+        down.pause();
+      }
     },
     /** Lets connections through again. */
     restore() {
