@@ -18,7 +18,7 @@
 
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync, openSync, closeSync } from 'node:fs';
-import { createServer } from 'node:net';
+import { connect as netConnect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -216,4 +216,93 @@ export async function apiLogin(page, url, name, password) {
     headers: { 'content-type': 'application/json' },
   });
   return r.status();
+}
+
+/**
+ * A TCP proxy on a loopback port in front of `targetPort` (sigma), for
+ * tests of reconnection: `cut()` drops every connection through it and
+ * refuses new ones (each is closed as soon as it is accepted) until
+ * `restore()`; `hold()` first makes requests in flight go unanswered.
+ * Bytes pass through untouched, so TLS works end to end and
+ * the browser's origin is the proxy's (`url`). Always `await close()`.
+ */
+export async function startProxy(targetPort) {
+  const sockets = new Set();
+  const pairs = new Set(); // [down, up] of each open connection
+  let cut = false;
+  let accepted = 0;
+  const server = createServer((down) => {
+    accepted += 1;
+    if (cut) {
+      down.destroy();
+      return;
+    }
+    const up = netConnect(targetPort, '127.0.0.1');
+    sockets.add(down);
+    sockets.add(up);
+    const pair = [down, up];
+    pairs.add(pair);
+    const drop = () => {
+      down.destroy();
+      up.destroy();
+      sockets.delete(down);
+      sockets.delete(up);
+      pairs.delete(pair);
+    };
+    for (const s of [down, up]) {
+      s.on('error', drop);
+      s.on('close', drop);
+    }
+    down.pipe(up);
+    up.pipe(down);
+  });
+  await new Promise((ok, fail) => {
+    server.once('error', fail);
+    server.listen(0, '127.0.0.1', ok);
+  });
+  const { port } = server.address();
+  return {
+    url: `${SCHEME}://127.0.0.1:${port}`,
+    port,
+    /** Connections accepted so far (refused ones included). */
+    accepted: () => accepted,
+    /** Drops every connection and refuses new ones. */
+    cut() {
+      cut = true;
+      for (const s of sockets) s.destroy();
+      sockets.clear();
+    },
+    /** Stops forwarding what the browser sends on the open connections
+     * (sigma's side still flows): requests sent now are never answered. */
+    hold() {
+      for (const [down, up] of pairs) {
+        down.unpipe(up);
+        down.pause();
+      }
+    },
+    /** Lets connections through again. */
+    restore() {
+      cut = false;
+    },
+    close() {
+      cut = true;
+      for (const s of sockets) s.destroy();
+      sockets.clear();
+      return new Promise((ok) => server.close(() => ok()));
+    },
+  };
+}
+
+/**
+ * Logs in from Node (JSON `POST /login`, no browser) and returns the
+ * `Cookie` header value to send with later requests.
+ */
+export async function nodeLogin(url, name, password) {
+  const r = await fetch(`${url}/login`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ user: name, password }),
+  });
+  if (r.status !== 200) throw new Error(`login of ${name}: HTTP ${r.status}`);
+  return r.headers.getSetCookie().map((c) => c.split(';')[0]).join('; ');
 }

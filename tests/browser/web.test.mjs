@@ -1,7 +1,7 @@
 // The bundled page at `/` (&web) in headless Chromium: two users log in
 // through the page's form, chat over &broadcast (B sees A's message with
-// `from` = A), and A's notes survive a reload; a stale save shows the 412
-// conflict. The page's strict CSP must not block anything it uses.
+// `from` = A), the chat's history and A's notes survive a reload; a stale
+// save shows the 412 conflict. The page's strict CSP must not block anything it uses.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { launchBrowser, startSigma, TEST_TIMEOUT_MS } from './lib.mjs';
@@ -68,6 +68,17 @@ test('web page: login, chat between two users, notes survive a reload', { timeou
     await a.reload();
     await a.locator('#notes[data-loaded="true"]').waitFor(STEP);
     assert.equal(await a.getByLabel('Your notes').inputValue(), note);
+    // The chat's history is shown after the reload (once), then live
+    // messages follow it.
+    await a.locator('#chat[data-ready="true"]').waitFor(STEP);
+    const kept = a.locator('#chat-log li', { hasText: text });
+    assert.equal(await kept.count(), 1);
+    assert.equal(await kept.locator('.from').textContent(), 'alice');
+    const after = `after the reload ${Date.now()}`;
+    await b.getByLabel('Message', { exact: true }).fill(after);
+    await b.getByLabel('Message', { exact: true }).press('Enter');
+    await a.locator('#chat-log li', { hasText: after }).waitFor(STEP);
+    assert.deepEqual(await a.locator('#chat-log li .from').allTextContents(), ['alice', 'bob']);
 
     // A second tab of alice saves; the first tab's save is then stale: 412.
     const a2 = await a.context().newPage();

@@ -192,7 +192,7 @@ test('worlds: sigma.js settles every fork, on error and on close', { timeout: TE
       const afterClose = await outcome(s.fork('echo'));
       return { onError, onClose, afterClose, pending: s._forks.size };
     });
-    assert.match(got.onError, /^rejected: refused: .*command/);
+    assert.match(got.onError, /^rejected: refused \(bad_message\): .*command/);
     assert.match(got.onClose, /^rejected: session socket closed/);
     assert.match(got.afterClose, /^rejected: session socket closed/);
     assert.equal(got.pending, 0);

@@ -1,5 +1,7 @@
 // sigma's bundled page (docs/web.md): login, a chat over &broadcast, notes in &db.
-// Only sigma's public interfaces (DESIGN §9) are used, the way any client would.
+// Only sigma's public interfaces (DESIGN §9) are used, the way any client would:
+// the chat through the Client of /sigma.js (docs/sdk.md), the notes over HTTP.
+import { Client } from './sigma.js';
 
 const CHANNEL = 'public:lobby';
 const NOTES = '/db/notes';
@@ -7,9 +9,7 @@ const NOTES = '/db/notes';
 const $ = (id) => document.getElementById(id);
 
 let me = null; // the logged-in user's name
-let socket = null;
-let retry = 0;
-let retryTimer = null;
+let client = null; // the Client of /sigma.js while logged in (chat)
 let notesEtag = null; // ETag of the note as last loaded or saved; null: none yet
 
 function show(el, on) {
@@ -91,6 +91,7 @@ $('login-form').addEventListener('submit', async (ev) => {
 });
 
 $('logout').addEventListener('click', async () => {
+  stopChat();
   try {
     await fetch('/logout', { method: 'POST', credentials: 'same-origin' });
   } finally {
@@ -101,7 +102,10 @@ $('logout').addEventListener('click', async () => {
   }
 });
 
-// ---- chat over &broadcast (WebSocket at /broadcast) ----
+// ---- chat over &broadcast, through the Client of /sigma.js ----
+// On load: the channel's kept messages (history), then a subscription
+// `since` the last of them, so that nothing is missed or shown twice. The
+// Client reconnects by itself and resubscribes with `since`.
 
 function chatStatus(text, cls = 'muted') {
   const s = $('chat-status');
@@ -109,9 +113,21 @@ function chatStatus(text, cls = 'muted') {
   s.className = `status ${cls}`;
 }
 
-function addLine(from, text, cls) {
+/** Adds a line; with `seq`, in seq order and only once. */
+function addLine(from, text, cls, seq) {
+  const log = $('chat-log');
+  let before = null;
+  if (seq !== undefined) {
+    if (log.querySelector(`li[data-seq="${seq}"]`)) return;
+    for (let el = log.lastElementChild; el; el = el.previousElementSibling) {
+      if (el.dataset.seq === undefined) continue;
+      if (Number(el.dataset.seq) < seq) break;
+      before = el;
+    }
+  }
   const li = document.createElement('li');
   if (cls) li.className = cls;
+  if (seq !== undefined) li.dataset.seq = String(seq);
   if (from !== undefined) {
     const who = document.createElement('span');
     who.className = from === null ? 'from anon' : 'from';
@@ -119,61 +135,84 @@ function addLine(from, text, cls) {
     li.append(who);
   }
   li.append(document.createTextNode(text));
-  const log = $('chat-log');
   const atBottom = log.scrollHeight - log.scrollTop - log.clientHeight < 40;
-  log.append(li);
+  log.insertBefore(li, before);
   while (log.children.length > 500) log.firstElementChild.remove();
   if (atBottom) log.scrollTop = log.scrollHeight;
 }
 
-function startChat() {
-  if (socket) return;
-  clearTimeout(retryTimer);
-  const url = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/broadcast`;
-  const ws = new WebSocket(url);
-  socket = ws;
+function addMessage(m) {
+  const d = m.data;
+  const text = d && typeof d === 'object' && typeof d.text === 'string' ? d.text : JSON.stringify(d);
+  addLine(m.from ?? null, text, undefined, m.seq);
+}
+
+let chatEpoch = null; // the epoch of the numbered lines shown
+
+/** Shows kept messages; a new epoch replaces the numbered lines. */
+function showHistory(h) {
+  if (h.epoch !== chatEpoch) {
+    for (const li of [...$('chat-log').querySelectorAll('li[data-seq]')]) li.remove();
+    chatEpoch = h.epoch;
+  }
+  for (const m of h.messages) addMessage(m);
+}
+
+async function startChat() {
+  if (client) return;
+  const c = new Client();
+  client = c;
   chatStatus('Connecting…');
-  ws.addEventListener('open', () => {
-    ws.send(JSON.stringify({ type: 'subscribe', channel: CHANNEL }));
-  });
-  ws.addEventListener('message', (ev) => {
-    let m;
-    try {
-      m = JSON.parse(ev.data);
-    } catch {
-      return;
+  c.on('state', (state) => {
+    if (client !== c) return;
+    if (state === 'disconnected') {
+      delete $('chat').dataset.ready;
+      chatStatus('Disconnected. Reconnecting…', 'error');
+    } else if (state === 'connecting' && $('chat').dataset.ready !== 'true') {
+      chatStatus('Connecting…');
     }
-    if (m.type === 'subscribed' && m.channel === CHANNEL) {
-      retry = 0;
+  });
+  c.on('error', (e) => {
+    if (client === c) addLine(undefined, `Error: ${e.message || e.code}`, 'sys');
+  });
+  let since;
+  try {
+    const h = await c.history(CHANNEL);
+    if (client !== c) return;
+    showHistory(h);
+    since = { seq: h.seq, epoch: h.epoch };
+  } catch (e) {
+    if (client !== c) return;
+    addLine(undefined, `Could not load the history: ${e.message}`, 'sys');
+  }
+  c.subscribe(CHANNEL, {
+    since,
+    onMessage: (data, m) => addMessage(m),
+    onSubscribed: (info) => {
+      if (client !== c) return;
+      if (chatEpoch === null) chatEpoch = info.epoch;
       chatStatus('Connected.', 'ok');
       $('chat').dataset.ready = 'true';
-    } else if (m.type === 'message' && m.channel === CHANNEL) {
-      const d = m.data;
-      const text = d && typeof d === 'object' && typeof d.text === 'string' ? d.text : JSON.stringify(d);
-      addLine(m.from ?? null, text);
-    } else if (m.type === 'error') {
-      addLine(undefined, `Error: ${m.message || m.code}`, 'sys');
-    }
-  });
-  ws.addEventListener('close', (ev) => {
-    if (socket !== ws) return;
-    socket = null;
-    delete $('chat').dataset.ready;
-    if (me === null) return;
-    retry = Math.min(retry + 1, 5);
-    const wait = 2 ** retry;
-    chatStatus(`Disconnected (${ev.code || 'no code'}). Reconnecting in ${wait} s…`, 'error');
-    retryTimer = setTimeout(() => {
-      if (me !== null) startChat();
-    }, wait * 1000);
+    },
+    onRecover: (info) => {
+      if (info.recovered || client !== c) return;
+      // Missed messages were not kept (or the server restarted): reload.
+      // A new epoch numbers messages afresh: drop the old lines now,
+      // before the new epoch's live messages arrive.
+      showHistory({ epoch: info.epoch, messages: [] });
+      c.history(CHANNEL).then((h) => { if (client === c) showHistory(h); }, () => {});
+    },
+    onError: (e) => {
+      if (client === c) chatStatus(`Cannot join the chat (${e.code}).`, 'error');
+    },
   });
 }
 
 function stopChat() {
-  clearTimeout(retryTimer);
-  const ws = socket;
-  socket = null;
-  if (ws) ws.close(1000, 'logout');
+  const c = client;
+  client = null;
+  chatEpoch = null;
+  if (c) c.close();
   delete $('chat').dataset.ready;
 }
 
@@ -182,11 +221,13 @@ $('chat-form').addEventListener('submit', (ev) => {
   const input = $('chat-input');
   const text = input.value.trim();
   if (!text) return;
-  if (!socket || socket.readyState !== WebSocket.OPEN) {
+  if (!client || $('chat').dataset.ready !== 'true') {
     chatStatus('Not connected; message not sent.', 'error');
     return;
   }
-  socket.send(JSON.stringify({ type: 'publish', channel: CHANNEL, data: { text } }));
+  client.publish(CHANNEL, { text }).catch((e) => {
+    addLine(undefined, `Not sent (${e.code}): ${text}`, 'sys');
+  });
   input.value = '';
   input.focus();
 });
