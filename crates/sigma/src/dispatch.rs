@@ -715,9 +715,10 @@ impl<'a> Dispatch<'a> {
             match msg {
                 Streamed::Whole(r) => Outgoing::Reply(Reply::Response(r)),
                 Streamed::Stream { head, body } => match revocable {
-                    Some((auth, id, user)) if head.content_length.is_none() => {
-                        Outgoing::Stream(head, ends_with_session(body, &auth, &id, &user))
-                    }
+                    Some((auth, id, user)) if head.content_length.is_none() => Outgoing::Stream(
+                        head,
+                        crate::streaming::ends_with_session(body, &auth, &id, &user),
+                    ),
                     _ => Outgoing::Stream(head, body),
                 },
                 Streamed::IdentityMismatch => {
@@ -1212,30 +1213,3 @@ fn ws_len(m: &WsMessage) -> usize {
 
 /// A small text response (one definition, in `sigma-core`).
 pub use sigma_core::response::plain;
-
-/// `body`, cut off (the connection aborted) once the login session `id`
-/// ends (logout, expiry, user deleted): registered with `A` like a
-/// socket, whose 4401 it stands for.
-fn ends_with_session(
-    body: sigma_core::BodyStream,
-    auth: &auth::Auth,
-    id: &crate::store::SessionId,
-    user: &str,
-) -> sigma_core::BodyStream {
-    use futures_util::StreamExt;
-    let (push, rx) = ws_push_queue();
-    let registration = auth.sessions.register_socket(id, user, push.closer());
-    let state = Some((body, rx, registration, push));
-    Box::pin(futures_util::stream::unfold(state, |state| async move {
-        let (mut body, mut rx, registration, push) = state?;
-        tokio::select! {
-            biased;
-            // Only the revocation mark wakes it: the sender is held here.
-            _ = rx.recv() => Some((Err(()), None)),
-            piece = body.next() => {
-                let piece = piece?;
-                Some((piece, Some((body, rx, registration, push))))
-            }
-        }
-    }))
-}
