@@ -6,8 +6,8 @@
 //! the result travels right to `A` on the request (`Origin` for the
 //! cross-site check, the offered subprotocols for the destination).
 //! [`accept_key`] computes `Sec-WebSocket-Accept` for the 101 response. This
-//! file does not write responses, choose a subprotocol or negotiate
-//! extensions (none are offered back, so RSV bits stay reserved).
+//! file does not write responses or choose a subprotocol; the
+//! permessage-deflate offer is read by `extension.rs`.
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
@@ -93,6 +93,7 @@ pub fn parse_upgrade(
         key: Bytes::copy_from_slice(key_bytes),
         protocols,
         origin,
+        deflate: super::extension::negotiate(headers),
     }))
 }
 

@@ -1,0 +1,280 @@
+//! permessage-deflate codec (RFC 7692 §7.2): raw DEFLATE per message,
+//! without context takeover in either direction.
+//!
+//! Place in `T → H → A`: inside `H`, under [`super::conn::WsConn`].
+//! [`Inflater`] faces the client: `WsConn` feeds it the unmasked payload
+//! of a compressed message as it arrives, in any pieces, and takes the
+//! inflated bytes out through a fixed buffer of [`INFLATE_CHUNK`] bytes, so
+//! it can count them against `max_message` as they grow and stop a
+//! compression bomb after at most that many bytes of output; at the end of
+//! the message it feeds [`TAIL`] (§7.2.2). [`compress`] faces the client
+//! too: it turns one outbound payload into the body of an RSV1 frame, or
+//! declines when that would not be smaller.
+//!
+//! Memory (measured with zlib-rs 0.6, the flate2 backend): a decompressor
+//! is ~47 KiB ([`INFLATER_FOOTPRINT`]) whatever its window, and lives only
+//! while a compressed message is arriving; a compressor is ~250 KiB (9-bit
+//! window) to ~380 KiB (15-bit) and lives only inside [`compress`]. An idle
+//! socket therefore holds no zlib state. Not here: negotiation
+//! (`extension.rs`) and frame handling (`conn.rs`).
+
+use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
+
+use super::error::ProtocolError;
+
+/// The four bytes a sender strips from the end of each compressed message
+/// and the receiver appends before inflating (RFC 7692 §7.2.1, §7.2.2).
+pub const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
+
+/// Inflated output is taken out in pieces of at most this many bytes.
+pub const INFLATE_CHUNK: usize = 16 * 1024;
+
+/// What a live decompressor keeps allocated (zlib-rs inflate state and its
+/// 32 KiB window, measured: 47 552 bytes), charged to the memory budget.
+pub const INFLATER_FOOTPRINT: usize = 48 * 1024;
+
+/// Messages shorter than this go out uncompressed: below it raw DEFLATE
+/// with its sync flush does not shrink typical text (16 → 18, 32 → 34,
+/// 64 → 62 bytes of JSON) and a compressor costs ~10 µs to set up.
+pub const MIN_COMPRESS_LEN: usize = 64;
+
+/// The compression level of outbound messages: zlib's default.
+const LEVEL: u32 = 6;
+
+/// The smallest window zlib can compress or inflate raw DEFLATE with.
+const MIN_ZLIB_WINDOW_BITS: u8 = 9;
+/// The largest window (32 KiB).
+const MAX_ZLIB_WINDOW_BITS: u8 = 15;
+
+/// The decompressor of one compressed message.
+#[derive(Debug)]
+pub struct Inflater {
+    z: Decompress,
+    /// The DEFLATE stream ended (a block with BFINAL): whatever follows in
+    /// this message is ignored.
+    ended: bool,
+}
+
+impl Inflater {
+    /// A decompressor for a stream compressed with at most `window_bits`
+    /// (8–15; a larger window than the sender's always works).
+    pub fn new(window_bits: u8) -> Self {
+        let bits = window_bits.clamp(MIN_ZLIB_WINDOW_BITS, MAX_ZLIB_WINDOW_BITS);
+        Self {
+            z: Decompress::new_with_window_bits(false, bits),
+            ended: false,
+        }
+    }
+
+    /// Inflates from `input` into `out`; returns (input bytes used, bytes
+    /// written). Both are 0 when no progress is possible (the stream ended,
+    /// or there is no input and nothing pending). Malformed DEFLATE data
+    /// is [`ProtocolError::InvalidCompressedData`].
+    pub fn inflate(
+        &mut self,
+        input: &[u8],
+        out: &mut [u8],
+    ) -> Result<(usize, usize), ProtocolError> {
+        if self.ended || out.is_empty() {
+            return Ok((0, 0));
+        }
+        let (in0, out0) = (self.z.total_in(), self.z.total_out());
+        let status = self
+            .z
+            .decompress(input, out, FlushDecompress::Sync)
+            .map_err(|_| ProtocolError::InvalidCompressedData)?;
+        if status == Status::StreamEnd {
+            self.ended = true;
+        }
+        let used = usize::try_from(self.z.total_in().saturating_sub(in0)).unwrap_or(input.len());
+        let made = usize::try_from(self.z.total_out().saturating_sub(out0)).unwrap_or(out.len());
+        Ok((used.min(input.len()), made.min(out.len())))
+    }
+
+    /// Inflates all of `input`, handing the output to `sink` in pieces of
+    /// at most `buf.len()` bytes; stops at the first error from either.
+    pub fn inflate_all<F>(
+        &mut self,
+        mut input: &[u8],
+        buf: &mut [u8],
+        mut sink: F,
+    ) -> Result<(), ProtocolError>
+    where
+        F: FnMut(&[u8]) -> Result<(), ProtocolError>,
+    {
+        loop {
+            let (used, made) = self.inflate(input, buf)?;
+            input = input.get(used..).unwrap_or_default();
+            if made > 0 {
+                sink(buf.get(..made).unwrap_or_default())?;
+            }
+            // Done once the input is used up and the output did not fill
+            // the buffer (nothing more is pending), or nothing moved.
+            if (input.is_empty() && made < buf.len()) || (used == 0 && made == 0) {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// The body of an RSV1 frame carrying `payload`, compressed with a fresh
+/// compressor of `window_bits` (no context takeover), the [`TAIL`]
+/// stripped; `None` when it would not be smaller than `payload` (send it
+/// uncompressed), when the payload is under [`MIN_COMPRESS_LEN`], or when
+/// `window_bits` is below what zlib can produce (8).
+pub fn compress(payload: &[u8], window_bits: u8) -> Option<Vec<u8>> {
+    if payload.len() < MIN_COMPRESS_LEN
+        || !(MIN_ZLIB_WINDOW_BITS..=MAX_ZLIB_WINDOW_BITS).contains(&window_bits)
+    {
+        return None;
+    }
+    let mut z = Compress::new_with_window_bits(Compression::new(LEVEL), false, window_bits);
+    // Room for the payload itself plus the tail: anything longer is not
+    // worth sending compressed, so the buffer never grows.
+    let mut out = Vec::with_capacity(payload.len().saturating_add(TAIL.len()));
+    let status = z
+        .compress_vec(payload, &mut out, FlushCompress::Sync)
+        .ok()?;
+    let all_in = usize::try_from(z.total_in()).ok() == Some(payload.len());
+    if status != Status::Ok || !all_in || !out.ends_with(&TAIL) {
+        return None;
+    }
+    out.truncate(out.len().saturating_sub(TAIL.len()));
+    if out.len() >= payload.len() {
+        return None;
+    }
+    out.shrink_to_fit();
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Inflates one message given as pieces, the tail appended.
+    fn inflate_pieces(pieces: &[&[u8]], limit: usize) -> Result<Vec<u8>, ProtocolError> {
+        let mut inf = Inflater::new(15);
+        let mut out = Vec::new();
+        let mut buf = vec![0; 1000];
+        let mut sink = |b: &[u8]| {
+            if out.len() + b.len() > limit {
+                return Err(ProtocolError::MessageTooBig);
+            }
+            out.extend_from_slice(b);
+            Ok(())
+        };
+        for p in pieces {
+            inf.inflate_all(p, &mut buf, &mut sink)?;
+        }
+        inf.inflate_all(&TAIL, &mut buf, &mut sink)?;
+        Ok(out)
+    }
+
+    #[test]
+    fn rfc_7692_examples() {
+        // §7.2.3.1: "Hello" compressed, as one piece and split.
+        let hello = [0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00];
+        assert_eq!(inflate_pieces(&[&hello], 100).unwrap(), b"Hello");
+        assert_eq!(
+            inflate_pieces(&[&hello[..3], &hello[3..]], 100).unwrap(),
+            b"Hello"
+        );
+        // §7.2.3.3: no compression (a stored block).
+        let stored = [
+            0x00, 0x05, 0x00, 0xfa, 0xff, 0x48, 0x65, 0x6c, 0x6c, 0x6f, 0x00,
+        ];
+        assert_eq!(inflate_pieces(&[&stored], 100).unwrap(), b"Hello");
+        // §7.2.3.4: BFINAL set; what the tail adds after it is ignored.
+        let fin = [0xf3, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00];
+        assert_eq!(inflate_pieces(&[&fin], 100).unwrap(), b"Hello");
+        // Not DEFLATE.
+        assert_eq!(
+            inflate_pieces(&[&[0xff, 0xff, 0xff]], 100),
+            Err(ProtocolError::InvalidCompressedData)
+        );
+    }
+
+    #[test]
+    fn compress_declines_what_does_not_shrink() {
+        assert_eq!(compress(b"tiny", 15), None);
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let random: Vec<u8> = (0..4096)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 32) as u8
+            })
+            .collect();
+        assert_eq!(compress(&random, 15), None);
+        let text = "the quick brown fox ".repeat(100);
+        let c = compress(text.as_bytes(), 15).unwrap();
+        assert!(c.len() < text.len() / 5);
+        assert_eq!(inflate_pieces(&[&c], 10_000).unwrap(), text.as_bytes());
+        assert_eq!(compress(text.as_bytes(), 8), None, "zlib cannot do 8");
+        let c9 = compress(text.as_bytes(), 9).unwrap();
+        assert_eq!(inflate_pieces(&[&c9], 10_000).unwrap(), text.as_bytes());
+    }
+
+    #[test]
+    fn a_bomb_stops_at_the_limit() {
+        // 64 MiB of zeros in ~64 KiB; stopped after at most 1 MiB of output.
+        let zeros = vec![0u8; 64 << 20];
+        let mut z = Compress::new(Compression::best(), false);
+        let mut c = Vec::with_capacity(1 << 20);
+        z.compress_vec(&zeros, &mut c, FlushCompress::Sync).unwrap();
+        drop(zeros);
+        let mut inf = Inflater::new(15);
+        let mut buf = vec![0; INFLATE_CHUNK];
+        let mut total = 0usize;
+        let r = inf.inflate_all(&c, &mut buf, |b| {
+            total += b.len();
+            if total > 1 << 20 {
+                Err(ProtocolError::MessageTooBig)
+            } else {
+                Ok(())
+            }
+        });
+        assert_eq!(r, Err(ProtocolError::MessageTooBig));
+        assert!(total <= (1 << 20) + INFLATE_CHUNK);
+    }
+
+    proptest! {
+        /// compress → inflate in arbitrary pieces is the identity, for
+        /// every window, and compressed output is always smaller.
+        #[test]
+        fn round_trip(
+            words in proptest::collection::vec(prop_oneof![Just("abc"), Just("sigma "), Just("{\"k\":1}"), Just("\u{e9}t\u{e9}")], 0..400),
+            noise in proptest::collection::vec(any::<u8>(), 0..64),
+            bits in 9u8..=15,
+            cuts in proptest::collection::vec(any::<usize>(), 0..6),
+        ) {
+            let noise_free = noise.is_empty();
+            let mut msg = words.concat().into_bytes();
+            msg.extend(noise);
+            match compress(&msg, bits) {
+                None => prop_assert!(msg.len() < 400 || !noise_free, "{} bytes did not shrink", msg.len()),
+                Some(c) => {
+                    prop_assert!(c.len() < msg.len());
+                    let mut at: Vec<usize> = cuts.iter().map(|x| x % (c.len() + 1)).collect();
+                    at.sort_unstable();
+                    let mut pieces = Vec::new();
+                    let mut last = 0;
+                    for a in at {
+                        pieces.push(&c[last..a]);
+                        last = a;
+                    }
+                    pieces.push(&c[last..]);
+                    prop_assert_eq!(inflate_pieces(&pieces, usize::MAX).unwrap(), msg);
+                }
+            }
+        }
+
+        /// Arbitrary bytes: an error or some output, never a panic.
+        #[test]
+        fn arbitrary_input_is_survived(input in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = inflate_pieces(&[&input], 10_000);
+        }
+    }
+}
