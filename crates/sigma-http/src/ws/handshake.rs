@@ -154,6 +154,30 @@ mod tests {
     }
 
     #[test]
+    fn extension_offers_ride_on_the_handshake() {
+        assert_eq!(parse(&valid()).unwrap().unwrap().deflate, None);
+        let mut hs = valid();
+        hs.push(h(
+            "Sec-WebSocket-Extensions",
+            "foo, permessage-deflate; bad",
+        ));
+        assert_eq!(
+            parse(&hs).unwrap().unwrap().deflate,
+            None,
+            "declined, not a 400"
+        );
+        hs.push(h(
+            "Sec-WebSocket-Extensions",
+            "permessage-deflate; server_max_window_bits=12",
+        ));
+        let d = parse(&hs).unwrap().unwrap().deflate.unwrap();
+        assert_eq!(
+            (d.server_max_window_bits, d.server_window_requested),
+            (12, true)
+        );
+    }
+
+    #[test]
     fn token_lists_are_case_insensitive_and_span_headers() {
         let mut hs = with(valid(), "connection", Some("keep-alive, UPGRADE"));
         hs = with(hs, "upgrade", Some("h2c, WebSocket"));
