@@ -17,8 +17,8 @@ import rawws
 BOMB_CONFIG = """
 [websocket]
 max_frame = 2097152
-max_message = 1048576
-max_outbound = 1048576
+max_message = 2097152
+max_outbound = 2097152
 """
 
 OFF_CONFIG = """
@@ -97,8 +97,10 @@ def test_websockets_negotiates_and_echoes_small_and_large(sigma):
         text = "σ sigma compresses this sentence. " * 6000  # ~200 KiB
         ws.send(text)
         assert ws.recv() == text
-        noise = os.urandom(200_000)
-        ws.send(noise)
+        # Incompressible, in fragments of max_frame (64 KiB): compressed,
+        # each grows a little, which max_frame allows for.
+        noise = os.urandom(4 * 65536)
+        ws.send(iter([noise[i:i + 65536] for i in range(0, len(noise), 65536)]))
         assert ws.recv() == noise
         ws.send(iter([text[:50_000], text[50_000:]]))
         assert ws.recv() == text

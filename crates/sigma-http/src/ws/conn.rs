@@ -837,7 +837,13 @@ impl WsConn {
             return Ok(Sink::Control(opcode));
         }
         let len = usize::try_from(header.len).map_err(|_| ProtocolError::FrameTooBig)?;
-        if len > self.limits.max_frame {
+        let compressed = header.rsv1 || (opcode == OpCode::Continuation && self.inflater.is_some());
+        let max_frame = if compressed {
+            deflate::max_compressed(self.limits.max_frame)
+        } else {
+            self.limits.max_frame
+        };
+        if len > max_frame {
             return Err(ProtocolError::FrameTooBig);
         }
         let so_far = match (opcode, &self.message) {
@@ -846,7 +852,6 @@ impl WsConn {
             (_, Some(_)) => return Err(ProtocolError::ExpectedContinuation),
             (_, None) => 0,
         };
-        let compressed = header.rsv1 || (opcode == OpCode::Continuation && self.inflater.is_some());
         if !compressed
             && so_far
                 .checked_add(len)
@@ -2324,7 +2329,24 @@ mod tests {
     #[test]
     fn inflated_size_counts_against_max_message() {
         let l = limits(); // max_frame 1000, max_message 3000
-                          // Exactly max_message inflated, from a frame far smaller.
+                          // A compressed frame may pass max_frame by DEFLATE's expansion.
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let noise: Vec<u8> = (0..1000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 32) as u8
+            })
+            .collect();
+        let z = deflated(&noise);
+        assert!(z.len() > 1000 && z.len() <= deflate::max_compressed(1000));
+        let (events, ..) = run_deflate(l.clone(), &[&zframe(true, true, 2, &z)]);
+        assert_eq!(events, [binary(&noise)]);
+        let over = vec![0; deflate::max_compressed(1000) + 1];
+        let (events, ..) = run_deflate(l.clone(), &[&zframe(true, true, 2, &over)]);
+        assert_eq!(events, [abort("ws_frame_too_big")]);
+        // Exactly max_message inflated, from a frame far smaller.
         let (events, ..) =
             run_deflate_all_splits(l.clone(), &zframe(true, true, 2, &deflated(&[7; 3000])));
         assert_eq!(events, [binary(&[7; 3000])]);

@@ -38,6 +38,16 @@ pub const INFLATER_FOOTPRINT: usize = 48 * 1024;
 /// 64 → 62 bytes of JSON) and a compressor costs ~10 µs to set up.
 pub const MIN_COMPRESS_LEN: usize = 64;
 
+/// The largest compressed frame accepted where `max_frame` bounds a
+/// plain one: DEFLATE may expand incompressible data a little (zlib's
+/// `deflateBound`: n/4096 + n/16384 + 13 bytes), and a client compressing
+/// a fragment of exactly `max_frame` such bytes is not at fault.
+pub fn max_compressed(max_frame: usize) -> usize {
+    max_frame
+        .saturating_add(max_frame / 1024)
+        .saturating_add(64)
+}
+
 /// The compression level of outbound messages: zlib's default.
 const LEVEL: u32 = 6;
 
