@@ -37,9 +37,8 @@
 //! count against `max_message` as they grow, so a compression bomb is a
 //! 1009 after at most `max_message` bytes of output; text is validated
 //! on the inflated bytes. The decompressor exists only while such a
-//! message arrives, charged to the budget. Outbound messages of at least
-//! `deflate::MIN_COMPRESS_LEN` bytes go out compressed when that is
-//! smaller. Control frames are never compressed.
+//! message arrives, charged to the budget. Outbound data messages go out
+//! compressed (RSV1), control frames never.
 //!
 //! Not here: the opening handshake (`handshake.rs`, `extension.rs`), socket
 //! IO, the clock, the slow-read (write stall) deadline, which the
@@ -469,10 +468,10 @@ impl WsConn {
         }
         // Server frames are unmasked: the payload is queued as is, shared
         // with every other socket it is sent to; or, with permessage-deflate,
-        // compressed when that makes it smaller (RSV1 on this message only).
-        // `ServerConn::send` charged `OutBuf::footprint_with` of the
-        // uncompressed frame before: `push_frame` grows the buffer to that
-        // or (compressed) less.
+        // compressed (RSV1). `ServerConn::send` charged
+        // `OutBuf::footprint_with` of the uncompressed frame before:
+        // `push_frame` grows the buffer to that, or compressed, to that
+        // and at most `deflate::max_compressed` more (synced after).
         let compressed = self
             .deflate
             .and_then(|p| deflate::compress(&payload, p.server_max_window_bits));
@@ -865,8 +864,7 @@ impl WsConn {
             if !charge(out, cost) {
                 return Err(ProtocolError::InboundBudget);
             }
-            let bits = self.deflate.map_or(15, |p| p.client_max_window_bits);
-            self.inflater = Some(Box::new(Inflater::new(bits)));
+            self.inflater = Some(Box::new(Inflater::new()));
             self.inflated = vec![0; INFLATE_CHUNK];
         }
         if self.message.is_none() {
@@ -1281,7 +1279,7 @@ mod tests {
 
     /// Inflates one compressed message body (the tail appended).
     fn inflate_message(pieces: &[&[u8]]) -> Vec<u8> {
-        let mut inf = Inflater::new(15);
+        let mut inf = Inflater::new();
         let mut out = Vec::new();
         let mut buf = vec![0; 777];
         for p in pieces.iter().copied().chain([&TAIL[..]]) {
@@ -2381,7 +2379,7 @@ mod tests {
     }
 
     #[test]
-    fn outbound_messages_are_compressed_when_it_helps() {
+    fn outbound_messages_are_compressed() {
         let mut s = Shell::deflate(limits()).echoing();
         let long = "sigma ".repeat(100);
         s.feed(&masked(true, 1, long.as_bytes()));
@@ -2397,11 +2395,13 @@ mod tests {
             .collect();
         s.feed(&masked(true, 2, &noise));
         let wire = s.wire.clone();
-        // The long text went out compressed (RSV1), the rest as is.
+        // Every message went out compressed (RSV1), even tiny or noise.
         assert_eq!(wire[0], 0xc1);
+        assert!(usize::from(wire[1]) < 100);
         let rest = &wire[2 + usize::from(wire[1])..];
-        assert_eq!(&rest[..2], &[0x81, 4]);
-        assert_eq!(rest[6] & 0x40, 0);
+        assert_eq!(rest[0], 0xc1);
+        let rest = &rest[2 + usize::from(rest[1])..];
+        assert_eq!(rest[0], 0xc2);
         assert_eq!(
             s.take_wire(),
             [
