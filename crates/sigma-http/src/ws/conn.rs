@@ -31,14 +31,12 @@
 //! the client, then every `ping_interval`; close 1001 after `idle_timeout`
 //! without one (a frame trickling in does not count until complete).
 //!
-//! permessage-deflate (when the 101 accepted it, [`WsConn::with_deflate`]):
-//! RSV1 on the first frame of a data message marks it compressed; its
-//! payload is inflated as it arrives (`deflate.rs`) and the inflated bytes
-//! count against `max_message` as they grow, so a compression bomb is a
-//! 1009 after at most `max_message` bytes of output; text is validated
-//! on the inflated bytes. The decompressor exists only while such a
-//! message arrives, charged to the budget. Outbound data messages go out
-//! compressed (RSV1), control frames never.
+//! permessage-deflate ([`WsConn::with_deflate`]): RSV1 on the first frame
+//! marks a compressed message, inflated as it arrives (`deflate.rs`); the
+//! inflated size counts against `max_message` as it grows (a bomb is a 1009
+//! after at most that much output), text is validated on it, and the
+//! decompressor lives (charged) only while the message arrives. Outbound
+//! data messages go out compressed, control frames never.
 //!
 //! Not here: the opening handshake (`handshake.rs`, `extension.rs`), socket
 //! IO, the clock, the slow-read (write stall) deadline, which the
@@ -55,6 +53,7 @@ use super::deflate::{self, Inflater, INFLATER_FOOTPRINT, INFLATE_CHUNK, TAIL};
 use super::error::ProtocolError;
 use super::frame::{encode_header, FrameHeader, HeaderDecoder, OpCode, MAX_CONTROL_PAYLOAD};
 use super::mask::apply_mask;
+use super::message::{append_inflated, message_capacity, Partial};
 use super::utf8::Utf8Validator;
 use crate::error::SendError;
 use crate::event::Shutdown;
@@ -131,51 +130,6 @@ enum Reader {
     Header(HeaderDecoder),
     /// (The rest of) a frame payload.
     Payload(InFrame),
-}
-
-/// A data message being reassembled.
-#[derive(Debug)]
-enum Partial {
-    Text { text: String, utf8: Utf8Validator },
-    Binary(Vec<u8>),
-}
-
-impl Partial {
-    fn len(&self) -> usize {
-        match self {
-            Self::Text { text, utf8 } => text.len().saturating_add(utf8.pending()),
-            Self::Binary(v) => v.len(),
-        }
-    }
-
-    /// The bytes the buffer keeps allocated (what it charges to the budget).
-    fn capacity(&self) -> usize {
-        match self {
-            Self::Text { text, .. } => text.capacity(),
-            Self::Binary(v) => v.capacity(),
-        }
-    }
-}
-
-/// The least a message buffer grows by (unless its frame ends sooner), so
-/// that a message trickling in is not reallocated for every read.
-const MIN_GROWTH: usize = 64 * 1024;
-
-/// The capacity a message buffer needs so that `len + additional` bytes
-/// fit: `cap` when they do; else doubling (at least [`MIN_GROWTH`]) but
-/// never past `frame_end`, the end of the frame being read as its header
-/// declared it (within `max_message`, checked by `open_sink`). A message
-/// sent as one frame ends in a buffer of exactly its size, and no buffer
-/// is ever larger than what its frames declared.
-fn message_capacity(len: usize, cap: usize, additional: usize, frame_end: usize) -> usize {
-    let need = len.saturating_add(additional);
-    if need <= cap {
-        return cap;
-    }
-    cap.saturating_mul(2)
-        .max(MIN_GROWTH)
-        .min(frame_end)
-        .max(need)
 }
 
 /// Grows `out`'s account by `more` bytes, before they are allocated;
@@ -994,20 +948,15 @@ impl WsConn {
         else {
             return Ok(());
         };
-        let scratch = &mut self.scratch;
-        let mut phase = phase;
-        for piece in chunk.chunks(UNMASK_CHUNK) {
-            scratch.clear();
-            scratch.extend_from_slice(piece);
-            if let Some(key) = mask {
-                apply_mask(scratch, key, phase);
-            }
-            phase = (phase + piece.len()) % 4;
-            inflater.inflate_all(scratch, &mut self.inflated, |b| {
-                append_inflated(message, b, max, out)
-            })?;
-        }
-        Ok(())
+        let sink = |b: &[u8]| append_inflated(message, b, max, out);
+        inflater.inflate_masked(
+            chunk,
+            mask,
+            phase,
+            &mut self.scratch,
+            &mut self.inflated,
+            sink,
+        )
     }
 
     /// The end of a compressed message: inflate the tail the sender
@@ -1129,36 +1078,6 @@ impl WsConn {
             _ => return,
         };
         self.enter_close_owed(held, now);
-    }
-}
-
-/// Appends inflated bytes to `message`: 1009 past `max`, the growth
-/// charged to `out`'s account before it is allocated, text validated.
-fn append_inflated(
-    message: &mut Partial,
-    bytes: &[u8],
-    max: usize,
-    out: &mut OutBuf,
-) -> Result<(), ProtocolError> {
-    let (len, cap) = (message.len(), message.capacity());
-    if len.checked_add(bytes.len()).is_none_or(|total| total > max) {
-        return Err(ProtocolError::MessageTooBig);
-    }
-    let target = message_capacity(len, cap, bytes.len(), max);
-    if !charge(out, target.saturating_sub(cap)) {
-        return Err(ProtocolError::InboundBudget);
-    }
-    match message {
-        Partial::Binary(data) => {
-            data.reserve_exact(target.saturating_sub(data.len()));
-            data.extend_from_slice(bytes);
-            Ok(())
-        }
-        Partial::Text { text, utf8 } => {
-            text.reserve_exact(target.saturating_sub(text.len()));
-            utf8.push(bytes, text)
-                .map_err(|_| ProtocolError::InvalidUtf8)
-        }
     }
 }
 

@@ -29,6 +29,10 @@ use std::cell::RefCell;
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 
 use super::error::ProtocolError;
+use super::mask::apply_mask;
+
+/// Compressed payload is unmasked through a scratch buffer of at most this.
+pub const UNMASK_PIECE: usize = 4096;
 
 /// The four bytes a sender strips from the end of each compressed message
 /// and the receiver appends before inflating (RFC 7692 §7.2.1, §7.2.2).
@@ -121,6 +125,33 @@ impl Inflater {
         let used = usize::try_from(z.total_in().saturating_sub(in0)).unwrap_or(input.len());
         let made = usize::try_from(z.total_out().saturating_sub(out0)).unwrap_or(out.len());
         Ok((used.min(input.len()), made.min(out.len())))
+    }
+
+    /// Unmasks `chunk` (payload bytes from mask phase `phase`) through
+    /// `scratch`, at most [`UNMASK_PIECE`] bytes at a time, and inflates
+    /// it as [`Self::inflate_all`] does.
+    pub fn inflate_masked<F>(
+        &mut self,
+        chunk: &[u8],
+        mask: Option<[u8; 4]>,
+        mut phase: usize,
+        scratch: &mut Vec<u8>,
+        buf: &mut [u8],
+        mut sink: F,
+    ) -> Result<(), ProtocolError>
+    where
+        F: FnMut(&[u8]) -> Result<(), ProtocolError>,
+    {
+        for piece in chunk.chunks(UNMASK_PIECE) {
+            scratch.clear();
+            scratch.extend_from_slice(piece);
+            if let Some(key) = mask {
+                apply_mask(scratch, key, phase);
+            }
+            phase = (phase + piece.len()) % 4;
+            self.inflate_all(scratch, buf, &mut sink)?;
+        }
+        Ok(())
     }
 
     /// Inflates all of `input`, handing the output to `sink` in pieces of

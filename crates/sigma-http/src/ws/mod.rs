@@ -25,6 +25,7 @@ pub mod extension;
 mod frame;
 mod handshake;
 mod mask;
+mod message;
 mod utf8;
 
 pub use conn::{
