@@ -805,6 +805,7 @@ impl ServerConn {
         }
         encode::validate_headers(&headers)?;
         let accept = ws::accept_key(&hs.key);
+        let deflate = hs.deflate.filter(|_| self.limits.ws.compression);
         self.in_flight.pop_front();
         self.out.mark_pending(now);
         let out = self.out.vec_mut();
@@ -814,12 +815,20 @@ impl ServerConn {
         if let Some(p) = &protocol {
             encode::push_header(out, b"Sec-WebSocket-Protocol", p.as_bytes());
         }
+        if let Some(params) = &deflate {
+            let value = ws::extension::response_value(params);
+            encode::push_header(out, b"Sec-WebSocket-Extensions", value.as_bytes());
+        }
         for h in &headers {
+            // The codec answers the extension offer itself.
+            if deflate.is_some() && h.is("sec-websocket-extensions") {
+                continue;
+            }
             encode::push_header(out, &h.name, &h.value);
         }
         out.extend_from_slice(b"\r\n");
         self.events.push_back(Event::Upgraded { protocol });
-        let mut ws = Box::new(WsConn::new(self.limits.ws.clone(), now));
+        let mut ws = Box::new(WsConn::with_deflate(self.limits.ws.clone(), deflate, now));
         let leftover = self.input.split();
         self.input = BytesMut::new();
         if !leftover.is_empty() {

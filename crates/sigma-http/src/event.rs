@@ -120,6 +120,25 @@ pub struct WsHandshake {
     pub protocols: Vec<String>,
     /// The `Origin` header, handed to `A` for the cross-site check.
     pub origin: Option<Bytes>,
+    /// The first acceptable permessage-deflate offer (RFC 7692), as the
+    /// parameters sigma agrees to; used only when `[websocket] compression`
+    /// is on.
+    pub deflate: Option<DeflateParams>,
+}
+
+/// The permessage-deflate parameters agreed for one WebSocket. Both
+/// directions are always without context takeover (`ws/extension.rs`
+/// says why).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeflateParams {
+    /// The window of our compressor (8–15); at 8 we never compress.
+    pub server_max_window_bits: u8,
+    /// Whether the client's offer named `server_max_window_bits`, so the
+    /// response repeats it.
+    pub server_window_requested: bool,
+    /// The largest window the client may compress with (8–15); our
+    /// decompressor's window is at least this.
+    pub client_max_window_bits: u8,
 }
 
 /// A request head: method, target, version and headers in order, with

@@ -41,7 +41,7 @@ pub use budget::{Account, MemoryBudget};
 pub use conn::{ServerConn, Shutdown};
 pub use error::{ParseError, SendError};
 pub use event::{
-    AbortReason, Event, Header, Method, Reply, RequestHead, Response, ResponseHead, Utf8Bytes,
-    Version, WsEvent, WsHandshake, WsMessage,
+    AbortReason, DeflateParams, Event, Header, Method, Reply, RequestHead, Response, ResponseHead,
+    Utf8Bytes, Version, WsEvent, WsHandshake, WsMessage,
 };
 pub use limits::{Limits, WsLimits};

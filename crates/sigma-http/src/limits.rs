@@ -45,6 +45,10 @@ pub const DEFAULT_WS_IDLE_TIMEOUT: Duration = Duration::from_secs(75);
 pub const DEFAULT_WS_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bytes queued toward one WebSocket client. Breach: close 1008.
 pub const DEFAULT_WS_MAX_OUTBOUND: usize = 4 * 1024 * 1024;
+/// Whether a client's permessage-deflate offer (RFC 7692) is accepted.
+/// Compressed input counts against `max_message` by its inflated size;
+/// off, no offer is ever accepted and RSV1 stays a protocol error.
+pub const DEFAULT_WS_COMPRESSION: bool = true;
 
 /// The bounds of one HTTP/1.1 + WebSocket connection (DESIGN §3).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +100,8 @@ pub struct WsLimits {
     pub max_outbound: usize,
     /// See [`DEFAULT_WRITE_TIMEOUT`]; copied from [`Limits::write_timeout`].
     pub write_timeout: Duration,
+    /// See [`DEFAULT_WS_COMPRESSION`].
+    pub compression: bool,
 }
 
 impl Default for Limits {
@@ -129,6 +135,7 @@ impl Default for WsLimits {
             close_timeout: DEFAULT_WS_CLOSE_TIMEOUT,
             max_outbound: DEFAULT_WS_MAX_OUTBOUND,
             write_timeout: DEFAULT_WRITE_TIMEOUT,
+            compression: DEFAULT_WS_COMPRESSION,
         }
     }
 }

@@ -156,8 +156,9 @@ pub fn open(t: Target<'_>) -> Box<dyn WsEndpoint> {
         add("x-forwarded-for", t.client.ip.to_string().as_bytes());
         add("x-forwarded-proto", t.settings.forwarded_proto.as_bytes());
         // The client's end-to-end headers, as for HTTP, less the
-        // handshake's own (the relay makes its own handshake; sigma's H
-        // accepted without subprotocol or extensions).
+        // handshake's own (the relay makes its own handshake, without
+        // extensions; H negotiated permessage-deflate with the client, if
+        // at all, for the client's hop only).
         for (n, v) in headers::forwarded_request(&t.settings.own, &t.head.headers, t.client.bearer)
         {
             let handshake = n.len() >= 14

@@ -31,9 +31,17 @@
 //! the client, then every `ping_interval`; close 1001 after `idle_timeout`
 //! without one (a frame trickling in does not count until complete).
 //!
-//! Not here: the opening handshake (`handshake.rs`), socket IO, the clock,
-//! the slow-read (write stall) deadline, which the connection owning the
-//! `OutBuf` enforces, permessage-deflate, and fragmenting outbound messages.
+//! permessage-deflate ([`WsConn::with_deflate`]): RSV1 on the first frame
+//! marks a compressed message, inflated as it arrives (`deflate.rs`); the
+//! inflated size counts against `max_message` as it grows (a bomb is a 1009
+//! after at most that much output), text is validated on it, and the
+//! decompressor lives (charged) only while the message arrives. Outbound
+//! data messages go out compressed, control frames never.
+//!
+//! Not here: the opening handshake (`handshake.rs`, `extension.rs`), socket
+//! IO, the clock, the slow-read (write stall) deadline, which the
+//! connection owning the `OutBuf` enforces, and fragmenting outbound
+//! messages.
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -41,13 +49,15 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::close;
+use super::deflate::{self, Inflater, INFLATER_FOOTPRINT, INFLATE_CHUNK, TAIL};
 use super::error::ProtocolError;
 use super::frame::{encode_header, FrameHeader, HeaderDecoder, OpCode, MAX_CONTROL_PAYLOAD};
 use super::mask::apply_mask;
+use super::message::{append_inflated, message_capacity, Partial};
 use super::utf8::Utf8Validator;
 use crate::error::SendError;
 use crate::event::Shutdown;
-use crate::event::{AbortReason, Event, WsEvent, WsMessage};
+use crate::event::{AbortReason, DeflateParams, Event, WsEvent, WsMessage};
 use crate::io::OutBuf;
 use crate::limits::WsLimits;
 use crate::timer::{Timer, TimerTable};
@@ -122,51 +132,6 @@ enum Reader {
     Payload(InFrame),
 }
 
-/// A data message being reassembled.
-#[derive(Debug)]
-enum Partial {
-    Text { text: String, utf8: Utf8Validator },
-    Binary(Vec<u8>),
-}
-
-impl Partial {
-    fn len(&self) -> usize {
-        match self {
-            Self::Text { text, utf8 } => text.len().saturating_add(utf8.pending()),
-            Self::Binary(v) => v.len(),
-        }
-    }
-
-    /// The bytes the buffer keeps allocated (what it charges to the budget).
-    fn capacity(&self) -> usize {
-        match self {
-            Self::Text { text, .. } => text.capacity(),
-            Self::Binary(v) => v.capacity(),
-        }
-    }
-}
-
-/// The least a message buffer grows by (unless its frame ends sooner), so
-/// that a message trickling in is not reallocated for every read.
-const MIN_GROWTH: usize = 64 * 1024;
-
-/// The capacity a message buffer needs so that `len + additional` bytes
-/// fit: `cap` when they do; else doubling (at least [`MIN_GROWTH`]) but
-/// never past `frame_end`, the end of the frame being read as its header
-/// declared it (within `max_message`, checked by `open_sink`). A message
-/// sent as one frame ends in a buffer of exactly its size, and no buffer
-/// is ever larger than what its frames declared.
-fn message_capacity(len: usize, cap: usize, additional: usize, frame_end: usize) -> usize {
-    let need = len.saturating_add(additional);
-    if need <= cap {
-        return cap;
-    }
-    cap.saturating_mul(2)
-        .max(MIN_GROWTH)
-        .min(frame_end)
-        .max(need)
-}
-
 /// Grows `out`'s account by `more` bytes, before they are allocated;
 /// false (and nothing reserved) when the budget cannot.
 fn charge(out: &mut OutBuf, more: usize) -> bool {
@@ -207,15 +172,31 @@ pub struct WsConn {
     close_timed_out: bool,
     /// Payload bytes of the message events not yet polled.
     queued_bytes: usize,
+    /// permessage-deflate, when negotiated (RSV1 then marks compressed
+    /// messages both ways).
+    deflate: Option<DeflateParams>,
+    /// The decompressor of the compressed message being received; none
+    /// between messages (no context takeover), so an idle socket holds
+    /// no zlib state.
+    inflater: Option<Box<Inflater>>,
+    /// Inflated output on its way into the message (`INFLATE_CHUNK`
+    /// bytes while `inflater` is set, else empty).
+    inflated: Vec<u8>,
 }
 
 impl WsConn {
     /// An open WebSocket, created right after the 101 response was queued.
     pub fn new(limits: WsLimits, now: Instant) -> Self {
+        Self::with_deflate(limits, None, now)
+    }
+
+    /// An open WebSocket whose 101 accepted permessage-deflate with
+    /// `deflate` (none: no extension, as [`Self::new`]).
+    pub fn with_deflate(limits: WsLimits, deflate: Option<DeflateParams>, now: Instant) -> Self {
         let mut conn = Self {
             limits,
             state: State::Open,
-            reader: Reader::Header(HeaderDecoder::new()),
+            reader: Reader::Header(HeaderDecoder::with_rsv1(deflate.is_some())),
             message: None,
             control: Vec::new(),
             scratch: Vec::new(),
@@ -232,6 +213,9 @@ impl WsConn {
             now,
             close_timed_out: false,
             queued_bytes: 0,
+            deflate,
+            inflater: None,
+            inflated: Vec::new(),
         };
         conn.arm_keepalive(now);
         conn
@@ -356,7 +340,10 @@ impl WsConn {
     /// charges to the memory budget besides the `OutBuf`.
     pub fn footprint(&self) -> usize {
         let message = self.message.as_ref().map_or(0, Partial::capacity);
+        let inflater = self.inflater.as_ref().map_or(0, |_| INFLATER_FOOTPRINT);
         message
+            .saturating_add(inflater)
+            .saturating_add(self.inflated.capacity())
             .saturating_add(self.backlog.capacity())
             .saturating_add(self.queued_bytes)
     }
@@ -364,7 +351,7 @@ impl WsConn {
     /// The memory budget cannot hold the client's next input: drop what
     /// is being assembled and close 1009 (the input is not parsed).
     pub fn refuse_inbound(&mut self, now: Instant, out: &mut OutBuf) {
-        self.message = None;
+        self.drop_message();
         self.drop_input();
         self.fail(ProtocolError::InboundBudget, now);
         self.release_held(now, out);
@@ -434,10 +421,22 @@ impl WsConn {
             return Ok(());
         }
         // Server frames are unmasked: the payload is queued as is, shared
-        // with every other socket it is sent to.
-        // `ServerConn::send` charged `OutBuf::footprint_with` of this
-        // frame before: `push_frame` grows the buffer to exactly that.
-        let (header, n) = encode_header(true, opcode, payload.len());
+        // with every other socket it is sent to; or, with permessage-deflate,
+        // compressed (RSV1). `ServerConn::send` charged
+        // `OutBuf::footprint_with` of the uncompressed frame before:
+        // `push_frame` grows the buffer to that, or compressed, to that
+        // and at most `deflate::max_compressed` more (synced after).
+        let compressed = self
+            .deflate
+            .and_then(|p| deflate::compress(&payload, p.server_max_window_bits));
+        let (payload, rsv1) = match compressed {
+            Some(c) => (Bytes::from(c), 0x40),
+            None => (payload, 0),
+        };
+        let (mut header, n) = encode_header(true, opcode, payload.len());
+        if let Some(b0) = header.first_mut() {
+            *b0 |= rsv1;
+        }
         out.push_frame(header.get(..n).unwrap_or_default(), payload, now);
         Ok(())
     }
@@ -543,13 +542,13 @@ impl WsConn {
     }
 
     fn enter_close_sent(&mut self, held: Option<HeldClose>, now: Instant) {
-        self.message = None;
+        self.drop_message();
         self.state = State::CloseSent { held };
         self.arm_close_deadline(now);
     }
 
     fn enter_close_owed(&mut self, close: HeldClose, now: Instant) {
-        self.message = None;
+        self.drop_message();
         let was_closing = matches!(self.state, State::CloseSent { .. });
         self.state = State::CloseOwed { close };
         if !was_closing {
@@ -560,16 +559,23 @@ impl WsConn {
 
     fn enter_closed(&mut self) {
         self.state = State::Closed;
-        self.message = None;
+        self.drop_message();
         self.timers = TimerTable::default();
         self.drop_input();
     }
 
     fn enter_aborted(&mut self) {
         self.state = State::Aborted;
-        self.message = None;
+        self.drop_message();
         self.timers = TimerTable::default();
         self.drop_input();
+    }
+
+    /// Forgets the message being assembled, and its decompressor.
+    fn drop_message(&mut self) {
+        self.message = None;
+        self.inflater = None;
+        self.inflated = Vec::new();
     }
 
     fn drop_input(&mut self) {
@@ -745,7 +751,7 @@ impl WsConn {
             Sink::Discard
         } else {
             match self.state {
-                State::Open => self.open_sink(header).unwrap_or_else(|err| {
+                State::Open => self.open_sink(header, out).unwrap_or_else(|err| {
                     self.fail(err, now);
                     Sink::Discard
                 }),
@@ -772,14 +778,25 @@ impl WsConn {
     }
 
     /// Checks a header against the fragmentation rules and limits (§5.4, 1009).
-    fn open_sink(&mut self, header: FrameHeader) -> Result<Sink, ProtocolError> {
+    /// A compressed message (RFC 7692) counts against `max_message` by its
+    /// inflated size, as it inflates, not by what the headers declare.
+    fn open_sink(&mut self, header: FrameHeader, out: &mut OutBuf) -> Result<Sink, ProtocolError> {
         let opcode = header.opcode.ok_or(ProtocolError::ReservedOpcode)?;
+        if header.rsv1 && (self.deflate.is_none() || opcode.is_control()) {
+            return Err(ProtocolError::NonZeroReservedBits);
+        }
         if opcode.is_control() {
             self.control.clear();
             return Ok(Sink::Control(opcode));
         }
         let len = usize::try_from(header.len).map_err(|_| ProtocolError::FrameTooBig)?;
-        if len > self.limits.max_frame {
+        let compressed = header.rsv1 || (opcode == OpCode::Continuation && self.inflater.is_some());
+        let max_frame = if compressed {
+            deflate::max_compressed(self.limits.max_frame)
+        } else {
+            self.limits.max_frame
+        };
+        if len > max_frame {
             return Err(ProtocolError::FrameTooBig);
         }
         let so_far = match (opcode, &self.message) {
@@ -788,11 +805,21 @@ impl WsConn {
             (_, Some(_)) => return Err(ProtocolError::ExpectedContinuation),
             (_, None) => 0,
         };
-        if so_far
-            .checked_add(len)
-            .is_none_or(|total| total > self.limits.max_message)
+        if !compressed
+            && so_far
+                .checked_add(len)
+                .is_none_or(|total| total > self.limits.max_message)
         {
             return Err(ProtocolError::MessageTooBig);
+        }
+        if header.rsv1 {
+            // The first frame of a compressed message: a decompressor for it.
+            let cost = INFLATER_FOOTPRINT.saturating_add(INFLATE_CHUNK);
+            if !charge(out, cost) {
+                return Err(ProtocolError::InboundBudget);
+            }
+            self.inflater = Some(Box::new(Inflater::new()));
+            self.inflated = vec![0; INFLATE_CHUNK];
         }
         if self.message.is_none() {
             self.message = Some(match opcode {
@@ -818,9 +845,14 @@ impl WsConn {
         match frame.sink {
             Sink::Data => {
                 let rest = usize::try_from(frame.remaining).unwrap_or(usize::MAX);
-                if let Err(err) = self.append_data(chunk, rest, frame.mask, frame.phase, out) {
+                let appended = if self.inflater.is_some() {
+                    self.inflate_data(chunk, frame.mask, frame.phase, out)
+                } else {
+                    self.append_data(chunk, rest, frame.mask, frame.phase, out)
+                };
+                if let Err(err) = appended {
                     if err == ProtocolError::InboundBudget {
-                        self.message = None;
+                        self.drop_message();
                     }
                     self.fail(err, now);
                     frame.sink = Sink::Discard;
@@ -902,14 +934,60 @@ impl WsConn {
         }
     }
 
+    /// Unmasks `chunk` of a compressed message and inflates it into the
+    /// message, which never grows past `max_message` (1009 before that).
+    fn inflate_data(
+        &mut self,
+        chunk: &[u8],
+        mask: Option<[u8; 4]>,
+        phase: usize,
+        out: &mut OutBuf,
+    ) -> Result<(), ProtocolError> {
+        let max = self.limits.max_message;
+        let (Some(inflater), Some(message)) = (self.inflater.as_deref_mut(), self.message.as_mut())
+        else {
+            return Ok(());
+        };
+        let sink = |b: &[u8]| append_inflated(message, b, max, out);
+        inflater.inflate_masked(
+            chunk,
+            mask,
+            phase,
+            &mut self.scratch,
+            &mut self.inflated,
+            sink,
+        )
+    }
+
+    /// The end of a compressed message: inflate the tail the sender
+    /// stripped (RFC 7692 §7.2.2); the decompressor goes with the message.
+    fn finish_inflate(&mut self, out: &mut OutBuf) -> Result<(), ProtocolError> {
+        let max = self.limits.max_message;
+        let (Some(mut inflater), Some(message)) = (self.inflater.take(), self.message.as_mut())
+        else {
+            return Ok(());
+        };
+        let done = inflater.inflate_all(&TAIL, &mut self.inflated, |b| {
+            append_inflated(message, b, max, out)
+        });
+        self.inflated = Vec::new();
+        done
+    }
+
     fn end_frame(&mut self, frame: InFrame, now: Instant, out: &mut OutBuf) {
-        self.reader = Reader::Header(HeaderDecoder::new());
+        self.reader = Reader::Header(HeaderDecoder::with_rsv1(self.deflate.is_some()));
         if self.state == State::Open {
             self.arm_keepalive(now);
         }
         match frame.sink {
             Sink::Discard | Sink::Control(OpCode::Pong) => {}
-            Sink::Data if frame.fin => self.end_message(now),
+            Sink::Data if frame.fin => match self.finish_inflate(out) {
+                Ok(()) => self.end_message(now),
+                Err(err) => {
+                    self.drop_message();
+                    self.fail(err, now);
+                }
+            },
             Sink::Data => {}
             Sink::Control(OpCode::Ping) => self.on_ping(now, out),
             Sink::Control(OpCode::Close) => self.on_close(now),
@@ -1080,7 +1158,8 @@ mod tests {
     fn parse_server(mut b: &[u8]) -> Vec<Srv> {
         let mut v = Vec::new();
         while !b.is_empty() {
-            assert_eq!(b[0] & 0xf0, 0x80, "FIN set, RSV clear");
+            assert_eq!(b[0] & 0xb0, 0x80, "FIN set, RSV2/3 clear");
+            let compressed = b[0] & 0x40 != 0;
             assert_eq!(b[1] & 0x80, 0, "server frames are unmasked");
             let (len, at) = match b[1] {
                 126 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
@@ -1090,7 +1169,14 @@ mod tests {
                 ),
                 n => (n as usize, 2),
             };
-            let p = b[at..at + len].to_vec();
+            let mut p = b[at..at + len].to_vec();
+            if compressed {
+                assert!(
+                    matches!(b[0] & 0x0f, 1 | 2),
+                    "only data frames are compressed"
+                );
+                p = inflate_message(&[&p]);
+            }
             v.push(match b[0] & 0x0f {
                 1 => Srv::Text(String::from_utf8(p).unwrap()),
                 2 => Srv::Binary(p),
@@ -1108,6 +1194,42 @@ mod tests {
             b = &b[at + len..];
         }
         v
+    }
+
+    /// Inflates one compressed message body (the tail appended).
+    fn inflate_message(pieces: &[&[u8]]) -> Vec<u8> {
+        let mut inf = Inflater::new();
+        let mut out = Vec::new();
+        let mut buf = vec![0; 777];
+        for p in pieces.iter().copied().chain([&TAIL[..]]) {
+            inf.inflate_all(p, &mut buf, |b| {
+                out.extend_from_slice(b);
+                Ok(())
+            })
+            .unwrap();
+        }
+        out
+    }
+
+    /// A raw DEFLATE body (no context takeover, tail stripped) as a
+    /// permessage-deflate client sends it.
+    fn deflated(payload: &[u8]) -> Vec<u8> {
+        use flate2::{Compress, Compression, FlushCompress};
+        let mut z = Compress::new(Compression::default(), false);
+        let mut c = Vec::with_capacity(payload.len() + 1024);
+        z.compress_vec(payload, &mut c, FlushCompress::Sync)
+            .unwrap();
+        assert!(c.ends_with(&TAIL));
+        c.truncate(c.len() - 4);
+        c
+    }
+
+    fn agreed() -> DeflateParams {
+        DeflateParams {
+            server_max_window_bits: 15,
+            server_window_requested: false,
+            client_max_window_bits: 15,
+        }
     }
 
     /// A shell in memory: feeds input, drains events (optionally echoing
@@ -1132,6 +1254,12 @@ mod tests {
                 wire: Vec::new(),
                 echo: false,
             }
+        }
+
+        fn deflate(limits: WsLimits) -> Self {
+            let mut s = Self::new(limits);
+            s.conn = WsConn::with_deflate(s.conn.limits.clone(), Some(agreed()), s.now);
+            s
         }
 
         fn echoing(mut self) -> Self {
@@ -1979,6 +2107,292 @@ mod tests {
             prop_assert_eq!(msgs, want_msgs);
             prop_assert_eq!(s.conn.shutdown(), None);
             prop_assert!(s.conn.wants_read());
+        }
+    }
+
+    // ----- permessage-deflate ----------------------------------------------
+
+    fn run_deflate(limits: WsLimits, chunks: &[&[u8]]) -> Outcome {
+        let mut s = Shell::deflate(limits);
+        for c in chunks {
+            s.feed(c);
+        }
+        let shutdown = s.conn.shutdown();
+        (s.take_events(), s.take_wire(), shutdown)
+    }
+
+    /// Whole, one byte at a time, and split at every offset: same outcome.
+    fn run_deflate_all_splits(limits: WsLimits, input: &[u8]) -> Outcome {
+        let whole = run_deflate(limits.clone(), &[input]);
+        let bytes: Vec<&[u8]> = input.chunks(1).collect();
+        assert_eq!(run_deflate(limits.clone(), &bytes), whole, "byte at a time");
+        for i in 0..=input.len() {
+            let (a, b) = input.split_at(i);
+            assert_eq!(run_deflate(limits.clone(), &[a, b]), whole, "split at {i}");
+        }
+        whole
+    }
+
+    /// A compressed client frame (RSV1 set when `first`).
+    fn zframe(fin: bool, first: bool, opcode: u8, body: &[u8]) -> Vec<u8> {
+        frame(
+            fin,
+            if first { 4 } else { 0 },
+            opcode,
+            Some([9, 8, 7, 6]),
+            body,
+        )
+    }
+
+    #[test]
+    fn compressed_messages_in_any_split() {
+        let kosme = "κόσμε κόσμε κόσμε".as_bytes();
+        let z = deflated(kosme);
+        let bin: Vec<u8> = (0..200u8).map(|i| i % 7).collect();
+        let zb = deflated(&bin);
+        let input = cat(&[
+            // RFC 7692 §7.2.3.1: "Hello".
+            zframe(true, true, 1, &[0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00]),
+            // A compressed text split mid-character, with a ping between.
+            zframe(false, true, 1, &z[..3]),
+            masked(true, 9, b"p"),
+            zframe(false, false, 0, &z[3..]),
+            zframe(true, false, 0, b""),
+            // Uncompressed messages still work.
+            masked(true, 1, b"plain"),
+            zframe(true, true, 2, &zb),
+            // An empty compressed message.
+            zframe(true, true, 2, &[0x00]),
+            close_frame(1000, b""),
+        ]);
+        let (events, wire, shutdown) = run_deflate_all_splits(limits(), &input);
+        assert_eq!(
+            events,
+            [
+                text("Hello"),
+                Event::Ws(WsEvent::Ping(Bytes::from_static(b"p"))),
+                text("κόσμε κόσμε κόσμε"),
+                text("plain"),
+                binary(&bin),
+                binary(b""),
+                closed(Some(1000), ""),
+                Event::End,
+            ]
+        );
+        assert_eq!(
+            wire,
+            [
+                Srv::Pong(b"p".to_vec()),
+                Srv::Close(Some(1000), String::new())
+            ]
+        );
+        assert_eq!(shutdown, Some(Shutdown::Graceful));
+    }
+
+    #[test]
+    fn rsv1_where_not_allowed_is_1002() {
+        let z = deflated(b"abc");
+        for input in [
+            // RSV1 on a continuation frame.
+            cat(&[zframe(false, true, 1, &z), zframe(true, true, 0, b"")]),
+            // RSV1 on a control frame.
+            zframe(true, true, 9, b""),
+        ] {
+            let (events, wire, _) = run_deflate_all_splits(limits(), &input);
+            assert_eq!(events, [abort("ws_reserved_bits")]);
+            assert_eq!(wire, [Srv::Close(Some(1002), "reserved bits set".into())]);
+        }
+        // Not negotiated: RSV1 is reserved as before.
+        let (events, ..) = run_chunks(limits(), &[&zframe(true, true, 1, &z)]);
+        assert_eq!(events, [abort("ws_reserved_bits")]);
+    }
+
+    #[test]
+    fn inflated_text_is_validated_and_bad_deflate_is_1007() {
+        let (events, wire, _) =
+            run_deflate_all_splits(limits(), &zframe(true, true, 1, &deflated(b"ok \xff no")));
+        assert_eq!(events, [abort("ws_invalid_utf8")]);
+        assert_eq!(
+            wire,
+            [Srv::Close(
+                Some(1007),
+                "invalid UTF-8 in text message".into()
+            )]
+        );
+        // Ends mid-character.
+        let (events, ..) =
+            run_deflate_all_splits(limits(), &zframe(true, true, 1, &deflated(b"ok \xce")));
+        assert_eq!(events, [abort("ws_invalid_utf8")]);
+        let (events, wire, _) =
+            run_deflate_all_splits(limits(), &zframe(true, true, 2, &[0xff, 0xfe, 0xfd]));
+        assert_eq!(events, [abort("ws_invalid_deflate")]);
+        assert_eq!(
+            wire,
+            [Srv::Close(Some(1007), "invalid compressed data".into())]
+        );
+        // A back-reference into a previous message: no context takeover.
+        let z = deflated(b"abcdefghabcdefgh");
+        let (events, ..) = run_deflate(
+            limits(),
+            &[
+                &zframe(true, true, 2, &deflated(b"abcdefgh")),
+                &zframe(true, true, 2, &z[z.len() / 2..]),
+            ],
+        );
+        assert_eq!(events.first(), Some(&binary(b"abcdefgh")));
+        assert_eq!(events.len(), 2);
+    }
+
+    #[test]
+    fn inflated_size_counts_against_max_message() {
+        let l = limits(); // max_frame 1000, max_message 3000
+                          // A compressed frame may pass max_frame by DEFLATE's expansion.
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let noise: Vec<u8> = (0..1000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 32) as u8
+            })
+            .collect();
+        let z = deflated(&noise);
+        assert!(z.len() > 1000 && z.len() <= deflate::max_compressed(1000));
+        let (events, ..) = run_deflate(l.clone(), &[&zframe(true, true, 2, &z)]);
+        assert_eq!(events, [binary(&noise)]);
+        let over = vec![0; deflate::max_compressed(1000) + 1];
+        let (events, ..) = run_deflate(l.clone(), &[&zframe(true, true, 2, &over)]);
+        assert_eq!(events, [abort("ws_frame_too_big")]);
+        // Exactly max_message inflated, from a frame far smaller.
+        let (events, ..) =
+            run_deflate_all_splits(l.clone(), &zframe(true, true, 2, &deflated(&[7; 3000])));
+        assert_eq!(events, [binary(&[7; 3000])]);
+        // One byte more, across two fragments.
+        let z = deflated(&[7; 3001]);
+        let input = cat(&[
+            zframe(false, true, 2, &z[..5]),
+            zframe(true, false, 0, &z[5..]),
+        ]);
+        let (events, wire, _) = run_deflate_all_splits(l.clone(), &input);
+        assert_eq!(events, [abort("ws_message_too_big")]);
+        assert_eq!(wire, [Srv::Close(Some(1009), "message too big".into())]);
+        // A bomb: 8 MiB of zeros in one frame under max_frame; stopped at
+        // the limit, the decompressor released, the buffers bounded.
+        let bomb = deflated(&vec![0; 8 << 20]);
+        let l = WsLimits {
+            max_frame: bomb.len(),
+            ..l
+        };
+        let mut s = Shell::deflate(l);
+        let f = zframe(true, true, 2, &bomb);
+        for piece in f.chunks(1000) {
+            s.feed(piece);
+            assert!(s.conn.message.as_ref().is_none_or(|m| m.len() <= 3000));
+            assert!(s.conn.footprint() <= 3000 + INFLATER_FOOTPRINT + INFLATE_CHUNK + 64 * 1024);
+        }
+        assert_eq!(s.take_events(), [abort("ws_message_too_big")]);
+        assert!(s.conn.inflater.is_none());
+        assert_eq!(s.conn.footprint(), 0);
+        s.feed(&close_frame(1000, b""));
+        assert_eq!(s.conn.shutdown(), Some(Shutdown::Graceful));
+    }
+
+    #[test]
+    fn outbound_messages_are_compressed() {
+        let mut s = Shell::deflate(limits()).echoing();
+        let long = "sigma ".repeat(100);
+        s.feed(&masked(true, 1, long.as_bytes()));
+        s.feed(&zframe(true, true, 1, &deflated(b"tiny")));
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let noise: Vec<u8> = (0..500)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 32) as u8
+            })
+            .collect();
+        s.feed(&masked(true, 2, &noise));
+        let wire = s.wire.clone();
+        // Every message went out compressed (RSV1), even tiny or noise.
+        assert_eq!(wire[0], 0xc1);
+        assert!(usize::from(wire[1]) < 100);
+        let rest = &wire[2 + usize::from(wire[1])..];
+        assert_eq!(rest[0], 0xc1);
+        let rest = &rest[2 + usize::from(rest[1])..];
+        assert_eq!(rest[0], 0xc2);
+        assert_eq!(
+            s.take_wire(),
+            [
+                Srv::Text(long.clone()),
+                Srv::Text("tiny".into()),
+                Srv::Binary(noise)
+            ]
+        );
+        // No extension: never RSV1.
+        let mut s = Shell::new(limits()).echoing();
+        s.feed(&masked(true, 1, long.as_bytes()));
+        assert_eq!(s.wire[0], 0x81);
+        // server_max_window_bits=8: accepted, but we never compress.
+        let mut s = Shell::new(limits()).echoing();
+        let p = DeflateParams {
+            server_max_window_bits: 8,
+            ..agreed()
+        };
+        s.conn = WsConn::with_deflate(limits(), Some(p), s.now);
+        s.feed(&masked(true, 1, long.as_bytes()));
+        assert_eq!(s.wire[0], 0x81);
+        // An idle compressed socket holds no zlib state.
+        assert!(s.conn.inflater.is_none() && s.conn.inflated.capacity() == 0);
+    }
+
+    proptest! {
+        /// Random messages compressed as a client would, fragmented and
+        /// chunked at random: the same messages come out, and echoed back
+        /// (compressed or not) they read the same.
+        #[test]
+        fn compressed_sessions_round_trip(
+            messages in session(),
+            compress in proptest::collection::vec(any::<bool>(), 8),
+            chunk_cuts in proptest::collection::vec(0usize..4000, 0..12),
+        ) {
+            let mut input = Vec::new();
+            let mut expect = Vec::new();
+            let mut expect_wire = Vec::new();
+            for (i, (is_text, payload, cuts, _)) in messages.iter().enumerate() {
+                let z = compress.get(i) == Some(&true);
+                let body = if z { deflated(payload) } else { payload.clone() };
+                let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (body.len() + 1)).collect();
+                cuts.sort_unstable();
+                cuts.push(body.len());
+                let mut last = 0;
+                for (j, &c) in cuts.iter().enumerate() {
+                    let op = if j > 0 { 0 } else if *is_text { 1 } else { 2 };
+                    let rsv = if z && j == 0 { 4 } else { 0 };
+                    input.extend(frame(j + 1 == cuts.len(), rsv, op, Some([i as u8, 1, 2, 3]), &body[last..c]));
+                    last = c;
+                }
+                if *is_text {
+                    let s = String::from_utf8(payload.clone()).unwrap();
+                    expect_wire.push(Srv::Text(s.clone()));
+                    expect.push(text(&s));
+                } else {
+                    expect_wire.push(Srv::Binary(payload.clone()));
+                    expect.push(binary(payload));
+                }
+            }
+            let mut cuts: Vec<usize> = chunk_cuts.iter().map(|c| c % (input.len() + 1)).collect();
+            cuts.sort_unstable();
+            let mut s = Shell::deflate(limits()).echoing();
+            let mut last = 0;
+            for c in cuts {
+                s.feed(&input[last..c]);
+                last = c;
+            }
+            s.feed(&input[last..]);
+            prop_assert_eq!(s.take_events(), expect);
+            prop_assert_eq!(s.take_wire(), expect_wire);
+            prop_assert!(s.conn.inflater.is_none());
         }
     }
 }

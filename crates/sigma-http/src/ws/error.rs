@@ -17,7 +17,9 @@ use super::close;
 pub enum ProtocolError {
     /// A client frame without the MASK bit (§5.1).
     UnmaskedFrameFromClient,
-    /// RSV1–3 set with no extension negotiated (§5.2).
+    /// RSV1–3 set with no extension negotiated (§5.2), or RSV1 where
+    /// permessage-deflate does not allow it: on a control or continuation
+    /// frame (RFC 7692 §6.1).
     NonZeroReservedBits,
     /// Opcode 0x3–0x7 or 0xB–0xF (§5.2).
     ReservedOpcode,
@@ -37,6 +39,8 @@ pub enum ProtocolError {
     InvalidCloseCode,
     /// A text message that is not valid UTF-8 (§8.1).
     InvalidUtf8,
+    /// A compressed message that is not valid DEFLATE data (RFC 7692 §6.2).
+    InvalidCompressedData,
     /// A close reason that is not valid UTF-8 (§5.5.1).
     InvalidUtf8CloseReason,
     /// A frame payload over `max_frame` (§7.4.1, 1009).
@@ -67,7 +71,7 @@ impl ProtocolError {
             | PayloadLengthMsbSet
             | CloseFrameTooShort
             | InvalidCloseCode => close::PROTOCOL_ERROR,
-            InvalidUtf8 | InvalidUtf8CloseReason => close::INVALID_PAYLOAD,
+            InvalidUtf8 | InvalidUtf8CloseReason | InvalidCompressedData => close::INVALID_PAYLOAD,
             SlowConsumer | OutboundBudget => close::POLICY_VIOLATION,
             FrameTooBig | MessageTooBig | InboundBudget => close::MESSAGE_TOO_BIG,
         }
@@ -88,6 +92,7 @@ impl ProtocolError {
             CloseFrameTooShort => "ws_close_frame_too_short",
             InvalidCloseCode => "ws_invalid_close_code",
             InvalidUtf8 => "ws_invalid_utf8",
+            InvalidCompressedData => "ws_invalid_deflate",
             InvalidUtf8CloseReason => "ws_invalid_utf8_close_reason",
             FrameTooBig => "ws_frame_too_big",
             MessageTooBig => "ws_message_too_big",
@@ -111,6 +116,7 @@ impl ProtocolError {
             CloseFrameTooShort => "invalid close frame",
             InvalidCloseCode => "invalid close code",
             InvalidUtf8 => "invalid UTF-8 in text message",
+            InvalidCompressedData => "invalid compressed data",
             InvalidUtf8CloseReason => "invalid UTF-8 in close reason",
             FrameTooBig => "frame too big",
             MessageTooBig => "message too big",
@@ -133,7 +139,7 @@ mod tests {
     use super::*;
     use ProtocolError::*;
 
-    const ALL: [ProtocolError; 15] = [
+    const ALL: [ProtocolError; 16] = [
         UnmaskedFrameFromClient,
         NonZeroReservedBits,
         ReservedOpcode,
@@ -145,6 +151,7 @@ mod tests {
         CloseFrameTooShort,
         InvalidCloseCode,
         InvalidUtf8,
+        InvalidCompressedData,
         InvalidUtf8CloseReason,
         FrameTooBig,
         MessageTooBig,

@@ -71,6 +71,8 @@ pub const MAX_HEADER: usize = 14;
 pub struct FrameHeader {
     /// FIN: last frame of a message.
     pub fin: bool,
+    /// RSV1: a compressed message (only when permessage-deflate is on).
+    pub rsv1: bool,
     /// The opcode; `None` only from a lenient decode of a reserved opcode.
     pub opcode: Option<OpCode>,
     /// The masking key (present in every valid client frame).
@@ -79,12 +81,19 @@ pub struct FrameHeader {
     pub len: u64,
 }
 
-/// Checks the first two header bytes of a client frame.
-fn check_start(b0: u8, b1: u8) -> Result<(), ProtocolError> {
-    if b0 & 0x70 != 0 {
+/// Checks the first two header bytes of a client frame. With `rsv1`
+/// (permessage-deflate negotiated), RSV1 may mark the first frame of a
+/// data message as compressed (RFC 7692 §6.1); never a control or
+/// continuation frame.
+fn check_start(b0: u8, b1: u8, rsv1: bool) -> Result<(), ProtocolError> {
+    let reserved = if rsv1 { 0x30 } else { 0x70 };
+    if b0 & reserved != 0 {
         return Err(ProtocolError::NonZeroReservedBits);
     }
     let opcode = OpCode::from_bits(b0 & 0x0f).ok_or(ProtocolError::ReservedOpcode)?;
+    if b0 & 0x40 != 0 && !matches!(opcode, OpCode::Text | OpCode::Binary) {
+        return Err(ProtocolError::NonZeroReservedBits);
+    }
     if opcode.is_control() {
         if b0 & 0x80 == 0 {
             return Err(ProtocolError::FragmentedControlFrame);
@@ -117,12 +126,18 @@ pub struct HeaderDecoder {
     have: usize,
     /// Set after a rejected header, to skip that frame without checks.
     lenient: bool,
+    /// RSV1 is allowed on the first frame of a data message.
+    rsv1: bool,
 }
 
 impl HeaderDecoder {
-    /// A decoder at the start of a frame.
-    pub fn new() -> Self {
-        Self::default()
+    /// A decoder at the start of a frame that allows RSV1 on the first
+    /// frame of a data message (permessage-deflate negotiated) when `rsv1`.
+    pub fn with_rsv1(rsv1: bool) -> Self {
+        Self {
+            rsv1,
+            ..Self::default()
+        }
     }
 
     /// Stops checking the header being decoded: after it was rejected, the
@@ -155,7 +170,7 @@ impl HeaderDecoder {
             used += 1;
             if self.have == 2 && !self.lenient {
                 let [b0, b1, ..] = self.buf;
-                if let Err(e) = check_start(b0, b1) {
+                if let Err(e) = check_start(b0, b1, self.rsv1) {
                     return (used, Err(e));
                 }
             }
@@ -194,9 +209,10 @@ impl HeaderDecoder {
         } else {
             None
         };
-        *self = Self::new();
+        *self = Self::with_rsv1(self.rsv1);
         FrameHeader {
             fin: b0 & 0x80 != 0,
+            rsv1: b0 & 0x40 != 0,
             opcode: OpCode::from_bits(b0 & 0x0f),
             mask,
             len,
@@ -270,7 +286,7 @@ mod tests {
 
     /// Decodes one header from `bytes` fed in pieces of `step` bytes.
     fn decode_in(bytes: &[u8], step: usize) -> (usize, Result<Option<FrameHeader>, ProtocolError>) {
-        let mut d = HeaderDecoder::new();
+        let mut d = HeaderDecoder::default();
         let mut used = 0;
         for piece in bytes.chunks(step.max(1)) {
             let (n, r) = d.decode(piece);
@@ -303,6 +319,7 @@ mod tests {
                 h,
                 Ok(Some(FrameHeader {
                     fin: true,
+                    rsv1: false,
                     opcode: Some(OpCode::Binary),
                     mask: Some(key),
                     len: len as u64
@@ -365,6 +382,48 @@ mod tests {
     }
 
     #[test]
+    fn rsv1_only_on_a_first_data_frame_when_negotiated() {
+        let decode = |rsv1: bool, f: &[u8]| {
+            let mut d = HeaderDecoder::with_rsv1(rsv1);
+            d.decode(f).1.map(|h| h.map(|h| h.rsv1))
+        };
+        let key = Some([0; 4]);
+        for op in [1, 2] {
+            assert_eq!(
+                decode(true, &frame(false, 4, op, key, b"x")),
+                Ok(Some(true))
+            );
+            assert_eq!(
+                decode(false, &frame(true, 4, op, key, b"x")),
+                Err(ProtocolError::NonZeroReservedBits)
+            );
+        }
+        for op in [0, 8, 9, 10] {
+            assert_eq!(
+                decode(true, &frame(true, 4, op, key, b"")),
+                Err(ProtocolError::NonZeroReservedBits),
+                "opcode {op}"
+            );
+        }
+        // RSV2 and RSV3 stay reserved.
+        for rsv in [1, 2, 5, 6] {
+            assert_eq!(
+                decode(true, &frame(true, rsv, 1, key, b"")),
+                Err(ProtocolError::NonZeroReservedBits)
+            );
+        }
+        // The setting survives from one header to the next.
+        let mut d = HeaderDecoder::with_rsv1(true);
+        let two = [frame(true, 4, 1, key, b""), frame(true, 4, 2, key, b"")].concat();
+        let (n, r) = d.decode(&two);
+        assert!(matches!(r, Ok(Some(FrameHeader { rsv1: true, .. }))));
+        assert!(matches!(
+            d.decode(&two[n..]).1,
+            Ok(Some(FrameHeader { rsv1: true, .. }))
+        ));
+    }
+
+    #[test]
     fn rejects_64_bit_length_with_msb() {
         let mut f = vec![0x82, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0];
         assert_eq!(all_splits(&f), (3, Err(ProtocolError::PayloadLengthMsbSet)));
@@ -377,7 +436,7 @@ mod tests {
     #[test]
     fn lenient_decode_skips_a_rejected_header() {
         let f = frame(true, 2, 5, None, b"xyz");
-        let mut d = HeaderDecoder::new();
+        let mut d = HeaderDecoder::default();
         let (n, r) = d.decode(&f);
         assert_eq!((n, r), (2, Err(ProtocolError::NonZeroReservedBits)));
         d.make_lenient();
@@ -387,6 +446,7 @@ mod tests {
             r,
             Ok(Some(FrameHeader {
                 fin: true,
+                rsv1: false,
                 opcode: None,
                 mask: None,
                 len: 3

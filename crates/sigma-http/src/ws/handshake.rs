@@ -6,8 +6,8 @@
 //! the result travels right to `A` on the request (`Origin` for the
 //! cross-site check, the offered subprotocols for the destination).
 //! [`accept_key`] computes `Sec-WebSocket-Accept` for the 101 response. This
-//! file does not write responses, choose a subprotocol or negotiate
-//! extensions (none are offered back, so RSV bits stay reserved).
+//! file does not write responses or choose a subprotocol; the
+//! permessage-deflate offer is read by `extension.rs`.
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
@@ -93,6 +93,7 @@ pub fn parse_upgrade(
         key: Bytes::copy_from_slice(key_bytes),
         protocols,
         origin,
+        deflate: super::extension::negotiate(headers),
     }))
 }
 
@@ -150,6 +151,30 @@ mod tests {
         assert_eq!(hs.key, KEY);
         assert_eq!(hs.protocols, ["chat", "superchat"]);
         assert_eq!(hs.origin.as_deref(), Some(&b"http://example.com"[..]));
+    }
+
+    #[test]
+    fn extension_offers_ride_on_the_handshake() {
+        assert_eq!(parse(&valid()).unwrap().unwrap().deflate, None);
+        let mut hs = valid();
+        hs.push(h(
+            "Sec-WebSocket-Extensions",
+            "foo, permessage-deflate; bad",
+        ));
+        assert_eq!(
+            parse(&hs).unwrap().unwrap().deflate,
+            None,
+            "declined, not a 400"
+        );
+        hs.push(h(
+            "Sec-WebSocket-Extensions",
+            "permessage-deflate; server_max_window_bits=12",
+        ));
+        let d = parse(&hs).unwrap().unwrap().deflate.unwrap();
+        assert_eq!(
+            (d.server_max_window_bits, d.server_window_requested),
+            (12, true)
+        );
     }
 
     #[test]

@@ -7,20 +7,25 @@
 //! over the connection's bytes: client frames in, validated
 //! [`crate::Event::Ws`] events right, our frames appended to the
 //! connection's [`crate::io::OutBuf`]. Sans-IO like the rest of `H`: no
-//! socket, no clock. Not here: permessage-deflate (Autobahn 12–13) and any
-//! other extension, so RSV bits are always an error.
+//! socket, no clock. permessage-deflate (RFC 7692) is the one extension:
+//! negotiated in `extension.rs`, inflated and deflated in `deflate.rs`;
+//! without it RSV bits are always an error.
 //!
 //! Files: `handshake.rs` (upgrade validation, accept key), `frame.rs`
 //! (opcodes, header decode and encode), `mask.rs`, `utf8.rs` (incremental
 //! validation), `close.rs` (close codes), `error.rs` ([`ProtocolError`]),
+//! `extension.rs` (permessage-deflate offers), `deflate.rs` (its codec),
 //! `conn.rs` ([`WsConn`], the state machine).
 
 pub mod close;
 mod conn;
+pub mod deflate;
 mod error;
+pub mod extension;
 mod frame;
 mod handshake;
 mod mask;
+mod message;
 mod utf8;
 
 pub use conn::{

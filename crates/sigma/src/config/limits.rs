@@ -90,6 +90,8 @@ limits_table! {
         close_timeout: Duration,
         #[serde(deserialize_with = "positive")]
         max_outbound: usize,
+        /// permessage-deflate (RFC 7692); `false`: never negotiated.
+        compression: bool,
     }
     set apart: write_timeout: Duration
 }

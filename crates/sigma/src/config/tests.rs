@@ -132,6 +132,7 @@ fn every_key_round_trips() {
         idle_timeout = "44s"
         close_timeout = "45s"
         max_outbound = 46
+        compression = false
 
         [[route]]
         path = "/api"
@@ -290,6 +291,7 @@ fn every_key_round_trips() {
                 close_timeout: s(45),
                 max_outbound: 46,
                 write_timeout: s(29),
+                compression: false,
             },
         }
     );
