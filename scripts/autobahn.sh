@@ -2,7 +2,7 @@
 # Runs the Autobahn|Testsuite cases (via kosoku) against sigma's &echo and
 # fails unless every case is OK, strictly: no NON-STRICT, no FAILED, and
 # every closing behaviour OK. All cases run, 12.* and 13.* (permessage-
-# deflate) included: `[websocket] compression` is on by default (DESIGN §3).
+# deflate) included, with `[websocket] compression = true` (off by default, DESIGN §3).
 #
 # The conformance config raises the message limits so that the 9.* cases
 # (messages up to 16 MiB) test framing and performance rather than sigma's

@@ -1,6 +1,6 @@
 """permessage-deflate (RFC 7692) against the real binary: negotiation with
 Python `websockets` (which offers it by default), echo of small and large
-messages, `[websocket] compression = false`, and the compression-bomb
+messages (with `[websocket] compression = true`; off by default), and the compression-bomb
 regression: a small frame that inflates far past `max_message` is closed
 with 1009 while the server's resident memory stays bounded (it inflates
 into the limit, never the whole message)."""
@@ -16,9 +16,18 @@ import rawws
 
 BOMB_CONFIG = """
 [websocket]
+compression = true
 max_frame = 2097152
 max_message = 2097152
 max_outbound = 2097152
+"""
+
+ON_CONFIG = """
+[websocket]
+compression = true
+max_frame = 65536
+max_message = 262144
+max_outbound = 65536
 """
 
 OFF_CONFIG = """
@@ -87,7 +96,8 @@ def memory_kib(pid):
     return fields
 
 
-def test_websockets_negotiates_and_echoes_small_and_large(sigma):
+def test_websockets_negotiates_and_echoes_small_and_large(make_sigma):
+    sigma = make_sigma(ON_CONFIG)
     with connect(sigma.url(), max_size=None) as ws:
         ext = ws.response.headers["Sec-WebSocket-Extensions"]
         assert ext.startswith("permessage-deflate"), ext
@@ -109,7 +119,8 @@ def test_websockets_negotiates_and_echoes_small_and_large(sigma):
         assert [ws.recv() for _ in range(50)] == [f"message {i} " * (i + 1) for i in range(50)]
 
 
-def test_server_compresses_its_messages(sigma):
+def test_server_compresses_its_messages(make_sigma):
+    sigma = make_sigma(ON_CONFIG)
     s, head = handshake(sigma.host, sigma.port, "permessage-deflate; client_max_window_bits")
     assert "sec-websocket-extensions: permessage-deflate; server_no_context_takeover" in head
     long = b"abcabcabc " * 500
@@ -154,8 +165,12 @@ def test_compression_bomb_closes_1009_with_bounded_memory(make_sigma):
     s.close()
 
 
-def test_compression_off_negotiates_nothing(make_sigma):
-    sigma = make_sigma(OFF_CONFIG)
+import pytest
+
+
+@pytest.mark.parametrize("config", [OFF_CONFIG, None], ids=["off", "default"])
+def test_compression_off_negotiates_nothing(make_sigma, config):
+    sigma = make_sigma(config) if config else make_sigma()
     with connect(sigma.url()) as ws:
         assert "Sec-WebSocket-Extensions" not in ws.response.headers
         ws.send("hello " * 100)
@@ -167,7 +182,8 @@ def test_compression_off_negotiates_nothing(make_sigma):
     s.close()
 
 
-def test_malformed_offers_are_declined(sigma):
+def test_malformed_offers_are_declined(make_sigma):
+    sigma = make_sigma(ON_CONFIG)
     for offer in [
         "permessage-deflate; server_max_window_bits=99",
         "permessage-deflate; client_no_context_takeover; client_no_context_takeover",

@@ -48,7 +48,9 @@ pub const DEFAULT_WS_MAX_OUTBOUND: usize = 4 * 1024 * 1024;
 /// Whether a client's permessage-deflate offer (RFC 7692) is accepted.
 /// Compressed input counts against `max_message` by its inflated size;
 /// off, no offer is ever accepted and RSV1 stays a protocol error.
-pub const DEFAULT_WS_COMPRESSION: bool = true;
+/// Off by default (DESIGN §3): compressing costs CPU per socket and per
+/// message, which a fan-out to thousands of sockets multiplies.
+pub const DEFAULT_WS_COMPRESSION: bool = false;
 
 /// The bounds of one HTTP/1.1 + WebSocket connection (DESIGN §3).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -21,7 +21,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::stream::FuturesOrdered;
 use futures_util::Future;
 use sigma_http::{
-    Event, Header, Method, Reply, RequestHead, Response, SendError, ServerConn, WsEvent, WsMessage,
+    Event, Header, Method, Reply, RequestHead, Response, SendError, ServerConn, WsEvent,
 };
 
 use crate::access::{self, Entry};
@@ -40,6 +40,9 @@ use crate::streaming::{
     self, BodyError, BodyStream, BodyTx, ClientInfo, Refusal, Streamed, TrySend,
 };
 use sigma_core::{enforce, Dropped, ReplyAudit as _};
+
+mod sent;
+use sent::{ws_len, Sent};
 
 /// What a pending reply becomes: a reply, or the head of a streamed
 /// response with its body (issue #6).
@@ -697,12 +700,7 @@ impl<'a> Dispatch<'a> {
         let started = Instant::now();
         // An open-ended response (an event stream) authenticated by a login
         // session ends when the session does, as its sockets do.
-        let revocable = match (&self.ctx.auth, session, &expected) {
-            (Some(a), Some(id), Some(who)) => {
-                Some((std::sync::Arc::clone(a), id, who.user.clone()))
-            }
-            _ => None,
-        };
+        let bound = crate::streaming::SessionBound::new(self.ctx.auth.as_ref(), session, &expected);
         self.outbox.push_later(Box::pin(async move {
             let t = fut.await;
             metrics.latency(started.elapsed());
@@ -714,13 +712,10 @@ impl<'a> Dispatch<'a> {
             };
             match msg {
                 Streamed::Whole(r) => Outgoing::Reply(Reply::Response(r)),
-                Streamed::Stream { head, body } => match revocable {
-                    Some((auth, id, user)) if head.content_length.is_none() => Outgoing::Stream(
-                        head,
-                        crate::streaming::ends_with_session(body, &auth, &id, &user),
-                    ),
-                    _ => Outgoing::Stream(head, body),
-                },
+                Streamed::Stream { head, body } => {
+                    let body = crate::streaming::SessionBound::wrap(bound, &head, body);
+                    Outgoing::Stream(head, body)
+                }
                 Streamed::IdentityMismatch => {
                     metrics.mismatch(Dropped::Reply, &peer);
                     Outgoing::Reply(Reply::Response(plain(502, "bad gateway\n")))
@@ -1165,50 +1160,6 @@ fn reply_rule(
 /// closes, since the rest of the body is not read).
 fn declared_over(max_body: Option<u64>, head: &RequestHead) -> bool {
     matches!((max_body, head.content_length()), (Some(max), Some(len)) if len > max)
-}
-
-/// What a reply handed to `H` was, for the accounting after it went out.
-#[derive(Debug, Clone, Copy)]
-enum Sent {
-    /// A whole response, with its body's length.
-    Response { status: u16, bytes: u64 },
-    /// The head of a streamed response.
-    Head(u16),
-    /// A piece of a streamed body.
-    Chunk(u64),
-    /// The end of a streamed body (or its abort).
-    End,
-    /// A WebSocket upgrade accepted.
-    Accept,
-    /// A WebSocket message, with its payload length.
-    Ws(usize),
-    /// Anything else (a close frame).
-    Other,
-}
-
-impl Sent {
-    fn of(reply: &Reply) -> Self {
-        match reply {
-            Reply::Response(r) => Self::Response {
-                status: r.status,
-                bytes: r.body.len() as u64,
-            },
-            Reply::Head(h) => Self::Head(h.status),
-            Reply::Chunk(b) => Self::Chunk(b.len() as u64),
-            Reply::EndOfBody | Reply::Abort => Self::End,
-            Reply::Accept { .. } => Self::Accept,
-            Reply::Ws(m) => Self::Ws(ws_len(m)),
-            _ => Self::Other,
-        }
-    }
-}
-
-/// Payload length of a WebSocket message.
-fn ws_len(m: &WsMessage) -> usize {
-    match m {
-        WsMessage::Text(t) => t.len(),
-        WsMessage::Binary(b) => b.len(),
-    }
 }
 
 /// A small text response (one definition, in `sigma-core`).

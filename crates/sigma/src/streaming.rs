@@ -13,6 +13,43 @@
 
 pub use sigma_core::body::*;
 
+/// The login session a streamed response was authenticated by, if any.
+pub struct SessionBound(
+    Option<(
+        std::sync::Arc<crate::auth::Auth>,
+        crate::store::SessionId,
+        String,
+    )>,
+);
+
+impl SessionBound {
+    /// The session of a request of `identity` (none for bearer tokens,
+    /// API keys and anonymous requests).
+    pub fn new(
+        auth: Option<&std::sync::Arc<crate::auth::Auth>>,
+        session: Option<crate::store::SessionId>,
+        identity: &sigma_core::Principal,
+    ) -> Self {
+        Self(match (auth, session, identity) {
+            (Some(a), Some(id), Some(who)) => {
+                Some((std::sync::Arc::clone(a), id, who.user.clone()))
+            }
+            _ => None,
+        })
+    }
+
+    /// `body` as sent: an open-ended one (no length: an event stream)
+    /// ends with the session ([`ends_with_session`]).
+    pub fn wrap(self, head: &sigma_http::ResponseHead, body: BodyStream) -> BodyStream {
+        match self.0 {
+            Some((auth, id, user)) if head.content_length.is_none() => {
+                ends_with_session(body, &auth, &id, &user)
+            }
+            _ => body,
+        }
+    }
+}
+
 /// `body`, cut off (the connection aborted) once the login session `id`
 /// ends (logout, expiry, user deleted): registered with `A` like a
 /// socket, whose 4401 it stands for.
