@@ -508,7 +508,7 @@ fn field_probe_reads_the_struct_fields() {
         ]
     );
     assert_eq!(fields_of::<HttpTable>().len(), 13);
-    assert_eq!(fields_of::<WebsocketTable>().len(), 6);
+    assert_eq!(fields_of::<WebsocketTable>().len(), 7);
     assert_eq!(fields_of::<ServerConfig>().len(), 7);
     assert_eq!(fields_of::<RouteTable>().len(), 15);
 }
