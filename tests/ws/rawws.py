@@ -6,7 +6,9 @@ import socket
 import struct
 
 
-def connect(host, port, path="/echo", rcvbuf=None, timeout=10):
+def upgrade(host, port, path="/echo", headers="", rcvbuf=None, timeout=10):
+    """A raw upgrade with extra `headers` (CRLF-terminated lines); returns
+    (socket, the 101 response head in lower case)."""
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     if rcvbuf:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
@@ -15,7 +17,7 @@ def connect(host, port, path="/echo", rcvbuf=None, timeout=10):
     key = base64.b64encode(os.urandom(16)).decode()
     s.sendall(
         (f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-         f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+         f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n{headers}"
          "Sec-WebSocket-Version: 13\r\n\r\n").encode()
     )
     head = b""
@@ -24,7 +26,11 @@ def connect(host, port, path="/echo", rcvbuf=None, timeout=10):
         assert chunk, "closed during handshake"
         head += chunk
     assert head.startswith(b"HTTP/1.1 101"), head
-    return s
+    return s, head.decode("latin-1").lower()
+
+
+def connect(host, port, path="/echo", rcvbuf=None, timeout=10):
+    return upgrade(host, port, path, rcvbuf=rcvbuf, timeout=timeout)[0]
 
 
 def frame(opcode, payload=b"", fin=True, mask=True, rsv=0):

@@ -4,11 +4,11 @@ messages (with `[websocket] compression = true`; off by default), and the compre
 regression: a small frame that inflates far past `max_message` is closed
 with 1009 while the server's resident memory stays bounded (it inflates
 into the limit, never the whole message)."""
-import base64
 import os
-import socket
 import struct
 import zlib
+
+import pytest
 
 from websockets.sync.client import connect
 
@@ -38,21 +38,8 @@ compression = false
 
 def handshake(host, port, extensions=None, path="/echo"):
     """A raw upgrade offering `extensions`; returns (socket, response head)."""
-    s = socket.create_connection((host, port), timeout=30)
-    key = base64.b64encode(os.urandom(16)).decode()
     ext = f"Sec-WebSocket-Extensions: {extensions}\r\n" if extensions else ""
-    s.sendall(
-        (f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-         f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n{ext}"
-         "Sec-WebSocket-Version: 13\r\n\r\n").encode()
-    )
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = s.recv(1)
-        assert chunk, "closed during handshake"
-        head += chunk
-    assert head.startswith(b"HTTP/1.1 101"), head
-    return s, head.decode("latin-1").lower()
+    return rawws.upgrade(host, port, path, headers=ext, timeout=30)
 
 
 def deflate(payload):
@@ -163,9 +150,6 @@ def test_compression_bomb_closes_1009_with_bounded_memory(make_sigma):
     b0, body = read_frame_bits(s)
     assert b0 == 0xC1 and inflate(body) == b"still here " * 20
     s.close()
-
-
-import pytest
 
 
 @pytest.mark.parametrize("config", [OFF_CONFIG, None], ids=["off", "default"])

@@ -259,6 +259,10 @@ pub struct MemoryBroker {
     /// ran (0: never).
     started: Instant,
     reclaimed: AtomicU64,
+    /// When [`Self::sweep`] last looked (as `reclaimed`), and about how
+    /// long the lingering queue is (exact after each sweep).
+    swept: AtomicU64,
+    lingering_len: AtomicUsize,
 }
 
 impl std::fmt::Debug for MemoryBroker {
@@ -304,6 +308,8 @@ impl MemoryBroker {
             used: AtomicUsize::new(0),
             started: clock(),
             reclaimed: AtomicU64::new(0),
+            swept: AtomicU64::new(0),
+            lingering_len: AtomicUsize::new(0),
             clock,
         }
     }
@@ -348,7 +354,20 @@ impl MemoryBroker {
     /// queue, then the map (read); a stream's lock never under the queue's
     /// (an unsubscribe may come from under a stream's lock).
     fn sweep(&self) {
+        // On the publish path: nothing to do is one atomic load, and the
+        // queue is looked at ten times a second at most (at once when it
+        // is over its bound).
+        let queued = self.lingering_len.load(Ordering::Acquire);
         let now = (self.clock)();
+        if queued == 0 || (queued <= MAX_LINGERING && !self.due(&self.swept, 100, now)) {
+            return;
+        }
+        self.sweep_now(now);
+        let len = lock(&self.lingering).len();
+        self.lingering_len.store(len, Ordering::Release);
+    }
+
+    fn sweep_now(&self, now: Instant) {
         // Too many left behind (subscribe / publish / leave in a loop):
         // the oldest are forgotten before their time.
         loop {
@@ -406,7 +425,10 @@ impl MemoryBroker {
             match alive {
                 // Published to while lingering: it lives until its newest
                 // publication expires.
-                Some(at) => lock(&self.lingering).push_back((at, name)),
+                Some(at) => {
+                    lock(&self.lingering).push_back((at, name));
+                    self.lingering_len.fetch_add(1, Ordering::AcqRel);
+                }
                 None => {
                     let mut map = write(&self.streams);
                     if map.get(&name).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
@@ -422,23 +444,26 @@ impl MemoryBroker {
     /// when it is touched). At most once a second; no lock held.
     fn reclaim(&self) {
         let now = (self.clock)();
-        let ms = |t: Instant| {
-            u64::try_from(t.saturating_duration_since(self.started).as_millis()).unwrap_or(u64::MAX)
-        };
-        let last = self.reclaimed.load(Ordering::Acquire);
-        let due = last == 0 || ms(now).saturating_sub(last) >= 1000;
-        if !due
-            || self
-                .reclaimed
-                .compare_exchange(last, ms(now).max(1), Ordering::AcqRel, Ordering::Acquire)
-                .is_err()
-        {
+        if !self.due(&self.reclaimed, 1000, now) {
             return;
         }
         let cells: Vec<Arc<Cell>> = read(&self.streams).values().cloned().collect();
         for cell in cells {
             self.expire(&mut lock(&cell.stream), now);
         }
+    }
+
+    /// True (for one caller) when `every_ms` have passed since `last`
+    /// (milliseconds after `started`; 0: never) was set, which it now is.
+    fn due(&self, last: &AtomicU64, every_ms: u64, now: Instant) -> bool {
+        let t = u64::try_from(now.saturating_duration_since(self.started).as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let l = last.load(Ordering::Acquire);
+        (l == 0 || t.saturating_sub(l) >= every_ms)
+            && last
+                .compare_exchange(l, t, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
     }
 
     /// Drops a lingering stream now, its history with it. No lock held.
@@ -608,6 +633,7 @@ impl Broker for MemoryBroker {
             return;
         }
         lock(&self.lingering).push_back(((self.clock)(), channel.to_owned()));
+        self.lingering_len.fetch_add(1, Ordering::AcqRel);
     }
 
     fn publish(

@@ -924,13 +924,7 @@ impl Hub {
             Ok(h) => h,
             Err(e) => {
                 tracing::warn!(channel = %channel, "broadcast: no position: {e}");
-                let last = st.remove_user(member.user());
-                self.broker.presence_leave(channel, member.id);
-                self.broker.presence_leave(channel, member.id);
-                let failed = match (last, member.user()) {
-                    (true, Some(u)) => st.announce("leave", channel, u, member.id),
-                    _ => Vec::new(),
-                };
+                let failed = self.depart(&mut st, channel, member);
                 let empty = st.is_empty();
                 drop(st);
                 lock(&member.channels).retain(|c| !Arc::ptr_eq(c, channel));
@@ -942,13 +936,7 @@ impl Hub {
                     id.as_ref(),
                 );
                 member.send(text);
-                for m in &failed {
-                    self.evict(m);
-                }
-                if empty {
-                    self.reap(channel, &ch);
-                }
-                return;
+                return self.departed(channel, &ch, &failed, empty);
             }
         };
         let top = history.position;
@@ -995,21 +983,36 @@ impl Hub {
             st.subscribers.insert(member.id, Arc::clone(member));
         } else {
             // It cannot take its own start: it goes, as a slow consumer.
-            let last = st.remove_user(member.user());
-            self.broker.presence_leave(channel, member.id);
-            let failed = match (last, member.user()) {
-                (true, Some(u)) => st.announce("leave", channel, u, member.id),
-                _ => Vec::new(),
-            };
+            let failed = self.depart(&mut st, channel, member);
             let empty = st.is_empty();
             drop(st);
             self.evict(member);
-            for m in &failed {
-                self.evict(m);
-            }
-            if empty {
-                self.reap(channel, &ch);
-            }
+            self.departed(channel, &ch, &failed, empty);
+        }
+    }
+
+    /// `member` is out of `channel` (its caller took it from the maps):
+    /// its user's count goes down, presence forgets it and, when it was
+    /// the user's last socket there, the others hear `leave`. The
+    /// subscribers that did not take that are returned, for
+    /// [`departed`](Self::departed).
+    fn depart(&self, st: &mut ChannelState, channel: &str, member: &Member) -> Vec<Arc<Member>> {
+        self.broker.presence_leave(channel, member.id);
+        match (st.remove_user(member.user()), member.user()) {
+            (true, Some(u)) => st.announce("leave", channel, u, member.id),
+            _ => Vec::new(),
+        }
+    }
+
+    /// After a departure, with the channel's lock released: evicts the
+    /// subscribers that did not take a message, and reaps the channel if
+    /// it was left `empty`.
+    fn departed(&self, channel: &str, ch: &Arc<Channel>, failed: &[Arc<Member>], empty: bool) {
+        for m in failed {
+            self.evict(m);
+        }
+        if empty {
+            self.reap(channel, ch);
         }
     }
 
@@ -1038,24 +1041,12 @@ impl Hub {
         let (empty, failed) = {
             let mut st = lock(&ch.state);
             let failed = match st.take(id) {
-                Some(m) => {
-                    let last = st.remove_user(m.user());
-                    self.broker.presence_leave(channel, id);
-                    match (last, m.user()) {
-                        (true, Some(u)) => st.announce("leave", channel, u, id),
-                        _ => Vec::new(),
-                    }
-                }
+                Some(m) => self.depart(&mut st, channel, &m),
                 None => Vec::new(),
             };
             (st.is_empty(), failed)
         };
-        for m in &failed {
-            self.evict(m);
-        }
-        if empty {
-            self.reap(channel, &ch);
-        }
+        self.departed(channel, &ch, &failed, empty);
     }
 
     /// Removes `ch` from the map if it still has no subscribers. Lock
@@ -1292,20 +1283,19 @@ impl Hub {
                     p.buffered.push((publication.position.offset, text.clone()));
                 }
             }
-            for m in &failed {
+            // They leave now (a `leave` others fail to take makes them
+            // leave too).
+            let mut i = 0;
+            while let Some(m) = failed.get(i).cloned() {
                 if st.take(m.id).is_some() {
-                    st.remove_user(m.user());
-                    self.broker.presence_leave(channel, m.id);
+                    let more = self.depart(st, channel, &m);
+                    failed.extend(more);
                 }
+                i += 1;
             }
             st.is_empty()
         };
-        for m in &failed {
-            self.evict(m);
-        }
-        if empty {
-            self.reap(channel, &ch);
-        }
+        self.departed(channel, &ch, &failed, empty);
     }
 
     /// The broker lost the other nodes: every subscriber may have missed
@@ -1793,21 +1783,14 @@ impl Socket {
                             // A broker across the network: the answer (or
                             // the failure) is pushed when it is known.
                             let wants_ack = id.is_some();
-                            let fut =
-                                Box::pin(
-                                    async move { publishing.await.map(|seq| (seq, wants_ack)) },
-                                );
                             let channel_owned = channel.to_owned();
                             let answer = Box::pin(async move {
-                                match fut.await {
-                                    Ok((seq, true)) => Ok(json!({
-                                        "type": "published",
-                                        "channel": channel_owned,
-                                        "seq": seq,
-                                    })),
-                                    Ok((_, false)) => Ok(Value::Null),
-                                    Err(r) => Err(r),
-                                }
+                                let seq = publishing.await?;
+                                // `later` adds the id; no id, no answer.
+                                Ok(match wants_ack {
+                                    true => published_msg(&channel_owned, seq, None),
+                                    false => Value::Null,
+                                })
                             });
                             self.later(identity, channel, m.id.clone(), op, answer);
                             None
@@ -2695,6 +2678,29 @@ mod tests {
         ));
         drop(slow);
         assert_eq!(b.hub().subscriber_count("public:a"), 1);
+    }
+
+    #[test]
+    fn an_evicted_slow_consumer_is_announced_as_a_leave() {
+        let b = with_history(100, true);
+        let alice = user("alice");
+        let mut watcher = Client::new(&b, user("watcher"));
+        watcher.sub("public:j");
+        let mut slow = Client::new(&b, user("slow"));
+        slow.sub("public:j");
+        assert_eq!(watcher.next().unwrap()["type"], "join");
+        for i in 0..=WS_PUSH_QUEUE {
+            b.hub().publish_now(&alice, "public:j", &json!(i)).unwrap();
+            assert_eq!(watcher.next().unwrap()["data"], i);
+        }
+        assert_eq!(
+            watcher.next(),
+            Some(json!({"type": "leave", "channel": "public:j", "user": "slow"}))
+        );
+        let p = watcher
+            .send(json!({"type": "presence", "channel": "public:j"}))
+            .unwrap();
+        assert_eq!(p["users"], json!([{"user": "watcher", "connections": 1}]));
     }
 
     #[test]

@@ -2247,15 +2247,7 @@ mod tests {
     fn inflated_size_counts_against_max_message() {
         let l = limits(); // max_frame 1000, max_message 3000
                           // A compressed frame may pass max_frame by DEFLATE's expansion.
-        let mut x = 0x2545_f491_4f6c_dd1du64;
-        let noise: Vec<u8> = (0..1000)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 32) as u8
-            })
-            .collect();
+        let noise = deflate::tests::noise(0x2545_f491_4f6c_dd1du64, 1000);
         let z = deflated(&noise);
         assert!(z.len() > 1000 && z.len() <= deflate::max_compressed(1000));
         let (events, ..) = run_deflate(l.clone(), &[&zframe(true, true, 2, &z)]);
@@ -2303,15 +2295,7 @@ mod tests {
         let long = "sigma ".repeat(100);
         s.feed(&masked(true, 1, long.as_bytes()));
         s.feed(&zframe(true, true, 1, &deflated(b"tiny")));
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let noise: Vec<u8> = (0..500)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 32) as u8
-            })
-            .collect();
+        let noise = deflate::tests::noise(0x9e37_79b9_7f4a_7c15u64, 500);
         s.feed(&masked(true, 2, &noise));
         let wire = s.wire.clone();
         // Every message went out compressed (RSV1), even tiny or noise.

@@ -253,9 +253,22 @@ fn compress_with(z: &mut Compress, payload: &[u8]) -> Option<Vec<u8>> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// `n` incompressible bytes (xorshift64 from `seed`).
+    pub(crate) fn noise(seed: u64, n: usize) -> Vec<u8> {
+        let mut x = seed;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 32) as u8
+            })
+            .collect()
+    }
 
     /// Inflates one message given as pieces, the tail appended.
     fn inflate_pieces(pieces: &[&[u8]], limit: usize) -> Result<Vec<u8>, ProtocolError> {
@@ -309,15 +322,7 @@ mod tests {
             inflate_pieces(&[&compress(b"", 15).unwrap()], 100).unwrap(),
             b""
         );
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let random: Vec<u8> = (0..4096)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 32) as u8
-            })
-            .collect();
+        let random = noise(0x9e37_79b9_7f4a_7c15u64, 4096);
         let c = compress(&random, 15).unwrap();
         assert!(c.len() <= max_compressed(random.len()));
         assert_eq!(inflate_pieces(&[&c], 10_000).unwrap(), random);
@@ -334,15 +339,7 @@ mod tests {
     fn small_blocks_of_incompressible_data_fit_the_frame_bound() {
         // Python websockets compresses with memLevel 5 (2 KiB blocks); a
         // client's max_frame fragment of random bytes grows by ~0.25 %.
-        let mut x = 0x1234_5678_9abc_def1u64;
-        let noise: Vec<u8> = (0..65536)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 32) as u8
-            })
-            .collect();
+        let noise = noise(0x1234_5678_9abc_def1u64, 65536);
         let c = compress(&noise, 15).unwrap();
         assert!(c.len() > noise.len() && c.len() <= max_compressed(noise.len()));
         // zlib's worst measured growth (memLevel 1): 65 536 -> 68 117.
