@@ -638,3 +638,38 @@ def test_commands_are_limited_to_their_users(acl):
     assert b.recv()["body"] == "anyone"
     a.close()
     b.close()
+
+
+def test_a_burst_in_one_read_is_answered_in_order(hub):
+    """Messages that reach sigma in one read have their signatures verified
+    as one batch: a bad one among them is refused alone, a replay is
+    still a replay, and every answer keeps its place."""
+    from websockets.frames import Frame, Opcode
+
+    c = Client(hub, "alice")
+    c.hello()
+    k1, w1 = c.start()
+    k2, w2 = c.start()
+    plan = [(k1, w1, "a", None), (k2, w2, "b", None), (k1, w1, "bad", k2),
+            (k1, w1, "c", None), (k1, w1, "replay", "again"), (k2, w2, "d", None),
+            (k2, w2, "e", None), (k1, w1, "f", None)]
+    wire = b""
+    last = None
+    for key, world, body, twist in plan:
+        if twist == "again":
+            n = last
+        else:
+            c.lamport += 1
+            n = last = c.lamport
+        signer = twist if twist not in (None, "again") else key
+        sig = signer.sign(f"{world}\n{n}\n{body}".encode())
+        text = json.dumps({"type": "world", "world": world, "lamport": n, "body": body,
+                           "sig": b64(sig)})
+        wire += Frame(Opcode.TEXT, text.encode()).serialize(
+            mask=True, extensions=[])
+    c.ws.socket.sendall(wire)
+    got = [c.recv() for _ in plan]
+    seen = [m["body"] if m["type"] == "world" else m["code"] for m in got]
+    assert seen == ["a", "b", "bad_signature", "c", "replayed", "d", "e", "f"], got
+    assert [m["world"] for m in got if m["type"] == "world"] == [w1, w2, w1, w2, w2, w1]
+    c.close()

@@ -218,6 +218,12 @@ pub trait WsEndpoint: Send {
     fn on_close(&mut self, code: Option<u16>, reason: &str) {
         let _ = (code, reason);
     }
+    /// Every message of one read has been handed to
+    /// [`WsEndpoint::on_message`] (and before [`WsEndpoint::on_close`]):
+    /// an endpoint that held some back to handle them together (the
+    /// session socket verifies their signatures as one batch) handles them
+    /// now, answering through its push queue. Default: nothing.
+    fn flush(&mut self) {}
 }
 
 #[cfg(test)]

@@ -807,6 +807,9 @@ impl ServerConn {
         let accept = ws::accept_key(&hs.key);
         let deflate = hs.deflate.filter(|_| self.limits.ws.compression);
         self.in_flight.pop_front();
+        // No request follows an upgrade: an idle WebSocket keeps no
+        // room for them (part of its memory, DESIGN §10).
+        self.in_flight = VecDeque::new();
         self.out.mark_pending(now);
         let out = self.out.vec_mut();
         out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ");

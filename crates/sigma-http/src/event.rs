@@ -280,6 +280,21 @@ pub enum WsMessage {
     Binary(Bytes),
 }
 
+impl WsMessage {
+    /// The payload's length in bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            WsMessage::Text(t) => t.len(),
+            WsMessage::Binary(b) => b.len(),
+        }
+    }
+
+    /// The payload is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// What `H` reports about an open WebSocket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WsEvent {

@@ -92,7 +92,10 @@ pub async fn serve(
         .map(|c| TlsWire::new(Arc::clone(c), Instant::now(), ctx.tls_handshake_timeout))
     {
         None => None,
-        Some(Ok(w)) => Some(w),
+        // Boxed: a plain connection (most of them, and every idle
+        // WebSocket behind a TLS-terminating proxy) does not carry S's
+        // state (1.3 KiB) in its task.
+        Some(Ok(w)) => Some(Box::new(w)),
         Some(Err(e)) => {
             tracing::error!(%peer, error = %e, "cannot start TLS");
             ctx.metrics.reject(e.reason());
@@ -194,7 +197,7 @@ pub async fn serve(
         }
         let deadline = match (
             p.h.poll_timeout(),
-            tls.as_ref().and_then(TlsWire::poll_timeout),
+            tls.as_deref().and_then(TlsWire::poll_timeout),
         ) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

@@ -42,7 +42,7 @@ use crate::streaming::{
 use sigma_core::{enforce, Dropped, ReplyAudit as _};
 
 mod sent;
-use sent::{ws_len, Sent};
+use sent::Sent;
 
 /// What a pending reply becomes: a reply, or the head of a streamed
 /// response with its body (issue #6).
@@ -274,6 +274,11 @@ impl<'a> Dispatch<'a> {
                 progressed = true;
                 self.on_event(ev);
             }
+            if progressed {
+                if let Some(ep) = self.ws.as_mut() {
+                    ep.flush();
+                }
+            }
             while let Some(mut reply) = self.outbox.ready.pop_front() {
                 progressed = true;
                 crate::front::decorate(&self.ctx.front, &mut reply);
@@ -359,6 +364,11 @@ impl<'a> Dispatch<'a> {
                     entry.status = 101;
                     self.log_ws = Some(entry);
                 }
+                // No request follows on a WebSocket: its idle memory keeps
+                // no room for their log entries.
+                if self.log.is_empty() {
+                    self.log = VecDeque::new();
+                }
             }
             Sent::Ws(n) => {
                 inc(&self.ctx.metrics.ws_messages_out);
@@ -442,9 +452,9 @@ impl<'a> Dispatch<'a> {
             Event::Upgraded { .. } => {}
             Event::Ws(WsEvent::Message(msg)) => {
                 inc(&self.ctx.metrics.ws_messages_in);
-                add(&self.ctx.metrics.ws_bytes_in, ws_len(&msg));
+                add(&self.ctx.metrics.ws_bytes_in, msg.len());
                 if let Some(entry) = self.log_ws.as_mut() {
-                    entry.bytes_in = entry.bytes_in.saturating_add(ws_len(&msg) as u64);
+                    entry.bytes_in = entry.bytes_in.saturating_add(msg.len() as u64);
                 }
                 // The session ended and the connection has not taken the
                 // news yet: nothing more reaches the endpoint as it.
@@ -465,6 +475,7 @@ impl<'a> Dispatch<'a> {
             }
             Event::Ws(WsEvent::Close { code, reason }) => {
                 if let Some(ep) = self.ws.as_mut() {
+                    ep.flush();
                     ep.on_close(code, &reason);
                 }
             }

@@ -308,6 +308,8 @@ impl WorldService {
             })
         });
         Some(Box::new(SessionSocket {
+            held: Vec::new(),
+            held_bytes: 0,
             shared: Arc::clone(&self.shared),
             socket,
             timer,
@@ -684,39 +686,83 @@ struct SessionSocket {
     shared: Arc<Shared>,
     socket: Arc<Mutex<Socket>>,
     timer: Option<tokio::task::JoinHandle<()>>,
+    /// Text messages of the current read, handled together at
+    /// [`WsEndpoint::flush`] (their signatures verified as one batch).
+    held: Vec<WsMessage>,
+    held_bytes: usize,
+}
+
+/// At most this many messages, or bytes, wait for one batch.
+const BATCH_MESSAGES: usize = 64;
+const BATCH_BYTES: usize = 256 * 1024;
+
+impl SessionSocket {
+    /// Handles the held text messages, in order, as one batch.
+    fn handle_held(&mut self) {
+        if self.held.is_empty() {
+            return;
+        }
+        let held = std::mem::take(&mut self.held);
+        self.held_bytes = 0;
+        let texts: Vec<&str> = held
+            .iter()
+            .filter_map(|m| match m {
+                WsMessage::Text(t) => Some(t.as_str()),
+                WsMessage::Binary(_) => None,
+            })
+            .collect();
+        let now = unix_now_ms();
+        let mut guard = lock(&self.socket);
+        let s = &mut *guard;
+        let (binding, id) = (s.binding, s.id);
+        let keys = &self.shared.keys;
+        let mut seal = |world: &WorldId, command: &str| {
+            let c = CookieContents {
+                session: binding,
+                socket: id,
+                world: *world,
+                command: command.to_owned(),
+                issued_ms: now,
+            };
+            lock(keys).seal(&c, now).map(|b| super::b64_encode(&b))
+        };
+        // Each message's actions are carried out before the next is
+        // handled: a world's reply is stamped after the message it answers
+        // and before the next one's answer.
+        for one in s.session.prepare(&texts) {
+            let mut budget = SocketBudget {
+                user: &s.budget,
+                active: &s.active,
+                socket: s.id,
+            };
+            let outs = s.session.on_prepared(one, now, &mut budget, &mut seal);
+            s.apply(outs);
+        }
+    }
 }
 
 impl WsEndpoint for SessionSocket {
     fn on_message(&mut self, msg: Tagged<WsMessage>) -> Option<Tagged<WsMessage>> {
-        let now = unix_now_ms();
-        let mut guard = lock(&self.socket);
-        let s = &mut *guard;
-        let outs = match &msg.msg {
-            WsMessage::Text(t) => {
-                let (binding, id) = (s.binding, s.id);
-                let keys = &self.shared.keys;
-                let mut seal = |world: &WorldId, command: &str| {
-                    let c = CookieContents {
-                        session: binding,
-                        socket: id,
-                        world: *world,
-                        command: command.to_owned(),
-                        issued_ms: now,
-                    };
-                    lock(keys).seal(&c, now).map(|b| super::b64_encode(&b))
-                };
-                let mut budget = SocketBudget {
-                    user: &s.budget,
-                    active: &s.active,
-                    socket: s.id,
-                };
-                s.session.on_text(t.as_str(), now, &mut budget, &mut seal)
+        match msg.msg {
+            text @ WsMessage::Text(_) => {
+                self.held_bytes = self.held_bytes.saturating_add(text.len());
+                self.held.push(text);
+                if self.held.len() >= BATCH_MESSAGES || self.held_bytes >= BATCH_BYTES {
+                    self.handle_held();
+                }
             }
-            WsMessage::Binary(_) => s.session.on_binary(),
-        };
-        s.apply(outs);
+            WsMessage::Binary(_) => {
+                self.handle_held();
+                let outs = lock(&self.socket).session.on_binary();
+                lock(&self.socket).apply(outs);
+            }
+        }
         // Every envelope goes through the push queue, in Lamport order.
         None
+    }
+
+    fn flush(&mut self) {
+        self.handle_held();
     }
 }
 
@@ -893,6 +939,7 @@ mod tests {
                 .ep
                 .on_message(Tagged::new(self.identity.clone(), text))
                 .is_none());
+            self.ep.flush();
             let mut out = Vec::new();
             while let Some(Pushed::Message(m)) = self.rx.try_recv() {
                 let WsMessage::Text(t) = m.msg else {

@@ -1,7 +1,7 @@
 //! What a reply handed to `H` was: the accounting of [`super::Dispatch`]
 //! after it went out (access log bytes, metrics).
 
-use sigma_http::{Reply, WsMessage};
+use sigma_http::Reply;
 
 /// What a reply handed to `H` was, for the accounting after it went out.
 #[derive(Debug, Clone, Copy)]
@@ -33,16 +33,8 @@ impl Sent {
             Reply::Chunk(b) => Self::Chunk(b.len() as u64),
             Reply::EndOfBody | Reply::Abort => Self::End,
             Reply::Accept { .. } => Self::Accept,
-            Reply::Ws(m) => Self::Ws(ws_len(m)),
+            Reply::Ws(m) => Self::Ws(m.len()),
             _ => Self::Other,
         }
-    }
-}
-
-/// Payload length of a WebSocket message.
-pub(super) fn ws_len(m: &WsMessage) -> usize {
-    match m {
-        WsMessage::Text(t) => t.len(),
-        WsMessage::Binary(b) => b.len(),
     }
 }
