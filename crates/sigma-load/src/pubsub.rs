@@ -94,7 +94,7 @@ impl PubSub {
         let name = self.channel_name(channel);
         let msg = format!("{{\"type\":\"subscribe\",\"channel\":\"{name}\"}}");
         let mut out = Vec::new();
-        ws::encode(&mut out, op::TEXT, msg.as_bytes(), Some(client.rng.mask()));
+        client.message(&mut out, op::TEXT, msg.as_bytes());
         let wait = async {
             client.stream.write_all(&out).await?;
             loop {
@@ -239,7 +239,7 @@ impl PubSub {
                 msg.extend_from_slice(prefix.as_bytes());
                 msg.extend_from_slice(&data);
                 msg.extend_from_slice(b"\"}");
-                ws::encode(&mut out, op::TEXT, &msg, Some(c.rng.mask()));
+                c.message(&mut out, op::TEXT, &msg);
             }
             published += n;
             if n > 0 && w.counts(now) {
