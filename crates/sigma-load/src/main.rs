@@ -135,6 +135,11 @@ enum Command {
         /// How long a subscriber waits for `subscribed`.
         #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
         subscribe_timeout: Duration,
+        /// How long subscribers read on after the window for the deliveries
+        /// of its last publishes (deliveries count by when their publish
+        /// was sent).
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
+        grace: Duration,
         #[command(flatten)]
         timing: Timing,
     },
@@ -256,6 +261,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             size,
             channel_prefix,
             subscribe_timeout,
+            grace,
             timing,
         } => {
             if size < sigma_load::stats::TEXT_STAMP_LEN {
@@ -281,6 +287,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ("size", size.to_string()),
                 ("threads", threads.to_string()),
                 ("deflate", deflate.to_string()),
+                ("grace", humantime::format_duration(grace).to_string()),
             ];
             let split = split_url.as_deref().map(target).transpose()?;
             let ps = PubSub {
@@ -294,6 +301,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 channel_prefix,
                 connect_concurrency: cc,
                 subscribe_timeout,
+                grace,
             };
             let stats = fleet::run(Arc::new(ps), threads, timing.warmup, timing.duration)?;
             Report {
