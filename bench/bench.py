@@ -603,6 +603,48 @@ def fanout_run(key, name, s, n, rate, args, workdir, pin=None):
         s.stop()
 
 
+def scenario_scaling(key, args, servers, workdir, perf):
+    """11: multi-core scaling. Scenario 1's keep-alive load against sigma
+    with 1 worker (scenario 1's layout: server on core 0, wrk on core 1),
+    sigma with 2 workers and nginx with 2 workers (servers on cores 0-1,
+    which wrk shares: the machine has 2 cores); `--rounds` rounds, servers
+    alternating, median shown. Then scenario 6's fan-out load against sigma
+    with 1 and 2 workers and ws-fanout with 2 worker threads (one run
+    each, the 2-worker ones sharing cores 0-1 with sigma-load)."""
+    shared = pinned(SHARED_CPUS)
+    http = [("sigma, 1 worker", "sigma", 1), ("sigma, 2 workers", "sigma", 2),
+            ("nginx, 2 workers", "nginx", 2)]
+    runs = {label: [] for label, _, _ in http}
+    for rnd in range(args.rounds):
+        for label, make, workers in http:
+            cpus = SHARED_CPUS if workers > 1 else None
+            pin = shared if workers > 1 else None
+            s = servers[make](workers=workers, cpus=cpus)
+            log(f"  [{key}] {label} (round {rnd + 1}/{args.rounds}) on :{s.port}")
+            s.start(key)
+            try:
+                wrk(key, label, s, args.warmup, 1, quiet=True, pin=pin)
+                r = measure(s, lambda: wrk(key, label, s, args.duration, 1, pin=pin),
+                            Perf(False, workdir), key, args.duration)
+            finally:
+                s.stop()
+            r["workers"] = workers
+            r["cpus"] = cpus or SERVER_CPU
+            runs[label].append(r)
+    out = {"http": {label: median_run(v) for label, v in runs.items()}, "fanout": {}}
+    n, rate = args.fanout_subscribers, args.fanout_rate
+    for label, make, workers in [("sigma, 1 worker", "sigma", 1),
+                                 ("sigma, 2 workers", "sigma", 2),
+                                 ("ws-fanout, 2 threads", "ws-fanout", 2)]:
+        cpus = SHARED_CPUS if workers > 1 else None
+        r = fanout_run(key, label, servers[make](workers=workers, cpus=cpus), n, rate, args,
+                       workdir, pin=shared if workers > 1 else None)
+        r["workers"] = workers
+        r["cpus"] = cpus or SERVER_CPU
+        out["fanout"][label] = r
+    return out
+
+
 class Nodes:
     """Several servers measured as one (CPU and peak RSS summed)."""
 
@@ -1082,7 +1124,52 @@ def build_rows(res):
          ["nginx"])
     tput("9", "9 new TLS handshakes, 16 conns", "handshakes/s", ["sigma", "nginx"], ["nginx"])
 
+    r = res.get("11")
+    if r:
+        h = r["http"]
+        one, two = h.get("sigma, 1 worker"), h.get("sigma, 2 workers")
+        for n, x in h.items():
+            ratio = ""
+            if n == "sigma, 2 workers" and one and one["rate"]:
+                ratio = f"{x['rate'] / one['rate']:.2f}× sigma 1 worker (scaling)"
+            elif n.startswith("nginx") and two and x["rate"]:
+                ratio = f"{two['rate'] / x['rate']:.2f}× (sigma 2 workers ÷ nginx 2 workers)"
+            errs = f" ({x['errors_total']} errors)" if x["errors_total"] else ""
+            rows.append([f"11 HTTP keep-alive, 64 conns, {layout(x)}", n,
+                         fmt_rate(x["rate"], "req/s") + errs, fmt_us(x["p50_us"]),
+                         fmt_us(x["p99_us"]), fmt_kib(x["hwm_kib"]), f"{x['cpu']:.0f} %",
+                         ratio, "report"])
+        f = r["fanout"]
+        one = f.get("sigma, 1 worker")
+        for n, x in f.items():
+            ratio = ""
+            if n == "sigma, 2 workers" and one and one["rate"]:
+                ratio = f"{x['rate'] / one['rate']:.2f}× sigma 1 worker (scaling)"
+            elif n.startswith("ws-fanout") and x["rate"] and "sigma, 2 workers" in f:
+                ratio = f"{f['sigma, 2 workers']['rate'] / x['rate']:.2f}× (sigma 2 workers " \
+                    "÷ ws-fanout 2 threads)"
+            rows.append([f"11 fan-out, {x['connected'] - 1} subscribers, "
+                         f"{x['rate_param']}/s, {layout(x)}", n,
+                         fmt_rate(x["rate"], "deliveries/s") + f" ({delivery(x)})",
+                         fmt_us(x["p50_us"]), fmt_us(x["p99_us"]), fmt_kib(x["hwm_kib"]),
+                         f"{x['cpu']:.0f} %", ratio, "report"])
+
     return rows
+
+
+def layout(x):
+    """Where a scenario 11 server ran."""
+    if x.get("workers", 1) > 1:
+        return f"{x['workers']} workers on cores {SERVER_CPU}–{LOAD_CPU}, shared with the load"
+    return f"1 worker on core {SERVER_CPU}, load on core {LOAD_CPU}"
+
+
+def delivery(x):
+    """A fan-out run's share of expected deliveries, errors and closes."""
+    errs = f", {x['errors_total']} errors" if x["errors_total"] else ""
+    closes = ", closes " + ", ".join(f"{c}×{k}" for k, c in x["closes"].items()) \
+        if x.get("closes") else ""
+    return f"{x['delivered'] * 100:.1f} % of expected{errs}{closes}"
 
 
 HEADER = ["scenario", "server", "throughput / result", "p50", "p99", "peak RSS",
@@ -1160,6 +1247,41 @@ def observations(res):
                          + " (slowhttptest is restarted to top the connections up as the "
                          "server closes them; its CPU is on the load core, where wrk runs "
                          "too).")
+    r = res.get("11")
+    if r:
+        notes.append("scenario 11: server CPU is the total of the server's threads (100 % = "
+                     f"one core; 2 workers can use up to 200 %). The 1-worker rows use "
+                     f"scenario 1's layout (server on core {SERVER_CPU}, load on core "
+                     f"{LOAD_CPU}); with 2 workers the server and the load generator share "
+                     f"cores {SERVER_CPU}–{LOAD_CPU} (the machine has "
+                     f"{os.cpu_count()}), so the server gets what the load leaves: the "
+                     "scaling factor is a lower bound of what a second core gives on a "
+                     "machine with a core to spare for the load.")
+        for part, tool, unit in (("http", "wrk (one thread)", "request"),
+                                 ("fanout", "sigma-load", "delivery")):
+            what = "keep-alive" if part == "http" else "fan-out"
+            cost = ", ".join(f"{n}: {x['cpu'] / 100 / x['rate'] * 1e6:.2f} µs"
+                             for n, x in r[part].items() if x["rate"])
+            notes.append(f"scenario 11, {what}: server CPU per {unit}: {cost} (more for 2 "
+                         "workers = what spreading the work over two cores costs).")
+            for n, x in r[part].items():
+                lc = x.get("load_cpu", 0)
+                both = ""
+                if x.get("workers", 1) > 1:
+                    both = (f"; server and load together used {x['cpu'] + lc:.0f} % of the "
+                            f"2 cores")
+                if lc >= 85 or both:
+                    notes.append(f"scenario 11, {n} ({what}): {tool} used {lc:.0f} % of a core"
+                                 + (", so the load generator may bound this number" if lc >= 85
+                                    else "") + both + ".")
+        f = r["fanout"]
+        sig = [x for n, x in f.items() if n.startswith("sigma")]
+        if sig and all(x["delivered"] >= 0.999 for x in sig):
+            notes.append("scenario 11, fan-out: every sigma run delivered ≥ 99.9 % of the "
+                         f"fixed {sig[0]['rate_param']} publishes/s, so deliveries/s are set "
+                         "by the offered load and cannot show scaling; compare server CPU "
+                         "(" + ", ".join(f"{n}: {x['cpu']:.0f} %" for n, x in f.items())
+                         + ") and p99.")
     return notes
 
 
@@ -1264,16 +1386,19 @@ def write_markdown(path, m, args, rows, res, notes, perf, busy, wall):
         f"- Tools: {m['rustc']}; {m['nginx']}; {m['wrk']}; slowhttptest {m['slowhttptest']}.",
         f"- CPU budget: every server on core {SERVER_CPU} (`taskset -c {SERVER_CPU}`), one "
         f"worker (sigma `--workers 1`, tokio runtimes with one worker thread, nginx "
-        f"`worker_processes 1`); every load generator on core {LOAD_CPU}.",
+        f"`worker_processes 1`); every load generator on core {LOAD_CPU}. Except in "
+        f"scenario 11's 2-worker rows (sigma `--workers 2`, nginx `worker_processes 2`, "
+        f"ws-fanout with 2 tokio worker threads): server and load generator there share "
+        f"cores {SHARED_CPUS} (`taskset -c {SHARED_CPUS}`).",
         f"- Scheduling: servers and load generators run as `{' '.join(SERVER_PIN[:-3]) or 'default (CFS, nice 0)'}`"
         + (" (SCHED_FIFO: their wake-ups preempt other work on the machine; the kernel "
            "keeps 5 % of each core for the rest, so a saturated server tops out near 95 % "
            "CPU and stalls ~50 ms once a second, which inflates every p99 alike)"
            if SERVER_PIN[0] == "chrt" else "") + ".",
         f"- Each measurement: {args.warmup} s warm-up (discarded), then {args.duration} s "
-        f"measured; scenarios 1–3, 5 and 7–9: {args.rounds} round(s), servers "
-        "alternating, median shown (scenario 5: the median round by kept share, its target "
-        "checked on every round).",
+        f"measured; scenarios 1–3, 5, 7–9 and 11 (keep-alive): {args.rounds} "
+        "round(s), servers alternating, median shown (scenario 5: the median round by kept "
+        "share, its target checked on every round).",
         f"- Background: the machine was {busy[0]:.0f} % busy before the bench started"
         + (f" (top: {', '.join(busy[1])})" if busy[1] else "") + ".",
         "",
@@ -1286,7 +1411,8 @@ def write_markdown(path, m, args, rows, res, notes, perf, busy, wall):
         "scenario 2) or sigma-load's HDR histogram; *peak RSS* is `VmHWM` of the server's "
         "processes (nginx: master + worker) at the end of the run, each scenario on a "
         "freshly started server; *server CPU* is the server's user + system time over the "
-        "measured window (100 % = its one core); *sigma ÷ peer* is sigma's throughput "
+        "measured window (100 % = one core; scenario 11's 2-worker servers can use 200 %); "
+        "*sigma ÷ peer* is sigma's throughput "
         "divided by that peer's (for scenario 4, sigma's bytes per connection divided by "
         "the peer's). Scenario 4: (RSS with all connections open − RSS before) ÷ "
         "connections.",
@@ -1364,9 +1490,10 @@ def main():
         SIGMA = Path(args.sigma_bin).resolve()
 
     # Only what the chosen scenarios run (8 and 9 need sigma and nginx).
-    need = {SIGMA: True, LOAD: bool(wanted & {"3", "4", "6", "7", "10"}),
+    need = {SIGMA: True, LOAD: bool(wanted & {"3", "4", "6", "7", "10", "11"}),
             PEERS / "axum-hello": bool(wanted & {"1", "2"}),
-            PEERS / "ws-echo": bool(wanted & {"3", "4"}), PEERS / "ws-fanout": "6" in wanted}
+            PEERS / "ws-echo": bool(wanted & {"3", "4"}),
+            PEERS / "ws-fanout": bool(wanted & {"6", "11"})}
     for exe in (e for e, n in need.items() if n):
         if not exe.exists():
             sys.exit(f"missing {exe}: run bench/run (it builds everything)")
@@ -1421,6 +1548,9 @@ def main():
     if "9" in wanted:
         log("scenario 9: new TLS handshakes")
         res["9"] = scenario_tls("9", args, servers, workdir, perf, close=True)
+    if "11" in wanted:
+        log("scenario 11: multi-core scaling (1 → 2 workers)")
+        res["11"] = scenario_scaling("11", args, servers, workdir, perf)
 
     wall = time.time() - start
     rows = build_rows(res)
