@@ -645,6 +645,79 @@ def scenario_scaling(key, args, servers, workdir, perf):
     return out
 
 
+# Scenario 12's pass mark (DESIGN §10) and search bounds.
+FANOUT_DELIVERED = 0.999
+FANOUT_P99_US = 100_000
+FANOUT_START_RATE = 50
+FANOUT_BISECT_STEPS = 3
+FANOUT_MAX_PROBES = 10
+FANOUT_MAX_RATE = 200_000
+
+
+def fanout_passes(r):
+    return r["delivered"] >= FANOUT_DELIVERED and 0 < r["p99_us"] < FANOUT_P99_US
+
+
+def scenario_max_fanout(key, args, servers, workdir):
+    """12: the highest publish rate at which scenario 6's fan-out still
+    delivers 99.9 % with p99 under 100 ms, for sigma and ws-fanout. Starting
+    at 50/s the rate doubles while a probe passes (halves while it fails),
+    then bisects between the highest pass and the lowest failure for 3
+    steps. Every probe is scenario 6's run (warm-up + duration) on a freshly
+    started server, so a failed probe (dropped subscribers, a backlog)
+    leaves nothing behind. At most 10 probes, and no new probe after
+    15 × (warm-up + duration) seconds per server (3 minutes by default)."""
+    n = args.fanout_subscribers
+    budget = 15 * (args.warmup + args.duration)
+    out = {}
+    for name in ["sigma", "ws-fanout"]:
+        probes = []  # (rate, passed, result)
+        lo = hi = None  # highest passing rate, lowest failing rate
+        rate, bisects, t0, stop = FANOUT_START_RATE, 0, time.time(), ""
+        while True:
+            r = fanout_run(key, name, servers[name](), n, rate, args, workdir)
+            ok = fanout_passes(r)
+            log(f"    {rate}/s: {r['delivered'] * 100:.2f} % delivered, p99 "
+                f"{fmt_us(r['p99_us'])}: {'pass' if ok else 'fail'}")
+            probes.append((rate, ok, r))
+            if ok:
+                lo = rate if lo is None else max(lo, rate)
+            else:
+                hi = rate if hi is None else min(hi, rate)
+            if lo is not None and hi is not None:
+                nxt = (lo + hi) // 2
+                if bisects >= FANOUT_BISECT_STEPS or nxt in (lo, hi):
+                    stop = "bisected"
+                    break
+                bisects += 1
+            elif hi is None:
+                nxt = rate * 2
+                if nxt > FANOUT_MAX_RATE:
+                    stop = f"no failure up to the cap of {FANOUT_MAX_RATE}/s"
+                    break
+            else:
+                nxt = rate // 2
+                if nxt < 1:
+                    stop = "failed even at 1/s"
+                    break
+            if len(probes) >= FANOUT_MAX_PROBES:
+                stop = f"probe limit ({FANOUT_MAX_PROBES}) reached"
+                break
+            if time.time() - t0 > budget:
+                stop = f"time budget ({budget} s) spent"
+                break
+            rate = nxt
+        best = max((p for p in probes if p[1]), key=lambda p: p[0], default=None)
+        res = dict(best[2]) if best else {}
+        res.update({"best_rate": best[0] if best else None, "lowest_fail": hi,
+                    "probes": [(p[0], p[1], p[2]["delivered"], p[2]["p99_us"],
+                                p[2]["rate"], p[2].get("load_cpu", 0), p[2]["errors_total"],
+                                p[2].get("closes") or {}) for p in probes],
+                    "stop": stop, "seconds": time.time() - t0, "subscribers": n})
+        out[name] = res
+    return out
+
+
 class Nodes:
     """Several servers measured as one (CPU and peak RSS summed)."""
 
@@ -1154,6 +1227,27 @@ def build_rows(res):
                          fmt_us(x["p50_us"]), fmt_us(x["p99_us"]), fmt_kib(x["hwm_kib"]),
                          f"{x['cpu']:.0f} %", ratio, "report"])
 
+    r = res.get("12")
+    if r:
+        sig = (r.get("sigma") or {}).get("best_rate")
+        for n, x in r.items():
+            title = f"12 highest fan-out rate with ≥ 99.9 % delivered and p99 < 100 ms, " \
+                f"{x['subscribers']} subscribers"
+            ratio = ""
+            if n != "sigma" and sig and x.get("best_rate"):
+                ratio = f"{sig / x['best_rate']:.2f}× (highest rates)"
+            if x.get("best_rate") is None:
+                lowest = min(p[0] for p in x["probes"]) if x["probes"] else "?"
+                rows.append([title, n, f"none passed (lowest rate tried {lowest}/s)", "–", "–",
+                             "–", "–", ratio, "report"])
+                continue
+            fail = f", {x['lowest_fail']}/s failed" if x.get("lowest_fail") else ", no failure"
+            rows.append([title, n, f"{x['best_rate']} publishes/s = "
+                         + fmt_rate(x["rate"], "deliveries/s")
+                         + f" ({x['delivered'] * 100:.2f} % delivered{fail})",
+                         fmt_us(x["p50_us"]), fmt_us(x["p99_us"]), fmt_kib(x["hwm_kib"]),
+                         f"{x['cpu']:.0f} %", ratio, "report"])
+
     return rows
 
 
@@ -1276,12 +1370,38 @@ def observations(res):
                                     else "") + both + ".")
         f = r["fanout"]
         sig = [x for n, x in f.items() if n.startswith("sigma")]
-        if sig and all(x["delivered"] >= 0.999 for x in sig):
+        if sig and all(x["delivered"] >= FANOUT_DELIVERED for x in sig):
             notes.append("scenario 11, fan-out: every sigma run delivered ≥ 99.9 % of the "
                          f"fixed {sig[0]['rate_param']} publishes/s, so deliveries/s are set "
                          "by the offered load and cannot show scaling; compare server CPU "
                          "(" + ", ".join(f"{n}: {x['cpu']:.0f} %" for n, x in f.items())
-                         + ") and p99.")
+                         + ") and p99; scenario 12 searches for the highest rate.")
+    r = res.get("12")
+    if r:
+        for n, x in r.items():
+            probes = "; ".join(
+                f"{rate}/s {'pass' if ok else 'fail'} ({dl * 100:.2f} %, p99 {fmt_us(p99)}, "
+                + (f"{errs} errors, " if errs else "")
+                + ("closes " + ", ".join(f"{c}×{k}" for k, c in closes.items()) + ", "
+                   if closes else "")
+                + f"load {lc:.0f} %)"
+                for rate, ok, dl, p99, _, lc, errs, closes in x["probes"])
+            notes.append(f"scenario 12, {n}: {len(x['probes'])} probes in "
+                         f"{x['seconds']:.0f} s, each on a freshly started server "
+                         f"({probes}); stopped: {x['stop']}. \"load\" is sigma-load's CPU "
+                         "(percent of its one core) over the whole probe, connecting "
+                         "included.")
+            fails = [p for p in x["probes"] if not p[1]]
+            if fails and min(fails)[5] >= 85:
+                notes.append(f"scenario 12, {n}: sigma-load used {min(fails)[5]:.0f} % of its "
+                             f"core at the lowest failing rate ({min(fails)[0]}/s): the load "
+                             "generator may be what failed, so the highest rate is a lower "
+                             "bound of the server's.")
+        if SERVER_PIN[0] == "chrt":
+            notes.append("scenario 12: under SCHED_FIFO a saturated server stalls ~50 ms once "
+                         "a second (the kernel's real-time throttling, see Scheduling above), "
+                         "which counts against the p99 < 100 ms mark near the limit; "
+                         "`--sched none` on a quiet machine avoids it.")
     return notes
 
 
@@ -1398,7 +1518,8 @@ def write_markdown(path, m, args, rows, res, notes, perf, busy, wall):
         f"- Each measurement: {args.warmup} s warm-up (discarded), then {args.duration} s "
         f"measured; scenarios 1–3, 5, 7–9 and 11 (keep-alive): {args.rounds} "
         "round(s), servers alternating, median shown (scenario 5: the median round by kept "
-        "share, its target checked on every round).",
+        "share, its target checked on every round). Scenario 12 probes publish rates, each "
+        "probe one such measurement on a fresh server.",
         f"- Background: the machine was {busy[0]:.0f} % busy before the bench started"
         + (f" (top: {', '.join(busy[1])})" if busy[1] else "") + ".",
         "",
@@ -1490,10 +1611,10 @@ def main():
         SIGMA = Path(args.sigma_bin).resolve()
 
     # Only what the chosen scenarios run (8 and 9 need sigma and nginx).
-    need = {SIGMA: True, LOAD: bool(wanted & {"3", "4", "6", "7", "10", "11"}),
+    need = {SIGMA: True, LOAD: bool(wanted & {"3", "4", "6", "7", "10", "11", "12"}),
             PEERS / "axum-hello": bool(wanted & {"1", "2"}),
             PEERS / "ws-echo": bool(wanted & {"3", "4"}),
-            PEERS / "ws-fanout": bool(wanted & {"6", "11"})}
+            PEERS / "ws-fanout": bool(wanted & {"6", "11", "12"})}
     for exe in (e for e, n in need.items() if n):
         if not exe.exists():
             sys.exit(f"missing {exe}: run bench/run (it builds everything)")
@@ -1551,6 +1672,9 @@ def main():
     if "11" in wanted:
         log("scenario 11: multi-core scaling (1 → 2 workers)")
         res["11"] = scenario_scaling("11", args, servers, workdir, perf)
+    if "12" in wanted:
+        log("scenario 12: highest fan-out rate (≥ 99.9 % delivered, p99 < 100 ms)")
+        res["12"] = scenario_max_fanout("12", args, servers, workdir)
 
     wall = time.time() - start
     rows = build_rows(res)
