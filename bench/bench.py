@@ -718,6 +718,52 @@ def scenario_max_fanout(key, args, servers, workdir):
     return out
 
 
+# Scenario 13's echo payload: a chat-like JSON text message (sigma-load
+# `echo --json-payload`), compressible the way real traffic is.
+DEFLATE_ECHO_SIZE = 256
+
+
+def scenario_compression(key, args, servers, workdir, res):
+    """13: permessage-deflate (DESIGN §10: with it on, report messages/s and
+    memory per idle connection). (a) scenario 3's echo load (100
+    connections, 1 in flight) with 256-byte JSON-like text messages,
+    against sigma with `[websocket] compression = true` and `sigma-load
+    --deflate` (every message compressed both ways), and against plain
+    sigma with the same payload uncompressed; `--rounds` rounds, servers
+    alternating, median shown. (b) scenario 4 (idle WebSockets, RSS per
+    connection) with `--deflate` against the compressing sigma; the
+    uncompressed number is scenario 4's when it ran, else measured here."""
+    payload = ["--json-payload"]
+    cases = [("sigma", "sigma", False), ("sigma-deflate", "sigma-deflate", True)]
+    runs = {label: [] for label, _, _ in cases}
+    for rnd in range(args.rounds):
+        for label, make, deflate in cases:
+            s = servers[make]()
+            log(f"  [{key}] {label} echo (round {rnd + 1}/{args.rounds}) on :{s.port}")
+            s.start(key)
+            try:
+                sigma_load_echo(key, label, s, args.warmup, 0, quiet=True,
+                                size=DEFLATE_ECHO_SIZE, payload=payload, deflate=deflate)
+                r = measure(s, lambda: sigma_load_echo(key, label, s, args.duration, 0,
+                                                       size=DEFLATE_ECHO_SIZE,
+                                                       payload=payload, deflate=deflate),
+                            Perf(False, workdir), key, args.duration)
+            finally:
+                s.stop()
+            runs[label].append(r)
+    out = {"echo": {label: median_run(v) for label, v in runs.items()}, "idle": {}}
+    n = args.idle_connections
+    if "sigma" in res.get("4", {}):
+        plain = dict(res["4"]["sigma"])
+        plain["from_scenario"] = "4"
+    else:
+        plain = idle_run(key, "sigma", servers["sigma"](), n)
+    out["idle"]["sigma"] = plain
+    out["idle"]["sigma-deflate"] = idle_run(key, "sigma-deflate", servers["sigma-deflate"](), n,
+                                            deflate=True)
+    return out
+
+
 class Nodes:
     """Several servers measured as one (CPU and peak RSS summed)."""
 
@@ -1248,6 +1294,41 @@ def build_rows(res):
                          fmt_us(x["p50_us"]), fmt_us(x["p99_us"]), fmt_kib(x["hwm_kib"]),
                          f"{x['cpu']:.0f} %", ratio, "report"])
 
+    r = res.get("13")
+    if r:
+        e = r["echo"]
+        plain = e.get("sigma")
+        for n, x in e.items():
+            deflated = x.get("deflated_size")
+            what = f"{x.get('size', DEFLATE_ECHO_SIZE)} B JSON-like text"
+            if n == "sigma-deflate":
+                what += f", permessage-deflate ({deflated} B on the wire)" if deflated \
+                    else ", permessage-deflate"
+            else:
+                what += ", uncompressed"
+            ratio = ""
+            if n != "sigma" and plain and plain["rate"]:
+                ratio = f"{x['rate'] / plain['rate']:.2f}× uncompressed"
+            errs = f" ({x['errors_total']} errors)" if x["errors_total"] else ""
+            rows.append([f"13 WebSocket echo, {what}, 100 conns", n,
+                         fmt_rate(x["rate"], "msg/s") + errs, fmt_us(x["p50_us"]),
+                         fmt_us(x["p99_us"]), fmt_kib(x["hwm_kib"]), f"{x['cpu']:.0f} %",
+                         ratio, "report"])
+        i = r["idle"]
+        plain = i.get("sigma")
+        for n, x in i.items():
+            fail = f", {x['failed']} failed" if x["failed"] else ""
+            if n == "sigma":
+                what = "uncompressed" + (", scenario 4's run" if x.get("from_scenario")
+                                         else "")
+            else:
+                what = "permessage-deflate negotiated"
+            ratio = ""
+            if n != "sigma" and plain and plain["per_conn_kib"] > 0:
+                ratio = f"{x['per_conn_kib'] / plain['per_conn_kib']:.2f}× uncompressed"
+            rows.append([f"13 idle WebSockets, {what} ({x['opened']} open{fail})", n,
+                         f"{x['per_conn_kib']:.1f} KiB/conn", "–", "–", fmt_kib(x["hwm_kib"]),
+                         "–", ratio, "report"])
     return rows
 
 
@@ -1402,6 +1483,27 @@ def observations(res):
                          "a second (the kernel's real-time throttling, see Scheduling above), "
                          "which counts against the p99 < 100 ms mark near the limit; "
                          "`--sched none` on a quiet machine avoids it.")
+    r = res.get("13")
+    if r:
+        d = r["echo"].get("sigma-deflate")
+        if d:
+            notes.append(f"scenario 13: the echo payload is a {d.get('size')}-byte chat-like "
+                         "JSON text message (`sigma-load echo --json-payload`: a stamp, "
+                         "type, channel, from and English text), "
+                         f"{d.get('deflated_size', '?')} bytes once deflated by sigma-load "
+                         "(zlib level 6, no context takeover, so every message is compressed "
+                         "on its own); sigma compresses every echo too. sigma-load used "
+                         f"{d.get('load_cpu', 0):.0f} % of its core compressed, "
+                         f"{r['echo'].get('sigma', {}).get('load_cpu', 0):.0f} % "
+                         "uncompressed"
+                         + (" (85 % or more: the load generator may bound the compressed "
+                            "number)" if d.get("load_cpu", 0) >= 85 else "") + ".")
+        i = r["idle"].get("sigma-deflate")
+        if i:
+            notes.append("scenario 13, idle: sigma negotiates no context takeover in either "
+                         "direction, so an idle compressed connection holds no zlib state; "
+                         "these connections have sent no message, and the number shows what "
+                         "the negotiation itself costs.")
     return notes
 
 
@@ -1516,7 +1618,7 @@ def write_markdown(path, m, args, rows, res, notes, perf, busy, wall):
            "CPU and stalls ~50 ms once a second, which inflates every p99 alike)"
            if SERVER_PIN[0] == "chrt" else "") + ".",
         f"- Each measurement: {args.warmup} s warm-up (discarded), then {args.duration} s "
-        f"measured; scenarios 1–3, 5, 7–9 and 11 (keep-alive): {args.rounds} "
+        f"measured; scenarios 1–3, 5, 7–9, 11 (keep-alive) and 13 (echo): {args.rounds} "
         "round(s), servers alternating, median shown (scenario 5: the median round by kept "
         "share, its target checked on every round). Scenario 12 probes publish rates, each "
         "probe one such measurement on a fresh server.",
@@ -1544,6 +1646,11 @@ def write_markdown(path, m, args, rows, res, notes, perf, busy, wall):
             f"{n}: RSS {fmt_kib(x['rss_before_kib'])} before → {fmt_kib(x['rss_after_kib'])} "
             f"with {x['opened']} open" for n, x in res["4"].items()) + ".")
         lines.append("")
+    if "13" in res:
+        lines.append("Scenario 13 idle detail: " + "; ".join(
+            f"{n}: RSS {fmt_kib(x['rss_before_kib'])} before → {fmt_kib(x['rss_after_kib'])} "
+            f"with {x['opened']} open" for n, x in res["13"]["idle"].items()) + ".")
+        lines.append("")
     lines += ["## What limits it", ""]
     lines += [f"- {n}" for n in notes]
     limits = BENCH / "limits.md"
@@ -1560,7 +1667,8 @@ def write_markdown(path, m, args, rows, res, notes, perf, busy, wall):
               "-p sigma-load`, `cargo build --release --locked --manifest-path "
               "bench/peers/Cargo.toml`, then these, in order (ports are picked free per run; "
               "the configuration files are `bench/sigma.toml.in` and `bench/nginx.conf.in` "
-              "filled in; each measured wrk or sigma-load run is preceded by the same command "
+              "filled in, `sigma-deflate` with `[websocket] compression = true` appended; "
+              "each measured wrk or sigma-load run is preceded by the same command "
               "for the warm-up seconds, not listed; slowhttptest top-ups after the first two "
               "are not listed either):",
               "", "```"]
@@ -1611,7 +1719,7 @@ def main():
         SIGMA = Path(args.sigma_bin).resolve()
 
     # Only what the chosen scenarios run (8 and 9 need sigma and nginx).
-    need = {SIGMA: True, LOAD: bool(wanted & {"3", "4", "6", "7", "10", "11", "12"}),
+    need = {SIGMA: True, LOAD: bool(wanted & {"3", "4", "6", "7", "10", "11", "12", "13"}),
             PEERS / "axum-hello": bool(wanted & {"1", "2"}),
             PEERS / "ws-echo": bool(wanted & {"3", "4"}),
             PEERS / "ws-fanout": bool(wanted & {"6", "11", "12"})}
@@ -1675,6 +1783,9 @@ def main():
     if "12" in wanted:
         log("scenario 12: highest fan-out rate (≥ 99.9 % delivered, p99 < 100 ms)")
         res["12"] = scenario_max_fanout("12", args, servers, workdir)
+    if "13" in wanted:
+        log("scenario 13: permessage-deflate (echo, idle)")
+        res["13"] = scenario_compression("13", args, servers, workdir, res)
 
     wall = time.time() - start
     rows = build_rows(res)
