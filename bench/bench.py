@@ -3,9 +3,10 @@
 the same load, prints the table and writes BENCHMARKS.md.
 
 Servers run on core 0 (`taskset -c 0`), load generators on core 1, so every
-server gets the same CPU budget: one core, one worker. Each (scenario,
-server) pair gets a freshly started server, so its peak RSS (VmHWM) is that
-scenario's. Standard library only.
+server gets the same CPU budget: one core, one worker (scenario 11's
+2-worker servers excepted: they and their load share cores 0-1). Each
+(scenario, server) pair gets a freshly started server, so its peak RSS
+(VmHWM) is that scenario's. Standard library only.
 
 Scenarios (DESIGN §10, issue 4):
   1  HTTP keep-alive, GET /echo, 64 connections          sigma, nginx, axum
@@ -25,7 +26,22 @@ Scenarios (DESIGN §10, issue 4):
  10  scenario 6 on a cluster (DESIGN §7): the subscribers
      split over two nodes sharing PostgreSQL and Redis,
      against one node on the same PostgreSQL and Redis   sigma ×2 vs sigma ×1
---rounds repeats scenarios 1-3, 5 and 7-9, servers alternating; the median is shown (scenario 5: the median round by
+ 11  multi-core scaling: scenario 1's keep-alive load
+     with 1 worker (core 0, load on core 1) and with 2
+     workers (cores 0-1, shared with the load); then
+     scenario 6's fan-out load with 1 and 2 workers       sigma 1 and 2 workers, nginx 2
+                                                          workers, ws-fanout 2 threads
+ 12  the highest publish rate of scenario 6's fan-out
+     that still delivers 99.9 % with p99 under 100 ms
+     (doubling from 50/s, then bisecting; a fresh
+     server per probe)                                    sigma, ws-fanout
+ 13  permessage-deflate (`[websocket] compression =
+     true`, `sigma-load --deflate`): scenario 3's echo
+     with 256-byte JSON-like text, compressed vs not;
+     scenario 4's idle WebSockets, compressed vs not      sigma (compressed vs plain)
+
+--rounds repeats scenarios 1-3, 5, 7-9, 11 (keep-alive) and 13 (echo),
+servers alternating; the median is shown (scenario 5: the median round by
 kept share, its target checked on every round).
 """
 
@@ -1683,16 +1699,20 @@ def main():
     ap.add_argument("--duration", type=int, default=10, help="measured seconds per run")
     ap.add_argument("--warmup", type=int, default=2, help="warm-up seconds per run")
     ap.add_argument("--rounds", type=int, default=1,
-                    help="rounds of scenarios 1-3, 5 and 7-9 (servers alternate; the median "
-                         "is shown; scenario 5: median kept share, the target checked on "
-                         "every round)")
-    ap.add_argument("--scenarios", default="1,2,3,4,5,6,7,8,9,10", help="comma-separated subset")
-    ap.add_argument("--idle-connections", type=int, default=10000)
+                    help="rounds of scenarios 1-3, 5, 7-9, 11 (keep-alive) and 13 (echo); "
+                         "servers alternate, the median is shown (scenario 5: median kept "
+                         "share, the target checked on every round)")
+    ap.add_argument("--scenarios", default="1,2,3,4,5,6,7,8,9,10,11,12,13",
+                    help="comma-separated subset")
+    ap.add_argument("--idle-connections", type=int, default=10000,
+                    help="idle WebSockets of scenarios 4 and 13")
     ap.add_argument("--slow-headers", type=int, default=2000)
     ap.add_argument("--slow-bodies", type=int, default=500)
-    ap.add_argument("--fanout-subscribers", type=int, default=10000)
+    ap.add_argument("--fanout-subscribers", type=int, default=10000,
+                    help="subscribers of scenarios 6, 10, 11 and 12")
     ap.add_argument("--fanout-rate", type=float, default=50.0,
-                    help="scenario 6: publishes per second (each goes to every subscriber)")
+                    help="scenarios 6, 10 and 11: publishes per second (each goes to every "
+                         "subscriber); scenario 12 searches for its own")
     ap.add_argument("--perf", action="store_true",
                     help="profile sigma with perf during its measured runs")
     ap.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"),
