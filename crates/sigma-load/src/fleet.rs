@@ -56,6 +56,15 @@ pub struct Client {
     pub rng: Rng,
 }
 
+impl Client {
+    /// Appends one masked data message to `out`, compressed when the
+    /// connection negotiated permessage-deflate (`--deflate`).
+    pub fn message(&mut self, out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
+        let mask = self.rng.mask();
+        ws::encode_message(out, opcode, payload, Some(mask), self.dec.deflate());
+    }
+}
+
 /// Longest a connection plus its opening handshake may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 

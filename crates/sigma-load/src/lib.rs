@@ -19,7 +19,8 @@
 //!
 //! Every message carries its send stamp, so latency is measured by whoever
 //! receives it. The client codec ([`ws`]) is small and hand-written: masking,
-//! framing and the opening handshake, nothing more. HTTP load is `wrk`'s job
+//! framing and the opening handshake, and permessage-deflate without
+//! context takeover ([`deflate`], `--deflate`). HTTP load is `wrk`'s job
 //! (see `bench/`).
 
 #![forbid(unsafe_code)]
@@ -33,6 +34,7 @@
     )
 )]
 
+pub mod deflate;
 pub mod echo;
 pub mod fleet;
 pub mod idle;

@@ -45,6 +45,11 @@ struct Cli {
     /// `Cookie: sigma_session=...` or `Authorization: Bearer ...`.
     #[arg(short = 'H', long = "header", global = true)]
     headers: Vec<String>,
+    /// Offer permessage-deflate (RFC 7692, no context takeover either way),
+    /// fail any connection whose server does not accept it, and compress
+    /// every message sent (inflating the compressed ones received).
+    #[arg(long, global = true)]
+    deflate: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -69,7 +74,8 @@ enum Command {
         /// Connections.
         #[arg(short, long, default_value_t = 100)]
         connections: usize,
-        /// Message size in bytes (at least 8, or 20 with `--text`).
+        /// Message size in bytes (at least 8, 20 with `--text`, 103 with
+        /// `--json-payload`).
         #[arg(short, long, default_value_t = 64)]
         size: usize,
         /// Messages in flight per connection.
@@ -78,6 +84,11 @@ enum Command {
         /// Send text messages (a decimal stamp) instead of binary.
         #[arg(long)]
         text: bool,
+        /// Send text messages shaped like a chat message in JSON (a stamp
+        /// field, then type, channel, from and English text), which
+        /// compress like real traffic (for `--deflate`).
+        #[arg(long)]
+        json_payload: bool,
         #[command(flatten)]
         timing: Timing,
     },
@@ -124,6 +135,11 @@ enum Command {
         /// How long a subscriber waits for `subscribed`.
         #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
         subscribe_timeout: Duration,
+        /// How long subscribers read on after the window for the deliveries
+        /// of its last publishes (deliveries count by when their publish
+        /// was sent).
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
+        grace: Duration,
         #[command(flatten)]
         timing: Timing,
     },
@@ -161,11 +177,13 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let (threads, cc) = (cli.threads.max(1), cli.connect_concurrency.max(1));
-    let headers = cli.headers;
+    let (headers, deflate) = (cli.headers, cli.deflate);
     let target = |url: &str| -> anyhow::Result<Target> {
-        headers
+        let mut t = headers
             .iter()
-            .try_fold(Target::parse(url)?, |t, h| t.with_header(h))
+            .try_fold(Target::parse(url)?, |t, h| t.with_header(h))?;
+        t.deflate = deflate;
+        Ok(t)
     };
     let report = match cli.command {
         Command::Echo {
@@ -174,27 +192,37 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             size,
             in_flight,
             text,
+            json_payload: json,
             timing,
         } => {
-            if size < Echo::min_size(text) {
-                bail!("--size must be at least {}", Echo::min_size(text));
+            let min = Echo::min_size(text, json);
+            if size < min {
+                bail!("--size must be at least {min}");
             }
-            let params = vec![
+            let mut params = vec![
                 ("url", url.clone()),
                 ("connections", connections.to_string()),
                 ("size", size.to_string()),
                 ("in_flight", in_flight.to_string()),
-                ("text", text.to_string()),
+                ("text", (text || json).to_string()),
+                ("json_payload", json.to_string()),
                 ("threads", threads.to_string()),
+                ("deflate", deflate.to_string()),
             ];
             let echo = Echo {
                 target: target(&url)?,
                 connections,
                 size,
                 in_flight: in_flight.max(1),
-                text,
+                text: text || json,
+                json,
                 connect_concurrency: cc,
             };
+            if deflate {
+                // What one message (stamp zero) becomes on the wire.
+                let body = sigma_load::deflate::compress(&echo.payload())?;
+                params.push(("deflated_size", body.len().to_string()));
+            }
             let stats = fleet::run(Arc::new(echo), threads, timing.warmup, timing.duration)?;
             Report {
                 mode: "echo",
@@ -212,6 +240,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ("url", url.clone()),
                 ("connections", connections.to_string()),
                 ("hold", humantime::format_duration(hold).to_string()),
+                ("deflate", deflate.to_string()),
             ];
             let idle = Idle::new(target(&url)?, connections, cc);
             let stats = fleet::run(Arc::new(idle), threads, Duration::ZERO, hold)?;
@@ -232,6 +261,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             size,
             channel_prefix,
             subscribe_timeout,
+            grace,
             timing,
         } => {
             if size < sigma_load::stats::TEXT_STAMP_LEN {
@@ -256,6 +286,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ("rate", rate.to_string()),
                 ("size", size.to_string()),
                 ("threads", threads.to_string()),
+                ("deflate", deflate.to_string()),
+                ("grace", humantime::format_duration(grace).to_string()),
             ];
             let split = split_url.as_deref().map(target).transpose()?;
             let ps = PubSub {
@@ -269,6 +301,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 channel_prefix,
                 connect_concurrency: cc,
                 subscribe_timeout,
+                grace,
             };
             let stats = fleet::run(Arc::new(ps), threads, timing.warmup, timing.duration)?;
             Report {

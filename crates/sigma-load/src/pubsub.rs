@@ -10,6 +10,15 @@
 //! was published in the window (publishes × subscribers of the channel),
 //! and the close codes received (1008 = a slow consumer was dropped).
 //!
+//! Deliveries are counted by when their publish was sent, not when they
+//! arrive: a delivery of a publish sent inside the window counts (and its
+//! latency is recorded) when it arrives before the window's end plus
+//! `grace`, one of a warm-up publish never does. Publishers stop at the
+//! window's end; subscribers read on for `grace`. So `received ÷ expected`
+//! is exactly the share of the window's publishes delivered, whatever the
+//! jitter at the window's edges, and only lost or later-than-`grace`
+//! deliveries lower it.
+//!
 //! The wire protocol is the public one of DESIGN §9:
 //! client `{"type":"subscribe","channel":C}`, `{"type":"publish","channel":C,"data":D}`;
 //! server `{"type":"subscribed",...}`, `{"type":"message",...,"data":D}`,
@@ -58,6 +67,9 @@ pub struct PubSub {
     pub connect_concurrency: usize,
     /// How long a subscriber waits for `subscribed`.
     pub subscribe_timeout: Duration,
+    /// How long subscribers read on after the window, for the deliveries
+    /// of its last publishes.
+    pub grace: Duration,
 }
 
 /// A connection and the channel it uses.
@@ -94,7 +106,7 @@ impl PubSub {
         let name = self.channel_name(channel);
         let msg = format!("{{\"type\":\"subscribe\",\"channel\":\"{name}\"}}");
         let mut out = Vec::new();
-        ws::encode(&mut out, op::TEXT, msg.as_bytes(), Some(client.rng.mask()));
+        client.message(&mut out, op::TEXT, msg.as_bytes());
         let wait = async {
             client.stream.write_all(&out).await?;
             loop {
@@ -134,8 +146,9 @@ impl PubSub {
     ) -> anyhow::Result<()> {
         let c = &mut m.client;
         let mut out = Vec::new();
+        let end = w.end + self.grace;
         loop {
-            if !fleet::read_until(c, 16 * 1024, w.end).await? {
+            if !fleet::read_until(c, 16 * 1024, end).await? {
                 return Ok(());
             }
             let now = Instant::now();
@@ -147,7 +160,7 @@ impl PubSub {
                         match json_str(d, "type") {
                             Some(b"message") => {
                                 match json_str(d, "data").and_then(stats::text_stamp) {
-                                    Some(stamp) => s.received(&w, now, stamp, d.len()),
+                                    Some(stamp) => s.delivered(&w, now, stamp, d.len()),
                                     None => s.bad_replies += 1,
                                 }
                             }
@@ -173,7 +186,7 @@ impl PubSub {
                 }
             }
             if !out.is_empty() {
-                if !fleet::write_until(&mut c.stream, &out, w.end).await? {
+                if !fleet::write_until(&mut c.stream, &out, end).await? {
                     return Ok(());
                 }
                 out.clear();
@@ -239,7 +252,7 @@ impl PubSub {
                 msg.extend_from_slice(prefix.as_bytes());
                 msg.extend_from_slice(&data);
                 msg.extend_from_slice(b"\"}");
-                ws::encode(&mut out, op::TEXT, &msg, Some(c.rng.mask()));
+                c.message(&mut out, op::TEXT, &msg);
             }
             published += n;
             if n > 0 && w.counts(now) {
@@ -395,6 +408,7 @@ mod tests {
             channel_prefix: "c".into(),
             connect_concurrency: 1,
             subscribe_timeout: Duration::from_secs(1),
+            grace: Duration::ZERO,
         };
         assert_eq!((p.fan_out(0), p.fan_out(1), p.fan_out(2)), (4, 3, 3));
     }

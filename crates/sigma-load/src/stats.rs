@@ -145,6 +145,21 @@ impl Stats {
         self.latency.saturating_record(lat);
     }
 
+    /// Counts a delivery received at `now` of a message stamped `stamp` if
+    /// that message was *sent* inside the window, whenever it arrives (the
+    /// caller keeps reading for a grace period after the window): for
+    /// open-loop fan-out, where the share delivered is the window's sends
+    /// that arrived, and jitter at the window's edges must not move it.
+    pub fn delivered(&mut self, w: &Window, now: Instant, stamp: u64, bytes: usize) {
+        if stamp < w.stamp(w.start) || stamp >= w.stamp(w.end) {
+            return;
+        }
+        self.received += 1;
+        self.received_bytes += bytes as u64;
+        let lat = w.stamp(now).saturating_sub(stamp).max(1);
+        self.latency.saturating_record(lat);
+    }
+
     /// Notes a failed connection.
     pub fn error(&mut self, during_run: bool, e: &anyhow::Error) {
         if during_run {
@@ -367,5 +382,22 @@ mod tests {
         assert!(r.json().contains("\"received\":1,"));
         assert!(r.json().contains("ws://x/\\\"q\\\""));
         assert_eq!(r.rate(), 1.0);
+    }
+
+    #[test]
+    fn deliveries_count_by_send_time() {
+        let base = Instant::now();
+        let w = Window::new(base, Duration::from_secs(1), Duration::from_secs(1));
+        let ms = |m| base + Duration::from_millis(m);
+        let mut s = Stats::new();
+        // Sent in the warm-up, arrived in the window: not counted.
+        s.delivered(&w, ms(1100), w.stamp(ms(900)), 8);
+        // Sent in the window, arrived after it (the grace period): counted.
+        s.delivered(&w, ms(2300), w.stamp(ms(1900)), 8);
+        s.delivered(&w, ms(1500), w.stamp(ms(1000)), 8);
+        // Sent at the end: not counted.
+        s.delivered(&w, ms(2100), w.stamp(ms(2000)), 8);
+        assert_eq!(s.received, 2);
+        assert_eq!(s.latency.max() / 1_000_000, 500);
     }
 }

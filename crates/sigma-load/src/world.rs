@@ -67,7 +67,7 @@ impl World {
     /// Sends `text` as one masked text frame.
     async fn send_text(c: &mut Client, text: &str) -> anyhow::Result<()> {
         let mut out = Vec::with_capacity(text.len() + 14);
-        ws::encode(&mut out, op::TEXT, text.as_bytes(), Some(c.rng.mask()));
+        c.message(&mut out, op::TEXT, text.as_bytes());
         c.stream.write_all(&out).await?;
         Ok(())
     }
@@ -174,7 +174,7 @@ impl World {
             body,
             b64(&sig.to_bytes())
         );
-        ws::encode(out, op::TEXT, env.as_bytes(), Some(conn.client.rng.mask()));
+        conn.client.message(out, op::TEXT, env.as_bytes());
     }
 
     async fn conn_loop(

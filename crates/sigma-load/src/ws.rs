@@ -3,9 +3,10 @@
 //! The opening handshake over a `TcpStream` (checking `101` and
 //! `Sec-WebSocket-Accept`), a frame encoder that masks what it writes, and an
 //! incremental decoder that turns the bytes read into messages, pings and
-//! closes. It is written for throughput, not completeness: no extensions, no
-//! subprotocols, no TLS. The decoder also unmasks, so the tests can use it as
-//! the server side.
+//! closes. It is written for throughput, not completeness: one extension
+//! (permessage-deflate without context takeover, [`crate::deflate`], when
+//! [`Target::deflate`] asks for it), no subprotocols, no TLS. The decoder
+//! also unmasks, so the tests can use it as the server side.
 //!
 //! Every length and header the server sends is checked; a malformed stream is
 //! an [`anyhow::Error`], never a panic.
@@ -18,6 +19,8 @@ use base64::Engine;
 use sha1::{Digest, Sha1};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use crate::deflate;
 
 /// The GUID of RFC 6455 §1.3.
 const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
@@ -52,6 +55,9 @@ pub struct Target {
     /// Extra handshake header lines, each ending in CRLF (e.g. a session
     /// cookie or `Authorization` for authenticated endpoints).
     pub headers: String,
+    /// Offer permessage-deflate ([`deflate::OFFER`]) and fail the handshake
+    /// unless the server accepts it; then every data message is compressed.
+    pub deflate: bool,
 }
 
 impl Target {
@@ -80,6 +86,7 @@ impl Target {
             addr,
             path: path.to_string(),
             headers: String::new(),
+            deflate: false,
         })
     }
 
@@ -151,7 +158,8 @@ pub fn accept_key(key: &str) -> String {
 }
 
 /// Connects and performs the opening handshake. Returns the stream and a
-/// decoder holding whatever the server sent after its `101` head.
+/// decoder holding whatever the server sent after its `101` head (set for
+/// permessage-deflate when it was negotiated).
 pub async fn connect(target: &Target, rng: &mut Rng) -> anyhow::Result<(TcpStream, Decoder)> {
     let mut stream = TcpStream::connect(&target.addr)
         .await
@@ -159,9 +167,14 @@ pub async fn connect(target: &Target, rng: &mut Rng) -> anyhow::Result<(TcpStrea
     stream.set_nodelay(true)?;
     let nonce = [rng.next_u64().to_ne_bytes(), rng.next_u64().to_ne_bytes()].concat();
     let key = base64::engine::general_purpose::STANDARD.encode(nonce);
+    let ext = if target.deflate {
+        format!("Sec-WebSocket-Extensions: {}\r\n", deflate::OFFER)
+    } else {
+        String::new()
+    };
     let req = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{}\r\n",
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{ext}{}\r\n",
         target.path,
         target.host(),
         target.headers
@@ -184,13 +197,17 @@ pub async fn connect(target: &Target, rng: &mut Rng) -> anyhow::Result<(TcpStrea
     let head = buf
         .get(..head_end)
         .ok_or_else(|| anyhow!("handshake head out of range"))?;
-    check_101(head, &accept_key(&key))?;
+    let extensions = check_101(head, &accept_key(&key))?;
+    let on = deflate::accepted(extensions.as_deref(), target.deflate)?;
     let rest = buf.get(head_end..).unwrap_or_default().to_vec();
-    Ok((stream, Decoder::with_bytes(rest)))
+    let mut dec = Decoder::with_bytes(rest);
+    dec.set_deflate(on);
+    Ok((stream, dec))
 }
 
-/// Checks a `101 Switching Protocols` head and its accept key.
-fn check_101(head: &[u8], expected_accept: &str) -> anyhow::Result<()> {
+/// Checks a `101 Switching Protocols` head and its accept key; returns its
+/// `Sec-WebSocket-Extensions` values (joined with commas), if any.
+fn check_101(head: &[u8], expected_accept: &str) -> anyhow::Result<Option<String>> {
     let text = std::str::from_utf8(head).context("handshake response is not UTF-8")?;
     let mut lines = text.split("\r\n");
     let status = lines.next().unwrap_or_default();
@@ -198,17 +215,22 @@ fn check_101(head: &[u8], expected_accept: &str) -> anyhow::Result<()> {
     if code != "101" {
         bail!("handshake refused: {status:?}");
     }
-    let accept = lines.find_map(|l| {
-        let (name, value) = l.split_once(':')?;
-        name.trim()
-            .eq_ignore_ascii_case("sec-websocket-accept")
-            .then(|| value.trim())
-    });
-    match accept {
-        Some(a) if a == expected_accept => Ok(()),
+    let header = |want: &str| -> Vec<&str> {
+        text.split("\r\n")
+            .skip(1)
+            .filter_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.trim().eq_ignore_ascii_case(want).then(|| value.trim())
+            })
+            .collect()
+    };
+    match header("sec-websocket-accept").first() {
+        Some(a) if *a == expected_accept => {}
         Some(a) => bail!("wrong Sec-WebSocket-Accept {a:?}"),
         None => bail!("no Sec-WebSocket-Accept in the 101 response"),
     }
+    let ext = header("sec-websocket-extensions");
+    Ok((!ext.is_empty()).then(|| ext.join(", ")))
 }
 
 /// The big-endian `u16` at the start of `b`.
@@ -221,9 +243,38 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 /// Appends one frame (FIN set) to `out`; masked when `mask` is given, as a
-/// client must.
+/// client must. For control frames, and data messages on a connection
+/// without permessage-deflate (see [`encode_message`]).
 pub fn encode(out: &mut Vec<u8>, opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) {
-    out.push(0x80 | (opcode & 0x0f));
+    encode_frame(out, 0x80 | (opcode & 0x0f), payload, mask);
+}
+
+/// Appends one data message (a single frame) to `out`: compressed with
+/// RSV1 set when `deflate` (permessage-deflate was negotiated), plain
+/// otherwise, and also plain should compression fail (RSV1 is per message,
+/// RFC 7692 §6.1), which it does not for any input the tool sends.
+pub fn encode_message(
+    out: &mut Vec<u8>,
+    opcode: u8,
+    payload: &[u8],
+    mask: Option<[u8; 4]>,
+    deflate: bool,
+) {
+    if deflate {
+        if let Ok(body) = deflate::compress(payload) {
+            encode_frame(out, 0x80 | RSV1 | (opcode & 0x0f), &body, mask);
+            return;
+        }
+    }
+    encode(out, opcode, payload, mask);
+}
+
+/// RSV1, the "per-message compressed" bit of permessage-deflate.
+const RSV1: u8 = 0x40;
+
+/// Appends one frame whose first byte (FIN, RSV, opcode) is `b0`.
+fn encode_frame(out: &mut Vec<u8>, b0: u8, payload: &[u8], mask: Option<[u8; 4]>) {
+    out.push(b0);
     let m = if mask.is_some() { 0x80 } else { 0 };
     let len = payload.len();
     if len < 126 {
@@ -290,13 +341,26 @@ pub enum Event {
     Close(Option<u16>),
 }
 
+/// One decoded frame's header and where its payload is.
+struct Frame {
+    fin: bool,
+    /// Compressed message (permessage-deflate), on a message's first frame.
+    rsv1: bool,
+    opcode: u8,
+    /// The payload, unmasked, in [`Decoder`]'s buffer.
+    range: Range<usize>,
+}
+
 /// Incremental frame decoder over a growable read buffer.
 #[derive(Debug, Default)]
 pub struct Decoder {
     buf: Vec<u8>,
     pos: usize,
-    /// Fragments of a message in progress: opcode and bytes.
-    frag: Option<(u8, Vec<u8>)>,
+    /// Fragments of a message in progress: opcode, compressed (RSV1 on its
+    /// first frame) and bytes.
+    frag: Option<(u8, bool, Vec<u8>)>,
+    /// permessage-deflate was negotiated: RSV1 marks compressed messages.
+    deflate: bool,
 }
 
 impl Decoder {
@@ -306,7 +370,20 @@ impl Decoder {
             buf,
             pos: 0,
             frag: None,
+            deflate: false,
         }
+    }
+
+    /// Accepts RSV1 (compressed messages, inflated as they complete) when
+    /// permessage-deflate was negotiated.
+    pub fn set_deflate(&mut self, on: bool) {
+        self.deflate = on;
+    }
+
+    /// Whether permessage-deflate was negotiated: data messages sent on
+    /// this connection are to be compressed ([`encode_message`]).
+    pub fn deflate(&self) -> bool {
+        self.deflate
     }
 
     /// Drops consumed bytes and makes room for at least `min` more; returns
@@ -339,29 +416,42 @@ impl Decoder {
     }
 
     /// The next complete message or control frame, `None` when more bytes
-    /// are needed.
+    /// are needed. A compressed message comes inflated (at most
+    /// [`MAX_MESSAGE`] bytes).
     pub fn next_event(&mut self) -> anyhow::Result<Option<Event>> {
         loop {
-            let Some((fin, opcode, range)) = self.next_frame()? else {
+            let Some(Frame {
+                fin,
+                rsv1,
+                opcode,
+                range,
+            }) = self.next_frame()?
+            else {
                 return Ok(None);
             };
             let payload = || self.buf.get(range.clone()).unwrap_or_default();
+            if rsv1 && !matches!(opcode, op::TEXT | op::BINARY) {
+                bail!("RSV1 on a frame other than a message's first (opcode {opcode:#x})");
+            }
             match opcode {
                 op::TEXT | op::BINARY => {
                     if self.frag.is_some() {
                         bail!("new message inside a fragmented one");
                     }
+                    let text = opcode == op::TEXT;
                     if fin {
-                        return Ok(Some(Event::Message {
-                            text: opcode == op::TEXT,
-                            data: Data::InBuf(range),
-                        }));
+                        let data = if rsv1 {
+                            Data::Owned(deflate::decompress(payload(), MAX_MESSAGE)?)
+                        } else {
+                            Data::InBuf(range)
+                        };
+                        return Ok(Some(Event::Message { text, data }));
                     }
-                    self.frag = Some((opcode, payload().to_vec()));
+                    self.frag = Some((opcode, rsv1, payload().to_vec()));
                 }
                 op::CONT => {
                     let part = payload().to_vec();
-                    let Some((first, mut acc)) = self.frag.take() else {
+                    let Some((first, compressed, mut acc)) = self.frag.take() else {
                         bail!("continuation frame without a message");
                     };
                     if acc.len() + part.len() > MAX_MESSAGE {
@@ -369,12 +459,15 @@ impl Decoder {
                     }
                     acc.extend_from_slice(&part);
                     if fin {
+                        if compressed {
+                            acc = deflate::decompress(&acc, MAX_MESSAGE)?;
+                        }
                         return Ok(Some(Event::Message {
                             text: first == op::TEXT,
                             data: Data::Owned(acc),
                         }));
                     }
-                    self.frag = Some((first, acc));
+                    self.frag = Some((first, compressed, acc));
                 }
                 op::PING => return Ok(Some(Event::Ping(payload().to_vec()))),
                 op::PONG => return Ok(Some(Event::Pong)),
@@ -388,15 +481,17 @@ impl Decoder {
         }
     }
 
-    /// One frame: FIN, opcode and the (unmasked) payload's range.
-    fn next_frame(&mut self) -> anyhow::Result<Option<(bool, u8, Range<usize>)>> {
+    /// One frame, its payload unmasked in the buffer.
+    fn next_frame(&mut self) -> anyhow::Result<Option<Frame>> {
         let b = self.buf.get(self.pos..).unwrap_or_default();
         let (Some(&b0), Some(&b1)) = (b.first(), b.get(1)) else {
             return Ok(None);
         };
-        if b0 & 0x70 != 0 {
+        let reserved = if self.deflate { 0x30 } else { 0x70 };
+        if b0 & reserved != 0 {
             bail!("reserved bits set ({b0:#04x})");
         }
+        let rsv1 = b0 & RSV1 != 0;
         let fin = b0 & 0x80 != 0;
         let opcode = b0 & 0x0f;
         let masked = b1 & 0x80 != 0;
@@ -438,7 +533,12 @@ impl Decoder {
             apply_mask(p, k);
         }
         self.pos = range.end;
-        Ok(Some((fin, opcode, range)))
+        Ok(Some(Frame {
+            fin,
+            rsv1,
+            opcode,
+            range,
+        }))
     }
 }
 
@@ -535,9 +635,66 @@ mod tests {
         let ok = accept_key("k");
         let head =
             format!("HTTP/1.1 101 Switching Protocols\r\nsec-websocket-accept: {ok}\r\n\r\n");
-        assert!(check_101(head.as_bytes(), &ok).is_ok());
+        assert_eq!(check_101(head.as_bytes(), &ok).unwrap(), None);
+        let head = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nsec-websocket-accept: {ok}\r\n\
+             Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover\r\n\r\n"
+        );
+        assert_eq!(
+            check_101(head.as_bytes(), &ok).unwrap().as_deref(),
+            Some("permessage-deflate; server_no_context_takeover")
+        );
         assert!(check_101(b"HTTP/1.1 404 Not Found\r\n\r\n", &ok).is_err());
         assert!(check_101(b"HTTP/1.1 101 OK\r\nSec-WebSocket-Accept: x\r\n\r\n", &ok).is_err());
         assert!(check_101(b"HTTP/1.1 101 OK\r\n\r\n", &ok).is_err());
+    }
+
+    #[test]
+    fn compressed_messages_round_trip_whole_and_fragmented() {
+        let payload = br#"{"type":"message","data":"hello hello hello hello hello"}"#;
+        let mut wire = Vec::new();
+        encode_message(&mut wire, op::TEXT, payload, Some([9, 8, 7, 6]), true);
+        assert_eq!(wire.first().map(|b| b & 0xf0), Some(0xc0), "FIN + RSV1");
+        assert!(wire.len() < payload.len(), "compressed");
+        // The same message in three frames: RSV1 on the first only.
+        let body = deflate::compress(payload).unwrap();
+        let (a, rest) = body.split_at(3);
+        let (b, c) = rest.split_at(rest.len() / 2);
+        encode_frame(&mut wire, RSV1 | op::TEXT, a, None);
+        encode_frame(&mut wire, op::CONT, b, None);
+        encode(&mut wire, op::PING, b"p", None);
+        encode_frame(&mut wire, 0x80 | op::CONT, c, None);
+        // And a plain message: compression is per message.
+        encode(&mut wire, op::BINARY, b"plain", None);
+        let mut d = Decoder::with_bytes(wire.clone());
+        d.set_deflate(true);
+        let mut got = Vec::new();
+        while let Some(ev) = d.next_event().unwrap() {
+            match ev {
+                Event::Message { data, .. } => got.push(d.data(&data).to_vec()),
+                Event::Ping(p) => got.push(p),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(
+            got,
+            vec![
+                payload.to_vec(),
+                b"p".to_vec(),
+                payload.to_vec(),
+                b"plain".to_vec()
+            ]
+        );
+        // Without the extension, RSV1 is a protocol error.
+        assert!(Decoder::with_bytes(wire).next_event().is_err());
+        // RSV1 on a continuation or a control frame, and RSV2, are errors.
+        for bad in [&[0x01u8, 0, 0xc0, 0][..], &[0xc9, 0], &[0xa1, 0]] {
+            let mut d = Decoder::with_bytes(bad.to_vec());
+            d.set_deflate(true);
+            assert!(d.next_event().is_err(), "{bad:?}");
+        }
+        let mut plain = Vec::new();
+        encode_message(&mut plain, op::TEXT, b"abc", None, false);
+        assert_eq!(plain, [0x81, 3, b'a', b'b', b'c']);
     }
 }

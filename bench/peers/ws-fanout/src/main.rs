@@ -8,9 +8,11 @@
 //! Like sigma it serialises each delivery once and shares the buffer
 //! (tungstenite's `Utf8Bytes`), gives every subscriber a bounded queue
 //! (1024, as sigma's) and drops a subscriber whose queue is full. One
-//! tokio worker thread, as `sigma serve --workers 1` gets.
+//! tokio worker thread by default, as `sigma serve --workers 1` gets;
+//! scenario 11 (multi-core scaling) gives it two.
 //!
-//! Usage: `ws-fanout ADDR`; prints `listening on ADDR` when ready.
+//! Usage: `ws-fanout ADDR [THREADS]` (THREADS: tokio worker threads,
+//! default 1); prints `listening on ADDR` when ready.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -51,7 +53,10 @@ impl Hub {
 
     fn subscribe(&self, channel: &str, id: u64, tx: Tx) {
         let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(channel.to_owned()).or_default().subs.push((id, tx));
+        map.entry(channel.to_owned())
+            .or_default()
+            .subs
+            .push((id, tx));
     }
 
     fn leave(&self, id: u64) {
@@ -112,11 +117,19 @@ async fn serve(hub: Arc<Hub>, stream: TcpStream, id: u64) {
 }
 
 fn main() -> std::io::Result<()> {
-    let addr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:3003".to_string());
+    let mut args = std::env::args().skip(1);
+    let addr = args.next().unwrap_or_else(|| "127.0.0.1:3003".to_string());
+    let threads = match args.next() {
+        None => 1,
+        Some(t) => t.parse::<usize>().ok().filter(|&n| n > 0).ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("THREADS must be a positive number, not {t:?}"),
+            )
+        })?,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+        .worker_threads(threads)
         .enable_all()
         .build()?;
     rt.block_on(async move {
