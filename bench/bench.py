@@ -18,7 +18,8 @@ Scenarios (DESIGN §10, issue 4):
   6  &broadcast fan-out: 10 000 subscribers on one
      channel, one publisher at a fixed rate               sigma, ws-fanout
   7  signed world messages through /ws (DESIGN §5):
-     100 worlds, each message Ed25519-verified, to &echo  sigma (vs its scenario 3)
+     100 worlds, 8 messages in flight each, signatures
+     batch-verified per read, to &echo                    sigma (vs its scenario 3)
   8  HTTPS keep-alive over TLS 1.3 (DESIGN §2a), GET /echo,
      64 connections, same certificate and cipher          sigma [SHA], nginx ssl
   9  new TLS handshakes per second: one request per
@@ -413,7 +414,7 @@ def sigma_load_world(scenario, server, srv, seconds, warmup, quiet=False):
     """Scenario 7: sigma-load's world mode (one world per connection)."""
     argv = [LOAD, "--json", "-H", f"Cookie: {srv.cookie}",
             "-H", f"Origin: http://127.0.0.1:{srv.port}", "world", "--url",
-            f"ws://127.0.0.1:{srv.port}/ws", "-c", "100", "--in-flight", "1",
+            f"ws://127.0.0.1:{srv.port}/ws", "-c", "100", "--in-flight", "8",
             "-d", f"{seconds}s", "-w", f"{warmup}s"]
     return run_sigma_load(scenario, server, argv, seconds, warmup, quiet)
 
@@ -1251,10 +1252,13 @@ def build_rows(res):
         ratio = f"{x['rate'] / base['rate']:.2f}× its plain echo (3)" \
             if base and base["rate"] else ""
         errs = f" ({x['errors_total']} errors)" if x["errors_total"] else ""
-        rows.append(["7 signed world messages, 100 worlds → &echo", "sigma",
+        met = ""
+        if base and base["rate"]:
+            met = "met" if x["rate"] >= 0.2 * base["rate"] else "**missed**"
+        rows.append(["7 signed world messages, 100 worlds × 8 in flight → &echo", "sigma",
                      fmt_rate(x["rate"], "msgs/s") + errs, fmt_us(x["p50_us"]),
                      fmt_us(x["p99_us"]), fmt_kib(x["hwm_kib"]), f"{x['cpu']:.0f} %",
-                     ratio, "report"])
+                     ratio, f"≥ 0.2× its echo: {met}" if met else "≥ 0.2× its echo"])
     tput("8", "8 HTTPS keep-alive (TLS 1.3), 64 conns", "req/s", ["sigma", "nginx"],
          ["nginx"])
     tput("9", "9 new TLS handshakes, 16 conns", "handshakes/s", ["sigma", "nginx"], ["nginx"])
