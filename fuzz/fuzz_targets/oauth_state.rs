@@ -48,7 +48,14 @@ fn check_mapping(claim: &str, email: &str) {
             client_secret: None,
             client_secret_file: None,
             scopes: None,
-            user_claim: Some(if kind == ProviderKind::Oidc { "email" } else { "login" }.into()),
+            user_claim: Some(
+                if kind == ProviderKind::Oidc {
+                    "email"
+                } else {
+                    "login"
+                }
+                .into(),
+            ),
             groups_claim: None,
             allowed_domains: vec!["example.com".into()],
             allowed_users: vec![],

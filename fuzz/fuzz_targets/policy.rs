@@ -27,7 +27,8 @@ fuzz_target!(|data: &[u8]| {
     let mut lines = text.lines();
     let head = lines.next().unwrap_or("");
     let (method, client) = head.split_once(' ').unwrap_or((head, "192.0.2.1"));
-    let method = sigma_http::Method::from_token(method.as_bytes()).unwrap_or(sigma_http::Method::Get);
+    let method =
+        sigma_http::Method::from_token(method.as_bytes()).unwrap_or(sigma_http::Method::Get);
     let client: IpAddr = client.parse().unwrap_or(IpAddr::from([192, 0, 2, 1]));
     let who = lines.next().unwrap_or("");
     let identity = {
@@ -81,7 +82,9 @@ fuzz_target!(|data: &[u8]| {
         Decision::Allowed { .. } => {
             if let Some(m) = &policy.methods {
                 assert!(
-                    m.contains(&method) || (method == sigma_http::Method::Head && m.contains(&sigma_http::Method::Get)),
+                    m.contains(&method)
+                        || (method == sigma_http::Method::Head
+                            && m.contains(&sigma_http::Method::Get)),
                     "allowed outside methods"
                 );
             }

@@ -8,15 +8,19 @@
 //! initiate; 2: a query string; 3: a cookie; 4+: the rest, split at
 //! newlines, is a sequence of envelopes fed to one session that has said
 //! hello, with one real world active whose key is `[1; 32]`: lines
-//! starting with `!` are signed by that world first).
+//! starting with `!` are signed by that world first); 5+: the same lines,
+//! handled one by one and as one batch (`Session::prepare` then
+//! `on_prepared`, the session socket's path for one read) by two such
+//! sessions, which must send, forward and refuse exactly the same.
+//! Invariant of 5+ too: batch verification changes no outcome.
 
 #![no_main]
 
 use ed25519_dalek::{Signer, SigningKey};
 use libfuzzer_sys::fuzz_target;
+use sigma::world::budget::UserBudget;
 use sigma::world::cookie::MinuteKeys;
 use sigma::world::envelope::{self, ClientMsg, CommandInfo};
-use sigma::world::budget::UserBudget;
 use sigma::world::session::{Limits, Out, Session, WorldKey};
 use sigma::world::{b64_encode, WorldId};
 
@@ -32,6 +36,70 @@ fn check_envelope(text: &str) {
             ClientMsg::Hello | ClientMsg::Disconnect { .. } => {}
         }
     }
+}
+
+/// An activated session with the one world (key `[1; 32]`) active.
+fn session_with_world(budget: &mut UserBudget) -> Session {
+    let commands = vec![CommandInfo {
+        name: "echo".into(),
+        code: "/world/echo.js".into(),
+    }];
+    let key = SigningKey::from_bytes(&[1; 32]);
+    let world = WorldId(key.verifying_key().to_bytes());
+    let mut s = Session::new("fuzz".into(), commands);
+    let mut seal = |_: &WorldId, _: &str| Some("c".to_owned());
+    let _ = s.on_text(r#"{"type":"hello","lamport":1}"#, 0, budget, &mut seal);
+    s.activate_world(WorldKey::new(world).unwrap(), budget)
+        .unwrap();
+    s
+}
+
+fn limits() -> Limits {
+    Limits {
+        max_worlds: 2,
+        forks_per_minute: 5,
+        max_used: 4,
+    }
+}
+
+/// Lines of `data` as envelopes (`!N body`: signed by the world).
+fn texts(data: &[u8]) -> Vec<String> {
+    let key = SigningKey::from_bytes(&[1; 32]);
+    let w = WorldId(key.verifying_key().to_bytes()).encode();
+    data.split(|b| *b == b'\n')
+        .filter_map(|line| std::str::from_utf8(line).ok())
+        .map(|line| match line.strip_prefix('!') {
+            Some(rest) => {
+                let (n, body) = rest.split_once(' ').unwrap_or((rest, ""));
+                let n: u64 = n.parse().unwrap_or(0);
+                let sig = key.sign(&envelope::signed_bytes(&w, n, body));
+                serde_json::json!({"type":"world","world":w,"lamport":n,"body":body,
+                    "sig": b64_encode(&sig.to_bytes())})
+                .to_string()
+            }
+            None => line.to_owned(),
+        })
+        .collect()
+}
+
+fn run_batch(data: &[u8]) {
+    let texts = texts(data);
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let mut seal = |_: &WorldId, _: &str| Some("c".to_owned());
+    let mut b1 = UserBudget::new(limits(), 0);
+    let mut one = session_with_world(&mut b1);
+    let mut each = Vec::new();
+    for t in &texts {
+        each.extend(one.on_text(t, 0, &mut b1, &mut seal));
+    }
+    let mut b2 = UserBudget::new(limits(), 0);
+    let mut batch = session_with_world(&mut b2);
+    let mut together = Vec::new();
+    for p in batch.prepare(&texts) {
+        together.extend(batch.on_prepared(p, 0, &mut b2, &mut seal));
+    }
+    assert_eq!(each, together, "a batch is its messages one by one");
+    assert_eq!(b1.worlds(), b2.worlds());
 }
 
 fn run_session(data: &[u8]) {
@@ -60,7 +128,10 @@ fn run_session(data: &[u8]) {
                     assert!(!*closed, "sent after close");
                     let v: serde_json::Value = serde_json::from_str(&t).unwrap();
                     let n = v["lamport"].as_u64().unwrap();
-                    assert!(n > last && n <= envelope::MAX_LAMPORT, "lamport {n} after {last}");
+                    assert!(
+                        n > last && n <= envelope::MAX_LAMPORT,
+                        "lamport {n} after {last}"
+                    );
                     last = n;
                 }
                 Out::Close { .. } => *closed = true,
@@ -128,6 +199,7 @@ fuzz_target!(|input: &[u8]| {
             let mut keys = MinuteKeys::new(std::time::Duration::from_secs(60));
             assert!(keys.open(data, 1_700_000_000_000).is_err());
         }
-        _ => run_session(data),
+        4 => run_session(data),
+        _ => run_batch(data),
     }
 });

@@ -31,7 +31,11 @@ fuzz_target!(|input: &[u8]| {
         return;
     };
     let limits = if input.small_limits() {
-        WsLimits { max_frame: 256, max_message: 1024, ..WsLimits::default() }
+        WsLimits {
+            max_frame: 256,
+            max_message: 1024,
+            ..WsLimits::default()
+        }
     } else {
         WsLimits::default()
     };
@@ -52,9 +56,17 @@ fuzz_target!(|input: &[u8]| {
                 _ => None,
             })
             .collect();
-        let fits: Vec<&[u8]> = expect.iter().map(Vec::as_slice).take_while(|m| m.len() <= limits.max_message).collect();
+        let fits: Vec<&[u8]> = expect
+            .iter()
+            .map(Vec::as_slice)
+            .take_while(|m| m.len() <= limits.max_message)
+            .collect();
         assert!(got.len() <= expect.len());
-        assert_eq!(got[..], fits[..got.len().min(fits.len())], "messages differ");
+        assert_eq!(
+            got[..],
+            fits[..got.len().min(fits.len())],
+            "messages differ"
+        );
     }
 });
 
@@ -63,7 +75,11 @@ fn client_messages(data: &[u8]) -> (Vec<u8>, Vec<Vec<u8>>) {
     let mut wire = Vec::new();
     let mut messages = Vec::new();
     for m in data.split(|&b| b == 0xff) {
-        let body = if m.len() % 2 == 0 { deflate(m) } else { m.to_vec() };
+        let body = if m.len() % 2 == 0 {
+            deflate(m)
+        } else {
+            m.to_vec()
+        };
         let rsv1 = m.len() % 2 == 0;
         let cut = body.len() / 2;
         if m.len() % 3 == 0 {
@@ -132,8 +148,14 @@ fn check_server_frames(mut w: &[u8], max: usize) {
         assert_eq!(b1 & 0x80, 0, "server frames are never masked");
         assert_eq!(b0 & 0x30, 0, "no RSV2/RSV3");
         let (len, rest) = match b1 & 0x7f {
-            126 => (usize::from(u16::from_be_bytes([rest[0], rest[1]])), &rest[2..]),
-            127 => (u64::from_be_bytes(rest[..8].try_into().unwrap()) as usize, &rest[8..]),
+            126 => (
+                usize::from(u16::from_be_bytes([rest[0], rest[1]])),
+                &rest[2..],
+            ),
+            127 => (
+                u64::from_be_bytes(rest[..8].try_into().unwrap()) as usize,
+                &rest[8..],
+            ),
             n => (usize::from(n), rest),
         };
         let (payload, tail) = rest.split_at(len);
@@ -142,7 +164,8 @@ fn check_server_frames(mut w: &[u8], max: usize) {
             let mut z = Decompress::new(false);
             let mut out = Vec::with_capacity(max + 1);
             let body = [payload, &[0, 0, 0xff, 0xff]].concat();
-            z.decompress_vec(&body, &mut out, FlushDecompress::Sync).unwrap();
+            z.decompress_vec(&body, &mut out, FlushDecompress::Sync)
+                .unwrap();
             assert!(out.len() <= max);
         }
         w = tail;

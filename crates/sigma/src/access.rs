@@ -123,7 +123,17 @@ pub fn new_request_id() -> String {
         u32::from_le_bytes(b)
     });
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    format!("{prefix:08x}{:012x}", n & 0xffff_ffff_ffff)
+    // 8 hex digits of the prefix, then 12 of the counter: written by
+    // hand, `format!` showed in the per-request profile.
+    let digits = (u128::from(prefix) << 48) | u128::from(n & 0xffff_ffff_ffff);
+    let id: String = (0..20u32)
+        .rev()
+        .map(|i| {
+            let nibble = (digits >> (4 * i)) & 0xf;
+            char::from_digit(nibble as u32, 16).unwrap_or('0')
+        })
+        .collect();
+    id
 }
 
 #[cfg(test)]
@@ -135,6 +145,16 @@ mod tests {
         let a = new_request_id();
         let b = new_request_id();
         assert_ne!(a, b);
+        // The prefix, then the counter, in fixed-width lowercase hex.
+        assert_eq!(a[..8], b[..8]);
+        let (na, nb) = (
+            u64::from_str_radix(&a[8..], 16).unwrap(),
+            u64::from_str_radix(&b[8..], 16).unwrap(),
+        );
+        assert!(nb > na, "the counter goes up");
+        assert!(a
+            .bytes()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)));
         assert_eq!(a.len(), 20);
         assert!(sigma_auth::forwarded::valid_request_id(&a));
     }
