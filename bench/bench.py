@@ -1681,7 +1681,9 @@ def write_markdown(path, m, args, rows, res, notes, perf, busy, wall):
     lines += [f"- {n}" for n in notes]
     limits = BENCH / "limits.md"
     if limits.exists():
-        lines += ["", limits.read_text().strip()]
+        # limits.md's links are relative to bench/, BENCHMARKS.md sits
+        # one level up.
+        lines += ["", limits.read_text().strip().replace("](../", "](")]
     lines.append("")
     if perf.reports:
         lines += ["## Profile of sigma (`perf record`, self time by symbol)", ""]
