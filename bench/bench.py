@@ -803,7 +803,9 @@ def scenario_cluster_fanout(key, args, workdir):
     """Scenario 6 with `[store] url` and `[cluster] redis`: one node with
     every subscriber, then two nodes (both on the server core) with the
     subscribers split between them and the publisher on the first, so
-    that half the deliveries cross Redis. PostgreSQL and Redis come from
+    that half the deliveries cross Redis; then the same two nodes with the
+    second on core 1 (shared with the load generator: what a second
+    machine gives, as far as a 2-core machine can). PostgreSQL and Redis come from
     BENCH_POSTGRES / BENCH_REDIS (bench/run sets them with
     scripts/services.sh); each run gets its own database and key prefix."""
     admin = os.environ.get("BENCH_POSTGRES", "postgres://postgres@127.0.0.1:5432/postgres")
@@ -811,11 +813,13 @@ def scenario_cluster_fanout(key, args, workdir):
     tmpl = (BENCH / "sigma.toml.in").read_text()
     n, rate = args.fanout_subscribers, args.fanout_rate
     out = {}
-    for nodes in (1, 2):
-        db = f"sigma_bench_{os.getpid()}_{nodes}"
+    # (nodes, whether the second node gets its own core: core 1, shared
+    # with the load generator, as a second machine would give it one)
+    for nodes, spread in ((1, False), (2, False), (2, True)):
+        db = f"sigma_bench_{os.getpid()}_{nodes}_{int(spread)}"
         psql(admin, f"CREATE DATABASE {db}")
         url = admin.rsplit("/", 1)[0] + "/" + db
-        prefix = f"sigma_bench_{os.getpid()}_{nodes}:"
+        prefix = f"sigma_bench_{os.getpid()}_{nodes}_{int(spread)}:"
         servers = []
         try:
             for i in range(nodes):
@@ -831,11 +835,14 @@ def scenario_cluster_fanout(key, args, workdir):
                     s.before = ([SIGMA, "user", "add", BENCH_USER, "--password-stdin",
                                  "--config", cfg], BENCH_PASSWORD)
                 s.login = True
+                if spread and i == 1:
+                    s.pin = SERVER_PIN[:-1] + [LOAD_CPU]
                 servers.append(s)
             for s in servers:
                 s.start(key)
             a = servers[0]
-            log(f"  [{key}] {nodes} node(s): {n} subscribers, {rate} publishes/s")
+            log(f"  [{key}] {nodes} node(s){', a core each' if spread else ''}: "
+                f"{n} subscribers, {rate} publishes/s")
             argv = [LOAD, "--json", "-H", f"Cookie: {a.cookie}", "--connect-concurrency", "200",
                     "pubsub", "--url", f"ws://127.0.0.1:{a.port}/broadcast",
                     "--subscribers", str(n), "--publishers", "1", "--channels", "1",
@@ -845,7 +852,8 @@ def scenario_cluster_fanout(key, args, workdir):
             if nodes == 2:
                 argv[argv.index("--subscribers"):argv.index("--subscribers")] = [
                     "--split-url", f"ws://127.0.0.1:{servers[1].port}/broadcast"]
-            name = f"sigma ×{nodes} (Redis)"
+            name = f"sigma ×{nodes} (Redis)" + (", node 2 on core 1 with the load" if spread
+                                                else "")
             out[name] = measure(Nodes(servers), lambda: run_pubsub(key, name, argv, args),
                                 Perf(False, workdir), key, args.duration, tail=PUBSUB_GRACE)
         finally:
