@@ -5,14 +5,16 @@
 //! `initiate` and `sig` query parameters of the worker fetch.
 //!
 //! Input layout: byte 0 = mode (0: the rest is one client envelope; 1: an
-//! initiate; 2: a query string; 3: a cookie; 4+: the rest, split at
+//! initiate; 2: a query string; 3: a cookie; 4: the rest, split at
 //! newlines, is a sequence of envelopes fed to one session that has said
 //! hello, with one real world active whose key is `[1; 32]`: lines
-//! starting with `!` are signed by that world first); 5+: the same lines,
+//! starting with `!` are signed by that world first); 5: an initiate
+//! forwarded by another node, or its answer (what decodes encodes back to
+//! itself); 6+: the same lines as 4,
 //! handled one by one and as one batch (`Session::prepare` then
 //! `on_prepared`, the session socket's path for one read) by two such
 //! sessions, which must send, forward and refuse exactly the same.
-//! Invariant of 5+ too: batch verification changes no outcome.
+//! Invariant of 6+ too: batch verification changes no outcome.
 
 #![no_main]
 
@@ -200,6 +202,16 @@ fuzz_target!(|input: &[u8]| {
             assert!(keys.open(data, 1_700_000_000_000).is_err());
         }
         4 => run_session(data),
+        // What another node forwards, or answers: decoded, or refused;
+        // what decodes encodes back to itself.
+        5 => {
+            if let Some(f) = sigma::world::forward::Forwarded::decode(data) {
+                assert_eq!(sigma::world::forward::Forwarded::decode(&f.encode()), Some(f));
+            }
+            if let Some(o) = sigma::world::forward::Outcome::decode(data) {
+                assert_eq!(sigma::world::forward::Outcome::decode(&o.encode()), Some(o));
+            }
+        }
         _ => run_batch(data),
     }
 });

@@ -59,6 +59,12 @@ pub trait Brokers: Sync {
         namespace: &str,
         handler: std::sync::Weak<dyn sigma_store::BrokerHandler>,
     ) -> Arc<dyn sigma_store::Broker>;
+
+    /// The way to the other nodes (`&world` carries initiates over it);
+    /// `None` on one node.
+    fn relay(&self) -> Option<Arc<dyn sigma_store::Relay>> {
+        None
+    }
 }
 
 /// Every hub on its own in-process broker.
@@ -82,6 +88,10 @@ impl Brokers for sigma_store::Cluster {
         handler: std::sync::Weak<dyn sigma_store::BrokerHandler>,
     ) -> Arc<dyn sigma_store::Broker> {
         sigma_store::Cluster::broker(self, namespace, handler)
+    }
+
+    fn relay(&self) -> Option<Arc<dyn sigma_store::Relay>> {
+        Some(sigma_store::Cluster::relay(self))
     }
 }
 

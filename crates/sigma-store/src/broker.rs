@@ -100,6 +100,49 @@ pub trait SharedCounters: Send + Sync {
     fn count(&self, key: &str, window: std::time::Duration) -> BrokerFuture<u64>;
 }
 
+/// Asks between the nodes of a cluster: one node hands a request to a
+/// handler on another node, named by its id, and waits for the answer.
+/// Redis in a cluster ([`crate::Cluster::relay`]); one node needs none.
+/// `&world` uses it to carry an initiate to the node holding the session
+/// socket that forked the world (docs/cluster.md).
+pub trait Relay: Send + Sync {
+    /// This node's id among the nodes.
+    fn node(&self) -> u64;
+    /// Sends `request` to the handler of `topic` on `node`: its answer,
+    /// or why there is none (bounded in time and in asks waiting).
+    fn ask(&self, node: u64, topic: &str, request: Bytes) -> AskFuture;
+    /// Answers this node's asks for `topic` with `handler` (replacing an
+    /// earlier one; a handler that is gone answers nothing).
+    fn serve(&self, topic: &str, handler: std::sync::Weak<dyn Answerer>);
+}
+
+/// The answer of a [`Relay::ask`].
+pub type AskFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Bytes, AskError>> + Send + 'static>>;
+
+/// Answers the asks of other nodes for one topic ([`Relay::serve`]).
+pub trait Answerer: Send + Sync {
+    /// The answer to `request`. Called on the task that receives the
+    /// node's messages: it must not block.
+    fn answer(&self, request: &[u8]) -> Bytes;
+}
+
+/// Why an ask has no answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AskError {
+    /// The relay cannot be reached, too many asks wait, or the answer did
+    /// not come in time.
+    #[error("the relay is unavailable: {0}")]
+    Unavailable(String),
+    /// No node of that id listens (it is gone, or away from Redis).
+    #[error("no such node")]
+    NoNode,
+    /// The node does not serve that topic.
+    #[error("the node does not serve this")]
+    NotServed,
+}
+
 /// A channel broker: node-level subscriptions, ordered publishing,
 /// bounded history. Shared by a node's hub (`Arc<dyn Broker>`); each
 /// implementation's constructor takes the node's [`BrokerHandler`].

@@ -68,8 +68,9 @@ mod users;
 
 pub use apikeys::{valid_key_hash, ApiKeyRecord, ApiKeyStore};
 pub use broker::{
-    Broker, BrokerError, BrokerFuture, BrokerHandler, Clock, History, Keep, MemoryBroker,
-    Publication, SharedCounters, StreamPosition, DEFAULT_HISTORY_BYTES,
+    Answerer, AskError, AskFuture, Broker, BrokerError, BrokerFuture, BrokerHandler, Clock,
+    History, Keep, MemoryBroker, Publication, Relay, SharedCounters, StreamPosition,
+    DEFAULT_HISTORY_BYTES,
 };
 pub use error::{KvError, StoreError};
 pub use kv::{
@@ -80,8 +81,8 @@ pub use migrate::{migrate_redb_to_pg, MigrateReport};
 pub use pg_store::{PgStore, PG_NOTIFY_CHANNEL, PG_SCHEMA_VERSION};
 pub use redb_store::{RedbStore, CACHE_BYTES, DB_FILE, NONDURABLE_MAX_AGE, SCHEMA_VERSION};
 pub use redis::{
-    Cluster, ClusterError, ClusterStatus, RedisBroker, DEFAULT_TTL, PUBLISH_QUEUE,
-    PUBLISH_QUEUE_BYTES, REDIS_TIMEOUT,
+    Cluster, ClusterError, ClusterStatus, RedisBroker, ASK_TIMEOUT, DEFAULT_TTL, MAX_ASKS,
+    PUBLISH_QUEUE, PUBLISH_QUEUE_BYTES, REDIS_TIMEOUT,
 };
 pub use secrets::{SecretStore, MAX_SECRET_LEN};
 pub use sessions::{

@@ -37,7 +37,8 @@
 //! prefix` (default `sigma:`), so that several deployments (and test
 //! runs) share one Redis without seeing each other: `{prefix}bc{route}/
 //! {channel}` is a channel's hash and its pub/sub channel, `{prefix}bh
-//! {route}/{channel}` its history stream, `{prefix}n/…` the counters.
+//! {route}/{channel}` its history stream, `{prefix}n/…` the counters,
+//! `{prefix}nd{node}` the pub/sub channel of one node's relay ([`relay`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -47,6 +48,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot};
+
+mod relay;
+
+pub use relay::{ASK_TIMEOUT, MAX_ASKS};
 
 use crate::{
     Broker, BrokerError, BrokerFuture, BrokerHandler, History, Keep, Publication, SharedCounters,
@@ -169,6 +174,8 @@ struct Inner {
     node: u64,
     /// Presence changes, applied in order by one task.
     presence: mpsc::Sender<PresenceOp>,
+    /// Asks between nodes ([`Cluster::relay`]).
+    relays: relay::Relays,
 }
 
 /// How long a presence entry lives unless its node refreshes it: a node
@@ -301,6 +308,7 @@ impl Cluster {
             queued_bytes: AtomicUsize::new(0),
             node: std::hash::BuildHasher::hash_one(&seed, 1u8),
             presence: presence_tx,
+            relays: relay::Relays::default(),
         });
         let (jobs, rx) = mpsc::channel(PUBLISH_QUEUE);
         tokio::spawn(publisher(Arc::clone(&inner), rx));
@@ -338,6 +346,18 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Asks between the nodes, on this Redis ([`crate::Relay`]).
+    pub fn relay(&self) -> Arc<dyn crate::Relay> {
+        Arc::new(relay::RedisRelay {
+            inner: Arc::clone(&self.inner),
+        })
+    }
+
+    /// Asks of this node waiting for their answers.
+    pub fn asks_waiting(&self) -> usize {
+        self.inner.relays.waiting()
     }
 
     /// The broker of one `&broadcast` hub: its channels live under
@@ -688,12 +708,14 @@ async fn pubsub(inner: Weak<Inner>) {
     loop {
         let Some(me) = inner.upgrade() else { return };
         let pattern = format!("{}bc*", me.prefix);
+        let mine = relay::channel(&me.prefix, me.node);
         let client = me.client.clone();
         let target = me.target.clone();
         drop(me);
         let connected = async {
             let mut ps = client.get_async_pubsub().await?;
             ps.psubscribe(&pattern).await?;
+            ps.subscribe(&mine).await?;
             Ok::<_, redis::RedisError>(ps)
         };
         let ps = match tokio::time::timeout(REDIS_TIMEOUT, connected).await {
@@ -728,7 +750,12 @@ async fn pubsub(inner: Weak<Inner>) {
                 msg = stream.next() => match msg {
                     Some(msg) => {
                         let Some(me) = inner.upgrade() else { return };
-                        me.deliver(msg.get_channel_name(), msg.get_payload_bytes());
+                        let name = msg.get_channel_name();
+                        if name == mine {
+                            relay::on_message(&me, msg.get_payload_bytes());
+                        } else {
+                            me.deliver(name, msg.get_payload_bytes());
+                        }
                     }
                     None => break,
                 },
@@ -1037,7 +1064,7 @@ pub(crate) mod tests {
     /// local one if it answers: a [`Cluster`] under a fresh prefix.
     /// The Redis of `SIGMA_TEST_REDIS` (required) or of the default
     /// address (skipped, saying so, when nothing answers there).
-    fn test_url() -> (String, bool) {
+    pub(crate) fn test_url() -> (String, bool) {
         match std::env::var("SIGMA_TEST_REDIS") {
             Ok(u) => (u, true),
             Err(_) => ("redis://127.0.0.1:6379/".to_owned(), false),
@@ -1056,7 +1083,11 @@ pub(crate) mod tests {
         test_cluster_on(&format!("sigma_test_{prefix}:"), ttl, ping_every).await
     }
 
-    async fn test_cluster_on(prefix: &str, ttl: Duration, ping_every: Duration) -> Option<Cluster> {
+    pub(crate) async fn test_cluster_on(
+        prefix: &str,
+        ttl: Duration,
+        ping_every: Duration,
+    ) -> Option<Cluster> {
         let (url, required) = test_url();
         let c = Cluster::start_pinging(&url, prefix, ttl, ping_every).unwrap();
         if c.wait_up(Duration::from_secs(5)).await {

@@ -317,6 +317,7 @@ impl RouteTable {
                 &config.worlds,
                 world_bearer,
                 Arc::clone(audit),
+                brokers.relay(),
             )?);
             world = Some(Arc::clone(&w));
             Ok(w)

@@ -1075,6 +1075,133 @@ fn login_throttles_are_shared_by_the_nodes() {
     }
 }
 
+/// Unpadded base64url, as worlds speak it.
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// A session socket on `addr`, activated: `hello` answered by `welcome`.
+fn session_socket(addr: SocketAddr, cookie: &str) -> Ws {
+    let mut ws = Ws::open(
+        addr,
+        "/ws",
+        &format!("Cookie: {cookie}\r\nOrigin: http://{addr}\r\n"),
+    );
+    ws.send(&json!({"type": "hello", "lamport": 1}));
+    let w = ws.recv();
+    assert_eq!(w["type"], "welcome", "{w}");
+    ws
+}
+
+/// The worker's `GET /world/echo.js` for `key`'s world with `cookie`, on `addr`.
+fn worker_fetch(
+    addr: SocketAddr,
+    session: &str,
+    key: &ed25519_dalek::SigningKey,
+    cookie: &str,
+) -> Resp {
+    use ed25519_dalek::Signer as _;
+    let world = b64(key.verifying_key().as_bytes());
+    let initiate = json!({"cookie": cookie, "world": world, "command": "echo"}).to_string();
+    let sig = key.sign(initiate.as_bytes()).to_bytes();
+    let target = format!(
+        "/world/echo.js?initiate={}&sig={}",
+        b64(initiate.as_bytes()),
+        b64(&sig)
+    );
+    let origin = format!("http://{addr}");
+    request(
+        addr,
+        "GET",
+        &target,
+        &[("Cookie", session), ("Origin", &origin)],
+        b"",
+    )
+}
+
+#[test]
+fn a_world_forked_on_one_node_starts_from_another_and_runs_on_its_socket() {
+    use ed25519_dalek::Signer as _;
+    let Some(db) = PgDb::create() else { return };
+    let Some(redis) = RedisNs::create() else {
+        return;
+    };
+    let (_dir, cfg) = config_file(&db.url());
+    add_user(&cfg, "alice");
+    add_user(&cfg, "bob");
+    let mut a = cluster_node(&db.url(), &redis.url, &redis.prefix, "");
+    let b = cluster_node(&db.url(), &redis.url, &redis.prefix, "");
+    let alice = login(a.addr(), "alice");
+    let mut ws = session_socket(a.addr(), &alice);
+    let new_key = || {
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed).expect("random");
+        ed25519_dalek::SigningKey::from_bytes(&seed)
+    };
+    let key = new_key();
+    let world = b64(key.verifying_key().as_bytes());
+    ws.send(&json!({"type": "fork", "world": world, "command": "echo", "lamport": 2}));
+    let fork = ws.recv();
+    assert_eq!(fork["type"], "fork-cookie", "{fork}");
+    let cookie = fork["cookie"].as_str().expect("cookie").to_owned();
+
+    // The load balancer sends the worker's fetch to B: B asks A (the
+    // cookie's node), the world starts on A's socket, B serves the code.
+    let r = worker_fetch(b.addr(), &alice, &key, &cookie);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        r.header("content-type"),
+        Some("text/javascript; charset=utf-8")
+    );
+    // The world runs on the socket on A.
+    let lamport = 10u64;
+    let body = "hello from the worker";
+    let signed = format!("{world}\n{lamport}\n{body}");
+    let sig = b64(&key.sign(signed.as_bytes()).to_bytes());
+    ws.send(
+        &json!({"type": "world", "world": world, "lamport": lamport, "body": body, "sig": sig}),
+    );
+    let echoed = ws.recv();
+    assert_eq!(
+        (&echoed["type"], &echoed["world"], &echoed["body"]),
+        (&json!("world"), &json!(world), &json!(body)),
+        "{echoed}"
+    );
+    // Single use, whichever node the replay lands on; another user's
+    // session never opens the cookie.
+    for addr in [b.addr(), a.addr()] {
+        let r = worker_fetch(addr, &alice, &key, &cookie);
+        assert_eq!(r.status, 409, "{r:?}");
+    }
+    let bob = login(b.addr(), "bob");
+    let key2 = new_key();
+    let world2 = b64(key2.verifying_key().as_bytes());
+    ws.send(&json!({"type": "fork", "world": world2, "command": "echo", "lamport": 20}));
+    let fork2 = ws.recv();
+    let cookie2 = fork2["cookie"].as_str().expect("cookie").to_owned();
+    let r = worker_fetch(b.addr(), &bob, &key2, &cookie2);
+    assert_eq!(r.status, 403, "{r:?}");
+    assert!(
+        String::from_utf8_lossy(&r.body).contains("bad_cookie"),
+        "{r:?}"
+    );
+
+    // A dies: an initiate of its cookie on B is a quick 503 with
+    // Retry-After (its socket is gone with it), not a hang.
+    a.signal("KILL");
+    a.wait_exit(Duration::from_secs(10));
+    let started = Instant::now();
+    let r = worker_fetch(b.addr(), &alice, &key2, &cookie2);
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert!(
+        String::from_utf8_lossy(&r.body).contains("world_node_unavailable"),
+        "{r:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10), "bounded");
+}
+
 /// A private `redis-server` (no persistence) on a free loopback port,
 /// killed with it; [`PrivateRedis::kill`] and [`PrivateRedis::start`] stop
 /// and restart it on the same port.

@@ -78,6 +78,9 @@ impl std::error::Error for CookieError {}
 /// The current and previous minute keys.
 pub struct MinuteKeys {
     period_ms: u64,
+    /// In a cluster, this node's id: the first 8 bytes of every nonce
+    /// (see [`node_of`]).
+    node: Option<u64>,
     current: Option<(u64, XChaCha20Poly1305)>,
     previous: Option<(u64, XChaCha20Poly1305)>,
     random: fn(&mut [u8]) -> bool,
@@ -102,10 +105,21 @@ impl MinuteKeys {
         let period_ms = u64::try_from(period.as_millis()).unwrap_or(u64::MAX).max(1);
         Self {
             period_ms,
+            node: None,
             current: None,
             previous: None,
             random: os_random,
         }
+    }
+
+    /// Keys whose cookies name node `node`: the nonce is the node id (8
+    /// bytes, big-endian) and 16 random bytes, so that another node can
+    /// tell where a cookie was sealed without opening it. The nonce is
+    /// authenticated with the rest: changing it breaks the cookie.
+    #[must_use]
+    pub fn tagged(mut self, node: u64) -> Self {
+        self.node = Some(node);
+        self
     }
 
     fn epoch(&self, now_ms: u64) -> u64 {
@@ -147,7 +161,15 @@ impl MinuteKeys {
         self.rotate(now_ms);
         let (_, key) = self.current.as_ref()?;
         let mut nonce = [0u8; NONCE];
-        if !(self.random)(&mut nonce) {
+        let random = match self.node {
+            Some(node) => {
+                let (tag, rest) = nonce.split_at_mut(8);
+                tag.copy_from_slice(&node.to_be_bytes());
+                rest
+            }
+            None => &mut nonce[..],
+        };
+        if !(self.random)(random) {
             return None;
         }
         let mut plain = Vec::with_capacity(FIXED + c.command.len());
@@ -206,6 +228,16 @@ impl MinuteKeys {
         }
         Ok((c, epoch))
     }
+}
+
+/// The node a cookie names, if it was sealed by tagged keys
+/// ([`MinuteKeys::tagged`]): its first 8 bytes. Anything of a cookie's
+/// length has some value here; only opening it tells whether it is real.
+pub fn node_of(cookie: &[u8]) -> Option<u64> {
+    if cookie.len() < NONCE {
+        return None;
+    }
+    Some(u64::from_be_bytes(cookie.get(..8)?.try_into().ok()?))
 }
 
 /// The nonces of cookies already used (each cookie is single use), in one
@@ -350,6 +382,23 @@ mod tests {
         let mut b = MinuteKeys::new(Duration::from_millis(P));
         let c = a.seal(&contents(P), P).unwrap();
         assert_eq!(b.open(&c, P), Err(CookieError::Invalid));
+    }
+
+    #[test]
+    fn tagged_cookies_name_their_node_and_still_differ() {
+        let mut a = MinuteKeys::new(Duration::from_millis(P)).tagged(0x0102_0304_0506_0708);
+        let c1 = a.seal(&contents(P), P).unwrap();
+        let c2 = a.seal(&contents(P), P).unwrap();
+        assert_eq!(node_of(&c1), Some(0x0102_0304_0506_0708));
+        assert_eq!(c1.get(..8), c2.get(..8));
+        assert_ne!(c1.get(8..NONCE), c2.get(8..NONCE), "16 random nonce bytes");
+        assert_eq!(a.open(&c1, P).unwrap(), contents(P));
+        // The tag is authenticated: pointing a cookie at another node breaks it.
+        let mut moved = c1.clone();
+        moved[0] ^= 1;
+        assert_eq!(node_of(&moved), Some(0x0002_0304_0506_0708));
+        assert_eq!(a.open(&moved, P), Err(CookieError::Invalid));
+        assert_eq!(node_of(&c1[..NONCE - 1]), None);
     }
 
     #[test]

@@ -26,6 +26,8 @@
 //! - [`budget`]: each user's world limit, fork bucket and used cookies
 //!   (over all of the user's sessions and sockets, in a bounded map), and
 //!   the server's active world keys (each active once);
+//! - [`forward`]: an initiate carried to the node that sealed its cookie
+//!   (a cluster), and that node's answer;
 //! - [`service`]: the `&world` destination, the tokio glue.
 //!
 //! **Which session a cookie is bound to.** A socket authenticated by the
@@ -44,6 +46,7 @@ pub mod budget;
 pub mod config;
 pub mod cookie;
 pub mod envelope;
+pub mod forward;
 pub mod service;
 pub mod session;
 

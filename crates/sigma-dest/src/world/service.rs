@@ -125,6 +125,9 @@ struct Shared {
     /// Where the reply rule reports a world's dropped replies (counted
     /// like every other stage's).
     audit: Arc<dyn ReplyAudit>,
+    /// In a cluster, the way to the other nodes: an initiate whose cookie
+    /// another node sealed goes there ([`super::forward`]).
+    relay: Option<Arc<dyn sigma_store::Relay>>,
 }
 
 /// Close code of a session socket refused because `worlds.max_users`
@@ -146,11 +149,15 @@ impl WorldService {
     /// `[worlds]`; reads code files. `bearer` reads a request's bearer
     /// token as A does (a socket and its worker fetches are bound to it, or
     /// to the identity's session). Replies the reply rule drops are reported to `audit`.
+    /// In a cluster, `relay` reaches the other nodes: cookies name this
+    /// node, initiates of other nodes' cookies are carried there, and this
+    /// node answers theirs.
     pub fn new(
         world: &[WorldCommandSpec],
         worlds: &WorldsConfig,
         bearer: ReadBearer,
         audit: Arc<dyn ReplyAudit>,
+        relay: Option<Arc<dyn sigma_store::Relay>>,
     ) -> Result<Self, UnavailableDestination> {
         let mut commands = Vec::with_capacity(world.len());
         for w in world {
@@ -181,31 +188,39 @@ impl WorldService {
             });
         }
         let period = worlds.key_rotation;
-        Ok(Self {
-            shared: Arc::new(Shared {
-                commands,
-                targets: OnceLock::new(),
-                bearer,
-                activation_timeout: worlds.activation_timeout,
-                period_secs: period
-                    .as_secs()
-                    .saturating_add(u64::from(period.subsec_nanos() > 0))
-                    .max(1),
-                keys: Mutex::new(MinuteKeys::new(period)),
-                sockets: Mutex::new(HashMap::new()),
-                users: Mutex::new(Users::new(
-                    Limits {
-                        max_worlds: worlds.max_per_user,
-                        forks_per_minute: worlds.forks_per_minute,
-                        max_used: worlds.max_used_per_user,
-                    },
-                    worlds.max_users,
-                )),
-                active: Arc::new(Mutex::new(ActiveWorlds::new())),
-                next_socket: AtomicU64::new(1),
-                audit,
-            }),
-        })
+        let keys = match &relay {
+            Some(r) => MinuteKeys::new(period).tagged(r.node()),
+            None => MinuteKeys::new(period),
+        };
+        let shared = Arc::new(Shared {
+            commands,
+            targets: OnceLock::new(),
+            bearer,
+            activation_timeout: worlds.activation_timeout,
+            period_secs: period
+                .as_secs()
+                .saturating_add(u64::from(period.subsec_nanos() > 0))
+                .max(1),
+            keys: Mutex::new(keys),
+            sockets: Mutex::new(HashMap::new()),
+            users: Mutex::new(Users::new(
+                Limits {
+                    max_worlds: worlds.max_per_user,
+                    forks_per_minute: worlds.forks_per_minute,
+                    max_used: worlds.max_used_per_user,
+                },
+                worlds.max_users,
+            )),
+            active: Arc::new(Mutex::new(ActiveWorlds::new())),
+            next_socket: AtomicU64::new(1),
+            audit,
+            relay,
+        });
+        if let Some(r) = &shared.relay {
+            let weak = Arc::downgrade(&shared);
+            r.serve(super::forward::TOPIC, weak);
+        }
+        Ok(Self { shared })
     }
 
     /// Connects each command to its destination, by index (the order of
@@ -234,12 +249,11 @@ impl Destination for WorldService {
 
     fn handle(&self, req: Request) -> Answer {
         match req {
-            Request::Http(req) => {
-                let resp = self
-                    .shared
-                    .initiate(&req.identity, &req.msg.head, unix_now_ms());
-                Answer::Http(Handled::Ready(Tagged::new(req.identity, resp)))
-            }
+            Request::Http(req) => Answer::Http(self.shared.initiate(
+                &req.identity,
+                &req.msg.head,
+                unix_now_ms(),
+            )),
             // The session socket needs the upgrade's credentials: none
             // for a socket sigma opens itself.
             Request::Upgrade(Upgrade {
@@ -341,22 +355,88 @@ fn refuse(status: u16, code: &str) -> Response {
         "already_active" => "this world is active already",
         "world_limit" => "too many worlds are open on this session socket",
         "session_socket_not_active" => "the session socket is not activated",
+        "world_node_unavailable" => "the node holding the session socket cannot be reached; retry",
         other => sigma_core::response::error_message(other),
     };
     sigma_core::response::json_error_message(status, code, message)
 }
 
+/// An initiate refused: its status and error code ([`refuse`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Refusal(u16, &'static str);
+
+/// What the initiate checks before it needs the cookie's node.
+struct Checked<'a> {
+    user: &'a Identity,
+    index: usize,
+    command: &'a Command,
+    init: envelope::Initiate,
+    key: WorldKey,
+    binding: Option<Binding>,
+}
+
 impl Shared {
     /// `GET /world/<command>.js?initiate=…&sig=…` (DESIGN §5, step 4).
-    fn initiate(&self, identity: &Principal, head: &RequestHead, now_ms: u64) -> Response {
+    /// In a cluster, an initiate whose cookie another node sealed goes to
+    /// that node (its session socket runs the world, [`super::forward`]).
+    fn initiate(
+        self: &Arc<Self>,
+        identity: &Principal,
+        head: &RequestHead,
+        now_ms: u64,
+    ) -> Handled {
+        let tag = |r: Response| Tagged::new(identity.clone(), r);
+        let (checked, initiate, sig) = match self.check(identity, head) {
+            Ok(c) => c,
+            Err(r) => return Handled::Ready(tag(self.refusal(r))),
+        };
+        let elsewhere = self.relay.as_ref().and_then(|relay| {
+            super::cookie::node_of(&checked.init.cookie)
+                .filter(|n| *n != relay.node())
+                .map(|n| (Arc::clone(relay), n))
+        });
+        if let Some((relay, node)) = elsewhere {
+            let ask = super::forward::Forwarded {
+                user: checked.user.user.clone(),
+                binding: checked.binding,
+                command: checked.command.info.name.clone(),
+                initiate,
+                sig,
+            };
+            let index = checked.index;
+            let me = Arc::clone(self);
+            let identity = identity.clone();
+            return Handled::Later(Box::pin(async move {
+                let answer = relay
+                    .ask(node, super::forward::TOPIC, ask.encode().into())
+                    .await;
+                let resp = me.forwarded(node, index, answer);
+                Tagged::new(identity, resp)
+            }));
+        }
+        let index = checked.index;
+        Handled::Ready(tag(match self.start(checked, now_ms) {
+            Ok(()) => self.code(index),
+            Err(r) => self.refusal(r),
+        }))
+    }
+
+    /// The checks that need no cookie key: the method, the user, the
+    /// command, the initiate's form and its signature; with the bytes
+    /// signed and the signature.
+    fn check<'a>(
+        &'a self,
+        identity: &'a Principal,
+        head: &RequestHead,
+    ) -> Result<(Checked<'a>, Vec<u8>, [u8; 64]), Refusal> {
         // Not HEAD either: an initiate has an effect (the world starts).
         if head.method != Method::Get {
-            return refuse(405, "method_not_allowed");
+            return Err(Refusal(405, "method_not_allowed"));
         }
         // A world runs for a user (a route with `auth = "optional"` lets
         // anonymous requests this far).
         let Some(user) = identity.as_deref() else {
-            return refuse(401, "unauthenticated");
+            return Err(Refusal(401, "unauthenticated"));
         };
         let path = head.path();
         let name = path
@@ -370,8 +450,8 @@ impl Shared {
             .position(|b| *b == b'?')
             .and_then(|i| head.target.get(i.saturating_add(1)..))
             .unwrap_or_default();
-        let Some((initiate_bytes, sig)) = envelope::parse_query(query) else {
-            return refuse(400, "missing_parameter");
+        let Some((initiate, sig)) = envelope::parse_query(query) else {
+            return Err(Refusal(400, "missing_parameter"));
         };
         // A command the user may not start is as unknown to them as in
         // their `welcome` (it does not tell them it exists).
@@ -381,52 +461,55 @@ impl Shared {
                 .enumerate()
                 .find(|(_, c)| c.info.name == n && c.allows(user))
         }) else {
-            return refuse(404, "unknown_command");
+            return Err(Refusal(404, "unknown_command"));
         };
-        let Ok(init) = envelope::parse_initiate(&initiate_bytes) else {
-            return refuse(403, "bad_initiate");
+        let (init, key) = verified(command, &initiate, &sig)?;
+        let binding = super::binding_of(self.bearer, user, head);
+        let checked = Checked {
+            user,
+            index,
+            command,
+            init,
+            key,
+            binding,
         };
-        if init.command != command.info.name {
-            return refuse(403, "bad_initiate");
-        }
-        let key = WorldKey::new(init.world).filter(|k| {
-            k.key()
-                .verify_strict(&initiate_bytes, &Signature::from_bytes(&sig))
-                .is_ok()
-        });
-        let Some(key) = key else {
-            return refuse(403, "bad_signature");
-        };
+        Ok((checked, initiate, sig))
+    }
+
+    /// The rest of an initiate, on the node whose keys sealed its cookie:
+    /// the cookie, its binding and socket, then the world starts there.
+    fn start(&self, c: Checked<'_>, now_ms: u64) -> Result<(), Refusal> {
         let opened = {
             let mut keys = lock(&self.keys);
-            keys.open_with_epoch(&init.cookie, now_ms)
-                .map(|(c, epoch)| (c, epoch, keys.oldest_epoch().unwrap_or(epoch)))
+            keys.open_with_epoch(&c.init.cookie, now_ms)
+                .map(|(k, epoch)| (k, epoch, keys.oldest_epoch().unwrap_or(epoch)))
         };
         let Ok((cookie, epoch, oldest)) = opened else {
-            return refuse(403, "bad_cookie");
+            return Err(Refusal(403, "bad_cookie"));
         };
-        let binding = super::binding_of(self.bearer, user, head);
-        if binding.is_none_or(|b| !bool::from(subtle_eq(&b, &cookie.session)))
-            || cookie.world != init.world
-            || cookie.command != init.command
+        if c.binding
+            .is_none_or(|b| !bool::from(subtle_eq(&b, &cookie.session)))
+            || cookie.world != c.init.world
+            || cookie.command != c.init.command
         {
-            return refuse(403, "bad_cookie");
+            return Err(Refusal(403, "bad_cookie"));
         }
-        let Some(nonce) = init
+        let Some(nonce) = c
+            .init
             .cookie
             .get(..NONCE)
             .and_then(|n| <[u8; NONCE]>::try_from(n).ok())
         else {
-            return refuse(403, "bad_cookie");
+            return Err(Refusal(403, "bad_cookie"));
         };
-        let Some(dest) = self.targets.get().and_then(|t| t.get(index)) else {
-            return refuse(502, "world_destination_unavailable");
+        let Some(dest) = self.targets.get().and_then(|t| t.get(c.index)) else {
+            return Err(Refusal(502, "world_destination_unavailable"));
         };
         let socket = lock(&self.sockets)
             .get(&cookie.socket)
             .and_then(Weak::upgrade);
         let Some(socket) = socket else {
-            return refuse(403, "session_socket_gone");
+            return Err(Refusal(403, "session_socket_gone"));
         };
         let once = Once {
             nonce,
@@ -434,29 +517,115 @@ impl Shared {
             oldest,
         };
         // cookie.world == init.world, checked above.
-        if let Err(e) = Socket::start_world(&socket, user, key, dest.as_ref(), once) {
-            return match e {
-                StartError::Used(UseError::Replayed) => refuse(409, "replayed"),
-                StartError::Used(UseError::Full) => {
-                    let mut r = refuse(429, "world_rate");
-                    r.headers.push(Header::new(
-                        &b"Retry-After"[..],
-                        self.period_secs.to_string().into_bytes(),
-                    ));
-                    r
-                }
+        Socket::start_world(&socket, &c.user.user, c.key, dest.as_ref(), once).map_err(
+            |e| match e {
+                StartError::Used(UseError::Replayed) => Refusal(409, "replayed"),
+                StartError::Used(UseError::Full) => Refusal(429, "world_rate"),
                 StartError::Activate(ActivateError::Duplicate | ActivateError::ActiveElsewhere) => {
-                    refuse(409, "already_active")
+                    Refusal(409, "already_active")
                 }
-                StartError::Activate(ActivateError::Limit) => refuse(429, "world_limit"),
+                StartError::Activate(ActivateError::Limit) => Refusal(429, "world_limit"),
                 StartError::Activate(ActivateError::NotActive) => {
-                    refuse(403, "session_socket_not_active")
+                    Refusal(403, "session_socket_not_active")
                 }
-                StartError::NoWebSocket => refuse(502, "world_destination_unavailable"),
-                StartError::OtherUser => refuse(403, "bad_cookie"),
-            };
+                StartError::NoWebSocket => Refusal(502, "world_destination_unavailable"),
+                StartError::OtherUser => Refusal(403, "bad_cookie"),
+            },
+        )?;
+        tracing::debug!(world = %cookie.world, command = %c.command.info.name, "world active");
+        Ok(())
+    }
+
+    /// The answer to an initiate another node forwarded (runs on the
+    /// relay's task).
+    fn answer_forwarded(&self, request: &[u8]) -> super::forward::Outcome {
+        let refused = |r: Refusal| super::forward::Outcome {
+            status: r.0,
+            error: Some(r.1.to_owned()),
+        };
+        let Some(f) = super::forward::Forwarded::decode(request) else {
+            return refused(Refusal(400, "bad_initiate"));
+        };
+        // The asking node found the command allowed for the user; this
+        // node only needs it to exist here too.
+        let Some((index, command)) = self
+            .commands
+            .iter()
+            .enumerate()
+            .find(|(_, c)| c.info.name == f.command)
+        else {
+            return refused(Refusal(404, "unknown_command"));
+        };
+        let (init, key) = match verified(command, &f.initiate, &f.sig) {
+            Ok(v) => v,
+            Err(r) => return refused(r),
+        };
+        let user = Identity {
+            user: f.user,
+            provider: sigma_core::Provider::Password,
+            world: None,
+            session: None,
+            groups: Vec::new(),
+        };
+        let checked = Checked {
+            user: &user,
+            index,
+            command,
+            init,
+            key,
+            binding: f.binding,
+        };
+        match self.start(checked, unix_now_ms()) {
+            Ok(()) => super::forward::Outcome {
+                status: 200,
+                error: None,
+            },
+            Err(r) => refused(r),
         }
-        tracing::debug!(world = %cookie.world, command = %command.info.name, "world active");
+    }
+
+    /// The response to an initiate forwarded to `node`, from its answer.
+    fn forwarded(
+        &self,
+        node: u64,
+        index: usize,
+        answer: Result<Bytes, sigma_store::AskError>,
+    ) -> Response {
+        let outcome = match answer {
+            Ok(bytes) => super::forward::Outcome::decode(&bytes),
+            Err(e) => {
+                if NODE_LOG.may_log() {
+                    tracing::warn!(
+                        node = format_args!("{node:016x}"),
+                        "world initiate: the node of its cookie did not answer: {e}"
+                    );
+                }
+                let mut r = refuse(503, "world_node_unavailable");
+                r.headers.push(Header::new(&b"Retry-After"[..], &b"1"[..]));
+                return r;
+            }
+        };
+        match outcome {
+            Some(o) if o.status == 200 => self.code(index),
+            Some(o) => {
+                let code = o.error.as_deref().unwrap_or("bad_gateway");
+                let mut r = refuse(o.status, code);
+                if code == "world_rate" {
+                    self.retry_after(&mut r);
+                }
+                r
+            }
+            None => refuse(502, "bad_gateway"),
+        }
+    }
+
+    /// The worker code of command `index`.
+    fn code(&self, index: usize) -> Response {
+        let code = self
+            .commands
+            .get(index)
+            .map(|c| c.code.clone())
+            .unwrap_or_default();
         Response::new(
             200,
             vec![
@@ -464,8 +633,58 @@ impl Shared {
                 Header::new(&b"Cache-Control"[..], &b"no-store"[..]),
                 Header::new(&b"X-Content-Type-Options"[..], &b"nosniff"[..]),
             ],
-            command.code.clone(),
+            code,
         )
+    }
+
+    fn refusal(&self, r: Refusal) -> Response {
+        let mut resp = refuse(r.0, r.1);
+        if r.1 == "world_rate" {
+            self.retry_after(&mut resp);
+        }
+        resp
+    }
+
+    /// `Retry-After` of a user whose used cookies are at their bound:
+    /// the key period frees room.
+    fn retry_after(&self, r: &mut Response) {
+        r.headers.push(Header::new(
+            &b"Retry-After"[..],
+            self.period_secs.to_string().into_bytes(),
+        ));
+    }
+}
+
+impl sigma_store::Answerer for Shared {
+    fn answer(&self, request: &[u8]) -> Bytes {
+        self.answer_forwarded(request).encode().into()
+    }
+}
+
+/// The log budget of initiates whose cookie's node did not answer.
+static NODE_LOG: LogLimiter = LogLimiter::new();
+
+/// The initiate `bytes` parsed for `command`, and its world key if `sig`
+/// is that key's signature over them.
+fn verified(
+    command: &Command,
+    bytes: &[u8],
+    sig: &[u8; 64],
+) -> Result<(envelope::Initiate, WorldKey), Refusal> {
+    let Ok(init) = envelope::parse_initiate(bytes) else {
+        return Err(Refusal(403, "bad_initiate"));
+    };
+    if init.command != command.info.name {
+        return Err(Refusal(403, "bad_initiate"));
+    }
+    let key = WorldKey::new(init.world).filter(|k| {
+        k.key()
+            .verify_strict(bytes, &Signature::from_bytes(sig))
+            .is_ok()
+    });
+    match key {
+        Some(key) => Ok((init, key)),
+        None => Err(Refusal(403, "bad_signature")),
     }
 }
 
@@ -543,7 +762,7 @@ impl Socket {
     /// refusal undoes what came before it, so the initiate can be retried.
     fn start_world(
         this: &Arc<Mutex<Socket>>,
-        user: &Identity,
+        user: &str,
         key: WorldKey,
         dest: &dyn Destination,
         once: Once,
@@ -551,7 +770,7 @@ impl Socket {
         let world = key.id();
         let mut guard = lock(this);
         let s = &mut *guard;
-        if s.user.user != user.user {
+        if s.user.user != user {
             return Err(StartError::OtherUser);
         }
         let mut user_budget = lock(&s.budget);
@@ -865,7 +1084,15 @@ mod tests {
         commands: &[WorldCommandSpec],
         worlds: &WorldsConfig,
     ) -> (WorldService, Arc<Counting>) {
-        let svc = WorldService::new(commands, worlds, bearer, Arc::new(NoAudit)).unwrap();
+        service_on(commands, worlds, None)
+    }
+
+    fn service_on(
+        commands: &[WorldCommandSpec],
+        worlds: &WorldsConfig,
+        relay: Option<Arc<dyn sigma_store::Relay>>,
+    ) -> (WorldService, Arc<Counting>) {
+        let svc = WorldService::new(commands, worlds, bearer, Arc::new(NoAudit), relay).unwrap();
         let counting = Arc::new(Counting::default());
         let targets = commands
             .iter()
@@ -994,9 +1221,14 @@ mod tests {
             super::super::b64_encode(&initiate),
             super::super::b64_encode(&sig)
         );
-        let resp = svc
+        let handled = svc
             .shared
             .initiate(identity, &head(target, token), unix_now_ms());
+        let resp = match handled {
+            Handled::Ready(r) => r.msg,
+            // The test relay answers at once.
+            Handled::Later(f) => futures_util::FutureExt::now_or_never(f).unwrap().msg,
+        };
         let body = serde_json::from_slice(&resp.body).unwrap_or(Value::Null);
         (resp.status, body)
     }
@@ -1387,6 +1619,7 @@ mod tests {
             &WorldsConfig::default(),
             bearer,
             Arc::clone(&audit) as Arc<dyn ReplyAudit>,
+            None,
         )
         .unwrap();
         let targets = commands
@@ -1411,5 +1644,127 @@ mod tests {
             "a crossed reply reached the client: {pushed:?}"
         );
         assert_eq!(audit.0.load(Ordering::Relaxed), 1);
+    }
+
+    /// The nodes of a test cluster: each ask is answered at once, in
+    /// process, by the node it names.
+    #[derive(Default)]
+    struct Net(Mutex<HashMap<u64, Weak<dyn sigma_store::Answerer>>>);
+
+    struct TestRelay {
+        node: u64,
+        net: Arc<Net>,
+    }
+
+    impl sigma_store::Relay for TestRelay {
+        fn node(&self) -> u64 {
+            self.node
+        }
+        fn ask(&self, node: u64, topic: &str, request: Bytes) -> sigma_store::AskFuture {
+            assert_eq!(topic, super::super::forward::TOPIC);
+            let handler = lock(&self.net.0).get(&node).and_then(Weak::upgrade);
+            let answer = match handler {
+                Some(h) => Ok(h.answer(&request)),
+                None => Err(sigma_store::AskError::NoNode),
+            };
+            Box::pin(async move { answer })
+        }
+        fn serve(&self, _: &str, handler: Weak<dyn sigma_store::Answerer>) {
+            lock(&self.net.0).insert(self.node, handler);
+        }
+    }
+
+    fn node_of(net: &Arc<Net>, node: u64, worlds: &WorldsConfig) -> (WorldService, Arc<Counting>) {
+        let relay = TestRelay {
+            node,
+            net: Arc::clone(net),
+        };
+        let commands = [spec("chat", "chat", None), spec("echo", "echo", None)];
+        service_on(&commands, worlds, Some(Arc::new(relay)))
+    }
+
+    #[test]
+    fn an_initiate_on_another_node_starts_the_world_on_the_forking_socket() {
+        let net = Arc::new(Net::default());
+        let (a, opened_a) = node_of(&net, 1, &WorldsConfig::default());
+        let (b, opened_b) = node_of(&net, 2, &WorldsConfig::default());
+        let mut c = Client::open(&a, "alice", "tok");
+        c.hello();
+        let k = key(1);
+        let ck = cookie(&c.fork(&k, "echo"));
+        assert_eq!(
+            super::super::cookie::node_of(&super::super::b64_decode(&ck).unwrap()),
+            Some(1)
+        );
+        // The worker's fetch lands on node 2: the world starts on node 1's
+        // socket, node 2 serves the code.
+        let (status, _) = c.initiate(&b, &k, "echo", &ck);
+        assert_eq!(status, 200);
+        assert_eq!(opened_a.0.load(Ordering::Relaxed), 1);
+        assert_eq!(opened_b.0.load(Ordering::Relaxed), 0);
+        // It runs there: a signed world message is echoed on the socket.
+        let world = WorldId(k.verifying_key().to_bytes()).encode();
+        let lamport = c.lamport + 1;
+        let sig = k
+            .sign(&envelope::signed_bytes(&world, lamport, "hi"))
+            .to_bytes();
+        let pushed = c.send(json!({"type": "world", "world": world, "body": "hi",
+            "sig": super::super::b64_encode(&sig)}));
+        assert!(
+            pushed
+                .iter()
+                .any(|v| v["type"] == "world" && v["body"] == "hi"),
+            "{pushed:?}"
+        );
+        // Single use across nodes: a replay on either node is 409.
+        for node in [&b, &a] {
+            let (status, body) = c.initiate(node, &k, "echo", &ck);
+            assert_eq!((status, &body["error"]), (409, &json!("replayed")));
+        }
+        assert_eq!(opened_a.0.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_forwarded_initiate_is_refused_as_a_local_one_would_be() {
+        let net = Arc::new(Net::default());
+        let limits = WorldsConfig {
+            max_per_user: 1,
+            ..WorldsConfig::default()
+        };
+        let (a, opened) = node_of(&net, 1, &limits);
+        let (b, _) = node_of(&net, 2, &limits);
+        let mut alice = Client::open(&a, "alice", "tok-a");
+        let mut bob = Client::open(&b, "bob", "tok-b");
+        alice.hello();
+        bob.hello();
+        let (k1, k2) = (key(1), key(2));
+        let c1 = cookie(&alice.fork(&k1, "echo"));
+        let c2 = cookie(&alice.fork(&k2, "echo"));
+        let c3 = cookie(&alice.fork(&key(3), "echo"));
+        // Another session (bob's token) with alice's cookie: the cookie's
+        // node finds the binding wrong.
+        let (status, body) = bob.initiate(&b, &k1, "echo", &c1);
+        assert_eq!((status, &body["error"]), (403, &json!("bad_cookie")));
+        // Another world's initiate with this cookie (signed by its own
+        // key): the cookie's node finds the world wrong.
+        let (status, body) = initiate(&b, &alice.identity, "tok-a", &k2, "echo", &c1);
+        assert_eq!((status, &body["error"]), (403, &json!("bad_cookie")));
+        assert_eq!(alice.initiate(&b, &k1, "echo", &c1).0, 200);
+        // The user's limit, counted on the socket's node.
+        let (status, body) = alice.initiate(&b, &k2, "echo", &c2);
+        assert_eq!((status, &body["error"]), (429, &json!("world_limit")));
+        assert_eq!(opened.0.load(Ordering::Relaxed), 1);
+        // A cookie of a node that is gone: 503, retry later.
+        lock(&net.0).remove(&1);
+        let (status, body) = alice.initiate(&b, &key(3), "echo", &c3);
+        assert_eq!(
+            (status, &body["error"]),
+            (503, &json!("world_node_unavailable"))
+        );
+        // A cookie whose node tag was changed to this node opens nowhere.
+        let mut moved = super::super::b64_decode(&c2).unwrap();
+        moved[..8].copy_from_slice(&2u64.to_be_bytes());
+        let (status, body) = alice.initiate(&b, &k2, "echo", &super::super::b64_encode(&moved));
+        assert_eq!((status, &body["error"]), (403, &json!("bad_cookie")));
     }
 }
