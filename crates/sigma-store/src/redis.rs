@@ -278,18 +278,48 @@ impl Cluster {
     /// after their last publish. Fails only on a URL that is not a Redis
     /// URL; an unreachable server is retried in the background.
     pub fn start(url: &str, prefix: &str, ttl: Duration) -> Result<Self, ClusterError> {
-        Self::start_pinging(url, prefix, ttl, PING_EVERY)
+        Self::start_pinging(url, None, prefix, ttl, PING_EVERY)
+    }
+
+    /// [`Cluster::start`] with the PEM roots `ca` that a `rediss://`
+    /// server's certificate must chain to (`None`: the system's roots).
+    pub fn start_tls(
+        url: &str,
+        ca: Option<Vec<u8>>,
+        prefix: &str,
+        ttl: Duration,
+    ) -> Result<Self, ClusterError> {
+        Self::start_pinging(url, ca, prefix, ttl, PING_EVERY)
     }
 
     /// [`Cluster::start`] pinging every `ping_every` (tests).
     fn start_pinging(
         url: &str,
+        ca: Option<Vec<u8>>,
         prefix: &str,
         ttl: Duration,
         ping_every: Duration,
     ) -> Result<Self, ClusterError> {
-        let client = redis::Client::open(url)
-            .map_err(|e| ClusterError(format!("not a Redis URL (redis://host:port/db): {e}")))?;
+        let client = match ca {
+            None => redis::Client::open(url),
+            Some(_) if !url.starts_with("rediss://") => {
+                return Err(ClusterError(
+                    "a CA applies to a rediss:// (TLS) URL only".to_owned(),
+                ))
+            }
+            Some(root) => redis::Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root),
+                },
+            ),
+        }
+        .map_err(|e| {
+            ClusterError(format!(
+                "not a Redis URL (redis://host:port/db, rediss:// for TLS) or its CA: {e}"
+            ))
+        })?;
         let seed = std::collections::hash_map::RandomState::new();
         let (presence_tx, presence_rx) = mpsc::channel(PRESENCE_QUEUE);
         let inner = Arc::new(Inner {
@@ -1089,7 +1119,7 @@ pub(crate) mod tests {
         ping_every: Duration,
     ) -> Option<Cluster> {
         let (url, required) = test_url();
-        let c = Cluster::start_pinging(&url, prefix, ttl, ping_every).unwrap();
+        let c = Cluster::start_pinging(&url, None, prefix, ttl, ping_every).unwrap();
         if c.wait_up(Duration::from_secs(5)).await {
             return Some(c);
         }

@@ -207,7 +207,14 @@ async fn start_cluster(
     url: &str,
     c: &crate::config::ClusterConfig,
 ) -> anyhow::Result<sigma_store::Cluster> {
-    let cluster = sigma_store::Cluster::start(url, &c.prefix, sigma_store::DEFAULT_TTL)
+    let ca = match &c.redis_ca {
+        Some(path) => Some(
+            sigma_core::namedfile::read(path)
+                .map_err(|e| anyhow::anyhow!("cluster.redis_ca: {e}"))?,
+        ),
+        None => None,
+    };
+    let cluster = sigma_store::Cluster::start_tls(url, ca, &c.prefix, sigma_store::DEFAULT_TTL)
         .map_err(|e| anyhow::anyhow!("cluster.redis: {e}"))?;
     if cluster.wait_up(sigma_store::REDIS_TIMEOUT).await {
         let node = c.node.as_deref().unwrap_or("-");

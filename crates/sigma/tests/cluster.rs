@@ -1202,21 +1202,95 @@ fn a_world_forked_on_one_node_starts_from_another_and_runs_on_its_socket() {
     assert!(started.elapsed() < Duration::from_secs(10), "bounded");
 }
 
+/// A CA (`ca.pem`) and a certificate for 127.0.0.1 it signed
+/// (`redis.pem`, `redis.key`), in `dir`.
+fn test_pki(dir: &std::path::Path) -> (PathBuf, PathBuf, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().expect("key");
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).expect("ca");
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().expect("key");
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned()]).expect("params");
+    let cert = leaf.signed_by(&key, &issuer).expect("leaf");
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("redis.pem"),
+        dir.join("redis.key"),
+    );
+    std::fs::write(&paths.0, ca_cert.pem()).expect("write");
+    std::fs::write(&paths.1, cert.pem()).expect("write");
+    std::fs::write(&paths.2, key.serialize_pem()).expect("write");
+    paths
+}
+
+#[test]
+fn nodes_reach_redis_over_tls_with_their_own_ca() {
+    let Some(db) = PgDb::create() else { return };
+    let (dir, cfg) = config_file(&db.url());
+    add_user(&cfg, "alice");
+    let (ca, cert, key) = test_pki(&dir);
+    let redis = PrivateRedis::with_tls(Some((cert, key)));
+    let url = format!("rediss://127.0.0.1:{}/0", redis.port);
+    // A node of this Redis, with `ca_line` in its [cluster].
+    let node_with = |ca_line: &str| {
+        let toml = Cfg::new()
+            .tail(&format!(
+                "[store]\nurl = {:?}\n\n[cluster]\nredis = {url:?}\nprefix = \"tls:\"\n{ca_line}\n",
+                db.url()
+            ))
+            .toml();
+        Server::launch(&toml, &temp_dir("tls-node"), HA).server
+    };
+    let ca_line = format!("redis_ca = {:?}", ca.display().to_string());
+    let a = node_with(&ca_line);
+    let b = node_with(&ca_line);
+    let alice = login(a.addr(), "alice");
+    let mut on_a = subscriber(a.addr(), &alice, "public:tls");
+    let r = http_publish(b.addr(), &alice, "public:tls", &json!("over tls"));
+    assert_eq!(r.status, 202, "{r:?}");
+    let m = on_a.recv();
+    assert_eq!(m["data"], "over tls", "{m}");
+    let h = request(b.addr(), "GET", "/healthz", &[], b"");
+    assert!(
+        h.body_str().contains("redis up\nredis_pubsub up\n"),
+        "{h:?}"
+    );
+    // Without the CA the server's certificate is not trusted: the node
+    // starts degraded and says so, and never talks to it in the clear.
+    let c = node_with("");
+    let h = request(c.addr(), "GET", "/healthz", &[], b"");
+    assert!(h.body_str().contains("redis down"), "{h:?}");
+    let r = http_publish(c.addr(), &alice, "public:tls", &json!("x"));
+    assert_eq!(r.status, 503, "{r:?}");
+}
+
 /// A private `redis-server` (no persistence) on a free loopback port,
 /// killed with it; [`PrivateRedis::kill`] and [`PrivateRedis::start`] stop
 /// and restart it on the same port.
 struct PrivateRedis {
     port: u16,
     child: Option<std::process::Child>,
+    /// TLS only (`--tls-port`): the certificate and key files.
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl PrivateRedis {
     fn new() -> PrivateRedis {
+        Self::with_tls(None)
+    }
+
+    fn with_tls(tls: Option<(PathBuf, PathBuf)>) -> PrivateRedis {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
-        let mut r = PrivateRedis { port, child: None };
+        let mut r = PrivateRedis {
+            port,
+            child: None,
+            tls,
+        };
         r.start();
         r
     }
@@ -1226,13 +1300,31 @@ impl PrivateRedis {
             .into_iter()
             .find(|p| std::path::Path::new(p).exists())
             .expect("redis-server is not installed (scripts/test.sh installs Debian's)");
-        let child = std::process::Command::new(bin)
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+        let mut cmd = std::process::Command::new(bin);
+        match &self.tls {
+            None => cmd.args(["--port", &self.port.to_string()]),
+            Some((cert, key)) => cmd
+                .args(["--port", "0", "--tls-port", &self.port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(cert)
+                .arg("--tls-key-file")
+                .arg(key)
+                .args(["--tls-auth-clients", "no"]),
+        };
+        let child = cmd
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("spawn redis-server");
         self.child = Some(child);
+        if self.tls.is_some() {
+            // Listening is enough: the test's TLS clients say the rest.
+            eventually(Duration::from_secs(10), "redis-server to listen", || {
+                TcpStream::connect(("127.0.0.1", self.port)).ok().map(drop)
+            });
+            return;
+        }
         eventually(Duration::from_secs(10), "redis-server to answer", || {
             let mut t = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
             t.set_read_timeout(Some(IO_TIMEOUT)).ok()?;

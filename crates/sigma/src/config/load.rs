@@ -418,6 +418,16 @@ fn resolve(file: ConfigFile, sources: &Sources<'_>) -> Result<Config, ConfigErro
     if let Some(url) = &file.cluster.redis {
         check_redis_url(url).map_err(|m| invalid("cluster", "redis", m))?;
     }
+    if file.cluster.redis_ca.is_some()
+        && !file
+            .cluster
+            .redis
+            .as_deref()
+            .is_some_and(|u| u.starts_with("rediss://"))
+    {
+        let why = "applies to a `rediss://` (TLS) `redis` URL only";
+        return Err(invalid("cluster", "redis_ca", why.to_owned()));
+    }
     if file.cluster.prefix.is_empty() {
         let why = "must not be empty (every Redis key starts with it)";
         return Err(invalid("cluster", "prefix", why.to_owned()));

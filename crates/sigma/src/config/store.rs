@@ -19,6 +19,7 @@ pub struct StoreConfig {
 /// ```toml
 /// [cluster]
 /// redis = "redis://127.0.0.1:6379/0"   # broadcast fan-out, shared login throttles
+/// redis_ca = "/etc/sigma/redis-ca.pem"  # optional, with rediss://: the roots of its certificate
 /// prefix = "sigma:"                    # every Redis key and channel starts with it
 /// node = "a"                           # this node's name in the start-up log
 /// ```
@@ -28,6 +29,9 @@ pub struct ClusterConfig {
     /// `redis://host:port/db`: `&broadcast` across nodes and shared login
     /// throttles. Unset: one node, everything in-process.
     pub redis: Option<String>,
+    /// With a `rediss://` URL: a PEM file of the roots the server's
+    /// certificate must chain to (unset: the system's roots).
+    pub redis_ca: Option<std::path::PathBuf>,
     /// What every key and pub/sub channel sigma uses in Redis starts
     /// with: deployments sharing one Redis use different ones.
     pub prefix: String,
@@ -39,6 +43,7 @@ impl Default for ClusterConfig {
     fn default() -> Self {
         Self {
             redis: None,
+            redis_ca: None,
             prefix: "sigma:".to_owned(),
             node: None,
         }
@@ -47,11 +52,13 @@ impl Default for ClusterConfig {
 
 /// Why `[cluster] redis` is refused, if it is.
 pub(super) fn check_redis_url(url: &str) -> Result<(), String> {
-    if url.starts_with("redis://") || url.starts_with("unix://") || url.starts_with("redis+unix://")
+    if ["redis://", "rediss://", "unix://", "redis+unix://"]
+        .iter()
+        .any(|p| url.starts_with(p))
     {
         Ok(())
     } else {
-        Err("expected a Redis URL, `redis://host:port/db`".to_owned())
+        Err("expected a Redis URL, `redis://host:port/db` (`rediss://` for TLS)".to_owned())
     }
 }
 
@@ -115,6 +122,23 @@ mod tests {
         let e = from_str("[cluster]\nredis = \"postgres://h\"\n", &[]).unwrap_err();
         assert_eq!(e.path, "cluster.redis");
         assert!(e.to_string().contains("Redis URL"), "{e}");
+        // A CA needs a TLS URL.
+        let e = from_str(
+            "[cluster]\nredis = \"redis://h\"\nredis_ca = \"ca.pem\"\n",
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(e.path, "cluster.redis_ca");
+        assert!(e.to_string().contains("rediss://"), "{e}");
+        let c = from_str(
+            "[cluster]\nredis = \"rediss://h\"\nredis_ca = \"ca.pem\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            c.cluster.redis_ca.as_deref(),
+            Some(std::path::Path::new("ca.pem"))
+        );
         let e = from_str("[cluster]\nredis = \"redis://h\"\nprefix = \"\"\n", &[]).unwrap_err();
         assert_eq!(e.path, "cluster.prefix");
         let e = from_str("[cluster]\nredsi = 1\n", &[]).unwrap_err();

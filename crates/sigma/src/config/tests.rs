@@ -196,7 +196,8 @@ fn every_key_round_trips() {
         url = "postgres://sigma@db.example.com:5433/sigma"
 
         [cluster]
-        redis = "redis://redis.example.com:6380/3"
+        redis = "rediss://redis.example.com:6380/3"
+        redis_ca = "/etc/sigma/redis-ca.pem"
         prefix = "chat:"
         node = "node-a"
     "#;
@@ -449,7 +450,11 @@ fn every_key_round_trips() {
     );
     assert_eq!(
         c.cluster.redis.as_deref(),
-        Some("redis://redis.example.com:6380/3")
+        Some("rediss://redis.example.com:6380/3")
+    );
+    assert_eq!(
+        c.cluster.redis_ca.as_deref(),
+        Some(Path::new("/etc/sigma/redis-ca.pem"))
     );
     assert_eq!(
         (c.cluster.prefix.as_str(), c.cluster.node.as_deref()),
