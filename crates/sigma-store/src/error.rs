@@ -83,6 +83,10 @@ pub enum StoreError {
     /// The `[store] url` is not a PostgreSQL connection string sigma can use.
     #[error("[store] url: {0}")]
     BadUrl(String),
+    /// `[store] ca` cannot be used (no certificate in it, or with
+    /// `sslmode=disable`).
+    #[error("[store] ca: {0}")]
+    BadCa(String),
     /// PostgreSQL could not be reached when the store was opened.
     #[error("cannot reach PostgreSQL at {target}: {reason}")]
     Unreachable {

@@ -42,9 +42,11 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use serde::{Deserialize, Serialize};
-use tokio_postgres::NoTls;
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+use tokio_postgres::{NoTls, Socket};
 
 use crate::kv::kv_valid;
+
 use crate::{
     random_bytes, valid_user_name, KvChange, KvEntry, KvError, KvListener, KvMeta, KvPut, KvStore,
     Precondition, SecretStore, SessionId, SessionRecord, SessionStore, StoreError, StoreHealth,
@@ -279,14 +281,36 @@ impl PgStore {
     /// [`StoreError::Unreachable`] naming the server if it does not answer
     /// within a few seconds.
     pub fn connect(url: &str) -> Result<Self, StoreError> {
-        let cfg: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e: tokio_postgres::Error| StoreError::BadUrl(e.to_string()))?;
-        Self::connect_with(cfg)
+        Self::connect_tls(url, None)
     }
 
-    /// [`PgStore::connect`] with a parsed configuration.
-    pub fn connect_with(mut cfg: tokio_postgres::Config) -> Result<Self, StoreError> {
+    /// [`PgStore::connect`] over TLS when the URL says `sslmode=require`
+    /// or `ca` is given: the server's certificate must chain to the PEM
+    /// roots `ca` (else the system's) and name the host. Otherwise plain
+    /// TCP, as `sslmode=prefer` (the default) allows.
+    pub fn connect_tls(url: &str, ca: Option<&[u8]>) -> Result<Self, StoreError> {
+        let mut cfg: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e: tokio_postgres::Error| StoreError::BadUrl(e.to_string()))?;
+        let tls = tls::choose(&mut cfg, ca)?;
+        match tls {
+            Some(c) => Self::connect_over(cfg, tokio_postgres_rustls::MakeRustlsConnect::new(c)),
+            None => Self::connect_over(cfg, NoTls),
+        }
+    }
+
+    /// [`PgStore::connect`] with a parsed configuration, without TLS.
+    pub fn connect_with(cfg: tokio_postgres::Config) -> Result<Self, StoreError> {
+        Self::connect_over(cfg, NoTls)
+    }
+
+    fn connect_over<T>(mut cfg: tokio_postgres::Config, tls: T) -> Result<Self, StoreError>
+    where
+        T: MakeTlsConnect<Socket> + Clone + Send + Sync + 'static,
+        T::Stream: Send + Sync + 'static,
+        T::TlsConnect: Send + Sync,
+        <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+    {
         if cfg.get_connect_timeout().is_none() {
             cfg.connect_timeout(POOL_TIMEOUT);
         }
@@ -306,7 +330,7 @@ impl PgStore {
             .map_err(|e| unreachable(format!("cannot start the runtime: {e}")))?;
         let mgr = Manager::from_config(
             cfg.clone(),
-            NoTls,
+            tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -346,7 +370,7 @@ impl PgStore {
             e => e,
         })?;
         if let Some(rt) = &store.rt {
-            rt.spawn(listen(cfg, Arc::clone(&store.shared)));
+            rt.spawn(listen(cfg, tls, Arc::clone(&store.shared)));
         }
         Ok(store)
     }
@@ -546,10 +570,16 @@ impl AsUnavailable for KvError {
 /// reconnects with backoff when the connection is lost. Changes committed
 /// while it is disconnected are not replayed (watchers are told of
 /// changes, they do not get a log).
-async fn listen(cfg: tokio_postgres::Config, shared: Arc<Shared>) {
+async fn listen<T>(cfg: tokio_postgres::Config, tls: T, shared: Arc<Shared>)
+where
+    T: MakeTlsConnect<Socket> + Clone + Send + Sync + 'static,
+    T::Stream: Send + Sync + 'static,
+    T::TlsConnect: Send + Sync,
+    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+{
     let mut backoff = BACKOFF_MIN;
     loop {
-        if let Ok((client, mut conn)) = cfg.connect(NoTls).await {
+        if let Ok((client, mut conn)) = cfg.connect(tls.clone()).await {
             let (ntx, mut nrx) = tokio::sync::mpsc::unbounded_channel();
             let driver = tokio::spawn(async move {
                 while let Some(Ok(msg)) = std::future::poll_fn(|cx| conn.poll_message(cx)).await {
@@ -1160,5 +1190,6 @@ async fn notify(
 
 #[cfg(test)]
 pub(crate) mod tests;
+mod tls;
 
 mod apikeys;

@@ -17,7 +17,16 @@ use crate::store::{migrate_redb_to_pg, MigrateReport, PgStore, RedbStore, Store,
 /// redb in `data_dir` (locked while open).
 pub fn open(store: &StoreConfig, data_dir: &Path) -> Result<Arc<dyn Store>, StoreError> {
     match &store.url {
-        Some(url) => Ok(Arc::new(PgStore::connect(url)?)),
+        Some(url) => {
+            let ca = match &store.ca {
+                Some(path) => Some(
+                    sigma_core::namedfile::read(path)
+                        .map_err(|e| StoreError::BadCa(e.to_string()))?,
+                ),
+                None => None,
+            };
+            Ok(Arc::new(PgStore::connect_tls(url, ca.as_deref())?))
+        }
         None => Ok(Arc::new(RedbStore::open(data_dir)?)),
     }
 }

@@ -1203,7 +1203,7 @@ fn a_world_forked_on_one_node_starts_from_another_and_runs_on_its_socket() {
 }
 
 /// A CA (`ca.pem`) and a certificate for 127.0.0.1 it signed
-/// (`redis.pem`, `redis.key`), in `dir`.
+/// (`server.pem`, `server.key`), in `dir`.
 fn test_pki(dir: &std::path::Path) -> (PathBuf, PathBuf, PathBuf) {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
     let ca_key = KeyPair::generate().expect("key");
@@ -1264,6 +1264,178 @@ fn nodes_reach_redis_over_tls_with_their_own_ca() {
     assert!(h.body_str().contains("redis down"), "{h:?}");
     let r = http_publish(c.addr(), &alice, "public:tls", &json!("x"));
     assert_eq!(r.status, 503, "{r:?}");
+}
+
+/// A private PostgreSQL that takes TLS connections only (`hostssl`
+/// lines alone in `pg_hba.conf`), with `cert` and `key`, on a free
+/// loopback port; stopped with it.
+struct TlsPostgres {
+    bin: PathBuf,
+    data: PathBuf,
+    port: u16,
+}
+
+/// Runs `cmd` as the `postgres` user when this is root (the server
+/// refuses to run as root).
+fn as_postgres(program: &std::path::Path) -> std::process::Command {
+    if is_root() {
+        let mut c = std::process::Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        std::process::Command::new(program)
+    }
+}
+
+fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+}
+
+impl TlsPostgres {
+    fn start(dir: &std::path::Path, cert: &std::path::Path, key: &std::path::Path) -> TlsPostgres {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL's server binaries (scripts/test.sh installs Debian's postgresql)")
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+            .filter(|b| b.join("initdb").exists())
+            .max()
+            .expect("initdb (scripts/test.sh installs Debian's postgresql)");
+        let root = dir.join("pg");
+        std::fs::create_dir_all(&root).expect("mkdir");
+        let data = root.join("data");
+        if is_root() {
+            let st = std::process::Command::new("chown")
+                .args(["-R", "postgres:"])
+                .arg(dir)
+                .status()
+                .expect("chown");
+            assert!(st.success());
+        }
+        let out = as_postgres(&bin.join("initdb"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8"])
+            .output()
+            .expect("initdb");
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Plain TCP has no line: only TLS connections get in.
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+        )
+        .expect("pg_hba");
+        std::fs::copy(cert, data.join("server.crt")).expect("cert");
+        std::fs::copy(key, data.join("server.key")).expect("key");
+        if is_root() {
+            let st = std::process::Command::new("chown")
+                .args(["-R", "postgres:"])
+                .arg(&data)
+                .status()
+                .expect("chown");
+            assert!(st.success());
+        }
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(
+            data.join("server.key"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .expect("chmod");
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let opts = format!(
+            "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c ssl=on -c fsync=off",
+            root.display()
+        );
+        let out = as_postgres(&bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(&data)
+            .arg("-l")
+            .arg(root.join("server.log"))
+            .args(["-w", "-t", "30", "-o", &opts, "start"])
+            .output()
+            .expect("pg_ctl start");
+        assert!(
+            out.status.success(),
+            "pg_ctl start: {} {}",
+            String::from_utf8_lossy(&out.stdout),
+            std::fs::read_to_string(root.join("server.log")).unwrap_or_default()
+        );
+        TlsPostgres { bin, data, port }
+    }
+}
+
+impl Drop for TlsPostgres {
+    fn drop(&mut self) {
+        let _ = as_postgres(&self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-m", "immediate", "stop"])
+            .output();
+    }
+}
+
+#[test]
+fn the_store_reaches_postgres_over_tls_with_its_own_ca() {
+    // Only where the tests have a PostgreSQL (its binaries are then here).
+    let Some(_db) = PgDb::create() else { return };
+    let dir = temp_dir("pg-tls");
+    let (ca, cert, key) = test_pki(&dir);
+    let pg = TlsPostgres::start(&dir, &cert, &key);
+    let url = format!("postgres://postgres@127.0.0.1:{}/postgres", pg.port);
+    let with_ca = |ca_line: &str| {
+        let toml = Cfg::new()
+            .tail(&format!("[store]\nurl = {url:?}\n{ca_line}\n"))
+            .toml();
+        write_temp_config("pg-tls", &toml)
+    };
+    let (_d1, cfg) = with_ca(&format!("ca = {:?}", ca.display().to_string()));
+    // The CLI and the server, over TLS.
+    add_user(&cfg, "alice");
+    let toml = std::fs::read_to_string(&cfg).expect("config");
+    let n = Server::launch(&toml, &temp_dir("pg-tls-node"), HA).server;
+    let alice = login(n.addr(), "alice");
+    assert_eq!(db_req(n.addr(), &alice, "PUT", "k", b"v").status, 201);
+    let h = request(n.addr(), "GET", "/healthz", &[], b"");
+    assert!(h.body_str().contains("store postgres up"), "{h:?}");
+    // Plain TCP is refused by this server: a clear exit 1, naming it.
+    let (_d2, plain) = with_ca("");
+    let mut cmd = sigma_cmd();
+    cmd.args(["serve", "--pipeline", HA, "--config"])
+        .arg(&plain);
+    let (st, _, err) = run_bounded(cmd, None);
+    assert_eq!(st.code(), Some(1), "{err}");
+    assert!(err.contains("no encryption"), "{err}");
+    // TLS asked for, without the CA: the certificate is not trusted.
+    let (_d3, untrusted) = write_temp_config(
+        "pg-tls",
+        &Cfg::new()
+            .tail(&format!("[store]\nurl = \"{url}?sslmode=require\"\n"))
+            .toml(),
+    );
+    let mut cmd = sigma_cmd();
+    cmd.args(["serve", "--pipeline", HA, "--config"])
+        .arg(&untrusted);
+    let (st, _, err) = run_bounded(cmd, None);
+    assert_eq!(st.code(), Some(1), "{err}");
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    // A CA file that is not one: named.
+    let (_d4, bad) = with_ca(&format!(
+        "ca = {:?}",
+        cert.with_extension("key").display().to_string()
+    ));
+    let mut cmd = sigma_cmd();
+    cmd.args(["serve", "--pipeline", HA, "--config"]).arg(&bad);
+    let (st, _, err) = run_bounded(cmd, None);
+    assert_ne!(st.code(), Some(0), "{err}");
+    assert!(err.contains("[store] ca"), "{err}");
 }
 
 /// A private `redis-server` (no persistence) on a free loopback port,

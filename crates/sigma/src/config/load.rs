@@ -415,6 +415,10 @@ fn resolve(file: ConfigFile, sources: &Sources<'_>) -> Result<Config, ConfigErro
     if let Some(url) = &file.store.url {
         check_url(url).map_err(|m| invalid("store", "url", m))?;
     }
+    if file.store.ca.is_some() && file.store.url.is_none() {
+        let why = "applies to a PostgreSQL `url` only (the embedded store has no connection)";
+        return Err(invalid("store", "ca", why.to_owned()));
+    }
     if let Some(url) = &file.cluster.redis {
         check_redis_url(url).map_err(|m| invalid("cluster", "redis", m))?;
     }

@@ -12,6 +12,10 @@ pub struct StoreConfig {
     /// sessions, secrets and `&db` in PostgreSQL. Unset: redb in
     /// `data_dir`.
     pub url: Option<String>,
+    /// A PEM file of the roots PostgreSQL's certificate must chain to:
+    /// TLS (`sslmode=require`). Without it, `?sslmode=require` in `url`
+    /// checks against the system's roots.
+    pub ca: Option<std::path::PathBuf>,
 }
 
 /// `[cluster]`: the shared ephemeral state of several nodes (DESIGN §7).
@@ -85,6 +89,8 @@ mod tests {
         assert_eq!(c.store.url, None);
         let c = from_str("[store]\nurl = \"postgres://u@h/db\"\n", &[]).unwrap();
         assert_eq!(c.store.url.as_deref(), Some("postgres://u@h/db"));
+        let e = from_str("[store]\nca = \"ca.pem\"\n", &[]).unwrap_err();
+        assert_eq!(e.path, "store.ca");
         let env = [(
             "SIGMA_STORE_URL".to_owned(),
             "postgresql://x@y/z".to_owned(),

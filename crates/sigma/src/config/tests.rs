@@ -194,6 +194,7 @@ fn every_key_round_trips() {
 
         [store]
         url = "postgres://sigma@db.example.com:5433/sigma"
+        ca = "/etc/sigma/pg-ca.pem"
 
         [cluster]
         redis = "rediss://redis.example.com:6380/3"
