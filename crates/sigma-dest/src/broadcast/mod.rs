@@ -73,6 +73,7 @@
 //! own hub with them.
 
 pub mod config;
+mod joins;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -865,13 +866,15 @@ impl Hub {
                 },
             );
             let first = st.add_user(member.user());
+            // The join first: a presence answer that lists it comes after.
+            let failed = match (first, member.user()) {
+                (true, Some(u)) => self.joined_or_left(&st, channel, u, member.id, true),
+                _ => Vec::new(),
+            };
             if let Some(u) = member.user() {
                 self.broker.presence_join(&name, member.id, u);
             }
-            break match (first, member.user()) {
-                (true, Some(u)) => st.announce("join", channel, u, member.id),
-                _ => Vec::new(),
-            };
+            break failed;
         };
         for m in &failed {
             self.evict(m);
@@ -997,11 +1000,12 @@ impl Hub {
     /// subscribers that did not take that are returned, for
     /// [`departed`](Self::departed).
     fn depart(&self, st: &mut ChannelState, channel: &str, member: &Member) -> Vec<Arc<Member>> {
-        self.broker.presence_leave(channel, member.id);
-        match (st.remove_user(member.user()), member.user()) {
-            (true, Some(u)) => st.announce("leave", channel, u, member.id),
+        let failed = match (st.remove_user(member.user()), member.user()) {
+            (true, Some(u)) => self.joined_or_left(st, channel, u, member.id, false),
             _ => Vec::new(),
-        }
+        };
+        self.broker.presence_leave(channel, member.id);
+        failed
     }
 
     /// After a departure, with the channel's lock released: evicts the
@@ -1311,6 +1315,7 @@ impl Hub {
             let members: Vec<Arc<Member>> = {
                 let mut st = lock(&ch.state);
                 st.closed = true;
+                self.all_left(&st, &name);
                 st.users.clear();
                 for id in st.subscribers.keys().chain(st.pending.keys()) {
                     self.broker.presence_leave(&name, *id);
@@ -1352,6 +1357,10 @@ impl BrokerHandler for Hub {
 
     fn handle_lost(&self) {
         self.lost();
+    }
+
+    fn handle_join_leave(&self, channel: &str, user: &str, joined: bool, skip: Option<u64>) {
+        self.announced(channel, user, joined, skip);
     }
 }
 
