@@ -7,8 +7,9 @@
 //! `/metrics` say so, and the node recovers by itself; `sigma migrate`
 //! copies an embedded store; an unreachable database is a clear exit 1.
 //! With `[cluster] redis`: broadcast across nodes in one order with the
-//! right `from`, Redis cut off (a proxy) and killed and restarted (a
-//! private `redis-server`) under traffic, login throttles shared.
+//! right `from`, joins and leaves coalesced per user across nodes, Redis
+//! cut off (a proxy) and killed and restarted (a private `redis-server`)
+//! under traffic, login throttles shared.
 //!
 //! Each test uses a database of its own (`sigma_test_<random>`, dropped
 //! afterwards) on the server of `SIGMA_TEST_POSTGRES` (a `postgres://` URL;
