@@ -83,6 +83,16 @@ pub trait BrokerHandler: Send + Sync {
     /// subscribers (1011), who come back and find out what they missed.
     /// The in-process broker never calls it.
     fn handle_lost(&self) {}
+
+    /// `user` joined `channel` (its first socket anywhere subscribed), or
+    /// left it (its last socket anywhere left), as a broker that
+    /// announces across nodes tells it ([`Broker::announce_join_leave`]).
+    /// `skip` is the socket of this node that caused it, if any: it is
+    /// not told. Called on the task that receives the broker's messages:
+    /// it must not block. Default: nothing.
+    fn handle_join_leave(&self, channel: &str, user: &str, joined: bool, skip: Option<u64>) {
+        let _ = (channel, user, joined, skip);
+    }
 }
 
 /// The answer of a broker operation that may cross the network.
@@ -194,6 +204,18 @@ pub trait Broker: Send + Sync + 'static {
     /// Socket `member` left `channel` on this node.
     fn presence_leave(&self, channel: &str, member: u64) {
         let _ = (channel, member);
+    }
+
+    /// `user`'s first socket on this node (`member`) subscribed to
+    /// `channel`, whose rule wants joins and leaves (`joined`), or its
+    /// last one here left it (`!joined`). True when the broker announces
+    /// it: then every node's handler hears it
+    /// ([`BrokerHandler::handle_join_leave`]) once the user's first socket
+    /// in the whole cluster joined, or its last one left. Default: false,
+    /// the hub announces to its own subscribers (one node).
+    fn announce_join_leave(&self, channel: &str, user: &str, member: u64, joined: bool) -> bool {
+        let _ = (channel, user, member, joined);
+        false
     }
 
     /// The users subscribed to `channel` on every node, each with its

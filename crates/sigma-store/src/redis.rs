@@ -38,7 +38,9 @@
 //! runs) share one Redis without seeing each other: `{prefix}bc{route}/
 //! {channel}` is a channel's hash and its pub/sub channel, `{prefix}bh
 //! {route}/{channel}` its history stream, `{prefix}n/…` the counters,
-//! `{prefix}nd{node}` the pub/sub channel of one node's relay ([`relay`]).
+//! `{prefix}nd{node}` the pub/sub channel of one node's relay ([`relay`]),
+//! `{prefix}bj{route}/{channel}` a channel's joins and leaves and
+//! `{prefix}bu…` the nodes where a user is in a channel ([`joins`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -49,6 +51,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 
+mod joins;
 mod relay;
 
 pub use relay::{ASK_TIMEOUT, MAX_ASKS};
@@ -189,8 +192,16 @@ const PRESENCE_QUEUE: usize = 8192;
 /// One presence change: a member's entry in a channel's sorted set
 /// (score: when it expires, in Unix milliseconds).
 enum PresenceOp {
-    Add { key: String, entry: String },
-    Remove { key: String, entry: String },
+    Add {
+        key: String,
+        entry: String,
+    },
+    Remove {
+        key: String,
+        entry: String,
+    },
+    /// A user's first local join or last local leave ([`joins`]).
+    JoinLeave(joins::Change),
 }
 
 fn unix_ms() -> u64 {
@@ -210,6 +221,7 @@ async fn presence_writer(inner: Weak<Inner>, mut rx: mpsc::Receiver<PresenceOp>)
         let Some(me) = inner.upgrade() else { return };
         let mut pipe = redis::pipe();
         let expiry = presence_expiry();
+        let mut changes = Vec::new();
         for op in batch.drain(..) {
             match op {
                 PresenceOp::Add { key, entry } => {
@@ -222,10 +234,18 @@ async fn presence_writer(inner: Weak<Inner>, mut rx: mpsc::Receiver<PresenceOp>)
                 PresenceOp::Remove { key, entry } => {
                     pipe.cmd("ZREM").arg(key).arg(entry).ignore();
                 }
+                PresenceOp::JoinLeave(change) => {
+                    if joins::queue(&me, &mut pipe, &change) {
+                        changes.push(change);
+                    }
+                }
             }
         }
-        // A failure loses these changes: stale entries expire.
-        let _ = me.query::<()>(&pipe).await;
+        // A failure loses these changes: stale entries expire, joins are
+        // refreshed, leaves kept.
+        if !pipe.is_empty() && me.query::<()>(&pipe).await.is_err() {
+            joins::failed(changes);
+        }
     }
 }
 
@@ -395,6 +415,8 @@ impl Cluster {
     pub fn broker(&self, namespace: &str, handler: Weak<dyn BrokerHandler>) -> Arc<RedisBroker> {
         let shared = Arc::new(BrokerShared {
             handler,
+            namespace: namespace.to_owned(),
+            joins: joins::Joins::default(),
             subscribed: RwLock::new(HashSet::new()),
             present: std::sync::Mutex::new(HashMap::new()),
         });
@@ -551,10 +573,13 @@ impl Inner {
     /// A message of the pattern subscription: `{prefix}bc{ns}/{channel}`
     /// carrying `seq epoch payload`.
     fn deliver(&self, name: &str, payload: &[u8]) {
-        let Some(rest) = name
-            .strip_prefix(&self.prefix)
-            .and_then(|r| r.strip_prefix("bc"))
-        else {
+        let Some(rest) = name.strip_prefix(&self.prefix) else {
+            return;
+        };
+        if let Some(rest) = rest.strip_prefix("bj") {
+            return joins::on_event(self, rest, payload);
+        }
+        let Some(rest) = rest.strip_prefix("bc") else {
             return;
         };
         let Some((ns, channel)) = rest.rsplit_once('/') else {
@@ -648,6 +673,7 @@ async fn keep_alive(inner: Weak<Inner>) {
     loop {
         tokio::time::sleep(every).await;
         let Some(me) = inner.upgrade() else { return };
+        joins::refresh(&me);
         let keys: Vec<String> = {
             let map = me.brokers.read().unwrap_or_else(PoisonError::into_inner);
             map.iter()
@@ -738,6 +764,7 @@ async fn pubsub(inner: Weak<Inner>) {
     loop {
         let Some(me) = inner.upgrade() else { return };
         let pattern = format!("{}bc*", me.prefix);
+        let events = joins::pattern(&me.prefix);
         let mine = relay::channel(&me.prefix, me.node);
         let client = me.client.clone();
         let target = me.target.clone();
@@ -745,6 +772,7 @@ async fn pubsub(inner: Weak<Inner>) {
         let connected = async {
             let mut ps = client.get_async_pubsub().await?;
             ps.psubscribe(&pattern).await?;
+            ps.psubscribe(&events).await?;
             ps.subscribe(&mine).await?;
             Ok::<_, redis::RedisError>(ps)
         };
@@ -826,6 +854,10 @@ async fn sleep_backoff(backoff: &mut Duration) {
 /// What the pub/sub task shares with one [`RedisBroker`].
 struct BrokerShared {
     handler: Weak<dyn BrokerHandler>,
+    /// Its hub's route.
+    namespace: String,
+    /// The users it holds in `join_leave` channels ([`joins`]).
+    joins: joins::Joins,
     /// The channels this node's hub listens to.
     subscribed: RwLock<HashSet<String>>,
     /// This node's members in each channel, with their users: presence,
@@ -1052,6 +1084,11 @@ impl Broker for RedisBroker {
             };
             let _ = self.inner.presence.try_send(op);
         }
+    }
+
+    fn announce_join_leave(&self, channel: &str, user: &str, member: u64, joined: bool) -> bool {
+        self.join_leave(channel, user, member, joined);
+        true
     }
 
     fn presence(&self, channel: &str) -> Option<BrokerFuture<Vec<(String, u32)>>> {

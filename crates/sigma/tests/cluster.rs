@@ -7,8 +7,9 @@
 //! `/metrics` say so, and the node recovers by itself; `sigma migrate`
 //! copies an embedded store; an unreachable database is a clear exit 1.
 //! With `[cluster] redis`: broadcast across nodes in one order with the
-//! right `from`, Redis cut off (a proxy) and killed and restarted (a
-//! private `redis-server`) under traffic, login throttles shared.
+//! right `from`, joins and leaves coalesced per user across nodes, Redis
+//! cut off (a proxy) and killed and restarted (a private `redis-server`)
+//! under traffic, login throttles shared.
 //!
 //! Each test uses a database of its own (`sigma_test_<random>`, dropped
 //! afterwards) on the server of `SIGMA_TEST_POSTGRES` (a `postgres://` URL;
@@ -937,6 +938,75 @@ fn presence_history_and_recovery_span_the_nodes() {
         .map(|m| &m["data"])
         .collect();
     assert_eq!(data, [&json!(3), &json!(4)]);
+}
+
+/// `join_leave` across nodes: a watcher on A hears bob's join when his
+/// first socket anywhere subscribes (on B), nothing when his second one
+/// subscribes (on A) or when one of the two leaves, and his leave once
+/// both are gone. "Nothing" is shown without sleeping: a node hands a
+/// join or leave to Redis before the presence entry of the socket that
+/// made it (in order), so once `presence` shows the socket, whatever it
+/// announced was published before a message published then, which the
+/// watcher must get next.
+#[test]
+fn joins_and_leaves_span_the_nodes() {
+    let Some(db) = PgDb::create() else { return };
+    let Some(redis) = RedisNs::create() else {
+        return;
+    };
+    let (_dir, cfg) = config_file(&db.url());
+    add_user(&cfg, "alice");
+    add_user(&cfg, "bob");
+    let jl = "[broadcast]\njoin_leave = true\n";
+    let a = cluster_node(&db.url(), &redis.url, &redis.prefix, jl);
+    let b = cluster_node(&db.url(), &redis.url, &redis.prefix, jl);
+    let alice = login(a.addr(), "alice");
+    let bob = login(b.addr(), "bob");
+    let mut watcher = subscriber(a.addr(), &alice, "public:room");
+    let mut asker = subscriber(a.addr(), &alice, "public:ask");
+    let mut bobs = |n: u64| {
+        eventually(Duration::from_secs(10), "bob's presence", || {
+            asker.send(&json!({"type": "presence", "channel": "public:room"}));
+            let p = asker.recv();
+            assert_eq!(p["type"], "presence", "{p}");
+            let users = p["users"].as_array().expect("users");
+            let bob = users.iter().find(|u| u["user"] == "bob");
+            let got = bob.map_or(0, |u| u["connections"].as_u64().expect("count"));
+            (got == n).then_some(())
+        })
+    };
+    let nothing_but_a_mark = |watcher: &mut Ws, i: u64| {
+        assert_eq!(
+            http_publish(a.addr(), &alice, "public:room", &json!({"mark": i})).status,
+            202
+        );
+        let m = watcher.recv();
+        assert_eq!(
+            (&m["type"], &m["data"]),
+            (&json!("message"), &json!({"mark": i})),
+            "{m}"
+        );
+    };
+    let bob_b = subscriber(b.addr(), &bob, "public:room");
+    let join = watcher.recv();
+    assert_eq!(
+        join,
+        json!({"type": "join", "channel": "public:room", "user": "bob"}),
+        "bob's first socket, on B, is heard on A (alice's own join is not)"
+    );
+    let bob_a = subscriber(a.addr(), &bob, "public:room");
+    bobs(2);
+    nothing_but_a_mark(&mut watcher, 1);
+    drop(bob_b);
+    bobs(1);
+    nothing_but_a_mark(&mut watcher, 2);
+    drop(bob_a);
+    let leave = watcher.recv();
+    assert_eq!(
+        leave,
+        json!({"type": "leave", "channel": "public:room", "user": "bob"}),
+        "bob's last socket is gone"
+    );
 }
 
 /// The epoch of `channel`, as a `history` answer on `ws` tells it.

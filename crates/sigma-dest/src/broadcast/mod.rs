@@ -73,6 +73,7 @@
 //! own hub with them.
 
 pub mod config;
+mod joins;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -865,13 +866,15 @@ impl Hub {
                 },
             );
             let first = st.add_user(member.user());
+            // The join first: a presence answer that lists it comes after.
+            let failed = match (first, member.user()) {
+                (true, Some(u)) => self.joined_or_left(&st, channel, u, member.id, true),
+                _ => Vec::new(),
+            };
             if let Some(u) = member.user() {
                 self.broker.presence_join(&name, member.id, u);
             }
-            break match (first, member.user()) {
-                (true, Some(u)) => st.announce("join", channel, u, member.id),
-                _ => Vec::new(),
-            };
+            break failed;
         };
         for m in &failed {
             self.evict(m);
@@ -997,11 +1000,12 @@ impl Hub {
     /// subscribers that did not take that are returned, for
     /// [`departed`](Self::departed).
     fn depart(&self, st: &mut ChannelState, channel: &str, member: &Member) -> Vec<Arc<Member>> {
-        self.broker.presence_leave(channel, member.id);
-        match (st.remove_user(member.user()), member.user()) {
-            (true, Some(u)) => st.announce("leave", channel, u, member.id),
+        let failed = match (st.remove_user(member.user()), member.user()) {
+            (true, Some(u)) => self.joined_or_left(st, channel, u, member.id, false),
             _ => Vec::new(),
-        }
+        };
+        self.broker.presence_leave(channel, member.id);
+        failed
     }
 
     /// After a departure, with the channel's lock released: evicts the
@@ -1311,6 +1315,7 @@ impl Hub {
             let members: Vec<Arc<Member>> = {
                 let mut st = lock(&ch.state);
                 st.closed = true;
+                self.all_left(&st, &name);
                 st.users.clear();
                 for id in st.subscribers.keys().chain(st.pending.keys()) {
                     self.broker.presence_leave(&name, *id);
@@ -1352,6 +1357,10 @@ impl BrokerHandler for Hub {
 
     fn handle_lost(&self) {
         self.lost();
+    }
+
+    fn handle_join_leave(&self, channel: &str, user: &str, joined: bool, skip: Option<u64>) {
+        self.announced(channel, user, joined, skip);
     }
 }
 
@@ -2603,6 +2612,107 @@ mod tests {
             .send(json!({"type": "presence", "channel": "public:p"}))
             .unwrap();
         assert_eq!(r["code"], "forbidden");
+    }
+
+    type Change = (String, String, u64, bool);
+
+    /// A broker that announces joins and leaves itself, as Redis does
+    /// across nodes: it records the hub's changes.
+    struct Announcing {
+        inner: Arc<dyn Broker>,
+        log: Arc<Mutex<Vec<Change>>>,
+    }
+
+    impl Broker for Announcing {
+        fn subscribe(&self, channel: &str) -> Result<(), sigma_store::BrokerError> {
+            self.inner.subscribe(channel)
+        }
+        fn unsubscribe(&self, channel: &str) {
+            self.inner.unsubscribe(channel);
+        }
+        fn publish(
+            &self,
+            channel: &str,
+            data: bytes::Bytes,
+            keep: Keep,
+        ) -> sigma_store::BrokerFuture<Option<sigma_store::StreamPosition>> {
+            self.inner.publish(channel, data, keep)
+        }
+        fn history(
+            &self,
+            channel: &str,
+            after: Option<u64>,
+            limit: usize,
+        ) -> sigma_store::BrokerFuture<sigma_store::History> {
+            self.inner.history(channel, after, limit)
+        }
+        fn announce_join_leave(
+            &self,
+            channel: &str,
+            user: &str,
+            member: u64,
+            joined: bool,
+        ) -> bool {
+            lock(&self.log).push((channel.to_owned(), user.to_owned(), member, joined));
+            true
+        }
+    }
+
+    /// On a broker that announces, the hub hands it each user's first
+    /// join and last leave (and announces nothing itself), and tells its
+    /// subscribers what the broker announces, but the socket to skip.
+    #[test]
+    fn a_broker_that_announces_hears_first_joins_and_last_leaves() {
+        let log: Arc<Mutex<Vec<Change>>> = Arc::default();
+        let make = |h: Weak<dyn BrokerHandler>| -> Arc<dyn Broker> {
+            Arc::new(Announcing {
+                inner: memory_broker(h),
+                log: Arc::clone(&log),
+            })
+        };
+        let config = crate::broadcast::config::BroadcastConfig {
+            join_leave: true,
+            ..Default::default()
+        };
+        let b = Broadcast::with_broker("/broadcast", Settings::from_config(&config), &make);
+        let taken = || std::mem::take(&mut *lock(&log));
+        let mut watcher = Client::new(&b, user("watcher"));
+        watcher.sub("public:p");
+        let mut a1 = Client::new(&b, user("alice"));
+        a1.sub("public:p");
+        let mut a2 = Client::new(&b, user("alice"));
+        a2.sub("public:p");
+        assert_eq!(watcher.next(), None, "the broker announces, not the hub");
+        let changes = taken();
+        let ids: Vec<u64> = changes.iter().map(|c| c.2).collect();
+        let want = |u: &str, id: u64, j: bool| ("public:p".to_owned(), u.to_owned(), id, j);
+        assert_eq!(
+            changes,
+            [want("watcher", ids[0], true), want("alice", ids[1], true)]
+        );
+        // The broker's announcement: a1 caused it and is skipped.
+        b.hub()
+            .handle_join_leave("public:p", "alice", true, Some(ids[1]));
+        let join = json!({"type": "join", "channel": "public:p", "user": "alice"});
+        assert_eq!(watcher.next(), Some(join.clone()));
+        assert_eq!(a2.next(), Some(join));
+        assert_eq!(a1.next(), None);
+        // Not a channel of this node: nothing.
+        b.hub().handle_join_leave("public:q", "alice", true, None);
+        assert_eq!(watcher.next(), None);
+        drop(a1);
+        assert!(taken().is_empty(), "her other socket is here");
+        drop(a2);
+        assert_eq!(taken(), [want("alice", ids[1] + 1, false)], "a2 left last");
+        b.hub().handle_join_leave("public:p", "alice", false, None);
+        assert_eq!(
+            watcher.next(),
+            Some(json!({"type": "leave", "channel": "public:p", "user": "alice"}))
+        );
+        // Without join_leave the broker hears nothing.
+        let quiet = Broadcast::with_broker("/broadcast", Settings::default(), &make);
+        Client::new(&quiet, user("alice")).sub("public:p");
+        assert!(taken().is_empty());
     }
 
     #[test]
