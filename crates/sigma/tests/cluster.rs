@@ -1364,6 +1364,18 @@ fn is_root() -> bool {
         .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
 }
 
+/// Makes `path` (recursively) the `postgres` user's when this is root.
+fn give_to_postgres(path: &std::path::Path) {
+    if is_root() {
+        let st = std::process::Command::new("chown")
+            .args(["-R", "postgres:"])
+            .arg(path)
+            .status()
+            .expect("chown");
+        assert!(st.success());
+    }
+}
+
 impl TlsPostgres {
     fn start(dir: &std::path::Path, cert: &std::path::Path, key: &std::path::Path) -> TlsPostgres {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
@@ -1375,14 +1387,7 @@ impl TlsPostgres {
         let root = dir.join("pg");
         std::fs::create_dir_all(&root).expect("mkdir");
         let data = root.join("data");
-        if is_root() {
-            let st = std::process::Command::new("chown")
-                .args(["-R", "postgres:"])
-                .arg(dir)
-                .status()
-                .expect("chown");
-            assert!(st.success());
-        }
+        give_to_postgres(dir);
         let out = as_postgres(&bin.join("initdb"))
             .arg("-D")
             .arg(&data)
@@ -1402,14 +1407,7 @@ impl TlsPostgres {
         .expect("pg_hba");
         std::fs::copy(cert, data.join("server.crt")).expect("cert");
         std::fs::copy(key, data.join("server.key")).expect("key");
-        if is_root() {
-            let st = std::process::Command::new("chown")
-                .args(["-R", "postgres:"])
-                .arg(&data)
-                .status()
-                .expect("chown");
-            assert!(st.success());
-        }
+        give_to_postgres(&data);
         use std::os::unix::fs::PermissionsExt as _;
         std::fs::set_permissions(
             data.join("server.key"),

@@ -1179,6 +1179,18 @@ mod tests {
             out
         }
 
+        /// A world message of `key`'s world with `body`, signed: what the
+        /// server pushed for it.
+        fn world(&mut self, key: &SigningKey, body: &str) -> Vec<Value> {
+            let world = WorldId(key.verifying_key().to_bytes()).encode();
+            let lamport = self.lamport + 1;
+            let sig = key
+                .sign(&envelope::signed_bytes(&world, lamport, body))
+                .to_bytes();
+            self.send(json!({"type": "world", "world": world, "body": body,
+                "sig": super::super::b64_encode(&sig)}))
+        }
+
         fn hello(&mut self) -> Value {
             self.send(json!({"type": "hello"})).remove(0)
         }
@@ -1632,13 +1644,7 @@ mod tests {
         let k = key(1);
         let cookie = c.fork(&k, "echo")["cookie"].as_str().unwrap().to_owned();
         assert_eq!(c.initiate(&svc, &k, "echo", &cookie).0, 200);
-        let world = WorldId(k.verifying_key().to_bytes()).encode();
-        let lamport = c.lamport + 1;
-        let sig = k
-            .sign(&envelope::signed_bytes(&world, lamport, "hi"))
-            .to_bytes();
-        let pushed = c.send(json!({"type": "world", "world": world, "body": "hi",
-            "sig": super::super::b64_encode(&sig)}));
+        let pushed = c.world(&k, "hi");
         assert!(
             pushed.iter().all(|v| v["type"] != "world"),
             "a crossed reply reached the client: {pushed:?}"
@@ -1703,13 +1709,7 @@ mod tests {
         assert_eq!(opened_a.0.load(Ordering::Relaxed), 1);
         assert_eq!(opened_b.0.load(Ordering::Relaxed), 0);
         // It runs there: a signed world message is echoed on the socket.
-        let world = WorldId(k.verifying_key().to_bytes()).encode();
-        let lamport = c.lamport + 1;
-        let sig = k
-            .sign(&envelope::signed_bytes(&world, lamport, "hi"))
-            .to_bytes();
-        let pushed = c.send(json!({"type": "world", "world": world, "body": "hi",
-            "sig": super::super::b64_encode(&sig)}));
+        let pushed = c.world(&k, "hi");
         assert!(
             pushed
                 .iter()
