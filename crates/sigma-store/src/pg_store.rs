@@ -367,6 +367,14 @@ impl PgStore {
                 message,
                 unavailable: true,
             } => unreachable(message),
+            // Refused at start (authentication, pg_hba.conf): name the server.
+            StoreError::Postgres {
+                message,
+                unavailable: false,
+            } => StoreError::Postgres {
+                message: format!("{target}: {message}"),
+                unavailable: false,
+            },
             e => e,
         })?;
         if let Some(rt) = &store.rt {

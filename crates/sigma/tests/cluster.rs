@@ -1481,6 +1481,10 @@ fn the_store_reaches_postgres_over_tls_with_its_own_ca() {
     let (st, _, err) = run_bounded(cmd, None);
     assert_eq!(st.code(), Some(1), "{err}");
     assert!(err.contains("no encryption"), "{err}");
+    assert!(
+        err.contains(&format!("127.0.0.1:{}/postgres", pg.port)),
+        "the server is named: {err}"
+    );
     // TLS asked for, without the CA: the certificate is not trusted.
     let (_d3, untrusted) = write_temp_config(
         "pg-tls",
