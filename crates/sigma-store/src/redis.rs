@@ -589,15 +589,18 @@ impl Inner {
             tracing::warn!(channel = name, "redis: a malformed publication was dropped");
             return;
         };
-        let broker = self
-            .brokers
+        if let Some(h) = self.broker_of(ns).and_then(|b| b.listener(channel)) {
+            h.handle_publication(channel, &publication);
+        }
+    }
+
+    /// The broker of the hub of route `ns`, if it is alive.
+    fn broker_of(&self, ns: &str) -> Option<Arc<BrokerShared>> {
+        self.brokers
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .get(ns)
-            .and_then(Weak::upgrade);
-        if let Some(b) = broker {
-            b.deliver(channel, &publication);
-        }
+            .and_then(Weak::upgrade)
     }
 }
 
@@ -866,16 +869,17 @@ struct BrokerShared {
 }
 
 impl BrokerShared {
-    fn deliver(&self, channel: &str, publication: &Publication) {
+    /// The hub, if this node listens to `channel`.
+    fn listener(&self, channel: &str) -> Option<Arc<dyn BrokerHandler>> {
         let listening = self
             .subscribed
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .contains(channel);
         if listening {
-            if let Some(h) = self.handler.upgrade() {
-                h.handle_publication(channel, publication);
-            }
+            self.handler.upgrade()
+        } else {
+            None
         }
     }
 

@@ -738,6 +738,33 @@ fn cluster_node(pg: &str, redis: &str, prefix: &str, extra: &str) -> Server {
     Server::launch(&toml, &temp_dir("node"), HA).server
 }
 
+/// Two nodes on one fresh database and one Redis prefix, with `users`
+/// added and `extra` in both configs; `None` (the test passes, saying
+/// so) where the tests have no PostgreSQL or Redis.
+struct Pair {
+    a: Server,
+    b: Server,
+    /// The config's directory, the Redis prefix and the database: bind
+    /// it (`_keep`, not `..`) so that they live as long as the nodes.
+    _keep: (PathBuf, RedisNs, PgDb),
+}
+
+fn pair(users: &[&str], extra: &str) -> Option<Pair> {
+    let db = PgDb::create()?;
+    let redis = RedisNs::create()?;
+    let (dir, cfg) = config_file(&db.url());
+    for u in users {
+        add_user(&cfg, u);
+    }
+    let a = cluster_node(&db.url(), &redis.url, &redis.prefix, extra);
+    let b = cluster_node(&db.url(), &redis.url, &redis.prefix, extra);
+    Some(Pair {
+        a,
+        b,
+        _keep: (dir, redis, db),
+    })
+}
+
 /// A `/broadcast` socket of `cookie` on `addr`, subscribed to `channel`.
 fn subscriber(addr: SocketAddr, cookie: &str, channel: &str) -> Ws {
     let mut ws = Ws::open(
@@ -768,15 +795,9 @@ fn http_publish(addr: SocketAddr, cookie: &str, channel: &str, data: &Value) -> 
 
 #[test]
 fn broadcast_crosses_nodes_in_one_order_with_the_right_from() {
-    let Some(db) = PgDb::create() else { return };
-    let Some(redis) = RedisNs::create() else {
+    let Some(Pair { a, b, _keep }) = pair(&["alice", "bob"], "") else {
         return;
     };
-    let (_dir, cfg) = config_file(&db.url());
-    add_user(&cfg, "alice");
-    add_user(&cfg, "bob");
-    let a = cluster_node(&db.url(), &redis.url, &redis.prefix, "");
-    let b = cluster_node(&db.url(), &redis.url, &redis.prefix, "");
     let alice = login(a.addr(), "alice");
     let bob = login(b.addr(), "bob");
     let mut on_a = subscriber(a.addr(), &alice, "public:room");
@@ -867,15 +888,9 @@ fn broadcast_crosses_nodes_in_one_order_with_the_right_from() {
 
 #[test]
 fn presence_history_and_recovery_span_the_nodes() {
-    let Some(db) = PgDb::create() else { return };
-    let Some(redis) = RedisNs::create() else {
+    let Some(Pair { a, b, _keep }) = pair(&["alice", "bob"], "") else {
         return;
     };
-    let (_dir, cfg) = config_file(&db.url());
-    add_user(&cfg, "alice");
-    add_user(&cfg, "bob");
-    let a = cluster_node(&db.url(), &redis.url, &redis.prefix, "");
-    let b = cluster_node(&db.url(), &redis.url, &redis.prefix, "");
     let alice = login(a.addr(), "alice");
     let bob = login(b.addr(), "bob");
     let _alice_a = subscriber(a.addr(), &alice, "public:lobby");
@@ -950,16 +965,10 @@ fn presence_history_and_recovery_span_the_nodes() {
 /// watcher must get next.
 #[test]
 fn joins_and_leaves_span_the_nodes() {
-    let Some(db) = PgDb::create() else { return };
-    let Some(redis) = RedisNs::create() else {
+    let jl = "[broadcast]\njoin_leave = true\n";
+    let Some(Pair { a, b, _keep }) = pair(&["alice", "bob"], jl) else {
         return;
     };
-    let (_dir, cfg) = config_file(&db.url());
-    add_user(&cfg, "alice");
-    add_user(&cfg, "bob");
-    let jl = "[broadcast]\njoin_leave = true\n";
-    let a = cluster_node(&db.url(), &redis.url, &redis.prefix, jl);
-    let b = cluster_node(&db.url(), &redis.url, &redis.prefix, jl);
     let alice = login(a.addr(), "alice");
     let bob = login(b.addr(), "bob");
     let mut watcher = subscriber(a.addr(), &alice, "public:room");
@@ -1108,15 +1117,10 @@ fn losing_redis_closes_subscribers_with_1011_and_publish_gets_503_then_recovers(
 
 #[test]
 fn login_throttles_are_shared_by_the_nodes() {
-    let Some(db) = PgDb::create() else { return };
-    let Some(redis) = RedisNs::create() else {
+    let limits = "[auth]\nlogin_failures_per_user_per_minute = 4\n";
+    let Some(Pair { a, b, _keep }) = pair(&["alice"], limits) else {
         return;
     };
-    let (_dir, cfg) = config_file(&db.url());
-    add_user(&cfg, "alice");
-    let limits = "[auth]\nlogin_failures_per_user_per_minute = 4\n";
-    let a = cluster_node(&db.url(), &redis.url, &redis.prefix, limits);
-    let b = cluster_node(&db.url(), &redis.url, &redis.prefix, limits);
     let attempt = |addr: SocketAddr, pw: &str| {
         let body = json!({"user": "alice", "password": pw}).to_string();
         request(
@@ -1193,15 +1197,9 @@ fn worker_fetch(
 #[test]
 fn a_world_forked_on_one_node_starts_from_another_and_runs_on_its_socket() {
     use ed25519_dalek::Signer as _;
-    let Some(db) = PgDb::create() else { return };
-    let Some(redis) = RedisNs::create() else {
+    let Some(Pair { mut a, b, _keep }) = pair(&["alice", "bob"], "") else {
         return;
     };
-    let (_dir, cfg) = config_file(&db.url());
-    add_user(&cfg, "alice");
-    add_user(&cfg, "bob");
-    let mut a = cluster_node(&db.url(), &redis.url, &redis.prefix, "");
-    let b = cluster_node(&db.url(), &redis.url, &redis.prefix, "");
     let alice = login(a.addr(), "alice");
     let mut ws = session_socket(a.addr(), &alice);
     let new_key = || {

@@ -367,7 +367,8 @@ struct Refusal(u16, &'static str);
 
 /// What the initiate checks before it needs the cookie's node.
 struct Checked<'a> {
-    user: &'a Identity,
+    /// The user `A` identified (the cookie's socket must be theirs).
+    user: &'a str,
     index: usize,
     command: &'a Command,
     init: envelope::Initiate,
@@ -388,7 +389,7 @@ impl Shared {
         let tag = |r: Response| Tagged::new(identity.clone(), r);
         let (checked, initiate, sig) = match self.check(identity, head) {
             Ok(c) => c,
-            Err(r) => return Handled::Ready(tag(self.refusal(r))),
+            Err(r) => return Handled::Ready(tag(self.refusal(r.0, r.1))),
         };
         let elsewhere = self.relay.as_ref().and_then(|relay| {
             super::cookie::node_of(&checked.init.cookie)
@@ -397,7 +398,7 @@ impl Shared {
         });
         if let Some((relay, node)) = elsewhere {
             let ask = super::forward::Forwarded {
-                user: checked.user.user.clone(),
+                user: checked.user.to_owned(),
                 binding: checked.binding,
                 command: checked.command.info.name.clone(),
                 initiate,
@@ -417,7 +418,7 @@ impl Shared {
         let index = checked.index;
         Handled::Ready(tag(match self.start(checked, now_ms) {
             Ok(()) => self.code(index),
-            Err(r) => self.refusal(r),
+            Err(r) => self.refusal(r.0, r.1),
         }))
     }
 
@@ -466,7 +467,7 @@ impl Shared {
         let (init, key) = verified(command, &initiate, &sig)?;
         let binding = super::binding_of(self.bearer, user, head);
         let checked = Checked {
-            user,
+            user: &user.user,
             index,
             command,
             init,
@@ -517,21 +518,19 @@ impl Shared {
             oldest,
         };
         // cookie.world == init.world, checked above.
-        Socket::start_world(&socket, &c.user.user, c.key, dest.as_ref(), once).map_err(
-            |e| match e {
-                StartError::Used(UseError::Replayed) => Refusal(409, "replayed"),
-                StartError::Used(UseError::Full) => Refusal(429, "world_rate"),
-                StartError::Activate(ActivateError::Duplicate | ActivateError::ActiveElsewhere) => {
-                    Refusal(409, "already_active")
-                }
-                StartError::Activate(ActivateError::Limit) => Refusal(429, "world_limit"),
-                StartError::Activate(ActivateError::NotActive) => {
-                    Refusal(403, "session_socket_not_active")
-                }
-                StartError::NoWebSocket => Refusal(502, "world_destination_unavailable"),
-                StartError::OtherUser => Refusal(403, "bad_cookie"),
-            },
-        )?;
+        Socket::start_world(&socket, c.user, c.key, dest.as_ref(), once).map_err(|e| match e {
+            StartError::Used(UseError::Replayed) => Refusal(409, "replayed"),
+            StartError::Used(UseError::Full) => Refusal(429, "world_rate"),
+            StartError::Activate(ActivateError::Duplicate | ActivateError::ActiveElsewhere) => {
+                Refusal(409, "already_active")
+            }
+            StartError::Activate(ActivateError::Limit) => Refusal(429, "world_limit"),
+            StartError::Activate(ActivateError::NotActive) => {
+                Refusal(403, "session_socket_not_active")
+            }
+            StartError::NoWebSocket => Refusal(502, "world_destination_unavailable"),
+            StartError::OtherUser => Refusal(403, "bad_cookie"),
+        })?;
         tracing::debug!(world = %cookie.world, command = %c.command.info.name, "world active");
         Ok(())
     }
@@ -560,15 +559,8 @@ impl Shared {
             Ok(v) => v,
             Err(r) => return refused(r),
         };
-        let user = Identity {
-            user: f.user,
-            provider: sigma_core::Provider::Password,
-            world: None,
-            session: None,
-            groups: Vec::new(),
-        };
         let checked = Checked {
-            user: &user,
+            user: &f.user,
             index,
             command,
             init,
@@ -607,14 +599,7 @@ impl Shared {
         };
         match outcome {
             Some(o) if o.status == 200 => self.code(index),
-            Some(o) => {
-                let code = o.error.as_deref().unwrap_or("bad_gateway");
-                let mut r = refuse(o.status, code);
-                if code == "world_rate" {
-                    self.retry_after(&mut r);
-                }
-                r
-            }
+            Some(o) => self.refusal(o.status, o.error.as_deref().unwrap_or("bad_gateway")),
             None => refuse(502, "bad_gateway"),
         }
     }
@@ -637,21 +622,18 @@ impl Shared {
         )
     }
 
-    fn refusal(&self, r: Refusal) -> Response {
-        let mut resp = refuse(r.0, r.1);
-        if r.1 == "world_rate" {
-            self.retry_after(&mut resp);
+    /// The response of a refusal (here, or by the cookie's node); a user
+    /// whose used cookies are at their bound gets `Retry-After`: the key
+    /// period frees room.
+    fn refusal(&self, status: u16, code: &str) -> Response {
+        let mut r = refuse(status, code);
+        if code == "world_rate" {
+            r.headers.push(Header::new(
+                &b"Retry-After"[..],
+                self.period_secs.to_string().into_bytes(),
+            ));
         }
-        resp
-    }
-
-    /// `Retry-After` of a user whose used cookies are at their bound:
-    /// the key period frees room.
-    fn retry_after(&self, r: &mut Response) {
-        r.headers.push(Header::new(
-            &b"Retry-After"[..],
-            self.period_secs.to_string().into_bytes(),
-        ));
+        r
     }
 }
 

@@ -145,13 +145,17 @@ impl RedisBroker {
             member,
             joined,
         };
-        if let Err(e) = self.inner.presence.try_send(PresenceOp::JoinLeave(change)) {
-            // A join is repaired by the next refresh; a leave is kept.
-            let PresenceOp::JoinLeave(c) = e.into_inner() else {
-                return;
-            };
+        send(&self.inner, &self.shared.joins, change);
+    }
+}
+
+/// Queues `change` for the presence writer. At the queue's bound a join
+/// is dropped (the next refresh repairs it) and a leave is kept.
+fn send(me: &Inner, joins: &Joins, change: Change) {
+    if let Err(e) = me.presence.try_send(PresenceOp::JoinLeave(change)) {
+        if let PresenceOp::JoinLeave(c) = e.into_inner() {
             if !c.joined {
-                self.shared.joins.keep_unsent(c.channel, c.user);
+                joins.keep_unsent(c.channel, c.user);
             }
         }
     }
@@ -222,13 +226,7 @@ pub(super) fn refresh(me: &Inner) {
                 member: 0,
                 joined,
             };
-            if let Err(e) = me.presence.try_send(PresenceOp::JoinLeave(change)) {
-                if let PresenceOp::JoinLeave(c) = e.into_inner() {
-                    if !c.joined {
-                        shared.joins.keep_unsent(c.channel, c.user);
-                    }
-                }
-            }
+            send(me, &shared.joins, change);
         }
     }
 }
@@ -259,23 +257,8 @@ pub(super) fn on_event(me: &Inner, rest: &str, payload: &[u8]) {
         tracing::warn!(channel = rest, "redis: a malformed join/leave was dropped");
         return;
     };
-    let broker = me
-        .brokers
-        .read()
-        .unwrap_or_else(PoisonError::into_inner)
-        .get(ns)
-        .and_then(Weak::upgrade);
-    let Some(shared) = broker else { return };
-    let listening = shared
-        .subscribed
-        .read()
-        .unwrap_or_else(PoisonError::into_inner)
-        .contains(channel);
-    if !listening {
-        return;
-    }
     let skip = Some(member).filter(|m| node == me.node && *m != 0);
-    if let Some(h) = shared.handler.upgrade() {
+    if let Some(h) = me.broker_of(ns).and_then(|b| b.listener(channel)) {
         h.handle_join_leave(channel, user, joined, skip);
     }
 }
