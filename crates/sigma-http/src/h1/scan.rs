@@ -75,23 +75,21 @@ impl Scanner {
         let is_request = limits.max_request_line.is_some();
         while let Some(&b) = buf.get(self.scanned) {
             let i = self.scanned;
+            // A run of ordinary bytes (no CR, LF or NUL) inside a line is
+            // passed in one step (`memchr`, as httparse and hyper do): the
+            // length limits only grow with the position, so checking the
+            // run's last byte checks every byte of it. A line's first byte
+            // (SP or HTAB there is obs-fold) takes the bytewise path below.
+            if i != self.line_start && !matches!(b, b'\n' | b'\r' | 0) {
+                let rest = buf.get(i..).unwrap_or_default();
+                let run = memchr::memchr3(b'\n', b'\r', 0, rest).unwrap_or(rest.len());
+                self.check_length(i + run.saturating_sub(1), false, limits)?;
+                self.scanned = i + run.max(1);
+                continue;
+            }
             // Length limits first, so that no byte (not even the LF that
             // ends the head) escapes them.
-            match (limits.max_request_line, self.request_line_end) {
-                (Some(max), None) => {
-                    let is_eol = b == b'\r' || b == b'\n';
-                    if !is_eol && i - self.line_start >= max {
-                        return Err(ParseError::RequestLineTooLong);
-                    }
-                }
-                (_, end) => {
-                    // Field lines with their CRLFs, plus the final CRLF.
-                    let start = end.map_or(0, |e| e + 2);
-                    if (i + 1).saturating_sub(start) > limits.max_field_bytes.saturating_add(2) {
-                        return Err(limits.too_large);
-                    }
-                }
-            }
+            self.check_length(i, b == b'\r' || b == b'\n', limits)?;
             match b {
                 b'\n' => {
                     // A LF must follow a CR.
@@ -148,6 +146,25 @@ impl Scanner {
         }
         Ok(None)
     }
+
+    /// The length limits at byte `i` of the head (`eol`: it is a CR or LF).
+    fn check_length(&self, i: usize, eol: bool, limits: &ScanLimits) -> Result<(), ParseError> {
+        match (limits.max_request_line, self.request_line_end) {
+            (Some(max), None) => {
+                if !eol && i - self.line_start >= max {
+                    return Err(ParseError::RequestLineTooLong);
+                }
+            }
+            (_, end) => {
+                // Field lines with their CRLFs, plus the final CRLF.
+                let start = end.map_or(0, |e| e + 2);
+                if (i + 1).saturating_sub(start) > limits.max_field_bytes.saturating_add(2) {
+                    return Err(limits.too_large);
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -161,6 +178,90 @@ mod tests {
             max_fields: 3,
             too_large: ParseError::HeadersTooLarge,
         }
+    }
+
+    /// The bytewise scanner this module had before the `memchr` runs:
+    /// the property test below holds the fast one to it.
+    fn scan_reference(
+        s: &mut Scanner,
+        buf: &[u8],
+        limits: &ScanLimits,
+    ) -> Result<Option<HeadSpan>, ParseError> {
+        let is_request = limits.max_request_line.is_some();
+        while let Some(&b) = buf.get(s.scanned) {
+            let i = s.scanned;
+            // Length limits first, so that no byte (not even the LF that
+            // ends the head) escapes them.
+            match (limits.max_request_line, s.request_line_end) {
+                (Some(max), None) => {
+                    let is_eol = b == b'\r' || b == b'\n';
+                    if !is_eol && i - s.line_start >= max {
+                        return Err(ParseError::RequestLineTooLong);
+                    }
+                }
+                (_, end) => {
+                    // Field lines with their CRLFs, plus the final CRLF.
+                    let start = end.map_or(0, |e| e + 2);
+                    if (i + 1).saturating_sub(start) > limits.max_field_bytes.saturating_add(2) {
+                        return Err(limits.too_large);
+                    }
+                }
+            }
+            match b {
+                b'\n' => {
+                    // A LF must follow a CR.
+                    if i == 0 || buf.get(i - 1) != Some(&b'\r') {
+                        return Err(ParseError::BareCrOrLf);
+                    }
+                    let line_len = i - 1 - s.line_start;
+                    if is_request && s.request_line_end.is_none() {
+                        if line_len == 0 {
+                            // Empty line before the request line.
+                            s.leading += 1;
+                            if s.leading > MAX_LEADING_EMPTY_LINES {
+                                return Err(ParseError::BadRequestLine);
+                            }
+                        } else {
+                            s.request_line_end = Some(i - 1);
+                        }
+                    } else if line_len == 0 {
+                        s.scanned = i + 1;
+                        return Ok(Some(HeadSpan {
+                            skip: s.leading * 2,
+                            request_line_end: s.request_line_end.unwrap_or(0),
+                            len: i + 1,
+                            fields: s.fields,
+                        }));
+                    } else {
+                        s.fields += 1;
+                        if s.fields > limits.max_fields {
+                            return Err(ParseError::TooManyHeaders);
+                        }
+                    }
+                    s.line_start = i + 1;
+                }
+                b'\r' => {
+                    // A CR must be followed by LF; decide once the next byte
+                    // is here (the CR is examined again on the next call).
+                    match buf.get(i + 1) {
+                        Some(b'\n') => {}
+                        Some(_) => return Err(ParseError::BareCrOrLf),
+                        None => return Ok(None),
+                    }
+                }
+                0 => return Err(ParseError::Nul),
+                b' ' | b'\t' if i == s.line_start => {
+                    let in_fields = !is_request || s.request_line_end.is_some();
+                    if in_fields {
+                        return Err(ParseError::ObsFold);
+                    }
+                    return Err(ParseError::BadRequestLine);
+                }
+                _ => {}
+            }
+            s.scanned = i + 1;
+        }
+        Ok(None)
     }
 
     fn scan_all(input: &[u8]) -> Result<Option<HeadSpan>, ParseError> {
@@ -256,5 +357,80 @@ mod tests {
             .unwrap();
         assert_eq!(span.skip, 4);
         assert!(scan_all(b"\r\n\r\n\r\n\r\n\r\n\r\nGET / HTTP/1.1\r\n\r\n").is_err());
+    }
+
+    use proptest::prelude::*;
+
+    /// Bytes where the scanner decides something: CR, LF, NUL, SP, HTAB,
+    /// and ordinary bytes of header lines.
+    fn head_byte() -> impl Strategy<Value = u8> {
+        prop_oneof![
+            4 => Just(b'a'),
+            1 => Just(b':'),
+            2 => Just(b'\r'),
+            2 => Just(b'\n'),
+            1 => Just(b' '),
+            1 => Just(b'\t'),
+            1 => Just(0u8),
+            1 => any::<u8>(),
+        ]
+    }
+
+    /// Feeds `input` in the chunks `cuts` gives, as the connection does.
+    fn feed(
+        input: &[u8],
+        cuts: &[usize],
+        limits: &ScanLimits,
+        reference: bool,
+    ) -> Result<Option<HeadSpan>, ParseError> {
+        let mut s = Scanner::new();
+        let mut ends: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
+        ends.push(input.len());
+        ends.sort_unstable();
+        for end in ends {
+            let buf = &input[..end];
+            let r = if reference {
+                scan_reference(&mut s, buf, limits)
+            } else {
+                s.scan(buf, limits)
+            };
+            match r {
+                Ok(None) => {}
+                done => return done,
+            }
+        }
+        Ok(None)
+    }
+
+    proptest! {
+        /// The `memchr` fast path decides exactly what the bytewise scan
+        /// decides: the same span, the same error, whatever the limits and
+        /// however the bytes arrive.
+        #[test]
+        fn runs_decide_as_the_bytewise_scan(
+            mut input in proptest::collection::vec(head_byte(), 0..160),
+            cuts in proptest::collection::vec(any::<usize>(), 0..6),
+            request in any::<bool>(),
+            max_line in 1usize..40,
+            max_field_bytes in 0usize..80,
+            max_fields in 0usize..8,
+            valid_prefix in any::<bool>(),
+        ) {
+            if valid_prefix {
+                let mut head = b"GET /path HTTP/1.1\r\nHost: a\r\n".to_vec();
+                head.append(&mut input);
+                input = head;
+            }
+            let limits = ScanLimits {
+                max_request_line: request.then_some(max_line),
+                max_field_bytes,
+                max_fields,
+                too_large: ParseError::HeadersTooLarge,
+            };
+            let want = feed(&input, &[], &limits, true);
+            prop_assert_eq!(feed(&input, &[], &limits, false), want);
+            prop_assert_eq!(feed(&input, &cuts, &limits, false), want);
+            prop_assert_eq!(feed(&input, &cuts, &limits, true), want);
+        }
     }
 }
