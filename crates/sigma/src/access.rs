@@ -126,14 +126,14 @@ pub fn new_request_id() -> String {
     // 8 hex digits of the prefix, then 12 of the counter: written by
     // hand, `format!` showed in the per-request profile.
     let digits = (u128::from(prefix) << 48) | u128::from(n & 0xffff_ffff_ffff);
-    let id: String = (0..20u32)
-        .rev()
-        .map(|i| {
-            let nibble = (digits >> (4 * i)) & 0xf;
-            char::from_digit(nibble as u32, 16).unwrap_or('0')
-        })
-        .collect();
-    id
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = [b'0'; 20];
+    for (k, d) in id.iter_mut().rev().enumerate() {
+        let nibble = (digits >> (4 * k)) & 0xf;
+        *d = HEX.get(nibble as usize).copied().unwrap_or(b'0');
+    }
+    // ASCII hex digits: always UTF-8.
+    String::from_utf8(id.to_vec()).unwrap_or_default()
 }
 
 #[cfg(test)]

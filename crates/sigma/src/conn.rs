@@ -39,7 +39,6 @@ use crate::metrics::inc;
 use sigma_http::Shutdown;
 use socket2::SockRef;
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 
 use crate::dispatch::Dispatch;
 use crate::tcp::ConnSlot;
@@ -55,22 +54,27 @@ const READ_CHUNK: usize = 64 * 1024;
 
 thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_CHUNK]);
-    static DATE: RefCell<(u64, [u8; 29])> = const { RefCell::new((u64::MAX, [b' '; 29])) };
+    static DATE: RefCell<(Option<Instant>, [u8; 29])> = const { RefCell::new((None, [b' '; 29])) };
 }
 
-/// The current IMF-fixdate, formatted at most once per second per thread.
-fn http_date() -> [u8; 29] {
-    let now = SystemTime::now();
-    let sec = now
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+/// The IMF-fixdate at the monotonic time `now` (a wake-up's one clock
+/// read). The wall clock is read and the date formatted once per second
+/// per thread: the cached date stays valid until the wall clock's next
+/// whole second, which `now` tells without reading it again.
+fn http_date(now: Instant) -> [u8; 29] {
     DATE.with(|d| {
         let mut d = d.borrow_mut();
-        if d.0 != sec {
-            let s = httpdate::fmt_http_date(now);
+        if d.0.is_none_or(|until| now >= until) {
+            let wall = SystemTime::now();
+            let into_second = wall
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|t| t.subsec_nanos())
+                .unwrap_or(0);
+            let s = httpdate::fmt_http_date(wall);
             if let Ok(b) = <[u8; 29]>::try_from(s.as_bytes()) {
-                *d = (sec, b);
+                let left = Duration::from_secs(1)
+                    .saturating_sub(Duration::from_nanos(u64::from(into_second)));
+                *d = (now.checked_add(left), b);
             }
         }
         d.1
@@ -82,14 +86,18 @@ pub async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     ctx: Arc<ListenerCtx>,
-    mut drain: watch::Receiver<bool>,
+    drain: crate::tcp::DrainWatch,
     _slot: ConnSlot,
 ) {
-    let mut p = Dispatch::new(&ctx, peer, Instant::now());
+    // One clock read per wake-up (the branches of the `select!` below):
+    // everything the wake does (H's input and output, the requests it
+    // starts) happens at that time.
+    let mut now = Instant::now();
+    let mut p = Dispatch::new(&ctx, peer, now);
     let mut tls = match ctx
         .tls
         .as_ref()
-        .map(|c| TlsWire::new(Arc::clone(c), Instant::now(), ctx.tls_handshake_timeout))
+        .map(|c| TlsWire::new(Arc::clone(c), now, ctx.tls_handshake_timeout))
     {
         None => None,
         // Boxed: a plain connection (most of them, and every idle
@@ -106,9 +114,8 @@ pub async fn serve(
     // or the plain 400 for plain HTTP) is written.
     let mut tls_failed = false;
     let mut draining = false;
-    // Created once: re-creating this future on every loop turn showed up
-    // in the profile (~1 % of CPU on keep-alive requests).
-    let drain_started = drain.wait_for(|d| *d);
+    // Created once, polled on every wake-up (cheaply: `tcp::Drain`).
+    let drain_started = drain.wait();
     tokio::pin!(drain_started);
     let mut read_shut = false;
     let sleep = tokio::time::sleep(Duration::from_secs(3600));
@@ -119,7 +126,7 @@ pub async fn serve(
         p.pump();
         if let Some(t) = tls.as_mut().filter(|_| !tls_failed) {
             loop {
-                let moved = t.transfer(&mut p.h, Instant::now());
+                let moved = t.transfer(&mut p.h, now);
                 // Counted before H's events reach dispatch.
                 if let Some(resumed) = t.newly_established() {
                     inc(&ctx.metrics.tls_handshakes);
@@ -177,7 +184,7 @@ pub async fn serve(
         if tls.is_none() && p.h.output_len() > 0 {
             match write_output(&stream, &p.h) {
                 Ok(n) => {
-                    p.h.handle_written(n, Instant::now());
+                    p.h.handle_written(n, now);
                     continue;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -193,7 +200,7 @@ pub async fn serve(
         // the client is not the slow one: H's body-rate clock stands.
         let upload_blocked = p.upload_blocked();
         if p.h.body_paused() != upload_blocked {
-            p.h.set_body_paused(upload_blocked, Instant::now());
+            p.h.set_body_paused(upload_blocked, now);
         }
         let deadline = match (
             p.h.poll_timeout(),
@@ -202,11 +209,18 @@ pub async fn serve(
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        if deadline != armed {
-            if let Some(d) = deadline {
+        // The timer moves only when the deadline comes earlier than the
+        // one it is set to. A later one (the idle deadline moving on with
+        // every request and message) lets it fire early; `H` and `S` fire
+        // nothing before its time, and that wake sets it again: one timer
+        // reset per deadline reached, not one per request.
+        match (deadline, armed) {
+            (Some(d), Some(a)) if d >= a => {}
+            (Some(d), _) => {
                 sleep.as_mut().reset(d.into());
+                armed = Some(d);
             }
-            armed = deadline;
+            (None, _) => {}
         }
         let upload_tx = if upload_blocked {
             p.upload_sender()
@@ -231,8 +245,9 @@ pub async fn serve(
                 if r.is_err() {
                     break Shutdown::Abort;
                 }
-                let now = Instant::now();
-                p.h.set_date(&http_date());
+                now = Instant::now();
+                p.wake(now);
+                p.h.set_date(&http_date(now));
                 let res = SCRATCH.with(|s| {
                     let mut s = s.borrow_mut();
                     let got = read_drained(&stream, &mut s)?;
@@ -260,20 +275,25 @@ pub async fn serve(
                 if r.is_err() {
                     break Shutdown::Abort;
                 }
+                now = Instant::now();
+                p.wake(now);
             }
             () = &mut sleep, if armed.is_some() => {
                 armed = None;
-                let now = Instant::now();
+                now = Instant::now();
+                p.wake(now);
                 if let Some(t) = tls.as_mut().filter(|_| !tls_failed) {
                     if let Err(e) = t.handle_timeout(now) {
                         tls_error(&ctx, peer, &e);
                         tls_failed = true;
                     }
                 }
-                p.h.set_date(&http_date());
+                p.h.set_date(&http_date(now));
                 p.h.handle_timeout(now);
             }
             pushed = recv_pushed(&mut p.pushed), if p.pushed.is_some() => {
+                now = Instant::now();
+                p.wake(now);
                 p.on_pushed(pushed);
                 // A backlog (a busy fan-out) leaves in one write, not one
                 // write per message.
@@ -287,17 +307,25 @@ pub async fn serve(
             Some(out) = p.outbox.pending.next(),
                 if !p.outbox.pending.is_empty() && p.outbox.body.is_none() =>
             {
+                now = Instant::now();
+                p.wake(now);
                 p.outbox.accept(out);
             }
             piece = next_piece(&mut p.outbox.body), if wants_body => {
+                now = Instant::now();
+                p.wake(now);
                 p.outbox.on_body(piece);
             }
             permit = upload_room(upload_tx), if upload_blocked => {
+                now = Instant::now();
+                p.wake(now);
                 p.on_upload_room(permit);
             }
-            _ = &mut drain_started, if !draining => {
+            () = &mut drain_started, if !draining => {
                 draining = true;
-                p.h.start_drain(Instant::now());
+                now = Instant::now();
+                p.wake(now);
+                p.h.start_drain(now);
             }
             else => {
                 // Nothing can make progress: a state the codec should never

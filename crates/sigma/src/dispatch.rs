@@ -235,6 +235,10 @@ pub struct Dispatch<'a> {
     pub peer: SocketAddr,
     /// The buffered request body's share of the memory budget.
     body_account: sigma_http::Account,
+    /// The time of the connection's current wake-up: the driver reads the
+    /// clock once per wake ([`Dispatch::wake`]) and every step of that
+    /// wake (a request's start, the replies handed to `H`) uses it.
+    now: Instant,
 }
 
 impl<'a> Dispatch<'a> {
@@ -260,7 +264,13 @@ impl<'a> Dispatch<'a> {
             session_socket: None,
             peer,
             body_account: sigma_http::Account::new(std::sync::Arc::clone(&ctx.budget)),
+            now,
         }
+    }
+
+    /// A new wake-up of the connection, at `now`.
+    pub fn wake(&mut self, now: Instant) {
+        self.now = now;
     }
 }
 
@@ -282,7 +292,7 @@ impl<'a> Dispatch<'a> {
             while let Some(mut reply) = self.outbox.ready.pop_front() {
                 progressed = true;
                 crate::front::decorate(&self.ctx.front, &mut reply);
-                let now = Instant::now();
+                let now = self.now;
                 let sent = Sent::of(&reply);
                 let is_response = matches!(sent, Sent::Response { .. } | Sent::Head(_));
                 let is_body = matches!(sent, Sent::Head(_) | Sent::Chunk(_) | Sent::End);
@@ -488,9 +498,9 @@ impl<'a> Dispatch<'a> {
                 let entry = if in_progress {
                     self.log.pop_back()
                 } else {
-                    reason.status.map(|_| {
-                        Entry::new(Instant::now(), self.peer.ip(), access::new_request_id())
-                    })
+                    reason
+                        .status
+                        .map(|_| Entry::new(self.now, self.peer.ip(), access::new_request_id()))
                 };
                 if let Some(mut entry) = entry {
                     entry.status = reason.status.unwrap_or(0);
@@ -518,7 +528,7 @@ impl<'a> Dispatch<'a> {
     fn on_request(&mut self, mut head: RequestHead) {
         inc(&self.ctx.metrics.requests);
         self.refresh_generation();
-        let started = Instant::now();
+        let started = self.now;
         let client = forwarded::resolve(self.peer.ip(), &head, &self.ctx.trusted_proxies);
         forwarded::apply(&mut head, &client);
         let req_id = client

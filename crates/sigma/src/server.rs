@@ -15,7 +15,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::watch;
 
 use crate::auth::Auth;
 
@@ -90,14 +89,14 @@ pub(crate) struct OpenListener {
     /// What the connections it accepts next get (a reload replaces it).
     pub ctx: Arc<arc_swap::ArcSwap<ListenerCtx>>,
     /// `true`: stop accepting and drain this listener's connections.
-    drain: watch::Sender<bool>,
+    drain: tcp::Drain,
 }
 
 impl OpenListener {
     /// Stops accepting (the socket closes) and drains the listener's
     /// connections: in-flight requests finish, WebSockets close 1001.
     pub fn stop(&self) {
-        let _ = self.drain.send(true);
+        self.drain.start();
     }
 }
 
@@ -439,8 +438,9 @@ impl Running {
         let ctx = Arc::new(arc_swap::ArcSwap::from_pointee(
             self.listener_ctx(&spec, config, current),
         ));
-        let (drain_tx, drain_rx) = watch::channel(false);
-        let drain = drain_rx.clone();
+        let drain_tx = tcp::Drain::new();
+        let drain_rx = drain_tx.watch();
+        let drain = drain_tx.watch();
         let accepted = Arc::clone(&ctx);
         tokio::spawn(tcp::accept_loop(
             listener,

@@ -21,7 +21,10 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
+
+mod drain;
+pub use drain::{Drain, DrainWatch};
 
 use crate::metrics::{inc, Metrics};
 
@@ -162,15 +165,17 @@ pub async fn accept_loop<F>(
     listener: TcpListener,
     limiter: Arc<ConnLimiter>,
     metrics: Arc<Metrics>,
-    mut stop: watch::Receiver<bool>,
+    stop: DrainWatch,
     serve: F,
 ) where
     F: Fn(tokio::net::TcpStream, SocketAddr, ConnSlot),
 {
+    let stopped = stop.wait();
+    tokio::pin!(stopped);
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
-            _ = stop.wait_for(|s| *s) => return,
+            () = &mut stopped => return,
         };
         match accepted {
             Ok((stream, peer)) => match limiter.acquire(peer.ip()) {
