@@ -245,8 +245,7 @@ pub async fn serve(
                 if r.is_err() {
                     break Shutdown::Abort;
                 }
-                now = Instant::now();
-                p.wake(now);
+                now = p.wake();
                 p.h.set_date(&http_date(now));
                 let res = SCRATCH.with(|s| {
                     let mut s = s.borrow_mut();
@@ -275,13 +274,11 @@ pub async fn serve(
                 if r.is_err() {
                     break Shutdown::Abort;
                 }
-                now = Instant::now();
-                p.wake(now);
+                now = p.wake();
             }
             () = &mut sleep, if armed.is_some() => {
                 armed = None;
-                now = Instant::now();
-                p.wake(now);
+                now = p.wake();
                 if let Some(t) = tls.as_mut().filter(|_| !tls_failed) {
                     if let Err(e) = t.handle_timeout(now) {
                         tls_error(&ctx, peer, &e);
@@ -292,8 +289,7 @@ pub async fn serve(
                 p.h.handle_timeout(now);
             }
             pushed = recv_pushed(&mut p.pushed), if p.pushed.is_some() => {
-                now = Instant::now();
-                p.wake(now);
+                now = p.wake();
                 p.on_pushed(pushed);
                 // A backlog (a busy fan-out) leaves in one write, not one
                 // write per message.
@@ -307,24 +303,20 @@ pub async fn serve(
             Some(out) = p.outbox.pending.next(),
                 if !p.outbox.pending.is_empty() && p.outbox.body.is_none() =>
             {
-                now = Instant::now();
-                p.wake(now);
+                now = p.wake();
                 p.outbox.accept(out);
             }
             piece = next_piece(&mut p.outbox.body), if wants_body => {
-                now = Instant::now();
-                p.wake(now);
+                now = p.wake();
                 p.outbox.on_body(piece);
             }
             permit = upload_room(upload_tx), if upload_blocked => {
-                now = Instant::now();
-                p.wake(now);
+                now = p.wake();
                 p.on_upload_room(permit);
             }
             () = &mut drain_started, if !draining => {
                 draining = true;
-                now = Instant::now();
-                p.wake(now);
+                now = p.wake();
                 p.h.start_drain(now);
             }
             else => {

@@ -268,9 +268,11 @@ impl<'a> Dispatch<'a> {
         }
     }
 
-    /// A new wake-up of the connection, at `now`.
-    pub fn wake(&mut self, now: Instant) {
-        self.now = now;
+    /// A new wake-up of the connection: the one clock read it makes,
+    /// returned for the driver's own use.
+    pub fn wake(&mut self) -> Instant {
+        self.now = Instant::now();
+        self.now
     }
 }
 
