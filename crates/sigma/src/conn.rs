@@ -28,6 +28,7 @@
 //! It does not parse bytes, pick routes or decide identities.
 
 use std::cell::RefCell;
+use std::future::poll_fn;
 use std::io;
 use std::net::{Shutdown as SockShutdown, SocketAddr};
 use std::sync::Arc;
@@ -240,8 +241,13 @@ pub async fn serve(
             None => p.h.output_len() > 0,
             Some(t) => !t.output().is_empty(),
         };
+        // Readiness is polled, not awaited through `readable()`: that
+        // future links itself into the socket's waiter list on every
+        // round of this `select!` and unlinks itself when another branch
+        // wins (two locks on a line that is cold in a fan-out); the
+        // per-direction waker slot of `poll_read_ready` stays registered.
         tokio::select! {
-            r = stream.readable(), if wants_read => {
+            r = poll_fn(|cx| stream.poll_read_ready(cx)), if wants_read => {
                 if r.is_err() {
                     break Shutdown::Abort;
                 }
@@ -270,7 +276,7 @@ pub async fn serve(
                     Ok(Ok(())) => {}
                 }
             }
-            r = stream.writable(), if wants_write => {
+            r = poll_fn(|cx| stream.poll_write_ready(cx)), if wants_write => {
                 if r.is_err() {
                     break Shutdown::Abort;
                 }
