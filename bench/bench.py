@@ -542,7 +542,11 @@ def negotiated(port):
 
 def scenario_tls(key, args, servers, workdir, perf, close):
     """8: keep-alive over TLS 1.3; 9 (`close`): one request per connection,
-    so every request is a new full handshake (handshakes/s)."""
+    so every request is a new handshake (handshakes/s). wrk offers each
+    new connection the session ticket of its previous one, so with both
+    servers these are TLS 1.3 resumptions (PSK with a fresh X25519 key
+    exchange, no certificate): a packet capture shows the server's first
+    flight 219 bytes (sigma) and 245 (nginx) instead of 718 and 787."""
     runs = {n: [] for n in ("sigma", "nginx")}
     conns = 16 if close else 64
     # Close-per-request wrk at SCHED_FIFO livelocks its own core (it never
@@ -1268,11 +1272,15 @@ def build_rows(res):
         errs = f" ({x['errors_total']} errors)" if x["errors_total"] else ""
         met = ""
         if base and base["rate"]:
-            met = "met" if x["rate"] >= 0.2 * base["rate"] else "**missed**"
+            # The performance issue asks ≥ 0.15× with 8 messages in flight
+            # per world, docs/design.md §10 0.2×: both are checked.
+            share = x["rate"] / base["rate"]
+            met = (f"≥ 0.15× its echo: {'met' if share >= 0.15 else '**missed**'}; "
+                   f"≥ 0.2×: {'met' if share >= 0.2 else '**missed**'}")
         rows.append(["7 signed world messages, 100 worlds × 8 in flight → &echo", "sigma",
                      fmt_rate(x["rate"], "msgs/s") + errs, fmt_us(x["p50_us"]),
                      fmt_us(x["p99_us"]), fmt_kib(x["hwm_kib"]), f"{x['cpu']:.0f} %",
-                     ratio, f"≥ 0.2× its echo: {met}" if met else "≥ 0.2× its echo"])
+                     ratio, met or "≥ 0.15× its echo; ≥ 0.2×"])
     tput("8", "8 HTTPS keep-alive (TLS 1.3), 64 conns", "req/s", ["sigma", "nginx"],
          ["nginx"])
     tput("9", "9 new TLS handshakes, 16 conns", "handshakes/s", ["sigma", "nginx"], ["nginx"])
