@@ -43,20 +43,39 @@ pub fn tempdir(tag: &str) -> PathBuf {
     d
 }
 
+/// A port that is free now and that no outgoing connection will take
+/// meanwhile: drawn below the kernel's ephemeral range, where `bind(0)`
+/// and `connect` pick theirs. A port from `bind(0)` stays in that range
+/// after it is closed, so a connection of another test running alongside
+/// could take it before the server under test binds it ("Address already
+/// in use" in a CI run); these ports have to be fixed in advance because
+/// pebble is told where to validate, and the server restarts on them.
+fn free_port(free: impl Fn(u16) -> bool) -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (from, to) = (10_000u16, low);
+    assert!(to > from + 1000, "the ephemeral port range starts at {low}");
+    for attempt in 0u64..10_000 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(attempt);
+        h.write_u32(std::process::id());
+        let port = from + (h.finish() % u64::from(to - from)) as u16;
+        if free(port) {
+            return port;
+        }
+    }
+    panic!("no free port in {from}..{to}");
+}
+
 pub fn free_tcp_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    free_port(|p| StdListener::bind(("127.0.0.1", p)).is_ok())
 }
 
 pub fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    free_port(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok())
 }
 
 /// Whether pebble is there (installing it with apt if not). `false`
