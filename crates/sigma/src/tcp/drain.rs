@@ -73,11 +73,6 @@ impl Drain {
 pub struct DrainWatch(Arc<Shared>);
 
 impl DrainWatch {
-    /// True once the drain started.
-    pub fn started(&self) -> bool {
-        self.0.started()
-    }
-
     /// Resolves once the drain started. Create it once per task and poll
     /// it again and again: each poll after the first is two comparisons.
     pub fn wait(&self) -> Started {
@@ -170,11 +165,11 @@ mod tests {
         // Polled again with the same waker: still one registration.
         assert!(poll(&mut f, &waker).is_pending());
         assert_eq!(drain.0.waiters().wakers.len(), 1);
-        assert!(!watch.started());
+        assert!(!watch.0.started());
         drain.start();
         drain.start();
         assert_eq!(count.0.load(Ordering::SeqCst), 1);
-        assert!(watch.started());
+        assert!(watch.0.started());
         assert!(poll(&mut f, &waker).is_ready());
         // A wait that starts after the drain is ready at once.
         assert!(poll(&mut watch.wait(), &waker).is_ready());
