@@ -387,6 +387,8 @@ impl Write for Bounded<'_> {
 mod tests {
     use super::*;
     use crate::testutil::{client_conn, config, store, Pki};
+    use crate::TlsOptions;
+    use rustls::pki_types::ServerName;
     use rustls::version::{TLS12, TLS13};
     use rustls::ClientConnection;
 
@@ -758,6 +760,87 @@ mod tests {
                 resumed.push(server.is_resumed());
             }
             assert_eq!(resumed, [false, true], "{version:?}");
+        }
+    }
+
+    /// A client session store that counts the TLS 1.3 tickets it is given.
+    #[derive(Debug)]
+    struct CountingStore {
+        inner: rustls::client::ClientSessionMemoryCache,
+        tickets: std::sync::atomic::AtomicUsize,
+    }
+
+    impl rustls::client::ClientSessionStore for CountingStore {
+        fn set_kx_hint(&self, name: ServerName<'static>, group: rustls::NamedGroup) {
+            self.inner.set_kx_hint(name, group)
+        }
+        fn kx_hint(&self, name: &ServerName<'_>) -> Option<rustls::NamedGroup> {
+            self.inner.kx_hint(name)
+        }
+        fn set_tls12_session(
+            &self,
+            name: ServerName<'static>,
+            value: rustls::client::Tls12ClientSessionValue,
+        ) {
+            self.inner.set_tls12_session(name, value)
+        }
+        fn tls12_session(
+            &self,
+            name: &ServerName<'_>,
+        ) -> Option<rustls::client::Tls12ClientSessionValue> {
+            self.inner.tls12_session(name)
+        }
+        fn remove_tls12_session(&self, name: &ServerName<'static>) {
+            self.inner.remove_tls12_session(name)
+        }
+        fn insert_tls13_ticket(
+            &self,
+            name: ServerName<'static>,
+            value: rustls::client::Tls13ClientSessionValue,
+        ) {
+            self.tickets
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.inner.insert_tls13_ticket(name, value)
+        }
+        fn take_tls13_ticket(
+            &self,
+            name: &ServerName<'static>,
+        ) -> Option<rustls::client::Tls13ClientSessionValue> {
+            self.inner.take_tls13_ticket(name)
+        }
+    }
+
+    #[test]
+    fn one_ticket_per_handshake_by_default_and_as_configured() {
+        let pki = Pki::new();
+        for (tickets, resumes) in [(None, true), (Some(2), true), (Some(0), false)] {
+            let options = TlsOptions {
+                tickets: tickets.unwrap_or(crate::DEFAULT_SESSION_TICKETS),
+                ..TlsOptions::default()
+            };
+            let server_config =
+                crate::server_config(store(&pki, &[&["a.test"]]), &options).unwrap();
+            let store = Arc::new(CountingStore {
+                inner: rustls::client::ClientSessionMemoryCache::new(16),
+                tickets: Default::default(),
+            });
+            let mut client_config = (*pki.client(&[&TLS13], &[b"http/1.1"])).clone();
+            client_config.resumption = rustls::client::Resumption::store(store.clone());
+            let client_config = Arc::new(client_config);
+            let mut per_handshake = Vec::new();
+            let mut resumed = Vec::new();
+            for _ in 0..3 {
+                let before = store.tickets.load(std::sync::atomic::Ordering::Relaxed);
+                let mut client = client_conn(client_config.clone(), "a.test");
+                let mut server = TlsConn::new(server_config.clone(), Instant::now()).unwrap();
+                exchange(&mut client, &mut server, &whole);
+                per_handshake
+                    .push(store.tickets.load(std::sync::atomic::Ordering::Relaxed) - before);
+                resumed.push(server.is_resumed());
+            }
+            let n = tickets.unwrap_or(1);
+            assert_eq!(per_handshake, [n; 3], "tickets {tickets:?}");
+            assert_eq!(resumed, [false, resumes, resumes], "tickets {tickets:?}");
         }
     }
 

@@ -98,6 +98,19 @@ pub use store::{CertError, CertFiles, CertStore, Certificate};
 /// IDs and TLS 1.3 stateful resumption).
 pub const DEFAULT_SESSION_CACHE: usize = 4096;
 
+/// How many TLS 1.3 session tickets a handshake ends with, by default.
+///
+/// rustls sends 2, for clients that open parallel connections on one
+/// handshake's tickets. One is what a client needs for its next
+/// connection, and every resumed connection gets a fresh one in turn
+/// (OpenSSL sends one on a resumption too). Each ticket costs the server
+/// a seal and a record, and the client a parse and a session copy.
+pub const DEFAULT_SESSION_TICKETS: usize = 1;
+
+/// The most tickets one handshake may send, by [`TlsOptions::tickets`] or
+/// by a client's RFC 9149 `ticket_request`.
+pub const MAX_SESSION_TICKETS: usize = 8;
+
 /// Options for [`server_config`].
 #[derive(Debug, Clone)]
 pub struct TlsOptions {
@@ -107,6 +120,11 @@ pub struct TlsOptions {
     pub acme_tls_alpn: bool,
     /// Entries in the session cache.
     pub session_cache: usize,
+    /// TLS 1.3 session tickets per handshake (0: none, so TLS 1.3
+    /// connections never resume); at most [`MAX_SESSION_TICKETS`].
+    /// A client's RFC 9149 `ticket_request` may ask for up to
+    /// [`MAX_SESSION_TICKETS`] when this is not 0.
+    pub tickets: usize,
 }
 
 impl Default for TlsOptions {
@@ -114,13 +132,15 @@ impl Default for TlsOptions {
         Self {
             acme_tls_alpn: false,
             session_cache: DEFAULT_SESSION_CACHE,
+            tickets: DEFAULT_SESSION_TICKETS,
         }
     }
 }
 
 /// The rustls server configuration of `S`: TLS 1.3 and 1.2 with ring's
 /// default suites, certificates from `store`, ALPN `http/1.1` (plus
-/// `acme-tls/1` if asked), a session cache and session tickets.
+/// `acme-tls/1` if asked), a session cache and `options.tickets` session
+/// tickets per handshake.
 pub fn server_config(
     store: Arc<CertStore>,
     options: &TlsOptions,
@@ -136,5 +156,11 @@ pub fn server_config(
     }
     config.session_storage = ServerSessionMemoryCache::new(options.session_cache);
     config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(TlsError::Local)?;
+    config.send_tls13_tickets = options.tickets.min(MAX_SESSION_TICKETS);
+    config.max_tls13_tickets = if options.tickets == 0 {
+        0
+    } else {
+        MAX_SESSION_TICKETS
+    };
     Ok(Arc::new(config))
 }

@@ -36,6 +36,8 @@ pub struct Tls {
     pub acme: Option<Acme>,
     /// The certificate files it serves, in order.
     files: Vec<CertFiles>,
+    /// `tls.session_tickets`, built into `server_config`.
+    tickets: usize,
 }
 
 /// `[tls]` could not be set up.
@@ -95,6 +97,7 @@ impl Tls {
                 .acme
                 .as_ref()
                 .is_some_and(|a| a.challenge == Challenge::TlsAlpn01),
+            tickets: cfg.session_tickets,
             ..TlsOptions::default()
         };
         let server_config = sigma_tls::server_config(Arc::clone(&store), &options)?;
@@ -103,6 +106,7 @@ impl Tls {
             server_config,
             acme,
             files,
+            tickets: cfg.session_tickets,
         })
     }
 
@@ -161,9 +165,9 @@ fn files_of(cfg: &TlsConfig) -> Vec<CertFiles> {
 /// the check reads and checks every certificate file of the new config
 /// (a bad one refuses the whole reload, naming the file; the old
 /// certificates stay), the commit swaps them in for new handshakes. Open
-/// connections keep theirs. Turning `[tls]` on or off, or changing which
-/// files it names, needs a restart (the reload is refused, saying so);
-/// the files' contents reload.
+/// connections keep theirs. Turning `[tls]` on or off, changing which
+/// files it names or `tls.session_tickets`, needs a restart (the reload
+/// is refused, saying so); the files' contents reload.
 pub fn reloader(tls: Arc<Tls>) -> crate::reload::Reloader {
     crate::reload::Reloader {
         name: "tls certificates",
@@ -175,6 +179,9 @@ pub fn reloader(tls: Arc<Tls>) -> crate::reload::Reloader {
                 anyhow::bail!(
                     "tls.cert, tls.key or [[tls.extra]] name other files: that needs a restart (the files themselves reload)"
                 );
+            }
+            if cfg.session_tickets != tls.tickets {
+                anyhow::bail!("tls.session_tickets changed: that needs a restart");
             }
             let now = std::time::SystemTime::now();
             for f in &tls.files {

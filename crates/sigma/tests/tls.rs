@@ -492,6 +492,12 @@ fn bad_certificate_files_are_refused_naming_the_file() {
     let (code, err) = serve_fails("[tls]\ncert = \"a.pem\"\nkey = \"k\"\nbogus = 1\n");
     assert_eq!(code, 2);
     assert!(err.contains("bogus"), "{err}");
+    let (code, err) = serve_fails("[tls]\ncert = \"a.pem\"\nkey = \"k\"\nsession_tickets = 9\n");
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("tls.session_tickets") && err.contains("at most 8"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -566,4 +572,15 @@ print(hashlib.sha256(s.getpeercert(True)).hexdigest())
         std::thread::park_timeout(Duration::from_millis(50));
     }
     assert_eq!(fingerprint(), now);
+    // The ticket count is built into the TLS config: a restart, not a
+    // reload.
+    pki.leaf("a", &["a.test"]);
+    fs::write(s.config_path(), tls_config(&c, &k, "session_tickets = 2\n")).unwrap();
+    s.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !s.stderr().contains("tls.session_tickets changed") {
+        assert!(Instant::now() < deadline, "{}", s.stderr());
+        std::thread::park_timeout(Duration::from_millis(50));
+    }
+    assert_eq!(fingerprint(), now, "a refused reload swaps nothing");
 }

@@ -163,6 +163,7 @@ fn every_key_round_trips() {
         cert = "/etc/sigma/site.pem"
         key = "/etc/sigma/site.key"
         handshake_timeout = "81s"
+        session_tickets = 3
 
         [[tls.extra]]
         cert = "/etc/sigma/b.pem"
@@ -318,6 +319,7 @@ fn every_key_round_trips() {
                 hsts: Some("max-age=82".into()),
             },
             handshake_timeout: Duration::from_secs(81),
+            session_tickets: 3,
         })
     );
     assert_eq!(

@@ -39,6 +39,14 @@ pub struct TlsConfig {
     /// counted as `tls_handshake_timeout` when it does not).
     #[serde(default = "default_handshake_timeout", deserialize_with = "duration")]
     pub handshake_timeout: Duration,
+    /// TLS 1.3 session tickets per handshake (default 1; 0 turns TLS 1.3
+    /// resumption off; at most 8).
+    #[serde(default = "default_session_tickets")]
+    pub session_tickets: usize,
+}
+
+fn default_session_tickets() -> usize {
+    sigma_tls::DEFAULT_SESSION_TICKETS
 }
 
 fn default_handshake_timeout() -> Duration {
@@ -138,6 +146,16 @@ pub(super) fn check(tls: Option<&TlsConfig>) -> Result<(), (KeyPath, String)> {
                 ));
             }
         }
+    }
+    if tls.session_tickets > sigma_tls::MAX_SESSION_TICKETS {
+        return Err((
+            vec![key("tls"), key("session_tickets")],
+            format!(
+                "{} is too many: at most {} tickets per handshake",
+                tls.session_tickets,
+                sigma_tls::MAX_SESSION_TICKETS
+            ),
+        ));
     }
     if let Some(acme) = &tls.acme {
         check_acme(acme)?;

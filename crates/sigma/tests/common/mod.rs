@@ -177,6 +177,12 @@ impl Server {
         self.pid
     }
 
+    /// The config file it was started with (rewrite it, then `HUP`).
+    #[allow(dead_code)] // not every test binary reloads
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("sigma.toml")
+    }
+
     /// What the server logged so far.
     pub fn stderr(&self) -> String {
         fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
