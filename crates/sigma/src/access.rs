@@ -47,7 +47,8 @@ pub struct Entry {
     pub client: IpAddr,
     /// The method (`None`: the head did not parse).
     pub method: Option<Method>,
-    /// The path, without the query.
+    /// The path, without the query (filled only when the access log is
+    /// on, or for a refused path).
     pub path: String,
     /// The final status.
     pub status: u16,
@@ -64,13 +65,13 @@ pub struct Entry {
     pub matched: Option<RouteRef>,
     /// Where it went when no route did ([`DEST_AUTH`], …).
     pub dest: &'static str,
-    /// The request id.
+    /// The request id (filled only when the access log is on).
     pub req: String,
 }
 
 impl Entry {
     /// The entry of a request whose head arrived at `started`.
-    pub fn new(started: Instant, client: IpAddr, req: String) -> Self {
+    pub fn new(started: Instant, client: IpAddr) -> Self {
         Self {
             started,
             client,
@@ -83,7 +84,7 @@ impl Entry {
             route: None,
             matched: None,
             dest: DEST_NONE,
-            req,
+            req: String::new(),
         }
     }
 }

@@ -500,9 +500,13 @@ impl<'a> Dispatch<'a> {
                 let entry = if in_progress {
                     self.log.pop_back()
                 } else {
-                    reason
-                        .status
-                        .map(|_| Entry::new(self.now, self.peer.ip(), access::new_request_id()))
+                    reason.status.map(|_| {
+                        let mut e = Entry::new(self.now, self.peer.ip());
+                        if self.ctx.access_log {
+                            e.req = access::new_request_id();
+                        }
+                        e
+                    })
                 };
                 if let Some(mut entry) = entry {
                     entry.status = reason.status.unwrap_or(0);
@@ -537,8 +541,13 @@ impl<'a> Dispatch<'a> {
             .request_id
             .clone()
             .unwrap_or_else(access::new_request_id);
-        let mut entry = Entry::new(started, client.ip, req_id);
+        let mut entry = Entry::new(started, client.ip);
         entry.method = Some(head.method);
+        // What only the access log reads is copied only when it is on.
+        let logged = self.ctx.access_log;
+        if logged {
+            entry.req.clone_from(&req_id);
+        }
         // One path for A, the route table and the destination: a path
         // that could be read two ways is refused here.
         match crate::route::path::normalise_target(&head.target) {
@@ -549,7 +558,9 @@ impl<'a> Dispatch<'a> {
                 return self.refuse_path(why);
             }
         }
-        entry.path = String::from_utf8_lossy(head.path()).into_owned();
+        if logged {
+            entry.path = String::from_utf8_lossy(head.path()).into_owned();
+        }
         // TLS's front door (redirect to https, ACME http-01) comes before
         // A: its answers carry no identity.
         if self.ctx.front.is_active() {
@@ -560,10 +571,8 @@ impl<'a> Dispatch<'a> {
                 return;
             }
         }
-        head.headers.push(Header::new(
-            &b"X-Request-Id"[..],
-            entry.req.clone().into_bytes(),
-        ));
+        head.headers
+            .push(Header::new(&b"X-Request-Id"[..], req_id.into_bytes()));
         let own = self.ctx.auth.is_some() && endpoints::is_endpoint(head.path());
         let route = if own {
             None

@@ -94,6 +94,11 @@ pub fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
+/// Room left in a parsed head's field list for the fields a proxy adds
+/// (sigma's `X-Request-Id`, a trusted proxy's `Host`), so that adding them
+/// does not move the list.
+const SPARE_FIELDS: usize = 2;
+
 /// Parses field lines with httparse, slicing names and values out of `head`.
 fn parse_fields(
     head: &Bytes,
@@ -113,13 +118,14 @@ fn parse_fields(
         &mut heap
     };
     match httparse::parse_headers(fields, slots) {
-        Ok(httparse::Status::Complete((_, parsed))) => Ok(parsed
-            .iter()
-            .map(|h| Header {
+        Ok(httparse::Status::Complete((_, parsed))) => {
+            let mut headers = Vec::with_capacity(parsed.len().saturating_add(SPARE_FIELDS));
+            headers.extend(parsed.iter().map(|h| Header {
                 name: head.slice_ref(h.name.as_bytes()),
                 value: head.slice_ref(h.value),
-            })
-            .collect()),
+            }));
+            Ok(headers)
+        }
         Ok(httparse::Status::Partial) => Err(ParseError::BadHeader),
         Err(httparse::Error::TooManyHeaders) => Err(ParseError::TooManyHeaders),
         Err(_) => Err(ParseError::BadHeader),
