@@ -747,19 +747,23 @@ mod tests {
         assert!(!server.wants_read());
     }
 
+    /// One whole exchange on a new connection; whether it resumed.
+    fn handshake(client: &Arc<rustls::ClientConfig>, server: &Arc<rustls::ServerConfig>) -> bool {
+        let mut client = client_conn(client.clone(), "a.test");
+        let mut server = TlsConn::new(server.clone(), Instant::now()).unwrap();
+        exchange(&mut client, &mut server, &whole);
+        server.is_resumed()
+    }
+
     #[test]
     fn sessions_resume_with_tls13_tickets_and_tls12_ids() {
         let pki = Pki::new();
         let server_config = config(store(&pki, &[&["a.test"]]));
         for version in [&TLS13, &TLS12] {
             let client_config = pki.client(&[version], &[b"http/1.1"]);
-            let mut resumed = Vec::new();
-            for _ in 0..2 {
-                let mut client = client_conn(client_config.clone(), "a.test");
-                let mut server = TlsConn::new(server_config.clone(), Instant::now()).unwrap();
-                exchange(&mut client, &mut server, &whole);
-                resumed.push(server.is_resumed());
-            }
+            let resumed: Vec<bool> = (0..2)
+                .map(|_| handshake(&client_config, &server_config))
+                .collect();
             assert_eq!(resumed, [false, true], "{version:?}");
         }
     }
@@ -782,10 +786,7 @@ mod tests {
             let mut per_handshake = Vec::new();
             let mut resumed = Vec::new();
             for _ in 0..3 {
-                let mut client = client_conn(client_config.clone(), "a.test");
-                let mut server = TlsConn::new(server_config.clone(), Instant::now()).unwrap();
-                exchange(&mut client, &mut server, &whole);
-                resumed.push(server.is_resumed());
+                resumed.push(handshake(&client_config, &server_config));
                 // The tickets this handshake left (the store held none
                 // before it); the newest goes back for the next one.
                 let mut got = Vec::new();
