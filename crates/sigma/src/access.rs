@@ -48,7 +48,7 @@ pub struct Entry {
     /// The method (`None`: the head did not parse).
     pub method: Option<Method>,
     /// The path, without the query (filled only when the access log is
-    /// on, or for a refused path).
+    /// on).
     pub path: String,
     /// The final status.
     pub status: u16,

@@ -549,17 +549,17 @@ impl<'a> Dispatch<'a> {
             entry.req.clone_from(&req_id);
         }
         // One path for A, the route table and the destination: a path
-        // that could be read two ways is refused here.
-        match crate::route::path::normalise_target(&head.target) {
-            Ok(target) => head.target = target,
-            Err(why) => {
-                entry.path = String::from_utf8_lossy(head.path()).into_owned();
-                self.log.push_back(entry);
-                return self.refuse_path(why);
-            }
-        }
+        // that could be read two ways is refused here (and logged as it
+        // came).
+        let refused = crate::route::path::normalise_target(&head.target)
+            .map(|target| head.target = target)
+            .err();
         if logged {
             entry.path = String::from_utf8_lossy(head.path()).into_owned();
+        }
+        if let Some(why) = refused {
+            self.log.push_back(entry);
+            return self.refuse_path(why);
         }
         // TLS's front door (redirect to https, ACME http-01) comes before
         // A: its answers carry no identity.
