@@ -330,8 +330,8 @@ mod tests {
 
     proptest! {
         /// The `memchr` fast path decides exactly what the bytewise scan
-        /// (the scanner without it) decides: the same span, the same error, whatever the limits and
-        /// however the bytes arrive.
+        /// (the scanner without it) decides: the same span, the same
+        /// error, whatever the limits and however the bytes arrive.
         #[test]
         fn runs_decide_as_the_bytewise_scan(
             mut input in proptest::collection::vec(head_byte(), 0..160),
