@@ -47,6 +47,7 @@ kept share, its target checked on every round).
 """
 
 import argparse
+import bisect
 import datetime
 import json
 import os
@@ -339,9 +340,18 @@ def make_servers(workdir):
         s.scheme = "https"
         return s
 
+    def floor(driver):
+        """The reference of scenario 1: `bench/peers/floor`, which counts
+        request heads and answers each with a fixed 200 (no parsing)."""
+        port = free_port()
+        return Server(f"floor ({driver})", [PEERS / "floor", driver, f"127.0.0.1:{port}"],
+                      port, workdir)
+
     return {"sigma": sigma, "nginx": nginx, "axum": axum, "tokio-tungstenite": tungstenite,
             "ws-fanout": fanout, "sigma-tls": sigma_tls, "nginx-tls": nginx_tls,
-            "sigma-deflate": lambda: sigma(compression=True)}
+            "sigma-deflate": lambda: sigma(compression=True),
+            "floor (epoll)": lambda: floor("epoll"),
+            "floor (io_uring)": lambda: floor("io_uring")}
 
 
 def run_load(scenario, server, argv, timeout, pin=None):
@@ -513,22 +523,141 @@ def measure(server, fn, perf, scenario, seconds, tail=0):
     return r
 
 
-def scenario_http(key, depth, args, servers, workdir, perf):
-    names = ["sigma", "nginx", "axum"]
+# Scenario 1's references, beside the peers: what the load generator and
+# the loopback path allow when the server does (almost) nothing.
+FLOORS = ["floor (epoll)", "floor (io_uring)"]
+
+
+def slice_weight(r):
+    """(responses or messages, seconds) of one measured slice."""
+    secs = r["duration_us"] / 1e6 if "duration_us" in r else r.get("duration_s", 0)
+    return r["rate"] * secs, secs
+
+
+def mixed_quantile(parts, q):
+    """The `q`-th percentile of the slices' latencies taken together: each
+    slice reports its distribution as (percentile, µs) points
+    (`quantiles_us`); the mixture's CDF is the count-weighted sum of the
+    slices' CDFs (linear between points), and its inverse at `q` is
+    found by bisection. None when a slice has no points."""
+    dists = []
+    for r in parts:
+        pts = r.get("quantiles_us")
+        n, _ = slice_weight(r)
+        if not pts:
+            return None
+        dists.append((n, sorted((v, p) for p, v in pts)))
+    total = sum(n for n, _ in dists)
+    if total <= 0:
+        return None
+
+    def cdf(v):
+        acc = 0.0
+        for n, pts in dists:
+            i = bisect.bisect_right(pts, (v, float("inf")))
+            if i == 0:
+                f = 0.0
+            elif i == len(pts):
+                f = 100.0
+            else:
+                (v0, p0), (v1, p1) = pts[i - 1], pts[i]
+                f = p0 + (p1 - p0) * ((v - v0) / (v1 - v0) if v1 > v0 else 1.0)
+            acc += n * f
+        return acc / total
+
+    lo = min(pts[0][0] for _, pts in dists)
+    hi = max(pts[-1][0] for _, pts in dists)
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if cdf(mid) < q:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+def combine_slices(parts):
+    """One server's measurement from its slices: throughput over the sum
+    of the slices' windows, errors summed, CPU time-weighted, peak RSS
+    the highest, p50/p99 of all the slices' latencies together."""
+    r = dict(parts[-1])
+    counts = [slice_weight(p) for p in parts]
+    secs = sum(t for _, t in counts) or 1e-9
+    r["rate"] = sum(n for n, _ in counts) / secs
+    r["errors_total"] = sum(p["errors_total"] for p in parts)
+    for k in ("cpu", "load_cpu"):
+        if all(p.get(k) is not None for p in parts):
+            r[k] = sum(p[k] * t for p, (_, t) in zip(parts, counts)) / secs
+    r["hwm_kib"] = max(p["hwm_kib"] for p in parts)
+    for k, q in (("p50_us", 50), ("p99_us", 99)):
+        m = mixed_quantile(parts, q)
+        if m is None:  # no distribution: the count-weighted mean
+            m = sum(p[k] * n for p, (n, _) in zip(parts, counts)) / max(
+                sum(n for n, _ in counts), 1e-9)
+        r[k] = m
+    r["slice_rates"] = [p["rate"] for p in parts]
+    return r
+
+
+def interleaved(key, names, make, load, args, perf, optional=(), prepare=None):
+    """The throughput scenarios' measurement. Each round starts every
+    server of `names` at once (fresh, all on the server core; only the one
+    under load works), warms each up, then measures `args.slices` slices
+    of `duration ÷ slices` seconds per server, the servers taking turns
+    (the order reversed every other slice), so that every server sees the
+    same stretches of the machine's speed. `load(name, server, seconds,
+    quiet)` runs the load generator; `make(name)` makes the server;
+    `prepare(server)` (optional) returns extra fields for its result. A
+    server in `optional` that cannot start leaves its row out. Returns
+    each server's median round."""
+    names = list(names)
     runs = {n: [] for n in names}
+    n_slices = max(1, args.slices)
+    secs = max(1, round(args.duration / n_slices))
     for rnd in range(args.rounds):
-        for name in names:
-            s = servers[name]()
-            log(f"  [{key}] {name} (round {rnd + 1}/{args.rounds}) on :{s.port}")
-            s.start(key)
-            try:
-                wrk(key, name, s, args.warmup, depth, quiet=True)
-                r = measure(s, lambda: wrk(key, name, s, args.duration, depth),
-                            perf, key, args.duration)
-            finally:
+        started = {}
+        try:
+            for name in list(names):
+                s = make(name)
+                log(f"  [{key}] {name} (round {rnd + 1}/{args.rounds}) on :{s.port}")
+                try:
+                    s.start(key)
+                except RuntimeError as e:
+                    # A reference that cannot run here (io_uring disabled
+                    # by the kernel) leaves its row out; a server that
+                    # cannot is an error.
+                    if name not in optional:
+                        raise
+                    log(f"  [{key}] {name}: {e}; its row is left out")
+                    names.remove(name)
+                    runs.pop(name)
+                    continue
+                started[name] = s
+            extra = {n: prepare(s) if prepare else {} for n, s in started.items()}
+            for name, s in started.items():
+                load(name, s, args.warmup, True)
+            parts = {n: [] for n in started}
+            order = list(started)
+            for i in range(n_slices):
+                for name in order if i % 2 == 0 else order[::-1]:
+                    s = started[name]
+                    parts[name].append(measure(s, lambda: load(name, s, secs, False),
+                                               perf, key, secs))
+            for name, p in parts.items():
+                r = combine_slices(p)
+                r.update(extra[name])
+                runs[name].append(r)
+        finally:
+            for s in started.values():
                 s.stop()
-            runs[name].append(r)
     return {n: median_run(v) for n, v in runs.items()}
+
+
+def scenario_http(key, depth, args, servers, workdir, perf):
+    names = ["sigma", "nginx", "axum"] + (FLOORS if key == "1" else [])
+    return interleaved(key, names, lambda n: servers[n](),
+                       lambda n, s, t, quiet: wrk(key, n, s, t, depth, quiet=quiet),
+                       args, perf, optional=FLOORS)
 
 
 def negotiated(port):
@@ -547,47 +676,23 @@ def scenario_tls(key, args, servers, workdir, perf, close):
     servers these are TLS 1.3 resumptions (PSK with a fresh X25519 key
     exchange, no certificate): a packet capture shows the server's first
     flight 219 bytes (sigma) and 245 (nginx) instead of 718 and 787."""
-    runs = {n: [] for n in ("sigma", "nginx")}
     conns = 16 if close else 64
     # Close-per-request wrk at SCHED_FIFO livelocks its own core (it never
     # yields to the softirqs that finish its loopback connections: wrk
     # hangs, against sigma and nginx alike), so scenario 9 runs the load
     # generator at normal priority, still pinned to its core.
     pin = ["taskset", "-c", LOAD_CPU] if close else None
-    for rnd in range(args.rounds):
-        for name, make in (("sigma", "sigma-tls"), ("nginx", "nginx-tls")):
-            s = servers[make]()
-            log(f"  [{key}] {name} TLS (round {rnd + 1}/{args.rounds}) on :{s.port}")
-            s.start(key)
-            try:
-                suite = negotiated(s.port)
-                wrk(key, name, s, args.warmup, 1, conns, quiet=True, pin=pin, close=close)
-                r = measure(s, lambda: wrk(key, name, s, args.duration, 1, conns, pin=pin,
-                                           close=close),
-                            perf, key, args.duration)
-                r["negotiated"] = suite
-            finally:
-                s.stop()
-            runs[name].append(r)
-    return {n: median_run(v) for n, v in runs.items()}
+    makers = {"sigma": "sigma-tls", "nginx": "nginx-tls"}
+    return interleaved(
+        key, ["sigma", "nginx"], lambda n: servers[makers[n]](),
+        lambda n, s, t, quiet: wrk(key, n, s, t, 1, conns, quiet=quiet, pin=pin, close=close),
+        args, perf, prepare=lambda s: {"negotiated": negotiated(s.port)})
 
 
 def scenario_ws_echo(key, args, servers, workdir, perf):
-    names = ["sigma", "tokio-tungstenite"]
-    runs = {n: [] for n in names}
-    for rnd in range(args.rounds):
-        for name in names:
-            s = servers[name]()
-            log(f"  [{key}] {name} (round {rnd + 1}/{args.rounds}) on :{s.port}")
-            s.start(key)
-            try:
-                sigma_load_echo(key, name, s, args.warmup, 0, quiet=True)
-                r = measure(s, lambda: sigma_load_echo(key, name, s, args.duration, 0),
-                            perf, key, args.duration)
-            finally:
-                s.stop()
-            runs[name].append(r)
-    return {n: median_run(v) for n, v in runs.items()}
+    return interleaved(key, ["sigma", "tokio-tungstenite"], lambda n: servers[n](),
+                       lambda n, s, t, quiet: sigma_load_echo(key, n, s, t, 0, quiet=quiet),
+                       args, perf)
 
 
 def scenario_fanout(key, args, servers, workdir):
@@ -1167,7 +1272,9 @@ def build_rows(res):
             return
         sig = r["sigma"]["rate"]
         for n in names:
-            x = r[n]
+            x = r.get(n)
+            if x is None:  # a reference that could not run (scenario 1's floors)
+                continue
             ratio = target = ""
             if n != "sigma":
                 q = sig / x["rate"] if x["rate"] else 0
@@ -1182,7 +1289,7 @@ def build_rows(res):
                          fmt_us(x["p99_us"]), fmt_kib(x["hwm_kib"]), f"{x['cpu']:.0f} %",
                          ratio, target])
 
-    tput("1", "1 HTTP keep-alive, 64 conns", "req/s", ["sigma", "nginx", "axum"],
+    tput("1", "1 HTTP keep-alive, 64 conns", "req/s", ["sigma", "nginx", "axum"] + FLOORS,
          ["nginx", "axum"], want=1.1, p50=True)
     tput("2", "2 HTTP pipelined ×16, 64 conns", "req/s", ["sigma", "nginx", "axum"],
          ["nginx", "axum"], want=2.0)
@@ -1662,7 +1769,12 @@ def write_markdown(path, m, args, rows, res, notes, perf, busy, wall):
         f"- Each measurement: {args.warmup} s warm-up (discarded), then {args.duration} s "
         f"measured; scenarios 1–3, 5, 7–9, 11 (keep-alive) and 13 (echo): {args.rounds} "
         "round(s), servers alternating, median shown (scenario 5: the median round by kept "
-        "share, its target checked on every round). Scenario 12 probes publish rates, each "
+        "share, its target checked on every round). In scenarios 1–3, 8 and 9 a round "
+        "starts all of its servers at once and measures each in "
+        f"{max(1, args.slices)} slices of {max(1, round(args.duration / max(1, args.slices)))} s, "
+        "the servers taking turns, so that each sees the same stretches of the machine's "
+        "speed; a row's throughput is over all its slices, its p50/p99 of all its slices' "
+        "latencies together. Scenario 12 probes publish rates, each "
         "probe one such measurement on a fresh server.",
         f"- Background: the machine was {busy[0]:.0f} % busy before the bench started"
         + (f" (top: {', '.join(busy[1])})" if busy[1] else "") + ".",
@@ -1726,6 +1838,9 @@ def main():
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=int, default=10, help="measured seconds per run")
     ap.add_argument("--warmup", type=int, default=2, help="warm-up seconds per run")
+    ap.add_argument("--slices", type=int, default=5,
+                    help="scenarios 1-3, 8, 9: each server's measured seconds in this many "
+                         "slices, the servers taking turns")
     ap.add_argument("--rounds", type=int, default=1,
                     help="rounds of scenarios 1-3, 5, 7-9, 11 (keep-alive) and 13 (echo); "
                          "servers alternate, the median is shown (scenario 5: median kept "

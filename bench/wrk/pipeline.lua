@@ -28,14 +28,31 @@ function init(args)
   end
 end
 
+-- The latency distribution as (percentile, µs) points, so that bench/run
+-- can take the slices of one measurement together.
+local function quantiles(latency)
+  local grid = {}
+  for p = 1, 99 do grid[#grid + 1] = p end
+  grid[#grid + 1] = 99.5
+  grid[#grid + 1] = 99.9
+  grid[#grid + 1] = 99.99
+  local pts = { string.format("[0,%.1f]", latency.min) }
+  for _, p in ipairs(grid) do
+    pts[#pts + 1] = string.format("[%g,%.1f]", p, latency:percentile(p))
+  end
+  pts[#pts + 1] = string.format("[100,%.1f]", latency.max)
+  return "[" .. table.concat(pts, ",") .. "]"
+end
+
 function done(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
     'wrk-json {"requests":%d,"duration_us":%d,"bytes":%d,' ..
     '"errors":{"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d},' ..
-    '"p50_us":%.1f,"p90_us":%.1f,"p99_us":%.1f,"p999_us":%.1f,"max_us":%.1f,"mean_us":%.1f}\n',
+    '"p50_us":%.1f,"p90_us":%.1f,"p99_us":%.1f,"p999_us":%.1f,"max_us":%.1f,"mean_us":%.1f,' ..
+    '"quantiles_us":%s}\n',
     summary.requests, summary.duration, summary.bytes,
     e.connect, e.read, e.write, e.status, e.timeout,
     latency:percentile(50), latency:percentile(90), latency:percentile(99),
-    latency:percentile(99.9), latency.max, latency.mean))
+    latency:percentile(99.9), latency.max, latency.mean, quantiles(latency)))
 end

@@ -258,6 +258,15 @@ impl Report {
             s.latency.max() as f64 / 1000.0,
             s.latency.mean() / 1000.0,
         );
+        // The distribution as (percentile, µs) points, so that bench/run
+        // can take several runs' latencies together.
+        o.push_str(",\"quantiles_us\":[");
+        let _ = write!(o, "[0,{:.1}]", s.latency.min() as f64 / 1000.0);
+        for p in (1..100).map(f64::from).chain([99.5, 99.9, 99.99]) {
+            let _ = write!(o, ",[{p},{:.1}]", self.pct_us(p / 100.0));
+        }
+        let _ = write!(o, ",[100,{:.1}]", s.latency.max() as f64 / 1000.0);
+        o.push(']');
         o.push_str(",\"closes\":{");
         for (i, (code, n)) in s.closes.iter().enumerate() {
             let _ = write!(o, "{}\"{code}\":{n}", if i > 0 { "," } else { "" });
