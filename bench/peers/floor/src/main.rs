@@ -217,6 +217,7 @@ fn uring(l: &TcpListener, mut ring: io_uring::IoUring) -> io::Result<()> {
     let lfd = l.as_raw_fd();
     let mut slots: Vec<Slot> = Vec::new();
     let mut free: Vec<usize> = Vec::new();
+    let mut done: Vec<(u64, i32, u32)> = Vec::new();
     let mut todo: Vec<squeue::Entry> = vec![opcode::AcceptMulti::new(types::Fd(lfd))
         .build()
         .user_data(ACCEPT)];
@@ -243,11 +244,13 @@ fn uring(l: &TcpListener, mut ring: io_uring::IoUring) -> io::Result<()> {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         }
-        let done: Vec<(u64, i32, u32)> = ring
-            .completion()
-            .map(|c| (c.user_data(), c.result(), c.flags()))
-            .collect();
-        for (ud, res, flags) in done {
+        // Reused: no allocation per batch.
+        done.clear();
+        done.extend(
+            ring.completion()
+                .map(|c| (c.user_data(), c.result(), c.flags())),
+        );
+        for &(ud, res, flags) in &done {
             if ud == ACCEPT {
                 // A multishot accept that ended (an error) is armed again.
                 if !io_uring::cqueue::more(flags) {
