@@ -539,17 +539,13 @@ def mixed_quantile(parts, q):
     slice reports its distribution as (percentile, µs) points
     (`quantiles_us`); the mixture's CDF is the count-weighted sum of the
     slices' CDFs (linear between points), and its inverse at `q` is
-    found by bisection. None when a slice has no points."""
-    dists = []
-    for r in parts:
-        pts = r.get("quantiles_us")
-        n, _ = slice_weight(r)
-        if not pts:
-            return None
-        dists.append((n, sorted((v, p) for p, v in pts)))
+    found by bisection. 0 when no slice counted anything (as wrk reports
+    an empty histogram)."""
+    dists = [(slice_weight(r)[0], sorted((v, p) for p, v in r["quantiles_us"]))
+             for r in parts]
     total = sum(n for n, _ in dists)
     if total <= 0:
-        return None
+        return 0.0
 
     def cdf(v):
         acc = 0.0
@@ -579,24 +575,27 @@ def mixed_quantile(parts, q):
 def combine_slices(parts):
     """One server's measurement from its slices: throughput over the sum
     of the slices' windows, errors summed, CPU time-weighted, peak RSS
-    the highest, p50/p99 of all the slices' latencies together."""
-    r = dict(parts[-1])
+    the highest, p50/p99 of all the slices' latencies together. The
+    slices' own statistics (their other percentiles, their counts) stay
+    only in `slices`, so that no field holds one slice's value as if it
+    were the row's."""
     counts = [slice_weight(p) for p in parts]
     secs = sum(t for _, t in counts) or 1e-9
-    r["rate"] = sum(n for n, _ in counts) / secs
-    r["errors_total"] = sum(p["errors_total"] for p in parts)
+    r = {"rate": sum(n for n, _ in counts) / secs,
+         "errors_total": sum(p["errors_total"] for p in parts),
+         "hwm_kib": max(p["hwm_kib"] for p in parts),
+         "p50_us": mixed_quantile(parts, 50), "p99_us": mixed_quantile(parts, 99),
+         "slices": parts}
     for k in ("cpu", "load_cpu"):
         if all(p.get(k) is not None for p in parts):
             r[k] = sum(p[k] * t for p, (_, t) in zip(parts, counts)) / secs
-    r["hwm_kib"] = max(p["hwm_kib"] for p in parts)
-    for k, q in (("p50_us", 50), ("p99_us", 99)):
-        m = mixed_quantile(parts, q)
-        if m is None:  # no distribution: the count-weighted mean
-            m = sum(p[k] * n for p, (n, _) in zip(parts, counts)) / max(
-                sum(n for n, _ in counts), 1e-9)
-        r[k] = m
-    r["slice_rates"] = [p["rate"] for p in parts]
     return r
+
+
+def slicing(args):
+    """(slices, seconds per slice) of the interleaved scenarios."""
+    n = max(1, args.slices)
+    return n, max(1, round(args.duration / n))
 
 
 def interleaved(key, names, make, load, args, perf, optional=(), prepare=None):
@@ -612,8 +611,7 @@ def interleaved(key, names, make, load, args, perf, optional=(), prepare=None):
     each server's median round."""
     names = list(names)
     runs = {n: [] for n in names}
-    n_slices = max(1, args.slices)
-    secs = max(1, round(args.duration / n_slices))
+    n_slices, secs = slicing(args)
     for rnd in range(args.rounds):
         started = {}
         try:
@@ -1771,7 +1769,7 @@ def write_markdown(path, m, args, rows, res, notes, perf, busy, wall):
         "round(s), servers alternating, median shown (scenario 5: the median round by kept "
         "share, its target checked on every round). In scenarios 1–3, 8 and 9 a round "
         "starts all of its servers at once and measures each in "
-        f"{max(1, args.slices)} slices of {max(1, round(args.duration / max(1, args.slices)))} s, "
+        "{} slices of {} s, ".format(*slicing(args)) +
         "the servers taking turns, so that each sees the same stretches of the machine's "
         "speed; a row's throughput is over all its slices, its p50/p99 of all its slices' "
         "latencies together. Scenario 12 probes publish rates, each "
