@@ -394,6 +394,43 @@ mod tests {
     }
 
     #[test]
+    fn json_carries_the_latency_distribution() {
+        let base = Instant::now();
+        let w = Window::new(base, Duration::from_secs(0), Duration::from_secs(10));
+        let mut s = Stats::new();
+        // Latencies of 1..=1000 ms.
+        for ms in 1..=1000u64 {
+            let sent = base + Duration::from_millis(5000);
+            s.received(&w, sent + Duration::from_millis(ms), w.stamp(sent), 8);
+        }
+        let r = Report {
+            mode: "echo",
+            params: vec![],
+            duration: Duration::from_secs(10),
+            stats: s,
+        };
+        let v: serde_json::Value = serde_json::from_str(&r.json()).expect("valid JSON");
+        let pts: Vec<(f64, f64)> = v["quantiles_us"]
+            .as_array()
+            .expect("quantiles_us")
+            .iter()
+            .map(|p| (p[0].as_f64().expect("p"), p[1].as_f64().expect("us")))
+            .collect();
+        assert_eq!(pts.len(), 104);
+        assert_eq!(pts.first().map(|p| p.0), Some(0.0));
+        assert_eq!(pts.last().map(|p| p.0), Some(100.0));
+        // Percentiles rise, and so do their values; the ends are the
+        // extremes and the middle is p50.
+        assert!(pts.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1));
+        let near = |us: f64, ms: f64| (us / 1000.0 - ms).abs() <= ms * 0.01;
+        assert!(near(pts[0].1, 1.0), "{:?}", pts[0]);
+        assert!(near(pts[103].1, 1000.0), "{:?}", pts[103]);
+        let p50 = pts.iter().find(|p| p.0 == 50.0).expect("p50");
+        assert_eq!(Some(p50.1), v["p50_us"].as_f64());
+        assert!(near(p50.1, 500.0), "{p50:?}");
+    }
+
+    #[test]
     fn deliveries_count_by_send_time() {
         let base = Instant::now();
         let w = Window::new(base, Duration::from_secs(1), Duration::from_secs(1));
