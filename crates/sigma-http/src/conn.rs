@@ -91,7 +91,7 @@ struct Pending {
     head_only: bool,
     keep_alive: bool,
     body_done: bool,
-    upgrade: Option<crate::event::WsHandshake>,
+    upgrade: Option<Box<crate::event::WsHandshake>>,
     outcome: Outcome,
 }
 

@@ -156,8 +156,10 @@ pub struct RequestHead {
     pub headers: Vec<Header>,
     /// Whether the connection stays open after this exchange.
     pub keep_alive: bool,
-    /// Present when this is a valid WebSocket upgrade request.
-    pub websocket: Option<WsHandshake>,
+    /// Present when this is a valid WebSocket upgrade request (boxed: a
+    /// head is moved several times per request, and most heads are not
+    /// upgrades).
+    pub websocket: Option<Box<WsHandshake>>,
 }
 
 impl RequestHead {

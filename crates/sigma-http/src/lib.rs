@@ -35,6 +35,7 @@ pub mod h1;
 pub mod io;
 pub mod limits;
 pub mod timer;
+mod token;
 pub mod ws;
 
 pub use budget::{Account, MemoryBudget};

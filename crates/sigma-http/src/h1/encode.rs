@@ -9,7 +9,7 @@
 use crate::error::SendError;
 use crate::event::{Header, Response};
 
-use super::request::is_tchar;
+use crate::token::is_tchar;
 
 /// How the response ends the exchange.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

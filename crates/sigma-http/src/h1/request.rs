@@ -12,6 +12,8 @@ use bytes::Bytes;
 use crate::error::ParseError;
 use crate::event::{parse_content_length, Header, Method, RequestHead, Version};
 use crate::limits::Limits;
+pub use crate::token::is_tchar;
+use crate::token::{in_class, HOST_CHAR};
 use crate::ws;
 
 use super::scan::HeadSpan;
@@ -87,11 +89,6 @@ fn parse_version(v: &[u8]) -> Result<Version, ParseError> {
         }
         _ => Err(ParseError::BadRequestLine),
     }
-}
-
-/// RFC 9110 §5.6.2 `tchar`.
-pub fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// Room left in a parsed head's field list for the fields a proxy adds
@@ -221,7 +218,7 @@ fn finish(
         Version::Http10 => conn_keep_alive && !conn_close,
     };
 
-    let websocket = ws::parse_upgrade(method, version, &headers)?;
+    let websocket = ws::parse_upgrade(method, version, &headers)?.map(Box::new);
     if websocket.is_some() && body != BodyKind::Empty {
         return Err(ParseError::BadWebSocketHandshake);
     }
@@ -278,9 +275,7 @@ pub fn trim_ows(mut s: &[u8]) -> &[u8] {
 /// `Host = uri-host [ ":" port ]`, loosely: the characters of an authority
 /// without userinfo, path, query or fragment.
 fn is_valid_host(h: &[u8]) -> bool {
-    !h.is_empty()
-        && h.iter()
-            .all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:[]%".contains(&b))
+    !h.is_empty() && h.iter().all(|&b| in_class(&HOST_CHAR, b))
 }
 
 /// Checks the target form against the method and reduces an absolute-form

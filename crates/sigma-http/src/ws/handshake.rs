@@ -16,6 +16,7 @@ use sha1::{Digest, Sha1};
 
 use crate::error::ParseError;
 use crate::event::{Header, Method, Version, WsHandshake};
+use crate::token::is_tchar;
 
 /// The GUID appended to the key (§1.3).
 const ACCEPT_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
@@ -43,11 +44,6 @@ fn single<'a>(headers: &'a [Header], name: &str) -> Result<Option<&'a Header>, P
         return Err(ParseError::BadWebSocketHandshake);
     }
     Ok(first)
-}
-
-/// RFC 9110 `tchar`.
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// Validates a WebSocket upgrade request (§4.2.1).

@@ -72,8 +72,21 @@ pub fn normalise_target(target: &Bytes) -> Result<Bytes, BadPath> {
         .position(|&b| b == b'?')
         .unwrap_or(target.len());
     let (path, query) = target.split_at(split);
-    if !path.contains(&b'%') {
-        check_segments(path)?;
+    // One pass over the path for the three bytes that matter (three
+    // `contains` calls, each a `memchr`, showed in the per-request
+    // profile).
+    let (mut percent, mut backslash, mut hash) = (false, false, false);
+    for &b in path {
+        match b {
+            b'%' => percent = true,
+            b'\\' => backslash = true,
+            b'#' => hash = true,
+            _ => {}
+        }
+    }
+    if !percent {
+        check_chars(backslash, hash)?;
+        check_dots(path)?;
         return Ok(target.clone());
     }
     let norm = normalise_path(path)?;
@@ -138,26 +151,54 @@ fn normalise_path(path: &[u8]) -> Result<Vec<u8>, BadPath> {
 /// Refuses dot segments, empty segments but the last, and what
 /// [`normalise_path`] refuses in a path without escapes.
 fn check_segments(path: &[u8]) -> Result<(), BadPath> {
-    if path.contains(&b'\\') {
+    check_chars(path.contains(&b'\\'), path.contains(&b'#'))?;
+    check_dots(path)
+}
+
+/// A raw backslash, then a raw `#`, in that order of precedence.
+fn check_chars(backslash: bool, hash: bool) -> Result<(), BadPath> {
+    if backslash {
         return Err(BadPath::Backslash);
     }
-    if path.contains(&b'#') {
+    if hash {
         return Err(BadPath::Fragment);
     }
-    // The path starts with `/`: the first piece is the empty one before it.
-    let mut segs = path.split(|&b| b == b'/').skip(1).peekable();
-    while let Some(seg) = segs.next() {
-        let last = segs.peek().is_none();
+    Ok(())
+}
+
+/// Refuses dot segments and empty segments but the last.
+fn check_dots(path: &[u8]) -> Result<(), BadPath> {
+    // The path starts with `/`: the first piece is the empty one before
+    // it. Walked by hand: the `split` and `peekable` adapters showed in
+    // the per-request profile.
+    let Some(first) = path.iter().position(|&b| b == b'/') else {
+        return Ok(());
+    };
+    let mut rest = path.get(first + 1..).unwrap_or_default();
+    loop {
+        let (seg, last) = match rest.iter().position(|&b| b == b'/') {
+            Some(i) => {
+                let (seg, tail) = rest.split_at_checked(i).unwrap_or((rest, &[]));
+                rest = tail.get(1..).unwrap_or_default();
+                (seg, false)
+            }
+            None => (rest, true),
+        };
         if seg.is_empty() && !last {
             return Err(BadPath::EmptySegment);
         }
         // `..;x` is `..` to servers that strip path parameters.
-        let name = seg.split(|&b| b == b';').next().unwrap_or(seg);
+        let name = match seg.iter().position(|&b| b == b';') {
+            Some(j) => seg.get(..j).unwrap_or(seg),
+            None => seg,
+        };
         if name == b"." || name == b".." {
             return Err(BadPath::DotSegment);
         }
+        if last {
+            return Ok(());
+        }
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -258,7 +299,31 @@ mod tests {
         &t[..i]
     }
 
+    /// The segment rules as first written, with `split`: the oracle for
+    /// the hand-walked [`check_dots`].
+    fn check_dots_by_split(path: &[u8]) -> Result<(), BadPath> {
+        let mut segs = path.split(|&b| b == b'/').skip(1).peekable();
+        while let Some(seg) = segs.next() {
+            let last = segs.peek().is_none();
+            if seg.is_empty() && !last {
+                return Err(BadPath::EmptySegment);
+            }
+            let name = seg.split(|&b| b == b';').next().unwrap_or(seg);
+            if name == b"." || name == b".." {
+                return Err(BadPath::DotSegment);
+            }
+        }
+        Ok(())
+    }
+
     proptest! {
+        /// The hand-walked segment check agrees with the `split` one on
+        /// any path of slashes, dots, semicolons and letters.
+        #[test]
+        fn check_dots_matches_split(path in "[/.;a]{0,12}") {
+            prop_assert_eq!(check_dots(path.as_bytes()), check_dots_by_split(path.as_bytes()));
+        }
+
         /// What passes is normalised: idempotent, same meaning, upper-case
         /// escapes of reserved bytes only, no dot or empty segments, and
         /// the query untouched.
