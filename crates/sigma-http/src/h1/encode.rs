@@ -179,8 +179,15 @@ fn push_content_length(out: &mut Vec<u8>, n: u64) {
 }
 
 fn push_status(out: &mut Vec<u8>, status: u16) {
-    push_decimal(out, u64::from(status));
-    out.push(b' ');
+    if (100..=999).contains(&status) {
+        // Three digits and the space in one append (the digit loop
+        // showed in the per-request profile).
+        let digit = |n: u16| b'0' + (n % 10) as u8;
+        out.extend_from_slice(&[digit(status / 100), digit(status / 10), digit(status), b' ']);
+    } else {
+        push_decimal(out, u64::from(status));
+        out.push(b' ');
+    }
     out.extend_from_slice(reason_phrase(status).as_bytes());
 }
 
@@ -283,6 +290,30 @@ mod tests {
         assert!(validate_headers(&[Header::new("X Y", "a")]).is_err());
         assert!(validate_headers(&[Header::new("X", "a\0")]).is_err());
         assert!(validate_headers(&[Header::new("X", "a\tb")]).is_ok());
+    }
+
+    #[test]
+    fn status_lines() {
+        for status in [
+            0u16,
+            7,
+            42,
+            99,
+            100,
+            101,
+            200,
+            204,
+            404,
+            599,
+            999,
+            1000,
+            u16::MAX,
+        ] {
+            let mut v = Vec::new();
+            push_status(&mut v, status);
+            let want = format!("{status} {}", reason_phrase(status));
+            assert_eq!(String::from_utf8(v).unwrap(), want);
+        }
     }
 
     #[test]

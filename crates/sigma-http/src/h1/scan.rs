@@ -85,12 +85,15 @@ impl Scanner {
         let is_request = limits.max_request_line.is_some();
         while let Some(&b) = buf.get(self.scanned) {
             let i = self.scanned;
-            // A run of ordinary bytes (no CR, LF or NUL) inside a line is
-            // passed in one step (`memchr`, as httparse and hyper do): the
-            // length limits only grow with the position, so checking the
-            // run's last byte checks every byte of it. A line's first byte
-            // (SP or HTAB there is obs-fold) takes the bytewise path below.
-            if RUNS && i != self.line_start && !matches!(b, b'\n' | b'\r' | 0) {
+            // A run of ordinary bytes (no CR, LF or NUL) is passed in one
+            // step (`memchr`, as httparse and hyper do): the length limits
+            // only grow with the position, so checking the run's last byte
+            // checks every byte of it. SP or HTAB as a line's first byte
+            // (obs-fold there) takes the bytewise path below.
+            if RUNS
+                && !matches!(b, b'\n' | b'\r' | 0)
+                && (i != self.line_start || !matches!(b, b' ' | b'\t'))
+            {
                 let rest = buf.get(i..).unwrap_or_default();
                 let run = memchr::memchr3(b'\n', b'\r', 0, rest).unwrap_or(rest.len());
                 self.check_length(i + run.saturating_sub(1), false, limits)?;
@@ -106,37 +109,23 @@ impl Scanner {
                     if i == 0 || buf.get(i - 1) != Some(&b'\r') {
                         return Err(ParseError::BareCrOrLf);
                     }
-                    let line_len = i - 1 - self.line_start;
-                    if is_request && self.request_line_end.is_none() {
-                        if line_len == 0 {
-                            // Empty line before the request line.
-                            self.leading += 1;
-                            if self.leading > MAX_LEADING_EMPTY_LINES {
-                                return Err(ParseError::BadRequestLine);
-                            }
-                        } else {
-                            self.request_line_end = Some(i - 1);
-                        }
-                    } else if line_len == 0 {
-                        self.scanned = i + 1;
-                        return Ok(Some(HeadSpan {
-                            skip: self.leading * 2,
-                            request_line_end: self.request_line_end.unwrap_or(0),
-                            len: i + 1,
-                            fields: self.fields,
-                        }));
-                    } else {
-                        self.fields += 1;
-                        if self.fields > limits.max_fields {
-                            return Err(ParseError::TooManyHeaders);
-                        }
+                    if let Some(span) = self.end_line(i, is_request, limits)? {
+                        return Ok(Some(span));
                     }
-                    self.line_start = i + 1;
                 }
                 b'\r' => {
                     // A CR must be followed by LF; decide once the next byte
                     // is here (the CR is examined again on the next call).
                     match buf.get(i + 1) {
+                        Some(b'\n') if RUNS => {
+                            // The LF in the same step, with its own check.
+                            self.check_length(i + 1, true, limits)?;
+                            if let Some(span) = self.end_line(i + 1, is_request, limits)? {
+                                return Ok(Some(span));
+                            }
+                            self.scanned = i + 2;
+                            continue;
+                        }
                         Some(b'\n') => {}
                         Some(_) => return Err(ParseError::BareCrOrLf),
                         None => return Ok(None),
@@ -154,6 +143,44 @@ impl Scanner {
             }
             self.scanned = i + 1;
         }
+        Ok(None)
+    }
+
+    /// The line ending in the CRLF whose LF is at `lf`: the request line,
+    /// an empty line before it, a field line, or the empty line that ends
+    /// the head (the span, returned).
+    fn end_line(
+        &mut self,
+        lf: usize,
+        is_request: bool,
+        limits: &ScanLimits,
+    ) -> Result<Option<HeadSpan>, ParseError> {
+        let line_len = lf.saturating_sub(1).saturating_sub(self.line_start);
+        if is_request && self.request_line_end.is_none() {
+            if line_len == 0 {
+                // Empty line before the request line.
+                self.leading += 1;
+                if self.leading > MAX_LEADING_EMPTY_LINES {
+                    return Err(ParseError::BadRequestLine);
+                }
+            } else {
+                self.request_line_end = Some(lf.saturating_sub(1));
+            }
+        } else if line_len == 0 {
+            self.scanned = lf + 1;
+            return Ok(Some(HeadSpan {
+                skip: self.leading * 2,
+                request_line_end: self.request_line_end.unwrap_or(0),
+                len: lf + 1,
+                fields: self.fields,
+            }));
+        } else {
+            self.fields += 1;
+            if self.fields > limits.max_fields {
+                return Err(ParseError::TooManyHeaders);
+            }
+        }
+        self.line_start = lf + 1;
         Ok(None)
     }
 
@@ -287,18 +314,20 @@ mod tests {
 
     use proptest::prelude::*;
 
-    /// Bytes where the scanner decides something: CR, LF, NUL, SP, HTAB,
-    /// and ordinary bytes of header lines.
-    fn head_byte() -> impl Strategy<Value = u8> {
+    /// Pieces where the scanner decides something: CR, LF, NUL, SP, HTAB,
+    /// ordinary bytes of header lines, and whole CRLFs (so that valid
+    /// lines, and heads ending exactly at a limit, come up often).
+    fn head_piece() -> impl Strategy<Value = Vec<u8>> {
         prop_oneof![
-            4 => Just(b'a'),
-            1 => Just(b':'),
-            2 => Just(b'\r'),
-            2 => Just(b'\n'),
-            1 => Just(b' '),
-            1 => Just(b'\t'),
-            1 => Just(0u8),
-            1 => any::<u8>(),
+            4 => Just(b"a".to_vec()),
+            1 => Just(b":".to_vec()),
+            2 => Just(b"\r".to_vec()),
+            2 => Just(b"\n".to_vec()),
+            3 => Just(b"\r\n".to_vec()),
+            1 => Just(b" ".to_vec()),
+            1 => Just(b"\t".to_vec()),
+            1 => Just(vec![0u8]),
+            1 => any::<u8>().prop_map(|b| vec![b]),
         ]
     }
 
@@ -329,12 +358,13 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
         /// The `memchr` fast path decides exactly what the bytewise scan
         /// (the scanner without it) decides: the same span, the same
         /// error, whatever the limits and however the bytes arrive.
         #[test]
         fn runs_decide_as_the_bytewise_scan(
-            mut input in proptest::collection::vec(head_byte(), 0..160),
+            pieces in proptest::collection::vec(head_piece(), 0..120),
             cuts in proptest::collection::vec(any::<usize>(), 0..6),
             request in any::<bool>(),
             max_line in 1usize..40,
@@ -342,6 +372,7 @@ mod tests {
             max_fields in 0usize..8,
             valid_prefix in any::<bool>(),
         ) {
+            let mut input = pieces.concat();
             if valid_prefix {
                 let mut head = b"GET /path HTTP/1.1\r\nHost: a\r\n".to_vec();
                 head.append(&mut input);
