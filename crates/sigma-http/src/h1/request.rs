@@ -12,8 +12,7 @@ use bytes::Bytes;
 use crate::error::ParseError;
 use crate::event::{parse_content_length, Header, Method, RequestHead, Version};
 use crate::limits::Limits;
-pub use crate::token::is_tchar;
-use crate::token::{in_class, HOST_CHAR};
+use crate::token::{in_class, is_tchar, HOST_CHAR};
 use crate::ws;
 
 use super::scan::HeadSpan;
