@@ -944,6 +944,14 @@ def scenario_cluster_fanout(key, args, workdir):
                 s.login = True
                 if spread and i == 1:
                     s.pin = SERVER_PIN[:-1] + [LOAD_CPU]
+                elif nodes == 2 and PRIO[:2] == ["chrt", "-f"]:
+                    # Two nodes on one core: SCHED_FIFO lets a node that is
+                    # always busy (a fan-out walk that never catches up)
+                    # keep the core until it blocks, and the other, starved
+                    # for seconds, took its Redis PING's missing answer for
+                    # a lost connection (1011 to all its subscribers).
+                    # SCHED_RR at the same priority makes them take turns.
+                    s.pin = ["chrt", "-r"] + SERVER_PIN[2:]
                 servers.append(s)
             for s in servers:
                 s.start(key)
@@ -1762,7 +1770,9 @@ def write_markdown(path, m, args, rows, res, notes, perf, busy, wall):
         f"- Scheduling: servers and load generators run as `{' '.join(SERVER_PIN[:-3]) or 'default (CFS, nice 0)'}`"
         + (" (SCHED_FIFO: their wake-ups preempt other work on the machine; the kernel "
            "keeps 5 % of each core for the rest, so a saturated server tops out near 95 % "
-           "CPU and stalls ~50 ms once a second, which inflates every p99 alike)"
+           "CPU and stalls ~50 ms once a second, which inflates every p99 alike; "
+           "scenario 10's two nodes on one core run SCHED_RR at the same priority, "
+           "so that they take turns in 100 ms slices instead of one starving the other)"
            if SERVER_PIN[0] == "chrt" else "") + ".",
         f"- Each measurement: {args.warmup} s warm-up (discarded), then {args.duration} s "
         f"measured; scenarios 1–3, 5, 7–9, 11 (keep-alive) and 13 (echo): {args.rounds} "
