@@ -73,9 +73,9 @@ pub use identity::{
     Provider, SessionRef, Tagged,
 };
 pub use push::{
-    ws_push_queue, PushError, Pushed, WsCloser, WsReceiver, WsSender, WS_CLOSE_REVOKED,
-    WS_PUSH_BYTES, WS_PUSH_QUEUE,
+    ws_push_queue, ws_push_queue_for, Delivered, PushError, Pushed, WsCloser, WsReceiver, WsSender,
+    WS_CLOSE_REVOKED, WS_PUSH_BYTES, WS_PUSH_QUEUE,
 };
 pub use reject::{RejectCounts, Rejects};
-pub use reply::{check_reply, enforce, Dropped, ReplyAudit};
+pub use reply::{check_reply, enforce, same_principal, Dropped, ReplyAudit};
 pub use sample::Sample;

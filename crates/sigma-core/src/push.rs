@@ -28,7 +28,7 @@ use std::task::{Poll, Waker};
 
 use sigma_http::WsMessage;
 
-use crate::identity::Tagged;
+use crate::identity::{Principal, Tagged};
 
 /// Messages queued toward one WebSocket client by a destination, beyond
 /// what `H` already buffers. When it is full the client is not keeping up:
@@ -60,6 +60,11 @@ struct Shared {
     /// taking the lock (the lock's two atomic operations were most of
     /// `take`'s time in a fan-out, and each delivery took it three times).
     ready: AtomicBool,
+    /// The identity of the socket the queue was made for
+    /// ([`ws_push_queue_for`]; `None`: made for no socket in particular).
+    /// A delivery tagged with exactly it is queued without its tag (see
+    /// [`WsSender::push_as`]).
+    own: Option<Principal>,
 }
 
 /// A FIFO whose oldest item is kept inline, beside the lock, and the rest
@@ -219,6 +224,27 @@ impl WsSender {
         self.shared.enqueue(Queued::Message(msg), n)
     }
 
+    /// Queues `msg` tagged with `identity`, like [`WsSender::push`]; when
+    /// `identity` is the very one the queue was made for (the same `Arc`),
+    /// the tag is not stored, so a fan-out does not count a reference to
+    /// each subscriber's identity up and down once per delivery (two
+    /// locked instructions on cold memory). The connection still checks
+    /// each message against its own identity ([`WsReceiver::recv_for`]).
+    pub fn push_as(&self, identity: &Principal, msg: WsMessage) -> Result<(), PushError> {
+        let n = msg.len();
+        let own = match (&self.shared.own, identity) {
+            (Some(None), None) => true,
+            (Some(Some(own)), Some(id)) => Arc::ptr_eq(own, id),
+            _ => false,
+        };
+        let q = if own {
+            Queued::Own(msg)
+        } else {
+            Queued::Message(Tagged::new(identity.clone(), msg))
+        };
+        self.shared.enqueue(q, n)
+    }
+
     /// Asks the connection to close the socket with `code` and `reason`
     /// after what is already queued (e.g. 4408, DESIGN §5).
     pub fn close(&self, code: u16, reason: &str) -> Result<(), PushError> {
@@ -285,7 +311,15 @@ impl WsCloser {
 #[derive(Debug)]
 enum Queued {
     Message(Tagged<WsMessage>),
+    /// A message tagged with the queue's own identity (`Shared::own`).
+    Own(WsMessage),
     Close(u16, String),
+}
+
+/// An item as taken off the queue, before the caller's view of it.
+enum Taken {
+    Own(WsMessage),
+    Pushed(Pushed),
 }
 
 /// The receiving half, held by the connection.
@@ -332,12 +366,23 @@ pub enum Pushed {
     Revoked,
 }
 
+/// What [`WsReceiver::recv_for`] yields.
+#[derive(Debug)]
+pub enum Delivered {
+    /// A message whose tag is the identity the caller expects: it passed
+    /// the reply rule ([`crate::check_reply`]).
+    Checked(WsMessage),
+    /// Anything else, as [`WsReceiver::recv`] gives it (a tagged message
+    /// still goes through the reply rule).
+    Other(Pushed),
+}
+
 impl WsReceiver {
     /// The next pushed message, or why there is none. Cancel-safe: a
     /// dropped `recv` takes nothing off the queue.
     pub async fn recv(&mut self) -> Pushed {
         poll_fn(|cx| match self.take(Some(cx.waker())) {
-            Some(p) => Poll::Ready(p),
+            Some(p) => Poll::Ready(self.tagged(p)),
             None => Poll::Pending,
         })
         .await
@@ -345,13 +390,48 @@ impl WsReceiver {
 
     /// [`WsReceiver::recv`] without waiting: `None` when nothing is queued.
     pub fn try_recv(&mut self) -> Option<Pushed> {
-        self.take(None)
+        self.take(None).map(|p| self.tagged(p))
+    }
+
+    /// [`WsReceiver::recv`] for a connection whose identity is
+    /// `expected`: a message queued with the queue's own identity, when
+    /// that is `expected`, comes as [`Delivered::Checked`] without its tag
+    /// (no reference count); everything else as [`Delivered::Other`].
+    pub async fn recv_for(&mut self, expected: &Principal) -> Delivered {
+        poll_fn(|cx| match self.take(Some(cx.waker())) {
+            Some(p) => Poll::Ready(self.check(p, expected)),
+            None => Poll::Pending,
+        })
+        .await
+    }
+
+    /// [`WsReceiver::recv_for`] without waiting.
+    pub fn try_recv_for(&mut self, expected: &Principal) -> Option<Delivered> {
+        self.take(None).map(|p| self.check(p, expected))
+    }
+
+    fn check(&self, p: Taken, expected: &Principal) -> Delivered {
+        match p {
+            Taken::Own(msg) => match &self.shared.own {
+                Some(own) if crate::reply::same_principal(own, expected) => Delivered::Checked(msg),
+                own => Delivered::Other(Pushed::Message(Tagged::new(own.clone().flatten(), msg))),
+            },
+            Taken::Pushed(p) => Delivered::Other(p),
+        }
+    }
+
+    /// A taken item as [`Pushed`]: an untagged one gets the queue's tag.
+    fn tagged(&self, p: Taken) -> Pushed {
+        match p {
+            Taken::Own(msg) => Pushed::Message(Tagged::new(self.shared.own.clone().flatten(), msg)),
+            Taken::Pushed(p) => p,
+        }
     }
 
     /// The next item, or `None` (registering `waker`, if given).
-    fn take(&mut self, waker: Option<&Waker>) -> Option<Pushed> {
+    fn take(&mut self, waker: Option<&Waker>) -> Option<Taken> {
         if self.revoked() {
-            return Some(Pushed::Revoked);
+            return Some(Taken::Pushed(Pushed::Revoked));
         }
         // Nothing new since the queue was last seen empty, and `waker` is
         // the one registered then: nothing to do, without the lock. A push
@@ -363,15 +443,21 @@ impl WsReceiver {
         }
         let mut inner = self.shared.lock();
         if inner.slow {
-            return Some(Pushed::Overflow);
+            return Some(Taken::Pushed(Pushed::Overflow));
         }
         let item = match inner.queue.pop_front() {
             Some(Queued::Message(m)) => {
                 inner.bytes = inner.bytes.saturating_sub(m.msg.len());
-                Some(Pushed::Message(m))
+                Some(Taken::Pushed(Pushed::Message(m)))
             }
-            Some(Queued::Close(code, reason)) => Some(Pushed::Close { code, reason }),
-            None if inner.senders == 0 => return Some(Pushed::Closed),
+            Some(Queued::Own(m)) => {
+                inner.bytes = inner.bytes.saturating_sub(m.len());
+                Some(Taken::Own(m))
+            }
+            Some(Queued::Close(code, reason)) => {
+                Some(Taken::Pushed(Pushed::Close { code, reason }))
+            }
+            None if inner.senders == 0 => return Some(Taken::Pushed(Pushed::Closed)),
             None => {
                 if let Some(w) = waker {
                     if !self.registered.as_ref().is_some_and(|r| r.will_wake(w)) {
@@ -406,6 +492,17 @@ impl WsReceiver {
 
 /// A new push queue: the destination's sender, the connection's receiver.
 pub fn ws_push_queue() -> (WsSender, WsReceiver) {
+    queue(None)
+}
+
+/// A new push queue for a socket whose identity is `identity` (fixed at
+/// its upgrade): deliveries pushed with [`WsSender::push_as`] under that
+/// same identity travel without their tag.
+pub fn ws_push_queue_for(identity: Principal) -> (WsSender, WsReceiver) {
+    queue(Some(identity))
+}
+
+fn queue(own: Option<Principal>) -> (WsSender, WsReceiver) {
     let shared = Arc::new(Shared {
         inner: Mutex::new(Inner {
             senders: 1,
@@ -413,6 +510,7 @@ pub fn ws_push_queue() -> (WsSender, WsReceiver) {
         }),
         revoked: AtomicBool::new(false),
         ready: AtomicBool::new(false),
+        own,
     });
     (
         WsSender {
@@ -507,6 +605,11 @@ mod tests {
         }
     }
 
+    /// One poll of `recv` with waker `w`.
+    fn look(rx: &mut WsReceiver, w: &Waker) -> Option<Pushed> {
+        rx.take(Some(w)).map(|p| rx.tagged(p))
+    }
+
     fn counting() -> (Arc<Count>, Waker) {
         let c = Arc::new(Count(std::sync::atomic::AtomicUsize::new(0)));
         (Arc::clone(&c), Waker::from(c))
@@ -519,7 +622,7 @@ mod tests {
     fn an_emptied_queue_wakes_its_current_waker_for_whatever_comes_next() {
         let (tx, mut rx) = ws_push_queue();
         let (first, w1) = counting();
-        assert!(rx.take(Some(&w1)).is_none());
+        assert!(look(&mut rx, &w1).is_none());
         for round in 1..=3 {
             tx.push(binary(round)).unwrap();
             assert_eq!(
@@ -527,20 +630,20 @@ mod tests {
                 round,
                 "woken for push {round}"
             );
-            assert!(matches!(rx.take(Some(&w1)), Some(Pushed::Message(m)) if m.msg.len() == round));
-            assert!(rx.take(Some(&w1)).is_none());
+            assert!(matches!(look(&mut rx, &w1), Some(Pushed::Message(m)) if m.msg.len() == round));
+            assert!(look(&mut rx, &w1).is_none());
             assert!(rx.try_recv().is_none());
         }
         // Two pushes before a look: both there, in order.
         tx.push(binary(7)).unwrap();
         tx.push(binary(8)).unwrap();
         assert!(matches!(rx.try_recv(), Some(Pushed::Message(m)) if m.msg.len() == 7));
-        assert!(matches!(rx.take(Some(&w1)), Some(Pushed::Message(m)) if m.msg.len() == 8));
-        assert!(rx.take(Some(&w1)).is_none());
+        assert!(matches!(look(&mut rx, &w1), Some(Pushed::Message(m)) if m.msg.len() == 8));
+        assert!(look(&mut rx, &w1).is_none());
 
         // Another waker (the connection moved to another task) takes over.
         let (second, w2) = counting();
-        assert!(rx.take(Some(&w2)).is_none());
+        assert!(look(&mut rx, &w2).is_none());
         let before = first.0.load(Ordering::SeqCst);
         tx.close(4000, "bye").unwrap();
         assert_eq!(
@@ -550,18 +653,18 @@ mod tests {
         );
         assert_eq!(second.0.load(Ordering::SeqCst), 1);
         assert!(matches!(
-            rx.take(Some(&w2)),
+            look(&mut rx, &w2),
             Some(Pushed::Close { code: 4000, .. })
         ));
-        assert!(rx.take(Some(&w2)).is_none());
+        assert!(look(&mut rx, &w2).is_none());
 
         // The last sender going, an overflow and a revoke are seen too.
         let closer = tx.closer();
         drop(tx);
-        assert!(rx.take(Some(&w2)).is_none(), "a closer keeps it open");
+        assert!(look(&mut rx, &w2).is_none(), "a closer keeps it open");
         drop(closer);
         assert_eq!(second.0.load(Ordering::SeqCst), 2);
-        assert!(matches!(rx.take(Some(&w2)), Some(Pushed::Closed)));
+        assert!(matches!(look(&mut rx, &w2), Some(Pushed::Closed)));
         assert!(
             matches!(rx.try_recv(), Some(Pushed::Closed)),
             "closed stays closed"
@@ -569,21 +672,126 @@ mod tests {
 
         let (tx, mut rx) = ws_push_queue();
         let (third, w3) = counting();
-        assert!(rx.take(Some(&w3)).is_none());
+        assert!(look(&mut rx, &w3).is_none());
         for _ in 0..WS_PUSH_QUEUE {
             tx.push(binary(1)).unwrap();
         }
         assert_eq!(tx.push(binary(1)), Err(PushError::SlowConsumer));
         assert_eq!(third.0.load(Ordering::SeqCst), WS_PUSH_QUEUE + 1);
-        assert!(matches!(rx.take(Some(&w3)), Some(Pushed::Overflow)));
+        assert!(matches!(look(&mut rx, &w3), Some(Pushed::Overflow)));
         assert!(matches!(rx.try_recv(), Some(Pushed::Overflow)));
 
         let (tx, mut rx) = ws_push_queue();
         let (fourth, w4) = counting();
-        assert!(rx.take(Some(&w4)).is_none());
+        assert!(look(&mut rx, &w4).is_none());
         tx.closer().revoke();
         assert_eq!(fourth.0.load(Ordering::SeqCst), 1);
-        assert!(matches!(rx.take(Some(&w4)), Some(Pushed::Revoked)));
+        assert!(matches!(look(&mut rx, &w4), Some(Pushed::Revoked)));
+    }
+
+    fn user(name: &str) -> Principal {
+        Some(Arc::new(crate::identity::Identity {
+            user: name.into(),
+            provider: crate::identity::Provider::Password,
+            world: None,
+            session: None,
+            groups: Vec::new(),
+        }))
+    }
+
+    fn text(s: &'static str) -> WsMessage {
+        WsMessage::Text(s.into())
+    }
+
+    fn tag_of(d: Option<Delivered>) -> Result<&'static str, Principal> {
+        match d {
+            Some(Delivered::Checked(_)) => Ok("checked"),
+            Some(Delivered::Other(Pushed::Message(m))) => Err(m.identity),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// `push_as` drops the tag only for the queue's own identity (the same
+    /// `Arc`), and `recv_for` hands an untagged message over as checked
+    /// only to a caller expecting that identity; everything else keeps its
+    /// tag for the reply rule, so a delivery for another user still fails
+    /// it.
+    #[test]
+    fn only_the_sockets_own_identity_travels_untagged() {
+        let alice = user("alice");
+        let (tx, mut rx) = ws_push_queue_for(alice.clone());
+        tx.push_as(&alice, text("a")).unwrap();
+        assert_eq!(tag_of(rx.try_recv_for(&alice)), Ok("checked"));
+
+        // Another identity, or an equal one in another `Arc`: tagged.
+        let bob = user("bob");
+        tx.push_as(&bob, text("b")).unwrap();
+        let got = tag_of(rx.try_recv_for(&alice)).unwrap_err();
+        assert!(crate::check_reply(&alice, &Tagged::new(got, ())).is_err());
+        let alice_again = user("alice");
+        tx.push_as(&alice_again, text("c")).unwrap();
+        let got = tag_of(rx.try_recv_for(&alice)).unwrap_err();
+        assert!(got
+            .as_ref()
+            .is_some_and(|g| Arc::ptr_eq(g, alice_again.as_ref().unwrap())));
+        tx.push_as(&None, text("d")).unwrap();
+        assert_eq!(tag_of(rx.try_recv_for(&alice)), Err(None));
+
+        // An untagged message asked for by another identity comes with
+        // the queue's tag, which that caller's reply rule refuses.
+        tx.push_as(&alice, text("e")).unwrap();
+        let got = tag_of(rx.try_recv_for(&bob)).unwrap_err();
+        assert!(got
+            .as_ref()
+            .is_some_and(|g| Arc::ptr_eq(g, alice.as_ref().unwrap())));
+        // `recv`/`try_recv` give it back its tag.
+        tx.push_as(&alice, text("f")).unwrap();
+        assert!(matches!(rx.try_recv(), Some(Pushed::Message(m))
+            if m.identity.as_ref().is_some_and(|g| Arc::ptr_eq(g, alice.as_ref().unwrap()))));
+
+        // Anonymous sockets: `null` for `null` only.
+        let (tx, mut rx) = ws_push_queue_for(None);
+        tx.push_as(&None, text("g")).unwrap();
+        assert_eq!(tag_of(rx.try_recv_for(&None)), Ok("checked"));
+        tx.push_as(&None, text("h")).unwrap();
+        assert_eq!(tag_of(rx.try_recv_for(&alice)), Err(None));
+        tx.push_as(&alice, text("i")).unwrap();
+        assert!(tag_of(rx.try_recv_for(&None)).is_err_and(|g| g.is_some()));
+
+        // A queue made for no socket in particular keeps every tag.
+        let (tx, mut rx) = ws_push_queue();
+        tx.push_as(&alice, text("j")).unwrap();
+        assert!(tag_of(rx.try_recv_for(&alice)).is_err());
+        tx.push_as(&None, text("k")).unwrap();
+        assert_eq!(tag_of(rx.try_recv_for(&None)), Err(None));
+    }
+
+    /// Untagged messages count against the queue's bounds like tagged ones.
+    #[test]
+    fn untagged_messages_are_bounded_too() {
+        let alice = user("alice");
+        let (tx, mut rx) = ws_push_queue_for(alice.clone());
+        let half = WsMessage::Binary(Bytes::from(vec![0u8; WS_PUSH_BYTES / 2]));
+        tx.push_as(&alice, half.clone()).unwrap();
+        tx.push_as(&alice, half.clone()).unwrap();
+        assert_eq!(
+            tx.push_as(&alice, WsMessage::Binary(Bytes::from_static(b"x"))),
+            Err(PushError::SlowConsumer)
+        );
+        assert!(matches!(
+            rx.try_recv_for(&alice),
+            Some(Delivered::Other(Pushed::Overflow))
+        ));
+        let (tx, mut rx) = ws_push_queue_for(alice.clone());
+        tx.push_as(&alice, half.clone()).unwrap();
+        assert!(matches!(
+            rx.try_recv_for(&alice),
+            Some(Delivered::Checked(_))
+        ));
+        // Taking it gave its bytes back.
+        tx.push_as(&alice, half.clone()).unwrap();
+        tx.push_as(&alice, half).unwrap();
+        assert!(rx.try_recv_for(&alice).is_some());
     }
 
     proptest::proptest! {
@@ -598,7 +806,7 @@ mod tests {
                 if op == 0 {
                     let got = fifo.pop_front().map(|q| match q {
                         Queued::Close(code, _) => code,
-                        Queued::Message(_) => u16::MAX,
+                        Queued::Message(_) | Queued::Own(_) => u16::MAX,
                     });
                     proptest::prop_assert_eq!(got, model.pop_front());
                     if fifo.len() == 0 {

@@ -25,15 +25,20 @@ use crate::identity::{IdentityMismatch, Principal, Tagged};
 /// identity `A` attached to the message it answers (`null` only for
 /// `null`; a world's identity is neither its user's nor another world's).
 pub fn check_reply<T>(expected: &Principal, reply: &Tagged<T>) -> Result<(), IdentityMismatch> {
-    let same = match (expected, &reply.identity) {
-        (None, None) => true,
-        (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
-        _ => false,
-    };
-    if same {
+    if same_principal(expected, &reply.identity) {
         Ok(())
     } else {
         Err(IdentityMismatch)
+    }
+}
+
+/// Whether two tags are the same identity (the comparison of
+/// [`check_reply`]): the same `Arc`, or equal ones; `null` only for `null`.
+pub fn same_principal(a: &Principal, b: &Principal) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+        _ => false,
     }
 }
 

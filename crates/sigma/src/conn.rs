@@ -294,14 +294,15 @@ pub async fn serve(
                 p.h.set_date(&http_date(now));
                 p.h.handle_timeout(now);
             }
-            pushed = recv_pushed(&mut p.pushed), if p.pushed.is_some() => {
+            pushed = recv_pushed(&mut p.pushed, p.gate.identity()), if p.pushed.is_some() => {
                 now = p.wake();
-                p.on_pushed(pushed);
+                p.on_delivered(pushed);
                 // A backlog (a busy fan-out) leaves in one write, not one
                 // write per message.
                 for _ in 1..PUSH_BATCH {
-                    match p.pushed.as_mut().and_then(crate::route::WsReceiver::try_recv) {
-                        Some(more) => p.on_pushed(more),
+                    let expected = p.gate.identity();
+                    match p.pushed.as_mut().and_then(|rx| rx.try_recv_for(expected)) {
+                        Some(more) => p.on_delivered(more),
                         None => break,
                     }
                 }
@@ -420,10 +421,14 @@ fn read_drained(stream: &TcpStream, buf: &mut [u8]) -> io::Result<Option<usize>>
 /// Most pushed messages taken from the queue per wake-up.
 const PUSH_BATCH: usize = 64;
 
-/// The next thing the destination pushed to this socket.
-async fn recv_pushed(rx: &mut Option<crate::route::WsReceiver>) -> crate::route::Pushed {
+/// The next thing the destination pushed to this socket, checked against
+/// the socket's identity `expected` where it can be without a tag.
+async fn recv_pushed(
+    rx: &mut Option<crate::route::WsReceiver>,
+    expected: &crate::auth::Principal,
+) -> crate::route::Delivered {
     match rx {
-        Some(rx) => rx.recv().await,
+        Some(rx) => rx.recv_for(expected).await,
         None => std::future::pending().await,
     }
 }

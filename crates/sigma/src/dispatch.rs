@@ -33,8 +33,8 @@ use crate::listener::{Generation, ListenerCtx, RouteRef};
 use crate::metrics::{add, inc};
 use crate::route::Destination as _;
 use crate::route::{
-    ws_push_queue, Answer, Handled, HttpRequest, Pushed, Request, Route, Upgrade, UpgradeRequest,
-    WsEndpoint, WsReceiver,
+    ws_push_queue_for, Answer, Delivered, Handled, HttpRequest, Pushed, Request, Route, Upgrade,
+    UpgradeRequest, WsEndpoint, WsReceiver,
 };
 use crate::streaming::{
     self, BodyError, BodyStream, BodyTx, ClientInfo, Refusal, Streamed, TrySend,
@@ -213,7 +213,9 @@ pub struct Dispatch<'a> {
     gen: std::sync::Arc<Generation>,
     /// The codec of this connection.
     pub h: ServerConn,
-    gate: Gate,
+    /// Who the client is (fixed at a WebSocket's upgrade); the driver
+    /// reads it to take pushes checked against it ([`WsReceiver::recv_for`]).
+    pub gate: Gate,
     incoming: Option<Incoming>,
     /// The access log entries of the requests whose response has not gone
     /// out yet, in request order (responses leave in that order).
@@ -1045,7 +1047,7 @@ impl<'a> Dispatch<'a> {
         }
         // The socket's identity is fixed at the upgrade.
         self.gate = Gate::with_identity(req.identity.clone());
-        let (push, received) = ws_push_queue();
+        let (push, received) = ws_push_queue_for(req.identity.clone());
         let closer = push.closer();
         let socket_push = push.clone();
         let client = ClientInfo {
@@ -1117,6 +1119,16 @@ impl<'a> Dispatch<'a> {
             None => self
                 .outbox
                 .push(Reply::Response(plain(404, "no WebSocket here\n"))),
+        }
+    }
+
+    /// What the destination pushed, taken with [`WsReceiver::recv_for`].
+    pub fn on_delivered(&mut self, delivered: Delivered) {
+        match delivered {
+            // Its tag was the socket's own identity: the reply rule held
+            // (`recv_for` compared it with the gate's).
+            Delivered::Checked(msg) => self.outbox.push(Reply::Ws(msg)),
+            Delivered::Other(p) => self.on_pushed(p),
         }
     }
 

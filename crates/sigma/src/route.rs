@@ -29,8 +29,8 @@ pub use sigma_core::destination::{
     WsEndpoint,
 };
 pub use sigma_core::push::{
-    ws_push_queue, PushError, Pushed, WsCloser, WsReceiver, WsSender, WS_CLOSE_REVOKED,
-    WS_PUSH_BYTES, WS_PUSH_QUEUE,
+    ws_push_queue, ws_push_queue_for, Delivered, PushError, Pushed, WsCloser, WsReceiver, WsSender,
+    WS_CLOSE_REVOKED, WS_PUSH_BYTES, WS_PUSH_QUEUE,
 };
 
 /// One resolved route.

@@ -492,8 +492,9 @@ impl Member {
 
     /// Queues `msg`; false when the member did not take it.
     fn send(&self, msg: Utf8Bytes) -> bool {
-        let delivery = Tagged::new(self.identity.clone(), WsMessage::Text(msg));
-        self.push.push(delivery).is_ok()
+        self.push
+            .push_as(&self.identity, WsMessage::Text(msg))
+            .is_ok()
     }
 }
 
@@ -1273,11 +1274,12 @@ impl Hub {
             if st.closed || st.is_empty() {
                 return;
             }
-            // Encoded once; each push below clones a reference to it.
+            // Encoded once; each push below clones a reference to it, and
+            // tags it with the subscriber's identity (`push_as`: without a
+            // reference to it when the socket's queue was made for it).
             let text = message_text(channel, publication);
             for m in st.subscribers.values() {
-                let delivery = Tagged::new(m.identity.clone(), WsMessage::Text(text.clone()));
-                match m.push.push(delivery) {
+                match m.push.push_as(&m.identity, WsMessage::Text(text.clone())) {
                     Ok(()) => {}
                     Err(PushError::SlowConsumer | PushError::Closed) => {
                         failed.push(Arc::clone(m));
