@@ -19,6 +19,17 @@
 //! profile.) The oldest item sits inline (see [`Fifo`]): a socket that
 //! keeps up, the usual case, never touches a second buffer, neither when
 //! the hub pushes nor when the connection takes.
+//!
+//! Every message is tagged for the reply rule. A connection makes its
+//! queue for its socket's identity ([`ws_push_queue_for`]); a delivery
+//! pushed with [`WsSender::push_as`] under that very identity (the same
+//! `Arc`) is stored without the tag, and [`WsReceiver::recv_for`] hands it
+//! over as checked only when the identity the caller expects is the
+//! queue's. Any other tag travels with its message and meets the reply
+//! rule as before. A fan-out thereby does not count each subscriber's
+//! identity up and down once per delivery. An emptied queue says "nothing
+//! new" without its lock (`ready`), so a delivery takes the lock once on
+//! each side.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
