@@ -422,12 +422,12 @@ impl WsReceiver {
     }
 
     fn check(&self, p: Taken, expected: &Principal) -> Delivered {
+        let own = self.shared.own.as_ref();
         match p {
-            Taken::Own(msg) => match &self.shared.own {
-                Some(own) if crate::reply::same_principal(own, expected) => Delivered::Checked(msg),
-                own => Delivered::Other(Pushed::Message(Tagged::new(own.clone().flatten(), msg))),
-            },
-            Taken::Pushed(p) => Delivered::Other(p),
+            Taken::Own(msg) if own.is_some_and(|o| crate::reply::same_principal(o, expected)) => {
+                Delivered::Checked(msg)
+            }
+            p => Delivered::Other(self.tagged(p)),
         }
     }
 
@@ -714,6 +714,11 @@ mod tests {
         WsMessage::Text(s.into())
     }
 
+    /// Whether `tag` is the very `Arc` of `id`.
+    fn same_arc(tag: &Principal, id: &Principal) -> bool {
+        matches!((tag, id), (Some(a), Some(b)) if Arc::ptr_eq(a, b))
+    }
+
     fn tag_of(d: Option<Delivered>) -> Result<&'static str, Principal> {
         match d {
             Some(Delivered::Checked(_)) => Ok("checked"),
@@ -741,10 +746,10 @@ mod tests {
         assert!(crate::check_reply(&alice, &Tagged::new(got, ())).is_err());
         let alice_again = user("alice");
         tx.push_as(&alice_again, text("c")).unwrap();
-        let got = tag_of(rx.try_recv_for(&alice)).unwrap_err();
-        assert!(got
-            .as_ref()
-            .is_some_and(|g| Arc::ptr_eq(g, alice_again.as_ref().unwrap())));
+        assert!(same_arc(
+            &tag_of(rx.try_recv_for(&alice)).unwrap_err(),
+            &alice_again
+        ));
         tx.push_as(&None, text("d")).unwrap();
         assert_eq!(tag_of(rx.try_recv_for(&alice)), Err(None));
 
@@ -752,13 +757,11 @@ mod tests {
         // the queue's tag, which that caller's reply rule refuses.
         tx.push_as(&alice, text("e")).unwrap();
         let got = tag_of(rx.try_recv_for(&bob)).unwrap_err();
-        assert!(got
-            .as_ref()
-            .is_some_and(|g| Arc::ptr_eq(g, alice.as_ref().unwrap())));
+        assert!(same_arc(&got, &alice));
+        assert!(crate::check_reply(&bob, &Tagged::new(got, ())).is_err());
         // `recv`/`try_recv` give it back its tag.
         tx.push_as(&alice, text("f")).unwrap();
-        assert!(matches!(rx.try_recv(), Some(Pushed::Message(m))
-            if m.identity.as_ref().is_some_and(|g| Arc::ptr_eq(g, alice.as_ref().unwrap()))));
+        assert!(matches!(rx.try_recv(), Some(Pushed::Message(m)) if same_arc(&m.identity, &alice)));
 
         // Anonymous sockets: `null` for `null` only.
         let (tx, mut rx) = ws_push_queue_for(None);
@@ -783,26 +786,24 @@ mod tests {
         let alice = user("alice");
         let (tx, mut rx) = ws_push_queue_for(alice.clone());
         let half = WsMessage::Binary(Bytes::from(vec![0u8; WS_PUSH_BYTES / 2]));
-        tx.push_as(&alice, half.clone()).unwrap();
-        tx.push_as(&alice, half.clone()).unwrap();
+        let push = |m: WsMessage| tx.push_as(&alice, m);
+        assert_eq!(push(half.clone()), Ok(()));
+        assert_eq!(push(half.clone()), Ok(()));
+        // Taking one gives its bytes back: another half fits, one byte
+        // more does not, and the socket closes.
+        assert!(matches!(
+            rx.try_recv_for(&alice),
+            Some(Delivered::Checked(_))
+        ));
+        assert_eq!(push(half), Ok(()));
         assert_eq!(
-            tx.push_as(&alice, WsMessage::Binary(Bytes::from_static(b"x"))),
+            push(WsMessage::Binary(Bytes::from_static(b"x"))),
             Err(PushError::SlowConsumer)
         );
         assert!(matches!(
             rx.try_recv_for(&alice),
             Some(Delivered::Other(Pushed::Overflow))
         ));
-        let (tx, mut rx) = ws_push_queue_for(alice.clone());
-        tx.push_as(&alice, half.clone()).unwrap();
-        assert!(matches!(
-            rx.try_recv_for(&alice),
-            Some(Delivered::Checked(_))
-        ));
-        // Taking it gave its bytes back.
-        tx.push_as(&alice, half.clone()).unwrap();
-        tx.push_as(&alice, half).unwrap();
-        assert!(rx.try_recv_for(&alice).is_some());
     }
 
     proptest::proptest! {
