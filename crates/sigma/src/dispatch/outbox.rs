@@ -12,7 +12,7 @@ use sigma_http::Reply;
 use crate::streaming::BodyStream;
 
 /// What a pending reply becomes: a reply, or the head of a streamed
-/// response with its body (issue #6).
+/// response with its body.
 pub enum Outgoing {
     /// A reply.
     Reply(Reply),
